@@ -1,0 +1,93 @@
+"""The seams between the gateway's parts, as typing Protocols and plain data.
+
+SMPP links (gateway/smpp/link.py) do not know about notifications, and the push pipeline
+(gateway/push/) does not know about PDUs.  They meet here:
+
+* the pipeline hands an `OutboundSms` to a `CarrierLink`'s `submit`, which splits and
+  encodes it per the carrier's options, submits every part (throttled, windowed) and fires
+  with a `SubmitAccepted` (one carrier message id per part) or fails with `SubmitFailed`
+  (`transient` says whether the same message may be retried);
+* a link hands every delivery receipt and every citizen's message (MO) to the
+  `InboundSink` and sends deliver_sm_resp only after the returned Deferred fires, i.e.
+  after the receipt or MO is recorded in Redis (checkpoint, then acknowledge).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+from gateway.privacy import PhoneNumber
+
+
+@dataclass(frozen=True)
+class OutboundSms:
+    """One text to one citizen; the link decides parts and encoding."""
+
+    reference: str  # notification id (or a partner's message id); never logged with text
+    destination: PhoneNumber
+    text: str
+    source_addr: str | None = None  # None: the carrier's configured source (12123)
+    registered_delivery: bool = True
+
+
+@dataclass(frozen=True)
+class SubmitAccepted:
+    carrier: str
+    message_ids: tuple[str, ...]  # one per part, in part order
+
+
+class SubmitFailed(Exception):
+    """A submit that did not get a carrier message id.
+
+    transient=True: throttled, queue full, timeout (state "unknown"), link lost; retry.
+    transient=False: the carrier refused this message (bad destination, too long, ...).
+    `response_unknown` is True when a submit_sm went out but no response came back
+    (timeout or link loss): a retry may then duplicate it, and the pipeline counts that.
+    """
+
+    def __init__(
+        self, reason: str, *, transient: bool, status: str = "", response_unknown: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+        self.status = status
+        self.response_unknown = response_unknown
+
+
+@dataclass(frozen=True)
+class DeliveryReceipt:
+    carrier: str
+    message_id: str  # normalised as the submit_sm_resp gave it (see smpp.receipts)
+    state: str  # DELIVRD, UNDELIV, EXPIRED, REJECTD, DELETED, ACCEPTD, UNKNOWN, ENROUTE
+    error_code: str = ""
+    submit_date: str = ""
+    done_date: str = ""
+
+
+@dataclass(frozen=True)
+class MobileOriginated:
+    carrier: str
+    source: PhoneNumber  # the citizen
+    destination: str  # 12123 (possibly with a sub-code)
+    text: str
+    received_at: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class CarrierLink(Protocol):
+    name: str
+    prefixes: tuple[str, ...]
+
+    def is_bound(self) -> bool: ...
+
+    def submit(self, sms: OutboundSms) -> Deferred[SubmitAccepted]: ...
+
+
+class InboundSink(Protocol):
+    def record_receipt(self, receipt: DeliveryReceipt) -> Deferred[None]: ...
+
+    def record_mo(self, message: MobileOriginated) -> Deferred[None]: ...

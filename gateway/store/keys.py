@@ -1,0 +1,102 @@
+"""The Redis key schema, one place (documented for core systems in docs/redis-schema.md).
+
+Every key is under the configured prefix (default ``12123:``).  Keys that one Lua script
+or MULTI must touch together carry the same hash tag ``{...}`` so they share a Redis
+Cluster slot: a booking and its exam plan are tagged with the plan id; a notification,
+its dedup key and its carrier message-id index are tagged with nothing shared because
+they are written by separate single-key commands or by scripts that touch one tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "12123:"
+
+    # --- notification pipeline -------------------------------------------------------
+    @property
+    def notify_stream(self) -> str:
+        """Intake stream the core systems XADD to (consumer group `gateway`)."""
+        return f"{self.prefix}notify"
+
+    @property
+    def events_stream(self) -> str:
+        """Every state change, MO and call outcome, for core systems to read."""
+        return f"{self.prefix}events"
+
+    def notification(self, notification_id: str) -> str:
+        return f"{self.prefix}notification:{{{notification_id}}}"
+
+    def lane(self, priority: str) -> str:
+        """Ready queue for one priority lane (high, normal, bulk)."""
+        return f"{self.prefix}lane:{priority}"
+
+    @property
+    def scheduled(self) -> str:
+        """Sorted set of notification ids by the Unix time they become due."""
+        return f"{self.prefix}scheduled"
+
+    @property
+    def dead_letters(self) -> str:
+        """Sorted set of failed/rejected notification ids by time."""
+        return f"{self.prefix}dead-letters"
+
+    def message_id(self, carrier: str, message_id: str) -> str:
+        """Carrier message id -> notification id and part number."""
+        return f"{self.prefix}msgid:{carrier}:{message_id}"
+
+    def early_receipt(self, carrier: str, message_id: str) -> str:
+        """A receipt that arrived before its submit_sm_resp was recorded."""
+        return f"{self.prefix}early-receipt:{carrier}:{message_id}"
+
+    def daily_count(self, phone_digits: str, day: str) -> str:
+        return f"{self.prefix}freq:{day}:{phone_digits}"
+
+    def mo_rate(self, phone_digits: str) -> str:
+        return f"{self.prefix}mo-rate:{phone_digits}"
+
+    def mo_cancel_code(self, phone_digits: str) -> str:
+        return f"{self.prefix}mo-cancel:{phone_digits}"
+
+    # --- core data -------------------------------------------------------------------
+    def booking(self, plan_id: str, booking_no: str) -> str:
+        return f"{self.prefix}booking:{{plan:{plan_id}}}:{booking_no}"
+
+    def booking_index(self, booking_no: str) -> str:
+        """booking number -> plan id (so a booking key can be built from its number)."""
+        return f"{self.prefix}booking-plan:{booking_no}"
+
+    def booking_history(self, plan_id: str, booking_no: str) -> str:
+        return f"{self.prefix}booking-history:{{plan:{plan_id}}}:{booking_no}"
+
+    def exam_plan(self, plan_id: str) -> str:
+        return f"{self.prefix}plan:{{plan:{plan_id}}}"
+
+    def person(self, id_number: str) -> str:
+        return f"{self.prefix}person:{id_number}"
+
+    def person_by_phone(self, phone_digits: str) -> str:
+        return f"{self.prefix}person-by-phone:{phone_digits}"
+
+    def bookings_of_person(self, id_number: str) -> str:
+        return f"{self.prefix}person-bookings:{id_number}"
+
+    def vehicle(self, plate: str) -> str:
+        return f"{self.prefix}vehicle:{plate}"
+
+    def vehicles_of_person(self, id_number: str) -> str:
+        return f"{self.prefix}person-vehicles:{id_number}"
+
+    # --- voice -----------------------------------------------------------------------
+    def ivr_attempts(self, phone_digits: str) -> str:
+        return f"{self.prefix}ivr-attempts:{phone_digits}"
+
+    def call(self, action_id: str) -> str:
+        return f"{self.prefix}call:{action_id}"
+
+    # --- listener --------------------------------------------------------------------
+    def bind_failures(self, address: str) -> str:
+        return f"{self.prefix}bind-failures:{address}"
