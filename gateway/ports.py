@@ -91,3 +91,30 @@ class InboundSink(Protocol):
     def record_receipt(self, receipt: DeliveryReceipt) -> Deferred[None]: ...
 
     def record_mo(self, message: MobileOriginated) -> Deferred[None]: ...
+
+
+class PartnerIntake(Protocol):
+    """The pipeline's door for partner ESMEs that submit over the listener.
+
+    `submit_from_partner` records the message as a notification (type ``partner_text``,
+    the partner's text as is) and fires with the gateway message id that goes back in
+    submit_sm_resp; the message then goes through routing, throttling and tracking.
+    """
+
+    def submit_from_partner(
+        self,
+        system_id: str,
+        destination: PhoneNumber,
+        text: str,
+        registered_delivery: bool,
+    ) -> Deferred[str]: ...
+
+
+class PartnerReceiptSink(Protocol):
+    """The listener's door for receipts owed to a partner bound as receiver/transceiver.
+
+    The pipeline calls it when a partner's message reaches a final state; it fires once
+    the partner acknowledged the deliver_sm (or fails when no receiver bind is up, and the
+    pipeline keeps the receipt in Redis to retry)."""
+
+    def deliver_receipt(self, system_id: str, message_id: str, state: str, error_code: str) -> Deferred[None]: ...

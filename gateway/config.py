@@ -1,0 +1,613 @@
+"""The configuration schema: every key, its type, unit, default and help text.
+
+Theory of operation
+-------------------
+`gateway.yaml` is read with a YAML loader that remembers the source text of every plain
+scalar.  YAML 1.1 (pyyaml) turns an unquoted ``22:00`` into the sexagesimal number 1320 and
+``12123`` into an integer; a field whose type is ``str`` takes the *source text* instead, so
+times, short codes and phone numbers come out as the strings they mean.  A ``str`` field
+whose source is not a string at all (a list, a mapping) is an error naming the key.
+
+Sections are frozen dataclasses.  `load_config` walks them by their type hints, collects
+*every* problem (unknown key, wrong type, missing value, number out of range, value not in
+its choices, missing referenced file, unset ``${VAR}``) and raises one `ConfigError` that
+lists them, each as ``file: key.path: problem`` (buildbot's config errors are the model).
+The CLI turns that into exit code 2.  A component receives only its own section.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = [
+    "AmiConfig",
+    "CarrierConfig",
+    "Config",
+    "ConfigError",
+    "FastAgiConfig",
+    "HttpConfig",
+    "IvrConfig",
+    "LoggingConfig",
+    "PartnerAccount",
+    "PushConfig",
+    "RedisConfig",
+    "Secret",
+    "SmppServerConfig",
+    "load_config",
+    "parse_listen",
+]
+
+
+class ConfigError(Exception):
+    """One or more problems in a configuration file; `problems` lists them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Secret:
+    """A value from the environment (``${VAR}``) or the file that never prints itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+class ReferencedFile(str):
+    """A path relative to the config file's folder; it must exist."""
+
+
+def _help(text: str, *, unit: str = "", minimum: float | None = None,
+          maximum: float | None = None, choices: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"help": text, "unit": unit, "minimum": minimum, "maximum": maximum, "choices": choices}
+
+
+def setting(default: Any = MISSING, *, help: str, unit: str = "", minimum: float | None = None,
+            maximum: float | None = None, choices: tuple[str, ...] = (),
+            default_factory: Any = MISSING) -> Any:
+    meta = _help(help, unit=unit, minimum=minimum, maximum=maximum, choices=choices)
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_LISTEN = re.compile(r"^(?P<host>[^:]*|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'127.0.0.1:8123' -> ('127.0.0.1', 8123); port 0 means any free port."""
+    match = _LISTEN.match(value)
+    if not match:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:8123")
+    port = int(match["port"])
+    if port > 65535:
+        raise ValueError("port above 65535")
+    return match["host"].strip("[]") or "0.0.0.0", port
+
+
+# ---------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = setting("embedded", help="'embedded' starts a private redis-server; else a redis:// or rediss:// URL (password, TLS, database number)")
+    prefix: str = setting("12123:", help="prefix of every key the gateway writes")
+    data_dir: str = setting("var/redis", help="data directory of the embedded server (append-only file)")
+    reconnect_max_delay_seconds: float = setting(10.0, help="cap of the reconnect backoff", unit="s", minimum=0.1, maximum=300)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = setting(True, help="serve the admin and intake HTTP API")
+    listen: str = setting("127.0.0.1:8123", help="address:port of the HTTP API")
+    token: Secret = setting(default_factory=lambda: Secret(""), help="bearer token for /v1/*; empty refuses every /v1 call")
+    max_body_bytes: int = setting(1_048_576, help="larger request bodies get 413", unit="bytes", minimum=1024, maximum=64 * 1024 * 1024)
+    max_batch: int = setting(1000, help="most notifications in one POST", minimum=1, maximum=100_000)
+
+
+@dataclass(frozen=True)
+class CarrierConfig:
+    name: str = setting(help="short name, used in logs, metrics and notification state (e.g. cmcc)")
+    host: str = setting(help="SMSC host name or address")
+    port: int = setting(help="SMSC port", minimum=1, maximum=65535)
+    system_id: str = setting(help="bind system_id (max 15 characters)")
+    password: Secret = setting(help="bind password (max 8 characters); use ${VAR}")
+    prefixes: tuple[str, ...] = setting(help="number prefixes this carrier serves, e.g. ['134', '135', '1703']")
+    enabled: bool = setting(True, help="bind this carrier")
+    tls: bool = setting(False, help="connect with TLS")
+    system_type: str = setting("", help="bind system_type")
+    bind_mode: str = setting("transceiver", help="one transceiver, or a transmitter and a receiver", choices=("transceiver", "transmitter_receiver"))
+    sessions: int = setting(1, help="number of parallel binds", minimum=1, maximum=32)
+    window: int = setting(50, help="outstanding requests per session", minimum=1, maximum=10_000)
+    tps_limit: float = setting(100.0, help="submit_sm per second over all sessions (token bucket)", unit="1/s", minimum=0.1, maximum=100_000)
+    enquire_link_interval_seconds: float = setting(30.0, help="enquire_link after this much idle time", unit="s", minimum=1, maximum=3600)
+    response_timeout_seconds: float = setting(10.0, help="a request unanswered this long is given up (submit: state unknown, retried)", unit="s", minimum=0.1, maximum=600)
+    source_addr: str = setting("12123", help="source address of submits (the short code)")
+    source_addr_ton: int = setting(0, help="source TON (0 unknown, 1 international, 3 network specific, 5 alphanumeric)", minimum=0, maximum=6)
+    source_addr_npi: int = setting(0, help="source NPI", minimum=0, maximum=18)
+    dest_addr_ton: int = setting(0, help="destination TON", minimum=0, maximum=6)
+    dest_addr_npi: int = setting(1, help="destination NPI (1 E.164)", minimum=0, maximum=18)
+    registered_delivery: int = setting(1, help="registered_delivery for every part (1 asks for a receipt)", minimum=0, maximum=255)
+    encoding: str = setting("auto", help="auto: GSM 03.38 when it carries the text, else UCS2", choices=("auto", "ucs2", "gsm7"))
+    gsm7_packed: bool = setting(False, help="pack GSM 7-bit septets (most SMSCs want one septet per octet)")
+    concatenation: str = setting("udh8", help="how long messages are joined", choices=("udh8", "udh16", "sar", "payload"))
+    max_parts: int = setting(6, help="a longer message is refused, never cut", minimum=1, maximum=255)
+    message_id_format: str = setting("as_is", help="how receipt ids relate to submit_sm_resp ids", choices=("as_is", "hex_to_dec", "dec_to_hex"))
+    reconnect_initial_seconds: float = setting(1.0, help="first reconnect delay", unit="s", minimum=0.01, maximum=600)
+    reconnect_max_seconds: float = setting(60.0, help="reconnect delay cap", unit="s", minimum=0.1, maximum=3600)
+    bind_rejected_retry_seconds: float = setting(300.0, help="retry delay after the SMSC refuses our credentials", unit="s", minimum=0.1, maximum=86400)
+    accept_outbind: bool = setting(False, help="accept outbind from this carrier on the listener")
+    outbind_system_id: str = setting("", help="system_id the carrier's outbind carries (default: our system_id)")
+    outbind_password: Secret = setting(default_factory=lambda: Secret(""), help="password the carrier's outbind carries")
+
+
+@dataclass(frozen=True)
+class PartnerAccount:
+    system_id: str = setting(help="partner ESME system_id")
+    password: Secret = setting(help="partner password; use ${VAR}")
+    allowed_networks: tuple[str, ...] = setting(("127.0.0.0/8",), help="source networks (CIDR) the partner may bind from")
+    allowed_bind_types: tuple[str, ...] = setting(("transmitter", "receiver", "transceiver"), help="bind types the partner may use")
+    tps_limit: float = setting(50.0, help="submits per second the partner may send", unit="1/s", minimum=0.1, maximum=100_000)
+
+
+@dataclass(frozen=True)
+class SmppServerConfig:
+    enabled: bool = setting(True, help="listen for binds and outbinds")
+    listen: str = setting("0.0.0.0:2775", help="address:port of the SMPP listener")
+    tls_certificate: str = setting("", help="PEM file with certificate and key; empty: plain TCP")
+    system_id: str = setting("12123GW", help="system_id the gateway answers binds with")
+    accounts: tuple[PartnerAccount, ...] = setting((), help="partner ESMEs allowed to bind")
+    max_pdu_bytes: int = setting(65_536, help="a larger command_length closes the session", unit="bytes", minimum=64, maximum=1_048_576)
+    max_bind_failures: int = setting(5, help="failed binds from one address before lock-out", minimum=1, maximum=1000)
+    bind_failure_window_seconds: float = setting(300.0, help="window counting failed binds", unit="s", minimum=1, maximum=86400)
+    lockout_seconds: float = setting(900.0, help="lock-out after too many failed binds", unit="s", minimum=1, maximum=86400)
+    enquire_link_interval_seconds: float = setting(30.0, help="enquire_link after this much idle time", unit="s", minimum=1, maximum=3600)
+    response_timeout_seconds: float = setting(10.0, help="request timeout towards partners", unit="s", minimum=0.1, maximum=600)
+    window: int = setting(100, help="outstanding deliver_sm per partner session", minimum=1, maximum=10_000)
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    start: str = setting("22:00", help="start of quiet hours, HH:MM")
+    end: str = setting("08:00", help="end of quiet hours, HH:MM")
+    timezone: str = setting("Asia/Shanghai", help="IANA time zone of quiet hours and daily caps")
+
+
+@dataclass(frozen=True)
+class MoConfig:
+    rate_limit_per_minute: int = setting(10, help="MOs per number per minute before the number is ignored", minimum=1, maximum=1000)
+    ignore_seconds: float = setting(600.0, help="how long a flooding number is ignored", unit="s", minimum=1, maximum=86400)
+    cancel_code_ttl_seconds: float = setting(600.0, help="validity of the six-digit cancel confirmation code", unit="s", minimum=30, maximum=86400)
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    enabled: bool = setting(True, help="run the notification pipeline")
+    templates_file: ReferencedFile = setting(ReferencedFile("templates.yaml"), help="notification texts, relative to this file")
+    consumer_group: str = setting("gateway", help="consumer group on the intake stream")
+    consumer_name: str = setting("", help="consumer name; empty: host name and pid")
+    batch_size: int = setting(200, help="entries read from the intake stream at a time", minimum=1, maximum=10_000)
+    max_in_flight: int = setting(2000, help="notifications being submitted at once", minimum=1, maximum=100_000)
+    claim_idle_seconds: float = setting(60.0, help="pending intake entries idle this long are claimed again (XAUTOCLAIM)", unit="s", minimum=1, maximum=86400)
+    retention_days: float = setting(30.0, help="how long notification state is kept", unit="days", minimum=0.01, maximum=3650)
+    max_attempts: int = setting(5, help="submit attempts before a transient failure becomes final", minimum=1, maximum=100)
+    retry_initial_seconds: float = setting(2.0, help="first retry delay", unit="s", minimum=0.01, maximum=3600)
+    retry_max_seconds: float = setting(300.0, help="retry delay cap", unit="s", minimum=0.01, maximum=86400)
+    daily_cap_bulk: int = setting(3, help="bulk reminders per number per day", minimum=1, maximum=1000)
+    quiet_hours: QuietHours = setting(default_factory=QuietHours, help="hours in which reminders are held")
+    mo: MoConfig = setting(default_factory=MoConfig, help="citizens' messages to 12123")
+
+
+@dataclass(frozen=True)
+class FastAgiConfig:
+    enabled: bool = setting(True, help="serve FastAGI")
+    listen: str = setting("127.0.0.1:4573", help="address:port of the FastAGI server")
+    max_line_bytes: int = setting(8192, help="longest AGI line accepted", unit="bytes", minimum=256, maximum=1_048_576)
+
+
+@dataclass(frozen=True)
+class IvrConfig:
+    fastagi: FastAgiConfig = setting(default_factory=FastAgiConfig, help="FastAGI server")
+    menus_file: ReferencedFile = setting(ReferencedFile("ivr.yaml"), help="voice menus, relative to this file")
+    sounds_dir: str = setting("var/sounds", help="where `gateway prompts build` writes prompts")
+    attempts_per_hour: int = setting(5, help="identity attempts per caller number per hour", minimum=1, maximum=1000)
+    service_hours: str = setting("08:30-17:30", help="hours in which calls may go to an agent, HH:MM-HH:MM")
+    agent_queue: str = setting("12123-agents", help="Asterisk queue for agents")
+
+
+@dataclass(frozen=True)
+class AmiConfig:
+    enabled: bool = setting(False, help="connect to Asterisk's AMI for outbound voice reminders")
+    host: str = setting("127.0.0.1", help="Asterisk host")
+    port: int = setting(5038, help="AMI port", minimum=1, maximum=65535)
+    username: str = setting("gateway12123", help="AMI user (see dialplans/manager.conf)")
+    secret: Secret = setting(default_factory=lambda: Secret(""), help="AMI secret; use ${VAR}")
+    md5_challenge: bool = setting(True, help="log in with the MD5 challenge instead of the plain secret")
+    trunk: str = setting("PJSIP/{number}@carrier-trunk", help="Originate channel; {number} is replaced")
+    context: str = setting("12123-reminder", help="dialplan context of reminder calls")
+    caller_id: str = setting("12123", help="caller id of reminder calls")
+    max_concurrent_calls: int = setting(10, help="outbound calls at once on the trunk", minimum=1, maximum=10_000)
+    originate_timeout_seconds: float = setting(30.0, help="ring time", unit="s", minimum=1, maximum=600)
+    keepalive_seconds: float = setting(20.0, help="Ping interval", unit="s", minimum=1, maximum=3600)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str = setting("text", help="text for terminals, json for JSON lines", choices=("text", "json"))
+    level: str = setting("info", help="lowest level logged", choices=("debug", "info", "warn", "error"))
+
+
+@dataclass(frozen=True)
+class Config:
+    redis: RedisConfig = setting(default_factory=RedisConfig, help="Redis connection")
+    http: HttpConfig = setting(default_factory=HttpConfig, help="HTTP admin and intake API")
+    carriers: tuple[CarrierConfig, ...] = setting((), help="SMSC links, one per carrier")
+    smpp_server: SmppServerConfig = setting(default_factory=SmppServerConfig, help="SMPP listener")
+    push: PushConfig = setting(default_factory=PushConfig, help="notification pipeline")
+    ivr: IvrConfig = setting(default_factory=IvrConfig, help="voice menus")
+    ami: AmiConfig = setting(default_factory=AmiConfig, help="AMI client")
+    logging: LoggingConfig = setting(default_factory=LoggingConfig, help="logging")
+    drain_timeout_seconds: float = setting(10.0, help="on SIGTERM, how long in-flight work may take", unit="s", minimum=0, maximum=3600)
+    state_dir: str = setting("var", help="runtime files (pid, embedded Redis, sounds)")
+    # Where the file came from; set by load_config, not a YAML key.
+    source_path: str = field(default="", metadata={"internal": True})
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        base = Path(self.source_path).parent if self.source_path else Path.cwd()
+        return (base / relative).resolve()
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------
+
+
+class _Scalar:
+    """Mixin for YAML scalars that remember the text they were written as."""
+
+    source: str
+
+
+class _SourceInt(int, _Scalar):
+    pass
+
+
+class _SourceFloat(float, _Scalar):
+    pass
+
+
+class _SourceBool(int, _Scalar):
+    """bool cannot be subclassed; an int 0/1 that knows it was a YAML boolean."""
+
+    is_bool = True
+
+
+class _SourceLoader(yaml.SafeLoader):
+    pass
+
+
+def _remember(kind: type, base: str) -> Any:
+    def construct(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        value = getattr(yaml.SafeLoader, base)(loader, node)
+        wrapped = kind(value)
+        wrapped.source = node.value
+        return wrapped
+
+    return construct
+
+
+_SourceLoader.add_constructor("tag:yaml.org,2002:int", _remember(_SourceInt, "construct_yaml_int"))
+_SourceLoader.add_constructor("tag:yaml.org,2002:float", _remember(_SourceFloat, "construct_yaml_float"))
+_SourceLoader.add_constructor("tag:yaml.org,2002:bool", _remember(_SourceBool, "construct_yaml_bool"))
+
+# ${VAR} must be set; ${VAR:-default} falls back (so the committed examples run the demo).
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+T = TypeVar("T")
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file with scalars that keep their source text; raises ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    try:
+        return yaml.load(text, Loader=_SourceLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{path}:{where}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+
+
+class _Builder:
+    def __init__(self, file: str, environ: typing.Mapping[str, str], base_dir: Path) -> None:
+        self.file = file
+        self.environ = environ
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{self.file}: {path or '(top level)'}: {message}")
+
+    def build(self, cls: type[T], data: Any, path: str) -> T | None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.problem(path, f"expected a mapping of settings, got {_describe(data)}")
+            return None
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}  # type: ignore[arg-type]
+        for key in data:
+            if key not in known:
+                suggestion = _closest(str(key), known)
+                self.problem(_join(path, str(key)), "unknown key" + (f" (did you mean '{suggestion}'?)" if suggestion else ""))
+        values: dict[str, Any] = {}
+        ok = True
+        for name, f in known.items():
+            key_path = _join(path, name)
+            if name in data:
+                value = self.convert(hints[name], data[name], key_path, f.metadata)
+                if value is _INVALID:
+                    ok = False
+                else:
+                    values[name] = value
+            elif f.default is MISSING and f.default_factory is MISSING:
+                self.problem(key_path, "required value missing")
+                ok = False
+        if not ok:
+            return None
+        return cls(**values)
+
+    def convert(self, hint: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
+        origin = typing.get_origin(hint)
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            if value is None:
+                return None
+            return self.convert(args[0], value, path, meta)
+        if origin is tuple:
+            item_hint = typing.get_args(hint)[0]
+            if not isinstance(value, list):
+                self.problem(path, f"expected a list, got {_describe(value)}")
+                return _INVALID
+            items = [self.convert(item_hint, item, f"{path}[{i}]", meta) for i, item in enumerate(value)]
+            return _INVALID if any(i is _INVALID for i in items) else tuple(items)
+        if is_dataclass(hint):
+            built = self.build(hint, value, path)  # type: ignore[arg-type]
+            return _INVALID if built is None else built
+        if hint is Secret:
+            text = self.convert(str, value, path, {})
+            return _INVALID if text is _INVALID else self.secret(text, path)
+        if hint is ReferencedFile:
+            text = self.convert(str, value, path, {})
+            if text is _INVALID:
+                return _INVALID
+            if not (self.base_dir / text).is_file():
+                self.problem(path, f"file not found: {self.base_dir / text}")
+                return _INVALID
+            return ReferencedFile(text)
+        if hint is str:
+            return self.string(value, path, meta)
+        if hint is bool:
+            if getattr(value, "is_bool", False) or isinstance(value, bool):
+                return bool(value)
+            self.problem(path, f"expected true or false, got {_describe(value)}")
+            return _INVALID
+        if hint in (int, float):
+            if getattr(value, "is_bool", False) or isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.problem(path, f"expected a number, got {_describe(value)}")
+                return _INVALID
+            if hint is int and isinstance(value, float):
+                self.problem(path, f"expected a whole number, got {value}")
+                return _INVALID
+            if hint is int and getattr(value, "source", "").count(":"):
+                self.problem(path, f"'{value.source}' is read by YAML 1.1 as the number {int(value)}; write a plain number")
+                return _INVALID
+            number = hint(value)
+            low, high = meta.get("minimum"), meta.get("maximum")
+            if low is not None and number < low or high is not None and number > high:
+                unit = meta.get("unit") or ""
+                self.problem(path, f"{number} is out of range [{low:g}, {high:g}]{' ' + unit if unit else ''}")
+                return _INVALID
+            return number
+        raise TypeError(f"config schema uses unsupported type {hint!r} at {path}")
+
+    def string(self, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
+        if isinstance(value, _Scalar):
+            # YAML 1.1 read 22:00 as 1320 and 12123 as an int: take what was written.
+            text = value.source
+        elif isinstance(value, str):
+            text = value
+        elif value is None:
+            self.problem(path, "required value missing (empty)")
+            return _INVALID
+        else:
+            self.problem(path, f"expected text, got {_describe(value)}")
+            return _INVALID
+        text = self.expand(text, path)
+        if text is _INVALID:
+            return _INVALID
+        choices = meta.get("choices") or ()
+        if choices and text not in choices:
+            self.problem(path, f"'{text}' is not one of: {', '.join(choices)}")
+            return _INVALID
+        return text
+
+    def expand(self, text: str, path: str) -> Any:
+        missing = [m.group(1) for m in _ENV_REF.finditer(text)
+                   if m.group(1) not in self.environ and m.group(2) is None]
+        if missing:
+            self.problem(path, f"environment variable {', '.join(missing)} is not set")
+            return _INVALID
+        return _ENV_REF.sub(lambda m: self.environ.get(m.group(1), m.group(2) or ""), text)
+
+    def secret(self, text: str, path: str) -> Secret:
+        return Secret(text)
+
+
+_INVALID: Any = object()
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    if getattr(value, "is_bool", False):
+        return f"the boolean {value.source!r}"
+    if isinstance(value, _Scalar):
+        return f"the number {value.source}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return repr(value)
+
+
+def _closest(key: str, known: typing.Iterable[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+    return match[0] if match else None
+
+
+def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> None:
+    """Checks across keys that the type walk cannot express."""
+    if config.redis.url != "embedded" and not re.match(r"^(redis|rediss|unix)://", config.redis.url):
+        add("redis.url", "expected 'embedded' or a redis://, rediss:// or unix:// URL")
+    for key, listen in (("http.listen", config.http.listen), ("smpp_server.listen", config.smpp_server.listen),
+                        ("ivr.fastagi.listen", config.ivr.fastagi.listen)):
+        try:
+            parse_listen(listen)
+        except ValueError as e:
+            add(key, f"'{listen}': {e}")
+    for key, value in (("push.quiet_hours.start", config.push.quiet_hours.start),
+                       ("push.quiet_hours.end", config.push.quiet_hours.end)):
+        if not _TIME_OF_DAY.match(value):
+            add(key, f"'{value}' is not a time of day HH:MM (quote it in YAML: \"22:00\")")
+    try:
+        import zoneinfo
+
+        zoneinfo.ZoneInfo(config.push.quiet_hours.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        add("push.quiet_hours.timezone", f"unknown time zone '{config.push.quiet_hours.timezone}'")
+    hours = config.ivr.service_hours.split("-")
+    if len(hours) != 2 or not all(_TIME_OF_DAY.match(h) for h in hours):
+        add("ivr.service_hours", f"'{config.ivr.service_hours}' is not HH:MM-HH:MM")
+    names: set[str] = set()
+    for i, carrier in enumerate(config.carriers):
+        where = f"carriers[{i}]"
+        if carrier.name in names:
+            add(f"{where}.name", f"duplicate carrier name '{carrier.name}'")
+        names.add(carrier.name)
+        if len(carrier.system_id) > 15:
+            add(f"{where}.system_id", "longer than 15 characters (SMPP 3.4 limit)")
+        if len(carrier.password.reveal()) > 8:
+            add(f"{where}.password", "longer than 8 characters (SMPP 3.4 limit)")
+        if not carrier.prefixes and carrier.enabled:
+            add(f"{where}.prefixes", "an enabled carrier needs at least one number prefix")
+        for j, prefix in enumerate(carrier.prefixes):
+            if not prefix.isdigit():
+                add(f"{where}.prefixes[{j}]", f"'{prefix}' is not a digit string")
+        if carrier.reconnect_initial_seconds > carrier.reconnect_max_seconds:
+            add(f"{where}.reconnect_initial_seconds", "greater than reconnect_max_seconds")
+    for i, account in enumerate(config.smpp_server.accounts):
+        for j, network in enumerate(account.allowed_networks):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                add(f"smpp_server.accounts[{i}].allowed_networks[{j}]", f"'{network}' is not a network (CIDR)")
+        for j, bind_type in enumerate(account.allowed_bind_types):
+            if bind_type not in ("transmitter", "receiver", "transceiver"):
+                add(f"smpp_server.accounts[{i}].allowed_bind_types[{j}]", f"'{bind_type}' is not transmitter, receiver or transceiver")
+    if config.smpp_server.tls_certificate and not config.resolve(config.smpp_server.tls_certificate).is_file():
+        add("smpp_server.tls_certificate", f"file not found: {config.resolve(config.smpp_server.tls_certificate)}")
+
+
+def load_config(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> Config:
+    """Read and check a gateway.yaml; raises ConfigError listing every problem found."""
+    path = Path(path)
+    data = read_yaml(path)
+    builder = _Builder(str(path), os.environ if environ is None else environ, path.resolve().parent)
+    config = builder.build(Config, data, "")
+    problems = builder.problems
+    if config is not None:
+        config = _replace(config, source_path=str(path.resolve()))
+        _check_semantics(config, lambda key, message: problems.append(f"{path}: {key}: {message}"))
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def default_config_path() -> Path:
+    """config/gateway.yaml of the source tree (the embedded defaults of `make demo`)."""
+    return Path(__file__).resolve().parent.parent / "config" / "gateway.yaml"
+
+
+def _replace(obj: T, **changes: Any) -> T:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+def describe_schema(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key path, type, default, help) for every key: the config reference in docs/."""
+    rows: list[tuple[str, str, str, str]] = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        hint = hints[f.name]
+        key = _join(prefix, f.name)
+        inner = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
+        if is_dataclass(inner):
+            suffix = "[]" if typing.get_origin(hint) is tuple else ""
+            rows.extend(describe_schema(inner, key + suffix))  # type: ignore[arg-type]
+            continue
+        if f.default is not MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "(required)"
+        unit = f.metadata.get("unit")
+        type_name = getattr(hint, "__name__", str(hint)) + (f" ({unit})" if unit else "")
+        rows.append((key, type_name, default, f.metadata.get("help", "")))
+    return rows

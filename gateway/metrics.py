@@ -1,0 +1,34 @@
+"""Prometheus metrics, one registry for the process (served at GET /metrics).
+
+Label values are carrier names, PDU command names, status names and states: never numbers
+of citizens.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+binds_up = Gauge("gateway_smpp_binds_up", "SMPP sessions currently bound", ["carrier", "bind_type"], registry=REGISTRY)
+pdus = Counter("gateway_smpp_pdus_total", "SMPP PDUs by direction and command", ["direction", "command"], registry=REGISTRY)
+submit_responses = Counter("gateway_smpp_submit_responses_total", "submit_sm_resp by carrier and command_status", ["carrier", "status"], registry=REGISTRY)
+receipts = Counter("gateway_receipts_total", "Delivery receipts by carrier and state", ["carrier", "state"], registry=REGISTRY)
+notifications = Counter("gateway_notifications_total", "Notification state transitions", ["state"], registry=REGISTRY)
+queue_depth = Gauge("gateway_queue_depth", "Notifications waiting, by lane", ["lane"], registry=REGISTRY)
+mo_messages = Counter("gateway_mo_messages_total", "Citizens' messages to 12123 by keyword", ["keyword"], registry=REGISTRY)
+agi_calls = Counter("gateway_agi_calls_total", "FastAGI calls by outcome", ["outcome"], registry=REGISTRY)
+ami_originates = Counter("gateway_ami_originates_total", "Outbound reminder calls by outcome", ["outcome"], registry=REGISTRY)
+submit_latency = Histogram(
+    "gateway_submit_latency_seconds", "submit_sm to submit_sm_resp", ["carrier"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
+)
+intake_to_submit_latency = Histogram(
+    "gateway_intake_to_submit_seconds", "accepted to first submit_sm on the wire",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300), registry=REGISTRY,
+)
+agi_step_latency = Histogram(
+    "gateway_agi_step_seconds", "caller input to the next AGI command",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=REGISTRY,
+)
+redis_up = Gauge("gateway_redis_up", "1 when Redis answers", registry=REGISTRY)
