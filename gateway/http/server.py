@@ -1,0 +1,139 @@
+"""The HTTP admin and intake API (twisted.web), 127.0.0.1:8123 by default.
+
+GET /healthz   the process is up (always 200 while the reactor runs)
+GET /readyz    200 when Redis answers and at least one carrier link is bound, else 503
+GET /metrics   Prometheus text format
+/v1/...        bearer token from the config; 401 without it, 413 for an oversized body,
+               400 with a JSON error body for a bad request (the resource's own checks)
+
+An oversized body is refused as soon as its Content-Length is known, before it is read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from gateway import metrics
+from gateway.config import HttpConfig
+
+
+def json_response(request: Request, code: int, body: Any) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+class Healthz(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        return json_response(request, 200, {"status": "up"})
+
+
+class Readyz(Resource):
+    """Ready means: Redis answers, and at least one carrier link is bound."""
+
+    isLeaf = True
+
+    def __init__(self, checks: Callable[[], dict[str, bool]]) -> None:
+        super().__init__()
+        self._checks = checks
+
+    def render_GET(self, request: Request) -> bytes:
+        checks = self._checks()
+        ready = all(checks.values())
+        return json_response(request, 200 if ready else 503, {"ready": ready, "checks": checks})
+
+
+class Metrics(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(metrics.REGISTRY)
+
+
+class BearerTokenGuard(Resource):
+    """Wraps the /v1 tree: checks the bearer token and the body size, then delegates."""
+
+    def __init__(self, wrapped: Resource, token: str, max_body_bytes: int) -> None:
+        super().__init__()
+        self._wrapped = wrapped
+        self._token = token.encode()
+        self._max_body_bytes = max_body_bytes
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, presented = header.partition(b" ")
+        if not self._token or scheme.lower() != b"bearer" or not hmac.compare_digest(presented.strip(), self._token):
+            return _Refusal(401, "unauthorized", "a valid bearer token is required")
+        if _body_length(request) > self._max_body_bytes:
+            return _Refusal(413, "payload_too_large", f"body larger than {self._max_body_bytes} bytes")
+        # Transparent once passed: the wrapped tree resolves the rest of /v1/...
+        return self._wrapped.getChildWithDefault(path, request)
+
+
+def _body_length(request: Request) -> int:
+    content = request.content
+    if content is None:
+        return 0
+    position = content.tell()
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(position)
+    return size
+
+
+class _Refusal(Resource):
+    isLeaf = True
+
+    def __init__(self, code: int, error: str, message: str) -> None:
+        super().__init__()
+        self._code, self._error, self._message = code, error, message
+
+    def render(self, request: Request) -> bytes:
+        if self._code == 401:
+            request.setHeader(b"www-authenticate", b'Bearer realm="gateway12123"')
+        return json_response(request, self._code, {"error": self._error, "message": self._message})
+
+
+class _SizeLimitedRequest(Request):
+    """Refuses a body whose declared length is over the limit before reading it."""
+
+    max_body_bytes = 1_048_576
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body_bytes:
+            body = json.dumps({"error": "payload_too_large",
+                               "message": f"body larger than {self.max_body_bytes} bytes"}).encode()
+            transport = self.channel.transport
+            transport.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
+                            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            transport.loseConnection()
+            self.channel._dataBuffer = []  # nothing more of this request is parsed
+            return
+        super().gotLength(length)
+
+
+def build_site(config: HttpConfig, *, readiness: Callable[[], dict[str, bool]],
+               v1: Resource | None) -> Site:
+    """The resource tree; `v1` is the notifications API (None: every /v1 call gets 404)."""
+    root = Resource()
+    root.putChild(b"healthz", Healthz())
+    root.putChild(b"readyz", Readyz(readiness))
+    root.putChild(b"metrics", Metrics())
+    if v1 is not None:
+        root.putChild(b"v1", BearerTokenGuard(v1, config.token.reveal(), config.max_body_bytes))
+
+    request_factory = type("LimitedRequest", (_SizeLimitedRequest,), {"max_body_bytes": config.max_body_bytes})
+    site = Site(root, requestFactory=request_factory)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
