@@ -75,6 +75,15 @@ class Keys:
     def exam_plan(self, plan_id: str) -> str:
         return f"{self.prefix}plan:{{plan:{plan_id}}}"
 
+    @property
+    def exam_plans(self) -> str:
+        """Set of every exam plan id (the cancellation repair sweep walks it)."""
+        return f"{self.prefix}plans"
+
+    def cancellations_unnotified(self, plan_id: str) -> str:
+        """Set of booking numbers cancelled by the gateway whose SMS is not yet queued."""
+        return f"{self.prefix}cancel-unnotified:{{plan:{plan_id}}}"
+
     def person(self, id_number: str) -> str:
         return f"{self.prefix}person:{id_number}"
 
