@@ -61,6 +61,15 @@ class Keys:
     def mo_cancel_code(self, phone_digits: str) -> str:
         return f"{self.prefix}mo-cancel:{phone_digits}"
 
+    @property
+    def mo_stream(self) -> str:
+        """Citizens' messages to 12123, recorded before deliver_sm_resp (group `mo`)."""
+        return f"{self.prefix}mo"
+
+    def mo_handled(self, mo_id: str) -> str:
+        """Marker that an MO stream entry was answered: a replay sends no second reply."""
+        return f"{self.prefix}mo-handled:{mo_id}"
+
     # --- core data -------------------------------------------------------------------
     def booking(self, plan_id: str, booking_no: str) -> str:
         return f"{self.prefix}booking:{{plan:{plan_id}}}:{booking_no}"
