@@ -53,7 +53,7 @@ from enum import Enum, IntEnum
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from twisted.logger import Logger
 
 from gateway.domain import (
@@ -596,6 +596,8 @@ class BookingCancellation:
 
         channel: "voice", "sms" or "web".  actor_phone: who asked (caller id or SMS source);
         only its masked form is stored.  now: aware datetime or Unix seconds.
+        Raises CorruptRecord when the booking's exam plan is missing (nothing changed),
+        ValueError for an unknown channel or a naive datetime.
 
         A cancellation that is recorded but whose SMS could not be queued (Redis error on
         the XADD) still answers CANCELLED, with `notification_enqueued=False`; the claim
@@ -618,22 +620,27 @@ class BookingCancellation:
             },
             ensure_ascii=False,
         )
-        reply = await self._cancel_script(
-            keys=[
-                self._keys.booking(plan_id, number),
-                self._keys.exam_plan(plan_id),
-                self._keys.booking_history(plan_id, number),
-                self._keys.cancellations_unnotified(plan_id),
-            ],
-            args=[
-                repr(now_seconds),
-                str(int(now_seconds)),
-                channel.value,
-                entry,
-                repr(now_seconds + self._lease),
-                number,
-            ],
-        )
+        try:
+            reply = await self._cancel_script(
+                keys=[
+                    self._keys.booking(plan_id, number),
+                    self._keys.exam_plan(plan_id),
+                    self._keys.booking_history(plan_id, number),
+                    self._keys.cancellations_unnotified(plan_id),
+                ],
+                args=[
+                    repr(now_seconds),
+                    str(int(now_seconds)),
+                    channel.value,
+                    entry,
+                    repr(now_seconds + self._lease),
+                    number,
+                ],
+            )
+        except ResponseError as error:
+            if str(error).startswith("CORRUPT"):
+                raise CorruptRecord(str(error)) from None
+            raise
         outcome = CancellationOutcome(decode_text(reply[0]))
         booking = _booking_from_reply(reply)
         enqueued = False

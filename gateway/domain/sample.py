@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -227,6 +228,11 @@ def sample_data(today: date) -> SampleData:
     return SampleData(people, vehicles, (plan_1, plan_2, plan_3, plan_past), bookings, histories)
 
 
+def _hash(fields: dict[str, str]) -> dict[Any, Any]:
+    # redis-py's stubs want Mapping[bytes | str | ..., ...], and Mapping keys are invariant.
+    return fields
+
+
 async def load_sample(redis: Redis, keys: Keys, *, today: date) -> SampleSummary:
     """Write the sample for `today` into Redis, replacing any earlier copy of the same keys.
 
@@ -244,20 +250,20 @@ async def load_sample(redis: Redis, keys: Keys, *, today: date) -> SampleSummary
             )
         for person in data.people:
             digits = person.id_number.digits
-            pipe.hset(keys.person(digits), mapping=person_to_hash(person))
+            pipe.hset(keys.person(digits), mapping=_hash(person_to_hash(person)))
             pipe.sadd(keys.person_by_phone(person.phone.digits), digits)
         for vehicle in data.vehicles:
             pipe.delete(keys.vehicle(vehicle.plate))
-            pipe.hset(keys.vehicle(vehicle.plate), mapping=vehicle_to_hash(vehicle))
+            pipe.hset(keys.vehicle(vehicle.plate), mapping=_hash(vehicle_to_hash(vehicle)))
             pipe.sadd(keys.vehicles_of_person(vehicle.owner_id.digits), vehicle.plate)
         for plan in data.plans:
             pipe.delete(keys.exam_plan(plan.plan_id), keys.cancellations_unnotified(plan.plan_id))
-            pipe.hset(keys.exam_plan(plan.plan_id), mapping=exam_plan_to_hash(plan))
+            pipe.hset(keys.exam_plan(plan.plan_id), mapping=_hash(exam_plan_to_hash(plan)))
             pipe.sadd(keys.exam_plans, plan.plan_id)
         for booking in data.bookings:
             number, plan_id = booking.booking_no, booking.plan_id
             pipe.delete(keys.booking(plan_id, number), keys.booking_history(plan_id, number))
-            pipe.hset(keys.booking(plan_id, number), mapping=booking_to_hash(booking))
+            pipe.hset(keys.booking(plan_id, number), mapping=_hash(booking_to_hash(booking)))
             pipe.rpush(keys.booking_history(plan_id, number), *data.histories[number])
             pipe.set(keys.booking_index(number), plan_id)
             pipe.sadd(keys.bookings_of_person(booking.id_number.digits), number)
