@@ -96,6 +96,13 @@ _U32 = struct.Struct(">I")
 MAX_TLV_VALUE_OCTETS = 0xFFFF  # the Length field is a u16
 
 
+def _pack_int(s: struct.Struct, v: int) -> bytes:
+    try:
+        return s.pack(v)
+    except struct.error as e:
+        raise ValueError(f"{v!r} does not fit in {s.size} octet(s): {e}") from None
+
+
 class TlvStreamError(ValueError):
     """The octets after the mandatory parameters are not a valid TLV sequence."""
 
@@ -110,17 +117,17 @@ class Tlv:
     @classmethod
     def uint8(cls, tag: int, v: int) -> Tlv:
         """A 1-octet integer TLV (e.g. ``message_state``, ``sar_total_segments``)."""
-        return cls(tag, _U8.pack(v))
+        return cls(tag, _pack_int(_U8, v))
 
     @classmethod
     def uint16(cls, tag: int, v: int) -> Tlv:
         """A 2-octet big-endian integer TLV (e.g. ``sar_msg_ref_num``, ``source_port``)."""
-        return cls(tag, _U16.pack(v))
+        return cls(tag, _pack_int(_U16, v))
 
     @classmethod
     def uint32(cls, tag: int, v: int) -> Tlv:
         """A 4-octet big-endian integer TLV (e.g. ``qos_time_to_live``)."""
-        return cls(tag, _U32.pack(v))
+        return cls(tag, _pack_int(_U32, v))
 
     @classmethod
     def cstring(cls, tag: int, s: str) -> Tlv:
