@@ -18,7 +18,9 @@ Cancellation (`BookingCancellation.cancel`) is one Lua script: it checks the sta
 the deadline, marks the booking cancelled, gives the seat back (never above the plan's
 total) and appends to the history, all or nothing.  Two channels cancelling the same
 booking at once are serialised by Redis: one gets CANCELLED, the other ALREADY_CANCELLED,
-and the seat is released once.
+and the seat is released once.  The same request repeated (same `request_id`: redis-py
+retrying the script after a lost reply, an MO replayed after a crash) is answered
+CANCELLED again rather than ALREADY_CANCELLED.
 
 The cancellation SMS and the event for core systems are then XADDed to two streams.
 Those XADDs cannot be inside the script: the streams are single global keys in other
@@ -46,6 +48,7 @@ import hmac
 import json
 import re
 import unicodedata
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
@@ -476,7 +479,8 @@ _CANCEL_LUA = """
 -- KEYS[1] booking hash, KEYS[2] exam plan hash, KEYS[3] booking history list,
 -- KEYS[4] the plan's cancel-unnotified set; all four share the hash tag {plan:<id>}.
 -- ARGV[1] now (Unix seconds), ARGV[2] cancelled_at (whole seconds), ARGV[3] channel,
--- ARGV[4] history entry (JSON), ARGV[5] notification claim expiry, ARGV[6] booking number
+-- ARGV[4] history entry (JSON), ARGV[5] notification claim expiry, ARGV[6] booking number,
+-- ARGV[7] request id
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return {'NOT_FOUND', 0, '', {}}
@@ -487,7 +491,16 @@ if not deadline or not tonumber(deadline) then
 end
 local now = tonumber(ARGV[1])
 local outcome, claimed = nil, 0
-if status == 'cancelled' then
+if status == 'cancelled' and redis.call('HGET', KEYS[1], 'cancel_request') == ARGV[7] then
+  -- The same request again (a client retry after a lost reply, an MO replayed after a
+  -- crash): the same answer, and the claim if the SMS is still owed; whoever held the
+  -- claim was this request's earlier run.
+  outcome = 'CANCELLED'
+  if redis.call('HGET', KEYS[1], 'notified') == '0' then
+    redis.call('HSET', KEYS[1], 'notify_claim_until', ARGV[5])
+    claimed = 1
+  end
+elseif status == 'cancelled' then
   outcome = 'ALREADY_CANCELLED'
   -- Cancelled earlier but the SMS never queued (the process died after this script):
   -- hand the job to this caller unless another one holds a live claim.
@@ -504,7 +517,8 @@ elseif now >= tonumber(deadline) then
   outcome = 'DEADLINE_PASSED'
 else
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_at', ARGV[2],
-             'cancelled_via', ARGV[3], 'notified', '0', 'notify_claim_until', ARGV[5])
+             'cancelled_via', ARGV[3], 'notified', '0', 'notify_claim_until', ARGV[5],
+             'cancel_request', ARGV[7])
   -- Give the seat back, never above the total: a plan already full of free seats means
   -- the core system rebuilt the counts, and inventing a seat would overbook the session.
   local left = tonumber(redis.call('HGET', KEYS[2], 'seats_left'))
@@ -591,11 +605,16 @@ class BookingCancellation:
         channel: CancellationChannel | str,
         actor_phone: str,
         now: Instant,
+        request_id: str | None = None,
     ) -> CancellationResult:
         """Cancel a booking the caller has already been verified for.
 
         channel: "voice", "sms" or "web".  actor_phone: who asked (caller id or SMS source);
         only its masked form is stored.  now: aware datetime or Unix seconds.
+        request_id: identifies the citizen's request (the MO stream entry id, the call's
+        id); repeating it gets CANCELLED again instead of ALREADY_CANCELLED, so a replayed
+        MO gets the same reply.  Default: a fresh id, which still covers redis-py's own
+        retry of the script after a lost reply.
         Raises CorruptRecord when the booking's exam plan is missing (nothing changed),
         ValueError for an unknown channel or a naive datetime.
 
@@ -635,6 +654,7 @@ class BookingCancellation:
                     entry,
                     repr(now_seconds + self._lease),
                     number,
+                    request_id or uuid.uuid4().hex,
                 ],
             )
         except ResponseError as error:

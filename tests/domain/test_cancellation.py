@@ -353,3 +353,31 @@ async def test_cancel_works_without_decode_responses(redis_url: str) -> None:
         assert result.outcome is CancellationOutcome.CANCELLED
         assert result.booking is not None and result.booking.name == "林晓燕"
         assert result.booking.cancellation_notified is True
+
+
+@on_asyncio
+async def test_repeated_request_gets_the_same_answer(redis_url: str) -> None:
+    """The same request id twice (a replayed MO) answers CANCELLED both times, one seat, one SMS;
+    another request id then gets ALREADY_CANCELLED."""
+    async with redis_client(redis_url) as r:
+        summary, cancellation, store = await _setup(r)
+        booking = await store.get(summary.cancellable_booking)
+        assert booking is not None
+        seats = await _seats_left(r, booking.plan_id)
+
+        results = [
+            await cancellation.cancel(
+                booking.booking_no, channel="sms", actor_phone=SAMPLE_CALLER, now=NOW,
+                request_id=request_id,
+            )
+            for request_id in ("mo-1700000000000-0", "mo-1700000000000-0", "mo-1700000000001-0")
+        ]
+
+        assert [r.outcome for r in results] == [
+            CancellationOutcome.CANCELLED,
+            CancellationOutcome.CANCELLED,
+            CancellationOutcome.ALREADY_CANCELLED,
+        ]
+        assert await _seats_left(r, booking.plan_id) == seats + 1
+        assert len(await store.history(booking.booking_no)) == 2
+        assert await r.xlen(KEYS.notify_stream) == 1
