@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Final, Literal
 
 from gateway.smpp.pdu import DataSm, DeliverSm
-from gateway.smpp.text import decode_pdu_text
+from gateway.smpp.text import DATA_CODING_UCS2
 from gateway.smpp.tlv import TlvTag, tlv_bytes, tlv_cstring, tlv_int
 
 __all__ = [
@@ -198,6 +198,17 @@ def is_receipt(pdu: DeliverSm | DataSm) -> bool:
     return tlv_bytes(pdu.tlvs, TlvTag.RECEIPTED_MESSAGE_ID) is not None
 
 
+def _receipt_text(pdu: DeliverSm | DataSm) -> str:
+    """The receipt's text.  SMSCs write it in ASCII whatever data_coding says, so only
+    UCS2 is honoured: read as GSM 03.38, "submit_date" would become "submit§date"."""
+    payload = tlv_bytes(pdu.tlvs, TlvTag.MESSAGE_PAYLOAD) if pdu.tlvs else None
+    if payload is None:
+        payload = b"" if isinstance(pdu, DataSm) else pdu.short_message
+    if pdu.data_coding == DATA_CODING_UCS2:
+        return payload.decode("utf-16-be", "replace")
+    return payload.decode("latin-1")
+
+
 def receipt_from_deliver(pdu: DeliverSm | DataSm) -> ParsedReceipt | None:
     """The receipt carried by ``pdu``, or None if it is not a receipt (e.g. an MO).
 
@@ -213,7 +224,7 @@ def receipt_from_deliver(pdu: DeliverSm | DataSm) -> ParsedReceipt | None:
     network_error = tlv_bytes(tlvs, TlvTag.NETWORK_ERROR_CODE) if tlvs else None
 
     fields: ReceiptFields | None = None
-    text, _ = decode_pdu_text(pdu)
+    text = _receipt_text(pdu)
     if text.strip():
         try:
             fields = parse_receipt_text(text)
