@@ -534,19 +534,22 @@ return {outcome, claimed, deadline, redis.call('HGETALL', KEYS[1])}
 """
 
 _CLAIM_NOTIFICATION_LUA = """
--- KEYS[1] booking hash, KEYS[2] exam plan hash (one hash tag).
--- ARGV[1] now (Unix seconds), ARGV[2] claim expiry
+-- KEYS[1] booking hash, KEYS[2] exam plan hash, KEYS[3] the plan's cancel-unnotified set
+-- (one hash tag).  ARGV[1] now (Unix seconds), ARGV[2] claim expiry, ARGV[3] booking number
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  return {'NOT_FOUND', 0, '', {}}
+if status ~= 'cancelled' or redis.call('HGET', KEYS[1], 'notified') ~= '0' then
+  -- Deleted, notified, or changed by a core system since: nothing is owed any more.
+  redis.call('SREM', KEYS[3], ARGV[3])
+  if not status then
+    return {'NOT_FOUND', 0, '', {}}
+  end
+  return {status, 0, '', {}}
 end
 local claimed = 0
-if status == 'cancelled' and redis.call('HGET', KEYS[1], 'notified') == '0' then
-  local held = tonumber(redis.call('HGET', KEYS[1], 'notify_claim_until') or '0') or 0
-  if held <= tonumber(ARGV[1]) then
-    redis.call('HSET', KEYS[1], 'notify_claim_until', ARGV[2])
-    claimed = 1
-  end
+local held = tonumber(redis.call('HGET', KEYS[1], 'notify_claim_until') or '0') or 0
+if held <= tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'notify_claim_until', ARGV[2])
+  claimed = 1
 end
 local deadline = redis.call('HGET', KEYS[2], 'cancel_deadline') or ''
 return {status, claimed, deadline, redis.call('HGETALL', KEYS[1])}
@@ -687,15 +690,7 @@ class BookingCancellation:
         plan_id = await self._plan_of(number) if number else None
         if number is None or plan_id is None:
             return False
-        now_seconds = to_unix(now)
-        reply = await self._claim_script(
-            keys=[self._keys.booking(plan_id, number), self._keys.exam_plan(plan_id)],
-            args=[repr(now_seconds), repr(now_seconds + self._lease)],
-        )
-        booking = _booking_from_reply(reply)
-        if not int(reply[1]) or booking is None:
-            return False
-        return await self._publish(booking)
+        return await self._claim_and_publish(plan_id, number, to_unix(now))
 
     async def repair_unnotified(self, *, now: Instant) -> int:
         """Finish every gateway cancellation whose SMS was never queued; returns how many.
@@ -703,14 +698,29 @@ class BookingCancellation:
         Walks the ``plans`` index and each plan's ``cancel-unnotified`` set; run it at
         start-up and now and then (a lapsed claim is the only thing it waits for).
         """
+        now_seconds = to_unix(now)
         plan_ids = [decode_text(m) for m in await self._redis.smembers(self._keys.exam_plans)]
         repaired = 0
         for plan_id in sorted(plan_ids):
             members = await self._redis.smembers(self._keys.cancellations_unnotified(plan_id))
             for number in sorted(decode_text(m) for m in members):
-                if await self.ensure_cancellation_notified(number, now=now):
+                if await self._claim_and_publish(plan_id, number, now_seconds):
                     repaired += 1
         return repaired
+
+    async def _claim_and_publish(self, plan_id: str, number: str, now_seconds: float) -> bool:
+        reply = await self._claim_script(
+            keys=[
+                self._keys.booking(plan_id, number),
+                self._keys.exam_plan(plan_id),
+                self._keys.cancellations_unnotified(plan_id),
+            ],
+            args=[repr(now_seconds), repr(now_seconds + self._lease), number],
+        )
+        booking = _booking_from_reply(reply)
+        if not int(reply[1]) or booking is None:
+            return False
+        return await self._publish(booking)
 
     async def _plan_of(self, booking_no: str) -> str | None:
         plan_id = await self._redis.get(self._keys.booking_index(booking_no))

@@ -381,3 +381,26 @@ async def test_repeated_request_gets_the_same_answer(redis_url: str) -> None:
         assert await _seats_left(r, booking.plan_id) == seats + 1
         assert len(await store.history(booking.booking_no)) == 2
         assert await r.xlen(KEYS.notify_stream) == 1
+
+
+@on_asyncio
+async def test_repair_sweep_forgets_bookings_that_no_longer_owe_an_sms(redis_url: str) -> None:
+    """An unnotified entry whose booking was deleted or rebooked meanwhile is dropped, not sent."""
+    async with redis_client(redis_url) as r:
+        summary, cancellation, store = await _setup(r)
+        await r.set(KEYS.notify_stream, "not a stream")
+        for number in (summary.cancellable_booking, summary.slot_booking):
+            await cancellation.cancel(number, channel="sms", actor_phone=SAMPLE_CALLER, now=NOW)
+        await r.delete(KEYS.notify_stream)
+        gone = await store.get(summary.cancellable_booking)
+        rebooked = await store.get(summary.slot_booking)
+        assert gone is not None and rebooked is not None
+        await r.delete(KEYS.booking(gone.plan_id, gone.booking_no), KEYS.booking_index(gone.booking_no))
+        await r.hset(KEYS.booking(rebooked.plan_id, rebooked.booking_no), "status", "booked")
+
+        assert await cancellation.repair_unnotified(now=NOW + timedelta(minutes=5)) == 0
+
+        assert await r.exists(KEYS.notify_stream) == 0
+        for plan_id in (gone.plan_id, rebooked.plan_id):
+            assert await r.smembers(KEYS.cancellations_unnotified(plan_id)) == set()
+        assert not await r.exists(KEYS.booking(gone.plan_id, gone.booking_no))
