@@ -1,0 +1,818 @@
+"""Citizens' messages to 12123 (MO): record them, then answer through the notification pipeline.
+
+Theory of operation
+-------------------
+**Checkpoint, then acknowledge.**  A carrier link hands every MO to `MoService.record_mo`
+and sends deliver_sm_resp only when the returned Deferred fires.  `record_mo` does one
+XADD to the MO stream (``{prefix}mo``) and nothing else, so the carrier waits one Redis
+round trip; if Redis is away the Deferred fails, the link answers with an error and the
+SMSC delivers the MO again later.  Nothing is lost and nothing is acknowledged unrecorded.
+
+The MO stream is *private*, like a notification hash: the ``from`` field holds the whole
+sender number (the reply must go back to it) and ``text`` the message as sent (it may
+hold a confirmation code or an ID number a citizen typed).  ``from_masked`` is for
+anyone browsing the stream.  Entries older than ``retention_seconds`` are trimmed.  What
+core systems read is the events stream, where numbers are masked and texts never appear.
+
+**Answering** happens in a consumer loop, not in `record_mo`: deliver_sm_resp never waits
+for the answer.  The loop reads the MO stream through the consumer group ``mo``
+(XREADGROUP), so MOs recorded while the gateway was down, or read but unanswered before a
+crash, are answered after a restart: it first re-reads its own pending entries, and now
+and then claims entries another (dead) consumer left pending for ``claim_idle_seconds``
+(XAUTOCLAIM).  A batch is answered with the entries of one sender in order and different
+senders concurrently.  For each entry, in this order:
+
+1. ``mo-handled:<mo id>`` exists: it was answered before a crash lost the XACK; ack it.
+2. The sender is not a Chinese mobile number: record ``mo.received`` (outcome
+   ``invalid_sender``), no reply.
+3. Flood check (one Lua script on ``mo-rate:<phone>``, time from our clock): more than
+   ``rate_limit_per_minute`` MOs in a minute get one answer, "发送过于频繁，请稍后再试",
+   and the number is then ignored for ``ignore_seconds`` (recorded, not answered).
+4. `parse_mo` gives the command; `MoResponder` works out the reply (below).
+5. One pipeline: XADD the reply to the notify stream with id ``mo-reply:<mo id>``, XADD
+   ``mo.received`` and ``mo.replied`` to the events stream, SET the handled marker, XACK.
+
+A crash anywhere before the XACK means the entry is answered again.  That is safe: the
+reply id is the same, and the push pipeline drops a notification id it has seen; the
+handled marker stops a second reply before it is even built; a re-issued cancel code is
+the *same* code (the code record remembers which MO issued it); a confirmation already
+accepted is accepted again for the same MO (ditto) and the domain answers
+ALREADY_CANCELLED, so the booking is cancelled once.  Event readers may see ``mo.received``
+twice for one ``mo_id`` and must treat it as one fact.  A replay may count once more
+against the flood limit or a wrong-code attempt; that errs on the side of caution.
+
+**Identity.**  The gateway talks about a person only to the phone on record for them
+(seed 001: online registration must use the number registered at the vehicle office).
+A sender with no person on record gets one fixed answer that says so and nothing else;
+a booking number that does not exist and one that belongs to another phone get the same
+"not found".  Help needs no identity.
+
+**Cancelling is two-step.**  ``QXYY <booking number>`` from the phone on record, for a
+booking still cancellable online, gets a six-digit code (`secrets`), stored in
+``mo-cancel:<phone>`` with the booking number and an expiry ``cancel_code_ttl_seconds``
+ahead (by our clock; the Redis TTL only collects garbage).  Only that phone sending that
+code before expiry cancels, through the domain's `BookingCancellation` (the same Lua
+script as the voice menu; the domain queues the cancellation SMS itself).  Wrong codes
+are counted; the ``max_code_attempts``-th voids the code.  A new QXYY replaces the code.
+After the booking window closes, cancelling needs a visit in person at least a day
+before the exam (seeds 001 and 003); the reply says so.
+
+**Redis outages.**  Every Redis call in the loop may raise ConnectionError/TimeoutError;
+the loop then waits with capped exponential backoff (jittered) and carries on from the
+pending entries, so nothing is dropped.  A `CorruptRecord` (core-system data broken) gets
+a "try later" answer and is acknowledged; a bug in answering one MO is logged with
+`log.failure`, answered with the same apology and acknowledged, so one poison message
+cannot stall everyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from gateway import metrics
+from gateway.config import MoConfig
+from gateway.domain import CorruptRecord, decode_text, format_cn_date, from_unix, iso_time
+from gateway.domain.bookings import (
+    Booking,
+    BookingCancellation,
+    BookingStatus,
+    BookingStore,
+    CancellationOutcome,
+    CancellationResult,
+    booking_summary,
+    cancellation_reply,
+)
+from gateway.domain.people import Person, PersonStore, licence_summary
+from gateway.ports import MobileOriginated
+from gateway.privacy import InvalidPhoneNumber, PhoneNumber, mask_phone, normalise_cn_mobile
+from gateway.push.keywords import (
+    CancelBooking,
+    ConfirmCancel,
+    Help,
+    HelpReason,
+    MoCommand,
+    QueryBookings,
+    QueryPoints,
+    parse_mo,
+)
+from gateway.store.bridge import as_deferred, wait_deferred
+from gateway.store.keys import Keys
+from gateway.store.service import REDIS_ERRORS
+
+__all__ = [
+    "MO_REPLY_TYPE",
+    "MoRecorder",
+    "MoReply",
+    "MoResponder",
+    "MoService",
+    "mo_reply_id",
+]
+
+log = Logger()
+
+MO_REPLY_TYPE = "mo_reply"  # notification type; template "【交管12123】{text}"
+CONSUMER_GROUP = "mo"
+
+
+def mo_reply_id(mo_id: str) -> str:
+    """The reply's notification id: the push pipeline drops a repeated one."""
+    return f"mo-reply:{mo_id}"
+
+
+# --- reply texts (the template adds 【交管12123】) -----------------------------------------
+
+_COMMANDS_TEXT = "回复CXYY查询考试预约，回复QXYY+预约号取消考试预约，回复CXJF查询驾驶证记分。"
+_HELP_TEXTS = {
+    HelpReason.ASKED: "交管12123短信服务：" + _COMMANDS_TEXT,
+    HelpReason.EMPTY: "交管12123短信服务：" + _COMMANDS_TEXT,
+    HelpReason.UNRECOGNISED: "未能识别您的指令。" + _COMMANDS_TEXT,
+    HelpReason.MISSING_BOOKING_NUMBER: "请在QXYY后附上预约号，例如：QXYY 20261130001。",
+    HelpReason.MALFORMED_BOOKING_NUMBER: "预约号格式不正确，每次只能取消一个预约，例如：QXYY 20261130001。",
+    HelpReason.MALFORMED_CODE: "请回复短信中的6位数字验证码，例如：QR 123456。",
+}
+FLOOD_TEXT = "发送过于频繁，请稍后再试。"
+NOT_ON_RECORD_TEXT = (
+    "本机号码不是交管业务登记的手机号码，无法通过短信办理。"
+    "如需变更登记手机号码，请本人携带身份证明到车管所办理。"
+)
+BOOKING_NOT_FOUND_TEXT = "未查询到该预约，请核对预约号后重试。"
+NO_BOOKINGS_TEXT = "您当前没有待参加的考试预约。"
+NO_PENDING_CODE_TEXT = "您没有待确认的取消预约申请，或验证码已失效。取消预约请回复QXYY+预约号。"
+CODE_EXPIRED_TEXT = "验证码已过期，本次取消申请已失效。如需取消，请重新回复QXYY+预约号获取验证码。"
+CODE_LOCKED_TEXT = "验证码错误次数过多，本次取消申请已失效。如需取消，请重新回复QXYY+预约号获取验证码。"
+TRY_LATER_TEXT = "系统繁忙，暂时无法办理，请稍后再试或拨打12123咨询。"
+
+# Upcoming bookings listed in one reply; more would exceed a few SMS parts.
+MAX_LISTED_BOOKINGS = 5
+
+
+class Outcome(Enum):
+    """What became of an MO (events stream `outcome`; never a number or a code)."""
+
+    ANSWERED = "answered"  # query or help answered
+    NOT_ON_RECORD = "not_on_record"
+    BOOKING_NOT_FOUND = "booking_not_found"
+    NOT_CANCELLABLE = "not_cancellable"  # already cancelled, attended, absent
+    DEADLINE_PASSED = "deadline_passed"
+    CODE_SENT = "code_sent"
+    CODE_NONE = "code_none"
+    CODE_EXPIRED = "code_expired"
+    CODE_WRONG = "code_wrong"
+    CODE_LOCKED = "code_locked"
+    CANCELLED = "cancelled"
+    RATE_LIMITED = "rate_limited"  # the one answer to a flooding number
+    IGNORED = "ignored"  # flooding number, not answered
+    INVALID_SENDER = "invalid_sender"  # not a Chinese mobile number, not answered
+    ERROR = "error"  # corrupt core data or a bug: apologised
+
+
+@dataclass(frozen=True)
+class MoReply:
+    text: str
+    outcome: Outcome
+
+
+# --- Lua -----------------------------------------------------------------------------------
+
+# Fixed one-minute windows, by our clock (tests move it; Redis TTLs only collect garbage).
+_RATE_LUA = """
+-- KEYS[1] mo-rate:<phone> hash.  ARGV: now, limit, window seconds, ignore seconds
+-- Returns 0 answer, 1 answer once with the flood text (limit just passed), 2 ignore.
+local now = tonumber(ARGV[1])
+local h = redis.call('HMGET', KEYS[1], 'start', 'count', 'ignore_until')
+local ignore_until = tonumber(h[3])
+if ignore_until and now < ignore_until then
+  return 2
+end
+local start, count = tonumber(h[1]), tonumber(h[2]) or 0
+if ignore_until or not start or now >= start + tonumber(ARGV[3]) then
+  start, count = now, 0
+end
+count = count + 1
+if count > tonumber(ARGV[2]) then
+  ignore_until = now + tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], 'start', start, 'count', count, 'ignore_until', ignore_until)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4]) * 1000) + 60000)
+  return 1
+end
+redis.call('HSET', KEYS[1], 'start', start, 'count', count)
+redis.call('HDEL', KEYS[1], 'ignore_until')
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) * 1000) + 60000)
+return 0
+"""
+
+_ISSUE_CODE_LUA = """
+-- KEYS[1] mo-cancel:<phone> hash.  ARGV: code, booking number, expires_at, mo id, ttl ms
+-- Returns the code in force: a replay of the same QXYY gets the code it issued before.
+local held = redis.call('HMGET', KEYS[1], 'issued_by', 'code', 'booking_no')
+if held[1] == ARGV[4] and held[2] and held[3] == ARGV[2] then
+  return held[2]
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'code', ARGV[1], 'booking_no', ARGV[2], 'expires_at', ARGV[3],
+           'attempts', 0, 'issued_by', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return ARGV[1]
+"""
+
+_CHECK_CODE_LUA = """
+-- KEYS[1] mo-cancel:<phone> hash.  ARGV: code, now, max attempts, mo id
+-- Returns {status, booking number or attempts left}.
+local h = redis.call('HMGET', KEYS[1], 'code', 'booking_no', 'expires_at', 'attempts',
+                     'confirmed_by')
+if not h[1] then
+  return {'NONE', ''}
+end
+if h[5] then
+  -- A used code: valid again only for the MO that used it (a replay after a crash).
+  if h[5] == ARGV[4] then return {'OK', h[2]} end
+  return {'NONE', ''}
+end
+if tonumber(ARGV[2]) >= tonumber(h[3]) then
+  redis.call('DEL', KEYS[1])
+  return {'EXPIRED', ''}
+end
+if h[1] == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'confirmed_by', ARGV[4])
+  return {'OK', h[2]}
+end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if attempts >= tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[1])
+  return {'LOCKED', ''}
+end
+return {'WRONG', tostring(tonumber(ARGV[3]) - attempts)}
+"""
+
+
+class _RateVerdict(Enum):
+    ANSWER = 0
+    ANSWER_FLOOD = 1
+    IGNORE = 2
+
+
+# --- recording -----------------------------------------------------------------------------
+
+
+class MoRecorder:
+    """`InboundSink.record_mo`: one XADD to the MO stream, then the Deferred fires."""
+
+    def __init__(self, redis: Redis, keys: Keys, now: Callable[[], float]) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._now = now
+
+    def record_mo(self, message: MobileOriginated) -> Deferred[None]:
+        """Record an MO durably; fires once it is in Redis, fails if Redis refused it.
+
+        The link sends deliver_sm_resp only after this fires (a failure: an error status,
+        so the SMSC delivers again).
+        """
+        return as_deferred(self._record(message))
+
+    async def _record(self, message: MobileOriginated) -> None:
+        digits = message.source.digits
+        fields = {
+            "carrier": message.carrier,
+            "from": digits,  # private: the reply goes back to it (see the module docstring)
+            "from_masked": mask_phone(digits),
+            "to": message.destination,
+            "text": message.text,
+            "received_at": repr(message.received_at or self._now()),
+        }
+        mo_id = await self._redis.xadd(self._keys.mo_stream, fields)  # type: ignore[arg-type]
+        log.info(
+            "MO {mo_id} from {sender} via {carrier} recorded",
+            mo_id=decode_text(mo_id),
+            sender=message.source,
+            carrier=message.carrier,
+        )
+
+
+# --- answering -----------------------------------------------------------------------------
+
+
+class MoResponder:
+    """Works out the answer to one command from one sender (identity, queries, the cancel).
+
+    Side effects: issuing/checking a cancel code (``mo-cancel:<phone>``) and the domain's
+    cancellation.  The reply itself is the caller's to enqueue.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        config: MoConfig,
+        *,
+        max_code_attempts: int = 3,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._config = config
+        self._max_code_attempts = max_code_attempts
+        self._people = PersonStore(redis, keys)
+        self._bookings = BookingStore(redis, keys)
+        self._cancellation = BookingCancellation(redis, keys)
+        self._issue_code = redis.register_script(_ISSUE_CODE_LUA)
+        self._check_code = redis.register_script(_CHECK_CODE_LUA)
+
+    async def answer(self, command: MoCommand, phone: str, *, mo_id: str, now: float) -> MoReply:
+        """The reply to `command` from `phone` (11 digits, normalised); may raise
+        CorruptRecord (broken core data) or a Redis error."""
+        if isinstance(command, Help):
+            return MoReply(_HELP_TEXTS[command.reason], Outcome.ANSWERED)
+        people = await self._people.find_by_phone(phone)
+        if not people:
+            return MoReply(NOT_ON_RECORD_TEXT, Outcome.NOT_ON_RECORD)
+        match command:
+            case QueryBookings():
+                return await self._query_bookings(people, phone, now)
+            case QueryPoints():
+                return MoReply(_points_text(people), Outcome.ANSWERED)
+            case CancelBooking(booking_no=booking_no):
+                return await self._start_cancel(booking_no, phone, mo_id, now)
+            case ConfirmCancel(code=code):
+                return await self._confirm_cancel(code, phone, mo_id, now)
+        raise AssertionError(command)
+
+    async def _query_bookings(self, people: list[Person], phone: str, now: float) -> MoReply:
+        today = from_unix(now).date()
+        upcoming = [b for b in await self._bookings.find_by_phone(phone) if b.exam_date >= today]
+        if not upcoming:
+            return MoReply(NO_BOOKINGS_TEXT, Outcome.ANSWERED)
+        shared_phone = len(people) > 1
+        lines = [
+            (f"{_masked_name(b.name)}，" if shared_phone else "") + booking_summary(b)
+            for b in upcoming[:MAX_LISTED_BOOKINGS]
+        ]
+        text = "您的考试预约：\n" + "\n".join(f"{i}. {line}" for i, line in enumerate(lines, 1))
+        if len(upcoming) > MAX_LISTED_BOOKINGS:
+            text += f"\n另有{len(upcoming) - MAX_LISTED_BOOKINGS}条预约，请登录交管12123 App查看。"
+        if any(b.status is BookingStatus.BOOKED for b in upcoming):
+            text += "\n取消预约请回复QXYY+预约号。"
+        return MoReply(text, Outcome.ANSWERED)
+
+    async def _start_cancel(self, booking_no: str, phone: str, mo_id: str, now: float) -> MoReply:
+        booking = await self._bookings.verify_by_booking_number(booking_no, phone)
+        if booking is None:
+            # Unknown and someone else's look the same: the answer reveals nothing.
+            return MoReply(BOOKING_NOT_FOUND_TEXT, Outcome.BOOKING_NOT_FOUND)
+        refusal = _refusal(booking, now)
+        if refusal is not None:
+            return refusal
+        ttl = self._config.cancel_code_ttl_seconds
+        code = decode_text(
+            await self._issue_code(
+                keys=[self._keys.mo_cancel_code(phone)],
+                args=[
+                    f"{secrets.randbelow(1_000_000):06d}",
+                    booking.booking_no,
+                    repr(now + ttl),
+                    mo_id,
+                    # Garbage collection only: expiry is decided by `expires_at` and our clock.
+                    str(math.ceil(ttl * 1000) + 60_000),
+                ],
+            )
+        )
+        minutes = max(1, math.ceil(ttl / 60))
+        text = (
+            f"您正在申请取消预约号{booking.booking_no}"
+            f"（{booking.subject.label}，{booking.site}，{_when(booking)}）。"
+            f"确认取消请在{minutes}分钟内回复验证码{code}，如非本人操作请忽略。"
+        )
+        return MoReply(text, Outcome.CODE_SENT)
+
+    async def _confirm_cancel(self, code: str, phone: str, mo_id: str, now: float) -> MoReply:
+        status, detail = (
+            decode_text(v)
+            for v in await self._check_code(
+                keys=[self._keys.mo_cancel_code(phone)],
+                args=[code, repr(now), str(self._max_code_attempts), mo_id],
+            )
+        )
+        match status:
+            case "NONE":
+                return MoReply(NO_PENDING_CODE_TEXT, Outcome.CODE_NONE)
+            case "EXPIRED":
+                return MoReply(CODE_EXPIRED_TEXT, Outcome.CODE_EXPIRED)
+            case "LOCKED":
+                return MoReply(CODE_LOCKED_TEXT, Outcome.CODE_LOCKED)
+            case "WRONG":
+                return MoReply(f"验证码不正确，请核对后重新回复（还可尝试{detail}次）。", Outcome.CODE_WRONG)
+        booking_no = detail
+        # The phone on record may have changed since the code went out: check again.
+        if await self._bookings.verify_by_booking_number(booking_no, phone) is None:
+            return MoReply(BOOKING_NOT_FOUND_TEXT, Outcome.BOOKING_NOT_FOUND)
+        result = await self._cancellation.cancel(booking_no, channel="sms", actor_phone=phone, now=now)
+        match result.outcome:
+            case CancellationOutcome.CANCELLED:
+                return MoReply(f"已收到，预约号{booking_no}已取消。", Outcome.CANCELLED)
+            case CancellationOutcome.NOT_FOUND:
+                return MoReply(BOOKING_NOT_FOUND_TEXT, Outcome.BOOKING_NOT_FOUND)
+            case CancellationOutcome.DEADLINE_PASSED:
+                return MoReply(cancellation_reply(result), Outcome.DEADLINE_PASSED)
+        return MoReply(cancellation_reply(result), Outcome.NOT_CANCELLABLE)
+
+
+def _refusal(booking: Booking, now: float) -> MoReply | None:
+    """The answer when a booking cannot be cancelled online now (no code is sent)."""
+    outcome: CancellationOutcome | None = None
+    if booking.status is BookingStatus.CANCELLED:
+        outcome = CancellationOutcome.ALREADY_CANCELLED
+    elif booking.status is not BookingStatus.BOOKED:
+        outcome = CancellationOutcome.NOT_BOOKED
+    elif not booking.cancellable_online(now):
+        outcome = CancellationOutcome.DEADLINE_PASSED
+    if outcome is None:
+        return None
+    text = cancellation_reply(CancellationResult(outcome, booking))
+    kind = Outcome.DEADLINE_PASSED if outcome is CancellationOutcome.DEADLINE_PASSED else Outcome.NOT_CANCELLABLE
+    return MoReply(text, kind)
+
+
+def _when(booking: Booking) -> str:
+    # As the domain's summaries write it: "2026年11月30日上午", "2026年11月30日 08:30-10:30".
+    gap = " " if booking.session[:1].isdigit() else ""
+    return f"{format_cn_date(booking.exam_date)}{gap}{booking.session}"
+
+
+def _masked_name(name: str) -> str:
+    """林*燕-style: enough for a family sharing a phone to tell whose line it is."""
+    if len(name) <= 1:
+        return name
+    if len(name) == 2:
+        return name[0] + "*"
+    return name[0] + "*" * (len(name) - 2) + name[-1]
+
+
+def _points_text(people: list[Person]) -> str:
+    if len(people) == 1:
+        return licence_summary(people[0]) + "。"
+    return "\n".join(f"{_masked_name(p.name)}：{licence_summary(p)}。" for p in people)
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    mo_id: str
+    fields: Mapping[str, str]
+
+
+class MoService(Service):
+    """Records MOs (`record_mo`) and answers them from a consumer-group loop.
+
+    redis: the shared redis.asyncio client (either decode_responses setting).
+    config: the ``push.mo`` section.  clock: the reactor (backoff delays).  now: Unix
+    seconds for business time (code expiry, flood windows, "upcoming"); defaults to
+    ``clock.seconds``.  consumer_name: stable per process host, so a restarted gateway
+    picks up its own pending entries at once (others' after ``claim_idle_seconds``).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        config: MoConfig,
+        clock: IReactorTime,
+        *,
+        now: Callable[[], float] | None = None,
+        consumer_name: str = "",
+        batch_size: int = 100,
+        block_seconds: float = 2.0,
+        claim_idle_seconds: float = 60.0,
+        retention_seconds: float = 30 * 86400.0,
+        backoff_initial_seconds: float = 0.1,
+        backoff_max_seconds: float = 10.0,
+        max_code_attempts: int = 3,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._config = config
+        self._clock = clock
+        # Any: mypy reads zope's IReactorTime.seconds as a function without self.
+        reactor_time: Any = clock
+        self._now: Callable[[], float] = now if now is not None else reactor_time.seconds
+        self._consumer = consumer_name or f"{socket.gethostname()}-mo"
+        self._batch_size = batch_size
+        self._block_ms = int(block_seconds * 1000)
+        self._claim_idle_seconds = claim_idle_seconds
+        self._retention_seconds = retention_seconds
+        self._backoff_initial = backoff_initial_seconds
+        self._backoff_max = backoff_max_seconds
+        self._recorder = MoRecorder(redis, keys, self._now)
+        self._responder = MoResponder(redis, keys, config, max_code_attempts=max_code_attempts)
+        self._rate = redis.register_script(_RATE_LUA)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._idle = False  # waiting on XREADGROUP BLOCK or a backoff: safe to cancel
+        self._last_claim = 0.0
+        self._last_trim = 0.0
+        # Pending entries of ours to go through first (after start and after an error).
+        self._backlog = True
+
+    # InboundSink ----------------------------------------------------------------------
+
+    def record_mo(self, message: MobileOriginated) -> Deferred[None]:
+        """See `MoRecorder.record_mo`: fires once the MO is in the MO stream."""
+        return self._recorder.record_mo(message)
+
+    # Service ----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self._backlog = True
+        self._task = asyncio.ensure_future(self._run())
+        done = Deferred.fromFuture(self._task)
+        done.addErrback(self._loop_died)
+
+    def stopService(self) -> Deferred[None]:
+        """Stops reading; an answer in progress finishes first (the app bounds the wait)."""
+        super().stopService()
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return succeed(None)
+        if self._idle:
+            task.cancel()
+        return as_deferred(_wait_quietly(task))
+
+    def _loop_died(self, failure: Any) -> None:
+        if failure.check(asyncio.CancelledError):
+            return None
+        log.failure("MO consumer loop stopped by a bug", failure)
+        return None
+
+    # The loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self._backoff_initial
+        while not self._stopping:
+            try:
+                await self._step()
+                delay = self._backoff_initial
+                continue
+            except ResponseError as error:
+                if "NOGROUP" in str(error):
+                    # The stream or group vanished (FLUSHALL, a restore): make them again.
+                    log.warn("MO consumer group missing; creating it")
+                    self._backlog = True
+                    continue
+                log.error("MO consumer: redis refused a command ({error})", error=str(error))
+            except (*REDIS_ERRORS, RedisError) as error:
+                log.error("MO consumer: redis unavailable ({error})", error=type(error).__name__)
+            except Exception:
+                # A bug outside the answer to one MO (which has its own net): keep the
+                # loop, whose work is the citizens' answers, and say so loudly.
+                log.failure("MO consumer: unexpected error")
+            # Nothing acknowledged is lost: the pending entries are read again first.
+            self._backlog = True
+            await self._sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+            delay = min(delay * 2, self._backoff_max)
+
+    async def answer_waiting(self) -> int:
+        """Answer every MO waiting now (our pending entries first), without blocking.
+
+        Returns how many entries were handled.  For a drain at shutdown and for tests;
+        the running loop does the same continuously.  Raises Redis errors.
+        """
+        await self._ensure_group()
+        handled = 0
+        for start in ("0", ">"):
+            while entries := await self._read(start, block=False):
+                await self._answer_batch(entries)
+                handled += len(entries)
+        return handled
+
+    async def _sleep(self, seconds: float) -> None:
+        self._idle = True
+        try:
+            await wait_deferred(deferLater(self._clock, seconds))
+        finally:
+            self._idle = False
+
+    async def _ensure_group(self) -> None:
+        try:
+            # From "0": MOs recorded before any consumer existed are answered too.
+            await self._redis.xgroup_create(self._keys.mo_stream, CONSUMER_GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def _step(self) -> None:
+        if self._backlog:
+            await self._ensure_group()
+            entries = await self._read("0", block=False)
+            if not entries:
+                self._backlog = False
+                return
+        else:
+            entries = await self._claim_abandoned()
+            if not entries:
+                entries = await self._read(">", block=True)
+        if entries:
+            await self._answer_batch(entries)
+        await self._trim()
+
+    async def _read(self, start: str, *, block: bool) -> list[_Entry]:
+        self._idle = block
+        try:
+            reply: Any = await self._redis.xreadgroup(
+                CONSUMER_GROUP,
+                self._consumer,
+                {self._keys.mo_stream: start},
+                count=self._batch_size,
+                block=self._block_ms if block else None,
+            )
+        finally:
+            self._idle = False
+        return [_Entry(decode_text(i), _decode_fields(f)) for _, items in reply or () for i, f in items if i]
+
+    async def _claim_abandoned(self) -> list[_Entry]:
+        """Entries another consumer read and never acknowledged (it died), now and then."""
+        now = self._now()
+        if now - self._last_claim < self._claim_idle_seconds:
+            return []
+        self._last_claim = now
+        reply: Any = await self._redis.xautoclaim(
+            self._keys.mo_stream,
+            CONSUMER_GROUP,
+            self._consumer,
+            min_idle_time=int(self._claim_idle_seconds * 1000),
+            start_id="0-0",
+            count=self._batch_size,
+        )
+        return [_Entry(decode_text(i), _decode_fields(f)) for i, f in reply[1] if i]
+
+    async def _trim(self) -> None:
+        now = self._now()
+        if now - self._last_trim < 3600:
+            return
+        self._last_trim = now
+        oldest_ms = int((now - self._retention_seconds) * 1000)
+        await self._redis.xtrim(self._keys.mo_stream, minid=f"{max(oldest_ms, 0)}-0", approximate=True)
+
+    async def _answer_batch(self, entries: list[_Entry]) -> None:
+        # One sender's MOs in order (QXYY before its code); different senders concurrently.
+        by_sender: dict[str, list[_Entry]] = {}
+        for entry in entries:
+            by_sender.setdefault(entry.fields.get("from", ""), []).append(entry)
+        results = await asyncio.gather(
+            *(self._answer_in_order(group) for group in by_sender.values()), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _answer_in_order(self, entries: list[_Entry]) -> None:
+        for entry in entries:
+            await self.answer_entry(entry.mo_id, entry.fields)
+
+    async def answer_entry(self, mo_id: str, fields: Mapping[str, str]) -> None:
+        """Answer one MO stream entry and acknowledge it (see the module docstring).
+
+        Raises Redis connection errors (the entry stays pending and is answered later).
+        """
+        keys = self._keys
+        if not fields:
+            # Trimmed away while pending: nothing left to answer.
+            await self._redis.xack(keys.mo_stream, CONSUMER_GROUP, mo_id)
+            return
+        if await self._redis.exists(keys.mo_handled(mo_id)):
+            await self._redis.xack(keys.mo_stream, CONSUMER_GROUP, mo_id)
+            return
+        now = self._now()
+        command = parse_mo(fields.get("text", ""))
+        metrics.mo_messages.labels(keyword=command.keyword).inc()
+        try:
+            phone: str | None = normalise_cn_mobile(fields.get("from", ""))
+        except InvalidPhoneNumber:
+            phone = None
+        reply: MoReply | None
+        if phone is None:
+            reply, outcome = None, Outcome.INVALID_SENDER
+        else:
+            verdict = await self._rate_verdict(phone, now)
+            if verdict is _RateVerdict.IGNORE:
+                reply, outcome = None, Outcome.IGNORED
+            elif verdict is _RateVerdict.ANSWER_FLOOD:
+                reply = MoReply(FLOOD_TEXT, Outcome.RATE_LIMITED)
+                outcome = reply.outcome
+            else:
+                reply = await self._answer_safely(command, phone, mo_id, now)
+                outcome = reply.outcome
+        await self._finish(mo_id, fields, phone, command, outcome, reply, now)
+        log.info(
+            "MO {mo_id} from {sender}: {keyword} -> {outcome}",
+            mo_id=mo_id,
+            sender=PhoneNumber(fields.get("from", "")),
+            keyword=command.keyword,
+            outcome=outcome.value,
+        )
+
+    async def _answer_safely(self, command: MoCommand, phone: str, mo_id: str, now: float) -> MoReply:
+        try:
+            return await self._responder.answer(command, phone, mo_id=mo_id, now=now)
+        except REDIS_ERRORS:
+            raise  # the entry stays pending; the loop backs off and answers it later
+        except CorruptRecord as error:
+            log.error("MO {mo_id}: core data is broken ({error})", mo_id=mo_id, error=str(error))
+        except Exception:
+            # A bug: one message must not stall everyone else's (see the module docstring).
+            log.failure("MO {mo_id}: answering failed", mo_id=mo_id)
+        return MoReply(TRY_LATER_TEXT, Outcome.ERROR)
+
+    async def _rate_verdict(self, phone: str, now: float) -> _RateVerdict:
+        verdict = await self._rate(
+            keys=[self._keys.mo_rate(phone)],
+            args=[repr(now), str(self._config.rate_limit_per_minute), "60", repr(self._config.ignore_seconds)],
+        )
+        return _RateVerdict(int(verdict))
+
+    async def _finish(
+        self,
+        mo_id: str,
+        fields: Mapping[str, str],
+        phone: str | None,
+        command: MoCommand,
+        outcome: Outcome,
+        reply: MoReply | None,
+        now: float,
+    ) -> None:
+        """Enqueue the reply, record the events, mark handled, XACK: one round trip."""
+        keys = self._keys
+        masked = mask_phone(phone or fields.get("from", ""))
+        at = iso_time(now)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if reply is not None and phone is not None:
+                pipe.xadd(
+                    keys.notify_stream,
+                    {
+                        "id": mo_reply_id(mo_id),
+                        "type": MO_REPLY_TYPE,
+                        "to": phone,
+                        "params": json.dumps({"text": reply.text}, ensure_ascii=False),
+                        "priority": "high",
+                        "channel": "sms",
+                    },
+                )
+            pipe.xadd(
+                keys.events_stream,
+                {
+                    "type": "mo.received",
+                    "mo_id": mo_id,
+                    "from": masked,
+                    "carrier": fields.get("carrier", ""),
+                    "keyword": command.keyword,
+                    "outcome": outcome.value,
+                    "at": at,
+                },
+            )
+            if reply is not None and phone is not None:
+                pipe.xadd(
+                    keys.events_stream,
+                    {
+                        "type": "mo.replied",
+                        "mo_id": mo_id,
+                        "to": masked,
+                        "keyword": command.keyword,
+                        "outcome": outcome.value,
+                        "reply_id": mo_reply_id(mo_id),
+                        "at": at,
+                    },
+                )
+            pipe.set(keys.mo_handled(mo_id), outcome.value, ex=max(1, int(self._retention_seconds)))
+            pipe.xack(keys.mo_stream, CONSUMER_GROUP, mo_id)
+            await pipe.execute()
+
+
+def _decode_fields(raw: Mapping[Any, Any] | None) -> dict[str, str]:
+    return {decode_text(k): decode_text(v) for k, v in (raw or {}).items()}
+
+
+async def _wait_quietly(task: asyncio.Task[None]) -> None:
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+

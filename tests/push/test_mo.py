@@ -1,0 +1,485 @@
+"""MoService against a real redis-server and the domain's sample data.
+
+Most tests record MOs with `record_mo` (what a carrier link calls) and answer them with
+`answer_waiting` (what the consumer loop does, without blocking), then look at what Redis
+shows: the reply in the notify stream, the events, the booking.  The loop itself, restart
+recovery and a Redis outage are tested with the service running on the reactor; those
+wait on the notify stream with XREAD BLOCK, not with sleeps.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from redis.asyncio import Redis
+from twisted.internet import reactor
+
+from gateway.config import MoConfig
+from gateway.domain import from_unix
+from gateway.domain.bookings import BookingStore
+from gateway.domain.sample import (
+    SAMPLE_CALLER,
+    SAMPLE_CALLER_AFTER_DEADLINE,
+    SAMPLE_CALLER_NINE_POINTS,
+    SAMPLE_CALLER_UNICOM,
+    SAMPLE_ID_NUMBERS,
+    SampleSummary,
+    load_sample,
+)
+from gateway.ports import MobileOriginated
+from gateway.privacy import PhoneNumber
+from gateway.push.mo import (
+    FLOOD_TEXT,
+    NOT_ON_RECORD_TEXT,
+    MoService,
+    mo_reply_id,
+)
+from gateway.store.bridge import as_deferred, wait_deferred
+from gateway.store.embedded import RedisServerProcess
+from gateway.store.keys import Keys
+from gateway.store.service import make_client
+
+KEYS = Keys()
+STRANGER = "13712345670"  # a valid mobile number with nobody on record
+
+
+def on_asyncio(test: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
+    """Run an `async def` test body as an asyncio task on the reactor's loop."""
+
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> None:
+        await as_deferred(test(*args, **kwargs))  # type: ignore[arg-type]
+
+    return pytest_twisted.ensureDeferred(run)
+
+
+class Now:
+    """A clock the test moves: business time of the service (code expiry, flood windows)."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Harness:
+    def __init__(self, redis: Redis, service: MoService, now: Now, sample: SampleSummary) -> None:
+        self.redis = redis
+        self.service = service
+        self.now = now
+        self.sample = sample
+
+    async def send(self, sender: str, text: str, carrier: str = "cmcc") -> str:
+        """Record an MO as a carrier link would, answer everything waiting; the reply text."""
+        before = len(await self.replies())
+        await wait_deferred(
+            self.service.record_mo(MobileOriginated(carrier, PhoneNumber(sender), "12123", text))
+        )
+        await self.service.answer_waiting()
+        replies = await self.replies()
+        assert len(replies) == before + 1, "expected exactly one reply"
+        return str(replies[-1]["text"])
+
+    async def send_unanswered(self, sender: str, text: str) -> None:
+        before = len(await self.replies())
+        await wait_deferred(
+            self.service.record_mo(MobileOriginated("cmcc", PhoneNumber(sender), "12123", text))
+        )
+        await self.service.answer_waiting()
+        assert len(await self.replies()) == before
+
+    async def replies(self) -> list[dict[str, str]]:
+        """The mo_reply notifications, oldest first, with their params' text as `text`."""
+        out = []
+        for _, fields in await self.redis.xrange(KEYS.notify_stream):
+            if fields["type"] == "mo_reply":
+                out.append({**fields, "text": json.loads(fields["params"])["text"]})
+        return out
+
+    async def events(self, kind: str) -> list[dict[str, str]]:
+        return [f for _, f in await self.redis.xrange(KEYS.events_stream) if f["type"] == kind]
+
+    async def booking_status(self, booking_no: str) -> str:
+        booking = await BookingStore(self.redis, KEYS).get(booking_no)
+        assert booking is not None
+        return booking.status.value
+
+    async def seats_left(self, booking_no: str) -> int:
+        plan_id = await self.redis.get(KEYS.booking_index(booking_no))
+        return int(await self.redis.hget(KEYS.exam_plan(plan_id), "seats_left"))
+
+
+@asynccontextmanager
+async def harness(redis_url: str, config: MoConfig | None = None) -> AsyncIterator[Harness]:
+    redis = make_client(redis_url)
+    now = Now()
+    sample = await load_sample(redis, KEYS, today=from_unix(now()).date())
+    service = MoService(redis, KEYS, config or MoConfig(), reactor, now=now, consumer_name="test")
+    try:
+        yield Harness(redis, service, now, sample)
+    finally:
+        await redis.aclose()
+
+
+def code_in(text: str) -> str:
+    match = re.search(r"验证码(\d{6})", text)
+    assert match, text
+    return match.group(1)
+
+
+# --- recording ---------------------------------------------------------------------------
+
+
+@on_asyncio
+async def test_record_mo_writes_the_mo_stream_before_firing(redis_url: str) -> None:
+    """record_mo fires after one XADD holding the MO; answering waits for the consumer."""
+    async with harness(redis_url) as h:
+        await wait_deferred(
+            h.service.record_mo(MobileOriginated("cmcc", PhoneNumber(SAMPLE_CALLER), "12123", "CXYY", 5.0))
+        )
+        [(_, fields)] = await h.redis.xrange(KEYS.mo_stream)
+        assert fields == {
+            "carrier": "cmcc", "from": SAMPLE_CALLER, "from_masked": "138****8000",
+            "to": "12123", "text": "CXYY", "received_at": "5.0",
+        }
+        assert await h.redis.xlen(KEYS.notify_stream) == 0
+
+
+# --- keywords end to end -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["CXYY", "cxyy", "ＣＸＹＹ", "查询预约"])
+@on_asyncio
+async def test_query_bookings_lists_upcoming_bookings_without_id_numbers(redis_url: str, text: str) -> None:
+    """CXYY in any form answers with the sender's upcoming bookings, never an ID number."""
+    async with harness(redis_url) as h:
+        reply = await h.send(SAMPLE_CALLER, text)
+        assert h.sample.cancellable_booking in reply
+        assert "科目二" in reply and "已预约" in reply
+        assert h.sample.attended_booking not in reply  # in the past
+        assert h.sample.slot_booking not in reply  # someone else's
+        for id_number in SAMPLE_ID_NUMBERS.values():
+            assert id_number not in reply and id_number[-6:] not in reply
+        assert SAMPLE_CALLER not in reply
+        [notification] = await h.replies()
+        assert notification["to"] == SAMPLE_CALLER
+        assert notification["priority"] == "high" and notification["channel"] == "sms"
+
+
+@pytest.mark.parametrize("text", ["CXJF", "查询记分", "ｃｘｊｆ"])
+@on_asyncio
+async def test_query_points_gives_points_status_and_expiry(redis_url: str, text: str) -> None:
+    """CXJF answers with points, licence status and expiry."""
+    async with harness(redis_url) as h:
+        reply = await h.send(SAMPLE_CALLER_NINE_POINTS, text)
+        assert "记分9分" in reply and "状态：正常" in reply and "有效期至" in reply
+        assert SAMPLE_ID_NUMBERS[SAMPLE_CALLER_NINE_POINTS] not in reply
+
+
+@pytest.mark.parametrize("text", ["BZ", "帮助", "你好", "？"])
+@on_asyncio
+async def test_help_and_unrecognised_list_the_keywords(redis_url: str, text: str) -> None:
+    """BZ, 帮助 and anything unrecognised get the list of keywords."""
+    async with harness(redis_url) as h:
+        reply = await h.send(STRANGER, text)
+        assert "CXYY" in reply and "QXYY" in reply and "CXJF" in reply
+
+
+# --- identity ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["CXYY", "CXJF", "QXYY {booking}", "123456"])
+@on_asyncio
+async def test_sender_not_on_record_is_told_so_and_nothing_else(redis_url: str, text: str) -> None:
+    """A number with nobody on record gets the same fixed answer whatever it asks."""
+    async with harness(redis_url) as h:
+        booking = h.sample.cancellable_booking
+        reply = await h.send(STRANGER, text.format(booking=booking))
+        assert reply == NOT_ON_RECORD_TEXT
+        assert await h.redis.exists(KEYS.mo_cancel_code(STRANGER)) == 0
+        assert await h.booking_status(booking) == "booked"
+
+
+@on_asyncio
+async def test_someone_elses_booking_looks_like_no_booking(redis_url: str) -> None:
+    """QXYY for another person's booking answers exactly like a booking that does not exist."""
+    async with harness(redis_url) as h:
+        theirs = await h.send(SAMPLE_CALLER_UNICOM, f"QXYY {h.sample.cancellable_booking}")
+        missing = await h.send(SAMPLE_CALLER_UNICOM, "QXYY 20991231999")
+        assert theirs == missing
+        assert await h.redis.exists(KEYS.mo_cancel_code(SAMPLE_CALLER_UNICOM)) == 0
+        assert await h.booking_status(h.sample.cancellable_booking) == "booked"
+
+
+# --- the two-step cancel -----------------------------------------------------------------
+
+
+@on_asyncio
+async def test_cancel_with_the_code_within_the_ttl_cancels_and_releases_the_seat(redis_url: str) -> None:
+    """QXYY gets a code; the same number sending it back in time cancels, seat released."""
+    async with harness(redis_url) as h:
+        booking = h.sample.cancellable_booking
+        seats = await h.seats_left(booking)
+        first = await h.send(SAMPLE_CALLER, f"取消预约 {booking}")
+        code = code_in(first)
+        assert booking in first and "10分钟" in first
+        assert await h.booking_status(booking) == "booked"
+        h.now.t += 599
+        second = await h.send(SAMPLE_CALLER, f"确认 {code}")
+        assert "已取消" in second
+        assert await h.booking_status(booking) == "cancelled"
+        assert await h.seats_left(booking) == seats + 1
+        # The domain queued the cancellation SMS itself.
+        ids = [f["id"] for _, f in await h.redis.xrange(KEYS.notify_stream)]
+        assert f"booking-cancelled:{booking}" in ids
+        # The code is single use.
+        assert "没有待确认" in await h.send(SAMPLE_CALLER, code)
+
+
+@on_asyncio
+async def test_codes_are_random(redis_url: str) -> None:
+    """Each QXYY issues a fresh code from `secrets` (not a counter or a constant)."""
+    async with harness(redis_url) as h:
+        booking = h.sample.cancellable_booking
+        codes = {code_in(await h.send(SAMPLE_CALLER, f"QXYY {booking}")) for _ in range(4)}
+        assert len(codes) >= 3
+
+
+@on_asyncio
+async def test_wrong_code_is_refused_and_attempts_are_limited(redis_url: str) -> None:
+    """A wrong code is refused; the third wrong one voids the code, even for the right one."""
+    async with harness(redis_url) as h:
+        booking = h.sample.cancellable_booking
+        code = code_in(await h.send(SAMPLE_CALLER, f"QXYY {booking}"))
+        wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+        assert "还可尝试2次" in await h.send(SAMPLE_CALLER, wrong)
+        assert "还可尝试1次" in await h.send(SAMPLE_CALLER, f"QR {wrong}")
+        assert "错误次数过多" in await h.send(SAMPLE_CALLER, wrong)
+        assert "没有待确认" in await h.send(SAMPLE_CALLER, code)
+        assert await h.booking_status(booking) == "booked"
+
+
+@on_asyncio
+async def test_expired_code_does_not_cancel(redis_url: str) -> None:
+    """The right code after cancel_code_ttl_seconds (by the service's clock) is expired."""
+    async with harness(redis_url, MoConfig(cancel_code_ttl_seconds=600)) as h:
+        booking = h.sample.cancellable_booking
+        code = code_in(await h.send(SAMPLE_CALLER, f"QXYY {booking}"))
+        h.now.t += 600
+        assert "已过期" in await h.send(SAMPLE_CALLER, code)
+        assert await h.booking_status(booking) == "booked"
+
+
+@on_asyncio
+async def test_code_from_a_different_number_does_nothing(redis_url: str) -> None:
+    """Another number (on record) sending the code cancels nothing and spends no attempt."""
+    async with harness(redis_url) as h:
+        booking = h.sample.cancellable_booking
+        code = code_in(await h.send(SAMPLE_CALLER, f"QXYY {booking}"))
+        for _ in range(3):
+            assert "没有待确认" in await h.send(SAMPLE_CALLER_UNICOM, code)
+        assert await h.booking_status(booking) == "booked"
+        assert "已取消" in await h.send(SAMPLE_CALLER, code)
+
+
+@on_asyncio
+async def test_after_the_deadline_the_reply_sends_the_citizen_to_the_office(redis_url: str) -> None:
+    """A booking whose window closed gets no code but the in-person rule (one day before)."""
+    async with harness(redis_url) as h:
+        booking = h.sample.after_deadline_booking
+        reply = await h.send(SAMPLE_CALLER_AFTER_DEADLINE, f"QXYY {booking}")
+        assert "车管所" in reply and "截止" in reply
+        assert not re.search(r"验证码\d{6}", reply)
+        assert await h.redis.exists(KEYS.mo_cancel_code(SAMPLE_CALLER_AFTER_DEADLINE)) == 0
+
+
+@on_asyncio
+async def test_deadline_passing_between_code_and_confirmation(redis_url: str) -> None:
+    """A code confirmed after the booking window closed answers with the deadline rule."""
+    async with harness(redis_url) as h:
+        booking = h.sample.cancellable_booking
+        code = code_in(await h.send(SAMPLE_CALLER, f"QXYY {booking}"))
+        # The core system closes the window early (the plan filled up), a minute from now.
+        plan_id = await h.redis.get(KEYS.booking_index(booking))
+        await h.redis.hset(KEYS.exam_plan(plan_id), "cancel_deadline", str(int(h.now.t) + 60))
+        h.now.t += 120
+        assert "车管所" in await h.send(SAMPLE_CALLER, code)
+        assert await h.booking_status(booking) == "booked"
+
+
+# --- flooding ----------------------------------------------------------------------------
+
+
+@on_asyncio
+async def test_flooding_number_is_answered_once_then_ignored(redis_url: str) -> None:
+    """Over the per-minute limit: one flood answer, then silence until ignore_seconds pass."""
+    async with harness(redis_url, MoConfig(rate_limit_per_minute=3, ignore_seconds=600)) as h:
+        for _ in range(3):
+            assert "CXYY" in await h.send(SAMPLE_CALLER, "BZ")
+        assert await h.send(SAMPLE_CALLER, "BZ") == FLOOD_TEXT
+        for _ in range(3):
+            await h.send_unanswered(SAMPLE_CALLER, "BZ")
+        h.now.t += 59  # a new minute, but still being ignored
+        await h.send_unanswered(SAMPLE_CALLER, "BZ")
+        # Others are not affected.
+        assert "CXYY" in await h.send(SAMPLE_CALLER_UNICOM, "BZ")
+        h.now.t += 600
+        assert "CXYY" in await h.send(SAMPLE_CALLER, "BZ")
+        outcomes = [e["outcome"] for e in await h.events("mo.received") if e["from"] == "138****8000"]
+        assert outcomes == ["answered"] * 3 + ["rate_limited"] + ["ignored"] * 4 + ["answered"]
+
+
+# --- idempotency and events --------------------------------------------------------------
+
+
+@on_asyncio
+async def test_replayed_mo_entry_sends_one_reply(redis_url: str) -> None:
+    """Answering the same MO stream entry twice (a lost XACK) enqueues one reply."""
+    async with harness(redis_url) as h:
+        await h.send(SAMPLE_CALLER, "CXYY")
+        [(mo_id, fields)] = await h.redis.xrange(KEYS.mo_stream)
+        await h.service.answer_entry(mo_id, fields)
+        replies = await h.replies()
+        assert [r["id"] for r in replies] == [mo_reply_id(mo_id)]
+
+
+@on_asyncio
+async def test_replay_before_the_handled_marker_resends_the_same_code(redis_url: str) -> None:
+    """A crash after the reply but before the marker: the replay repeats the same code and id."""
+    async with harness(redis_url) as h:
+        booking = h.sample.cancellable_booking
+        code = code_in(await h.send(SAMPLE_CALLER, f"QXYY {booking}"))
+        [(mo_id, fields)] = await h.redis.xrange(KEYS.mo_stream)
+        await h.redis.delete(KEYS.mo_handled(mo_id))
+        await h.service.answer_entry(mo_id, fields)
+        first, again = await h.replies()
+        assert first["id"] == again["id"] == mo_reply_id(mo_id)
+        assert code_in(again["text"]) == code
+
+
+@on_asyncio
+async def test_events_are_masked_and_never_hold_a_code(redis_url: str) -> None:
+    """mo.received / mo.replied carry masked numbers, keyword and outcome; no code, no text."""
+    async with harness(redis_url) as h:
+        booking = h.sample.cancellable_booking
+        code = code_in(await h.send(SAMPLE_CALLER, f"QXYY {booking}"))
+        await h.send(SAMPLE_CALLER, f"QR {code}")
+        received = await h.events("mo.received")
+        replied = await h.events("mo.replied")
+        assert [(e["keyword"], e["outcome"]) for e in received] == [
+            ("cancel_booking", "code_sent"), ("confirm_cancel", "cancelled"),
+        ]
+        assert [(e["keyword"], e["outcome"]) for e in replied] == [
+            ("cancel_booking", "code_sent"), ("confirm_cancel", "cancelled"),
+        ]
+        assert all(e["from"] == "138****8000" for e in received)
+        assert all(e["to"] == "138****8000" for e in replied)
+        everything = json.dumps(await h.redis.xrange(KEYS.events_stream), ensure_ascii=False)
+        assert code not in everything and SAMPLE_CALLER not in everything
+
+
+# --- the running service -----------------------------------------------------------------
+
+
+async def next_reply(redis: Redis, after: str = "0", timeout_seconds: float = 10.0) -> tuple[str, dict[str, str]]:
+    """Block on the notify stream (XREAD BLOCK) until an mo_reply arrives after `after`."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        reply = await redis.xread({KEYS.notify_stream: after}, block=int(timeout_seconds * 1000))
+        for _, items in reply or ():
+            for entry_id, fields in items:
+                after = entry_id
+                if fields["type"] == "mo_reply":
+                    return entry_id, fields
+    raise AssertionError("no reply")
+
+
+@on_asyncio
+async def test_running_service_answers_recorded_mos(redis_url: str) -> None:
+    """Started, the service answers an MO shortly after record_mo; it stops cleanly."""
+    async with harness(redis_url) as h:
+        service = MoService(h.redis, KEYS, MoConfig(), reactor, now=h.now, consumer_name="loop",
+                            block_seconds=5.0)
+        service.startService()
+        try:
+            await wait_deferred(
+                service.record_mo(MobileOriginated("cmcc", PhoneNumber(SAMPLE_CALLER), "12123", "cxyy"))
+            )
+            _, fields = await next_reply(h.redis)
+            assert h.sample.cancellable_booking in json.loads(fields["params"])["text"]
+        finally:
+            started = time.monotonic()
+            await wait_deferred(service.stopService())
+            assert time.monotonic() - started < 1.0, "stop must not wait out the XREADGROUP block"
+
+
+@on_asyncio
+async def test_mos_pending_from_before_a_crash_are_answered_after_restart(redis_url: str) -> None:
+    """An MO read but never acknowledged (the process died) is answered when the loop starts."""
+    async with harness(redis_url) as h:
+        await wait_deferred(
+            h.service.record_mo(MobileOriginated("cmcc", PhoneNumber(SAMPLE_CALLER), "12123", "BZ"))
+        )
+        await h.redis.xgroup_create(KEYS.mo_stream, "mo", id="0")
+        # Two dead consumers: one with our name (read, never acked), one other host.
+        await h.redis.xreadgroup("mo", "restarted", {KEYS.mo_stream: ">"}, count=1)
+        await wait_deferred(
+            h.service.record_mo(MobileOriginated("cmcc", PhoneNumber(SAMPLE_CALLER_UNICOM), "12123", "BZ"))
+        )
+        await h.redis.xreadgroup("mo", "other-host", {KEYS.mo_stream: ">"}, count=1)
+        service = MoService(h.redis, KEYS, MoConfig(), reactor, now=h.now, consumer_name="restarted",
+                            claim_idle_seconds=0.0, block_seconds=0.2)
+        service.startService()
+        try:
+            after, first = await next_reply(h.redis)
+            _, second = await next_reply(h.redis, after)
+            assert {first["to"], second["to"]} == {SAMPLE_CALLER, SAMPLE_CALLER_UNICOM}
+        finally:
+            await wait_deferred(service.stopService())
+        assert (await h.redis.xpending(KEYS.mo_stream, "mo"))["pending"] == 0
+
+
+@on_asyncio
+async def test_redis_outage_loses_nothing(tmp_path: Path) -> None:
+    """With Redis down record_mo fails (no deliver_sm_resp); after it returns all is answered."""
+    server = RedisServerProcess(data_dir=tmp_path / "redis")
+    server.start()
+    redis = make_client(server.url, reconnect_max_delay_seconds=0.2)
+    now = Now()
+    try:
+        await load_sample(redis, KEYS, today=from_unix(now()).date())
+        service = MoService(redis, KEYS, MoConfig(), reactor, now=now, consumer_name="outage",
+                            block_seconds=0.2, backoff_initial_seconds=0.05, backoff_max_seconds=0.2)
+        service.startService()
+        try:
+            await wait_deferred(
+                service.record_mo(MobileOriginated("cmcc", PhoneNumber(SAMPLE_CALLER), "12123", "BZ"))
+            )
+            after, _ = await next_reply(redis)
+            server.stop()
+            with pytest.raises(Exception) as refused:
+                await wait_deferred(
+                    service.record_mo(MobileOriginated("cmcc", PhoneNumber(SAMPLE_CALLER), "12123", "CXJF"))
+                )
+            assert "Connection" in type(refused.value).__name__ or isinstance(refused.value, OSError)
+            server.start()
+            await wait_deferred(
+                service.record_mo(MobileOriginated("cmcc", PhoneNumber(SAMPLE_CALLER_UNICOM), "12123", "BZ"))
+            )
+            _, fields = await next_reply(redis, after)
+            assert fields["to"] == SAMPLE_CALLER_UNICOM
+        finally:
+            await wait_deferred(service.stopService())
+    finally:
+        await redis.aclose()
+        server.stop()
