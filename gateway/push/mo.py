@@ -33,13 +33,15 @@ senders concurrently.  For each entry, in this order:
    ``mo.received`` and ``mo.replied`` to the events stream, SET the handled marker, XACK.
 
 A crash anywhere before the XACK means the entry is answered again.  That is safe: the
-reply id is the same, and the push pipeline drops a notification id it has seen; the
-handled marker stops a second reply before it is even built; a re-issued cancel code is
-the *same* code (the code record remembers which MO issued it); a confirmation already
-accepted is accepted again for the same MO (ditto) and the domain answers
-ALREADY_CANCELLED, so the booking is cancelled once.  Event readers may see ``mo.received``
-twice for one ``mo_id`` and must treat it as one fact.  A replay may count once more
-against the flood limit or a wrong-code attempt; that errs on the side of caution.
+handled marker stops a second reply before it is even built; without the marker (a crash
+between the XADDs and the SET), the reply id is the same and the push pipeline drops a
+notification id it has seen; a re-issued cancel code is the *same* code (the code record
+remembers which MO issued it); a code already accepted is accepted again for the same MO
+(ditto), and the domain, given the MO id as ``request_id``, answers CANCELLED again, so
+the booking is cancelled once and the reply is the same.  Event readers may see
+``mo.received`` twice for one ``mo_id`` and must treat it as one fact.  A replay may
+count once more against the flood limit or a wrong-code attempt; that errs on the side of
+caution.
 
 **Identity.**  The gateway talks about a person only to the phone on record for them
 (seed 001: online registration must use the number registered at the vehicle office).
@@ -421,7 +423,10 @@ class MoResponder:
         # The phone on record may have changed since the code went out: check again.
         if await self._bookings.verify_by_booking_number(booking_no, phone) is None:
             return MoReply(BOOKING_NOT_FOUND_TEXT, Outcome.BOOKING_NOT_FOUND)
-        result = await self._cancellation.cancel(booking_no, channel="sms", actor_phone=phone, now=now)
+        # request_id: a replay of this MO gets CANCELLED again, not ALREADY_CANCELLED.
+        result = await self._cancellation.cancel(
+            booking_no, channel="sms", actor_phone=phone, now=now, request_id=mo_id
+        )
         match result.outcome:
             case CancellationOutcome.CANCELLED:
                 return MoReply(f"已收到，预约号{booking_no}已取消。", Outcome.CANCELLED)
@@ -605,6 +610,8 @@ class MoService(Service):
         return handled
 
     async def _sleep(self, seconds: float) -> None:
+        if self._stopping:
+            return
         self._idle = True
         try:
             await wait_deferred(deferLater(self._clock, seconds))
@@ -635,6 +642,9 @@ class MoService(Service):
         await self._trim()
 
     async def _read(self, start: str, *, block: bool) -> list[_Entry]:
+        if block and self._stopping:
+            # stopService ran while we were busy: do not start a wait it cannot see.
+            return []
         self._idle = block
         try:
             reply: Any = await self._redis.xreadgroup(
@@ -676,7 +686,7 @@ class MoService(Service):
         # One sender's MOs in order (QXYY before its code); different senders concurrently.
         by_sender: dict[str, list[_Entry]] = {}
         for entry in entries:
-            by_sender.setdefault(entry.fields.get("from", ""), []).append(entry)
+            by_sender.setdefault(_sender_key(entry.fields.get("from", "")), []).append(entry)
         results = await asyncio.gather(
             *(self._answer_in_order(group) for group in by_sender.values()), return_exceptions=True
         )
@@ -804,6 +814,13 @@ class MoService(Service):
             pipe.set(keys.mo_handled(mo_id), outcome.value, ex=max(1, int(self._retention_seconds)))
             pipe.xack(keys.mo_stream, CONSUMER_GROUP, mo_id)
             await pipe.execute()
+
+
+def _sender_key(source: str) -> str:
+    try:
+        return normalise_cn_mobile(source)  # +86 or not, one sender
+    except InvalidPhoneNumber:
+        return source
 
 
 def _decode_fields(raw: Mapping[Any, Any] | None) -> dict[str, str]:

@@ -9,6 +9,7 @@ wait on the notify stream with XREAD BLOCK, not with sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import re
@@ -368,6 +369,23 @@ async def test_replay_before_the_handled_marker_resends_the_same_code(redis_url:
 
 
 @on_asyncio
+async def test_replayed_confirmation_cancels_once_and_answers_the_same(redis_url: str) -> None:
+    """A confirmation answered again (marker lost) gives the same reply; one seat released."""
+    async with harness(redis_url) as h:
+        booking = h.sample.cancellable_booking
+        seats = await h.seats_left(booking)
+        code = code_in(await h.send(SAMPLE_CALLER, f"QXYY {booking}"))
+        await h.send(SAMPLE_CALLER, code)
+        mo_id, fields = (await h.redis.xrange(KEYS.mo_stream))[-1]
+        await h.redis.delete(KEYS.mo_handled(mo_id))
+        await h.service.answer_entry(mo_id, fields)
+        _, first, again = await h.replies()
+        assert first["id"] == again["id"] and first["text"] == again["text"]
+        assert "已取消" in again["text"]
+        assert await h.seats_left(booking) == seats + 1
+
+
+@on_asyncio
 async def test_events_are_masked_and_never_hold_a_code(redis_url: str) -> None:
     """mo.received / mo.replied carry masked numbers, keyword and outcome; no code, no text."""
     async with harness(redis_url) as h:
@@ -418,9 +436,30 @@ async def test_running_service_answers_recorded_mos(redis_url: str) -> None:
             _, fields = await next_reply(h.redis)
             assert h.sample.cancellable_booking in json.loads(fields["params"])["text"]
         finally:
-            started = time.monotonic()
             await wait_deferred(service.stopService())
-            assert time.monotonic() - started < 1.0, "stop must not wait out the XREADGROUP block"
+
+
+async def blocked_clients(redis: Redis) -> int:
+    """Connections Redis shows as blocked (flag b): a waiting XREADGROUP BLOCK."""
+    return sum("b" in c["flags"] for c in await redis.client_list())
+
+
+@on_asyncio
+async def test_stop_interrupts_a_blocked_read(redis_url: str) -> None:
+    """stopService does not wait out XREADGROUP's BLOCK when the loop is idle."""
+    async with harness(redis_url) as h:
+        service = MoService(h.redis, KEYS, MoConfig(), reactor, now=h.now, consumer_name="idle",
+                            block_seconds=30.0)
+        service.startService()
+        for _ in range(500):  # wait for the condition, as seen by Redis
+            if await blocked_clients(h.redis):
+                break
+            await asyncio.sleep(0.01)
+        assert await blocked_clients(h.redis) == 1
+        started = time.monotonic()
+        await wait_deferred(service.stopService())
+        assert time.monotonic() - started < 1.0
+        assert await blocked_clients(h.redis) == 0
 
 
 @on_asyncio
