@@ -23,10 +23,12 @@ import pytest
 import pytest_twisted
 from redis.asyncio import Redis
 from twisted.internet import reactor
+from twisted.logger import formatEvent, globalLogPublisher
 
 from gateway.config import MoConfig
 from gateway.domain import from_unix
 from gateway.domain.bookings import BookingStore
+from gateway.domain.people import LicenceStatus, Person, UserClass, person_to_hash
 from gateway.domain.sample import (
     SAMPLE_CALLER,
     SAMPLE_CALLER_AFTER_DEADLINE,
@@ -37,7 +39,7 @@ from gateway.domain.sample import (
     load_sample,
 )
 from gateway.ports import MobileOriginated
-from gateway.privacy import PhoneNumber
+from gateway.privacy import IdNumber, PhoneNumber
 from gateway.push.mo import (
     FLOOD_TEXT,
     NOT_ON_RECORD_TEXT,
@@ -220,6 +222,39 @@ async def test_someone_elses_booking_looks_like_no_booking(redis_url: str) -> No
         assert theirs == missing
         assert await h.redis.exists(KEYS.mo_cancel_code(SAMPLE_CALLER_UNICOM)) == 0
         assert await h.booking_status(h.sample.cancellable_booking) == "booked"
+
+
+@on_asyncio
+async def test_a_shared_phone_answers_for_each_person_with_masked_names(redis_url: str) -> None:
+    """Two people on one phone: each line carries a masked name, never an ID number."""
+    async with harness(redis_url) as h:
+        relative = Person(IdNumber("350203196001011234"), "林国华", PhoneNumber(SAMPLE_CALLER),
+                          UserClass.COUNTER, points=2, licence_status=LicenceStatus.NORMAL,
+                          licence_class="C1")
+        await h.redis.hset(KEYS.person(relative.id_number.digits), mapping=dict(person_to_hash(relative)))
+        await h.redis.sadd(KEYS.person_by_phone(SAMPLE_CALLER), relative.id_number.digits)
+        reply = await h.send(SAMPLE_CALLER, "CXJF")
+        assert "林*华：驾驶证（C1）状态：正常，本记分周期累计记分2分" in reply
+        assert "林*燕：您名下暂无驾驶证信息" in reply
+        assert "林国华" not in reply and "350203196001011234" not in reply
+
+
+@on_asyncio
+async def test_logs_hold_no_whole_number_text_or_code(redis_url: str) -> None:
+    """Everything logged while answering (message and fields) masks numbers, omits texts."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        async with harness(redis_url) as h:
+            code = code_in(await h.send(SAMPLE_CALLER, f"QXYY {h.sample.cancellable_booking}"))
+            await h.send(SAMPLE_CALLER, f"确认取消 {code}")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    mine = [e for e in events if e.get("log_namespace", "").startswith("gateway.push.mo")]
+    assert mine
+    logged = "\n".join(formatEvent(e) + " " + " ".join(str(v) for v in e.values()) for e in mine)
+    assert SAMPLE_CALLER not in logged and code not in logged and "确认取消" not in logged
+    assert "138****8000" in logged
 
 
 # --- the two-step cancel -----------------------------------------------------------------
