@@ -88,6 +88,9 @@ MAX_PARTS: Final = 255  # the concatenation IE counts parts in one octet
 
 Encoding = Literal["auto", "ucs2", "gsm7"]
 ConcatenationMode = Literal["udh8", "udh16", "sar", "payload"]
+# What data_coding 0 means inbound: GSM 03.38 per the spec, or ASCII/latin-1 as some
+# Chinese SMSCs send it (read as GSM 03.38, '@' would become '¡' and '_' '§').
+DefaultAlphabet = Literal["gsm7", "latin-1"]
 
 # -- GSM 03.38 ---------------------------------------------------------------------------
 
@@ -418,9 +421,18 @@ def _parse_udh(udh: bytes) -> Concatenation | None:
     return found
 
 
-def _decode_text(data: bytes, data_coding: int, *, gsm7_packed: bool, fill_bits: int = 0) -> str:
+def _decode_text(
+    data: bytes,
+    data_coding: int,
+    *,
+    gsm7_packed: bool,
+    default_alphabet: DefaultAlphabet = "gsm7",
+    fill_bits: int = 0,
+) -> str:
     if data_coding == DATA_CODING_UCS2:
         return data.decode("utf-16-be", "replace")
+    if data_coding == DATA_CODING_DEFAULT and default_alphabet == "latin-1":
+        return data.decode("latin-1")
     if data_coding == DATA_CODING_DEFAULT or (data_coding & 0xF4) == 0xF0:
         # 0xF0-0xF3, 0xF8-0xFB: message class coding group with the GSM default alphabet.
         septets = gsm7_unpack(data, fill_bits) if gsm7_packed else data
@@ -440,13 +452,19 @@ def _decode_text(data: bytes, data_coding: int, *, gsm7_packed: bool, fill_bits:
 
 
 def decode_short_message(
-    short_message: bytes, data_coding: int, esm_class: int, *, gsm7_packed: bool = False
+    short_message: bytes,
+    data_coding: int,
+    esm_class: int,
+    *,
+    gsm7_packed: bool = False,
+    default_alphabet: DefaultAlphabet = "gsm7",
 ) -> tuple[str, Concatenation | None]:
     """Text and concatenation info of an inbound short_message.
 
     With UDHI (esm_class 0x40) the UDH is stripped and its IE 0x00 or 0x08 reported.
-    data_coding: 0 GSM 03.38 (unpacked unless ``gsm7_packed``), 1 ASCII, 3 latin-1,
-    8 UCS2, 15 GBK; anything else best effort (see ``_decode_text``).  Never raises.
+    data_coding: 0 GSM 03.38 (unpacked unless ``gsm7_packed``; latin-1 when
+    ``default_alphabet="latin-1"``), 1 ASCII, 3 latin-1, 8 UCS2, 15 GBK; anything else
+    best effort (see ``_decode_text``).  Never raises.
     """
     concat = None
     data = short_message
@@ -457,7 +475,14 @@ def decode_short_message(
             concat = _parse_udh(short_message[1 : 1 + udhl])
             data = short_message[1 + udhl :]
             fill_bits = (7 - ((1 + udhl) * 8) % 7) % 7
-    return _decode_text(data, data_coding, gsm7_packed=gsm7_packed, fill_bits=fill_bits), concat
+    text = _decode_text(
+        data,
+        data_coding,
+        gsm7_packed=gsm7_packed,
+        default_alphabet=default_alphabet,
+        fill_bits=fill_bits,
+    )
+    return text, concat
 
 
 def concatenation_from_tlvs(tlvs: Iterable[Tlv]) -> Concatenation | None:
@@ -472,7 +497,10 @@ def concatenation_from_tlvs(tlvs: Iterable[Tlv]) -> Concatenation | None:
 
 
 def decode_pdu_text(
-    pdu: SubmitSm | DeliverSm | DataSm, *, gsm7_packed: bool = False
+    pdu: SubmitSm | DeliverSm | DataSm,
+    *,
+    gsm7_packed: bool = False,
+    default_alphabet: DefaultAlphabet = "gsm7",
 ) -> tuple[str, Concatenation | None]:
     """Text and concatenation of a submit_sm, deliver_sm or data_sm.
 
@@ -485,7 +513,11 @@ def decode_pdu_text(
     if payload is None:
         payload = b"" if isinstance(pdu, DataSm) else pdu.short_message
     text, concat = decode_short_message(
-        payload, pdu.data_coding, pdu.esm_class, gsm7_packed=gsm7_packed
+        payload,
+        pdu.data_coding,
+        pdu.esm_class,
+        gsm7_packed=gsm7_packed,
+        default_alphabet=default_alphabet,
     )
     if concat is None and tlvs:
         concat = concatenation_from_tlvs(tlvs)

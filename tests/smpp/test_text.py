@@ -361,6 +361,15 @@ def test_decode_short_message_codings(data, data_coding, expected):
     assert decode_short_message(data, data_coding, 0) == (expected, None)
 
 
+def test_default_alphabet_latin1_for_ascii_smscs():
+    """default_alphabet='latin-1' reads data_coding 0 as ASCII/latin-1 ('@' stays '@')."""
+    data = b"TD @12123_ok"
+    assert decode_short_message(data, 0, 0)[0] == "TD \u00a112123\u00a7ok"  # GSM 03.38 reading
+    assert decode_short_message(data, 0, 0, default_alphabet="latin-1")[0] == "TD @12123_ok"
+    pdu = DeliverSm(1, short_message=data)
+    assert decode_pdu_text(pdu, default_alphabet="latin-1") == ("TD @12123_ok", None)
+
+
 def test_decode_never_raises_on_bad_input():
     """Odd-length UCS2 and a UDH length beyond the message still give text."""
     assert decode_short_message(b"\x4f\x60\x59", 8, 0)[0].startswith("你")
