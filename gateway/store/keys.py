@@ -44,6 +44,21 @@ class Keys:
         """Sorted set of failed/rejected notification ids by time."""
         return f"{self.prefix}dead-letters"
 
+    @property
+    def inflight(self) -> str:
+        """Sorted set of notification ids being submitted, by lease deadline (crash recovery)."""
+        return f"{self.prefix}inflight"
+
+    @property
+    def voice_requests(self) -> str:
+        """Stream of reminders to be read out by phone (channel voice, or auto after SMS failed)."""
+        return f"{self.prefix}voice-requests"
+
+    @property
+    def partner_receipts_pending(self) -> str:
+        """Sorted set of partner message ids whose receipt is owed to the partner, by time."""
+        return f"{self.prefix}partner-receipts"
+
     def message_id(self, carrier: str, message_id: str) -> str:
         """Carrier message id -> notification id and part number."""
         return f"{self.prefix}msgid:{carrier}:{message_id}"

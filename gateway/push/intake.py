@@ -1,0 +1,459 @@
+"""Intake: three doors (Redis stream, HTTP, CLI), one validation, one acceptance.
+
+Theory of operation
+-------------------
+A request has the fields ``id`` (the caller's idempotency key), ``type``, ``to``,
+``params`` (a JSON object; a JSON string on the stream), optional ``priority``
+(high|normal|bulk; default: the template's), ``expires_at`` (Unix seconds) and
+``channel`` (sms|voice|auto; default sms).
+
+`validate_request` is the sans-IO core: mapping in, `ValidRequest` or `Rejection` out,
+time as a number.  Rejection reasons name what is wrong: ``unknown type 'x'``,
+``missing parameter 'plate'``, ``not a Chinese mobile number``, ``bad priority 'x'``,
+``bad channel 'x'``, ``malformed params JSON``, the exam-date rule of a ``send_before``
+template, ``text too long``.  Numbers are normalised (+86, 0086, 86, full-width digits).
+
+`Intake.accept_many` turns validated requests into `AcceptItem`s (queue now, schedule for
+the end of quiet hours, expired, voice hand-off, reject) and records the batch with one
+Lua call (`NotificationLedger.accept`), which is idempotent per id: the same id handed in
+twice sends one message.  The HTTP resource, the partner door and the stream consumer
+all call it; the CLI's `enqueue` writes to the stream.
+
+The stream consumer reads ``keys.notify_stream`` with a consumer group (XREADGROUP COUNT
+batch_size), so several gateway processes share the work.  An entry is XACKed (and
+deleted) by the same script that records its outcome, never before; entries left
+pending by a crashed process are claimed with XAUTOCLAIM after `claim_idle_seconds` and
+finished (acceptance being idempotent, finishing twice is harmless).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.logger import Logger
+
+from gateway.privacy import InvalidPhoneNumber, mask_phone, normalise_cn_mobile
+from gateway.push.queue import Priority, QuietHoursPolicy, local_day
+from gateway.push.render import MissingParameter, TemplateSet
+from gateway.push.state import AcceptItem, AcceptOutcome, NotificationLedger, public_view
+from gateway.store.keys import Keys
+
+__all__ = [
+    "Channel",
+    "Intake",
+    "IntakeConsumer",
+    "Rejection",
+    "ValidRequest",
+    "enqueue",
+    "status",
+    "validate_request",
+]
+
+log = Logger()
+
+# Ids become part of Redis keys (inside a {hash tag}) and of the URL /v1/notifications/{id}.
+_ID = re.compile(r"^[A-Za-z0-9._:@+=-]{1,128}$")
+# Longest text accepted: 6 UCS2 parts of 67 characters (the carriers' default max_parts);
+# a link refuses longer messages anyway, and refusing here names the reason.
+DEFAULT_MAX_TEXT_CHARS = 6 * 67
+
+
+class Channel(enum.StrEnum):
+    SMS = "sms"
+    VOICE = "voice"
+    AUTO = "auto"  # SMS first; a phone call when the SMS ends undeliverable or failed
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    id: str
+    type: str
+    digits: str
+    params_json: str
+    text: str
+    priority: Priority
+    channel: Channel
+    expires_at: float
+    quiet_hours: bool
+    requested_expires_at: str = ""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    id: str
+    reason: str
+    type: str = ""
+    to_raw: str = ""
+    params_json: str = ""
+    priority: str = ""
+    channel: str = ""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _params_json(params: Mapping[str, str]) -> str:
+    return json.dumps(params, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: QuietHoursPolicy,
+                     now: float, default_id: str = "",
+                     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> ValidRequest | Rejection:
+    """Check and normalise one request; never raises for bad input.
+
+    Args:
+        raw: the request fields; params may be a mapping or a JSON string.
+        default_id: the id to use when the request has none (e.g. derived from the
+            stream entry id, so that a re-read entry gets the same id).
+        now: Unix seconds (exam-date rule and expiry).
+    """
+    notification_id = _text(raw.get("id")).strip() or default_id or new_id()
+    type_name = _text(raw.get("type")).strip()
+    to_raw = _text(raw.get("to"))
+    priority_raw = _text(raw.get("priority")).strip().lower()
+    channel_raw = _text(raw.get("channel")).strip().lower()
+    raw_params = raw.get("params")
+
+    def reject(reason: str, params_json: str = "") -> Rejection:
+        return Rejection(id=notification_id, reason=reason, type=type_name, to_raw=to_raw,
+                         params_json=params_json or _text(raw_params)[:4096],
+                         priority=priority_raw, channel=channel_raw)
+
+    if not _ID.match(notification_id):
+        # Keep the rejection recordable: a fresh id, the caller learns it from the answer.
+        notification_id = new_id()
+        return reject("bad id (1-128 characters of A-Z a-z 0-9 . _ : @ + = -)")
+    template = templates.get(type_name)
+    if template is None:
+        return reject(f"unknown type '{type_name[:64]}'")
+
+    if raw_params is None or raw_params == "":
+        params_obj: Any = {}
+    elif isinstance(raw_params, (str, bytes)):
+        try:
+            params_obj = json.loads(raw_params)
+        except ValueError:
+            return reject("malformed params JSON")
+    else:
+        params_obj = raw_params
+    if not isinstance(params_obj, Mapping):
+        return reject("malformed params JSON (expected an object)")
+    params: dict[str, str] = {}
+    for name, value in params_obj.items():
+        if isinstance(value, bool):
+            params[str(name)] = "是" if value else "否"
+        elif isinstance(value, (str, int, float)):
+            params[str(name)] = str(value)
+        elif value is None:
+            params[str(name)] = ""
+        else:
+            return reject(f"parameter '{str(name)[:64]}' must be text or a number")
+    params_json = _params_json(params)
+
+    try:
+        digits = normalise_cn_mobile(to_raw)
+    except InvalidPhoneNumber:
+        return reject("not a Chinese mobile number (1[3-9] and 9 digits)", params_json)
+
+    if priority_raw:
+        try:
+            priority = Priority(priority_raw)
+        except ValueError:
+            return reject(f"bad priority '{priority_raw[:32]}' (high, normal or bulk)", params_json)
+    else:
+        priority = template.priority
+    if channel_raw:
+        try:
+            channel = Channel(channel_raw)
+        except ValueError:
+            return reject(f"bad channel '{channel_raw[:32]}' (sms, voice or auto)", params_json)
+    else:
+        channel = Channel.SMS
+
+    try:
+        text = template.render(params)
+    except MissingParameter as e:
+        return reject(f"missing parameter '{e.name}'", params_json)
+    if len(text) > max_text_chars:
+        return reject(f"text too long ({len(text)} characters, at most {max_text_chars})", params_json)
+
+    expires_at = now + template.validity_seconds
+    requested = _text(raw.get("expires_at")).strip()
+    if requested:
+        try:
+            expires_at = min(expires_at, float(requested))
+        except ValueError:
+            return reject(f"bad expires_at '{requested[:32]}' (Unix seconds)", params_json)
+
+    if template.send_before is not None:
+        rule = template.send_before
+        value = params[rule.param]
+        try:
+            date = dt.date.fromisoformat(value.strip())
+        except ValueError:
+            return reject(f"parameter '{rule.param}' is not a date (YYYY-MM-DD)", params_json)
+        today = policy.today(now)
+        if (date - today).days < rule.days:
+            return reject(f"{rule.param} {date.isoformat()} is less than {rule.days} days away: "
+                          f"a {type_name} message must go out at least {rule.days} days before", params_json)
+        # Useless (and misleading) once fewer than `days` days remain: expire then.
+        deadline = policy.start_of_day(date - dt.timedelta(days=rule.days - 1))
+        expires_at = min(expires_at, deadline)
+
+    return ValidRequest(
+        id=notification_id, type=type_name, digits=digits, params_json=params_json, text=text,
+        priority=priority, channel=channel, expires_at=expires_at,
+        quiet_hours=template.quiet_hours, requested_expires_at=requested,
+    )
+
+
+@dataclass(frozen=True)
+class IntakeRequest:
+    """A request as it came in, with where it came from."""
+
+    fields: Mapping[str, Any]
+    source: str  # stream, http, cli, partner, retry
+    entry_id: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)  # stored as is (partner, ...)
+
+
+class Intake:
+    """The acceptance function shared by every door.
+
+    Args:
+        ledger: where notifications live.
+        templates: a callable returning the templates in force (reloadable).
+        policy: quiet hours and the local calendar.
+        clock: IReactorTime (``seconds()``).
+        daily_cap_bulk: bulk reminders per number per local day.
+        on_accepted: called (no arguments) after a batch put something in a lane, so an
+            idle dispatcher in this process wakes at once.
+    """
+
+    def __init__(self, ledger: NotificationLedger, templates: Callable[[], TemplateSet],
+                 policy: QuietHoursPolicy, clock: Any, *, daily_cap_bulk: int = 3,
+                 max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+                 on_accepted: Callable[[], None] | None = None) -> None:
+        self.ledger = ledger
+        self.keys = ledger.keys
+        self._templates = templates
+        self.policy = policy
+        self.clock = clock
+        self.daily_cap_bulk = daily_cap_bulk
+        self.max_text_chars = max_text_chars
+        self.on_accepted = on_accepted
+
+    def prepare(self, request: IntakeRequest, now: float, quiet_until: float) -> AcceptItem:
+        """Validate one request and decide what acceptance does with it (pure)."""
+        fields = request.fields
+        default_id = f"stream-{request.entry_id}" if request.entry_id else ""
+        result = validate_request(fields, templates=self._templates(), policy=self.policy, now=now,
+                                  default_id=default_id, max_text_chars=self.max_text_chars)
+        retry = _text(fields.get("retry")) == "1"
+        if isinstance(result, Rejection):
+            digits = re.sub(r"\D", "", result.to_raw)
+            stored = {
+                "to": result.to_raw[:64], "to_masked": mask_phone(digits) if digits else "",
+                "params": result.params_json, "source": request.source,
+                "channel": result.channel, "requested_priority": result.priority,
+            }
+            stored.update({k: v for k, v in request.extra.items() if k != "partner_receipt"})
+            return AcceptItem(id=result.id, type=result.type, disposition="reject", lane="",
+                              fields=stored, reason=result.reason, entry_id=request.entry_id, retry=retry)
+        stored = {
+            "to": result.digits, "to_masked": mask_phone(result.digits), "params": result.params_json,
+            "text": result.text, "channel": result.channel.value, "expires_at": f"{result.expires_at:.3f}",
+            "quiet_hours": "1" if result.quiet_hours else "0", "source": request.source,
+        }
+        if result.requested_expires_at:
+            stored["requested_expires_at"] = result.requested_expires_at
+        stored.update(request.extra)
+        cap_key, cap = "", 0
+        if result.priority is Priority.BULK:
+            cap_key, cap = self.keys.daily_count(result.digits, local_day(now, self.policy)), self.daily_cap_bulk
+        due = quiet_until if result.quiet_hours else 0.0
+        if result.expires_at <= now:
+            disposition = "expired"
+        elif result.channel is Channel.VOICE:
+            disposition = "voice"
+        elif due:
+            disposition = "schedule"
+        else:
+            disposition = "queue"
+        return AcceptItem(id=result.id, type=result.type, disposition=disposition,
+                          lane=result.priority.value, fields=stored, due_at=due, cap_key=cap_key,
+                          cap=cap, entry_id=request.entry_id, retry=retry)
+
+    async def accept_many(self, requests: Sequence[IntakeRequest], *,
+                          stream: tuple[str, str] = ("", "")) -> list[AcceptOutcome]:
+        """Validate and record a batch; one outcome per request, in order.
+
+        Within a batch a repeated id is answered as a duplicate of its first occurrence.
+        """
+        now = self.clock.seconds()
+        quiet_until = self.policy.quiet_until(now)
+        items: list[AcceptItem] = []
+        positions: list[int] = []
+        first_seen: dict[str, int] = {}
+        repeats: list[tuple[int, int]] = []
+        extra_acks: list[str] = []
+        for index, request in enumerate(requests):
+            item = self.prepare(request, now, quiet_until)
+            if item.id in first_seen:
+                repeats.append((index, first_seen[item.id]))
+                if item.entry_id:
+                    extra_acks.append(item.entry_id)
+                continue
+            first_seen[item.id] = len(items)
+            positions.append(index)
+            items.append(item)
+        outcomes = await self.ledger.accept(items, now=now, stream=stream)
+        if extra_acks:
+            await self.ledger.ack_only(stream[0], stream[1], extra_acks)
+        answer: list[AcceptOutcome | None] = [None] * len(requests)
+        for position, outcome in zip(positions, outcomes, strict=True):
+            answer[position] = outcome
+        for index, first in repeats:
+            original = outcomes[first]
+            answer[index] = AcceptOutcome(original.id, original.state, True, "")
+        if self.on_accepted is not None and any(o.state == "queued" and not o.duplicate for o in outcomes):
+            self.on_accepted()
+        return [a for a in answer if a is not None]
+
+
+class IntakeConsumer:
+    """Reads the intake stream with a consumer group and feeds `Intake.accept_many`.
+
+    `read_once` takes new entries (blocking up to `block_ms`); `claim_stale_once` takes
+    entries another consumer left pending longer than `claim_idle_seconds` (XAUTOCLAIM);
+    `read_own_pending_once` finishes this consumer's own pending entries (a restart under
+    the same consumer name).  The service loops call them.
+    """
+
+    def __init__(self, intake: Intake, redis: Any, keys: Keys, *, group: str, consumer: str,
+                 batch_size: int = 200, claim_idle_seconds: float = 60.0) -> None:
+        self.intake = intake
+        self.redis = redis
+        self.keys = keys
+        self.group = group
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.claim_idle_seconds = claim_idle_seconds
+        self._autoclaim_cursor = "0-0"
+
+    async def ensure_group(self) -> None:
+        """Create the stream and the group if missing (BUSYGROUP is fine)."""
+        from redis.exceptions import ResponseError
+
+        try:
+            await self.redis.xgroup_create(self.keys.notify_stream, self.group, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def _process(self, entries: Iterable[Any]) -> int:
+        requests: list[IntakeRequest] = []
+        empty: list[str] = []
+        for entry in entries:
+            if entry is None:
+                continue
+            entry_id, fields = entry
+            if not fields:
+                # Deleted while pending (XAUTOCLAIM gives nil fields): nothing to record.
+                empty.append(entry_id)
+                continue
+            requests.append(IntakeRequest(fields=fields, source=_text(fields.get("source")) or "stream",
+                                          entry_id=entry_id))
+        stream = (self.keys.notify_stream, self.group)
+        if requests:
+            outcomes = await self.intake.accept_many(requests, stream=stream)
+            rejected = sum(1 for o in outcomes if o.state == "rejected" and not o.duplicate)
+            if rejected:
+                log.warn("intake rejected {count} of {total} stream entries", count=rejected, total=len(outcomes))
+        if empty:
+            await self.intake.ledger.ack_only(stream[0], stream[1], empty)
+        return len(requests) + len(empty)
+
+    async def read_once(self, block_ms: int | None = None) -> int:
+        """Read and accept one batch of new entries; returns how many were handled."""
+        response = await self.redis.xreadgroup(self.group, self.consumer, {self.keys.notify_stream: ">"},
+                                               count=self.batch_size, block=block_ms)
+        return await self._process(_entries(response))
+
+    async def read_own_pending_once(self) -> int:
+        response = await self.redis.xreadgroup(self.group, self.consumer, {self.keys.notify_stream: "0"},
+                                               count=self.batch_size)
+        return await self._process(_entries(response))
+
+    async def claim_stale_once(self) -> int:
+        """XAUTOCLAIM entries idle longer than claim_idle_seconds and accept them."""
+        result = await self.redis.xautoclaim(
+            self.keys.notify_stream, self.group, self.consumer,
+            min_idle_time=int(self.claim_idle_seconds * 1000), start_id=self._autoclaim_cursor,
+            count=self.batch_size,
+        )
+        cursor, entries = result[0], result[1]
+        self._autoclaim_cursor = cursor if cursor else "0-0"
+        return await self._process(entries)
+
+
+def _entries(response: Any) -> list[Any]:
+    if not response:
+        return []
+    if isinstance(response, dict):  # RESP3 clients answer with a mapping
+        out: list[Any] = []
+        for value in response.values():
+            out.extend(value[0] if value and isinstance(value[0], list) else value)
+        return out
+    return list(response[0][1])
+
+
+# ----------------------------------------------------------------------------------------
+# CLI functions (the lead's argparse calls these)
+# ----------------------------------------------------------------------------------------
+
+
+async def enqueue(redis: Any, keys: Keys, type: str, to: str, params: Mapping[str, Any] | None = None,
+                  priority: str | None = None, id: str | None = None, *, channel: str | None = None,
+                  expires_at: float | str | None = None) -> str:
+    """Hand a notification to the pipeline through the intake stream; returns its id.
+
+    The running gateway validates and accepts it (same idempotency as every door: the
+    same id twice sends one message); `status` then shows its state or rejection.
+    """
+    notification_id = id or new_id()
+    fields = {"id": notification_id, "type": type, "to": to,
+              "params": json.dumps(dict(params or {}), ensure_ascii=False), "source": "cli"}
+    if priority:
+        fields["priority"] = priority
+    if channel:
+        fields["channel"] = channel
+    if expires_at not in (None, ""):
+        fields["expires_at"] = str(expires_at)
+    await redis.xadd(keys.notify_stream, fields)
+    return notification_id
+
+
+async def status(redis: Any, keys: Keys, id: str) -> dict[str, Any] | None:
+    """A notification's state as JSON-ready data (masked recipient), or None if unknown."""
+    raw = await redis.hgetall(keys.notification(id))
+    return public_view(id, raw) if raw else None
+
+
+AcceptFunction = Callable[[Sequence[IntakeRequest]], Awaitable[list[AcceptOutcome]]]

@@ -1,0 +1,744 @@
+"""The notification ledger: every notification's state in Redis, changed only by Lua.
+
+Theory of operation
+-------------------
+A notification is the hash ``keys.notification(id)``.  Its ``state`` moves through::
+
+    queued ──claim──> submitting ──accepted──> submitted ──receipts──> delivered
+      │  ^              │   │                                   └────> undeliverable
+      │  └─promote──┐   │   └─transient──> scheduled (retry) ──promote──> queued
+      v             │   └─permanent/last attempt──> failed
+    scheduled ──────┘        (lease lost, kill -9) ──recover──> queued
+    (quiet hours)
+    rejected (at intake)      expired (at intake, promotion or claim)
+
+Fields: ``type``, ``to`` (the 11 digits: only the dispatcher and the voice hand-off read
+it; never put in events or logs), ``to_masked``, ``params`` (JSON), ``text``,
+``priority``, ``channel``, ``expires_at``, ``quiet_hours``, ``attempts``, ``carrier``,
+``parts``, ``message_ids`` (space separated, part order), ``p0``, ``p1``... (each part's
+last receipt state), ``error``, ``reason``, ``possible_duplicates`` and a ``<state>_at``
+timestamp for each state reached (``submit_started_at`` for submitting).  Each change
+renews the key's EXPIRE (retention) and appends an event ``type=notification.<state>``
+with the id and non-personal fields to ``keys.events_stream`` (approximately capped at
+`events_maxlen` entries).
+
+Why Lua: a change touches the hash, a lane / the scheduled set / the in-flight set, the
+message-id index and the events stream together; one script is atomic and is one round
+trip for a whole batch.  The scripts are batch-shaped: the intake accepts a batch of
+stream entries (and XACKs them in the same script), the dispatcher claims a batch from
+the lanes, and submit outcomes and receipts that arrive in the same reactor turn are
+applied together (`OutcomeWriter`).
+
+Crash safety: a claimed notification is in ``keys.inflight`` (a sorted set scored by its
+lease deadline) from the moment it is claimed (``submit_started_at`` set) until its
+outcome is recorded.  The live process renews its leases; after ``kill -9`` the leases
+run out and `recover_expired_leases` puts such notifications back at the front of their
+lane, counting a possible duplicate (the submit may have reached the carrier while its
+response was lost).  Stale lane entries are harmless: a claim only takes ``queued`` ones.
+
+Receipts find their notification through ``keys.message_id(carrier, id)`` ("<id> <part>")
+written when the submit is accepted.  A receipt that arrives before that (the carrier
+answered faster than we recorded the submit_sm_resp) is parked under
+``keys.early_receipt`` and applied by the same script that records the message ids.
+
+Keys are passed to the scripts in ARGV, built by `gateway.store.keys.Keys` (one schema);
+this supports a single Redis (with replicas), not Redis Cluster.  The client must be
+created with ``decode_responses=True`` (as gateway/store/service.py does).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter
+
+from gateway import metrics
+from gateway.privacy import mask_phone
+from gateway.push.render import DEFAULT_SIGNATURE
+from gateway.store.keys import Keys
+
+__all__ = [
+    "FINAL_STATES",
+    "STATES",
+    "AcceptItem",
+    "AcceptOutcome",
+    "Claimed",
+    "NotificationLedger",
+    "public_view",
+]
+
+STATES = ("queued", "scheduled", "submitting", "submitted", "delivered", "undeliverable",
+          "expired", "failed", "rejected")
+FINAL_STATES = frozenset({"delivered", "undeliverable", "expired", "failed", "rejected"})
+# Hash fields that hold personal data: never in events, status answers or logs.
+PRIVATE_FIELDS = frozenset({"to", "text", "params"})
+
+possible_duplicates = Counter(
+    "gateway_push_possible_duplicates_total",
+    "Submits retried after their response was lost (the citizen may get the message twice)",
+    registry=metrics.REGISTRY,
+)
+
+# ----------------------------------------------------------------------------------------
+# Lua.  ARGV[1] is the time; ARGV[2..21] the header built by NotificationLedger._header;
+# each script's own arguments start at FIRST.
+# ----------------------------------------------------------------------------------------
+
+_PROLOGUE = r"""
+local NOW = ARGV[1]
+local now = tonumber(NOW)
+local RETENTION = tonumber(ARGV[2])
+local MAXLEN = ARGV[3]
+local NH, NT = ARGV[4], ARGV[5]
+local LANE = {high = ARGV[6], normal = ARGV[7], bulk = ARGV[8]}
+local SCHEDULED, INFLIGHT, DEAD, EVENTS = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local VOICE, PARTNER, SIGNATURE = ARGV[13], ARGV[14], ARGV[15]
+local MH, MM, MT = ARGV[16], ARGV[17], ARGV[18]
+local EH, EM, ET = ARGV[19], ARGV[20], ARGV[21]
+local FIRST = 22
+local counts = {}
+local partner_final = {}
+local FINAL = {delivered = true, undeliverable = true, expired = true, failed = true, rejected = true}
+local UNDELIVERABLE = {UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
+local RECEIPT_FINAL = {DELIVRD = true, UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
+
+local function nkey(id) return NH .. id .. NT end
+local function msgkey(c, m) return MH .. c .. MM .. m .. MT end
+local function earlykey(c, m) return EH .. c .. EM .. m .. ET end
+local function count(what) counts[what] = (counts[what] or 0) + 1 end
+
+local function emit(id, kind, ev)
+  local args = {'XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'type', 'notification.' .. kind, 'id', id, 'at', NOW}
+  for i = 1, #ev do args[#args + 1] = ev[i] end
+  redis.call(unpack(args))
+end
+
+local function transition(id, key, state, ntype, fields, ev)
+  local ts = state .. '_at'
+  if state == 'submitting' then ts = 'submit_started_at' end
+  local args = {'HSET', key, 'state', state, ts, NOW}
+  for i = 1, #fields do args[#args + 1] = fields[i] end
+  redis.call(unpack(args))
+  redis.call('EXPIRE', key, RETENTION)
+  local e = {'notification_type', ntype or ''}
+  for i = 1, #ev do e[#e + 1] = ev[i] end
+  emit(id, state, e)
+  count(state)
+end
+
+local function request_voice(id, key, not_before)
+  local v = redis.call('HMGET', key, 'to', 'text', 'type')
+  local text = v[2] or ''
+  if string.sub(text, 1, #SIGNATURE) == SIGNATURE then text = string.sub(text, #SIGNATURE + 1) end
+  redis.call('XADD', VOICE, '*', 'id', id, 'to', v[1] or '', 'text', text, 'not_before', not_before)
+  redis.call('HSET', key, 'voice_requested_at', NOW)
+  emit(id, 'voice_requested', {'notification_type', v[3] or ''})
+  count('voice_requested')
+end
+
+local function on_final(id, key, state)
+  if state == 'failed' or state == 'rejected' then redis.call('ZADD', DEAD, now, id) end
+  local h = redis.call('HMGET', key, 'channel', 'partner', 'partner_receipt', 'voice_requested_at')
+  if (state == 'undeliverable' or state == 'failed') and h[1] == 'auto' and not h[4] then
+    request_voice(id, key, '0')
+  end
+  if h[2] and h[3] == '1' then
+    redis.call('ZADD', PARTNER, now, id)
+    partner_final[#partner_final + 1] = id
+  end
+end
+
+local function apply_receipt(id, key, part, rstate, err)
+  local h = redis.call('HMGET', key, 'state', 'parts', 'type')
+  if not h[1] or FINAL[h[1]] then count('receipt_late'); return end
+  redis.call('HSET', key, 'p' .. part, rstate)
+  if rstate == 'DELIVRD' then
+    local np = tonumber(h[2] or '1') or 1
+    local names = {}
+    for q = 0, np - 1 do names[#names + 1] = 'p' .. q end
+    local ps = redis.call('HMGET', key, unpack(names))
+    for q = 1, np do
+      if ps[q] ~= 'DELIVRD' then return end
+    end
+    transition(id, key, 'delivered', h[3], {'receipt_state', 'DELIVRD'}, {'parts', tostring(np)})
+    on_final(id, key, 'delivered')
+  elseif UNDELIVERABLE[rstate] then
+    transition(id, key, 'undeliverable', h[3], {'receipt_state', rstate, 'error', 'receipt ' .. rstate .. ' err ' .. err},
+      {'receipt_state', rstate, 'error_code', err, 'part', tostring(part)})
+    on_final(id, key, 'undeliverable')
+  end
+end
+
+local function flat_counts()
+  local out = {}
+  for k, v in pairs(counts) do out[#out + 1] = k; out[#out + 1] = tostring(v) end
+  return out
+end
+"""
+
+_ACCEPT = r"""
+local stream, group = ARGV[FIRST], ARGV[FIRST + 1]
+local n = tonumber(ARGV[FIRST + 2])
+local i = FIRST + 3
+local out = {}
+for _ = 1, n do
+  local id, entry, retry, disp = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local due, lane, cap_key, cap = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
+  local reason, ntype, nf = ARGV[i + 8], ARGV[i + 9], tonumber(ARGV[i + 10])
+  local fstart = i + 11
+  i = fstart + nf
+  local key = nkey(id)
+  local st = redis.call('HGET', key, 'state')
+  if st and not (st == 'rejected' or (retry == '1' and st == 'failed')) then
+    out[#out + 1] = id; out[#out + 1] = st; out[#out + 1] = 'duplicate'
+  else
+    if st then redis.call('DEL', key); redis.call('ZREM', DEAD, id) end
+    if cap_key ~= '' and (disp == 'queue' or disp == 'schedule') then
+      local sent = tonumber(redis.call('GET', cap_key) or '0') or 0
+      if sent >= cap then
+        disp = 'reject'
+        reason = 'daily cap: ' .. cap .. ' bulk reminders to this number today'
+      else
+        redis.call('INCR', cap_key)
+        redis.call('EXPIRE', cap_key, 172800)
+      end
+    end
+    local args = {'HSET', key, 'accepted_at', NOW, 'attempts', '0', 'type', ntype, 'priority', lane}
+    for j = fstart, fstart + nf - 1 do args[#args + 1] = ARGV[j] end
+    redis.call(unpack(args))
+    local state
+    if disp == 'queue' then
+      transition(id, key, 'queued', ntype, {}, {'priority', lane})
+      redis.call('ZADD', LANE[lane], now, id)
+      state = 'queued'
+    elseif disp == 'schedule' then
+      transition(id, key, 'scheduled', ntype, {'due_at', due, 'scheduled_reason', 'quiet_hours'},
+        {'priority', lane, 'due_at', due})
+      redis.call('ZADD', SCHEDULED, due, id)
+      state = 'scheduled'
+    elseif disp == 'expired' then
+      transition(id, key, 'expired', ntype, {}, {})
+      on_final(id, key, 'expired')
+      state = 'expired'
+    elseif disp == 'voice' then
+      transition(id, key, 'submitted', ntype, {'carrier', 'voice'}, {'carrier', 'voice'})
+      request_voice(id, key, due)
+      state = 'submitted'
+    else
+      transition(id, key, 'rejected', ntype, {'reason', reason}, {'reason', reason})
+      on_final(id, key, 'rejected')
+      state = 'rejected'
+    end
+    out[#out + 1] = id; out[#out + 1] = state; out[#out + 1] = (state == 'rejected') and reason or ''
+  end
+  if entry ~= '' then
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+  end
+end
+return {out, flat_counts(), partner_final}
+"""
+
+_CLAIM = r"""
+local n = tonumber(ARGV[FIRST])
+local reserve = tonumber(ARGV[FIRST + 1])
+local lease = tonumber(ARGV[FIRST + 2])
+local QUIET = ARGV[FIRST + 3]
+local quiet = tonumber(QUIET)
+local budget = tonumber(ARGV[FIRST + 4])
+local out = {}
+local total = 0
+
+local function take(lane, want)
+  local claimed = 0
+  while claimed < want and budget > 0 do
+    local ask = math.min(want - claimed, budget)
+    local popped = redis.call('ZPOPMIN', LANE[lane], ask)
+    budget = budget - #popped / 2
+    for k = 1, #popped, 2 do
+      local id = popped[k]
+      local key = nkey(id)
+      local h = redis.call('HMGET', key, 'state', 'expires_at', 'to', 'text', 'attempts',
+        'failed_carriers', 'accepted_at', 'type', 'quiet_hours')
+      if h[1] == 'queued' then
+        local exp = tonumber(h[2] or '0') or 0
+        if exp > 0 and exp <= now then
+          transition(id, key, 'expired', h[8], {}, {})
+          on_final(id, key, 'expired')
+        elseif quiet > 0 and h[9] == '1' then
+          transition(id, key, 'scheduled', h[8], {'due_at', QUIET, 'scheduled_reason', 'quiet_hours'},
+            {'priority', lane, 'due_at', QUIET})
+          redis.call('ZADD', SCHEDULED, quiet, id)
+        else
+          local attempts = (tonumber(h[5] or '0') or 0) + 1
+          transition(id, key, 'submitting', h[8], {'attempts', tostring(attempts)}, {'attempt', tostring(attempts)})
+          redis.call('ZADD', INFLIGHT, now + lease, id)
+          out[#out + 1] = {id, h[3] or '', h[4] or '', tostring(attempts), h[6] or '', h[7] or '0', h[8] or '', lane}
+          claimed = claimed + 1
+        end
+      else
+        count('stale_lane_entry')
+      end
+    end
+    if #popped < 2 * ask then break end
+  end
+  total = total + claimed
+  return claimed
+end
+
+take('high', n - 2 * reserve)
+take('normal', reserve)
+take('bulk', reserve)
+take('high', n - total)
+take('normal', n - total)
+take('bulk', n - total)
+return {out, flat_counts(), partner_final}
+"""
+
+_OUTCOMES = r"""
+local n = tonumber(ARGV[FIRST])
+local EARLY_TTL = tonumber(ARGV[FIRST + 1])
+local i = FIRST + 2
+local receipts = {}
+for _ = 1, n do
+  local op = ARGV[i]
+  if op == 'A' then
+    local id, carrier, np = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+    local mids = {}
+    for p = 1, np do mids[p] = ARGV[i + 3 + p] end
+    i = i + 4 + np
+    local key = nkey(id)
+    local h = redis.call('HMGET', key, 'state', 'type', 'priority')
+    if h[1] == 'submitting' or h[1] == 'queued' or h[1] == 'scheduled' then
+      redis.call('ZREM', INFLIGHT, id)
+      if h[1] ~= 'submitting' then
+        -- recovered after a lost lease, yet the submit did go out: record the truth
+        redis.call('ZREM', LANE[h[3]] or LANE.normal, id)
+        redis.call('ZREM', SCHEDULED, id)
+      end
+      transition(id, key, 'submitted', h[2], {'carrier', carrier, 'parts', tostring(np),
+        'message_ids', table.concat(mids, ' ')}, {'carrier', carrier, 'parts', tostring(np)})
+      for p = 1, np do
+        redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. (p - 1), 'EX', RETENTION)
+      end
+      for p = 1, np do
+        local ek = earlykey(carrier, mids[p])
+        local early = redis.call('GET', ek)
+        if early then
+          redis.call('DEL', ek)
+          local sp = string.find(early, ' ', 1, true)
+          apply_receipt(id, key, p - 1, string.sub(early, 1, sp - 1), string.sub(early, sp + 1))
+          count('receipt_early_applied')
+        end
+      end
+    else
+      count('outcome_ignored')
+    end
+  elseif op == 'R' or op == 'W' or op == 'F' then
+    local id, due, err, unknown = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    i = i + 5
+    local key = nkey(id)
+    local h = redis.call('HMGET', key, 'state', 'type')
+    if h[1] == 'submitting' then
+      redis.call('ZREM', INFLIGHT, id)
+      if unknown == '1' then
+        redis.call('HINCRBY', key, 'possible_duplicates', 1)
+        count('possible_duplicate')
+      end
+      if op == 'F' then
+        transition(id, key, 'failed', h[2], {'error', err}, {'error', err})
+        on_final(id, key, 'failed')
+      else
+        local why = 'retry'
+        if op == 'W' then
+          -- no carrier could take it: waiting is not an attempt
+          redis.call('HINCRBY', key, 'attempts', -1)
+          why = 'no_carrier'
+        end
+        transition(id, key, 'scheduled', h[2], {'due_at', due, 'scheduled_reason', why, 'error', err},
+          {'due_at', due, 'scheduled_reason', why, 'error', err})
+        redis.call('ZADD', SCHEDULED, due, id)
+      end
+    else
+      count('outcome_ignored')
+    end
+  elseif op == 'C' then
+    local id, carrier, err = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    i = i + 4
+    local key = nkey(id)
+    local h = redis.call('HMGET', key, 'state', 'failed_carriers')
+    if h[1] == 'submitting' then
+      local fc = carrier
+      if h[2] and h[2] ~= '' then fc = h[2] .. ' ' .. carrier end
+      redis.call('HSET', key, 'failed_carriers', fc, 'error', err)
+    end
+  elseif op == 'X' then
+    local carrier, rstate, err, nc = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+    local found = false
+    for k = 1, nc do
+      local v = redis.call('GET', msgkey(carrier, ARGV[i + 4 + k]))
+      if v then
+        local sp = string.find(v, ' ', 1, true)
+        local id = string.sub(v, 1, sp - 1)
+        apply_receipt(id, nkey(id), tonumber(string.sub(v, sp + 1)), rstate, err)
+        found = true
+        break
+      end
+    end
+    if not found and nc > 0 then
+      local ek = earlykey(carrier, ARGV[i + 5])
+      if RECEIPT_FINAL[rstate] or redis.call('EXISTS', ek) == 0 then
+        redis.call('SET', ek, rstate .. ' ' .. err, 'EX', EARLY_TTL)
+      end
+      count('receipt_early')
+    end
+    i = i + 5 + nc
+  else
+    return redis.error_reply('unknown outcome op ' .. tostring(op))
+  end
+end
+return {{}, flat_counts(), partner_final}
+"""
+
+_PROMOTE = r"""
+local ids = redis.call('ZRANGEBYSCORE', SCHEDULED, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[FIRST]))
+for _, id in ipairs(ids) do
+  redis.call('ZREM', SCHEDULED, id)
+  local key = nkey(id)
+  local h = redis.call('HMGET', key, 'state', 'priority', 'expires_at', 'type')
+  if h[1] == 'scheduled' then
+    local exp = tonumber(h[3] or '0') or 0
+    if exp > 0 and exp <= now then
+      transition(id, key, 'expired', h[4], {}, {})
+      on_final(id, key, 'expired')
+    else
+      transition(id, key, 'queued', h[4], {}, {'priority', h[2] or 'normal'})
+      redis.call('ZADD', LANE[h[2]] or LANE.normal, now, id)
+    end
+  end
+end
+return {{tostring(#ids)}, flat_counts(), partner_final}
+"""
+
+_RECOVER = r"""
+local ids = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[FIRST]))
+local recovered = 0
+for _, id in ipairs(ids) do
+  redis.call('ZREM', INFLIGHT, id)
+  local key = nkey(id)
+  local h = redis.call('HMGET', key, 'state', 'priority', 'type')
+  if h[1] == 'submitting' then
+    -- submit_started_at is set: the submit may have reached the carrier
+    redis.call('HINCRBY', key, 'possible_duplicates', 1)
+    count('possible_duplicate')
+    transition(id, key, 'queued', h[3], {'recovered_at', NOW}, {'priority', h[2] or 'normal', 'recovered', '1'})
+    redis.call('ZADD', LANE[h[2]] or LANE.normal, 0, id)
+    recovered = recovered + 1
+  end
+end
+return {{tostring(recovered)}, flat_counts(), partner_final}
+"""
+
+_TRANSITION = r"""
+local id, state = ARGV[FIRST], ARGV[FIRST + 1]
+local nf, ne = tonumber(ARGV[FIRST + 2]), tonumber(ARGV[FIRST + 3])
+local key = nkey(id)
+local ntype = redis.call('HGET', key, 'type')
+if not ntype then return {{'0'}, {}, {}} end
+local fields, ev = {}, {}
+for j = 1, nf do fields[j] = ARGV[FIRST + 3 + j] end
+for j = 1, ne do ev[j] = ARGV[FIRST + 3 + nf + j] end
+redis.call('ZREM', INFLIGHT, id)
+transition(id, key, state, ntype, fields, ev)
+if FINAL[state] then on_final(id, key, state) end
+return {{'1'}, flat_counts(), partner_final}
+"""
+
+
+# ----------------------------------------------------------------------------------------
+# Python side
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcceptItem:
+    """One request ready for `NotificationLedger.accept`.
+
+    disposition: "queue", "schedule" (due_at), "expired", "voice" (due_at = not_before),
+    "reject" (reason).  cap_key/cap: the daily-cap counter for bulk reminders ("" = none).
+    fields: further hash fields (to, to_masked, params, text, channel, expires_at, ...).
+    """
+
+    id: str
+    type: str
+    disposition: str
+    lane: str
+    fields: Mapping[str, str]
+    due_at: float = 0.0
+    reason: str = ""
+    cap_key: str = ""
+    cap: int = 0
+    entry_id: str = ""
+    retry: bool = False
+
+
+@dataclass(frozen=True)
+class AcceptOutcome:
+    id: str
+    state: str
+    duplicate: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A notification claimed for submission (in keys.inflight under a lease)."""
+
+    id: str
+    digits: str
+    text: str
+    attempts: int
+    failed_carriers: tuple[str, ...]
+    accepted_at: float
+    type: str
+    lane: str
+
+
+def _fmt(value: float) -> str:
+    # Times to the millisecond: enough for ordering and far below any timer we run.
+    return f"{value:.3f}"
+
+
+def _split_key(template: str, holes: int) -> list[str]:
+    return template.split("\x00", holes)
+
+
+class NotificationLedger:
+    """Reads and changes notifications; every state change goes through here.
+
+    Args:
+        redis: a redis.asyncio client created with decode_responses=True.
+        keys: the key schema.
+        retention_seconds: EXPIRE of a notification (and of its message-id index).
+        events_maxlen: approximate cap of the events stream.
+        signature: stripped from texts handed to voice.
+        early_receipt_ttl_seconds: how long a receipt waits for its submit response.
+    """
+
+    def __init__(self, redis: Any, keys: Keys, retention_seconds: float, *,
+                 events_maxlen: int = 1_000_000, signature: str = DEFAULT_SIGNATURE,
+                 early_receipt_ttl_seconds: float = 86_400.0,
+                 on_partner_final: Any = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.retention_seconds = int(max(1, retention_seconds))
+        self.early_receipt_ttl_seconds = int(max(1, early_receipt_ttl_seconds))
+        # Called with the ids of partner messages that reached a final state.
+        self.on_partner_final = on_partner_final
+        nh, nt = _split_key(keys.notification("\x00"), 1)
+        mh, mm, mt = _split_key(keys.message_id("\x00", "\x00"), 2)
+        eh, em, et = _split_key(keys.early_receipt("\x00", "\x00"), 2)
+        self._header = [
+            str(self.retention_seconds), str(events_maxlen), nh, nt,
+            keys.lane("high"), keys.lane("normal"), keys.lane("bulk"),
+            keys.scheduled, keys.inflight, keys.dead_letters, keys.events_stream,
+            keys.voice_requests, keys.partner_receipts_pending, signature,
+            mh, mm, mt, eh, em, et,
+        ]
+        register = redis.register_script
+        self._accept = register(_PROLOGUE + _ACCEPT)
+        self._claim = register(_PROLOGUE + _CLAIM)
+        self._outcomes = register(_PROLOGUE + _OUTCOMES)
+        self._promote = register(_PROLOGUE + _PROMOTE)
+        self._recover = register(_PROLOGUE + _RECOVER)
+        self._transition = register(_PROLOGUE + _TRANSITION)
+
+    # -- script plumbing -------------------------------------------------------------
+
+    async def _run(self, script: Any, now: float, args: list[Any]) -> list[Any]:
+        result = await script(keys=[], args=[_fmt(now), *self._header, *args])
+        payload, flat_counts, partner_ids = result
+        for k in range(0, len(flat_counts), 2):
+            what, n = flat_counts[k], int(flat_counts[k + 1])
+            if what == "possible_duplicate":
+                possible_duplicates.inc(n)
+            elif what in STATES:
+                metrics.notifications.labels(what).inc(n)
+        if partner_ids and self.on_partner_final is not None:
+            self.on_partner_final(list(partner_ids))
+        return list(payload)
+
+    # -- the contract other components use ---------------------------------------------
+
+    async def transition(self, notification_id: str, state: str, *, now: float, **fields: Any) -> bool:
+        """Set `state`, `<state>_at` and `fields`; append the event; count it.
+
+        Fields named to, text or params are stored but never put in the event.  Returns
+        False when the notification does not exist (nothing is written then).
+        """
+        if state not in STATES:
+            raise ValueError(f"unknown notification state {state!r}")
+        flat: list[str] = []
+        event: list[str] = []
+        for name, value in fields.items():
+            text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            flat += [name, text]
+            if name not in PRIVATE_FIELDS:
+                event += [name, text]
+        payload = await self._run(self._transition, now, [notification_id, state, len(flat), len(event), *flat, *event])
+        return payload[0] == "1"
+
+    async def get(self, notification_id: str) -> dict[str, Any] | None:
+        """The public view (masked recipient, no text) or None when unknown."""
+        raw = await self.redis.hgetall(self.keys.notification(notification_id))
+        return public_view(notification_id, raw) if raw else None
+
+    async def raw(self, notification_id: str) -> dict[str, str]:
+        """Every field, including the digits and the text: for the dispatcher and tests."""
+        return dict(await self.redis.hgetall(self.keys.notification(notification_id)))
+
+    # -- batch operations ---------------------------------------------------------------
+
+    async def accept(self, items: Sequence[AcceptItem], *, now: float,
+                     stream: tuple[str, str] = ("", "")) -> list[AcceptOutcome]:
+        """Record a batch of validated requests (idempotent per id); XACK their entries.
+
+        An id that exists is a duplicate and left alone, unless its state is rejected (a
+        corrected request replaces it) or it failed and the item is a dead-letter retry.
+        """
+        if not items:
+            return []
+        args: list[Any] = [stream[0], stream[1], len(items)]
+        for item in items:
+            fields: list[str] = []
+            for name, value in item.fields.items():
+                fields += [name, value]
+            args += [item.id, item.entry_id, "1" if item.retry else "0", item.disposition,
+                     _fmt(item.due_at), item.lane, item.cap_key, item.cap, item.reason,
+                     item.type, len(fields), *fields]
+        payload = await self._run(self._accept, now, args)
+        return [AcceptOutcome(payload[k], payload[k + 1], payload[k + 2] == "duplicate",
+                              "" if payload[k + 2] == "duplicate" else payload[k + 2])
+                for k in range(0, len(payload), 3)]
+
+    async def ack_only(self, stream: str, group: str, entry_ids: Iterable[str]) -> None:
+        """XACK and delete entries that carried nothing to record (e.g. empty entries)."""
+        ids = list(entry_ids)
+        if ids:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(stream, group, *ids)
+                pipe.xdel(stream, *ids)
+                await pipe.execute()
+
+    async def claim(self, n: int, *, now: float, lease_seconds: float, quiet_until: float,
+                    reserve: int = 0) -> list[Claimed]:
+        """Take up to `n` queued notifications, highest lane first, for submission.
+
+        Expired ones become expired; quiet-hours types claimed inside quiet hours go back
+        to scheduled (`quiet_until` is the end of the current window or 0).
+        """
+        if n <= 0:
+            return []
+        payload = await self._run(self._claim, now, [n, reserve, _fmt(lease_seconds),
+                                                     _fmt(quiet_until), max(4 * n, 100)])
+        rank = {"high": 0, "normal": 1, "bulk": 2}
+        claimed = [Claimed(row[0], row[1], row[2], int(row[3]), tuple(row[4].split()) if row[4] else (),
+                           float(row[5]), row[6], row[7]) for row in payload]
+        claimed.sort(key=lambda c: rank.get(c.lane, 1))  # stable: FIFO within a lane
+        return claimed
+
+    async def apply(self, ops: Sequence[Sequence[Any]], *, now: float) -> None:
+        """Apply outcome ops (see OutcomeWriter) in one script."""
+        if not ops:
+            return
+        args: list[Any] = [len(ops), self.early_receipt_ttl_seconds]
+        for op in ops:
+            args.extend(op)
+        await self._run(self._outcomes, now, args)
+
+    async def promote_due(self, *, now: float, limit: int = 1000) -> int:
+        """Move scheduled notifications whose time has come to their lane; how many."""
+        payload = await self._run(self._promote, now, [limit])
+        return int(payload[0])
+
+    async def recover_expired_leases(self, *, now: float, limit: int = 1000) -> int:
+        """Put notifications whose claim lease ran out back at the front of their lane."""
+        payload = await self._run(self._recover, now, [limit])
+        return int(payload[0])
+
+    async def renew_leases(self, ids: Iterable[str], *, deadline: float) -> None:
+        """Extend the leases of notifications this process is still submitting."""
+        ids = list(ids)
+        if ids:
+            mapping = dict.fromkeys(ids, deadline)
+            await self.redis.zadd(self.keys.inflight, mapping, xx=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Outcome ops: built by the dispatcher and the receipt recorder, applied in batches.
+# ----------------------------------------------------------------------------------------
+
+
+def op_accepted(notification_id: str, carrier: str, message_ids: Sequence[str]) -> tuple[Any, ...]:
+    """The carrier accepted every part; message ids in part order (canonical form)."""
+    return ("A", notification_id, carrier, len(message_ids), *message_ids)
+
+
+def op_retry(notification_id: str, due_at: float, error: str, response_unknown: bool) -> tuple[Any, ...]:
+    return ("R", notification_id, _fmt(due_at), error, "1" if response_unknown else "0")
+
+
+def op_wait(notification_id: str, due_at: float, error: str) -> tuple[Any, ...]:
+    """No carrier could take it now: scheduled again without using up an attempt."""
+    return ("W", notification_id, _fmt(due_at), error, "0")
+
+
+def op_failed(notification_id: str, error: str, response_unknown: bool) -> tuple[Any, ...]:
+    return ("F", notification_id, "0", error, "1" if response_unknown else "0")
+
+
+def op_carrier_refused(notification_id: str, carrier: str, error: str) -> tuple[Any, ...]:
+    """A permanent failure at one carrier; the dispatcher fails over to another."""
+    return ("C", notification_id, carrier, error)
+
+
+def op_receipt(carrier: str, state: str, error_code: str, candidates: Sequence[str]) -> tuple[Any, ...]:
+    """A delivery receipt; candidates: canonical message-id forms to look up, best first."""
+    return ("X", carrier, state, error_code or "", len(candidates), *candidates)
+
+
+# ----------------------------------------------------------------------------------------
+
+
+_PUBLIC_SCALARS = ("state", "type", "priority", "channel", "carrier", "error", "reason",
+                   "receipt_state", "scheduled_reason", "source", "partner")
+_PUBLIC_NUMBERS = ("attempts", "parts", "possible_duplicates")
+
+
+def public_view(notification_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
+    """A notification as the status API shows it: masked recipient, no text or params."""
+    view: dict[str, Any] = {"id": notification_id}
+    for name in _PUBLIC_SCALARS:
+        if raw.get(name):
+            view[name] = raw[name]
+    for name in _PUBLIC_NUMBERS:
+        if raw.get(name):
+            view[name] = int(raw[name])
+    view["to"] = raw.get("to_masked") or mask_phone(raw.get("to", ""))
+    if raw.get("message_ids"):
+        view["message_ids"] = raw["message_ids"].split()
+    parts = int(raw.get("parts") or 0)
+    if parts:
+        view["part_states"] = [raw.get(f"p{p}", "") for p in range(parts)]
+    if raw.get("failed_carriers"):
+        view["failed_carriers"] = raw["failed_carriers"].split()
+    for name, value in raw.items():
+        if name.endswith("_at") and value:
+            try:
+                view[name] = float(value)
+            except ValueError:
+                continue
+    return view
