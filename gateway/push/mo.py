@@ -296,7 +296,9 @@ class MoRecorder:
             "from": digits,  # private: the reply goes back to it (see the module docstring)
             "from_masked": mask_phone(digits),
             "to": message.destination,
-            "text": message.text,
+            # A lone surrogate (a cut UTF-16 pair) cannot be stored as UTF-8 and would fail
+            # the XADD on every redelivery: keep the rest of the text, mark the hole.
+            "text": message.text.encode("utf-8", "replace").decode("utf-8"),
             "received_at": repr(message.received_at or self._now()),
         }
         mo_id = await self._redis.xadd(self._keys.mo_stream, fields)  # type: ignore[arg-type]

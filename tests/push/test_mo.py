@@ -158,6 +158,15 @@ async def test_record_mo_writes_the_mo_stream_before_firing(redis_url: str) -> N
         assert await h.redis.xlen(KEYS.notify_stream) == 0
 
 
+@on_asyncio
+async def test_record_mo_accepts_text_that_is_not_valid_unicode(redis_url: str) -> None:
+    """A lone surrogate in the text is replaced, not a reason to refuse the MO forever."""
+    async with harness(redis_url) as h:
+        await h.send(SAMPLE_CALLER, "CXYY\ud800")
+        [(_, fields)] = await h.redis.xrange(KEYS.mo_stream)
+        assert fields["text"] == "CXYY?"
+
+
 # --- keywords end to end -----------------------------------------------------------------
 
 
