@@ -209,7 +209,9 @@ def test_esme_bind_refused_stays_open_and_reports_the_status() -> None:
         encode(BindTransceiverResp(seq, CommandStatus.ESME_RINVPASWD)), 0.5
     )
     assert events == [
-        BindFailed(CommandStatus.ESME_RINVPASWD, BindTransceiverResp(seq, CommandStatus.ESME_RINVPASWD))
+        BindFailed(
+            CommandStatus.ESME_RINVPASWD, BindTransceiverResp(seq, CommandStatus.ESME_RINVPASWD)
+        )
     ]
     assert session.state is S.OPEN
 
@@ -409,7 +411,12 @@ def test_absurd_command_length_closes_at_once(length: int) -> None:
 def test_unknown_command_id_gets_generic_nack_and_the_session_continues() -> None:
     """A well-framed PDU with an unknown command_id gets generic_nack ESME_RINVCMDID."""
     session = session_in(S.BOUND_TRX, Role.ESME)
-    bogus = (16).to_bytes(4, "big") + (0x00000099).to_bytes(4, "big") + bytes(4) + (9).to_bytes(4, "big")
+    bogus = (
+        (16).to_bytes(4, "big")
+        + (0x00000099).to_bytes(4, "big")
+        + bytes(4)
+        + (9).to_bytes(4, "big")
+    )
     events = session.receive_data(bogus + encode(EnquireLink(10)), 1.0)
     assert [type(e) for e in events] == [PeerProtocolError]
     assert events[0].status == CommandStatus.ESME_RINVCMDID  # type: ignore[union-attr]
@@ -441,7 +448,11 @@ def test_pdus_split_anywhere_give_the_same_events(cuts: list[int]) -> None:
     """Events do not depend on how TCP chops the byte stream."""
     stream = b"".join(
         encode(p)
-        for p in (DeliverSm(5, source_addr="13800138000", short_message=b"hi"), EnquireLink(6), DeliverSm(7))
+        for p in (
+            DeliverSm(5, source_addr="13800138000", short_message=b"hi"),
+            EnquireLink(6),
+            DeliverSm(7),
+        )
     )
     whole = session_in(S.BOUND_TRX, Role.ESME)
     expected = whole.receive_data(stream, 1.0)

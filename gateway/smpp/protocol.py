@@ -1,0 +1,313 @@
+"""The Twisted shell around `SmppSession`, shared by carrier links and the listener.
+
+It owns the transport, one IDelayedCall and the injected clock, and holds no protocol
+rules: bytes go into the session, events come out and go to an *owner* (a link's
+session record, the listener's partner connection) through small methods, and whatever
+the session queued is written after each step.  A request may carry a callback in the
+session's ``context``; the event that settles it (response, timeout, abandonment,
+bind result) is handed to that callback instead of the owner, so the hot submit path
+needs no Deferred and no lookup table besides the session's own window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway import metrics
+from gateway.smpp.pdu import CommandId, CommandStatus, Pdu, PduEncodeError, status_name
+from gateway.smpp.session import (
+    BindFailed,
+    BindSucceeded,
+    Event,
+    LocalProtocolError,
+    PduReceived,
+    PeerProtocolError,
+    RequestAbandoned,
+    RequestTimedOut,
+    ResponseReceived,
+    SessionClosed,
+    SessionState,
+    SmppSession,
+    UnbindRequested,
+)
+
+__all__ = [
+    "BindRefused",
+    "RequestNotAnswered",
+    "SessionOwner",
+    "SmppProtocol",
+]
+
+log = Logger()
+
+SettledCallback = Callable[[Event], None]
+
+_PDU_COUNTERS: dict[tuple[str, int], Any] = {}
+
+
+def _count_pdus(direction: str, counts: dict[int, int]) -> None:
+    for command_id, n in counts.items():
+        child = _PDU_COUNTERS.get((direction, command_id))
+        if child is None:
+            name = CommandId(command_id).name.lower()
+            child = _PDU_COUNTERS[(direction, command_id)] = metrics.pdus.labels(direction, name)
+        child.inc(n)
+
+
+class RequestNotAnswered(Exception):
+    """A request timed out or its session closed first; the outcome is unknown."""
+
+    def __init__(self, event: RequestTimedOut | RequestAbandoned) -> None:
+        super().__init__("timed out" if isinstance(event, RequestTimedOut) else "session closed")
+        self.event = event
+
+
+class BindRefused(Exception):
+    """Our bind was refused (``status``) or not answered (``status`` None)."""
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__(status_name(status) if status is not None else "no bind_resp")
+        self.status = status
+
+
+class SessionOwner:
+    """What a `SmppProtocol` reports to; override what you need (defaults do nothing)."""
+
+    def connection_made(self, protocol: SmppProtocol) -> None:
+        """The transport is up; the session is OPEN."""
+
+    def pdu_received(self, protocol: SmppProtocol, pdu: Pdu) -> None:
+        """A request to answer with ``protocol.respond`` (or outbind/alert_notification)."""
+
+    def unbind_requested(self, protocol: SmppProtocol) -> None:
+        """The peer unbound; unbind_resp went out; the connection closes next."""
+
+    def peer_protocol_error(self, protocol: SmppProtocol, event: PeerProtocolError) -> None:
+        """The peer sent something invalid and was nacked (already logged at warn)."""
+
+    def session_closed(self, protocol: SmppProtocol, reason: str) -> None:
+        """The session is closed (called once); every request was settled before this."""
+
+    def connection_lost(self, protocol: SmppProtocol, reason: Failure) -> None:
+        """The transport is gone (after session_closed)."""
+
+
+class SmppProtocol(Protocol):
+    """One SMPP connection.
+
+    Args:
+        session_factory: builds the session when the connection is made, given ``now``.
+        owner: receives the events (may be replaced later: ``protocol.owner = ...``,
+            as the listener does when a carrier's outbind hands the connection over).
+        clock: the reactor's IReactorTime (a ``Clock`` in tests).
+        label: names the connection in logs (carrier name, partner system_id).
+    """
+
+    def __init__(
+        self,
+        session_factory: Callable[[float], SmppSession],
+        owner: SessionOwner,
+        clock: IReactorTime,
+        *,
+        label: str = "",
+    ) -> None:
+        self._session_factory = session_factory
+        self.owner = owner
+        self.clock = clock
+        self.label = label
+        self.session: SmppSession | None = None
+        self._timer: IDelayedCall | None = None
+        self._closed_reported = False
+        self._disconnecting = False
+
+    # -- Twisted ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.session = self._session_factory(self.clock.seconds())
+        self.owner.connection_made(self)
+        self.flush()
+
+    def dataReceived(self, data: bytes) -> None:
+        session = self.session
+        if session is None:
+            return
+        events = session.receive_data(data, self.clock.seconds())
+        if events:
+            self._dispatch(events)
+        self.flush()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.session is not None:
+            self._dispatch(self.session.close(f"connection lost: {reason.getErrorMessage()}"))
+            self.session.data_to_send()  # nowhere to go
+            self._report_counts()
+        self.owner.connection_lost(self, reason)
+
+    # -- for owners -----------------------------------------------------------------------
+
+    @property
+    def is_bound(self) -> bool:
+        return self.session is not None and self.session.is_bound
+
+    @property
+    def window_free(self) -> int:
+        return self.session.window_free if self.session is not None else 0
+
+    def send_request(
+        self, pdu: Pdu, on_settled: SettledCallback | None = None, *, flush: bool = True
+    ) -> int:
+        """Send request ``pdu``; ``on_settled(event)`` is called with the event that
+        settles it.  With ``flush=False`` the caller calls ``flush()`` after a batch.
+
+        Raises LocalProtocolError / WindowFull (see SmppSession.send); LocalProtocolError
+        also when the connection is not up.
+        """
+        if self.session is None:
+            raise LocalProtocolError("not connected")
+        sequence_number = self.session.send(pdu, self.clock.seconds(), context=on_settled)
+        if flush:
+            self.flush()
+        return sequence_number
+
+    def request(self, pdu: Pdu) -> Deferred[Pdu]:
+        """Send ``pdu`` and fire with its response PDU (a generic_nack included).
+
+        Fails with RequestNotAnswered on timeout or close, BindRefused for a bind_*
+        that was refused, LocalProtocolError when it cannot be sent now.
+        """
+        d: Deferred[Pdu] = Deferred()
+
+        def settled(event: Event) -> None:
+            if isinstance(event, ResponseReceived):
+                d.callback(event.pdu)
+            elif isinstance(event, BindSucceeded):
+                d.callback(event.pdu)
+            elif isinstance(event, BindFailed):
+                d.errback(BindRefused(event.status))
+            elif isinstance(event, (RequestTimedOut, RequestAbandoned)):
+                d.errback(RequestNotAnswered(event))
+
+        try:
+            self.send_request(pdu, settled)
+        except (LocalProtocolError, PduEncodeError) as e:
+            return fail(e)
+        return d
+
+    def respond(self, request: Pdu, status: int = CommandStatus.ESME_ROK, **fields: Any) -> None:
+        """Answer ``request`` (dropped quietly if the session has closed meanwhile)."""
+        if self.session is None:
+            return
+        self.session.respond(request, status, **fields)
+        self.flush()
+
+    def disconnect(self) -> None:
+        """Write what is queued, then close the connection."""
+        if self.transport is not None and not self._disconnecting:
+            self._disconnecting = True
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Close without waiting for queued data (a dead or hostile peer)."""
+        if self.transport is not None:
+            self._disconnecting = True
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def flush(self) -> None:
+        """Write what the session queued, close when it is over, re-arm the timer."""
+        session = self.session
+        if session is None:
+            return
+        data = session.data_to_send()
+        if data and self.transport is not None and not self._disconnecting:
+            self.transport.write(data)
+            self._report_counts()
+        state = session.state
+        if state is SessionState.UNBOUND or state is SessionState.CLOSED:
+            if state is SessionState.CLOSED:
+                self._report_closed(session.close_reason)
+            self.disconnect()
+        self._reschedule()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _report_counts(self) -> None:
+        if self.session is None:
+            return
+        sent, received = self.session.pdu_counts()
+        if sent:
+            _count_pdus("out", sent)
+        if received:
+            _count_pdus("in", received)
+
+    def _report_closed(self, reason: str) -> None:
+        if not self._closed_reported:
+            self._closed_reported = True
+            self.owner.session_closed(self, reason)
+
+    def _reschedule(self) -> None:
+        session = self.session
+        deadline = session.next_deadline() if session is not None else None
+        timer = self._timer
+        if deadline is None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._timer = None
+            return
+        # Keep an earlier timer: tick() at a time with nothing due is cheap, and most
+        # deadlines only move later (traffic postpones enquire_link).
+        if timer is not None and timer.active():
+            if timer.getTime() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        session = self.session
+        if session is None:
+            return
+        events = session.tick(self.clock.seconds())
+        if events:
+            self._dispatch(events)
+        self.flush()
+
+    def _dispatch(self, events: list[Event]) -> None:
+        owner = self.owner
+        for event in events:
+            cls = type(event)
+            if cls is ResponseReceived or cls is RequestTimedOut or cls is RequestAbandoned:
+                callback = event.context  # type: ignore[union-attr]
+                if callback is not None:
+                    callback(event)
+            elif cls is PduReceived:
+                owner.pdu_received(self, event.pdu)  # type: ignore[union-attr]
+            elif cls is BindSucceeded or cls is BindFailed:
+                callback = event.context  # type: ignore[union-attr]
+                if callback is not None:
+                    callback(event)
+            elif cls is PeerProtocolError:
+                assert isinstance(event, PeerProtocolError)
+                log.warn(
+                    "SMPP peer {peer} sent an invalid PDU: answered {status} "
+                    "(command_id {command_id}, sequence_number {sequence_number}): {detail}",
+                    peer=self.label,
+                    status=status_name(event.status),
+                    command_id=f"0x{event.command_id:08x}" if event.command_id is not None else "-",
+                    sequence_number=event.sequence_number,
+                    detail=event.detail,
+                )
+                owner.peer_protocol_error(self, event)
+            elif cls is UnbindRequested:
+                owner.unbind_requested(self)
+            elif cls is SessionClosed:
+                self._report_closed(event.reason)  # type: ignore[union-attr]
