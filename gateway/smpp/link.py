@@ -1,0 +1,949 @@
+"""A carrier link: the gateway as ESME towards one carrier's SMSC (gateway.ports.CarrierLink).
+
+Theory of operation
+-------------------
+A link is a MultiService of *bind slots*: ``sessions`` transceivers, or ``sessions``
+pairs of transmitter + receiver (``bind_mode``).  Each slot is a ClientService whose
+endpoint connects **and binds** before it hands the connection to the service, so
+``whenConnected()`` yields a bound session and a refused bind counts as a failed
+attempt.  (ClientService's own ``prepareConnection`` hook would do, but a connection
+that closes while or after it failed reaches ClientService in a state with no
+transition for it and raises ``NoTransition`` from ``connectionLost``; binding inside
+the endpoint never shows ClientService a connection that is not bound.)  The retry
+delay depends on why the last attempt failed: exponential backoff with jitter after a
+network failure, ``bind_rejected_retry_seconds`` after the SMSC refused our
+credentials (ESME_RBINDFAIL, ESME_RINVPASWD, ESME_RINVSYSID), which is also logged at
+error level: someone must fix the configuration.
+
+``submit`` plans the text's parts (gateway.smpp.text) per the carrier's options and
+puts them on a bounded FIFO.  The pump sends the head of the FIFO when the token bucket
+(``tps_limit`` over all sessions) has a token and a bound transmitter has a free window
+slot, round-robin over sessions.  Every part gets exactly one outcome from the session:
+
+* submit_sm_resp ESME_ROK: the part's message id;
+* ESME_RTHROTTLED / ESME_RMSGQFUL: the bucket slows down and the *same* part goes back to
+  the head of the FIFO after a growing delay, at most ``max_throttle_retries`` times;
+* another status: the carrier refused it (permanent);
+* no response in time, or the session closed first: unknown, possibly delivered.
+
+A submit succeeds when every part has an id, and fails (``LinkSubmitFailed``, with the
+ids of the parts that were accepted) as soon as a part fails and no other part is
+still awaiting its response; its unsent parts are dropped.  Nothing is lost silently:
+the session reports every outstanding request when a connection dies.
+
+Inbound, on receiver and transceiver sessions, a deliver_sm/data_sm is a receipt
+(gateway.smpp.receipts) or a citizen's message (MO); multi-part MOs are joined first.
+deliver_sm_resp goes out only after the InboundSink's Deferred fired (checkpoint, then
+acknowledge); when recording fails we answer ESME_RX_T_APPN so the SMSC retries later.
+The parts of a multi-part MO are acknowledged together once the whole text is recorded.
+
+``drain(timeout)`` refuses new submits and waits for those in flight; ``stopService``
+drains, unbinds every session (waiting for unbind_resp, bounded) and then stops the
+ClientServices.  A carrier's outbind on the listener is handed to ``accept_outbind``,
+which binds as receiver over that connection.
+"""
+
+from __future__ import annotations
+
+import hmac
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    fail,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway import metrics
+from gateway.config import CarrierConfig
+from gateway.ports import (
+    DeliveryReceipt,
+    InboundSink,
+    MobileOriginated,
+    OutboundSms,
+    SubmitAccepted,
+    SubmitFailed,
+)
+from gateway.privacy import InvalidPhoneNumber, PhoneNumber
+from gateway.smpp.pdu import (
+    BindReceiver,
+    BindTransceiver,
+    BindTransmitter,
+    CommandStatus,
+    DataSm,
+    DeliverSm,
+    GenericNack,
+    Pdu,
+    PduEncodeError,
+    SubmitSm,
+    Unbind,
+    status_name,
+)
+from gateway.smpp.protocol import BindRefused, SessionOwner, SmppProtocol
+from gateway.smpp.receipts import ReceiptParseError, normalise_message_id, receipt_from_deliver
+from gateway.smpp.session import (
+    DEFAULT_MAX_PDU_BYTES,
+    Event,
+    LocalProtocolError,
+    RequestAbandoned,
+    RequestTimedOut,
+    ResponseReceived,
+    Role,
+    SmppSession,
+)
+from gateway.smpp.text import (
+    MessageTooLong,
+    NotGsm7Encodable,
+    Reassembler,
+    decode_pdu_text,
+    plan_message,
+)
+from gateway.smpp.throttle import TokenBucket
+
+__all__ = ["CarrierLink", "LinkOptions", "LinkSubmitFailed"]
+
+log = Logger()
+
+# The SMSC refused who we are: retrying soon only fills its logs (and may lock us out).
+REJECTED_BIND_STATUSES = frozenset(
+    {CommandStatus.ESME_RBINDFAIL, CommandStatus.ESME_RINVPASWD, CommandStatus.ESME_RINVSYSID}
+)
+THROTTLING_STATUSES = frozenset({CommandStatus.ESME_RTHROTTLED, CommandStatus.ESME_RMSGQFUL})
+
+_BIND_PDUS: dict[str, type[BindTransceiver] | type[BindTransmitter] | type[BindReceiver]] = {
+    "transceiver": BindTransceiver,
+    "transmitter": BindTransmitter,
+    "receiver": BindReceiver,
+}
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """Link settings that are not per-carrier configuration (app.py may override)."""
+
+    max_queued_parts: int = 20_000  # parts waiting for a window slot or a token
+    throttle_retry_seconds: float = (
+        1.0  # first resubmit delay after ESME_RTHROTTLED; grows linearly
+    )
+    max_throttle_retries: int = 5
+    throttle_slow_down_factor: float = 0.5
+    unbind_timeout_seconds: float = 5.0
+    drain_timeout_seconds: float = 10.0
+    # Parts of a citizen's long message arrive within a second; an SMSC waits tens of
+    # seconds for deliver_sm_resp before resending, and we hold the parts' acks meanwhile.
+    mo_reassembly_timeout_seconds: float = 20.0
+    max_mo_reassemblies: int = 1_000
+    max_pdu_bytes: int = DEFAULT_MAX_PDU_BYTES
+
+
+class LinkSubmitFailed(SubmitFailed):
+    """SubmitFailed plus the carrier message ids of the parts that were accepted."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        transient: bool,
+        status: str = "",
+        response_unknown: bool = False,
+        accepted_message_ids: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(
+            reason, transient=transient, status=status, response_unknown=response_unknown
+        )
+        self.accepted_message_ids = accepted_message_ids
+
+
+class _Submit:
+    """One OutboundSms being submitted."""
+
+    __slots__ = ("deferred", "failure", "in_flight", "message_ids", "remaining")
+
+    def __init__(self, parts: int) -> None:
+        self.deferred: Deferred[SubmitAccepted] = Deferred()
+        self.message_ids: list[str | None] = [None] * parts
+        self.remaining = parts  # parts without a message id
+        self.in_flight = 0  # parts sent and not answered
+        self.failure: list[Any] | None = None  # [reason, transient, status, response_unknown]
+
+
+class _PartJob:
+    """One submit_sm of a submit; the session's context for it (called with its outcome)."""
+
+    __slots__ = ("attempts", "index", "link", "pdu", "submit")
+
+    def __init__(self, link: CarrierLink, submit: _Submit, index: int, pdu: SubmitSm) -> None:
+        self.link = link
+        self.submit = submit
+        self.index = index
+        self.pdu = pdu
+        self.attempts = 0
+
+    def __call__(self, event: Event) -> None:
+        self.link._part_settled(self, event)
+
+
+class _LinkSession(SessionOwner):
+    """One connection of a link, as the owner of its SmppProtocol."""
+
+    def __init__(self, link: CarrierLink, bind_type: str) -> None:
+        self.link = link
+        self.bind_type = bind_type
+        self.can_transmit = bind_type != "receiver"
+        self.can_receive = bind_type != "transmitter"
+        self.protocol: SmppProtocol | None = None
+        self.bound = False
+        self.service_proxy: IProtocol | None = None  # ClientService's view, once bound
+
+    def pdu_received(self, protocol: SmppProtocol, pdu: Pdu) -> None:
+        self.link._inbound(protocol, pdu)
+
+    def unbind_requested(self, protocol: SmppProtocol) -> None:
+        self.link._session_down(self, "the SMSC sent unbind")
+
+    def session_closed(self, protocol: SmppProtocol, reason: str) -> None:
+        self.link._session_down(self, reason)
+
+    def connection_lost(self, protocol: SmppProtocol, reason: Failure) -> None:
+        self.link._session_down(self)
+        proxy, self.service_proxy = self.service_proxy, None
+        if proxy is not None:
+            proxy.connectionLost(reason)  # ClientService reconnects
+
+
+class _OneProtocolFactory(Factory):
+    def __init__(self, protocol: SmppProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
+
+
+class _BoundHandle(Protocol):
+    """What ClientService holds: a stand-in for a bound SmppProtocol (``.smpp``)."""
+
+    smpp: SmppProtocol | None = None
+
+
+@implementer(IStreamClientEndpoint)
+class _BindingEndpoint:
+    """Connects with ``endpoint`` and binds; fires only with a bound connection."""
+
+    def __init__(self, link: CarrierLink, bind_type: str, endpoint: IStreamClientEndpoint) -> None:
+        self.link = link
+        self.bind_type = bind_type
+        self.endpoint = endpoint
+        self.last_bind_rejected = False
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        link = self.link
+        session = _LinkSession(link, self.bind_type)
+        protocol = link._new_protocol(session)
+        connecting = self.endpoint.connect(_OneProtocolFactory(protocol))
+        result: Deferred[IProtocol]
+
+        def cancel(_: Deferred[IProtocol]) -> None:
+            if not connecting.called:
+                connecting.cancel()
+            else:
+                protocol.abort()
+
+        result = Deferred(cancel)
+
+        def bind(_: object) -> Deferred[Pdu]:
+            return protocol.request(link._bind_pdu(self.bind_type))
+
+        def bound(_: Pdu) -> None:
+            self.last_bind_rejected = False
+            if result.called:  # cancelled meanwhile (stopService)
+                protocol.disconnect()
+                return
+            handle = factory.buildProtocol(protocol.transport.getPeer())  # type: ignore[union-attr]
+            assert handle is not None
+            handle.makeConnection(protocol.transport)
+            session.service_proxy = handle
+            link._session_bound(session)
+            result.callback(handle)
+
+        def failed(reason: Failure) -> None:
+            self.last_bind_rejected = False
+            if reason.check(BindRefused):
+                status = reason.value.status
+                if status in REJECTED_BIND_STATUSES:
+                    self.last_bind_rejected = True
+                    log.error(
+                        "carrier {carrier} refused our {bind_type} bind: {status}; check system_id "
+                        "and password, retrying in {delay} s",
+                        carrier=link.name,
+                        bind_type=self.bind_type,
+                        status=status_name(status),
+                        delay=link.config.bind_rejected_retry_seconds,
+                    )
+                else:
+                    log.warn(
+                        "carrier {carrier} {bind_type} bind failed: {status}",
+                        carrier=link.name,
+                        bind_type=self.bind_type,
+                        status=status_name(status) if status is not None else "no bind_resp",
+                    )
+            elif not reason.check(CancelledError):
+                log.warn(
+                    "carrier {carrier} {bind_type} connection failed: {error}",
+                    carrier=link.name,
+                    bind_type=self.bind_type,
+                    error=reason.getErrorMessage(),
+                )
+            protocol.disconnect()
+            if not result.called:
+                result.errback(reason)
+
+        connecting.addCallback(bind).addCallbacks(bound, failed)
+        return result
+
+    def retry_delay(
+        self, backoff: Callable[[int], float], jitter: Callable[[], float]
+    ) -> Callable[[int], float]:
+        def policy(attempt: int) -> float:
+            if self.last_bind_rejected:
+                return self.link.config.bind_rejected_retry_seconds + jitter()
+            return backoff(attempt)
+
+        return policy
+
+
+class CarrierLink(MultiService):
+    """Binds to one carrier and submits to it; see the module docstring.
+
+    Args:
+        config: the carrier's section.
+        inbound: where receipts and MOs go (recorded before deliver_sm_resp).
+        reactor: IReactorTime (and IReactorTCP unless ``endpoint`` is given).
+        endpoint: connect with this instead of host/port/tls from ``config`` (tests).
+        options: settings that are not per carrier.
+        jitter: random delay added to reconnect delays (seconds); tests pass ``lambda: 0``.
+    """
+
+    def __init__(
+        self,
+        config: CarrierConfig,
+        inbound: InboundSink,
+        reactor: Any,
+        *,
+        endpoint: IStreamClientEndpoint | None = None,
+        options: LinkOptions = LinkOptions(),  # noqa: B008 - frozen
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        # Service.name doubles as the CarrierLink port's name: the service is the carrier.
+        self.name = config.name
+        self.prefixes = tuple(config.prefixes)
+        self.inbound = inbound
+        self.clock: IReactorTime = reactor
+        self.options = options
+        self._transmitters: list[_LinkSession] = []
+        self._receivers: list[_LinkSession] = []
+        self._all_sessions: set[_LinkSession] = set()  # bound ones, any type
+        self._outbind_sessions: set[_LinkSession] = set()
+        self._queue: deque[_PartJob] = deque()
+        self._round_robin = 0
+        self._bucket = TokenBucket(
+            config.tps_limit, max(1.0, config.tps_limit / 10), now=reactor.seconds()
+        )
+        self._pump_call: IDelayedCall | None = None
+        self._retry_calls: set[IDelayedCall] = set()
+        self._reference = random.randrange(0x10000)
+        self._active_submits = 0
+        self._stopping = False
+        self._drain_waiters: list[Deferred[None]] = []
+        self._reassembler = Reassembler(
+            timeout_seconds=options.mo_reassembly_timeout_seconds,
+            max_pending=options.max_mo_reassemblies,
+        )
+        self._held_parts: dict[tuple[str, int, int], list[tuple[SmppProtocol, Pdu]]] = {}
+        self._reassembly_call: IDelayedCall | None = None
+        self._hex_upper = False
+        self._hex_width = 0
+        self._response_counters: dict[int, Any] = {}
+        self._latency = metrics.submit_latency.labels(config.name)
+        self.binding_endpoints: list[_BindingEndpoint] = []
+
+        inner = endpoint if endpoint is not None else self._make_endpoint(reactor)
+        backoff = backoffPolicy(
+            config.reconnect_initial_seconds, config.reconnect_max_seconds, jitter=jitter
+        )
+        bind_types = (
+            ["transceiver"] if config.bind_mode == "transceiver" else ["transmitter", "receiver"]
+        )
+        for index in range(config.sessions):
+            for bind_type in bind_types:
+                binding = _BindingEndpoint(self, bind_type, inner)
+                self.binding_endpoints.append(binding)
+                service = ClientService(
+                    binding,
+                    Factory.forProtocol(_BoundHandle),
+                    retryPolicy=binding.retry_delay(backoff, jitter),
+                    clock=reactor,
+                )
+                service.setName(f"{config.name}-{bind_type}-{index}")
+                service.setServiceParent(self)
+
+    def _make_endpoint(self, reactor: Any) -> IStreamClientEndpoint:
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, self.config.host, self.config.port, timeout=10
+        )
+        if self.config.tls:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = wrapClientTLS(optionsForClientTLS(self.config.host), endpoint)
+        return endpoint
+
+    # -- CarrierLink port ---------------------------------------------------------------
+
+    def is_bound(self) -> bool:
+        return bool(self._transmitters)
+
+    def submit(self, sms: OutboundSms) -> Deferred[SubmitAccepted]:
+        """Submit ``sms``; fires SubmitAccepted or fails with LinkSubmitFailed."""
+        if self._stopping:
+            return fail(LinkSubmitFailed("link stopping", transient=True))
+        if not self._transmitters:
+            return fail(LinkSubmitFailed("not bound", transient=True))
+        config = self.config
+        self._reference = (self._reference + 1) & 0xFFFF
+        try:
+            plan = plan_message(
+                sms.text,
+                encoding=config.encoding,  # type: ignore[arg-type]
+                gsm7_packed=config.gsm7_packed,
+                concatenation=config.concatenation,  # type: ignore[arg-type]
+                max_parts=config.max_parts,
+                reference=self._reference,
+            )
+        except MessageTooLong as e:
+            return fail(
+                LinkSubmitFailed(f"message too long: {e}", transient=False, status="too_long")
+            )
+        except NotGsm7Encodable as e:
+            return fail(
+                LinkSubmitFailed(
+                    f"text not encodable: {e}", transient=False, status="not_encodable"
+                )
+            )
+        parts = plan.parts
+        if len(self._queue) + len(parts) > self.options.max_queued_parts:
+            return fail(LinkSubmitFailed("local submit queue full", transient=True))
+        registered_delivery = config.registered_delivery if sms.registered_delivery else 0
+        source_addr = sms.source_addr or config.source_addr
+        destination = sms.destination.digits
+        submit = _Submit(len(parts))
+        for index, part in enumerate(parts):
+            pdu = SubmitSm(
+                0,
+                source_addr_ton=config.source_addr_ton,
+                source_addr_npi=config.source_addr_npi,
+                source_addr=source_addr,
+                dest_addr_ton=config.dest_addr_ton,
+                dest_addr_npi=config.dest_addr_npi,
+                destination_addr=destination,
+                esm_class=part.esm_class,
+                registered_delivery=registered_delivery,
+                data_coding=part.data_coding,
+                short_message=part.short_message,
+                tlvs=part.tlvs,
+            )
+            self._queue.append(_PartJob(self, submit, index, pdu))
+        self._active_submits += 1
+        self._pump()
+        return submit.deferred
+
+    # -- the submit pump --------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        if self._pump_call is not None:
+            return  # waiting for a token; that call pumps
+        queue = self._queue
+        transmitters = self._transmitters
+        if not queue or not transmitters:
+            return
+        now = self.clock.seconds()
+        touched: list[SmppProtocol] = []
+        count = len(transmitters)
+        while queue:
+            job = queue[0]
+            if job.submit.failure is not None:
+                queue.popleft()  # a sibling part failed: do not send the rest
+                continue
+            protocol = None
+            for _ in range(count):
+                self._round_robin = (self._round_robin + 1) % count
+                candidate = transmitters[self._round_robin].protocol
+                if candidate is not None and candidate.window_free > 0 and candidate.is_bound:
+                    protocol = candidate
+                    break
+            if protocol is None:
+                break  # every window is full: a response or timeout pumps again
+            wait = self._bucket.take(now)
+            if wait > 0:
+                self._pump_call = self.clock.callLater(wait, self._pump_later)
+                break
+            queue.popleft()
+            try:
+                protocol.send_request(job.pdu, job, flush=False)
+            except PduEncodeError as e:
+                self._part_failed(
+                    job, f"submit_sm not encodable: {e}", transient=False, status="not_encodable"
+                )
+                continue
+            except LocalProtocolError:
+                queue.appendleft(job)  # the session is going down; its close event follows
+                break
+            job.submit.in_flight += 1
+            if protocol not in touched:
+                touched.append(protocol)
+        for protocol in touched:
+            protocol.flush()
+
+    def _pump_later(self) -> None:
+        self._pump_call = None
+        self._pump()
+
+    def _part_settled(self, job: _PartJob, event: Event) -> None:
+        submit = job.submit
+        submit.in_flight -= 1
+        cls = type(event)
+        if cls is ResponseReceived:
+            assert isinstance(event, ResponseReceived)
+            pdu = event.pdu
+            status = pdu.command_status
+            if status == CommandStatus.ESME_ROK and type(pdu) is GenericNack:
+                status = CommandStatus.ESME_RUNKNOWNERR
+            self._count_response(status, event.elapsed)
+            if status == CommandStatus.ESME_ROK:
+                message_id: str = pdu.message_id  # type: ignore[attr-defined]
+                if self.config.message_id_format == "dec_to_hex":
+                    self._learn_hex_form(message_id)
+                submit.message_ids[job.index] = message_id
+                submit.remaining -= 1
+                if submit.failure is None:
+                    if submit.remaining == 0:
+                        self._active_submits -= 1
+                        submit.deferred.callback(
+                            SubmitAccepted(self.name, tuple(submit.message_ids))
+                        )  # type: ignore[arg-type]
+                        self._check_drained()
+                elif submit.in_flight == 0:
+                    self._settle_failed(submit)
+            elif status in THROTTLING_STATUSES:
+                self._bucket.slow_down(self.options.throttle_slow_down_factor, self.clock.seconds())
+                job.attempts += 1
+                if submit.failure is not None or job.attempts > self.options.max_throttle_retries:
+                    self._part_failed(
+                        job, "carrier keeps throttling", transient=True, status=status_name(status)
+                    )
+                else:
+                    delay = self.options.throttle_retry_seconds * job.attempts
+                    call = self.clock.callLater(delay, self._resubmit, job)
+                    self._retry_calls.add(call)
+            else:
+                self._part_failed(
+                    job, "carrier refused the submit", transient=False, status=status_name(status)
+                )
+        elif cls is RequestTimedOut:
+            self._part_failed(
+                job, "submit_sm_resp not received in time", transient=True, response_unknown=True
+            )
+        elif cls is RequestAbandoned:
+            self._part_failed(job, "link lost", transient=True, response_unknown=True)
+        self._pump()
+
+    def _resubmit(self, job: _PartJob) -> None:
+        self._retry_calls = {c for c in self._retry_calls if c.active()}
+        if job.submit.failure is not None:
+            return
+        if not self._transmitters:
+            self._part_failed(job, "link lost", transient=True)
+            return
+        self._queue.appendleft(job)
+        self._pump()
+
+    def _part_failed(
+        self,
+        job: _PartJob,
+        reason: str,
+        *,
+        transient: bool,
+        status: str = "",
+        response_unknown: bool = False,
+    ) -> None:
+        submit = job.submit
+        if submit.failure is None:
+            submit.failure = [reason, transient, status, response_unknown]
+        else:
+            failure = submit.failure
+            failure[1] = failure[1] and transient
+            failure[3] = failure[3] or response_unknown
+        if submit.in_flight == 0 and not submit.deferred.called:
+            self._settle_failed(submit)
+
+    def _settle_failed(self, submit: _Submit) -> None:
+        assert submit.failure is not None
+        reason, transient, status, response_unknown = submit.failure
+        self._active_submits -= 1
+        submit.deferred.errback(
+            LinkSubmitFailed(
+                reason,
+                transient=transient,
+                status=status,
+                response_unknown=response_unknown,
+                accepted_message_ids=tuple(m for m in submit.message_ids if m is not None),
+            )
+        )
+        self._check_drained()
+
+    def _fail_queued(self, reason: str) -> None:
+        """Fail every submit with parts still waiting in the FIFO (never sent: no duplicates)."""
+        queue, self._queue = self._queue, deque()
+        for job in queue:
+            if job.submit.failure is None:
+                self._part_failed(job, reason, transient=True)
+
+    def _count_response(self, status: int, elapsed: float) -> None:
+        counter = self._response_counters.get(status)
+        if counter is None:
+            counter = self._response_counters[status] = metrics.submit_responses.labels(
+                self.name, status_name(status)
+            )
+        counter.inc()
+        self._latency.observe(elapsed)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _new_protocol(self, session: _LinkSession) -> SmppProtocol:
+        config = self.config
+        options = self.options
+
+        def new_session(now: float) -> SmppSession:
+            return SmppSession(
+                Role.ESME,
+                max_pdu_bytes=options.max_pdu_bytes,
+                window=config.window,
+                response_timeout_seconds=config.response_timeout_seconds,
+                enquire_link_interval_seconds=config.enquire_link_interval_seconds,
+                now=now,
+            )
+
+        protocol = SmppProtocol(new_session, session, self.clock, label=self.name)
+        session.protocol = protocol
+        return protocol
+
+    def _bind_pdu(self, bind_type: str) -> Pdu:
+        config = self.config
+        return _BIND_PDUS[bind_type](
+            0,
+            system_id=config.system_id,
+            password=config.password.reveal(),
+            system_type=config.system_type,
+        )
+
+    def _session_bound(self, session: _LinkSession) -> None:
+        session.bound = True
+        self._all_sessions.add(session)
+        if session.can_transmit:
+            self._transmitters.append(session)
+        if session.can_receive:
+            self._receivers.append(session)
+        metrics.binds_up.labels(self.name, session.bind_type).inc()
+        log.info(
+            "carrier {carrier} bound ({bind_type})", carrier=self.name, bind_type=session.bind_type
+        )
+        self._pump()
+
+    def _session_down(self, session: _LinkSession, reason: str = "") -> None:
+        if not session.bound:
+            return
+        session.bound = False
+        self._all_sessions.discard(session)
+        self._outbind_sessions.discard(session)
+        if session in self._transmitters:
+            self._transmitters.remove(session)
+        if session in self._receivers:
+            self._receivers.remove(session)
+        metrics.binds_up.labels(self.name, session.bind_type).dec()
+        if self._stopping:
+            log.info(
+                "carrier {carrier} session closed ({bind_type})",
+                carrier=self.name,
+                bind_type=session.bind_type,
+            )
+        else:
+            log.error(
+                "carrier {carrier} lost a bound {bind_type} session: {reason}",
+                carrier=self.name,
+                bind_type=session.bind_type,
+                reason=reason or "connection lost",
+            )
+        if not self._transmitters:
+            self._fail_queued("link lost")
+
+    # -- outbind ----------------------------------------------------------------------------
+
+    def outbind_matches(self, system_id: str, password: str) -> bool:
+        """Whether an outbind's credentials are this carrier's (config defaults applied)."""
+        config = self.config
+        if not config.accept_outbind:
+            return False
+        expected_id = config.outbind_system_id or config.system_id
+        expected_password = config.outbind_password.reveal() or config.password.reveal()
+        same_id = hmac.compare_digest(system_id.encode("latin-1"), expected_id.encode("latin-1"))
+        same_password = hmac.compare_digest(
+            password.encode("latin-1"), expected_password.encode("latin-1")
+        )
+        return same_id and same_password
+
+    def accept_outbind(self, protocol: SmppProtocol) -> Deferred[None]:
+        """Take over a listener connection on which this carrier sent outbind: bind as
+        receiver with our credentials, then handle deliver_sm as on any receiver."""
+        session = _LinkSession(self, "receiver")
+        session.protocol = protocol
+        protocol.owner = session
+        protocol.label = self.name
+
+        def bound(_: Pdu) -> None:
+            self._outbind_sessions.add(session)
+            self._session_bound(session)
+
+        def failed(reason: Failure) -> None:
+            log.error(
+                "carrier {carrier} outbind: our bind_receiver failed: {error}",
+                carrier=self.name,
+                error=reason.getErrorMessage(),
+            )
+            protocol.disconnect()
+
+        return protocol.request(self._bind_pdu("receiver")).addCallbacks(bound, failed)
+
+    # -- inbound ----------------------------------------------------------------------------
+
+    def _inbound(self, protocol: SmppProtocol, pdu: Pdu) -> None:
+        if not isinstance(pdu, DeliverSm | DataSm):
+            return  # alert_notification: nothing to answer, nothing we use
+        try:
+            receipt = receipt_from_deliver(pdu)
+        except ReceiptParseError as e:
+            log.warn(
+                "carrier {carrier} sent an unreadable receipt (sequence_number {sequence_number}): {error}",
+                carrier=self.name,
+                sequence_number=pdu.sequence_number,
+                error=str(e),
+            )
+            protocol.respond(pdu, CommandStatus.ESME_RX_P_APPN)
+            return
+        if receipt is not None:
+            record = DeliveryReceipt(
+                carrier=self.name,
+                message_id=self._normalise_message_id(receipt.message_id),
+                state=receipt.stat,
+                error_code=receipt.err,
+                submit_date=receipt.submit_date,
+                done_date=receipt.done_date,
+            )
+            self._ack_when_recorded(
+                maybeDeferred(self.inbound.record_receipt, record), [(protocol, pdu)], "receipt"
+            )
+            return
+        self._mobile_originated(protocol, pdu)
+
+    def _mobile_originated(self, protocol: SmppProtocol, pdu: DeliverSm | DataSm) -> None:
+        text, concatenation = decode_pdu_text(pdu, gsm7_packed=self.config.gsm7_packed)
+        held = [(protocol, pdu)]
+        if concatenation is not None and concatenation.total > 1:
+            source = pdu.source_addr
+            try:
+                whole = self._reassembler.add(source, concatenation, text, now=self.clock.seconds())
+            except ValueError:
+                whole = text  # an impossible part number: take the part as a message
+            else:
+                key = (source, concatenation.reference, concatenation.total)
+                self._held_parts.setdefault(key, []).append((protocol, pdu))
+                if whole is None:
+                    self._schedule_reassembly()
+                    return
+                held = self._held_parts.pop(key)
+            text = whole
+        self._record_mo(pdu.source_addr, pdu.destination_addr, text, held, {})
+
+    def _record_mo(
+        self,
+        source_addr: str,
+        destination_addr: str,
+        text: str,
+        held: list[tuple[SmppProtocol, Pdu]],
+        extra: dict[str, str],
+    ) -> None:
+        try:
+            source = PhoneNumber.cn_mobile(source_addr)
+        except InvalidPhoneNumber:
+            source = PhoneNumber(source_addr)
+        message = MobileOriginated(
+            carrier=self.name,
+            source=source,
+            destination=destination_addr,
+            text=text,
+            received_at=self.clock.seconds(),
+            extra=extra,
+        )
+        self._ack_when_recorded(maybeDeferred(self.inbound.record_mo, message), held, "MO")
+
+    def _ack_when_recorded(
+        self, recorded: Deferred[None], held: list[tuple[SmppProtocol, Pdu]], kind: str
+    ) -> None:
+        def acknowledge(_: object) -> None:
+            for protocol, pdu in held:
+                protocol.respond(pdu)
+
+        def not_recorded(reason: Failure) -> None:
+            log.error(
+                "carrier {carrier}: could not record a {kind} ({error}); answered ESME_RX_T_APPN",
+                carrier=self.name,
+                kind=kind,
+                error=reason.getErrorMessage(),
+            )
+            for protocol, pdu in held:
+                protocol.respond(pdu, CommandStatus.ESME_RX_T_APPN)
+
+        recorded.addCallbacks(acknowledge, not_recorded).addErrback(
+            lambda f: log.failure(
+                "carrier {carrier}: answering a {kind}", f, carrier=self.name, kind=kind
+            )
+        )
+
+    def _schedule_reassembly(self) -> None:
+        deadline = self._reassembler.next_deadline()
+        if deadline is None or self._reassembly_call is not None:
+            return
+        delay = max(0.0, deadline - self.clock.seconds())
+        self._reassembly_call = self.clock.callLater(delay, self._expire_reassembly)
+
+    def _expire_reassembly(self) -> None:
+        self._reassembly_call = None
+        for expired in self._reassembler.expire(self.clock.seconds()):
+            held = self._held_parts.pop((expired.source, expired.reference, expired.total), [])
+            if not held:
+                continue
+            extra = {"incomplete": f"{len(expired.parts)}/{expired.total}"}
+            protocol, first = held[0]
+            self._record_mo(
+                expired.source, first.destination_addr, expired.partial_text(), held, extra
+            )  # type: ignore[attr-defined]
+        self._schedule_reassembly()
+
+    def _normalise_message_id(self, raw: str) -> str:
+        return normalise_message_id(
+            raw,
+            id_format=self.config.message_id_format,  # type: ignore[arg-type]
+            hex_upper=self._hex_upper,
+            hex_width=self._hex_width,
+        )
+
+    def _learn_hex_form(self, message_id: str) -> None:
+        # dec_to_hex: receipts say 12345678, submit_sm_resp said "00BC614E": copy its
+        # case and zero padding so the normalised id is the exact submit_sm_resp string.
+        if message_id:
+            self._hex_upper = any("A" <= c <= "F" for c in message_id)
+            self._hex_width = len(message_id) if message_id[0] == "0" else 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        self._stopping = False
+        super().startService()
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Refuse new submits and fire when every submit in flight has settled, or after
+        ``timeout`` seconds, when submits still waiting to be sent fail (transient)."""
+        self._stopping = True
+        if self._active_submits == 0:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append(waiter)
+
+        def timed_out() -> None:
+            if not waiter.called:
+                log.warn(
+                    "carrier {carrier}: {count} submits still in flight after the drain timeout",
+                    carrier=self.name,
+                    count=self._active_submits,
+                )
+                self._fail_queued("link stopping")
+                waiter.callback(None)
+
+        call = self.clock.callLater(timeout, timed_out)
+
+        def stop_timer(result: None) -> None:
+            if call.active():
+                call.cancel()
+            return result
+
+        return waiter.addBoth(stop_timer)
+
+    def _check_drained(self) -> None:
+        if self._active_submits == 0 and self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.callback(None)
+
+    def unbind_all(self, timeout: float) -> Deferred[None]:
+        """Unbind every bound session; fires when all answered or ``timeout`` passed."""
+        pending = []
+        for session in list(self._all_sessions):
+            protocol = session.protocol
+            if protocol is None or not protocol.is_bound:
+                continue
+            d = protocol.request(Unbind(0))
+            d.addTimeout(timeout, self.clock)
+            pending.append(d)
+        return DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)
+
+    def stopService(self) -> Deferred[None]:
+        """Drain, unbind, then stop reconnecting and close every connection."""
+        self._stopping = True
+
+        def stop_children(_: object) -> Deferred[Any]:
+            for call in (self._pump_call, self._reassembly_call, *self._retry_calls):
+                if call is not None and call.active():
+                    call.cancel()
+            self._pump_call = self._reassembly_call = None
+            self._retry_calls.clear()
+            for session in list(self._outbind_sessions):
+                if session.protocol is not None:
+                    session.protocol.disconnect()
+            return maybeDeferred(MultiService.stopService, self)
+
+        d = self.drain(self.options.drain_timeout_seconds)
+        d.addCallback(lambda _: self.unbind_all(self.options.unbind_timeout_seconds))
+        d.addCallback(stop_children)
+        d.addCallback(lambda _: None)
+        return d

@@ -1,0 +1,648 @@
+"""The carrier link with a Clock and StringTransports: binding, submitting, receipts, MOs,
+reconnecting and stopping, asserted on the bytes the SMSC would see."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway import metrics
+from gateway.config import CarrierConfig, Secret
+from gateway.ports import DeliveryReceipt, MobileOriginated, OutboundSms, SubmitAccepted
+from gateway.privacy import PhoneNumber
+from gateway.smpp.link import CarrierLink, LinkOptions, LinkSubmitFailed
+from gateway.smpp.pdu import (
+    BindReceiver,
+    BindReceiverResp,
+    BindTransceiver,
+    BindTransceiverResp,
+    BindTransmitter,
+    BindTransmitterResp,
+    CommandStatus,
+    DeliverSm,
+    DeliverSmResp,
+    EnquireLink,
+    Pdu,
+    SubmitSm,
+    SubmitSmResp,
+    Unbind,
+    UnbindResp,
+    decode,
+    encode,
+)
+from gateway.smpp.text import decode_pdu_text
+from gateway.smpp.tlv import Tlv, TlvTag
+
+CITIZEN = PhoneNumber("13800138000")
+
+
+def decode_all(data: bytes) -> list[Pdu]:
+    out, pos = [], 0
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        out.append(decode(data[pos : pos + length]))
+        pos += length
+    return out
+
+
+def carrier_config(**overrides: Any) -> CarrierConfig:
+    settings: dict[str, Any] = {
+        "name": "cmcc",
+        "host": "127.0.0.1",
+        "port": 2775,
+        "system_id": "gw12123",
+        "password": Secret("secret"),
+        "prefixes": ("138", "139"),
+        "window": 4,
+        "tps_limit": 1000.0,
+        "response_timeout_seconds": 10.0,
+        "enquire_link_interval_seconds": 30.0,
+        "reconnect_initial_seconds": 1.0,
+        "reconnect_max_seconds": 8.0,
+        "bind_rejected_retry_seconds": 300.0,
+    }
+    settings.update(overrides)
+    return CarrierConfig(**settings)
+
+
+class FakeSmsc:
+    """The far end of one StringTransport connection, driven by the test."""
+
+    def __init__(self, protocol: Any, transport: StringTransport) -> None:
+        self.protocol = protocol
+        self.transport = transport
+
+    def read(self) -> list[Pdu]:
+        data = self.transport.value()
+        self.transport.clear()
+        return decode_all(data)
+
+    def send(self, *pdus: Pdu) -> None:
+        self.protocol.dataReceived(b"".join(encode(p) for p in pdus))
+
+    def accept_bind(self) -> Pdu:
+        [bind] = self.read()
+        resp = {
+            BindTransceiver: BindTransceiverResp,
+            BindTransmitter: BindTransmitterResp,
+            BindReceiver: BindReceiverResp,
+        }[type(bind)]
+        self.send(resp(bind.sequence_number, system_id="SMSC"))
+        return bind
+
+    def drop(self) -> None:
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+@implementer(IStreamClientEndpoint)
+class StringEndpoint:
+    """Connects at once over a StringTransport (or refuses, when told to)."""
+
+    def __init__(self) -> None:
+        self.smscs: list[FakeSmsc] = []
+        self.refuse = 0
+        self.attempts = 0
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.attempts += 1
+        if self.refuse:
+            self.refuse -= 1
+            return fail(ConnectionRefusedError())
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.smscs.append(FakeSmsc(protocol, transport))
+        return succeed(protocol)
+
+
+class RecordingSink:
+    """An InboundSink whose Deferreds the test fires (or that fire at once)."""
+
+    def __init__(self, immediate: bool = True) -> None:
+        self.immediate = immediate
+        self.receipts: list[DeliveryReceipt] = []
+        self.mos: list[MobileOriginated] = []
+        self.pending: list[Deferred[None]] = []
+
+    def _result(self) -> Deferred[None]:
+        if self.immediate:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def record_receipt(self, receipt: DeliveryReceipt) -> Deferred[None]:
+        self.receipts.append(receipt)
+        return self._result()
+
+    def record_mo(self, message: MobileOriginated) -> Deferred[None]:
+        self.mos.append(message)
+        return self._result()
+
+
+def start_link(
+    clock: Clock | None = None,
+    sink: RecordingSink | None = None,
+    options: LinkOptions | None = None,
+    **config: Any,
+) -> tuple[CarrierLink, StringEndpoint, Clock, RecordingSink]:
+    clock = clock or Clock()
+    sink = sink or RecordingSink()
+    endpoint = StringEndpoint()
+    link = CarrierLink(
+        carrier_config(**config),
+        sink,
+        clock,
+        endpoint=endpoint,
+        options=options or LinkOptions(),
+        jitter=lambda: 0.0,
+    )
+    link.startService()
+    return link, endpoint, clock, sink
+
+
+def bound_link(**kwargs: Any) -> tuple[CarrierLink, FakeSmsc, Clock, RecordingSink]:
+    link, endpoint, clock, sink = start_link(**kwargs)
+    [smsc] = endpoint.smscs
+    smsc.accept_bind()
+    assert link.is_bound()
+    return link, smsc, clock, sink
+
+
+def result_of(d: Deferred[Any]) -> Any:
+    """The Deferred's result now (a Failure for errors), consuming errors."""
+    box: list[Any] = []
+    d.addBoth(box.append)
+    assert box, "the Deferred has not fired"
+    return box[0]
+
+
+# -- binding -------------------------------------------------------------------------------
+
+
+def test_link_binds_as_transceiver_with_its_credentials() -> None:
+    """On start the link connects and sends bind_transceiver with system_id and password."""
+    link, endpoint, _, _ = start_link(system_type="VMA")
+    [smsc] = endpoint.smscs
+    [bind] = smsc.read()
+    assert bind == BindTransceiver(
+        bind.sequence_number, system_id="gw12123", password="secret", system_type="VMA"
+    )
+    assert not link.is_bound()
+    smsc.send(BindTransceiverResp(bind.sequence_number, system_id="SMSC"))
+    assert link.is_bound()
+
+
+def test_transmitter_receiver_mode_binds_a_pair_per_session() -> None:
+    """bind_mode transmitter_receiver with sessions=2 opens two transmitters and two receivers."""
+    link, endpoint, _, _ = start_link(bind_mode="transmitter_receiver", sessions=2)
+    kinds = sorted(type(smsc.accept_bind()).__name__ for smsc in endpoint.smscs)
+    assert kinds == ["BindReceiver", "BindReceiver", "BindTransmitter", "BindTransmitter"]
+    assert link.is_bound()
+
+
+def test_refused_bind_is_retried_after_bind_rejected_retry_seconds() -> None:
+    """ESME_RINVPASWD closes the connection; the next attempt waits bind_rejected_retry_seconds."""
+    link, endpoint, clock, _ = start_link(bind_rejected_retry_seconds=300.0)
+    smsc = endpoint.smscs[0]
+    [bind] = smsc.read()
+    smsc.send(BindTransceiverResp(bind.sequence_number, CommandStatus.ESME_RINVPASWD))
+    assert smsc.transport.disconnecting and not link.is_bound()
+    smsc.drop()
+    clock.advance(299)
+    assert endpoint.attempts == 1
+    clock.advance(1)
+    assert endpoint.attempts == 2
+    endpoint.smscs[1].accept_bind()
+    assert link.is_bound()
+
+
+def test_network_failures_back_off_exponentially() -> None:
+    """Refused connections are retried after 1.5 s, 2.25 s, ... (backoffPolicy, no jitter)."""
+    link, endpoint, clock, _ = start_link(reconnect_initial_seconds=1.0)
+    endpoint.smscs[0].drop()  # connected but never bound
+    endpoint.refuse = 2
+    assert endpoint.attempts == 1
+    clock.advance(1.5)
+    assert endpoint.attempts == 2
+    clock.advance(2.24)
+    assert endpoint.attempts == 2
+    clock.advance(0.01)
+    assert endpoint.attempts == 3
+    clock.advance(3.375)
+    assert endpoint.attempts == 4
+    endpoint.smscs[-1].accept_bind()
+    assert link.is_bound()
+
+
+def test_bound_session_lost_reconnects_and_rebinds() -> None:
+    """When a bound connection drops, the link reconnects and binds again."""
+    link, smsc, clock, _ = bound_link()
+    smsc.drop()
+    assert not link.is_bound()
+    clock.advance(1.5)
+    link_smscs = link.binding_endpoints[0].endpoint.smscs  # type: ignore[attr-defined]
+    link_smscs[-1].accept_bind()
+    assert link.is_bound()
+
+
+def test_binds_up_gauge_follows_the_sessions() -> None:
+    """gateway_smpp_binds_up counts bound sessions per carrier and bind type."""
+
+    def gauge() -> float:
+        return (
+            metrics.REGISTRY.get_sample_value(
+                "gateway_smpp_binds_up", {"carrier": "gauge-test", "bind_type": "transceiver"}
+            )
+            or 0.0
+        )
+
+    link, smsc, _, _ = bound_link(name="gauge-test")
+    assert gauge() == 1
+    smsc.drop()
+    assert gauge() == 0
+
+
+# -- submitting ------------------------------------------------------------------------------
+
+
+def test_submit_sends_submit_sm_and_fires_with_the_message_id() -> None:
+    """A short text is one submit_sm with the carrier's addresses; its id comes back."""
+    link, smsc, _, _ = bound_link(
+        source_addr_ton=3, dest_addr_ton=1, dest_addr_npi=1, registered_delivery=1
+    )
+    d = link.submit(OutboundSms("n1", CITIZEN, "hello"))
+    [submit] = smsc.read()
+    assert isinstance(submit, SubmitSm)
+    assert (submit.source_addr, submit.source_addr_ton, submit.destination_addr) == (
+        "12123",
+        3,
+        "13800138000",
+    )
+    assert (submit.dest_addr_ton, submit.dest_addr_npi, submit.registered_delivery) == (1, 1, 1)
+    assert (submit.data_coding, submit.short_message) == (0, b"hello")
+    assert not d.called
+    smsc.send(SubmitSmResp(submit.sequence_number, message_id="abc123"))
+    assert result_of(d) == SubmitAccepted("cmcc", ("abc123",))
+
+
+def test_submit_without_receipt_request_sets_registered_delivery_zero() -> None:
+    """OutboundSms(registered_delivery=False) sends registered_delivery 0."""
+    link, smsc, _, _ = bound_link()
+    link.submit(OutboundSms("n1", CITIZEN, "hi", registered_delivery=False))
+    [submit] = smsc.read()
+    assert submit.registered_delivery == 0  # type: ignore[attr-defined]
+
+
+def test_long_chinese_text_goes_as_udh_parts_with_one_id_each() -> None:
+    """A 200-character Chinese text is 3 UCS2 parts with a UDH; SubmitAccepted lists 3 ids."""
+    link, smsc, _, _ = bound_link()
+    text = "您好，您预约的科目一考试已安排。" * 13
+    text = text[:200]
+    d = link.submit(OutboundSms("n1", CITIZEN, text))
+    parts = smsc.read()
+    assert [type(p) for p in parts] == [SubmitSm] * 3
+    assert all(p.esm_class & 0x40 and p.data_coding == 8 for p in parts)  # type: ignore[attr-defined]
+    assert "".join(decode_pdu_text(p)[0] for p in parts) == text  # type: ignore[arg-type]
+    for i, part in enumerate(parts):
+        smsc.send(SubmitSmResp(part.sequence_number, message_id=f"id{i}"))
+    assert result_of(d) == SubmitAccepted("cmcc", ("id0", "id1", "id2"))
+
+
+def test_message_longer_than_max_parts_fails_permanently() -> None:
+    """A text needing more than max_parts parts is refused (not transient) and nothing is sent."""
+    link, smsc, _, _ = bound_link(max_parts=2)
+    failure = result_of(link.submit(OutboundSms("n1", CITIZEN, "长" * 200)))
+    assert failure.check(LinkSubmitFailed) and failure.value.transient is False
+    assert smsc.read() == []
+
+
+def test_submit_when_not_bound_fails_transient() -> None:
+    """Before the bind, submit fails at once and transiently."""
+    link, _, _, _ = start_link()
+    failure = result_of(link.submit(OutboundSms("n1", CITIZEN, "hi")))
+    assert failure.value.transient is True and failure.value.response_unknown is False
+
+
+def test_submit_timeout_is_transient_and_response_unknown() -> None:
+    """A submit_sm unanswered within response_timeout_seconds fails with response_unknown."""
+    link, smsc, clock, _ = bound_link(response_timeout_seconds=10.0)
+    d = link.submit(OutboundSms("n1", CITIZEN, "hi"))
+    clock.advance(9.9)
+    assert not d.called
+    clock.advance(0.1)
+    failure = result_of(d)
+    assert failure.check(LinkSubmitFailed)
+    assert (failure.value.transient, failure.value.response_unknown) == (True, True)
+
+
+def test_link_lost_mid_window_fails_every_outstanding_submit() -> None:
+    """Dropping the connection with a full window fails every submit (transient, unknown)
+    and the submits still queued behind the window (transient, not sent): none is lost."""
+    link, smsc, _, _ = bound_link(window=3)
+    ds = [link.submit(OutboundSms(f"n{i}", CITIZEN, f"msg {i}")) for i in range(5)]
+    sent = smsc.read()
+    assert len(sent) == 3  # the window
+    smsc.send(SubmitSmResp(sent[0].sequence_number, message_id="ok0"))
+    smsc.read()  # the 4th went out in the freed slot
+    smsc.drop()
+    results = [result_of(d) for d in ds]
+    assert results[0] == SubmitAccepted("cmcc", ("ok0",))
+    unknown = [r.value.response_unknown for r in results[1:]]
+    assert unknown == [True, True, True, False]
+    assert all(r.value.transient for r in results[1:])
+
+
+def test_full_window_queues_and_a_response_sends_the_next() -> None:
+    """Submits beyond the window wait; each response lets the next one out."""
+    link, smsc, _, _ = bound_link(window=2)
+    for i in range(3):
+        link.submit(OutboundSms(f"n{i}", CITIZEN, f"m{i}"))
+    first, second = smsc.read()
+    assert smsc.read() == []
+    smsc.send(SubmitSmResp(first.sequence_number, message_id="a"))
+    [third] = smsc.read()
+    assert third.short_message == b"m2"  # type: ignore[attr-defined]
+
+
+def test_throttled_part_is_resubmitted_after_a_delay_and_the_bucket_slows() -> None:
+    """ESME_RTHROTTLED: the same part is sent again after throttle_retry_seconds."""
+    link, smsc, clock, _ = bound_link()
+    d = link.submit(OutboundSms("n1", CITIZEN, "hello"))
+    [first] = smsc.read()
+    smsc.send(SubmitSmResp(first.sequence_number, CommandStatus.ESME_RTHROTTLED))
+    assert smsc.read() == [] and not d.called
+    assert link._bucket.rate < link._bucket.nominal_rate
+    clock.advance(1.0)
+    [again] = smsc.read()
+    assert (
+        again.short_message == first.short_message
+        and again.sequence_number != first.sequence_number
+    )  # type: ignore[attr-defined]
+    smsc.send(SubmitSmResp(again.sequence_number, message_id="x"))
+    assert result_of(d) == SubmitAccepted("cmcc", ("x",))
+
+
+def test_throttling_beyond_the_retry_limit_fails_transient() -> None:
+    """A part throttled more than max_throttle_retries times fails transiently."""
+    link, smsc, clock, _ = bound_link(
+        options=LinkOptions(max_throttle_retries=2, throttle_retry_seconds=1.0)
+    )
+    d = link.submit(OutboundSms("n1", CITIZEN, "hello"))
+    for attempt in range(3):
+        [pdu] = smsc.read()
+        smsc.send(SubmitSmResp(pdu.sequence_number, CommandStatus.ESME_RMSGQFUL))
+        clock.advance(attempt + 1.0)
+    failure = result_of(d)
+    assert failure.value.transient and failure.value.status == "ESME_RMSGQFUL"
+    assert not failure.value.response_unknown
+
+
+def test_refused_part_fails_the_whole_message_and_reports_accepted_ids() -> None:
+    """One part refused (ESME_RINVDSTADR): the submit fails permanently, naming the ids
+    of the parts that were accepted."""
+    link, smsc, _, _ = bound_link()
+    d = link.submit(OutboundSms("n1", CITIZEN, "长" * 100))
+    first, second = smsc.read()
+    smsc.send(SubmitSmResp(second.sequence_number, CommandStatus.ESME_RINVDSTADR))
+    assert not d.called  # the first part is still awaiting its response
+    smsc.send(SubmitSmResp(first.sequence_number, message_id="p1"))
+    failure = result_of(d)
+    assert failure.value.transient is False and failure.value.status == "ESME_RINVDSTADR"
+    assert failure.value.accepted_message_ids == ("p1",)
+
+
+def test_tps_limit_spaces_the_submits() -> None:
+    """With tps_limit 10 (burst 1), the second submit waits 0.1 s for a token."""
+    link, smsc, clock, _ = bound_link(tps_limit=10.0, window=10)
+    link.submit(OutboundSms("n1", CITIZEN, "a"))
+    link.submit(OutboundSms("n2", CITIZEN, "b"))
+    assert len(smsc.read()) == 1
+    clock.advance(0.05)
+    assert smsc.read() == []
+    clock.advance(0.05)
+    assert len(smsc.read()) == 1
+
+
+def test_submits_are_spread_over_sessions() -> None:
+    """With two transceivers bound, consecutive submits alternate between them."""
+    link, endpoint, _, _ = start_link(sessions=2)
+    for smsc in endpoint.smscs:
+        smsc.accept_bind()
+    for i in range(4):
+        link.submit(OutboundSms(f"n{i}", CITIZEN, "x"))
+    assert [len(smsc.read()) for smsc in endpoint.smscs] == [2, 2]
+
+
+def test_submit_latency_and_response_status_are_measured() -> None:
+    """submit_sm_resp statuses are counted by name and the latency observed."""
+
+    def responses(status: str) -> float:
+        return (
+            metrics.REGISTRY.get_sample_value(
+                "gateway_smpp_submit_responses_total", {"carrier": "metric-test", "status": status}
+            )
+            or 0.0
+        )
+
+    link, smsc, clock, _ = bound_link(name="metric-test")
+    d = link.submit(OutboundSms("n1", CITIZEN, "x"))
+    [pdu] = smsc.read()
+    clock.advance(0.2)
+    smsc.send(SubmitSmResp(pdu.sequence_number, CommandStatus.ESME_RINVDSTADR))
+    assert result_of(d).value.status == "ESME_RINVDSTADR"
+    assert responses("ESME_RINVDSTADR") == 1
+    count = metrics.REGISTRY.get_sample_value(
+        "gateway_submit_latency_seconds_count", {"carrier": "metric-test"}
+    )
+    assert count == 1
+
+
+# -- inbound ------------------------------------------------------------------------------------
+
+
+def receipt_pdu(sequence_number: int, message_id: str, stat: str = "DELIVRD") -> DeliverSm:
+    text = f"id:{message_id} sub:001 dlvrd:001 submit date:2501011200 done date:2501011201 stat:{stat} err:000 text:"
+    return DeliverSm(
+        sequence_number,
+        source_addr="13800138000",
+        destination_addr="12123",
+        esm_class=0x04,
+        short_message=text.encode(),
+    )
+
+
+def test_receipt_is_recorded_before_deliver_sm_resp() -> None:
+    """deliver_sm_resp for a receipt goes out only after record_receipt's Deferred fired."""
+    link, smsc, _, sink = bound_link(sink=RecordingSink(immediate=False))
+    smsc.send(receipt_pdu(7, "abc123"))
+    assert sink.receipts == [
+        DeliveryReceipt("cmcc", "abc123", "DELIVRD", "000", "2501011200", "2501011201")
+    ]
+    assert smsc.read() == []
+    sink.pending[0].callback(None)
+    assert smsc.read() == [DeliverSmResp(7)]
+
+
+def test_receipt_not_recorded_is_answered_with_a_temporary_error() -> None:
+    """When recording fails (Redis down) the SMSC gets ESME_RX_T_APPN and will retry."""
+    link, smsc, _, sink = bound_link(sink=RecordingSink(immediate=False))
+    smsc.send(receipt_pdu(7, "abc123"))
+    sink.pending[0].errback(ConnectionRefusedError("redis down"))
+    assert smsc.read() == [DeliverSmResp(7, CommandStatus.ESME_RX_T_APPN)]
+
+
+def test_receipt_message_id_is_normalised_per_carrier_format() -> None:
+    """message_id_format hex_to_dec turns the receipt's hex id into the decimal submit id."""
+    link, smsc, _, sink = bound_link(message_id_format="hex_to_dec")
+    smsc.send(receipt_pdu(7, "00BC614E"))
+    assert sink.receipts[0].message_id == "12345678"
+
+
+def test_receipt_tlvs_win_over_the_text() -> None:
+    """receipted_message_id and message_state TLVs are used when present."""
+    link, smsc, _, sink = bound_link()
+    pdu = dataclasses.replace(
+        receipt_pdu(7, "text-id"),
+        tlvs=(
+            Tlv.cstring(TlvTag.RECEIPTED_MESSAGE_ID, "tlv-id"),
+            Tlv.uint8(TlvTag.MESSAGE_STATE, 5),
+        ),
+    )
+    smsc.send(pdu)
+    assert (sink.receipts[0].message_id, sink.receipts[0].state) == ("tlv-id", "UNDELIV")
+
+
+def test_mo_is_recorded_with_a_masked_phone_number_and_acknowledged() -> None:
+    """A citizen's deliver_sm becomes MobileOriginated (UCS2 decoded) and is acknowledged."""
+    link, smsc, clock, sink = bound_link()
+    clock.advance(20)
+    smsc.send(
+        DeliverSm(
+            3,
+            source_addr="8613800138000",
+            destination_addr="12123",
+            data_coding=8,
+            short_message="取消".encode("utf-16-be"),
+        )
+    )
+    [mo] = sink.mos
+    assert (mo.carrier, mo.source, mo.destination, mo.text, mo.received_at) == (
+        "cmcc",
+        CITIZEN,
+        "12123",
+        "取消",
+        20.0,
+    )
+    assert str(mo.source) == "138****8000"
+    assert smsc.read() == [DeliverSmResp(3)]
+
+
+def udh_part(sequence_number: int, reference: int, total: int, index: int, text: str) -> DeliverSm:
+    udh = bytes((5, 0, 3, reference, total, index))
+    return DeliverSm(
+        sequence_number,
+        source_addr="13800138000",
+        destination_addr="12123",
+        esm_class=0x40,
+        data_coding=8,
+        short_message=udh + text.encode("utf-16-be"),
+    )
+
+
+def test_multi_part_mo_is_reassembled_and_its_parts_acknowledged_together() -> None:
+    """Parts of a long MO are joined (in order, whatever the arrival order) into one
+    record_mo, and every part's deliver_sm_resp waits for that record."""
+    link, smsc, _, sink = bound_link(sink=RecordingSink(immediate=False))
+    smsc.send(udh_part(1, 9, 2, 2, "第二部分"))
+    assert sink.mos == [] and smsc.read() == []
+    smsc.send(udh_part(2, 9, 2, 1, "第一部分"))
+    [mo] = sink.mos
+    assert mo.text == "第一部分第二部分"
+    assert smsc.read() == []
+    sink.pending[0].callback(None)
+    assert sorted(p.sequence_number for p in smsc.read()) == [1, 2]
+
+
+def test_incomplete_multi_part_mo_is_recorded_after_the_timeout() -> None:
+    """A part whose siblings never come is recorded as incomplete after the timeout, and acknowledged."""
+    link, smsc, clock, sink = bound_link(options=LinkOptions(mo_reassembly_timeout_seconds=20))
+    smsc.send(udh_part(1, 9, 3, 1, "只有一部分"))
+    clock.advance(19.9)
+    assert sink.mos == []
+    clock.advance(0.1)
+    [mo] = sink.mos
+    assert (mo.text, mo.extra) == ("只有一部分", {"incomplete": "1/3"})
+    assert smsc.read() == [DeliverSmResp(1)]
+
+
+# -- stopping -------------------------------------------------------------------------------------
+
+
+def test_stop_drains_then_unbinds_then_closes() -> None:
+    """stopService waits for the submit in flight, unbinds, and closes after unbind_resp."""
+    link, smsc, clock, _ = bound_link()
+    d = link.submit(OutboundSms("n1", CITIZEN, "x"))
+    [submit] = smsc.read()
+    stopped = link.stopService()
+    assert result_of(link.submit(OutboundSms("n2", CITIZEN, "y"))).value.reason == "link stopping"
+    assert smsc.read() == []  # no unbind while a submit is unanswered
+    smsc.send(SubmitSmResp(submit.sequence_number, message_id="m"))
+    assert result_of(d) == SubmitAccepted("cmcc", ("m",))
+    [unbind] = smsc.read()
+    assert isinstance(unbind, Unbind)
+    smsc.send(UnbindResp(unbind.sequence_number))
+    assert smsc.transport.disconnecting
+    smsc.drop()
+    assert stopped.called
+    assert clock.getDelayedCalls() == []
+
+
+def test_stop_gives_up_draining_after_the_timeout() -> None:
+    """A submit still unanswered at the drain timeout is failed as unknown when the link closes."""
+    link, smsc, clock, _ = bound_link(
+        options=LinkOptions(drain_timeout_seconds=2, unbind_timeout_seconds=1),
+        response_timeout_seconds=60,
+    )
+    d = link.submit(OutboundSms("n1", CITIZEN, "x"))
+    smsc.read()
+    stopped = link.stopService()
+    clock.advance(2)
+    [unbind] = smsc.read()
+    assert isinstance(unbind, Unbind)
+    clock.advance(1)  # no unbind_resp either
+    assert smsc.transport.disconnecting
+    smsc.drop()
+    failure = result_of(d)
+    assert failure.value.response_unknown
+    assert stopped.called
+
+
+def test_idle_link_sends_enquire_link() -> None:
+    """The link's sessions send enquire_link when idle for the carrier's interval."""
+    link, smsc, clock, _ = bound_link(enquire_link_interval_seconds=30)
+    clock.advance(30)
+    assert [type(p) for p in smsc.read()] == [EnquireLink]
+
+
+@pytest.mark.parametrize("status", [CommandStatus.ESME_RBINDFAIL, CommandStatus.ESME_RINVSYSID])
+def test_all_credential_refusals_use_the_slow_retry(status: CommandStatus) -> None:
+    """ESME_RBINDFAIL and ESME_RINVSYSID count as refused credentials too."""
+    link, endpoint, clock, _ = start_link(bind_rejected_retry_seconds=50.0)
+    smsc = endpoint.smscs[0]
+    [bind] = smsc.read()
+    smsc.send(BindTransceiverResp(bind.sequence_number, status))
+    smsc.drop()
+    clock.advance(49)
+    assert endpoint.attempts == 1
+    clock.advance(1)
+    assert endpoint.attempts == 2
