@@ -59,6 +59,11 @@ class RedisServerProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
+    def socket_path(self) -> Path:
+        """Unix socket of the server: how CLI commands find a running daemon's Redis."""
+        return self.data_dir / "redis.sock"
+
+    @property
     def pid_file(self) -> Path:
         return self.data_dir / "redis.pid"
 
@@ -74,6 +79,8 @@ class RedisServerProcess:
             "--port", str(self.port),
             "--dir", str(self.data_dir.resolve()),
             "--pidfile", str(self.pid_file.resolve()),
+            "--unixsocket", str(self.socket_path.resolve()),
+            "--unixsocketperm", "700",
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
             "--save", "",
@@ -122,6 +129,19 @@ class RedisServerProcess:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def running_elsewhere(self) -> bool:
+        """True when another process's embedded server answers on our socket."""
+        if not self.socket_path.exists():
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(0.5)
+                s.connect(str(self.socket_path))
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def _stop_leftover(self) -> None:
         """A server left behind by a killed daemon still holds the AOF: stop it first."""

@@ -1,0 +1,149 @@
+"""Builds the service tree from a validated Config.
+
+    gateway (GatewayService, a MultiService)
+    ├── redis          RedisService: embedded redis-server or an external URL; the client
+    ├── smpp-links     one CarrierLink service per enabled carrier
+    ├── smpp-listener  partner binds and carrier outbinds
+    ├── push           the notification pipeline (+ MO handling)
+    ├── fastagi        the voice menus
+    ├── ami            outbound voice reminders
+    └── http           admin API and intake
+
+A part switched off in the config is simply not added.  `MultiService` starts children in
+order but stops them all at once and does not wait for async starts, so the stop order is
+written out in `GatewayService.stopService`: stop intake, drain in-flight work (bounded by
+drain_timeout_seconds), unbind SMPP, then stop Redis last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.logger import Logger
+
+from gateway.config import Config, parse_listen
+from gateway.http.server import build_site
+from gateway.store.service import RedisService
+
+log = Logger()
+
+# Stop order: first those that take new work in, last the ones everything else needs.
+STOP_ORDER = ("http", "smpp-listener", "fastagi", "push", "ami", "smpp-links", "redis")
+
+
+def tcp_endpoint_service(reactor: Any, listen: str, factory: Any) -> StreamServerEndpointService:
+    host, port = parse_listen(listen)
+    service = StreamServerEndpointService(TCP4ServerEndpoint(reactor, port, interface=host), factory)
+    service._raiseSynchronously = True  # a port in use fails `gateway run` at once
+    return service
+
+
+def bounded(d: Deferred[Any] | None, clock: IReactorTime, seconds: float, what: str) -> Deferred[Any]:
+    """Wait for `d` at most `seconds`; log and move on if it does not finish."""
+    if d is None:
+        return Deferred.fromCoroutine(_noop())
+    timed = Deferred[Any]()
+
+    def give_up() -> None:
+        if not timed.called:
+            log.warn("{what} did not finish within {seconds}s; going on", what=what, seconds=seconds)
+            timed.callback(None)
+
+    call = clock.callLater(seconds, give_up)
+
+    def done(result: Any) -> None:
+        if call.active():
+            call.cancel()
+        if not timed.called:
+            timed.callback(None)
+
+    def failed(failure: Any) -> None:
+        log.failure("{what} failed while stopping", failure, what=what)
+        done(None)
+
+    d.addCallbacks(done, failed)
+    return timed
+
+
+async def _noop() -> None:
+    return None
+
+
+class GatewayService(MultiService):
+    """The root service; owns the ordered, bounded shutdown and SIGHUP reloads."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.redis: RedisService | None = None
+        self.carrier_links: dict[str, Any] = {}
+        self.reloaders: list[Callable[[Config], None]] = []
+        self.readiness_checks: dict[str, Callable[[], bool]] = {}
+        self.stopped = Deferred[None]()
+
+    def readiness(self) -> dict[str, bool]:
+        return {name: check() for name, check in self.readiness_checks.items()}
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: the new config is already validated; components swap their parts."""
+        for reload_part in self.reloaders:
+            reload_part(config)
+        self.config = config
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop_in_order())
+
+    async def _stop_in_order(self) -> None:
+        Service.stopService(self)
+        timeout = self.config.drain_timeout_seconds
+        named = {s.name: s for s in self}
+        for name in STOP_ORDER:
+            service = named.pop(name, None)
+            if service is not None and service.running:
+                await bounded(_maybe_deferred(service.stopService()), self.reactor, timeout + 1, name)
+        leftovers = [_maybe_deferred(s.stopService()) for s in named.values() if s.running]
+        if leftovers:
+            await DeferredList([d for d in leftovers if d is not None])
+        log.info("gateway stopped")
+
+
+def _maybe_deferred(result: Any) -> Deferred[Any] | None:
+    return result if isinstance(result, Deferred) else None
+
+
+def build_gateway(config: Config, reactor: IReactorCore) -> GatewayService:
+    """Assemble every enabled part of the gateway."""
+    root = GatewayService(config, reactor)
+
+    redis = RedisService(config.redis)
+    redis.setName("redis")
+    redis.setServiceParent(root)
+    root.redis = redis
+    root.readiness_checks["redis"] = lambda: redis.available
+
+    _add_components(root, config, reactor)
+
+    if config.http.enabled:
+        site = build_site(config.http, readiness=root.readiness, v1=getattr(root, "v1_resource", None))
+        http = tcp_endpoint_service(reactor, config.http.listen, site)
+        http.setName("http")
+        http.setServiceParent(root)
+    return root
+
+
+def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
+    """SMPP links and listener, push pipeline, voice: each only when enabled."""
+
+
+def service_named(root: MultiService, name: str) -> IService | None:
+    try:
+        return root.getServiceNamed(name)
+    except KeyError:
+        return None
