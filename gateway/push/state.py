@@ -54,10 +54,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
 
 from gateway import metrics
 from gateway.privacy import mask_phone
 from gateway.push.render import DEFAULT_SIGNATURE
+from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys
 
 __all__ = [
@@ -67,6 +73,7 @@ __all__ = [
     "AcceptOutcome",
     "Claimed",
     "NotificationLedger",
+    "OutcomeWriter",
     "public_view",
 ]
 
@@ -83,7 +90,7 @@ possible_duplicates = Counter(
 )
 
 # ----------------------------------------------------------------------------------------
-# Lua.  ARGV[1] is the time; ARGV[2..21] the header built by NotificationLedger._header;
+# Lua.  ARGV[1] is the time; ARGV[2..22] the header built by NotificationLedger._header;
 # each script's own arguments start at FIRST.
 # ----------------------------------------------------------------------------------------
 
@@ -98,7 +105,8 @@ local SCHEDULED, INFLIGHT, DEAD, EVENTS = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local VOICE, PARTNER, SIGNATURE = ARGV[13], ARGV[14], ARGV[15]
 local MH, MM, MT = ARGV[16], ARGV[17], ARGV[18]
 local EH, EM, ET = ARGV[19], ARGV[20], ARGV[21]
-local FIRST = 22
+local SEQUENCE = ARGV[22]
+local FIRST = 23
 local counts = {}
 local partner_final = {}
 local FINAL = {delivered = true, undeliverable = true, expired = true, failed = true, rejected = true}
@@ -109,6 +117,12 @@ local function nkey(id) return NH .. id .. NT end
 local function msgkey(c, m) return MH .. c .. MM .. m .. MT end
 local function earlykey(c, m) return EH .. c .. EM .. m .. ET end
 local function count(what) counts[what] = (counts[what] or 0) + 1 end
+
+-- Lanes are sorted sets scored by a global sequence: FIFO within a lane, across
+-- processes, and re-adding an id never makes a second entry.
+local function lane_push(lane, id)
+  redis.call('ZADD', LANE[lane] or LANE.normal, redis.call('INCR', SEQUENCE), id)
+end
 
 local function emit(id, kind, ev)
   local args = {'XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'type', 'notification.' .. kind, 'id', id, 'at', NOW}
@@ -212,7 +226,7 @@ for _ = 1, n do
     local state
     if disp == 'queue' then
       transition(id, key, 'queued', ntype, {}, {'priority', lane})
-      redis.call('ZADD', LANE[lane], now, id)
+      lane_push(lane, id)
       state = 'queued'
     elseif disp == 'schedule' then
       transition(id, key, 'scheduled', ntype, {'due_at', due, 'scheduled_reason', 'quiet_hours'},
@@ -416,7 +430,7 @@ for _, id in ipairs(ids) do
       on_final(id, key, 'expired')
     else
       transition(id, key, 'queued', h[4], {}, {'priority', h[2] or 'normal'})
-      redis.call('ZADD', LANE[h[2]] or LANE.normal, now, id)
+      lane_push(h[2], id)
     end
   end
 end
@@ -546,7 +560,7 @@ class NotificationLedger:
             keys.lane("high"), keys.lane("normal"), keys.lane("bulk"),
             keys.scheduled, keys.inflight, keys.dead_letters, keys.events_stream,
             keys.voice_requests, keys.partner_receipts_pending, signature,
-            mh, mm, mt, eh, em, et,
+            mh, mm, mt, eh, em, et, keys.lane_sequence,
         ]
         register = redis.register_script
         self._accept = register(_PROLOGUE + _ACCEPT)
@@ -617,7 +631,7 @@ class NotificationLedger:
             for name, value in item.fields.items():
                 fields += [name, value]
             args += [item.id, item.entry_id, "1" if item.retry else "0", item.disposition,
-                     _fmt(item.due_at), item.lane, item.cap_key, item.cap, item.reason,
+                     _fmt(item.due_at) if item.due_at else "0", item.lane, item.cap_key, item.cap, item.reason,
                      item.type, len(fields), *fields]
         payload = await self._run(self._accept, now, args)
         return [AcceptOutcome(payload[k], payload[k + 1], payload[k + 2] == "duplicate",
@@ -742,3 +756,111 @@ def public_view(notification_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
             except ValueError:
                 continue
     return view
+
+
+# ----------------------------------------------------------------------------------------
+# Coalescing writer
+# ----------------------------------------------------------------------------------------
+
+
+class OutcomeWriter:
+    """Collects outcome ops arriving in one reactor turn and applies them in one script.
+
+    `add(op)` returns a Deferred that fires once the op is in Redis.  One flush runs at a
+    time; ops added meanwhile form the next batch, so batches grow with the load.
+
+    When Redis is unreachable, ops with ``keep=True`` (submit outcomes: the message went
+    out, its message ids must be recorded) stay queued and are retried with backoff;
+    ops with ``keep=False`` (receipts) fail their Deferred, so that the link does not
+    acknowledge the deliver_sm and the carrier delivers the receipt again.
+    """
+
+    def __init__(self, ledger: NotificationLedger, clock: Any, *, max_batch: int = 5000,
+                 backoff_initial_seconds: float = 0.1, backoff_max_seconds: float = 5.0) -> None:
+        self.ledger = ledger
+        self.clock = clock
+        self.max_batch = max_batch
+        self.backoff_initial_seconds = backoff_initial_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self._pending: list[tuple[Sequence[Any], Deferred[None], bool]] = []
+        self._scheduled = False
+        self._flushing = False
+        self._idle_waiters: list[Deferred[None]] = []
+
+    def add(self, op: Sequence[Any], *, keep: bool = True) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._pending.append((op, d, keep))
+        if not self._scheduled and not self._flushing:
+            self._scheduled = True
+            self.clock.callLater(0, self._start)
+        return d
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _start(self) -> None:
+        self._scheduled = False
+        if self._flushing:
+            return
+        if not self._pending:
+            self._release_waiters()
+            return
+        self._flushing = True
+        as_deferred(self._flush()).addErrback(
+            lambda f: _writer_log.failure("outcome writer stopped", f))
+
+    async def _flush(self) -> None:
+        delay = self.backoff_initial_seconds
+        try:
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                try:
+                    await self.ledger.apply([op for op, _, _ in batch], now=self.clock.seconds())
+                except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                    kept = [entry for entry in batch if entry[2]]
+                    for _, d, keep in batch:
+                        if not keep:
+                            d.errback(e)
+                    self._pending[:0] = kept
+                    _writer_log.error("redis unavailable while recording {count} outcomes: {error}; retrying",
+                                      count=len(batch), error=type(e).__name__)
+                    await _sleep(self.clock, delay)
+                    delay = min(delay * 2, self.backoff_max_seconds)
+                    continue
+                except Exception as e:
+                    _writer_log.failure("recording {count} outcomes failed", count=len(batch))
+                    for _, d, _ in batch:
+                        d.errback(e)
+                    continue
+                delay = self.backoff_initial_seconds
+                for _, d, _ in batch:
+                    d.callback(None)
+        finally:
+            self._flushing = False
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                self.clock.callLater(0, self._start)
+            elif not self._pending:
+                self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    async def flushed(self) -> None:
+        """Wait until every op added so far is applied (or failed)."""
+        if not self._pending and not self._flushing and not self._scheduled:
+            return
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        await wait_deferred(d)
+
+
+async def _sleep(clock: Any, seconds: float) -> None:
+    await wait_deferred(deferLater(clock, seconds))
+
+
+_writer_log = Logger()

@@ -50,6 +50,11 @@ class Keys:
         return f"{self.prefix}inflight"
 
     @property
+    def lane_sequence(self) -> str:
+        """Counter giving lane entries their order (first in, first out within a lane)."""
+        return f"{self.prefix}lane-sequence"
+
+    @property
     def voice_requests(self) -> str:
         """Stream of reminders to be read out by phone (channel voice, or auto after SMS failed)."""
         return f"{self.prefix}voice-requests"
@@ -128,7 +133,22 @@ class Keys:
         return f"{self.prefix}ivr-attempts:{phone_digits}"
 
     def call(self, action_id: str) -> str:
+        """One outbound reminder call, by its AMI ActionID (gateway/ivr/reminders.py)."""
         return f"{self.prefix}call:{action_id}"
+
+    def voice_reminder(self, notification_id: str) -> str:
+        """A voice request taken from the stream: number, text, attempts, state."""
+        return f"{self.prefix}voice-reminder:{{{notification_id}}}"
+
+    @property
+    def voice_due(self) -> str:
+        """Sorted set of notification ids waiting for a call, by the Unix time it may start."""
+        return f"{self.prefix}voice-due"
+
+    @property
+    def voice_calls_open(self) -> str:
+        """Sorted set of ActionIDs of calls whose outcome is not yet reported, by start time."""
+        return f"{self.prefix}voice-calls-open"
 
     # --- listener --------------------------------------------------------------------
     def bind_failures(self, address: str) -> str:

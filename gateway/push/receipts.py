@@ -1,0 +1,61 @@
+"""Delivery receipts from the carrier links, recorded against their notifications.
+
+Theory of operation
+-------------------
+A link hands each receipt to `ReceiptRecorder.record_receipt` (our half of
+`gateway.ports.InboundSink`) and answers the deliver_sm only when the returned Deferred
+fires, i.e. once the receipt is in Redis (checkpoint, then acknowledge).  Receipts that
+arrive in the same reactor turn are applied by one Lua call (`OutcomeWriter`).
+
+Correlation: the dispatcher stores every part's carrier message id in canonical form
+(``gateway.smpp.receipts.canonical_message_id``: trimmed, lower case, no leading zeros)
+under ``keys.message_id(carrier, id)``; a receipt is looked up under the canonical forms
+of ``message_id_candidates`` (as is first, then the hex/decimal conversions some SMSCs
+apply), first hit wins.  No hit: the receipt arrived before we recorded the submit
+response, so it is parked under ``keys.early_receipt`` and applied when the message ids
+are recorded.
+
+Multi-part messages are delivered when every part's receipt says DELIVRD, undeliverable
+as soon as one part says UNDELIV, EXPIRED, REJECTD or DELETED.  ACCEPTD, ENROUTE and
+UNKNOWN are noted on the part and change nothing else.  A receipt for a notification in
+a final state changes nothing, so duplicates are harmless.
+
+When Redis is unreachable the Deferred fails: the link then does not acknowledge, and
+the carrier sends the receipt again later.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+
+from gateway.ports import DeliveryReceipt
+from gateway.push.state import OutcomeWriter, op_receipt
+
+try:
+    from gateway.smpp.receipts import canonical_message_id, message_id_candidates
+except ImportError:  # pragma: no cover - only while gateway/smpp is incomplete
+    def canonical_message_id(raw: str) -> str:
+        s = raw.strip().lower()
+        return s.lstrip("0") or ("0" if s else "")
+
+    def message_id_candidates(raw: str) -> tuple[str, ...]:
+        return (raw.strip(),)
+
+__all__ = ["ReceiptRecorder", "lookup_candidates"]
+
+
+def lookup_candidates(message_id: str) -> tuple[str, ...]:
+    """Canonical forms of a receipt's message id to look up, most likely first."""
+    return tuple(dict.fromkeys(canonical_message_id(c) for c in message_id_candidates(message_id) if c))
+
+
+class ReceiptRecorder:
+    """Implements `InboundSink.record_receipt` (the MO half is gateway/push/mo.py)."""
+
+    def __init__(self, writer: OutcomeWriter) -> None:
+        self.writer = writer
+
+    def record_receipt(self, receipt: DeliveryReceipt) -> Deferred[None]:
+        candidates = lookup_candidates(receipt.message_id)
+        op = op_receipt(receipt.carrier, receipt.state.strip().upper(), receipt.error_code, candidates)
+        return self.writer.add(op, keep=False)

@@ -1,0 +1,253 @@
+"""The dispatcher: claims ready notifications, submits them, records what happened.
+
+Theory of operation
+-------------------
+`dispatch_once` claims up to ``min(batch_size, free in-flight slots)`` notifications in
+one Lua call (highest lane first; see gateway/push/queue.py), then hands each to a
+carrier link chosen by the `PrefixRouter`.  From the claim on, a notification sits in
+``keys.inflight`` under a lease that this process renews (`renew_leases_once`) until its
+outcome is recorded; after ``kill -9`` the lease runs out and the ledger puts it back in
+its lane (see gateway/push/state.py).
+
+Outcomes, all recorded through the coalescing `OutcomeWriter` (one script per reactor
+turn, not per message):
+
+* ``SubmitAccepted``: state submitted, carrier, parts, message ids (canonical form, for
+  receipt correlation); a receipt that came first is applied right there.
+* ``SubmitFailed(transient=True)``: scheduled again after ``retry_initial_seconds *
+  2**(attempt-1)`` (capped at ``retry_max_seconds``) until ``max_attempts`` submits were
+  made, then failed with the last error.  ``response_unknown`` (a timeout or a lost link
+  after submit_sm went out) counts a possible duplicate.
+* ``SubmitFailed(transient=False)``: this carrier refused this message; fail over at once
+  to the next bound carrier the router offers.  When none is bound but one exists, wait
+  (scheduled, no attempt used); when every carrier refused, failed.
+
+No carrier bound at all: nothing is claimed (the lanes keep the work).  Nothing is
+logged per message at info level; failures of whole batches and bugs are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway import metrics
+from gateway.ports import OutboundSms, SubmitAccepted, SubmitFailed
+from gateway.privacy import PhoneNumber
+from gateway.push.queue import QuietHoursPolicy, reserved_lower_lane_slots, retry_delay_seconds
+from gateway.push.routing import PrefixRouter
+from gateway.push.state import (
+    Claimed,
+    NotificationLedger,
+    OutcomeWriter,
+    op_accepted,
+    op_carrier_refused,
+    op_failed,
+    op_retry,
+    op_wait,
+)
+from gateway.store.bridge import wait_deferred
+
+try:  # the SMPP helper's id normalisation; plain trimming/lower-casing without it
+    from gateway.smpp.receipts import canonical_message_id
+except ImportError:  # pragma: no cover - only while gateway/smpp is incomplete
+    def canonical_message_id(raw: str) -> str:
+        s = raw.strip().lower()
+        return s.lstrip("0") or ("0" if s else "")
+
+__all__ = ["Dispatcher", "Waker"]
+
+log = Logger()
+
+
+class Waker:
+    """Wake a sleeping loop early; a wake before the wait is not lost."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self._flag = False
+        self._waiting: Deferred[None] | None = None
+
+    def wake(self) -> None:
+        self._flag = True
+        d, self._waiting = self._waiting, None
+        if d is not None and not d.called:
+            d.callback(None)
+
+    async def wait(self, timeout_seconds: float) -> None:
+        if self._flag:
+            self._flag = False
+            return
+        d: Deferred[None] = Deferred()
+        self._waiting = d
+        call = self.clock.callLater(timeout_seconds, lambda: None if d.called else d.callback(None))
+        try:
+            await wait_deferred(d)
+        finally:
+            self._flag = False
+            if call.active():
+                call.cancel()
+
+
+class Dispatcher:
+    """Submits claimed notifications through carrier links.
+
+    Args:
+        ledger, writer: the notification store and its coalescing writer.
+        router: chooses carrier links.
+        clock: IReactorTime; ``seconds()`` is the business time (expiry, backoff).
+        policy: quiet hours (a claimed quiet-hours reminder goes back to scheduled).
+        max_in_flight: notifications between claim and recorded outcome, at most.
+        batch_size: most notifications claimed in one call.
+        max_attempts, retry_initial_seconds, retry_max_seconds: transient failures.
+        lease_seconds: how long a claim survives without renewal (crash recovery delay).
+        no_carrier_wait_seconds: how long to wait when no carrier could take a message.
+    """
+
+    def __init__(self, ledger: NotificationLedger, writer: OutcomeWriter, router: PrefixRouter,
+                 clock: Any, *, policy: QuietHoursPolicy, max_in_flight: int = 2000,
+                 batch_size: int = 200, max_attempts: int = 5, retry_initial_seconds: float = 2.0,
+                 retry_max_seconds: float = 300.0, lease_seconds: float = 30.0,
+                 no_carrier_wait_seconds: float = 5.0) -> None:
+        self.ledger = ledger
+        self.writer = writer
+        self.router = router
+        self.clock = clock
+        self.policy = policy
+        self.max_in_flight = max_in_flight
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.retry_initial_seconds = retry_initial_seconds
+        self.retry_max_seconds = retry_max_seconds
+        self.lease_seconds = lease_seconds
+        self.no_carrier_wait_seconds = no_carrier_wait_seconds
+        self.waker = Waker(clock)
+        self._in_flight: dict[str, Claimed] = {}
+        self._refused: dict[str, set[str]] = {}
+        self._last_error: dict[str, str] = {}
+        self._refill = max(1, min(batch_size, max_in_flight) // 4)
+        self._idle_waiters: list[Deferred[None]] = []
+        # Called with every SubmitAccepted (the partner door needs nothing; tests and
+        # the bench may watch).
+        self.on_submitted: Callable[[str, SubmitAccepted], None] | None = None
+
+    # -- claiming ------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def free_slots(self) -> int:
+        return self.max_in_flight - len(self._in_flight)
+
+    async def dispatch_once(self) -> int:
+        """Claim one batch and submit it; returns how many were claimed (0: idle)."""
+        n = min(self.batch_size, self.free_slots())
+        if n <= 0 or not self.router.any_bound():
+            return 0
+        now = self.clock.seconds()
+        claimed = await self.ledger.claim(
+            n, now=now, lease_seconds=self.lease_seconds, quiet_until=self.policy.quiet_until(now),
+            reserve=reserved_lower_lane_slots(n),
+        )
+        for item in claimed:
+            self._in_flight[item.id] = item
+            if item.attempts == 1 and item.accepted_at:
+                metrics.intake_to_submit_latency.observe(max(0.0, now - item.accepted_at))
+            self._submit(item)
+        return len(claimed)
+
+    def _submit(self, item: Claimed) -> None:
+        refused = self._refused.get(item.id)
+        exclude = set(item.failed_carriers) | refused if refused else item.failed_carriers
+        link = self.router.choose(item.digits, exclude)
+        if link is None:
+            self._no_carrier(item, exclude)
+            return
+        sms = OutboundSms(reference=item.id, destination=PhoneNumber(item.digits), text=item.text)
+        try:
+            d = link.submit(sms)
+        except Exception:
+            # A link must answer with a Deferred; raising is a bug in it.  The message did
+            # not go out: retry like a transient failure.
+            log.failure("carrier link {carrier} raised from submit", carrier=link.name)
+            self._transient(item, f"{link.name}: link error", response_unknown=False)
+            return
+        d.addCallbacks(self._accepted, self._failed, callbackArgs=(item, link.name),
+                       errbackArgs=(item, link.name))
+
+    def _no_carrier(self, item: Claimed, exclude: Any) -> None:
+        if self.router.waiting_possible(item.digits, exclude):
+            now = self.clock.seconds()
+            self._record(item.id, op_wait(item.id, now + self.no_carrier_wait_seconds, "no carrier bound"))
+        else:
+            error = self._last_error.pop(item.id, "refused by every carrier")
+            self._record(item.id, op_failed(item.id, error, False))
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def _accepted(self, result: SubmitAccepted, item: Claimed, carrier: str) -> None:
+        message_ids = [canonical_message_id(m) for m in result.message_ids]
+        self._record(item.id, op_accepted(item.id, result.carrier or carrier, message_ids))
+        if self.on_submitted is not None:
+            self.on_submitted(item.id, result)
+
+    def _failed(self, failure: Failure, item: Claimed, carrier: str) -> None:
+        if failure.check(SubmitFailed):
+            error: SubmitFailed = failure.value  # type: ignore[assignment]
+        else:
+            # Not the link's contract: assume the worst (it may have gone out), retry.
+            log.failure("carrier link {carrier} failed a submit unexpectedly", failure, carrier=carrier)
+            error = SubmitFailed("link error", transient=True, response_unknown=True)
+        text = f"{carrier}: {error.status + ' ' if error.status else ''}{error.reason}"[:200]
+        if error.transient:
+            self._transient(item, text, error.response_unknown)
+            return
+        # Permanent here: remember (also in Redis, for a restart) and fail over at once.
+        self._refused.setdefault(item.id, set()).add(carrier)
+        self._last_error[item.id] = text
+        self.writer.add(op_carrier_refused(item.id, carrier, text))
+        self._submit(item)
+
+    def _transient(self, item: Claimed, error: str, response_unknown: bool) -> None:
+        if item.attempts >= self.max_attempts:
+            self._record(item.id, op_failed(item.id, error, response_unknown))
+        else:
+            delay = retry_delay_seconds(item.attempts, self.retry_initial_seconds, self.retry_max_seconds)
+            self._record(item.id, op_retry(item.id, self.clock.seconds() + delay, error, response_unknown))
+
+    def _record(self, notification_id: str, op: Any) -> None:
+        self._refused.pop(notification_id, None)
+        self._last_error.pop(notification_id, None)
+        d = self.writer.add(op)
+        d.addErrback(lambda f: None)  # the writer logged it; the lease recovers the message
+        d.addBoth(lambda _: self._done(notification_id))
+
+    def _done(self, notification_id: str) -> None:
+        self._in_flight.pop(notification_id, None)
+        if self.free_slots() >= self._refill:
+            self.waker.wake()
+        if not self._in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    # -- leases and draining -----------------------------------------------------------------
+
+    async def renew_leases_once(self) -> int:
+        """Extend the leases of everything this process holds; returns how many."""
+        ids = list(self._in_flight)
+        await self.ledger.renew_leases(ids, deadline=self.clock.seconds() + self.lease_seconds)
+        return len(ids)
+
+    async def idle(self) -> None:
+        """Wait until nothing is in flight (every outcome recorded)."""
+        if not self._in_flight:
+            return
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        await wait_deferred(d)

@@ -1,0 +1,183 @@
+"""Shared pieces of the push pipeline tests: a business clock, a scripted carrier link,
+and a pipeline (ledger, writer, intake, dispatcher, receipts) on the real redis-server.
+
+`ManualClock` gives the components a time the test sets (quiet hours, expiry, backoff)
+while `callLater` runs on the real reactor, so the coalescing writer still flushes at the
+end of the reactor turn.  `ScriptedLink` is the in-test CarrierLink for dispatcher logic:
+it answers each submit as scripted (accept with N parts, fail, or hold for the test to
+fire).  End-to-end tests use the real link and simulator instead (test_end_to_end.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from redis.asyncio import Redis
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, succeed
+
+from gateway.ports import OutboundSms, SubmitAccepted, SubmitFailed
+from gateway.push.intake import Intake, IntakeRequest
+from gateway.push.queue import QuietHoursPolicy
+from gateway.push.receipts import ReceiptRecorder
+from gateway.push.render import TemplateSet, load_templates
+from gateway.push.routing import PrefixRouter
+from gateway.push.state import NotificationLedger, OutcomeWriter
+from gateway.push.worker import Dispatcher
+from gateway.store.bridge import as_deferred
+from gateway.store.keys import Keys
+
+TEMPLATES_FILE = Path(__file__).resolve().parents[2] / "config" / "templates.yaml"
+POLICY = QuietHoursPolicy()
+# Monday 2026-03-02 10:00 in Shanghai: outside quiet hours.
+MORNING = dt.datetime(2026, 3, 2, 10, 0, tzinfo=POLICY.tz).timestamp()
+CMCC_NUMBER = "13800138000"
+CUCC_NUMBER = "13012345678"
+
+
+def on_asyncio(test: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
+    """Run an `async def` test body as an asyncio task on the reactor's loop."""
+
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> None:
+        await as_deferred(test(*args, **kwargs))  # type: ignore[arg-type]
+
+    return pytest_twisted.ensureDeferred(run)
+
+
+class ManualClock:
+    """IReactorTime whose seconds() the test sets; callLater uses the real reactor."""
+
+    def __init__(self, now: float = MORNING) -> None:
+        self.now = now
+
+    def seconds(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        return reactor.callLater(max(0.0, delay), f, *args, **kwargs)
+
+    def getDelayedCalls(self) -> list[Any]:  # noqa: N802
+        return []
+
+
+@dataclass
+class ScriptedLink:
+    """A CarrierLink whose answers the test scripts (default: accept, `parts` ids)."""
+
+    name: str
+    prefixes: tuple[str, ...]
+    bound: bool = True
+    parts: int = 1
+    script: list[Any] = field(default_factory=list)
+    submitted: list[OutboundSms] = field(default_factory=list)
+    held: list[tuple[OutboundSms, Deferred[SubmitAccepted]]] = field(default_factory=list)
+    _ids: Any = field(default_factory=lambda: itertools.count(1))
+
+    def is_bound(self) -> bool:
+        return self.bound
+
+    def next_ids(self, parts: int | None = None) -> tuple[str, ...]:
+        return tuple(f"{self.name.upper()}{next(self._ids):08X}" for _ in range(parts or self.parts))
+
+    def submit(self, sms: OutboundSms) -> Deferred[SubmitAccepted]:
+        self.submitted.append(sms)
+        outcome = self.script.pop(0) if self.script else "accept"
+        if outcome == "accept":
+            return succeed(SubmitAccepted(self.name, self.next_ids()))
+        if outcome == "hold":
+            d: Deferred[SubmitAccepted] = Deferred()
+            self.held.append((sms, d))
+            return d
+        if isinstance(outcome, SubmitFailed):
+            return fail(outcome)
+        raise AssertionError(f"bad script entry {outcome!r}")
+
+
+@dataclass
+class Pipeline:
+    redis: Redis
+    keys: Keys
+    clock: ManualClock
+    templates: TemplateSet
+    ledger: NotificationLedger
+    writer: OutcomeWriter
+    intake: Intake
+    dispatcher: Dispatcher
+    receipts: ReceiptRecorder
+    links: list[ScriptedLink]
+
+    async def accept(self, *requests: dict[str, Any], source: str = "test") -> list[Any]:
+        return await self.intake.accept_many([IntakeRequest(fields=r, source=source) for r in requests])
+
+    async def dispatch_all(self) -> int:
+        """Claim and submit until the lanes are empty; outcomes recorded."""
+        total = 0
+        while True:
+            n = await self.dispatcher.dispatch_once()
+            await self.writer.flushed()
+            if not any(link.held for link in self.links):
+                await self.dispatcher.idle()
+            total += n
+            if n == 0:
+                return total
+
+    async def state(self, notification_id: str) -> str:
+        return (await self.ledger.raw(notification_id)).get("state", "")
+
+    async def events(self, notification_id: str | None = None) -> list[dict[str, str]]:
+        rows = await self.redis.xrange(self.keys.events_stream)
+        return [fields for _, fields in rows if notification_id is None or fields.get("id") == notification_id]
+
+
+def code(notification_id: str, to: str = CMCC_NUMBER, **extra: Any) -> dict[str, Any]:
+    return {"id": notification_id, "type": "verification_code", "to": to,
+            "params": {"code": "123456", "minutes": "5"}, **extra}
+
+
+def inspection(notification_id: str, to: str = CMCC_NUMBER, **extra: Any) -> dict[str, Any]:
+    return {"id": notification_id, "type": "inspection_due", "to": to,
+            "params": {"plate": "闽D12345", "due_date": "2026-06-30"}, **extra}
+
+
+def points(notification_id: str, to: str = CMCC_NUMBER, **extra: Any) -> dict[str, Any]:
+    """A two-part Chinese reminder (normal lane, respects quiet hours)."""
+    return {"id": notification_id, "type": "points_reached_9", "to": to,
+            "params": {"name": "张三", "date": "2026-03-01", "points": "9"}, **extra}
+
+
+@asynccontextmanager
+async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, now: float = MORNING,
+                   daily_cap_bulk: int = 3, max_attempts: int = 3, max_in_flight: int = 2000,
+                   batch_size: int = 200, retention_seconds: float = 86_400.0) -> AsyncIterator[Pipeline]:
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys()
+    clock = ManualClock(now)
+    templates = load_templates(TEMPLATES_FILE)
+    links = links if links is not None else [
+        ScriptedLink("cmcc", ("134", "135", "136", "137", "138", "139")),
+        ScriptedLink("cucc", ("130", "131", "132")),
+    ]
+    ledger = NotificationLedger(redis, keys, retention_seconds)
+    writer = OutcomeWriter(ledger, clock)
+    intake = Intake(ledger, lambda: templates, POLICY, clock, daily_cap_bulk=daily_cap_bulk)
+    dispatcher = Dispatcher(ledger, writer, PrefixRouter(links), clock, policy=POLICY,
+                            max_in_flight=max_in_flight, batch_size=batch_size,
+                            max_attempts=max_attempts, retry_initial_seconds=2, retry_max_seconds=60)
+    try:
+        yield Pipeline(redis, keys, clock, templates, ledger, writer, intake, dispatcher,
+                       ReceiptRecorder(writer), links)
+    finally:
+        await writer.flushed()
+        await redis.aclose()

@@ -1,0 +1,223 @@
+"""The dispatcher against a real redis-server with scripted carrier links: priority
+lanes, quiet hours and expiry at claim time, prefix routing and failover, retries with
+backoff, dead-letter retry, and lease recovery after a crash."""
+
+from __future__ import annotations
+
+from gateway.ports import SubmitFailed
+from gateway.push.deadletters import list_dead_letters, retry_dead_letters
+from gateway.push.intake import IntakeConsumer
+from tests.push.harness import (
+    CMCC_NUMBER,
+    CUCC_NUMBER,
+    MORNING,
+    POLICY,
+    ScriptedLink,
+    code,
+    inspection,
+    on_asyncio,
+    pipeline,
+    points,
+)
+
+
+@on_asyncio
+async def test_verification_code_overtakes_a_bulk_backlog(redis_url: str) -> None:
+    """With thousands of bulk reminders queued, a code accepted last is submitted first."""
+    async with pipeline(redis_url, daily_cap_bulk=10, batch_size=100) as p:
+        backlog = [inspection(f"bulk-{i}", to=f"138{i:08d}") for i in range(3000)]
+        for start in range(0, len(backlog), 500):
+            await p.accept(*backlog[start:start + 500])
+        await p.accept(code("otp"))
+        assert await p.dispatcher.dispatch_once() == 100
+        submitted = [sms.reference for sms in p.links[0].submitted]
+        assert submitted[0] == "otp"
+        assert submitted[1:] == [f"bulk-{i}" for i in range(99)]
+
+
+@on_asyncio
+async def test_lower_lanes_get_a_small_share_during_a_flood(redis_url: str) -> None:
+    """A full batch of high-priority work still lets 5 % bulk through (no starvation)."""
+    async with pipeline(redis_url, batch_size=100) as p:
+        await p.accept(*(code(f"otp-{i}", to=f"139{i:08d}") for i in range(300)))
+        await p.accept(inspection("bulk-0"))
+        await p.dispatcher.dispatch_once()
+        lanes = [sms.reference.split("-")[0] for sms in p.links[0].submitted]
+        assert lanes.count("bulk") == 1 and lanes.count("otp") == 99
+
+
+@on_asyncio
+async def test_queued_reminder_reaching_quiet_hours_waits_for_morning(redis_url: str) -> None:
+    """A reminder queued at 21:59 but claimed at 22:01 is scheduled for 08:00, not sent."""
+    async with pipeline(redis_url, now=MORNING + 11 * 3600 + 59 * 60) as p:
+        await p.accept(inspection("late"), code("otp"))
+        p.clock.advance(2 * 60)
+        await p.dispatch_all()
+        assert [sms.reference for sms in p.links[0].submitted] == ["otp"]
+        assert await p.state("late") == "scheduled"
+        morning = POLICY.quiet_until(p.clock.now)
+        assert await p.redis.zscore(p.keys.scheduled, "late") == morning
+        p.clock.now = morning
+        assert await p.ledger.promote_due(now=morning) == 1
+        await p.dispatch_all()
+        assert await p.state("late") == "submitted"
+
+
+@on_asyncio
+async def test_expired_before_submit_is_not_sent(redis_url: str) -> None:
+    """A code whose 10-minute validity passed while queued becomes expired, unsent."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("slow"))
+        p.clock.advance(601)
+        await p.dispatch_all()
+        assert p.links[0].submitted == []
+        assert await p.state("slow") == "expired"
+
+
+@on_asyncio
+async def test_numbers_route_by_longest_prefix(redis_url: str) -> None:
+    """138... goes to the carrier with 138, 1703... to the MVNO segment over 170."""
+    links = [ScriptedLink("cmcc", ("138", "170")), ScriptedLink("mvno", ("1703",)), ScriptedLink("cucc", ("130",))]
+    async with pipeline(redis_url, links) as p:
+        await p.accept(code("a", to=CMCC_NUMBER), code("b", to="17031234567"), code("c", to="17001234567"),
+                       code("d", to=CUCC_NUMBER))
+        await p.dispatch_all()
+        assert [s.reference for s in links[0].submitted] == ["a", "c"]
+        assert [s.reference for s in links[1].submitted] == ["b"]
+        assert [s.reference for s in links[2].submitted] == ["d"]
+        raw = await p.ledger.raw("b")
+        assert raw["state"] == "submitted" and raw["carrier"] == "mvno" and raw["message_ids"]
+
+
+@on_asyncio
+async def test_unbound_carrier_fails_over(redis_url: str) -> None:
+    """When the number's carrier link is down, another carrier takes the message."""
+    async with pipeline(redis_url) as p:
+        p.links[0].bound = False
+        await p.accept(code("fo"))
+        await p.dispatch_all()
+        assert [s.reference for s in p.links[1].submitted] == ["fo"]
+        assert (await p.ledger.raw("fo"))["carrier"] == "cucc"
+
+
+@on_asyncio
+async def test_permanent_refusal_fails_over_then_fails(redis_url: str) -> None:
+    """A permanent refusal moves the message to the next carrier; refused everywhere, it fails."""
+    async with pipeline(redis_url) as p:
+        refusal = SubmitFailed("invalid destination", transient=False, status="ESME_RINVDSTADR")
+        p.links[0].script = [refusal]
+        await p.accept(code("perm"))
+        await p.dispatch_all()
+        raw = await p.ledger.raw("perm")
+        assert raw["state"] == "submitted" and raw["carrier"] == "cucc" and raw["failed_carriers"] == "cmcc"
+
+        p.links[0].script = [refusal]
+        p.links[1].script = [refusal]
+        await p.accept(code("dead"))
+        await p.dispatch_all()
+        raw = await p.ledger.raw("dead")
+        assert raw["state"] == "failed"
+        assert raw["error"] == "cucc: ESME_RINVDSTADR invalid destination"
+        assert await p.redis.zscore(p.keys.dead_letters, "dead") is not None
+
+
+@on_asyncio
+async def test_no_bound_carrier_keeps_work_queued(redis_url: str) -> None:
+    """With every link down nothing is claimed; the work waits in its lane."""
+    async with pipeline(redis_url) as p:
+        for link in p.links:
+            link.bound = False
+        await p.accept(code("wait"))
+        assert await p.dispatcher.dispatch_once() == 0
+        assert await p.state("wait") == "queued"
+
+
+@on_asyncio
+async def test_transient_failures_retry_with_backoff_then_fail(redis_url: str) -> None:
+    """Throttled submits are retried after 2 s, then 4 s; after max_attempts the state is failed."""
+    async with pipeline(redis_url, max_attempts=3) as p:
+        throttled = SubmitFailed("throttled", transient=True, status="ESME_RTHROTTLED")
+        p.links[0].script = [throttled, throttled, throttled]
+        await p.accept(code("flaky"))
+        await p.dispatch_all()
+        raw = await p.ledger.raw("flaky")
+        assert raw["state"] == "scheduled" and raw["scheduled_reason"] == "retry"
+        assert float(raw["due_at"]) == p.clock.now + 2
+        p.clock.advance(1.9)
+        assert await p.ledger.promote_due(now=p.clock.now) == 0
+        p.clock.advance(0.1)
+        assert await p.ledger.promote_due(now=p.clock.now) == 1
+        await p.dispatch_all()
+        assert float((await p.ledger.raw("flaky"))["due_at"]) == p.clock.now + 4
+        p.clock.advance(4)
+        await p.ledger.promote_due(now=p.clock.now)
+        await p.dispatch_all()
+        raw = await p.ledger.raw("flaky")
+        assert raw["state"] == "failed" and raw["attempts"] == "3"
+        assert raw["error"] == "cmcc: ESME_RTHROTTLED throttled"
+        assert len(p.links[0].submitted) == 3
+
+
+@on_asyncio
+async def test_unknown_response_counts_a_possible_duplicate(redis_url: str) -> None:
+    """A submit whose response never came is retried and flagged as a possible duplicate."""
+    async with pipeline(redis_url) as p:
+        p.links[0].script = [SubmitFailed("response timeout", transient=True, response_unknown=True)]
+        await p.accept(code("maybe"))
+        await p.dispatch_all()
+        assert (await p.ledger.raw("maybe"))["possible_duplicates"] == "1"
+
+
+@on_asyncio
+async def test_dead_letter_retry_revalidates_and_sends(redis_url: str) -> None:
+    """A failed notification retried from the dead letters is accepted afresh and sent."""
+    async with pipeline(redis_url, max_attempts=1) as p:
+        p.links[0].script = [SubmitFailed("queue full", transient=True, status="ESME_RMSGQFUL")]
+        await p.accept(points("dl"))
+        await p.dispatch_all()
+        [row] = await list_dead_letters(p.redis, p.keys)
+        assert row["id"] == "dl" and row["state"] == "failed" and row["to"] == "138****8000"
+        assert [r["retried"] for r in await retry_dead_letters(p.redis, p.keys, ["dl", "nope"])] == [True, False]
+        consumer = IntakeConsumer(p.intake, p.redis, p.keys, group="gateway", consumer="t")
+        await consumer.ensure_group()
+        await consumer.read_once()
+        raw = await p.ledger.raw("dl")
+        assert raw["state"] == "queued" and raw["attempts"] == "0" and raw["source"] == "retry"
+        assert await list_dead_letters(p.redis, p.keys) == []
+        await p.dispatch_all()
+        assert await p.state("dl") == "submitted"
+
+
+@on_asyncio
+async def test_lost_lease_puts_the_message_back_counting_a_possible_duplicate(redis_url: str) -> None:
+    """A claim whose process died (lease not renewed) is queued again at the front."""
+    async with pipeline(redis_url) as p:
+        p.links[0].script = ["hold"]
+        await p.accept(code("crash"), code("other", to="13912345678"))
+        await p.dispatcher.dispatch_once()
+        assert await p.state("crash") == "submitting"
+        assert (await p.ledger.raw("crash"))["submit_started_at"]
+        # The process "dies": nobody renews; the lease (30 s) runs out.
+        assert await p.ledger.recover_expired_leases(now=p.clock.now + 29) == 0
+        assert await p.ledger.recover_expired_leases(now=p.clock.now + 31) == 1
+        raw = await p.ledger.raw("crash")
+        assert raw["state"] == "queued" and raw["possible_duplicates"] == "1"
+        assert await p.redis.zrange(p.keys.lane("high"), 0, 0) == ["crash"]
+
+
+@on_asyncio
+async def test_renewed_lease_is_not_recovered(redis_url: str) -> None:
+    """A live process renews its leases, so a slow submit is not taken back."""
+    async with pipeline(redis_url) as p:
+        p.links[0].script = ["hold"]
+        await p.accept(code("slow"))
+        await p.dispatcher.dispatch_once()
+        p.clock.advance(25)
+        assert await p.dispatcher.renew_leases_once() == 1
+        assert await p.ledger.recover_expired_leases(now=p.clock.now + 10) == 0
+        sms, d = p.links[0].held.pop()
+        d.callback(__import__("gateway.ports", fromlist=["SubmitAccepted"]).SubmitAccepted("cmcc", ("AB01",)))
+        await p.writer.flushed()
+        await p.dispatcher.idle()
+        assert await p.state("slow") == "submitted"
+        assert await p.redis.zcard(p.keys.inflight) == 0

@@ -1,0 +1,201 @@
+"""Intake against a real redis-server: the stream door, idempotency, rejections, caps,
+quiet hours and expiry at acceptance, XAUTOCLAIM of a crashed consumer's entries, and
+the CLI's enqueue/status."""
+
+from __future__ import annotations
+
+import json
+
+from gateway.push.intake import IntakeConsumer, enqueue, status
+from tests.push.harness import CMCC_NUMBER, MORNING, POLICY, code, inspection, on_asyncio, pipeline
+
+
+def consumer(p, name: str = "gw-1", **kw) -> IntakeConsumer:  # type: ignore[no-untyped-def]
+    return IntakeConsumer(p.intake, p.redis, p.keys, group="gateway", consumer=name, **kw)
+
+
+def stream_fields(request: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    out = {k: v for k, v in request.items() if k != "params"}
+    out["params"] = json.dumps(request["params"], ensure_ascii=False)
+    return out
+
+
+@on_asyncio
+async def test_stream_entry_is_accepted_queued_and_acked(redis_url: str) -> None:
+    """An XADDed request becomes a queued notification in its lane; the entry is acked."""
+    async with pipeline(redis_url) as p:
+        c = consumer(p)
+        await c.ensure_group()
+        await p.redis.xadd(p.keys.notify_stream, stream_fields(code("otp-1")))
+        assert await c.read_once() == 1
+        raw = await p.ledger.raw("otp-1")
+        assert raw["state"] == "queued" and raw["to"] == CMCC_NUMBER and raw["to_masked"] == "138****8000"
+        assert raw["text"].startswith("【交管12123】您的验证码为123456")
+        assert await p.redis.zscore(p.keys.lane("high"), "otp-1") is not None
+        pending = await p.redis.xpending(p.keys.notify_stream, "gateway")
+        assert pending["pending"] == 0
+        assert await p.redis.xlen(p.keys.notify_stream) == 0
+        [event] = await p.events("otp-1")
+        assert event["type"] == "notification.queued" and event["notification_type"] == "verification_code"
+        assert CMCC_NUMBER not in json.dumps(event)
+
+
+@on_asyncio
+async def test_same_id_twice_is_one_notification(redis_url: str) -> None:
+    """The same id through the stream and then HTTP/CLI acceptance is recorded once."""
+    async with pipeline(redis_url) as p:
+        c = consumer(p)
+        await c.ensure_group()
+        await p.redis.xadd(p.keys.notify_stream, stream_fields(code("dup")))
+        await p.redis.xadd(p.keys.notify_stream, stream_fields(code("dup")))
+        await c.read_once()
+        [again] = await p.accept(code("dup"))
+        assert again.duplicate and again.state == "queued"
+        assert await p.redis.zcard(p.keys.lane("high")) == 1
+        assert [e["type"] for e in await p.events("dup")] == ["notification.queued"]
+        assert (await p.redis.xpending(p.keys.notify_stream, "gateway"))["pending"] == 0
+        assert await p.dispatch_all() == 1
+        assert len(p.links[0].submitted) == 1
+
+
+@on_asyncio
+async def test_rejections_are_recorded_with_reason_and_dead_lettered(redis_url: str) -> None:
+    """A bad request becomes state rejected with its reason, listed in the dead letters."""
+    async with pipeline(redis_url) as p:
+        outcomes = await p.accept(
+            {"id": "r1", "type": "nope", "to": CMCC_NUMBER, "params": {}},
+            code("r2", to="12345"),
+            {**code("r3"), "params": {"code": "1"}},
+            code("r4", priority="urgent"),
+            code("r5", channel="pigeon"),
+            {**code("r6"), "params": "{oops"},
+        )
+        reasons = {o.id: o.reason for o in outcomes}
+        assert all(o.state == "rejected" for o in outcomes)
+        assert reasons["r1"] == "unknown type 'nope'"
+        assert reasons["r2"].startswith("not a Chinese mobile number")
+        assert reasons["r3"] == "missing parameter 'minutes'"
+        assert reasons["r4"].startswith("bad priority 'urgent'")
+        assert reasons["r5"].startswith("bad channel 'pigeon'")
+        assert reasons["r6"] == "malformed params JSON"
+        assert set(await p.redis.zrange(p.keys.dead_letters, 0, -1)) == set(reasons)
+        view = await status(p.redis, p.keys, "r3")
+        assert view is not None and view["state"] == "rejected" and view["reason"] == "missing parameter 'minutes'"
+        assert view["to"] == "138****8000"
+
+
+@on_asyncio
+async def test_rejected_id_may_be_corrected(redis_url: str) -> None:
+    """A corrected request under a rejected id replaces the rejection and leaves the dead letters."""
+    async with pipeline(redis_url) as p:
+        await p.accept({**code("fix"), "params": {}})
+        [outcome] = await p.accept(code("fix"))
+        assert outcome.state == "queued" and not outcome.duplicate
+        assert await p.redis.zscore(p.keys.dead_letters, "fix") is None
+
+
+@on_asyncio
+async def test_daily_cap_rejects_bulk_reminders_over_the_cap(redis_url: str) -> None:
+    """Bulk reminders to one number beyond daily_cap_bulk are rejected with "daily cap"."""
+    async with pipeline(redis_url, daily_cap_bulk=2) as p:
+        outcomes = await p.accept(*(inspection(f"b{i}") for i in range(3)), code("hi"))
+        assert [o.state for o in outcomes] == ["queued", "queued", "rejected", "queued"]
+        assert outcomes[2].reason.startswith("daily cap")
+        # Another number has its own count; the next local day starts again.
+        [other] = await p.accept(inspection("b-other", to="13912345678"))
+        assert other.state == "queued"
+        p.clock.advance(86_400)
+        [tomorrow] = await p.accept(inspection("b-tomorrow"))
+        assert tomorrow.state == "queued"
+
+
+@on_asyncio
+async def test_quiet_hours_schedule_reminders_but_not_codes(redis_url: str) -> None:
+    """At 23:00 a reminder is scheduled for 08:00 while a verification code is queued."""
+    night = MORNING + 13 * 3600  # 23:00
+    async with pipeline(redis_url, now=night) as p:
+        reminder, otp = await p.accept(inspection("q1"), code("q2"))
+        assert (reminder.state, otp.state) == ("scheduled", "queued")
+        due = await p.redis.zscore(p.keys.scheduled, "q1")
+        assert due == POLICY.quiet_until(night) == MORNING + 22 * 3600
+        assert await p.ledger.promote_due(now=night + 3600) == 0
+        assert await p.ledger.promote_due(now=due) == 1
+        assert await p.state("q1") == "queued"
+
+
+@on_asyncio
+async def test_past_expiry_is_expired_at_intake(redis_url: str) -> None:
+    """A request whose expires_at has passed is recorded as expired and never queued."""
+    async with pipeline(redis_url) as p:
+        [outcome] = await p.accept(code("old", expires_at=str(MORNING - 1)))
+        assert outcome.state == "expired"
+        assert await p.redis.zcard(p.keys.lane("high")) == 0
+
+
+@on_asyncio
+async def test_crashed_consumers_entries_are_claimed_and_finished(redis_url: str) -> None:
+    """Entries read but never acked by a dead consumer are XAUTOCLAIMed and accepted."""
+    async with pipeline(redis_url) as p:
+        dead = consumer(p, "gw-dead")
+        await dead.ensure_group()
+        await p.redis.xadd(p.keys.notify_stream, stream_fields(code("orphan")))
+        # The dead consumer read it (pending) and crashed before accepting.
+        await p.redis.xreadgroup("gateway", "gw-dead", {p.keys.notify_stream: ">"}, count=10)
+        assert await p.state("orphan") == ""
+        alive = consumer(p, "gw-alive", claim_idle_seconds=0)
+        assert await alive.claim_stale_once() == 1
+        assert await p.state("orphan") == "queued"
+        assert (await p.redis.xpending(p.keys.notify_stream, "gateway"))["pending"] == 0
+
+
+@on_asyncio
+async def test_own_pending_entries_are_finished_after_restart(redis_url: str) -> None:
+    """A consumer restarted under its name finishes the entries it had read."""
+    async with pipeline(redis_url) as p:
+        c = consumer(p)
+        await c.ensure_group()
+        await p.redis.xadd(p.keys.notify_stream, stream_fields(code("mine")))
+        await p.redis.xreadgroup("gateway", "gw-1", {p.keys.notify_stream: ">"}, count=10)
+        assert await c.read_own_pending_once() == 1
+        assert await p.state("mine") == "queued"
+
+
+@on_asyncio
+async def test_entry_without_id_gets_a_stable_id(redis_url: str) -> None:
+    """An entry without an id is named after its stream entry, so a re-read is no duplicate send."""
+    async with pipeline(redis_url) as p:
+        c = consumer(p)
+        await c.ensure_group()
+        fields = stream_fields(code("x"))
+        del fields["id"]
+        entry = await p.redis.xadd(p.keys.notify_stream, fields)
+        await c.read_once()
+        assert await p.state(f"stream-{entry}") == "queued"
+
+
+@on_asyncio
+async def test_enqueue_and_status_via_the_stream(redis_url: str) -> None:
+    """The CLI's enqueue writes to the stream; after the intake reads it, status shows it."""
+    async with pipeline(redis_url) as p:
+        c = consumer(p)
+        await c.ensure_group()
+        notification_id = await enqueue(p.redis, p.keys, type="verification_code", to="+8613800138000",
+                                        params={"code": "1", "minutes": "5"}, priority="high", id="cli-1")
+        assert notification_id == "cli-1"
+        assert await status(p.redis, p.keys, "cli-1") is None
+        await c.read_once()
+        view = await status(p.redis, p.keys, "cli-1")
+        assert view is not None
+        assert view["state"] == "queued" and view["to"] == "138****8000" and view["source"] == "cli"
+        assert "text" not in view and "params" not in view
+
+
+@on_asyncio
+async def test_voice_channel_goes_to_the_voice_stream(redis_url: str) -> None:
+    """channel voice is handed to keys.voice_requests with the text minus the signature."""
+    async with pipeline(redis_url) as p:
+        [outcome] = await p.accept(code("v1", channel="voice"))
+        assert outcome.state == "submitted"
+        [(_, request)] = await p.redis.xrange(p.keys.voice_requests)
+        assert request["id"] == "v1" and request["to"] == CMCC_NUMBER
+        assert request["text"].startswith("您的验证码为123456") and request["not_before"] == "0"
