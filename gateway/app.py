@@ -129,6 +129,7 @@ def build_gateway(config: Config, reactor: IReactorCore) -> GatewayService:
     root.readiness_checks["redis"] = lambda: redis.available
 
     _add_components(root, config, reactor)
+    root.readiness_checks["carrier_bound"] = lambda: any(link.is_bound() for link in root.carrier_links.values())
 
     if config.http.enabled:
         site = build_site(config.http, readiness=root.readiness, v1=getattr(root, "v1_resource", None))

@@ -129,8 +129,8 @@ def build_site(config: HttpConfig, *, readiness: Callable[[], dict[str, bool]],
     root.putChild(b"healthz", Healthz())
     root.putChild(b"readyz", Readyz(readiness))
     root.putChild(b"metrics", Metrics())
-    if v1 is not None:
-        root.putChild(b"v1", BearerTokenGuard(v1, config.token.reveal(), config.max_body_bytes))
+    # The guard stands even with push switched off: /v1 never answers without a token.
+    root.putChild(b"v1", BearerTokenGuard(v1 or Resource(), config.token.reveal(), config.max_body_bytes))
 
     request_factory = type("LimitedRequest", (_SizeLimitedRequest,), {"max_body_bytes": config.max_body_bytes})
     site = Site(root, requestFactory=request_factory)

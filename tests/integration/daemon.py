@@ -1,0 +1,129 @@
+"""Start `gateway run` as a real subprocess with a generated config (free ports, temp dirs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.store.embedded import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(directory: Path, **overrides: Any) -> Path:
+    """A gateway.yaml for tests: embedded or given Redis, free ports, repo templates/menus."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {
+        "redis": {"url": "embedded", "data_dir": str(directory / "redis")},
+        "http": {"listen": f"127.0.0.1:{free_port()}", "token": "test-token"},
+        "smpp_server": {"listen": f"127.0.0.1:{free_port()}"},
+        "ivr": {"fastagi": {"listen": f"127.0.0.1:{free_port()}"},
+                "menus_file": str(REPO / "config" / "ivr.yaml")},
+        "push": {"templates_file": str(REPO / "config" / "templates.yaml")},
+        "drain_timeout_seconds": 5,
+        "carriers": [],
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    path = directory / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Daemon:
+    config_path: Path
+    log_path: Path
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+
+    @property
+    def http_base(self) -> str:
+        return "http://" + self.config["http"]["listen"]
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path), *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(self.config_path.parent),
+        )
+        log.close()
+
+    def wait_until(self, path: str, status: int = 200, timeout_seconds: float = 30.0) -> dict[str, Any]:
+        """Poll an HTTP path until it answers `status`; returns the JSON body."""
+        deadline = time.monotonic() + timeout_seconds
+        last: Any = None
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            try:
+                code, body = self.get(path)
+                if code == status:
+                    return body
+                last = (code, body)
+            except OSError as e:
+                last = e
+            time.sleep(0.1)
+        raise AssertionError(f"{path} did not answer {status} in {timeout_seconds}s (last: {last})")
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        request = urllib.request.Request(self.http_base + path)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, _body(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, _body(e.read())
+
+    def post(self, path: str, payload: Any, token: str | None = "test-token") -> tuple[int, Any]:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode()
+        request = urllib.request.Request(self.http_base + path, data=data, method="POST")
+        request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, _body(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, _body(e.read())
+
+    def terminate(self, timeout_seconds: float = 30.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_seconds)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def _body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
