@@ -1,0 +1,424 @@
+"""The domain actions a voice menu calls (``kind: action`` nodes in ivr.yaml).
+
+Each action is an asyncio coroutine on the shared redis.asyncio client: a call waiting for
+Redis awaits and every other call goes on.  An action receives the call's `CallContext`
+and answers an `ActionResult`: one outcome of its `ActionSpec` (the menu branches on it)
+and variables for the prompts to speak.  Anything only the actions may see (who was
+verified, which booking was selected) lives in the context's `private` dict, which the
+menu never reads, so a caller cannot steer the cancellation to a booking that was not
+verified by typing a number into some other entry.
+
+Identity before anything personal (seeds 001 and 003: the phone on record is the only
+number the platform talks to):
+
+* a booking number (``identity`` of 7 to 20 digits): the booking, when the caller id is
+  its phone on record (`BookingStore.verify_by_booking_number`);
+* the last six characters of the ID number (``identity`` / ``id_suffix`` of 6 keys, ``*``
+  for X): the person whose phone on record is the caller id
+  (`PersonStore.verify_by_id_suffix`).
+
+"Not found" and "not yours" are the same outcome, ``not_verified``.  Each failed check
+costs one attempt of the caller number's hourly allowance (``ivr-attempts:<phone>``, a
+fixed one-hour window from the first failure); at the limit every check answers
+``limited`` without looking, so booking numbers cannot be guessed by calling.  A caller
+with a withheld number can never be verified and spends nothing.
+
+Every action also has the outcome ``error`` (Redis down, a corrupt record): the menu's
+``on_error`` node apologises.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from twisted.logger import Logger
+
+from gateway.domain import CorruptRecord, decode_hash, decode_text, from_unix
+from gateway.domain.bookings import (
+    Booking,
+    BookingCancellation,
+    BookingStatus,
+    BookingStore,
+    CancellationOutcome,
+    ExamSubject,
+    normalise_booking_no,
+)
+from gateway.domain.people import LicenceStatus, Person, PersonStore
+from gateway.domain.vehicles import Vehicle, VehicleStatus, VehicleStore
+from gateway.ivr.menus import ActionResult, ActionSpec
+from gateway.privacy import PhoneNumber
+from gateway.store.keys import Keys
+
+__all__ = ["CATALOGUE", "REMINDER_TYPES", "CallContext", "VoiceActions", "spoken_session"]
+
+log = Logger()
+
+# Notification types (config/templates.yaml) the reminder call has a voice text for: each
+# is an outcome of load_reminder, so ivr.yaml can give each its own prompt.
+REMINDER_TYPES = frozenset({
+    "exam_booking_confirmed",
+    "exam_booking_cancelled",
+    "exam_result",
+    "inspection_due",
+    "inspection_overdue",
+    "inspection_missed_three_cycles",
+    "scrapping_due",
+    "points_reached_9",
+    "points_reached_12",
+    "licence_renewal_due",
+    "licence_renewal_overdue",
+    "licence_audit_due",
+    "medical_certificate_due",
+    "licence_cancelled",
+    "camera_violation",
+    "id_card_ready",
+})
+
+OVERDUE_WORD = "逾期未检验"
+_SESSION_WORDS = frozenset({"上午", "下午", "晚上"})
+_IDENTITY = frozenset({"found", "none", "not_verified", "limited"})
+
+CATALOGUE: Mapping[str, ActionSpec] = {
+    "check_attempts": ActionSpec(frozenset({"ok", "limited"})),
+    "booking_status": ActionSpec(_IDENTITY),
+    "next_booking": ActionSpec(
+        frozenset({"more", "done"}),
+        frozenset(s.label for s in ExamSubject) | frozenset(s.label for s in BookingStatus) | _SESSION_WORDS,
+    ),
+    "select_booking": ActionSpec(
+        frozenset({"selected", "choose", "none", "not_verified", "limited"}),
+        frozenset(s.label for s in ExamSubject) | frozenset(s.label for s in BookingStatus) | _SESSION_WORDS,
+    ),
+    "cancel_booking": ActionSpec(
+        frozenset({"cancelled", "already_cancelled", "deadline_passed", "not_booked", "not_found"}),
+        frozenset(s.label for s in BookingStatus),
+    ),
+    "licence_status": ActionSpec(
+        frozenset({"ok", "no_licence", "not_verified", "limited"}),
+        frozenset(s.label for s in LicenceStatus),
+    ),
+    "vehicle_status": ActionSpec(_IDENTITY),
+    "next_vehicle": ActionSpec(
+        frozenset({"more", "done"}), frozenset(s.label for s in VehicleStatus) | {OVERDUE_WORD}
+    ),
+    "load_reminder": ActionSpec(REMINDER_TYPES | {"other", "not_found"}, frozenset(s.label for s in ExamSubject) | _SESSION_WORDS),
+    "record_reminder": ActionSpec(frozenset({"recorded"})),
+}
+
+# INCR, and start the one-hour window on the first failure (also repairs a counter that
+# lost its TTL).  One script: a crash between INCR and EXPIRE cannot leave a counter that
+# never expires.
+_ATTEMPT_LUA = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('TTL', KEYS[1]) < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return n
+"""
+
+
+@dataclass
+class CallContext:
+    """What an action knows of the call.  `variables` are the menu's (spoken, entered);
+    `private` is the actions' own per-call state; `now` is Unix seconds."""
+
+    caller: PhoneNumber | None
+    variables: Mapping[str, str]
+    now: float
+    uniqueid: str = ""
+    private: dict[str, Any] = field(default_factory=dict)
+
+
+def spoken_session(session: str) -> str:
+    """上午 stays 上午; a time slot 08:30-10:30 becomes 8点30分至10点30分."""
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})", session.strip())
+    if match is None:
+        return session
+
+    def clock(hour: str, minute: str) -> str:
+        return f"{int(hour)}点{int(minute)}分" if int(minute) else f"{int(hour)}点"
+
+    return f"{clock(match[1], match[2])}至{clock(match[3], match[4])}"
+
+
+def _booking_variables(booking: Booking) -> dict[str, str]:
+    return {
+        "booking_no": booking.booking_no,
+        "subject": booking.subject.label,
+        "site": booking.site,
+        "exam_date": booking.exam_date.isoformat(),
+        "session": spoken_session(booking.session),
+        "status": booking.status.label,
+    }
+
+
+def _vehicle_variables(vehicle: Vehicle, today: date) -> dict[str, str]:
+    overdue = vehicle.inspection_overdue(today) and vehicle.status is VehicleStatus.NORMAL
+    return {
+        "plate": vehicle.plate,
+        "inspection_due": vehicle.inspection_due.isoformat(),
+        "vehicle_status": OVERDUE_WORD if overdue else vehicle.status.label,
+    }
+
+
+def _id_suffix(entry: str) -> str | None:
+    """Six keys, the last may be * for X: an ID number's last six characters."""
+    return entry if re.fullmatch(r"[0-9]{5}[0-9*]", entry) else None
+
+
+class VoiceActions:
+    """The actions of `CATALOGUE`, on one Redis.
+
+    `attempts_per_hour`: IvrConfig.attempts_per_hour.  `run` never raises for Redis or
+    data trouble: it logs and answers ``error``.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, *, attempts_per_hour: int,
+                 attempts_window_seconds: int = 3600) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._limit = attempts_per_hour
+        self._window = attempts_window_seconds
+        self._bookings = BookingStore(redis, keys)
+        self._people = PersonStore(redis, keys)
+        self._vehicles = VehicleStore(redis, keys)
+        self._cancellation = BookingCancellation(redis, keys)
+        self._attempt_script = redis.register_script(_ATTEMPT_LUA)
+        self._actions: dict[str, Callable[[CallContext], Awaitable[ActionResult]]] = {
+            "check_attempts": self.check_attempts,
+            "booking_status": self.booking_status,
+            "next_booking": self.next_booking,
+            "select_booking": self.select_booking,
+            "cancel_booking": self.cancel_booking,
+            "licence_status": self.licence_status,
+            "vehicle_status": self.vehicle_status,
+            "next_vehicle": self.next_vehicle,
+            "load_reminder": self.load_reminder,
+            "record_reminder": self.record_reminder,
+        }
+        assert set(self._actions) == set(CATALOGUE)
+
+    async def run(self, name: str, context: CallContext) -> ActionResult:
+        """Run action `name`; Redis errors and corrupt records become outcome ``error``."""
+        action = self._actions.get(name)
+        if action is None:
+            log.error("menu asked for unknown action {action}", action=name)
+            return ActionResult("error")
+        try:
+            return await action(context)
+        except (RedisError, ConnectionError, TimeoutError) as error:
+            log.error("voice action {action} failed: Redis: {error}", action=name, error=type(error).__name__)
+        except CorruptRecord as error:
+            log.error("voice action {action} met a corrupt record: {error}", action=name, error=str(error))
+        return ActionResult("error")
+
+    # -- the attempt allowance ----------------------------------------------------------
+
+    def _attempts_key(self, caller: PhoneNumber) -> str:
+        return self._keys.ivr_attempts(caller.digits)
+
+    async def _spend_attempt(self, caller: PhoneNumber) -> bool:
+        """Take one attempt; False when the hour's allowance was already used up."""
+        count = int(await self._attempt_script(keys=[self._attempts_key(caller)], args=[self._window]))
+        return count <= self._limit
+
+    async def _refund_attempt(self, caller: PhoneNumber) -> None:
+        """A check that succeeded costs nothing: only failures count towards the limit."""
+        await self._redis.decr(self._attempts_key(caller))
+
+    async def check_attempts(self, context: CallContext) -> ActionResult:
+        """``limited`` when the caller has no attempt left this hour (say so before they type)."""
+        if context.caller is None:
+            return ActionResult("ok")
+        used = await self._redis.get(self._attempts_key(context.caller))
+        return ActionResult("limited" if used is not None and int(decode_text(used)) >= self._limit else "ok")
+
+    async def _verified_person(self, context: CallContext, entry: str) -> Person | str:
+        """The person for an ID suffix entry, or the outcome to answer."""
+        suffix = _id_suffix(entry)
+        if context.caller is None or suffix is None:
+            return "not_verified"
+        if not await self._spend_attempt(context.caller):
+            return "limited"
+        person = await self._people.verify_by_id_suffix(context.caller.digits, suffix)
+        if person is None:
+            return "not_verified"
+        await self._refund_attempt(context.caller)
+        context.private["person_id"] = person.id_number.digits
+        return person
+
+    async def _verified_booking(self, context: CallContext, entry: str) -> Booking | str:
+        """The booking for a booking-number entry, or the outcome to answer."""
+        number = normalise_booking_no(entry)
+        if context.caller is None or number is None:
+            return "not_verified"
+        if not await self._spend_attempt(context.caller):
+            return "limited"
+        booking = await self._bookings.verify_by_booking_number(number, context.caller.digits)
+        if booking is None:
+            return "not_verified"
+        await self._refund_attempt(context.caller)
+        return booking
+
+    # -- exam bookings --------------------------------------------------------------------
+
+    async def booking_status(self, context: CallContext) -> ActionResult:
+        """``identity`` -> the bookings to read: the one numbered, or the person's exams
+        from today on.  Then `next_booking` reads them out one by one."""
+        entry = context.variables.get("identity", "")
+        today = from_unix(context.now).date()
+        if _id_suffix(entry):
+            person = await self._verified_person(context, entry)
+            if isinstance(person, str):
+                return ActionResult(person)
+            bookings = [b for b in await self._bookings.bookings_for_person(person.id_number.digits)
+                        if b.exam_date >= today]
+        else:
+            booking = await self._verified_booking(context, entry)
+            if isinstance(booking, str):
+                return ActionResult(booking)
+            bookings = [booking]
+        context.private["bookings"] = [b.booking_no for b in bookings]
+        context.private["booking_records"] = {b.booking_no: b for b in bookings}
+        return ActionResult("found" if bookings else "none", {"booking_count": str(len(bookings))})
+
+    async def next_booking(self, context: CallContext) -> ActionResult:
+        """The next booking of `booking_status` into the prompt variables; ``done`` at the end."""
+        pending: list[str] = context.private.get("bookings", [])
+        records: dict[str, Booking] = context.private.get("booking_records", {})
+        if not pending:
+            return ActionResult("done")
+        return ActionResult("more", _booking_variables(records[pending.pop(0)]))
+
+    async def select_booking(self, context: CallContext) -> ActionResult:
+        """``identity`` -> the one booking to cancel (``selected``), or ``choose`` when the
+        verified person has several bookings still to come, or ``none``."""
+        entry = context.variables.get("identity", "")
+        context.private.pop("selected", None)
+        if _id_suffix(entry):
+            person = await self._verified_person(context, entry)
+            if isinstance(person, str):
+                return ActionResult(person)
+            today = from_unix(context.now).date()
+            open_bookings = [
+                b for b in await self._bookings.bookings_for_person(person.id_number.digits)
+                if b.status is BookingStatus.BOOKED and b.exam_date >= today
+            ]
+            if not open_bookings:
+                return ActionResult("none")
+            if len(open_bookings) > 1:
+                return ActionResult("choose", {"booking_count": str(len(open_bookings))})
+            booking = open_bookings[0]
+        else:
+            verified = await self._verified_booking(context, entry)
+            if isinstance(verified, str):
+                return ActionResult(verified)
+            booking = verified
+        context.private["selected"] = booking.booking_no
+        return ActionResult("selected", _booking_variables(booking))
+
+    async def cancel_booking(self, context: CallContext) -> ActionResult:
+        """Cancel the booking `select_booking` verified (never a number from the variables)."""
+        number = context.private.get("selected")
+        if number is None or context.caller is None:
+            return ActionResult("not_found")
+        result = await self._cancellation.cancel(
+            number, channel="voice", actor_phone=context.caller.digits, now=context.now
+        )
+        variables: dict[str, str] = {}
+        if result.booking is not None:
+            variables = _booking_variables(result.booking)
+            variables["in_person_last_day"] = result.booking.in_person_cancel_last_day.isoformat()
+        outcome = {
+            CancellationOutcome.CANCELLED: "cancelled",
+            CancellationOutcome.ALREADY_CANCELLED: "already_cancelled",
+            CancellationOutcome.DEADLINE_PASSED: "deadline_passed",
+            CancellationOutcome.NOT_BOOKED: "not_booked",
+            CancellationOutcome.NOT_FOUND: "not_found",
+        }[result.outcome]
+        return ActionResult(outcome, variables)
+
+    # -- licence and vehicles -------------------------------------------------------------
+
+    async def licence_status(self, context: CallContext) -> ActionResult:
+        """``id_suffix`` -> licence status, points and expiry of the verified caller."""
+        person = await self._verified_person(context, context.variables.get("id_suffix", ""))
+        if isinstance(person, str):
+            return ActionResult(person)
+        if person.licence_status is None:
+            return ActionResult("no_licence")
+        variables = {
+            "licence_status": person.licence_status.label,
+            "points": str(person.points),
+            "licence_class": person.licence_class or "",
+            "licence_expiry": person.licence_expiry.isoformat() if person.licence_expiry else "",
+        }
+        return ActionResult("ok", variables)
+
+    async def vehicle_status(self, context: CallContext) -> ActionResult:
+        """``id_suffix`` -> the verified caller's vehicles; `next_vehicle` reads them out."""
+        person = await self._verified_person(context, context.variables.get("id_suffix", ""))
+        if isinstance(person, str):
+            return ActionResult(person)
+        vehicles = await self._vehicles.for_owner(person.id_number.digits)
+        context.private["vehicles"] = list(vehicles)
+        return ActionResult("found" if vehicles else "none", {"vehicle_count": str(len(vehicles))})
+
+    async def next_vehicle(self, context: CallContext) -> ActionResult:
+        pending: list[Vehicle] = context.private.get("vehicles", [])
+        if not pending:
+            return ActionResult("done")
+        return ActionResult("more", _vehicle_variables(pending.pop(0), from_unix(context.now).date()))
+
+    # -- outbound reminders ---------------------------------------------------------------
+
+    async def load_reminder(self, context: CallContext) -> ActionResult:
+        """``notification_id`` (agi_arg_1) -> the notification's type as the outcome and its
+        parameters as variables (never the citizen's name: someone else may answer)."""
+        notification_id = context.variables.get("notification_id", "")
+        if not notification_id:
+            return ActionResult("not_found")
+        raw = await self._redis.hgetall(self._keys.notification(notification_id))
+        if not raw:
+            return ActionResult("not_found")
+        fields = decode_hash(raw)
+        try:
+            params = json.loads(fields.get("params") or "{}")
+        except ValueError:
+            raise CorruptRecord("notification params are not JSON") from None
+        variables = {str(k): str(v) for k, v in params.items() if k != "name"} if isinstance(params, dict) else {}
+        if "session" in variables:
+            variables["session"] = spoken_session(variables["session"])
+        kind = fields.get("type", "")
+        return ActionResult(kind if kind in REMINDER_TYPES else "other", variables)
+
+    async def record_reminder(self, context: CallContext) -> ActionResult:
+        """Whether the reminder was heard to the end (``REMINDER_HEARD`` set by the menu):
+        ``heard``/``heard_at``/``uniqueid`` on ``call:<notification id>`` and an
+        ``ivr.reminder`` event."""
+        notification_id = context.variables.get("notification_id", "")
+        if not notification_id:
+            return ActionResult("recorded")
+        heard = "1" if context.variables.get("REMINDER_HEARD") == "1" else "0"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self._keys.call(notification_id), mapping={
+                "heard": heard,
+                "heard_at": str(int(context.now)),
+                "uniqueid": context.uniqueid,
+            })
+            pipe.xadd(self._keys.events_stream, {
+                "type": "ivr.reminder",
+                "notification": notification_id,
+                "heard": heard,
+                "uniqueid": context.uniqueid,
+                "at": str(int(context.now)),
+            })
+            await pipe.execute()
+        return ActionResult("recorded")

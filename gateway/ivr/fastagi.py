@@ -1,0 +1,371 @@
+"""The FastAGI server: a thin Twisted shell over `AgiSession` and the menu `CallFlow`.
+
+Asterisk connects once per call (``AGI(agi://127.0.0.1:4573/12123)``).  The protocol feeds
+bytes to the sans-IO session, hands its events to the call's flow, sends the command the
+flow asks for, and runs domain actions as asyncio coroutines on the shared Redis client
+(each call its own chain, so one slow Redis answer holds up only its own caller).
+
+The script is ``agi_network_script``: ``12123`` is the inbound menu, ``notify`` the
+outbound reminder (its notification id is ``agi_arg_1``); every menu in ivr.yaml is a
+script.  A call keeps the `MenuBook` it started with: `FastAgiService.reload` (SIGHUP)
+swaps the book for calls that start afterwards.
+
+However a call ends (the flow finished, the caller hung up at any point, Asterisk broke
+the protocol, the socket closed), it is recorded once: ``gateway_agi_calls_total`` by
+outcome and an ``ivr.call`` event on the events stream with the masked caller, the
+outcome and the path of nodes taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway import metrics
+from gateway.config import ConfigError, IvrConfig, parse_listen
+from gateway.ivr.actions import CallContext, VoiceActions
+from gateway.ivr.agi import (
+    AgiSession,
+    ConnectionClosed,
+    Environment,
+    Hangup,
+    ProtocolError,
+    Reply,
+)
+from gateway.ivr.menus import (
+    ActionResult,
+    CallFlow,
+    Finish,
+    MenuBook,
+    RunAction,
+    ServiceHours,
+    Step,
+)
+from gateway.privacy import PhoneNumber
+from gateway.store.bridge import as_deferred
+from gateway.store.keys import Keys
+
+__all__ = ["FastAgiFactory", "FastAgiProtocol", "FastAgiService"]
+
+log = Logger()
+
+# Asterisk writes the whole environment the moment it connects; a client that has not
+# finished it within this time is not Asterisk (or is stuck) and loses its socket.
+HEADER_TIMEOUT_SECONDS = 10.0
+EVENTS_MAXLEN = 1_000_000
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """What is kept of a call: no whole number, no entered digits."""
+
+    script: str
+    uniqueid: str
+    caller: PhoneNumber | None
+    outcome: str
+    path: tuple[str, ...]
+    started_at: float
+    ended_at: float
+
+
+class FastAgiProtocol(Protocol):
+    """One FastAGI connection = one call."""
+
+    def __init__(self, service: FastAgiService) -> None:
+        self._service = service
+        self._clock = service.clock
+        self._session = AgiSession(max_line_bytes=service.config.fastagi.max_line_bytes)
+        self._flow: CallFlow | None = None
+        self._context: CallContext | None = None
+        self._environment: Environment | None = None
+        self._header_timer: IDelayedCall | None = None
+        self._gone = False  # the caller hung up or the socket closed
+        self._action_running = False
+        self._recorded = False
+        self._started_at = 0.0
+        self._reply_at: float | None = None  # for gateway_agi_step_seconds
+        self.done: Deferred[CallRecord | None] = Deferred()
+
+    # -- Twisted ----------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._started_at = self._clock.seconds()
+        self._service.active.add(self)
+        self._header_timer = self._clock.callLater(HEADER_TIMEOUT_SECONDS, self._header_timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        for event in self._session.receive_data(data):
+            match event:
+                case Environment():
+                    self._on_environment(event)
+                case Reply():
+                    self._on_reply(event)
+                case Hangup():
+                    self._gone = True
+                case ProtocolError():
+                    self._on_protocol_error(event)
+                case ConnectionClosed():
+                    pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_header_timer()
+        self._session.close()
+        self._service.active.discard(self)
+        if self._flow is None:
+            self._record("no_environment" if self._environment is None else "unknown_script", ())
+            return
+        if not self._gone:
+            self._gone = True
+            # A command was outstanding and its reply will never come.
+            if not self._action_running and not self._flow.finished:
+                self._drive(self._flow.on_hangup(self._clock.seconds()))
+
+    # -- events -----------------------------------------------------------------------
+
+    def _on_environment(self, environment: Environment) -> None:
+        self._cancel_header_timer()
+        self._environment = environment
+        book = self._service.menus
+        script = environment.network_script
+        if script not in book.menus:
+            log.warn("FastAGI request for unknown script {script}", script=script)
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        variables: dict[str, str] = {}
+        if environment.arguments:
+            variables["notification_id"] = environment.arguments[0]
+        config = self._service.config
+        self._flow = CallFlow(
+            book, script,
+            service_hours=self._service.service_hours,
+            agent_queue=config.agent_queue,
+            variables=variables,
+        )
+        self._context = CallContext(
+            caller=environment.caller, variables={}, now=self._clock.seconds(),
+            uniqueid=environment.uniqueid,
+        )
+        self._drive(self._flow.start(self._clock.seconds()))
+
+    def _on_reply(self, event: Reply) -> None:
+        assert self._flow is not None
+        now = self._clock.seconds()
+        self._reply_at = now
+        self._drive(self._flow.on_reply(event.reply, now))
+
+    def _on_protocol_error(self, event: ProtocolError) -> None:
+        log.warn("Asterisk broke the AGI protocol: {reason}; closing", reason=event.reason)
+        self._gone = True
+        if self._flow is not None and not self._flow.finished and not self._action_running:
+            self._flow.outcome = "protocol_error"
+            self._drive(self._flow.on_hangup(self._clock.seconds()))
+        elif self._flow is None:
+            self._record("protocol_error", ())
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- driving the flow -------------------------------------------------------------
+
+    def _drive(self, step: Step) -> None:
+        """Carry out the flow's steps until one needs to wait (a reply, an action)."""
+        assert self._flow is not None
+        while True:
+            if isinstance(step, Finish):
+                self._finish(step)
+                return
+            if isinstance(step, RunAction):
+                self._run_action(step)
+                return
+            if self._gone:
+                step = self._flow.on_hangup(self._clock.seconds())
+                continue
+            self._session.send_command(step.line)
+            self.transport.write(self._session.data_to_send())  # type: ignore[union-attr]
+            if self._reply_at is not None:
+                # Caller input (or any reply) to the next command, actions included.
+                metrics.agi_step_latency.observe(max(0.0, self._clock.seconds() - self._reply_at))
+                self._reply_at = None
+            return
+
+    def _run_action(self, step: RunAction) -> None:
+        assert self._context is not None
+        self._context.variables = step.variables
+        self._context.now = self._clock.seconds()
+        self._action_running = True
+        d = as_deferred(self._service.actions.run(step.name, self._context))
+        d.addErrback(self._action_failed, step.name)
+        d.addCallback(self._action_done)
+        d.addErrback(self._bug)
+
+    def _action_failed(self, failure: Failure, name: str) -> ActionResult:
+        # VoiceActions.run answers "error" for Redis and data trouble; anything here is a bug.
+        log.failure("voice action {action} raised", failure, action=name)
+        return ActionResult("error")
+
+    def _action_done(self, result: ActionResult) -> None:
+        assert self._flow is not None
+        self._action_running = False
+        self._drive(self._flow.on_action_result(result, self._clock.seconds()))
+
+    def _bug(self, failure: Failure) -> None:
+        log.failure("FastAGI call failed", failure)
+        if self._flow is not None:
+            self._flow.outcome = "error"
+        self._record("error", tuple(self._flow.path) if self._flow else ())
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _finish(self, step: Finish) -> None:
+        self._record(step.outcome, step.path)
+        if self.transport is not None and self.connected:
+            # Closing lets the dialplan go on (Queue() after a transfer); after our HANGUP
+            # command Asterisk hangs up by itself.
+            self.transport.loseConnection()
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        log.warn("FastAGI client sent no complete environment in {seconds} s", seconds=HEADER_TIMEOUT_SECONDS)
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None and self._header_timer.active():
+            self._header_timer.cancel()
+        self._header_timer = None
+
+    # -- the record ---------------------------------------------------------------------
+
+    def _record(self, outcome: str, path: tuple[str, ...]) -> None:
+        if self._recorded:
+            return
+        self._recorded = True
+        environment = self._environment
+        record = CallRecord(
+            script=environment.network_script if environment else "",
+            uniqueid=environment.uniqueid if environment else "",
+            caller=environment.caller if environment else None,
+            outcome=outcome,
+            path=path,
+            started_at=self._started_at,
+            ended_at=self._clock.seconds(),
+        )
+        metrics.agi_calls.labels(outcome=outcome).inc()
+        log.info(
+            "call {uniqueid} from {caller} on {script} ended: {outcome}",
+            uniqueid=record.uniqueid, caller=record.caller, script=record.script, outcome=outcome,
+            path=",".join(path),
+        )
+        if environment is None:
+            self.done.callback(record)
+            return
+        d = as_deferred(self._service.record_call(record))
+        d.addErrback(self._record_failed)
+        d.addBoth(lambda _: self.done.callback(record))
+
+    def _record_failed(self, failure: Failure) -> None:
+        if failure.check(RedisError, ConnectionError, TimeoutError):
+            log.error("could not record call event: {error}", error=failure.getErrorMessage())
+        else:
+            log.failure("could not record call event", failure)
+
+
+class FastAgiFactory(Factory):
+    def __init__(self, service: FastAgiService) -> None:
+        self.service = service
+
+    def buildProtocol(self, addr: Any) -> FastAgiProtocol:
+        return FastAgiProtocol(self.service)
+
+
+class FastAgiService(Service):
+    """Listens on IvrConfig.fastagi.listen and serves the menus.
+
+    `menus_provider()` loads and checks the menus (e.g. ``lambda: load_menus(path)``); it is
+    called once here and again by `reload()` without an argument.  `clock` is the reactor
+    (it must also listen, unless `reactor` is given).  `redis` is the shared asyncio client.
+    """
+
+    name = "fastagi"
+
+    def __init__(self, config: IvrConfig, menus_provider: Callable[[], MenuBook], redis: Redis,
+                 keys: Keys, clock: IReactorTime, *, reactor: Any = None,
+                 drain_timeout_seconds: float = 10.0) -> None:
+        self.config = config
+        self._menus_provider = menus_provider
+        self.menus: MenuBook = menus_provider()
+        self.redis = redis
+        self.keys = keys
+        self.clock = clock
+        self._reactor = reactor if reactor is not None else clock
+        self.service_hours = ServiceHours.parse(config.service_hours)
+        self.actions = VoiceActions(redis, keys, attempts_per_hour=config.attempts_per_hour)
+        self.active: set[FastAgiProtocol] = set()
+        self.listening_port: IListeningPort | None = None
+        self._drain_timeout = drain_timeout_seconds
+
+    def reload(self, menus: MenuBook | None = None) -> bool:
+        """Swap the menus for new calls; calls in progress keep theirs.  Without an argument
+        load them again with the provider; on a ConfigError keep the old ones, warn, and
+        return False."""
+        if menus is None:
+            try:
+                menus = self._menus_provider()
+            except ConfigError as error:
+                log.warn("menus not reloaded, keeping the old ones: {problems}", problems="; ".join(error.problems))
+                return False
+        self.menus = menus
+        log.info("voice menus reloaded: {menus}", menus=",".join(sorted(menus.menus)))
+        return True
+
+    def startService(self) -> None:
+        host, port = parse_listen(self.config.fastagi.listen)
+        self.listening_port = self._reactor.listenTCP(port, FastAgiFactory(self), interface=host)
+        super().startService()
+        log.info("FastAGI listening on {address}", address=str(self.listening_port.getHost()))  # type: ignore[union-attr]
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, let calls in progress finish for up to the drain timeout, then
+        drop the rest."""
+        super().stopService()
+        port, self.listening_port = self.listening_port, None
+        stopped: Deferred[Any] = succeed(None) if port is None else maybeDeferred(port.stopListening)
+        calls = [protocol.done for protocol in list(self.active)]
+        if not calls:
+            return stopped.addCallback(lambda _: None)
+        drained: Deferred[Any] = DeferredList(calls, consumeErrors=True)
+        timer = self.clock.callLater(self._drain_timeout, self._drop_calls)
+        drained.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        return DeferredList([stopped, drained]).addCallback(lambda _: None)
+
+    def _drop_calls(self) -> None:
+        for protocol in list(self.active):
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+
+    async def record_call(self, record: CallRecord) -> None:
+        """The ``ivr.call`` event for core systems (masked caller, no entered digits)."""
+        await self.redis.xadd(
+            self.keys.events_stream,
+            {
+                "type": "ivr.call",
+                "script": record.script,
+                "uniqueid": record.uniqueid,
+                "caller": str(record.caller) if record.caller else "",
+                "outcome": record.outcome,
+                "path": ",".join(record.path),
+                "duration_seconds": f"{record.ended_at - record.started_at:.1f}",
+                "at": str(int(record.ended_at)),
+            },
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
