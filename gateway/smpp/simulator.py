@@ -40,6 +40,9 @@ receipts on one core) shapes the hot path:
   and one outstanding when its connection closes is queued again (a real SMSC
   retries; the gateway must cope with the duplicate);
 * a deliver_sm is encoded once with sequence_number 0 and patched when sent;
+  receipts and submit_sm_resp are packed by hand (``encode_receipt``,
+  ``encode_submit_sm_resp``), which a property test holds byte for byte equal to
+  the codec's output; everything else goes through ``pdu.encode``/``pdu.decode``;
 * nothing is logged per PDU.
 
 Faults, for the fault tests: ``drop_after_pdus`` closes the TCP connection (no
@@ -65,6 +68,7 @@ import enum
 import itertools
 import math
 import random
+import re
 import struct
 import sys
 import time
@@ -137,6 +141,8 @@ __all__ = [
     "SimulatorOptions",
     "SmscProtocol",
     "add_arguments",
+    "encode_receipt",
+    "encode_submit_sm_resp",
     "format_receipt_text",
     "main",
     "options_for_carrier",
@@ -166,6 +172,7 @@ _MAX_SEQUENCE: Final = 0x7FFFFFFF  # section 5.1.4: sequence_number 0x00000001-0
 
 _HEADER = struct.Struct(">IIII")
 _SEQUENCE = struct.Struct(">I")
+_NOT_PRINTABLE_ASCII = re.compile("[^ -~]")
 
 MessageIdStyle = Literal["decimal", "hex", "uuid"]
 ReceiptIdFormat = Literal["as_is", "hex_of_decimal", "decimal_of_hex"]
@@ -1209,7 +1216,10 @@ class CarrierSimulator(Service):
         unsuccess: list[UnsuccessSme] | None = None,
     ) -> None:
         if request is SubmitSm:
-            data = encode(SubmitSmResp(sequence, status, message_id=message_id))
+            if status == CommandStatus.ESME_ROK:
+                data = encode_submit_sm_resp(sequence, message_id)
+            else:
+                data = encode(SubmitSmResp(sequence, status))
         elif request is DataSm:
             data = encode(DataSmResp(sequence, status, message_id=message_id))
         else:
@@ -1251,22 +1261,10 @@ class CarrierSimulator(Service):
         text = format_receipt_text(
             receipt_id, stat, self._date(now), self._date(now + delay), _receipt_excerpt(pdu)
         )
-        tlvs: tuple[Tlv, ...] = ()
-        if o.receipt_tlvs:
-            tlvs = (
-                Tlv.cstring(TlvTag.RECEIPTED_MESSAGE_ID, receipt_id),
-                Tlv.uint8(TlvTag.MESSAGE_STATE, RECEIPT_STATES[stat]),
-            )
-        deliver = DeliverSm(
-            0,
-            source_addr=destination,
-            destination_addr=pdu.source_addr,
-            esm_class=ESM_CLASS_DELIVERY_RECEIPT,
-            data_coding=DATA_CODING_DEFAULT,
-            short_message=text.encode("ascii", "replace"),
-            tlvs=tlvs,
+        data = encode_receipt(
+            destination, pdu.source_addr, text, receipt_id, RECEIPT_STATES[stat], with_tlvs=o.receipt_tlvs
         )
-        delivery = _Delivery(encode(deliver), True)
+        delivery = _Delivery(data, True)
         copies = 2 if o.duplicate_receipts else 1
         self.counters.receipts_scheduled += copies
         system_id = session.system_id
@@ -1478,7 +1476,62 @@ def _receipt_excerpt(pdu: SubmitSm | SubmitMulti | DataSm) -> str:
         chars = data[:20].decode("latin-1")
     if chars.isascii() and chars.isprintable():
         return chars
-    return "".join(c if " " <= c <= "~" else "?" for c in chars)
+    return _NOT_PRINTABLE_ASCII.sub("?", chars)
+
+
+def encode_submit_sm_resp(sequence: int, message_id: str) -> bytes:
+    """``encode(SubmitSmResp(sequence, message_id=message_id))`` packed directly (hot path).
+
+    ``message_id`` must be ASCII, as the simulator's ids are.
+    """
+    body = message_id.encode("ascii") + b"\0"
+    return _HEADER.pack(HEADER_LENGTH + len(body), CommandId.SUBMIT_SM_RESP, 0, sequence) + body
+
+
+# The receipt deliver_sm's mandatory parameters after destination_addr (section 4.6.1):
+# esm_class 0x04, protocol_id, priority_flag, empty schedule_delivery_time and
+# validity_period, registered_delivery, replace_if_present_flag, data_coding 0, sm_default_msg_id.
+_RECEIPT_MIDDLE = bytes((ESM_CLASS_DELIVERY_RECEIPT, 0, 0, 0, 0, 0, 0, DATA_CODING_DEFAULT, 0))
+_TLV_HEAD = struct.Struct(">HH")
+_MESSAGE_STATE_TLV = struct.Struct(">HHB")
+
+
+def encode_receipt(
+    source_addr: str, destination_addr: str, text: str, receipt_id: str, message_state: int,
+    *, with_tlvs: bool = True,
+) -> bytes:
+    """A receipt deliver_sm with sequence_number 0, packed directly (hot path).
+
+    Equal to ``encode(DeliverSm(0, source_addr=..., destination_addr=..., esm_class=0x04,
+    short_message=text, tlvs=(receipted_message_id, message_state)))``; falls back to the
+    codec for anything unusual (long or non-ASCII addresses), which then raises
+    PduEncodeError as the codec does.
+    """
+    short_message = text.encode("ascii", "replace")
+    tlvs = b""
+    if with_tlvs:
+        rid = receipt_id.encode("ascii", "replace") + b"\0"
+        tlvs = (
+            _TLV_HEAD.pack(TlvTag.RECEIPTED_MESSAGE_ID, len(rid)) + rid
+            + _MESSAGE_STATE_TLV.pack(TlvTag.MESSAGE_STATE, 1, message_state)
+        )
+    if (
+        len(source_addr) > 20 or len(destination_addr) > 20 or len(short_message) > 254
+        or not (source_addr + destination_addr).isascii()
+        or "\0" in source_addr or "\0" in destination_addr
+    ):
+        return encode(DeliverSm(
+            0, source_addr=source_addr, destination_addr=destination_addr,
+            esm_class=ESM_CLASS_DELIVERY_RECEIPT, data_coding=DATA_CODING_DEFAULT,
+            short_message=short_message,
+            tlvs=(Tlv.cstring(TlvTag.RECEIPTED_MESSAGE_ID, receipt_id),
+                  Tlv.uint8(TlvTag.MESSAGE_STATE, message_state)) if with_tlvs else (),
+        ))
+    body = b"".join((
+        b"\0\0\0", source_addr.encode("ascii"), b"\0\0\0", destination_addr.encode("ascii"), b"\0",
+        _RECEIPT_MIDDLE, bytes((len(short_message),)), short_message, tlvs,
+    ))
+    return _HEADER.pack(HEADER_LENGTH + len(body), CommandId.DELIVER_SM, 0, 0) + body
 
 
 # ---------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import pytest_twisted
 import smpplib.client
 import smpplib.consts
 import smpplib.gsm
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
@@ -25,6 +27,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from gateway.config import CarrierConfig, Secret
 from gateway.smpp.pdu import (
     PDU_CLASSES,
     BindReceiver,
@@ -56,7 +59,7 @@ from gateway.smpp.pdu import (
     encode,
     is_response,
 )
-from gateway.smpp.receipts import parse_receipt_text, receipt_from_deliver
+from gateway.smpp.receipts import normalise_message_id, parse_receipt_text, receipt_from_deliver
 from gateway.smpp.simulator import (
     HANDLERS,
     CarrierBehaviour,
@@ -66,7 +69,10 @@ from gateway.smpp.simulator import (
     SimulatorOptions,
     SmscProtocol,
     add_arguments,
+    encode_receipt,
+    encode_submit_sm_resp,
     format_receipt_text,
+    options_for_carrier,
     options_from_args,
     run_from_args,
 )
@@ -112,6 +118,49 @@ def test_receipt_text_follows_appendix_b():
         "12345", "UNDELIV", "000", "2611301201"
     )
     assert parse_receipt_text(format_receipt_text("9", "DELIVRD", "x", "y", "")).dlvrd == "001"
+
+
+_ADDRESS = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=24)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    source=_ADDRESS,
+    destination=_ADDRESS,
+    text=st.text(max_size=200),
+    receipt_id=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=64),
+    state=st.integers(0, 255),
+    with_tlvs=st.booleans(),
+)
+def test_packed_receipt_equals_the_codec(source, destination, text, receipt_id, state, with_tlvs):
+    """The hand-packed receipt deliver_sm is byte for byte what the codec encodes (or
+    fails as the codec does)."""
+    tlvs = (Tlv.cstring(TlvTag.RECEIPTED_MESSAGE_ID, receipt_id), Tlv.uint8(TlvTag.MESSAGE_STATE, state))
+    reference = DeliverSm(0, source_addr=source, destination_addr=destination, esm_class=0x04,
+                          short_message=text.encode("ascii", "replace"), tlvs=tlvs if with_tlvs else ())
+    try:
+        expected = encode(reference)
+    except ValueError as e:
+        with pytest.raises(type(e)):
+            encode_receipt(source, destination, text, receipt_id, state, with_tlvs=with_tlvs)
+        return
+    assert encode_receipt(source, destination, text, receipt_id, state, with_tlvs=with_tlvs) == expected
+
+
+def test_packed_submit_sm_resp_equals_the_codec():
+    """The hand-packed submit_sm_resp is what the codec encodes."""
+    for sequence, message_id in ((1, "1"), (0x7FFFFFFF, "f" * 64), (42, "")):
+        assert encode_submit_sm_resp(sequence, message_id) == encode(SubmitSmResp(sequence, message_id=message_id))
+
+
+def test_options_for_carrier_match_the_gateway_link():
+    """Options built from a CarrierConfig accept its bind and produce receipt ids in the
+    form its message_id_format undoes."""
+    carrier = CarrierConfig(name="cucc", host="127.0.0.1", port=2777, system_id="gw12123cu",
+                            password=Secret("cupass"), prefixes=("130",), message_id_format="dec_to_hex")
+    options = options_for_carrier(carrier, throttle_rate=0.01)
+    assert (options.port, dict(options.credentials), options.throttle_rate) == (2777, {"gw12123cu": "cupass"}, 0.01)
+    assert (options.message_id_style, options.receipt_id_format) == ("hex", "decimal_of_hex")
 
 
 def test_options_collect_every_problem():
@@ -172,6 +221,18 @@ def test_recorder_reassembles_every_concatenation(concatenation):
     assert whole.text == LONG_CHINESE
     assert whole.message_ids == tuple(f"id{i}" for i in range(len(plan.parts)))
     assert recorder.messages == 1
+
+
+def test_recorder_joins_a_surrogate_pair_cut_between_parts():
+    """An ESME that splits UCS2 octets blindly may cut an emoji in two; the parts'
+    octets are joined before decoding, so the emoji survives."""
+    octets = ("您好" + "\U0001F697" + "再见").encode("utf-16-be")  # the car is a surrogate pair
+    cut = 6  # after the first half of the pair
+    recorder = MessageRecorder()
+    for seq, chunk in ((1, octets[:cut]), (2, octets[cut:])):
+        recorder.add("gw", "12123", CITIZEN, bytes((5, 0, 3, 0x42, 2, seq)) + chunk, 8, 0x40, (), str(seq), now=0.0)
+    [message] = recorder.received
+    assert message.text == "您好\U0001F697再见"
 
 
 def test_recorder_counts_copies_and_keeps_sources_apart():
@@ -574,6 +635,8 @@ async def test_receipts_carry_outcome_and_converted_id(start_simulator):
     assert receipts["13900000000"].message_id == format(int(second.message_id), "x")
     assert receipts["13900000000"].stat == "UNDELIV"
     assert receipts["13900000000"].text_fields.id == receipts["13900000000"].message_id
+    # The gateway's carrier setting for this habit turns the receipt id back.
+    assert normalise_message_id(receipts[CITIZEN].message_id, id_format="hex_to_dec") == first.message_id
     [deliver] = [p for p in client.of_type(DeliverSm) if p.source_addr == CITIZEN]
     assert (deliver.esm_class, deliver.destination_addr) == (0x04, "")
 
