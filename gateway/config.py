@@ -435,7 +435,7 @@ class _Builder:
             if hint is int and isinstance(value, float):
                 self.problem(path, f"expected a whole number, got {value}")
                 return _INVALID
-            if hint is int and getattr(value, "source", "").count(":"):
+            if ":" in getattr(value, "source", ""):
                 self.problem(path, f"'{value.source}' is read by YAML 1.1 as the number {int(value)}; write a plain number")
                 return _INVALID
             number = hint(value)

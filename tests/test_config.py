@@ -1,0 +1,124 @@
+"""Configuration checking: each kind of bad config gives its own clear message and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, Secret, describe_schema, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+CARRIER = """
+carriers:
+  - name: cmcc
+    host: 127.0.0.1
+    port: 2776
+    system_id: gw
+    password: secret
+    prefixes: ["138"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    (tmp_path / "templates.yaml").write_text("{}\n", encoding="utf-8")
+    (tmp_path / "ivr.yaml").write_text("{}\n", encoding="utf-8")
+    return path
+
+
+def problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write(tmp_path, text), environ=environ or {})
+    return excinfo.value.problems
+
+
+def test_committed_example_config_is_valid() -> None:
+    """config/gateway.yaml as committed loads without a problem (it runs the demo)."""
+    config = load_config(REPO / "config" / "gateway.yaml", environ={})
+    assert [c.name for c in config.carriers] == ["cmcc", "cucc", "ctcc"]
+    assert config.redis.url == "embedded"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("redis:\n  prefx: x\n", "gateway.yaml: redis.prefx: unknown key (did you mean 'prefix'?)"),
+        (CARRIER.replace("port: 2776", "port: many"), "carriers[0].port: expected a number, got 'many'"),
+        (CARRIER.replace("    system_id: gw\n", ""), "carriers[0].system_id: required value missing"),
+        (CARRIER.replace("port: 2776", "port: 70000"), "carriers[0].port: 70000 is out of range [1, 65535]"),
+        (CARRIER + "    window: 0\n", "carriers[0].window: 0 is out of range [1, 10000]"),
+        ("push:\n  templates_file: nowhere.yaml\n", "push.templates_file: file not found"),
+        (CARRIER.replace("password: secret", "password: ${CM_PASSWORD}"),
+         "carriers[0].password: environment variable CM_PASSWORD is not set"),
+        (CARRIER + "    bind_mode: duplex\n", "carriers[0].bind_mode: 'duplex' is not one of: transceiver, transmitter_receiver"),
+        ("http:\n  enabled: maybe\n", "http.enabled: expected true or false, got 'maybe'"),
+        ("carriers: {}\n", "carriers: expected a list, got a mapping"),
+        ("redis:\n  url: embeded\n", "redis.url: expected 'embedded' or a redis://"),
+        ("push:\n  quiet_hours:\n    start: 25:00\n", "push.quiet_hours.start: '25:00' is not a time of day"),
+        (CARRIER + "    password: toolongpassword\n".replace("    password", "    system_type: x\n    xx"),
+         "carriers[0].xx: unknown key"),
+        ("smpp_server:\n  accounts:\n    - system_id: p\n      password: x\n      allowed_networks: [not-a-net]\n",
+         "smpp_server.accounts[0].allowed_networks[0]: 'not-a-net' is not a network (CIDR)"),
+        ("drain_timeout_seconds: 1:30\n", "drain_timeout_seconds: '1:30' is read by YAML 1.1 as the number 90"),
+    ],
+)
+def test_each_kind_of_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, expected: str) -> None:
+    """A bad value gives one message with the file, the key path and what is wrong."""
+    found = problems(tmp_path, text)
+    assert any(expected in p for p in found), found
+    assert all(p.startswith(str(tmp_path / "gateway.yaml")) for p in found)
+
+
+def test_all_problems_are_reported_together(tmp_path: Path) -> None:
+    """Validation collects every problem instead of stopping at the first."""
+    found = problems(tmp_path, CARRIER.replace("port: 2776", "port: 0") + "    window: -1\nhttp:\n  listn: x\n")
+    assert len(found) == 3
+
+
+def test_yaml_11_numbers_come_out_as_the_strings_they_mean(tmp_path: Path) -> None:
+    """Unquoted 22:00, 12123 and phone-like values stay text where the schema wants text."""
+    config = load_config(write(tmp_path, CARRIER + "    source_addr: 12123\n"
+                               "push:\n  quiet_hours:\n    start: 22:00\n    end: 07:30\n"
+                               "ivr:\n  service_hours: 08:30-17:30\n"), environ={})
+    assert config.push.quiet_hours.start == "22:00"  # pyyaml alone gives 1320
+    assert config.push.quiet_hours.end == "07:30"
+    assert config.carriers[0].source_addr == "12123"
+    assert config.carriers[0].prefixes == ("138",)
+    assert config.ivr.service_hours == "08:30-17:30"
+
+
+def test_secret_from_environment_never_prints(tmp_path: Path) -> None:
+    """${VAR} resolves at load into a Secret whose repr and str are '***'."""
+    config = load_config(write(tmp_path, CARRIER.replace("password: secret", "password: ${CM_PW}")),
+                         environ={"CM_PW": "s3cr3t"})
+    password = config.carriers[0].password
+    assert isinstance(password, Secret) and password.reveal() == "s3cr3t"
+    assert "s3cr3t" not in repr(config) and "s3cr3t" not in str(config)
+
+
+def test_check_config_command_exits_2_with_the_message(tmp_path: Path) -> None:
+    """`gateway check-config` prints the problems on stderr and exits 2; 0 for a good file."""
+    bad = write(tmp_path, CARRIER.replace("port: 2776", "port: 99999"))
+    result = subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(bad)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "carriers[0].port: 99999 is out of range" in result.stderr
+    good = subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(REPO / "config" / "gateway.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+
+
+def test_schema_reference_lists_every_stable_key() -> None:
+    """The keys integrators rely on are in the schema reference."""
+    keys = {row[0] for row in describe_schema()}
+    for stable in ("redis.url", "http.listen", "carriers[].name", "carriers[].host", "carriers[].port",
+                   "carriers[].system_id", "carriers[].password", "carriers[].prefixes",
+                   "smpp_server.listen", "smpp_server.accounts[].system_id", "ivr.fastagi.listen",
+                   "ami.host", "ami.port", "ami.username", "ami.secret"):
+        assert stable in keys
