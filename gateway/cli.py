@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--sample", action="store_true", help="the realistic sample set of the demo and tests")
     seed.set_defaults(func=cmd_seed)
 
+    reference = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
+    reference.set_defaults(func=lambda args: print(__import__("gateway.config").config.reference_markdown(), end="") or 0)
+
     _add_optional_commands(sub, with_config)
     return parser
 

@@ -611,3 +611,19 @@ def describe_schema(cls: type = Config, prefix: str = "") -> list[tuple[str, str
         type_name = getattr(hint, "__name__", str(hint)) + (f" ({unit})" if unit else "")
         rows.append((key, type_name, default, f.metadata.get("help", "")))
     return rows
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md, generated from the schema (`gateway config-reference`)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `gateway/config.py` by `gateway config-reference`; do not edit by hand.",
+        "Secrets take `${VAR}` (must be set) or `${VAR:-default}`. Times of day are `HH:MM` text.",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for key, type_name, default, help_text in describe_schema():
+        lines.append(f"| `{key}` | {type_name} | `{default}` | {help_text} |")
+    return "\n".join(lines) + "\n"

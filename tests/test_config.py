@@ -122,3 +122,10 @@ def test_schema_reference_lists_every_stable_key() -> None:
                    "smpp_server.listen", "smpp_server.accounts[].system_id", "ivr.fastagi.listen",
                    "ami.host", "ami.port", "ami.username", "ami.secret"):
         assert stable in keys
+
+
+def test_configuration_reference_document_is_current() -> None:
+    """docs/configuration.md is what `gateway config-reference` prints for this schema."""
+    from gateway.config import reference_markdown
+
+    assert (REPO / "docs" / "configuration.md").read_text(encoding="utf-8") == reference_markdown()
