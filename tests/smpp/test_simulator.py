@@ -657,10 +657,12 @@ async def test_receipt_before_response_arrives_first(start_simulator):
 async def test_receipts_wait_for_a_receiver_and_may_repeat(start_simulator):
     """Receipts for a transmitter-only ESME wait until a receiver with the same
     system_id binds; duplicate_receipts sends each twice."""
-    simulator = start_simulator(duplicate_receipts=True)
+    # receipt_before_response: the receipts are queued before the response goes out.
+    simulator = start_simulator(duplicate_receipts=True, receipt_before_response=True)
     transmitter = await bound_client(simulator, BindTransmitter)
     resp = await transmitter.response(transmitter.send(SubmitSm, destination_addr=CITIZEN, short_message=b"x",
                                                        registered_delivery=1))
+    assert simulator.report()["deliveries_queued"] == 2
     receiver = await bound_client(simulator, BindReceiver)
     await receiver.wait_until(lambda ps: len([p for p in ps if isinstance(p, DeliverSm)]) == 2)
     ids = [tlv_cstring(p.tlvs, TlvTag.RECEIPTED_MESSAGE_ID) for p in receiver.of_type(DeliverSm)]
