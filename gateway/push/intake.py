@@ -367,6 +367,16 @@ class IntakeConsumer:
             if "BUSYGROUP" not in str(e):
                 raise
 
+    async def fetch(self, block_ms: int | None = None) -> list[Any]:
+        """XREADGROUP new entries (blocking up to `block_ms`); safe to cancel."""
+        response = await self.redis.xreadgroup(self.group, self.consumer, {self.keys.notify_stream: ">"},
+                                               count=self.batch_size, block=block_ms)
+        return _entries(response)
+
+    async def process(self, entries: Iterable[Any]) -> int:
+        """Accept fetched entries (and XACK them in the same script)."""
+        return await self._process(entries)
+
     async def _process(self, entries: Iterable[Any]) -> int:
         requests: list[IntakeRequest] = []
         empty: list[str] = []
@@ -392,9 +402,7 @@ class IntakeConsumer:
 
     async def read_once(self, block_ms: int | None = None) -> int:
         """Read and accept one batch of new entries; returns how many were handled."""
-        response = await self.redis.xreadgroup(self.group, self.consumer, {self.keys.notify_stream: ">"},
-                                               count=self.batch_size, block=block_ms)
-        return await self._process(_entries(response))
+        return await self._process(await self.fetch(block_ms))
 
     async def read_own_pending_once(self) -> int:
         response = await self.redis.xreadgroup(self.group, self.consumer, {self.keys.notify_stream: "0"},

@@ -177,10 +177,11 @@ local function apply_receipt(id, key, part, rstate, err)
     for q = 1, np do
       if ps[q] ~= 'DELIVRD' then return end
     end
-    transition(id, key, 'delivered', h[3], {'receipt_state', 'DELIVRD'}, {'parts', tostring(np)})
+    transition(id, key, 'delivered', h[3], {'receipt_state', 'DELIVRD', 'receipt_error', err}, {'parts', tostring(np)})
     on_final(id, key, 'delivered')
   elseif UNDELIVERABLE[rstate] then
-    transition(id, key, 'undeliverable', h[3], {'receipt_state', rstate, 'error', 'receipt ' .. rstate .. ' err ' .. err},
+    transition(id, key, 'undeliverable', h[3], {'receipt_state', rstate, 'receipt_error', err,
+      'error', 'receipt ' .. rstate .. ' err ' .. err},
       {'receipt_state', rstate, 'error_code', err, 'part', tostring(part)})
     on_final(id, key, 'undeliverable')
   end
@@ -848,7 +849,8 @@ class OutcomeWriter:
     def _release_waiters(self) -> None:
         waiters, self._idle_waiters = self._idle_waiters, []
         for waiter in waiters:
-            waiter.callback(None)
+            if not waiter.called:  # a bounded wait may have given up (cancelled) meanwhile
+                waiter.callback(None)
 
     async def flushed(self) -> None:
         """Wait until every op added so far is applied (or failed)."""

@@ -204,8 +204,11 @@ class Dispatcher:
             log.failure("carrier link {carrier} failed a submit unexpectedly", failure, carrier=carrier)
             error = SubmitFailed("link error", transient=True, response_unknown=True)
         text = f"{carrier}: {error.status + ' ' if error.status else ''}{error.reason}"[:200]
+        # Some parts of a long message were accepted before another failed: sending it
+        # again repeats those parts, which is a possible duplicate too.
+        partly_sent = bool(getattr(error, "accepted_message_ids", ()))
         if error.transient:
-            self._transient(item, text, error.response_unknown)
+            self._transient(item, text, error.response_unknown or partly_sent)
             return
         # Permanent here: remember (also in Redis, for a restart) and fail over at once.
         self._refused.setdefault(item.id, set()).add(carrier)
@@ -234,7 +237,8 @@ class Dispatcher:
         if not self._in_flight:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
-                waiter.callback(None)
+                if not waiter.called:  # a bounded wait may have given up (cancelled) meanwhile
+                    waiter.callback(None)
 
     # -- leases and draining -----------------------------------------------------------------
 

@@ -195,6 +195,7 @@ async def test_lost_lease_puts_the_message_back_counting_a_possible_duplicate(re
         p.links[0].script = ["hold"]
         await p.accept(code("crash"), code("other", to="13912345678"))
         await p.dispatcher.dispatch_once()
+        await p.writer.flushed()
         assert await p.state("crash") == "submitting"
         assert (await p.ledger.raw("crash"))["submit_started_at"]
         # The process "dies": nobody renews; the lease (30 s) runs out.

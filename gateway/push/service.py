@@ -1,0 +1,336 @@
+"""PushService: the notification pipeline as one Twisted service.
+
+Theory of operation
+-------------------
+The service composes the parts and runs their loops on the reactor (asyncio reactor;
+the loops are asyncio coroutines because redis-py's client is):
+
+* **intake**: XREADGROUP on ``keys.notify_stream`` (blocking), accept, XACK; at start it
+  first finishes this consumer's own pending entries;
+* **claim-stale**: XAUTOCLAIM entries that another (crashed) consumer left pending for
+  ``claim_idle_seconds``;
+* **dispatch**: claim from the lanes and submit while in-flight slots are free; it
+  sleeps when idle and is woken by local acceptances, promotions and freed slots;
+* **housekeeping** (every ``tick_seconds``): promote due scheduled notifications
+  (quiet hours over, retry due); renew this process's leases and recover expired ones
+  (another process died); deliver receipts owed to partners; update queue gauges.
+
+Every loop survives Redis going away: a ConnectionError/TimeoutError is logged at error
+level, the loop waits with exponential backoff and carries on; nothing is dropped,
+because nothing leaves Redis before its outcome is recorded (see gateway/push/state.py).
+
+Stopping (`stopService`, called by the app before the carrier links stop): stop reading
+the intake stream (a blocked XREADGROUP is cancelled; its entries, if any, stay pending
+and are finished by the next start), stop claiming, wait for in-flight submits to get
+their outcome recorded (bounded by ``drain_timeout_seconds``), flush the writer.
+Whatever is still in flight then keeps its lease and is recovered after restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from gateway import metrics
+from gateway.config import PushConfig
+from gateway.ports import CarrierLink, PartnerReceiptSink
+from gateway.push.deadletters import list_dead_letters, retry_dead_letters
+from gateway.push.intake import Intake, IntakeConsumer
+from gateway.push.partners import PartnerGateway
+from gateway.push.queue import Priority, QuietHoursPolicy
+from gateway.push.receipts import ReceiptRecorder
+from gateway.push.render import TemplateCatalogue, TemplateSet
+from gateway.push.routing import PrefixRouter
+from gateway.push.state import NotificationLedger, OutcomeWriter
+from gateway.push.worker import Dispatcher, Waker
+from gateway.store.bridge import as_deferred, wait_deferred
+from gateway.store.keys import Keys
+
+__all__ = ["PushService"]
+
+log = Logger()
+
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class _LazyRedis:
+    """Forwards to the client a provider returns (the Redis service makes it at start)."""
+
+    def __init__(self, provider: Callable[[], Any]) -> None:
+        self._provider = provider
+
+    def __getattr__(self, name: str) -> Any:
+        client = self._provider()
+        if client is None:
+            raise RedisConnectionError("the redis client is not started yet")
+        return getattr(client, name)
+
+
+class PushService(Service):
+    """The notification pipeline.
+
+    Args:
+        redis: the redis.asyncio client (decode_responses=True), or a zero-argument
+            callable returning it (e.g. ``lambda: redis_service.client``).
+        keys: the key schema.
+        config: the ``push`` section.
+        templates: a `TemplateCatalogue` (reloadable; `reload_templates` swaps) or a
+            fixed `TemplateSet`.
+        links: the carrier links (gateway.ports.CarrierLink), configuration order.
+        clock: the reactor (IReactorTime).
+        lease_seconds: claim lease; also how soon after a crash in-flight work is retried.
+        drain_timeout_seconds: how long stopService waits for in-flight submits.
+        events_maxlen: approximate cap of the events stream.
+    """
+
+    name = "push"
+
+    def __init__(self, redis: Any, keys: Keys, config: PushConfig,
+                 templates: TemplateCatalogue | TemplateSet, links: Sequence[CarrierLink], clock: Any, *,
+                 lease_seconds: float = 30.0, drain_timeout_seconds: float = 10.0,
+                 events_maxlen: int = 1_000_000, tick_seconds: float = 0.25,
+                 idle_poll_seconds: float = 0.05, block_ms: int = 1000,
+                 backoff_initial_seconds: float = 0.1, backoff_max_seconds: float = 5.0) -> None:
+        if callable(redis) and not hasattr(redis, "execute_command"):
+            redis = _LazyRedis(redis)
+        self.redis = redis
+        self.keys = keys
+        self.config = config
+        self.clock = clock
+        self.catalogue = templates if isinstance(templates, TemplateCatalogue) else None
+        fixed = templates if isinstance(templates, TemplateSet) else None
+
+        def current_templates() -> TemplateSet:
+            return self.catalogue.current if self.catalogue is not None else fixed  # type: ignore[return-value]
+
+        self.templates = current_templates
+        self.policy = QuietHoursPolicy(config.quiet_hours.start, config.quiet_hours.end,
+                                       config.quiet_hours.timezone)
+        self.ledger = NotificationLedger(redis, keys, config.retention_days * 86_400,
+                                         events_maxlen=events_maxlen,
+                                         signature=current_templates().signature)
+        self.writer = OutcomeWriter(self.ledger, clock, backoff_initial_seconds=backoff_initial_seconds,
+                                    backoff_max_seconds=backoff_max_seconds)
+        self.router = PrefixRouter(links)
+        self.dispatcher = Dispatcher(
+            self.ledger, self.writer, self.router, clock, policy=self.policy,
+            max_in_flight=config.max_in_flight, batch_size=config.batch_size,
+            max_attempts=config.max_attempts, retry_initial_seconds=config.retry_initial_seconds,
+            retry_max_seconds=config.retry_max_seconds, lease_seconds=lease_seconds,
+        )
+        self.intake = Intake(self.ledger, current_templates, self.policy, clock,
+                             daily_cap_bulk=config.daily_cap_bulk, on_accepted=self.dispatcher.waker.wake)
+        consumer = config.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+        self.consumer = IntakeConsumer(self.intake, redis, keys, group=config.consumer_group,
+                                       consumer=consumer, batch_size=config.batch_size,
+                                       claim_idle_seconds=config.claim_idle_seconds)
+        self.receipts = ReceiptRecorder(self.writer)
+        self.partners = PartnerGateway(self.intake, self.ledger, clock)
+        self.ledger.on_partner_final = self.partners.on_partner_final
+        self.lease_seconds = lease_seconds
+        self.drain_timeout_seconds = drain_timeout_seconds
+        self.tick_seconds = tick_seconds
+        self.idle_poll_seconds = idle_poll_seconds
+        self.block_ms = block_ms
+        self.backoff_initial_seconds = backoff_initial_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self._running = False
+        self._loops: list[Deferred[None]] = []
+        self._sleepers: list[Waker] = []
+        self._read_task: asyncio.Future[Any] | None = None
+        self._tick = 0
+
+    # -- what other components call --------------------------------------------------------
+
+    def record_receipt(self, receipt: Any) -> Deferred[None]:
+        """InboundSink.record_receipt (the lead combines it with the MO recorder)."""
+        return self.receipts.record_receipt(receipt)
+
+    def set_partner_receipt_sink(self, sink: PartnerReceiptSink | None) -> None:
+        self.partners.set_receipt_sink(sink)
+
+    def reload_templates(self) -> TemplateSet:
+        """SIGHUP: load and check the templates again; ConfigError keeps the old ones."""
+        if self.catalogue is None:
+            raise RuntimeError("fixed templates cannot be reloaded")
+        fresh = self.catalogue.reload()
+        log.info("notification templates reloaded: {count} types", count=len(fresh.templates))
+        return fresh
+
+    def http_resource(self) -> Any:
+        """The twisted.web resource for /v1/notifications."""
+        from gateway.http.notifications import NotificationsResource
+
+        return NotificationsResource(self.intake, self.ledger)
+
+    async def list_dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await list_dead_letters(self.redis, self.keys, limit=limit)
+
+    async def retry_dead_letters(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        return await retry_dead_letters(self.redis, self.keys, ids)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._running = True
+        self._sleepers = []
+        self._loops = [
+            self._spawn("intake", self._intake_loop()),
+            self._spawn("claim-stale", self._every(
+                "claim-stale", self._claim_stale_step, max(1.0, self.config.claim_idle_seconds / 2))),
+            self._spawn("dispatch", self._dispatch_loop()),
+            self._spawn("housekeeping", self._every("housekeeping", self._housekeeping_step, self.tick_seconds)),
+        ]
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return as_deferred(self._stop())
+
+    async def _stop(self) -> None:
+        self._running = False
+        if self._read_task is not None and not self._read_task.done():
+            self._read_task.cancel()
+        for sleeper in self._sleepers:
+            sleeper.wake()
+        self.dispatcher.waker.wake()
+        await self._bounded(self.dispatcher.idle(), "in-flight submits")
+        await self._bounded(self.writer.flushed(), "outcome writes")
+        await self._bounded(wait_deferred(DeferredList(self._loops, consumeErrors=True)), "push loops")
+        if self.dispatcher.in_flight:
+            log.warn("push stopped with {count} submits in flight; they are recovered after their lease",
+                     count=self.dispatcher.in_flight)
+
+    async def _bounded(self, awaitable: Awaitable[Any], what: str) -> None:
+        try:
+            await asyncio.wait_for(asyncio.ensure_future(awaitable), self.drain_timeout_seconds)
+        except TimeoutError:
+            log.warn("push: {what} did not finish within {seconds}s", what=what, seconds=self.drain_timeout_seconds)
+
+    # -- loops --------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, coroutine: Awaitable[None]) -> Deferred[None]:
+        d = as_deferred(coroutine)  # type: ignore[arg-type]
+        d.addErrback(lambda f: log.failure("push loop {loop} stopped", f, loop=name))
+        return d
+
+    async def _sleep(self, seconds: float) -> None:
+        sleeper = Waker(self.clock)
+        self._sleepers.append(sleeper)
+        try:
+            if self._running:
+                await sleeper.wait(seconds)
+        finally:
+            self._sleepers.remove(sleeper)
+
+    async def _guarded(self, name: str, step: Callable[[], Awaitable[Any]], delay: list[float]) -> Any:
+        """Run one step; on a Redis outage log, back off and return None."""
+        try:
+            result = await step()
+        except REDIS_ERRORS as e:
+            log.error("push {loop}: redis unavailable ({error}); retrying in {delay:.1f}s",
+                      loop=name, error=type(e).__name__, delay=delay[0])
+        except ResponseError as e:
+            if "NOGROUP" in str(e):
+                # Redis lost the stream (restart without persistence): create it again.
+                log.warn("push {loop}: intake consumer group missing; creating it", loop=name)
+                await self.consumer.ensure_group()
+                return None
+            log.failure("push {loop}: redis refused a command", loop=name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.failure("push {loop}: step failed", loop=name)
+        else:
+            delay[0] = self.backoff_initial_seconds
+            return result
+        await self._sleep(delay[0])
+        delay[0] = min(delay[0] * 2, self.backoff_max_seconds)
+        return None
+
+    async def _every(self, name: str, step: Callable[[], Awaitable[bool]], interval: float) -> None:
+        delay = [self.backoff_initial_seconds]
+        while self._running:
+            busy = await self._guarded(name, step, delay)
+            if self._running and not busy:
+                await self._sleep(interval)
+
+    async def _intake_loop(self) -> None:
+        delay = [self.backoff_initial_seconds]
+
+        async def start() -> bool:
+            await self.consumer.ensure_group()
+            while self._running and await self.consumer.read_own_pending_once():
+                pass
+            return True
+
+        while self._running and not await self._guarded("intake", start, delay):
+            pass
+        while self._running:
+            await self._guarded("intake", self._intake_step, delay)
+
+    async def _intake_step(self) -> int:
+        self._read_task = asyncio.ensure_future(self.consumer.fetch(self.block_ms))
+        try:
+            entries = await self._read_task
+        except asyncio.CancelledError:
+            if self._running:
+                raise
+            return 0
+        finally:
+            self._read_task = None
+        return await self.consumer.process(entries) if entries else 0
+
+    async def _claim_stale_step(self) -> bool:
+        return await self.consumer.claim_stale_once() >= self.consumer.batch_size
+
+    async def _dispatch_loop(self) -> None:
+        delay = [self.backoff_initial_seconds]
+        dispatcher = self.dispatcher
+        while self._running:
+            wanted = min(dispatcher.batch_size, dispatcher.free_slots())
+            claimed = await self._guarded("dispatch", dispatcher.dispatch_once, delay)
+            if not self._running:
+                break
+            if claimed is None:
+                continue
+            if wanted == 0 or claimed < wanted:
+                await dispatcher.waker.wait(self.idle_poll_seconds)
+
+    async def _housekeeping_step(self) -> bool:
+        now = self.clock.seconds()
+        promoted = await self.ledger.promote_due(now=now)
+        if promoted:
+            self.dispatcher.waker.wake()
+        self._tick += 1
+        # Leases: renew ours well before they run out; recover others' that did.
+        every = max(1, int(self.lease_seconds / 3 / self.tick_seconds))
+        if self._tick % every == 0:
+            await self.dispatcher.renew_leases_once()
+            recovered = await self.ledger.recover_expired_leases(now=now)
+            if recovered:
+                log.warn("recovered {count} notifications whose submitting process stopped (possible duplicates)",
+                         count=recovered)
+                self.dispatcher.waker.wake()
+            await self.partners.deliver_pending()
+            await self._update_gauges()
+        return promoted >= 1000
+
+    async def _update_gauges(self) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for priority in Priority:
+                pipe.zcard(self.keys.lane(priority.value))
+            pipe.zcard(self.keys.scheduled)
+            counts = await pipe.execute()
+        for priority, count in zip([p.value for p in Priority] + ["scheduled"], counts, strict=True):
+            metrics.queue_depth.labels(priority).set(count)

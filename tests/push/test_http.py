@@ -1,0 +1,139 @@
+"""The HTTP door on a real server (port 0) behind the lead's site: POST accepts one or
+many notifications (202 with per-item results), GET answers the state with a masked
+number, bad bodies get 400, and the same id twice is one notification."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from twisted.internet import reactor
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from gateway.config import HttpConfig, Secret
+from gateway.http.notifications import NotificationsResource
+from gateway.http.server import build_site
+from gateway.store.bridge import wait_deferred
+from tests.push.harness import Pipeline, code, inspection, on_asyncio, pipeline
+
+TOKEN = "test-token"
+# twisted's client warns about its own response transport; nothing of ours.
+pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
+
+
+@implementer(IBodyProducer)
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.body = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Any:  # noqa: N802
+        from twisted.internet.defer import succeed
+
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        pass
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.agent = Agent(reactor)
+
+    async def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                      token: str = TOKEN) -> tuple[int, Any]:
+        headers = Headers({b"authorization": [f"Bearer {token}".encode()],
+                           b"content-type": [b"application/json"]})
+        data = raw if raw is not None else (json.dumps(body, ensure_ascii=False).encode() if body is not None else None)
+        response = await wait_deferred(self.agent.request(
+            method.encode(), (self.base + path).encode(), headers, _Body(data) if data is not None else None))
+        text = await wait_deferred(readBody(response))
+        return response.code, json.loads(text) if text else None
+
+
+@asynccontextmanager
+async def served(p: Pipeline) -> AsyncIterator[Client]:
+    v1 = Resource()
+    v1.putChild(b"notifications", NotificationsResource(p.intake, p.ledger, max_batch=10))
+    site = build_site(HttpConfig(listen="127.0.0.1:0", token=Secret(TOKEN)), readiness=dict, v1=v1)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        yield Client(port.getHost().port)
+    finally:
+        await wait_deferred(port.stopListening())
+
+
+@on_asyncio
+async def test_post_one_then_get_its_state(redis_url: str) -> None:
+    """POST one object answers 202 with its id; GET shows queued with a masked number."""
+    async with pipeline(redis_url) as p, served(p) as client:
+        status, body = await client.request("POST", "/v1/notifications", code("h1", to="+86 13800138000"))
+        assert status == 202
+        assert body == {"accepted": [{"id": "h1", "state": "queued"}], "rejected": []}
+        status, view = await client.request("GET", "/v1/notifications/h1")
+        assert status == 200
+        assert view["state"] == "queued" and view["to"] == "138****8000" and view["source"] == "http"
+        assert "13800138000" not in json.dumps(view)
+
+
+@on_asyncio
+async def test_post_batch_reports_each_item(redis_url: str) -> None:
+    """A list is accepted item by item: queued, duplicate, and rejected with reasons."""
+    async with pipeline(redis_url) as p, served(p) as client:
+        batch = [code("b1"), code("b1"), inspection("b2", to="110"), {**code("b3"), "type": "nope"}]
+        status, body = await client.request("POST", "/v1/notifications", batch)
+        assert status == 202
+        assert body["accepted"] == [{"id": "b1", "state": "queued"},
+                                    {"id": "b1", "state": "queued", "duplicate": True}]
+        assert [(r["id"], r["reason"].split(" (")[0]) for r in body["rejected"]] == [
+            ("b2", "not a Chinese mobile number"), ("b3", "unknown type 'nope'")]
+        status, view = await client.request("GET", "/v1/notifications/b3")
+        assert status == 200 and view["state"] == "rejected"
+        assert await p.redis.zcard(p.keys.lane("high")) == 1
+
+
+@on_asyncio
+async def test_same_id_posted_twice_sends_once(redis_url: str) -> None:
+    """Posting the same id again answers duplicate and queues nothing more."""
+    async with pipeline(redis_url) as p, served(p) as client:
+        await client.request("POST", "/v1/notifications", code("again"))
+        status, body = await client.request("POST", "/v1/notifications", code("again"))
+        assert status == 202 and body["accepted"] == [{"id": "again", "state": "queued", "duplicate": True}]
+        await p.dispatch_all()
+        assert len(p.links[0].submitted) == 1
+
+
+@on_asyncio
+async def test_bad_bodies_get_400_with_json_error(redis_url: str) -> None:
+    """Not JSON, not objects, empty or too many items: 400 and a JSON error body."""
+    async with pipeline(redis_url) as p, served(p) as client:
+        for raw, message in [(b"{nope", "body is not JSON"), (b"[1, 2]", "item 0 is not a JSON object"),
+                             (b"[]", "empty list"),
+                             (json.dumps([code(f"x{i}") for i in range(11)]).encode(), "more than 10")]:
+            status, body = await client.request("POST", "/v1/notifications", raw=raw)
+            assert status == 400, raw
+            assert body["error"] == "bad_request" and body["message"].startswith(message)
+        assert await p.redis.exists(p.keys.notification("x0")) == 0
+
+
+@on_asyncio
+async def test_unknown_id_is_404_and_missing_token_401(redis_url: str) -> None:
+    """GET of an unknown id is 404; without the bearer token the server says 401."""
+    async with pipeline(redis_url) as p, served(p) as client:
+        status, body = await client.request("GET", "/v1/notifications/nobody")
+        assert status == 404 and body["error"] == "not_found"
+        status, _ = await client.request("POST", "/v1/notifications", code("sneaky"), token="wrong")
+        assert status == 401
+        assert await p.redis.exists(p.keys.notification("sneaky")) == 0

@@ -1,0 +1,162 @@
+"""Receipts against a real redis-server: correlation by carrier message id, receipts that
+beat the submit response, multi-part messages, duplicates, id variants, and the voice
+hand-off of an undeliverable channel-auto notification."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import DeferredList
+
+from gateway.ports import DeliveryReceipt, SubmitAccepted
+from tests.push.harness import CMCC_NUMBER, code, on_asyncio, pipeline, points
+
+
+def receipt(message_id: str, state: str = "DELIVRD", carrier: str = "cmcc", err: str = "000") -> DeliveryReceipt:
+    return DeliveryReceipt(carrier=carrier, message_id=message_id, state=state, error_code=err)
+
+
+async def record(p, *receipts: DeliveryReceipt) -> None:  # type: ignore[no-untyped-def]
+    """Hand receipts over in one reactor turn, as a link does, and wait for them."""
+    from gateway.store.bridge import wait_deferred
+
+    await wait_deferred(DeferredList([p.receipts.record_receipt(r) for r in receipts], fireOnOneErrback=True))
+
+
+@on_asyncio
+async def test_receipt_marks_the_notification_delivered(redis_url: str) -> None:
+    """DELIVRD for the message id of a one-part message makes it delivered."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("one"))
+        await p.dispatch_all()
+        [message_id] = (await p.ledger.raw("one"))["message_ids"].split()
+        await record(p, receipt(message_id.upper()))
+        raw = await p.ledger.raw("one")
+        assert raw["state"] == "delivered" and raw["p0"] == "DELIVRD" and raw["delivered_at"]
+        assert [e["type"] for e in await p.events("one")] == [
+            "notification.queued", "notification.submitting", "notification.submitted", "notification.delivered"]
+
+
+@on_asyncio
+async def test_multipart_is_delivered_when_every_part_is(redis_url: str) -> None:
+    """A two-part message stays submitted after one part's receipt, delivered after both."""
+    async with pipeline(redis_url) as p:
+        p.links[0].parts = 2
+        await p.accept(points("two"))
+        await p.dispatch_all()
+        first, second = (await p.ledger.raw("two"))["message_ids"].split()
+        await record(p, receipt(second))
+        assert await p.state("two") == "submitted"
+        await record(p, receipt(first, "ACCEPTD"))
+        assert await p.state("two") == "submitted"
+        await record(p, receipt(first))
+        view = await p.ledger.get("two")
+        assert view is not None and view["state"] == "delivered" and view["part_states"] == ["DELIVRD", "DELIVRD"]
+
+
+@on_asyncio
+async def test_one_undeliverable_part_makes_the_message_undeliverable(redis_url: str) -> None:
+    """UNDELIV for any part ends the notification undeliverable with the error code."""
+    async with pipeline(redis_url) as p:
+        p.links[0].parts = 2
+        await p.accept(points("bad"))
+        await p.dispatch_all()
+        first, second = (await p.ledger.raw("bad"))["message_ids"].split()
+        await record(p, receipt(first), receipt(second, "UNDELIV", err="011"))
+        raw = await p.ledger.raw("bad")
+        assert raw["state"] == "undeliverable" and raw["receipt_state"] == "UNDELIV"
+        [event] = [e for e in await p.events("bad") if e["type"] == "notification.undeliverable"]
+        assert event["error_code"] == "011"
+
+
+@on_asyncio
+async def test_duplicate_receipts_are_harmless(redis_url: str) -> None:
+    """The same receipt three times gives one delivered state change; a late UNDELIV changes nothing."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("dupe"))
+        await p.dispatch_all()
+        [message_id] = (await p.ledger.raw("dupe"))["message_ids"].split()
+        await record(p, receipt(message_id), receipt(message_id))
+        await record(p, receipt(message_id), receipt(message_id, "UNDELIV"))
+        assert await p.state("dupe") == "delivered"
+        types = [e["type"] for e in await p.events("dupe")]
+        assert types.count("notification.delivered") == 1 and "notification.undeliverable" not in types
+
+
+@on_asyncio
+async def test_receipt_before_submit_response_is_applied_later(redis_url: str) -> None:
+    """A receipt that arrives before the submit_sm_resp is parked and applied with the ids."""
+    async with pipeline(redis_url) as p:
+        p.links[0].script = ["hold"]
+        await p.accept(code("fast"))
+        await p.dispatcher.dispatch_once()
+        await record(p, receipt("CMCC00000777"))
+        assert await p.state("fast") == "submitting"
+        assert await p.redis.exists(p.keys.early_receipt("cmcc", "cmcc00000777"))
+        _, d = p.links[0].held.pop()
+        d.callback(SubmitAccepted("cmcc", ("CMCC00000777",)))
+        await p.writer.flushed()
+        raw = await p.ledger.raw("fast")
+        assert raw["state"] == "delivered"
+        assert not await p.redis.exists(p.keys.early_receipt("cmcc", "cmcc00000777"))
+
+
+@on_asyncio
+async def test_receipt_id_in_another_base_or_padding_is_found(redis_url: str) -> None:
+    """Receipts quoting the id zero-padded, in another case or in decimal still match."""
+    async with pipeline(redis_url) as p:
+        p.links[0].script = ["hold", "hold"]
+        await p.accept(code("hex"), code("pad", to="13912345678"))
+        await p.dispatcher.dispatch_once()
+        (_, d1), (_, d2) = p.links[0].held
+        d1.callback(SubmitAccepted("cmcc", ("1A2B",)))
+        d2.callback(SubmitAccepted("cmcc", ("abc9",)))
+        await p.writer.flushed()
+        await record(p, receipt(str(0x1A2B)), receipt("0000ABC9"))
+        assert await p.state("hex") == "delivered"
+        assert await p.state("pad") == "delivered"
+
+
+@on_asyncio
+async def test_auto_channel_undeliverable_goes_to_voice(redis_url: str) -> None:
+    """channel auto: an undeliverable SMS is handed to the voice stream once."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("call-me", channel="auto"))
+        await p.dispatch_all()
+        [message_id] = (await p.ledger.raw("call-me"))["message_ids"].split()
+        await record(p, receipt(message_id, "UNDELIV"))
+        await record(p, receipt(message_id, "UNDELIV"))
+        [(_, request)] = await p.redis.xrange(p.keys.voice_requests)
+        assert request["id"] == "call-me" and request["to"] == CMCC_NUMBER
+        assert not request["text"].startswith("【交管12123】")
+        # The voice side records its outcome through the ledger (the AMI helper does this).
+        assert await p.ledger.transition("call-me", "delivered", now=p.clock.now, channel="voice",
+                                         call_outcome="answered")
+        raw = await p.ledger.raw("call-me")
+        assert raw["state"] == "delivered" and raw["call_outcome"] == "answered"
+
+
+@on_asyncio
+async def test_sms_channel_undeliverable_does_not_call(redis_url: str) -> None:
+    """channel sms (the default): undeliverable stays undeliverable, no call."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("sms-only"))
+        await p.dispatch_all()
+        [message_id] = (await p.ledger.raw("sms-only"))["message_ids"].split()
+        await record(p, receipt(message_id, "EXPIRED"))
+        assert await p.state("sms-only") == "undeliverable"
+        assert await p.redis.xlen(p.keys.voice_requests) == 0
+
+
+@on_asyncio
+async def test_transition_contract_for_other_components(redis_url: str) -> None:
+    """ledger.transition sets state, <state>_at and fields; the event omits personal fields."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("t"))
+        assert await p.ledger.transition("t", "failed", now=123.0, channel="voice", call_outcome="busy",
+                                         to="13800138000")
+        raw = await p.ledger.raw("t")
+        assert raw["state"] == "failed" and raw["failed_at"] == "123.000" and raw["call_outcome"] == "busy"
+        event = (await p.events("t"))[-1]
+        assert event["type"] == "notification.failed" and event["call_outcome"] == "busy"
+        assert "to" not in event
+        assert await p.redis.zscore(p.keys.dead_letters, "t") is not None
+        assert not await p.ledger.transition("missing", "failed", now=1.0)
