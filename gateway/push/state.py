@@ -89,6 +89,23 @@ possible_duplicates = Counter(
     registry=metrics.REGISTRY,
 )
 
+_script_counters = {
+    "receipt_early": Counter(
+        "gateway_push_receipts_early_total",
+        "Receipts that arrived before their submit response was recorded (parked)",
+        registry=metrics.REGISTRY),
+    "receipt_early_applied": Counter(
+        "gateway_push_receipts_early_applied_total",
+        "Parked receipts applied when the submit response was recorded", registry=metrics.REGISTRY),
+    "receipt_late": Counter(
+        "gateway_push_receipts_ignored_total",
+        "Receipts for notifications already final or gone (duplicates)", registry=metrics.REGISTRY),
+    "voice_requested": Counter(
+        "gateway_push_voice_handoffs_total", "Notifications handed to the voice channel",
+        registry=metrics.REGISTRY),
+    "possible_duplicate": possible_duplicates,
+}
+
 # ----------------------------------------------------------------------------------------
 # Lua.  ARGV[1] is the time; ARGV[2..22] the header built by NotificationLedger._header;
 # each script's own arguments start at FIRST.
@@ -578,10 +595,10 @@ class NotificationLedger:
         payload, flat_counts, partner_ids = result
         for k in range(0, len(flat_counts), 2):
             what, n = flat_counts[k], int(flat_counts[k + 1])
-            if what == "possible_duplicate":
-                possible_duplicates.inc(n)
-            elif what in STATES:
+            if what in STATES:
                 metrics.notifications.labels(what).inc(n)
+            elif what in _script_counters:
+                _script_counters[what].inc(n)
         if partner_ids and self.on_partner_final is not None:
             self.on_partner_final(list(partner_ids))
         return list(payload)
