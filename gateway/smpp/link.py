@@ -377,6 +377,7 @@ class CarrierLink(MultiService):
         self._active_submits = 0
         self._stopping = False
         self._drain_waiters: list[Deferred[None]] = []
+        self._bound_waiters: list[Deferred[None]] = []
         self._reassembler = Reassembler(
             timeout_seconds=options.mo_reassembly_timeout_seconds,
             max_pending=options.max_mo_reassemblies,
@@ -422,13 +423,21 @@ class CarrierLink(MultiService):
     # -- CarrierLink port ---------------------------------------------------------------
 
     def is_bound(self) -> bool:
-        return bool(self._transmitters)
+        return any(s.protocol is not None and s.protocol.is_bound for s in self._transmitters)
+
+    def when_bound(self) -> Deferred[None]:
+        """Fires when a session that can submit is bound (at once if one is)."""
+        if self.is_bound():
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._bound_waiters.append(waiter)
+        return waiter
 
     def submit(self, sms: OutboundSms) -> Deferred[SubmitAccepted]:
         """Submit ``sms``; fires SubmitAccepted or fails with LinkSubmitFailed."""
         if self._stopping:
             return fail(LinkSubmitFailed("link stopping", transient=True))
-        if not self._transmitters:
+        if not self.is_bound():
             return fail(LinkSubmitFailed("not bound", transient=True))
         config = self.config
         self._reference = (self._reference + 1) & 0xFFFF
@@ -678,6 +687,10 @@ class CarrierLink(MultiService):
         log.info(
             "carrier {carrier} bound ({bind_type})", carrier=self.name, bind_type=session.bind_type
         )
+        if session.can_transmit and self._bound_waiters:
+            waiters, self._bound_waiters = self._bound_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
         self._pump()
 
     def _session_down(self, session: _LinkSession, reason: str = "") -> None:

@@ -457,7 +457,7 @@ class SmppSession:
     def close(self, reason: str = "connection closed") -> list[Event]:
         """Move to CLOSED (the transport is gone or the owner hangs up).
 
-        Returns RequestAbandoned for every unanswered request, then SessionClosed; an
+        Returns SessionClosed, then RequestAbandoned for every unanswered request; an
         empty list if the session was already closed.
         """
         if self.state is SessionState.CLOSED:
@@ -707,12 +707,14 @@ class SmppSession:
         outstanding, self._outstanding = self._outstanding, OrderedDict()
         self._in_window = 0
         self._binding = False
+        # SessionClosed first: an owner reacting to an abandoned request (resubmitting it
+        # elsewhere) must already know that this session is gone.
+        events.append(SessionClosed(reason))
         for sequence_number, pending in outstanding.items():
             if pending.request.command_id in _BINDS:
                 events.append(BindFailed(None, None, pending.context))
             else:
                 events.append(RequestAbandoned(sequence_number, pending.request, pending.context))
-        events.append(SessionClosed(reason))
 
 
 def describe_transitions() -> str:

@@ -646,3 +646,271 @@ def test_all_credential_refusals_use_the_slow_retry(status: CommandStatus) -> No
     assert endpoint.attempts == 1
     clock.advance(1)
     assert endpoint.attempts == 2
+
+
+# -- real peers over 127.0.0.1 ----------------------------------------------------------------
+#
+# The link on the real reactor against (1) a tiny SMSC built from our own session in the
+# SMSC role and (2) the carrier simulator, which is written on the codec alone so that a
+# bug shared by our session and its peer cannot hide.
+
+from collections.abc import Iterator  # noqa: E402
+
+import pytest_twisted  # noqa: E402
+from twisted.internet import reactor as global_reactor  # noqa: E402
+from twisted.internet.defer import DeferredList  # noqa: E402
+from twisted.internet.endpoints import TCP4ServerEndpoint  # noqa: E402
+from twisted.internet.protocol import Factory  # noqa: E402
+from twisted.internet.task import deferLater  # noqa: E402
+
+from gateway.smpp.protocol import BindRefused, SessionOwner, SmppProtocol  # noqa: E402
+from gateway.smpp.session import Role, SmppSession  # noqa: E402
+from gateway.smpp.simulator import CarrierSimulator, options_for_carrier  # noqa: E402
+
+WAIT_SECONDS = 10  # a real-peer test that waits longer than this has failed
+
+
+class WaitingSink(RecordingSink):
+    """A RecordingSink that tells when it has seen `n` receipts or MOs."""
+
+    def __init__(self) -> None:
+        super().__init__(immediate=True)
+        self._waiters: list[tuple[str, int, Deferred[None]]] = []
+
+    def wait_for(self, kind: str, n: int) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiters.append((kind, n, d))
+        self._check()
+        return d.addTimeout(WAIT_SECONDS, global_reactor)
+
+    def _check(self) -> None:
+        for entry in list(self._waiters):
+            kind, n, d = entry
+            if len(self.receipts if kind == "receipt" else self.mos) >= n:
+                self._waiters.remove(entry)
+                d.callback(None)
+
+    def record_receipt(self, receipt: DeliveryReceipt) -> Deferred[None]:
+        d = super().record_receipt(receipt)
+        self._check()
+        return d
+
+    def record_mo(self, message: MobileOriginated) -> Deferred[None]:
+        d = super().record_mo(message)
+        self._check()
+        return d
+
+
+class SessionSmscOwner(SessionOwner):
+    """A minimal SMSC on our session: accepts any bind, answers every submit with an id
+    and sends its receipt right after."""
+
+    def __init__(self, server: SessionSmsc) -> None:
+        self.server = server
+
+    def connection_made(self, protocol: SmppProtocol) -> None:
+        self.server.connections.append(protocol)
+
+    def pdu_received(self, protocol: SmppProtocol, pdu: Pdu) -> None:
+        if isinstance(pdu, BindTransceiver | BindTransmitter | BindReceiver):
+            protocol.respond(pdu, system_id="TINY")
+        elif isinstance(pdu, SubmitSm):
+            self.server.submitted.append(pdu)
+            message_id = f"{len(self.server.submitted):08d}"
+            protocol.respond(pdu, message_id=message_id)
+            protocol.request(receipt_pdu(0, message_id))
+
+    def unbind_requested(self, protocol: SmppProtocol) -> None:
+        self.server.unbinds += 1
+
+
+class SessionSmsc(Factory):
+    def __init__(self) -> None:
+        self.submitted: list[SubmitSm] = []
+        self.connections: list[SmppProtocol] = []
+        self.unbinds = 0
+
+    def buildProtocol(self, addr: Any) -> SmppProtocol:
+        def new_session(now: float) -> SmppSession:
+            return SmppSession(Role.SMSC, window=50, now=now)
+
+        return SmppProtocol(new_session, SessionSmscOwner(self), global_reactor, label="tiny-smsc")
+
+
+def real_link(port: int, sink: RecordingSink, **config: Any) -> CarrierLink:
+    settings: dict[str, Any] = {
+        "port": port,
+        "reconnect_initial_seconds": 0.05,
+        "reconnect_max_seconds": 0.2,
+        "response_timeout_seconds": 5.0,
+        "window": 10,
+    }
+    settings.update(config)
+    return CarrierLink(carrier_config(**settings), sink, global_reactor, jitter=lambda: 0.0)
+
+
+@pytest_twisted.inlineCallbacks
+def test_link_against_an_smsc_built_from_our_session() -> Any:
+    """Over real TCP: bind, 20 submits accepted, 20 receipts recorded, unbind on stop."""
+    server = SessionSmsc()
+    port = yield TCP4ServerEndpoint(global_reactor, 0, interface="127.0.0.1").listen(server)
+    sink = WaitingSink()
+    link = real_link(port.getHost().port, sink)
+    link.startService()
+    try:
+        yield link.when_bound().addTimeout(WAIT_SECONDS, global_reactor)
+        results = yield DeferredList(
+            [link.submit(OutboundSms(f"n{i}", CITIZEN, f"message {i}")) for i in range(20)],
+            consumeErrors=True,
+        )
+        accepted = [r for ok, r in results if ok]
+        assert len(accepted) == 20
+        assert sorted(a.message_ids[0] for a in accepted) == [f"{i:08d}" for i in range(1, 21)]
+        yield sink.wait_for("receipt", 20)
+        assert {r.message_id for r in sink.receipts} == {a.message_ids[0] for a in accepted}
+    finally:
+        yield link.stopService()
+        yield port.stopListening()
+    assert (len(server.connections), server.unbinds) == (1, 1)
+
+
+@pytest.fixture
+def simulator_factory() -> Iterator[Any]:
+    started: list[CarrierSimulator] = []
+
+    def start(config: CarrierConfig, **overrides: Any) -> CarrierSimulator:
+        simulator = CarrierSimulator(
+            options_for_carrier(config, port=0, receipt_delay_seconds=0.01, **overrides),
+            global_reactor,
+        )
+        simulator.startService()
+        started.append(simulator)
+        return simulator
+
+    yield start
+    for simulator in started:
+        pytest_twisted.blockon(simulator.stopService())
+
+
+def simulator_link(
+    simulator_factory: Any,
+    sink: RecordingSink,
+    config_overrides: dict[str, Any] | None = None,
+    **options: Any,
+) -> tuple[CarrierLink, CarrierSimulator]:
+    config = carrier_config(**(config_overrides or {}))
+    simulator = simulator_factory(config, **options)
+    link = real_link(simulator.port_number, sink, **(config_overrides or {}))
+    link.startService()
+    return link, simulator
+
+
+@pytest_twisted.inlineCallbacks
+def test_chinese_200_characters_arrive_as_parts_that_reassemble_exactly(
+    simulator_factory: Any,
+) -> Any:
+    """A 200-character Chinese text reaches the simulated carrier as 3 UCS2 parts that it
+    joins into exactly the text sent; its receipts come back for those ids."""
+    sink = WaitingSink()
+    link, simulator = simulator_link(simulator_factory, sink)
+    try:
+        yield link.when_bound().addTimeout(WAIT_SECONDS, global_reactor)
+        text = (
+            "您好！您预约的机动车驾驶人科目一考试将于明日上午九点在车管所考场进行，请携带身份证按时参加。"
+            * 4
+        )[:200]
+        accepted = yield link.submit(OutboundSms("n1", CITIZEN, text))
+        [message] = simulator.received
+        assert (message.text, message.parts, message.destination) == (text, 3, "13800138000")
+        assert message.message_ids == accepted.message_ids
+        yield sink.wait_for("receipt", 3)
+        assert sorted(r.message_id for r in sink.receipts) == sorted(accepted.message_ids)
+    finally:
+        yield link.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_throttling_carrier_still_gets_every_message_once(simulator_factory: Any) -> Any:
+    """With 40% of submits answered ESME_RTHROTTLED, every message still arrives, once."""
+    sink = WaitingSink()
+    link, simulator = simulator_link(simulator_factory, sink, throttle_rate=0.4)
+    link.options = LinkOptions(throttle_retry_seconds=0.01, max_throttle_retries=30)
+    try:
+        yield link.when_bound().addTimeout(WAIT_SECONDS, global_reactor)
+        texts = [f"reminder {i}" for i in range(30)]
+        results = yield DeferredList(
+            [link.submit(OutboundSms(t, CITIZEN, t)) for t in texts], consumeErrors=True
+        ).addTimeout(WAIT_SECONDS, global_reactor)
+        assert all(ok for ok, _ in results), [r for ok, r in results if not ok]
+        assert simulator.counters.throttled > 0
+        assert [simulator.copies_of("13800138000", t) for t in texts] == [1] * 30
+    finally:
+        yield link.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_dropped_link_mid_window_loses_nothing_and_reconnects(simulator_factory: Any) -> Any:
+    """The carrier drops the TCP connection with submits in the window: each submit is
+    accepted (and arrived once) or failed transient with response_unknown; the link
+    reconnects and the next submit goes through."""
+    sink = WaitingSink()
+    link, simulator = simulator_link(simulator_factory, sink, drop_after_pdus=6)
+    try:
+        yield link.when_bound().addTimeout(WAIT_SECONDS, global_reactor)
+        texts = [f"notice {i}" for i in range(10)]
+        results = yield DeferredList(
+            [link.submit(OutboundSms(t, CITIZEN, t)) for t in texts], consumeErrors=True
+        ).addTimeout(WAIT_SECONDS, global_reactor)
+        accepted = [t for t, (ok, _) in zip(texts, results, strict=True) if ok]
+        failed = [r.value for ok, r in results if not ok]
+        assert 0 < len(accepted) < 10
+        assert all(f.transient and f.response_unknown for f in failed), [f.reason for f in failed]
+        assert all(simulator.copies_of("13800138000", t) == 1 for t in accepted)
+        assert simulator.counters.dropped_connections >= 1
+        yield link.when_bound().addTimeout(WAIT_SECONDS, global_reactor)
+        again = yield link.submit(OutboundSms("again", CITIZEN, "after the reconnect"))
+        assert len(again.message_ids) == 1
+    finally:
+        yield link.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_mo_from_the_simulator_is_reassembled(simulator_factory: Any) -> Any:
+    """A long citizen's message sent by the carrier as UDH parts is recorded whole, once."""
+    sink = WaitingSink()
+    link, simulator = simulator_link(simulator_factory, sink)
+    try:
+        yield link.when_bound().addTimeout(WAIT_SECONDS, global_reactor)
+        text = "我要取消明天的科目二考试预约，" * 8
+        yield simulator.send_mo("13800138000", text).addTimeout(WAIT_SECONDS, global_reactor)
+        [mo] = sink.mos
+        assert (mo.text, mo.source, mo.destination) == (text, CITIZEN, "12123")
+    finally:
+        yield link.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_refused_credentials_are_not_retried_quickly(simulator_factory: Any) -> Any:
+    """The simulator refuses our password: the attempt fails with ESME_RINVPASWD and the
+    next one is scheduled bind_rejected_retry_seconds later, not after the short backoff."""
+    sink = WaitingSink()
+    config = carrier_config()
+    simulator = simulator_factory(config, credentials={"gw12123": "other"})
+    link = real_link(simulator.port_number, sink, bind_rejected_retry_seconds=60.0)
+    link.startService()
+    try:
+        service = link.getServiceNamed("cmcc-transceiver-0")
+        attempt = service.whenConnected(failAfterFailures=1).addTimeout(
+            WAIT_SECONDS, global_reactor
+        )
+        [failure] = yield attempt.addCallbacks(lambda _: [None], lambda f: [f])
+        # We resumed inside ClientService's state machine (it fired the Deferred from a
+        # transition); leave that call stack before stopService re-enters the machine.
+        yield deferLater(global_reactor, 0, lambda: None)
+        assert failure.check(BindRefused) and failure.value.status == CommandStatus.ESME_RINVPASWD
+        now = global_reactor.seconds()
+        retries = [c for c in global_reactor.getDelayedCalls() if 59 <= c.getTime() - now <= 61]
+        assert len(retries) == 1
+        assert simulator.counters.bind_failures == 1 and not link.is_bound()
+    finally:
+        yield link.stopService()
