@@ -50,7 +50,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
@@ -289,13 +289,13 @@ class _BindingEndpoint:
         def failed(reason: Failure) -> None:
             self.last_bind_rejected = False
             if reason.check(BindRefused):
-                status = reason.value.status
+                status = cast(BindRefused, reason.value).status
                 if status in REJECTED_BIND_STATUSES:
                     self.last_bind_rejected = True
                     log.error(
                         "carrier {carrier} refused our {bind_type} bind: {status}; check system_id "
                         "and password, retrying in {delay} s",
-                        carrier=link.name,
+                        carrier=link.carrier,
                         bind_type=self.bind_type,
                         status=status_name(status),
                         delay=link.config.bind_rejected_retry_seconds,
@@ -303,14 +303,14 @@ class _BindingEndpoint:
                 else:
                     log.warn(
                         "carrier {carrier} {bind_type} bind failed: {status}",
-                        carrier=link.name,
+                        carrier=link.carrier,
                         bind_type=self.bind_type,
                         status=status_name(status) if status is not None else "no bind_resp",
                     )
             elif not reason.check(CancelledError):
                 log.warn(
                     "carrier {carrier} {bind_type} connection failed: {error}",
-                    carrier=link.name,
+                    carrier=link.carrier,
                     bind_type=self.bind_type,
                     error=reason.getErrorMessage(),
                 )
@@ -358,6 +358,7 @@ class CarrierLink(MultiService):
         self.config = config
         # Service.name doubles as the CarrierLink port's name: the service is the carrier.
         self.name = config.name
+        self.carrier: str = config.name  # the same, typed (Service.name is Optional)
         self.prefixes = tuple(config.prefixes)
         self.inbound = inbound
         self.clock: IReactorTime = reactor
@@ -559,7 +560,7 @@ class CarrierLink(MultiService):
                     if submit.remaining == 0:
                         self._active_submits -= 1
                         submit.deferred.callback(
-                            SubmitAccepted(self.name, tuple(submit.message_ids))
+                            SubmitAccepted(self.carrier, tuple(cast(list[str], submit.message_ids)))
                         )  # type: ignore[arg-type]
                         self._check_drained()
                 elif submit.in_flight == 0:
@@ -642,7 +643,7 @@ class CarrierLink(MultiService):
         counter = self._response_counters.get(status)
         if counter is None:
             counter = self._response_counters[status] = metrics.submit_responses.labels(
-                self.name, status_name(status)
+                self.carrier, status_name(status)
             )
         counter.inc()
         self._latency.observe(elapsed)
@@ -663,7 +664,7 @@ class CarrierLink(MultiService):
                 now=now,
             )
 
-        protocol = SmppProtocol(new_session, session, self.clock, label=self.name)
+        protocol = SmppProtocol(new_session, session, self.clock, label=self.carrier)
         session.protocol = protocol
         return protocol
 
@@ -683,9 +684,11 @@ class CarrierLink(MultiService):
             self._transmitters.append(session)
         if session.can_receive:
             self._receivers.append(session)
-        metrics.binds_up.labels(self.name, session.bind_type).inc()
+        metrics.binds_up.labels(self.carrier, session.bind_type).inc()
         log.info(
-            "carrier {carrier} bound ({bind_type})", carrier=self.name, bind_type=session.bind_type
+            "carrier {carrier} bound ({bind_type})",
+            carrier=self.carrier,
+            bind_type=session.bind_type,
         )
         if session.can_transmit and self._bound_waiters:
             waiters, self._bound_waiters = self._bound_waiters, []
@@ -703,17 +706,17 @@ class CarrierLink(MultiService):
             self._transmitters.remove(session)
         if session in self._receivers:
             self._receivers.remove(session)
-        metrics.binds_up.labels(self.name, session.bind_type).dec()
+        metrics.binds_up.labels(self.carrier, session.bind_type).dec()
         if self._stopping:
             log.info(
                 "carrier {carrier} session closed ({bind_type})",
-                carrier=self.name,
+                carrier=self.carrier,
                 bind_type=session.bind_type,
             )
         else:
             log.error(
                 "carrier {carrier} lost a bound {bind_type} session: {reason}",
-                carrier=self.name,
+                carrier=self.carrier,
                 bind_type=session.bind_type,
                 reason=reason or "connection lost",
             )
@@ -741,7 +744,7 @@ class CarrierLink(MultiService):
         session = _LinkSession(self, "receiver")
         session.protocol = protocol
         protocol.owner = session
-        protocol.label = self.name
+        protocol.label = self.carrier
 
         def bound(_: Pdu) -> None:
             self._outbind_sessions.add(session)
@@ -750,7 +753,7 @@ class CarrierLink(MultiService):
         def failed(reason: Failure) -> None:
             log.error(
                 "carrier {carrier} outbind: our bind_receiver failed: {error}",
-                carrier=self.name,
+                carrier=self.carrier,
                 error=reason.getErrorMessage(),
             )
             protocol.disconnect()
@@ -767,7 +770,7 @@ class CarrierLink(MultiService):
         except ReceiptParseError as e:
             log.warn(
                 "carrier {carrier} sent an unreadable receipt (sequence_number {sequence_number}): {error}",
-                carrier=self.name,
+                carrier=self.carrier,
                 sequence_number=pdu.sequence_number,
                 error=str(e),
             )
@@ -775,7 +778,7 @@ class CarrierLink(MultiService):
             return
         if receipt is not None:
             record = DeliveryReceipt(
-                carrier=self.name,
+                carrier=self.carrier,
                 message_id=self._normalise_message_id(receipt.message_id),
                 state=receipt.stat,
                 error_code=receipt.err,
@@ -790,7 +793,7 @@ class CarrierLink(MultiService):
 
     def _mobile_originated(self, protocol: SmppProtocol, pdu: DeliverSm | DataSm) -> None:
         text, concatenation = decode_pdu_text(pdu, gsm7_packed=self.config.gsm7_packed)
-        held = [(protocol, pdu)]
+        held: list[tuple[SmppProtocol, Pdu]] = [(protocol, pdu)]
         if concatenation is not None and concatenation.total > 1:
             source = pdu.source_addr
             try:
@@ -820,7 +823,7 @@ class CarrierLink(MultiService):
         except InvalidPhoneNumber:
             source = PhoneNumber(source_addr)
         message = MobileOriginated(
-            carrier=self.name,
+            carrier=self.carrier,
             source=source,
             destination=destination_addr,
             text=text,
@@ -839,7 +842,7 @@ class CarrierLink(MultiService):
         def not_recorded(reason: Failure) -> None:
             log.error(
                 "carrier {carrier}: could not record a {kind} ({error}); answered ESME_RX_T_APPN",
-                carrier=self.name,
+                carrier=self.carrier,
                 kind=kind,
                 error=reason.getErrorMessage(),
             )
@@ -848,7 +851,7 @@ class CarrierLink(MultiService):
 
         recorded.addCallbacks(acknowledge, not_recorded).addErrback(
             lambda f: log.failure(
-                "carrier {carrier}: answering a {kind}", f, carrier=self.name, kind=kind
+                "carrier {carrier}: answering a {kind}", f, carrier=self.carrier, kind=kind
             )
         )
 
@@ -866,10 +869,9 @@ class CarrierLink(MultiService):
             if not held:
                 continue
             extra = {"incomplete": f"{len(expired.parts)}/{expired.total}"}
-            protocol, first = held[0]
-            self._record_mo(
-                expired.source, first.destination_addr, expired.partial_text(), held, extra
-            )  # type: ignore[attr-defined]
+            first = cast(DeliverSm, held[0][1])
+            text = expired.partial_text()
+            self._record_mo(expired.source, first.destination_addr, text, held, extra)
         self._schedule_reassembly()
 
     def _normalise_message_id(self, raw: str) -> str:
@@ -906,7 +908,7 @@ class CarrierLink(MultiService):
             if not waiter.called:
                 log.warn(
                     "carrier {carrier}: {count} submits still in flight after the drain timeout",
-                    carrier=self.name,
+                    carrier=self.carrier,
                     count=self._active_submits,
                 )
                 self._fail_queued("link stopping")

@@ -324,8 +324,14 @@ class SmppListener(Service):
             )
             return port
 
+        def not_listening(reason: Failure) -> Failure:
+            log.failure(
+                "SMPP listener could not listen on {listen}", reason, listen=self.config.listen
+            )
+            return reason
+
         self._listening.addCallback(listening)
-        self._listening.addErrback(lambda f: log.failure("SMPP listener could not listen", f) or f)
+        self._listening.addErrback(not_listening)
 
     def listening(self) -> Deferred[IListeningPort]:
         """Fires with the listening port (for tests on port 0: ``port.getHost().port``)."""
@@ -347,7 +353,9 @@ class SmppListener(Service):
             self._reassembly_call.cancel()
         self._reassembly_call = None
         port, self.port = self.port, None
-        stopping = maybeDeferred(port.stopListening) if port is not None else succeed(None)
+        stopping: Deferred[Any] = (
+            maybeDeferred(port.stopListening) if port is not None else succeed(None)  # type: ignore[call-overload]
+        )
         unbinds = []
         for protocol in list(self._connections):
             if protocol.is_bound and isinstance(protocol.owner, _Connection):
@@ -490,7 +498,7 @@ class SmppListener(Service):
             protocol.respond(pdu, CommandStatus.ESME_RINVDSTADR)
             return
         text, concatenation = decode_pdu_text(pdu)
-        held = [(protocol, pdu, 1)]
+        held: list[tuple[SmppProtocol, Pdu, int]] = [(protocol, pdu, 1)]
         if concatenation is not None and concatenation.total > 1:
             key_source = f"{connection.system_id}\0{pdu.source_addr}\0{pdu.destination_addr}"
             try:

@@ -290,7 +290,7 @@ class SmppProtocol(Protocol):
                 if callback is not None:
                     callback(event)
             elif cls is PduReceived:
-                owner.pdu_received(self, event.pdu)  # type: ignore[union-attr]
+                owner.pdu_received(self, event.pdu)  # type: ignore[union-attr, arg-type]
             elif cls is BindSucceeded or cls is BindFailed:
                 callback = event.context  # type: ignore[union-attr]
                 if callback is not None:

@@ -531,7 +531,7 @@ class SmppSession:
             if known is not None and known not in _NO_RESPONSE:
                 # The request's own *_resp carries the status (5.1.3), e.g. a submit_sm
                 # with an over-long source_addr gets submit_sm_resp ESME_RINVSRCADR.
-                answer = response_for(PDU_CLASSES[known](sequence_number), error.status)
+                answer = response_for(PDU_CLASSES[command_id](sequence_number), error.status)
         if answer is None:
             answer = GenericNack(sequence_number, error.status)
         self._queue_raw(encode(answer), answer.command_id)
