@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
@@ -43,11 +45,14 @@ from gateway.smpp.pdu import (
     SubmitSmResp,
 )
 from gateway.smpp.receipts import receipt_from_deliver
+from gateway.smpp.simulator import CarrierSimulator, options_for_carrier
 from gateway.smpp.tlv import Tlv, TlvTag
 from tests.smpp.test_link import (
+    WAIT_SECONDS,
     FakeSmsc,
     RecordingSink,
     StringEndpoint,
+    WaitingSink,
     carrier_config,
     decode_all,
     result_of,
@@ -440,3 +445,39 @@ def test_outbind_refused_without_carriers_accepting_it() -> None:
     peer.send(Outbind(1, system_id="x", password="y"))
     [nack] = decode_all(peer.transport.value())
     assert nack.command_status == CommandStatus.ESME_RINVBNDSTS
+
+
+# -- real peers ---------------------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_simulated_carrier_outbinds_and_its_mo_reaches_the_link() -> Any:
+    """Over real TCP: the carrier simulator outbinds to our listener, the link binds as
+    receiver with its own credentials, and an MO sent by the simulator is recorded."""
+    sink = WaitingSink()
+    config = carrier_config(
+        accept_outbind=True, outbind_system_id="CMCC-SMSC", outbind_password=Secret("ob")
+    )
+    link = CarrierLink(config, sink, global_reactor, jitter=lambda: 0.0)
+    listener = SmppListener(
+        server_config(enquire_link_interval_seconds=30.0),
+        RecordingIntake(),
+        {"cmcc": link},
+        global_reactor,
+    )
+    simulator = CarrierSimulator(options_for_carrier(config, port=0), global_reactor)
+    simulator.startService()
+    listener.startService()
+    try:
+        port = yield listener.listening()
+        yield simulator.outbind("127.0.0.1", port.getHost().port, "CMCC-SMSC", "ob").addTimeout(
+            WAIT_SECONDS, global_reactor
+        )
+        yield simulator.send_mo("13800138000", "查询预约").addTimeout(WAIT_SECONDS, global_reactor)
+        [mo] = sink.mos
+        assert (mo.carrier, mo.text, mo.source) == ("cmcc", "查询预约", PhoneNumber("13800138000"))
+        assert simulator.counters.binds == 1
+    finally:
+        yield link.stopService()
+        yield listener.stopService()
+        yield simulator.stopService()

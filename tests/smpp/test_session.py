@@ -580,3 +580,37 @@ def test_pdu_counts_reflect_the_traffic() -> None:
     assert sent == {CommandId.SUBMIT_SM: 1, CommandId.ENQUIRE_LINK_RESP: 1}
     assert received == {CommandId.ENQUIRE_LINK: 1}
     assert session.pdu_counts() == ({}, {})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    role=st.sampled_from(list(Role)),
+    chunks=st.lists(st.binary(max_size=300), max_size=8),
+    headers=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=600),
+            st.sampled_from([int(c) for c in CommandId] + [0x99, 0x80000099]),
+            st.binary(max_size=80),
+        ),
+        max_size=6,
+    ),
+)
+def test_arbitrary_bytes_never_raise_and_never_grow_the_buffer(
+    role: Role, chunks: list[bytes], headers: list[tuple[int, int, bytes]]
+) -> None:
+    """Random bytes and random plausible headers yield events or a close, never an
+    exception, and the receive buffer never holds more than max_pdu_bytes."""
+    session = session_in(S.BOUND_TRX, role, max_pdu_bytes=512)
+    framed = [
+        length.to_bytes(4, "big")
+        + command_id.to_bytes(4, "big")
+        + bytes(4)
+        + (1).to_bytes(4, "big")
+        + body
+        for length, command_id, body in headers
+    ]
+    for chunk in [*framed, *chunks]:
+        session.receive_data(chunk, 1.0)
+        assert len(session._buffer) <= 512
+        session.data_to_send()
+    session.tick(1000.0)
