@@ -155,6 +155,9 @@ class LinkOptions:
     mo_reassembly_timeout_seconds: float = 20.0
     max_mo_reassemblies: int = 1_000
     max_pdu_bytes: int = DEFAULT_MAX_PDU_BYTES
+    # PEM of the CA (or self-signed certificate) that signs the SMSC's TLS certificate;
+    # empty: the system's trust store.  Carriers' private links often use a private CA.
+    tls_trust_root_pem: str = ""
 
 
 class LinkSubmitFailed(SubmitFailed):
@@ -416,9 +419,15 @@ class CarrierLink(MultiService):
             reactor, self.config.host, self.config.port, timeout=10
         )
         if self.config.tls:
-            from twisted.internet.ssl import optionsForClientTLS
+            from twisted.internet import ssl
 
-            endpoint = wrapClientTLS(optionsForClientTLS(self.config.host), endpoint)
+            trust_root = (
+                ssl.Certificate.loadPEM(self.options.tls_trust_root_pem)
+                if self.options.tls_trust_root_pem
+                else None
+            )
+            tls_options = ssl.optionsForClientTLS(self.config.host, trustRoot=trust_root)
+            endpoint = wrapClientTLS(tls_options, endpoint)
         return endpoint
 
     # -- CarrierLink port ---------------------------------------------------------------

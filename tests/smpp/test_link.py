@@ -914,3 +914,84 @@ def test_refused_credentials_are_not_retried_quickly(simulator_factory: Any) -> 
         assert simulator.counters.bind_failures == 1 and not link.is_bound()
     finally:
         yield link.stopService()
+
+
+def self_signed_pem(directory: Any) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1/localhost: (path of cert+key PEM, cert PEM)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    path = directory / "smpp.pem"
+    path.write_text(cert_pem + key_pem)
+    return str(path), cert_pem
+
+
+@pytest_twisted.inlineCallbacks
+def test_link_binds_and_submits_over_tls(tmp_path: Any) -> Any:
+    """With tls: true the link speaks TLS, verifying the SMSC's certificate against the
+    configured trust root; here the SMSC is our own TLS listener (the link binds as a
+    partner ESME)."""
+    from gateway.config import PartnerAccount, SmppServerConfig
+    from gateway.smpp.listener import SmppListener
+    from tests.smpp.test_listener import RecordingIntake
+
+    certificate_path, certificate_pem = self_signed_pem(tmp_path)
+    intake = RecordingIntake()
+    listener = SmppListener(
+        SmppServerConfig(
+            listen="127.0.0.1:0",
+            tls_certificate=certificate_path,
+            accounts=(PartnerAccount(system_id="gw12123", password=Secret("secret")),),
+        ),
+        intake,
+        {},
+        global_reactor,
+    )
+    listener.startService()
+    port = yield listener.listening()
+    link = CarrierLink(
+        carrier_config(port=port.getHost().port, tls=True),
+        WaitingSink(),
+        global_reactor,
+        options=LinkOptions(tls_trust_root_pem=certificate_pem),
+        jitter=lambda: 0.0,
+    )
+    link.startService()
+    try:
+        yield link.when_bound().addTimeout(WAIT_SECONDS, global_reactor)
+        accepted = yield link.submit(OutboundSms("n1", CITIZEN, "over TLS"))
+        assert accepted == SubmitAccepted("cmcc", ("gw1",))
+        assert [call[2] for call in intake.calls] == ["over TLS"]
+    finally:
+        yield link.stopService()
+        yield listener.stopService()

@@ -7,6 +7,7 @@ in between (a receipt is sent only once the submit was recorded).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from twisted.internet.threads import deferToThread
 from gateway.config import PartnerAccount, Secret, SmppServerConfig
 from gateway.privacy import PhoneNumber
 from gateway.smpp.listener import SmppListener
+from tests.smpp.test_link import self_signed_pem
 from tests.smpp.test_listener import RecordingIntake
 
 SYSTEM_ID = "partner"
@@ -126,3 +128,39 @@ def test_smpplib_is_locked_out_after_repeated_failures(listener: SmppListener) -
         assert status == smpplib.consts.SMPP_ESME_RINVPASWD
     status = yield deferToThread(bind_status, listener, SYSTEM_ID, PASSWORD)
     assert status == smpplib.consts.SMPP_ESME_RBINDFAIL
+
+
+@pytest_twisted.inlineCallbacks
+def test_smpplib_binds_over_tls(tmp_path: Any) -> Any:
+    """With tls_certificate set the listener speaks TLS: smpplib, verifying our
+    certificate, binds and unbinds."""
+    certificate_path, certificate_pem = self_signed_pem(tmp_path)
+    config = SmppServerConfig(
+        listen="127.0.0.1:0",
+        tls_certificate=certificate_path,
+        accounts=(PartnerAccount(system_id=SYSTEM_ID, password=Secret(PASSWORD)),),
+    )
+    service = SmppListener(config, RecordingIntake(), {}, reactor)
+    service.startService()
+    try:
+        port = yield service.listening()
+        context = ssl.create_default_context(cadata=certificate_pem)
+        context.check_hostname = False  # smpplib wraps the socket without a server name
+        client = smpplib.client.Client(
+            "127.0.0.1",
+            port.getHost().port,
+            timeout=5,
+            ssl_context=context,
+            allow_unknown_opt_params=True,
+        )
+
+        def bind_and_unbind() -> int:
+            client.connect()
+            client.bind_transceiver(system_id=SYSTEM_ID, password=PASSWORD)
+            status = int(client.unbind().status)
+            client.disconnect()
+            return status
+
+        assert (yield deferToThread(bind_and_unbind)) == 0
+    finally:
+        yield service.stopService()
