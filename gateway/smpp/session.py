@@ -164,6 +164,22 @@ def _build_transitions() -> dict[tuple[SessionState, Role, CommandId, Direction]
 
 TRANSITIONS: Final = _build_transitions()
 
+
+def _views(direction: Direction) -> dict[tuple[SessionState, Role], dict[int, SessionState]]:
+    """TRANSITIONS sliced per (state, role) and keyed by the int command_id: the hot path
+    then hashes one int per PDU instead of a tuple of Enums (Enum.__hash__ is Python code)."""
+    views: dict[tuple[SessionState, Role], dict[int, SessionState]] = {
+        (state, role): {} for state in SessionState for role in Role
+    }
+    for (state, role, command, key_direction), after in TRANSITIONS.items():
+        if key_direction is direction:
+            views[(state, role)][int(command)] = after
+    return views
+
+
+_SEND_VIEWS: Final = _views(Direction.SEND)
+_RECEIVE_VIEWS: Final = _views(Direction.RECEIVE)
+
 _BINDS: Final = frozenset(
     {CommandId.BIND_TRANSMITTER, CommandId.BIND_RECEIVER, CommandId.BIND_TRANSCEIVER}
 )
@@ -321,7 +337,10 @@ class SmppSession:
             raise ValueError("max_pdu_bytes below the 16-octet header")
         if window < 1:
             raise ValueError("window must be at least 1")
-        self.role = role
+        self._role = role
+        self._state = SessionState.OPEN
+        self._may_send = _SEND_VIEWS[(self._state, role)]
+        self._may_receive = _RECEIVE_VIEWS[(self._state, role)]
         self.max_pdu_bytes = max_pdu_bytes
         self.window = window
         self.response_timeout_seconds = response_timeout_seconds
@@ -332,7 +351,6 @@ class SmppSession:
             else session_init_timeout_seconds
         )
         self._accept_outbind = accept_outbind and role is Role.SMSC
-        self.state = SessionState.OPEN
         self.close_reason = ""
         self._buffer = b""
         self._outgoing: list[bytes] = []
@@ -351,6 +369,25 @@ class SmppSession:
     # -- inspection -------------------------------------------------------------------
 
     @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @state.setter
+    def state(self, state: SessionState) -> None:
+        self._state = state
+        self._may_send = _SEND_VIEWS[(state, self._role)]
+        self._may_receive = _RECEIVE_VIEWS[(state, self._role)]
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @role.setter
+    def role(self, role: Role) -> None:
+        self._role = role
+        self.state = self._state  # refresh the table views
+
+    @property
     def is_bound(self) -> bool:
         return self.state in BOUND_STATES
 
@@ -366,7 +403,7 @@ class SmppSession:
 
     def can_send(self, command_id: CommandId) -> bool:
         """Whether the table allows us to send ``command_id`` in the current state."""
-        return (self.state, self.role, command_id, Direction.SEND) in TRANSITIONS
+        return command_id in self._may_send
 
     def pdu_counts(self) -> tuple[dict[int, int], dict[int, int]]:
         """PDUs (sent, received) by command_id since the last call; resets the counts."""
@@ -389,7 +426,8 @@ class SmppSession:
             PduEncodeError: a field cannot be encoded.
         """
         command_id = pdu.command_id
-        if (self.state, self.role, command_id, Direction.SEND) not in TRANSITIONS:
+        after = self._may_send.get(command_id)
+        if after is None:
             raise LocalProtocolError(
                 f"{command_id.name.lower()} may not be sent by the {self.role.value} "
                 f"in {self.state.value}"
@@ -406,7 +444,7 @@ class SmppSession:
         self._queue_raw(raw, command_id)
         if command_id in _NO_RESPONSE:
             # outbind: we (the SMSC) now wait for the ESME's bind_receiver.
-            self.state = TRANSITIONS[(self.state, self.role, command_id, Direction.SEND)]
+            self.state = after
             return sequence_number
         self._outstanding[sequence_number] = _Outstanding(
             pdu, now, now + self.response_timeout_seconds, context, in_window
@@ -437,9 +475,9 @@ class SmppSession:
         command_id = request.command_id
         if command_id in _BINDS:
             self._binding = False
-            key = (self.state, self.role, command_id, Direction.RECEIVE)
-            if status == CommandStatus.ESME_ROK and key in TRANSITIONS:
-                self.state = TRANSITIONS[key]
+            after = self._may_receive.get(command_id)
+            if status == CommandStatus.ESME_ROK and after is not None:
+                self.state = after
                 self._init_deadline = None
             elif not self.is_bound:
                 # A refused bind restarts the session_init timer: the peer may try again.
@@ -548,8 +586,7 @@ class SmppSession:
         ):
             self.role = Role.ESME  # see "listener session" in the module docstring
             self._accept_outbind = False
-        key = (self.state, self.role, command_id, Direction.RECEIVE)
-        after = TRANSITIONS.get(key)
+        after = self._may_receive.get(command_id)
         if after is None:
             self._refuse(pdu, events)
             return
@@ -616,7 +653,7 @@ class SmppSession:
         if request_id in _BINDS:
             self._binding = False
             if status == CommandStatus.ESME_ROK and command_id is not CommandId.GENERIC_NACK:
-                self.state = TRANSITIONS[(self.state, self.role, request_id, Direction.SEND)]
+                self.state = _SEND_VIEWS[(self._state, self._role)][request_id]
                 events.append(BindSucceeded(self.state, pdu, pending.context))
             else:
                 self._init_deadline = now + self.session_init_timeout_seconds
