@@ -100,7 +100,9 @@ class FastAgiProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._started_at = self._clock.seconds()
+        # A call counts as active until it is recorded (see when_idle and stopService).
         self._service.active.add(self)
+        self.done.addBoth(self._forget)
         self._header_timer = self._clock.callLater(HEADER_TIMEOUT_SECONDS, self._header_timed_out)
 
     def dataReceived(self, data: bytes) -> None:
@@ -120,7 +122,6 @@ class FastAgiProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_header_timer()
         self._session.close()
-        self._service.active.discard(self)
         if self._flow is None:
             self._record("no_environment" if self._environment is None else "unknown_script", ())
             return
@@ -167,8 +168,7 @@ class FastAgiProtocol(Protocol):
         log.warn("Asterisk broke the AGI protocol: {reason}; closing", reason=event.reason)
         self._gone = True
         if self._flow is not None and not self._flow.finished and not self._action_running:
-            self._flow.outcome = "protocol_error"
-            self._drive(self._flow.on_hangup(self._clock.seconds()))
+            self._drive(self._flow.on_hangup(self._clock.seconds(), "protocol_error"))
         elif self._flow is None:
             self._record("protocol_error", ())
         if self.transport is not None:
@@ -272,6 +272,10 @@ class FastAgiProtocol(Protocol):
         d.addErrback(self._record_failed)
         d.addBoth(lambda _: self.done.callback(record))
 
+    def _forget(self, result: Any) -> Any:
+        self._service.active.discard(self)
+        return result
+
     def _record_failed(self, failure: Failure) -> None:
         if failure.check(RedisError, ConnectionError, TimeoutError):
             log.error("could not record call event: {error}", error=failure.getErrorMessage())
@@ -346,6 +350,11 @@ class FastAgiService(Service):
         timer = self.clock.callLater(self._drain_timeout, self._drop_calls)
         drained.addBoth(lambda _: timer.cancel() if timer.active() else None)
         return DeferredList([stopped, drained]).addCallback(lambda _: None)
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires when every call in progress has ended and been recorded."""
+        calls = [protocol.done for protocol in list(self.active)]
+        return DeferredList(calls, consumeErrors=True).addCallback(lambda _: None)
 
     def _drop_calls(self) -> None:
         for protocol in list(self.active):

@@ -931,7 +931,9 @@ AgiStep = Speak | ReadDigits | Control
 
 
 class _CallerGone(Exception):
-    pass
+    def __init__(self, outcome: str = "caller_hangup") -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
 
 
 class CallFlow:
@@ -988,14 +990,15 @@ class CallFlow:
         self.now = now
         return self._advance(result)
 
-    def on_hangup(self, now: float) -> Step:
-        """The caller is gone while a command was due: finish (running the final action)."""
+    def on_hangup(self, now: float, outcome: str = "caller_hangup") -> Step:
+        """The caller is gone while a command was due: finish (running the final action).
+        `outcome`: how to record the end (``protocol_error`` when Asterisk misbehaved)."""
         self.now = now
         if isinstance(self._current, Finish):
             return self._current
         if isinstance(self._current, RunAction):
             raise RuntimeError("feed the outstanding action's result first")
-        self._current = self._gen.throw(_CallerGone())
+        self._current = self._gen.throw(_CallerGone(outcome))
         return self._current
 
     @property
@@ -1013,8 +1016,8 @@ class CallFlow:
             reply = yield Control(agi.answer(), self.menu.start)
             self._check(reply)
             yield from self._walk()
-        except _CallerGone:
-            self.outcome = "caller_hangup"
+        except _CallerGone as gone:
+            self.outcome = gone.outcome
         except _CommandRefused:
             self.outcome = "error"
         if self.menu.final_action:
