@@ -995,3 +995,21 @@ def test_link_binds_and_submits_over_tls(tmp_path: Any) -> Any:
     finally:
         yield link.stopService()
         yield listener.stopService()
+
+
+def test_mo_as_data_sm_is_answered_with_data_sm_resp() -> None:
+    """An MO delivered as data_sm (message_payload) is recorded and answered data_sm_resp."""
+    from gateway.smpp.pdu import DataSm, DataSmResp
+
+    link, smsc, _, sink = bound_link()
+    smsc.send(
+        DataSm(
+            4,
+            source_addr="13800138000",
+            destination_addr="12123",
+            data_coding=8,
+            tlvs=(Tlv(TlvTag.MESSAGE_PAYLOAD, "退订".encode("utf-16-be")),),
+        )
+    )
+    assert [m.text for m in sink.mos] == ["退订"]
+    assert smsc.read() == [DataSmResp(4)]

@@ -43,6 +43,8 @@ from gateway.smpp.pdu import (
     QuerySmResp,
     SubmitSm,
     SubmitSmResp,
+    Unbind,
+    UnbindResp,
 )
 from gateway.smpp.receipts import receipt_from_deliver
 from gateway.smpp.simulator import CarrierSimulator, options_for_carrier
@@ -481,3 +483,15 @@ def test_simulated_carrier_outbinds_and_its_mo_reaches_the_link() -> Any:
         yield link.stopService()
         yield listener.stopService()
         yield simulator.stopService()
+
+
+def test_stop_unbinds_partners_and_closes() -> None:
+    """stopService sends unbind to every bound partner and closes after unbind_resp."""
+    listener, peer, _, _ = bound_partner()
+    stopped = listener.stopService()
+    [unbind] = peer.read()
+    assert isinstance(unbind, Unbind)
+    assert not stopped.called
+    peer.send(UnbindResp(unbind.sequence_number))
+    assert stopped.called
+    assert peer.transport.disconnecting
