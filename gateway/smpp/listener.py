@@ -73,7 +73,7 @@ from gateway.smpp.pdu import (
 )
 from gateway.smpp.protocol import SessionOwner, SmppProtocol
 from gateway.smpp.receipts import MESSAGE_STATE_NAMES
-from gateway.smpp.session import Role, SmppSession, WindowFull
+from gateway.smpp.session import Role, SmppSession
 from gateway.smpp.text import Reassembler, decode_pdu_text
 from gateway.smpp.throttle import TokenBucket
 from gateway.smpp.tlv import Tlv, TlvTag
@@ -611,10 +611,7 @@ class SmppListener(Service):
                 ),
             ),
         )
-        try:
-            answered = protocol.request(pdu)
-        except WindowFull:  # pragma: no cover - window_free was checked
-            return fail(NoReceiverBound(system_id))
+        answered = protocol.request(pdu)  # window_free was checked: no WindowFull here
 
         def check(response: Pdu) -> None:
             if response.command_status != CommandStatus.ESME_ROK:
