@@ -163,6 +163,11 @@ def _below_10000(n: int, *, leading: bool) -> str:
     return "".join(parts)
 
 
+def counted(n: int) -> str:
+    """A number before a measure word: 2 is 两 (两辆, 两点, 两分), the rest as chinese_number."""
+    return "两" if n == 2 else chinese_number(n)
+
+
 def chinese_date(day: date) -> str:
     """二零二六年十二月七日: the year digit by digit, month and day as numbers."""
     return "".join(_NUMERALS[int(d)] for d in f"{day.year:04d}") + f"年{chinese_number(day.month)}月{chinese_number(day.day)}日"
@@ -206,7 +211,7 @@ class Voice:
                 digits = run.group()
                 # A year is read digit by digit (二零二六年), other numbers as quantities.
                 year = len(digits) == 4 and text.startswith("年", i + 4)
-                clips.extend(self.chars(digits if year else chinese_number(int(digits))))
+                clips.extend(self.chars(digits if year else counted(int(digits))))
                 i += len(digits)
                 continue
             clip = self.character_clip(text[i])
@@ -225,7 +230,7 @@ class Voice:
             return self.chars(re.sub(r"[^0-9]", "", value))
         if form == "number":
             try:
-                return self.chars(chinese_number(int(value)))
+                return self.chars(counted(int(value)))
             except ValueError:
                 return self.text(value)
         if form == "date":

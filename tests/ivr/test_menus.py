@@ -168,6 +168,8 @@ def test_voice_prefers_vocabulary_words() -> None:
     assert voice.value("20261130001", "digits")[0].text == "二"
     assert "".join(c.text for c in voice.value("闽D3K517", "chars")) == "闽D三K五一七"
     assert "".join(c.text for c in voice.value("2026-12-07", "date")) == "二零二六年十二月七日"
+    assert "".join(c.text for c in voice.value("2", "number")) == "两"
+    assert "".join(c.text for c in voice.text("2点")) == "两点"
 
 
 def test_every_clip_has_a_distinct_file(book: MenuBook) -> None:

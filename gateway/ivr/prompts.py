@@ -1,0 +1,161 @@
+"""``gateway prompts build``: the menus' sound files, spoken by espeak-ng, made by sox.
+
+Every clip of the menus (`MenuBook.all_clips`: the literal parts of the prompts, the
+vocabulary words, the character clips values are built from) becomes
+``<sounds_dir>/<sound_prefix>/<clip>.wav``: 8 kHz, mono, 16-bit signed PCM, the ``.wav``
+format Asterisk plays without transcoding on an 8 kHz call.  ``manifest.json`` beside them
+remembers the text and voice each file was made from, so a second run only remakes the
+clips whose text changed (``--force`` remakes all).
+
+Asterisk finds them as ``STREAM FILE 12123/<clip>`` once its sounds folder links to ours
+(dialplans/README.md).  A recorded professional voice can replace any file: keep the name,
+and the manifest entry or ``--force`` decides whether the build overwrites it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.ivr.menus import Clip, MenuBook
+
+__all__ = ["BuildReport", "PromptToolMissing", "add_arguments", "build_command", "build_prompts", "missing_prompts",
+           "run", "tts_text"]
+
+INSTALL_HINT = "apt-get install espeak-ng sox"
+_DIGITS = "零一二三四五六七八九"
+
+
+class PromptToolMissing(RuntimeError):
+    """espeak-ng or sox is not installed."""
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    made: tuple[str, ...]
+    kept: tuple[str, ...]
+    folder: Path
+
+
+def tts_text(text: str) -> str:
+    """The text as espeak-ng should read it: numbers of five digits or more are numbers to
+    dial, not quantities (12123 is 一二一二三, not 一万两千一百二十三)."""
+    return re.sub(r"[0-9]{5,}", lambda m: "".join(_DIGITS[int(d)] for d in m.group()), text)
+
+
+def clip_folder(book: MenuBook, sounds_dir: Path) -> Path:
+    return sounds_dir / book.sound_prefix if book.sound_prefix else sounds_dir
+
+
+def missing_prompts(book: MenuBook, sounds_dir: str | Path) -> list[str]:
+    """Clip names of the menus without a sound file (for check-config and the demo)."""
+    folder = clip_folder(book, Path(sounds_dir))
+    return [clip.name for clip in book.all_clips() if not (folder / f"{clip.name}.wav").is_file()]
+
+
+def _fingerprint(clip: Clip, voice: str) -> str:
+    return hashlib.sha1(f"{voice}\n{tts_text(clip.text)}".encode()).hexdigest()
+
+
+def _tools(espeak: str, sox: str) -> tuple[str, str]:
+    found = shutil.which(espeak), shutil.which(sox)
+    if found[0] is None or found[1] is None:
+        missing = " and ".join(name for name, path in ((espeak, found[0]), (sox, found[1])) if path is None)
+        raise PromptToolMissing(f"{missing} not found: install them with `{INSTALL_HINT}`")
+    return found[0], found[1]
+
+
+def _make(clip: Clip, target: Path, voice: str, espeak: str, sox: str) -> None:
+    """espeak-ng speaks into a WAV at its own rate; sox makes it 8 kHz mono 16-bit, peak -1 dB."""
+    with tempfile.NamedTemporaryFile(suffix=".wav", dir=target.parent, delete=False) as tmp:
+        partial = Path(tmp.name)
+    try:
+        spoken = subprocess.run([espeak, "-v", voice, "-s", "150", "--stdout", tts_text(clip.text)],
+                                check=True, capture_output=True, timeout=60)
+        subprocess.run([sox, "-V1", "-t", "wav", "-", "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer",
+                        str(partial), "gain", "-n", "-1"], input=spoken.stdout, check=True, capture_output=True,
+                       timeout=60)
+        partial.replace(target)  # never a half-written file under the real name
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def build_prompts(book: MenuBook, sounds_dir: str | Path, *, force: bool = False, espeak: str = "espeak-ng",
+                  sox: str = "sox", workers: int = 4) -> BuildReport:
+    """Make every missing or changed clip; raises PromptToolMissing, or
+    subprocess.CalledProcessError when a tool fails."""
+    espeak_path, sox_path = _tools(espeak, sox)
+    folder = clip_folder(book, Path(sounds_dir))
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / "manifest.json"
+    try:
+        manifest: dict[str, str] = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = {}
+    voice = book.tts_voice
+    todo: list[Clip] = []
+    kept: list[str] = []
+    for clip in book.all_clips():
+        fingerprint = _fingerprint(clip, voice)
+        if not force and manifest.get(clip.name) == fingerprint and (folder / f"{clip.name}.wav").is_file():
+            kept.append(clip.name)
+        else:
+            todo.append(clip)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(lambda c: _make(c, folder / f"{c.name}.wav", voice, espeak_path, sox_path), todo))
+    for clip in todo:
+        manifest[clip.name] = _fingerprint(clip, voice)
+    manifest_path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True), encoding="utf-8")
+    return BuildReport(tuple(c.name for c in todo), tuple(kept), folder)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``gateway prompts build`` (the lead adds -c/--config)."""
+    parser.add_argument("--force", action="store_true", help="remake every file, even unchanged ones")
+    parser.add_argument("--sounds-dir", default=None, help="write here instead of ivr.sounds_dir")
+    parser.add_argument("--workers", type=int, default=4, help="espeak-ng/sox runs in parallel")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``gateway prompts build -c CONFIG``: loads the config, then `build_command`."""
+    from gateway.cli import load_or_exit
+
+    return build_command(load_or_exit(args.config), args)
+
+
+def build_command(config: Any, args: argparse.Namespace) -> int:
+    """Build the prompts of `config`'s menus: 0 done, 1 tools missing or failing, 2 bad menus."""
+    from gateway.config import ConfigError
+    from gateway.ivr.menus import load_menus
+
+    try:
+        book = load_menus(config.resolve(config.ivr.menus_file))
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    # Relative to the working directory, like redis.data_dir: `make demo` runs from the
+    # repository root and keeps every runtime file under var/.
+    sounds_dir = Path(getattr(args, "sounds_dir", None) or config.ivr.sounds_dir).resolve()
+    try:
+        report = build_prompts(book, sounds_dir, force=getattr(args, "force", False),
+                               workers=getattr(args, "workers", 4))
+    except PromptToolMissing as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as error:
+        detail = (error.stderr or b"").decode("utf-8", "replace").strip()
+        print(f"error: {Path(str(error.cmd[0])).name} failed: {detail or error}", file=sys.stderr)
+        return 1
+    print(f"{len(report.made)} prompt files made, {len(report.kept)} unchanged, in {report.folder}")
+    return 0
