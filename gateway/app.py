@@ -34,7 +34,7 @@ from gateway.store.service import RedisService
 log = Logger()
 
 # Stop order: first those that take new work in, last the ones everything else needs.
-STOP_ORDER = ("http", "smpp-listener", "fastagi", "push", "ami", "smpp-links", "redis")
+STOP_ORDER = ("http", "smpp-listener", "fastagi", "push", "mo", "ami", "domain-repair", "smpp-links", "redis")
 
 
 def tcp_endpoint_service(reactor: Any, listen: str, factory: Any) -> StreamServerEndpointService:
@@ -86,6 +86,8 @@ class GatewayService(MultiService):
         self.carrier_links: dict[str, Any] = {}
         self.reloaders: list[Callable[[Config], None]] = []
         self.readiness_checks: dict[str, Callable[[], bool]] = {}
+        self.push: Any = None
+        self.v1_resource: Any = None
         self.stopped = Deferred[None]()
 
     def readiness(self) -> dict[str, bool]:
@@ -132,15 +134,119 @@ def build_gateway(config: Config, reactor: IReactorCore) -> GatewayService:
     root.readiness_checks["carrier_bound"] = lambda: any(link.is_bound() for link in root.carrier_links.values())
 
     if config.http.enabled:
-        site = build_site(config.http, readiness=root.readiness, v1=getattr(root, "v1_resource", None))
+        site = build_site(config.http, readiness=root.readiness, v1=root.v1_resource)
         http = tcp_endpoint_service(reactor, config.http.listen, site)
         http.setName("http")
         http.setServiceParent(root)
     return root
 
 
+class InboundRouter:
+    """The links' InboundSink: receipts to the pipeline, citizens' messages to MO handling."""
+
+    # Filled in after the links exist: the pipeline needs the links, the links need a sink.
+    receipts: Any = None
+    mo: Any = None
+
+    def record_receipt(self, receipt: Any) -> Deferred[None]:
+        return self.receipts.record_receipt(receipt)
+
+    def record_mo(self, message: Any) -> Deferred[None]:
+        return self.mo.record_mo(message)
+
+
 def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
     """SMPP links and listener, push pipeline, voice: each only when enabled."""
+    from gateway.smpp.link import CarrierLink, LinkOptions
+
+    assert root.redis is not None
+    redis, keys = root.redis.client, root.redis.keys
+    drain = config.drain_timeout_seconds
+    carriers = [c for c in config.carriers if c.enabled]
+
+    if config.push.enabled:
+        from gateway.push.mo import MoService
+        from gateway.push.render import TemplateCatalogue
+        from gateway.push.service import PushService
+
+        links_service = MultiService()
+        links_service.setName("smpp-links")
+        inbound = InboundRouter()
+        link_options = LinkOptions(drain_timeout_seconds=drain)
+        for carrier in carriers:
+            link = CarrierLink(carrier, inbound, reactor, options=link_options)  # named after the carrier
+            link.setServiceParent(links_service)
+            root.carrier_links[carrier.name] = link
+        links_service.setServiceParent(root)
+
+        push = PushService(redis, keys, config.push, TemplateCatalogue(config.resolve(config.push.templates_file)),
+                           list(root.carrier_links.values()), reactor, drain_timeout_seconds=drain)
+        push.setServiceParent(root)
+        mo = MoService(redis, keys, config.push.mo, reactor)
+        mo.setName("mo")
+        mo.setServiceParent(root)
+        inbound.receipts, inbound.mo = push, mo
+        root.v1_resource = push.http_resource()
+        root.push = push
+
+        def reload_templates(_: Config) -> None:
+            push.reload_templates()
+
+        root.reloaders.append(reload_templates)
+
+        if config.smpp_server.enabled:
+            from gateway.smpp.listener import SmppListener
+
+            certificate = config.resolve(config.smpp_server.tls_certificate) if config.smpp_server.tls_certificate else None
+            listener = SmppListener(config.smpp_server, push.partners, root.carrier_links, reactor,
+                                    certificate_path=certificate)
+            listener.setServiceParent(root)
+            push.set_partner_receipt_sink(listener)
+
+        _add_cancellation_repair(root, redis, keys, reactor)
+
+    if config.ivr.fastagi.enabled:
+        from gateway.ivr.fastagi import FastAgiService
+        from gateway.ivr.menus import load_menus
+
+        menus_path = config.resolve(config.ivr.menus_file)
+        fastagi = FastAgiService(config.ivr, lambda: load_menus(menus_path), redis, keys, reactor,
+                                 drain_timeout_seconds=drain)
+        fastagi.setServiceParent(root)
+
+        def reload_menus(_: Config) -> None:
+            fastagi.reload()
+
+        root.reloaders.append(reload_menus)
+
+    if config.ami.enabled:
+        from gateway.ivr.reminders import build_voice_reminders
+
+        build_voice_reminders(config, redis, keys, reactor).setServiceParent(root)
+
+
+def _add_cancellation_repair(root: GatewayService, redis: Any, keys: Any, reactor: Any) -> None:
+    """A cancellation whose SMS hand-off was cut by a crash is finished here (every 60 s)."""
+    from twisted.application.internet import TimerService
+
+    from gateway.domain.bookings import BookingCancellation
+    from gateway.store.bridge import as_deferred
+    from gateway.store.service import REDIS_ERRORS
+
+    cancellation = BookingCancellation(redis, keys)
+
+    async def sweep() -> None:
+        try:
+            repaired = await cancellation.repair_unnotified(now=reactor.seconds())
+        except REDIS_ERRORS:
+            return  # Redis away: the next sweep tries again
+        if repaired:
+            log.info("finished {count} cancellation notices cut short earlier", count=repaired)
+
+    service = TimerService(60.0, lambda: as_deferred(sweep()))
+    service.clock = reactor
+    service.setName("domain-repair")
+    service.setServiceParent(root)
 
 
 def service_named(root: MultiService, name: str) -> IService | None:

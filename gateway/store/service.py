@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from gateway import metrics
 from gateway.config import RedisConfig
 from gateway.store.bridge import as_deferred
-from gateway.store.embedded import RedisServerProcess
+from gateway.store.embedded import RedisServerProcess, free_port
 from gateway.store.keys import Keys
 
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -35,13 +35,14 @@ REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 def make_client(url: str, reconnect_max_delay_seconds: float = 10.0, **options: Any) -> aioredis.Redis:
     """A redis.asyncio client that retries a command a few times with jittered backoff."""
     retry = Retry(ExponentialWithJitterBackoff(cap=reconnect_max_delay_seconds, base=0.05), retries=3)
+    if not url.startswith("unix:"):
+        options.setdefault("socket_keepalive", True)  # TCP only; unix sockets refuse it
     return aioredis.Redis.from_url(
         url,
         decode_responses=True,
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_connect_timeout=2.0,
-        socket_keepalive=True,
         health_check_interval=0,
         **options,
     )
@@ -56,8 +57,10 @@ class RedisService(Service):
         self.embedded: RedisServerProcess | None = None
         if config.url == "embedded":
             # Relative to the working directory: `make demo` keeps it in ./var/redis.
-            self.embedded = RedisServerProcess(data_dir=Path(config.data_dir).resolve())
-        self.client: aioredis.Redis | None = None
+            # The port is chosen now so the client (and every part holding it) exists
+            # before the server starts; connections are made lazily on first use.
+            self.embedded = RedisServerProcess(data_dir=Path(config.data_dir).resolve(), port=free_port())
+        self.client: aioredis.Redis = make_client(self.url, config.reconnect_max_delay_seconds)
         self.available = False
         self._probe = LoopingCall(self._check)
         self._probe_interval = probe_interval_seconds
@@ -72,7 +75,6 @@ class RedisService(Service):
             self.embedded.start()
             self.log.info("embedded redis-server on 127.0.0.1:{port}, data in {dir}",
                           port=self.embedded.port, dir=str(self.embedded.data_dir))
-        self.client = make_client(self.url, self.config.reconnect_max_delay_seconds)
         super().startService()
         self._probe.start(self._probe_interval, now=True)
 
@@ -82,7 +84,6 @@ class RedisService(Service):
         return d
 
     async def _ping(self) -> None:
-        assert self.client is not None
         try:
             await asyncio.wait_for(self.client.ping(), timeout=max(self._probe_interval, 0.5))
         except (TimeoutError, *REDIS_ERRORS) as e:
@@ -102,11 +103,10 @@ class RedisService(Service):
         return as_deferred(self._close())
 
     async def _close(self) -> None:
-        if self.client is not None:
-            try:
-                await self.client.aclose()
-            except REDIS_ERRORS:
-                pass
+        try:
+            await self.client.aclose()
+        except REDIS_ERRORS:
+            pass
         if self.embedded is not None:
             self.embedded.stop()
             self.log.info("embedded redis-server stopped")
