@@ -34,7 +34,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -60,26 +60,20 @@ __all__ = ["CATALOGUE", "REMINDER_TYPES", "CallContext", "VoiceActions", "spoken
 
 log = Logger()
 
-# Notification types (config/templates.yaml) the reminder call has a voice text for: each
-# is an outcome of load_reminder, so ivr.yaml can give each its own prompt.
+# Notification types (config/templates.yaml) that the default ivr.yaml words for the
+# phone from their parameters, with pre-built prompts.  Each is an outcome of
+# load_reminder; any other reminder is read out from its text (``text``: synthesised for
+# the call) or, without espeak-ng/sox, with the generic prompt (``other``).
 REMINDER_TYPES = frozenset({
     "exam_booking_confirmed",
     "exam_booking_cancelled",
-    "exam_result",
     "inspection_due",
     "inspection_overdue",
-    "inspection_missed_three_cycles",
-    "scrapping_due",
     "points_reached_9",
     "points_reached_12",
     "licence_renewal_due",
-    "licence_renewal_overdue",
-    "licence_audit_due",
-    "medical_certificate_due",
-    "licence_cancelled",
-    "camera_violation",
-    "id_card_ready",
 })
+SIGNATURE = "【交管12123】"
 
 OVERDUE_WORD = "逾期未检验"
 _SESSION_WORDS = frozenset({"上午", "下午", "晚上"})
@@ -108,13 +102,24 @@ CATALOGUE: Mapping[str, ActionSpec] = {
     "next_vehicle": ActionSpec(
         frozenset({"more", "done"}), frozenset(s.label for s in VehicleStatus) | {OVERDUE_WORD}
     ),
-    "load_reminder": ActionSpec(REMINDER_TYPES | {"other", "not_found"}, frozenset(s.label for s in ExamSubject) | _SESSION_WORDS),
+    "load_reminder": ActionSpec(REMINDER_TYPES | {"text", "other", "not_found"},
+                                frozenset(s.label for s in ExamSubject) | _SESSION_WORDS),
     "record_reminder": ActionSpec(frozenset({"recorded"})),
 }
 
 # INCR, and start the one-hour window on the first failure (also repairs a counter that
 # lost its TTL).  One script: a crash between INCR and EXPIRE cannot leave a counter that
 # never expires.
+# Mark the reminder heard or not, only if the reminder hash exists (never create a stray
+# hash for a call that has none, e.g. a test call to the notify script).
+_HEARD_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'heard', ARGV[1], 'heard_at', ARGV[2], 'heard_uniqueid', ARGV[3])
+  return 1
+end
+return 0
+"""
+
 _ATTEMPT_LUA = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 or redis.call('TTL', KEYS[1]) < 0 then
@@ -173,15 +178,24 @@ def _id_suffix(entry: str) -> str | None:
     return entry if re.fullmatch(r"[0-9]{5}[0-9*]", entry) else None
 
 
+class Synthesizer(Protocol):
+    """Makes the sound file of a free text (gateway.ivr.prompts.SpeechSynthesizer)."""
+
+    async def __call__(self, text: str) -> bool: ...
+
+    def forget(self, text: str) -> None: ...
+
+
 class VoiceActions:
     """The actions of `CATALOGUE`, on one Redis.
 
-    `attempts_per_hour`: IvrConfig.attempts_per_hour.  `run` never raises for Redis or
-    data trouble: it logs and answers ``error``.
+    `attempts_per_hour`: IvrConfig.attempts_per_hour.  `synthesizer`: reads out reminders
+    that have no pre-built wording (None: the generic prompt instead).  `run` never raises
+    for Redis or data trouble: it logs and answers ``error``.
     """
 
     def __init__(self, redis: Redis, keys: Keys, *, attempts_per_hour: int,
-                 attempts_window_seconds: int = 3600) -> None:
+                 attempts_window_seconds: int = 3600, synthesizer: Synthesizer | None = None) -> None:
         self._redis = redis
         self._keys = keys
         self._limit = attempts_per_hour
@@ -191,6 +205,8 @@ class VoiceActions:
         self._vehicles = VehicleStore(redis, keys)
         self._cancellation = BookingCancellation(redis, keys)
         self._attempt_script = redis.register_script(_ATTEMPT_LUA)
+        self._heard_script = redis.register_script(_HEARD_LUA)
+        self._synthesizer = synthesizer
         self._actions: dict[str, Callable[[CallContext], Awaitable[ActionResult]]] = {
             "check_attempts": self.check_attempts,
             "booking_status": self.booking_status,
@@ -380,45 +396,60 @@ class VoiceActions:
     # -- outbound reminders ---------------------------------------------------------------
 
     async def load_reminder(self, context: CallContext) -> ActionResult:
-        """``notification_id`` (agi_arg_1) -> the notification's type as the outcome and its
-        parameters as variables (never the citizen's name: someone else may answer)."""
+        """``notification_id`` (agi_arg_1) -> how to word the reminder.
+
+        A type of REMINDER_TYPES with its parameters: that type as the outcome and the
+        parameters as variables (never the citizen's name: someone else may answer).
+        Otherwise the text the push pipeline handed to the voice channel, synthesised for
+        this call: ``text`` with ``reminder_text``; without a synthesizer ``other``.
+        """
         notification_id = context.variables.get("notification_id", "")
         if not notification_id:
             return ActionResult("not_found")
-        raw = await self._redis.hgetall(self._keys.notification(notification_id))
-        if not raw:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._keys.notification(notification_id))
+            pipe.hget(self._keys.voice_reminder(notification_id), "text")
+            raw, voice_text = await pipe.execute()
+        fields = decode_hash(raw) if raw else {}
+        text = decode_text(voice_text) if voice_text else fields.get("text", "").removeprefix(SIGNATURE)
+        if not fields and not text:
             return ActionResult("not_found")
-        fields = decode_hash(raw)
-        try:
-            params = json.loads(fields.get("params") or "{}")
-        except ValueError:
-            raise CorruptRecord("notification params are not JSON") from None
-        variables = {str(k): str(v) for k, v in params.items() if k != "name"} if isinstance(params, dict) else {}
-        if "session" in variables:
-            variables["session"] = spoken_session(variables["session"])
         kind = fields.get("type", "")
-        return ActionResult(kind if kind in REMINDER_TYPES else "other", variables)
+        if kind in REMINDER_TYPES:
+            try:
+                params = json.loads(fields.get("params") or "{}")
+            except ValueError:
+                params = None
+            if isinstance(params, dict) and params:
+                variables = {str(k): str(v) for k, v in params.items() if k != "name"}
+                if "session" in variables:
+                    variables["session"] = spoken_session(variables["session"])
+                return ActionResult(kind, variables)
+        if text and self._synthesizer is not None and await self._synthesizer(text):
+            context.private["synthesised"] = text
+            return ActionResult("text", {"reminder_text": text})
+        return ActionResult("other")
 
     async def record_reminder(self, context: CallContext) -> ActionResult:
-        """Whether the reminder was heard to the end (``REMINDER_HEARD`` set by the menu):
-        ``heard``/``heard_at``/``uniqueid`` on ``call:<notification id>`` and an
-        ``ivr.reminder`` event."""
+        """The menu's final action: was the reminder heard to the end (``REMINDER_HEARD``
+        set by the menu)?  ``heard``/``heard_at``/``heard_uniqueid`` on the reminder hash
+        ``voice-reminder:{id}`` (if it exists) and an ``ivr.reminder`` event; the file made
+        for the call's text is deleted."""
+        spoken = context.private.pop("synthesised", None)
+        if spoken and self._synthesizer is not None:
+            self._synthesizer.forget(spoken)
         notification_id = context.variables.get("notification_id", "")
         if not notification_id:
             return ActionResult("recorded")
         heard = "1" if context.variables.get("REMINDER_HEARD") == "1" else "0"
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self._keys.call(notification_id), mapping={
-                "heard": heard,
-                "heard_at": str(int(context.now)),
-                "uniqueid": context.uniqueid,
-            })
-            pipe.xadd(self._keys.events_stream, {
-                "type": "ivr.reminder",
-                "notification": notification_id,
-                "heard": heard,
-                "uniqueid": context.uniqueid,
-                "at": str(int(context.now)),
-            })
-            await pipe.execute()
+        at = str(int(context.now))
+        await self._heard_script(keys=[self._keys.voice_reminder(notification_id)],
+                                 args=[heard, at, context.uniqueid])
+        await self._redis.xadd(self._keys.events_stream, {
+            "type": "ivr.reminder",
+            "notification": notification_id,
+            "heard": heard,
+            "uniqueid": context.uniqueid,
+            "at": at,
+        }, maxlen=1_000_000, approximate=True)
         return ActionResult("recorded")

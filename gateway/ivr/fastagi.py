@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
@@ -51,6 +52,7 @@ from gateway.ivr.menus import (
     ServiceHours,
     Step,
 )
+from gateway.ivr.prompts import SpeechSynthesizer
 from gateway.privacy import PhoneNumber
 from gateway.store.bridge import as_deferred
 from gateway.store.keys import Keys
@@ -312,7 +314,11 @@ class FastAgiService(Service):
         self.clock = clock
         self._reactor = reactor if reactor is not None else clock
         self.service_hours = ServiceHours.parse(config.service_hours)
-        self.actions = VoiceActions(redis, keys, attempts_per_hour=config.attempts_per_hour)
+        # Reminders without pre-built wording are synthesised into the sounds folder that
+        # Asterisk plays from (same host); without espeak-ng/sox they get the generic prompt.
+        synthesizer = SpeechSynthesizer(Path(config.sounds_dir).resolve(), lambda: self.menus)
+        self.actions = VoiceActions(redis, keys, attempts_per_hour=config.attempts_per_hour,
+                                    synthesizer=synthesizer if synthesizer.available else None)
         self.active: set[FastAgiProtocol] = set()
         self.listening_port: IListeningPort | None = None
         self._drain_timeout = drain_timeout_seconds

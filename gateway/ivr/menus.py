@@ -26,7 +26,8 @@ the literal parts become sound files of their own and the values are spoken from
 inventory of clips (numerals and the other characters of `CHARACTER_CLIPS`, Latin
 letters, and the vocabulary words: sites, statuses, sessions).  Stock Asterisk has no
 Mandarin digit or date sounds, so we build numbers ("三十", "二零二六年十二月七日") from our
-own clips rather than with SAY NUMBER / SAY DATE.
+own clips rather than with SAY NUMBER / SAY DATE.  One exception: ``{x:speech}`` plays a
+free text (a reminder's wording) that an action has synthesised for the call.
 
 Loading checks everything that can be checked without a call (unknown node, unreachable
 node, missing prompt, bad placeholder, unknown action or outcome, digits a keypad cannot
@@ -83,6 +84,8 @@ __all__ = [
     "check_menus_file",
     "chinese_date",
     "chinese_number",
+    "counted",
+    "speech_clip",
     "load_menus",
     "parse_menus",
 ]
@@ -102,7 +105,7 @@ CHARACTER_CLIPS = (
     + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 _CHARACTER_SET = frozenset(CHARACTER_CLIPS)
-_FORMATS = ("text", "digits", "number", "date", "chars")
+_FORMATS = ("text", "digits", "number", "date", "chars", "speech")
 _ID = re.compile(r"[a-z][a-z0-9_]{0,47}")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -161,6 +164,12 @@ def _below_10000(n: int, *, leading: bool) -> str:
         else:
             parts.append(_NUMERALS[digit] + unit)
     return "".join(parts)
+
+
+def speech_clip(text: str) -> Clip:
+    """The clip of a free text synthesised during the call (``{x:speech}``): its file is
+    ``tts-<hash of the text>``, made by the action that provides the text."""
+    return Clip(f"tts-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]}", text)
 
 
 def counted(n: int) -> str:
@@ -240,6 +249,8 @@ class Voice:
                 return self.text(value)
         if form == "chars":
             return self.chars(value)
+        if form == "speech":
+            return [speech_clip(value)] if value.strip() else []
         return self.text(value)
 
 

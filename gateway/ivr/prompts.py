@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.ivr.menus import Clip, MenuBook
+from gateway.ivr.menus import Clip, MenuBook, speech_clip
 
-__all__ = ["BuildReport", "PromptToolMissing", "add_arguments", "build_command", "build_prompts", "missing_prompts",
+__all__ = ["BuildReport", "PromptToolMissing", "SpeechSynthesizer", "add_arguments", "build_command", "build_prompts", "missing_prompts",
            "run", "tts_text"]
 
 INSTALL_HINT = "apt-get install espeak-ng sox"
@@ -117,6 +118,77 @@ def build_prompts(book: MenuBook, sounds_dir: str | Path, *, force: bool = False
         manifest[clip.name] = _fingerprint(clip, voice)
     manifest_path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True), encoding="utf-8")
     return BuildReport(tuple(c.name for c in todo), tuple(kept), folder)
+
+
+class SpeechSynthesizer:
+    """Makes the sound file of a free text during a call (``{x:speech}`` placeholders).
+
+    The file is ``<sounds_dir>/<sound_prefix>/tts-<hash>.wav`` (see menus.speech_clip), so
+    Asterisk must see the gateway's sounds folder: the same host, as the dialplans expect.
+    espeak-ng and sox run as asyncio subprocesses, so the reactor keeps serving other
+    calls.  `forget` removes a file once the call is over: reminder texts are personal.
+    """
+
+    def __init__(self, sounds_dir: str | Path, menus: Any, *, espeak: str = "espeak-ng", sox: str = "sox",
+                 timeout_seconds: float = 20.0) -> None:
+        # `menus`: a MenuBook, or a callable giving the current one (prefix and voice).
+        self._sounds_dir = Path(sounds_dir)
+        self._menus = menus
+        self._espeak = shutil.which(espeak)
+        self._sox = shutil.which(sox)
+        self._timeout = timeout_seconds
+
+    @property
+    def available(self) -> bool:
+        return self._espeak is not None and self._sox is not None
+
+    def _book(self) -> MenuBook:
+        return self._menus() if callable(self._menus) else self._menus  # type: ignore[no-any-return]
+
+    def path_for(self, text: str) -> Path:
+        book = self._book()
+        return clip_folder(book, self._sounds_dir) / f"{speech_clip(text).name}.wav"
+
+    async def __call__(self, text: str) -> bool:
+        """Make the file for `text` unless it exists; False when the tools are missing or fail."""
+        import asyncio
+
+        if not self.available or not text.strip():
+            return False
+        target = self.path_for(text)
+        if target.is_file():
+            return True
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{id(text)}")
+        running: list[Any] = []
+        try:
+            espeak = await asyncio.create_subprocess_exec(
+                self._espeak or "espeak-ng", "-v", self._book().tts_voice, "-s", "150", "--stdout", tts_text(text),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            running.append(espeak)
+            spoken, _ = await asyncio.wait_for(espeak.communicate(), self._timeout)
+            sox = await asyncio.create_subprocess_exec(
+                self._sox or "sox", "-V1", "-t", "wav", "-", "-r", "8000", "-c", "1", "-b", "16",
+                "-e", "signed-integer", "-t", "wav", str(partial), "gain", "-n", "-1",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            running.append(sox)
+            await asyncio.wait_for(sox.communicate(spoken), self._timeout)
+            if espeak.returncode != 0 or sox.returncode != 0:
+                return False
+            partial.replace(target)
+            return True
+        except (TimeoutError, OSError):
+            return False
+        finally:
+            for process in running:
+                if process.returncode is None:  # timed out: do not leave it behind
+                    process.kill()
+            partial.unlink(missing_ok=True)
+
+    def forget(self, text: str) -> None:
+        """Delete the file made for `text` (after the call)."""
+        if text.strip():
+            self.path_for(text).unlink(missing_ok=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -60,6 +60,16 @@ def _reply(result: str, *, timeout: bool = False, endpos: int | None = None) -> 
     return AgiReply(AgiStatus.SUCCESS, result=result, timeout=timeout, endpos=endpos)
 
 
+class _PrintedSpeech:
+    """ivr-sim prints a reminder's text instead of synthesising it."""
+
+    async def __call__(self, text: str) -> bool:
+        return bool(text.strip())
+
+    def forget(self, text: str) -> None:
+        pass
+
+
 class _ScriptedCaller:
     """Types one group of keys per request for input, as a FastAGI caller would."""
 
@@ -100,7 +110,7 @@ async def simulate(book: MenuBook, redis: Redis, keys: Keys, *, ivr: IvrConfig, 
         agent_queue=ivr.agent_queue,
         variables={"notification_id": arguments[0]} if arguments else None,
     )
-    actions = VoiceActions(redis, keys, attempts_per_hour=ivr.attempts_per_hour)
+    actions = VoiceActions(redis, keys, attempts_per_hour=ivr.attempts_per_hour, synthesizer=_PrintedSpeech())
     context = CallContext(caller=caller_number(caller or ""), variables={}, now=clock, uniqueid="ivr-sim")
     scripted = _ScriptedCaller(key_groups, hang_up_when_done)
     lines: list[str] = []

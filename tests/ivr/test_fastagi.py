@@ -3,6 +3,8 @@ Asterisk-faithful client of tests/peers and the session's real redis-server."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
@@ -30,7 +33,7 @@ from gateway.domain.sample import (
 )
 from gateway.ivr.actions import CATALOGUE
 from gateway.ivr.fastagi import HEADER_TIMEOUT_SECONDS, FastAgiProtocol, FastAgiService
-from gateway.ivr.menus import MenuBook, chinese_date, load_menus, parse_menus
+from gateway.ivr.menus import MenuBook, chinese_date, load_menus, parse_menus, speech_clip
 from gateway.store.bridge import wait_deferred
 from gateway.store.keys import Keys
 from gateway.store.service import make_client
@@ -61,6 +64,7 @@ class Harness:
 
 @asynccontextmanager
 async def fastagi(redis_url: str, book: MenuBook = BOOK, **ivr: Any) -> AsyncIterator[Harness]:
+    ivr.setdefault("sounds_dir", tempfile.mkdtemp(prefix="fastagi-sounds-"))
     redis = make_client(redis_url)
     summary = await load_sample(redis, KEYS, today=from_unix(reactor.seconds()).date())
     config = IvrConfig(fastagi=FastAgiConfig(listen="127.0.0.1:0"), **ivr)
@@ -270,13 +274,14 @@ async def test_reminder_call_records_heard(redis_url: str) -> None:
             "params": '{"name": "林晓燕", "subject": "科目二", "date": "2026-12-07", "session": "上午", '
                       '"site": "集美灌口考场", "booking_no": "20261207001"}',
         })
+        await h.redis.hset(KEYS.voice_reminder("n-42"), mapping={"to": SAMPLE_CALLER, "state": "calling"})
         client = await h.call("notify", callerid="12123", arguments=["n-42"], inputs=[""])
         text = heard(client)
         assert text.startswith("您好，这里是交管12123，现在为您播报一条提醒。您已成功预约科目二考试，考试时间为二零二六年十二月七日上午")
         assert "林" not in text
         assert client.variables["REMINDER_HEARD"] == "1"
         assert all(p.interrupted_by is None for p in client.played)
-        assert await h.redis.hget(KEYS.call("n-42"), "heard") == "1"
+        assert await h.redis.hget(KEYS.voice_reminder("n-42"), "heard") == "1"
         [reminder] = await h.events("ivr.reminder")
         assert reminder["notification"] == "n-42" and reminder["heard"] == "1"
 
@@ -286,11 +291,38 @@ async def test_reminder_hung_up_is_not_heard(redis_url: str) -> None:
     """A reminder cut short by the callee is recorded as not heard."""
     async with fastagi(redis_url) as h:
         await h.redis.hset(KEYS.notification("n-43"), mapping={"type": "points_reached_9", "params": '{"points": "9"}'})
+        await h.redis.hset(KEYS.voice_reminder("n-43"), mapping={"to": SAMPLE_CALLER, "state": "calling"})
         client = await h.call("notify", arguments=["n-43"], hangup_at=lambda i, line: "reminder_points" in line)
         assert "REMINDER_HEARD" not in client.variables
-        assert await h.redis.hget(KEYS.call("n-43"), "heard") == "0"
+        assert await h.redis.hget(KEYS.voice_reminder("n-43"), "heard") == "0"
         [event] = await h.events()
         assert event["outcome"] == "caller_hangup" and event["script"] == "notify"
+
+
+@on_asyncio
+@pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+                    reason="needs espeak-ng and sox (apt-get install espeak-ng sox)")
+async def test_reminder_without_wording_is_read_from_its_text(redis_url: str, tmp_path: Path) -> None:
+    """A reminder type without pre-built wording is synthesised from the voice text for the
+    call, played, and its file deleted afterwards."""
+    async with fastagi(redis_url, sounds_dir=str(tmp_path)) as h:
+        text = "您的闽D6F220号牌机动车有违法停车的交通违法行为，请及时处理。"
+        await h.redis.hset(KEYS.notification("n-44"), mapping={"type": "camera_violation", "params": "{}"})
+        await h.redis.hset(KEYS.voice_reminder("n-44"), mapping={"to": SAMPLE_CALLER, "text": text})
+        clip = speech_clip(text)
+        sound = tmp_path / "12123" / f"{clip.name}.wav"
+        existed_when_played: list[bool] = []
+
+        def watch(index: int, line: str) -> bool:
+            if clip.name in line:
+                existed_when_played.append(sound.is_file())
+            return False
+
+        client = await h.call("notify", arguments=["n-44"], inputs=[""], hangup_at=watch)
+        assert f"12123/{clip.name}" in [p.what for p in client.played]
+        assert existed_when_played == [True]
+        assert client.variables["REMINDER_HEARD"] == "1"
+        assert not sound.exists()
 
 
 @on_asyncio
