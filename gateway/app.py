@@ -186,7 +186,10 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
         mo.setName("mo")
         mo.setServiceParent(root)
         inbound.receipts, inbound.mo = push, mo
-        root.v1_resource = push.http_resource()
+        from twisted.web.resource import Resource
+
+        root.v1_resource = Resource()
+        root.v1_resource.putChild(b"notifications", push.http_resource())
         root.push = push
 
         def reload_templates(_: Config) -> None:
