@@ -64,6 +64,9 @@ log = Logger()
 # Asterisk writes the whole environment the moment it connects; a client that has not
 # finished it within this time is not Asterisk (or is stuck) and loses its socket.
 HEADER_TIMEOUT_SECONDS = 10.0
+# After HANGUP, Asterisk answers the running command at once (res_agi.c writes the reply
+# before HANGUP); if a call is still not over this much later, it is ended here.
+HANGUP_GRACE_SECONDS = 5.0
 EVENTS_MAXLEN = 1_000_000
 
 
@@ -91,6 +94,7 @@ class FastAgiProtocol(Protocol):
         self._context: CallContext | None = None
         self._environment: Environment | None = None
         self._header_timer: IDelayedCall | None = None
+        self._hangup_timer: IDelayedCall | None = None
         self._gone = False  # the caller hung up or the socket closed
         self._action_running = False
         self._recorded = False
@@ -116,6 +120,7 @@ class FastAgiProtocol(Protocol):
                     self._on_reply(event)
                 case Hangup():
                     self._gone = True
+                    self._hangup_timer = self._clock.callLater(HANGUP_GRACE_SECONDS, self._hangup_grace_over)
                 case ProtocolError():
                     self._on_protocol_error(event)
                 case ConnectionClosed():
@@ -123,6 +128,9 @@ class FastAgiProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_header_timer()
+        if self._hangup_timer is not None and self._hangup_timer.active():
+            self._hangup_timer.cancel()
+        self._hangup_timer = None
         self._session.close()
         if self._flow is None:
             self._record("no_environment" if self._environment is None else "unknown_script", ())
@@ -232,6 +240,15 @@ class FastAgiProtocol(Protocol):
         if self.transport is not None and self.connected:
             # Closing lets the dialplan go on (Queue() after a transfer); after our HANGUP
             # command Asterisk hangs up by itself.
+            self.transport.loseConnection()
+
+    def _hangup_grace_over(self) -> None:
+        self._hangup_timer = None
+        if self._flow is not None and not self._flow.finished and not self._action_running:
+            log.warn("call {uniqueid}: no reply after HANGUP; ending it",
+                     uniqueid=self._environment.uniqueid if self._environment else "")
+            self._drive(self._flow.on_hangup(self._clock.seconds()))
+        if self.transport is not None and self.connected:
             self.transport.loseConnection()
 
     def _header_timed_out(self) -> None:

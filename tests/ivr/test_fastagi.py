@@ -32,7 +32,12 @@ from gateway.domain.sample import (
     load_sample,
 )
 from gateway.ivr.actions import CATALOGUE
-from gateway.ivr.fastagi import HEADER_TIMEOUT_SECONDS, FastAgiProtocol, FastAgiService
+from gateway.ivr.fastagi import (
+    HANGUP_GRACE_SECONDS,
+    HEADER_TIMEOUT_SECONDS,
+    FastAgiProtocol,
+    FastAgiService,
+)
 from gateway.ivr.menus import MenuBook, chinese_date, load_menus, parse_menus, speech_clip
 from gateway.store.bridge import wait_deferred
 from gateway.store.keys import Keys
@@ -426,3 +431,26 @@ async def test_protocol_error_closes_connection(redis_url: str) -> None:
         await wait_deferred(h.service.when_idle())
         [event] = await h.events()
         assert event["outcome"] == "protocol_error"
+
+
+@on_asyncio
+async def test_hangup_without_reply_ends_call_after_grace(redis_url: str) -> None:
+    """HANGUP while a command is outstanding and no reply after it: the call is ended and
+    recorded once the grace period passes."""
+    clock = Clock()
+    redis = make_client(redis_url)
+    try:
+        service = FastAgiService(IvrConfig(sounds_dir=tempfile.mkdtemp()), lambda: BOOK, redis, KEYS, clock)
+        protocol, transport = _connect(service, b"agi_network: yes\nagi_network_script: 12123\n\n")
+        protocol.dataReceived(b"200 result=0\n")
+        assert transport.value().endswith(b'STREAM FILE 12123/welcome "0123456789*#"\n')
+        protocol.dataReceived(b"HANGUP\n")
+        clock.advance(HANGUP_GRACE_SECONDS - 0.5)
+        assert not transport.disconnecting
+        clock.advance(1)
+        assert transport.disconnecting
+        await wait_deferred(service.when_idle())
+        [event] = [f for _, f in await redis.xrange(KEYS.events_stream)]
+        assert event["outcome"] == "caller_hangup" and event["path"] == "greeting"
+    finally:
+        await redis.aclose()
