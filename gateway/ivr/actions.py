@@ -433,8 +433,9 @@ class VoiceActions:
     async def record_reminder(self, context: CallContext) -> ActionResult:
         """The menu's final action: was the reminder heard to the end (``REMINDER_HEARD``
         set by the menu)?  ``heard``/``heard_at``/``heard_uniqueid`` on the reminder hash
-        ``voice-reminder:{id}`` (if it exists) and an ``ivr.reminder`` event; the file made
-        for the call's text is deleted."""
+        ``voice-reminder:{id}`` and on the AMI client's call hash ``call:<action_id>`` (each
+        only if it exists), and an ``ivr.reminder`` event; the file made for the call's
+        text is deleted."""
         spoken = context.private.pop("synthesised", None)
         if spoken and self._synthesizer is not None:
             self._synthesizer.forget(spoken)
@@ -443,8 +444,14 @@ class VoiceActions:
             return ActionResult("recorded")
         heard = "1" if context.variables.get("REMINDER_HEARD") == "1" else "0"
         at = str(int(context.now))
-        await self._heard_script(keys=[self._keys.voice_reminder(notification_id)],
-                                 args=[heard, at, context.uniqueid])
+        marks = [heard, at, context.uniqueid]
+        reminder_key = self._keys.voice_reminder(notification_id)
+        action_id = await self._redis.hget(reminder_key, "action_id")
+        # One key per script call: the reminder and the call hash are in different Redis
+        # Cluster slots.  The call hash is the AMI client's, keyed by the Originate's ActionID.
+        await self._heard_script(keys=[reminder_key], args=marks)
+        if action_id:
+            await self._heard_script(keys=[self._keys.call(decode_text(action_id))], args=marks)
         await self._redis.xadd(self._keys.events_stream, {
             "type": "ivr.reminder",
             "notification": notification_id,

@@ -279,7 +279,9 @@ async def test_reminder_call_records_heard(redis_url: str) -> None:
             "params": '{"name": "林晓燕", "subject": "科目二", "date": "2026-12-07", "session": "上午", '
                       '"site": "集美灌口考场", "booking_no": "20261207001"}',
         })
-        await h.redis.hset(KEYS.voice_reminder("n-42"), mapping={"to": SAMPLE_CALLER, "state": "calling"})
+        await h.redis.hset(KEYS.voice_reminder("n-42"), mapping={"to": SAMPLE_CALLER, "state": "calling",
+                                                                  "action_id": "rem-n-42-1"})
+        await h.redis.hset(KEYS.call("rem-n-42-1"), mapping={"state": "answered", "notification_id": "n-42"})
         client = await h.call("notify", callerid="12123", arguments=["n-42"], inputs=[""])
         text = heard(client)
         assert text.startswith("您好，这里是交管12123，现在为您播报一条提醒。您已成功预约科目二考试，考试时间为二零二六年十二月七日上午")
@@ -287,6 +289,7 @@ async def test_reminder_call_records_heard(redis_url: str) -> None:
         assert client.variables["REMINDER_HEARD"] == "1"
         assert all(p.interrupted_by is None for p in client.played)
         assert await h.redis.hget(KEYS.voice_reminder("n-42"), "heard") == "1"
+        assert await h.redis.hget(KEYS.call("rem-n-42-1"), "heard") == "1"
         [reminder] = await h.events("ivr.reminder")
         assert reminder["notification"] == "n-42" and reminder["heard"] == "1"
 
@@ -300,6 +303,7 @@ async def test_reminder_hung_up_is_not_heard(redis_url: str) -> None:
         client = await h.call("notify", arguments=["n-43"], hangup_at=lambda i, line: "reminder_points" in line)
         assert "REMINDER_HEARD" not in client.variables
         assert await h.redis.hget(KEYS.voice_reminder("n-43"), "heard") == "0"
+        assert not await h.redis.exists(KEYS.call("n-43"))  # no stray hash without an ActionID
         [event] = await h.events()
         assert event["outcome"] == "caller_hangup" and event["script"] == "notify"
 
