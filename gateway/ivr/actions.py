@@ -135,10 +135,10 @@ class CallContext:
     `private` is the actions' own per-call state; `now` is Unix seconds."""
 
     caller: PhoneNumber | None
-    variables: Mapping[str, str]
-    now: float
+    variables: Mapping[str, str] = field(repr=False)  # entries: digits the caller typed
+    now: float = 0.0
     uniqueid: str = ""
-    private: dict[str, Any] = field(default_factory=dict)
+    private: dict[str, Any] = field(default_factory=dict, repr=False)  # verified ID number
 
 
 def spoken_session(session: str) -> str:

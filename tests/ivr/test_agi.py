@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.testing import StringTransport
 
 from gateway.ivr import agi
 from gateway.ivr.agi import (
+    ALL_DIGITS,
     AgiReply,
     AgiReplyError,
     AgiSession,
@@ -21,6 +23,7 @@ from gateway.ivr.agi import (
     SessionState,
     parse_agi_reply,
 )
+from tests.peers.fastagi_client import AsteriskFastAgiClient, CallerInput, parse_args
 
 HEADER = (
     b"agi_network: yes\n"
@@ -219,39 +222,11 @@ def test_builders_refuse_what_asterisk_would_misread(build) -> None:  # type: ig
         build()
 
 
-def _asterisk_parse_args(line: str) -> list[str]:
-    """res_agi.c parse_args, transcribed: quotes group, backslash escapes one character."""
-    argv: list[str] = []
-    current: list[str] | None = None
-    quoted = escaped = False
-    for c in line:
-        if c == '"' and not escaped:
-            quoted = not quoted
-            if quoted and current is None:
-                current = []
-            continue
-        if c in " \t" and not quoted and not escaped:
-            if current is not None:
-                argv.append("".join(current))
-                current = None
-            continue
-        if c == "\\" and not escaped:
-            escaped = True
-            continue
-        if current is None:
-            current = []
-        current.append(c)
-        escaped = False
-    if current is not None:
-        argv.append("".join(current))
-    return argv
-
-
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_characters="\r\n\0", blacklist_categories=("Cs",)), max_size=30))
 def test_quote_survives_asterisk_argument_parsing(value: str) -> None:
     """A quoted value comes out of Asterisk's argument parser exactly as it went in."""
-    argv = _asterisk_parse_args(agi.set_variable("V", value))
+    argv = parse_args(agi.set_variable("V", value))
     assert argv == ["SET", "VARIABLE", "V", value]
 
 
@@ -445,3 +420,53 @@ def test_random_bytes_never_raise(data: bytes) -> None:
     session.send_command(agi.answer())
     for event in session.receive_data(data):
         assert isinstance(event, (Reply, Hangup, ProtocolError))
+
+
+# --- our session against the Asterisk-faithful peer, back to back -------------------------
+
+
+def peer_and_session(**options: object) -> tuple[AsteriskFastAgiClient, StringTransport, AgiSession]:
+    peer = AsteriskFastAgiClient("12123", **options)  # type: ignore[arg-type]
+    transport = StringTransport()
+    peer.makeConnection(transport)
+    session = AgiSession()
+    assert [type(e) for e in session.receive_data(transport.value())] == [Environment]
+    transport.clear()
+    return peer, transport, session
+
+
+def exchange(peer: AsteriskFastAgiClient, transport: StringTransport, session: AgiSession, command: str) -> list[object]:
+    session.send_command(command)
+    peer.dataReceived(session.data_to_send())
+    events = session.receive_data(transport.value())
+    transport.clear()
+    return events  # type: ignore[return-value]
+
+
+def test_session_understands_the_peer() -> None:
+    """Every reply form the peer writes (200, 510, 520 block, barge-in, timeout) parses."""
+    peer, transport, session = peer_and_session(inputs=[CallerInput("2", barge_in=True), "12"])
+    [reply] = exchange(peer, transport, session, agi.stream_file("12123/main_menu", ALL_DIGITS))
+    assert isinstance(reply, Reply) and reply.reply.digit == "2" and reply.reply.endpos == 800
+    [reply] = exchange(peer, transport, session, agi.get_data("", 5000, 4))
+    assert isinstance(reply, Reply) and reply.reply.result == "12" and reply.reply.timeout
+    [reply] = exchange(peer, transport, session, "FROBNICATE NOW")
+    assert isinstance(reply, Reply) and reply.reply.code is AgiStatus.INVALID_COMMAND
+    [reply] = exchange(peer, transport, session, "STREAM FILE onlyname")
+    assert isinstance(reply, Reply) and reply.reply.code is AgiStatus.USAGE
+    assert reply.reply.usage == (" Usage: STREAM FILE <filename> <escape digits> [sample offset]",)
+    [reply] = exchange(peer, transport, session, agi.set_variable("AB", 'x "y"'))
+    assert isinstance(reply, Reply) and reply.reply.result == "1"
+    assert peer.variables == {"AB": 'x "y"'}
+
+
+def test_peer_hangup_then_dead_channel() -> None:
+    """Hang-up mid-prompt: result -1, HANGUP, then 511 for commands needing the channel."""
+    peer, transport, session = peer_and_session(close_on_hangup=False, hangup_at=lambda i, line: i == 0)
+    events = exchange(peer, transport, session, agi.stream_file("12123/welcome", ALL_DIGITS))
+    assert [type(e) for e in events] == [Reply, Hangup]
+    assert events[0].reply.result == "-1"  # type: ignore[attr-defined]
+    [reply] = exchange(peer, transport, session, agi.wait_for_digit(5000))
+    assert isinstance(reply, Reply) and reply.reply.code is AgiStatus.DEAD_CHANNEL
+    [reply] = exchange(peer, transport, session, agi.verbose("still here", 1))
+    assert isinstance(reply, Reply) and reply.reply.result == "1"
