@@ -147,7 +147,8 @@ class FastAgiProtocol(Protocol):
         self._cancel_header_timer()
         self._environment = environment
         book = self._service.menus
-        script = environment.network_script
+        # agi://host/12123?lang=zh and agi://host/12123/ name the same script.
+        script = environment.network_script.split("?", 1)[0].strip("/")
         if script not in book.menus:
             log.warn("FastAGI request for unknown script {script}", script=script)
             self.transport.loseConnection()  # type: ignore[union-attr]

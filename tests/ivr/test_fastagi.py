@@ -364,6 +364,8 @@ async def test_unknown_script_is_closed_and_recorded(redis_url: str) -> None:
         assert client.commands == [] and client.closed
         [event] = await h.events()
         assert event["outcome"] == "unknown_script"
+        with_query = await h.call("12123?source=test", inputs=["7", "7", "7"])
+        assert with_query.commands[0] == "ANSWER"
 
 
 def _offline_service(clock: Clock) -> FastAgiService:
