@@ -87,7 +87,8 @@ CATALOGUE: Mapping[str, ActionSpec] = {
         frozenset(s.label for s in ExamSubject) | frozenset(s.label for s in BookingStatus) | _SESSION_WORDS,
     ),
     "select_booking": ActionSpec(
-        frozenset({"selected", "choose", "none", "not_verified", "limited"}),
+        frozenset({"selected", "choose", "none", "not_verified", "limited",
+                   "already_cancelled", "not_booked", "deadline_passed"}),
         frozenset(s.label for s in ExamSubject) | frozenset(s.label for s in BookingStatus) | _SESSION_WORDS,
     ),
     "cancel_booking": ActionSpec(
@@ -315,7 +316,9 @@ class VoiceActions:
 
     async def select_booking(self, context: CallContext) -> ActionResult:
         """``identity`` -> the one booking to cancel (``selected``), or ``choose`` when the
-        verified person has several bookings still to come, or ``none``."""
+        verified person has several bookings still to come, or ``none``; a numbered booking
+        that cannot be cancelled by phone answers why (``already_cancelled``,
+        ``not_booked``, ``deadline_passed``) without asking to confirm."""
         entry = context.variables.get("identity", "")
         context.private.pop("selected", None)
         if _id_suffix(entry):
@@ -337,6 +340,16 @@ class VoiceActions:
             if isinstance(verified, str):
                 return ActionResult(verified)
             booking = verified
+            # Say at once what cannot be done, rather than ask to confirm it first;
+            # cancel_booking's script stays the authority (the deadline may pass meanwhile).
+            variables = _booking_variables(booking)
+            if booking.status is BookingStatus.CANCELLED:
+                return ActionResult("already_cancelled", variables)
+            if booking.status is not BookingStatus.BOOKED:
+                return ActionResult("not_booked", variables)
+            if not booking.cancellable_online(context.now):
+                variables["in_person_last_day"] = booking.in_person_cancel_last_day.isoformat()
+                return ActionResult("deadline_passed", variables)
         context.private["selected"] = booking.booking_no
         return ActionResult("selected", _booking_variables(booking))
 

@@ -141,11 +141,12 @@ async def test_cancellation_after_deadline(redis_url: str) -> None:
     """After the booking window closed the caller hears: in person, at least a day before."""
     async with fastagi(redis_url) as h:
         booking = h.summary.after_deadline_booking
-        client = await h.call(callerid=SAMPLE_CALLER_AFTER_DEADLINE, inputs=["2", booking + "#", "1", "#"])
+        client = await h.call(callerid=SAMPLE_CALLER_AFTER_DEADLINE, inputs=["2", booking + "#", "#"])
         text = heard(client)
         stored = await BookingStore(h.redis, KEYS).get(booking)
         assert stored is not None and stored.status is BookingStatus.BOOKED
         assert "该预约已过网上取消的截止时间" in text and "到车管所窗口办理" in text
+        assert "确认取消该考试预约请按1" not in text  # told at once, not asked to confirm
         assert chinese_date(stored.exam_date - timedelta(days=1)) in text
 
 
