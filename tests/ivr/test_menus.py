@@ -122,16 +122,13 @@ def test_unmapped_action_outcome(raw_menus: dict[str, Any]) -> None:
     assert any("cancel_do.outcomes: outcome deadline_passed lead nowhere" in p for p in problems)
 
 
-def test_yaml_numbers_as_branch_keys() -> None:
+def test_yaml_numbers_as_branch_keys(tmp_path: Path) -> None:
     """Unquoted digit keys are taken as written (YAML 1.1 would make 09 a number)."""
     text = IVR_YAML.read_text(encoding="utf-8").replace('"9": main\n          "#"', '9: main\n          "#"')
     assert '9: main' in text
-    path = IVR_YAML.parent / "__unquoted_test.yaml"
-    try:
-        path.write_text(text, encoding="utf-8")
-        book = load_menus(path)
-    finally:
-        path.unlink()
+    path = tmp_path / "ivr.yaml"
+    path.write_text(text, encoding="utf-8")
+    book = load_menus(path)
     assert "9" in book.menus["12123"].nodes["after_query"].branches  # type: ignore[union-attr]
 
 
