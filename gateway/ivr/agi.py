@@ -167,11 +167,7 @@ class Hangup:
 
 _INT = re.compile(r"-?[0-9]+")
 _CODE = re.compile(r"([0-9]{3})([ -])(.*)", re.DOTALL)
-# result=VALUE, an optional "(data)" that may hold spaces and parentheses, then key=value
-# items.  The data group is greedy so that a GET VARIABLE value containing ")" stays whole;
-# the tail anchors it to the last ")" that is followed only by key=value items.
-_SUCCESS = re.compile(r"result=(?P<result>\S*)(?: \((?P<data>.*)\))?(?P<tail>(?: [A-Za-z_][A-Za-z0-9_]*=\S*)*)")
-_ITEM = re.compile(r" ([A-Za-z_][A-Za-z0-9_]*)=(\S*)")
+_ITEM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(\S*)")
 
 
 def parse_agi_reply(lines: Sequence[str]) -> AgiReply | Hangup:
@@ -229,14 +225,11 @@ def _parse_result_line(code: AgiStatus, rest: str) -> AgiReply:
         if not value.startswith("result="):
             raise AgiReplyError("result line without result=")
         return AgiReply(code=code, result=value[len("result="):], text=text)
-    match = _SUCCESS.fullmatch(rest)
-    if match is None:
-        raise AgiReplyError("200 line is not result=VALUE [(data)] [key=value...]")
-    data = match["data"]
+    result, data, items = _split_success(rest)
     timeout = data == "timeout"
     endpos: int | None = None
     extra: list[tuple[str, str]] = []
-    for key, value in _ITEM.findall(match["tail"]):
+    for key, value in items:
         if key == "endpos":
             if not _INT.fullmatch(value):
                 raise AgiReplyError("endpos is not a number")
@@ -245,12 +238,45 @@ def _parse_result_line(code: AgiStatus, rest: str) -> AgiReply:
             extra.append((key, value))
     return AgiReply(
         code=code,
-        result=match["result"],
+        result=result,
         data=None if timeout else data,
         timeout=timeout,
         endpos=endpos,
         extra=tuple(extra),
     )
+
+
+def _split_success(rest: str) -> tuple[str, str | None, list[tuple[str, str]]]:
+    """``result=VALUE [(data)] *( key=value)`` -> (VALUE, data, items), in linear time.
+
+    The data may hold spaces and parentheses (a GET VARIABLE value), so it ends at the
+    *last* ")" that only key=value items follow.  Items are peeled off from the right
+    until such a ")" is reached: each character is looked at a bounded number of times (a
+    backtracking regex took seconds on a hostile line of a few KiB).
+    """
+    if not rest.startswith("result="):
+        raise AgiReplyError("200 line without result=")
+    body = rest[len("result="):]
+    space = body.find(" ")
+    result, remainder = (body, "") if space < 0 else (body[:space], body[space:])
+    if any(c.isspace() for c in result):
+        raise AgiReplyError("result value holds white space")
+    has_data = remainder.startswith(" (")
+    items: list[tuple[str, str]] = []
+    end = len(remainder)
+    data: str | None = None
+    while end > 0:
+        if has_data and end >= 3 and remainder[end - 1] == ")":
+            data = remainder[2 : end - 1]
+            break
+        start = remainder.rfind(" ", 0, end)
+        item = _ITEM.fullmatch(remainder, start + 1, end) if start >= 0 else None
+        if item is None:
+            raise AgiReplyError("200 line is not result=VALUE [(data)] [key=value...]")
+        items.append((item[1], item[2]))
+        end = start
+    items.reverse()
+    return result, data, items
 
 
 def _parse_usage_block(code: AgiStatus, first_text: str, lines: Sequence[str]) -> AgiReply:

@@ -172,6 +172,20 @@ def test_success_line_round_trip(result: str, data: str | None, endpos: int | No
         assert reply.data == data and not reply.timeout
 
 
+def test_hostile_line_refused_in_linear_time() -> None:
+    """A 64 KiB line built to make a backtracking parser quadratic is refused quickly."""
+    import time
+
+    line = ("200 result=1 (" + ") a=b" * 65_536)[:65_536] + " !"
+    started = time.perf_counter()
+    with pytest.raises(AgiReplyError):
+        parse_agi_reply([line])
+    assert time.perf_counter() - started < 0.2
+    long_data = "200 result=1 (" + ") a=b" * 10_000 + ") endpos=7"
+    reply = parse_agi_reply([long_data])
+    assert isinstance(reply, AgiReply) and reply.endpos == 7 and reply.data is not None
+
+
 def test_digit_of_reply() -> None:
     """A character-code result gives the key; 0, -1 and errors give none."""
     assert AgiReply(AgiStatus.SUCCESS, result="49").digit == "1"
