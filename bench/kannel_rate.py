@@ -346,6 +346,7 @@ class KannelRun:
             text=CHINESE_TEXT if chinese else ASCII_TEXT, coding=2 if chinese else None,
             dlr_port=dlr_port, messages=args.messages,
         )
+        load_at_start = os.getloadavg()[0]  # other work on the machine skews the rates
         before = await fetch_stats(args.stats_port)
         kannel_pids = {"bearerbox": args.bearerbox_pid, "smsbox": args.smsbox_pid}
         cpu_before = {name: cpu_seconds(pid) for name, pid in kannel_pids.items()}
@@ -433,6 +434,8 @@ class KannelRun:
             "simulator_cpu_seconds": after["cpu_seconds"] - before["cpu_seconds"],
             "load_generator_cpu_seconds": (own_after.user + own_after.system) - (own_before.user + own_before.system),
         }
+        result["load_average_1m_at_end"] = os.getloadavg()[0]
+        result["load_average_1m_at_start"] = load_at_start
         if counts.http_error_sample:
             result["http_error_sample"] = counts.http_error_sample
         return result
@@ -469,9 +472,26 @@ _ROWS = (
     ("bearerbox peak RSS MiB", "bearerbox_peak_rss_mib", "{:.0f}"),
     ("simulator CPU s", "simulator_cpu_seconds", "{:.2f}"),
     ("load generator CPU s", "load_generator_cpu_seconds", "{:.2f}"),
+    ("load average (1 min) at start", "load_average_1m_at_start", "{:.2f}"),
     ("HTTP errors / lost", "http_errors", "{:,}"),
     ("complete", "complete", "{}"),
 )
+
+
+def median_runs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario (in first-seen order), the run with the median messages/s, with
+    ``runs`` and ``messages_per_second_range`` (min, max) over all its runs added."""
+    by_scenario: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_scenario.setdefault(r["scenario"], []).append(r)
+    medians = []
+    for runs in by_scenario.values():
+        ranked = sorted(runs, key=lambda r: r["messages_per_second"])
+        chosen = dict(ranked[(len(ranked) - 1) // 2])
+        chosen["runs"] = len(runs)
+        chosen["messages_per_second_range"] = [ranked[0]["messages_per_second"], ranked[-1]["messages_per_second"]]
+        medians.append(chosen)
+    return medians
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -484,9 +504,12 @@ def table(results: list[dict[str, Any]]) -> str:
             value = r.get(key, "")
             if key == "http_errors":
                 cells.append(f"{r['http_errors']:,} / {r['connections_lost']:,}")
+            elif key == "messages_per_second" and r.get("runs", 1) > 1:
+                low, high = r["messages_per_second_range"]
+                cells.append(f"{value:,.0f} ({low:,.0f}-{high:,.0f})")
             else:
                 cells.append(fmt.format(value) if value != "" else "")
-        lines.append(f"{label:<{width}}  " + "  ".join(f"{c:>16}" for c in cells))
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{c:>20}" for c in cells))
     return "\n".join(lines)
 
 
@@ -509,15 +532,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--poll-seconds", type=float, default=0.02, help="simulator counter poll interval")
     run.add_argument("--label", default="", help="scenario name in the output")
     run.add_argument("--results", default=None, metavar="PATH", help="append the JSON line here too")
-    summary = sub.add_parser("summary", help="table and one JSON line from a results file")
+    summary = sub.add_parser(
+        "summary", help="table (median run per scenario) and one JSON line from a results file"
+    )
     summary.add_argument("results", metavar="PATH")
     args = parser.parse_args(argv)
 
     if args.command == "summary":
         with open(args.results) as f:
             results = [json.loads(line) for line in f if line.strip()]
-        print(table(results))
-        print(json.dumps({"bench": "kannel", "machine": platform.node(), "cores": os.cpu_count(), "results": results}))
+        medians = median_runs(results)
+        print(table(medians))
+        print(json.dumps({
+            "bench": "kannel", "machine": platform.node(), "cores": os.cpu_count(),
+            "median": medians, "runs": results,
+        }))
         return 0 if all(r["complete"] for r in results) else 1
 
     async def go() -> dict[str, Any]:

@@ -14,10 +14,18 @@
 # Prints one table per scenario, then a table of all three and one JSON line.
 # Everything started here is stopped on exit (KEEP=1 keeps the folder with the logs).
 #
-# Environment: N, CONCURRENCY (sendsms requests pending, 500: the most Kannel serves), WARMUP (messages sent
-# before measuring, 2000), RECEIPT_DELAY (simulator, seconds, 0.1), DELIVER_WINDOW
-# (simulator's unacknowledged deliver_sm per session, 100), LOG_LEVEL (Kannel log files,
-# 2 = warnings), HOLD=1 (start everything, print the ports, wait for Ctrl-C), STORE (empty: no store; "file" or "spool": Kannel's message store on disk).
+# Environment:
+#   N               messages per run (20000)
+#   REPEAT          runs of each scenario; the summary shows the median run (1)
+#   SAVE_RESULTS    copy the JSON lines of every run to this file
+#   CONCURRENCY     sendsms requests pending (500: the most one smsbox serves)
+#   WARMUP          messages sent before measuring (2000)
+#   RECEIPT_DELAY   simulator: seconds from submit to receipt (0.1)
+#   DELIVER_WINDOW  simulator: unacknowledged deliver_sm per session (100)
+#   LOG_LEVEL       Kannel's log files (2 = warnings)
+#   STORE           empty: no message store; "file" or "spool": Kannel's store on disk
+#   HOLD=1          start everything, print the ports, wait for Ctrl-C
+#   KEEP=1          keep the temporary folder (configuration and logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -25,6 +33,7 @@ PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 N=${N:-20000}
 CONCURRENCY=${CONCURRENCY:-500}
 WARMUP=${WARMUP:-2000}
+REPEAT=${REPEAT:-1}
 RECEIPT_DELAY=${RECEIPT_DELAY:-0.1}
 DELIVER_WINDOW=${DELIVER_WINDOW:-100}
 export LOG_LEVEL=${LOG_LEVEL:-2}
@@ -157,9 +166,12 @@ if [[ $WARMUP -gt 0 ]]; then
   rate --messages "$WARMUP" --text chinese --dlr --label warmup >/dev/null
 fi
 RESULTS=$WORK/results.jsonl
-rate --messages "$N" --text ascii --label ascii --results "$RESULTS"
-rate --messages "$N" --text ascii --dlr --label ascii-dlr --results "$RESULTS"
-rate --messages "$N" --text chinese --dlr --label chinese-dlr --results "$RESULTS"
+for (( run=1; run<=REPEAT; run++ )); do
+  rate --messages "$N" --text ascii --label ascii --results "$RESULTS"
+  rate --messages "$N" --text ascii --dlr --label ascii-dlr --results "$RESULTS"
+  rate --messages "$N" --text chinese --dlr --label chinese-dlr --results "$RESULTS"
+done
+if [[ -n ${SAVE_RESULTS:-} ]]; then cp "$RESULTS" "$SAVE_RESULTS"; fi
 echo
-echo "vs_kannel: summary"
+echo "vs_kannel: summary (median of $REPEAT run(s) per scenario)"
 "$PYTHON" bench/kannel_rate.py summary "$RESULTS"
