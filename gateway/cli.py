@@ -168,7 +168,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     print(f"{args.config}: OK ({len(config.carriers)} carriers)")
+    for warning in prompt_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def prompt_warnings(config: Any) -> list[str]:
+    """Voice prompts the menus use that have no sound file yet (Asterisk would play silence)."""
+    if not config.ivr.fastagi.enabled:
+        return []
+    from gateway.ivr.menus import load_menus
+    from gateway.ivr.prompts import missing_prompts
+
+    book = load_menus(config.resolve(config.ivr.menus_file))
+    missing = missing_prompts(book, config.ivr.sounds_dir)
+    if not missing:
+        return []
+    shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+    return [f"ivr.sounds_dir: {len(missing)} prompts missing in {config.ivr.sounds_dir} ({shown}); "
+            "run `gateway prompts build`"]
 
 
 # --------------------------------------------------------------------------------------
