@@ -18,8 +18,15 @@ def cmd_smsc_sim(args: argparse.Namespace) -> int:
         print(f"smsc-sim: {e}", file=sys.stderr)
         return EXIT_CONFIG
     reactor = install_reactor()
-    reactor.callWhenRunning(lambda: simulator.run_from_args(args, reactor).addBoth(
-        lambda _: reactor.stop() if reactor.running else None))
+    from twisted.internet.error import ReactorNotRunning
+
+    def finished(_: object) -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass  # stopped by a signal: the simulator's shutdown trigger fired this
+
+    reactor.callWhenRunning(lambda: simulator.run_from_args(args, reactor).addBoth(finished))
     reactor.run()
     return EXIT_OK
 
