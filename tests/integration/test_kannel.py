@@ -40,7 +40,8 @@ from gateway.ports import OutboundSms
 from gateway.privacy import PhoneNumber
 from gateway.smpp.link import CarrierLink
 from gateway.smpp.listener import SmppListener
-from gateway.smpp.simulator import CarrierSimulator, options_for_carrier
+from gateway.smpp.simulator import CarrierSimulator, SimulatorOptions, options_for_carrier
+from tests.integration.daemon import Daemon, write_config
 from tests.smpp.test_link import WaitingSink
 
 pytestmark = [
@@ -320,8 +321,10 @@ async def kannel_bound_to_listener(kannel: Kannel, intake: RecordingIntake) -> S
     return listener
 
 
-def sendsms_with_dlr(values: dict[str, Any], dlr_port: int, dlr_mask: int) -> tuple[int, bytes]:
-    """GET /cgi-bin/sendsms: CHINESE_TEXT to 13800138000 with a dlr-url to ``dlr_port``
+def sendsms_with_dlr(
+    values: dict[str, Any], dlr_port: int, dlr_mask: int, text: str = CHINESE_TEXT
+) -> tuple[int, bytes]:
+    """GET /cgi-bin/sendsms: ``text`` (UCS2) to 13800138000 with a dlr-url to ``dlr_port``
     that reports the type (%d) and the SMSC's message id (%F); (status, body)."""
     query = urllib.parse.urlencode(
         {
@@ -329,7 +332,7 @@ def sendsms_with_dlr(values: dict[str, Any], dlr_port: int, dlr_mask: int) -> tu
             "password": values["SENDSMS_PASSWORD"],
             "from": "12123",
             "to": "13800138000",
-            "text": CHINESE_TEXT,
+            "text": text,
             "coding": 2,
             "charset": "UTF-8",
             "dlr-mask": dlr_mask,
@@ -397,3 +400,56 @@ async def test_kannel_receipt_request_on_first_part_reaches_the_intake(kannel: K
     finally:
         if listener is not None:
             await listener.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_kannel_through_the_daemon_to_the_carrier_and_its_receipt_back(kannel: Kannel, tmp_path: Path) -> None:
+    """The whole chain with `gateway run`: Kannel's sendsms (UCS2, dlr-mask 1+2+8) reaches the
+    simulated carrier exact, via listener, partner door, Redis and carrier link; the carrier's
+    receipt comes back to Kannel as a deliver_sm it matches to the id we answered (DLR 8, 1)."""
+    simulator = CarrierSimulator(
+        SimulatorOptions(port=0, credentials={"gw": "pw"}, receipt_delay_seconds=0.05), reactor
+    )
+    simulator.startService()
+    listener_port = free_port()
+    config = write_config(
+        tmp_path / "gateway",
+        carriers=[{"name": "cmcc", "host": "127.0.0.1", "port": simulator.port_number, "system_id": "gw",
+                   "password": "pw", "prefixes": ["138"], "enquire_link_interval_seconds": 5}],
+        smpp_server={"listen": f"127.0.0.1:{listener_port}", "accounts": [
+            {"system_id": KANNEL_SYSTEM_ID, "password": KANNEL_PASSWORD, "allowed_networks": ["127.0.0.0/8"],
+             "tps_limit": 100}]},
+    )
+    daemon = Daemon(config, tmp_path / "gateway.log")
+    receiver = DlrReceiver()
+    dlr_port = reactor.listenTCP(0, Site(receiver), interface="127.0.0.1")  # type: ignore[attr-defined]
+    # Signed already, and short enough (≤ 70) to be one UCS2 part at Kannel and at our link.
+    text = "【交管12123】您预约的科目一考试已安排在11月30日上午9时，请携带身份证件提前三十分钟到达。"
+    assert len(text) <= 70
+    daemon.start()
+    try:
+        # The daemon is ready once its carrier link is bound to the simulator, which needs
+        # this reactor: wait in a thread.
+        await deferToThread(daemon.wait_until, "/readyz", 200, WAIT_SECONDS)
+        kannel.configure(listener_port)
+        kannel.start("bearerbox")
+        await eventually(lambda: listening(kannel.values["SMSBOX_PORT"]), "bearerbox's box port")
+        kannel.start("smsbox")
+        await eventually(lambda: listening(kannel.values["SENDSMS_PORT"]), "smsbox's sendsms port")
+        answer = await deferToThread(
+            sendsms_with_dlr, kannel.values, dlr_port.getHost().port, 1 + 2 + 8, text=text
+        )
+        assert answer == (202, b"0: Accepted for delivery")
+
+        accepted = await next_from(receiver.reports, "Kannel's SMSC-accepted report", kannel)
+        assert accepted["type"] == DLR_SMSC_ACCEPTED and accepted["foreign"], accepted
+        await eventually(lambda: bool(simulator.received), "the message at the carrier")
+        [message] = simulator.received
+        assert (message.text, message.destination, message.parts) == (text, "13800138000", 1)
+
+        delivered = await next_from(receiver.reports, "Kannel's delivered report", kannel)
+        assert delivered == {"type": DLR_DELIVERED, "foreign": accepted["foreign"]}
+    finally:
+        await dlr_port.stopListening()
+        await deferToThread(daemon.terminate)
+        await simulator.stopService()
