@@ -1,0 +1,146 @@
+"""The fault suite (issue "Proof under load and faults"): the real daemon, real sockets, a
+real redis-server, simulated carriers misbehaving on purpose.  Each scenario prints its
+count (``pytest -s``) and puts it in every assertion message:
+
+    accepted, delivered, failed with a reason, awaiting receipt, duplicated, lost
+
+Lost must be 0; duplicates may only come from submits whose response never arrived, so
+each message's extra copies must not exceed the response-unknown submits the pipeline
+recorded for it (``possible_duplicates``).  The daemon logs JSON, and its log must hold
+no whole mobile number and no traceback.  Definitions and measured figures:
+docs/faults.md; the harness: tests/integration/faults.py; longer runs: bench/soak.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.faults import (
+    CallsTally,
+    Tally,
+    on_asyncio,
+    print_tally,
+    scenario_carrier_down,
+    scenario_fastagi_hangups,
+    scenario_gateway_killed,
+    scenario_link_drops,
+    scenario_odd_receipts,
+    scenario_redis_restart,
+    scenario_throttling,
+)
+
+
+def assert_nothing_lost(result: Tally) -> None:
+    """The invariants every SMS scenario ends with."""
+    print_tally(result)
+    why = result.line()
+    assert result.accepted > 0, why
+    assert result.lost == 0, why
+    assert result.delivered + result.failed_total + result.awaiting_receipt == result.accepted, why
+    assert result.duplicated <= result.response_unknown, why
+    assert result.unexplained_duplicates == 0, why
+    assert result.log.whole_numbers == 0, why
+    assert result.log.failures == [], why
+    assert result.log.unstructured == [], why
+
+
+@pytest.mark.slow
+@on_asyncio
+async def test_carrier_drops_the_link_every_500_pdus(tmp_path: Path) -> None:
+    """20,000 notifications while both carriers cut the TCP connection at every 500th PDU
+    (the dropped PDU is processed, its response never sent): nothing is lost, every copy
+    a carrier got twice is one the gateway recorded as response-unknown, and what did not
+    get through within five attempts is failed with the link error as its reason."""
+    result = await scenario_link_drops(tmp_path, n=20_000, drop_after_pdus=500)
+    assert_nothing_lost(result)
+    why = result.line()
+    assert result.faults.get("cmcc.dropped_connections", 0) >= 10, why
+    assert result.faults.get("cucc.dropped_connections", 0) >= 10, why
+    assert result.delivered >= 0.9 * result.accepted, why
+    assert set(result.failed) <= {"failed"}, why
+    assert all("link lost" in reason or "not received in time" in reason for reason in result.failure_reasons), why
+
+
+@on_asyncio
+async def test_carrier_throttles_a_third_of_submits(tmp_path: Path) -> None:
+    """With ESME_RTHROTTLED for a third of all submits, the link slows down and resubmits;
+    every notification is delivered or failed with the throttling status as its reason."""
+    result = await scenario_throttling(tmp_path, n=2000, throttle_rate=0.33)
+    assert_nothing_lost(result)
+    why = result.line()
+    assert result.faults.get("cmcc.throttled", 0) >= 0.25 * result.accepted, why
+    assert result.delivered >= 0.95 * result.accepted, why
+    assert result.duplicated == 0, why  # a throttled submit was refused: no copy
+    assert all("THROTTLED" in reason for reason in result.failure_reasons), why
+
+
+@pytest.mark.slow
+@on_asyncio
+async def test_gateway_killed_three_times(tmp_path: Path) -> None:
+    """SIGKILL three times during a run, started again each time: the new process takes
+    over the stream entries and the in-flight claims of the dead ones, and every
+    notification is delivered; copies only where a killed process had a submit out."""
+    result = await scenario_gateway_killed(tmp_path, n=4000, kills=3)
+    assert_nothing_lost(result)
+    why = result.line()
+    assert result.faults.get("gateway_sigkills") == 3, why
+    assert result.delivered == result.accepted, why
+
+
+@on_asyncio
+async def test_redis_restarted_during_a_run(tmp_path: Path) -> None:
+    """redis-server (append-only) stopped and started again while notifications are on
+    their way: the pipeline backs off, resumes, and delivers every one."""
+    result = await scenario_redis_restart(tmp_path, n=3000, restarts=1)
+    assert_nothing_lost(result)
+    why = result.line()
+    assert result.faults.get("redis_restarts") == 1, why
+    assert result.delivered == result.accepted, why
+
+
+@on_asyncio
+async def test_receipts_before_responses_twice_or_never(tmp_path: Path) -> None:
+    """Receipts sent before the submit_sm_resp, each one twice, half of them never: the
+    early ones are applied once the message ids are recorded, the second copies change
+    nothing, and a notification whose receipt never came stays `submitted` (awaiting
+    receipt, with its message ids) - not lost, not delivered."""
+    result = await scenario_odd_receipts(tmp_path, n=3000, receipt_rate=0.5)
+    assert_nothing_lost(result)
+    why = result.line()
+    assert result.duplicated == 0, why
+    assert result.faults.get("cmcc.receipts_skipped", 0) > 0, why
+    # Half the receipts are missing: every one-part message waits with p=0.5, every
+    # two-part one with p=0.75, so about two thirds wait.
+    assert 0.5 * result.accepted < result.awaiting_receipt < 0.8 * result.accepted, why
+    assert result.delivered + result.awaiting_receipt == result.accepted, why
+
+
+@on_asyncio
+async def test_carrier_down_for_the_whole_run(tmp_path: Path) -> None:
+    """China Mobile's SMSC never answers: its numbers go out over China Unicom's link."""
+    result = await scenario_carrier_down(tmp_path, n=3000)
+    assert_nothing_lost(result)
+    why = result.line()
+    assert result.delivered == result.accepted, why
+    assert dict(result.by_carrier) == {"cucc": result.accepted}, why
+
+
+@on_asyncio
+async def test_fastagi_calls_hanging_up_anywhere(tmp_path: Path) -> None:
+    """A hundred calls hang up at random points (some keep a dead channel, some drop the
+    socket mid-environment): afterwards the server holds no call, recorded each once
+    with an outcome, logged no traceback, and a normal call still completes."""
+    result: CallsTally = await scenario_fastagi_hangups(tmp_path, calls=100)
+    print_tally(result)
+    why = result.line()
+    assert result.calls == 100 and result.abrupt > 0 and result.ended_by_server > 0, why
+    assert result.unfinished == 0, why
+    assert result.unrecorded == [] and result.recorded_twice == [], why
+    assert result.recorded == result.calls - result.abrupt, why
+    assert result.metric_total_delta == result.calls, why
+    assert result.open_server_sockets == [], why
+    assert result.log.failures == [] and result.log.errors == [], why
+    assert result.log.whole_numbers == 0, why
+    assert result.normal_call_outcome == "completed" and result.normal_call_heard_goodbye, why
