@@ -135,11 +135,11 @@ class FastAgiProtocol(Protocol):
         if self._flow is None:
             self._record("no_environment" if self._environment is None else "unknown_script", ())
             return
-        if not self._gone:
-            self._gone = True
-            # A command was outstanding and its reply will never come.
-            if not self._action_running and not self._flow.finished:
-                self._drive(self._flow.on_hangup(self._clock.seconds()))
+        # A command was outstanding and its reply will never come, whether or not the
+        # HANGUP line came first (Asterisk may write it and close at once).
+        self._gone = True
+        if not self._action_running and not self._flow.finished:
+            self._drive(self._flow.on_hangup(self._clock.seconds()))
 
     # -- events -----------------------------------------------------------------------
 
