@@ -1,0 +1,150 @@
+"""Small helpers shared by the benchmarks in bench/.
+
+A benchmark script puts bench/ on sys.path (running ``python bench/x.py`` does) and
+imports ``_common``.  What is here:
+
+* `percentile` (nearest rank, the usual definition for latency reports);
+* CPU time and memory of a process from /proc (Linux), so a benchmark can charge the
+  server process, redis-server and the load generator separately;
+* `machine` and `today`: what a recorded figure needs next to it;
+* the report: `print_table` for people and `print_json_line` (one line, prefixed by
+  nothing, last on stdout) for tools and the smoke tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date
+from typing import Any, TextIO
+
+__all__ = [
+    "cpu_seconds",
+    "machine",
+    "peak_rss_bytes",
+    "percentile",
+    "print_json_line",
+    "print_table",
+    "rss_bytes",
+    "today",
+    "wait_until",
+]
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The nearest-rank `q`-th percentile (0 < q <= 100) of `values`; NaN when empty.
+
+    Nearest rank always answers a value that was measured (no interpolation), so a p99
+    of 1,000 samples is the 990th smallest.
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User plus system CPU seconds used so far by process `pid` (None: this process).
+
+    Reads /proc/PID/stat (fields utime and stime, in clock ticks); children are not
+    included.  Raises OSError when the process is gone.
+    """
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name in parentheses may contain spaces: split after its ')'.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _status_kib(pid: int | None, field: str) -> int:
+    path = f"/proc/{'self' if pid is None else pid}/status"
+    with open(path) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident set size of process `pid` now (VmRSS), in bytes."""
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+def peak_rss_bytes(pid: int | None = None) -> int:
+    """Highest resident set size of process `pid` so far (VmHWM), in bytes."""
+    return _status_kib(pid, "VmHWM") * 1024
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: usable cores, CPU model, kernel, Python."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu": model or platform.processor(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def today() -> str:
+    """The local date, ISO format, for the record of a run."""
+    return date.today().isoformat()
+
+
+def wait_until(predicate: Callable[[], bool], timeout_seconds: float, what: str,
+               interval_seconds: float = 0.05) -> None:
+    """Poll `predicate` (blocking: before or after the reactor runs) until it is true;
+    RuntimeError naming `what` after `timeout_seconds`."""
+    deadline = time.monotonic() + timeout_seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not within {timeout_seconds:g} s")
+        time.sleep(interval_seconds)
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], file: TextIO = sys.stdout) -> None:
+    """A plain text table, numbers right-aligned (floats with the digits they were given)."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)), file=file)
+        if n == 0:
+            print("  ".join("-" * w for w in widths), file=file)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:,.1f}" if abs(value) >= 100 else f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_json_line(record: dict[str, Any], file: TextIO = sys.stdout) -> None:
+    """The machine-readable result: one JSON object on one line (NaN becomes null)."""
+    print(json.dumps(_finite(record), ensure_ascii=False, separators=(",", ":")), file=file, flush=True)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

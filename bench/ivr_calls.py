@@ -1,0 +1,480 @@
+"""Concurrent FastAGI calls walking the 12123 booking-status menu: calls per second and
+the time from a caller's digit to the server's next command.
+
+    .venv/bin/python bench/ivr_calls.py                  # 100 x 1,000 and 1,000 x 3,000 calls
+    .venv/bin/python bench/ivr_calls.py --quick          # smoke run, a few seconds
+    .venv/bin/python bench/ivr_calls.py --levels 500x2000 --profile-dir /tmp/prof
+
+Set-up (the benchmark's theory of operation):
+
+* redis-server (`RedisServerProcess`, append-only file as in production) on a free
+  port, loaded with the sample data (`load_sample`, six bookings of four callers);
+* the gateway in its own process, ``python -m gateway run`` with a generated config
+  where only Redis, FastAGI and HTTP (for /healthz and /metrics) are on: no carriers,
+  ``push.enabled: false``, ``smpp_server.enabled: false``, JSON logs to a file.
+  ``ivr.attempts_per_hour`` is raised to 1000, the schema's maximum: every lookup in
+  the benchmark succeeds and is refunded, but calls of one caller overlap, and each
+  holds one attempt for the moment between spending and refunding it;
+* this process is the load: Twisted's default reactor (epoll) and the Asterisk-faithful
+  client of tests/peers, so the client's CPU is not the server's.  Each of
+  `concurrency` slots places calls one after another until `calls` are done.
+
+Each call is ``AGI(agi://.../12123)`` from a sample caller id, who presses 1 (exam
+booking status), types one of their booking numbers and #, hears it read back, and
+presses # to end; the server says goodbye and sends HANGUP.  A call that does not hear
+its booking read back, is not hung up by the server, or fails, counts as an error.
+
+Digit to command: the client notes the time when it hands the transport a reply that
+consumed the caller's keys (``WAIT FOR DIGIT`` ``200 result=49``, ``GET DATA``
+``200 result=20261128001``, ``WAIT FOR DIGIT`` ``200 result=35``) and the time the next
+command line arrives.  So there are three samples per call: after "1" the server runs
+``check_attempts`` (one Redis GET), after the booking number ``booking_status`` (a
+Lua script, HGETALL, DECR), after "#" no action.  It is measured on the client side, so
+it includes both event loops and the sockets: what Asterisk would wait.  For comparison
+the report also gives the server's own ``gateway_agi_step_seconds`` histogram (every
+reply to the next command, taken inside the server) as the upper bound of the bucket
+holding its p99.
+
+Output: a table, then one JSON line (keys: benchmark, date, machine, setup, levels[];
+each level: concurrency, calls, seconds, calls_per_second, digit_samples,
+digit_to_command_ms {p50, p90, p99, max}, connect_ms {p50, p99, max},
+server_step_p99_le_ms, server_cpu_seconds, redis_cpu_seconds, client_cpu_seconds,
+server_peak_rss_mb, load_average_before, errors, error_kinds).  The exit status is 1 if any call failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path[:0] = [str(BENCH), str(REPO)]
+
+from _common import (  # noqa: E402
+    cpu_seconds,
+    machine,
+    peak_rss_bytes,
+    percentile,
+    print_json_line,
+    print_table,
+    today,
+    wait_until,
+)
+
+from gateway.store.embedded import RedisServerProcess, free_port  # noqa: E402
+
+SCRIPT = "12123"
+DEFAULT_LEVELS = "100x1000,1000x3000"
+QUICK_LEVELS = "10x40,50x100"
+WARMUP_CALLS = 50  # --quick: 10
+CALL_TIMEOUT_SECONDS = 120.0
+ATTEMPTS_PER_HOUR = 1000  # IvrConfig.attempts_per_hour maximum
+READBACK_CLIP = f"{SCRIPT}/booking_readback-1"  # the first clip of the booking read back
+KEYS_PER_CALL = 3  # digit samples per call: "1", "<booking>#", "#"
+
+
+# --------------------------------------------------------------------------------------
+# the server side: redis-server with the sample data, the gateway in its own process
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    redis: RedisServerProcess
+    gateway: subprocess.Popen[bytes]
+    fastagi_port: int
+    http_port: int
+    log_path: Path
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
+    def stop(self) -> None:
+        if self.gateway.poll() is None:
+            self.gateway.send_signal(signal.SIGTERM)
+            try:
+                self.gateway.wait(30)
+            except subprocess.TimeoutExpired:
+                self.gateway.kill()
+                self.gateway.wait()
+        self.redis.stop()
+
+
+def sample_callers(redis_url: str) -> list[tuple[str, str]]:
+    """Load the sample data; (booking number, phone on record) of every sample booking."""
+    import asyncio
+
+    from gateway.domain.sample import load_sample, sample_data
+    from gateway.store.keys import Keys
+    from gateway.store.service import make_client
+
+    # The day `gateway seed` would use: bookings are dated from it.
+    day = datetime.now(ZoneInfo("Asia/Shanghai")).date()
+
+    async def load() -> None:
+        client = make_client(redis_url)
+        try:
+            await load_sample(client, Keys(), today=day)
+        finally:
+            await client.aclose()
+
+    asyncio.run(load())
+    return [(b.booking_no, b.phone.digits) for b in sample_data(day).bookings]
+
+
+def gateway_config(redis_url: str, fastagi_port: int, http_port: int, state_dir: Path) -> dict[str, Any]:
+    """Only Redis, FastAGI and HTTP: the IVR's cost without the push pipeline's."""
+    return {
+        "redis": {"url": redis_url},
+        "http": {"listen": f"127.0.0.1:{http_port}", "token": "bench"},
+        "carriers": [],
+        "smpp_server": {"enabled": False},
+        "push": {"enabled": False, "templates_file": str(REPO / "config" / "templates.yaml")},
+        "ivr": {
+            "fastagi": {"listen": f"127.0.0.1:{fastagi_port}"},
+            "menus_file": str(REPO / "config" / "ivr.yaml"),
+            "sounds_dir": str(state_dir / "sounds"),
+            "attempts_per_hour": ATTEMPTS_PER_HOUR,
+        },
+        "ami": {"enabled": False},
+        "logging": {"format": "json", "level": "info"},
+        "state_dir": str(state_dir),
+    }
+
+
+def start_server(workdir: Path) -> tuple[Server, list[tuple[str, str]]]:
+    redis = RedisServerProcess(data_dir=workdir / "redis")
+    redis.start()
+    try:
+        callers = sample_callers(redis.url)
+        fastagi_port, http_port = free_port(), free_port()
+        config_path = workdir / "gateway.yaml"
+        config_path.write_text(yaml.safe_dump(gateway_config(redis.url, fastagi_port, http_port, workdir)))
+        log_path = workdir / "gateway.log"
+        with open(log_path, "wb") as log_file:
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", str(config_path)],
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            )
+    except BaseException:
+        redis.stop()
+        raise
+    server = Server(redis, gateway, fastagi_port, http_port, log_path)
+
+    def healthy() -> bool:
+        if gateway.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {gateway.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    try:
+        # /healthz answers once the reactor runs, i.e. after every service started.
+        wait_until(healthy, 60, "the gateway's /healthz")
+    except BaseException:
+        server.stop()
+        raise
+    return server, callers
+
+
+def step_p99_le_ms(before: str, after: str) -> float:
+    """Upper bound (ms) of the gateway_agi_step_seconds bucket holding the p99 of the
+    observations made between two /metrics scrapes; inf above the last bucket."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def buckets(text: str) -> dict[float, float]:
+        for family in text_string_to_metric_families(text):
+            if family.name == "gateway_agi_step_seconds":
+                return {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("_bucket")}
+        return {}
+
+    start, end = buckets(before), buckets(after)
+    counts = sorted((le, end[le] - start.get(le, 0.0)) for le in end)
+    if not counts or counts[-1][1] <= 0:
+        return float("nan")
+    total = counts[-1][1]
+    return next(le for le, n in counts if n >= 0.99 * total) * 1000
+
+
+# --------------------------------------------------------------------------------------
+# the load: Asterisk-faithful callers
+# --------------------------------------------------------------------------------------
+
+
+def _caller_class() -> type:
+    """TimedCaller, defined once the reactor is chosen (tests.peers imports Twisted)."""
+    from time import perf_counter
+
+    from tests.peers.fastagi_client import AsteriskFastAgiClient
+
+    class TimedCaller(AsteriskFastAgiClient):  # type: ignore[misc]
+        """The test peer, timing each reply that carries the caller's keys to the next
+        command line.  Only public behaviour is used: the keys still to type
+        (`typing`, `inputs`) shrink when a reply consumed some."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.digit_to_command: list[float] = []
+            self.connect_seconds = 0.0
+            self.connect_started = perf_counter()
+            self._input_sent_at: float | None = None
+
+        def _keys_left(self) -> int:
+            return len(self.typing) + sum(len(i.keys) for i in self.inputs)
+
+        def connectionMade(self) -> None:
+            self.connect_seconds = perf_counter() - self.connect_started
+            super().connectionMade()
+
+        def dataReceived(self, data: bytes) -> None:
+            arrived = perf_counter()
+            if self._input_sent_at is not None and b"\n" in data:
+                self.digit_to_command.append(arrived - self._input_sent_at)
+                self._input_sent_at = None
+            keys_left = self._keys_left()
+            super().dataReceived(data)
+            if self._keys_left() < keys_left and not self.closed:
+                # The reply is with the transport; the server's next command is awaited.
+                self._input_sent_at = perf_counter()
+
+    return TimedCaller
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    calls: int
+    seconds: float = 0.0
+    digit_to_command: list[float] = field(default_factory=list)
+    connect: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    server_cpu_seconds: float = 0.0
+    redis_cpu_seconds: float = 0.0
+    client_cpu_seconds: float = 0.0
+    server_step_p99_le_ms: float = float("nan")
+    server_peak_rss_mb: float = 0.0
+    load_average: float = float("nan")  # 1-minute load average when the level started
+
+    def summary(self) -> dict[str, Any]:
+        ms = [s * 1000 for s in self.digit_to_command]
+        connect_ms = [s * 1000 for s in self.connect]
+        return {
+            "concurrency": self.concurrency,
+            "calls": self.calls,
+            "seconds": round(self.seconds, 3),
+            "calls_per_second": round(self.calls / self.seconds, 1) if self.seconds else 0.0,
+            "digit_samples": len(ms),
+            "digit_to_command_ms": {
+                "p50": round(percentile(ms, 50), 2), "p90": round(percentile(ms, 90), 2),
+                "p99": round(percentile(ms, 99), 2), "max": round(max(ms, default=float("nan")), 2),
+            },
+            "connect_ms": {
+                "p50": round(percentile(connect_ms, 50), 2), "p99": round(percentile(connect_ms, 99), 2),
+                "max": round(max(connect_ms, default=float("nan")), 2),
+            },
+            "server_step_p99_le_ms": self.server_step_p99_le_ms,
+            "server_cpu_seconds": round(self.server_cpu_seconds, 2),
+            "redis_cpu_seconds": round(self.redis_cpu_seconds, 2),
+            "client_cpu_seconds": round(self.client_cpu_seconds, 2),
+            "server_peak_rss_mb": round(self.server_peak_rss_mb, 1),
+            "load_average_before": round(self.load_average, 2),
+            "errors": sum(self.errors.values()),
+            "error_kinds": dict(self.errors),
+        }
+
+
+async def run_calls(reactor: Any, port: int, callers: list[tuple[str, str]], concurrency: int,
+                    calls: int, result: LevelResult) -> None:
+    """`concurrency` slots placing calls back to back until `calls` have been placed."""
+    from twisted.internet.defer import DeferredList, ensureDeferred
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.protocol import Factory
+
+    from tests.peers.fastagi_client import CallerInput
+
+    timed_caller = _caller_class()
+    numbers = itertools.count()
+    run_id = int(time.time())
+
+    async def one_call(n: int) -> None:
+        booking, phone = callers[n % len(callers)]
+        client = timed_caller(
+            SCRIPT, callerid=phone, uniqueid=f"{run_id}.{n}",
+            inputs=[CallerInput("1"), CallerInput(booking + "#"), CallerInput("#")],
+        )
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=CALL_TIMEOUT_SECONDS)
+        try:
+            await endpoint.connect(Factory.forProtocol(lambda: client))
+        except Exception as error:  # any failure to connect is this call's error
+            result.errors[f"connect: {type(error).__name__}"] += 1
+            return
+        client.done.addTimeout(CALL_TIMEOUT_SECONDS, reactor)
+        try:
+            await client.done
+        except Exception as error:
+            result.errors[f"call: {type(error).__name__}"] += 1
+            client.transport.abortConnection()
+            return
+        result.connect.append(client.connect_seconds)
+        result.digit_to_command.extend(client.digit_to_command)
+        if not any(p.what == READBACK_CLIP for p in client.played):
+            result.errors["booking not read back"] += 1
+        elif not client.hung_up_by_script:
+            result.errors["not hung up by the server"] += 1
+        elif len(client.digit_to_command) != KEYS_PER_CALL:
+            result.errors["digit timing missing"] += 1
+
+    async def slot() -> None:
+        while (n := next(numbers)) < calls:
+            await one_call(n)
+
+    await DeferredList([ensureDeferred(slot()) for _ in range(concurrency)])
+
+
+async def run_levels(reactor: Any, server: Server, callers: list[tuple[str, str]],
+                     levels: list[tuple[int, int]], profile_dir: Path | None,
+                     warmup_calls: int = WARMUP_CALLS) -> list[LevelResult]:
+    pid, redis_pid = server.gateway.pid, server.redis.process.pid  # type: ignore[union-attr]
+    # Warm-up: the first calls load the Lua script into Redis and open the pool's connections.
+    await run_calls(reactor, server.fastagi_port, callers, 10, warmup_calls, LevelResult(10, warmup_calls))
+    results = []
+    for concurrency, calls in levels:
+        # Other work on the machine shows here (the figures are only as quiet as it was).
+        result = LevelResult(concurrency, calls, load_average=os.getloadavg()[0])
+        profiler = start_profiler(pid, profile_dir, concurrency)
+        metrics_before = server.metrics_text()
+        cpu = (cpu_seconds(pid), cpu_seconds(redis_pid), cpu_seconds())
+        started = time.perf_counter()
+        await run_calls(reactor, server.fastagi_port, callers, concurrency, calls, result)
+        result.seconds = time.perf_counter() - started
+        result.server_cpu_seconds = cpu_seconds(pid) - cpu[0]
+        result.redis_cpu_seconds = cpu_seconds(redis_pid) - cpu[1]
+        result.client_cpu_seconds = cpu_seconds() - cpu[2]
+        result.server_peak_rss_mb = peak_rss_bytes(pid) / 1e6
+        result.server_step_p99_le_ms = step_p99_le_ms(metrics_before, server.metrics_text())
+        stop_profiler(profiler)
+        results.append(result)
+    return results
+
+
+def start_profiler(pid: int, profile_dir: Path | None, concurrency: int) -> subprocess.Popen[bytes] | None:
+    """py-spy on the gateway for one level (collapsed stacks, for flamegraph.pl or a grep)."""
+    if profile_dir is None:
+        return None
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    output = profile_dir / f"ivr_calls_c{concurrency}.txt"
+    profiler = subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--rate", "250",
+         "--format", "raw", "--output", str(output)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # py-spy attaches before the level starts
+    return profiler
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        profiler.wait(60)
+
+
+# --------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------
+
+
+def parse_levels(text: str) -> list[tuple[int, int]]:
+    """``"100x1000,1000x3000"`` -> [(100, 1000), (1000, 3000)] (concurrency x calls)."""
+    levels = []
+    for item in text.split(","):
+        concurrency, _, calls = item.strip().partition("x")
+        levels.append((int(concurrency), int(calls)))
+    return levels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--levels", default=None,
+                        help=f"concurrency x calls, comma separated (default {DEFAULT_LEVELS})")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_LEVELS}")
+    parser.add_argument("--profile-dir", type=Path, default=None,
+                        help="record the gateway with py-spy (pip install py-spy) during each level")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (config, logs, AOF)")
+    args = parser.parse_args(argv)
+    levels = parse_levels(args.levels or (QUICK_LEVELS if args.quick else DEFAULT_LEVELS))
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ivr-"))
+    server, callers = start_server(workdir)
+    results: list[LevelResult] = []
+    try:
+        from twisted.internet import reactor
+        from twisted.internet.defer import ensureDeferred
+
+        failure: list[Any] = []
+
+        def go() -> None:
+            d = ensureDeferred(run_levels(reactor, server, callers, levels, args.profile_dir,
+                                          10 if args.quick else WARMUP_CALLS))
+            d.addCallback(results.extend)
+            d.addErrback(failure.append)
+            d.addBoth(lambda _: reactor.stop())
+
+        reactor.callWhenRunning(go)
+        reactor.run()
+        if failure:
+            failure[0].raiseException()
+    finally:
+        server.stop()
+        if args.keep:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    rows = []
+    for r in results:
+        s = r.summary()
+        rows.append((s["concurrency"], s["calls"], s["calls_per_second"], s["digit_to_command_ms"]["p50"],
+                     s["digit_to_command_ms"]["p99"], s["server_cpu_seconds"], s["redis_cpu_seconds"],
+                     s["client_cpu_seconds"], s["errors"]))
+    print_table(("concurrency", "calls", "calls/s", "p50 digit->cmd ms", "p99 digit->cmd ms",
+                 "server CPU s", "redis CPU s", "client CPU s", "errors"), rows)
+    print_json_line({
+        "benchmark": "ivr_calls",
+        "date": today(),
+        "machine": machine(),
+        "setup": {
+            "server": "python -m gateway run (own process): redis + fastagi + http only",
+            "client": "this process, Twisted default reactor, tests/peers AsteriskFastAgiClient",
+            "redis": "redis-server, appendonly everysec, sample data",
+            "attempts_per_hour": ATTEMPTS_PER_HOUR,
+            "call": "1, <booking>#, # (status by booking number)",
+        },
+        "levels": [r.summary() for r in results],
+    })
+    return 1 if any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
