@@ -87,7 +87,7 @@ class Outcome(enum.Enum):
 class NumberScript:
     outcome: Outcome = Outcome.ANSWER_HEARD
     drop_before_response: bool = False  # read the Originate, close the session, place the call anyway
-    hold: bool = False  # ring until AmiServer.proceed(number)
+    hold: str = ""  # "ringing" or "answered": stop there until AmiServer.proceed(number)
     heard_signal: str = "userevent"  # userevent, varset or both
 
 
@@ -185,6 +185,7 @@ class AmiServer(Factory):
         self._held: dict[str, Channel] = {}
         self._uniqueids = itertools.count(1)
         self._action_waiters: list[tuple[str, Deferred[AmiMessage]]] = []
+        self._originate_waiters: list[tuple[int, Deferred[None]]] = []
 
     def buildProtocol(self, addr: IAddress) -> AmiSession:
         session = AmiSession(self, getattr(addr, "host", "127.0.0.1"))
@@ -210,6 +211,23 @@ class AmiServer(Factory):
         waiter: Deferred[AmiMessage] = Deferred()
         self._action_waiters.append((name.lower(), waiter))
         return waiter
+
+    def wait_for_originates(self, count: int) -> Deferred[None]:
+        """Fires once ``count`` Originates in all have been received (at once if already)."""
+        waiter: Deferred[None] = Deferred()
+        self._originate_waiters.append((count, waiter))
+        self._check_originates()
+        return waiter
+
+    def _check_originates(self) -> None:
+        ready = [w for n, w in self._originate_waiters if len(self.originates) >= n]
+        self._originate_waiters = [(n, w) for n, w in self._originate_waiters if len(self.originates) < n]
+        for waiter in ready:
+            waiter.callback(None)
+
+    def held(self) -> list[str]:
+        """Numbers whose calls are held, waiting for `proceed`."""
+        return list(self._held)
 
     def proceed(self, number: str) -> None:
         """Let a held call continue with its scripted outcome."""
@@ -251,7 +269,7 @@ class AmiServer(Factory):
         self.channels[uniqueid] = channel
         self.broadcast({"call"}, [("Event", "Newchannel"), *self._snapshot(channel)])
         self._set_state(channel, "Ringing", 5)
-        if script.hold:
+        if script.hold == "ringing":
             self._held[number] = channel
             return
         self._finish_call(channel)
@@ -259,8 +277,12 @@ class AmiServer(Factory):
     def _finish_call(self, channel: Channel) -> None:
         outcome = channel.script.outcome
         if outcome in (Outcome.ANSWER_HEARD, Outcome.ANSWER_NOT_HEARD):
-            self._set_state(channel, "Up", 6)
-            self._originate_response(channel, success=True, reason="4")
+            if channel.state != "Up":
+                self._set_state(channel, "Up", 6)
+                self._originate_response(channel, success=True, reason="4")
+                if channel.script.hold == "answered":
+                    self._held[channel.number] = channel
+                    return
             if outcome is Outcome.ANSWER_HEARD:
                 notification_id = channel.variables.get("NOTIFICATION_ID", "")
                 if channel.script.heard_signal in ("varset", "both"):
@@ -342,6 +364,7 @@ class AmiSession(Protocol):
             self.server.actions.append(message)
             self.handle(message)
             self.server._answered(message.name.lower(), message)
+            self.server._check_originates()
 
     def send(self, headers: list[tuple[str, str]]) -> None:
         if not self.closing:

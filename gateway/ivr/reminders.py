@@ -1,0 +1,981 @@
+"""Outbound voice reminders: voice requests in, Asterisk Originates out, outcomes recorded.
+
+Theory of operation
+-------------------
+The push pipeline XADDs a *voice request* to ``keys.voice_requests`` (fields ``id`` =
+notification id, ``to`` = digits, ``text`` = what the call reads out, ``not_before`` =
+Unix seconds, 0 for now).  `VoiceReminders` reads that stream with a consumer group and
+moves each request, in one Lua script per request, into Redis:
+
+* ``keys.voice_reminder(id)`` (hash: to, text, due_at, attempts, state) and
+* ``keys.voice_due`` (sorted set by the time the call may start: ``not_before``, pushed
+  to the end of quiet hours when it falls inside them),
+
+and only then XACKs (and XDELs) the entry: the hand-over is recorded before the
+acknowledgement.  A request whose id is already known is acknowledged and otherwise
+ignored, so the pipeline re-sending it, or XAUTOCLAIM re-delivering it, never yields a
+second call.  The notify AGI script reads the text from the reminder hash.
+
+A dispatcher takes due reminders while fewer than ``max_concurrent_calls`` calls are
+open and the AMI session is logged in.  For each it first stores the call in Redis
+(``keys.call(ActionID)`` with state ``originating``, and the ActionID in
+``keys.voice_calls_open``), then sends::
+
+    Action: Originate / ActionID: rem-<notification id>-<attempt> / Channel: <trunk>
+    Context: <context> / Exten: s / Priority: 1 / CallerID / Timeout: <ms>
+    Variable: NOTIFICATION_ID=<id> / Async: true
+
+The ActionID is derived from the notification id and the attempt number, so a call
+can be found again after a restart.  Its outcome comes from events:
+
+==============================  ============================================  ==================
+event                           meaning                                       notification
+==============================  ============================================  ==================
+Response: Error to Originate    never placed (the only retryable outcome)     retried, then failed
+OriginateResponse Success       answered (Uniqueid noted)                     --
+UserEvent ReminderHeard /       the dialplan's notify AGI played the text     delivered
+VarSet REMINDER_HEARD=1
+Hangup after answer, unheard    hung up before the end                        failed(not_heard)
+OriginateResponse Failure       Reason 5 busy, 3 or 1 no answer, else failed  failed(busy|no_answer|failed)
+==============================  ============================================  ==================
+
+(Reason is the last AST_CONTROL_* frame of the outgoing channel: 0 none/failed,
+1 hangup, 3 ringing, 4 answer, 5 busy, 8 congestion.)
+
+**Never a second call for one reminder.**  When the Originate's response does not come
+(timeout, lost connection, our restart) the call may or may not exist.  It is then
+*reconciled*, never re-sent: ``Action: Status`` with ``Variables: NOTIFICATION_ID``
+lists live channels; a channel carrying the id is adopted (its Uniqueid then matches
+the Hangup).  A call found nowhere is looked for once more after
+``reconcile_grace_seconds`` (the originate thread may not have created its channel
+yet); still absent, its outcome is ``unknown`` and the notification fails without a
+retry.  Only ``Response: Error`` (Asterisk says it did not queue the call), or a send
+refused locally before any byte left, make a new attempt.  A busy or unanswered citizen
+is not called again either: that is a decision for the pipeline, with a new id.
+
+Reporting: the outcome is written to the call and reminder hashes first (the call stays
+in ``voice_calls_open`` marked ``reported=0``), then the notification's state goes
+through the push pipeline's `NotificationLedger.transition` (``channel=voice``,
+``call_outcome``, ``error``), then the call leaves ``voice_calls_open``.  After a crash
+between the two, the start-up load finds the outcome and reports it again (the same
+transition), instead of reconciling a call that is over.
+
+One gateway process per Asterisk: open calls are loaded from Redis at start and events
+are matched in memory; two processes would each reconcile the other's calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import os
+import socket
+import time
+import zoneinfo
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from gateway import metrics
+from gateway.ivr.ami import AmiLocalProtocolError, AmiMessage
+from gateway.ivr.ami_client import (
+    AmiActionError,
+    AmiConnectionLost,
+    AmiNotConnected,
+    AmiResponseTimeout,
+)
+from gateway.privacy import mask_digit_runs
+from gateway.store.bridge import as_deferred
+from gateway.store.keys import Keys
+
+__all__ = [
+    "CallOutcome",
+    "CallState",
+    "ReminderOptions",
+    "VoiceReminders",
+    "action_id_for",
+    "quiet_until",
+]
+
+log = Logger()
+
+
+class CallState(enum.StrEnum):
+    ORIGINATING = "originating"  # stored; the Originate is being sent, no response yet
+    QUEUED = "queued"  # Response: Success; ringing somewhere
+    RINGING = "ringing"  # found ringing by reconciliation
+    ANSWERED = "answered"  # OriginateResponse Success (or found Up)
+    FINISHED = "finished"  # outcome known (see CallOutcome)
+
+
+class CallOutcome(enum.StrEnum):
+    HEARD = "heard"
+    NOT_HEARD = "not_heard"
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    CONGESTION = "congestion"
+    FAILED = "failed"
+    NOT_PLACED = "not_placed"  # Asterisk refused the Originate: safe to retry
+    UNKNOWN = "unknown"  # the response was lost and the call was found nowhere
+
+
+# Outcome -> (notification state, error field).  Errors as the pipeline names them.
+_LEDGER: dict[CallOutcome, tuple[str, str]] = {
+    CallOutcome.HEARD: ("delivered", ""),
+    CallOutcome.NOT_HEARD: ("failed", "not_heard"),
+    CallOutcome.BUSY: ("failed", "busy"),
+    CallOutcome.NO_ANSWER: ("failed", "no_answer"),
+    CallOutcome.CONGESTION: ("failed", "failed"),
+    CallOutcome.FAILED: ("failed", "failed"),
+    CallOutcome.NOT_PLACED: ("failed", "failed"),
+    CallOutcome.UNKNOWN: ("failed", "failed"),
+}
+
+# OriginateResponse Reason (the last AST_CONTROL_* frame) of a Failure.
+_FAILURE_REASONS = {"5": CallOutcome.BUSY, "3": CallOutcome.NO_ANSWER, "1": CallOutcome.NO_ANSWER,
+                    "8": CallOutcome.CONGESTION}
+
+
+def action_id_for(notification_id: str, attempt: int) -> str:
+    """The Originate's ActionID: derived, so reconciliation can find the call again."""
+    return f"rem-{notification_id}-{attempt}"
+
+
+def _time_of_day(text: str) -> dt.time:
+    hours, minutes = text.split(":")
+    return dt.time(int(hours), int(minutes))
+
+
+def quiet_until(now: float, start: str, end: str, timezone: str) -> float:
+    """The Unix time the quiet window [start, end) around ``now`` ends, or 0.0 outside it.
+
+    ``start``/``end`` are local "HH:MM" in ``timezone``; start > end spans midnight;
+    start == end means no quiet hours.  (The same rule as the push pipeline's
+    QuietHoursPolicy.quiet_until.)
+    """
+    begin, finish = _time_of_day(start), _time_of_day(end)
+    if begin == finish:
+        return 0.0
+    tz = zoneinfo.ZoneInfo(timezone)
+    local = dt.datetime.fromtimestamp(now, tz)
+    t = local.time()
+    if begin < finish:
+        if not begin <= t < finish:
+            return 0.0
+        day = local.date()
+    elif t >= begin:
+        day = local.date() + dt.timedelta(days=1)
+    elif t < finish:
+        day = local.date()
+    else:
+        return 0.0
+    return dt.datetime.combine(day, finish, tzinfo=tz).timestamp()
+
+
+@dataclass(frozen=True)
+class ReminderOptions:
+    """What `VoiceReminders` needs from AmiConfig and PushConfig (see `from_config`)."""
+
+    trunk: str = "PJSIP/{number}@carrier-trunk"
+    context: str = "12123-reminder"
+    caller_id: str = "12123"
+    max_concurrent_calls: int = 10
+    originate_timeout_seconds: float = 30.0
+    quiet_hours_start: str = "22:00"
+    quiet_hours_end: str = "08:00"
+    quiet_hours_timezone: str = "Asia/Shanghai"
+    consumer_group: str = "gateway"
+    consumer_name: str = ""  # empty: host name and pid
+    batch_size: int = 50
+    read_block_ms: int = 1000
+    claim_idle_seconds: float = 60.0
+    max_originate_attempts: int = 3  # counting only Originates Asterisk refused
+    retry_delay_seconds: float = 60.0
+    reconcile_grace_seconds: float = 10.0
+    max_call_seconds: float = 600.0
+    retention_seconds: float = 30 * 86400.0
+    due_check_seconds: float = 30.0
+    drain_timeout_seconds: float = 10.0
+
+    @classmethod
+    def from_config(cls, ami: Any, push: Any, **overrides: Any) -> ReminderOptions:
+        """Options from gateway.config's AmiConfig and PushConfig sections."""
+        values: dict[str, Any] = dict(
+            trunk=ami.trunk, context=ami.context, caller_id=ami.caller_id,
+            max_concurrent_calls=ami.max_concurrent_calls,
+            originate_timeout_seconds=ami.originate_timeout_seconds,
+            quiet_hours_start=push.quiet_hours.start, quiet_hours_end=push.quiet_hours.end,
+            quiet_hours_timezone=push.quiet_hours.timezone, consumer_group=push.consumer_group,
+            consumer_name=push.consumer_name, claim_idle_seconds=push.claim_idle_seconds,
+            retention_seconds=push.retention_days * 86400.0,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+class Ledger(Protocol):
+    """The push pipeline's NotificationLedger, as far as reminders use it."""
+
+    async def transition(self, notification_id: str, state: str, *, now: float, **fields: Any) -> bool: ...
+
+
+class AmiSession(Protocol):
+    """What reminders need of gateway.ivr.ami_client.AmiClientService."""
+
+    @property
+    def is_logged_in(self) -> bool: ...
+
+    def send_action(self, name: str, *, action_id: str | None = None, timeout_seconds: float | None = None,
+                    **headers: Any) -> Deferred[AmiMessage]: ...
+
+    def send_list_action(self, name: str, *, action_id: str | None = None,
+                         timeout_seconds: float | None = None, **headers: Any) -> Deferred[tuple[AmiMessage, ...]]: ...
+
+    def subscribe(self, callback: Callable[[AmiMessage], object]) -> Callable[[], None]: ...
+
+    def add_login_listener(self, callback: Callable[[Any], object]) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------
+# Lua.  Keys are declared (KEYS) in every script.
+# ---------------------------------------------------------------------------------------
+
+# KEYS: reminder, due.  ARGV: id, to, text, not_before, due_at, now, retention.
+_RECORD_REQUEST = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'to', ARGV[2], 'text', ARGV[3], 'not_before', ARGV[4], 'due_at', ARGV[5],
+  'received_at', ARGV[6], 'attempts', '0', 'state', 'waiting')
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+return 1
+"""
+
+# KEYS: due, reminder, call, open.  ARGV: id, attempt, action_id, now, retention.
+_START_CALL = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local attempts = tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0')
+if attempts + 1 ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'attempts', ARGV[2], 'state', 'calling', 'action_id', ARGV[3])
+redis.call('HSET', KEYS[3], 'notification_id', ARGV[1], 'attempt', ARGV[2], 'state', 'originating',
+  'originating_at', ARGV[4], 'reported', '0')
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+return 1
+"""
+
+# KEYS: call, reminder, due.  ARGV: outcome, now, retention, retry_at (0: final), id,
+# then field/value pairs for the call hash.
+_FINISH_CALL = """
+local args = {'HSET', KEYS[1], 'state', 'finished', 'outcome', ARGV[1], 'finished_at', ARGV[2]}
+for i = 6, #ARGV do args[#args + 1] = ARGV[i] end
+redis.call(unpack(args))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] ~= '0' then
+  redis.call('HSET', KEYS[2], 'state', 'waiting', 'due_at', ARGV[4])
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+else
+  redis.call('HSET', KEYS[2], 'state', 'done', 'outcome', ARGV[1])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+
+@dataclass
+class _Call:
+    action_id: str
+    notification_id: str
+    attempt: int
+    state: CallState
+    uniqueid: str = ""
+    deadline: float | None = None  # reactor time of the next look at it (reconcile)
+    missing: int = 0  # consecutive reconciliations that did not find it
+    heard: bool = False
+
+
+@dataclass
+class _Waiters:
+    finished: list[Deferred[str]] = field(default_factory=list)
+    recorded: list[Deferred[float]] = field(default_factory=list)
+
+
+class VoiceReminders(Service):
+    """The reminder service (see the module docstring).
+
+    Args:
+        redis: a redis.asyncio client with ``decode_responses=True`` on the reactor's loop.
+        keys: the key schema.
+        ami: the AMI client service (or anything with its methods, see `AmiSession`).
+        ledger: the push pipeline's NotificationLedger.
+        options: `ReminderOptions`.
+        clock: reactor time for timers.
+        wall_clock: Unix time for quiet hours and timestamps (tests move it).
+    """
+
+    name = "voice-reminders"
+
+    def __init__(self, redis: Any, keys: Keys, ami: AmiSession, ledger: Ledger, options: ReminderOptions, *,
+                 clock: IReactorTime, wall_clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._ami = ami
+        self._ledger = ledger
+        self._options = options
+        self._clock = clock
+        self._now = wall_clock
+        self._consumer = options.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+        self._calls: dict[str, _Call] = {}
+        self._by_notification: dict[str, str] = {}
+        self._by_uniqueid: dict[str, str] = {}
+        self._waiters: dict[str, _Waiters] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+        self._intake_task: asyncio.Task[None] | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._writes: asyncio.Queue[Callable[[], Awaitable[None]]] | None = None
+        self._due_timer: IDelayedCall | None = None
+        self._reconcile_timer: IDelayedCall | None = None
+        self._dispatching = False
+        self._next_dispatch: list[Deferred[int]] = []
+        self._reconciling = False
+        self._scripts: dict[str, Any] = {}
+        self._listening_for_logins = False
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        register = self._redis.register_script
+        self._scripts = {"record": register(_RECORD_REQUEST), "start": register(_START_CALL),
+                         "finish": register(_FINISH_CALL)}
+        self._writes = asyncio.Queue()
+        self._writer_task = asyncio.ensure_future(self._writer())
+        self._intake_task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        while True:
+            try:
+                await self._ensure_group()
+                await self._load_open_calls()
+                break
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                log.error("voice reminders cannot start, Redis unreachable: {error}", error=str(e))
+                await asyncio.sleep(1.0)
+        self._unsubscribe = self._ami.subscribe(self._on_event)
+        if not self._listening_for_logins:
+            self._listening_for_logins = True
+            self._ami.add_login_listener(lambda _: self._on_login() if self.running else None)
+        if self._ami.is_logged_in:
+            self._on_login()
+        self.dispatch()
+        await self._intake_loop()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop intake and timers, then wait for queued Redis writes (calls stay open in Redis)."""
+        super().stopService()
+        for timer in (self._due_timer, self._reconcile_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        return as_deferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self._intake_task is not None:
+            self._intake_task.cancel()
+            await asyncio.gather(self._intake_task, return_exceptions=True)
+        if self._writes is not None:
+            try:
+                await asyncio.wait_for(self._writes.join(), self._options.drain_timeout_seconds)
+            except TimeoutError:
+                log.error("voice call changes not yet in Redis at stop: {count}", count=self._writes.qsize())
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+            await asyncio.gather(self._writer_task, return_exceptions=True)
+
+    # --- public: for the pipeline's drain, the admin API and tests ----------------------
+
+    def when_finished(self, notification_id: str) -> Deferred[str]:
+        """Fires with the CallOutcome value once this reminder's final outcome is recorded."""
+        waiter: Deferred[str] = Deferred()
+        self._waiters.setdefault(notification_id, _Waiters()).finished.append(waiter)
+        return waiter
+
+    def when_recorded(self, notification_id: str) -> Deferred[float]:
+        """Fires with the due time once the request for this id is taken from the stream."""
+        waiter: Deferred[float] = Deferred()
+        self._waiters.setdefault(notification_id, _Waiters()).recorded.append(waiter)
+        return waiter
+
+    @property
+    def open_calls(self) -> int:
+        return len(self._calls)
+
+    # --- intake ------------------------------------------------------------------------
+
+    async def _ensure_group(self) -> None:
+        from redis.exceptions import ResponseError
+
+        try:
+            await self._redis.xgroup_create(self._keys.voice_requests, self._options.consumer_group,
+                                            id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def _intake_loop(self) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        stream, group = self._keys.voice_requests, self._options.consumer_group
+        last_claim = 0.0
+        pending_first = True
+        while True:
+            try:
+                if pending_first:
+                    # Our own entries left pending by a previous run under this name.
+                    response = await self._redis.xreadgroup(group, self._consumer, {stream: "0"},
+                                                            count=self._options.batch_size)
+                    entries = _entries(response)
+                    pending_first = bool(entries)
+                else:
+                    if self._clock.seconds() - last_claim >= self._options.claim_idle_seconds / 2:
+                        last_claim = self._clock.seconds()
+                        claimed = await self._redis.xautoclaim(
+                            stream, group, self._consumer,
+                            min_idle_time=int(self._options.claim_idle_seconds * 1000),
+                            start_id="0-0", count=self._options.batch_size)
+                        await self._record_entries(claimed[1])
+                    response = await self._redis.xreadgroup(group, self._consumer, {stream: ">"},
+                                                            count=self._options.batch_size,
+                                                            block=self._options.read_block_ms)
+                    entries = _entries(response)
+                await self._record_entries(entries)
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                log.error("voice reminders cannot read {stream}: {error}", stream=stream, error=str(e))
+                await asyncio.sleep(1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug: say so loudly, but keep taking requests.
+                log.failure("voice reminder intake failed")
+                await asyncio.sleep(1.0)
+
+    async def _record_entries(self, entries: list[Any]) -> None:
+        if not entries:
+            return
+        now = self._now()
+        stream, group = self._keys.voice_requests, self._options.consumer_group
+        retention = int(self._options.retention_seconds)
+        recorded: list[tuple[str, float]] = []
+        invalid: list[str] = []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                if entry is None:
+                    continue
+                entry_id, fields = entry
+                if not fields:
+                    # Deleted while pending (XREADGROUP 0 / XAUTOCLAIM give no fields): just ack.
+                    pipe.xack(stream, group, entry_id)
+                    continue
+                notification_id = str(fields.get("id") or "")
+                to = str(fields.get("to") or "")
+                text = str(fields.get("text") or "")
+                if not notification_id:
+                    log.warn("voice request {entry} without an id, dropped", entry=entry_id)
+                elif not (to.isdigit() and 5 <= len(to) <= 20) or not text:
+                    invalid.append(notification_id)
+                else:
+                    not_before = _float(fields.get("not_before"))
+                    due = max(not_before, now)
+                    due = quiet_until(due, self._options.quiet_hours_start, self._options.quiet_hours_end,
+                                      self._options.quiet_hours_timezone) or due
+                    await self._scripts["record"](
+                        keys=[self._keys.voice_reminder(notification_id), self._keys.voice_due],
+                        args=[notification_id, to, text, _fmt(not_before), _fmt(due), _fmt(now), retention],
+                        client=pipe)
+                    recorded.append((notification_id, due))
+                pipe.xack(stream, group, entry_id)
+                pipe.xdel(stream, entry_id)
+            await pipe.execute()
+        for notification_id in invalid:
+            log.warn("voice request {id} has no valid number or text", id=notification_id)
+            await self._report(notification_id, CallOutcome.FAILED, extra={"reason": "invalid voice request"})
+        for notification_id, due in recorded:
+            waiters = self._waiters.get(notification_id)
+            if waiters is not None:
+                ready, waiters.recorded = waiters.recorded, []
+                for waiter in ready:
+                    waiter.callback(due)
+        if recorded:
+            self.dispatch()
+
+    # --- dispatch ----------------------------------------------------------------------
+
+    def dispatch(self) -> Deferred[int]:
+        """Start calls for due reminders while there is room; fires with how many were started.
+
+        Called while a pass runs, it gets the result of a new pass started after that one
+        (so what it sees reflects everything done before the call).
+        """
+        if self._dispatching:
+            waiter: Deferred[int] = Deferred()
+            self._next_dispatch.append(waiter)
+            return waiter
+        if not self.running:
+            return succeed(0)
+        self._dispatching = True
+
+        def done(result: Any) -> Any:
+            self._dispatching = False
+            waiters, self._next_dispatch = self._next_dispatch, []
+            if waiters:
+                self.dispatch().addCallback(_fan_out, waiters)
+            return result
+
+        def failed(failure: Any) -> int:
+            log.failure("voice reminder dispatch failed", failure)
+            return 0
+
+        return as_deferred(self._dispatch_once()).addErrback(failed).addBoth(done)
+
+    async def _dispatch_once(self) -> int:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        started = 0
+        try:
+            now = self._now()
+            room = self._options.max_concurrent_calls - len(self._calls)
+            quiet = quiet_until(now, self._options.quiet_hours_start, self._options.quiet_hours_end,
+                                self._options.quiet_hours_timezone)
+            if room > 0 and self._ami.is_logged_in and not quiet:
+                candidates = await self._redis.zrangebyscore(self._keys.voice_due, "-inf", _fmt(now),
+                                                             start=0, num=room)
+                for notification_id in candidates:
+                    if len(self._calls) >= self._options.max_concurrent_calls or not self._ami.is_logged_in:
+                        break
+                    if await self._start_call(notification_id, now):
+                        started += 1
+            await self._schedule_due_check(quiet)
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            log.error("voice reminder dispatch cannot reach Redis: {error}", error=str(e))
+            self._set_due_timer(self._options.due_check_seconds)
+        return started
+
+    async def _schedule_due_check(self, quiet: float) -> None:
+        delay = self._options.due_check_seconds
+        if quiet:
+            delay = min(delay, max(0.0, quiet - self._now()))
+        else:
+            first = await self._redis.zrange(self._keys.voice_due, 0, 0, withscores=True)
+            if first:
+                delay = min(delay, max(0.0, float(first[0][1]) - self._now()))
+        self._set_due_timer(delay)
+
+    def _set_due_timer(self, delay: float) -> None:
+        if self._due_timer is not None and self._due_timer.active():
+            self._due_timer.cancel()
+        if self.running:
+            self._due_timer = self._clock.callLater(delay, self.dispatch)
+
+    async def _start_call(self, notification_id: str, now: float) -> bool:
+        reminder = await self._redis.hmget(self._keys.voice_reminder(notification_id), "to", "attempts")
+        to, attempts = reminder[0], int(reminder[1] or 0)
+        if not to:
+            # The reminder hash expired or was removed: nothing to call.
+            await self._redis.zrem(self._keys.voice_due, notification_id)
+            return False
+        attempt = attempts + 1
+        action_id = action_id_for(notification_id, attempt)
+        stored = await self._scripts["start"](
+            keys=[self._keys.voice_due, self._keys.voice_reminder(notification_id), self._keys.call(action_id),
+                  self._keys.voice_calls_open],
+            args=[notification_id, attempt, action_id, _fmt(now), int(self._options.retention_seconds)])
+        if not stored:
+            return False
+        call = _Call(action_id, notification_id, attempt, CallState.ORIGINATING)
+        self._track(call)
+        headers = {
+            "Channel": self._options.trunk.replace("{number}", to),
+            "Context": self._options.context,
+            "Exten": "s",
+            "Priority": "1",
+            "CallerID": self._options.caller_id,
+            "Timeout": str(int(self._options.originate_timeout_seconds * 1000)),
+            "Variable": [f"NOTIFICATION_ID={notification_id}"],
+            "Async": "true",
+        }
+        log.info("calling for notification {id}, attempt {attempt} (ActionID {action_id})",
+                 id=notification_id, attempt=attempt, action_id=action_id)
+        self._ami.send_action("Originate", action_id=action_id, **headers).addCallbacks(
+            lambda _: self._originate_queued(call), lambda f: self._originate_failed(call, f))
+        return True
+
+    def _originate_queued(self, call: _Call) -> None:
+        if call.state is not CallState.ORIGINATING:
+            return  # events (or reconciliation) got there first
+        call.state = CallState.QUEUED
+        call.deadline = self._clock.seconds() + self._options.originate_timeout_seconds \
+            + self._options.reconcile_grace_seconds
+        self._persist(call, state=CallState.QUEUED.value, queued_at=_fmt(self._now()))
+        self._arm_reconcile_timer()
+
+    def _originate_failed(self, call: _Call, failure: Any) -> None:
+        if call.state is CallState.FINISHED:
+            return
+        if failure.check(AmiActionError):
+            message = failure.value.response.get("Message") or ""
+            log.warn("Asterisk refused the Originate {action_id}: {message}", action_id=call.action_id,
+                     message=message)
+            self._finish(call, CallOutcome.NOT_PLACED, refusal=message[:200])
+        elif failure.check(AmiNotConnected, AmiLocalProtocolError):
+            # Refused before a byte left: positively not placed.
+            log.warn("Originate {action_id} not sent: {error}", action_id=call.action_id,
+                     error=failure.getErrorMessage())
+            retryable = failure.check(AmiNotConnected) is not None
+            self._finish(call, CallOutcome.NOT_PLACED if retryable else CallOutcome.FAILED,
+                         refusal=failure.getErrorMessage()[:200])
+        elif failure.check(AmiResponseTimeout, AmiConnectionLost):
+            log.warn("no response to Originate {action_id}; reconciling instead of resending",
+                     action_id=call.action_id)
+            call.deadline = self._clock.seconds()  # look now if logged in, else at login
+            self._arm_reconcile_timer()
+        else:
+            log.failure("Originate {action_id} failed unexpectedly", failure, action_id=call.action_id)
+            call.deadline = self._clock.seconds()
+            self._arm_reconcile_timer()
+
+    # --- events ------------------------------------------------------------------------
+
+    def _on_event(self, event: AmiMessage) -> None:
+        name = event.name.lower()
+        if name == "originateresponse":
+            self._on_originate_response(event)
+        elif name == "hangup":
+            self._on_hangup(event)
+        elif name == "userevent":
+            self._on_user_event(event)
+        elif name == "varset":
+            if (event.get("Variable") or "").upper() == "REMINDER_HEARD" and event.get("Value") == "1":
+                call = self._call_by_uniqueid(event.get("Uniqueid"))
+                if call is not None:
+                    self._heard(call)
+
+    def _on_originate_response(self, event: AmiMessage) -> None:
+        call = self._calls.get(event.action_id or "")
+        if call is None or call.state is CallState.FINISHED:
+            return
+        if (event.get("Response") or "").lower() == "success":
+            self._answered(call, event.get("Uniqueid") or "")
+            return
+        reason = event.get("Reason") or ""
+        outcome = _FAILURE_REASONS.get(reason, CallOutcome.FAILED)
+        self._finish(call, outcome, reason=reason)
+
+    def _answered(self, call: _Call, uniqueid: str) -> None:
+        if call.state is CallState.ANSWERED and call.uniqueid:
+            return
+        call.state = CallState.ANSWERED
+        if uniqueid and uniqueid != "<null>":
+            call.uniqueid = uniqueid
+            self._by_uniqueid[uniqueid] = call.action_id
+        call.deadline = self._clock.seconds() + self._options.max_call_seconds
+        self._persist(call, state=CallState.ANSWERED.value, answered_at=_fmt(self._now()), uniqueid=call.uniqueid)
+        self._arm_reconcile_timer()
+
+    def _on_hangup(self, event: AmiMessage) -> None:
+        call = self._call_by_uniqueid(event.get("Uniqueid"))
+        if call is None or call.state is not CallState.ANSWERED:
+            # Before an answer the OriginateResponse Failure that follows tells why.
+            return
+        self._finish(call, CallOutcome.NOT_HEARD, cause=event.get("Cause") or "")
+
+    def _on_user_event(self, event: AmiMessage) -> None:
+        heard = (event.get("UserEvent") or "").lower() == "reminderheard" or event.get("REMINDER_HEARD") == "1"
+        if not heard:
+            return
+        call = None
+        action_id = self._by_notification.get(event.get("NOTIFICATION_ID") or "")
+        if action_id is not None:
+            call = self._calls.get(action_id)
+        if call is None:
+            call = self._call_by_uniqueid(event.get("Uniqueid"))
+        if call is not None:
+            self._heard(call)
+
+    def _heard(self, call: _Call) -> None:
+        if call.state is CallState.FINISHED:
+            return
+        call.heard = True
+        self._finish(call, CallOutcome.HEARD)
+
+    def _call_by_uniqueid(self, uniqueid: str | None) -> _Call | None:
+        action_id = self._by_uniqueid.get(uniqueid or "")
+        return self._calls.get(action_id) if action_id is not None else None
+
+    # --- reconciliation ----------------------------------------------------------------
+
+    def _on_login(self) -> None:
+        # Every open call may have lost its response or events while we were away.
+        now = self._clock.seconds()
+        for call in self._calls.values():
+            call.deadline = now
+        self._arm_reconcile_timer()
+        self.dispatch()
+
+    def _arm_reconcile_timer(self) -> None:
+        if not self.running:
+            return
+        deadlines = [c.deadline for c in self._calls.values()
+                     if c.deadline is not None and c.state is not CallState.FINISHED]
+        if self._reconcile_timer is not None and self._reconcile_timer.active():
+            self._reconcile_timer.cancel()
+        self._reconcile_timer = None
+        if deadlines:
+            delay = max(0.0, min(deadlines) - self._clock.seconds())
+            self._reconcile_timer = self._clock.callLater(delay, self._reconcile_due)
+
+    def _reconcile_due(self) -> None:
+        self._reconcile_timer = None
+        if self._reconciling or not self._ami.is_logged_in:
+            return  # the login listener or the running pass re-arms it
+        now = self._clock.seconds()
+        due = [c for c in self._calls.values()
+               if c.deadline is not None and c.deadline <= now and c.state is not CallState.FINISHED]
+        if not due:
+            self._arm_reconcile_timer()
+            return
+        self._reconciling = True
+
+        def done(_: Any) -> None:
+            self._reconciling = False
+            self._arm_reconcile_timer()
+
+        # Callbacks, not a coroutine: the Status answer must be applied before the next
+        # event in the same read (a Hangup right behind it) is matched by Uniqueid.
+        self._ami.send_list_action("Status", Variables="NOTIFICATION_ID").addCallbacks(
+            lambda items: self._apply_status(due, items), lambda f: self._status_failed(due, f),
+        ).addErrback(lambda f: log.failure("voice call reconciliation failed", f)).addBoth(done)
+
+    def _status_failed(self, calls: list[_Call], failure: Any) -> None:
+        failure.trap(AmiConnectionLost, AmiNotConnected, AmiResponseTimeout, AmiActionError)
+        log.warn("cannot list channels to reconcile voice calls: {error}", error=failure.getErrorMessage())
+        for call in calls:
+            # Not logged in: the next login looks again.  Otherwise try after the grace.
+            call.deadline = self._clock.seconds() + self._options.reconcile_grace_seconds \
+                if self._ami.is_logged_in else None
+
+    def _apply_status(self, calls: list[_Call], items: tuple[AmiMessage, ...]) -> None:
+        live: dict[str, AmiMessage] = {}
+        for item in items:
+            notification_id = item.variables().get("NOTIFICATION_ID")
+            if notification_id:
+                live[notification_id] = item
+        now = self._clock.seconds()
+        for call in calls:
+            if call.state is CallState.FINISHED:
+                continue
+            channel = live.get(call.notification_id)
+            if channel is not None:
+                call.missing = 0
+                uniqueid = channel.get("Uniqueid") or ""
+                if uniqueid:
+                    call.uniqueid = uniqueid
+                    self._by_uniqueid[uniqueid] = call.action_id
+                up = (channel.get("ChannelStateDesc") or "").lower() == "up"
+                log.info("voice call {action_id} found {state} by reconciliation", action_id=call.action_id,
+                         state="up" if up else "ringing")
+                if up and call.state is not CallState.ANSWERED:
+                    self._answered(call, uniqueid)
+                elif not up and call.state is CallState.ORIGINATING:
+                    call.state = CallState.RINGING
+                    call.deadline = now + self._options.originate_timeout_seconds \
+                        + self._options.reconcile_grace_seconds
+                    self._persist(call, state=CallState.RINGING.value, uniqueid=uniqueid)
+                else:
+                    limit = self._options.max_call_seconds if up else self._options.originate_timeout_seconds
+                    call.deadline = now + limit + self._options.reconcile_grace_seconds
+                continue
+            call.missing += 1
+            if call.missing < 2:
+                call.deadline = now + self._options.reconcile_grace_seconds
+                continue
+            if call.state is CallState.ANSWERED:
+                # Answered, then gone while we were not listening: not known to be heard.
+                self._finish(call, CallOutcome.NOT_HEARD, reconciled="ended_unobserved")
+            else:
+                log.warn("voice call {action_id} found nowhere; outcome unknown, not calling again",
+                         action_id=call.action_id)
+                self._finish(call, CallOutcome.UNKNOWN)
+
+    # --- recording ---------------------------------------------------------------------
+
+    def _track(self, call: _Call) -> None:
+        self._calls[call.action_id] = call
+        self._by_notification[call.notification_id] = call.action_id
+        if call.uniqueid:
+            self._by_uniqueid[call.uniqueid] = call.action_id
+
+    def _untrack(self, call: _Call) -> None:
+        self._calls.pop(call.action_id, None)
+        if self._by_notification.get(call.notification_id) == call.action_id:
+            del self._by_notification[call.notification_id]
+        if call.uniqueid and self._by_uniqueid.get(call.uniqueid) == call.action_id:
+            del self._by_uniqueid[call.uniqueid]
+
+    def _persist(self, call: _Call, **fields: str) -> None:
+        key = self._keys.call(call.action_id)
+
+        async def write() -> None:
+            await self._redis.hset(key, mapping=fields)
+
+        self._enqueue(write)
+
+    def _finish(self, call: _Call, outcome: CallOutcome, **details: str) -> None:
+        """Decide the outcome now (later events are ignored), record and report it in order."""
+        call.state = CallState.FINISHED
+        call.deadline = None
+        self._untrack(call)
+        retry_at = 0.0
+        if outcome is CallOutcome.NOT_PLACED and call.attempt < self._options.max_originate_attempts:
+            retry_at = self._now() + self._options.retry_delay_seconds
+        log.info("voice call {action_id} for notification {id}: {outcome}{retry}", action_id=call.action_id,
+                 id=call.notification_id, outcome=outcome.value, retry=" (will retry)" if retry_at else "")
+        metrics.ami_originates.labels(outcome.value).inc()
+        fields = {k: mask_digit_runs(v) for k, v in details.items()}
+
+        async def write() -> None:
+            args: list[Any] = [outcome.value, _fmt(self._now()), int(self._options.retention_seconds),
+                               _fmt(retry_at) if retry_at else "0", call.notification_id]
+            for name, value in fields.items():
+                args += [name, value]
+            await self._scripts["finish"](
+                keys=[self._keys.call(call.action_id), self._keys.voice_reminder(call.notification_id),
+                      self._keys.voice_due], args=args)
+            if retry_at:
+                await self._close_call(call.action_id)
+                self._clock.callLater(0, self.dispatch)
+                return
+            await self._report(call.notification_id, outcome, action_id=call.action_id, extra=fields)
+            self._clock.callLater(0, self.dispatch)
+
+        self._enqueue(write)
+
+    async def _report(self, notification_id: str, outcome: CallOutcome, *, action_id: str = "",
+                      extra: Mapping[str, str] | None = None) -> None:
+        state, error = _LEDGER[outcome]
+        fields: dict[str, str] = {"channel": "voice", "call_outcome": outcome.value}
+        if error:
+            fields["error"] = error
+        if action_id:
+            fields["call_action_id"] = action_id
+        for name, value in (extra or {}).items():
+            fields.setdefault(f"call_{name}" if not name.startswith("call_") else name, value)
+        known = await self._ledger.transition(notification_id, state, now=self._now(), **fields)
+        if not known:
+            log.warn("voice outcome for unknown notification {id}", id=notification_id)
+        if action_id:
+            await self._close_call(action_id)
+        waiters = self._waiters.pop(notification_id, None)
+        if waiters is not None:
+            for waiter in waiters.finished:
+                waiter.callback(outcome.value)
+            if waiters.recorded:
+                self._waiters[notification_id] = _Waiters(recorded=waiters.recorded)
+
+    async def _close_call(self, action_id: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._keys.call(action_id), "reported", "1")
+            pipe.zrem(self._keys.voice_calls_open, action_id)
+            await pipe.execute()
+
+    async def _load_open_calls(self) -> None:
+        """Rebuild the in-memory calls from Redis (after a restart); report finished ones."""
+        action_ids = await self._redis.zrange(self._keys.voice_calls_open, 0, -1)
+        for action_id in action_ids:
+            raw = await self._redis.hgetall(self._keys.call(action_id))
+            if not raw:
+                await self._redis.zrem(self._keys.voice_calls_open, action_id)
+                continue
+            notification_id = raw.get("notification_id", "")
+            if raw.get("state") == CallState.FINISHED.value:
+                outcome = CallOutcome(raw.get("outcome", CallOutcome.UNKNOWN.value))
+                if outcome is CallOutcome.NOT_PLACED:
+                    await self._close_call(action_id)
+                else:
+                    await self._report(notification_id, outcome, action_id=action_id)
+                continue
+            call = _Call(action_id, notification_id, int(raw.get("attempt") or 1),
+                         CallState(raw.get("state", CallState.ORIGINATING.value)), uniqueid=raw.get("uniqueid", ""))
+            self._track(call)
+            log.info("voice call {action_id} open from a previous run; will reconcile", action_id=action_id)
+
+    # --- ordered writes ----------------------------------------------------------------
+
+    def _enqueue(self, write: Callable[[], Awaitable[None]]) -> None:
+        assert self._writes is not None
+        self._writes.put_nowait(write)
+
+    async def _writer(self) -> None:
+        """Apply call writes one at a time, in the order the events decided them."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        assert self._writes is not None
+        while True:
+            write = await self._writes.get()
+            delay = 0.5
+            try:
+                while True:
+                    try:
+                        await write()
+                        break
+                    except (RedisConnectionError, RedisTimeoutError) as e:
+                        # The outcome must not be lost: keep it, in order, until Redis is back.
+                        log.error("cannot record a voice call outcome yet: {error}", error=str(e))
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 10.0)
+                    except Exception:
+                        log.failure("recording a voice call change failed")
+                        break
+            finally:
+                self._writes.task_done()
+
+
+def _fan_out(result: int, waiters: list[Deferred[int]]) -> int:
+    for waiter in waiters:
+        waiter.callback(result)
+    return result
+
+
+def _entries(response: Any) -> list[Any]:
+    if not response:
+        return []
+    if isinstance(response, dict):  # RESP3 clients answer with a mapping
+        out: list[Any] = []
+        for value in response.values():
+            out.extend(value[0] if value and isinstance(value[0], list) else value)
+        return out
+    return list(response[0][1])
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}"
