@@ -409,11 +409,13 @@ class FaultRun:
         self.kills += 1
         return await self.start_gateway()
 
-    async def restart_redis(self) -> None:
-        """Stop the external redis-server (SIGTERM: the AOF is flushed) and start it again
-        on the same port and data."""
+    async def restart_redis(self, down_seconds: float = 2.0) -> None:
+        """Stop the external redis-server (SIGTERM: the AOF is flushed), leave it down for
+        `down_seconds`, and start it again on the same port and data."""
         assert self.redis_server is not None
-        await asyncio.to_thread(self.redis_server.restart)
+        await asyncio.to_thread(self.redis_server.stop)
+        await _sleep(down_seconds)
+        await asyncio.to_thread(self.redis_server.start)
         self.redis_restarts += 1
 
     def log_findings(self) -> LogFindings:
