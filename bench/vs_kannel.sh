@@ -128,7 +128,7 @@ export ADMIN_PORT SMSBOX_PORT SENDSMS_PORT
 export ADMIN_PASSWORD=admin-bench SENDSMS_USERNAME=bench SENDSMS_PASSWORD=bench-pw
 export MAX_PENDING_SUBMITS=1000 MAX_PENDING_REQUESTS=${MAX_PENDING_REQUESTS:-512}
 case "$STORE" in
-  "") export STORE_LINES="" ;;
+  "") export STORE_LINES="# no message store: queued messages live in bearerbox's memory only" ;;
   file) export STORE_LINES="store-type = file
 store-location = \"$WORK/kannel.store\"" ;;
   spool) mkdir -p "$WORK/spool"; export STORE_LINES="store-type = spool
