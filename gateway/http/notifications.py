@@ -83,7 +83,7 @@ class NotificationsResource(Resource):
         content = request.content.read() if request.content is not None else b""
         try:
             body = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: e.g. a body of 50,000 "["
             return _bad_request(request, "body is not JSON")
         items = body if isinstance(body, list) else [body]
         if not items:

@@ -105,21 +105,41 @@ class _Refusal(Resource):
 
 
 class _SizeLimitedRequest(Request):
-    """Refuses a body whose declared length is over the limit before reading it."""
+    """Refuses a body over the limit as soon as that is known, before reading the rest.
+
+    With Content-Length that is at once; a chunked body (no length) is counted as it
+    arrives and cut off when it passes the limit, so nobody can stream without bound.
+    """
 
     max_body_bytes = 1_048_576
+    _received = 0
+    _refused = False
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body_bytes:
-            body = json.dumps({"error": "payload_too_large",
-                               "message": f"body larger than {self.max_body_bytes} bytes"}).encode()
-            transport = self.channel.transport
-            transport.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
-                            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-            transport.loseConnection()
-            self.channel._dataBuffer = []  # nothing more of this request is parsed
+            self._refuse()
             return
         super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.max_body_bytes:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        body = json.dumps({"error": "payload_too_large",
+                           "message": f"body larger than {self.max_body_bytes} bytes"}).encode()
+        transport = self.channel.transport
+        transport.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
+                        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        # Nothing more of this request is parsed or stored.
+        transport.loseConnection()
+        self.channel._dataBuffer = []
 
 
 def build_site(config: HttpConfig, *, readiness: Callable[[], dict[str, bool]],

@@ -415,12 +415,6 @@ async def test_intake_answers_bad_json_with_400_and_a_json_error(redis_url: str)
             await wait_deferred(listening.stopListening())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="http/notifications: json.loads of a deeply nested body raises RecursionError, "
-    "which render_POST does not catch (only ValueError): 500 with twisted's HTML page and a "
-    "traceback in the log instead of 400",
-)
 @on_asyncio
 async def test_deeply_nested_json_is_a_bad_request(redis_url: str) -> None:
     """A 50 kB body of 50,000 '[' (any token holder can send it) is 400 with a JSON error."""
@@ -498,12 +492,6 @@ def chunked_upload(port: int, total_bytes: int, token: str | None) -> tuple[int,
     return (status_and_json(response)[0] if response else 0), sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="http: a chunked body (no Content-Length) is read to its end into a temporary "
-    "file before the token or max_body_bytes is checked, so an unauthenticated client can "
-    "stream without limit (the 413 comes only after the whole body)",
-)
 @on_asyncio
 async def test_chunked_body_is_cut_off_at_max_body_bytes(redis_url: str) -> None:
     """A chunked upload without a token is refused once it passes max_body_bytes, long
