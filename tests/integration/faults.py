@@ -80,6 +80,7 @@ __all__ = [
     "scenario_redis_restart",
     "scenario_throttling",
     "on_asyncio",
+    "violations",
     "workload",
 ]
 
@@ -862,6 +863,46 @@ async def scenario_fastagi_hangups(directory: Path, calls: int = 100, concurrenc
         result.elapsed_seconds = time.monotonic() - started
         result.log = run.log_findings()
     return result
+
+
+def violations(result: Tally | CallsTally) -> list[str]:
+    """The invariants a run must keep, broken ones named (empty: all kept).
+
+    SMS: nothing lost; every notification delivered, failed with a reason or (where
+    allowed) awaiting its receipt; no more copies than response-unknown submits, for each
+    message; no whole mobile number and no traceback in the daemon's log.  FastAGI: every
+    call over, recorded once, counted, no socket left open on the server, no error logged,
+    and the normal call completed.
+    """
+    broken: list[str] = []
+    if isinstance(result, Tally):
+        checks = [
+            (result.accepted > 0, "nothing accepted"),
+            (result.lost == 0, f"{result.lost} lost"),
+            (result.delivered + result.failed_total + result.awaiting_receipt == result.accepted,
+             "counts do not add up to accepted"),
+            (result.duplicated <= result.response_unknown, "more duplicates than response-unknown submits"),
+            (result.unexplained_duplicates == 0,
+             f"{result.unexplained_duplicates} copies beyond their message's response-unknown submits"),
+        ]
+    else:
+        checks = [
+            (result.unfinished == 0, f"{result.unfinished} calls still open at the client"),
+            (not result.unrecorded, f"{len(result.unrecorded)} calls never recorded"),
+            (not result.recorded_twice, f"{len(result.recorded_twice)} calls recorded twice"),
+            (result.metric_total_delta == result.calls, "gateway_agi_calls_total does not count every call"),
+            (not result.open_server_sockets, f"server sockets still open: {result.open_server_sockets}"),
+            (not result.log.errors, f"{len(result.log.errors)} errors logged"),
+            (result.normal_call_outcome == "completed" and result.normal_call_heard_goodbye,
+             f"the normal call ended {result.normal_call_outcome or 'unrecorded'}"),
+        ]
+    checks += [
+        (result.log.whole_numbers == 0, f"{result.log.whole_numbers} whole mobile numbers in the log"),
+        (not result.log.failures, f"{len(result.log.failures)} tracebacks logged: {result.log.failures[:2]}"),
+        (not result.log.unstructured, f"lines that are not JSON in the log: {result.log.unstructured[:2]}"),
+    ]
+    broken += [what for ok, what in checks if not ok]
+    return broken
 
 
 def on_asyncio(test: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
