@@ -188,6 +188,7 @@ class Tally:
     by_carrier: Counter[str] = field(default_factory=Counter)
     elapsed_seconds: float = 0.0
     faults: dict[str, Any] = field(default_factory=dict)  # what was injected (drops, kills...)
+    leftovers: dict[str, int] = field(default_factory=dict)  # half-done work left in Redis
     log: LogFindings = field(default_factory=LogFindings)
 
     @property
@@ -202,7 +203,8 @@ class Tally:
                 f"duplicated={self.duplicated} response_unknown={self.response_unknown} lost={self.lost} "
                 f"unexplained_duplicates={self.unexplained_duplicates} "
                 f"in {self.elapsed_seconds:.1f}s ({rate:.0f}/s); faults={self.faults}; "
-                f"carriers={dict(self.by_carrier)}; {self.log.summary()}"
+                f"carriers={dict(self.by_carrier)}; "
+                f"leftovers={ {k: v for k, v in self.leftovers.items() if v} or 0}; {self.log.summary()}"
                 + (f"; lost e.g. {self.lost_examples}" if self.lost_examples else "")
                 + (f"; reasons {dict(self.failure_reasons.most_common(3))}" if self.failure_reasons else ""))
 
@@ -214,7 +216,8 @@ class Tally:
             "response_unknown": self.response_unknown, "lost": self.lost,
             "unexplained_duplicates": self.unexplained_duplicates,
             "elapsed_seconds": round(self.elapsed_seconds, 2), "faults": self.faults,
-            "by_carrier": dict(self.by_carrier), "log_failures": len(self.log.failures),
+            "by_carrier": dict(self.by_carrier), "leftovers": self.leftovers,
+            "log_failures": len(self.log.failures),
             "log_errors": len(self.log.errors), "log_whole_numbers": self.log.whole_numbers,
         }
 
@@ -541,8 +544,35 @@ class FaultRun:
                 if len(result.lost_examples) < 5:
                     result.lost_examples.append(f"{n.id}: {lost_because}")
         result.faults.update(self.fault_counts())
+        recovered = await self._count_field(notifications, "recovered_at")
+        if recovered:
+            result.faults["lease_recovered"] = recovered
+        result.leftovers = await self.leftovers()
         result.log = self.log_findings()
         return result
+
+    async def _count_field(self, notifications: Sequence[Notification], name: str) -> int:
+        count = 0
+        for start in range(0, len(notifications), 5000):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for n in notifications[start:start + 5000]:
+                    pipe.hexists(KEYS.notification(n.id), name)
+                count += sum(1 for present in await pipe.execute() if present)
+        return count
+
+    async def leftovers(self) -> dict[str, int]:
+        """Work still half done in Redis (all 0 once a run has settled): intake entries
+        not yet accepted or pending for a (dead) consumer, claims in flight, queued and
+        scheduled notifications."""
+        stream = KEYS.notify_stream
+        try:
+            pending = (await self.client.xpending(stream, "gateway"))["pending"]
+        except ResponseError:  # no group: nothing was ever read
+            pending = 0
+        return {"stream_entries": await self.client.xlen(stream), "stream_pending": int(pending),
+                "inflight": await self.client.zcard(KEYS.inflight),
+                "queued": sum([await self.client.zcard(KEYS.lane(p)) for p in ("high", "normal", "bulk")]),
+                "scheduled": await self.client.zcard(KEYS.scheduled)}
 
     def fault_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -884,6 +914,10 @@ def violations(result: Tally | CallsTally) -> list[str]:
             (result.duplicated <= result.response_unknown, "more duplicates than response-unknown submits"),
             (result.unexplained_duplicates == 0,
              f"{result.unexplained_duplicates} copies beyond their message's response-unknown submits"),
+            # Lanes and the scheduled set may keep stale ids (a claim skips them), so the
+            # notifications' own states tell about those; the intake and the claims must be empty.
+            (not any(result.leftovers.get(k) for k in ("stream_entries", "stream_pending", "inflight")),
+             f"half-done work left in Redis: {result.leftovers}"),
         ]
     else:
         checks = [
