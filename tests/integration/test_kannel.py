@@ -14,6 +14,7 @@ ports only.  Skipped when ``bearerbox`` is not installed (``apt-get install kann
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -44,10 +45,21 @@ from gateway.smpp.simulator import CarrierSimulator, SimulatorOptions, options_f
 from tests.integration.daemon import Daemon, write_config
 from tests.smpp.test_link import WaitingSink
 
+
+def _kannel_binary(name: str) -> str | None:
+    """The box's path: from PATH, or Debian's /usr/sbin (not on a normal user's PATH)."""
+    found = shutil.which(name)
+    if found is None and os.access(f"/usr/sbin/{name}", os.X_OK):
+        found = f"/usr/sbin/{name}"
+    return found
+
+
+KANNEL_BINARIES = {name: _kannel_binary(name) for name in ("bearerbox", "smsbox")}
 pytestmark = [
     pytest.mark.kannel,
     pytest.mark.skipif(
-        shutil.which("bearerbox") is None, reason="Kannel (bearerbox) not installed"
+        None in KANNEL_BINARIES.values(),
+        reason="Kannel is not installed (apt-get install kannel gives /usr/sbin/bearerbox and smsbox)",
     ),
 ]
 
@@ -136,7 +148,7 @@ class Kannel:
         log = (self.work_dir / f"{program}.stdout").open("wb")
         conf = str(self.work_dir / "kannel.conf")
         self.processes.append(
-            subprocess.Popen([program, conf], stdout=log, stderr=subprocess.STDOUT)
+            subprocess.Popen([str(KANNEL_BINARIES[program]), conf], stdout=log, stderr=subprocess.STDOUT)
         )
 
     def log(self, program: str) -> str:
