@@ -587,7 +587,9 @@ class SmppSession:
             self.role = Role.ESME  # see "listener session" in the module docstring
             self._accept_outbind = False
         after = self._may_receive.get(command_id)
-        if after is None:
+        if after is None or (command_id is CommandId.OUTBIND and self._bind_outstanding()):
+            # An outbind while our own bind is in flight would leave the bind's response
+            # with no state to land in: the peer is confused, refuse it.
             self._refuse(pdu, events)
             return
         self._accept_outbind = False  # only the first request may be an outbind
@@ -609,6 +611,9 @@ class SmppSession:
             self._binding = True
             self._init_deadline = None
         events.append(PduReceived(pdu))
+
+    def _bind_outstanding(self) -> bool:
+        return any(p.request.command_id in _BINDS for p in self._outstanding.values())
 
     def _refuse(self, pdu: Pdu, events: list[Event]) -> None:
         command_id = pdu.command_id
