@@ -513,7 +513,11 @@ class SmppListener(Service):
                 return
             held = self._held_parts.pop(key)
             text = whole
-        registered_delivery = bool(pdu.registered_delivery & 0x03)
+        # Kannel asks for a receipt on the first part only: any part asking counts.
+        registered_delivery = any(
+            bool(part.registered_delivery & 0x03)  # type: ignore[union-attr]
+            for _, part, _ in held
+        )
         recorded = maybeDeferred(
             self.intake.submit_from_partner,
             connection.system_id,

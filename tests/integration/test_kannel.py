@@ -391,11 +391,6 @@ async def test_kannel_gets_our_message_id_and_matches_our_receipt(kannel: Kannel
         await dlr_port.stopListening()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="listener takes registered_delivery from the part that completes a multi-part "
-    "submit; Kannel sets it on part 1 only (remove this mark when the listener ORs the parts)",
-)
 @pytest_twisted.ensureDeferred
 async def test_kannel_receipt_request_on_first_part_reaches_the_intake(kannel: Kannel) -> None:
     """Kannel asks for a receipt (registered_delivery 1) on part 1 of a two-part message
