@@ -39,6 +39,7 @@ Time enters as a number (``now``); the shell owns the one timer.
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -376,6 +377,9 @@ class ActionCorrelator:
         self._prefix = id_prefix
         self._counter = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
+        # (deadline, ActionID) of every action started; entries of actions already
+        # completed are dropped lazily when they reach the top.
+        self._deadlines: list[tuple[float, str]] = []
 
     def next_action_id(self) -> str:
         """A fresh ActionID for this connection."""
@@ -387,6 +391,7 @@ class ActionCorrelator:
             raise AmiLocalProtocolError(f"ActionID {action_id!r} is already in flight")
         timeout = self._timeout if timeout_seconds is None else timeout_seconds
         self._pending[action_id] = _Pending(name=name, deadline=now + timeout)
+        heapq.heappush(self._deadlines, (now + timeout, action_id))
 
     def __contains__(self, action_id: object) -> bool:
         return action_id in self._pending
@@ -420,12 +425,26 @@ class ActionCorrelator:
 
     def expire(self, now: float) -> list[ActionTimedOut]:
         """Forget and return the actions whose deadline is at or before ``now``."""
-        late = [action_id for action_id, p in self._pending.items() if p.deadline <= now]
-        return [ActionTimedOut(action_id, self._pending.pop(action_id).name) for action_id in late]
+        late: list[ActionTimedOut] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, action_id = heapq.heappop(heap)
+            pending = self._pending.get(action_id)
+            if pending is not None and pending.deadline == deadline:
+                del self._pending[action_id]
+                late.append(ActionTimedOut(action_id, pending.name))
+        return late
 
     def next_deadline(self) -> float | None:
         """When `expire` next has something to report (None: nothing in flight)."""
-        return min((p.deadline for p in self._pending.values()), default=None)
+        heap = self._deadlines
+        while heap:
+            deadline, action_id = heap[0]
+            pending = self._pending.get(action_id)
+            if pending is not None and pending.deadline == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
 
     def forget(self, action_id: str) -> None:
         """Stop tracking one action (its caller gave up on it)."""
@@ -435,4 +454,5 @@ class ActionCorrelator:
         """Forget every action in flight (the connection is gone); ``(action_id, name)``."""
         abandoned = [(action_id, p.name) for action_id, p in self._pending.items()]
         self._pending.clear()
+        self._deadlines.clear()
         return abandoned

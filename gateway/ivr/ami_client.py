@@ -250,10 +250,11 @@ class AmiProtocol(Protocol):
         for late in self._correlator.expire(now):
             self._waiting.pop(late.action_id).errback(AmiResponseTimeout(late.action_id, late.name))
         deadline = self._correlator.next_deadline()
-        if self._timer is not None and self._timer.active():
-            if deadline is not None and self._timer.getTime() == deadline:
-                return
-            self._timer.cancel()
+        timer = self._timer
+        if timer is not None and timer.active():
+            if deadline is not None and timer.getTime() <= deadline:
+                return  # fires early enough, and re-arms for the rest then
+            timer.cancel()
         self._timer = None
         if deadline is not None:
             self._timer = self._clock.callLater(max(0.0, deadline - now), self._on_timer)

@@ -302,3 +302,15 @@ def test_abandon_all_returns_every_action_in_flight():
     correlator.start(second, "Originate", now=0)
     assert correlator.abandon_all() == [(first, "Ping"), (second, "Originate")]
     assert correlator.next_deadline() is None
+
+
+def test_completed_action_never_times_out_and_leaves_the_deadline():
+    """A completed action neither expires later nor holds next_deadline back."""
+    correlator = ActionCorrelator(response_timeout_seconds=10)
+    correlator.start("1", "Ping", now=0)
+    correlator.start("2", "Ping", now=3, timeout_seconds=1)
+    correlator.receive(msg(Response="Success", ActionID="2"))
+    assert correlator.next_deadline() == 10
+    correlator.receive(msg(Response="Success", ActionID="1"))
+    assert correlator.next_deadline() is None
+    assert correlator.expire(100) == []
