@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 
+from gateway import metrics
 from gateway.ports import DeliveryReceipt
 from gateway.push.state import OutcomeWriter, op_receipt
 
@@ -57,5 +58,7 @@ class ReceiptRecorder:
 
     def record_receipt(self, receipt: DeliveryReceipt) -> Deferred[None]:
         candidates = lookup_candidates(receipt.message_id)
-        op = op_receipt(receipt.carrier, receipt.state.strip().upper(), receipt.error_code, candidates)
+        state = receipt.state.strip().upper()
+        metrics.receipts.labels(receipt.carrier, state).inc()
+        op = op_receipt(receipt.carrier, state, receipt.error_code, candidates)
         return self.writer.add(op, keep=False)
