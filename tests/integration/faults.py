@@ -92,8 +92,10 @@ return out
 """
 TEMPLATES: TemplateSet = load_templates(REPO / "config" / "templates.yaml")
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-# A whole mainland mobile number (1[3-9] and nine more digits) standing alone.
+# A whole mainland mobile number (1[3-9] and nine more digits) or resident ID number (17
+# digits and a check character) standing alone.
 WHOLE_MOBILE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
+WHOLE_ID_NUMBER = re.compile(r"(?<!\d)\d{17}[\dXx](?![\dXx])")
 # Reasons a final state must carry to count as recorded (expired: its deadline).
 REASON_FIELD = {"failed": "error", "undeliverable": "error", "rejected": "reason"}
 
@@ -163,7 +165,7 @@ class LogFindings:
     failures: list[str] = field(default_factory=list)  # events with a traceback (log.failure)
     errors: list[str] = field(default_factory=list)  # error/critical level events
     unstructured: list[str] = field(default_factory=list)  # lines that are not JSON (stderr)
-    whole_numbers: int = 0  # whole mobile numbers found anywhere in the log
+    whole_numbers: int = 0  # whole mobile or ID numbers found anywhere in the log
 
     def summary(self) -> str:
         return (f"log lines={self.lines} failures={len(self.failures)} errors={len(self.errors)} "
@@ -230,7 +232,7 @@ def read_log(path: Path, since: int = 0) -> LogFindings:
     with path.open("rb") as f:
         f.seek(since)
         raw = f.read().decode("utf-8", "replace")
-    findings.whole_numbers = len(WHOLE_MOBILE.findall(raw))
+    findings.whole_numbers = len(WHOLE_MOBILE.findall(raw)) + len(WHOLE_ID_NUMBER.findall(raw))
     for line in raw.splitlines():
         if not line.strip():
             continue
@@ -931,7 +933,7 @@ def violations(result: Tally | CallsTally) -> list[str]:
              f"the normal call ended {result.normal_call_outcome or 'unrecorded'}"),
         ]
     checks += [
-        (result.log.whole_numbers == 0, f"{result.log.whole_numbers} whole mobile numbers in the log"),
+        (result.log.whole_numbers == 0, f"{result.log.whole_numbers} whole mobile or ID numbers in the log"),
         (not result.log.failures, f"{len(result.log.failures)} tracebacks logged: {result.log.failures[:2]}"),
         (not result.log.unstructured, f"lines that are not JSON in the log: {result.log.unstructured[:2]}"),
     ]
