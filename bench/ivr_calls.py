@@ -38,6 +38,7 @@ holding its p99.
 Output: a table, then one JSON line (keys: benchmark, date, machine, setup, levels[];
 each level: concurrency, calls, seconds, calls_per_second, digit_samples,
 digit_to_command_ms {p50, p90, p99, max}, connect_ms {p50, p99, max},
+connects_over_asterisk_timeout (over res_agi.c's MAX_AGI_CONNECT, 2 s),
 server_step_p99_le_ms, server_cpu_seconds, redis_cpu_seconds, client_cpu_seconds,
 server_peak_rss_mb, load_average_before, errors, error_kinds).  The exit status is 1 if any call failed.
 """
@@ -84,10 +85,13 @@ SCRIPT = "12123"
 DEFAULT_LEVELS = "100x1000,1000x3000"
 QUICK_LEVELS = "10x40,50x100"
 WARMUP_CALLS = 50  # --quick: 10
+DEFAULT_RAMP_SECONDS = 1.0
 CALL_TIMEOUT_SECONDS = 120.0
 ATTEMPTS_PER_HOUR = 1000  # IvrConfig.attempts_per_hour maximum
 READBACK_CLIP = f"{SCRIPT}/booking_readback-1"  # the first clip of the booking read back
 KEYS_PER_CALL = 3  # digit samples per call: "1", "<booking>#", "#"
+# res_agi.c MAX_AGI_CONNECT: Asterisk gives up a FastAGI connect after this long.
+ASTERISK_CONNECT_TIMEOUT_SECONDS = 2.0
 
 
 # --------------------------------------------------------------------------------------
@@ -160,14 +164,17 @@ def gateway_config(redis_url: str, fastagi_port: int, http_port: int, state_dir:
     }
 
 
-def start_server(workdir: Path) -> tuple[Server, list[tuple[str, str]]]:
+def start_server(workdir: Path, redis_max_connections: int | None = None) -> tuple[Server, list[tuple[str, str]]]:
+    """redis-server with the sample data, then the gateway; waits until it serves."""
     redis = RedisServerProcess(data_dir=workdir / "redis")
     redis.start()
     try:
         callers = sample_callers(redis.url)
         fastagi_port, http_port = free_port(), free_port()
+        # redis-py reads pool options from the URL's query string.
+        url = redis.url + (f"?max_connections={redis_max_connections}" if redis_max_connections else "")
         config_path = workdir / "gateway.yaml"
-        config_path.write_text(yaml.safe_dump(gateway_config(redis.url, fastagi_port, http_port, workdir)))
+        config_path.write_text(yaml.safe_dump(gateway_config(url, fastagi_port, http_port, workdir)))
         log_path = workdir / "gateway.log"
         with open(log_path, "wb") as log_file:
             gateway = subprocess.Popen(
@@ -221,16 +228,22 @@ def step_p99_le_ms(before: str, after: str) -> float:
 # --------------------------------------------------------------------------------------
 
 
-def _caller_class() -> type:
+def _caller_class(reactor: Any, pace_seconds: float) -> type:
     """TimedCaller, defined once the reactor is chosen (tests.peers imports Twisted)."""
     from time import perf_counter
+
+    from twisted.internet.protocol import connectionDone
 
     from tests.peers.fastagi_client import AsteriskFastAgiClient
 
     class TimedCaller(AsteriskFastAgiClient):  # type: ignore[misc]
         """The test peer, timing each reply that carries the caller's keys to the next
         command line.  Only public behaviour is used: the keys still to type
-        (`typing`, `inputs`) shrink when a reply consumed some."""
+        (`typing`, `inputs`) shrink when a reply consumed some.
+
+        With `pace_seconds`, each command is answered that long after it arrived, as if
+        its prompt played (or the caller typed) for that time.
+        """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -238,6 +251,7 @@ def _caller_class() -> type:
             self.connect_seconds = 0.0
             self.connect_started = perf_counter()
             self._input_sent_at: float | None = None
+            self._paced: list[Any] = []
 
         def _keys_left(self) -> int:
             return len(self.typing) + sum(len(i.keys) for i in self.inputs)
@@ -251,11 +265,24 @@ def _caller_class() -> type:
             if self._input_sent_at is not None and b"\n" in data:
                 self.digit_to_command.append(arrived - self._input_sent_at)
                 self._input_sent_at = None
+            if pace_seconds and b"\n" in data:
+                self._paced = [c for c in self._paced if c.active()]
+                self._paced.append(reactor.callLater(pace_seconds, self._handle_commands, data))
+            else:
+                self._handle_commands(data)
+
+        def _handle_commands(self, data: bytes) -> None:
             keys_left = self._keys_left()
             super().dataReceived(data)
             if self._keys_left() < keys_left and not self.closed:
                 # The reply is with the transport; the server's next command is awaited.
                 self._input_sent_at = perf_counter()
+
+        def connectionLost(self, reason: Any = connectionDone) -> None:
+            for call in self._paced:
+                if call.active():
+                    call.cancel()
+            super().connectionLost(reason)
 
     return TimedCaller
 
@@ -292,6 +319,8 @@ class LevelResult:
                 "p50": round(percentile(connect_ms, 50), 2), "p99": round(percentile(connect_ms, 99), 2),
                 "max": round(max(connect_ms, default=float("nan")), 2),
             },
+            # Calls that Asterisk would have failed ("FastAGI connection ... timed out").
+            "connects_over_asterisk_timeout": sum(s > ASTERISK_CONNECT_TIMEOUT_SECONDS for s in self.connect),
             "server_step_p99_le_ms": self.server_step_p99_le_ms,
             "server_cpu_seconds": round(self.server_cpu_seconds, 2),
             "redis_cpu_seconds": round(self.redis_cpu_seconds, 2),
@@ -303,16 +332,23 @@ class LevelResult:
         }
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    pace_seconds: float = 0.0  # each command answered this long after it arrived
+    ramp_seconds: float = 0.0  # the slots' first calls spread over this time
+
+
 async def run_calls(reactor: Any, port: int, callers: list[tuple[str, str]], concurrency: int,
-                    calls: int, result: LevelResult) -> None:
+                    calls: int, result: LevelResult, options: LoadOptions) -> None:
     """`concurrency` slots placing calls back to back until `calls` have been placed."""
     from twisted.internet.defer import DeferredList, ensureDeferred
     from twisted.internet.endpoints import TCP4ClientEndpoint
     from twisted.internet.protocol import Factory
+    from twisted.internet.task import deferLater
 
     from tests.peers.fastagi_client import CallerInput
 
-    timed_caller = _caller_class()
+    timed_caller = _caller_class(reactor, options.pace_seconds)
     numbers = itertools.count()
     run_id = int(time.time())
 
@@ -338,25 +374,29 @@ async def run_calls(reactor: Any, port: int, callers: list[tuple[str, str]], con
         result.connect.append(client.connect_seconds)
         result.digit_to_command.extend(client.digit_to_command)
         if not any(p.what == READBACK_CLIP for p in client.played):
-            result.errors["booking not read back"] += 1
+            last = client.played[-1].what if client.played else "nothing"
+            result.errors[f"booking not read back (last heard {last})"] += 1
         elif not client.hung_up_by_script:
             result.errors["not hung up by the server"] += 1
         elif len(client.digit_to_command) != KEYS_PER_CALL:
             result.errors["digit timing missing"] += 1
 
-    async def slot() -> None:
+    async def slot(index: int) -> None:
+        if options.ramp_seconds:
+            await deferLater(reactor, options.ramp_seconds * index / concurrency)
         while (n := next(numbers)) < calls:
             await one_call(n)
 
-    await DeferredList([ensureDeferred(slot()) for _ in range(concurrency)])
+    await DeferredList([ensureDeferred(slot(i)) for i in range(concurrency)])
 
 
 async def run_levels(reactor: Any, server: Server, callers: list[tuple[str, str]],
-                     levels: list[tuple[int, int]], profile_dir: Path | None,
+                     levels: list[tuple[int, int]], options: LoadOptions, profile_dir: Path | None,
                      warmup_calls: int = WARMUP_CALLS) -> list[LevelResult]:
     pid, redis_pid = server.gateway.pid, server.redis.process.pid  # type: ignore[union-attr]
     # Warm-up: the first calls load the Lua script into Redis and open the pool's connections.
-    await run_calls(reactor, server.fastagi_port, callers, 10, warmup_calls, LevelResult(10, warmup_calls))
+    await run_calls(reactor, server.fastagi_port, callers, 10, warmup_calls, LevelResult(10, warmup_calls),
+                    LoadOptions())
     results = []
     for concurrency, calls in levels:
         # Other work on the machine shows here (the figures are only as quiet as it was).
@@ -365,7 +405,7 @@ async def run_levels(reactor: Any, server: Server, callers: list[tuple[str, str]
         metrics_before = server.metrics_text()
         cpu = (cpu_seconds(pid), cpu_seconds(redis_pid), cpu_seconds())
         started = time.perf_counter()
-        await run_calls(reactor, server.fastagi_port, callers, concurrency, calls, result)
+        await run_calls(reactor, server.fastagi_port, callers, concurrency, calls, result, options)
         result.seconds = time.perf_counter() - started
         result.server_cpu_seconds = cpu_seconds(pid) - cpu[0]
         result.redis_cpu_seconds = cpu_seconds(redis_pid) - cpu[1]
@@ -419,12 +459,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_LEVELS}")
     parser.add_argument("--profile-dir", type=Path, default=None,
                         help="record the gateway with py-spy (pip install py-spy) during each level")
+    parser.add_argument("--pace-ms", type=float, default=0.0,
+                        help="answer each command this long after it arrives, as if its prompt played "
+                             "(default 0: at once, as the test peer does)")
+    parser.add_argument("--ramp-seconds", type=float, default=DEFAULT_RAMP_SECONDS,
+                        help="spread the slots' first calls over this time (0: all connect at once)")
+    parser.add_argument("--redis-max-connections", type=int, default=None,
+                        help="add ?max_connections=N to the gateway's redis.url (default: redis-py's pool "
+                             "default of 100)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (config, logs, AOF)")
     args = parser.parse_args(argv)
     levels = parse_levels(args.levels or (QUICK_LEVELS if args.quick else DEFAULT_LEVELS))
+    options = LoadOptions(pace_seconds=args.pace_ms / 1000, ramp_seconds=args.ramp_seconds)
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-ivr-"))
-    server, callers = start_server(workdir)
+    server, callers = start_server(workdir, args.redis_max_connections)
     results: list[LevelResult] = []
     try:
         from twisted.internet import reactor
@@ -433,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         failure: list[Any] = []
 
         def go() -> None:
-            d = ensureDeferred(run_levels(reactor, server, callers, levels, args.profile_dir,
+            d = ensureDeferred(run_levels(reactor, server, callers, levels, options, args.profile_dir,
                                           10 if args.quick else WARMUP_CALLS))
             d.addCallback(results.extend)
             d.addErrback(failure.append)
@@ -469,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
             "client": "this process, Twisted default reactor, tests/peers AsteriskFastAgiClient",
             "redis": "redis-server, appendonly everysec, sample data",
             "attempts_per_hour": ATTEMPTS_PER_HOUR,
+            "redis_max_connections": args.redis_max_connections,
+            "pace_ms": args.pace_ms,
+            "ramp_seconds": args.ramp_seconds,
             "call": "1, <booking>#, # (status by booking number)",
         },
         "levels": [r.summary() for r in results],

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 LEVEL_KEYS = {
     "concurrency", "calls", "seconds", "calls_per_second", "digit_samples", "digit_to_command_ms",
-    "connect_ms", "server_step_p99_le_ms", "server_cpu_seconds", "redis_cpu_seconds",
+    "connect_ms", "connects_over_asterisk_timeout", "server_step_p99_le_ms", "server_cpu_seconds", "redis_cpu_seconds",
     "client_cpu_seconds", "server_peak_rss_mb", "load_average_before", "errors", "error_kinds",
 }
 
