@@ -42,6 +42,7 @@ command line).  Everything here runs on the Twisted asyncio reactor; blocking ca
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -279,8 +280,7 @@ CARRIER_DEFAULTS: Mapping[str, Any] = {
     "reconnect_max_seconds": 2.0, "response_timeout_seconds": 10.0,
 }
 # Quiet hours start == end: none, so the normal-lane reminders are not held whatever the
-# time of day the suite runs at (quiet hours have their own tests).
-# Retries start after half a second instead of two (production) so that a message that
+# time of day the suite runs at (quiet hours have their own tests).  Retries start after half a second instead of two (production) so that a message that
 # needs all five attempts is settled in 7.5 s rather than 30 s; the number of attempts
 # (max_attempts 5), which decides what fails, is the production one.  Entries a killed
 # process left pending are claimed after 2 s instead of 60 s.
@@ -289,10 +289,6 @@ PUSH_DEFAULTS: Mapping[str, Any] = {
     "claim_idle_seconds": 2,
     "retry_initial_seconds": 0.5,
 }
-
-
-async def _sleep(seconds: float) -> None:
-    await asyncio.sleep(seconds)
 
 
 class FaultRun:
@@ -334,7 +330,7 @@ class FaultRun:
         for plan in self.plans:
             system_id, password = f"gw{plan.name}"[:15], f"{plan.name}-pw"
             if plan.simulator is not None:
-                options = _replace(plan.simulator, port=0, credentials={system_id: password})
+                options = dataclasses.replace(plan.simulator, port=0, credentials={system_id: password})
                 simulator = CarrierSimulator(options, self.reactor)
                 simulator.startService()
                 self.simulators[plan.name] = simulator
@@ -388,7 +384,7 @@ class FaultRun:
                 return time.monotonic() - started
             if time.monotonic() > deadline:
                 raise AssertionError(f"the daemon was not ready in {timeout_seconds}s:\n{self.daemon.log_text()[-4000:]}")
-            await _sleep(0.05)
+            await asyncio.sleep(0.05)
 
     async def _ready(self) -> bool:
         assert self.daemon is not None
@@ -420,7 +416,7 @@ class FaultRun:
         `down_seconds`, and start it again on the same port and data."""
         assert self.redis_server is not None
         await asyncio.to_thread(self.redis_server.stop)
-        await _sleep(down_seconds)
+        await asyncio.sleep(down_seconds)
         await asyncio.to_thread(self.redis_server.start)
         self.redis_restarts += 1
 
@@ -476,7 +472,7 @@ class FaultRun:
             try:
                 states = await self._states(pending)
             except REDIS_ERRORS + (ResponseError,):
-                await _sleep(poll_seconds)  # Redis restarting (LOADING) or away
+                await asyncio.sleep(poll_seconds)  # Redis restarting (LOADING) or away
                 continue
             pending = [i for i, s in states.items() if s not in FINAL_STATES]
             submitted = sum(1 for i in pending if states[i] == "submitted")
@@ -494,7 +490,7 @@ class FaultRun:
                 quiet_polls = 0
             if time.monotonic() > deadline:
                 return
-            await _sleep(poll_seconds)
+            await asyncio.sleep(poll_seconds)
 
     async def tally(self, scenario: str, notifications: Sequence[Notification], *,
                     awaiting_receipt_allowed: bool = False) -> Tally:
@@ -589,12 +585,6 @@ class FaultRun:
         if self.redis_restarts:
             counts["redis_restarts"] = self.redis_restarts
         return counts
-
-
-def _replace(options: SimulatorOptions, **changes: Any) -> SimulatorOptions:
-    import dataclasses
-
-    return dataclasses.replace(options, **changes)
 
 
 async def run_notifications(run: FaultRun, scenario: str, notifications: Sequence[Notification], *,
@@ -866,7 +856,7 @@ async def scenario_fastagi_hangups(directory: Path, calls: int = 100, concurrenc
             seen = Counter(f.get("uniqueid", "") for f in events)
             if all(seen[u] for u in uniqueids) or time.monotonic() > deadline:
                 break
-            await _sleep(0.1)
+            await asyncio.sleep(0.1)
         for f in events:
             if f.get("uniqueid") in set(uniqueids) and f.get("outcome"):
                 result.outcomes[f["outcome"]] += 1
@@ -875,7 +865,7 @@ async def scenario_fastagi_hangups(directory: Path, calls: int = 100, concurrenc
         result.recorded_twice = [u for u in uniqueids if seen[u] > 1]
         deadline = time.monotonic() + 5
         while (sockets := server_sockets(port)) and time.monotonic() < deadline:
-            await _sleep(0.1)
+            await asyncio.sleep(0.1)
         result.open_server_sockets = sockets
         result.metric_total_delta = await _metric_total(run, "gateway_agi_calls_total") - before
 
@@ -891,7 +881,7 @@ async def scenario_fastagi_hangups(directory: Path, calls: int = 100, concurrenc
             if events:
                 result.normal_call_outcome = events[0].get("outcome", "")
                 break
-            await _sleep(0.1)
+            await asyncio.sleep(0.1)
         result.elapsed_seconds = time.monotonic() - started
         result.log = run.log_findings()
     return result
