@@ -335,6 +335,9 @@ class _BindingEndpoint:
         return policy
 
 
+UNRECORDED_LOG_INTERVAL_SECONDS = 5.0
+
+
 class CarrierLink(MultiService):
     """Binds to one carrier and submits to it; see the module docstring.
 
@@ -381,6 +384,8 @@ class CarrierLink(MultiService):
         self._active_submits = 0
         self._stopping = False
         self._drain_waiters: list[Deferred[None]] = []
+        self._unrecorded = 0
+        self._unrecorded_logged_at = float("-inf")
         self._bound_waiters: list[Deferred[None]] = []
         self._reassembler = Reassembler(
             timeout_seconds=options.mo_reassembly_timeout_seconds,
@@ -849,12 +854,19 @@ class CarrierLink(MultiService):
                 protocol.respond(pdu)
 
         def not_recorded(reason: Failure) -> None:
-            log.error(
-                "carrier {carrier}: could not record a {kind} ({error}); answered ESME_RX_T_APPN",
-                carrier=self.carrier,
-                kind=kind,
-                error=reason.getErrorMessage(),
-            )
+            # While Redis is away every receipt fails alike: one line per interval, counted.
+            self._unrecorded += 1
+            now = self.clock.seconds()
+            if now - self._unrecorded_logged_at >= UNRECORDED_LOG_INTERVAL_SECONDS:
+                log.error(
+                    "carrier {carrier}: could not record {count} receipts/MOs ({error}); "
+                    "answered ESME_RX_T_APPN, the SMSC will redeliver",
+                    carrier=self.carrier,
+                    count=self._unrecorded,
+                    error=reason.getErrorMessage(),
+                )
+                self._unrecorded = 0
+                self._unrecorded_logged_at = now
             for protocol, pdu in held:
                 protocol.respond(pdu, CommandStatus.ESME_RX_T_APPN)
 
