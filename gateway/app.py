@@ -180,7 +180,8 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
         links_service.setServiceParent(root)
 
         push = PushService(redis, keys, config.push, TemplateCatalogue(config.resolve(config.push.templates_file)),
-                           list(root.carrier_links.values()), reactor, drain_timeout_seconds=drain)
+                           list(root.carrier_links.values()), reactor, drain_timeout_seconds=drain,
+                           lease_seconds=config.push.lease_seconds)
         push.setServiceParent(root)
         mo = MoService(redis, keys, config.push.mo, reactor)
         mo.setName("mo")

@@ -221,6 +221,7 @@ class PushConfig:
     consumer_name: str = setting("", help="consumer name; empty: host name and pid")
     batch_size: int = setting(200, help="entries read from the intake stream at a time", minimum=1, maximum=10_000)
     max_in_flight: int = setting(2000, help="notifications being submitted at once", minimum=1, maximum=100_000)
+    lease_seconds: float = setting(30.0, help="a notification being submitted by a process that died is retried after this long", unit="s", minimum=1, maximum=3600)
     claim_idle_seconds: float = setting(60.0, help="pending intake entries idle this long are claimed again (XAUTOCLAIM)", unit="s", minimum=1, maximum=86400)
     retention_days: float = setting(30.0, help="how long notification state is kept", unit="days", minimum=0.01, maximum=3650)
     max_attempts: int = setting(5, help="submit attempts before a transient failure becomes final", minimum=1, maximum=100)
