@@ -108,8 +108,19 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+# One encoder for every request: json.dumps with options builds a new one per call.
+_encode_params = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+# Eleven ASCII digits as core systems send them: already what normalise_cn_mobile returns.
+_PLAIN_MOBILE = re.compile(r"1[3-9][0-9]{9}")
+
+
 def _params_json(params: Mapping[str, str]) -> str:
-    return json.dumps(params, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return _encode_params(params)
+
+
+def _mobile_digits(to_raw: str) -> str:
+    """normalise_cn_mobile, without its Unicode normalisation when there is nothing to do."""
+    return to_raw if _PLAIN_MOBILE.fullmatch(to_raw) else normalise_cn_mobile(to_raw)
 
 
 def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: QuietHoursPolicy,
@@ -167,7 +178,7 @@ def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: 
     params_json = _params_json(params)
 
     try:
-        digits = normalise_cn_mobile(to_raw)
+        digits = _mobile_digits(to_raw)
     except InvalidPhoneNumber:
         return reject("not a Chinese mobile number (1[3-9] and 9 digits)", params_json)
 

@@ -26,28 +26,42 @@ the carrier sends the receipt again later.
 
 from __future__ import annotations
 
+import re
+
 from twisted.internet.defer import Deferred
 
 from gateway import metrics
 from gateway.ports import DeliveryReceipt
 from gateway.push.state import OutcomeWriter, op_receipt
-
-try:
-    from gateway.smpp.receipts import canonical_message_id, message_id_candidates
-except ImportError:  # pragma: no cover - only while gateway/smpp is incomplete
-    def canonical_message_id(raw: str) -> str:
-        s = raw.strip().lower()
-        return s.lstrip("0") or ("0" if s else "")
-
-    def message_id_candidates(raw: str) -> tuple[str, ...]:
-        return (raw.strip(),)
+from gateway.smpp.receipts import canonical_message_id
 
 __all__ = ["ReceiptRecorder", "lookup_candidates"]
 
 
+_HEX = re.compile(r"[0-9a-f]{1,40}")
+_DEC = re.compile(r"[0-9]{1,40}")
+
+
 def lookup_candidates(message_id: str) -> tuple[str, ...]:
-    """Canonical forms of a receipt's message id to look up, most likely first."""
-    return tuple(dict.fromkeys(canonical_message_id(c) for c in message_id_candidates(message_id) if c))
+    """Canonical forms of a receipt's message id to look up, most likely first.
+
+    The canonical forms of ``message_id_candidates`` (the id as is; its hex value read as
+    decimal; its decimal value written in hex), computed directly: this runs for every
+    receipt, and the general function's dedup over five spellings costs more than the
+    lookup itself.  tests/push/test_receipts.py checks the two agree.
+    """
+    exact = canonical_message_id(message_id)
+    if not _HEX.fullmatch(exact):
+        return (exact,) if exact else ()
+    out = [exact]
+    from_hex = str(int(exact, 16))
+    if from_hex != exact:
+        out.append(from_hex)
+    if _DEC.fullmatch(exact):
+        to_hex = format(int(exact), "x")
+        if to_hex not in out:
+            out.append(to_hex)
+    return tuple(out)
 
 
 class ReceiptRecorder:

@@ -50,14 +50,8 @@ from gateway.push.state import (
     op_retry,
     op_wait,
 )
+from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import wait_deferred
-
-try:  # the SMPP helper's id normalisation; plain trimming/lower-casing without it
-    from gateway.smpp.receipts import canonical_message_id
-except ImportError:  # pragma: no cover - only while gateway/smpp is incomplete
-    def canonical_message_id(raw: str) -> str:
-        s = raw.strip().lower()
-        return s.lstrip("0") or ("0" if s else "")
 
 __all__ = ["Dispatcher", "Waker"]
 

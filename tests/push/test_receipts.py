@@ -4,9 +4,13 @@ hand-off of an undeliverable channel-auto notification."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import DeferredList
 
 from gateway.ports import DeliveryReceipt, SubmitAccepted
+from gateway.push.receipts import lookup_candidates
+from gateway.smpp.receipts import canonical_message_id, message_id_candidates
 from tests.push.harness import CMCC_NUMBER, code, on_asyncio, pipeline, points
 
 
@@ -160,3 +164,16 @@ async def test_transition_contract_for_other_components(redis_url: str) -> None:
         assert "to" not in event
         assert await p.redis.zscore(p.keys.dead_letters, "t") is not None
         assert not await p.ledger.transition("missing", "failed", now=1.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.integers(min_value=0, max_value=10**30).map(str),
+                 st.integers(min_value=0, max_value=16**30).map(lambda v: format(v, "X")),
+                 st.text(alphabet="0123456789abcdefABCDEF-xyz ", max_size=45)))
+def test_fast_lookup_matches_the_general_candidates(raw: str) -> None:
+    """lookup_candidates gives the canonical forms of smpp.receipts.message_id_candidates."""
+    general = {canonical_message_id(c) for c in message_id_candidates(raw) if c}
+    general.discard("")
+    assert set(lookup_candidates(raw)) == general
+    if general:
+        assert lookup_candidates(raw)[0] == canonical_message_id(raw)
