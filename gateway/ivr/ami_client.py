@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -124,7 +124,7 @@ class AmiProtocol(Protocol):
             items = self._framing.receive_data(data)
         except AmiProtocolError as e:
             log.warn("AMI peer broke the protocol, closing: {error}", error=str(e))
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.abort()
             return
         for item in items:
             if isinstance(item, AmiBanner):
@@ -161,6 +161,11 @@ class AmiProtocol(Protocol):
         waiter: Deferred[AmiBanner] = Deferred()
         self._banner_waiters.append(waiter)
         return waiter
+
+    def abort(self) -> None:
+        """Drop the connection now, without flushing what is queued."""
+        if self.transport is not None:
+            cast(Any, self.transport).abortConnection()
 
     def unwrapped(self) -> AmiProtocol:
         """This protocol itself, also when called through ClientService's protocol proxy."""
@@ -225,7 +230,7 @@ class AmiProtocol(Protocol):
             if failure.check(AmiConnectionLost, AmiNotConnected):
                 return
             log.warn("AMI Ping unanswered, closing the session: {error}", error=failure.getErrorMessage())
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.abort()
 
         self.send_action("Ping").addCallbacks(answered, unanswered)
 
@@ -314,7 +319,7 @@ class _GateFactory(Factory):
     def __init__(self, wrapped: Any) -> None:
         self._wrapped = wrapped
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         proxy = self._wrapped.buildProtocol(addr)
         if proxy is None:
             return None
@@ -328,14 +333,15 @@ class _GatedEndpoint:
         self._endpoint = endpoint
 
     def connect(self, factory: Any) -> Deferred[Any]:
-        return self._endpoint.connect(_GateFactory(factory)).addCallback(lambda gate: gate._proxy)
+        connecting: Deferred[Any] = self._endpoint.connect(_GateFactory(factory))
+        return connecting.addCallback(lambda gate: gate._proxy)
 
 
 class _AmiFactory(Factory):
     def __init__(self, service: AmiClientService) -> None:
         self._service = service
 
-    def buildProtocol(self, addr: IAddress) -> AmiProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> AmiProtocol:
         return self._service._build_protocol()
 
 
@@ -382,7 +388,8 @@ class AmiClientService(ClientService):
         self._connections = 0
         self._subscribers: list[EventCallback] = []
         self._login_listeners: list[Callable[[AmiClientService], object]] = []
-        super().__init__(_GatedEndpoint(endpoint), _AmiFactory(self), retryPolicy=self._retry_delay,
+        super().__init__(cast(IStreamClientEndpoint, _GatedEndpoint(endpoint)), _AmiFactory(self),
+                         retryPolicy=self._retry_delay,
                          clock=clock, prepareConnection=self._prepare)
 
     # --- public ------------------------------------------------------------------------
@@ -468,14 +475,13 @@ class AmiClientService(ClientService):
         return attempt.addErrback(refused)
 
     async def _login(self, protocol: AmiProtocol) -> None:
-        banner_timeout = self._clock.callLater(self._response_timeout_seconds,
-                                               lambda: protocol.transport.abortConnection())
+        banner_timeout = self._clock.callLater(self._response_timeout_seconds, protocol.abort)
         try:
             banner = await protocol.when_banner()
         finally:
             if banner_timeout.active():
                 banner_timeout.cancel()
-        extra = {"Events": self._event_mask} if self._event_mask is not None else {}
+        extra: dict[str, Any] = {"Events": self._event_mask} if self._event_mask is not None else {}
         if self._md5_challenge:
             challenge = await protocol.send_action("Challenge", AuthType="MD5")
             # main/manager.c authenticate(): MD5 over the challenge, then the secret, as lowercase hex.

@@ -362,7 +362,7 @@ class VoiceReminders(Service):
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
-        while True:
+        while self.running:
             try:
                 await self._ensure_group()
                 await self._load_open_calls()
@@ -370,6 +370,8 @@ class VoiceReminders(Service):
             except (RedisConnectionError, RedisTimeoutError) as e:
                 log.error("voice reminders cannot start, Redis unreachable: {error}", error=str(e))
                 await asyncio.sleep(1.0)
+        if not self.running:
+            return
         self._unsubscribe = self._ami.subscribe(self._on_event)
         if not self._listening_for_logins:
             self._listening_for_logins = True
@@ -393,7 +395,7 @@ class VoiceReminders(Service):
     async def _stop(self) -> None:
         if self._intake_task is not None:
             self._intake_task.cancel()
-            await asyncio.gather(self._intake_task, return_exceptions=True)
+            await asyncio.wait([self._intake_task], timeout=self._options.drain_timeout_seconds)
         if self._writes is not None:
             try:
                 await asyncio.wait_for(self._writes.join(), self._options.drain_timeout_seconds)
@@ -401,7 +403,7 @@ class VoiceReminders(Service):
                 log.error("voice call changes not yet in Redis at stop: {count}", count=self._writes.qsize())
         if self._writer_task is not None:
             self._writer_task.cancel()
-            await asyncio.gather(self._writer_task, return_exceptions=True)
+            await asyncio.wait([self._writer_task], timeout=1.0)
 
     # --- public: for the pipeline's drain, the admin API and tests ----------------------
 
@@ -440,7 +442,9 @@ class VoiceReminders(Service):
         stream, group = self._keys.voice_requests, self._options.consumer_group
         last_claim = 0.0
         pending_first = True
-        while True:
+        # `running` as well as cancellation ends the loop: redis-py can turn a cancel that
+        # lands as its socket read times out into a TimeoutError, swallowing the cancel.
+        while self.running:
             try:
                 if pending_first:
                     # Our own entries left pending by a previous run under this name.
@@ -462,6 +466,8 @@ class VoiceReminders(Service):
                     entries = _entries(response)
                 await self._record_entries(entries)
             except (RedisConnectionError, RedisTimeoutError) as e:
+                if not self.running:
+                    return
                 log.error("voice reminders cannot read {stream}: {error}", stream=stream, error=str(e))
                 await asyncio.sleep(1.0)
             except asyncio.CancelledError:
@@ -606,7 +612,7 @@ class VoiceReminders(Service):
             return False
         call = _Call(action_id, notification_id, attempt, CallState.ORIGINATING)
         self._track(call)
-        headers = {
+        headers: dict[str, Any] = {
             "Channel": self._options.trunk.replace("{number}", to),
             "Context": self._options.context,
             "Exten": "s",

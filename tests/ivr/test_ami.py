@@ -181,8 +181,8 @@ def test_message_repr_hides_header_values():
     assert "OriginateResponse" in repr(event)
 
 
-_names = st.from_regex(r"[A-Za-z][A-Za-z0-9_\-]{0,15}", fullmatch=True).filter(
-    lambda n: n.lower() not in ("response", "event", "action"))
+_names = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1,
+                 max_size=16).filter(lambda n: n.lower() not in ("response", "event", "action"))
 _values = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=40)
 
 
@@ -190,9 +190,9 @@ _values = st.text(st.characters(blacklist_characters="\r\n", blacklist_categorie
 @given(
     messages=st.lists(
         st.tuples(st.sampled_from(["Event", "Response"]), st.text("ABCxyz", min_size=1, max_size=8),
-                  st.lists(st.tuples(_names, _values), max_size=12)),
-        min_size=1, max_size=5),
-    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
+                  st.lists(st.tuples(_names, _values), max_size=8)),
+        min_size=1, max_size=4),
+    cuts=st.lists(st.integers(min_value=0, max_value=1200), max_size=6),
 )
 def test_encode_then_frame_round_trips_under_any_split(messages, cuts):
     """encode_message then framing, split anywhere, gives back the same headers."""
