@@ -323,6 +323,7 @@ class PushService(Service):
                          count=recovered)
                 self.dispatcher.waker.wake()
             await self.partners.deliver_pending()
+            await self.consumer.trim_stream()
             await self._update_gauges()
         return promoted >= 1000
 

@@ -140,9 +140,16 @@ local function earlykey(c, m) return EH .. c .. EM .. m .. ET end
 local function count(what) counts[what] = (counts[what] or 0) + 1 end
 
 -- Lanes are sorted sets scored by a global sequence: FIFO within a lane, across
--- processes, and re-adding an id never makes a second entry.
+-- processes, and re-adding an id never makes a second entry.  Sequence numbers are
+-- reserved 256 at a time (gaps are harmless).
+local seq_next, seq_last = 1, 0
 local function lane_push(lane, id)
-  redis.call('ZADD', LANE[lane] or LANE.normal, redis.call('INCR', SEQUENCE), id)
+  if seq_next > seq_last then
+    seq_last = redis.call('INCRBY', SEQUENCE, 256)
+    seq_next = seq_last - 255
+  end
+  redis.call('ZADD', LANE[lane] or LANE.normal, seq_next, id)
+  seq_next = seq_next + 1
 end
 
 local function emit(id, kind, ev)
@@ -151,13 +158,16 @@ local function emit(id, kind, ev)
   redis.call(unpack(args))
 end
 
-local function transition(id, key, state, ntype, fields, ev)
+-- EXPIRE is set at acceptance (retention + validity) and renewed when a final state
+-- is reached: not on every step, which would double the writes of the hot path.
+local function transition(id, key, state, ntype, fields, ev, ttl)
   local ts = state .. '_at'
   if state == 'submitting' then ts = 'submit_started_at' end
   local args = {'HSET', key, 'state', state, ts, NOW}
   for i = 1, #fields do args[#args + 1] = fields[i] end
   redis.call(unpack(args))
-  redis.call('EXPIRE', key, RETENTION)
+  ttl = ttl or (FINAL[state] and RETENTION)
+  if ttl then redis.call('EXPIRE', key, ttl) end
   local e = {'notification_type', ntype or ''}
   for i = 1, #ev do e[#e + 1] = ev[i] end
   emit(id, state, e)
@@ -174,9 +184,11 @@ local function request_voice(id, key, not_before)
   count('voice_requested')
 end
 
-local function on_final(id, key, state)
+-- h: the fields channel, partner, partner_receipt, voice_requested_at if the caller
+-- has them already (nil: read them).
+local function on_final(id, key, state, h)
   if state == 'failed' or state == 'rejected' then redis.call('ZADD', DEAD, now, id) end
-  local h = redis.call('HMGET', key, 'channel', 'partner', 'partner_receipt', 'voice_requested_at')
+  h = h or redis.call('HMGET', key, 'channel', 'partner', 'partner_receipt', 'voice_requested_at')
   if (state == 'undeliverable' or state == 'failed') and h[1] == 'auto' and not h[4] then
     request_voice(id, key, '0')
   end
@@ -186,25 +198,38 @@ local function on_final(id, key, state)
   end
 end
 
+-- One HMGET reads everything a receipt needs: the state, the parts' receipts so far
+-- (p0..p9; longer messages read the rest one by one) and what on_final needs.
+local RECEIPT_FIELDS = {'state', 'parts', 'type', 'channel', 'partner', 'partner_receipt',
+  'voice_requested_at', 'p0', 'p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'p8', 'p9'}
+
 local function apply_receipt(id, key, part, rstate, err)
-  local h = redis.call('HMGET', key, 'state', 'parts', 'type')
+  local h = redis.call('HMGET', key, unpack(RECEIPT_FIELDS))
   if not h[1] or FINAL[h[1]] then count('receipt_late'); return end
-  redis.call('HSET', key, 'p' .. part, rstate)
+  local pname = 'p' .. part
+  local final_fields = {h[4], h[5], h[6], h[7]}
   if rstate == 'DELIVRD' then
     local np = tonumber(h[2] or '1') or 1
-    local names = {}
-    for q = 0, np - 1 do names[#names + 1] = 'p' .. q end
-    local ps = redis.call('HMGET', key, unpack(names))
-    for q = 1, np do
-      if ps[q] ~= 'DELIVRD' then return end
+    for q = 0, np - 1 do
+      if q ~= part then
+        local v
+        if q < 10 then v = h[8 + q] else v = redis.call('HGET', key, 'p' .. q) end
+        if v ~= 'DELIVRD' then
+          redis.call('HSET', key, pname, rstate)
+          return
+        end
+      end
     end
-    transition(id, key, 'delivered', h[3], {'receipt_state', 'DELIVRD', 'receipt_error', err}, {'parts', tostring(np)})
-    on_final(id, key, 'delivered')
+    transition(id, key, 'delivered', h[3], {pname, rstate, 'receipt_state', 'DELIVRD', 'receipt_error', err},
+      {'parts', tostring(np)})
+    on_final(id, key, 'delivered', final_fields)
   elseif UNDELIVERABLE[rstate] then
-    transition(id, key, 'undeliverable', h[3], {'receipt_state', rstate, 'receipt_error', err,
+    transition(id, key, 'undeliverable', h[3], {pname, rstate, 'receipt_state', rstate, 'receipt_error', err,
       'error', 'receipt ' .. rstate .. ' err ' .. err},
       {'receipt_state', rstate, 'error_code', err, 'part', tostring(part)})
-    on_final(id, key, 'undeliverable')
+    on_final(id, key, 'undeliverable', final_fields)
+  elseif (part < 10 and h[8 + part] or nil) ~= rstate then
+    redis.call('HSET', key, pname, rstate)
   end
 end
 
@@ -220,11 +245,12 @@ local stream, group = ARGV[FIRST], ARGV[FIRST + 1]
 local n = tonumber(ARGV[FIRST + 2])
 local i = FIRST + 3
 local out = {}
+local acks = {}
 for _ = 1, n do
   local id, entry, retry, disp = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local due, lane, cap_key, cap = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
-  local reason, ntype, nf = ARGV[i + 8], ARGV[i + 9], tonumber(ARGV[i + 10])
-  local fstart = i + 11
+  local reason, ntype, ttl, nf = ARGV[i + 8], ARGV[i + 9], tonumber(ARGV[i + 10]), tonumber(ARGV[i + 11])
+  local fstart = i + 12
   i = fstart + nf
   local key = nkey(id)
   local st = redis.call('HGET', key, 'state')
@@ -242,38 +268,42 @@ for _ = 1, n do
         redis.call('EXPIRE', cap_key, 172800)
       end
     end
-    local args = {'HSET', key, 'accepted_at', NOW, 'attempts', '0', 'type', ntype, 'priority', lane}
-    for j = fstart, fstart + nf - 1 do args[#args + 1] = ARGV[j] end
-    redis.call(unpack(args))
+    -- The request's fields and the first state in one HSET.
+    local fields = {'accepted_at', NOW, 'attempts', '0', 'type', ntype, 'priority', lane}
+    for j = fstart, fstart + nf - 1 do fields[#fields + 1] = ARGV[j] end
     local state
     if disp == 'queue' then
-      transition(id, key, 'queued', ntype, {}, {'priority', lane})
-      lane_push(lane, id)
       state = 'queued'
+      transition(id, key, state, ntype, fields, {'priority', lane}, ttl)
+      lane_push(lane, id)
     elseif disp == 'schedule' then
-      transition(id, key, 'scheduled', ntype, {'due_at', due, 'scheduled_reason', 'quiet_hours'},
-        {'priority', lane, 'due_at', due})
-      redis.call('ZADD', SCHEDULED, due, id)
       state = 'scheduled'
+      fields[#fields + 1] = 'due_at'; fields[#fields + 1] = due
+      fields[#fields + 1] = 'scheduled_reason'; fields[#fields + 1] = 'quiet_hours'
+      transition(id, key, state, ntype, fields, {'priority', lane, 'due_at', due}, ttl)
+      redis.call('ZADD', SCHEDULED, due, id)
     elseif disp == 'expired' then
-      transition(id, key, 'expired', ntype, {}, {})
-      on_final(id, key, 'expired')
       state = 'expired'
+      transition(id, key, state, ntype, fields, {})
+      on_final(id, key, state)
     elseif disp == 'voice' then
-      transition(id, key, 'submitted', ntype, {'carrier', 'voice'}, {'carrier', 'voice'})
-      request_voice(id, key, due)
       state = 'submitted'
+      fields[#fields + 1] = 'carrier'; fields[#fields + 1] = 'voice'
+      transition(id, key, state, ntype, fields, {'carrier', 'voice'}, ttl)
+      request_voice(id, key, due)
     else
-      transition(id, key, 'rejected', ntype, {'reason', reason}, {'reason', reason})
-      on_final(id, key, 'rejected')
       state = 'rejected'
+      fields[#fields + 1] = 'reason'; fields[#fields + 1] = reason
+      transition(id, key, state, ntype, fields, {'reason', reason})
+      on_final(id, key, state)
     end
     out[#out + 1] = id; out[#out + 1] = state; out[#out + 1] = (state == 'rejected') and reason or ''
   end
-  if entry ~= '' then
-    redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
-  end
+  if entry ~= '' then acks[#acks + 1] = entry end
+end
+-- Acknowledged in the script that recorded them; the housekeeping loop trims the stream.
+for k = 1, #acks, 1000 do
+  redis.call('XACK', stream, group, unpack(acks, k, math.min(k + 999, #acks)))
 end
 return {out, flat_counts(), partner_final}
 """
@@ -519,6 +549,7 @@ class AcceptItem:
     cap: int = 0
     entry_id: str = ""
     retry: bool = False
+    expires_at: float = 0.0  # the record lives retention_seconds beyond this
 
 
 @dataclass(frozen=True)
@@ -661,9 +692,10 @@ class NotificationLedger:
             fields: list[str] = []
             for name, value in item.fields.items():
                 fields += [name, value]
+            ttl = self.retention_seconds + max(0, int(item.expires_at - now))
             args += [item.id, item.entry_id, "1" if item.retry else "0", item.disposition,
                      _fmt(item.due_at) if item.due_at else "0", item.lane, item.cap_key, item.cap, item.reason,
-                     item.type, len(fields), *fields]
+                     item.type, ttl, len(fields), *fields]
         payload = await self._run(self._accept, now, args)
         return [AcceptOutcome(payload[k], payload[k + 1], payload[k + 2] == "duplicate",
                               "" if payload[k + 2] == "duplicate" else payload[k + 2])

@@ -29,6 +29,7 @@ logged per message at info level; failures of whole batches and bugs are.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -148,12 +149,23 @@ class Dispatcher:
             n, now=now, lease_seconds=self.lease_seconds, quiet_until=self.policy.quiet_until(now),
             reserve=reserved_lower_lane_slots(n),
         )
-        for item in claimed:
-            self._in_flight[item.id] = item
-            if item.attempts == 1 and item.accepted_at:
-                metrics.intake_to_submit_latency.observe(max(0.0, now - item.accepted_at))
-            self._submit(item)
+        with self._holding_submits():
+            for item in claimed:
+                self._in_flight[item.id] = item
+                if item.attempts == 1 and item.accepted_at:
+                    metrics.intake_to_submit_latency.observe(max(0.0, now - item.accepted_at))
+                self._submit(item)
         return len(claimed)
+
+    def _holding_submits(self) -> ExitStack:
+        """Links that can send a batch of submits together (CarrierLink.holding_submits)
+        do so for one claimed batch: one write per session instead of one per message."""
+        stack = ExitStack()
+        for link in self.router.links:
+            hold = getattr(link, "holding_submits", None)
+            if hold is not None:
+                stack.enter_context(hold())
+        return stack
 
     def _submit(self, item: Claimed) -> None:
         refused = self._refused.get(item.id)
