@@ -77,7 +77,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -99,7 +99,9 @@ __all__ = [
     "CallState",
     "ReminderOptions",
     "VoiceReminders",
+    "VoiceService",
     "action_id_for",
+    "build_voice_reminders",
     "quiet_until",
 ]
 
@@ -957,6 +959,55 @@ class VoiceReminders(Service):
                         break
             finally:
                 self._writes.task_done()
+
+
+class VoiceService(MultiService):
+    """The ``ami`` part of the service tree: the AMI session and the reminders on it.
+
+    Stops in order: reminders first (intake stops, queued call records reach Redis),
+    then the AMI session.  Calls still ringing stay open in Redis and are reconciled by
+    the next start.
+    """
+
+    def __init__(self, client: Any, reminders: VoiceReminders) -> None:
+        super().__init__()
+        self.setName("ami")
+        self.client = client
+        self.reminders = reminders
+        client.setServiceParent(self)
+        reminders.setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+
+        async def stop_in_order() -> None:
+            from gateway.store.bridge import wait_deferred
+
+            await wait_deferred(self.reminders.stopService())
+            await wait_deferred(self.client.stopService())
+
+        return as_deferred(stop_in_order())
+
+
+def build_voice_reminders(config: Any, redis: Any, keys: Keys, reactor: Any) -> VoiceService:
+    """The ``ami`` service from a validated Config (gateway/app.py calls this).
+
+    ``redis`` is the shared redis.asyncio client (decode_responses=True).
+    """
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from gateway.ivr.ami_client import AmiClientService
+    from gateway.push.state import NotificationLedger
+
+    ami = config.ami
+    client = AmiClientService(
+        TCP4ClientEndpoint(reactor, ami.host, ami.port, timeout=10), username=ami.username, secret=ami.secret,
+        clock=reactor, md5_challenge=ami.md5_challenge, keepalive_seconds=ami.keepalive_seconds)
+    client.setName("ami-client")
+    ledger = NotificationLedger(redis, keys, retention_seconds=config.push.retention_days * 86400.0)
+    options = ReminderOptions.from_config(ami, config.push, drain_timeout_seconds=config.drain_timeout_seconds)
+    reminders = VoiceReminders(redis, keys, client, ledger, options, clock=reactor)
+    return VoiceService(client, reminders)
 
 
 def _fan_out(result: int, waiters: list[Deferred[int]]) -> int:

@@ -412,3 +412,31 @@ async def test_restart_with_a_call_in_progress_adopts_it(harness_factory):
         assert len(h.originates("n12")) == 1
     finally:
         await h.stop()
+
+
+@on_asyncio
+async def test_the_service_built_from_config_calls_and_reports(redis_url):
+    """build_voice_reminders (what gateway/app.py adds as `ami`) logs in with MD5 and delivers a reminder."""
+    from gateway.config import AmiConfig, Config, PushConfig, QuietHours, Secret
+    from gateway.ivr.reminders import build_voice_reminders
+
+    keys = Keys()
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    server = AmiServer(users={"gateway12123": default_user("s3cret")}, clock=reactor)
+    port = listen(server, reactor)
+    config = Config(ami=AmiConfig(enabled=True, port=port.getHost().port, secret=Secret("s3cret")),
+                    push=PushConfig(quiet_hours=QuietHours(start="00:00", end="00:00")))  # real clock: no quiet hours
+    service = build_voice_reminders(config, redis, keys, reactor)
+    assert service.name == "ami"
+    service.startService()
+    try:
+        await wait_deferred(service.client.whenConnected(failAfterFailures=1))
+        finished = service.reminders.when_finished("b1")
+        await redis.hset(keys.notification("b1"), mapping={"type": "exam_reminder", "state": "submitted"})
+        await redis.xadd(keys.voice_requests, {"id": "b1", "to": NUMBER, "text": "提醒", "not_before": "0"})
+        assert await wait(finished) == "heard"
+        assert [a.name for a in server.actions[:2]] == ["Challenge", "Login"]
+    finally:
+        await wait_deferred(service.stopService())
+        await wait_deferred(port.stopListening())
+        await redis.aclose()
