@@ -645,7 +645,7 @@ class VoiceReminders(Service):
         if failure.check(AmiActionError):
             message = failure.value.response.get("Message") or ""
             log.warn("Asterisk refused the Originate {action_id}: {message}", action_id=call.action_id,
-                     message=message)
+                     message=mask_digit_runs(message))
             self._finish(call, CallOutcome.NOT_PLACED, refusal=message[:200])
         elif failure.check(AmiNotConnected, AmiLocalProtocolError):
             # Refused before a byte left: positively not placed.
