@@ -48,7 +48,8 @@ from __future__ import annotations
 import hmac
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -382,6 +383,7 @@ class CarrierLink(MultiService):
         self._retry_calls: set[IDelayedCall] = set()
         self._reference = random.randrange(0x10000)
         self._active_submits = 0
+        self._holding = 0  # holding_submits() blocks open: submit() queues without pumping
         self._stopping = False
         self._drain_waiters: list[Deferred[None]] = []
         self._unrecorded = 0
@@ -499,8 +501,22 @@ class CarrierLink(MultiService):
             )
             self._queue.append(_PartJob(self, submit, index, pdu))
         self._active_submits += 1
-        self._pump()
+        if not self._holding:
+            self._pump()
         return submit.deferred
+
+    @contextmanager
+    def holding_submits(self) -> Iterator[None]:
+        """Submits made inside the block go out together when it ends: one write per
+        session for a batch of messages instead of one per message (the dispatcher
+        submits each claimed batch so)."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            if not self._holding:
+                self._pump()
 
     # -- the submit pump --------------------------------------------------------------------
 
