@@ -297,7 +297,8 @@ class AmiFraming:
             return None
         if not text:
             if not self._headers and not self._body:
-                return None  # stray empty line between messages
+                self._message_bytes = 0  # a stray empty line between messages counts for none
+                return None
             return self._finish()
         name, sep, value = text.partition(":")
         if sep and not self._body and _HEADER_NAME.match(name):

@@ -67,12 +67,10 @@ are matched in memory; two processes would each reconcile the other's calls.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import enum
 import os
 import socket
 import time
-import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -91,6 +89,7 @@ from gateway.ivr.ami_client import (
     AmiResponseTimeout,
 )
 from gateway.privacy import mask_digit_runs
+from gateway.push.queue import QuietHoursPolicy
 from gateway.store.bridge import as_deferred
 from gateway.store.keys import Keys
 
@@ -149,35 +148,10 @@ def action_id_for(notification_id: str, attempt: int) -> str:
     return f"rem-{notification_id}-{attempt}"
 
 
-def _time_of_day(text: str) -> dt.time:
-    hours, minutes = text.split(":")
-    return dt.time(int(hours), int(minutes))
-
-
 def quiet_until(now: float, start: str, end: str, timezone: str) -> float:
-    """The Unix time the quiet window [start, end) around ``now`` ends, or 0.0 outside it.
-
-    ``start``/``end`` are local "HH:MM" in ``timezone``; start > end spans midnight;
-    start == end means no quiet hours.  (The same rule as the push pipeline's
-    QuietHoursPolicy.quiet_until.)
-    """
-    begin, finish = _time_of_day(start), _time_of_day(end)
-    if begin == finish:
-        return 0.0
-    tz = zoneinfo.ZoneInfo(timezone)
-    local = dt.datetime.fromtimestamp(now, tz)
-    t = local.time()
-    if begin < finish:
-        if not begin <= t < finish:
-            return 0.0
-        day = local.date()
-    elif t >= begin:
-        day = local.date() + dt.timedelta(days=1)
-    elif t < finish:
-        day = local.date()
-    else:
-        return 0.0
-    return dt.datetime.combine(day, finish, tzinfo=tz).timestamp()
+    """The Unix time the quiet window around ``now`` ends, or 0.0 outside it: the push
+    pipeline's rule (QuietHoursPolicy), so SMS and calls keep the same hours."""
+    return QuietHoursPolicy(start, end, timezone).quiet_until(now)
 
 
 @dataclass(frozen=True)

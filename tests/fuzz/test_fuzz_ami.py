@@ -198,13 +198,6 @@ def test_endless_follows_body_is_refused() -> None:
             framing.receive_data(b"output\r\n\r\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AmiProtocolError,
-    reason="ami: stray empty lines between messages are added to the next message's byte "
-    "count (_message_bytes is not reset when _line ignores them), so enough of them "
-    "make a small message 'longer than max_message_bytes'",
-)
 def test_stray_empty_lines_do_not_count_against_the_next_message() -> None:
     """Empty lines between messages are ignored (module docstring) and do not use up the
     next message's byte limit."""
