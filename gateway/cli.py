@@ -112,6 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.logs import start_logging
 
     start_logging(args.log_format or config.logging.format, args.log_level or config.logging.level)
+    from twisted.internet.protocol import Factory
+
+    Factory.noisy = False  # "Starting factory ..." on every reconnect says nothing to an operator
     log = Logger(namespace="gateway")
     root = build_gateway(config, reactor)
     exit_code = [EXIT_OK]

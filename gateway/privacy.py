@@ -110,7 +110,8 @@ class IdNumber(_MaskedDigits):
 # Seven or more digits in a row: phone numbers (11), ID numbers (18, maybe ending X),
 # booking numbers are shorter than that only when configured so.  Message ids and
 # timestamps also match; masking them in logs costs little and the fields keep them whole.
-_DIGIT_RUN = re.compile(r"(?<![0-9])(?:\+?86)?(1[3-9]\d{9}|\d{17}[\dXx]|\d{15})(?![0-9])")
+# Not after "<digit>.": the fraction of a float (a retry delay) is not a number to hide.
+_DIGIT_RUN = re.compile(r"(?<![0-9])(?<![0-9]\.)(?:\+?86)?(1[3-9]\d{9}|\d{17}[\dXx]|\d{15})(?![0-9])")
 
 
 def mask_digit_runs(text: str) -> str:

@@ -1,0 +1,63 @@
+"""Phone and ID numbers mask themselves, and the log observers mask what slips through."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from twisted.logger import Logger
+
+from gateway.logs import make_observer
+from gateway.privacy import (
+    IdNumber,
+    InvalidPhoneNumber,
+    PhoneNumber,
+    mask_digit_runs,
+    normalise_cn_mobile,
+)
+
+
+def test_phone_and_id_numbers_print_masked_everywhere() -> None:
+    """str, repr and format give 138****5678 / 110101********1234; .digits stays whole."""
+    phone, id_number = PhoneNumber("13812345678"), IdNumber("11010119900307123X")
+    assert str(phone) == f"{phone}" == "138****5678" and "13812345678" not in repr(phone)
+    assert str(id_number) == "110101********123X"
+    assert phone.digits == "13812345678"
+
+
+@pytest.mark.parametrize(("raw", "digits"), [
+    ("13800138000", "13800138000"), ("+8613800138000", "13800138000"), ("008613800138000", "13800138000"),
+    ("8613800138000", "13800138000"), ("138 0013 8000", "13800138000"), ("１３８００１３８０００", "13800138000"),
+])
+def test_chinese_mobile_numbers_are_normalised(raw: str, digits: str) -> None:
+    """+86, 0086 and 86 prefixes, spaces and full-width digits are accepted."""
+    assert normalise_cn_mobile(raw) == digits
+
+
+@pytest.mark.parametrize("raw", ["12800138000", "1380013800", "138001380001", "02512345678", "abc", ""])
+def test_other_numbers_are_not_chinese_mobiles(raw: str) -> None:
+    """Anything but 1[3-9] and nine digits is refused."""
+    with pytest.raises(InvalidPhoneNumber):
+        normalise_cn_mobile(raw)
+
+
+def test_safety_net_masks_numbers_in_free_text_but_not_float_fractions() -> None:
+    """Mobile and ID numbers in text are masked; the digits of a float are left alone."""
+    assert mask_digit_runs("to 13800138000, id 110101199003071234.") == "to 138****8000, id 110101********1234."
+    assert mask_digit_runs("retry in 4.632770123457041 s") == "retry in 4.632770123457041 s"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_log_lines_never_carry_a_whole_number(fmt: str) -> None:
+    """Numbers passed as fields, plain strings or inside the message are masked in both formats."""
+    out = io.StringIO()
+    log = Logger(observer=make_observer(fmt, "debug", out))
+    log.info("sms to {to} for {who}; raw 13900139000", to=PhoneNumber("13800138000"), who="110101199003071234",
+             extra={"nested": "18612345678"})
+    text = out.getvalue()
+    for whole in ("13800138000", "13900139000", "110101199003071234", "18612345678"):
+        assert whole not in text
+    assert "138****8000" in text
+    if fmt == "json":
+        assert json.loads(text)["to"] == "138****8000"
