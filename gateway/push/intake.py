@@ -123,6 +123,25 @@ def _mobile_digits(to_raw: str) -> str:
     return to_raw if _PLAIN_MOBILE.fullmatch(to_raw) else normalise_cn_mobile(to_raw)
 
 
+_CN_DATE = re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})日")
+
+
+def parse_date(text: str) -> dt.date | None:
+    """A date as core systems write it: 2026-03-05 or 2026年3月5日; None if neither."""
+    text = text.strip()
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    match = _CN_DATE.fullmatch(text)
+    if match:
+        try:
+            return dt.date(int(match[1]), int(match[2]), int(match[3]))
+        except ValueError:
+            return None
+    return None
+
+
 def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: QuietHoursPolicy,
                      now: float, default_id: str = "",
                      max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> ValidRequest | Rejection:
@@ -215,10 +234,9 @@ def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: 
     if template.send_before is not None:
         rule = template.send_before
         value = params[rule.param]
-        try:
-            date = dt.date.fromisoformat(value.strip())
-        except ValueError:
-            return reject(f"parameter '{rule.param}' is not a date (YYYY-MM-DD)", params_json)
+        date = parse_date(value)
+        if date is None:
+            return reject(f"parameter '{rule.param}' is not a date (YYYY-MM-DD or YYYY年M月D日)", params_json)
         today = policy.today(now)
         if (date - today).days < rule.days:
             return reject(f"{rule.param} {date.isoformat()} is less than {rule.days} days away: "

@@ -66,7 +66,7 @@ class SendBefore:
     """The message must go out at least `days` days before the date in parameter `param`.
 
     From the exam-booking rule: the confirmation SMS reaches the candidate at least two
-    days before the exam (seeds/001).  The date parameter is YYYY-MM-DD, local time.
+    days before the exam (seeds/001).  The date parameter is YYYY-MM-DD (or YYYY年M月D日), local time.
     """
 
     param: str

@@ -167,11 +167,11 @@ class PushService(Service):
         log.info("notification templates reloaded: {count} types", count=len(fresh.templates))
         return fresh
 
-    def http_resource(self) -> Any:
-        """The twisted.web resource for /v1/notifications."""
+    def http_resource(self, *, max_batch: int = 1000) -> Any:
+        """The twisted.web resource for /v1/notifications (``http.max_batch`` items per POST)."""
         from gateway.http.notifications import NotificationsResource
 
-        return NotificationsResource(self.intake, self.ledger)
+        return NotificationsResource(self.intake, self.ledger, max_batch=max_batch)
 
     async def list_dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return await list_dead_letters(self.redis, self.keys, limit=limit)

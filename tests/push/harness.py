@@ -84,6 +84,15 @@ class ScriptedLink:
     submitted: list[OutboundSms] = field(default_factory=list)
     held: list[tuple[OutboundSms, Deferred[SubmitAccepted]]] = field(default_factory=list)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
+    _hold_waiters: list[Deferred[None]] = field(default_factory=list)
+
+    def when_held(self) -> Deferred[None]:
+        """Fires once a submit is held (at once if one is)."""
+        if self.held:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._hold_waiters.append(d)
+        return d
 
     def is_bound(self) -> bool:
         return self.bound
@@ -99,6 +108,9 @@ class ScriptedLink:
         if outcome == "hold":
             d: Deferred[SubmitAccepted] = Deferred()
             self.held.append((sms, d))
+            waiters, self._hold_waiters = self._hold_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
             return d
         if isinstance(outcome, SubmitFailed):
             return fail(outcome)
@@ -181,3 +193,33 @@ async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, n
     finally:
         await writer.flushed()
         await redis.aclose()
+
+
+class EventWaiter:
+    """Waits on the events stream (XREAD BLOCK) for a notification's state change."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.last = "0-0"
+        self.seen: dict[str, list[str]] = {}
+
+    async def wait_for(self, notification_id: str, states: set[str], timeout_seconds: float = 10.0) -> str:
+        for state in self.seen.get(notification_id, []):
+            if state in states:
+                return state
+        deadline = reactor.seconds() + timeout_seconds
+        while reactor.seconds() < deadline:
+            block = max(1, int((deadline - reactor.seconds()) * 1000))
+            response = await self.redis.xread({self.keys.events_stream: self.last}, count=500, block=block)
+            found = None
+            for _, entries in response or []:
+                for entry_id, fields in entries:
+                    self.last = entry_id
+                    state = fields["type"].removeprefix("notification.")
+                    self.seen.setdefault(fields["id"], []).append(state)
+                    if fields["id"] == notification_id and state in states and found is None:
+                        found = state
+            if found is not None:
+                return found
+        raise AssertionError(f"{notification_id} did not reach {states} within {timeout_seconds}s")

@@ -110,6 +110,14 @@ def test_exam_confirmation_two_days_ahead_expires_when_too_late() -> None:
     assert result.expires_at == dt.datetime(2026, 3, 3, 0, 0, tzinfo=SHANGHAI).timestamp()
 
 
+def test_exam_date_in_chinese_form() -> None:
+    """The date may also be written as Chinese notices do (2026年3月3日)."""
+    result = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026年3月3日"})
+    assert isinstance(result, Rejection) and "less than 2 days away" in result.reason
+    result = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026年3月10日"})
+    assert isinstance(result, ValidRequest)
+
+
 def test_exam_date_must_be_a_date() -> None:
     """The date parameter of an exam confirmation must be YYYY-MM-DD."""
     result = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "下周三"})
