@@ -296,7 +296,10 @@ class Intake:
                                   default_id=default_id, max_text_chars=self.max_text_chars)
         retry = _text(fields.get("retry")) == "1"
         if isinstance(result, Rejection):
-            digits = re.sub(r"\D", "", result.to_raw)
+            try:
+                digits = normalise_cn_mobile(result.to_raw)
+            except InvalidPhoneNumber:
+                digits = re.sub(r"\D", "", result.to_raw)
             stored = {
                 "to": result.to_raw[:64], "to_masked": mask_phone(digits) if digits else "",
                 "params": result.params_json, "source": request.source,
