@@ -58,7 +58,7 @@ def _bad_request(request: Request, message: str) -> bytes:
 
 def _failed(request: Request, failure: Failure, what: str) -> None:
     if failure.check(RedisConnectionError, RedisTimeoutError, OSError):
-        log.error("{what}: redis unavailable ({error})", what=what, error=failure.type.__name__)
+        log.error("{what}: redis unavailable ({error})", what=what, error=type(failure.value).__name__)
         _write_json(request, 503, {"error": "unavailable", "message": "storage unavailable; retry with the same ids"})
     else:
         log.failure("{what} failed", failure, what=what)

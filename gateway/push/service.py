@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -219,8 +219,8 @@ class PushService(Service):
 
     # -- loops --------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, coroutine: Awaitable[None]) -> Deferred[None]:
-        d = as_deferred(coroutine)  # type: ignore[arg-type]
+    def _spawn(self, name: str, coroutine: Coroutine[Any, Any, None]) -> Deferred[None]:
+        d: Deferred[None] = as_deferred(coroutine)
         d.addErrback(lambda f: log.failure("push loop {loop} stopped", f, loop=name))
         return d
 
@@ -333,5 +333,5 @@ class PushService(Service):
                 pipe.zcard(self.keys.lane(priority.value))
             pipe.zcard(self.keys.scheduled)
             counts = await pipe.execute()
-        for priority, count in zip([p.value for p in Priority] + ["scheduled"], counts, strict=True):
-            metrics.queue_depth.labels(priority).set(count)
+        for lane, count in zip([p.value for p in Priority] + ["scheduled"], counts, strict=True):
+            metrics.queue_depth.labels(lane).set(count)
