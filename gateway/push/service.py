@@ -324,6 +324,9 @@ class PushService(Service):
                 self.dispatcher.waker.wake()
             await self.partners.deliver_pending()
             await self.consumer.trim_stream()
+            # Dead letters older than the retention have lost their record anyway.
+            await self.redis.zremrangebyscore(self.keys.dead_letters, "-inf",
+                                              now - self.config.retention_days * 86_400)
             await self._update_gauges()
         return promoted >= 1000
 
