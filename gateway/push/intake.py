@@ -441,27 +441,6 @@ class IntakeConsumer:
                                                count=self.batch_size)
         return await self._process(_entries(response))
 
-    async def trim_stream(self) -> None:
-        """Delete the entries every consumer group has acknowledged (XTRIM MINID).
-
-        Acceptance XACKs entries; deleting them one by one would cost a write each, so
-        the stream is trimmed from time to time below the oldest entry still pending or
-        not yet delivered, over all groups (another group may read it too).
-        """
-        stream = self.keys.notify_stream
-        groups = await self.redis.xinfo_groups(stream)
-        if not groups:
-            return
-        bounds: list[tuple[int, int]] = []
-        for group in groups:
-            bounds.append(_stream_id(group["last-delivered-id"], after=True))
-            if group["pending"]:
-                summary = await self.redis.xpending(stream, group["name"])
-                if summary.get("min"):
-                    bounds.append(_stream_id(summary["min"]))
-        low = min(bounds)
-        await self.redis.execute_command("XTRIM", stream, "MINID", f"{low[0]}-{low[1]}")
-
     async def claim_stale_once(self) -> int:
         """XAUTOCLAIM entries idle longer than claim_idle_seconds and accept them."""
         result = await self.redis.xautoclaim(
@@ -472,12 +451,6 @@ class IntakeConsumer:
         cursor, entries = result[0], result[1]
         self._autoclaim_cursor = cursor if cursor else "0-0"
         return await self._process(entries)
-
-
-def _stream_id(text: str, *, after: bool = False) -> tuple[int, int]:
-    milliseconds, _, sequence = str(text).partition("-")
-    value = (int(milliseconds), int(sequence or 0))
-    return (value[0], value[1] + 1) if after else value
 
 
 def _entries(response: Any) -> list[Any]:

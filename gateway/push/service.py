@@ -323,7 +323,6 @@ class PushService(Service):
                          count=recovered)
                 self.dispatcher.waker.wake()
             await self.partners.deliver_pending()
-            await self.consumer.trim_stream()
             # Dead letters older than the retention have lost their record anyway.
             await self.redis.zremrangebyscore(self.keys.dead_letters, "-inf",
                                               now - self.config.retention_days * 86_400)

@@ -301,9 +301,10 @@ for _ = 1, n do
   end
   if entry ~= '' then acks[#acks + 1] = entry end
 end
--- Acknowledged in the script that recorded them; the housekeeping loop trims the stream.
+-- Acknowledged and deleted by the script that recorded them, one command each per batch.
 for k = 1, #acks, 1000 do
   redis.call('XACK', stream, group, unpack(acks, k, math.min(k + 999, #acks)))
+  redis.call('XDEL', stream, unpack(acks, k, math.min(k + 999, #acks)))
 end
 return {out, flat_counts(), partner_final}
 """

@@ -34,7 +34,6 @@ async def test_stream_entry_is_accepted_queued_and_acked(redis_url: str) -> None
         assert await p.redis.zscore(p.keys.lane("high"), "otp-1") is not None
         pending = await p.redis.xpending(p.keys.notify_stream, "gateway")
         assert pending["pending"] == 0
-        await c.trim_stream()
         assert await p.redis.xlen(p.keys.notify_stream) == 0
         [event] = await p.events("otp-1")
         assert event["type"] == "notification.queued" and event["notification_type"] == "verification_code"
@@ -201,17 +200,3 @@ async def test_voice_channel_goes_to_the_voice_stream(redis_url: str) -> None:
         assert request["id"] == "v1" and request["to"] == CMCC_NUMBER
         assert request["text"].startswith("您的验证码为123456") and request["not_before"] == "0"
 
-
-@on_asyncio
-async def test_trimming_keeps_pending_and_unread_entries(redis_url: str) -> None:
-    """Only entries acknowledged by acceptance are trimmed; pending and unread ones stay."""
-    async with pipeline(redis_url) as p:
-        c = consumer(p)
-        await c.ensure_group()
-        await p.redis.xadd(p.keys.notify_stream, stream_fields(code("done")))
-        await c.read_once()
-        pending = await p.redis.xadd(p.keys.notify_stream, stream_fields(code("pending")))
-        await p.redis.xreadgroup("gateway", "gw-dead", {p.keys.notify_stream: ">"}, count=10)
-        unread = await p.redis.xadd(p.keys.notify_stream, stream_fields(code("unread")))
-        await c.trim_stream()
-        assert [entry_id for entry_id, _ in await p.redis.xrange(p.keys.notify_stream)] == [pending, unread]
