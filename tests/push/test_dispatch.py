@@ -222,3 +222,15 @@ async def test_renewed_lease_is_not_recovered(redis_url: str) -> None:
         await p.dispatcher.idle()
         assert await p.state("slow") == "submitted"
         assert await p.redis.zcard(p.keys.inflight) == 0
+
+
+@on_asyncio
+async def test_auto_channel_failed_sms_goes_to_voice(redis_url: str) -> None:
+    """channel auto: an SMS that fails (retries used up) is handed to the voice stream."""
+    async with pipeline(redis_url, max_attempts=1) as p:
+        p.links[0].script = [SubmitFailed("queue full", transient=True, status="ESME_RMSGQFUL")]
+        await p.accept(code("call", channel="auto"))
+        await p.dispatch_all()
+        assert await p.state("call") == "failed"
+        [(_, request)] = await p.redis.xrange(p.keys.voice_requests)
+        assert request["id"] == "call" and request["to"] == CMCC_NUMBER
