@@ -190,7 +190,7 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
         from twisted.web.resource import Resource
 
         root.v1_resource = Resource()
-        root.v1_resource.putChild(b"notifications", push.http_resource())
+        root.v1_resource.putChild(b"notifications", push.http_resource(max_batch=config.http.max_batch))
         root.push = push
 
         def reload_templates(_: Config) -> None:

@@ -135,6 +135,7 @@ class _SizeLimitedRequest(Request):
         body = json.dumps({"error": "payload_too_large",
                            "message": f"body larger than {self.max_body_bytes} bytes"}).encode()
         transport = self.channel.transport
+        assert transport is not None  # a request being parsed has its connection
         transport.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
                         b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         # Nothing more of this request is parsed or stored.

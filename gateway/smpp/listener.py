@@ -515,7 +515,7 @@ class SmppListener(Service):
             text = whole
         # Kannel asks for a receipt on the first part only: any part asking counts.
         registered_delivery = any(
-            bool(part.registered_delivery & 0x03)  # type: ignore[union-attr]
+            bool(part.registered_delivery & 0x03)  # type: ignore[attr-defined]
             for _, part, _ in held
         )
         recorded = maybeDeferred(
