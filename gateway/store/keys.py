@@ -2,9 +2,10 @@
 
 Every key is under the configured prefix (default ``12123:``).  Keys that one Lua script
 or MULTI must touch together carry the same hash tag ``{...}`` so they share a Redis
-Cluster slot: a booking and its exam plan are tagged with the plan id; a notification,
-its dedup key and its carrier message-id index are tagged with nothing shared because
-they are written by separate single-key commands or by scripts that touch one tag.
+Cluster slot: an exam plan, its bookings, their histories and its cancel-unnotified set
+are tagged ``{plan:<plan id>}``; a notification and its voice reminder are tagged with the
+notification id.  The push ledger's and the voice reminders' scripts still touch untagged
+keys (lanes, streams, indexes) as well: the pipeline needs a single Redis, not Cluster.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ class Keys:
         return f"{self.prefix}events"
 
     def notification(self, notification_id: str) -> str:
+        """One notification's state (hash, tagged with its id; gateway/push/state.py)."""
         return f"{self.prefix}notification:{{{notification_id}}}"
 
     def lane(self, priority: str) -> str:
-        """Ready queue for one priority lane (high, normal, bulk)."""
+        """Ready queue for one priority lane (high, normal, bulk): a sorted set scored by
+        `lane_sequence`."""
         return f"{self.prefix}lane:{priority}"
 
     @property
@@ -73,12 +76,15 @@ class Keys:
         return f"{self.prefix}early-receipt:{carrier}:{message_id}"
 
     def daily_count(self, phone_digits: str, day: str) -> str:
+        """Bulk reminders accepted for a number on a local day (``YYYYMMDD``)."""
         return f"{self.prefix}freq:{day}:{phone_digits}"
 
     def mo_rate(self, phone_digits: str) -> str:
+        """A sender's MO rate window (hash: start, count, ignore_until)."""
         return f"{self.prefix}mo-rate:{phone_digits}"
 
     def mo_cancel_code(self, phone_digits: str) -> str:
+        """A sender's pending two-step SMS cancellation (hash: code, booking_no, ...)."""
         return f"{self.prefix}mo-cancel:{phone_digits}"
 
     @property
@@ -130,6 +136,7 @@ class Keys:
 
     # --- voice -----------------------------------------------------------------------
     def ivr_attempts(self, phone_digits: str) -> str:
+        """Identity checks by a caller number in the voice menus this hour (counter)."""
         return f"{self.prefix}ivr-attempts:{phone_digits}"
 
     def call(self, action_id: str) -> str:
@@ -149,7 +156,3 @@ class Keys:
     def voice_calls_open(self) -> str:
         """Sorted set of ActionIDs of calls whose outcome is not yet reported, by start time."""
         return f"{self.prefix}voice-calls-open"
-
-    # --- listener --------------------------------------------------------------------
-    def bind_failures(self, address: str) -> str:
-        return f"{self.prefix}bind-failures:{address}"
