@@ -16,7 +16,7 @@ from gateway.domain.sample import (
     load_sample,
 )
 from gateway.store.keys import Keys
-from tests.domain import on_asyncio, redis_client
+from tests.aio import on_asyncio, redis_client
 
 TODAY = date(2026, 11, 23)
 KEYS = Keys()

@@ -41,7 +41,7 @@ from gateway.domain.sample import (
 )
 from gateway.domain.vehicles import VehicleStatus, VehicleStore, vehicle_summary
 from gateway.store.keys import Keys
-from tests.domain import on_asyncio, redis_client
+from tests.aio import on_asyncio, redis_client
 
 TODAY = date(2026, 11, 23)
 KEYS = Keys()

@@ -80,7 +80,6 @@ __all__ = [
     "scenario_odd_receipts",
     "scenario_redis_restart",
     "scenario_throttling",
-    "on_asyncio",
     "violations",
     "workload",
 ]
@@ -929,21 +928,6 @@ def violations(result: Tally | CallsTally) -> list[str]:
     ]
     broken += [what for ok, what in checks if not ok]
     return broken
-
-
-def on_asyncio(test: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
-    """Run an `async def` test body as an asyncio task on the reactor's loop."""
-    import functools
-
-    import pytest_twisted
-
-    from gateway.store.bridge import as_deferred
-
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> None:
-        await as_deferred(test(*args, **kwargs))  # type: ignore[arg-type]
-
-    return pytest_twisted.ensureDeferred(run)  # type: ignore[no-any-return]
 
 
 def print_tally(result: Tally | CallsTally, stream: Any = None) -> None:

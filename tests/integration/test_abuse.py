@@ -44,9 +44,10 @@ from gateway.smpp.pdu import (
     encode,
 )
 from gateway.store.bridge import wait_deferred
+from tests.aio import on_asyncio
 from tests.ivr.test_fastagi import fastagi
 from tests.peers.fastagi_client import AsteriskFastAgiClient, place_call
-from tests.push.harness import code, on_asyncio, pipeline
+from tests.push.harness import code, pipeline
 from tests.smpp.test_link import RecordingSink, carrier_config
 from tests.smpp.test_listener import RecordingIntake
 

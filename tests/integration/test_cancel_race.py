@@ -15,7 +15,7 @@ from gateway.ports import MobileOriginated
 from gateway.privacy import PhoneNumber
 from gateway.push.mo import MoService
 from gateway.store.bridge import wait_deferred
-from tests.ivr import on_asyncio
+from tests.aio import on_asyncio
 from tests.ivr.test_fastagi import KEYS, fastagi
 from tests.peers.fastagi_client import CallerInput
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.aio import on_asyncio
 from tests.integration.faults import (
     CallsTally,
     Tally,
-    on_asyncio,
     print_tally,
     scenario_carrier_down,
     scenario_fastagi_hangups,

@@ -42,7 +42,7 @@ from gateway.ivr.menus import MenuBook, chinese_date, load_menus, parse_menus, s
 from gateway.store.bridge import wait_deferred
 from gateway.store.keys import Keys
 from gateway.store.service import make_client
-from tests.ivr import on_asyncio
+from tests.aio import on_asyncio
 from tests.peers.fastagi_client import AsteriskFastAgiClient, CallerInput, Transcript, place_call
 
 IVR_YAML = Path(__file__).resolve().parents[2] / "config" / "ivr.yaml"

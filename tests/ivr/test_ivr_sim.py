@@ -17,7 +17,7 @@ from gateway.ivr import simulator
 from gateway.ivr.menus import chinese_date, load_menus
 from gateway.store.keys import Keys
 from gateway.store.service import make_client
-from tests.ivr import on_asyncio
+from tests.aio import on_asyncio
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOK = load_menus(ROOT / "config" / "ivr.yaml")

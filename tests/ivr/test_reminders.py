@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import zoneinfo
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import pytest_twisted
 from redis.asyncio import Redis
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -17,8 +14,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from gateway.ivr.ami_client import AmiClientService
 from gateway.ivr.reminders import ReminderOptions, VoiceReminders, action_id_for, quiet_until
-from gateway.store.bridge import as_deferred, wait_deferred
+from gateway.store.bridge import wait_deferred
 from gateway.store.keys import Keys
+from tests.aio import on_asyncio
 from tests.peers.ami_server import AmiServer, AmiUser, Outcome, default_user, listen
 
 try:
@@ -33,16 +31,6 @@ NEXT_MORNING = dt.datetime(2026, 3, 3, 8, 0, tzinfo=SHANGHAI).timestamp()
 NUMBER = "13800138000"
 
 pytestmark = pytest.mark.skipif(NotificationLedger is None, reason="gateway.push.state not in the tree")
-
-
-def on_asyncio(test: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
-    """Run an async test body as an asyncio task on the reactor's loop (it awaits Redis)."""
-
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> None:
-        await as_deferred(test(*args, **kwargs))  # type: ignore[arg-type]
-
-    return pytest_twisted.ensureDeferred(run)
 
 
 class WallClock:

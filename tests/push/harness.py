@@ -11,15 +11,13 @@ fire).  End-to-end tests use the real link and simulator instead (test_end_to_en
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest_twisted
 from redis.asyncio import Redis
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
@@ -32,7 +30,6 @@ from gateway.push.render import TemplateSet, load_templates
 from gateway.push.routing import PrefixRouter
 from gateway.push.state import NotificationLedger, OutcomeWriter
 from gateway.push.worker import Dispatcher
-from gateway.store.bridge import as_deferred
 from gateway.store.keys import Keys
 
 TEMPLATES_FILE = Path(__file__).resolve().parents[2] / "config" / "templates.yaml"
@@ -41,16 +38,6 @@ POLICY = QuietHoursPolicy()
 MORNING = dt.datetime(2026, 3, 2, 10, 0, tzinfo=POLICY.tz).timestamp()
 CMCC_NUMBER = "13800138000"
 CUCC_NUMBER = "13012345678"
-
-
-def on_asyncio(test: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
-    """Run an `async def` test body as an asyncio task on the reactor's loop."""
-
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> None:
-        await as_deferred(test(*args, **kwargs))  # type: ignore[arg-type]
-
-    return pytest_twisted.ensureDeferred(run)
 
 
 class ManualClock:

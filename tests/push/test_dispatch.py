@@ -7,6 +7,7 @@ from __future__ import annotations
 from gateway.ports import SubmitFailed
 from gateway.push.deadletters import list_dead_letters, retry_dead_letters
 from gateway.push.intake import IntakeConsumer
+from tests.aio import on_asyncio
 from tests.push.harness import (
     CMCC_NUMBER,
     CUCC_NUMBER,
@@ -15,7 +16,6 @@ from tests.push.harness import (
     ScriptedLink,
     code,
     inspection,
-    on_asyncio,
     pipeline,
     points,
 )

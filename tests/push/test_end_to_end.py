@@ -25,7 +25,8 @@ from gateway.smpp.link import CarrierLink
 from gateway.smpp.simulator import CarrierSimulator, SimulatorOptions
 from gateway.store.bridge import wait_deferred
 from gateway.store.keys import Keys
-from tests.push.harness import TEMPLATES_FILE, on_asyncio
+from tests.aio import on_asyncio
+from tests.push.harness import TEMPLATES_FILE
 
 
 class _Inbound:

@@ -21,7 +21,8 @@ from gateway.config import HttpConfig, Secret
 from gateway.http.notifications import NotificationsResource
 from gateway.http.server import build_site
 from gateway.store.bridge import wait_deferred
-from tests.push.harness import Pipeline, code, inspection, on_asyncio, pipeline
+from tests.aio import on_asyncio
+from tests.push.harness import Pipeline, code, inspection, pipeline
 
 TOKEN = "test-token"
 # twisted's client warns about its own response transport; nothing of ours.

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 from gateway.push.intake import IntakeConsumer, enqueue, status
-from tests.push.harness import CMCC_NUMBER, MORNING, POLICY, code, inspection, on_asyncio, pipeline
+from tests.aio import on_asyncio
+from tests.push.harness import CMCC_NUMBER, MORNING, POLICY, code, inspection, pipeline
 
 
 def consumer(p, name: str = "gw-1", **kw) -> IntakeConsumer:  # type: ignore[no-untyped-def]

@@ -10,17 +10,15 @@ wait on the notify stream with XREAD BLOCK, not with sleeps.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
 from redis.asyncio import Redis
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
@@ -46,23 +44,14 @@ from gateway.push.mo import (
     MoService,
     mo_reply_id,
 )
-from gateway.store.bridge import as_deferred, wait_deferred
+from gateway.store.bridge import wait_deferred
 from gateway.store.embedded import RedisServerProcess
 from gateway.store.keys import Keys
 from gateway.store.service import make_client
+from tests.aio import on_asyncio
 
 KEYS = Keys()
 STRANGER = "13712345670"  # a valid mobile number with nobody on record
-
-
-def on_asyncio(test: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
-    """Run an `async def` test body as an asyncio task on the reactor's loop."""
-
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> None:
-        await as_deferred(test(*args, **kwargs))  # type: ignore[arg-type]
-
-    return pytest_twisted.ensureDeferred(run)
 
 
 class Now:

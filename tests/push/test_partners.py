@@ -10,7 +10,8 @@ from gateway.ports import DeliveryReceipt
 from gateway.privacy import PhoneNumber
 from gateway.push.partners import PartnerGateway, PartnerSubmitRejected
 from gateway.store.bridge import wait_deferred
-from tests.push.harness import on_asyncio, pipeline
+from tests.aio import on_asyncio
+from tests.push.harness import pipeline
 
 
 class ReceiverBind:

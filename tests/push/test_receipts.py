@@ -11,7 +11,8 @@ from twisted.internet.defer import DeferredList
 from gateway.ports import DeliveryReceipt, SubmitAccepted
 from gateway.push.receipts import lookup_candidates
 from gateway.smpp.receipts import canonical_message_id, message_id_candidates
-from tests.push.harness import CMCC_NUMBER, code, on_asyncio, pipeline, points
+from tests.aio import on_asyncio
+from tests.push.harness import CMCC_NUMBER, code, pipeline, points
 
 
 def receipt(message_id: str, state: str = "DELIVRD", carrier: str = "cmcc", err: str = "000") -> DeliveryReceipt:

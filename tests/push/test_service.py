@@ -20,7 +20,8 @@ from gateway.store.bridge import wait_deferred
 from gateway.store.embedded import RedisServerProcess
 from gateway.store.keys import Keys
 from gateway.store.service import make_client
-from tests.push.harness import TEMPLATES_FILE, EventWaiter, ScriptedLink, on_asyncio
+from tests.aio import on_asyncio
+from tests.push.harness import TEMPLATES_FILE, EventWaiter, ScriptedLink
 
 CODE = json.dumps({"code": "246810", "minutes": "5"})
 
