@@ -58,6 +58,7 @@ from gateway.smpp.session import (
     SmppSession,
     UnbindRequested,
 )
+from tests.smpp import decode_all
 
 FUZZ = settings(
     max_examples=300,
@@ -757,17 +758,6 @@ def split_frames(data: bytes, max_pdu_bytes: int) -> tuple[list[bytes], bytes | 
     return frames, None, data[pos:]
 
 
-def decode_output(data: bytes) -> list[Pdu]:
-    """Everything a session sends must be whole PDUs our codec reads back."""
-    out, pos = [], 0
-    while pos < len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        assert 16 <= length <= len(data) - pos
-        out.append(decode(data[pos : pos + length]))
-        pos += length
-    return out
-
-
 def _summary(pdu: Pdu) -> tuple[int, int, int]:
     return (pdu.command_id, pdu.command_status, pdu.sequence_number)
 
@@ -834,7 +824,7 @@ def run_frame_by_frame(scenario: Scenario, stream: bytes) -> tuple[list[Any], by
         all_sent += sent
         assert session.state is not SessionState.CLOSED, events
         pdu_in = None if reference_status(frame_octets) else decode(frame_octets)
-        check_frame(frame_octets, events, decode_output(sent), pdu_in)
+        check_frame(frame_octets, events, decode_all(sent), pdu_in)
     if killer is not None:
         events = session.receive_data(killer, 1.0)
         sent = session.data_to_send()
@@ -842,7 +832,7 @@ def run_frame_by_frame(scenario: Scenario, stream: bytes) -> tuple[list[Any], by
         all_sent += sent
         # Never buffered: a generic_nack ESME_RINVCMDLEN, then the session is closed.
         seq = int.from_bytes(killer[12:16], "big") if len(killer) >= 16 else 0
-        assert [_summary(p) for p in decode_output(sent)] == [
+        assert [_summary(p) for p in decode_all(sent)] == [
             (C.GENERIC_NACK, S.ESME_RINVCMDLEN, seq)
         ]
         assert isinstance(events[0], PeerProtocolError)

@@ -36,22 +36,13 @@ from gateway.smpp.pdu import (
     SubmitSmResp,
     Unbind,
     UnbindResp,
-    decode,
     encode,
 )
 from gateway.smpp.text import decode_pdu_text
 from gateway.smpp.tlv import Tlv, TlvTag
+from tests.smpp import decode_all
 
 CITIZEN = PhoneNumber("13800138000")
-
-
-def decode_all(data: bytes) -> list[Pdu]:
-    out, pos = [], 0
-    while pos < len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        out.append(decode(data[pos : pos + length]))
-        pos += length
-    return out
 
 
 def carrier_config(**overrides: Any) -> CarrierConfig:

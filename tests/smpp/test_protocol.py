@@ -22,20 +22,11 @@ from gateway.smpp.pdu import (
     SubmitSmResp,
     Unbind,
     UnbindResp,
-    decode,
     encode,
 )
 from gateway.smpp.protocol import BindRefused, RequestNotAnswered, SessionOwner, SmppProtocol
 from gateway.smpp.session import Role, SessionState, SmppSession
-
-
-def decode_all(data: bytes) -> list[Pdu]:
-    out, pos = [], 0
-    while pos < len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        out.append(decode(data[pos : pos + length]))
-        pos += length
-    return out
+from tests.smpp import decode_all
 
 
 class RecordingOwner(SessionOwner):

@@ -28,7 +28,6 @@ from gateway.smpp.pdu import (
     SubmitSmResp,
     Unbind,
     UnbindResp,
-    decode,
     encode,
     is_response,
 )
@@ -52,18 +51,10 @@ from gateway.smpp.session import (
     describe_diagram,
     describe_transitions,
 )
+from tests.smpp import decode_all
 
 S = SessionState
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "smpp-session.md"
-
-
-def split_pdus(data: bytes) -> list[Pdu]:
-    out, pos = [], 0
-    while pos < len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        out.append(decode(data[pos : pos + length]))
-        pos += length
-    return out
 
 
 def new_session(role: Role, **options: object) -> SmppSession:
@@ -133,7 +124,7 @@ def test_inbound_request_is_accepted_exactly_when_the_table_says(
     session = session_in(state, role)
     request = sample_request(command_id)
     events = session.receive_data(encode(request), 1.0)
-    answers = split_pdus(session.data_to_send())
+    answers = decode_all(session.data_to_send())
     if (state, role, command_id, Direction.RECEIVE) in TRANSITIONS:
         assert not any(isinstance(e, PeerProtocolError) for e in events)
         if command_id in (CommandId.ENQUIRE_LINK, CommandId.UNBIND):
@@ -174,7 +165,7 @@ def test_outbound_request_is_allowed_exactly_when_the_table_says(
     request = sample_request(command_id, 0)
     if (state, role, command_id, Direction.SEND) in TRANSITIONS:
         seq = session.send(request, 1.0)
-        [sent] = split_pdus(session.data_to_send())
+        [sent] = decode_all(session.data_to_send())
         assert sent.command_id == command_id and sent.sequence_number == seq
     else:
         with pytest.raises(LocalProtocolError):
@@ -251,7 +242,7 @@ def test_smsc_refused_bind_keeps_session_open_and_answers_the_status() -> None:
     [event] = session.receive_data(encode(BindTransceiver(3, system_id="p", password="x")), 0)
     assert isinstance(event, PduReceived)
     session.respond(event.pdu, CommandStatus.ESME_RINVPASWD)
-    [resp] = split_pdus(session.data_to_send())
+    [resp] = decode_all(session.data_to_send())
     assert resp == BindTransceiverResp(3, CommandStatus.ESME_RINVPASWD)
     assert session.state is S.OPEN
 
@@ -272,14 +263,14 @@ def test_listener_session_becomes_esme_after_outbind() -> None:
     assert session.receive_data(encode(outbind), 0) == [PduReceived(outbind)]
     assert (session.role, session.state) == (Role.ESME, S.OUTBOUND)
     session.send(BindReceiver(0, system_id="gw", password="pw"), 0)
-    assert isinstance(split_pdus(session.data_to_send())[0], BindReceiver)
+    assert isinstance(decode_all(session.data_to_send())[0], BindReceiver)
 
 
 def test_listener_session_without_outbind_support_refuses_outbind() -> None:
     """A plain SMSC session answers outbind with generic_nack ESME_RINVBNDSTS."""
     session = SmppSession(Role.SMSC)
     events = session.receive_data(encode(Outbind(1)), 0)
-    assert split_pdus(session.data_to_send()) == [GenericNack(1, CommandStatus.ESME_RINVBNDSTS)]
+    assert decode_all(session.data_to_send()) == [GenericNack(1, CommandStatus.ESME_RINVBNDSTS)]
     assert isinstance(events[0], PeerProtocolError)
     assert session.role is Role.SMSC
 
@@ -321,7 +312,7 @@ def test_enquire_link_and_unbind_do_not_take_window_slots() -> None:
     session.send(SubmitSm(0), 0)
     session.send(EnquireLink(0), 0)
     session.send(Unbind(0), 0)
-    assert [type(p) for p in split_pdus(session.data_to_send())] == [SubmitSm, EnquireLink, Unbind]
+    assert [type(p) for p in decode_all(session.data_to_send())] == [SubmitSm, EnquireLink, Unbind]
 
 
 def test_sequence_numbers_wrap_after_0x7fffffff_and_skip_outstanding_ones() -> None:
@@ -353,7 +344,7 @@ def test_idle_bound_session_sends_enquire_link() -> None:
     assert session.tick(29.0) == []
     assert session.data_to_send() == b""
     assert session.tick(30.0) == []
-    [probe] = split_pdus(session.data_to_send())
+    [probe] = decode_all(session.data_to_send())
     assert isinstance(probe, EnquireLink)
     # Answered: no event, and the next probe is an interval after the answer.
     assert session.receive_data(encode(EnquireLinkResp(probe.sequence_number)), 31.0) == []
@@ -365,7 +356,7 @@ def test_traffic_postpones_enquire_link() -> None:
     session = session_in(S.BOUND_TRX, Role.ESME, enquire_link_interval_seconds=30.0)
     session.receive_data(encode(DeliverSm(5)), 20.0)
     session.tick(30.0)
-    assert EnquireLink not in [type(p) for p in split_pdus(session.data_to_send())]
+    assert EnquireLink not in [type(p) for p in decode_all(session.data_to_send())]
     assert session.next_deadline() == 50.0
 
 
@@ -389,7 +380,7 @@ def test_peer_enquire_link_is_answered_automatically() -> None:
     """The peer's enquire_link gets enquire_link_resp with its sequence_number, no event."""
     session = session_in(S.BOUND_TX, Role.ESME)
     assert session.receive_data(encode(EnquireLink(77)), 1.0) == []
-    assert split_pdus(session.data_to_send()) == [EnquireLinkResp(77)]
+    assert decode_all(session.data_to_send()) == [EnquireLinkResp(77)]
 
 
 # -- framing and bad input -----------------------------------------------------------------
@@ -404,7 +395,7 @@ def test_absurd_command_length_closes_at_once(length: int) -> None:
     assert isinstance(events[0], PeerProtocolError)
     assert events[-1] == SessionClosed(f"command_length {length} outside 16..4096")
     assert session.state is S.CLOSED
-    assert split_pdus(session.data_to_send()) == [GenericNack(0, CommandStatus.ESME_RINVCMDLEN)]
+    assert decode_all(session.data_to_send()) == [GenericNack(0, CommandStatus.ESME_RINVCMDLEN)]
     assert session._buffer == b""
 
 
@@ -420,7 +411,7 @@ def test_unknown_command_id_gets_generic_nack_and_the_session_continues() -> Non
     events = session.receive_data(bogus + encode(EnquireLink(10)), 1.0)
     assert [type(e) for e in events] == [PeerProtocolError]
     assert events[0].status == CommandStatus.ESME_RINVCMDID  # type: ignore[union-attr]
-    assert split_pdus(session.data_to_send()) == [
+    assert decode_all(session.data_to_send()) == [
         GenericNack(9, CommandStatus.ESME_RINVCMDID),
         EnquireLinkResp(10),
     ]
@@ -437,7 +428,7 @@ def test_bad_field_in_a_known_request_is_answered_with_its_own_resp() -> None:
     raw[start : start + 21] = b"1" * 21 + b"\0"
     raw[0:4] = len(raw).to_bytes(4, "big")
     events = session.receive_data(bytes(raw), 1.0)
-    assert split_pdus(session.data_to_send()) == [DeliverSmResp(12, CommandStatus.ESME_RINVSRCADR)]
+    assert decode_all(session.data_to_send()) == [DeliverSmResp(12, CommandStatus.ESME_RINVSRCADR)]
     assert isinstance(events[0], PeerProtocolError)
     assert session.is_bound
 
@@ -472,7 +463,7 @@ def test_peer_unbind_is_answered_and_the_session_is_unbound() -> None:
     """The peer's unbind gets unbind_resp, UnbindRequested, and UNBOUND."""
     session = session_in(S.BOUND_TRX, Role.ESME)
     assert session.receive_data(encode(Unbind(50)), 1.0) == [UnbindRequested()]
-    assert split_pdus(session.data_to_send()) == [UnbindResp(50)]
+    assert decode_all(session.data_to_send()) == [UnbindResp(50)]
     assert session.state is S.UNBOUND
     assert [type(e) for e in session.close("peer hung up")] == [SessionClosed]
     assert session.state is S.CLOSED

@@ -78,6 +78,7 @@ from gateway.smpp.simulator import (
 )
 from gateway.smpp.text import Reassembler, decode_pdu_text, plan_message
 from gateway.smpp.tlv import Tlv, TlvTag, tlv_cstring, tlv_int
+from tests.smpp import decode_all
 
 CITIZEN = "13800138000"
 CREDENTIALS = {"gw12123cm": "cmpass"}
@@ -89,16 +90,6 @@ LONG_CHINESE = (
 )
 LONG_CHINESE = (LONG_CHINESE * 2)[:200]
 assert len(LONG_CHINESE) == 200
-
-
-def decode_all(data: bytes) -> list[Pdu]:
-    out = []
-    while data:
-        n = command_length(data)
-        assert n is not None
-        out.append(decode(data[:n]))
-        data = data[n:]
-    return out
 
 
 # ---------------------------------------------------------------------------------------
