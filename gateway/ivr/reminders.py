@@ -92,6 +92,7 @@ from gateway.privacy import mask_digit_runs
 from gateway.push.queue import QuietHoursPolicy
 from gateway.store.bridge import as_deferred
 from gateway.store.keys import Keys
+from gateway.store.streams import stream_entries
 
 __all__ = [
     "CallOutcome",
@@ -426,7 +427,7 @@ class VoiceReminders(Service):
                     # Our own entries left pending by a previous run under this name.
                     response = await self._redis.xreadgroup(group, self._consumer, {stream: "0"},
                                                             count=self._options.batch_size)
-                    entries = _entries(response)
+                    entries = stream_entries(response)
                     pending_first = bool(entries)
                 else:
                     if self._clock.seconds() - last_claim >= self._options.claim_idle_seconds / 2:
@@ -439,7 +440,7 @@ class VoiceReminders(Service):
                     response = await self._redis.xreadgroup(group, self._consumer, {stream: ">"},
                                                             count=self._options.batch_size,
                                                             block=self._options.read_block_ms)
-                    entries = _entries(response)
+                    entries = stream_entries(response)
                 await self._record_entries(entries)
             except (RedisConnectionError, RedisTimeoutError) as e:
                 if not self.running:
@@ -988,17 +989,6 @@ def _fan_out(result: int, waiters: list[Deferred[int]]) -> int:
     for waiter in waiters:
         waiter.callback(result)
     return result
-
-
-def _entries(response: Any) -> list[Any]:
-    if not response:
-        return []
-    if isinstance(response, dict):  # RESP3 clients answer with a mapping
-        out: list[Any] = []
-        for value in response.values():
-            out.extend(value[0] if value and isinstance(value[0], list) else value)
-        return out
-    return list(response[0][1])
 
 
 def _float(value: Any) -> float:
