@@ -4,6 +4,7 @@ the time from a caller's digit to the server's next command.
     .venv/bin/python bench/ivr_calls.py                  # 100 x 1,000 and 1,000 x 3,000 calls
     .venv/bin/python bench/ivr_calls.py --quick          # smoke run, a few seconds
     .venv/bin/python bench/ivr_calls.py --levels 500x2000 --profile-dir /tmp/prof
+    .venv/bin/python bench/ivr_calls.py --levels 1000x2000 --pace-ms 1000   # prompts take time
 
 Set-up (the benchmark's theory of operation):
 
@@ -17,7 +18,14 @@ Set-up (the benchmark's theory of operation):
   holds one attempt for the moment between spending and refunding it;
 * this process is the load: Twisted's default reactor (epoll) and the Asterisk-faithful
   client of tests/peers, so the client's CPU is not the server's.  Each of
-  `concurrency` slots places calls one after another until `calls` are done.
+  `concurrency` slots places calls one after another until `calls` are done; the
+  slots' first calls are spread over ``--ramp-seconds`` (1 s).
+
+The test peer answers every command at once (no audio time), so N concurrent calls are
+N callers who never pause: a closed loop that keeps the server's one event loop busy
+from about 50 calls on.  ``--pace-ms`` answers each command that much later, as if its
+prompt played for that long, for a load closer to real calls.  ``--redis-max-connections``
+raises the redis-py pool's limit (100 by default) through the URL's query string.
 
 Each call is ``AGI(agi://.../12123)`` from a sample caller id, who presses 1 (exam
 booking status), types one of their booking numbers and #, hears it read back, and
@@ -28,16 +36,18 @@ Digit to command: the client notes the time when it hands the transport a reply 
 consumed the caller's keys (``WAIT FOR DIGIT`` ``200 result=49``, ``GET DATA``
 ``200 result=20261128001``, ``WAIT FOR DIGIT`` ``200 result=35``) and the time the next
 command line arrives.  So there are three samples per call: after "1" the server runs
-``check_attempts`` (one Redis GET), after the booking number ``booking_status`` (a
-Lua script, HGETALL, DECR), after "#" no action.  It is measured on the client side, so
-it includes both event loops and the sockets: what Asterisk would wait.  For comparison
+``check_attempts`` (one Redis round trip: GET), after the booking number
+``booking_status`` (four in a row: the attempt script, MGET, HGETALL with HGET, DECR),
+after "#" none.  It is measured on the client side, so it includes both event loops and
+the sockets: what Asterisk would wait.  For comparison
 the report also gives the server's own ``gateway_agi_step_seconds`` histogram (every
 reply to the next command, taken inside the server) as the upper bound of the bucket
 holding its p99.
 
 Output: a table, then one JSON line (keys: benchmark, date, machine, setup, levels[];
 each level: concurrency, calls, seconds, calls_per_second, digit_samples,
-digit_to_command_ms {p50, p90, p99, max}, connect_ms {p50, p99, max},
+digit_to_command_ms {p50, p90, p99, max}, digit_to_command_ms_by_entry {after_1,
+after_booking_number, after_hash: {p50, p99}}, connect_ms {p50, p99, max},
 connects_over_asterisk_timeout (over res_agi.c's MAX_AGI_CONNECT, 2 s),
 server_step_p99_le_ms, server_cpu_seconds, redis_cpu_seconds, client_cpu_seconds,
 server_peak_rss_mb, load_average_before, errors, error_kinds).  The exit status is 1 if any call failed.
@@ -89,7 +99,10 @@ DEFAULT_RAMP_SECONDS = 1.0
 CALL_TIMEOUT_SECONDS = 120.0
 ATTEMPTS_PER_HOUR = 1000  # IvrConfig.attempts_per_hour maximum
 READBACK_CLIP = f"{SCRIPT}/booking_readback-1"  # the first clip of the booking read back
-KEYS_PER_CALL = 3  # digit samples per call: "1", "<booking>#", "#"
+# The three digit samples of a call, in order, and the Redis work between each and the
+# next command.
+ENTRIES = ("after_1", "after_booking_number", "after_hash")
+KEYS_PER_CALL = len(ENTRIES)
 # res_agi.c MAX_AGI_CONNECT: Asterisk gives up a FastAGI connect after this long.
 ASTERISK_CONNECT_TIMEOUT_SECONDS = 2.0
 
@@ -293,6 +306,7 @@ class LevelResult:
     calls: int
     seconds: float = 0.0
     digit_to_command: list[float] = field(default_factory=list)
+    by_entry: tuple[list[float], ...] = field(default_factory=lambda: tuple([] for _ in ENTRIES))
     connect: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     server_cpu_seconds: float = 0.0
@@ -314,6 +328,10 @@ class LevelResult:
             "digit_to_command_ms": {
                 "p50": round(percentile(ms, 50), 2), "p90": round(percentile(ms, 90), 2),
                 "p99": round(percentile(ms, 99), 2), "max": round(max(ms, default=float("nan")), 2),
+            },
+            "digit_to_command_ms_by_entry": {
+                name: {"p50": round(percentile(v, 50) * 1000, 2), "p99": round(percentile(v, 99) * 1000, 2)}
+                for name, v in zip(ENTRIES, self.by_entry, strict=True)
             },
             "connect_ms": {
                 "p50": round(percentile(connect_ms, 50), 2), "p99": round(percentile(connect_ms, 99), 2),
@@ -380,6 +398,9 @@ async def run_calls(reactor: Any, port: int, callers: list[tuple[str, str]], con
             result.errors["not hung up by the server"] += 1
         elif len(client.digit_to_command) != KEYS_PER_CALL:
             result.errors["digit timing missing"] += 1
+        else:
+            for samples, seconds in zip(result.by_entry, client.digit_to_command, strict=True):
+                samples.append(seconds)
 
     async def slot(index: int) -> None:
         if options.ramp_seconds:

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 LEVEL_KEYS = {
     "concurrency", "calls", "seconds", "calls_per_second", "digit_samples", "digit_to_command_ms",
+    "digit_to_command_ms_by_entry",
     "connect_ms", "connects_over_asterisk_timeout", "server_step_p99_le_ms", "server_cpu_seconds", "redis_cpu_seconds",
     "client_cpu_seconds", "server_peak_rss_mb", "load_average_before", "errors", "error_kinds",
 }
@@ -41,6 +42,7 @@ def test_ivr_calls_quick() -> None:
         assert level["errors"] == 0, level["error_kinds"]
         assert level["digit_samples"] == 3 * level["calls"]
         assert {"p50", "p90", "p99", "max"} <= level["digit_to_command_ms"].keys()
+        assert level["digit_to_command_ms_by_entry"].keys() == {"after_1", "after_booking_number", "after_hash"}
         assert level["digit_to_command_ms"]["p99"] > 0
         assert level["server_cpu_seconds"] > 0
     assert "p99 digit->cmd ms" in result.stdout.splitlines()[0]
