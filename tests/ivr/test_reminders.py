@@ -7,6 +7,7 @@ import zoneinfo
 from typing import Any
 
 import pytest
+import pytest_twisted
 from redis.asyncio import Redis
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -14,7 +15,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from gateway.ivr.ami_client import AmiClientService
 from gateway.ivr.reminders import ReminderOptions, VoiceReminders, action_id_for, quiet_until
-from gateway.store.bridge import wait_deferred
+from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys
 from tests.aio import on_asyncio
 from tests.peers.ami_server import AmiServer, AmiUser, Outcome, default_user, listen
@@ -72,7 +73,8 @@ class Harness:
     async def stop(self) -> None:
         if self.reminders.running:
             await wait_deferred(self.reminders.stopService())
-        await wait_deferred(self.ami.stopService())
+        if self.ami.running:
+            await wait_deferred(self.ami.stopService())
         await wait_deferred(self.port.stopListening())
         await self.redis.aclose()
 
@@ -100,13 +102,16 @@ async def wait(d: Deferred[Any], seconds: float = 5.0) -> Any:
 
 @pytest.fixture
 def harness_factory(redis_url):
+    """Makes harnesses for one test and stops them after it, passed or failed."""
     made: list[Harness] = []
 
     def make(**options: Any) -> Harness:
         made.append(Harness(redis_url, **options))
         return made[-1]
 
-    return make
+    yield make
+    for harness in made:
+        pytest_twisted.blockon(as_deferred(harness.stop()))
 
 
 def test_quiet_until_spans_midnight():
@@ -125,25 +130,22 @@ async def test_answered_and_heard_is_delivered(harness_factory):
     """A call answered and heard makes the notification delivered; one Originate as configured."""
     h = harness_factory()
     await h.start()
-    try:
-        finished = h.reminders.when_finished("n1")
-        await h.request("n1")
-        assert await wait(finished) == "heard"
-        state = await h.state("n1")
-        assert (state["state"], state["channel"], state["call_outcome"]) == ("delivered", "voice", "heard")
-        (originate,) = h.originates("n1")
-        assert originate.action_id == action_id_for("n1", 1) == "rem-n1-1"
-        assert originate.get("Channel") == f"PJSIP/{NUMBER}@carrier-trunk"
-        assert (originate.get("Context"), originate.get("Exten"), originate.get("Priority")) == ("12123-reminder", "s", "1")
-        assert (originate.get("CallerID"), originate.get("Timeout"), originate.get("Async")) == ("12123", "30000", "true")
-        assert originate.get_all("Variable") == ["NOTIFICATION_ID=n1"]
-        call = await h.redis.hgetall(h.keys.call("rem-n1-1"))
-        assert (call["state"], call["outcome"], call["reported"]) == ("finished", "heard", "1")
-        assert call["uniqueid"]
-        assert await h.redis.zcard(h.keys.voice_calls_open) == 0
-        assert await h.redis.xlen(h.keys.voice_requests) == 0  # acknowledged and deleted
-    finally:
-        await h.stop()
+    finished = h.reminders.when_finished("n1")
+    await h.request("n1")
+    assert await wait(finished) == "heard"
+    state = await h.state("n1")
+    assert (state["state"], state["channel"], state["call_outcome"]) == ("delivered", "voice", "heard")
+    (originate,) = h.originates("n1")
+    assert originate.action_id == action_id_for("n1", 1) == "rem-n1-1"
+    assert originate.get("Channel") == f"PJSIP/{NUMBER}@carrier-trunk"
+    assert (originate.get("Context"), originate.get("Exten"), originate.get("Priority")) == ("12123-reminder", "s", "1")
+    assert (originate.get("CallerID"), originate.get("Timeout"), originate.get("Async")) == ("12123", "30000", "true")
+    assert originate.get_all("Variable") == ["NOTIFICATION_ID=n1"]
+    call = await h.redis.hgetall(h.keys.call("rem-n1-1"))
+    assert (call["state"], call["outcome"], call["reported"]) == ("finished", "heard", "1")
+    assert call["uniqueid"]
+    assert await h.redis.zcard(h.keys.voice_calls_open) == 0
+    assert await h.redis.xlen(h.keys.voice_requests) == 0  # acknowledged and deleted
 
 
 @pytest.mark.parametrize(("outcome", "call_outcome", "error"), [
@@ -160,15 +162,12 @@ async def test_unsuccessful_calls_fail_the_notification_without_calling_again(ha
     h = harness_factory()
     h.server.script(NUMBER, outcome)
     await h.start()
-    try:
-        finished = h.reminders.when_finished("n2")
-        await h.request("n2")
-        assert await wait(finished) == call_outcome
-        state = await h.state("n2")
-        assert (state["state"], state["error"], state["call_outcome"]) == ("failed", error, call_outcome)
-        assert len(h.originates("n2")) == 1
-    finally:
-        await h.stop()
+    finished = h.reminders.when_finished("n2")
+    await h.request("n2")
+    assert await wait(finished) == call_outcome
+    state = await h.state("n2")
+    assert (state["state"], state["error"], state["call_outcome"]) == ("failed", error, call_outcome)
+    assert len(h.originates("n2")) == 1
 
 
 @on_asyncio
@@ -179,12 +178,9 @@ async def test_heard_by_varset_when_the_user_may_read_dialplan_events(harness_fa
     h.server.users["gateway12123"] = AmiUser(secret="s3cret", read=user.read | {"dialplan"}, write=user.write)
     h.server.script(NUMBER, Outcome.ANSWER_HEARD, heard_signal="varset")
     await h.start()
-    try:
-        finished = h.reminders.when_finished("n3")
-        await h.request("n3")
-        assert await wait(finished) == "heard"
-    finally:
-        await h.stop()
+    finished = h.reminders.when_finished("n3")
+    await h.request("n3")
+    assert await wait(finished) == "heard"
 
 
 @on_asyncio
@@ -193,12 +189,9 @@ async def test_varset_is_not_delivered_with_the_shipped_manager_conf(harness_fac
     h = harness_factory()
     h.server.script(NUMBER, Outcome.ANSWER_HEARD, heard_signal="varset")
     await h.start()
-    try:
-        finished = h.reminders.when_finished("n4")
-        await h.request("n4")
-        assert await wait(finished) == "not_heard"
-    finally:
-        await h.stop()
+    finished = h.reminders.when_finished("n4")
+    await h.request("n4")
+    assert await wait(finished) == "not_heard"
 
 
 @on_asyncio
@@ -207,20 +200,17 @@ async def test_quiet_hours_hold_the_call_until_they_end(harness_factory):
     h = harness_factory()
     h.wall.now = LATE_EVENING
     await h.start()
-    try:
-        recorded = h.reminders.when_recorded("n5")
-        finished = h.reminders.when_finished("n5")
-        await h.request("n5")
-        assert await wait(recorded) == NEXT_MORNING
-        assert await wait_deferred(h.reminders.dispatch()) == 0
-        assert await h.redis.zscore(h.keys.voice_due, "n5") == NEXT_MORNING
-        assert h.originates("n5") == []
-        h.wall.now = NEXT_MORNING + 1
-        await wait_deferred(h.reminders.dispatch())
-        assert await wait(finished) == "heard"
-        assert len(h.originates("n5")) == 1
-    finally:
-        await h.stop()
+    recorded = h.reminders.when_recorded("n5")
+    finished = h.reminders.when_finished("n5")
+    await h.request("n5")
+    assert await wait(recorded) == NEXT_MORNING
+    assert await wait_deferred(h.reminders.dispatch()) == 0
+    assert await h.redis.zscore(h.keys.voice_due, "n5") == NEXT_MORNING
+    assert h.originates("n5") == []
+    h.wall.now = NEXT_MORNING + 1
+    await wait_deferred(h.reminders.dispatch())
+    assert await wait(finished) == "heard"
+    assert len(h.originates("n5")) == 1
 
 
 @on_asyncio
@@ -228,14 +218,11 @@ async def test_not_before_in_the_future_is_respected(harness_factory):
     """not_before later than now holds the call until then."""
     h = harness_factory()
     await h.start()
-    try:
-        recorded = h.reminders.when_recorded("n6")
-        await h.request("n6", not_before=NOON + 3600)
-        assert await wait(recorded) == NOON + 3600
-        assert await wait_deferred(h.reminders.dispatch()) == 0
-        assert h.originates("n6") == []
-    finally:
-        await h.stop()
+    recorded = h.reminders.when_recorded("n6")
+    await h.request("n6", not_before=NOON + 3600)
+    assert await wait(recorded) == NOON + 3600
+    assert await wait_deferred(h.reminders.dispatch()) == 0
+    assert h.originates("n6") == []
 
 
 @on_asyncio
@@ -246,26 +233,23 @@ async def test_concurrent_calls_are_capped(harness_factory):
     for number in numbers.values():
         h.server.script(number, Outcome.ANSWER_HEARD, hold="ringing")
     await h.start()
-    try:
-        recorded = [h.reminders.when_recorded(i) for i in numbers]
-        finished = {i: h.reminders.when_finished(i) for i in numbers}
-        for notification_id, number in numbers.items():
-            await h.request(notification_id, to=number)
-        for waiter in recorded:
-            await wait(waiter)
-        await wait(h.server.wait_for_originates(2))
-        assert await wait_deferred(h.reminders.dispatch()) == 0
-        assert len(h.server.originates) == 2 and h.reminders.open_calls == 2
-        first = h.server.originates[0].variables()["NOTIFICATION_ID"]
-        h.server.proceed(numbers[first])
-        assert await wait(finished[first]) == "heard"
-        await wait(h.server.wait_for_originates(3))
-        for number in h.server.held():
-            h.server.proceed(number)
-        assert [await wait(w) for i, w in finished.items() if i != first] == ["heard", "heard"]
-        assert len(h.server.originates) == 3
-    finally:
-        await h.stop()
+    recorded = [h.reminders.when_recorded(i) for i in numbers]
+    finished = {i: h.reminders.when_finished(i) for i in numbers}
+    for notification_id, number in numbers.items():
+        await h.request(notification_id, to=number)
+    for waiter in recorded:
+        await wait(waiter)
+    await wait(h.server.wait_for_originates(2))
+    assert await wait_deferred(h.reminders.dispatch()) == 0
+    assert len(h.server.originates) == 2 and h.reminders.open_calls == 2
+    first = h.server.originates[0].variables()["NOTIFICATION_ID"]
+    h.server.proceed(numbers[first])
+    assert await wait(finished[first]) == "heard"
+    await wait(h.server.wait_for_originates(3))
+    for number in h.server.held():
+        h.server.proceed(number)
+    assert [await wait(w) for i, w in finished.items() if i != first] == ["heard", "heard"]
+    assert len(h.server.originates) == 3
 
 
 @on_asyncio
@@ -274,20 +258,17 @@ async def test_disconnect_after_originate_is_reconciled_not_resent(harness_facto
     h = harness_factory()
     h.server.script(NUMBER, Outcome.ANSWER_HEARD, drop_before_response=True, hold="ringing")
     await h.start()
-    try:
-        finished = h.reminders.when_finished("n7")
-        status = h.server.wait_for_action("Status")
-        await h.request("n7")
-        await wait(status)  # reconnected, logged in and asked which channels exist
-        call = await h.redis.hgetall(h.keys.call("rem-n7-1"))
-        assert call["state"] in ("originating", "ringing")
-        h.server.proceed(NUMBER)
-        assert await wait(finished) == "heard"
-        assert len(h.originates("n7")) == 1
-        assert len(h.server.actions_named("Login")) == 2
-        assert (await h.state("n7"))["state"] == "delivered"
-    finally:
-        await h.stop()
+    finished = h.reminders.when_finished("n7")
+    status = h.server.wait_for_action("Status")
+    await h.request("n7")
+    await wait(status)  # reconnected, logged in and asked which channels exist
+    call = await h.redis.hgetall(h.keys.call("rem-n7-1"))
+    assert call["state"] in ("originating", "ringing")
+    h.server.proceed(NUMBER)
+    assert await wait(finished) == "heard"
+    assert len(h.originates("n7")) == 1
+    assert len(h.server.actions_named("Login")) == 2
+    assert (await h.state("n7"))["state"] == "delivered"
 
 
 @on_asyncio
@@ -296,19 +277,16 @@ async def test_call_answered_while_disconnected_is_adopted_by_its_channel(harnes
     h = harness_factory(reconcile_grace_seconds=30.0)
     h.server.script(NUMBER, Outcome.ANSWER_NOT_HEARD, drop_before_response=True, hold="answered")
     await h.start()
-    try:
-        finished = h.reminders.when_finished("n13")
-        status = h.server.wait_for_action("Status")
-        await h.request("n13")
-        await wait(status)
-        assert h.server.held() == [NUMBER]  # answered while we were away; OriginateResponse missed
-        h.server.proceed(NUMBER)
-        assert await wait(finished, 3.0) == "not_heard"
-        assert len(h.originates("n13")) == 1
-        call = await h.redis.hgetall(h.keys.call("rem-n13-1"))
-        assert call["answered_at"] and call["uniqueid"].startswith("1700000000.")
-    finally:
-        await h.stop()
+    finished = h.reminders.when_finished("n13")
+    status = h.server.wait_for_action("Status")
+    await h.request("n13")
+    await wait(status)
+    assert h.server.held() == [NUMBER]  # answered while we were away; OriginateResponse missed
+    h.server.proceed(NUMBER)
+    assert await wait(finished, 3.0) == "not_heard"
+    assert len(h.originates("n13")) == 1
+    call = await h.redis.hgetall(h.keys.call("rem-n13-1"))
+    assert call["answered_at"] and call["uniqueid"].startswith("1700000000.")
 
 
 @on_asyncio
@@ -317,18 +295,15 @@ async def test_disconnect_and_call_found_nowhere_is_unknown_and_never_resent(har
     h = harness_factory()
     h.server.script(NUMBER, Outcome.REJECT, drop_before_response=True)  # read, dropped, never placed
     await h.start()
-    try:
-        finished = h.reminders.when_finished("n8")
-        await h.request("n8")
-        assert await wait(finished) == "unknown"
-        state = await h.state("n8")
-        assert (state["state"], state["call_outcome"]) == ("failed", "unknown")
-        assert len(h.originates("n8")) == 1
-        assert len(h.server.actions_named("Status")) == 2  # looked twice, grace in between
-        assert await wait_deferred(h.reminders.dispatch()) == 0
-        assert len(h.originates("n8")) == 1
-    finally:
-        await h.stop()
+    finished = h.reminders.when_finished("n8")
+    await h.request("n8")
+    assert await wait(finished) == "unknown"
+    state = await h.state("n8")
+    assert (state["state"], state["call_outcome"]) == ("failed", "unknown")
+    assert len(h.originates("n8")) == 1
+    assert len(h.server.actions_named("Status")) == 2  # looked twice, grace in between
+    assert await wait_deferred(h.reminders.dispatch()) == 0
+    assert len(h.originates("n8")) == 1
 
 
 @on_asyncio
@@ -337,15 +312,12 @@ async def test_refused_originate_is_retried_until_the_attempts_run_out(harness_f
     h = harness_factory(max_originate_attempts=2)
     h.server.script(NUMBER, Outcome.REJECT)
     await h.start()
-    try:
-        finished = h.reminders.when_finished("n9")
-        await h.request("n9")
-        assert await wait(finished) == "not_placed"
-        assert [o.action_id for o in h.originates("n9")] == ["rem-n9-1", "rem-n9-2"]
-        state = await h.state("n9")
-        assert (state["state"], state["error"], state["call_outcome"]) == ("failed", "failed", "not_placed")
-    finally:
-        await h.stop()
+    finished = h.reminders.when_finished("n9")
+    await h.request("n9")
+    assert await wait(finished) == "not_placed"
+    assert [o.action_id for o in h.originates("n9")] == ["rem-n9-1", "rem-n9-2"]
+    state = await h.state("n9")
+    assert (state["state"], state["error"], state["call_outcome"]) == ("failed", "failed", "not_placed")
 
 
 @on_asyncio
@@ -353,15 +325,12 @@ async def test_the_same_request_twice_makes_one_call(harness_factory):
     """A voice request repeated with the same id (pipeline retry, XAUTOCLAIM) is called once."""
     h = harness_factory()
     await h.start()
-    try:
-        finished = h.reminders.when_finished("n10")
-        await h.request("n10")
-        await h.request("n10")
-        assert await wait(finished) == "heard"
-        await wait_deferred(h.reminders.dispatch())
-        assert len(h.originates("n10")) == 1
-    finally:
-        await h.stop()
+    finished = h.reminders.when_finished("n10")
+    await h.request("n10")
+    await h.request("n10")
+    assert await wait(finished) == "heard"
+    await wait_deferred(h.reminders.dispatch())
+    assert len(h.originates("n10")) == 1
 
 
 @on_asyncio
@@ -369,14 +338,11 @@ async def test_invalid_request_fails_the_notification_without_a_call(harness_fac
     """A voice request without a usable number fails its notification and places no call."""
     h = harness_factory()
     await h.start()
-    try:
-        finished = h.reminders.when_finished("n11")
-        await h.request("n11", to="not-a-number")
-        assert await wait(finished) == "failed"
-        assert (await h.state("n11"))["state"] == "failed"
-        assert h.originates("n11") == []
-    finally:
-        await h.stop()
+    finished = h.reminders.when_finished("n11")
+    await h.request("n11", to="not-a-number")
+    assert await wait(finished) == "failed"
+    assert (await h.state("n11"))["state"] == "failed"
+    assert h.originates("n11") == []
 
 
 @on_asyncio
@@ -385,21 +351,18 @@ async def test_restart_with_a_call_in_progress_adopts_it(harness_factory):
     h = harness_factory()
     h.server.script(NUMBER, Outcome.ANSWER_HEARD, hold="ringing")
     await h.start()
-    try:
-        await h.request("n12")
-        await wait(h.server.wait_for_originates(1))
-        await wait_deferred(h.reminders.stopService())
-        h.server.drop_sessions()  # the old process is gone, so is its session
-        h.reminders = h.new_reminders()
-        finished = h.reminders.when_finished("n12")
-        status = h.server.wait_for_action("Status")
-        h.reminders.startService()
-        await wait(status)
-        h.server.proceed(NUMBER)
-        assert await wait(finished) == "heard"
-        assert len(h.originates("n12")) == 1
-    finally:
-        await h.stop()
+    await h.request("n12")
+    await wait(h.server.wait_for_originates(1))
+    await wait_deferred(h.reminders.stopService())
+    h.server.drop_sessions()  # the old process is gone, so is its session
+    h.reminders = h.new_reminders()
+    finished = h.reminders.when_finished("n12")
+    status = h.server.wait_for_action("Status")
+    h.reminders.startService()
+    await wait(status)
+    h.server.proceed(NUMBER)
+    assert await wait(finished) == "heard"
+    assert len(h.originates("n12")) == 1
 
 
 @on_asyncio
