@@ -1,4 +1,4 @@
-"""Shared set-up of the atheris harnesses: the repository on sys.path, seed files.
+"""Shared set-up of the atheris harnesses: the repository on sys.path, seed files, `main`.
 
 Run a harness from the repository root, e.g. ``.venv/bin/python fuzz/smpp_decode.py
 -runs=200000``; libFuzzer options (``-max_total_time=60``, ``-max_len=4096``, a corpus
@@ -8,7 +8,7 @@ directory) pass straight through.  See fuzz/README.md.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +29,16 @@ def seeds_requested(argv: list[str]) -> str | None:
     if len(argv) >= 3 and argv[1] == "--write-seeds":
         return argv[2]
     return None
+
+
+def main(test_one_input: Callable[[bytes], None], seeds: Callable[[], Iterable[bytes]]) -> None:
+    """A harness's ``__main__``: ``--write-seeds DIR`` writes `seeds()` there and exits;
+    anything else goes to libFuzzer, which calls `test_one_input` with each input."""
+    import atheris
+
+    target = seeds_requested(sys.argv)
+    if target:
+        write_seeds(target, seeds())
+        sys.exit(0)
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()

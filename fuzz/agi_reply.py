@@ -10,10 +10,9 @@ parse are reported as findings too (``-timeout`` catches worse).
 
 from __future__ import annotations
 
-import sys
 import time
 
-import _common  # noqa: F401 - puts the repository on sys.path
+import _common  # first: puts the repository on sys.path
 import atheris
 
 with atheris.instrument_imports(include=["gateway"]):
@@ -81,9 +80,4 @@ def seeds() -> list[bytes]:
 
 
 if __name__ == "__main__":
-    target = _common.seeds_requested(sys.argv)
-    if target:
-        _common.write_seeds(target, seeds())
-        sys.exit(0)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    _common.main(test_one_input, seeds)

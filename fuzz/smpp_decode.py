@@ -10,9 +10,7 @@ decoded.
 
 from __future__ import annotations
 
-import sys
-
-import _common  # noqa: F401 - puts the repository on sys.path
+import _common  # first: puts the repository on sys.path
 import atheris
 
 with atheris.instrument_imports(include=["gateway"]):
@@ -64,9 +62,4 @@ def seeds() -> list[bytes]:
 
 
 if __name__ == "__main__":
-    target = _common.seeds_requested(sys.argv)
-    if target:
-        _common.write_seeds(target, seeds())
-        sys.exit(0)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    _common.main(test_one_input, seeds)
