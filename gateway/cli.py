@@ -68,6 +68,19 @@ def load_or_exit(path: str) -> Any:
     return config
 
 
+def menus_or_exit(config: Any) -> Any:
+    """The voice menus `config` names; a broken menu file prints its problems and exits 2."""
+    from gateway.config import ConfigError
+    from gateway.ivr.menus import load_menus
+
+    try:
+        return load_menus(config.resolve(config.ivr.menus_file))
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
 def check_referenced(config: Any) -> list[str]:
     """Problems in the files gateway.yaml refers to (templates, menus, prompts)."""
     from gateway.config import ConfigError

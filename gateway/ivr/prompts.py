@@ -206,16 +206,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_command(config: Any, args: argparse.Namespace) -> int:
-    """Build the prompts of `config`'s menus: 0 done, 1 tools missing or failing, 2 bad menus."""
-    from gateway.config import ConfigError
-    from gateway.ivr.menus import load_menus
+    """Build the prompts of `config`'s menus: 0 done, 1 tools missing or failing; bad menus
+    exit 2 (SystemExit)."""
+    from gateway.cli import menus_or_exit
 
-    try:
-        book = load_menus(config.resolve(config.ivr.menus_file))
-    except ConfigError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        return 2
+    book = menus_or_exit(config)
     # Relative to the working directory, like redis.data_dir: `make demo` runs from the
     # repository root and keeps every runtime file under var/.
     sounds_dir = Path(getattr(args, "sounds_dir", None) or config.ivr.sounds_dir).resolve()

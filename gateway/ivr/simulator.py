@@ -194,19 +194,12 @@ def _parse_now(text: str | None) -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
-    """``gateway ivr-sim``: returns the exit code (2 for a bad config or menu file)."""
-    from gateway.cli import load_or_exit, redis_for
-    from gateway.config import ConfigError
-    from gateway.ivr.menus import load_menus
+    """``gateway ivr-sim``: returns the exit code (a bad config or menu file exits 2)."""
+    from gateway.cli import load_or_exit, menus_or_exit, redis_for
     from gateway.store.service import make_client
 
     config = load_or_exit(args.config)
-    try:
-        book = load_menus(config.resolve(config.ivr.menus_file))
-    except ConfigError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        return 2
+    book = menus_or_exit(config)
     if args.menu not in book.menus:
         print(f"no menu '{args.menu}' in {book.source} (menus: {', '.join(book.menus)})", file=sys.stderr)
         return 2
