@@ -87,26 +87,13 @@ class Daemon:
         raise AssertionError(f"{path} did not answer {status} in {timeout_seconds}s (last: {last})")
 
     def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
-        request = urllib.request.Request(self.http_base + path)
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, _body(response.read())
-        except urllib.error.HTTPError as e:
-            return e.code, _body(e.read())
+        return _send(urllib.request.Request(self.http_base + path), token, timeout_seconds=5)
 
     def post(self, path: str, payload: Any, token: str | None = "test-token") -> tuple[int, Any]:
         data = payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode()
         request = urllib.request.Request(self.http_base + path, data=data, method="POST")
         request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, _body(response.read())
-        except urllib.error.HTTPError as e:
-            return e.code, _body(e.read())
+        return _send(request, token, timeout_seconds=10)
 
     def terminate(self, timeout_seconds: float = 30.0) -> int:
         assert self.process is not None
@@ -120,6 +107,17 @@ class Daemon:
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def _send(request: urllib.request.Request, token: str | None, *, timeout_seconds: float) -> tuple[int, Any]:
+    """The status and the (JSON if it parses) body; error statuses are answers too."""
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_seconds) as response:
+            return response.status, _body(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, _body(e.read())
 
 
 def _body(raw: bytes) -> Any:
