@@ -28,5 +28,10 @@ lint: $(STAMP)
 type: $(STAMP)
 	$(BIN)/mypy gateway
 
+bench: $(STAMP)
+	$(BIN)/python bench/push_throughput.py
+	$(BIN)/python bench/ivr_calls.py
+	bench/vs_kannel.sh
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis
