@@ -7,6 +7,8 @@ imports ``_common``.  What is here:
 * CPU time and memory of a process from /proc (Linux), so a benchmark can charge the
   server process, redis-server and the load generator separately;
 * `machine` and `today`: what a recorded figure needs next to it;
+* the gateway as a child process: `run_gateway`, `wait_http_ok`, `terminate`, and
+  py-spy on it (`start_profiler`, `stop_profiler`);
 * the report: `print_table` for people and `print_json_line` (one line, prefixed by
   nothing, last on stdout) for tools and the smoke tests.
 """
@@ -17,10 +19,15 @@ import json
 import math
 import os
 import platform
+import signal
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
+from pathlib import Path
 from typing import Any, TextIO
 
 __all__ = [
@@ -31,9 +38,16 @@ __all__ = [
     "print_json_line",
     "print_table",
     "rss_bytes",
+    "run_gateway",
+    "start_profiler",
+    "stop_profiler",
+    "terminate",
     "today",
+    "wait_http_ok",
     "wait_until",
 ]
+
+REPO = Path(__file__).resolve().parents[1]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -115,6 +129,65 @@ def wait_until(predicate: Callable[[], bool], timeout_seconds: float, what: str,
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} not within {timeout_seconds:g} s")
         time.sleep(interval_seconds)
+
+
+def run_gateway(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m gateway run -c CONFIG`` from the repository root, its output in `log_path`."""
+    with open(log_path, "wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(config_path)],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+
+
+def wait_http_ok(process: subprocess.Popen[bytes], url: str, log_path: Path,
+                 timeout_seconds: float = 60.0) -> None:
+    """Poll `url` until it answers 200; RuntimeError when `process` exits first (see
+    `log_path`) or after `timeout_seconds`."""
+
+    def ok() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {process.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    wait_until(ok, timeout_seconds, url)
+
+
+def terminate(process: subprocess.Popen[bytes], timeout_seconds: float = 30.0) -> None:
+    """SIGTERM (the gateway drains and unbinds), SIGKILL if it is still there after
+    `timeout_seconds`; nothing if it has exited."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_profiler(pid: int, output: Path | None, rate_hz: int = 200) -> subprocess.Popen[bytes] | None:
+    """py-spy on process `pid` into `output` (raw collapsed stacks, for flamegraph.pl or a
+    grep); None when `output` is None.  py-spy must be installed in the venv."""
+    if output is None:
+        return None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    profiler = subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--rate", str(rate_hz),
+         "--format", "raw", "--output", str(output)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # py-spy attaches before the measured part starts
+    return profiler
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None and profiler.poll() is None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        profiler.wait(60)
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], file: TextIO = sys.stdout) -> None:

@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -85,8 +84,12 @@ from _common import (  # noqa: E402
     percentile,
     print_json_line,
     print_table,
+    run_gateway,
+    start_profiler,
+    stop_profiler,
+    terminate,
     today,
-    wait_until,
+    wait_http_ok,
 )
 
 from gateway.store.embedded import RedisServerProcess, free_port  # noqa: E402
@@ -125,13 +128,7 @@ class Server:
             return str(response.read().decode())
 
     def stop(self) -> None:
-        if self.gateway.poll() is None:
-            self.gateway.send_signal(signal.SIGTERM)
-            try:
-                self.gateway.wait(30)
-            except subprocess.TimeoutExpired:
-                self.gateway.kill()
-                self.gateway.wait()
+        terminate(self.gateway)
         self.redis.stop()
 
 
@@ -189,28 +186,14 @@ def start_server(workdir: Path, redis_max_connections: int | None = None) -> tup
         config_path = workdir / "gateway.yaml"
         config_path.write_text(yaml.safe_dump(gateway_config(url, fastagi_port, http_port, workdir)))
         log_path = workdir / "gateway.log"
-        with open(log_path, "wb") as log_file:
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "-c", str(config_path)],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            )
+        gateway = run_gateway(config_path, log_path)
     except BaseException:
         redis.stop()
         raise
     server = Server(redis, gateway, fastagi_port, http_port, log_path)
-
-    def healthy() -> bool:
-        if gateway.poll() is not None:
-            raise RuntimeError(f"the gateway exited with {gateway.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, ConnectionError):
-            return False
-
     try:
         # /healthz answers once the reactor runs, i.e. after every service started.
-        wait_until(healthy, 60, "the gateway's /healthz")
+        wait_http_ok(gateway, f"http://127.0.0.1:{http_port}/healthz", log_path)
     except BaseException:
         server.stop()
         raise
@@ -422,7 +405,8 @@ async def run_levels(reactor: Any, server: Server, callers: list[tuple[str, str]
     for concurrency, calls in levels:
         # Other work on the machine shows here (the figures are only as quiet as it was).
         result = LevelResult(concurrency, calls, load_average=os.getloadavg()[0])
-        profiler = start_profiler(pid, profile_dir, concurrency)
+        output = profile_dir / f"ivr_calls_c{concurrency}.txt" if profile_dir else None
+        profiler = start_profiler(pid, output, rate_hz=250)
         metrics_before = server.metrics_text()
         cpu = (cpu_seconds(pid), cpu_seconds(redis_pid), cpu_seconds())
         started = time.perf_counter()
@@ -437,26 +421,6 @@ async def run_levels(reactor: Any, server: Server, callers: list[tuple[str, str]
         results.append(result)
     return results
 
-
-def start_profiler(pid: int, profile_dir: Path | None, concurrency: int) -> subprocess.Popen[bytes] | None:
-    """py-spy on the gateway for one level (collapsed stacks, for flamegraph.pl or a grep)."""
-    if profile_dir is None:
-        return None
-    profile_dir.mkdir(parents=True, exist_ok=True)
-    output = profile_dir / f"ivr_calls_c{concurrency}.txt"
-    profiler = subprocess.Popen(
-        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--rate", "250",
-         "--format", "raw", "--output", str(output)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)  # py-spy attaches before the level starts
-    return profiler
-
-
-def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
-    if profiler is not None:
-        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        profiler.wait(60)
 
 
 # --------------------------------------------------------------------------------------
