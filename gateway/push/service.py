@@ -280,16 +280,25 @@ class PushService(Service):
             await self._guarded("intake", self._intake_step, delay)
 
     async def _intake_step(self) -> int:
-        self._read_task = asyncio.ensure_future(self.consumer.fetch(self.block_ms))
+        # The next batch is read (XREADGROUP) while this one is accepted: one consumer
+        # then waits for one round trip per batch instead of two.  Its entries are
+        # pending for this consumer from then on, like those of a cancelled read.
+        read = self._read_task or asyncio.ensure_future(self.consumer.fetch(self.block_ms))
+        self._read_task = read
         try:
-            entries = await self._read_task
+            entries = await read
         except asyncio.CancelledError:
             if self._running:
                 raise
             return 0
         finally:
-            self._read_task = None
-        return await self.consumer.process(entries) if entries else 0
+            if self._read_task is read:
+                self._read_task = None
+        if not entries:
+            return 0
+        if self._running:
+            self._read_task = asyncio.ensure_future(self.consumer.fetch(self.block_ms))
+        return await self.consumer.process(entries)
 
     async def _claim_stale_step(self) -> bool:
         return await self.consumer.claim_stale_once() >= self.consumer.batch_size
