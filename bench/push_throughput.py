@@ -215,6 +215,7 @@ def start_simulator(workdir: Path) -> Simulator:
          "--ports-file", str(ports_file)],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
     )
+    _CHILDREN.append(process)
     out.close()
 
     def ready() -> bool:
@@ -225,6 +226,29 @@ def start_simulator(workdir: Path) -> Simulator:
     wait_until(ready, 30, "the simulator's ports file")
     ports = json.loads(ports_file.read_text())
     return Simulator(process, ports["smpp_port"], ports["stats_port"], ports["pid"])
+
+
+# Every child this process started, so that an interrupted run stops them all.
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def _stop_children() -> None:
+    for process in reversed(_CHILDREN):
+        _terminate(process, 10)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Seconds the process's main thread has spent runnable but waiting for a CPU
+    (/proc/PID/schedstat, second field): the share of a busy machine it did not get."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def _terminate(process: subprocess.Popen[bytes], timeout_seconds: float = 30) -> None:
@@ -300,6 +324,7 @@ def start_gateway(workdir: Path, name: str, redis_url: str, family: str, setting
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config_path)],
                                    cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+    _CHILDREN.append(process)
     gateway = Gateway(process, http_port, log_path)
     path = "/readyz" if wait_bound else "/healthz"
 
@@ -493,6 +518,7 @@ class Bench:
             load_average = os.getloadavg()[0]
             pids = [g.pid for g in gateways]
             cpu_before = [cpu_seconds(pid) for pid in pids]
+            waited_before = [runqueue_wait_seconds(pid) for pid in pids]
             redis_cpu_before = cpu_seconds(self.redis_server.process.pid)  # type: ignore[union-attr]
             own_before = cpu_seconds()
             stats_before = await sim_stats(self.simulator)
@@ -505,6 +531,7 @@ class Bench:
                                                          timeout, producing)
             seen_at = time.time()
             cpu_after = [cpu_seconds(pid) for pid in pids]
+            waited = sum(runqueue_wait_seconds(pid) - w for pid, w in zip(pids, waited_before, strict=True))
             redis_cpu = cpu_seconds(self.redis_server.process.pid) - redis_cpu_before  # type: ignore[union-attr]
             own_cpu = cpu_seconds() - own_before
             ids = await producing
@@ -546,6 +573,7 @@ class Bench:
             "gateway_cpu_seconds": round(gateway_cpu, 2),
             "gateway_cpu_seconds_per_1000": round(gateway_cpu / n * 1000, 3) if n else 0.0,
             "gateway_peak_rss_mb": round(max(peak_rss) / 2**20, 1),
+            "gateway_runqueue_wait_seconds": round(waited, 2),
             "redis_cpu_seconds": round(redis_cpu, 2),
             "simulator_cpu_seconds": round(stats_after["cpu_seconds"] - stats_before["cpu_seconds"], 2),
             "load_generator_cpu_seconds": round(own_cpu, 2),
@@ -735,16 +763,15 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in ALL_SCENARIOS if s in (args.scenario or ALL_SCENARIOS)]
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-push-"))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     redis_server = RedisServerProcess(data_dir=workdir / "redis")
     redis_server.start()
-    simulator = None
     try:
         simulator = start_simulator(workdir)
         bench = Bench(args, workdir, redis_server, simulator)
         out = asyncio.run(run_all(bench, scenarios))
     finally:
-        if simulator is not None:
-            simulator.stop()
+        _stop_children()
         redis_server.stop()
     kannel: dict[str, Any] | None = None
     if not args.skip_kannel and any(s in KANNEL_SCENARIO for s in scenarios):
