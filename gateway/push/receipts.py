@@ -27,6 +27,7 @@ the carrier sends the receipt again later.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from twisted.internet.defer import Deferred
 
@@ -69,10 +70,17 @@ class ReceiptRecorder:
 
     def __init__(self, writer: OutcomeWriter) -> None:
         self.writer = writer
+        # Counter children by (carrier, state): labels() costs more than the receipt's
+        # own bookkeeping (it validates and locks on every call).
+        self._counters: dict[tuple[str, str], Any] = {}
 
     def record_receipt(self, receipt: DeliveryReceipt) -> Deferred[None]:
         candidates = lookup_candidates(receipt.message_id)
         state = receipt.state.strip().upper()
-        metrics.receipts.labels(receipt.carrier, state).inc()
+        key = (receipt.carrier, state)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = metrics.receipts.labels(*key)
+        counter.inc()
         op = op_receipt(receipt.carrier, state, receipt.error_code, candidates)
         return self.writer.add(op, keep=False)
