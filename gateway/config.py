@@ -436,8 +436,9 @@ class _Builder:
             if hint is int and isinstance(value, float):
                 self.problem(path, f"expected a whole number, got {value}")
                 return _INVALID
-            if ":" in getattr(value, "source", ""):
-                self.problem(path, f"'{value.source}' is read by YAML 1.1 as the number {int(value)}; write a plain number")
+            source = getattr(value, "source", "")  # the YAML text, kept by our loader's numbers
+            if ":" in source:
+                self.problem(path, f"'{source}' is read by YAML 1.1 as the number {int(value)}; write a plain number")
                 return _INVALID
             number = hint(value)
             low, high = meta.get("minimum"), meta.get("maximum")

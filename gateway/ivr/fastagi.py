@@ -21,14 +21,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorTCP,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -228,13 +234,18 @@ class FastAgiProtocol(Protocol):
         self._action_running = False
         self._drive(self._flow.on_action_result(result, self._clock.seconds()))
 
+    def abort_connection(self) -> None:
+        """Drop the socket at once, unsent bytes and all (a bug, a stuck or silent peer)."""
+        if self.transport is not None:
+            # A TCP transport (or the tests' StringTransport) can abort; ITransport cannot say so.
+            cast(ITCPTransport, self.transport).abortConnection()
+
     def _bug(self, failure: Failure) -> None:
         log.failure("FastAGI call failed", failure)
         if self._flow is not None:
             self._flow.outcome = "error"
         self._record("error", tuple(self._flow.path) if self._flow else ())
-        if self.transport is not None:
-            self.transport.abortConnection()
+        self.abort_connection()
 
     def _finish(self, step: Finish) -> None:
         self._record(step.outcome, step.path)
@@ -255,8 +266,7 @@ class FastAgiProtocol(Protocol):
     def _header_timed_out(self) -> None:
         self._header_timer = None
         log.warn("FastAGI client sent no complete environment in {seconds} s", seconds=HEADER_TIMEOUT_SECONDS)
-        if self.transport is not None:
-            self.transport.abortConnection()
+        self.abort_connection()
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None and self._header_timer.active():
@@ -303,7 +313,7 @@ class FastAgiProtocol(Protocol):
             log.failure("could not record call event", failure)
 
 
-class FastAgiFactory(Factory):
+class FastAgiFactory(ServerFactory):
     def __init__(self, service: FastAgiService) -> None:
         self.service = service
 
@@ -322,7 +332,7 @@ class FastAgiService(Service):
     name = "fastagi"
 
     def __init__(self, config: IvrConfig, menus_provider: Callable[[], MenuBook], redis: Redis,
-                 keys: Keys, clock: IReactorTime, *, reactor: Any = None,
+                 keys: Keys, clock: IReactorTime, *, reactor: IReactorTCP | None = None,
                  drain_timeout_seconds: float = 10.0) -> None:
         self.config = config
         self._menus_provider = menus_provider
@@ -330,7 +340,7 @@ class FastAgiService(Service):
         self.redis = redis
         self.keys = keys
         self.clock = clock
-        self._reactor = reactor if reactor is not None else clock
+        self._reactor = reactor
         self.service_hours = ServiceHours.parse(config.service_hours)
         # Reminders without pre-built wording are synthesised into the sounds folder that
         # Asterisk plays from (same host); without espeak-ng/sox they get the generic prompt.
@@ -357,9 +367,12 @@ class FastAgiService(Service):
 
     def startService(self) -> None:
         host, port = parse_listen(self.config.fastagi.listen)
-        self.listening_port = self._reactor.listenTCP(port, FastAgiFactory(self), interface=host)
+        # Without `reactor`, the clock is the reactor (adapting raises TypeError if it cannot listen).
+        reactor = self._reactor if self._reactor is not None else IReactorTCP(self.clock)
+        listening = reactor.listenTCP(port, FastAgiFactory(self), interface=host)
+        self.listening_port = listening
         super().startService()
-        log.info("FastAGI listening on {address}", address=str(self.listening_port.getHost()))  # type: ignore[union-attr]
+        log.info("FastAGI listening on {address}", address=str(listening.getHost()))
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, let calls in progress finish for up to the drain timeout, then
@@ -382,8 +395,7 @@ class FastAgiService(Service):
 
     def _drop_calls(self) -> None:
         for protocol in list(self.active):
-            if protocol.transport is not None:
-                protocol.transport.abortConnection()
+            protocol.abort_connection()
 
     async def record_call(self, record: CallRecord) -> None:
         """The ``ivr.call`` event for core systems (masked caller, no entered digits)."""

@@ -82,6 +82,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -1414,8 +1415,12 @@ class CarrierSimulator(Service):
         """
         endpoint = TCP4ClientEndpoint(self._reactor, host, port)
         factory: Any = _SmscFactory(self, (system_id, password))
-        connecting = endpoint.connect(factory)
-        return connecting.addCallback(lambda session: session.bound)
+
+        def when_bound(session: IProtocol) -> Deferred[SmscProtocol]:
+            assert isinstance(session, SmscProtocol)  # what _SmscFactory builds
+            return session.bound
+
+        return endpoint.connect(factory).addCallback(when_bound)
 
     # -- reporting -------------------------------------------------------------------------
 

@@ -337,9 +337,11 @@ def place_call(reactor: object, port: int, script: str, host: str = "127.0.0.1",
     """Connect a client to our FastAGI server; fires with it once the call's socket closed."""
     client = AsteriskFastAgiClient(script, **options)  # type: ignore[arg-type]
     endpoint = TCP4ClientEndpoint(reactor, host, port)
-    connected = endpoint.connect(Factory.forProtocol(lambda: client))
-    connected.addCallback(lambda _: client.done)
-    return connected
+
+    def closed(_: object) -> Deferred[AsteriskFastAgiClient]:
+        return client.done
+
+    return endpoint.connect(Factory.forProtocol(lambda: client)).addCallback(closed)
 
 
 @dataclass
