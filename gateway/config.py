@@ -127,6 +127,7 @@ class RedisConfig:
     prefix: str = setting("12123:", help="prefix of every key the gateway writes")
     data_dir: str = setting("var/redis", help="data directory of the embedded server (append-only file)")
     reconnect_max_delay_seconds: float = setting(10.0, help="cap of the reconnect backoff", unit="s", minimum=0.1, maximum=300)
+    max_connections: int = setting(1000, help="connections to Redis at most; beyond, commands wait for a free one", minimum=4, maximum=100_000)
 
 
 @dataclass(frozen=True)

@@ -369,7 +369,9 @@ class FastAgiService(Service):
         host, port = parse_listen(self.config.fastagi.listen)
         # Without `reactor`, the clock is the reactor (adapting raises TypeError if it cannot listen).
         reactor = self._reactor if self._reactor is not None else IReactorTCP(self.clock)
-        listening = reactor.listenTCP(port, FastAgiFactory(self), interface=host)
+        # Asterisk gives up a FastAGI connect after 2 s (MAX_AGI_CONNECT in res_agi.c); with
+        # Twisted's default backlog of 50 a burst of calls waits longer than that.
+        listening = reactor.listenTCP(port, FastAgiFactory(self), backlog=1024, interface=host)
         self.listening_port = listening
         super().startService()
         log.info("FastAGI listening on {address}", address=str(listening.getHost()))

@@ -32,13 +32,21 @@ from gateway.store.keys import Keys
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-def make_client(url: str, reconnect_max_delay_seconds: float = 10.0, **options: Any) -> aioredis.Redis:
-    """A redis.asyncio client that retries a command a few times with jittered backoff."""
+def make_client(url: str, reconnect_max_delay_seconds: float = 10.0, *, max_connections: int = 1000,
+                pool_timeout_seconds: float = 5.0, **options: Any) -> aioredis.Redis:
+    """A redis.asyncio client for `url` (decode_responses=True).
+
+    Commands are retried a few times with jittered backoff.  The pool *blocks* for up to
+    `pool_timeout_seconds` when all `max_connections` are busy (redis-py's default pool
+    fails at once at 100, which a burst of a thousand calls reaches: bench/ivr_calls.py).
+    """
     retry = Retry(ExponentialWithJitterBackoff(cap=reconnect_max_delay_seconds, base=0.05), retries=3)
     if not url.startswith("unix:"):
         options.setdefault("socket_keepalive", True)  # TCP only; unix sockets refuse it
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=pool_timeout_seconds,
         decode_responses=True,
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
@@ -46,6 +54,7 @@ def make_client(url: str, reconnect_max_delay_seconds: float = 10.0, **options: 
         health_check_interval=0,
         **options,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class RedisService(Service):
@@ -60,7 +69,8 @@ class RedisService(Service):
             # The port is chosen now so the client (and every part holding it) exists
             # before the server starts; connections are made lazily on first use.
             self.embedded = RedisServerProcess(data_dir=Path(config.data_dir).resolve(), port=free_port())
-        self.client: aioredis.Redis = make_client(self.url, config.reconnect_max_delay_seconds)
+        self.client: aioredis.Redis = make_client(self.url, config.reconnect_max_delay_seconds,
+                                                  max_connections=config.max_connections)
         self.available = False
         self._probe = LoopingCall(self._check)
         self._probe_interval = probe_interval_seconds
