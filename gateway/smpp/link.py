@@ -865,32 +865,35 @@ class CarrierLink(MultiService):
     def _ack_when_recorded(
         self, recorded: Deferred[None], held: list[tuple[SmppProtocol, Pdu]], kind: str
     ) -> None:
-        def acknowledge(_: object) -> None:
-            for protocol, pdu in held:
-                protocol.respond(pdu)
+        # Bound methods with arguments, not closures: this runs for every receipt.
+        recorded.addCallbacks(
+            self._acknowledge, self._not_recorded, callbackArgs=(held,), errbackArgs=(held,)
+        ).addErrback(self._answering_failed, kind)
 
-        def not_recorded(reason: Failure) -> None:
-            # While Redis is away every receipt fails alike: one line per interval, counted.
-            self._unrecorded += 1
-            now = self.clock.seconds()
-            if now - self._unrecorded_logged_at >= UNRECORDED_LOG_INTERVAL_SECONDS:
-                log.error(
-                    "carrier {carrier}: could not record {count} receipts/MOs ({error}); "
-                    "answered ESME_RX_T_APPN, the SMSC will redeliver",
-                    carrier=self.carrier,
-                    count=self._unrecorded,
-                    error=reason.getErrorMessage(),
-                )
-                self._unrecorded = 0
-                self._unrecorded_logged_at = now
-            for protocol, pdu in held:
-                protocol.respond(pdu, CommandStatus.ESME_RX_T_APPN)
+    @staticmethod
+    def _acknowledge(_: object, held: list[tuple[SmppProtocol, Pdu]]) -> None:
+        for protocol, pdu in held:
+            protocol.respond(pdu)
 
-        recorded.addCallbacks(acknowledge, not_recorded).addErrback(
-            lambda f: log.failure(
-                "carrier {carrier}: answering a {kind}", f, carrier=self.carrier, kind=kind
+    def _not_recorded(self, reason: Failure, held: list[tuple[SmppProtocol, Pdu]]) -> None:
+        # While Redis is away every receipt fails alike: one line per interval, counted.
+        self._unrecorded += 1
+        now = self.clock.seconds()
+        if now - self._unrecorded_logged_at >= UNRECORDED_LOG_INTERVAL_SECONDS:
+            log.error(
+                "carrier {carrier}: could not record {count} receipts/MOs ({error}); "
+                "answered ESME_RX_T_APPN, the SMSC will redeliver",
+                carrier=self.carrier,
+                count=self._unrecorded,
+                error=reason.getErrorMessage(),
             )
-        )
+            self._unrecorded = 0
+            self._unrecorded_logged_at = now
+        for protocol, pdu in held:
+            protocol.respond(pdu, CommandStatus.ESME_RX_T_APPN)
+
+    def _answering_failed(self, failure: Failure, kind: str) -> None:
+        log.failure("carrier {carrier}: answering a {kind}", failure, carrier=self.carrier, kind=kind)
 
     def _schedule_reassembly(self) -> None:
         deadline = self._reassembler.next_deadline()
