@@ -34,7 +34,7 @@ from twisted.internet.defer import Deferred
 from gateway import metrics
 from gateway.ports import DeliveryReceipt
 from gateway.push.state import OutcomeWriter, op_receipt
-from gateway.smpp.receipts import canonical_message_id
+from gateway.smpp.receipts import canonical_message_id, message_id_candidates
 
 __all__ = ["ReceiptRecorder", "lookup_candidates"]
 
@@ -53,7 +53,11 @@ def lookup_candidates(message_id: str) -> tuple[str, ...]:
     """
     exact = canonical_message_id(message_id)
     if not _HEX.fullmatch(exact):
-        return (exact,) if exact else ()
+        if exact.isalnum() or not exact:
+            return (exact,) if exact else ()
+        # Odd ids (inner spaces, dashes): rare, so the general rules decide.
+        general = [canonical_message_id(c) for c in message_id_candidates(message_id) if c]
+        return tuple(dict.fromkeys([exact, *(g for g in general if g)]))
     out = [exact]
     from_hex = str(int(exact, 16))
     if from_hex != exact:
