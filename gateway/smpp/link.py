@@ -283,9 +283,11 @@ class _BindingEndpoint:
             if result.called:  # cancelled meanwhile (stopService)
                 protocol.disconnect()
                 return
-            handle = factory.buildProtocol(protocol.transport.getPeer())  # type: ignore[union-attr]
+            transport = protocol.transport
+            assert transport is not None  # bound: the connection is there
+            handle = factory.buildProtocol(transport.getPeer())
             assert handle is not None
-            handle.makeConnection(protocol.transport)
+            handle.makeConnection(transport)
             session.service_proxy = handle
             link._session_bound(session)
             result.callback(handle)
@@ -429,7 +431,7 @@ class CarrierLink(MultiService):
             from twisted.internet import ssl
 
             trust_root = (
-                ssl.Certificate.loadPEM(self.options.tls_trust_root_pem)
+                ssl.Certificate.loadPEM(self.options.tls_trust_root_pem.encode("ascii"))
                 if self.options.tls_trust_root_pem
                 else None
             )
