@@ -645,6 +645,7 @@ class Bench:
             "xadd_seconds": round(xadd_seconds(ids[-1]) - first_xadd, 2) if ids else 0.0,
             "wall_seconds": round(seen_at - started, 2),
             "gateway_cpu_seconds": round(gateway_cpu, 2),
+            "gateway_cpu_seconds_each": [round(a - b, 2) for a, b in zip(cpu_after, cpu_before, strict=True)],
             "gateway_cpu_seconds_per_1000": round(gateway_cpu / n * 1000, 3) if n else 0.0,
             "gateway_peak_rss_mb": round(max(peak_rss) / 2**20, 1),
             "gateway_runqueue_wait_seconds": round(waited, 2),
