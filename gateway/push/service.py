@@ -199,8 +199,12 @@ class PushService(Service):
 
     async def _stop(self) -> None:
         self._running = False
-        if self._read_task is not None and not self._read_task.done():
-            self._read_task.cancel()
+        read = self._read_task
+        if read is not None:
+            if not read.done():
+                read.cancel()
+            elif not read.cancelled():
+                read.exception()  # a read ahead that failed is no news now; do not log it at exit
         for sleeper in self._sleepers:
             sleeper.wake()
         self.dispatcher.waker.wake()
