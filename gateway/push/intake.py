@@ -44,6 +44,7 @@ from gateway.push.queue import Priority, QuietHoursPolicy, local_day
 from gateway.push.render import MissingParameter, TemplateSet
 from gateway.push.state import AcceptItem, AcceptOutcome, NotificationLedger, public_view
 from gateway.store.keys import Keys
+from gateway.store.streams import stream_entries
 
 __all__ = [
     "Channel",
@@ -403,7 +404,7 @@ class IntakeConsumer:
         """XREADGROUP new entries (blocking up to `block_ms`); safe to cancel."""
         response = await self.redis.xreadgroup(self.group, self.consumer, {self.keys.notify_stream: ">"},
                                                count=self.batch_size, block=block_ms)
-        return _entries(response)
+        return stream_entries(response)
 
     async def process(self, entries: Iterable[Any]) -> int:
         """Accept fetched entries (and XACK them in the same script)."""
@@ -439,7 +440,7 @@ class IntakeConsumer:
     async def read_own_pending_once(self) -> int:
         response = await self.redis.xreadgroup(self.group, self.consumer, {self.keys.notify_stream: "0"},
                                                count=self.batch_size)
-        return await self._process(_entries(response))
+        return await self._process(stream_entries(response))
 
     async def claim_stale_once(self) -> int:
         """XAUTOCLAIM entries idle longer than claim_idle_seconds and accept them."""
@@ -451,17 +452,6 @@ class IntakeConsumer:
         cursor, entries = result[0], result[1]
         self._autoclaim_cursor = cursor if cursor else "0-0"
         return await self._process(entries)
-
-
-def _entries(response: Any) -> list[Any]:
-    if not response:
-        return []
-    if isinstance(response, dict):  # RESP3 clients answer with a mapping
-        out: list[Any] = []
-        for value in response.values():
-            out.extend(value[0] if value and isinstance(value[0], list) else value)
-        return out
-    return list(response[0][1])
 
 
 # ----------------------------------------------------------------------------------------

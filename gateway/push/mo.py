@@ -117,6 +117,7 @@ from gateway.push.keywords import (
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys
 from gateway.store.service import REDIS_ERRORS
+from gateway.store.streams import stream_entries
 
 __all__ = [
     "MO_REPLY_TYPE",
@@ -658,7 +659,7 @@ class MoService(Service):
             )
         finally:
             self._idle = False
-        return [_Entry(decode_text(i), _decode_fields(f)) for _, items in reply or () for i, f in items if i]
+        return [_Entry(decode_text(i), _decode_fields(f)) for i, f in stream_entries(reply) if i]
 
     async def _claim_abandoned(self) -> list[_Entry]:
         """Entries another consumer read and never acknowledged (it died), now and then."""
