@@ -101,7 +101,7 @@ from gateway.smpp.pdu import (
     Unbind,
     status_name,
 )
-from gateway.smpp.protocol import BindRefused, SessionOwner, SmppProtocol
+from gateway.smpp.protocol import BindRefused, ReassemblyTimer, SessionOwner, SmppProtocol
 from gateway.smpp.receipts import ReceiptParseError, normalise_message_id, receipt_from_deliver
 from gateway.smpp.session import (
     DEFAULT_MAX_PDU_BYTES,
@@ -396,7 +396,7 @@ class CarrierLink(MultiService):
             max_pending=options.max_mo_reassemblies,
         )
         self._held_parts: dict[tuple[str, int, int], list[tuple[SmppProtocol, Pdu]]] = {}
-        self._reassembly_call: IDelayedCall | None = None
+        self._reassembly_timer = ReassemblyTimer(self._reassembler, reactor, self._mo_incomplete)
         self._hex_upper = False
         self._hex_width = 0
         self._response_counters: dict[int, Any] = {}
@@ -836,7 +836,7 @@ class CarrierLink(MultiService):
                 key = (source, concatenation.reference, concatenation.total)
                 self._held_parts.setdefault(key, []).append((protocol, pdu))
                 if whole is None:
-                    self._schedule_reassembly()
+                    self._reassembly_timer.schedule()
                     return
                 held = self._held_parts.pop(key)
             text = whole
@@ -897,24 +897,14 @@ class CarrierLink(MultiService):
     def _answering_failed(self, failure: Failure, kind: str) -> None:
         log.failure("carrier {carrier}: answering a {kind}", failure, carrier=self.carrier, kind=kind)
 
-    def _schedule_reassembly(self) -> None:
-        deadline = self._reassembler.next_deadline()
-        if deadline is None or self._reassembly_call is not None:
+    def _mo_incomplete(self, expired: Any) -> None:
+        """A long MO whose parts stopped coming: record what arrived, marked incomplete."""
+        held = self._held_parts.pop((expired.source, expired.reference, expired.total), [])
+        if not held:
             return
-        delay = max(0.0, deadline - self.clock.seconds())
-        self._reassembly_call = self.clock.callLater(delay, self._expire_reassembly)
-
-    def _expire_reassembly(self) -> None:
-        self._reassembly_call = None
-        for expired in self._reassembler.expire(self.clock.seconds()):
-            held = self._held_parts.pop((expired.source, expired.reference, expired.total), [])
-            if not held:
-                continue
-            extra = {"incomplete": f"{len(expired.parts)}/{expired.total}"}
-            first = cast(DeliverSm, held[0][1])
-            text = expired.partial_text()
-            self._record_mo(expired.source, first.destination_addr, text, held, extra)
-        self._schedule_reassembly()
+        extra = {"incomplete": f"{len(expired.parts)}/{expired.total}"}
+        first = cast(DeliverSm, held[0][1])
+        self._record_mo(expired.source, first.destination_addr, expired.partial_text(), held, extra)
 
     def _normalise_message_id(self, raw: str) -> str:
         return normalise_message_id(
@@ -989,10 +979,11 @@ class CarrierLink(MultiService):
         self._stopping = True
 
         def stop_children(_: object) -> Deferred[Any]:
-            for call in (self._pump_call, self._reassembly_call, *self._retry_calls):
+            for call in (self._pump_call, *self._retry_calls):
                 if call is not None and call.active():
                     call.cancel()
-            self._pump_call = self._reassembly_call = None
+            self._pump_call = None
+            self._reassembly_timer.cancel()
             self._retry_calls.clear()
             for session in list(self._outbind_sessions):
                 if session.protocol is not None:

@@ -71,7 +71,7 @@ from gateway.smpp.pdu import (
     Unbind,
     status_name,
 )
-from gateway.smpp.protocol import SessionOwner, SmppProtocol
+from gateway.smpp.protocol import ReassemblyTimer, SessionOwner, SmppProtocol
 from gateway.smpp.receipts import MESSAGE_STATE_NAMES
 from gateway.smpp.session import Role, SmppSession
 from gateway.smpp.text import Reassembler, decode_pdu_text
@@ -291,7 +291,7 @@ class SmppListener(Service):
             timeout_seconds=options.reassembly_timeout_seconds, max_pending=options.max_reassemblies
         )
         self._held_parts: dict[tuple[str, int, int], list[tuple[SmppProtocol, Pdu, int]]] = {}
-        self._reassembly_call: Any = None
+        self._reassembly_timer = ReassemblyTimer(self._reassembler, reactor, self._submit_incomplete)
         self._submits: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
         self._timezone = ZoneInfo(options.receipt_timezone)
         self._accept_outbind = any(
@@ -349,9 +349,7 @@ class SmppListener(Service):
     def stopService(self) -> Deferred[None]:
         """Stop listening, unbind partners (bounded), close every connection."""
         super().stopService()
-        if self._reassembly_call is not None and self._reassembly_call.active():
-            self._reassembly_call.cancel()
-        self._reassembly_call = None
+        self._reassembly_timer.cancel()
         port, self.port = self.port, None
         stopping: Deferred[Any] = (
             maybeDeferred(port.stopListening) if port is not None else succeed(None)  # type: ignore[call-overload]
@@ -509,7 +507,7 @@ class SmppListener(Service):
             key = (key_source, concatenation.reference, concatenation.total)
             self._held_parts.setdefault(key, []).append((protocol, pdu, concatenation.sequence))
             if whole is None:
-                self._schedule_reassembly()
+                self._reassembly_timer.schedule()
                 return
             held = self._held_parts.pop(key)
             text = whole
@@ -547,21 +545,10 @@ class SmppListener(Service):
             )
         )
 
-    def _schedule_reassembly(self) -> None:
-        deadline = self._reassembler.next_deadline()
-        if deadline is None or self._reassembly_call is not None:
-            return
-        delay = max(0.0, deadline - self.reactor.seconds())
-        self._reassembly_call = self.reactor.callLater(delay, self._expire_reassembly)
-
-    def _expire_reassembly(self) -> None:
-        self._reassembly_call = None
-        for expired in self._reassembler.expire(self.reactor.seconds()):
-            for protocol, pdu, _ in self._held_parts.pop(
-                (expired.source, expired.reference, expired.total), []
-            ):
-                protocol.respond(pdu, CommandStatus.ESME_RSUBMITFAIL)
-        self._schedule_reassembly()
+    def _submit_incomplete(self, expired: Any) -> None:
+        """A partner's long submit whose parts stopped coming: refuse the parts held."""
+        for protocol, pdu, _ in self._held_parts.pop((expired.source, expired.reference, expired.total), []):
+            protocol.respond(pdu, CommandStatus.ESME_RSUBMITFAIL)
 
     def _remember_submit(
         self, message_id: str, source_addr: str, destination_addr: str, now: float

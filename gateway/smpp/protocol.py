@@ -311,3 +311,35 @@ class SmppProtocol(Protocol):
                 owner.unbind_requested(self)
             elif cls is SessionClosed:
                 self._report_closed(event.reason)  # type: ignore[union-attr]
+
+
+class ReassemblyTimer:
+    """The one timer that expires a `Reassembler`'s incomplete long messages.
+
+    Shared by the carrier link (MO parts) and the listener (partners' submit parts): each
+    keeps its own held PDUs and decides in `on_expired` what an incomplete message means.
+    """
+
+    def __init__(self, reassembler: Any, clock: IReactorTime, on_expired: Callable[[Any], None]) -> None:
+        self._reassembler = reassembler
+        self._clock = clock
+        self._on_expired = on_expired
+        self._call: IDelayedCall | None = None
+
+    def schedule(self) -> None:
+        """Arm the timer for the earliest deadline, unless it is armed already."""
+        deadline = self._reassembler.next_deadline()
+        if deadline is None or self._call is not None:
+            return
+        self._call = self._clock.callLater(max(0.0, deadline - self._clock.seconds()), self._expire)
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _expire(self) -> None:
+        self._call = None
+        for expired in self._reassembler.expire(self._clock.seconds()):
+            self._on_expired(expired)
+        self.schedule()
