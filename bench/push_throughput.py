@@ -103,6 +103,9 @@ from _common import (  # noqa: E402
     print_json_line,
     print_table,
     rss_bytes,
+    start_profiler,
+    stop_profiler,
+    terminate,
     today,
     wait_until,
 )
@@ -203,7 +206,7 @@ class Simulator:
     pid: int
 
     def stop(self) -> None:
-        _terminate(self.process)
+        terminate(self.process)
 
 
 def start_simulator(workdir: Path) -> Simulator:
@@ -235,7 +238,7 @@ _CHILDREN: list[subprocess.Popen[bytes]] = []
 
 def _stop_children() -> None:
     for process in reversed(_CHILDREN):
-        _terminate(process, 10)
+        terminate(process, 10)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -252,16 +255,6 @@ def runqueue_wait_seconds(pid: int) -> float:
         return float("nan")
 
 
-def _terminate(process: subprocess.Popen[bytes], timeout_seconds: float = 30) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @dataclass
 class Gateway:
     process: subprocess.Popen[bytes]
@@ -273,7 +266,7 @@ class Gateway:
         return self.process.pid
 
     def stop(self) -> None:
-        _terminate(self.process)
+        terminate(self.process)
 
 
 @dataclass(frozen=True)
@@ -586,7 +579,7 @@ class Bench:
                 warm = await xadd_fast(self.redis, self.keys, scenario, 90_000_000, args.warmup, args.batch)
                 _, complete = await wait_simulator(self.simulator, before, len(warm), scenario.receipts, timeout)
                 await wait_final(self.redis, self.keys, warm, final, 30)
-            profiler = start_profiler(gateways[0].pid, args.profile_dir, label)
+            profiler = start_profiler(gateways[0].pid, args.profile_dir / f"push_{label}.txt" if args.profile_dir else None)
             load_average = os.getloadavg()[0]
             pids = [g.pid for g in gateways]
             cpu_before = [cpu_seconds(pid) for pid in pids]
@@ -711,26 +704,6 @@ class Bench:
             "gateway_cpu_seconds": round(cpu, 1),
             "redis_used_memory_mb": round(int(info["used_memory"]) / 2**20, 1),
         }
-
-
-def start_profiler(pid: int, profile_dir: Path | None, label: str) -> subprocess.Popen[bytes] | None:
-    """py-spy on the gateway during the measured part (raw collapsed stacks)."""
-    if profile_dir is None:
-        return None
-    profile_dir.mkdir(parents=True, exist_ok=True)
-    profiler = subprocess.Popen(
-        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--rate", "200",
-         "--format", "raw", "--output", str(profile_dir / f"push_{label}.txt")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)  # py-spy attaches before the run starts
-    return profiler
-
-
-def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
-    if profiler is not None and profiler.poll() is None:
-        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        profiler.wait(60)
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
