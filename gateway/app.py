@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
@@ -47,7 +47,7 @@ def tcp_endpoint_service(reactor: Any, listen: str, factory: Any) -> StreamServe
 def bounded(d: Deferred[Any] | None, clock: IReactorTime, seconds: float, what: str) -> Deferred[Any]:
     """Wait for `d` at most `seconds`; log and move on if it does not finish."""
     if d is None:
-        return Deferred.fromCoroutine(_noop())
+        return succeed(None)
     timed = Deferred[Any]()
 
     def give_up() -> None:
@@ -69,10 +69,6 @@ def bounded(d: Deferred[Any] | None, clock: IReactorTime, seconds: float, what: 
 
     d.addCallbacks(done, failed)
     return timed
-
-
-async def _noop() -> None:
-    return None
 
 
 class GatewayService(MultiService):
