@@ -37,6 +37,9 @@ class OutboundSms:
 class SubmitAccepted:
     carrier: str
     message_ids: tuple[str, ...]  # one per part, in part order
+    # How many leading parts asked for a receipt (None: every part); delivery is judged
+    # on those parts' receipts only.
+    receipt_parts: int | None = None
 
 
 class SubmitFailed(Exception):

@@ -198,10 +198,11 @@ local function on_final(id, key, state, h)
   end
 end
 
--- One HMGET reads everything a receipt needs: the state, the parts' receipts so far
+-- One HMGET reads everything a receipt needs: the state, how many parts have receipts
+-- (receipt_parts when only the first asked, else parts), the parts' receipts so far
 -- (p0..p9; longer messages read the rest one by one) and what on_final needs.
 local RECEIPT_FIELDS = {'state', 'parts', 'type', 'channel', 'partner', 'partner_receipt',
-  'voice_requested_at', 'p0', 'p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'p8', 'p9'}
+  'voice_requested_at', 'receipt_parts', 'p0', 'p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'p8', 'p9'}
 
 local function apply_receipt(id, key, part, rstate, err)
   local h = redis.call('HMGET', key, unpack(RECEIPT_FIELDS))
@@ -209,11 +210,11 @@ local function apply_receipt(id, key, part, rstate, err)
   local pname = 'p' .. part
   local final_fields = {h[4], h[5], h[6], h[7]}
   if rstate == 'DELIVRD' then
-    local np = tonumber(h[2] or '1') or 1
+    local np = tonumber(h[8] or h[2] or '1') or 1
     for q = 0, np - 1 do
       if q ~= part then
         local v
-        if q < 10 then v = h[8 + q] else v = redis.call('HGET', key, 'p' .. q) end
+        if q < 10 then v = h[9 + q] else v = redis.call('HGET', key, 'p' .. q) end
         if v ~= 'DELIVRD' then
           redis.call('HSET', key, pname, rstate)
           return
@@ -228,7 +229,7 @@ local function apply_receipt(id, key, part, rstate, err)
       'error', 'receipt ' .. rstate .. ' err ' .. err},
       {'receipt_state', rstate, 'error_code', err, 'part', tostring(part)})
     on_final(id, key, 'undeliverable', final_fields)
-  elseif (part < 10 and h[8 + part] or nil) ~= rstate then
+  elseif (part < 10 and h[9 + part] or nil) ~= rstate then
     redis.call('HSET', key, pname, rstate)
   end
 end
@@ -373,10 +374,11 @@ local receipts = {}
 for _ = 1, n do
   local op = ARGV[i]
   if op == 'A' then
-    local id, carrier, np = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+    -- nr: the leading parts that asked for a receipt; only their ids are indexed
+    local id, carrier, np, nr = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
     local mids = {}
-    for p = 1, np do mids[p] = ARGV[i + 3 + p] end
-    i = i + 4 + np
+    for p = 1, np do mids[p] = ARGV[i + 4 + p] end
+    i = i + 5 + np
     local key = nkey(id)
     local h = redis.call('HMGET', key, 'state', 'type', 'priority')
     if h[1] == 'submitting' or h[1] == 'queued' or h[1] == 'scheduled' then
@@ -386,12 +388,13 @@ for _ = 1, n do
         redis.call('ZREM', LANE[h[3]] or LANE.normal, id)
         redis.call('ZREM', SCHEDULED, id)
       end
-      transition(id, key, 'submitted', h[2], {'carrier', carrier, 'parts', tostring(np),
-        'message_ids', table.concat(mids, ' ')}, {'carrier', carrier, 'parts', tostring(np)})
-      for p = 1, np do
+      local fields = {'carrier', carrier, 'parts', tostring(np), 'message_ids', table.concat(mids, ' ')}
+      if nr < np then fields[7] = 'receipt_parts'; fields[8] = tostring(nr) end
+      transition(id, key, 'submitted', h[2], fields, {'carrier', carrier, 'parts', tostring(np)})
+      for p = 1, nr do
         redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. (p - 1), 'EX', RETENTION)
       end
-      for p = 1, np do
+      for p = 1, nr do
         local ek = earlykey(carrier, mids[p])
         local early = redis.call('GET', ek)
         if early then
@@ -760,9 +763,16 @@ class NotificationLedger:
 # ----------------------------------------------------------------------------------------
 
 
-def op_accepted(notification_id: str, carrier: str, message_ids: Sequence[str]) -> tuple[Any, ...]:
-    """The carrier accepted every part; message ids in part order (canonical form)."""
-    return ("A", notification_id, carrier, len(message_ids), *message_ids)
+def op_accepted(notification_id: str, carrier: str, message_ids: Sequence[str], *,
+                receipt_parts: int | None = None) -> tuple[Any, ...]:
+    """The carrier accepted every part; message ids in part order (canonical form).
+
+    receipt_parts: how many leading parts asked for a receipt (None: all); only their
+    ids are indexed, and delivery is judged on their receipts alone.
+    """
+    parts = len(message_ids)
+    indexed = parts if receipt_parts is None else max(0, min(receipt_parts, parts))
+    return ("A", notification_id, carrier, parts, indexed, *message_ids)
 
 
 def op_retry(notification_id: str, due_at: float, error: str, response_unknown: bool) -> tuple[Any, ...]:

@@ -198,7 +198,8 @@ class Dispatcher:
 
     def _accepted(self, result: SubmitAccepted, item: Claimed, carrier: str) -> None:
         message_ids = [canonical_message_id(m) for m in result.message_ids]
-        self._record(item.id, op_accepted(item.id, result.carrier or carrier, message_ids))
+        self._record(item.id, op_accepted(item.id, result.carrier or carrier, message_ids,
+                                          receipt_parts=result.receipt_parts))
         if self.on_submitted is not None:
             self.on_submitted(item.id, result)
 

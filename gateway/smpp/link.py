@@ -182,7 +182,7 @@ class LinkSubmitFailed(SubmitFailed):
 class _Submit:
     """One OutboundSms being submitted."""
 
-    __slots__ = ("deferred", "failure", "in_flight", "message_ids", "remaining")
+    __slots__ = ("deferred", "failure", "in_flight", "message_ids", "receipt_parts", "remaining")
 
     def __init__(self, parts: int) -> None:
         self.deferred: Deferred[SubmitAccepted] = Deferred()
@@ -190,6 +190,7 @@ class _Submit:
         self.remaining = parts  # parts without a message id
         self.in_flight = 0  # parts sent and not answered
         self.failure: list[Any] | None = None  # [reason, transient, status, response_unknown]
+        self.receipt_parts: int | None = None  # leading parts asking for a receipt (None: all)
 
 
 class _PartJob:
@@ -486,6 +487,9 @@ class CarrierLink(MultiService):
         source_addr = sms.source_addr or config.source_addr
         destination = sms.destination.digits
         submit = _Submit(len(parts))
+        first_only = registered_delivery and config.receipt_parts == "first" and len(parts) > 1
+        if first_only:
+            submit.receipt_parts = 1
         for index, part in enumerate(parts):
             pdu = SubmitSm(
                 0,
@@ -496,7 +500,7 @@ class CarrierLink(MultiService):
                 dest_addr_npi=config.dest_addr_npi,
                 destination_addr=destination,
                 esm_class=part.esm_class,
-                registered_delivery=registered_delivery,
+                registered_delivery=0 if first_only and index else registered_delivery,
                 data_coding=part.data_coding,
                 short_message=part.short_message,
                 tlvs=part.tlvs,
@@ -592,7 +596,8 @@ class CarrierLink(MultiService):
                     if submit.remaining == 0:
                         self._active_submits -= 1
                         submit.deferred.callback(
-                            SubmitAccepted(self.carrier, tuple(cast(list[str], submit.message_ids)))
+                            SubmitAccepted(self.carrier, tuple(cast(list[str], submit.message_ids)),
+                                           submit.receipt_parts)
                         )  # type: ignore[arg-type]
                         self._check_drained()
                 elif submit.in_flight == 0:

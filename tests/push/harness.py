@@ -67,6 +67,7 @@ class ScriptedLink:
     prefixes: tuple[str, ...]
     bound: bool = True
     parts: int = 1
+    receipt_parts: int | None = None  # as CarrierLink reports it for receipt_parts "first"
     script: list[Any] = field(default_factory=list)
     submitted: list[OutboundSms] = field(default_factory=list)
     held: list[tuple[OutboundSms, Deferred[SubmitAccepted]]] = field(default_factory=list)
@@ -91,7 +92,7 @@ class ScriptedLink:
         self.submitted.append(sms)
         outcome = self.script.pop(0) if self.script else "accept"
         if outcome == "accept":
-            return succeed(SubmitAccepted(self.name, self.next_ids()))
+            return succeed(SubmitAccepted(self.name, self.next_ids(), self.receipt_parts))
         if outcome == "hold":
             d: Deferred[SubmitAccepted] = Deferred()
             self.held.append((sms, d))

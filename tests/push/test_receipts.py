@@ -58,6 +58,37 @@ async def test_multipart_is_delivered_when_every_part_is(redis_url: str) -> None
 
 
 @on_asyncio
+async def test_when_only_part_one_asked_its_receipt_alone_delivers(redis_url: str) -> None:
+    """receipt_parts "first": part 1's DELIVRD makes a two-part message delivered; only
+    part 1's id is indexed, so a stray receipt for part 2 finds nothing to change."""
+    async with pipeline(redis_url) as p:
+        p.links[0].parts, p.links[0].receipt_parts = 2, 1
+        await p.accept(points("first"))
+        await p.dispatch_all()
+        raw = await p.ledger.raw("first")
+        first, second = raw["message_ids"].split()
+        assert raw["receipt_parts"] == "1" and raw["parts"] == "2"
+        assert await p.redis.exists(p.keys.message_id("cmcc", canonical_message_id(second))) == 0
+        await record(p, receipt(first, "ACCEPTD"))
+        assert await p.state("first") == "submitted"
+        await record(p, receipt(first))
+        view = await p.ledger.get("first")
+        assert view is not None and view["state"] == "delivered" and view["part_states"] == ["DELIVRD", ""]
+
+
+@on_asyncio
+async def test_when_only_part_one_asked_its_undeliverable_receipt_ends_it(redis_url: str) -> None:
+    """receipt_parts "first": UNDELIV for part 1 makes the message undeliverable."""
+    async with pipeline(redis_url) as p:
+        p.links[0].parts, p.links[0].receipt_parts = 3, 1
+        await p.accept(points("lost"))
+        await p.dispatch_all()
+        first = (await p.ledger.raw("lost"))["message_ids"].split()[0]
+        await record(p, receipt(first, "UNDELIV", err="011"))
+        assert await p.state("lost") == "undeliverable"
+
+
+@on_asyncio
 async def test_one_undeliverable_part_makes_the_message_undeliverable(redis_url: str) -> None:
     """UNDELIV for any part ends the notification undeliverable with the error code."""
     async with pipeline(redis_url) as p:

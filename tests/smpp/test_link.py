@@ -309,6 +309,30 @@ def test_long_chinese_text_goes_as_udh_parts_with_one_id_each() -> None:
     assert result_of(d) == SubmitAccepted("cmcc", ("id0", "id1", "id2"))
 
 
+def test_receipt_parts_first_asks_for_a_receipt_on_part_one_only() -> None:
+    """receipt_parts "first": part 1 carries registered_delivery, the others 0, and
+    SubmitAccepted says one part's receipt counts; "every" (the default) asks on each."""
+    text = ("您好，您预约的科目一考试已安排。" * 13)[:200]
+    for receipt_parts, expected, counted in (("first", [1, 0, 0], 1), ("every", [1, 1, 1], None)):
+        link, smsc, _, _ = bound_link(receipt_parts=receipt_parts)
+        d = link.submit(OutboundSms("n1", CITIZEN, text))
+        parts = smsc.read()
+        assert [p.registered_delivery for p in parts] == expected  # type: ignore[attr-defined]
+        for i, part in enumerate(parts):
+            smsc.send(SubmitSmResp(part.sequence_number, message_id=f"id{i}"))
+        assert result_of(d) == SubmitAccepted("cmcc", ("id0", "id1", "id2"), counted)
+
+
+def test_receipt_parts_first_leaves_single_part_messages_alone() -> None:
+    """A one-part message asks for its receipt either way and counts it as before."""
+    link, smsc, _, _ = bound_link(receipt_parts="first")
+    d = link.submit(OutboundSms("n1", CITIZEN, "hi"))
+    [submit] = smsc.read()
+    assert submit.registered_delivery == 1  # type: ignore[attr-defined]
+    smsc.send(SubmitSmResp(submit.sequence_number, message_id="one"))
+    assert result_of(d) == SubmitAccepted("cmcc", ("one",))
+
+
 def test_message_longer_than_max_parts_fails_permanently() -> None:
     """A text needing more than max_parts parts is refused (not transient) and nothing is sent."""
     link, smsc, _, _ = bound_link(max_parts=2)
@@ -816,6 +840,27 @@ def test_chinese_200_characters_arrive_as_parts_that_reassemble_exactly(
         assert message.message_ids == accepted.message_ids
         yield sink.wait_for("receipt", 3)
         assert sorted(r.message_id for r in sink.receipts) == sorted(accepted.message_ids)
+    finally:
+        yield link.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_receipt_parts_first_gets_one_receipt_per_message_from_the_simulator(
+    simulator_factory: Any,
+) -> Any:
+    """With receipt_parts "first" the simulated carrier sends one receipt for a 3-part
+    message, for part 1's id; nothing comes for the other parts."""
+    sink = WaitingSink()
+    link, simulator = simulator_link(simulator_factory, sink, {"receipt_parts": "first"})
+    try:
+        yield link.when_bound().addTimeout(WAIT_SECONDS, global_reactor)
+        text = ("您好！您预约的机动车驾驶人科目一考试将于明日上午九点在车管所考场进行。" * 5)[:180]
+        accepted = yield link.submit(OutboundSms("n1", CITIZEN, text))
+        assert len(accepted.message_ids) == 3 and accepted.receipt_parts == 1
+        yield sink.wait_for("receipt", 1)
+        yield deferLater(global_reactor, 0.3, lambda: None)  # any further receipt would be here by now
+        assert [r.message_id for r in sink.receipts] == [accepted.message_ids[0]]
+        assert simulator.counters.receipts_scheduled == 1
     finally:
         yield link.stopService()
 
