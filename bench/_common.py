@@ -177,7 +177,7 @@ def start_profiler(pid: int, output: Path | None, rate_hz: int = 200) -> subproc
     output.parent.mkdir(parents=True, exist_ok=True)
     profiler = subprocess.Popen(
         [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--rate", str(rate_hz),
-         "--format", "raw", "--output", str(output)],
+         "--format", "raw", "--nonblocking", "--output", str(output)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     time.sleep(1.0)  # py-spy attaches before the measured part starts
