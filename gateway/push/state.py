@@ -49,7 +49,7 @@ created with ``decode_responses=True`` (as gateway/store/service.py does).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +107,7 @@ _script_counters = {
 }
 
 # ----------------------------------------------------------------------------------------
-# Lua.  ARGV[1] is the time; ARGV[2..22] the header built by NotificationLedger._header;
+# Lua.  ARGV[1] is the time; ARGV[2..23] the header built by NotificationLedger._header;
 # each script's own arguments start at FIRST.  They travel as one JSON array (the script's
 # only real argument) that the prologue decodes into a local ARGV: redis-py packs each
 # argument in Python (a third of the intake's and the writer's CPU with thousands of
@@ -126,8 +126,8 @@ local SCHEDULED, INFLIGHT, DEAD, EVENTS = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local VOICE, PARTNER, SIGNATURE = ARGV[13], ARGV[14], ARGV[15]
 local MH, MM, MT = ARGV[16], ARGV[17], ARGV[18]
 local EH, EM, ET = ARGV[19], ARGV[20], ARGV[21]
-local SEQUENCE = ARGV[22]
-local FIRST = 23
+local SEQUENCE, EARLY_PARKED = ARGV[22], ARGV[23]
+local FIRST = 24
 local counts = {}
 local partner_final = {}
 local FINAL = {delivered = true, undeliverable = true, expired = true, failed = true, rejected = true}
@@ -232,6 +232,13 @@ local function apply_receipt(id, key, part, rstate, err)
   elseif (part < 10 and h[9 + part] or nil) ~= rstate then
     redis.call('HSET', key, pname, rstate)
   end
+end
+
+-- Whether any receipt may be parked (keys.early_receipts_parked): read once per script.
+local early_parked = nil
+local function early_possible()
+  if early_parked == nil then early_parked = redis.call('EXISTS', EARLY_PARKED) == 1 end
+  return early_parked
 end
 
 local function flat_counts()
@@ -394,7 +401,7 @@ for _ = 1, n do
       for p = 1, nr do
         redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. (p - 1), 'EX', RETENTION)
       end
-      for p = 1, nr do
+      for p = 1, (early_possible() and nr or 0) do
         local ek = earlykey(carrier, mids[p])
         local early = redis.call('GET', ek)
         if early then
@@ -462,6 +469,8 @@ for _ = 1, n do
       local ek = earlykey(carrier, ARGV[i + 5])
       if RECEIPT_FINAL[rstate] or redis.call('EXISTS', ek) == 0 then
         redis.call('SET', ek, rstate .. ' ' .. err, 'EX', EARLY_TTL)
+        redis.call('SET', EARLY_PARKED, '1', 'EX', EARLY_TTL)
+        early_parked = true
       end
       count('receipt_early')
     end
@@ -621,7 +630,7 @@ class NotificationLedger:
             keys.lane("high"), keys.lane("normal"), keys.lane("bulk"),
             keys.scheduled, keys.inflight, keys.dead_letters, keys.events_stream,
             keys.voice_requests, keys.partner_receipts_pending, signature,
-            mh, mm, mt, eh, em, et, keys.lane_sequence,
+            mh, mm, mt, eh, em, et, keys.lane_sequence, keys.early_receipts_parked,
         ]
         # The header as the middle of a JSON array: "a","b",...,"z".
         self._header_json = _dumps(self._header)[1:-1]
@@ -856,7 +865,8 @@ class OutcomeWriter:
         self.max_batch = max_batch
         self.backoff_initial_seconds = backoff_initial_seconds
         self.backoff_max_seconds = backoff_max_seconds
-        self._pending: list[tuple[Sequence[Any], Deferred[None], bool]] = []
+        # (op, what to tell when it is applied, keep): a Deferred, or a _Then (add_then)
+        self._pending: list[tuple[Sequence[Any], Any, bool]] = []
         self._scheduled = False
         self._flushing = False
         self._idle_waiters: list[Deferred[None]] = []
@@ -868,6 +878,16 @@ class OutcomeWriter:
             self._scheduled = True
             self.clock.callLater(0, self._start)
         return d
+
+    def add_then(self, op: Sequence[Any], callback: Callable[..., object], *args: Any) -> None:
+        """Like ``add(op, keep=True)``, but calls ``callback(*args)`` once the op is
+        applied or has failed (the writer logs failures), without a Deferred: the
+        dispatcher records every submit outcome so, and a Deferred with its callbacks
+        cost more than the record itself."""
+        self._pending.append((op, _Then(callback, args), True))
+        if not self._scheduled and not self._flushing:
+            self._scheduled = True
+            self.clock.callLater(0, self._start)
 
     @property
     def pending(self) -> int:
@@ -896,7 +916,7 @@ class OutcomeWriter:
                     kept = [entry for entry in batch if entry[2]]
                     for _, d, keep in batch:
                         if not keep:
-                            d.errback(e)
+                            d.errback(e)  # only add() takes keep=False, so a Deferred
                     self._pending[:0] = kept
                     _writer_log.error("redis unavailable while recording {count} outcomes: {error}; retrying",
                                       count=len(batch), error=type(e).__name__)
@@ -932,6 +952,22 @@ class OutcomeWriter:
         d: Deferred[None] = Deferred()
         self._idle_waiters.append(d)
         await wait_deferred(d)
+
+
+class _Then:
+    """What `OutcomeWriter.add_then` calls, shaped like the Deferred that `add` uses."""
+
+    __slots__ = ("args", "function")
+
+    def __init__(self, function: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.function = function
+        self.args = args
+
+    def callback(self, _: object) -> None:
+        self.function(*self.args)
+
+    def errback(self, _: object) -> None:
+        self.function(*self.args)  # the writer logged it; the lease recovers the message
 
 
 async def _sleep(clock: Any, seconds: float) -> None:

@@ -233,9 +233,8 @@ class Dispatcher:
     def _record(self, notification_id: str, op: Any) -> None:
         self._refused.pop(notification_id, None)
         self._last_error.pop(notification_id, None)
-        d = self.writer.add(op)
-        d.addErrback(lambda f: None)  # the writer logged it; the lease recovers the message
-        d.addBoth(lambda _: self._done(notification_id))
+        # Failures are logged by the writer; the lease recovers the message then.
+        self.writer.add_then(op, self._done, notification_id)
 
     def _done(self, notification_id: str) -> None:
         self._in_flight.pop(notification_id, None)

@@ -75,6 +75,12 @@ class Keys:
         """A receipt that arrived before its submit_sm_resp was recorded."""
         return f"{self.prefix}early-receipt:{carrier}:{message_id}"
 
+    @property
+    def early_receipts_parked(self) -> str:
+        """Set (with the early receipts' TTL) whenever a receipt is parked: while it is
+        absent, recording an accepted submit skips looking for parked receipts."""
+        return f"{self.prefix}early-receipts-parked"
+
     def daily_count(self, phone_digits: str, day: str) -> str:
         """Bulk reminders accepted for a number on a local day (``YYYYMMDD``)."""
         return f"{self.prefix}freq:{day}:{phone_digits}"
