@@ -37,8 +37,8 @@ class OutboundSms:
 class SubmitAccepted:
     carrier: str
     message_ids: tuple[str, ...]  # one per part, in part order
-    # How many leading parts asked for a receipt (None: every part); delivery is judged
-    # on those parts' receipts only.
+    # How many leading parts asked for a receipt (None: every part; 0: none, so the
+    # message stays submitted); delivery is judged on those parts' receipts only.
     receipt_parts: int | None = None
 
 

@@ -490,6 +490,8 @@ class CarrierLink(MultiService):
         first_only = registered_delivery and config.receipt_parts == "first" and len(parts) > 1
         if first_only:
             submit.receipt_parts = 1
+        elif not registered_delivery:
+            submit.receipt_parts = 0  # no receipt will come: nothing to index
         for index, part in enumerate(parts):
             pdu = SubmitSm(
                 0,

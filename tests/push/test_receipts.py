@@ -77,6 +77,19 @@ async def test_when_only_part_one_asked_its_receipt_alone_delivers(redis_url: st
 
 
 @on_asyncio
+async def test_submit_that_asked_for_no_receipt_indexes_no_message_id(redis_url: str) -> None:
+    """receipt_parts 0 (registered_delivery 0): submitted is where it ends; its id is not
+    indexed, so nothing waits in Redis for a receipt that will not come."""
+    async with pipeline(redis_url) as p:
+        p.links[0].receipt_parts = 0
+        await p.accept(code("quiet"))
+        await p.dispatch_all()
+        raw = await p.ledger.raw("quiet")
+        assert raw["state"] == "submitted" and raw["receipt_parts"] == "0"
+        assert await p.redis.exists(p.keys.message_id("cmcc", canonical_message_id(raw["message_ids"]))) == 0
+
+
+@on_asyncio
 async def test_when_only_part_one_asked_its_undeliverable_receipt_ends_it(redis_url: str) -> None:
     """receipt_parts "first": UNDELIV for part 1 makes the message undeliverable."""
     async with pipeline(redis_url) as p:

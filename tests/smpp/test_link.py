@@ -289,9 +289,11 @@ def test_submit_sends_submit_sm_and_fires_with_the_message_id() -> None:
 def test_submit_without_receipt_request_sets_registered_delivery_zero() -> None:
     """OutboundSms(registered_delivery=False) sends registered_delivery 0."""
     link, smsc, _, _ = bound_link()
-    link.submit(OutboundSms("n1", CITIZEN, "hi", registered_delivery=False))
+    d = link.submit(OutboundSms("n1", CITIZEN, "hi", registered_delivery=False))
     [submit] = smsc.read()
     assert submit.registered_delivery == 0  # type: ignore[attr-defined]
+    smsc.send(SubmitSmResp(submit.sequence_number, message_id="quiet"))
+    assert result_of(d) == SubmitAccepted("cmcc", ("quiet",), 0)  # no receipt will count
 
 
 def test_long_chinese_text_goes_as_udh_parts_with_one_id_each() -> None:
