@@ -142,13 +142,39 @@ local function count(what) counts[what] = (counts[what] or 0) + 1 end
 -- Lanes are sorted sets scored by a global sequence: FIFO within a lane, across
 -- processes, and re-adding an id never makes a second entry.  Sequence numbers are
 -- reserved 256 at a time (gaps are harmless).
+-- Sorted-set adds and removals a script makes per notification are collected and sent
+-- as one variadic ZADD / ZREM per key when the script ends (flush_sorted_sets): each
+-- redis.call costs more than the member it carries.  Only for keys the script does not
+-- read afterwards (lanes in accept and promote, the in-flight set in claim and
+-- outcomes); adds go before removals, and no script does both to one member.
+local zadds, zrems = {}, {}
+local function zadd_later(key, score, member)
+  local t = zadds[key]
+  if not t then t = {}; zadds[key] = t end
+  t[#t + 1] = score; t[#t + 1] = member
+end
+local function zrem_later(key, member)
+  local t = zrems[key]
+  if not t then t = {}; zrems[key] = t end
+  t[#t + 1] = member
+end
+local function flush_sorted_sets()
+  for key, t in pairs(zadds) do
+    for k = 1, #t, 2000 do redis.call('ZADD', key, unpack(t, k, math.min(k + 1999, #t))) end
+  end
+  for key, t in pairs(zrems) do
+    for k = 1, #t, 1000 do redis.call('ZREM', key, unpack(t, k, math.min(k + 999, #t))) end
+  end
+  zadds, zrems = {}, {}
+end
+
 local seq_next, seq_last = 1, 0
 local function lane_push(lane, id)
   if seq_next > seq_last then
     seq_last = redis.call('INCRBY', SEQUENCE, 256)
     seq_next = seq_last - 255
   end
-  redis.call('ZADD', LANE[lane] or LANE.normal, seq_next, id)
+  zadd_later(LANE[lane] or LANE.normal, seq_next, id)
   seq_next = seq_next + 1
 end
 
@@ -314,6 +340,7 @@ for k = 1, #acks, 1000 do
   redis.call('XACK', stream, group, unpack(acks, k, math.min(k + 999, #acks)))
   redis.call('XDEL', stream, unpack(acks, k, math.min(k + 999, #acks)))
 end
+flush_sorted_sets()
 return {out, flat_counts(), partner_final}
 """
 
@@ -350,7 +377,7 @@ local function take(lane, want)
         else
           local attempts = (tonumber(h[5] or '0') or 0) + 1
           transition(id, key, 'submitting', h[8], {'attempts', tostring(attempts)}, {'attempt', tostring(attempts)})
-          redis.call('ZADD', INFLIGHT, now + lease, id)
+          zadd_later(INFLIGHT, now + lease, id)
           out[#out + 1] = {id, h[3] or '', h[4] or '', tostring(attempts), h[6] or '', h[7] or '0', h[8] or '', lane}
           claimed = claimed + 1
         end
@@ -370,6 +397,7 @@ take('bulk', reserve)
 take('high', n - total)
 take('normal', n - total)
 take('bulk', n - total)
+flush_sorted_sets()
 return {out, flat_counts(), partner_final}
 """
 
@@ -389,7 +417,7 @@ for _ = 1, n do
     local key = nkey(id)
     local h = redis.call('HMGET', key, 'state', 'type', 'priority')
     if h[1] == 'submitting' or h[1] == 'queued' or h[1] == 'scheduled' then
-      redis.call('ZREM', INFLIGHT, id)
+      zrem_later(INFLIGHT, id)
       if h[1] ~= 'submitting' then
         -- recovered after a lost lease, yet the submit did go out: record the truth
         redis.call('ZREM', LANE[h[3]] or LANE.normal, id)
@@ -420,7 +448,7 @@ for _ = 1, n do
     local key = nkey(id)
     local h = redis.call('HMGET', key, 'state', 'type')
     if h[1] == 'submitting' then
-      redis.call('ZREM', INFLIGHT, id)
+      zrem_later(INFLIGHT, id)
       if unknown == '1' then
         redis.call('HINCRBY', key, 'possible_duplicates', 1)
         count('possible_duplicate')
@@ -476,9 +504,11 @@ for _ = 1, n do
     end
     i = i + 5 + nc
   else
+    flush_sorted_sets()  -- the ops before it are applied: keep the in-flight set true
     return redis.error_reply('unknown outcome op ' .. tostring(op))
   end
 end
+flush_sorted_sets()
 return {{}, flat_counts(), partner_final}
 """
 
@@ -499,6 +529,7 @@ for _, id in ipairs(ids) do
     end
   end
 end
+flush_sorted_sets()
 return {{tostring(#ids)}, flat_counts(), partner_final}
 """
 
