@@ -101,9 +101,20 @@ class Daemon:
         return self.process.wait(timeout_seconds)
 
     def kill(self) -> None:
+        """SIGKILL: an embedded redis-server is left running, as after a crash (the next
+        start takes it over); use `stop` where no next start follows."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    def stop(self, timeout_seconds: float = 30.0) -> None:
+        """SIGTERM (the daemon stops its embedded redis-server), SIGKILL if it hangs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_seconds)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")

@@ -96,4 +96,4 @@ def test_v1_without_token_is_refused(tmp_path: Path, path: str) -> None:
         code, body = daemon.get(path)
         assert code == 401 and body["error"] == "unauthorized"
     finally:
-        daemon.kill()
+        daemon.stop()
