@@ -595,7 +595,10 @@ class Bench:
             pids = [g.pid for g in gateways]
             cpu_before = [cpu_seconds(pid) for pid in pids]
             waited_before = [runqueue_wait_seconds(pid) for pid in pids]
-            redis_cpu_before = cpu_seconds(self.redis_server.process.pid)  # type: ignore[union-attr]
+            redis_pid = self.redis_server.process.pid  # type: ignore[union-attr]
+            redis_cpu_before = cpu_seconds(redis_pid)
+            rewrite_cpu_before = cpu_seconds(redis_pid, children=True)
+            forks_before = (await self.redis.info("stats"))["total_forks"]
             own_before = cpu_seconds()
             await self.redis.config_resetstat()
             stats_before = await sim_stats(self.simulator)
@@ -609,10 +612,14 @@ class Bench:
             seen_at = time.time()
             cpu_after = [cpu_seconds(pid) for pid in pids]
             waited = sum(runqueue_wait_seconds(pid) - w for pid, w in zip(pids, waited_before, strict=True))
-            redis_cpu = cpu_seconds(self.redis_server.process.pid) - redis_cpu_before  # type: ignore[union-attr]
+            redis_cpu = cpu_seconds(redis_pid) - redis_cpu_before
             own_cpu = cpu_seconds() - own_before
             ids = await producing
             command_stats = await redis_command_stats(self.redis)
+            # AOF rewrites that started during the run (their forked child is counted once
+            # it has ended and been reaped, so a rewrite still running is not in the CPU).
+            aof_rewrites = (await self.redis.info("stats"))["total_forks"] - forks_before
+            rewrite_cpu = cpu_seconds(redis_pid, children=True) - rewrite_cpu_before
             stop_profiler(profiler)
             profiler = None
             rows = await wait_final(self.redis, self.keys, ids, final, 30 if complete else 5)
@@ -656,6 +663,8 @@ class Bench:
             "gateway_peak_rss_mb": round(max(peak_rss) / 2**20, 1),
             "gateway_runqueue_wait_seconds": round(waited, 2),
             "redis_cpu_seconds": round(redis_cpu, 2),
+            "redis_aof_rewrites": aof_rewrites,
+            "redis_aof_rewrite_cpu_seconds": round(rewrite_cpu, 2),
             "simulator_cpu_seconds": round(stats_after["cpu_seconds"] - stats_before["cpu_seconds"], 2),
             "load_generator_cpu_seconds": round(own_cpu, 2),
             "load_average_before": round(load_average, 2),
@@ -754,6 +763,9 @@ def run_kannel(n: int, repeat: int, workdir: Path) -> dict[str, Any]:
 async def run_all(bench: Bench, scenarios: list[str]) -> dict[str, Any]:
     args = bench.args
     await bench.connect()
+    for setting in args.redis_config:
+        name, _, value = setting.partition(" ")
+        await bench.redis.config_set(name, value)
     out: dict[str, Any] = {"runs": [], "latency": None, "queued": None, "two_processes": None}
     medians: dict[str, dict[str, Any]] = {}
     try:
@@ -814,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1000, help="XADD per pipeline (1,000)")
     parser.add_argument("--push-batch-size", type=int, default=0,
                         help="push.batch_size in the gateway's config (default: the schema's)")
+    parser.add_argument("--redis-config", action="append", default=[], metavar="'NAME VALUE'",
+                        help="CONFIG SET on redis-server before the runs (repeatable)")
     parser.add_argument("--receipt-parts", choices=("first", "every"), default="first",
                         help="carriers[].receipt_parts: first (as Kannel asks, the default here) or every part")
     parser.add_argument("--warmup", type=int, default=2000, help="notifications before each measured run")
