@@ -280,6 +280,20 @@ local n = tonumber(ARGV[FIRST + 2])
 local i = FIRST + 3
 local out = {}
 local acks = {}
+-- Duplicates are rare: one EXISTS over the whole batch says whether any id is known;
+-- only then is each id's state read (ids repeated within the batch are read too).
+local any_known = false
+do
+  local keys, j = {}, i
+  for _ = 1, n do
+    keys[#keys + 1] = nkey(ARGV[j])
+    j = j + 12 + tonumber(ARGV[j + 11])
+  end
+  for k = 1, #keys, 1000 do
+    if redis.call('EXISTS', unpack(keys, k, math.min(k + 999, #keys))) > 0 then any_known = true; break end
+  end
+end
+local seen = {}
 for _ = 1, n do
   local id, entry, retry, disp = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local due, lane, cap_key, cap = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
@@ -287,7 +301,9 @@ for _ = 1, n do
   local fstart = i + 12
   i = fstart + nf
   local key = nkey(id)
-  local st = redis.call('HGET', key, 'state')
+  local st = nil
+  if any_known or seen[id] then st = redis.call('HGET', key, 'state') end
+  seen[id] = true
   if st and not (st == 'rejected' or (retry == '1' and st == 'failed')) then
     out[#out + 1] = id; out[#out + 1] = st; out[#out + 1] = 'duplicate'
   else
