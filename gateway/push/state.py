@@ -35,6 +35,9 @@ outcome is recorded.  The live process renews its leases; after ``kill -9`` the 
 run out and `recover_expired_leases` puts such notifications back at the front of their
 lane, counting a possible duplicate (the submit may have reached the carrier while its
 response was lost).  Stale lane entries are harmless: a claim only takes ``queued`` ones.
+Each claim carries a token (recorded in the hash and in ``keys.claim(token)``); a claim
+sent again with the token of one whose reply was lost returns that batch instead of
+taking another, so a lost reply orphans nothing.
 
 Receipts find their notification through ``keys.message_id(carrier, id)`` ("<id> <part>")
 written when the submit is accepted.  A receipt that arrives before that (the carrier
@@ -49,6 +52,7 @@ created with ``decode_responses=True`` (as gateway/store/service.py does).
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +78,7 @@ __all__ = [
     "Claimed",
     "NotificationLedger",
     "OutcomeWriter",
+    "new_claim_token",
     "public_view",
 ]
 
@@ -97,6 +102,10 @@ _script_counters = {
     "receipt_early_applied": Counter(
         "gateway_push_receipts_early_applied_total",
         "Parked receipts applied when the submit response was recorded", registry=metrics.REGISTRY),
+    "claim_replayed": Counter(
+        "gateway_push_claims_replayed_total",
+        "Claims sent again after their reply was lost, answered with the batch they took",
+        registry=metrics.REGISTRY),
     "receipt_late": Counter(
         "gateway_push_receipts_ignored_total",
         "Receipts for notifications already final or gone (duplicates)", registry=metrics.REGISTRY),
@@ -367,8 +376,27 @@ local lease = tonumber(ARGV[FIRST + 2])
 local QUIET = ARGV[FIRST + 3]
 local quiet = tonumber(QUIET)
 local budget = tonumber(ARGV[FIRST + 4])
+local TOKEN, CLAIMKEY = ARGV[FIRST + 5], ARGV[FIRST + 6]
 local out = {}
 local total = 0
+local FIELDS = {'state', 'expires_at', 'to', 'text', 'attempts', 'failed_carriers', 'accepted_at', 'type',
+  'quiet_hours', 'claim', 'priority'}
+
+-- The same token again: the caller never saw this claim's reply (a connection lost, or
+-- redis-py retrying the call).  Give back what that claim took and still holds (not
+-- recovered after its lease, not claimed since by another token), and claim nothing new.
+local earlier = redis.call('LRANGE', CLAIMKEY, 0, -1)
+if #earlier > 0 then
+  for _, id in ipairs(earlier) do
+    local h = redis.call('HMGET', nkey(id), unpack(FIELDS))
+    if h[1] == 'submitting' and h[10] == TOKEN then
+      out[#out + 1] = {id, h[3] or '', h[4] or '', h[5] or '1', h[6] or '', h[7] or '0', h[8] or '', h[11] or 'normal'}
+    end
+  end
+  count('claim_replayed')
+  return {out, flat_counts(), partner_final}
+end
+local taken = {}
 
 local function take(lane, want)
   local claimed = 0
@@ -379,8 +407,7 @@ local function take(lane, want)
     for k = 1, #popped, 2 do
       local id = popped[k]
       local key = nkey(id)
-      local h = redis.call('HMGET', key, 'state', 'expires_at', 'to', 'text', 'attempts',
-        'failed_carriers', 'accepted_at', 'type', 'quiet_hours')
+      local h = redis.call('HMGET', key, unpack(FIELDS))
       if h[1] == 'queued' then
         local exp = tonumber(h[2] or '0') or 0
         if exp > 0 and exp <= now then
@@ -392,8 +419,10 @@ local function take(lane, want)
           redis.call('ZADD', SCHEDULED, quiet, id)
         else
           local attempts = (tonumber(h[5] or '0') or 0) + 1
-          transition(id, key, 'submitting', h[8], {'attempts', tostring(attempts)}, {'attempt', tostring(attempts)})
+          transition(id, key, 'submitting', h[8], {'attempts', tostring(attempts), 'claim', TOKEN},
+            {'attempt', tostring(attempts)})
           zadd_later(INFLIGHT, now + lease, id)
+          taken[#taken + 1] = id
           out[#out + 1] = {id, h[3] or '', h[4] or '', tostring(attempts), h[6] or '', h[7] or '0', h[8] or '', lane}
           claimed = claimed + 1
         end
@@ -413,6 +442,8 @@ take('bulk', reserve)
 take('high', n - total)
 take('normal', n - total)
 take('bulk', n - total)
+for k = 1, #taken, 1000 do redis.call('RPUSH', CLAIMKEY, unpack(taken, k, math.min(k + 999, #taken))) end
+if #taken > 0 then redis.call('EXPIRE', CLAIMKEY, math.ceil(2 * lease)) end
 flush_sorted_sets()
 return {out, flat_counts(), partner_final}
 """
@@ -638,6 +669,10 @@ class Claimed:
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+def new_claim_token() -> str:
+    return uuid.uuid4().hex
+
+
 def _fmt(value: float) -> str:
     # Times to the millisecond: enough for ordering and far below any timer we run.
     return f"{value:.3f}"
@@ -771,16 +806,23 @@ class NotificationLedger:
                 await pipe.execute()
 
     async def claim(self, n: int, *, now: float, lease_seconds: float, quiet_until: float,
-                    reserve: int = 0) -> list[Claimed]:
+                    reserve: int = 0, token: str | None = None) -> list[Claimed]:
         """Take up to `n` queued notifications, highest lane first, for submission.
 
         Expired ones become expired; quiet-hours types claimed inside quiet hours go back
         to scheduled (`quiet_until` is the end of the current window or 0).
+
+        `token` names this claim (a fresh one when None).  Called again with a token whose
+        claim did happen (its reply was lost on the way), it returns what that claim took
+        and still holds, and takes nothing new: a lost reply costs no lease wait and no
+        possible duplicate.
         """
         if n <= 0:
             return []
+        token = token or new_claim_token()
         payload = await self._run(self._claim, now, [n, reserve, _fmt(lease_seconds),
-                                                     _fmt(quiet_until), max(4 * n, 100)])
+                                                     _fmt(quiet_until), max(4 * n, 100),
+                                                     token, self.keys.claim(token)])
         rank = {"high": 0, "normal": 1, "bulk": 2}
         claimed = [Claimed(row[0], row[1], row[2], int(row[3]), tuple(row[4].split()) if row[4] else (),
                            float(row[5]), row[6], row[7]) for row in payload]

@@ -50,6 +50,7 @@ from gateway.push.state import (
     op_failed,
     op_retry,
     op_wait,
+    new_claim_token,
 )
 from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import wait_deferred
@@ -126,6 +127,7 @@ class Dispatcher:
         self._last_error: dict[str, str] = {}
         self._refill = max(1, min(batch_size, max_in_flight) // 4)
         self._idle_waiters: list[Deferred[None]] = []
+        self._claim_token: str | None = None  # set while a claim's outcome is unknown
         # Called with every SubmitAccepted (the partner door needs nothing; tests and
         # the bench may watch).
         self.on_submitted: Callable[[str, SubmitAccepted], None] | None = None
@@ -145,10 +147,15 @@ class Dispatcher:
         if n <= 0 or not self.router.any_bound():
             return 0
         now = self.clock.seconds()
+        # A claim that failed may have happened with its reply lost (Redis restarting,
+        # a connection cut): the next claim carries the same token and gets that batch.
+        token = self._claim_token or new_claim_token()
+        self._claim_token = token
         claimed = await self.ledger.claim(
             n, now=now, lease_seconds=self.lease_seconds, quiet_until=self.policy.quiet_until(now),
-            reserve=reserved_lower_lane_slots(n),
+            reserve=reserved_lower_lane_slots(n), token=token,
         )
+        self._claim_token = None
         with self._holding_submits():
             for item in claimed:
                 self._in_flight[item.id] = item

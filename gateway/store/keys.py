@@ -75,6 +75,12 @@ class Keys:
         """A receipt that arrived before its submit_sm_resp was recorded."""
         return f"{self.prefix}early-receipt:{carrier}:{message_id}"
 
+    def claim(self, token: str) -> str:
+        """The ids one claim call took (a list, kept for twice the lease): a claim sent
+        again with the same token, because its reply was lost, gets the same batch back
+        instead of a second one."""
+        return f"{self.prefix}claim:{token}"
+
     @property
     def early_receipts_parked(self) -> str:
         """Set (with the early receipts' TTL) whenever a receipt is parked: while it is

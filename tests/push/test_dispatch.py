@@ -4,6 +4,11 @@ backoff, dead-letter retry, and lease recovery after a crash."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from gateway.ports import SubmitFailed
 from gateway.push.deadletters import list_dead_letters, retry_dead_letters
 from gateway.push.intake import IntakeConsumer
@@ -204,6 +209,71 @@ async def test_lost_lease_puts_the_message_back_counting_a_possible_duplicate(re
         raw = await p.ledger.raw("crash")
         assert raw["state"] == "queued" and raw["possible_duplicates"] == "1"
         assert await p.redis.zrange(p.keys.lane("high"), 0, 0) == ["crash"]
+
+
+@on_asyncio
+async def test_claim_sent_again_with_its_token_gets_the_same_batch(redis_url: str) -> None:
+    """A claim repeated with its token (its reply was lost) returns the batch it took,
+    with the same attempt numbers, and takes nothing new from the lanes."""
+    async with pipeline(redis_url) as p:
+        await p.accept(*(code(f"c{i}", to=f"139{i:08d}") for i in range(5)))
+        first = await p.ledger.claim(3, now=p.clock.now, lease_seconds=30, quiet_until=0, token="t1")
+        again = await p.ledger.claim(3, now=p.clock.now, lease_seconds=30, quiet_until=0, token="t1")
+        assert [c.id for c in first] == [c.id for c in again] == ["c0", "c1", "c2"]
+        assert [c.attempts for c in again] == [1, 1, 1] and again[0].digits == "13900000000"
+        assert await p.redis.zcard(p.keys.lane("high")) == 2
+        fresh = await p.ledger.claim(3, now=p.clock.now, lease_seconds=30, quiet_until=0, token="t2")
+        assert [c.id for c in fresh] == ["c3", "c4"]
+
+
+@on_asyncio
+async def test_claim_replayed_after_its_lease_ran_out_gives_nothing_back(redis_url: str) -> None:
+    """Once recovery has put a lost claim's batch back and another claim took it, the old
+    token returns nothing: the batch is never submitted twice by token."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("late"))
+        await p.ledger.claim(1, now=p.clock.now, lease_seconds=30, quiet_until=0, token="old")
+        assert await p.ledger.recover_expired_leases(now=p.clock.now + 31) == 1
+        taken = await p.ledger.claim(1, now=p.clock.now + 31, lease_seconds=30, quiet_until=0, token="new")
+        assert [c.id for c in taken] == ["late"]
+        assert await p.ledger.claim(1, now=p.clock.now + 32, lease_seconds=30, quiet_until=0, token="old") == []
+
+
+class ReplyLostLedger:
+    """The ledger, except that the first claim runs in Redis and then its reply is lost
+    (as when the connection drops or redis-server restarts right after the script)."""
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+        self.lost = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ledger, name)
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        claimed = await self.ledger.claim(*args, **kwargs)
+        if not self.lost:
+            self.lost = len(claimed)
+            raise RedisConnectionError("Connection closed by server.")
+        return claimed
+
+
+@on_asyncio
+async def test_claim_whose_reply_was_lost_is_submitted_once_without_waiting(redis_url: str) -> None:
+    """The dispatcher's next claim carries the lost claim's token, so that batch goes out
+    at once, each message once, and no possible duplicate is counted."""
+    async with pipeline(redis_url) as p:
+        await p.accept(*(code(f"m{i}", to=f"139{i:08d}") for i in range(4)))
+        p.dispatcher.ledger = ReplyLostLedger(p.ledger)  # type: ignore[assignment]
+        with pytest.raises(RedisConnectionError):
+            await p.dispatcher.dispatch_once()
+        assert p.dispatcher.ledger.lost == 4  # type: ignore[attr-defined]
+        await p.dispatch_all()
+        assert sorted(sms.reference for sms in p.links[0].submitted) == ["m0", "m1", "m2", "m3"]
+        for i in range(4):
+            raw = await p.ledger.raw(f"m{i}")
+            assert raw["state"] == "submitted" and raw["attempts"] == "1" and "possible_duplicates" not in raw
+        assert await p.redis.zcard(p.keys.inflight) == 0
 
 
 @on_asyncio
