@@ -227,6 +227,7 @@ class PushConfig:
     claim_idle_seconds: float = setting(60.0, help="pending intake entries idle this long are claimed again (XAUTOCLAIM)", unit="s", minimum=1, maximum=86400)
     retention_days: float = setting(30.0, help="how long notification state is kept", unit="days", minimum=0.01, maximum=3650)
     max_attempts: int = setting(5, help="submit attempts before a transient failure becomes final", minimum=1, maximum=100)
+    max_link_losses: int = setting(20, help="times a submit may be cut off by its link going away (lost, not bound) without spending an attempt; beyond that each counts as one", minimum=0, maximum=1000)
     retry_initial_seconds: float = setting(2.0, help="first retry delay", unit="s", minimum=0.01, maximum=3600)
     retry_max_seconds: float = setting(300.0, help="retry delay cap", unit="s", minimum=0.01, maximum=86400)
     daily_cap_bulk: int = setting(3, help="bulk reminders per number per day", minimum=1, maximum=1000)

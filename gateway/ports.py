@@ -49,16 +49,20 @@ class SubmitFailed(Exception):
     transient=False: the carrier refused this message (bad destination, too long, ...).
     `response_unknown` is True when a submit_sm went out but no response came back
     (timeout or link loss): a retry may then duplicate it, and the pipeline counts that.
+    `link_down` is True when the link went away (lost, not bound, stopping): that says
+    nothing about this message, so the pipeline does not spend one of its attempts.
     """
 
     def __init__(
-        self, reason: str, *, transient: bool, status: str = "", response_unknown: bool = False
+        self, reason: str, *, transient: bool, status: str = "", response_unknown: bool = False,
+        link_down: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.transient = transient
         self.status = status
         self.response_unknown = response_unknown
+        self.link_down = link_down
 
 
 @dataclass(frozen=True)

@@ -489,11 +489,23 @@ for _ = 1, n do
     else
       count('outcome_ignored')
     end
-  elseif op == 'R' or op == 'W' or op == 'F' then
+  elseif op == 'R' or op == 'W' or op == 'F' or op == 'L' then
     local id, due, err, unknown = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     i = i + 5
     local key = nkey(id)
     local h = redis.call('HMGET', key, 'state', 'type')
+    local free_reason = 'no_carrier'
+    if op == 'L' then
+      -- link down: free while link_losses <= the cap, else the op that follows applies
+      -- (its name, id, due, error, unknown: ARGV[i + 1 .. i + 5])
+      local cap = tonumber(ARGV[i])
+      if h[1] == 'submitting' and redis.call('HINCRBY', key, 'link_losses', 1) <= cap then
+        op, free_reason = 'W', 'link_down'
+      else
+        op, due, err, unknown = ARGV[i + 1], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+      end
+      i = i + 6
+    end
     if h[1] == 'submitting' then
       zrem_later(INFLIGHT, id)
       if unknown == '1' then
@@ -506,9 +518,9 @@ for _ = 1, n do
       else
         local why = 'retry'
         if op == 'W' then
-          -- no carrier could take it: waiting is not an attempt
+          -- no carrier could take it, or its link went away: not an attempt
           redis.call('HINCRBY', key, 'attempts', -1)
-          why = 'no_carrier'
+          why = free_reason
         end
         transition(id, key, 'scheduled', h[2], {'due_at', due, 'scheduled_reason', why, 'error', err},
           {'due_at', due, 'scheduled_reason', why, 'error', err})
@@ -884,6 +896,15 @@ def op_wait(notification_id: str, due_at: float, error: str) -> tuple[Any, ...]:
 
 def op_failed(notification_id: str, error: str, response_unknown: bool) -> tuple[Any, ...]:
     return ("F", notification_id, "0", error, "1" if response_unknown else "0")
+
+
+def op_link_down(notification_id: str, due_at: float, error: str, response_unknown: bool,
+                 max_link_losses: int, otherwise: Sequence[Any]) -> tuple[Any, ...]:
+    """The link went away under the submit: scheduled again without spending an attempt
+    while the notification's ``link_losses`` stay within `max_link_losses`; beyond that
+    `otherwise` (an op_retry or op_failed for the same id) applies."""
+    return ("L", notification_id, _fmt(due_at), error, "1" if response_unknown else "0",
+            max_link_losses, *otherwise)
 
 
 def op_carrier_refused(notification_id: str, carrier: str, error: str) -> tuple[Any, ...]:

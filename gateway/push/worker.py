@@ -48,6 +48,7 @@ from gateway.push.state import (
     op_accepted,
     op_carrier_refused,
     op_failed,
+    op_link_down,
     op_retry,
     op_wait,
     new_claim_token,
@@ -108,7 +109,7 @@ class Dispatcher:
                  clock: Any, *, policy: QuietHoursPolicy, max_in_flight: int = 2000,
                  batch_size: int = 200, max_attempts: int = 5, retry_initial_seconds: float = 2.0,
                  retry_max_seconds: float = 300.0, lease_seconds: float = 30.0,
-                 no_carrier_wait_seconds: float = 5.0) -> None:
+                 no_carrier_wait_seconds: float = 5.0, max_link_losses: int = 20) -> None:
         self.ledger = ledger
         self.writer = writer
         self.router = router
@@ -121,6 +122,7 @@ class Dispatcher:
         self.retry_max_seconds = retry_max_seconds
         self.lease_seconds = lease_seconds
         self.no_carrier_wait_seconds = no_carrier_wait_seconds
+        self.max_link_losses = max_link_losses
         self.waker = Waker(clock)
         self._in_flight: dict[str, Claimed] = {}
         self._refused: dict[str, set[str]] = {}
@@ -221,6 +223,15 @@ class Dispatcher:
         # Some parts of a long message were accepted before another failed: sending it
         # again repeats those parts, which is a possible duplicate too.
         partly_sent = bool(getattr(error, "accepted_message_ids", ()))
+        if error.transient and getattr(error, "link_down", False) and self.max_link_losses:
+            # The link went away under it: retry soon without spending an attempt, up to
+            # max_link_losses times (then it counts, so a message that brings links
+            # down cannot loop for ever).
+            self._record(item.id, op_link_down(
+                item.id, self.clock.seconds() + self.retry_initial_seconds, text,
+                error.response_unknown or partly_sent, self.max_link_losses,
+                self._transient_op(item, text, error.response_unknown or partly_sent)))
+            return
         if error.transient:
             self._transient(item, text, error.response_unknown or partly_sent)
             return
@@ -231,11 +242,14 @@ class Dispatcher:
         self._submit(item)
 
     def _transient(self, item: Claimed, error: str, response_unknown: bool) -> None:
+        self._record(item.id, self._transient_op(item, error, response_unknown))
+
+    def _transient_op(self, item: Claimed, error: str, response_unknown: bool) -> tuple[Any, ...]:
+        """Retry with backoff, or failed once max_attempts submits were made."""
         if item.attempts >= self.max_attempts:
-            self._record(item.id, op_failed(item.id, error, response_unknown))
-        else:
-            delay = retry_delay_seconds(item.attempts, self.retry_initial_seconds, self.retry_max_seconds)
-            self._record(item.id, op_retry(item.id, self.clock.seconds() + delay, error, response_unknown))
+            return op_failed(item.id, error, response_unknown)
+        delay = retry_delay_seconds(item.attempts, self.retry_initial_seconds, self.retry_max_seconds)
+        return op_retry(item.id, self.clock.seconds() + delay, error, response_unknown)
 
     def _record(self, notification_id: str, op: Any) -> None:
         self._refused.pop(notification_id, None)

@@ -174,9 +174,14 @@ class LinkSubmitFailed(SubmitFailed):
         accepted_message_ids: tuple[str, ...] = (),
     ) -> None:
         super().__init__(
-            reason, transient=transient, status=status, response_unknown=response_unknown
+            reason, transient=transient, status=status, response_unknown=response_unknown,
+            link_down=reason in LINK_DOWN_REASONS,
         )
         self.accepted_message_ids = accepted_message_ids
+
+
+# Failures that come from the link going away, not from the carrier judging the message.
+LINK_DOWN_REASONS = frozenset({"link lost", "not bound", "link stopping"})
 
 
 class _Submit:

@@ -160,7 +160,8 @@ def points(notification_id: str, to: str = CMCC_NUMBER, **extra: Any) -> dict[st
 @asynccontextmanager
 async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, now: float = MORNING,
                    daily_cap_bulk: int = 3, max_attempts: int = 3, max_in_flight: int = 2000,
-                   batch_size: int = 200, retention_seconds: float = 86_400.0) -> AsyncIterator[Pipeline]:
+                   batch_size: int = 200, retention_seconds: float = 86_400.0,
+                   max_link_losses: int = 20) -> AsyncIterator[Pipeline]:
     redis = Redis.from_url(redis_url, decode_responses=True)
     keys = Keys()
     clock = ManualClock(now)
@@ -174,7 +175,8 @@ async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, n
     intake = Intake(ledger, lambda: templates, POLICY, clock, daily_cap_bulk=daily_cap_bulk)
     dispatcher = Dispatcher(ledger, writer, PrefixRouter(links), clock, policy=POLICY,
                             max_in_flight=max_in_flight, batch_size=batch_size,
-                            max_attempts=max_attempts, retry_initial_seconds=2, retry_max_seconds=60)
+                            max_attempts=max_attempts, retry_initial_seconds=2, retry_max_seconds=60,
+                            max_link_losses=max_link_losses)
     try:
         yield Pipeline(redis, keys, clock, templates, ledger, writer, intake, dispatcher,
                        ReceiptRecorder(writer), links)

@@ -163,6 +163,52 @@ async def test_transient_failures_retry_with_backoff_then_fail(redis_url: str) -
         assert len(p.links[0].submitted) == 3
 
 
+def link_lost() -> SubmitFailed:
+    return SubmitFailed("link lost", transient=True, response_unknown=True, link_down=True)
+
+
+async def retry_due(p: Any, seconds: float = 2.0) -> None:
+    p.clock.advance(seconds)
+    await p.ledger.promote_due(now=p.clock.now)
+    await p.dispatch_all()
+
+
+@on_asyncio
+async def test_link_going_away_does_not_spend_attempts(redis_url: str) -> None:
+    """Five submits cut off by lost links, then one accepted: submitted on its first
+    attempt, each cut-off scheduled 2 s later as link_down and counted as a possible
+    duplicate (the submit_sm may have reached the carrier)."""
+    async with pipeline(redis_url, max_attempts=3) as p:
+        p.links[0].script = [link_lost() for _ in range(5)]
+        await p.accept(code("flap"))
+        await p.dispatch_all()
+        raw = await p.ledger.raw("flap")
+        assert raw["state"] == "scheduled" and raw["scheduled_reason"] == "link_down"
+        assert float(raw["due_at"]) == p.clock.now + 2 and raw["attempts"] == "0"
+        for _ in range(5):
+            await retry_due(p)
+        raw = await p.ledger.raw("flap")
+        assert raw["state"] == "submitted" and raw["attempts"] == "1"
+        assert raw["link_losses"] == "5" and raw["possible_duplicates"] == "5"
+        assert len(p.links[0].submitted) == 6
+
+
+@on_asyncio
+async def test_link_losses_beyond_the_cap_spend_attempts_until_failed(redis_url: str) -> None:
+    """With max_link_losses 2, the third cut-off counts as an attempt: a link that never
+    holds ends the notification failed after 2 free and 3 counted submits."""
+    async with pipeline(redis_url, max_attempts=3, max_link_losses=2) as p:
+        p.links[0].script = [link_lost() for _ in range(10)]
+        await p.accept(code("doomed"))
+        await p.dispatch_all()
+        for _ in range(6):
+            await retry_due(p, 60)
+        raw = await p.ledger.raw("doomed")
+        assert raw["state"] == "failed" and raw["error"] == "cmcc: link lost"
+        assert raw["attempts"] == "3" and raw["link_losses"] == "5"
+        assert len(p.links[0].submitted) == 5
+
+
 @on_asyncio
 async def test_unknown_response_counts_a_possible_duplicate(redis_url: str) -> None:
     """A submit whose response never came is retried and flagged as a possible duplicate."""
