@@ -45,13 +45,13 @@ from gateway.push.state import (
     Claimed,
     NotificationLedger,
     OutcomeWriter,
+    new_claim_token,
     op_accepted,
     op_carrier_refused,
     op_failed,
     op_link_down,
     op_retry,
     op_wait,
-    new_claim_token,
 )
 from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import wait_deferred
@@ -223,7 +223,7 @@ class Dispatcher:
         # Some parts of a long message were accepted before another failed: sending it
         # again repeats those parts, which is a possible duplicate too.
         partly_sent = bool(getattr(error, "accepted_message_ids", ()))
-        if error.transient and getattr(error, "link_down", False) and self.max_link_losses:
+        if error.transient and error.link_down and self.max_link_losses:
             # The link went away under it: retry soon without spending an attempt, up to
             # max_link_losses times (then it counts, so a message that brings links
             # down cannot loop for ever).
