@@ -44,14 +44,15 @@ def assert_nothing_lost(result: Tally) -> None:
 async def test_carrier_drops_the_link_every_500_pdus(tmp_path: Path) -> None:
     """20,000 notifications while both carriers cut the TCP connection at every 500th PDU
     (the dropped PDU is processed, its response never sent): nothing is lost, every copy
-    a carrier got twice is one the gateway recorded as response-unknown, and what did not
-    get through within five attempts is failed with the link error as its reason."""
+    a carrier got twice is one the gateway recorded as response-unknown, and a lost link
+    spends no attempt (push.max_link_losses), so nearly everything is delivered; what is
+    not is failed with a link or timeout error as its reason."""
     result = await scenario_link_drops(tmp_path, n=20_000, drop_after_pdus=500)
     assert_nothing_lost(result)
     why = result.line()
     assert result.faults.get("cmcc.dropped_connections", 0) >= 10, why
     assert result.faults.get("cucc.dropped_connections", 0) >= 10, why
-    assert result.delivered >= 0.9 * result.accepted, why
+    assert result.delivered >= 0.99 * result.accepted, why
     assert set(result.failed) <= {"failed"}, why
     assert all("link lost" in reason or "not received in time" in reason for reason in result.failure_reasons), why
 
