@@ -82,6 +82,10 @@ class RedisServerProcess:
             "--unixsocket", str(self.socket_path.resolve()),
             "--unixsocketperm", "700",
             "--appendonly", "yes" if self.appendonly else "no",
+            # A notification hash holds its text (up to ~1 KB of UTF-8 Chinese): compact
+            # (listpack) encoding up to 1 KB values halves its memory, 2.7 → 1.4 KB with
+            # its events, at the same CPU.  The ziplist name works on 6.2 and 7.x.
+            "--hash-max-ziplist-value", "1024",
             "--appendfsync", "everysec",
             "--save", "",
             "--daemonize", "no",

@@ -22,3 +22,16 @@ def test_xreadgroup_reply_gives_the_entries_in_order(redis_url: str, protocol: i
         assert stream_entries(client.xreadgroup("g", "c", {"s": ">"}, count=10)) == []
     finally:
         client.close()
+
+
+def test_embedded_server_keeps_notification_hashes_compact(redis_url: str) -> None:
+    """The embedded redis-server stores a hash with a 1 KB value as a listpack (ziplist on
+    6.2), not a hash table: half the memory per notification (gateway/store/embedded.py)."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        client.hset("12123:notification:{compact}", mapping={"state": "queued", "text": "【交管12123】" + "您" * 300})
+        assert client.object("encoding", "12123:notification:{compact}") in (b"listpack", b"ziplist")
+    finally:
+        client.close()
