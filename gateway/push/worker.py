@@ -18,11 +18,18 @@ turn, not per message):
   2**(attempt-1)`` (capped at ``retry_max_seconds``) until ``max_attempts`` submits were
   made, then failed with the last error.  ``response_unknown`` (a timeout or a lost link
   after submit_sm went out) counts a possible duplicate.
+* ``SubmitFailed(link_down=True)``: the link went away under the submit (lost, not
+  bound, stopping), which says nothing about the message: scheduled again after
+  ``retry_initial_seconds`` without spending an attempt, ``max_link_losses`` times; after
+  that like any transient failure.
 * ``SubmitFailed(transient=False)``: this carrier refused this message; fail over at once
   to the next bound carrier the router offers.  When none is bound but one exists, wait
   (scheduled, no attempt used); when every carrier refused, failed.
 
-No carrier bound at all: nothing is claimed (the lanes keep the work).  Nothing is
+Each claim carries a token; when a claim fails, the next one reuses it, so a claim whose
+reply was lost (the script ran, the connection did not survive) hands back its batch
+instead of leaving it to its lease.  No carrier bound at all: nothing is claimed (the
+lanes keep the work).  Nothing is
 logged per message at info level; failures of whole batches and bugs are.
 """
 
