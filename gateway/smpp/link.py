@@ -171,17 +171,14 @@ class LinkSubmitFailed(SubmitFailed):
         transient: bool,
         status: str = "",
         response_unknown: bool = False,
+        link_down: bool = False,
         accepted_message_ids: tuple[str, ...] = (),
     ) -> None:
         super().__init__(
             reason, transient=transient, status=status, response_unknown=response_unknown,
-            link_down=reason in LINK_DOWN_REASONS,
+            link_down=link_down,
         )
         self.accepted_message_ids = accepted_message_ids
-
-
-# Failures that come from the link going away, not from the carrier judging the message.
-LINK_DOWN_REASONS = frozenset({"link lost", "not bound", "link stopping"})
 
 
 class _Submit:
@@ -194,7 +191,8 @@ class _Submit:
         self.message_ids: list[str | None] = [None] * parts
         self.remaining = parts  # parts without a message id
         self.in_flight = 0  # parts sent and not answered
-        self.failure: list[Any] | None = None  # [reason, transient, status, response_unknown]
+        # [reason, transient, status, response_unknown, link_down]
+        self.failure: list[Any] | None = None
         self.receipt_parts: int | None = None  # leading parts asking for a receipt (None: all)
 
 
@@ -461,9 +459,9 @@ class CarrierLink(MultiService):
     def submit(self, sms: OutboundSms) -> Deferred[SubmitAccepted]:
         """Submit ``sms``; fires SubmitAccepted or fails with LinkSubmitFailed."""
         if self._stopping:
-            return fail(LinkSubmitFailed("link stopping", transient=True))
+            return fail(LinkSubmitFailed("link stopping", transient=True, link_down=True))
         if not self.is_bound():
-            return fail(LinkSubmitFailed("not bound", transient=True))
+            return fail(LinkSubmitFailed("not bound", transient=True, link_down=True))
         config = self.config
         self._reference = (self._reference + 1) & 0xFFFF
         try:
@@ -629,7 +627,7 @@ class CarrierLink(MultiService):
                 job, "submit_sm_resp not received in time", transient=True, response_unknown=True
             )
         elif cls is RequestAbandoned:
-            self._part_failed(job, "link lost", transient=True, response_unknown=True)
+            self._part_failed(job, "link lost", transient=True, response_unknown=True, link_down=True)
         self._pump()
 
     def _resubmit(self, job: _PartJob) -> None:
@@ -637,7 +635,7 @@ class CarrierLink(MultiService):
         if job.submit.failure is not None:
             return
         if not self._transmitters:
-            self._part_failed(job, "link lost", transient=True)
+            self._part_failed(job, "link lost", transient=True, link_down=True)
             return
         self._queue.appendleft(job)
         self._pump()
@@ -650,20 +648,22 @@ class CarrierLink(MultiService):
         transient: bool,
         status: str = "",
         response_unknown: bool = False,
+        link_down: bool = False,
     ) -> None:
         submit = job.submit
         if submit.failure is None:
-            submit.failure = [reason, transient, status, response_unknown]
+            submit.failure = [reason, transient, status, response_unknown, link_down]
         else:
             failure = submit.failure
             failure[1] = failure[1] and transient
             failure[3] = failure[3] or response_unknown
+            failure[4] = failure[4] and link_down  # only when the link alone stopped it
         if submit.in_flight == 0 and not submit.deferred.called:
             self._settle_failed(submit)
 
     def _settle_failed(self, submit: _Submit) -> None:
         assert submit.failure is not None
-        reason, transient, status, response_unknown = submit.failure
+        reason, transient, status, response_unknown, link_down = submit.failure
         self._active_submits -= 1
         submit.deferred.errback(
             LinkSubmitFailed(
@@ -671,17 +671,19 @@ class CarrierLink(MultiService):
                 transient=transient,
                 status=status,
                 response_unknown=response_unknown,
+                link_down=link_down,
                 accepted_message_ids=tuple(m for m in submit.message_ids if m is not None),
             )
         )
         self._check_drained()
 
     def _fail_queued(self, reason: str) -> None:
-        """Fail every submit with parts still waiting in the FIFO (never sent: no duplicates)."""
+        """Fail every submit with parts still waiting in the FIFO (never sent: no
+        duplicates) because the link went away (lost or stopping)."""
         queue, self._queue = self._queue, deque()
         for job in queue:
             if job.submit.failure is None:
-                self._part_failed(job, reason, transient=True)
+                self._part_failed(job, reason, transient=True, link_down=True)
 
     def _count_response(self, status: int, elapsed: float) -> None:
         counter = self._response_counters.get(status)

@@ -348,6 +348,7 @@ def test_submit_when_not_bound_fails_transient() -> None:
     link, _, _, _ = start_link()
     failure = result_of(link.submit(OutboundSms("n1", CITIZEN, "hi")))
     assert failure.value.transient is True and failure.value.response_unknown is False
+    assert failure.value.link_down is True  # says nothing about the message
 
 
 def test_submit_timeout_is_transient_and_response_unknown() -> None:
@@ -360,6 +361,7 @@ def test_submit_timeout_is_transient_and_response_unknown() -> None:
     failure = result_of(d)
     assert failure.check(LinkSubmitFailed)
     assert (failure.value.transient, failure.value.response_unknown) == (True, True)
+    assert failure.value.link_down is False  # the link is up: this attempt counts
 
 
 def test_link_lost_mid_window_fails_every_outstanding_submit() -> None:
@@ -376,7 +378,7 @@ def test_link_lost_mid_window_fails_every_outstanding_submit() -> None:
     assert results[0] == SubmitAccepted("cmcc", ("ok0",))
     unknown = [r.value.response_unknown for r in results[1:]]
     assert unknown == [True, True, True, False]
-    assert all(r.value.transient for r in results[1:])
+    assert all(r.value.transient and r.value.link_down for r in results[1:])
 
 
 def test_full_window_queues_and_a_response_sends_the_next() -> None:
