@@ -148,14 +148,23 @@ local function msgkey(c, m) return MH .. c .. MM .. m .. MT end
 local function earlykey(c, m) return EH .. c .. EM .. m .. ET end
 local function count(what) counts[what] = (counts[what] or 0) + 1 end
 
--- Lanes are sorted sets scored by a global sequence: FIFO within a lane, across
--- processes, and re-adding an id never makes a second entry.  Sequence numbers are
--- reserved 256 at a time (gaps are harmless).
 -- Sorted-set adds and removals a script makes per notification are collected and sent
 -- as one variadic ZADD / ZREM per key when the script ends (flush_sorted_sets): each
 -- redis.call costs more than the member it carries.  Only for keys the script does not
 -- read afterwards (lanes in accept and promote, the in-flight set in claim and
 -- outcomes); adds go before removals, and no script does both to one member.
+-- redis.call(cmd, ..., list items) a chunk of `size` items at a time (unpack and the Lua
+-- stack cap how many arguments one call takes); returns the replies in order.
+local function call_chunked(size, list, cmd, ...)
+  local replies = {}
+  for k = 1, #list, size do
+    local args = {cmd, ...}
+    for j = k, math.min(k + size - 1, #list) do args[#args + 1] = list[j] end
+    replies[#replies + 1] = redis.call(unpack(args))
+  end
+  return replies
+end
+
 local zadds, zrems = {}, {}
 local function zadd_later(key, score, member)
   local t = zadds[key]
@@ -168,15 +177,14 @@ local function zrem_later(key, member)
   t[#t + 1] = member
 end
 local function flush_sorted_sets()
-  for key, t in pairs(zadds) do
-    for k = 1, #t, 2000 do redis.call('ZADD', key, unpack(t, k, math.min(k + 1999, #t))) end
-  end
-  for key, t in pairs(zrems) do
-    for k = 1, #t, 1000 do redis.call('ZREM', key, unpack(t, k, math.min(k + 999, #t))) end
-  end
+  for key, t in pairs(zadds) do call_chunked(2000, t, 'ZADD', key) end
+  for key, t in pairs(zrems) do call_chunked(1000, t, 'ZREM', key) end
   zadds, zrems = {}, {}
 end
 
+-- Lanes are sorted sets scored by a global sequence: FIFO within a lane, across
+-- processes, and re-adding an id never makes a second entry.  Sequence numbers are
+-- reserved 256 at a time (gaps are harmless).
 local seq_next, seq_last = 1, 0
 local function lane_push(lane, id)
   if seq_next > seq_last then
@@ -298,8 +306,8 @@ do
     keys[#keys + 1] = nkey(ARGV[j])
     j = j + 12 + tonumber(ARGV[j + 11])
   end
-  for k = 1, #keys, 1000 do
-    if redis.call('EXISTS', unpack(keys, k, math.min(k + 999, #keys))) > 0 then any_known = true; break end
+  for _, known in ipairs(call_chunked(1000, keys, 'EXISTS')) do
+    if known > 0 then any_known = true end
   end
 end
 local seen = {}
@@ -361,10 +369,8 @@ for _ = 1, n do
   if entry ~= '' then acks[#acks + 1] = entry end
 end
 -- Acknowledged and deleted by the script that recorded them, one command each per batch.
-for k = 1, #acks, 1000 do
-  redis.call('XACK', stream, group, unpack(acks, k, math.min(k + 999, #acks)))
-  redis.call('XDEL', stream, unpack(acks, k, math.min(k + 999, #acks)))
-end
+call_chunked(1000, acks, 'XACK', stream, group)
+call_chunked(1000, acks, 'XDEL', stream)
 flush_sorted_sets()
 return {out, flat_counts(), partner_final}
 """
@@ -442,7 +448,7 @@ take('bulk', reserve)
 take('high', n - total)
 take('normal', n - total)
 take('bulk', n - total)
-for k = 1, #taken, 1000 do redis.call('RPUSH', CLAIMKEY, unpack(taken, k, math.min(k + 999, #taken))) end
+call_chunked(1000, taken, 'RPUSH', CLAIMKEY)
 if #taken > 0 then redis.call('EXPIRE', CLAIMKEY, math.ceil(2 * lease)) end
 flush_sorted_sets()
 return {out, flat_counts(), partner_final}

@@ -60,6 +60,21 @@ async def test_same_id_twice_is_one_notification(redis_url: str) -> None:
 
 
 @on_asyncio
+async def test_batch_larger_than_one_redis_call_is_accepted_whole_and_in_order(redis_url: str) -> None:
+    """2,500 requests in one accept: the script sends its lane adds and its duplicate
+    check in chunks (1,000 / 2,000 per call), and every request is queued once, in order;
+    the same batch again, with one new id last, is answered as 2,500 duplicates and 1 new."""
+    async with pipeline(redis_url) as p:
+        batch = [code(f"big-{i:04d}", to=f"139{i:08d}") for i in range(2500)]
+        outcomes = await p.accept(*batch)
+        assert [o.state for o in outcomes] == ["queued"] * 2500
+        assert await p.redis.zrange(p.keys.lane("high"), 0, -1) == [f"big-{i:04d}" for i in range(2500)]
+        again = await p.accept(*batch, code("big-new"))
+        assert [o.duplicate for o in again] == [True] * 2500 + [False]
+        assert await p.redis.zcard(p.keys.lane("high")) == 2501
+
+
+@on_asyncio
 async def test_rejections_are_recorded_with_reason_and_dead_lettered(redis_url: str) -> None:
     """A bad request becomes state rejected with its reason, listed in the dead letters."""
     async with pipeline(redis_url) as p:
