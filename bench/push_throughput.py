@@ -17,7 +17,7 @@ Set-up (the benchmark's theory of operation)
   every message has reached the SMSC and every receipt has been acknowledged;
 * the gateway in its own process, ``python -m gateway run`` with a generated config:
   that Redis, one carrier (``--sessions`` transceivers, ``--window`` each, tps_limit
-  100,000, ``registered_delivery`` 1, or 0 for the no-receipt scenario), HTTP for
+  ``--tps-limit`` (100,000: no throttle), ``registered_delivery`` 1, or 0 for the no-receipt scenario), HTTP for
   /readyz, no SMPP listener, no FastAGI, no AMI, JSON logs at info level to a file.
   A fresh gateway per run, so its CPU and peak RSS are the run's;
 * this process is the load: redis-py asyncio, XADD in pipelined batches of
@@ -58,7 +58,9 @@ Scenarios (``--scenario``, repeatable; default all)
 paced at ``--rate``/s for ``--latency-seconds`` · ``queued-1m`` ``--queued`` (1,000,000)
 notifications accepted while the carrier link is down: gateway RSS with them queued ·
 ``two-processes`` chinese through two gateway processes sharing the consumer group,
-against one.
+against one.  With ``--tps-limit 1500`` (submit_sm per second, so 750 two-part
+messages) each process's binds, not the machine's two cores, are the limit (a carrier's
+per-connection flow control): what adding a process buys in production.
 
 ``--repeat R`` runs each throughput scenario R times and reports the median run (by
 throughput).  Unless ``--skip-kannel`` (implied by ``--quick``), bench/vs_kannel.sh then
@@ -277,6 +279,7 @@ class GatewaySettings:
     carrier_port: int = 0
     push_batch_size: int = 0  # 0: the schema's default
     receipt_parts: str = "first"  # as Kannel asks: a receipt for part 1 of a long message
+    tps_limit: int = 100_000  # per process: each has its own binds and its own bucket
 
 
 def gateway_config(redis_url: str, http_port: int, workdir: Path, templates_path: Path,
@@ -288,7 +291,7 @@ def gateway_config(redis_url: str, http_port: int, workdir: Path, templates_path
             "name": "sim", "host": "127.0.0.1", "port": settings.carrier_port,
             "system_id": SMSC_ACCOUNT[0], "password": SMSC_ACCOUNT[1],
             "bind_mode": "transceiver", "sessions": settings.sessions, "window": settings.window,
-            "tps_limit": 100_000, "registered_delivery": 1 if settings.receipts else 0,
+            "tps_limit": settings.tps_limit, "registered_delivery": 1 if settings.receipts else 0,
             "receipt_parts": settings.receipt_parts,
             "reconnect_max_seconds": 2,
             "prefixes": ["13", "14", "15", "16", "17", "18", "19"],
@@ -554,7 +557,8 @@ class Bench:
     def settings(self, scenario: Scenario, carrier_port: int | None = None) -> GatewaySettings:
         return GatewaySettings(sessions=self.args.sessions, window=self.args.window, receipts=scenario.receipts,
                                carrier_port=self.simulator.smpp_port if carrier_port is None else carrier_port,
-                               push_batch_size=self.args.push_batch_size, receipt_parts=self.args.receipt_parts)
+                               push_batch_size=self.args.push_batch_size, receipt_parts=self.args.receipt_parts,
+                               tps_limit=self.args.tps_limit)
 
     def start_gateways(self, scenario: Scenario, label: str, processes: int,
                        carrier_port: int | None = None) -> list[Gateway]:
@@ -827,6 +831,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="push.batch_size in the gateway's config (default: the schema's)")
     parser.add_argument("--redis-config", action="append", default=[], metavar="'NAME VALUE'",
                         help="CONFIG SET on redis-server before the runs (repeatable)")
+    parser.add_argument("--tps-limit", type=int, default=100_000,
+                        help="carriers[].tps_limit of each gateway process (100,000: no throttle); "
+                             "e.g. 1500 to measure two processes where each one's binds are the limit")
     parser.add_argument("--receipt-parts", choices=("first", "every"), default="first",
                         help="carriers[].receipt_parts: first (as Kannel asks, the default here) or every part")
     parser.add_argument("--warmup", type=int, default=2000, help="notifications before each measured run")
@@ -898,7 +905,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "setup": {
             "gateway": "python -m gateway run (own process), one carrier, state tracking on",
-            "sessions": args.sessions, "window": args.window, "tps_limit": 100_000,
+            "sessions": args.sessions, "window": args.window, "tps_limit": args.tps_limit,
             "push_batch_size": args.push_batch_size or "default", "receipt_parts": args.receipt_parts,
             "redis": "redis-server, appendonly everysec, FLUSHALL per run",
             "simulator": "bench/run_simulator.py --no-record-texts --receipt-delay 0.1 --deliver-window 100",
