@@ -8,7 +8,7 @@
 Each scenario runs the real daemon (`gateway run --log-format json`, its own process)
 against in-process carrier simulators and a real redis-server, XADDs N notifications and
 counts them once they are settled (tests/integration/faults.py has the harness and the
-definitions of delivered, failed with a reason, awaiting receipt, duplicated and lost).
+definitions of delivered, failed with a reason, unconfirmed, duplicated and lost).
 Prints a table, then one JSON line (bench/_common.py); exits 1 when an invariant broke
 (something lost, a copy without a response-unknown submit, a whole number or a traceback
 in the log, a FastAGI call left open or unrecorded).
@@ -98,9 +98,9 @@ async def soak(args: argparse.Namespace) -> int:
         else:
             rate = r.accepted / r.elapsed_seconds if r.elapsed_seconds else 0.0
             faults = ", ".join(f"{k}={v}" for k, v in r.faults.items() if k != "restart_to_ready_seconds")
-            rows.append([name, r.accepted, r.delivered, r.failed_total, r.awaiting_receipt, r.duplicated,
+            rows.append([name, r.accepted, r.delivered, r.failed_total, r.unconfirmed, r.duplicated,
                          r.response_unknown, r.lost, round(r.elapsed_seconds, 1), round(rate, 1), faults])
-    print_table(["scenario", "accepted", "delivered", "failed", "awaiting receipt", "duplicated",
+    print_table(["scenario", "accepted", "delivered", "failed", "unconfirmed", "duplicated",
                  "response unknown", "lost", "seconds", "per s", "faults injected"], rows)
     if broken:
         for what, problems in broken.items():

@@ -26,7 +26,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-FINAL_STATES = {"delivered", "undeliverable", "expired", "failed", "rejected", "scheduled"}
+FINAL_STATES = {"delivered", "undeliverable", "unconfirmed", "expired", "failed", "rejected", "scheduled"}
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -56,6 +56,8 @@ def receipt_stat(raw: dict[str, str]) -> tuple[str, str]:
         return raw.get("receipt_state") or "UNDELIV", raw.get("receipt_error", "") or "000"
     if state == "expired":
         return "EXPIRED", "000"
+    if state == "unconfirmed":
+        return "UNKNOWN", "000"  # submitted; the carrier never said what became of it
     if state == "rejected":
         return "REJECTD", "000"
     return "UNDELIV", "000"  # failed: never reached the citizen's network

@@ -118,7 +118,8 @@ class PushService(Service):
                                        config.quiet_hours.timezone)
         self.ledger = NotificationLedger(redis, keys, config.retention_days * 86_400,
                                          events_maxlen=events_maxlen,
-                                         signature=current_templates().signature)
+                                         signature=current_templates().signature,
+                                         receipt_timeout_seconds=config.receipt_timeout_seconds)
         self.writer = OutcomeWriter(self.ledger, clock, backoff_initial_seconds=backoff_initial_seconds,
                                     backoff_max_seconds=backoff_max_seconds)
         self.router = PrefixRouter(links)
@@ -326,6 +327,10 @@ class PushService(Service):
         promoted = await self.ledger.promote_due(now=now)
         if promoted:
             self.dispatcher.waker.wake()
+        overdue, unconfirmed = await self.ledger.close_overdue_receipts(now=now)
+        if unconfirmed:
+            log.info("{count} notifications unconfirmed: no receipt within push.receipt_timeout_seconds",
+                     count=unconfirmed)
         self._tick += 1
         # Leases: renew ours well before they run out; recover others' that did.
         every = max(1, int(self.lease_seconds / 3 / self.tick_seconds))
@@ -341,7 +346,7 @@ class PushService(Service):
             await self.redis.zremrangebyscore(self.keys.dead_letters, "-inf",
                                               now - self.config.retention_days * 86_400)
             await self._update_gauges()
-        return promoted >= 1000
+        return promoted >= 1000 or overdue >= 1000
 
     async def _update_gauges(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -5,7 +5,8 @@ Theory of operation
 A notification is the hash ``keys.notification(id)``.  Its ``state`` moves through::
 
     queued ──claim──> submitting ──accepted──> submitted ──receipts──> delivered
-      │  ^              │   │                                   └────> undeliverable
+      │  ^              │   │                                   ├────> undeliverable
+      │  │              │   │                  (no receipt in time) └─> unconfirmed
       │  └─promote──┐   │   └─transient──> scheduled (retry) ──promote──> queued
       v             │   └─permanent/last attempt──> failed
     scheduled ──────┘        (lease lost, kill -9) ──recover──> queued
@@ -38,6 +39,12 @@ response was lost).  Stale lane entries are harmless: a claim only takes ``queue
 Each claim carries a token (recorded in the hash and in ``keys.claim(token)``); a claim
 sent again with the token of one whose reply was lost returns that batch instead of
 taking another, so a lost reply orphans nothing.
+
+A submit that asked for a receipt waits for it in ``keys.awaiting_receipt`` (scored by
+now + push.receipt_timeout_seconds); `close_overdue_receipts` makes the ones still
+``submitted`` at that time ``unconfirmed``: final, so nothing waits for ever (partners
+get their receipt, UNKNOWN).  A receipt that comes later is noted on the hash
+(``late_receipt``) and changes no state.
 
 Receipts find their notification through ``keys.message_id(carrier, id)`` ("<id> <part>")
 written when the submit is accepted.  A receipt that arrives before that (the carrier
@@ -83,8 +90,8 @@ __all__ = [
 ]
 
 STATES = ("queued", "scheduled", "submitting", "submitted", "delivered", "undeliverable",
-          "expired", "failed", "rejected")
-FINAL_STATES = frozenset({"delivered", "undeliverable", "expired", "failed", "rejected"})
+          "unconfirmed", "expired", "failed", "rejected")
+FINAL_STATES = frozenset({"delivered", "undeliverable", "unconfirmed", "expired", "failed", "rejected"})
 # Hash fields that hold personal data: never in events, status answers or logs.
 PRIVATE_FIELDS = frozenset({"to", "text", "params"})
 
@@ -136,10 +143,12 @@ local VOICE, PARTNER, SIGNATURE = ARGV[13], ARGV[14], ARGV[15]
 local MH, MM, MT = ARGV[16], ARGV[17], ARGV[18]
 local EH, EM, ET = ARGV[19], ARGV[20], ARGV[21]
 local SEQUENCE, EARLY_PARKED = ARGV[22], ARGV[23]
-local FIRST = 24
+local AWAITING, RECEIPT_TIMEOUT = ARGV[24], tonumber(ARGV[25])
+local FIRST = 26
 local counts = {}
 local partner_final = {}
-local FINAL = {delivered = true, undeliverable = true, expired = true, failed = true, rejected = true}
+local FINAL = {delivered = true, undeliverable = true, unconfirmed = true, expired = true, failed = true,
+  rejected = true}
 local UNDELIVERABLE = {UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
 local RECEIPT_FINAL = {DELIVRD = true, UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
 
@@ -151,8 +160,9 @@ local function count(what) counts[what] = (counts[what] or 0) + 1 end
 -- Sorted-set adds and removals a script makes per notification are collected and sent
 -- as one variadic ZADD / ZREM per key when the script ends (flush_sorted_sets): each
 -- redis.call costs more than the member it carries.  Only for keys the script does not
--- read afterwards (lanes in accept and promote, the in-flight set in claim and
--- outcomes); adds go before removals, and no script does both to one member.
+-- read afterwards (lanes in accept and promote, the in-flight and awaiting-receipt sets in
+-- claim and outcomes); adds go before removals, so a member both added and removed in one
+-- script (a parked receipt applied as its submit is recorded) ends up removed.
 -- redis.call(cmd, ..., list items) a chunk of `size` items at a time (unpack and the Lua
 -- stack cap how many arguments one call takes); returns the replies in order.
 local function call_chunked(size, list, cmd, ...)
@@ -249,7 +259,12 @@ local RECEIPT_FIELDS = {'state', 'parts', 'type', 'channel', 'partner', 'partner
 
 local function apply_receipt(id, key, part, rstate, err)
   local h = redis.call('HMGET', key, unpack(RECEIPT_FIELDS))
-  if not h[1] or FINAL[h[1]] then count('receipt_late'); return end
+  if not h[1] or FINAL[h[1]] then
+    -- after the receipt timeout: noted for the operator, the state stays
+    if h[1] == 'unconfirmed' then redis.call('HSET', key, 'late_receipt', rstate, 'late_receipt_at', NOW) end
+    count('receipt_late')
+    return
+  end
   local pname = 'p' .. part
   local final_fields = {h[4], h[5], h[6], h[7]}
   if rstate == 'DELIVRD' then
@@ -266,11 +281,13 @@ local function apply_receipt(id, key, part, rstate, err)
     end
     transition(id, key, 'delivered', h[3], {pname, rstate, 'receipt_state', 'DELIVRD', 'receipt_error', err},
       {'parts', tostring(np)})
+    zrem_later(AWAITING, id)
     on_final(id, key, 'delivered', final_fields)
   elseif UNDELIVERABLE[rstate] then
     transition(id, key, 'undeliverable', h[3], {pname, rstate, 'receipt_state', rstate, 'receipt_error', err,
       'error', 'receipt ' .. rstate .. ' err ' .. err},
       {'receipt_state', rstate, 'error_code', err, 'part', tostring(part)})
+    zrem_later(AWAITING, id)
     on_final(id, key, 'undeliverable', final_fields)
   elseif (part < 10 and h[9 + part] or nil) ~= rstate then
     redis.call('HSET', key, pname, rstate)
@@ -482,6 +499,7 @@ for _ = 1, n do
       for p = 1, nr do
         redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. (p - 1), 'EX', RETENTION)
       end
+      if nr > 0 and RECEIPT_TIMEOUT > 0 then zadd_later(AWAITING, now + RECEIPT_TIMEOUT, id) end
       for p = 1, (early_possible() and nr or 0) do
         local ek = earlykey(carrier, mids[p])
         local early = redis.call('GET', ek)
@@ -598,6 +616,24 @@ flush_sorted_sets()
 return {{tostring(#ids)}, flat_counts(), partner_final}
 """
 
+_RECEIPTS_OVERDUE = r"""
+local ids = redis.call('ZRANGEBYSCORE', AWAITING, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[FIRST]))
+local closed = 0
+for _, id in ipairs(ids) do
+  redis.call('ZREM', AWAITING, id)
+  local key = nkey(id)
+  local h = redis.call('HMGET', key, 'state', 'type', 'submitted_at')
+  if h[1] == 'submitted' then
+    local waited = math.floor(now - (tonumber(h[3] or NOW) or now))
+    local err = 'no receipt within ' .. waited .. ' s'
+    transition(id, key, 'unconfirmed', h[2], {'error', err}, {'error', err})
+    on_final(id, key, 'unconfirmed')
+    closed = closed + 1
+  end
+end
+return {{tostring(#ids), tostring(closed)}, flat_counts(), partner_final}
+"""
+
 _RECOVER = r"""
 local ids = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[FIRST]))
 local recovered = 0
@@ -710,11 +746,13 @@ class NotificationLedger:
         events_maxlen: approximate cap of the events stream.
         signature: stripped from texts handed to voice.
         early_receipt_ttl_seconds: how long a receipt waits for its submit response.
+        receipt_timeout_seconds: how long a submit waits for its receipt before it is
+            unconfirmed (0: for ever).
     """
 
     def __init__(self, redis: Any, keys: Keys, retention_seconds: float, *,
                  events_maxlen: int = 1_000_000, signature: str = DEFAULT_SIGNATURE,
-                 early_receipt_ttl_seconds: float = 86_400.0,
+                 early_receipt_ttl_seconds: float = 86_400.0, receipt_timeout_seconds: float = 172_800.0,
                  on_partner_final: Any = None) -> None:
         self.redis = redis
         self.keys = keys
@@ -731,6 +769,7 @@ class NotificationLedger:
             keys.scheduled, keys.inflight, keys.dead_letters, keys.events_stream,
             keys.voice_requests, keys.partner_receipts_pending, signature,
             mh, mm, mt, eh, em, et, keys.lane_sequence, keys.early_receipts_parked,
+            keys.awaiting_receipt, str(int(max(0, receipt_timeout_seconds))),
         ]
         # The header as the middle of a JSON array: "a","b",...,"z".
         self._header_json = _dumps(self._header)[1:-1]
@@ -740,6 +779,7 @@ class NotificationLedger:
         self._outcomes = register(_PROLOGUE + _OUTCOMES)
         self._promote = register(_PROLOGUE + _PROMOTE)
         self._recover = register(_PROLOGUE + _RECOVER)
+        self._receipts_overdue = register(_PROLOGUE + _RECEIPTS_OVERDUE)
         self._transition = register(_PROLOGUE + _TRANSITION)
 
     # -- script plumbing -------------------------------------------------------------
@@ -861,6 +901,12 @@ class NotificationLedger:
         payload = await self._run(self._promote, now, [limit])
         return int(payload[0])
 
+    async def close_overdue_receipts(self, *, now: float, limit: int = 1000) -> tuple[int, int]:
+        """Notifications still ``submitted`` whose receipt timeout has passed become
+        ``unconfirmed``; returns (entries due, notifications closed)."""
+        payload = await self._run(self._receipts_overdue, now, [limit])
+        return int(payload[0]), int(payload[1])
+
     async def recover_expired_leases(self, *, now: float, limit: int = 1000) -> int:
         """Put notifications whose claim lease ran out back at the front of their lane."""
         payload = await self._run(self._recover, now, [limit])
@@ -927,7 +973,7 @@ def op_receipt(carrier: str, state: str, error_code: str, candidates: Sequence[s
 
 
 _PUBLIC_SCALARS = ("state", "type", "priority", "channel", "carrier", "error", "reason",
-                   "receipt_state", "scheduled_reason", "source", "partner")
+                   "receipt_state", "late_receipt", "scheduled_reason", "source", "partner")
 _PUBLIC_NUMBERS = ("attempts", "parts", "possible_duplicates")
 
 

@@ -67,6 +67,12 @@ class Keys:
         """Sorted set of partner message ids whose receipt is owed to the partner, by time."""
         return f"{self.prefix}partner-receipts"
 
+    @property
+    def awaiting_receipt(self) -> str:
+        """Sorted set of submitted notification ids that asked for a receipt, by the time
+        they give up on it (push.receipt_timeout_seconds): then they become unconfirmed."""
+        return f"{self.prefix}awaiting-receipt"
+
     def message_id(self, carrier: str, message_id: str) -> str:
         """Carrier message id -> notification id and part number."""
         return f"{self.prefix}msgid:{carrier}:{message_id}"

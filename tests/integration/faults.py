@@ -18,15 +18,16 @@ A run is the production shape with the carriers replaced by simulators:
   batches, each with a unique number and a unique text (the sequence number is a
   parameter), so the simulators' records tell every message and every copy apart.
 
-The harness then polls the notification hashes until each one is final (or, where
-receipts may never come, until nothing moves any more) and counts (`Tally`):
+The harness then polls the notification hashes until each one is final and counts
+(`Tally`):
 
 * **accepted**: entries XADDed;
 * **delivered**: final ``delivered`` *and* received by a simulator;
 * **failed with a reason**: final ``failed`` / ``undeliverable`` / ``rejected`` with a
   non-empty ``error`` / ``reason``, or ``expired`` with its ``expires_at`` reached;
-* **awaiting receipt**: ``submitted`` with carrier message ids, received by a simulator,
-  whose receipt the carrier never sent (only where the scenario allows it);
+* **unconfirmed**: final ``unconfirmed`` (no receipt within push.receipt_timeout_seconds)
+  with its error, carrier message ids, and received by a simulator: the carrier never
+  sent the receipt;
 * **lost**: everything else: no hash, not final, final without a reason, or
   ``delivered`` although no simulator received it;
 * **duplicated**: extra whole copies a simulator received of one message;
@@ -180,7 +181,7 @@ class Tally:
     accepted: int = 0
     delivered: int = 0
     failed: Counter[str] = field(default_factory=Counter)  # final state -> count (with reasons)
-    awaiting_receipt: int = 0
+    unconfirmed: int = 0
     duplicated: int = 0
     response_unknown: int = 0
     lost: int = 0
@@ -201,7 +202,7 @@ class Tally:
         failed = ",".join(f"{k}={v}" for k, v in sorted(self.failed.items())) or "-"
         rate = self.accepted / self.elapsed_seconds if self.elapsed_seconds else 0.0
         return (f"[{self.scenario}] accepted={self.accepted} delivered={self.delivered} "
-                f"failed_with_reason={self.failed_total} ({failed}) awaiting_receipt={self.awaiting_receipt} "
+                f"failed_with_reason={self.failed_total} ({failed}) unconfirmed={self.unconfirmed} "
                 f"duplicated={self.duplicated} response_unknown={self.response_unknown} lost={self.lost} "
                 f"unexplained_duplicates={self.unexplained_duplicates} "
                 f"in {self.elapsed_seconds:.1f}s ({rate:.0f}/s); faults={self.faults}; "
@@ -214,7 +215,7 @@ class Tally:
         return {
             "scenario": self.scenario, "accepted": self.accepted, "delivered": self.delivered,
             "failed_with_reason": self.failed_total, "failed_by_state": dict(self.failed),
-            "awaiting_receipt": self.awaiting_receipt, "duplicated": self.duplicated,
+            "unconfirmed": self.unconfirmed, "duplicated": self.duplicated,
             "response_unknown": self.response_unknown, "lost": self.lost,
             "unexplained_duplicates": self.unexplained_duplicates,
             "elapsed_seconds": round(self.elapsed_seconds, 2), "faults": self.faults,
@@ -447,17 +448,11 @@ class FaultRun:
             out.update((i, v or None) for i, v in zip(chunk, values, strict=True))
         return out
 
-    def simulators_quiet(self) -> bool:
-        """No receipt waiting to be sent or acknowledged at any simulator."""
-        return all(s.queued_deliveries() == 0 and not any(session.outstanding for session in s._sessions)
-                   for s in self.simulators.values())
-
     async def wait_settled(self, notifications: Sequence[Notification], *, timeout_seconds: float,
-                           awaiting_receipt_allowed: bool = False, poll_seconds: float = 0.2,
+                           poll_seconds: float = 0.2,
                            milestones: Sequence[tuple[float, Callable[[], Awaitable[Any]]]] = ()) -> None:
-        """Poll until every notification is final (or, with `awaiting_receipt_allowed`,
-        final or `submitted` while the simulators have nothing left to send for three
-        polls in a row), or until the timeout; the count tells what did not settle.
+        """Poll until every notification is final, or until the timeout; the count tells
+        what did not settle.
 
         milestones: (fraction, coroutine function) run once when that fraction of the
             notifications has been submitted or is final (kill the daemon, restart Redis).
@@ -466,7 +461,6 @@ class FaultRun:
         total = len(pending)
         deadline = time.monotonic() + timeout_seconds
         todo = sorted(milestones, key=lambda m: m[0])
-        quiet_polls = 0
         while True:
             try:
                 states = await self._states(pending)
@@ -481,18 +475,11 @@ class FaultRun:
                 await action()
             if not pending and not todo:
                 return
-            if awaiting_receipt_allowed and submitted == len(pending) and not todo and self.simulators_quiet():
-                quiet_polls += 1
-                if quiet_polls >= 3:
-                    return
-            else:
-                quiet_polls = 0
             if time.monotonic() > deadline:
                 return
             await asyncio.sleep(poll_seconds)
 
-    async def tally(self, scenario: str, notifications: Sequence[Notification], *,
-                    awaiting_receipt_allowed: bool = False) -> Tally:
+    async def tally(self, scenario: str, notifications: Sequence[Notification]) -> Tally:
         """Count the run (see the module docstring)."""
         result = Tally(scenario, accepted=len(notifications))
         wanted = ("state", "error", "reason", "expires_at", "possible_duplicates", "carrier", "message_ids")
@@ -532,8 +519,11 @@ class FaultRun:
                     result.failure_reasons[why] += 1
                 else:
                     lost_because = f"{state} without a reason"
-            elif state == "submitted" and awaiting_receipt_allowed and copies and message_ids:
-                result.awaiting_receipt += 1
+            elif state == "unconfirmed":
+                if copies and message_ids and error:
+                    result.unconfirmed += 1
+                else:
+                    lost_because = "unconfirmed without a reason, message ids or a copy at the carrier"
             else:
                 lost_because = f"still {state}"
             if lost_because:
@@ -587,15 +577,14 @@ class FaultRun:
 
 
 async def run_notifications(run: FaultRun, scenario: str, notifications: Sequence[Notification], *,
-                            timeout_seconds: float, awaiting_receipt_allowed: bool = False,
+                            timeout_seconds: float,
                             milestones: Sequence[tuple[float, Callable[[], Awaitable[Any]]]] = ()) -> Tally:
     """Enqueue, wait until settled, count."""
     started = time.monotonic()
     await run.enqueue(notifications)
-    await run.wait_settled(notifications, timeout_seconds=timeout_seconds,
-                           awaiting_receipt_allowed=awaiting_receipt_allowed, milestones=milestones)
+    await run.wait_settled(notifications, timeout_seconds=timeout_seconds, milestones=milestones)
     elapsed = time.monotonic() - started
-    result = await run.tally(scenario, notifications, awaiting_receipt_allowed=awaiting_receipt_allowed)
+    result = await run.tally(scenario, notifications)
     result.elapsed_seconds = elapsed
     return result
 
@@ -666,13 +655,13 @@ async def scenario_redis_restart(directory: Path, n: int = 4000, restarts: int =
 
 async def scenario_odd_receipts(directory: Path, n: int = 3000, receipt_rate: float = 0.5,
                                 timeout_seconds: float = 90.0) -> Tally:
-    """5. Receipts come before the submit_sm_resp, every one twice, and half never."""
+    """5. Receipts come before the submit_sm_resp, every one twice, and half never: those
+    notifications end unconfirmed after push.receipt_timeout_seconds (here 5 s)."""
     carriers = [CarrierPlan("cmcc", CMCC_PREFIXES, _sim(receipt_before_response=True, duplicate_receipts=True,
                                                         receipt_rate=receipt_rate))]
     work = workload("receipts", n, ("138", "139"))
-    async with FaultRun(directory, carriers) as run:
-        return await run_notifications(run, "odd receipts", work, timeout_seconds=timeout_seconds,
-                                       awaiting_receipt_allowed=True)
+    async with FaultRun(directory, carriers, push={"receipt_timeout_seconds": 5}) as run:
+        return await run_notifications(run, "odd receipts", work, timeout_seconds=timeout_seconds)
 
 
 async def scenario_carrier_down(directory: Path, n: int = 3000, timeout_seconds: float = 90.0) -> Tally:
@@ -889,8 +878,8 @@ async def scenario_fastagi_hangups(directory: Path, calls: int = 100, concurrenc
 def violations(result: Tally | CallsTally) -> list[str]:
     """The invariants a run must keep, broken ones named (empty: all kept).
 
-    SMS: nothing lost; every notification delivered, failed with a reason or (where
-    allowed) awaiting its receipt; no more copies than response-unknown submits, for each
+    SMS: nothing lost; every notification delivered, failed with a reason or
+    unconfirmed (its receipt never came); no more copies than response-unknown submits, for each
     message; no whole mobile number and no traceback in the daemon's log.  FastAGI: every
     call over, recorded once, counted, no socket left open on the server, no error logged,
     and the normal call completed.
@@ -900,7 +889,7 @@ def violations(result: Tally | CallsTally) -> list[str]:
         checks = [
             (result.accepted > 0, "nothing accepted"),
             (result.lost == 0, f"{result.lost} lost"),
-            (result.delivered + result.failed_total + result.awaiting_receipt == result.accepted,
+            (result.delivered + result.failed_total + result.unconfirmed == result.accepted,
              "counts do not add up to accepted"),
             (result.duplicated <= result.response_unknown, "more duplicates than response-unknown submits"),
             (result.unexplained_duplicates == 0,

@@ -2,7 +2,7 @@
 real redis-server, simulated carriers misbehaving on purpose.  Each scenario prints its
 count (``pytest -s``) and puts it in every assertion message:
 
-    accepted, delivered, failed with a reason, awaiting receipt, duplicated, lost
+    accepted, delivered, failed with a reason, unconfirmed, duplicated, lost
 
 Lost must be 0; duplicates may only come from submits whose response never arrived, so
 each message's extra copies must not exceed the response-unknown submits the pipeline
@@ -98,17 +98,17 @@ async def test_redis_restarted_during_a_run(tmp_path: Path) -> None:
 async def test_receipts_before_responses_twice_or_never(tmp_path: Path) -> None:
     """Receipts sent before the submit_sm_resp, each one twice, half of them never: the
     early ones are applied once the message ids are recorded, the second copies change
-    nothing, and a notification whose receipt never came stays `submitted` (awaiting
-    receipt, with its message ids) - not lost, not delivered."""
+    nothing, and a notification whose receipt never came ends `unconfirmed` after the
+    receipt timeout (with its message ids and the reason) - not lost, not delivered."""
     result = await scenario_odd_receipts(tmp_path, n=3000, receipt_rate=0.5)
     assert_nothing_lost(result)
     why = result.line()
     assert result.duplicated == 0, why
     assert result.faults.get("cmcc.receipts_skipped", 0) > 0, why
     # Half the receipts are missing: every one-part message waits with p=0.5, every
-    # two-part one with p=0.75, so about two thirds wait.
-    assert 0.5 * result.accepted < result.awaiting_receipt < 0.8 * result.accepted, why
-    assert result.delivered + result.awaiting_receipt == result.accepted, why
+    # two-part one with p=0.75, so about two thirds end unconfirmed.
+    assert 0.5 * result.accepted < result.unconfirmed < 0.8 * result.accepted, why
+    assert result.delivered + result.unconfirmed == result.accepted, why
 
 
 @on_asyncio

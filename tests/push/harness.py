@@ -161,7 +161,8 @@ def points(notification_id: str, to: str = CMCC_NUMBER, **extra: Any) -> dict[st
 async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, now: float = MORNING,
                    daily_cap_bulk: int = 3, max_attempts: int = 3, max_in_flight: int = 2000,
                    batch_size: int = 200, retention_seconds: float = 86_400.0,
-                   max_link_losses: int = 20) -> AsyncIterator[Pipeline]:
+                   max_link_losses: int = 20,
+                   receipt_timeout_seconds: float = 172_800.0) -> AsyncIterator[Pipeline]:
     redis = Redis.from_url(redis_url, decode_responses=True)
     keys = Keys()
     clock = ManualClock(now)
@@ -170,7 +171,7 @@ async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, n
         ScriptedLink("cmcc", ("134", "135", "136", "137", "138", "139")),
         ScriptedLink("cucc", ("130", "131", "132")),
     ]
-    ledger = NotificationLedger(redis, keys, retention_seconds)
+    ledger = NotificationLedger(redis, keys, retention_seconds, receipt_timeout_seconds=receipt_timeout_seconds)
     writer = OutcomeWriter(ledger, clock)
     intake = Intake(ledger, lambda: templates, POLICY, clock, daily_cap_bulk=daily_cap_bulk)
     dispatcher = Dispatcher(ledger, writer, PrefixRouter(links), clock, policy=POLICY,

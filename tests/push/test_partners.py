@@ -68,6 +68,23 @@ async def test_receipt_waits_for_the_partners_receiver_bind(redis_url: str) -> N
 
 
 @on_asyncio
+async def test_partner_gets_unknown_when_the_carrier_never_sends_a_receipt(redis_url: str) -> None:
+    """The carrier's receipt never comes: after the receipt timeout the partner is told
+    UNKNOWN instead of waiting for ever."""
+    async with pipeline(redis_url, receipt_timeout_seconds=3600) as p:
+        bind = ReceiverBind()
+        partners = PartnerGateway(p.intake, p.ledger, p.clock, receipt_sink=bind)
+        message_id = await wait_deferred(
+            partners.submit_from_partner("fjprov", PhoneNumber("13800138000"), "好", True))
+        await p.dispatch_all()
+        assert await partners.deliver_pending() == 0
+        p.clock.advance(3601)
+        assert await p.ledger.close_overdue_receipts(now=p.clock.now) == (1, 1)
+        assert await partners.deliver_pending() == 1
+        assert bind.delivered == [("fjprov", message_id, "UNKNOWN", "000")]
+
+
+@on_asyncio
 async def test_partner_without_registered_delivery_is_owed_nothing(redis_url: str) -> None:
     """registered_delivery=0: no receipt is queued for the partner."""
     async with pipeline(redis_url) as p:

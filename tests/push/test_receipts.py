@@ -14,6 +14,8 @@ from gateway.smpp.receipts import canonical_message_id, message_id_candidates
 from tests.aio import on_asyncio
 from tests.push.harness import CMCC_NUMBER, code, pipeline, points
 
+RECEIPT_TIMEOUT = 172_800  # the ledger's default: two days
+
 
 def receipt(message_id: str, state: str = "DELIVRD", carrier: str = "cmcc", err: str = "000") -> DeliveryReceipt:
     return DeliveryReceipt(carrier=carrier, message_id=message_id, state=state, error_code=err)
@@ -87,6 +89,65 @@ async def test_submit_that_asked_for_no_receipt_indexes_no_message_id(redis_url:
         raw = await p.ledger.raw("quiet")
         assert raw["state"] == "submitted" and raw["receipt_parts"] == "0"
         assert await p.redis.exists(p.keys.message_id("cmcc", canonical_message_id(raw["message_ids"]))) == 0
+        assert await p.redis.zcard(p.keys.awaiting_receipt) == 0
+        p.clock.advance(RECEIPT_TIMEOUT + 1)
+        assert await p.ledger.close_overdue_receipts(now=p.clock.now) == (0, 0)
+        assert await p.state("quiet") == "submitted"
+
+
+@on_asyncio
+async def test_receipt_that_never_comes_ends_unconfirmed(redis_url: str) -> None:
+    """No receipt within push.receipt_timeout_seconds: unconfirmed (final), with the
+    reason and an event; a receipt that comes later is noted and changes no state."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("silent"))
+        await p.dispatch_all()
+        submitted_at = p.clock.now
+        assert await p.redis.zscore(p.keys.awaiting_receipt, "silent") == submitted_at + RECEIPT_TIMEOUT
+        p.clock.advance(RECEIPT_TIMEOUT - 1)
+        assert await p.ledger.close_overdue_receipts(now=p.clock.now) == (0, 0)
+        assert await p.state("silent") == "submitted"
+        p.clock.advance(2)
+        assert await p.ledger.close_overdue_receipts(now=p.clock.now) == (1, 1)
+        raw = await p.ledger.raw("silent")
+        assert raw["state"] == "unconfirmed" and raw["unconfirmed_at"]
+        assert raw["error"] == f"no receipt within {RECEIPT_TIMEOUT + 1} s"
+        assert await p.redis.zcard(p.keys.awaiting_receipt) == 0
+        [event] = [e for e in await p.events("silent") if e["type"] == "notification.unconfirmed"]
+        assert event["error"] == raw["error"] and "to" not in event
+        await record(p, receipt(raw["message_ids"]))
+        raw = await p.ledger.raw("silent")
+        assert raw["state"] == "unconfirmed" and raw["late_receipt"] == "DELIVRD"
+        assert "notification.delivered" not in [e["type"] for e in await p.events("silent")]
+
+
+@on_asyncio
+async def test_receipt_in_time_leaves_nothing_awaiting(redis_url: str) -> None:
+    """A final receipt takes the notification out of the awaiting set: the timeout then
+    finds nothing, and an undeliverable one stays undeliverable."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("ok"), code("bad", to="13912345678"))
+        await p.dispatch_all()
+        assert await p.redis.zcard(p.keys.awaiting_receipt) == 2
+        ok = (await p.ledger.raw("ok"))["message_ids"]
+        bad = (await p.ledger.raw("bad"))["message_ids"]
+        await record(p, receipt(ok), receipt(bad, "UNDELIV"))
+        assert await p.redis.zcard(p.keys.awaiting_receipt) == 0
+        p.clock.advance(RECEIPT_TIMEOUT + 1)
+        assert await p.ledger.close_overdue_receipts(now=p.clock.now) == (0, 0)
+        assert [await p.state("ok"), await p.state("bad")] == ["delivered", "undeliverable"]
+
+
+@on_asyncio
+async def test_receipt_timeout_zero_waits_for_ever(redis_url: str) -> None:
+    """receipt_timeout_seconds 0: nothing is put in the awaiting set."""
+    async with pipeline(redis_url, receipt_timeout_seconds=0) as p:
+        await p.accept(code("patient"))
+        await p.dispatch_all()
+        assert await p.redis.zcard(p.keys.awaiting_receipt) == 0
+        p.clock.advance(10 * RECEIPT_TIMEOUT)
+        assert await p.ledger.close_overdue_receipts(now=p.clock.now) == (0, 0)
+        assert await p.state("patient") == "submitted"
 
 
 @on_asyncio
@@ -146,6 +207,8 @@ async def test_receipt_before_submit_response_is_applied_later(redis_url: str) -
         raw = await p.ledger.raw("fast")
         assert raw["state"] == "delivered"
         assert not await p.redis.exists(p.keys.early_receipt("cmcc", "cmcc00000777"))
+        # Added and removed by the same script: removed (nothing to time out).
+        assert await p.redis.zcard(p.keys.awaiting_receipt) == 0
 
 
 @on_asyncio
