@@ -228,7 +228,6 @@ class PushConfig:
     retention_days: float = setting(30.0, help="how long notification state is kept", unit="days", minimum=0.01, maximum=3650)
     max_attempts: int = setting(5, help="submit attempts before a transient failure becomes final", minimum=1, maximum=100)
     max_link_losses: int = setting(20, help="times a submit may be cut off by its link going away (lost, not bound) without spending an attempt; beyond that each counts as one", minimum=0, maximum=1000)
-    receipt_defer_seconds: float = setting(0.5, help="while submits are waiting (a claim came back full), receipts wait up to this long before they are recorded and acknowledged, so messages go out first; 0: record at once", unit="s", minimum=0, maximum=10)
     receipt_timeout_seconds: float = setting(172_800.0, help="a submitted notification whose asked-for receipt has not come after this long becomes unconfirmed (final); 0: wait for ever", unit="s", minimum=0, maximum=2_592_000)
     retry_initial_seconds: float = setting(2.0, help="first retry delay", unit="s", minimum=0.01, maximum=3600)
     retry_max_seconds: float = setting(300.0, help="retry delay cap", unit="s", minimum=0.01, maximum=86400)

@@ -136,8 +136,7 @@ class PushService(Service):
         self.consumer = IntakeConsumer(self.intake, redis, keys, group=config.consumer_group,
                                        consumer=consumer, batch_size=config.batch_size,
                                        claim_idle_seconds=config.claim_idle_seconds)
-        self.receipts = ReceiptRecorder(self.writer, clock, busy=self.dispatcher.backlogged,
-                                        max_defer_seconds=config.receipt_defer_seconds)
+        self.receipts = ReceiptRecorder(self.writer)
         self.partners = PartnerGateway(self.intake, self.ledger, clock)
         self.ledger.on_partner_final = self.partners.on_partner_final
         self.lease_seconds = lease_seconds
@@ -211,7 +210,6 @@ class PushService(Service):
         for sleeper in self._sleepers:
             sleeper.wake()
         self.dispatcher.waker.wake()
-        self.receipts.stop_deferring()
         await self._bounded(self.dispatcher.idle(), "in-flight submits")
         await self._bounded(self.writer.flushed(), "outcome writes")
         await self._bounded(wait_deferred(DeferredList(self._loops, consumeErrors=True)), "push loops")

@@ -67,10 +67,6 @@ __all__ = ["Dispatcher", "Waker"]
 
 log = Logger()
 
-# How long a full claim says "more is waiting" (a claim follows within milliseconds while
-# there is; receipts wait meanwhile, gateway/push/receipts.py).
-BACKLOG_SECONDS = 0.1
-
 
 class Waker:
     """Wake a sleeping loop early; a wake before the wait is not lost."""
@@ -141,7 +137,6 @@ class Dispatcher:
         self._refill = max(1, min(batch_size, max_in_flight) // 4)
         self._idle_waiters: list[Deferred[None]] = []
         self._claim_token: str | None = None  # set while a claim's outcome is unknown
-        self._backlog_until = 0.0  # a claim came back full: more is waiting until then
         # Called with every SubmitAccepted (the partner door needs nothing; tests and
         # the bench may watch).
         self.on_submitted: Callable[[str, SubmitAccepted], None] | None = None
@@ -151,10 +146,6 @@ class Dispatcher:
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
-
-    def backlogged(self) -> bool:
-        """Whether submits are waiting: a claim came back full within BACKLOG_SECONDS."""
-        return self.clock.seconds() < self._backlog_until
 
     def free_slots(self) -> int:
         return self.max_in_flight - len(self._in_flight)
@@ -174,8 +165,6 @@ class Dispatcher:
             reserve=reserved_lower_lane_slots(n), token=token,
         )
         self._claim_token = None
-        if claimed and len(claimed) >= n:
-            self._backlog_until = now + BACKLOG_SECONDS
         with self._holding_submits():
             for item in claimed:
                 self._in_flight[item.id] = item
