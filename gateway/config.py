@@ -228,7 +228,7 @@ class PushConfig:
     retention_days: float = setting(30.0, help="how long notification state is kept", unit="days", minimum=0.01, maximum=3650)
     max_attempts: int = setting(5, help="submit attempts before a transient failure becomes final", minimum=1, maximum=100)
     max_link_losses: int = setting(20, help="times a submit may be cut off by its link going away (lost, not bound) without spending an attempt; beyond that each counts as one", minimum=0, maximum=1000)
-    receipt_timeout_seconds: float = setting(172_800.0, help="a submitted notification whose asked-for receipt has not come after this long becomes unconfirmed (final); 0: wait for ever", unit="s", minimum=0, maximum=2_592_000)
+    receipt_timeout_seconds: float = setting(172_800.0, help="a submitted notification whose asked-for receipt has not come after this long becomes unconfirmed (final); 0: wait for ever; at most push.retention_days", unit="s", minimum=0, maximum=2_592_000)
     retry_initial_seconds: float = setting(2.0, help="first retry delay", unit="s", minimum=0.01, maximum=3600)
     retry_max_seconds: float = setting(300.0, help="retry delay cap", unit="s", minimum=0.01, maximum=86400)
     daily_cap_bulk: int = setting(3, help="bulk reminders per number per day", minimum=1, maximum=1000)
@@ -534,6 +534,11 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
         zoneinfo.ZoneInfo(config.push.quiet_hours.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         add("push.quiet_hours.timezone", f"unknown time zone '{config.push.quiet_hours.timezone}'")
+    if config.push.receipt_timeout_seconds > config.push.retention_days * 86_400:
+        # the record could expire while still waiting, and then never reach a final state
+        add("push.receipt_timeout_seconds",
+            f"{config.push.receipt_timeout_seconds:g} s is longer than push.retention_days "
+            f"({config.push.retention_days:g} days): a notification could expire while waiting for its receipt")
     hours = config.ivr.service_hours.split("-")
     if len(hours) != 2 or not all(_TIME_OF_DAY.match(h) for h in hours):
         add("ivr.service_hours", f"'{config.ivr.service_hours}' is not HH:MM-HH:MM")

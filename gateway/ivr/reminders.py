@@ -979,7 +979,8 @@ def build_voice_reminders(config: Any, redis: Any, keys: Keys, reactor: Any) -> 
         TCP4ClientEndpoint(reactor, ami.host, ami.port, timeout=10), username=ami.username, secret=ami.secret,
         clock=reactor, md5_challenge=ami.md5_challenge, keepalive_seconds=ami.keepalive_seconds)
     client.setName("ami-client")
-    ledger = NotificationLedger(redis, keys, retention_seconds=config.push.retention_days * 86400.0)
+    ledger = NotificationLedger(redis, keys, retention_seconds=config.push.retention_days * 86400.0,
+                                receipt_timeout_seconds=config.push.receipt_timeout_seconds)
     options = ReminderOptions.from_config(ami, config.push, drain_timeout_seconds=config.drain_timeout_seconds)
     reminders = VoiceReminders(redis, keys, client, ledger, options, clock=reactor)
     return VoiceService(client, reminders)
