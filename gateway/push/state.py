@@ -175,6 +175,14 @@ local function call_chunked(size, list, cmd, ...)
   return replies
 end
 
+-- The members of a sorted set scored at or before now (at most `limit`), removed from it:
+-- what the scheduled, in-flight and awaiting-receipt sweeps each take.
+local function take_due(key, limit)
+  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', NOW, 'LIMIT', 0, limit)
+  call_chunked(1000, ids, 'ZREM', key)
+  return ids
+end
+
 local zadds, zrems = {}, {}
 local function zadd_later(key, score, member)
   local t = zadds[key]
@@ -596,9 +604,8 @@ return {{}, flat_counts(), partner_final}
 """
 
 _PROMOTE = r"""
-local ids = redis.call('ZRANGEBYSCORE', SCHEDULED, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[FIRST]))
+local ids = take_due(SCHEDULED, tonumber(ARGV[FIRST]))
 for _, id in ipairs(ids) do
-  redis.call('ZREM', SCHEDULED, id)
   local key = nkey(id)
   local h = redis.call('HMGET', key, 'state', 'priority', 'expires_at', 'type')
   if h[1] == 'scheduled' then
@@ -617,10 +624,9 @@ return {{tostring(#ids)}, flat_counts(), partner_final}
 """
 
 _RECEIPTS_OVERDUE = r"""
-local ids = redis.call('ZRANGEBYSCORE', AWAITING, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[FIRST]))
+local ids = take_due(AWAITING, tonumber(ARGV[FIRST]))
 local closed = 0
 for _, id in ipairs(ids) do
-  redis.call('ZREM', AWAITING, id)
   local key = nkey(id)
   local h = redis.call('HMGET', key, 'state', 'type', 'submitted_at')
   if h[1] == 'submitted' then
@@ -635,10 +641,9 @@ return {{tostring(#ids), tostring(closed)}, flat_counts(), partner_final}
 """
 
 _RECOVER = r"""
-local ids = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[FIRST]))
+local ids = take_due(INFLIGHT, tonumber(ARGV[FIRST]))
 local recovered = 0
 for _, id in ipairs(ids) do
-  redis.call('ZREM', INFLIGHT, id)
   local key = nkey(id)
   local h = redis.call('HMGET', key, 'state', 'priority', 'type')
   if h[1] == 'submitting' then
