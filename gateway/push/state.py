@@ -123,7 +123,7 @@ _script_counters = {
 }
 
 # ----------------------------------------------------------------------------------------
-# Lua.  ARGV[1] is the time; ARGV[2..23] the header built by NotificationLedger._header;
+# Lua.  ARGV[1] is the time; ARGV[2..25] the header built by NotificationLedger._header;
 # each script's own arguments start at FIRST.  They travel as one JSON array (the script's
 # only real argument) that the prologue decodes into a local ARGV: redis-py packs each
 # argument in Python (a third of the intake's and the writer's CPU with thousands of
@@ -1040,10 +1040,7 @@ class OutcomeWriter:
 
     def add(self, op: Sequence[Any], *, keep: bool = True) -> Deferred[None]:
         d: Deferred[None] = Deferred()
-        self._pending.append((op, d, keep))
-        if not self._scheduled and not self._flushing:
-            self._scheduled = True
-            self.clock.callLater(0, self._start)
+        self._enqueue((op, d, keep))
         return d
 
     def add_then(self, op: Sequence[Any], callback: Callable[..., object], *args: Any) -> None:
@@ -1051,7 +1048,11 @@ class OutcomeWriter:
         applied or has failed (the writer logs failures), without a Deferred: the
         dispatcher records every submit outcome so, and a Deferred with its callbacks
         cost more than the record itself."""
-        self._pending.append((op, _Then(callback, args), True))
+        self._enqueue((op, _Then(callback, args), True))
+
+    def _enqueue(self, entry: tuple[Sequence[Any], Any, bool]) -> None:
+        # One flush per reactor turn: ops added meanwhile join the batch.
+        self._pending.append(entry)
         if not self._scheduled and not self._flushing:
             self._scheduled = True
             self.clock.callLater(0, self._start)
