@@ -26,8 +26,15 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-FINAL_STATES = {"delivered", "undeliverable", "unconfirmed", "expired", "failed", "rejected", "scheduled"}
 REPO = Path(__file__).resolve().parent.parent
+
+
+def settled_states() -> frozenset[str]:
+    """The ledger's final states, and scheduled (held for quiet hours): where the demo
+    stops waiting.  Imported here, not at the top: the reactor is installed first."""
+    from gateway.push.state import FINAL_STATES
+
+    return FINAL_STATES | {"scheduled"}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -169,12 +176,13 @@ class Demo:
         """Show a progress bar of the notifications' states until all are final."""
         deadline = time.monotonic() + timeout_seconds
         states: dict[str, str] = {}
+        settled = settled_states()
         while time.monotonic() < deadline:
             pipe = redis.pipeline(transaction=False)
             for notification_id in ids:
                 pipe.hget(keys.notification(notification_id), "state")
             states = {i: (s or "queued") for i, s in zip(ids, await pipe.execute(), strict=True)}
-            done = sum(1 for s in states.values() if s in FINAL_STATES)
+            done = sum(1 for s in states.values() if s in settled)
             counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
             bar = "#" * (30 * done // len(ids))
             line = f"  [{bar:<30}] {done}/{len(ids)}  " + "  ".join(f"{k}={v}" for k, v in counts.items())
@@ -256,9 +264,10 @@ class Demo:
         """Wait for the cancellation confirmations to reach a final state."""
         deadline = time.monotonic() + timeout_seconds
         states: dict[str, str] = {}
+        settled = settled_states()
         while time.monotonic() < deadline:
             states = {i: (await redis.hget(keys.notification(i), "state")) or "queued" for i in ids}
-            if all(s in FINAL_STATES for s in states.values()):
+            if all(s in settled for s in states.values()):
                 break
             await asyncio.sleep(0.1)
         return states
