@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint type bench clean
+.PHONY: demo test install lint type bench clean node-peer
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gateway demo -c config/gateway.yaml
 
-test: $(STAMP)
+test: $(STAMP) node-peer
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# node-smpp, the third SMPP implementation the tests talk to (tests/peers/node/);
+# without node/npm (or the registry) its tests skip and say why.
+NODE_PEER := tests/peers/node
+node-peer:
+	@if command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then \
+	  [ $(NODE_PEER)/node_modules/.package-lock.json -nt $(NODE_PEER)/package-lock.json ] \
+	  || (cd $(NODE_PEER) && timeout 300 npm ci --no-audit --no-fund --loglevel=error) \
+	  || echo "npm ci failed: the node-smpp peer tests will skip"; \
+	else echo "node/npm not found: the node-smpp peer tests will skip"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench

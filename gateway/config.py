@@ -174,6 +174,8 @@ class CarrierConfig:
     accept_outbind: bool = setting(False, help="accept outbind from this carrier on the listener")
     outbind_system_id: str = setting("", help="system_id the carrier's outbind carries (default: our system_id)")
     outbind_password: Secret = setting(default_factory=lambda: Secret(""), help="password the carrier's outbind carries")
+    data_coding_0_alphabet: str = setting("gsm7", help="what data_coding 0 means in this SMSC's deliver_sm (MOs): gsm7 (GSM 03.38, the SMPP default), ascii (IA5) or latin-1", choices=("gsm7", "ascii", "latin-1"))
+    unreadable_receipt_resend: bool = setting(True, help="answer a receipt that cannot be read (no id or stat in any reading) with ESME_RX_T_APPN so the SMSC sends it again; false: ESME_RX_P_APPN (the SMSC drops it)")
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ class PartnerAccount:
     allowed_networks: tuple[str, ...] = setting(("127.0.0.0/8",), help="source networks (CIDR) the partner may bind from")
     allowed_bind_types: tuple[str, ...] = setting(("transmitter", "receiver", "transceiver"), help="bind types the partner may use")
     tps_limit: float = setting(50.0, help="submits per second the partner may send", unit="1/s", minimum=0.1, maximum=100_000)
+    data_coding_0_alphabet: str = setting("gsm7", help="what data_coding 0 means in this partner's submit_sm: gsm7 (GSM 03.38, the SMPP default), ascii (IA5) or latin-1", choices=("gsm7", "ascii", "latin-1"))
 
 
 @dataclass(frozen=True)

@@ -28,3 +28,19 @@ def redis_url(redis_server: RedisServerProcess) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture
+def node_peer() -> Iterator[object]:
+    """farhadi/node-smpp running tests/peers/node/peer.js (a third SMPP implementation);
+    skips with the reason when node or the npm package is missing."""
+    import pytest_twisted
+
+    from tests.peers.node_smpp import node_peer_unavailable, start_node_peer
+
+    reason = node_peer_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    peer = pytest_twisted.blockon(start_node_peer())
+    yield peer
+    pytest_twisted.blockon(peer.stop())

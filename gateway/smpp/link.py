@@ -814,13 +814,25 @@ class CarrierLink(MultiService):
         try:
             receipt = receipt_from_deliver(pdu)
         except ReceiptParseError as e:
+            # Neither the declared data_coding nor ASCII/latin-1 gave an id or a stat.  A
+            # temporary error makes the SMSC send it again (perhaps readable after a fix
+            # on its side); a permanent one loses it, and the notification ends
+            # unconfirmed.  The carrier's config says which it can live with.
+            status = (
+                CommandStatus.ESME_RX_T_APPN
+                if self.config.unreadable_receipt_resend
+                else CommandStatus.ESME_RX_P_APPN
+            )
             log.warn(
-                "carrier {carrier} sent an unreadable receipt (sequence_number {sequence_number}): {error}",
+                "carrier {carrier} sent an unreadable receipt (sequence_number {sequence_number}, "
+                "data_coding {data_coding}): {error}; answered {status}",
                 carrier=self.carrier,
                 sequence_number=pdu.sequence_number,
+                data_coding=pdu.data_coding,
                 error=str(e),
+                status=status.name,
             )
-            protocol.respond(pdu, CommandStatus.ESME_RX_P_APPN)
+            protocol.respond(pdu, status)
             return
         if receipt is not None:
             record = DeliveryReceipt(
@@ -838,7 +850,11 @@ class CarrierLink(MultiService):
         self._mobile_originated(protocol, pdu)
 
     def _mobile_originated(self, protocol: SmppProtocol, pdu: DeliverSm | DataSm) -> None:
-        text, concatenation = decode_pdu_text(pdu, gsm7_packed=self.config.gsm7_packed)
+        text, concatenation = decode_pdu_text(
+            pdu,
+            gsm7_packed=self.config.gsm7_packed,
+            default_alphabet=self.config.data_coding_0_alphabet,  # type: ignore[arg-type]
+        )
         held: list[tuple[SmppProtocol, Pdu]] = [(protocol, pdu)]
         if concatenation is not None and concatenation.total > 1:
             source = pdu.source_addr

@@ -495,7 +495,9 @@ class SmppListener(Service):
         except InvalidPhoneNumber:
             protocol.respond(pdu, CommandStatus.ESME_RINVDSTADR)
             return
-        text, concatenation = decode_pdu_text(pdu)
+        text, concatenation = decode_pdu_text(
+            pdu, default_alphabet=account.config.data_coding_0_alphabet  # type: ignore[arg-type]
+        )
         held: list[tuple[SmppProtocol, Pdu, int]] = [(protocol, pdu, 1)]
         if concatenation is not None and concatenation.total > 1:
             key_source = f"{connection.system_id}\0{pdu.source_addr}\0{pdu.destination_addr}"

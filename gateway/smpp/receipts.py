@@ -228,15 +228,36 @@ def is_receipt(pdu: DeliverSm | DataSm) -> bool:
     return tlv_bytes(pdu.tlvs, TlvTag.RECEIPTED_MESSAGE_ID) is not None
 
 
-def _receipt_text(pdu: DeliverSm | DataSm) -> str:
-    """The receipt's text.  SMSCs write it in ASCII whatever data_coding says, so only
-    UCS2 is honoured: read as GSM 03.38, "submit_date" would become "submit§date"."""
+def _receipt_texts(pdu: DeliverSm | DataSm) -> tuple[str, ...]:
+    """The receipt's text as data_coding declares it, then (for UCS2) as ASCII/latin-1.
+
+    SMSCs write receipts in ASCII whatever data_coding says, so only UCS2 is honoured
+    (read as GSM 03.38, "submit_date" would become "submit§date").  Some SMSCs copy the
+    submit's data_coding 8 into the receipt and still write Appendix B in ASCII: read
+    as UTF-16 that gives no id and no stat, so the caller tries the latin-1 reading next.
+    """
     payload = tlv_bytes(pdu.tlvs, TlvTag.MESSAGE_PAYLOAD) if pdu.tlvs else None
     if payload is None:
         payload = b"" if isinstance(pdu, DataSm) else pdu.short_message
     if pdu.data_coding == DATA_CODING_UCS2:
-        return payload.decode("utf-16-be", "replace")
-    return payload.decode("latin-1")
+        return (payload.decode("utf-16-be", "replace"), payload.decode("latin-1"))
+    return (payload.decode("latin-1"),)
+
+
+def _parse_first_readable(texts: tuple[str, ...]) -> ReceiptFields | None:
+    """The fields of the first text that names an id or a stat; None if none has text;
+    ReceiptParseError when there was text but none of it could be read."""
+    error: ReceiptParseError | None = None
+    for text in texts:
+        if not text.strip():
+            continue
+        try:
+            return parse_receipt_text(text)
+        except ReceiptParseError as e:
+            error = error or e
+    if error is not None:
+        raise error
+    return None
 
 
 def receipt_from_deliver(pdu: DeliverSm | DataSm) -> ParsedReceipt | None:
@@ -254,13 +275,11 @@ def receipt_from_deliver(pdu: DeliverSm | DataSm) -> ParsedReceipt | None:
     network_error = tlv_bytes(tlvs, TlvTag.NETWORK_ERROR_CODE) if tlvs else None
 
     fields: ReceiptFields | None = None
-    text = _receipt_text(pdu)
-    if text.strip():
-        try:
-            fields = parse_receipt_text(text)
-        except ReceiptParseError:
-            if not tlv_id:
-                raise
+    try:
+        fields = _parse_first_readable(_receipt_texts(pdu))
+    except ReceiptParseError:
+        if not tlv_id:
+            raise
     message_id = tlv_id.strip() if tlv_id else (fields.id if fields else None)
     if not message_id:
         raise ReceiptParseError("receipt without receipted_message_id or id:")

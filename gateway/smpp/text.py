@@ -48,6 +48,7 @@ from gateway.smpp.tlv import Tlv, TlvTag, tlv_bytes, tlv_int
 
 __all__ = [
     "DATA_CODING_DEFAULT",
+    "DEFAULT_ALPHABETS",
     "DATA_CODING_UCS2",
     "ESM_CLASS_UDHI",
     "Concatenation",
@@ -90,7 +91,11 @@ Encoding = Literal["auto", "ucs2", "gsm7"]
 ConcatenationMode = Literal["udh8", "udh16", "sar", "payload"]
 # What data_coding 0 means inbound: GSM 03.38 per the spec, or ASCII/latin-1 as some
 # Chinese SMSCs send it (read as GSM 03.38, '@' would become '¡' and '_' '§').
-DefaultAlphabet = Literal["gsm7", "latin-1"]
+# What data_coding 0 ("SMSC default alphabet", section 5.2.19) means on a link: GSM 03.38
+# per the spec and most SMSCs; some SMSCs and partner ESMEs put ASCII (IA5) or latin-1
+# there instead, which read as GSM 03.38 turns @ $ _ into ¡ ¤ §.
+DefaultAlphabet = Literal["gsm7", "ascii", "latin-1"]
+DEFAULT_ALPHABETS: Final = ("gsm7", "ascii", "latin-1")
 
 # -- GSM 03.38 ---------------------------------------------------------------------------
 
@@ -433,6 +438,8 @@ def _decode_text(
         return data.decode("utf-16-be", "replace")
     if data_coding == DATA_CODING_DEFAULT and default_alphabet == "latin-1":
         return data.decode("latin-1")
+    if data_coding == DATA_CODING_DEFAULT and default_alphabet == "ascii":
+        return data.decode("ascii", "replace")
     if data_coding == DATA_CODING_DEFAULT or (data_coding & 0xF4) == 0xF0:
         # 0xF0-0xF3, 0xF8-0xFB: message class coding group with the GSM default alphabet.
         septets = gsm7_unpack(data, fill_bits) if gsm7_packed else data
@@ -462,8 +469,8 @@ def decode_short_message(
     """Text and concatenation info of an inbound short_message.
 
     With UDHI (esm_class 0x40) the UDH is stripped and its IE 0x00 or 0x08 reported.
-    data_coding: 0 GSM 03.38 (unpacked unless ``gsm7_packed``; latin-1 when
-    ``default_alphabet="latin-1"``), 1 ASCII, 3 latin-1, 8 UCS2, 15 GBK; anything else
+    data_coding: 0 GSM 03.38 (unpacked unless ``gsm7_packed``; ASCII or latin-1 when
+    ``default_alphabet`` says so, per carrier or partner account), 1 ASCII, 3 latin-1, 8 UCS2, 15 GBK; anything else
     best effort (see ``_decode_text``).  Never raises.
     """
     concat = None

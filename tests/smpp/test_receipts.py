@@ -218,6 +218,23 @@ def test_ucs2_receipt_text():
     assert receipt is not None and (receipt.message_id, receipt.stat) == ("88", "DELIVRD")
 
 
+def test_ucs2_declared_receipt_written_in_ascii_is_read_as_ascii():
+    """data_coding 8 with an ASCII Appendix B text (the SMSC copied the submit's coding):
+    the UTF-16 reading has no id or stat, so the latin-1 reading is used."""
+    pdu = decode(encode(DeliverSm(
+        11, esm_class=0x04, data_coding=8, short_message=STANDARD.encode("utf-8")[:110],
+    )))
+    receipt = receipt_from_deliver(pdu)
+    assert receipt is not None and (receipt.message_id, receipt.stat) == ("1234567890", "DELIVRD")
+
+
+def test_receipt_unreadable_in_every_reading_raises():
+    """No id and no stat as UTF-16 nor as latin-1: ReceiptParseError (the link answers it)."""
+    pdu = decode(encode(DeliverSm(11, esm_class=0x04, data_coding=8, short_message=b"garbled!")))
+    with pytest.raises(ReceiptParseError):
+        receipt_from_deliver(pdu)
+
+
 def test_receipt_in_message_payload_of_data_sm():
     """data_sm receipts carry their text in message_payload."""
     pdu = DataSm(

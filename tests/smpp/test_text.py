@@ -370,6 +370,12 @@ def test_default_alphabet_latin1_for_ascii_smscs():
     assert decode_pdu_text(pdu, default_alphabet="latin-1") == ("TD @12123_ok", None)
 
 
+def test_default_alphabet_ascii_reads_ia5_and_replaces_eight_bit_octets():
+    """default_alphabet='ascii' (IA5) keeps @ $ _ and marks octets above 0x7F as unreadable."""
+    assert decode_short_message(b"a@b$_", 0, 0, default_alphabet="ascii")[0] == "a@b$_"
+    assert decode_short_message(b"a\xe9", 0, 0, default_alphabet="ascii")[0] == "a\ufffd"
+
+
 def test_decode_never_raises_on_bad_input():
     """Odd-length UCS2 and a UDH length beyond the message still give text."""
     assert decode_short_message(b"\x4f\x60\x59", 8, 0)[0].startswith("你")
