@@ -80,6 +80,7 @@ from gateway.privacy import (
     normalise_cn_mobile,
 )
 from gateway.store.keys import Keys
+from gateway.store.scripts import register_lua
 
 __all__ = [
     "Booking",
@@ -473,98 +474,10 @@ def _in_order(bookings: Any) -> list[Booking]:
 
 # --- cancelling --------------------------------------------------------------------------
 
-# Reply of both claim-giving scripts: {outcome or status, claimed (1: the caller must queue
-# the notification), the plan's cancel_deadline, the booking's HGETALL as a flat list}.
-_CANCEL_LUA = """
--- KEYS[1] booking hash, KEYS[2] exam plan hash, KEYS[3] booking history list,
--- KEYS[4] the plan's cancel-unnotified set; all four share the hash tag {plan:<id>}.
--- ARGV[1] now (Unix seconds), ARGV[2] cancelled_at (whole seconds), ARGV[3] channel,
--- ARGV[4] history entry (JSON), ARGV[5] notification claim expiry, ARGV[6] booking number,
--- ARGV[7] request id
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  return {'NOT_FOUND', 0, '', {}}
-end
-local deadline = redis.call('HGET', KEYS[2], 'cancel_deadline')
-if not deadline or not tonumber(deadline) then
-  return redis.error_reply('CORRUPT exam plan missing or without a numeric cancel_deadline')
-end
-local now = tonumber(ARGV[1])
-local outcome, claimed = nil, 0
-if status == 'cancelled' and redis.call('HGET', KEYS[1], 'cancel_request') == ARGV[7] then
-  -- The same request again (a client retry after a lost reply, an MO replayed after a
-  -- crash): the same answer, and the claim if the SMS is still owed; whoever held the
-  -- claim was this request's earlier run.
-  outcome = 'CANCELLED'
-  if redis.call('HGET', KEYS[1], 'notified') == '0' then
-    redis.call('HSET', KEYS[1], 'notify_claim_until', ARGV[5])
-    claimed = 1
-  end
-elseif status == 'cancelled' then
-  outcome = 'ALREADY_CANCELLED'
-  -- Cancelled earlier but the SMS never queued (the process died after this script):
-  -- hand the job to this caller unless another one holds a live claim.
-  if redis.call('HGET', KEYS[1], 'notified') == '0' then
-    local held = tonumber(redis.call('HGET', KEYS[1], 'notify_claim_until') or '0') or 0
-    if held <= now then
-      redis.call('HSET', KEYS[1], 'notify_claim_until', ARGV[5])
-      claimed = 1
-    end
-  end
-elseif status ~= 'booked' then
-  outcome = 'NOT_BOOKED'
-elseif now >= tonumber(deadline) then
-  outcome = 'DEADLINE_PASSED'
-else
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_at', ARGV[2],
-             'cancelled_via', ARGV[3], 'notified', '0', 'notify_claim_until', ARGV[5],
-             'cancel_request', ARGV[7])
-  -- Give the seat back, never above the total: a plan already full of free seats means
-  -- the core system rebuilt the counts, and inventing a seat would overbook the session.
-  local left = tonumber(redis.call('HGET', KEYS[2], 'seats_left'))
-  local total = tonumber(redis.call('HGET', KEYS[2], 'seats_total'))
-  if left and total and left < total then
-    redis.call('HINCRBY', KEYS[2], 'seats_left', 1)
-  end
-  redis.call('RPUSH', KEYS[3], ARGV[4])
-  redis.call('SADD', KEYS[4], ARGV[6])
-  outcome, claimed = 'CANCELLED', 1
-end
-return {outcome, claimed, deadline, redis.call('HGETALL', KEYS[1])}
-"""
-
-_CLAIM_NOTIFICATION_LUA = """
--- KEYS[1] booking hash, KEYS[2] exam plan hash, KEYS[3] the plan's cancel-unnotified set
--- (one hash tag).  ARGV[1] now (Unix seconds), ARGV[2] claim expiry, ARGV[3] booking number
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'cancelled' or redis.call('HGET', KEYS[1], 'notified') ~= '0' then
-  -- Deleted, notified, or changed by a core system since: nothing is owed any more.
-  redis.call('SREM', KEYS[3], ARGV[3])
-  if not status then
-    return {'NOT_FOUND', 0, '', {}}
-  end
-  return {status, 0, '', {}}
-end
-local claimed = 0
-local held = tonumber(redis.call('HGET', KEYS[1], 'notify_claim_until') or '0') or 0
-if held <= tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'notify_claim_until', ARGV[2])
-  claimed = 1
-end
-local deadline = redis.call('HGET', KEYS[2], 'cancel_deadline') or ''
-return {status, claimed, deadline, redis.call('HGETALL', KEYS[1])}
-"""
-
-_FINISH_NOTIFICATION_LUA = """
--- KEYS[1] booking hash, KEYS[2] the plan's cancel-unnotified set (one hash tag).
--- ARGV[1] booking number.  HGET first: never recreate a booking deleted meanwhile.
-if redis.call('HGET', KEYS[1], 'notified') == '0' then
-  redis.call('HSET', KEYS[1], 'notified', '1')
-  redis.call('HDEL', KEYS[1], 'notify_claim_until')
-end
-redis.call('SREM', KEYS[2], ARGV[1])
-return 1
-"""
+# Lua: gateway/domain/lua/cancel_booking.lua, claim_cancellation_notice.lua and
+# finish_cancellation_notice.lua.  Both claim-giving scripts reply {outcome or status,
+# claimed (1: the caller must queue the notification), the plan's cancel_deadline, the
+# booking's HGETALL as a flat list}.
 
 
 @dataclass(frozen=True)
@@ -597,9 +510,9 @@ class BookingCancellation:
         self._keys = keys
         self._lease = notify_claim_lease_seconds
         # register_script: EVALSHA, and SCRIPT LOAD + retry when the server lost the script.
-        self._cancel_script = redis.register_script(_CANCEL_LUA)
-        self._claim_script = redis.register_script(_CLAIM_NOTIFICATION_LUA)
-        self._finish_script = redis.register_script(_FINISH_NOTIFICATION_LUA)
+        self._cancel_script = register_lua(redis, __file__, "cancel_booking.lua")
+        self._claim_script = register_lua(redis, __file__, "claim_cancellation_notice.lua")
+        self._finish_script = register_lua(redis, __file__, "finish_cancellation_notice.lua")
 
     async def cancel(
         self,

@@ -55,6 +55,7 @@ from gateway.domain.vehicles import Vehicle, VehicleStatus, VehicleStore
 from gateway.ivr.menus import ActionResult, ActionSpec
 from gateway.privacy import PhoneNumber
 from gateway.store.keys import Keys
+from gateway.store.scripts import register_lua
 
 __all__ = ["CATALOGUE", "REMINDER_TYPES", "CallContext", "VoiceActions", "spoken_session"]
 
@@ -107,27 +108,6 @@ CATALOGUE: Mapping[str, ActionSpec] = {
                                 frozenset(s.label for s in ExamSubject) | _SESSION_WORDS),
     "record_reminder": ActionSpec(frozenset({"recorded"})),
 }
-
-# INCR, and start the one-hour window on the first failure (also repairs a counter that
-# lost its TTL).  One script: a crash between INCR and EXPIRE cannot leave a counter that
-# never expires.
-# Mark the reminder heard or not, only if the reminder hash exists (never create a stray
-# hash for a call that has none, e.g. a test call to the notify script).
-_HEARD_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'heard', ARGV[1], 'heard_at', ARGV[2], 'heard_uniqueid', ARGV[3])
-  return 1
-end
-return 0
-"""
-
-_ATTEMPT_LUA = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 or redis.call('TTL', KEYS[1]) < 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
-end
-return n
-"""
 
 
 @dataclass
@@ -205,8 +185,8 @@ class VoiceActions:
         self._people = PersonStore(redis, keys)
         self._vehicles = VehicleStore(redis, keys)
         self._cancellation = BookingCancellation(redis, keys)
-        self._attempt_script = redis.register_script(_ATTEMPT_LUA)
-        self._heard_script = redis.register_script(_HEARD_LUA)
+        self._attempt_script = register_lua(redis, __file__, "identity_attempt.lua")
+        self._heard_script = register_lua(redis, __file__, "heard.lua")
         self._synthesizer = synthesizer
         self._actions: dict[str, Callable[[CallContext], Awaitable[ActionResult]]] = {
             "check_attempts": self.check_attempts,

@@ -92,6 +92,7 @@ from gateway.privacy import mask_digit_runs
 from gateway.push.queue import QuietHoursPolicy
 from gateway.store.bridge import as_deferred
 from gateway.store.keys import Keys
+from gateway.store.scripts import register_lua
 from gateway.store.streams import stream_entries
 
 __all__ = [
@@ -219,51 +220,7 @@ class AmiSession(Protocol):
     def add_login_listener(self, callback: Callable[[Any], object]) -> None: ...
 
 
-# ---------------------------------------------------------------------------------------
-# Lua.  Keys are declared (KEYS) in every script.
-# ---------------------------------------------------------------------------------------
-
-# KEYS: reminder, due.  ARGV: id, to, text, not_before, due_at, now, retention.
-_RECORD_REQUEST = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'to', ARGV[2], 'text', ARGV[3], 'not_before', ARGV[4], 'due_at', ARGV[5],
-  'received_at', ARGV[6], 'attempts', '0', 'state', 'waiting')
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-return 1
-"""
-
-# KEYS: due, reminder, call, open.  ARGV: id, attempt, action_id, now, retention.
-_START_CALL = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-local attempts = tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0')
-if attempts + 1 ~= tonumber(ARGV[2]) then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], 'attempts', ARGV[2], 'state', 'calling', 'action_id', ARGV[3])
-redis.call('HSET', KEYS[3], 'notification_id', ARGV[1], 'attempt', ARGV[2], 'state', 'originating',
-  'originating_at', ARGV[4], 'reported', '0')
-redis.call('EXPIRE', KEYS[3], ARGV[5])
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
-return 1
-"""
-
-# KEYS: call, reminder, due.  ARGV: outcome, now, retention, retry_at (0: final), id,
-# then field/value pairs for the call hash.
-_FINISH_CALL = """
-local args = {'HSET', KEYS[1], 'state', 'finished', 'outcome', ARGV[1], 'finished_at', ARGV[2]}
-for i = 6, #ARGV do args[#args + 1] = ARGV[i] end
-redis.call(unpack(args))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] ~= '0' then
-  redis.call('HSET', KEYS[2], 'state', 'waiting', 'due_at', ARGV[4])
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
-else
-  redis.call('HSET', KEYS[2], 'state', 'done', 'outcome', ARGV[1])
-end
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
-
+# The scripts are gateway/ivr/lua/record_request.lua, start_call.lua and finish_call.lua.
 
 @dataclass
 class _Call:
@@ -328,9 +285,9 @@ class VoiceReminders(Service):
 
     def startService(self) -> None:
         super().startService()
-        register = self._redis.register_script
-        self._scripts = {"record": register(_RECORD_REQUEST), "start": register(_START_CALL),
-                         "finish": register(_FINISH_CALL)}
+        self._scripts = {"record": register_lua(self._redis, __file__, "record_request.lua"),
+                         "start": register_lua(self._redis, __file__, "start_call.lua"),
+                         "finish": register_lua(self._redis, __file__, "finish_call.lua")}
         self._writes = asyncio.Queue()
         self._writer_task = asyncio.ensure_future(self._writer())
         self._intake_task = asyncio.ensure_future(self._run())

@@ -116,6 +116,7 @@ from gateway.push.keywords import (
 )
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys
+from gateway.store.scripts import register_lua
 from gateway.store.service import REDIS_ERRORS
 from gateway.store.streams import stream_entries
 
@@ -192,77 +193,7 @@ class MoReply:
     outcome: Outcome
 
 
-# --- Lua -----------------------------------------------------------------------------------
-
-# Fixed one-minute windows, by our clock (tests move it; Redis TTLs only collect garbage).
-_RATE_LUA = """
--- KEYS[1] mo-rate:<phone> hash.  ARGV: now, limit, window seconds, ignore seconds
--- Returns 0 answer, 1 answer once with the flood text (limit just passed), 2 ignore.
-local now = tonumber(ARGV[1])
-local h = redis.call('HMGET', KEYS[1], 'start', 'count', 'ignore_until')
-local ignore_until = tonumber(h[3])
-if ignore_until and now < ignore_until then
-  return 2
-end
-local start, count = tonumber(h[1]), tonumber(h[2]) or 0
-if ignore_until or not start or now >= start + tonumber(ARGV[3]) then
-  start, count = now, 0
-end
-count = count + 1
-if count > tonumber(ARGV[2]) then
-  ignore_until = now + tonumber(ARGV[4])
-  redis.call('HSET', KEYS[1], 'start', start, 'count', count, 'ignore_until', ignore_until)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4]) * 1000) + 60000)
-  return 1
-end
-redis.call('HSET', KEYS[1], 'start', start, 'count', count)
-redis.call('HDEL', KEYS[1], 'ignore_until')
-redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) * 1000) + 60000)
-return 0
-"""
-
-_ISSUE_CODE_LUA = """
--- KEYS[1] mo-cancel:<phone> hash.  ARGV: code, booking number, expires_at, mo id, ttl ms
--- Returns the code in force: a replay of the same QXYY gets the code it issued before.
-local held = redis.call('HMGET', KEYS[1], 'issued_by', 'code', 'booking_no')
-if held[1] == ARGV[4] and held[2] and held[3] == ARGV[2] then
-  return held[2]
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'code', ARGV[1], 'booking_no', ARGV[2], 'expires_at', ARGV[3],
-           'attempts', 0, 'issued_by', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return ARGV[1]
-"""
-
-_CHECK_CODE_LUA = """
--- KEYS[1] mo-cancel:<phone> hash.  ARGV: code, now, max attempts, mo id
--- Returns {status, booking number or attempts left}.
-local h = redis.call('HMGET', KEYS[1], 'code', 'booking_no', 'expires_at', 'attempts',
-                     'confirmed_by')
-if not h[1] then
-  return {'NONE', ''}
-end
-if h[5] then
-  -- A used code: valid again only for the MO that used it (a replay after a crash).
-  if h[5] == ARGV[4] then return {'OK', h[2]} end
-  return {'NONE', ''}
-end
-if tonumber(ARGV[2]) >= tonumber(h[3]) then
-  redis.call('DEL', KEYS[1])
-  return {'EXPIRED', ''}
-end
-if h[1] == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'confirmed_by', ARGV[4])
-  return {'OK', h[2]}
-end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if attempts >= tonumber(ARGV[3]) then
-  redis.call('DEL', KEYS[1])
-  return {'LOCKED', ''}
-end
-return {'WRONG', tostring(tonumber(ARGV[3]) - attempts)}
-"""
+# Lua: gateway/push/lua/mo_rate.lua, mo_issue_code.lua, mo_check_code.lua.
 
 
 class _RateVerdict(Enum):
@@ -336,8 +267,8 @@ class MoResponder:
         self._people = PersonStore(redis, keys)
         self._bookings = BookingStore(redis, keys)
         self._cancellation = BookingCancellation(redis, keys)
-        self._issue_code = redis.register_script(_ISSUE_CODE_LUA)
-        self._check_code = redis.register_script(_CHECK_CODE_LUA)
+        self._issue_code = register_lua(redis, __file__, "mo_issue_code.lua")
+        self._check_code = register_lua(redis, __file__, "mo_check_code.lua")
 
     async def answer(self, command: MoCommand, phone: str, *, mo_id: str, now: float) -> MoReply:
         """The reply to `command` from `phone` (11 digits, normalised); may raise
@@ -529,7 +460,7 @@ class MoService(Service):
         self._backoff_max = backoff_max_seconds
         self._recorder = MoRecorder(redis, keys, self._now)
         self._responder = MoResponder(redis, keys, config, max_code_attempts=max_code_attempts)
-        self._rate = redis.register_script(_RATE_LUA)
+        self._rate = register_lua(redis, __file__, "mo_rate.lua")
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._idle = False  # waiting on XREADGROUP BLOCK or a backoff: safe to cancel

@@ -1,0 +1,178 @@
+-- The push ledger's shared part: the argument header, key names, counters and the
+-- functions every ledger script uses (transition, emit, lane_push, on_final,
+-- apply_receipt, ...).  Included first by each script in this directory.
+--
+-- ARGV[1] is one JSON array (redis-py packs each argument in Python, a third of the
+-- intake's and the writer's CPU with thousands of them per batch; json.dumps and
+-- cjson.decode do the same work in C).  Decoded, its elements are:
+--   1 now (Unix seconds, %.3f), 2 retention seconds, 3 events MAXLEN,
+--   4-5 notification key head and tail, 6-8 lanes high/normal/bulk, 9 scheduled,
+--   10 in-flight, 11 dead letters, 12 events stream, 13 voice requests stream,
+--   14 partner receipts, 15 SMS signature, 16-18 message-id key head/middle/tail,
+--   19-21 early-receipt key head/middle/tail, 22 lane sequence, 23 early-receipts-parked,
+--   24 awaiting-receipt, 25 receipt timeout seconds; the script's own arguments from
+--   FIRST (26) on.
+-- include: call_chunked.lua
+local ARGV = cjson.decode(ARGV[1])
+local NOW = ARGV[1]
+local now = tonumber(NOW)
+local RETENTION = tonumber(ARGV[2])
+local MAXLEN = ARGV[3]
+local NH, NT = ARGV[4], ARGV[5]
+local LANE = {high = ARGV[6], normal = ARGV[7], bulk = ARGV[8]}
+local SCHEDULED, INFLIGHT, DEAD, EVENTS = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local VOICE, PARTNER, SIGNATURE = ARGV[13], ARGV[14], ARGV[15]
+local MH, MM, MT = ARGV[16], ARGV[17], ARGV[18]
+local EH, EM, ET = ARGV[19], ARGV[20], ARGV[21]
+local SEQUENCE, EARLY_PARKED = ARGV[22], ARGV[23]
+local AWAITING, RECEIPT_TIMEOUT = ARGV[24], tonumber(ARGV[25])
+local FIRST = 26
+local counts = {}
+local partner_final = {}
+local FINAL = {delivered = true, undeliverable = true, unconfirmed = true, expired = true, failed = true,
+  rejected = true}
+local UNDELIVERABLE = {UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
+local RECEIPT_FINAL = {DELIVRD = true, UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
+
+local function nkey(id) return NH .. id .. NT end
+local function msgkey(c, m) return MH .. c .. MM .. m .. MT end
+local function earlykey(c, m) return EH .. c .. EM .. m .. ET end
+local function count(what) counts[what] = (counts[what] or 0) + 1 end
+
+-- Sorted-set adds and removals a script makes per notification are collected and sent
+-- as one variadic ZADD / ZREM per key when the script ends (flush_sorted_sets): each
+-- redis.call costs more than the member it carries.  Only for keys the script does not
+-- read afterwards (lanes in accept and promote, the in-flight and awaiting-receipt sets in
+-- claim and outcomes); adds go before removals, so a member both added and removed in one
+-- script (a parked receipt applied as its submit is recorded) ends up removed.
+local zadds, zrems = {}, {}
+local function zadd_later(key, score, member)
+  local t = zadds[key]
+  if not t then t = {}; zadds[key] = t end
+  t[#t + 1] = score; t[#t + 1] = member
+end
+local function zrem_later(key, member)
+  local t = zrems[key]
+  if not t then t = {}; zrems[key] = t end
+  t[#t + 1] = member
+end
+local function flush_sorted_sets()
+  for key, t in pairs(zadds) do call_chunked(2000, t, 'ZADD', key) end
+  for key, t in pairs(zrems) do call_chunked(1000, t, 'ZREM', key) end
+  zadds, zrems = {}, {}
+end
+
+-- Lanes are sorted sets scored by a global sequence: FIFO within a lane, across
+-- processes, and re-adding an id never makes a second entry.  Sequence numbers are
+-- reserved 256 at a time (gaps are harmless).
+local seq_next, seq_last = 1, 0
+local function lane_push(lane, id)
+  if seq_next > seq_last then
+    seq_last = redis.call('INCRBY', SEQUENCE, 256)
+    seq_next = seq_last - 255
+  end
+  zadd_later(LANE[lane] or LANE.normal, seq_next, id)
+  seq_next = seq_next + 1
+end
+
+local function emit(id, kind, ev)
+  local args = {'XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'type', 'notification.' .. kind, 'id', id, 'at', NOW}
+  for i = 1, #ev do args[#args + 1] = ev[i] end
+  redis.call(unpack(args))
+end
+
+-- EXPIRE is set at acceptance (retention + validity) and renewed when a final state
+-- is reached: not on every step, which would double the writes of the hot path.
+local function transition(id, key, state, ntype, fields, ev, ttl)
+  local ts = state .. '_at'
+  if state == 'submitting' then ts = 'submit_started_at' end
+  local args = {'HSET', key, 'state', state, ts, NOW}
+  for i = 1, #fields do args[#args + 1] = fields[i] end
+  redis.call(unpack(args))
+  ttl = ttl or (FINAL[state] and RETENTION)
+  if ttl then redis.call('EXPIRE', key, ttl) end
+  local e = {'notification_type', ntype or ''}
+  for i = 1, #ev do e[#e + 1] = ev[i] end
+  emit(id, state, e)
+  count(state)
+end
+
+local function request_voice(id, key, not_before)
+  local v = redis.call('HMGET', key, 'to', 'text', 'type')
+  local text = v[2] or ''
+  if string.sub(text, 1, #SIGNATURE) == SIGNATURE then text = string.sub(text, #SIGNATURE + 1) end
+  redis.call('XADD', VOICE, '*', 'id', id, 'to', v[1] or '', 'text', text, 'not_before', not_before)
+  redis.call('HSET', key, 'voice_requested_at', NOW)
+  emit(id, 'voice_requested', {'notification_type', v[3] or ''})
+  count('voice_requested')
+end
+
+-- h: the fields channel, partner, partner_receipt, voice_requested_at if the caller
+-- has them already (nil: read them).
+local function on_final(id, key, state, h)
+  if state == 'failed' or state == 'rejected' then redis.call('ZADD', DEAD, now, id) end
+  h = h or redis.call('HMGET', key, 'channel', 'partner', 'partner_receipt', 'voice_requested_at')
+  if (state == 'undeliverable' or state == 'failed') and h[1] == 'auto' and not h[4] then
+    request_voice(id, key, '0')
+  end
+  if h[2] and h[3] == '1' then
+    redis.call('ZADD', PARTNER, now, id)
+    partner_final[#partner_final + 1] = id
+  end
+end
+
+-- One HMGET reads everything a receipt needs: the state, how many parts have receipts
+-- (receipt_parts when only the first asked, else parts), the parts' receipts so far
+-- (p0..p9; longer messages read the rest one by one) and what on_final needs.
+local RECEIPT_FIELDS = {'state', 'parts', 'type', 'channel', 'partner', 'partner_receipt',
+  'voice_requested_at', 'receipt_parts', 'p0', 'p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'p8', 'p9'}
+
+local function apply_receipt(id, key, part, rstate, err)
+  local h = redis.call('HMGET', key, unpack(RECEIPT_FIELDS))
+  if not h[1] or FINAL[h[1]] then
+    -- after the receipt timeout: noted for the operator, the state stays
+    if h[1] == 'unconfirmed' then redis.call('HSET', key, 'late_receipt', rstate, 'late_receipt_at', NOW) end
+    count('receipt_late')
+    return
+  end
+  local pname = 'p' .. part
+  local final_fields = {h[4], h[5], h[6], h[7]}
+  if rstate == 'DELIVRD' then
+    local np = tonumber(h[8] or h[2] or '1') or 1
+    for q = 0, np - 1 do
+      if q ~= part then
+        local v
+        if q < 10 then v = h[9 + q] else v = redis.call('HGET', key, 'p' .. q) end
+        if v ~= 'DELIVRD' then
+          redis.call('HSET', key, pname, rstate)
+          return
+        end
+      end
+    end
+    transition(id, key, 'delivered', h[3], {pname, rstate, 'receipt_state', 'DELIVRD', 'receipt_error', err},
+      {'parts', tostring(np)})
+    zrem_later(AWAITING, id)
+    on_final(id, key, 'delivered', final_fields)
+  elseif UNDELIVERABLE[rstate] then
+    transition(id, key, 'undeliverable', h[3], {pname, rstate, 'receipt_state', rstate, 'receipt_error', err,
+      'error', 'receipt ' .. rstate .. ' err ' .. err},
+      {'receipt_state', rstate, 'error_code', err, 'part', tostring(part)})
+    zrem_later(AWAITING, id)
+    on_final(id, key, 'undeliverable', final_fields)
+  elseif (part < 10 and h[9 + part] or nil) ~= rstate then
+    redis.call('HSET', key, pname, rstate)
+  end
+end
+
+-- Whether any receipt may be parked (keys.early_receipts_parked): read once per script.
+local early_parked = nil
+local function early_possible()
+  if early_parked == nil then early_parked = redis.call('EXISTS', EARLY_PARKED) == 1 end
+  return early_parked
+end
+
+local function flat_counts()
+  local out = {}
+  for k, v in pairs(counts) do out[#out + 1] = k; out[#out + 1] = tostring(v) end
+  return out
+end

@@ -1,0 +1,131 @@
+-- Apply a batch of submit outcomes and receipts (OutcomeWriter).
+-- ARGV (after the ledger header): n, early-receipt TTL seconds, then n ops:
+--   A id carrier parts indexed message-ids...   accepted by the carrier
+--   R|W|F id due_at error unknown                retry / wait (no attempt) / failed
+--   L id due_at error unknown cap <R|F op>       link down (free up to cap losses)
+--   C id carrier error                           refused permanently by one carrier
+--   X carrier state error n candidates...        a delivery receipt
+-- Guarantees: an outcome for a notification no longer submitting changes nothing; a
+-- receipt before its submit's message ids is parked and applied when they are recorded.
+-- include: ledger.lua
+local n = tonumber(ARGV[FIRST])
+local EARLY_TTL = tonumber(ARGV[FIRST + 1])
+local i = FIRST + 2
+local receipts = {}
+for _ = 1, n do
+  local op = ARGV[i]
+  if op == 'A' then
+    -- nr: the leading parts that asked for a receipt; only their ids are indexed
+    local id, carrier, np, nr = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+    local mids = {}
+    for p = 1, np do mids[p] = ARGV[i + 4 + p] end
+    i = i + 5 + np
+    local key = nkey(id)
+    local h = redis.call('HMGET', key, 'state', 'type', 'priority')
+    if h[1] == 'submitting' or h[1] == 'queued' or h[1] == 'scheduled' then
+      zrem_later(INFLIGHT, id)
+      if h[1] ~= 'submitting' then
+        -- recovered after a lost lease, yet the submit did go out: record the truth
+        redis.call('ZREM', LANE[h[3]] or LANE.normal, id)
+        redis.call('ZREM', SCHEDULED, id)
+      end
+      local fields = {'carrier', carrier, 'parts', tostring(np), 'message_ids', table.concat(mids, ' ')}
+      if nr < np then fields[7] = 'receipt_parts'; fields[8] = tostring(nr) end
+      transition(id, key, 'submitted', h[2], fields, {'carrier', carrier, 'parts', tostring(np)})
+      for p = 1, nr do
+        redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. (p - 1), 'EX', RETENTION)
+      end
+      if nr > 0 and RECEIPT_TIMEOUT > 0 then zadd_later(AWAITING, now + RECEIPT_TIMEOUT, id) end
+      for p = 1, (early_possible() and nr or 0) do
+        local ek = earlykey(carrier, mids[p])
+        local early = redis.call('GET', ek)
+        if early then
+          redis.call('DEL', ek)
+          local sp = string.find(early, ' ', 1, true)
+          apply_receipt(id, key, p - 1, string.sub(early, 1, sp - 1), string.sub(early, sp + 1))
+          count('receipt_early_applied')
+        end
+      end
+    else
+      count('outcome_ignored')
+    end
+  elseif op == 'R' or op == 'W' or op == 'F' or op == 'L' then
+    local id, due, err, unknown = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    i = i + 5
+    local key = nkey(id)
+    local h = redis.call('HMGET', key, 'state', 'type')
+    local free_reason = 'no_carrier'
+    if op == 'L' then
+      -- link down: free while link_losses <= the cap, else the op that follows applies
+      -- (its name, id, due, error, unknown: ARGV[i + 1 .. i + 5])
+      local cap = tonumber(ARGV[i])
+      if h[1] == 'submitting' and redis.call('HINCRBY', key, 'link_losses', 1) <= cap then
+        op, free_reason = 'W', 'link_down'
+      else
+        op, due, err, unknown = ARGV[i + 1], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+      end
+      i = i + 6
+    end
+    if h[1] == 'submitting' then
+      zrem_later(INFLIGHT, id)
+      if unknown == '1' then
+        redis.call('HINCRBY', key, 'possible_duplicates', 1)
+        count('possible_duplicate')
+      end
+      if op == 'F' then
+        transition(id, key, 'failed', h[2], {'error', err}, {'error', err})
+        on_final(id, key, 'failed')
+      else
+        local why = 'retry'
+        if op == 'W' then
+          -- no carrier could take it, or its link went away: not an attempt
+          redis.call('HINCRBY', key, 'attempts', -1)
+          why = free_reason
+        end
+        transition(id, key, 'scheduled', h[2], {'due_at', due, 'scheduled_reason', why, 'error', err},
+          {'due_at', due, 'scheduled_reason', why, 'error', err})
+        redis.call('ZADD', SCHEDULED, due, id)
+      end
+    else
+      count('outcome_ignored')
+    end
+  elseif op == 'C' then
+    local id, carrier, err = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    i = i + 4
+    local key = nkey(id)
+    local h = redis.call('HMGET', key, 'state', 'failed_carriers')
+    if h[1] == 'submitting' then
+      local fc = carrier
+      if h[2] and h[2] ~= '' then fc = h[2] .. ' ' .. carrier end
+      redis.call('HSET', key, 'failed_carriers', fc, 'error', err)
+    end
+  elseif op == 'X' then
+    local carrier, rstate, err, nc = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+    local found = false
+    for k = 1, nc do
+      local v = redis.call('GET', msgkey(carrier, ARGV[i + 4 + k]))
+      if v then
+        local sp = string.find(v, ' ', 1, true)
+        local id = string.sub(v, 1, sp - 1)
+        apply_receipt(id, nkey(id), tonumber(string.sub(v, sp + 1)), rstate, err)
+        found = true
+        break
+      end
+    end
+    if not found and nc > 0 then
+      local ek = earlykey(carrier, ARGV[i + 5])
+      if RECEIPT_FINAL[rstate] or redis.call('EXISTS', ek) == 0 then
+        redis.call('SET', ek, rstate .. ' ' .. err, 'EX', EARLY_TTL)
+        redis.call('SET', EARLY_PARKED, '1', 'EX', EARLY_TTL)
+        early_parked = true
+      end
+      count('receipt_early')
+    end
+    i = i + 5 + nc
+  else
+    flush_sorted_sets()  -- the ops before it are applied: keep the in-flight set true
+    return redis.error_reply('unknown outcome op ' .. tostring(op))
+  end
+end
+flush_sorted_sets()
+return {{}, flat_counts(), partner_final}

@@ -1,0 +1,21 @@
+-- Move scheduled notifications whose time has come back to their lane (or expire them).
+-- ARGV (after the ledger header): limit.  Returns {{number taken}, counts, partner ids}.
+-- include: take_due.lua
+-- include: ledger.lua
+local ids = take_due(SCHEDULED, NOW, tonumber(ARGV[FIRST]))
+for _, id in ipairs(ids) do
+  local key = nkey(id)
+  local h = redis.call('HMGET', key, 'state', 'priority', 'expires_at', 'type')
+  if h[1] == 'scheduled' then
+    local exp = tonumber(h[3] or '0') or 0
+    if exp > 0 and exp <= now then
+      transition(id, key, 'expired', h[4], {}, {})
+      on_final(id, key, 'expired')
+    else
+      transition(id, key, 'queued', h[4], {}, {'priority', h[2] or 'normal'})
+      lane_push(h[2], id)
+    end
+  end
+end
+flush_sorted_sets()
+return {{tostring(#ids)}, flat_counts(), partner_final}
