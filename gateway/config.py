@@ -42,6 +42,7 @@ __all__ = [
     "RedisConfig",
     "Secret",
     "SmppServerConfig",
+    "StatusClassOverride",
     "load_config",
     "parse_listen",
 ]
@@ -140,6 +141,12 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class StatusClassOverride:
+    status: int = setting(help="a command_status, e.g. 0x08 (hex as in the carrier's documentation) or 8", minimum=1, maximum=0xFFFFFFFF)
+    treat_as: str = setting(help="temporary (retry later), permanent (refused: fail over), throttled (slow down, resend the part), bind (rebind the session, retry)", choices=("temporary", "permanent", "throttled", "bind"))
+
+
+@dataclass(frozen=True)
 class CarrierConfig:
     name: str = setting(help="short name, used in logs, metrics and notification state (e.g. cmcc)")
     host: str = setting(help="SMSC host name or address")
@@ -175,6 +182,7 @@ class CarrierConfig:
     outbind_system_id: str = setting("", help="system_id the carrier's outbind carries (default: our system_id)")
     outbind_password: Secret = setting(default_factory=lambda: Secret(""), help="password the carrier's outbind carries")
     data_coding_0_alphabet: str = setting("gsm7", help="what data_coding 0 means in this SMSC's deliver_sm (MOs): gsm7 (GSM 03.38, the SMPP default), ascii (IA5) or latin-1", choices=("gsm7", "ascii", "latin-1"))
+    error_classes: tuple[StatusClassOverride, ...] = setting((), help="overrides of the submit_sm_resp error classes (docs/smpp.md), e.g. [{status: 0x45, treat_as: temporary}]")
     unreadable_receipt_resend: bool = setting(True, help="answer a receipt that cannot be read (no id or stat in any reading) with ESME_RX_T_APPN so the SMSC sends it again; false: ESME_RX_P_APPN (the SMSC drops it)")
 
 
@@ -562,6 +570,11 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
                 add(f"{where}.prefixes[{j}]", f"'{prefix}' is not a digit string")
         if carrier.reconnect_initial_seconds > carrier.reconnect_max_seconds:
             add(f"{where}.reconnect_initial_seconds", "greater than reconnect_max_seconds")
+        seen_statuses: set[int] = set()
+        for j, override in enumerate(carrier.error_classes):
+            if override.status in seen_statuses:
+                add(f"{where}.error_classes[{j}].status", f"0x{override.status:08X} is listed twice")
+            seen_statuses.add(override.status)
     for i, account in enumerate(config.smpp_server.accounts):
         for j, network in enumerate(account.allowed_networks):
             try:

@@ -130,3 +130,27 @@ def test_configuration_reference_document_is_current() -> None:
     from gateway.config import reference_markdown
 
     assert (REPO / "docs" / "configuration.md").read_text(encoding="utf-8") == reference_markdown()
+
+
+def test_carrier_error_classes_are_checked(tmp_path: Path) -> None:
+    """carriers[].error_classes: a hex status loads as its number; a bad class, an
+    impossible status and a status listed twice are each named."""
+    ok = CARRIER + "    error_classes:\n      - {status: 0x45, treat_as: temporary}\n"
+    [carrier] = load_config(write(tmp_path, ok), environ={}).carriers
+    assert [(o.status, o.treat_as) for o in carrier.error_classes] == [(0x45, "temporary")]
+    bad = CARRIER + textwrap.indent(textwrap.dedent("""\
+        error_classes:
+          - {status: 0x08, treat_as: later}
+          - {status: 0, treat_as: permanent}
+          - {status: 0x58, treat_as: throttled}
+          - {status: 88, treat_as: temporary}
+          - {status: 0x04, treat_as: bind}
+        data_coding_0_alphabet: utf-8
+        """), "    ")
+    found = problems(tmp_path, bad)
+    assert any("carriers[0].error_classes[0].treat_as: 'later' is not one of" in p for p in found)
+    assert any("carriers[0].error_classes[1].status: 0 is out of range" in p for p in found)
+    assert any("carriers[0].data_coding_0_alphabet: 'utf-8' is not one of" in p for p in found)
+    fixed = bad.replace("treat_as: later", "treat_as: permanent").replace("status: 0,", "status: 0x14,")
+    fixed = fixed.replace("data_coding_0_alphabet: utf-8", "data_coding_0_alphabet: ascii")
+    assert problems(tmp_path, fixed) == [f"{tmp_path / 'gateway.yaml'}: carriers[0].error_classes[3].status: 0x00000058 is listed twice"]

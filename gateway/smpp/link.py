@@ -11,9 +11,10 @@ that closes while or after it failed reaches ClientService in a state with no
 transition for it and raises ``NoTransition`` from ``connectionLost``; binding inside
 the endpoint never shows ClientService a connection that is not bound.)  The retry
 delay depends on why the last attempt failed: exponential backoff with jitter after a
-network failure, ``bind_rejected_retry_seconds`` after the SMSC refused our
-credentials (ESME_RBINDFAIL, ESME_RINVPASWD, ESME_RINVSYSID), which is also logged at
-error level: someone must fix the configuration.
+network failure or a bind refused for another reason (ESME_RBINDFAIL, which many SMSCs
+send while the previous session is not yet released), ``bind_rejected_retry_seconds``
+after the SMSC refused our credentials (ESME_RINVPASWD, ESME_RINVSYSID), which is also
+logged at error level: someone must fix the configuration.
 
 ``submit`` plans the text's parts (gateway.smpp.text) per the carrier's options and
 puts them on a bounded FIFO.  The pump sends the head of the FIFO when the token bucket
@@ -21,9 +22,12 @@ puts them on a bounded FIFO.  The pump sends the head of the FIFO when the token
 slot, round-robin over sessions.  Every part gets exactly one outcome from the session:
 
 * submit_sm_resp ESME_ROK: the part's message id;
-* ESME_RTHROTTLED / ESME_RMSGQFUL: the bucket slows down and the *same* part goes back to
+* another status, as the carrier's error-class table (gateway.smpp.status_classes) says:
+  throttled (ESME_RTHROTTLED): the bucket slows down and the *same* part goes back to
   the head of the FIFO after a growing delay, at most ``max_throttle_retries`` times;
-* another status: the carrier refused it (permanent);
+  temporary (ESME_RSYSERR, ESME_RMSGQFUL...): transient, the pipeline retries later;
+  bind (ESME_RINVBNDSTS): the session is closed and binds again, the part fails as a
+  lost link; permanent (the rest): the carrier refused it;
 * no response in time, or the session closed first: unknown, possibly delivered.
 
 A submit succeeds when every part has an id, and fails (``LinkSubmitFailed``, with the
@@ -113,6 +117,7 @@ from gateway.smpp.session import (
     Role,
     SmppSession,
 )
+from gateway.smpp.status_classes import StatusClass, StatusClassifier
 from gateway.smpp.text import (
     MessageTooLong,
     NotGsm7Encodable,
@@ -127,10 +132,9 @@ __all__ = ["CarrierLink", "LinkOptions", "LinkSubmitFailed"]
 log = Logger()
 
 # The SMSC refused who we are: retrying soon only fills its logs (and may lock us out).
-REJECTED_BIND_STATUSES = frozenset(
-    {CommandStatus.ESME_RBINDFAIL, CommandStatus.ESME_RINVPASWD, CommandStatus.ESME_RINVSYSID}
-)
-THROTTLING_STATUSES = frozenset({CommandStatus.ESME_RTHROTTLED, CommandStatus.ESME_RMSGQFUL})
+# ESME_RBINDFAIL is not among them: many SMSCs answer it while the previous session is
+# not yet released after a reconnect, so it gets the ordinary backoff.
+REJECTED_BIND_STATUSES = frozenset({CommandStatus.ESME_RINVPASWD, CommandStatus.ESME_RINVSYSID})
 
 _BIND_PDUS: dict[str, type[BindTransceiver] | type[BindTransmitter] | type[BindReceiver]] = {
     "transceiver": BindTransceiver,
@@ -199,7 +203,7 @@ class _Submit:
 class _PartJob:
     """One submit_sm of a submit; the session's context for it (called with its outcome)."""
 
-    __slots__ = ("attempts", "index", "link", "pdu", "submit")
+    __slots__ = ("attempts", "index", "link", "pdu", "protocol", "submit")
 
     def __init__(self, link: CarrierLink, submit: _Submit, index: int, pdu: SubmitSm) -> None:
         self.link = link
@@ -207,6 +211,7 @@ class _PartJob:
         self.index = index
         self.pdu = pdu
         self.attempts = 0
+        self.protocol: SmppProtocol | None = None  # the session it was last sent on
 
     def __call__(self, event: Event) -> None:
         self.link._part_settled(self, event)
@@ -404,6 +409,9 @@ class CarrierLink(MultiService):
         self._hex_upper = False
         self._hex_width = 0
         self._response_counters: dict[int, Any] = {}
+        self._status_classes = StatusClassifier(
+            (override.status, override.treat_as) for override in config.error_classes
+        )
         self._latency = metrics.submit_latency.labels(config.name)
         self.binding_endpoints: list[_BindingEndpoint] = []
 
@@ -571,6 +579,7 @@ class CarrierLink(MultiService):
                 queue.appendleft(job)  # the session is going down; its close event follows
                 break
             job.submit.in_flight += 1
+            job.protocol = protocol
             if protocol not in touched:
                 touched.append(protocol)
         for protocol in touched:
@@ -607,7 +616,10 @@ class CarrierLink(MultiService):
                         self._check_drained()
                 elif submit.in_flight == 0:
                     self._settle_failed(submit)
-            elif status in THROTTLING_STATUSES:
+                self._pump()
+                return
+            status_class = self._status_classes.classify(status)
+            if status_class is StatusClass.THROTTLED:
                 self._bucket.slow_down(self.options.throttle_slow_down_factor, self.clock.seconds())
                 job.attempts += 1
                 if submit.failure is not None or job.attempts > self.options.max_throttle_retries:
@@ -618,6 +630,24 @@ class CarrierLink(MultiService):
                     delay = self.options.throttle_retry_seconds * job.attempts
                     call = self.clock.callLater(delay, self._resubmit, job)
                     self._retry_calls.add(call)
+            elif status_class is StatusClass.TEMPORARY:
+                self._part_failed(
+                    job, "carrier could not take it now", transient=True, status=status_name(status)
+                )
+            elif status_class is StatusClass.BIND:
+                # The SMSC no longer treats this session as bound: rebind it, and retry
+                # the message without spending an attempt (as for a lost link).
+                log.warn(
+                    "carrier {carrier} answered a submit with {status}: rebinding the session",
+                    carrier=self.carrier,
+                    status=status_name(status),
+                )
+                self._part_failed(
+                    job, "session not bound at the SMSC", transient=True,
+                    status=status_name(status), link_down=True,
+                )
+                if job.protocol is not None:
+                    job.protocol.disconnect()
             else:
                 self._part_failed(
                     job, "carrier refused the submit", transient=False, status=status_name(status)

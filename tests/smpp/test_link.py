@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import metrics
-from gateway.config import CarrierConfig, Secret
+from gateway.config import CarrierConfig, Secret, StatusClassOverride
 from gateway.ports import DeliveryReceipt, MobileOriginated, OutboundSms, SubmitAccepted
 from gateway.privacy import PhoneNumber
 from gateway.smpp.link import CarrierLink, LinkOptions, LinkSubmitFailed
@@ -419,11 +419,57 @@ def test_throttling_beyond_the_retry_limit_fails_transient() -> None:
     d = link.submit(OutboundSms("n1", CITIZEN, "hello"))
     for attempt in range(3):
         [pdu] = smsc.read()
-        smsc.send(SubmitSmResp(pdu.sequence_number, CommandStatus.ESME_RMSGQFUL))
+        smsc.send(SubmitSmResp(pdu.sequence_number, CommandStatus.ESME_RTHROTTLED))
         clock.advance(attempt + 1.0)
     failure = result_of(d)
-    assert failure.value.transient and failure.value.status == "ESME_RMSGQFUL"
+    assert failure.value.transient and failure.value.status == "ESME_RTHROTTLED"
     assert not failure.value.response_unknown
+
+
+@pytest.mark.parametrize(
+    ("status", "overrides", "transient"),
+    [
+        (CommandStatus.ESME_RSYSERR, (), True),
+        (CommandStatus.ESME_RMSGQFUL, (), True),
+        (CommandStatus.ESME_RSUBMITFAIL, (), False),
+        (CommandStatus.ESME_RINVDSTADR, (), False),
+        (CommandStatus.ESME_RSUBMITFAIL, ((0x45, "temporary"),), True),
+        (CommandStatus.ESME_RSYSERR, ((0x08, "permanent"),), False),
+    ],
+)
+def test_submit_error_class_follows_the_carriers_table(
+    status: CommandStatus, overrides: tuple[tuple[int, str], ...], transient: bool
+) -> None:
+    """A refused submit is transient or permanent as the defaults and the carrier's
+    error_classes overrides say; the SMSC answered, so the outcome is known."""
+    link, smsc, _, _ = bound_link(
+        error_classes=tuple(StatusClassOverride(status=s, treat_as=c) for s, c in overrides)
+    )
+    d = link.submit(OutboundSms("n1", CITIZEN, "hello"))
+    [pdu] = smsc.read()
+    smsc.send(SubmitSmResp(pdu.sequence_number, status))
+    failure = result_of(d)
+    assert (failure.value.transient, failure.value.status) == (transient, status.name)
+    assert not failure.value.response_unknown and not failure.value.link_down
+
+
+def test_submit_answered_not_bound_rebinds_the_session() -> None:
+    """ESME_RINVBNDSTS to a submit (class bind): the session is closed, the submit fails
+    as a lost link (retried without spending an attempt), and the link binds again."""
+    link, endpoint, clock, _ = start_link()
+    endpoint.smscs[0].accept_bind()
+    smsc = endpoint.smscs[0]
+    d = link.submit(OutboundSms("n1", CITIZEN, "hello"))
+    [pdu] = smsc.read()
+    smsc.send(SubmitSmResp(pdu.sequence_number, CommandStatus.ESME_RINVBNDSTS))
+    failure = result_of(d)
+    assert failure.value.transient and failure.value.link_down
+    assert smsc.transport.disconnecting
+    smsc.drop()
+    clock.advance(2.0)
+    assert len(endpoint.smscs) == 2
+    endpoint.smscs[1].accept_bind()
+    assert link.is_bound()
 
 
 def test_refused_part_fails_the_whole_message_and_reports_accepted_ids() -> None:
@@ -653,9 +699,23 @@ def test_idle_link_sends_enquire_link() -> None:
     assert [type(p) for p in smsc.read()] == [EnquireLink]
 
 
-@pytest.mark.parametrize("status", [CommandStatus.ESME_RBINDFAIL, CommandStatus.ESME_RINVSYSID])
+def test_bind_fail_is_temporary_and_retried_with_backoff() -> None:
+    """ESME_RBINDFAIL (often "previous session not yet released") is retried after the
+    ordinary backoff, not bind_rejected_retry_seconds."""
+    link, endpoint, clock, _ = start_link(bind_rejected_retry_seconds=300.0, reconnect_initial_seconds=1.0)
+    smsc = endpoint.smscs[0]
+    [bind] = smsc.read()
+    smsc.send(BindTransceiverResp(bind.sequence_number, CommandStatus.ESME_RBINDFAIL))
+    smsc.drop()
+    clock.advance(1.5)
+    assert endpoint.attempts == 2
+    endpoint.smscs[1].accept_bind()
+    assert link.is_bound()
+
+
+@pytest.mark.parametrize("status", [CommandStatus.ESME_RINVPASWD, CommandStatus.ESME_RINVSYSID])
 def test_all_credential_refusals_use_the_slow_retry(status: CommandStatus) -> None:
-    """ESME_RBINDFAIL and ESME_RINVSYSID count as refused credentials too."""
+    """ESME_RINVPASWD and ESME_RINVSYSID count as refused credentials."""
     link, endpoint, clock, _ = start_link(bind_rejected_retry_seconds=50.0)
     smsc = endpoint.smscs[0]
     [bind] = smsc.read()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from gateway.config import PartnerAccount, Secret
+from gateway.config import PartnerAccount, Secret, StatusClassOverride
 from gateway.ports import OutboundSms
 from gateway.privacy import PhoneNumber
 from gateway.smpp.listener import SmppListener
@@ -147,3 +148,58 @@ def test_partner_submit_in_data_coding_0_is_read_with_the_accounts_alphabet(
     finally:
         yield listener.stopService()
 
+
+
+# -- item 4: error classes ------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_system_error_from_the_smsc_is_temporary_and_overridable(node_peer: NodeSmppPeer) -> Any:
+    """node-smpp answers submit_sm with ESME_RSYSERR (0x08): by default a temporary failure
+    (the pipeline retries later); with `error_classes: [{status: 0x08, treat_as:
+    permanent}]` a permanent one (fail over)."""
+    sink = WaitingSink()
+    yield node_peer.configure(submit_statuses=[0x08, 0x08])
+    link, _ = yield node_smsc_link(node_peer, sink)
+    try:
+        failure = yield wait(link.submit(OutboundSms("n1", CITIZEN, "hello"))).addCallbacks(
+            lambda r: pytest.fail(f"accepted: {r}"), lambda f: f.value
+        )
+        assert (failure.transient, failure.status, failure.response_unknown) == (True, "ESME_RSYSERR", False)
+    finally:
+        yield link.stopService()
+    override = (StatusClassOverride(status=0x08, treat_as="permanent"),)
+    link, _ = yield node_smsc_link(node_peer, sink, error_classes=override)
+    try:
+        failure = yield wait(link.submit(OutboundSms("n2", CITIZEN, "hello"))).addCallbacks(
+            lambda r: pytest.fail(f"accepted: {r}"), lambda f: f.value
+        )
+        assert (failure.transient, failure.status) == (False, "ESME_RSYSERR")
+        yield node_peer.next_pdu("submit_sm")
+        yield node_peer.next_pdu("submit_sm")
+        assert len(node_peer.pdus("submit_sm")) == 2  # one submit each, no resend by the link
+    finally:
+        yield link.stopService()
+
+
+# -- item 5: bind refusals --------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_bind_fail_after_a_reconnect_is_retried_soon(node_peer: NodeSmppPeer) -> Any:
+    """node-smpp refuses the first bind with ESME_RBINDFAIL (0x0D): the link binds again
+    after its short backoff, not after bind_rejected_retry_seconds (300 s)."""
+    yield node_peer.configure(bind_statuses=[0x0D])
+    sink = WaitingSink()
+    port = yield node_peer.listen()
+    link = real_link(port, sink, bind_rejected_retry_seconds=300.0)
+    link.startService()
+    try:
+        yield wait(link.when_bound())
+        first = yield node_peer.next_pdu("bind_transceiver")
+        second = yield node_peer.next_pdu("bind_transceiver")
+        assert first["session"] != second["session"]  # a new connection, bound this time
+        accepted = yield wait(link.submit(OutboundSms("n1", CITIZEN, "after the refusal")))
+        assert len(accepted.message_ids) == 1
+    finally:
+        yield link.stopService()

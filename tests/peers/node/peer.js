@@ -122,6 +122,10 @@ function handle(request) {
       const session = smpp.connect({ host: "127.0.0.1", port: request.port }, () => reply({ session: number }));
       const number = track(session);
       session.on("enquire_link", (pdu) => session.send(pdu.response()));
+      session.on("unbind", (pdu) => {
+        session.send(pdu.response());
+        session.close();
+      });
       session.on("deliver_sm", (pdu) => {
         if (request.auto_deliver_sm_resp !== false) session.send(pdu.response());
       });
