@@ -194,6 +194,9 @@ class PartnerAccount:
     allowed_bind_types: tuple[str, ...] = setting(("transmitter", "receiver", "transceiver"), help="bind types the partner may use")
     tps_limit: float = setting(50.0, help="submits per second the partner may send", unit="1/s", minimum=0.1, maximum=100_000)
     data_coding_0_alphabet: str = setting("gsm7", help="what data_coding 0 means in this partner's submit_sm: gsm7 (GSM 03.38, the SMPP default), ascii (IA5) or latin-1", choices=("gsm7", "ascii", "latin-1"))
+    # A partner needs a transmitter and a receiver per process it runs (a few processes);
+    # one account holding every connection of the listener would starve the others.
+    max_sessions: int = setting(10, help="sessions the partner may have bound at once; one more bind gets ESME_RBINDFAIL", minimum=1, maximum=1000)
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,10 @@ class SmppServerConfig:
     enquire_link_interval_seconds: float = setting(30.0, help="enquire_link after this much idle time", unit="s", minimum=1, maximum=3600)
     response_timeout_seconds: float = setting(10.0, help="request timeout towards partners", unit="s", minimum=0.1, maximum=600)
     window: int = setting(100, help="outstanding deliver_sm per partner session", minimum=1, maximum=10_000)
+    # Each connection costs a file descriptor and up to ~130 KiB of buffers (one 64 KiB
+    # read of requests and the transport's 64 KiB output bound); 200 leaves most of the
+    # 1,024 descriptors of systemd's default limit to FastAGI, HTTP and Redis.
+    max_connections: int = setting(200, help="connections open at once, bound or not; beyond, a new connection is closed at once", minimum=1, maximum=100_000)
 
 
 @dataclass(frozen=True)

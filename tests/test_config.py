@@ -154,3 +154,17 @@ def test_carrier_error_classes_are_checked(tmp_path: Path) -> None:
     fixed = bad.replace("treat_as: later", "treat_as: permanent").replace("status: 0,", "status: 0x14,")
     fixed = fixed.replace("data_coding_0_alphabet: utf-8", "data_coding_0_alphabet: ascii")
     assert problems(tmp_path, fixed) == [f"{tmp_path / 'gateway.yaml'}: carriers[0].error_classes[3].status: 0x00000058 is listed twice"]
+
+
+def test_session_and_connection_caps_are_checked(tmp_path: Path) -> None:
+    """check-config names smpp_server.max_connections and accounts[].max_sessions out of range."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "smpp_server:\n  max_connections: 0\n  accounts:\n"
+        "    - {system_id: p, password: pw, max_sessions: 0}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={})
+    text = "\n".join(raised.value.problems)
+    assert "smpp_server.max_connections" in text and "smpp_server.accounts[0].max_sessions" in text

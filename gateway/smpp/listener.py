@@ -32,6 +32,16 @@ network round trip, and an attacker facing N gateway processes gets N times
 ``max_bind_failures`` guesses per window, which does not change the arithmetic of
 guessing an 8-character password.  A restart forgets lock-outs; restarting takes longer
 than the lock-out it would lift is worth to an attacker.
+
+Limits against careless and hostile peers: at most ``max_connections`` connections are
+open at once (bound or not); one more is closed as soon as it is accepted, before any
+byte is read (SMPP has no answer to a connection, only to a bind).  An account has at
+most ``accounts[].max_sessions`` sessions bound; one more bind, with the right password,
+gets ESME_RBINDFAIL.  SMPP 3.4 (5.1.3) has no status for "too many sessions": RBINDFAIL
+is its generic "Bind Failed"; ESME_RALYBND means *this* session is already bound and is
+what the session table answers to a second bind on one connection.  A refusal for the
+session cap does not count towards the address's lock-out: the password was right.
+Backpressure (a peer that does not read) is the protocol's: see gateway.smpp.protocol.
 """
 
 from __future__ import annotations
@@ -50,10 +60,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import metrics
 from gateway.config import PartnerAccount, SmppServerConfig, parse_listen
 from gateway.ports import PartnerIntake
 from gateway.privacy import InvalidPhoneNumber, PhoneNumber
@@ -87,6 +98,10 @@ __all__ = [
 ]
 
 log = Logger()
+
+# A listener at its connection cap says so at most this often (with the count closed
+# meanwhile), not once per refused connection: a flood must not become a log flood.
+FULL_WARNING_INTERVAL_SECONDS = 10.0
 
 _BIND_TYPES: Mapping[type, str] = {
     BindTransmitter: "transmitter",
@@ -233,6 +248,7 @@ class _Connection(SessionOwner):
     def connection_lost(self, protocol: SmppProtocol, reason: Failure) -> None:
         self.listener._connections.discard(protocol)
         self.listener._partner_gone(self, protocol)
+        self.protocol = None  # break the cycle protocol <-> owner at once
 
 
 class SmppListener(Service):
@@ -285,6 +301,10 @@ class SmppListener(Service):
             max_addresses=options.max_tracked_addresses,
         )
         self._connections: set[SmppProtocol] = set()
+        self.open_connections = 0  # accepted and not yet lost, outbinds handed over included
+        self._sessions_per_account: dict[str, int] = {}
+        self._last_full_warning = float("-inf")
+        self._refused_since_warning = 0
         self._receivers: dict[str, list[SmppProtocol]] = {}
         self._round_robin = 0
         self._reassembler = Reassembler(
@@ -383,7 +403,25 @@ class SmppListener(Service):
                 now=now,
             )
 
-        return SmppProtocol(new_session, _Connection(self), self.reactor, label="listener")
+        return _ListenerProtocol(self, new_session, _Connection(self), self.reactor, label="listener")
+
+    def _accept(self) -> bool:
+        """Whether one more connection fits under max_connections (counts it if so)."""
+        if self.open_connections < self.config.max_connections:
+            self.open_connections += 1
+            return True
+        metrics.connections_refused.labels("smpp", "max_connections").inc()
+        self._refused_since_warning += 1
+        now = self.reactor.seconds()
+        if now - self._last_full_warning >= FULL_WARNING_INTERVAL_SECONDS:
+            log.warn(
+                "SMPP listener full ({max_connections} connections): closed {count} new connections",
+                max_connections=self.config.max_connections,
+                count=self._refused_since_warning,
+            )
+            self._last_full_warning = now
+            self._refused_since_warning = 0
+        return False
 
     # -- binds ------------------------------------------------------------------------------
 
@@ -415,6 +453,9 @@ class SmppListener(Service):
             status = CommandStatus.ESME_RINVPASWD
         elif bind_type not in account.config.allowed_bind_types:
             status, counts = CommandStatus.ESME_RBINDFAIL, False
+        elif self._sessions_per_account.get(system_id, 0) >= account.config.max_sessions:
+            status, counts = CommandStatus.ESME_RBINDFAIL, False
+            metrics.connections_refused.labels("smpp", "max_sessions").inc()
         if status is not None:
             locked = counts and self._failures.failed(address, now)
             log.warn(
@@ -431,6 +472,7 @@ class SmppListener(Service):
         protocol.respond(pdu, system_id=self.config.system_id)
         connection.system_id = system_id
         connection.bind_type = bind_type
+        self._sessions_per_account[system_id] = self._sessions_per_account.get(system_id, 0) + 1
         protocol.label = system_id
         if bind_type != "transmitter":
             self._receivers.setdefault(system_id, []).append(protocol)
@@ -470,6 +512,11 @@ class SmppListener(Service):
             if not receivers:
                 del self._receivers[connection.system_id]
         if connection.bind_type:
+            remaining = self._sessions_per_account.get(connection.system_id, 1) - 1
+            if remaining > 0:
+                self._sessions_per_account[connection.system_id] = remaining
+            else:
+                self._sessions_per_account.pop(connection.system_id, None)
             log.info(
                 "partner {system_id} {bind_type} session closed",
                 system_id=connection.system_id,
@@ -616,9 +663,35 @@ class SmppListener(Service):
         return datetime.fromtimestamp(timestamp, self._timezone).strftime("%y%m%d%H%M")
 
 
+class _ListenerProtocol(SmppProtocol):
+    """A listener connection: counted from accept to loss, whoever owns it by then."""
+
+    def __init__(self, listener: SmppListener, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._listener: SmppListener | None = listener
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.open_connections -= 1
+        super().connectionLost(reason)
+
+
 class _ListenerFactory(Factory):
     def __init__(self, listener: SmppListener) -> None:
         self.listener = listener
 
-    def buildProtocol(self, addr: Any) -> SmppProtocol:
+    def buildProtocol(self, addr: Any) -> Protocol:
+        if not self.listener._accept():
+            return _ClosedAtOnce()
         return self.listener._new_protocol()
+
+
+class _ClosedAtOnce(Protocol):
+    """A connection over the cap: closed as soon as it is made, nothing read.
+
+    (Not None from buildProtocol: a TLS wrapping factory would wrap the None.)"""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()

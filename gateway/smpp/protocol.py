@@ -7,18 +7,30 @@ the session queued is written after each step.  A request may carry a callback i
 session's ``context``; the event that settles it (response, timeout, abandonment,
 bind result) is handed to that callback instead of the owner, so the hot submit path
 needs no Deferred and no lookup table besides the session's own window.
+
+Backpressure: the protocol is the transport's streaming producer (IPushProducer).  When
+the peer does not read and the transport's unsent output passes its buffer size (64 KiB,
+``FileDescriptor.bufferSize``), the transport calls `pauseProducing` and we stop reading:
+every request we would read asks for a response, so reading on would only grow the
+output that nobody takes.  If the peer has not drained it within the drain timeout (by
+default the session's response timeout: a peer that takes no bytes for that long could
+not have answered a request either), the connection is aborted.  A session that closes
+(``disconnect``) gets the same bound on its farewell: what is not taken within the drain
+timeout is dropped with the connection.  So one connection holds at most one read
+(64 KiB of requests) of answers beyond the transport's buffer, and for a bounded time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway import metrics
 from gateway.smpp.pdu import CommandId, CommandStatus, Pdu, PduEncodeError, status_name
@@ -99,6 +111,7 @@ class SessionOwner:
         """The transport is gone (after session_closed)."""
 
 
+@implementer(IPushProducer)
 class SmppProtocol(Protocol):
     """One SMPP connection.
 
@@ -108,6 +121,9 @@ class SmppProtocol(Protocol):
             as the listener does when a carrier's outbind hands the connection over).
         clock: the reactor's IReactorTime (a ``Clock`` in tests).
         label: names the connection in logs (carrier name, partner system_id).
+        drain_timeout_seconds: how long a peer may leave our output unread (reading is
+            paused meanwhile) before the connection is aborted; None: the session's
+            response timeout.  See the module docstring.
     """
 
     def __init__(
@@ -117,6 +133,7 @@ class SmppProtocol(Protocol):
         clock: IReactorTime,
         *,
         label: str = "",
+        drain_timeout_seconds: float | None = None,
     ) -> None:
         self._session_factory = session_factory
         self.owner = owner
@@ -126,18 +143,52 @@ class SmppProtocol(Protocol):
         self._timer: IDelayedCall | None = None
         self._closed_reported = False
         self._disconnecting = False
+        self._drain_timeout_seconds = drain_timeout_seconds
+        self._drain_timer: IDelayedCall | None = None
+        self.paused = False  # reading stopped: the peer does not take our output
+        self._producing = False  # registered as the transport's producer
 
     # -- Twisted ------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.session = self._session_factory(self.clock.seconds())
+        if self._drain_timeout_seconds is None:
+            self._drain_timeout_seconds = self.session.response_timeout_seconds
         self.owner.connection_made(self)
         self.flush()
+
+    # -- IPushProducer: the transport tells us when the peer stops taking our output ----
+
+    def pauseProducing(self) -> None:
+        """Our unsent output passed the transport's buffer size: stop reading requests."""
+        if self.paused or self.transport is None:
+            return
+        self.paused = True
+        cast(IPushProducer, self.transport).pauseProducing()
+        self._arm_drain_timer()
+
+    def resumeProducing(self) -> None:
+        """The peer took our output: read again."""
+        if not self.paused or self.transport is None:
+            return
+        self.paused = False
+        self._cancel_drain_timer()
+        if not self._disconnecting:
+            cast(IPushProducer, self.transport).resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The connection is going away; connectionLost follows."""
 
     def dataReceived(self, data: bytes) -> None:
         session = self.session
         if session is None:
             return
+        if not self._producing:
+            # Registered at the first bytes, not in connectionMade: over TLS the handshake
+            # is over by then, and TLS pauses its producer while the handshake holds our
+            # writes back; stopping to read then would stall the handshake for ever.
+            self._producing = True
+            self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         events = session.receive_data(data, self.clock.seconds())
         if events:
             self._dispatch(events)
@@ -147,11 +198,16 @@ class SmppProtocol(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._cancel_drain_timer()
         if self.session is not None:
             self._dispatch(self.session.close(f"connection lost: {reason.getErrorMessage()}"))
             self.session.data_to_send()  # nowhere to go
             self._report_counts()
         self.owner.connection_lost(self, reason)
+        # The transport keeps its unsent output until it is freed; owners keep their
+        # protocol in a reference cycle.  Let go of the transport now so that the bytes
+        # a non-reading peer left behind go back at once, not at the next full GC pass.
+        self.transport = None
 
     # -- for owners -----------------------------------------------------------------------
 
@@ -211,10 +267,12 @@ class SmppProtocol(Protocol):
         self.flush()
 
     def disconnect(self) -> None:
-        """Write what is queued, then close the connection."""
+        """Write what is queued, then close the connection; abort it if the peer has
+        not taken the queued bytes within the drain timeout."""
         if self.transport is not None and not self._disconnecting:
             self._disconnecting = True
             self.transport.loseConnection()
+            self._arm_drain_timer()
 
     def abort(self) -> None:
         """Close without waiting for queued data (a dead or hostile peer)."""
@@ -239,6 +297,27 @@ class SmppProtocol(Protocol):
         self._reschedule()
 
     # -- internals ------------------------------------------------------------------------
+
+    def _arm_drain_timer(self) -> None:
+        if self._drain_timer is None and self._drain_timeout_seconds is not None:
+            self._drain_timer = self.clock.callLater(self._drain_timeout_seconds, self._not_drained)
+
+    def _cancel_drain_timer(self) -> None:
+        if self._drain_timer is not None and self._drain_timer.active():
+            self._drain_timer.cancel()
+        self._drain_timer = None
+
+    def _not_drained(self) -> None:
+        self._drain_timer = None
+        if self.transport is None:
+            return
+        log.warn(
+            "SMPP peer {peer} took none of our output for {seconds} s; connection aborted",
+            peer=self.label,
+            seconds=self._drain_timeout_seconds,
+        )
+        metrics.connections_refused.labels("smpp", "not_draining").inc()
+        self.abort()
 
     def _report_counts(self) -> None:
         if self.session is None:

@@ -232,3 +232,55 @@ def test_chunked_input_is_framed(step: int) -> None:
     for i in range(0, len(data), step):
         protocol.dataReceived(data[i : i + step])
     assert [p.sequence_number for p in owner.received] == [1, 2]
+
+
+# -- backpressure (issue 12 item 3) ------------------------------------------------------------
+
+
+def test_protocol_registers_as_streaming_producer_at_the_first_bytes() -> None:
+    """The protocol becomes the transport's streaming producer when the peer first speaks."""
+    clock, transport = Clock(), StringTransport()
+    protocol, _ = connect(clock, transport, role=Role.SMSC)
+    assert transport.producer is None
+    protocol.dataReceived(encode(EnquireLink(1)))
+    assert transport.producer is protocol and transport.streaming
+
+
+def test_paused_protocol_stops_reading_and_aborts_when_the_peer_does_not_drain() -> None:
+    """Unsent output past the transport's bound pauses reading; undrained for the drain
+    timeout, the connection is aborted."""
+    clock, transport = Clock(), StringTransport()
+    protocol, _ = connect(clock, transport, role=Role.SMSC, response_timeout_seconds=5.0)
+    protocol.dataReceived(encode(EnquireLink(1)))
+    protocol.pauseProducing()  # what the transport does when its buffer passes bufferSize
+    assert transport.producerState == "paused" and protocol.paused
+    clock.advance(4.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting  # StringTransport.abortConnection sets it
+
+
+def test_drained_output_resumes_reading_and_keeps_the_connection() -> None:
+    """A peer that drains our output within the timeout is read again and stays connected."""
+    clock, transport = Clock(), StringTransport()
+    protocol, _ = connect(clock, transport, role=Role.SMSC, response_timeout_seconds=5.0,
+                              session_init_timeout_seconds=100.0, enquire_link_interval_seconds=100.0)
+    protocol.dataReceived(encode(EnquireLink(1)))
+    protocol.pauseProducing()
+    clock.advance(3.0)
+    protocol.resumeProducing()
+    assert transport.producerState == "producing" and not protocol.paused
+    clock.advance(10.0)
+    assert not transport.disconnecting
+
+
+def test_disconnect_is_bounded_by_the_drain_timeout() -> None:
+    """A closing session whose farewell is not taken is aborted after the drain timeout."""
+    clock, transport = Clock(), StringTransport()
+    protocol, _ = connect(clock, transport, role=Role.SMSC, response_timeout_seconds=5.0)
+    aborted: list[bool] = []
+    transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+    protocol.disconnect()
+    assert transport.disconnecting and not aborted
+    clock.advance(5.0)
+    assert aborted == [True]
