@@ -30,6 +30,12 @@ from gateway.store.embedded import RedisServerProcess, free_port
 from gateway.store.keys import Keys
 
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# How long a command may wait for its reply before it is a TimeoutError (then retried
+# with backoff like any other failed command).  Set here rather than left to redis-py,
+# whose default became 5 s in redis-py 8: the longest blocking read the gateway sends is
+# 2 s (push.mo XREADGROUP BLOCK), and a loaded machine (CI with both cores busy, an AOF
+# fsync on a busy disk) has been seen to hold a reply several seconds beyond that.
+SOCKET_TIMEOUT_SECONDS = 15.0
 
 
 def make_client(url: str, reconnect_max_delay_seconds: float = 10.0, *, max_connections: int = 1000,
@@ -51,6 +57,7 @@ def make_client(url: str, reconnect_max_delay_seconds: float = 10.0, *, max_conn
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_connect_timeout=2.0,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
         health_check_interval=0,
         **options,
     )

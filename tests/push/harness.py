@@ -32,6 +32,13 @@ from gateway.push.state import NotificationLedger, OutcomeWriter
 from gateway.push.worker import Dispatcher
 from gateway.store.keys import Keys
 
+# The longest XREAD BLOCK a test helper sends: redis-py 8's clients default to a 5 s
+# socket_timeout, and a BLOCK longer than that ends in "TimeoutError: Timeout reading
+# from 127.0.0.1" instead of an empty reply whenever nothing happens for 5 s (a loaded
+# machine, or a notification that never reaches the state waited for).  Helpers loop on
+# shorter reads until their own deadline.
+READ_BLOCK_LIMIT_MS = 1000
+
 TEMPLATES_FILE = Path(__file__).resolve().parents[2] / "config" / "templates.yaml"
 POLICY = QuietHoursPolicy()
 # Monday 2026-03-02 10:00 in Shanghai: outside quiet hours.
@@ -201,7 +208,7 @@ class EventWaiter:
                 return state
         deadline = reactor.seconds() + timeout_seconds
         while reactor.seconds() < deadline:
-            block = max(1, int((deadline - reactor.seconds()) * 1000))
+            block = max(1, min(READ_BLOCK_LIMIT_MS, int((deadline - reactor.seconds()) * 1000)))
             response = await self.redis.xread({self.keys.events_stream: self.last}, count=500, block=block)
             found = None
             for _, entries in response or []:

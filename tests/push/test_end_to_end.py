@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 
 from gateway import metrics
-from gateway.config import CarrierConfig, PushConfig, Secret
+from gateway.config import CarrierConfig, PushConfig, QuietHours, Secret
 from gateway.ports import DeliveryReceipt, MobileOriginated
 from gateway.push.render import load_templates
 from gateway.push.service import PushService
@@ -25,8 +25,9 @@ from gateway.smpp.link import CarrierLink
 from gateway.smpp.simulator import CarrierSimulator, SimulatorOptions
 from gateway.store.bridge import wait_deferred
 from gateway.store.keys import Keys
+from gateway.store.service import SOCKET_TIMEOUT_SECONDS
 from tests.aio import on_asyncio
-from tests.push.harness import TEMPLATES_FILE
+from tests.push.harness import READ_BLOCK_LIMIT_MS, TEMPLATES_FILE
 
 
 class _Inbound:
@@ -63,13 +64,23 @@ class Gateway:
         deadline = reactor.seconds() + timeout_seconds
         while reactor.seconds() < deadline:
             response = await self.redis.xread({self.keys.events_stream: self._last_event}, count=100,
-                                              block=max(1, int((deadline - reactor.seconds()) * 1000)))
+                                              block=_block_ms(deadline))
             for _, entries in response or []:
                 for entry_id, fields in entries:
                     self._last_event = entry_id
                     if fields.get("id") == notification_id and fields["type"].split(".")[1] in states:
                         return fields["type"].split(".")[1]
         raise AssertionError(f"{notification_id} did not reach {states} in {timeout_seconds}s")
+
+
+NO_QUIET_HOURS = PushConfig(quiet_hours=QuietHours(start="00:00", end="00:00"))
+
+
+def _block_ms(deadline: float) -> int:
+    """How long one XREAD BLOCK may wait: until `deadline`, but at most
+    READ_BLOCK_LIMIT_MS, so that the read always ends before the client's socket_timeout
+    (redis-py 8 defaults it to 5 s: a longer BLOCK is a TimeoutError, not an empty reply)."""
+    return max(1, min(READ_BLOCK_LIMIT_MS, int((deadline - reactor.seconds()) * 1000)))
 
 
 @asynccontextmanager
@@ -83,9 +94,11 @@ async def gateway(redis_url: str, **simulator_options: Any) -> AsyncIterator[Gat
                             window=50, tps_limit=1000.0)
     inbound = _Inbound()
     link = CarrierLink(carrier, inbound, reactor, jitter=lambda: 0.0)
-    redis = Redis.from_url(redis_url, decode_responses=True)
+    redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_SECONDS)
     keys = Keys()
-    service = PushService(redis, keys, PushConfig(), load_templates(TEMPLATES_FILE), [link], reactor,
+    # The real clock: quiet hours (22:00-08:00 Shanghai, i.e. 14:00-00:00 UTC) would hold
+    # the normal-lane reminders until morning, so a run in the afternoon (UTC) failed.
+    service = PushService(redis, keys, NO_QUIET_HOURS, load_templates(TEMPLATES_FILE), [link], reactor,
                           drain_timeout_seconds=5.0)
     inbound.service = service
     link.startService()
@@ -158,3 +171,4 @@ async def test_duplicate_and_failed_receipts_over_smpp(redis_url: str) -> None:
         await gw.wait_for("last", {"delivered"})
         events = [fields for _, fields in await gw.redis.xrange(gw.keys.events_stream) if fields["id"] == "ok"]
         assert [e["type"] for e in events].count("notification.delivered") == 1
+

@@ -49,6 +49,7 @@ from gateway.store.embedded import RedisServerProcess
 from gateway.store.keys import Keys
 from gateway.store.service import make_client
 from tests.aio import on_asyncio
+from tests.push.harness import READ_BLOCK_LIMIT_MS
 
 KEYS = Keys()
 STRANGER = "13712345670"  # a valid mobile number with nobody on record
@@ -446,7 +447,7 @@ async def next_reply(redis: Redis, after: str = "0", timeout_seconds: float = 10
     """Block on the notify stream (XREAD BLOCK) until an mo_reply arrives after `after`."""
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
-        reply = await redis.xread({KEYS.notify_stream: after}, block=int(timeout_seconds * 1000))
+        reply = await redis.xread({KEYS.notify_stream: after}, block=READ_BLOCK_LIMIT_MS)
         for _, items in reply or ():
             for entry_id, fields in items:
                 after = entry_id
