@@ -16,8 +16,9 @@ A notification is the hash ``keys.notification(id)``.  Its ``state`` moves throu
 Fields: ``type``, ``to`` (the 11 digits: only the dispatcher and the voice hand-off read
 it; never put in events or logs), ``to_masked``, ``params`` (JSON), ``text``,
 ``priority``, ``channel``, ``expires_at``, ``quiet_hours``, ``attempts``, ``carrier``,
-``parts``, ``message_ids`` (space separated, part order), ``p0``, ``p1``... (each part's
-last receipt state), ``error``, ``reason``, ``possible_duplicates`` and a ``<state>_at``
+``parts``, ``message_ids`` (space separated, part order, as the carrier sent them),
+``partial_message_ids`` (``carrier:id`` of parts accepted before the rest of a long
+message failed), ``p0``, ``p1``... (each part's last receipt state), ``error``, ``reason``, ``possible_duplicates`` and a ``<state>_at``
 timestamp for each state reached (``submit_started_at`` for submitting).  Each change
 renews the key's EXPIRE (retention) and appends an event ``type=notification.<state>``
 with the id and non-personal fields to ``keys.events_stream`` (approximately capped at
@@ -74,6 +75,7 @@ from twisted.logger import Logger
 from gateway import metrics
 from gateway.privacy import mask_phone
 from gateway.push.render import DEFAULT_SIGNATURE
+from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys
 from gateway.store.scripts import register_lua
@@ -393,14 +395,23 @@ class NotificationLedger:
 
 def op_accepted(notification_id: str, carrier: str, message_ids: Sequence[str], *,
                 receipt_parts: int | None = None) -> tuple[Any, ...]:
-    """The carrier accepted every part; message ids in part order (canonical form).
+    """The carrier accepted every part; message ids in part order, as the carrier sent
+    them (kept so, for grepping carrier logs; indexed under their canonical form).
 
     receipt_parts: how many leading parts asked for a receipt (None: all); only their
     ids are indexed, and delivery is judged on their receipts alone.
     """
     parts = len(message_ids)
     indexed = parts if receipt_parts is None else max(0, min(receipt_parts, parts))
-    return ("A", notification_id, carrier, parts, indexed, *message_ids)
+    return ("A", notification_id, carrier, parts, indexed, *message_ids,
+            *(canonical_message_id(m) for m in message_ids))
+
+
+def op_partly_sent(notification_id: str, carrier: str, message_ids: Sequence[str]) -> tuple[Any, ...]:
+    """A long message of which `carrier` accepted these parts before another part failed:
+    the ids are kept (``partial_message_ids``, ``carrier:id``) and a possible duplicate
+    is counted, since sending the message again repeats those parts."""
+    return ("P", notification_id, carrier, len(message_ids), *message_ids)
 
 
 def op_retry(notification_id: str, due_at: float, error: str, response_unknown: bool) -> tuple[Any, ...]:
@@ -460,6 +471,8 @@ def public_view(notification_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         view["part_states"] = [raw.get(f"p{p}", "") for p in range(parts)]
     if raw.get("failed_carriers"):
         view["failed_carriers"] = raw["failed_carriers"].split()
+    if raw.get("partial_message_ids"):
+        view["partial_message_ids"] = raw["partial_message_ids"].split()
     for name, value in raw.items():
         if name.endswith("_at") and value:
             try:

@@ -57,10 +57,10 @@ from gateway.push.state import (
     op_carrier_refused,
     op_failed,
     op_link_down,
+    op_partly_sent,
     op_retry,
     op_wait,
 )
-from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import wait_deferred
 
 __all__ = ["Dispatcher", "Waker"]
@@ -213,8 +213,7 @@ class Dispatcher:
     # -- outcomes --------------------------------------------------------------------------
 
     def _accepted(self, result: SubmitAccepted, item: Claimed, carrier: str) -> None:
-        message_ids = [canonical_message_id(m) for m in result.message_ids]
-        self._record(item.id, op_accepted(item.id, result.carrier or carrier, message_ids,
+        self._record(item.id, op_accepted(item.id, result.carrier or carrier, result.message_ids,
                                           receipt_parts=result.receipt_parts))
         if self.on_submitted is not None:
             self.on_submitted(item.id, result)
@@ -228,19 +227,23 @@ class Dispatcher:
             error = SubmitFailed("link error", transient=True, response_unknown=True)
         text = f"{carrier}: {error.status + ' ' if error.status else ''}{error.reason}"[:200]
         # Some parts of a long message were accepted before another failed: sending it
-        # again repeats those parts, which is a possible duplicate too.
-        partly_sent = bool(getattr(error, "accepted_message_ids", ()))
+        # again repeats those parts.  Their ids are recorded and one possible duplicate
+        # counted here (docs/notifications.md, "partly sent"); the retry or failover that
+        # follows counts only a response that never came.
+        accepted_parts: tuple[str, ...] = getattr(error, "accepted_message_ids", ())
+        if accepted_parts:
+            self.writer.add(op_partly_sent(item.id, carrier, accepted_parts))
         if error.transient and error.link_down and self.max_link_losses:
             # The link went away under it: retry soon without spending an attempt, up to
             # max_link_losses times (then it counts, so a message that brings links
             # down cannot loop for ever).
             self._record(item.id, op_link_down(
                 item.id, self.clock.seconds() + self.retry_initial_seconds, text,
-                error.response_unknown or partly_sent, self.max_link_losses,
-                self._transient_op(item, text, error.response_unknown or partly_sent)))
+                error.response_unknown, self.max_link_losses,
+                self._transient_op(item, text, error.response_unknown)))
             return
         if error.transient:
-            self._transient(item, text, error.response_unknown or partly_sent)
+            self._transient(item, text, error.response_unknown)
             return
         # Permanent here: remember (also in Redis, for a restart) and fail over at once.
         self._refused.setdefault(item.id, set()).add(carrier)

@@ -1,6 +1,10 @@
 -- Apply a batch of submit outcomes and receipts (OutcomeWriter).
 -- ARGV (after the ledger header): n, early-receipt TTL seconds, then n ops:
---   A id carrier parts indexed message-ids...   accepted by the carrier
+--   A id carrier parts indexed ids... keys...    accepted by the carrier: the ids as the
+--                                                carrier sent them, then their canonical
+--                                                forms (the index keys for receipts)
+--   P id carrier n ids...                        a long message partly accepted before it
+--                                                failed: the parts' ids, a possible duplicate
 --   R|W|F id due_at error unknown                retry / wait (no attempt) / failed
 --   L id due_at error unknown cap <R|F op>       link down (free up to cap losses)
 --   C id carrier error                           refused permanently by one carrier
@@ -17,9 +21,12 @@ for _ = 1, n do
   if op == 'A' then
     -- nr: the leading parts that asked for a receipt; only their ids are indexed
     local id, carrier, np, nr = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-    local mids = {}
-    for p = 1, np do mids[p] = ARGV[i + 4 + p] end
-    i = i + 5 + np
+    local sent, mids = {}, {}
+    for p = 1, np do
+      sent[p] = ARGV[i + 4 + p]
+      mids[p] = ARGV[i + 4 + np + p]
+    end
+    i = i + 5 + 2 * np
     local key = nkey(id)
     local h = redis.call('HMGET', key, 'state', 'type', 'priority')
     if h[1] == 'submitting' or h[1] == 'queued' or h[1] == 'scheduled' then
@@ -29,7 +36,7 @@ for _ = 1, n do
         redis.call('ZREM', LANE[h[3]] or LANE.normal, id)
         redis.call('ZREM', SCHEDULED, id)
       end
-      local fields = {'carrier', carrier, 'parts', tostring(np), 'message_ids', table.concat(mids, ' ')}
+      local fields = {'carrier', carrier, 'parts', tostring(np), 'message_ids', table.concat(sent, ' ')}
       if nr < np then fields[7] = 'receipt_parts'; fields[8] = tostring(nr) end
       transition(id, key, 'submitted', h[2], fields, {'carrier', carrier, 'parts', tostring(np)})
       for p = 1, nr do
@@ -89,6 +96,20 @@ for _ = 1, n do
     else
       count('outcome_ignored')
     end
+  elseif op == 'P' then
+    local id, carrier, np = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+    local key = nkey(id)
+    local h = redis.call('HMGET', key, 'state', 'partial_message_ids')
+    if h[1] == 'submitting' then
+      local ids = {}
+      for p = 1, np do ids[p] = carrier .. ':' .. ARGV[i + 3 + p] end
+      local all = table.concat(ids, ' ')
+      if h[2] and h[2] ~= '' then all = h[2] .. ' ' .. all end
+      redis.call('HSET', key, 'partial_message_ids', all)
+      redis.call('HINCRBY', key, 'possible_duplicates', 1)
+      count('possible_duplicate')
+    end
+    i = i + 4 + np
   elseif op == 'C' then
     local id, carrier, err = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     i = i + 4

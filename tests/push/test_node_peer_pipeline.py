@@ -1,0 +1,87 @@
+"""The pipeline (intake, dispatcher, writer, receipts on a real redis-server) with real
+carrier links bound to node-smpp (tests/peers/node/) as the SMSC, over TCP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from twisted.internet import reactor
+
+from gateway.config import CarrierConfig, Secret
+from gateway.push.routing import PrefixRouter
+from gateway.smpp.link import CarrierLink
+from gateway.store.bridge import wait_deferred
+from tests.aio import on_asyncio
+from tests.peers.node_smpp import NodeSmppPeer
+from tests.push.harness import CMCC_NUMBER, EventWaiter, Pipeline, pipeline, points
+
+CMCC_PREFIXES = ("134", "135", "136", "137", "138", "139")
+RECEIPT = "id:{id} sub:001 dlvrd:001 submit date:2612021200 done date:2612021201 stat:DELIVRD err:000 text:"
+
+
+def carrier(name: str, port: int, prefixes: tuple[str, ...], **extra: Any) -> CarrierConfig:
+    return CarrierConfig(name=name, host="127.0.0.1", port=port, system_id=f"gw{name}",
+                         password=Secret("pw"), prefixes=prefixes, window=10, tps_limit=1000.0,
+                         reconnect_initial_seconds=0.05, reconnect_max_seconds=0.2, **extra)
+
+
+@asynccontextmanager
+async def node_pipeline(redis_url: str, peer: NodeSmppPeer,
+                        *configs: tuple[str, tuple[str, ...]]) -> AsyncIterator[tuple[Pipeline, list[CarrierLink], list[int]]]:
+    """A pipeline whose carrier links (name, prefixes) all bind to node-smpp; yields the
+    pipeline, the links and each link's node session number."""
+    port = await wait_deferred(peer.listen())
+    async with pipeline(redis_url, links=[]) as p:
+        links: list[CarrierLink] = []
+        sessions: list[int] = []
+        for name, prefixes in configs:
+            link = CarrierLink(carrier(name, port, prefixes), p.receipts, reactor, jitter=lambda: 0.0)  # type: ignore[arg-type]
+            link.startService()
+            await wait_deferred(link.when_bound().addTimeout(20, reactor))
+            bind = await wait_deferred(peer.next_pdu("bind_transceiver"))
+            links.append(link)
+            sessions.append(bind["session"])
+        p.dispatcher.router = PrefixRouter(links)
+        try:
+            yield p, links, sessions
+        finally:
+            for link in links:
+                await wait_deferred(link.stopService())
+
+
+async def dispatch_until_idle(p: Pipeline) -> None:
+    while await p.dispatcher.dispatch_once():
+        await p.dispatcher.idle()
+        await p.writer.flushed()
+    await p.writer.flushed()
+
+
+@on_asyncio
+async def test_long_message_refused_after_part_one_records_the_part_and_fails_over(
+    redis_url: str, node_peer: NodeSmppPeer,
+) -> None:
+    """cmcc accepts part 1 and refuses part 2 (ESME_RSUBMITFAIL): part 1's id is recorded
+    as the carrier sent it, one possible duplicate is counted, and the whole message goes
+    out via cucc, whose ids are kept as sent (001A2B01) and still match its receipts."""
+    await wait_deferred(node_peer.configure(submit_statuses=[0, 0x45]))
+    async with node_pipeline(redis_url, node_peer, ("cmcc", CMCC_PREFIXES), ("cucc", ("130",))) as (p, _, sessions):
+        waiter = EventWaiter(p.redis, p.keys)
+        await p.accept(points("long-1"))
+        await dispatch_until_idle(p)
+        assert await waiter.wait_for("long-1", {"submitted", "failed"}) == "submitted"
+        view = await p.ledger.get("long-1")
+        assert view is not None
+        assert view["carrier"] == "cucc" and view["parts"] == 2
+        assert view["partial_message_ids"] == ["cmcc:001A2B00"]
+        assert view["possible_duplicates"] == 1
+        assert view["message_ids"] == ["001A2B01", "001A2B02"]
+        submits = [await wait_deferred(node_peer.next_pdu("submit_sm")) for _ in range(4)]
+        assert [s["session"] for s in submits] == [sessions[0], sessions[0], sessions[1], sessions[1]]
+        for message_id in view["message_ids"]:
+            response = await wait_deferred(node_peer.send(
+                sessions[1], "deliver_sm", source_addr=CMCC_NUMBER, destination_addr="12123",
+                esm_class=0x04, short_message=RECEIPT.format(id=message_id).encode("ascii")))
+            assert response["command_status"] == 0
+        assert await waiter.wait_for("long-1", {"delivered", "undeliverable"}) == "delivered"
