@@ -66,7 +66,7 @@ def notification_samples(sample: Any, today: date) -> list[dict[str, Any]]:
     rows = [
         ("points_reached_9", SAMPLE_CALLER_NINE_POINTS, {"name": "刘德明", "date": d(0), "points": "9"}),
         ("points_reached_12", SAMPLE_CALLER_TWELVE_POINTS, {"name": "郑美玲", "office": "厦门市公安局交警支队车管所"}),
-        ("camera_violation", SAMPLE_CALLER_NINE_POINTS, {"plate": "闽DA8829", "time": f"{d(-2)} 08:15",
+        ("camera_violation", SAMPLE_CALLER_NINE_POINTS, {"plate": "闽DA8829", "plate_type": "小型汽车", "time": f"{d(-2)} 08:15",
                                                         "location": "厦门市思明区湖滨南路", "violation": "不按导向车道行驶"}),
         ("inspection_due", SAMPLE_CALLER_CANCELLED, {"plate": "闽D6F220", "due_date": d(30)}),
         ("inspection_overdue", SAMPLE_CALLER_NINE_POINTS, {"plate": SAMPLE_PLATE_OVERDUE, "due_date": d(-40)}),
@@ -78,14 +78,35 @@ def notification_samples(sample: Any, today: date) -> list[dict[str, Any]]:
         ("medical_certificate_due", SAMPLE_CALLER_TWELVE_POINTS, {"name": "郑美玲", "due_date": d(20)}),
         ("licence_cancelled", SAMPLE_CALLER_AFTER_DEADLINE, {"name": "王志强", "date": d(-1), "reason": "驾驶证有效期满未换证"}),
         ("exam_booking_confirmed", SAMPLE_CALLER, {"name": "林晓燕", "subject": "科目二", "date": d(7),
-                                                   "session": "上午", "site": "厦门集美考场", "booking_no": sample.cancellable_booking}),
+                                                   "session": "08:30", "site": "厦门集美考场", "booking_no": sample.cancellable_booking,
+                                                   "cancel_deadline": f"{d(4)} 17:00", "attempts_left": "4"}),
+        # Late: the exam is tomorrow.  Sent at once even at night, flagged late.
+        ("exam_booking_confirmed", SAMPLE_CALLER_AFTER_DEADLINE, {
+            "name": "王志强", "subject": "科目三", "date": d(1), "session": "14:00-16:00", "site": "翔安新店考场",
+            "booking_no": "20261203077", "cancel_deadline": f"{d(-2)} 17:00"}),
+        ("exam_booking_unsuccessful", SAMPLE_CALLER_CANCELLED, {"name": "黄伟", "subject": "科目三", "date": d(8),
+                                                                "session": "下午", "reason": "考试名额已满"}),
+        ("plate_preselection_result", SAMPLE_CALLER_UNICOM, {"plate": "闽D88K66", "deadline": d(3)}),
+        ("fine_overdue", SAMPLE_CALLER_NINE_POINTS, {"date": d(-40), "amount": "200"}),
+        ("documents_mailed", SAMPLE_CALLER_AFTER_DEADLINE, {"item": "驾驶证", "date": d(0), "tracking_no": "1180123456789"}),
         ("exam_booking_cancelled", SAMPLE_CALLER_CANCELLED, {"name": "黄伟", "booking_no": sample.cancelled_booking,
                                                              "subject": "科目二", "site": "厦门集美考场", "date": d(7), "session": "下午"}),
         ("exam_result", SAMPLE_CALLER, {"name": "林晓燕", "date": d(-20), "subject": "科目一", "result": "合格（95分）"}),
         ("id_card_ready", SAMPLE_CALLER_UNICOM, {"name": "张丽华", "office": "厦门市集美区公安分局户政大厅"}),
         ("verification_code", SAMPLE_CALLER_TWELVE_POINTS, {"code": "482913", "minutes": "5"}),
     ]
-    return [{"id": f"demo-{kind}", "type": kind, "to": to, "params": params} for kind, to, params in rows]
+    seen: dict[str, int] = {}
+    samples = []
+    for kind, to, params in rows:
+        seen[kind] = seen.get(kind, 0) + 1
+        suffix = f"-{seen[kind]}" if seen[kind] > 1 else ""
+        samples.append({"id": f"demo-{kind}{suffix}", "type": kind, "to": to, "params": params})
+    return samples
+
+
+# Types added with the full catalogue of seed 003, whose texts the demo prints.
+SHOWN_TYPES = ("exam_booking_confirmed", "exam_booking_unsuccessful", "plate_preselection_result",
+               "fine_overdue", "documents_mailed", "camera_violation", "id_card_ready")
 
 
 class Demo:
@@ -144,6 +165,7 @@ class Demo:
                 "id": item["id"], "type": item["type"], "to": item["to"],
                 "params": json.dumps(item["params"], ensure_ascii=False), "channel": "sms"})
         states = await self._follow([s["id"] for s in samples], redis, keys)
+        await self._show_texts(root, samples)
 
         # -- 2. SMS cancellation with the two-step code -------------------------------------
         self.say("\n2. a citizen texts 12123 to cancel an exam booking (two-step code)")
@@ -158,10 +180,30 @@ class Demo:
                                                          f"booking-cancelled:{voice_result.get('booking')}"])
         self.say(f"\n  cancellation confirmation SMS: {json.dumps(confirmations)}")
         rows = [await status(redis, keys, s["id"]) or {} for s in samples]
+        for sample_item, row in zip(samples, rows, strict=True):
+            due = await redis.hget(keys.notification(sample_item["id"]), "due_at")
+            if row.get("state") == "scheduled" and due:
+                row["state"] = f"held until {_local_time(float(due), self.config.push.quiet_hours.timezone)}"
         self._summary(samples, rows, sms_result, voice_result, simulators)
-        ok = (all(r.get("state") in ("delivered", "scheduled") for r in rows) and len(states) == len(samples)
+        ok = (all(str(r.get("state")).startswith(("delivered", "held until")) for r in rows)
+              and len(states) == len(samples)
               and sms_result["cancelled"] and voice_result["cancelled"])
         return 0 if ok else 1
+
+    async def _show_texts(self, root: Any, samples: list[dict[str, Any]]) -> None:
+        """Print the rendered Chinese texts of a few types, as the citizen reads them."""
+        from gateway.push.render import sms_parts
+
+        redis, keys = root.redis.client, root.redis.keys
+        self.say("  some of the texts (dates written the Chinese way, one signature per service):")
+        for item in samples:
+            if item["type"] not in SHOWN_TYPES:
+                continue
+            raw = await redis.hmget(keys.notification(item["id"]), "text", "late", "channel")
+            text, late, channel = (v or "" for v in raw)
+            flags = "  [late: sent at once" + (", voice if the SMS fails" if channel == "auto" else "") + "]" if late == "1" else ""
+            self.say(f"    {item['type']} ({len(text)} chars, {sms_parts(text)} part{'s' if sms_parts(text) > 1 else ''}){flags}")
+            self.say(f"      {text}")
 
     async def _wait_ready(self, root: Any, timeout_seconds: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_seconds
@@ -183,7 +225,8 @@ class Demo:
                 pipe.hget(keys.notification(notification_id), "state")
             states = {i: (s or "queued") for i, s in zip(ids, await pipe.execute(), strict=True)}
             done = sum(1 for s in states.values() if s in settled)
-            counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
+            counts = {("held" if s == "scheduled" else s): list(states.values()).count(s)
+                      for s in sorted(set(states.values()))}
             bar = "#" * (30 * done // len(ids))
             line = f"  [{bar:<30}] {done}/{len(ids)}  " + "  ".join(f"{k}={v}" for k, v in counts.items())
             end = "\r" if self.out.isatty() and done < len(ids) else "\n"
@@ -277,15 +320,15 @@ class Demo:
         from gateway.privacy import mask_phone
 
         self.say("\nsummary")
-        self.say(f"  {'type':<32} {'to':<13} {'carrier':<8} {'parts':>5}  state")
+        self.say(f"  {'notification':<34} {'to':<13} {'carrier':<8} {'parts':>5}  state")
         for item, row in zip(samples, rows, strict=True):
-            self.say(f"  {item['type']:<32} {mask_phone(item['to']):<13} {row.get('carrier', '-'):<8} "
+            self.say(f"  {item['id'].removeprefix('demo-'):<34} {mask_phone(item['to']):<13} {row.get('carrier', '-'):<8} "
                      f"{row.get('parts', '-')!s:>5}  {row.get('state', '?')}")
         failovers = sum(1 for item, row in zip(samples, rows, strict=True)
                         if item["to"][:3] in ("177", "189") and row.get("carrier") not in (None, "ctcc"))
         delivered = sum(1 for r in rows if r.get("state") == "delivered")
-        scheduled = sum(1 for r in rows if r.get("state") == "scheduled")
-        self.say(f"\n  notification types: {len(samples)}, delivered {delivered}, held for quiet hours {scheduled}")
+        scheduled = sum(1 for r in rows if str(r.get("state")).startswith("held until"))
+        self.say(f"\n  notifications: {len(samples)}, delivered {delivered}, held for quiet hours {scheduled}")
         self.say(f"  failover: {failovers} Telecom notifications sent through another carrier while ctcc was down")
         self.say(f"  SMS cancellation of {sms.get('booking')}: {'done' if sms['cancelled'] else 'NOT DONE'}")
         self.say(f"  voice cancellation of {voice.get('booking')}: {'done' if voice['cancelled'] else 'NOT DONE'}")
@@ -325,6 +368,15 @@ def heard_sentences(book: Any, files: list[str]) -> list[str]:
     if current:
         sentences.append(current)
     return sentences
+
+
+def _local_time(seconds: float, timezone: str) -> str:
+    """'08:00 2026-12-03 Asia/Shanghai': when a notification held for quiet hours goes out."""
+    import datetime as dt
+    import zoneinfo
+
+    local = dt.datetime.fromtimestamp(seconds, zoneinfo.ZoneInfo(timezone))
+    return f"{local:%H:%M %Y-%m-%d} {timezone}"
 
 
 def _china_today() -> date:

@@ -28,7 +28,6 @@ finished (acceptance being idempotent, finishing twice is harmless).
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import json
 import re
@@ -41,7 +40,8 @@ from twisted.logger import Logger
 
 from gateway.privacy import InvalidPhoneNumber, mask_phone, normalise_cn_mobile
 from gateway.push.queue import Priority, QuietHoursPolicy, local_day
-from gateway.push.render import MissingParameter, TemplateSet
+from gateway.push.render import BadParameter, MissingParameter, TemplateSet, exam_start
+from gateway.push.render import parse_date as parse_date  # re-exported: callers import it from here
 from gateway.push.state import AcceptItem, AcceptOutcome, NotificationLedger, public_view
 from gateway.store.keys import Keys
 from gateway.store.streams import stream_entries
@@ -64,6 +64,11 @@ _ID = re.compile(r"^[A-Za-z0-9._:@+=-]{1,128}$")
 # Longest text accepted: 6 UCS2 parts of 67 characters (the carriers' default max_parts);
 # a link refuses longer messages anyway, and refusing here names the reason.
 DEFAULT_MAX_TEXT_CHARS = 6 * 67
+# The events stream's cap, as the ledger's scripts keep it (NotificationLedger events_maxlen).
+EVENTS_MAXLEN = 1_000_000
+# A late booking confirmation for an exam this close also goes by voice when the SMS
+# fails (channel auto): a day is the span in which an unread SMS may be the only notice.
+LATE_VOICE_WITHIN_HOURS = 24.0
 
 
 class Channel(enum.StrEnum):
@@ -84,6 +89,10 @@ class ValidRequest:
     expires_at: float
     quiet_hours: bool
     requested_expires_at: str = ""
+    # send_before types: sent later than due (e.g. a booking confirmation less than two
+    # days before the exam); hours between acceptance and the date (exam start).
+    late: bool = False
+    lead_hours: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,25 +131,6 @@ def _params_json(params: Mapping[str, str]) -> str:
 def _mobile_digits(to_raw: str) -> str:
     """normalise_cn_mobile, without its Unicode normalisation when there is nothing to do."""
     return to_raw if _PLAIN_MOBILE.fullmatch(to_raw) else normalise_cn_mobile(to_raw)
-
-
-_CN_DATE = re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})日")
-
-
-def parse_date(text: str) -> dt.date | None:
-    """A date as core systems write it: 2026-03-05 or 2026年3月5日; None if neither."""
-    text = text.strip()
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        pass
-    match = _CN_DATE.fullmatch(text)
-    if match:
-        try:
-            return dt.date(int(match[1]), int(match[2]), int(match[3]))
-        except ValueError:
-            return None
-    return None
 
 
 def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: QuietHoursPolicy,
@@ -218,9 +208,11 @@ def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: 
         channel = Channel.SMS
 
     try:
-        text = template.render(params)
+        text = template.render(params, now=now)
     except MissingParameter as e:
         return reject(f"missing parameter '{e.name}'", params_json)
+    except BadParameter as e:
+        return reject(str(e), params_json)
     if len(text) > max_text_chars:
         return reject(f"text too long ({len(text)} characters, at most {max_text_chars})", params_json)
 
@@ -232,24 +224,39 @@ def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: 
         except ValueError:
             return reject(f"bad expires_at '{requested[:32]}' (Unix seconds)", params_json)
 
+    quiet_hours = template.quiet_hours
+    late = False
+    lead_hours: float | None = None
     if template.send_before is not None:
         rule = template.send_before
         value = params[rule.param]
         date = parse_date(value)
         if date is None:
             return reject(f"parameter '{rule.param}' is not a date (YYYY-MM-DD or YYYY年M月D日)", params_json)
-        today = policy.today(now)
-        if (date - today).days < rule.days:
-            return reject(f"{rule.param} {date.isoformat()} is less than {rule.days} days away: "
-                          f"a {type_name} message must go out at least {rule.days} days before", params_json)
-        # Useless (and misleading) once fewer than `days` days remain: expire then.
-        deadline = policy.start_of_day(date - dt.timedelta(days=rule.days - 1))
-        expires_at = min(expires_at, deadline)
+        start = exam_start(value, params.get("session", ""))
+        assert start is not None  # the date parsed
+        starts_at = start.replace(tzinfo=policy.tz).timestamp()
+        lead_hours = (starts_at - now) / 3600
+        # Worth sending until the exam begins, never after.
+        expires_at = min(expires_at, starts_at)
+        if (date - policy.today(now)).days < rule.days:
+            # "At least two days before" (seed 001) is a duty on the sender, not a reason
+            # to stay silent: the candidate who is not told may not come, is counted
+            # absent and, for subjects 2 and 3, loses one of five chances.  So a late one
+            # goes out at once, quiet hours or not, on the high lane, flagged late.
+            late = True
+            quiet_hours = False
+            if not priority_raw:
+                priority = Priority.HIGH
+            if lead_hours <= LATE_VOICE_WITHIN_HOURS and channel is Channel.SMS:
+                # Within a day of the exam an unread SMS is likely: a call follows when
+                # the SMS does not arrive (channel auto; calls respect quiet hours).
+                channel = Channel.AUTO
 
     return ValidRequest(
         id=notification_id, type=type_name, digits=digits, params_json=params_json, text=text,
         priority=priority, channel=channel, expires_at=expires_at,
-        quiet_hours=template.quiet_hours, requested_expires_at=requested,
+        quiet_hours=quiet_hours, requested_expires_at=requested, late=late, lead_hours=lead_hours,
     )
 
 
@@ -316,6 +323,10 @@ class Intake:
         }
         if result.requested_expires_at:
             stored["requested_expires_at"] = result.requested_expires_at
+        if result.late:
+            stored["late"] = "1"
+        if result.lead_hours is not None:
+            stored["lead_hours"] = f"{result.lead_hours:.1f}"
         stored.update(request.extra)
         cap_key, cap = "", 0
         if result.priority is Priority.BULK:
@@ -365,9 +376,30 @@ class Intake:
         for index, first in repeats:
             original = outcomes[first]
             answer[index] = AcceptOutcome(original.id, original.state, True, "")
+        late = [(item, outcome) for item, outcome in zip(items, outcomes, strict=True)
+                if item.fields.get("late") == "1" and not outcome.duplicate and outcome.state != "rejected"]
+        if late:
+            await self._flag_late(late, now)
         if self.on_accepted is not None and any(o.state == "queued" and not o.duplicate for o in outcomes):
             self.on_accepted()
         return [a for a in answer if a is not None]
+
+
+    async def _flag_late(self, late: Sequence[tuple[AcceptItem, AcceptOutcome]], now: float) -> None:
+        """One ``notification.late`` event per late notification, for the core systems.
+
+        After the acceptance script, not inside it (that script's events have a fixed
+        shape, and the hash's ``late=1`` already records the fact durably); a crash in
+        between loses only this event, never the message.
+        """
+        async with self.ledger.redis.pipeline(transaction=False) as pipe:
+            for item, outcome in late:
+                pipe.xadd(self.keys.events_stream, {
+                    "type": "notification.late", "id": item.id, "at": f"{now:.3f}",
+                    "notification_type": item.type, "state": outcome.state,
+                    "channel": item.fields.get("channel", ""), "lead_hours": item.fields.get("lead_hours", ""),
+                }, maxlen=EVENTS_MAXLEN, approximate=True)
+            await pipe.execute()
 
 
 class IntakeConsumer:

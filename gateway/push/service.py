@@ -129,6 +129,7 @@ class PushService(Service):
             max_attempts=config.max_attempts, retry_initial_seconds=config.retry_initial_seconds,
             retry_max_seconds=config.retry_max_seconds, lease_seconds=lease_seconds,
             max_link_losses=config.max_link_losses,
+            sender_for=lambda notification_type: current_templates().source_addr(notification_type),
         )
         self.intake = Intake(self.ledger, current_templates, self.policy, clock,
                              daily_cap_bulk=config.daily_cap_bulk, on_accepted=self.dispatcher.waker.wake)

@@ -116,8 +116,12 @@ class Dispatcher:
                  clock: Any, *, policy: QuietHoursPolicy, max_in_flight: int = 2000,
                  batch_size: int = 200, max_attempts: int = 5, retry_initial_seconds: float = 2.0,
                  retry_max_seconds: float = 300.0, lease_seconds: float = 30.0,
-                 no_carrier_wait_seconds: float = 5.0, max_link_losses: int = 20) -> None:
+                 no_carrier_wait_seconds: float = 5.0, max_link_losses: int = 20,
+                 sender_for: Callable[[str], str | None] | None = None) -> None:
         self.ledger = ledger
+        # Notification type -> sender code of its service (None: the link's source_addr,
+        # 12123); other police services send under their own code (render.SenderService).
+        self.sender_for = sender_for
         self.writer = writer
         self.router = router
         self.clock = clock
@@ -190,7 +194,9 @@ class Dispatcher:
         if link is None:
             self._no_carrier(item, exclude)
             return
-        sms = OutboundSms(reference=item.id, destination=PhoneNumber(item.digits), text=item.text)
+        source = self.sender_for(item.type) if self.sender_for is not None else None
+        sms = OutboundSms(reference=item.id, destination=PhoneNumber(item.digits), text=item.text,
+                          source_addr=source)
         try:
             d = link.submit(sms)
         except Exception:

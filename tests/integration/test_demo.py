@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,14 @@ def test_demo_runs_every_part_and_exits_0(tmp_path: Path) -> None:
                             cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "notification types: 17" in out
+    assert "notifications: 22" in out
+    # New notice types with their rendered Chinese texts; a late confirmation flagged.
+    assert "预约未成功：考试名额已满" in out and "【公安户政】" in out and "[late: sent at once" in out
+    assert not re.search(r"\d{4}-\d{2}-\d{2}", out.split("some of the texts", 1)[1].split("2. a citizen", 1)[0])
+    # Held notifications say until when (local time), never a bare "scheduled".
+    assert " scheduled" not in out
+    if "held for quiet hours 0" not in out:
+        assert re.search(r"held until 08:00 \d{4}-\d{2}-\d{2} Asia/Shanghai", out)
     assert "SMS cancellation of" in out and "NOT DONE" not in out
     assert "failover:" in out and "failover: 0 " not in out
     assert "13800138000" not in out and "18612345678" not in out  # masked in the demo's output too

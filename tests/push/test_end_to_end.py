@@ -84,7 +84,8 @@ def _block_ms(deadline: float) -> int:
 
 
 @asynccontextmanager
-async def gateway(redis_url: str, **simulator_options: Any) -> AsyncIterator[Gateway]:
+async def gateway(redis_url: str, quiet_hours: QuietHours | None = None,
+                  **simulator_options: Any) -> AsyncIterator[Gateway]:
     options = {"receipt_delay_seconds": 0.0, **simulator_options}
     simulator = CarrierSimulator(SimulatorOptions(host="127.0.0.1", port=0,
                                                   credentials={"gw12123cm": "cmpass"}, **options), reactor)
@@ -98,7 +99,8 @@ async def gateway(redis_url: str, **simulator_options: Any) -> AsyncIterator[Gat
     keys = Keys()
     # The real clock: quiet hours (22:00-08:00 Shanghai, i.e. 14:00-00:00 UTC) would hold
     # the normal-lane reminders until morning, so a run in the afternoon (UTC) failed.
-    service = PushService(redis, keys, NO_QUIET_HOURS, load_templates(TEMPLATES_FILE), [link], reactor,
+    config = NO_QUIET_HOURS if quiet_hours is None else PushConfig(quiet_hours=quiet_hours)
+    service = PushService(redis, keys, config, load_templates(TEMPLATES_FILE), [link], reactor,
                           drain_timeout_seconds=5.0)
     inbound.service = service
     link.startService()
@@ -113,7 +115,8 @@ async def gateway(redis_url: str, **simulator_options: Any) -> AsyncIterator[Gat
         await redis.aclose()
 
 
-POINTS = {"name": "张三", "date": "2026-03-01", "points": "9"}
+# A reply over 70 characters: two UCS2 parts, never held by quiet hours.
+LONG_REPLY = {"text": "您的考试预约：" + "科目二，集美灌口考场。" * 8}
 
 
 @on_asyncio
@@ -134,7 +137,7 @@ async def test_stream_entry_is_delivered_over_smpp(redis_url: str) -> None:
 async def test_two_part_chinese_message_is_delivered_whole(redis_url: str) -> None:
     """A Chinese reminder over 70 characters goes as two UCS2 parts and is delivered when both are."""
     async with gateway(redis_url) as gw:
-        await gw.submit("e2e-2", "points_reached_9", "13912345678", POINTS)
+        await gw.submit("e2e-2", "mo_reply", "13912345678", LONG_REPLY)
         assert await gw.wait_for("e2e-2", {"delivered", "undeliverable", "failed"}) == "delivered"
         raw = await gw.service.ledger.raw("e2e-2")
         assert raw["parts"] == "2" and len(raw["message_ids"].split()) == 2
@@ -149,7 +152,7 @@ async def test_receipt_before_submit_response_over_smpp(redis_url: str) -> None:
     parked = metrics.REGISTRY.get_sample_value("gateway_push_receipts_early_total") or 0.0
     async with gateway(redis_url, receipt_before_response=True) as gw:
         for n in range(5):
-            await gw.submit(f"early-{n}", "points_reached_9", f"1380013800{n}", POINTS)
+            await gw.submit(f"early-{n}", "mo_reply", f"1380013800{n}", LONG_REPLY)
         for n in range(5):
             assert await gw.wait_for(f"early-{n}", {"delivered", "undeliverable", "failed"}) == "delivered"
     # Every part's receipt came first and was parked, then applied with the message ids.
@@ -172,3 +175,88 @@ async def test_duplicate_and_failed_receipts_over_smpp(redis_url: str) -> None:
         events = [fields for _, fields in await gw.redis.xrange(gw.keys.events_stream) if fields["id"] == "ok"]
         assert [e["type"] for e in events].count("notification.delivered") == 1
 
+
+def _china(seconds: float) -> Any:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(seconds, dt.timezone(dt.timedelta(hours=8)))
+
+
+def _quiet_now() -> QuietHours:
+    """Quiet hours around the present moment (China time), whatever the hour."""
+    import datetime as dt
+
+    now = _china(reactor.seconds())
+    return QuietHours(start=(now - dt.timedelta(hours=1)).strftime("%H:%M"),
+                      end=(now + dt.timedelta(hours=2)).strftime("%H:%M"))
+
+
+def _booking(exam_at: Any, name: str) -> dict[str, str]:
+    return {"name": name, "subject": "科目二", "date": exam_at.date().isoformat(),
+            "session": exam_at.strftime("%H:%M"), "site": "集美灌口考场", "booking_no": "20261209001",
+            "cancel_deadline": (exam_at.replace(hour=17, minute=0) - _days(3)).strftime("%Y-%m-%d %H:%M")}
+
+
+def _days(n: int) -> Any:
+    import datetime as dt
+
+    return dt.timedelta(days=n)
+
+
+async def _final_state(gw: Gateway, notification_id: str, timeout_seconds: float = 15.0) -> str:
+    """Poll the ledger (not the events stream, which wait_for consumes) until final."""
+    import asyncio
+
+    deadline = reactor.seconds() + timeout_seconds
+    while reactor.seconds() < deadline:
+        state = (await gw.service.ledger.raw(notification_id)).get("state", "")
+        if state in ("delivered", "undeliverable", "failed", "expired", "rejected"):
+            return state
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{notification_id} not final after {timeout_seconds}s")
+
+
+@on_asyncio
+async def test_late_booking_confirmation_goes_out_at_once_in_quiet_hours(redis_url: str) -> None:
+    """Inside quiet hours, a confirmation for an exam in 5 hours is not rejected nor held:
+    the simulator receives it at once, its events flag it late, it is channel auto, and
+    when the SMS is undeliverable it is handed to the voice channel.  A timely batch
+    confirmation for an exam a week away waits for the morning."""
+    import datetime as dt
+
+    now = _china(reactor.seconds())
+    soon = (now + dt.timedelta(hours=5)).replace(second=0, microsecond=0)
+    week = (now + dt.timedelta(days=7)).replace(hour=8, minute=30, second=0, microsecond=0)
+    async with gateway(redis_url, quiet_hours=_quiet_now(), outcome_overrides={"13900000002": "UNDELIV"}) as gw:
+        await gw.submit("late-1", "exam_booking_confirmed", "13900000001", _booking(soon, "林晓燕"))
+        await gw.submit("late-2", "exam_booking_confirmed", "13900000002", _booking(soon, "黄伟"))
+        await gw.submit("timely", "exam_booking_confirmed", "13900000003", _booking(week, "王志强"))
+        assert await _final_state(gw, "late-1") == "delivered"
+        assert await _final_state(gw, "late-2") == "undeliverable"
+        assert (await gw.service.ledger.raw("timely"))["state"] == "scheduled"
+        texts = {m.destination: m.text for m in gw.simulator.received}
+        assert set(texts) == {"13900000001", "13900000002"}
+        assert f"{soon.year}年{soon.month}月{soon.day}日" in texts["13900000001"]
+        assert "已不能取消" in texts["13900000001"] or "网上取消已截止" in texts["13900000001"]
+        raw = await gw.service.ledger.raw("late-1")
+        assert raw["late"] == "1" and raw["channel"] == "auto" and raw["priority"] == "high"
+        flagged = [f for _, f in await gw.redis.xrange(gw.keys.events_stream) if f["type"] == "notification.late"]
+        assert {f["id"] for f in flagged} == {"late-1", "late-2"}
+        assert all(float(f["lead_hours"]) <= 5.0 for f in flagged)
+        voice = [f for _, f in await gw.redis.xrange(gw.keys.voice_requests)]
+        assert [f["id"] for f in voice] == ["late-2"]
+        assert voice[0]["text"].startswith("黄伟您好")
+
+
+@on_asyncio
+async def test_household_notice_goes_out_under_its_own_sender(redis_url: str) -> None:
+    """id_card_ready is submitted with the household service's sender code and signature;
+    a traffic notice keeps the link's source, 12123."""
+    async with gateway(redis_url) as gw:
+        await gw.submit("id-1", "id_card_ready", "13800000001", {"name": "张丽华", "office": "户政大厅"})
+        assert await gw.wait_for("id-1", {"delivered", "undeliverable", "failed"}) == "delivered"
+        await gw.submit("code-1", "verification_code", "13800000002", {"code": "1", "minutes": "5"})
+        assert await gw.wait_for("code-1", {"delivered", "undeliverable", "failed"}) == "delivered"
+        sent = {m.destination: m for m in gw.simulator.received}
+        assert sent["13800000001"].source == "12110" and sent["13800000001"].text.startswith("【公安户政】")
+        assert sent["13800000002"].source == "12123"

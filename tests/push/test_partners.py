@@ -30,7 +30,8 @@ class ReceiverBind:
 
 @on_asyncio
 async def test_partner_message_is_sent_and_its_receipt_returned(redis_url: str) -> None:
-    """A partner's text is signed, sent, and its DELIVRD receipt goes back to the partner."""
+    """A partner's text is sent as the partner wrote it (we do not sign it 【交管12123】),
+    and its DELIVRD receipt goes back to the partner."""
     async with pipeline(redis_url) as p:
         bind = ReceiverBind()
         partners = PartnerGateway(p.intake, p.ledger, p.clock, receipt_sink=bind)
@@ -39,7 +40,7 @@ async def test_partner_message_is_sent_and_its_receipt_returned(redis_url: str) 
             partners.submit_from_partner("fjprov", PhoneNumber("13800138000"), "您的业务已办结。", True))
         raw = await p.ledger.raw(message_id)
         assert raw["type"] == "partner_text" and raw["partner"] == "fjprov"
-        assert raw["text"] == "【交管12123】您的业务已办结。"
+        assert raw["text"] == "您的业务已办结。"
         await p.dispatch_all()
         [carrier_id] = (await p.ledger.raw(message_id))["message_ids"].split()
         await wait_deferred(p.receipts.record_receipt(DeliveryReceipt("cmcc", carrier_id, "DELIVRD", "000")))
@@ -106,3 +107,20 @@ async def test_partner_submit_to_a_bad_number_is_refused(redis_url: str) -> None
             await wait_deferred(partners.submit_from_partner("fjprov", PhoneNumber("12345"), "好", True))
         assert info.value.status == "ESME_RINVDSTADR"
         assert await p.redis.zcard(p.keys.partner_receipts_pending) == 0
+
+
+@on_asyncio
+async def test_partner_text_is_held_in_quiet_hours(redis_url: str) -> None:
+    """A partner's text accepted at 23:00 China time waits for the end of quiet hours."""
+    import datetime as dt
+
+    from tests.push.harness import POLICY
+
+    night = dt.datetime(2026, 3, 2, 23, 0, tzinfo=POLICY.tz).timestamp()
+    async with pipeline(redis_url, now=night) as p:
+        partners = PartnerGateway(p.intake, p.ledger, p.clock, receipt_sink=ReceiverBind())
+        message_id = await wait_deferred(
+            partners.submit_from_partner("fjprov", PhoneNumber("13800138000"), "【厦门驾培】周六练车", False))
+        raw = await p.ledger.raw(message_id)
+        assert raw["state"] == "scheduled"
+        assert float(raw["due_at"]) == dt.datetime(2026, 3, 3, 8, 0, tzinfo=POLICY.tz).timestamp()

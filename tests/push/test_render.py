@@ -35,18 +35,20 @@ def test_shipped_templates_cover_every_required_type() -> None:
 
 
 def test_every_shipped_template_renders_signed() -> None:
-    """Each type renders with its own parameters and starts with 【交管12123】."""
+    """Each type renders its example and starts with its service's signature; only the
+    traffic service signs 【交管12123】."""
     templates = load_templates(TEMPLATES)
     for template in templates.templates.values():
-        text = template.render({name: "测试" for name in template.params})
-        assert text.startswith("【交管12123】"), template.type
+        text = template.render(template.example)
+        assert text.startswith(template.service.signature), template.type
+        assert ("【交管12123】" in text) == (template.service.name == "traffic"), template.type
         assert "{" not in text
 
 
 def test_transactional_types_ignore_quiet_hours_and_go_high() -> None:
     """Codes, booking messages and MO replies are never held and use the high lane."""
     templates = load_templates(TEMPLATES)
-    for name in ("verification_code", "exam_booking_confirmed", "exam_booking_cancelled", "mo_reply"):
+    for name in ("verification_code", "exam_booking_cancelled", "inspection_booking_confirmed", "mo_reply"):
         template = templates.templates[name]
         assert template.quiet_hours is False
         assert template.priority is Priority.HIGH
@@ -62,10 +64,52 @@ def test_render_names_the_missing_parameter() -> None:
 
 
 def test_signed_text_is_not_signed_twice() -> None:
-    """An MO reply or partner text that already carries the signature keeps one."""
-    template = load_templates(TEMPLATES).templates["partner_text"]
+    """An MO reply that already carries the signature keeps one."""
+    template = load_templates(TEMPLATES).templates["mo_reply"]
     assert template.render({"text": "【交管12123】您好"}) == "【交管12123】您好"
     assert template.render({"text": "您好"}) == "【交管12123】您好"
+
+
+def test_partner_texts_are_not_signed_by_us_and_wait_for_the_morning() -> None:
+    """A partner's text goes out as the partner wrote it (no 【交管12123】) and is held in
+    quiet hours like any other non-urgent notice."""
+    template = load_templates(TEMPLATES).templates["partner_text"]
+    assert template.render({"text": "【厦门驾培】周六练车"}) == "【厦门驾培】周六练车"
+    assert template.render({"text": "周六练车"}) == "周六练车"
+    assert template.quiet_hours is True
+
+
+def test_household_notice_uses_its_own_signature_and_sender() -> None:
+    """id_card_ready (household registration, seed 001) is not a 12123 notice: its own
+    signature, its own sender code; traffic notices use the link's source (12123)."""
+    templates = load_templates(TEMPLATES)
+    text = templates.templates["id_card_ready"].render({"name": "张丽华", "office": "户政大厅"})
+    assert text.startswith("【公安户政】") and "12123" not in text
+    assert templates.source_addr("id_card_ready") == "12110"
+    assert templates.source_addr("points_reached_9") is None
+
+
+def test_a_traffic_signature_in_another_service_is_refused(tmp_path: Path) -> None:
+    """A non-traffic type that carries 【交管12123】 is a configuration error."""
+    path = _write(tmp_path, """
+services:
+  household: {signature: "【公安户政】", source_addr: "12110"}
+types:
+  id_card_ready:
+    text: "【公安户政】{x}【交管12123】"
+    params: [x]
+    service: household
+    validity: 1d
+""")
+    assert "types.id_card_ready.text" in "\n".join(_problems(path))
+
+
+def _problems(path: Path) -> list[str]:
+    try:
+        load_templates(path)
+    except ConfigError as e:
+        return list(e.problems)
+    return []
 
 
 def _write(tmp_path: Path, body: str) -> Path:

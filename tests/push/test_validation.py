@@ -92,30 +92,85 @@ def test_caller_expiry_shortens_validity() -> None:
     assert isinstance(late, ValidRequest) and late.expires_at == NOW + 600
 
 
-BOOKING = {"name": "张三", "subject": "科目二", "session": "上午", "site": "集美考场", "booking_no": "B1"}
+BOOKING = {"name": "张三", "subject": "科目二", "session": "上午", "site": "集美考场", "booking_no": "B1",
+           "cancel_deadline": "2026-03-01 17:00"}
 
 
-def test_exam_confirmation_needs_two_days() -> None:
-    """A booking confirmation for an exam less than 2 days away is rejected, explained."""
+def test_late_exam_confirmation_is_sent_at_once_flagged_late() -> None:
+    """A confirmation less than 2 days before the exam is not rejected: it goes out at
+    once (not held for quiet hours, high lane), flagged late, until the exam begins."""
     tomorrow = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026-03-03"})
-    assert isinstance(tomorrow, Rejection)
-    assert "date 2026-03-03 is less than 2 days away" in tomorrow.reason
-    assert "at least 2 days before" in tomorrow.reason
+    assert isinstance(tomorrow, ValidRequest)
+    assert tomorrow.late is True and tomorrow.quiet_hours is False
+    assert tomorrow.priority is Priority.HIGH
+    assert tomorrow.expires_at == dt.datetime(2026, 3, 3, 8, 0, tzinfo=SHANGHAI).timestamp()
+    assert tomorrow.lead_hours == 22.0
 
 
-def test_exam_confirmation_two_days_ahead_expires_when_too_late() -> None:
-    """Two days ahead is accepted, and expires at the start of the day before the exam."""
-    result = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026-03-04"})
+def test_late_confirmation_within_a_day_also_goes_by_voice() -> None:
+    """Within 24 hours of the exam a late confirmation uses channel auto (a call when the
+    SMS does not arrive); further out it stays SMS."""
+    near = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026-03-03"})
+    far = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026-03-03", "session": "14:00-16:00"})
+    assert isinstance(near, ValidRequest) and near.channel is Channel.AUTO
+    assert isinstance(far, ValidRequest) and far.channel is Channel.SMS and far.late
+
+
+def test_timely_exam_confirmation_waits_for_the_morning_and_expires_at_the_exam() -> None:
+    """Two days ahead is a normal batch result: held in quiet hours, not late, and
+    worth sending until the exam begins (the session's start)."""
+    result = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026-03-04", "session": "08:30"})
     assert isinstance(result, ValidRequest)
-    assert result.expires_at == dt.datetime(2026, 3, 3, 0, 0, tzinfo=SHANGHAI).timestamp()
+    assert result.late is False and result.quiet_hours is True and result.channel is Channel.SMS
+    assert result.expires_at == dt.datetime(2026, 3, 4, 8, 30, tzinfo=SHANGHAI).timestamp()
+
+
+def test_confirmation_for_an_exam_already_begun_expires() -> None:
+    """A confirmation that arrives after the exam began is recorded expired, not sent."""
+    result = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026-03-02", "session": "08:00"})
+    assert isinstance(result, ValidRequest) and result.expires_at <= NOW
 
 
 def test_exam_date_in_chinese_form() -> None:
     """The date may also be written as Chinese notices do (2026年3月3日)."""
     result = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026年3月3日"})
-    assert isinstance(result, Rejection) and "less than 2 days away" in result.reason
+    assert isinstance(result, ValidRequest) and result.late
+    assert "2026年3月3日上午" in result.text
     result = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026年3月10日"})
+    assert isinstance(result, ValidRequest) and not result.late
+
+
+def test_confirmation_states_the_cancellation_rule_and_the_no_show_cost() -> None:
+    """Before the deadline: until when to cancel online; after: in person, or no longer;
+    subjects 2 and 3: a no-show uses one of five chances, with the count when known."""
+    timely = validate(type="exam_booking_confirmed",
+                      params={**BOOKING, "date": "2026-03-06", "cancel_deadline": "2026-03-04 17:00",
+                              "attempts_left": "3"})
+    assert isinstance(timely, ValidRequest)
+    assert "2026年3月4日下午5:00前可网上取消" in timely.text
+    assert "未参加考试按缺考处理，并占用一次预约机会（共5次，您还有3次）" in timely.text
+    closed = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026-03-05"})
+    assert isinstance(closed, ValidRequest) and "请本人最迟于2026年3月4日到车管所办理" in closed.text
+    last_day = validate(type="exam_booking_confirmed", params={**BOOKING, "date": "2026-03-03"})
+    assert isinstance(last_day, ValidRequest) and "最迟于2026年3月2日到车管所办理" in last_day.text
+    too_late = validate(type="exam_booking_confirmed",
+                        params={**BOOKING, "date": "2026-03-02", "session": "15:00", "subject": "科目一"})
+    assert isinstance(too_late, ValidRequest) and "已不能取消" in too_late.text
+    assert too_late.text.endswith("；未参加考试按缺考处理。")
+
+
+def test_dates_and_times_are_written_the_chinese_way() -> None:
+    """ISO parameters become 2026年12月9日, 上午8:30, 下午2:00至4:00."""
+    result = validate(type="inspection_booking_confirmed",
+                      params={"plate": "闽D6F220", "date": "2026-12-09", "time": "14:00-16:00", "station": "湖里站"})
     assert isinstance(result, ValidRequest)
+    assert "2026年12月9日下午2:00至4:00" in result.text and "-" not in result.text
+
+
+def test_a_parameter_of_the_wrong_kind_is_rejected_by_name() -> None:
+    """A date that is no date, a count that is no number: rejected, naming the parameter."""
+    result = validate(type="violation_reminder", params={"plate": "闽D1", "count": "两", "date": "2026-03-01"})
+    assert isinstance(result, Rejection) and result.reason == "parameter 'count' is not a whole number"
 
 
 def test_exam_date_must_be_a_date() -> None:
