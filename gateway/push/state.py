@@ -52,9 +52,14 @@ written when the submit is accepted.  A receipt that arrives before that (the ca
 answered faster than we recorded the submit_sm_resp) is parked under
 ``keys.early_receipt`` and applied by the same script that records the message ids.
 
-Keys are passed to the scripts in ARGV, built by `gateway.store.keys.Keys` (one schema);
-this supports a single Redis (with replicas), not Redis Cluster.  The client must be
-created with ``decode_responses=True`` (as gateway/store/service.py does).
+Every key a script touches arrives in KEYS, built by `gateway.store.keys.Keys` (one
+schema): Redis Cluster routes a script by its KEYS, and during a slot migration only
+declared keys make the server answer ASK/TRYAGAIN instead of running on half the data.
+So work whose ids a script would otherwise find itself is read first: the claim reads
+the lanes' heads (ZRANGE), the sweeps the due members (ZRANGEBYSCORE), receipts their
+message-id index entries (MGET); the script then skips what another process took in
+between.  The client must be created with ``decode_responses=True`` (as
+gateway/store/service.py does).
 """
 
 from __future__ import annotations
@@ -127,11 +132,13 @@ _script_counters = {
 
 # ----------------------------------------------------------------------------------------
 # Lua: gateway/push/lua/*.lua, each including ledger.lua (the argument header, key names
-# and shared functions).  ARGV[1] is the time; ARGV[2..25] the header built by
-# NotificationLedger._header; each script's own arguments start at FIRST.  They travel as
-# one JSON array (the script's only real argument) that the prologue decodes into a local
-# ARGV: redis-py packs each argument in Python (a third of the intake's and the writer's
-# CPU with thousands of them per batch), json.dumps and cjson.decode do the same work in C.
+# and shared functions).  KEYS: the ledger's twelve (NotificationLedger._ledger_keys),
+# then every other key the call touches, labelled in the header (`_Declared`).  The
+# arguments travel as one JSON array (the script's only real argument) that the prologue
+# decodes into a local ARGV: the time, the header built by NotificationLedger._header, the
+# labels, then the script's own arguments from FIRST.  redis-py packs each argument in
+# Python (a third of the intake's and the writer's CPU with thousands of them per batch),
+# json.dumps and cjson.decode do the same work in C.
 # ----------------------------------------------------------------------------------------
 
 
@@ -198,8 +205,35 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
-def _split_key(template: str, holes: int) -> list[str]:
-    return template.split("\x00", holes)
+LANES = ("high", "normal", "bulk")
+
+
+class _Declared:
+    """The keys one ledger script call touches beyond the ledger's own, each with the
+    label the script asks for it by (ledger.lua's declared()): ``n<id>`` a notification,
+    ``m<carrier>\\0<message id>`` an index entry, ``e...`` a parked receipt, ``s`` the
+    intake stream, ``k`` a claim list, ``c<k>`` a daily-cap counter."""
+
+    __slots__ = ("_keys", "keys", "labels")
+
+    def __init__(self, keys: Keys) -> None:
+        self._keys = keys
+        self.keys: list[str] = []
+        self.labels: dict[str, None] = {}  # ordered, without repeats
+
+    def add(self, label: str, key: str) -> None:
+        if label not in self.labels:
+            self.labels[label] = None
+            self.keys.append(key)
+
+    def notification(self, notification_id: str) -> None:
+        self.add("n" + notification_id, self._keys.notification(notification_id))
+
+    def message_id(self, carrier: str, message_id: str) -> None:
+        self.add(f"m{carrier}\x00{message_id}", self._keys.message_id(carrier, message_id))
+
+    def early_receipt(self, carrier: str, message_id: str) -> None:
+        self.add(f"e{carrier}\x00{message_id}", self._keys.early_receipt(carrier, message_id))
 
 
 class NotificationLedger:
@@ -226,17 +260,15 @@ class NotificationLedger:
         self.early_receipt_ttl_seconds = int(max(1, early_receipt_ttl_seconds))
         # Called with the ids of partner messages that reached a final state.
         self.on_partner_final = on_partner_final
-        nh, nt = _split_key(keys.notification("\x00"), 1)
-        mh, mm, mt = _split_key(keys.message_id("\x00", "\x00"), 2)
-        eh, em, et = _split_key(keys.early_receipt("\x00", "\x00"), 2)
-        self._header = [
-            str(self.retention_seconds), str(events_maxlen), nh, nt,
+        # KEYS[1..12] of every ledger script (ledger.lua names them).
+        self._ledger_keys = [
             keys.lane("high"), keys.lane("normal"), keys.lane("bulk"),
             keys.scheduled, keys.inflight, keys.dead_letters, keys.events_stream,
-            keys.voice_requests, keys.partner_receipts_pending, signature,
-            mh, mm, mt, eh, em, et, keys.lane_sequence, keys.early_receipts_parked,
-            keys.awaiting_receipt, str(int(max(0, receipt_timeout_seconds))),
+            keys.voice_requests, keys.partner_receipts_pending, keys.lane_sequence,
+            keys.early_receipts_parked, keys.awaiting_receipt,
         ]
+        self._header = [str(self.retention_seconds), str(events_maxlen), signature,
+                        str(int(max(0, receipt_timeout_seconds)))]
         # The header as the middle of a JSON array: "a","b",...,"z".
         self._header_json = _dumps(self._header)[1:-1]
         def register(name: str) -> Any:
@@ -252,11 +284,16 @@ class NotificationLedger:
 
     # -- script plumbing -------------------------------------------------------------
 
-    async def _run(self, script: Any, now: float, args: list[Any]) -> list[Any]:
+    def _declared(self) -> _Declared:
+        return _Declared(self.keys)
+
+    async def _run(self, script: Any, now: float, args: list[Any], declared: _Declared | None = None) -> list[Any]:
         # Strings and ints only (the scripts tonumber() what they count with).
-        tail = "," + _dumps(args)[1:] if args else "]"
-        payload = f'["{_fmt(now)}",{self._header_json}{tail}'
-        result = await script(keys=[], args=[payload])
+        labels = list(declared.labels) if declared else []
+        tail = _dumps([len(labels), *labels, *args])[1:]
+        payload = f'["{_fmt(now)}",{self._header_json},{tail}'
+        keys = self._ledger_keys + declared.keys if declared else self._ledger_keys
+        result = await script(keys=keys, args=[payload])
         payload, flat_counts, partner_ids = result
         for k in range(0, len(flat_counts), 2):
             what, n = flat_counts[k], int(flat_counts[k + 1])
@@ -285,7 +322,10 @@ class NotificationLedger:
             flat += [name, text]
             if name not in PRIVATE_FIELDS:
                 event += [name, text]
-        payload = await self._run(self._transition, now, [notification_id, state, len(flat), len(event), *flat, *event])
+        declared = self._declared()
+        declared.notification(notification_id)
+        payload = await self._run(self._transition, now, [notification_id, state, len(flat), len(event), *flat, *event],
+                                  declared)
         return payload[0] == "1"
 
     async def get(self, notification_id: str) -> dict[str, Any] | None:
@@ -308,16 +348,24 @@ class NotificationLedger:
         """
         if not items:
             return []
-        args: list[Any] = [stream[0], stream[1], len(items)]
+        declared = self._declared()
+        if stream[0]:
+            declared.add("s", stream[0])
+        args: list[Any] = [stream[1], len(items)]
         for item in items:
             fields: list[str] = []
             for name, value in item.fields.items():
                 fields += [name, value]
             ttl = self.retention_seconds + max(0, int(item.expires_at - now))
+            declared.notification(item.id)
+            cap_label = ""
+            if item.cap_key:
+                cap_label = "c" + item.cap_key
+                declared.add(cap_label, item.cap_key)
             args += [item.id, item.entry_id, "1" if item.retry else "0", item.disposition,
-                     _fmt(item.due_at) if item.due_at else "0", item.lane, item.cap_key, item.cap, item.reason,
+                     _fmt(item.due_at) if item.due_at else "0", item.lane, cap_label, item.cap, item.reason,
                      item.type, ttl, len(fields), *fields]
-        payload = await self._run(self._accept, now, args)
+        payload = await self._run(self._accept, now, args, declared)
         return [AcceptOutcome(payload[k], payload[k + 1], payload[k + 2] == "duplicate",
                               "" if payload[k + 2] == "duplicate" else payload[k + 2])
                 for k in range(0, len(payload), 3)]
@@ -346,9 +394,30 @@ class NotificationLedger:
         if n <= 0:
             return []
         token = token or new_claim_token()
-        payload = await self._run(self._claim, now, [n, reserve, _fmt(lease_seconds),
-                                                     _fmt(quiet_until), max(4 * n, 100),
-                                                     token, self.keys.claim(token)])
+        claim_key = self.keys.claim(token)
+        # The script may only touch notifications it declares, so the lanes' heads are read
+        # first; what another process takes meanwhile, the script skips.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lane in LANES:
+                pipe.zrange(self.keys.lane(lane), 0, n - 1)
+            peeked: list[list[str]] = await pipe.execute()
+        if not any(peeked) and not await self.redis.exists(claim_key):
+            return []
+        head = [_fmt(lease_seconds), _fmt(quiet_until), token]
+        declared = self._declared()
+        declared.add("k", claim_key)
+        for ids in peeked:
+            for notification_id in ids:
+                declared.notification(notification_id)
+        payload = await self._run(self._claim, now, [n, reserve, *head, "claim", *map(len, peeked),
+                                                     *(i for ids in peeked for i in ids)], declared)
+        if payload == ["replay"]:
+            # This token's claim did run (its reply was lost): declare what it listed.
+            declared = self._declared()
+            declared.add("k", claim_key)
+            for notification_id in await self.redis.lrange(claim_key, 0, -1):
+                declared.notification(notification_id)
+            payload = await self._run(self._claim, now, [n, reserve, *head, "replay", 0, 0, 0], declared)
         rank = {"high": 0, "normal": 1, "bulk": 2}
         claimed = [Claimed(row[0], row[1], row[2], int(row[3]), tuple(row[4].split()) if row[4] else (),
                            float(row[5]), row[6], row[7]) for row in payload]
@@ -356,29 +425,76 @@ class NotificationLedger:
         return claimed
 
     async def apply(self, ops: Sequence[Sequence[Any]], *, now: float) -> None:
-        """Apply outcome ops (see OutcomeWriter) in one script."""
-        if not ops:
-            return
-        args: list[Any] = [len(ops), self.early_receipt_ttl_seconds]
+        """Apply outcome ops (see OutcomeWriter) in one script.
+
+        Receipts are looked up in the message-id index first (one MGET), because the
+        script may only touch the notifications it declares; one whose index entry appears
+        in between is sent again (rare: the entry is written while the receipt travels).
+        """
+        pending = list(ops)
+        # Each round resolves what the last one found written meanwhile; a receipt found
+        # twice in a row is applied, so two rounds suffice and four are generous.
+        for _ in range(4):
+            if not pending:
+                return
+            resolved = await self._resolve_receipts(pending)
+            declared = self._declared()
+            args: list[Any] = [len(resolved), self.early_receipt_ttl_seconds]
+            for op in resolved:
+                _declare_op(declared, op)
+                args.extend(op)
+            again = await self._run(self._outcomes, now, args, declared)
+            pending = [pending[int(number) - 1] for number in again]
+        raise RuntimeError(f"{len(pending)} receipts kept changing their message-id index entries")
+
+    async def _resolve_receipts(self, ops: list[Sequence[Any]]) -> list[Sequence[Any]]:
+        """X ops whose candidate is in the message-id index become Y ops (the notification
+        and part named); the others stay X (parked by the script as early receipts)."""
+        lookups = [self.keys.message_id(op[1], candidate) for op in ops if op[0] == "X"
+                   for candidate in op[5:5 + int(op[4])]]
+        if not lookups:
+            return ops
+        found = iter(await self.redis.mget(lookups))
+        resolved: list[Sequence[Any]] = []
         for op in ops:
-            args.extend(op)
-        await self._run(self._outcomes, now, args)
+            if op[0] != "X":
+                resolved.append(op)
+                continue
+            hits = [value for value in (next(found) for _ in range(int(op[4]))) if value]
+            if hits:
+                notification_id, _, part = hits[0].rpartition(" ")
+                resolved.append(("Y", notification_id, part, op[2], op[3]))
+            else:
+                resolved.append(op)
+        return resolved
 
     async def promote_due(self, *, now: float, limit: int = 1000) -> int:
         """Move scheduled notifications whose time has come to their lane; how many."""
-        payload = await self._run(self._promote, now, [limit])
-        return int(payload[0])
+        payload = await self._sweep(self._promote, self.keys.scheduled, now, limit)
+        return int(payload[0]) if payload else 0
 
     async def close_overdue_receipts(self, *, now: float, limit: int = 1000) -> tuple[int, int]:
         """Notifications still ``submitted`` whose receipt timeout has passed become
         ``unconfirmed``; returns (entries due, notifications closed)."""
-        payload = await self._run(self._receipts_overdue, now, [limit])
-        return int(payload[0]), int(payload[1])
+        payload = await self._sweep(self._receipts_overdue, self.keys.awaiting_receipt, now, limit)
+        return (int(payload[0]), int(payload[1])) if payload else (0, 0)
 
     async def recover_expired_leases(self, *, now: float, limit: int = 1000) -> int:
         """Put notifications whose claim lease ran out back at the front of their lane."""
-        payload = await self._run(self._recover, now, [limit])
-        return int(payload[0])
+        payload = await self._sweep(self._recover, self.keys.inflight, now, limit)
+        return int(payload[0]) if payload else 0
+
+    async def _sweep(self, script: Any, key: str, now: float, limit: int) -> list[Any] | None:
+        """Run a sweep script on the members of sorted set `key` due by `now` (at most
+        `limit`), read first so that the script can declare their notifications; None
+        when none is due (no script runs)."""
+        ids = await self.redis.zrangebyscore(key, "-inf", _fmt(now), start=0, num=limit)
+        if not ids:
+            return None
+        declared = self._declared()
+        for notification_id in ids:
+            declared.notification(notification_id)
+        return await self._run(script, now, [len(ids), *ids], declared)
 
     async def renew_leases(self, ids: Iterable[str], *, deadline: float) -> None:
         """Extend the leases of notifications this process is still submitting."""
@@ -444,6 +560,24 @@ def op_carrier_refused(notification_id: str, carrier: str, error: str) -> tuple[
 def op_receipt(carrier: str, state: str, error_code: str, candidates: Sequence[str]) -> tuple[Any, ...]:
     """A delivery receipt; candidates: canonical message-id forms to look up, best first."""
     return ("X", carrier, state, error_code or "", len(candidates), *candidates)
+
+
+def _declare_op(declared: _Declared, op: Sequence[Any]) -> None:
+    """Declare the keys outcomes.lua touches for one op."""
+    kind = op[0]
+    if kind == "X":
+        carrier, candidates = op[1], op[5:5 + int(op[4])]
+        for candidate in candidates:
+            declared.message_id(carrier, candidate)
+        if candidates:
+            declared.early_receipt(carrier, candidates[0])
+        return
+    declared.notification(op[1])
+    if kind == "A":
+        carrier, indexed = op[2], int(op[4])
+        for message_id in op[5:5 + indexed]:
+            declared.message_id(carrier, message_id)
+            declared.early_receipt(carrier, message_id)
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,15 +1,17 @@
 -- Accept a batch of validated intake requests; XACK and XDEL their stream entries.
--- ARGV (after the ledger header): stream, group, n, then per request: id, entry id,
--- retry (1/0), disposition (queue/schedule/expired/voice/reject), due_at, lane, cap key,
--- cap, reason, type, ttl, number of fields, fields (name, value, ...).
+-- KEYS: the ledger's (ledger.lua), with each request's notification ('n'..id), its
+-- daily-cap counter if any ('c'..k) and the intake stream ('s', when entries are acked).
+-- ARGV (after the ledger header): group, n, then per request: id, entry id, retry (1/0),
+-- disposition (queue/schedule/expired/voice/reject), due_at, lane, cap counter label
+-- ('' for none), cap, reason, type, ttl, number of fields, fields (name, value, ...).
 -- Guarantees: idempotent per id (a known id is a duplicate, unless rejected before or a
 -- dead-letter retry of a failed one); the record, its first state, its lane or schedule
 -- entry, its event and the stream acknowledgement happen together or not at all.
 -- Returns {{id, state, reason or 'duplicate'}..., counts, partner ids}.
 -- include: ledger.lua
-local stream, group = ARGV[FIRST], ARGV[FIRST + 1]
-local n = tonumber(ARGV[FIRST + 2])
-local i = FIRST + 3
+local group = ARGV[FIRST]
+local n = tonumber(ARGV[FIRST + 1])
+local i = FIRST + 2
 local out = {}
 local acks = {}
 -- Duplicates are rare: one EXISTS over the whole batch says whether any id is known;
@@ -41,6 +43,7 @@ for _ = 1, n do
   else
     if st then redis.call('DEL', key); redis.call('ZREM', DEAD, id) end
     if cap_key ~= '' and (disp == 'queue' or disp == 'schedule') then
+      cap_key = declared(cap_key)
       local sent = tonumber(redis.call('GET', cap_key) or '0') or 0
       if sent >= cap then
         disp = 'reject'
@@ -84,7 +87,10 @@ for _ = 1, n do
   if entry ~= '' then acks[#acks + 1] = entry end
 end
 -- Acknowledged and deleted by the script that recorded them, one command each per batch.
-call_chunked(1000, acks, 'XACK', stream, group)
-call_chunked(1000, acks, 'XDEL', stream)
+if #acks > 0 then
+  local stream = declared('s')
+  call_chunked(1000, acks, 'XACK', stream, group)
+  call_chunked(1000, acks, 'XDEL', stream)
+end
 flush_sorted_sets()
 return {out, flat_counts(), partner_final}

@@ -1,18 +1,26 @@
 -- Claim up to n queued notifications for submission, high lane first, with a reserve
 -- offered to normal and bulk.
+-- KEYS: the ledger's (ledger.lua), the claim list ('k') and the notification of each
+-- candidate ('n'..id).
 -- ARGV (after the ledger header): n, reserve, lease seconds, quiet-hours end (0: not in
--- quiet hours), budget (lane entries to look at), token, claim list key.
+-- quiet hours), token, mode ('claim', or 'replay' with the ids of the claim list
+-- declared), the number of candidates of the high, normal and bulk lanes, then the
+-- candidates, lane by lane in lane order (the caller read them with ZRANGE: a script
+-- may only touch the notifications it declared, so it cannot pop unknown ones).
 -- Guarantees: each claimed notification is submitting, in the in-flight set under a lease
 -- and listed under the token; expired ones end expired, quiet-hours ones go back to
--- scheduled.  The same token again returns what that claim holds and takes nothing new.
+-- scheduled.  A candidate no longer in its lane (another process took it since it was
+-- read) is skipped; at most n are taken.  The same token again returns what that claim
+-- holds and takes nothing new; in 'claim' mode it answers {'replay'} instead, so that the
+-- caller declares the listed ids and asks again in 'replay' mode.
 -- include: ledger.lua
 local n = tonumber(ARGV[FIRST])
 local reserve = tonumber(ARGV[FIRST + 1])
 local lease = tonumber(ARGV[FIRST + 2])
 local QUIET = ARGV[FIRST + 3]
 local quiet = tonumber(QUIET)
-local budget = tonumber(ARGV[FIRST + 4])
-local TOKEN, CLAIMKEY = ARGV[FIRST + 5], ARGV[FIRST + 6]
+local TOKEN, MODE = ARGV[FIRST + 4], ARGV[FIRST + 5]
+local CLAIMKEY = declared('k')
 local out = {}
 local total = 0
 local FIELDS = {'state', 'expires_at', 'to', 'text', 'attempts', 'failed_carriers', 'accepted_at', 'type',
@@ -21,6 +29,7 @@ local FIELDS = {'state', 'expires_at', 'to', 'text', 'attempts', 'failed_carrier
 -- The same token again: the caller never saw this claim's reply (a connection lost, or
 -- redis-py retrying the call).  Give back what that claim took and still holds (not
 -- recovered after its lease, not claimed since by another token), and claim nothing new.
+if MODE == 'claim' and redis.call('EXISTS', CLAIMKEY) == 1 then return {{'replay'}, {}, {}} end
 local earlier = redis.call('LRANGE', CLAIMKEY, 0, -1)
 if #earlier > 0 then
   for _, id in ipairs(earlier) do
@@ -34,14 +43,30 @@ if #earlier > 0 then
 end
 local taken = {}
 
+-- The candidates of each lane, and which of them are still in it (one ZMSCORE per lane).
+local candidates, present, cursor = {}, {}, {}
+do
+  local j = FIRST + 9
+  for k, lane in ipairs({'high', 'normal', 'bulk'}) do
+    local ids = {}
+    for _ = 1, tonumber(ARGV[FIRST + 5 + k]) do ids[#ids + 1] = ARGV[j]; j = j + 1 end
+    candidates[lane], cursor[lane] = ids, 1
+    for _, scores in ipairs(call_chunked(1000, ids, 'ZMSCORE', LANE[lane])) do
+      for _, score in ipairs(scores) do present[#present + 1] = score ~= false end
+    end
+  end
+end
+local offset = {high = 0, normal = #candidates.high, bulk = #candidates.high + #candidates.normal}
+
 local function take(lane, want)
   local claimed = 0
-  while claimed < want and budget > 0 do
-    local ask = math.min(want - claimed, budget)
-    local popped = redis.call('ZPOPMIN', LANE[lane], ask)
-    budget = budget - #popped / 2
-    for k = 1, #popped, 2 do
-      local id = popped[k]
+  local ids = candidates[lane]
+  while claimed < want and cursor[lane] <= #ids do
+    local c = cursor[lane]
+    cursor[lane] = c + 1
+    if present[offset[lane] + c] then
+      local id = ids[c]
+      zrem_later(LANE[lane], id)
       local key = nkey(id)
       local h = redis.call('HMGET', key, unpack(FIELDS))
       if h[1] == 'queued' then
@@ -66,7 +91,6 @@ local function take(lane, want)
         count('stale_lane_entry')
       end
     end
-    if #popped < 2 * ask then break end
   end
   total = total + claimed
   return claimed

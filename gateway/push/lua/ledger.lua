@@ -2,31 +2,46 @@
 -- functions every ledger script uses (transition, emit, lane_push, on_final,
 -- apply_receipt, ...).  Included first by each script in this directory.
 --
+-- KEYS, every ledger script: 1-3 lanes high/normal/bulk, 4 scheduled, 5 in-flight,
+--   6 dead letters, 7 events stream, 8 voice requests stream, 9 partner receipts,
+--   10 lane sequence, 11 early-receipts-parked, 12 awaiting-receipt; then the keys the
+--   call touches besides (NotificationLedger._run), each labelled in ARGV:
+--   'n'..id a notification, 'm'..carrier..'\0'..message id its index entry,
+--   'e'..carrier..'\0'..message id a parked receipt, 's' the intake stream, 'k' a claim
+--   list, 'c'..n the n-th daily-cap counter.  A script asking for a key that was not
+--   declared fails (declared()): nothing reaches Redis that Cluster could not route, and
+--   during a slot migration the server sees every key (ASK/TRYAGAIN, not half the data).
+--
 -- ARGV[1] is one JSON array (redis-py packs each argument in Python, a third of the
 -- intake's and the writer's CPU with thousands of them per batch; json.dumps and
 -- cjson.decode do the same work in C).  Decoded, its elements are:
---   1 now (Unix seconds, %.3f), 2 retention seconds, 3 events MAXLEN,
---   4-5 notification key head and tail, 6-8 lanes high/normal/bulk, 9 scheduled,
---   10 in-flight, 11 dead letters, 12 events stream, 13 voice requests stream,
---   14 partner receipts, 15 SMS signature, 16-18 message-id key head/middle/tail,
---   19-21 early-receipt key head/middle/tail, 22 lane sequence, 23 early-receipts-parked,
---   24 awaiting-receipt, 25 receipt timeout seconds; the script's own arguments from
---   FIRST (26) on.
+--   1 now (Unix seconds, %.3f), 2 retention seconds, 3 events MAXLEN, 4 SMS signature,
+--   5 receipt timeout seconds, 6 number of labelled keys L, 7..6+L their labels (KEYS
+--   13..12+L in order); the script's own arguments from FIRST (7 + L) on.
 -- include: call_chunked.lua
 local ARGV = cjson.decode(ARGV[1])
 local NOW = ARGV[1]
 local now = tonumber(NOW)
 local RETENTION = tonumber(ARGV[2])
 local MAXLEN = ARGV[3]
-local NH, NT = ARGV[4], ARGV[5]
-local LANE = {high = ARGV[6], normal = ARGV[7], bulk = ARGV[8]}
-local SCHEDULED, INFLIGHT, DEAD, EVENTS = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local VOICE, PARTNER, SIGNATURE = ARGV[13], ARGV[14], ARGV[15]
-local MH, MM, MT = ARGV[16], ARGV[17], ARGV[18]
-local EH, EM, ET = ARGV[19], ARGV[20], ARGV[21]
-local SEQUENCE, EARLY_PARKED = ARGV[22], ARGV[23]
-local AWAITING, RECEIPT_TIMEOUT = ARGV[24], tonumber(ARGV[25])
-local FIRST = 26
+local SIGNATURE = ARGV[4]
+local RECEIPT_TIMEOUT = tonumber(ARGV[5])
+local LANE = {high = KEYS[1], normal = KEYS[2], bulk = KEYS[3]}
+local SCHEDULED, INFLIGHT, DEAD, EVENTS = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local VOICE, PARTNER, SEQUENCE, EARLY_PARKED, AWAITING = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local DECLARED = {}
+do
+  local labelled = tonumber(ARGV[6])
+  for j = 1, labelled do DECLARED[ARGV[6 + j]] = KEYS[12 + j] end
+end
+local FIRST = 7 + tonumber(ARGV[6])
+
+-- The declared key with this label; a missing one is a bug in the caller.
+local function declared(label)
+  local key = DECLARED[label]
+  if not key then error('ledger script: key not declared in KEYS: ' .. label) end
+  return key
+end
 local counts = {}
 local partner_final = {}
 local FINAL = {delivered = true, undeliverable = true, unconfirmed = true, expired = true, failed = true,
@@ -34,9 +49,9 @@ local FINAL = {delivered = true, undeliverable = true, unconfirmed = true, expir
 local UNDELIVERABLE = {UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
 local RECEIPT_FINAL = {DELIVRD = true, UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
 
-local function nkey(id) return NH .. id .. NT end
-local function msgkey(c, m) return MH .. c .. MM .. m .. MT end
-local function earlykey(c, m) return EH .. c .. EM .. m .. ET end
+local function nkey(id) return declared('n' .. id) end
+local function msgkey(c, m) return declared('m' .. c .. '\0' .. m) end
+local function earlykey(c, m) return declared('e' .. c .. '\0' .. m) end
 local function count(what) counts[what] = (counts[what] or 0) + 1 end
 
 -- Sorted-set adds and removals a script makes per notification are collected and sent

@@ -1,4 +1,8 @@
 -- Apply a batch of submit outcomes and receipts (OutcomeWriter).
+-- KEYS: the ledger's (ledger.lua), and per op: A its notification ('n'..id), index entries
+-- ('m'..carrier..'\0'..message id) and parked-receipt keys ('e'..) of the indexed parts;
+-- R W F L C Y the notification; X each candidate's index entry and the first one's
+-- parked-receipt key.
 -- ARGV (after the ledger header): n, early-receipt TTL seconds, then n ops:
 --   A id carrier parts indexed ids... keys...    accepted by the carrier: the ids as the
 --                                                carrier sent them, then their canonical
@@ -8,15 +12,20 @@
 --   R|W|F id due_at error unknown                retry / wait (no attempt) / failed
 --   L id due_at error unknown cap <R|F op>       link down (free up to cap losses)
 --   C id carrier error                           refused permanently by one carrier
---   X carrier state error n candidates...        a delivery receipt
+--   Y id part state error                        a receipt whose notification the caller
+--                                                found in the message-id index
+--   X carrier state error n candidates...        a receipt not found there (yet)
 -- Guarantees: an outcome for a notification no longer submitting changes nothing; a
 -- receipt before its submit's message ids is parked and applied when they are recorded.
+-- Returns {{op numbers to send again}, counts, partner ids}: an X op whose index entry
+-- appeared since the caller looked (its notification was not declared) is left for the
+-- caller to resolve and send again.
 -- include: ledger.lua
 local n = tonumber(ARGV[FIRST])
 local EARLY_TTL = tonumber(ARGV[FIRST + 1])
 local i = FIRST + 2
-local receipts = {}
-for _ = 1, n do
+local again = {}
+for number = 1, n do
   local op = ARGV[i]
   if op == 'A' then
     -- nr: the leading parts that asked for a receipt; only their ids are indexed
@@ -120,6 +129,10 @@ for _ = 1, n do
       if h[2] and h[2] ~= '' then fc = h[2] .. ' ' .. carrier end
       redis.call('HSET', key, 'failed_carriers', fc, 'error', err)
     end
+  elseif op == 'Y' then
+    local id, part, rstate, err = ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+    i = i + 5
+    apply_receipt(id, nkey(id), part, rstate, err)
   elseif op == 'X' then
     local carrier, rstate, err, nc = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
     local found = false
@@ -128,7 +141,11 @@ for _ = 1, n do
       if v then
         local sp = string.find(v, ' ', 1, true)
         local id = string.sub(v, 1, sp - 1)
-        apply_receipt(id, nkey(id), tonumber(string.sub(v, sp + 1)), rstate, err)
+        if DECLARED['n' .. id] then
+          apply_receipt(id, nkey(id), tonumber(string.sub(v, sp + 1)), rstate, err)
+        else
+          again[#again + 1] = tostring(number)
+        end
         found = true
         break
       end
@@ -149,4 +166,4 @@ for _ = 1, n do
   end
 end
 flush_sorted_sets()
-return {{}, flat_counts(), partner_final}
+return {again, flat_counts(), partner_final}

@@ -1,8 +1,12 @@
 -- Notifications still submitted whose receipt timeout passed become unconfirmed (final).
--- ARGV (after the ledger header): limit.  Returns {{taken, closed}, counts, partner ids}.
--- include: take_due.lua
+-- KEYS: the ledger's (ledger.lua) and the listed notifications ('n'..id).
+-- ARGV (after the ledger header): the number of ids listed, then the ids (read by the
+-- caller with ZRANGEBYSCORE; those no longer due are skipped).  Returns {{taken, closed}, counts, partner ids}.
+-- include: take_listed.lua
 -- include: ledger.lua
-local ids = take_due(AWAITING, NOW, tonumber(ARGV[FIRST]))
+local listed = {}
+for j = 1, tonumber(ARGV[FIRST]) do listed[j] = ARGV[FIRST + j] end
+local ids = take_listed(AWAITING, NOW, listed)
 local closed = 0
 for _, id in ipairs(ids) do
   local key = nkey(id)

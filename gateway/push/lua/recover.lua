@@ -1,9 +1,13 @@
 -- Put notifications whose claim lease ran out (process killed) back at the front of
 -- their lane, counting a possible duplicate.
--- ARGV (after the ledger header): limit.  Returns {{recovered}, counts, partner ids}.
--- include: take_due.lua
+-- KEYS: the ledger's (ledger.lua) and the listed notifications ('n'..id).
+-- ARGV (after the ledger header): the number of ids listed, then the ids (read by the
+-- caller with ZRANGEBYSCORE; those no longer due are skipped).  Returns {{recovered}, counts, partner ids}.
+-- include: take_listed.lua
 -- include: ledger.lua
-local ids = take_due(INFLIGHT, NOW, tonumber(ARGV[FIRST]))
+local listed = {}
+for j = 1, tonumber(ARGV[FIRST]) do listed[j] = ARGV[FIRST + j] end
+local ids = take_listed(INFLIGHT, NOW, listed)
 local recovered = 0
 for _, id in ipairs(ids) do
   local key = nkey(id)

@@ -1,4 +1,5 @@
 -- Set one notification's state with extra fields (voice outcomes, operators).
+-- KEYS: the ledger's (ledger.lua) and the notification ('n'..id).
 -- ARGV (after the ledger header): id, state, number of fields, number of event fields,
 -- fields (name, value, ...), event fields.  Returns {{'1' or '0' if unknown}, ...}.
 -- include: ledger.lua
