@@ -573,9 +573,9 @@ def _declare_op(declared: _Declared, op: Sequence[Any]) -> None:
             declared.early_receipt(carrier, candidates[0])
         return
     declared.notification(op[1])
-    if kind == "A":
-        carrier, indexed = op[2], int(op[4])
-        for message_id in op[5:5 + indexed]:
+    if kind == "A":  # A id carrier parts indexed sent-ids... canonical-ids...
+        carrier, parts, indexed = op[2], int(op[3]), int(op[4])
+        for message_id in op[5 + parts:5 + parts + indexed]:
             declared.message_id(carrier, message_id)
             declared.early_receipt(carrier, message_id)
 

@@ -76,15 +76,15 @@ async def test_receipt_whose_index_entry_appears_meanwhile_is_sent_again(redis_u
     async with pipeline(redis_url) as p:
         await p.accept(code("fast"))
         await p.ledger.claim(1, now=p.clock.now, lease_seconds=30, quiet_until=0)
-        receipt = op_receipt("cmcc", "DELIVRD", "000", ["M1"])
+        receipt = op_receipt("cmcc", "DELIVRD", "000", ["m1"])
         declared = p.ledger._declared()
-        _declare_op(declared, receipt)  # as resolved while M1 was not yet indexed
-        await p.ledger.apply([op_accepted("fast", "cmcc", ["M1"])], now=p.clock.now)
+        _declare_op(declared, receipt)  # as resolved while m1 was not yet indexed
+        await p.ledger.apply([op_accepted("fast", "cmcc", ["m1"])], now=p.clock.now)
         again = await p.ledger._run(p.ledger._outcomes, p.clock.now, [1, 86_400, *receipt], declared)
         assert again == ["1"] and await p.state("fast") == "submitted"
         await p.ledger.apply([receipt], now=p.clock.now)
         assert await p.state("fast") == "delivered"
-        assert await p.redis.exists(p.keys.early_receipt("cmcc", "M1")) == 0
+        assert await p.redis.exists(p.keys.early_receipt("cmcc", "m1")) == 0
 
 
 @on_asyncio
@@ -94,7 +94,7 @@ async def test_receipt_and_its_submit_in_one_batch_is_applied(redis_url: str) ->
     async with pipeline(redis_url) as p:
         await p.accept(code("fast"))
         await p.ledger.claim(1, now=p.clock.now, lease_seconds=30, quiet_until=0)
-        await p.ledger.apply([op_accepted("fast", "cmcc", ["M1"]), op_receipt("cmcc", "DELIVRD", "000", ["M1"])],
+        await p.ledger.apply([op_accepted("fast", "cmcc", ["m1"]), op_receipt("cmcc", "DELIVRD", "000", ["m1"])],
                              now=p.clock.now)
         assert await p.state("fast") == "delivered"
-        assert await p.redis.exists(p.keys.early_receipt("cmcc", "M1")) == 0
+        assert await p.redis.exists(p.keys.early_receipt("cmcc", "m1")) == 0

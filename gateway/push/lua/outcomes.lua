@@ -1,7 +1,7 @@
 -- Apply a batch of submit outcomes and receipts (OutcomeWriter).
 -- KEYS: the ledger's (ledger.lua), and per op: A its notification ('n'..id), index entries
 -- ('m'..carrier..'\0'..message id) and parked-receipt keys ('e'..) of the indexed parts;
--- R W F L C Y the notification; X each candidate's index entry and the first one's
+-- P R W F L C Y the notification; X each candidate's index entry and the first one's
 -- parked-receipt key.
 -- ARGV (after the ledger header): n, early-receipt TTL seconds, then n ops:
 --   A id carrier parts indexed ids... keys...    accepted by the carrier: the ids as the
