@@ -169,8 +169,11 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
         links_service.setName("smpp-links")
         inbound = InboundRouter()
         link_options = LinkOptions(drain_timeout_seconds=drain)
+        from gateway.fleet.account import account_limits
+
         for carrier in carriers:
-            link = CarrierLink(carrier, inbound, reactor, options=link_options)  # named after the carrier
+            account = account_limits(carrier, redis, keys.prefix, reactor)  # fleet-wide TPS and binds, or None
+            link = CarrierLink(carrier, inbound, reactor, options=link_options, account=account)  # named after the carrier
             link.setServiceParent(links_service)
             root.carrier_links[carrier.name] = link
         links_service.setServiceParent(root)

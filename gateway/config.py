@@ -184,6 +184,10 @@ class CarrierConfig:
     data_coding_0_alphabet: str = setting("gsm7", help="what data_coding 0 means in this SMSC's deliver_sm (MOs): gsm7 (GSM 03.38, the SMPP default), ascii (IA5) or latin-1", choices=("gsm7", "ascii", "latin-1"))
     error_classes: tuple[StatusClassOverride, ...] = setting((), help="overrides of the submit_sm_resp error classes (docs/smpp.md), e.g. [{status: 0x45, treat_as: temporary}]")
     unreadable_receipt_resend: bool = setting(True, help="answer a receipt that cannot be read (no id or stat in any reading) with ESME_RX_T_APPN so the SMSC sends it again; false: ESME_RX_P_APPN (the SMSC drops it)")
+    # Fleet-wide limits of the carrier account, shared by every gateway process through Redis (docs/fleet.md).
+    account_tps: float = setting(0.0, help="submit_sm per second of the whole account over every gateway process (GCRA in Redis); 0: only the per-process tps_limit", unit="1/s", minimum=0, maximum=100_000)
+    max_binds: int = setting(0, help="binds of the account over every gateway process (leases in Redis); a process that gets no lease does not bind; 0: no fleet-wide limit", minimum=0, maximum=1000)
+    bind_lease_seconds: float = setting(15.0, help="a bind lease of a process that died (SIGKILL) frees after this long; renewed every fifth of it", unit="s", minimum=1, maximum=600)
 
 
 @dataclass(frozen=True)
@@ -285,6 +289,9 @@ class AmiConfig:
     max_concurrent_calls: int = setting(10, help="outbound calls at once on the trunk", minimum=1, maximum=10_000)
     originate_timeout_seconds: float = setting(30.0, help="ring time", unit="s", minimum=1, maximum=600)
     keepalive_seconds: float = setting(20.0, help="Ping interval", unit="s", minimum=1, maximum=3600)
+    # Fleet-wide concurrent calls on the trunk, shared by every gateway process through Redis (docs/fleet.md).
+    trunk_max_calls: int = setting(0, help="calls at once on the trunk over every gateway process (call slots leased in Redis); 0: only max_concurrent_calls per process", minimum=0, maximum=100_000)
+    call_slot_lease_seconds: float = setting(30.0, help="a call slot of a process that died frees after this long; renewed every fifth of it", unit="s", minimum=1, maximum=3600)
 
 
 @dataclass(frozen=True)
@@ -582,6 +589,11 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
             if override.status in seen_statuses:
                 add(f"{where}.error_classes[{j}].status", f"0x{override.status:08X} is listed twice")
             seen_statuses.add(override.status)
+        if (carrier.account_tps or carrier.max_binds) and ("{" in carrier.name or "}" in carrier.name):
+            # The name is the account's Redis hash tag ({acct:<name>}).
+            add(f"{where}.name", "may not contain { or } when account_tps or max_binds is set")
+        if 0 < carrier.account_tps < 1:
+            add(f"{where}.account_tps", f"{carrier.account_tps:g} is below 1 per second (0 switches the limit off)")
     for i, account in enumerate(config.smpp_server.accounts):
         for j, network in enumerate(account.allowed_networks):
             try:

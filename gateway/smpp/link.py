@@ -55,7 +55,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
@@ -126,6 +126,9 @@ from gateway.smpp.text import (
     plan_message,
 )
 from gateway.smpp.throttle import TokenBucket
+
+if TYPE_CHECKING:
+    from gateway.fleet.account import AccountLimits
 
 __all__ = ["CarrierLink", "LinkOptions", "LinkSubmitFailed"]
 
@@ -228,6 +231,7 @@ class _LinkSession(SessionOwner):
         self.protocol: SmppProtocol | None = None
         self.bound = False
         self.service_proxy: IProtocol | None = None  # ClientService's view, once bound
+        self.lease_holder: str | None = None  # its bind lease (carriers[].max_binds)
 
     def pdu_received(self, protocol: SmppProtocol, pdu: Pdu) -> None:
         self.link._inbound(protocol, pdu)
@@ -263,15 +267,54 @@ class _BoundHandle(Protocol):
 class _BindingEndpoint:
     """Connects with ``endpoint`` and binds; fires only with a bound connection."""
 
-    def __init__(self, link: CarrierLink, bind_type: str, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(self, link: CarrierLink, bind_type: str, endpoint: IStreamClientEndpoint,
+                 slot_name: str = "") -> None:
         self.link = link
         self.bind_type = bind_type
         self.endpoint = endpoint
+        self.slot_name = slot_name or bind_type
         self.last_bind_rejected = False
+        self.last_lease_refused = False
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        leases = self.link.account.binds if self.link.account is not None else None
+        if leases is None:
+            return self._connect_and_bind(factory, None)
+        # carriers[].max_binds: no lease, no connection (gateway/fleet/leases.py).
+        holder = leases.holder(self.slot_name)
+        inner: list[Deferred[IProtocol]] = []
+
+        def cancel(_: Deferred[IProtocol]) -> None:
+            if inner:
+                inner[0].cancel()
+
+        result: Deferred[IProtocol] = Deferred(cancel)
+
+        def answered(granted: bool) -> None:
+            if result.called:  # cancelled while asking
+                if granted:
+                    leases.release(holder)
+                return
+            if not granted:
+                if not self.last_lease_refused:
+                    log.info("carrier {carrier}: every bind of the account is leased (max_binds "
+                             "{max_binds}); {slot} waits for a lease", carrier=self.link.carrier,
+                             max_binds=self.link.config.max_binds, slot=self.slot_name)
+                self.last_lease_refused = True
+                result.errback(Failure(ConnectionRefusedError("no bind lease")))
+                return
+            self.last_lease_refused = False
+            attempt = self._connect_and_bind(factory, holder)
+            inner.append(attempt)
+            attempt.chainDeferred(result)
+
+        leases.acquire(holder).addCallback(answered)
+        return result
+
+    def _connect_and_bind(self, factory: IProtocolFactory, lease_holder: str | None) -> Deferred[IProtocol]:
         link = self.link
         session = _LinkSession(link, self.bind_type)
+        session.lease_holder = lease_holder
         protocol = link._new_protocol(session)
         connecting = self.endpoint.connect(_OneProtocolFactory(protocol))
         result: Deferred[IProtocol]
@@ -290,6 +333,7 @@ class _BindingEndpoint:
         def bound(_: Pdu) -> None:
             self.last_bind_rejected = False
             if result.called:  # cancelled meanwhile (stopService)
+                link._release_lease(session)
                 protocol.disconnect()
                 return
             transport = protocol.transport
@@ -329,6 +373,7 @@ class _BindingEndpoint:
                     bind_type=self.bind_type,
                     error=reason.getErrorMessage(),
                 )
+            link._release_lease(session)
             protocol.disconnect()
             if not result.called:
                 result.errback(reason)
@@ -342,6 +387,8 @@ class _BindingEndpoint:
         def policy(attempt: int) -> float:
             if self.last_bind_rejected:
                 return self.link.config.bind_rejected_retry_seconds + jitter()
+            if self.last_lease_refused and self.link.account is not None:
+                return self.link.account.bind_retry_seconds + jitter()
             return backoff(attempt)
 
         return policy
@@ -360,6 +407,7 @@ class CarrierLink(MultiService):
         endpoint: connect with this instead of host/port/tls from ``config`` (tests).
         options: settings that are not per carrier.
         jitter: random delay added to reconnect delays (seconds); tests pass ``lambda: 0``.
+        account: the account's fleet-wide TPS and bind leases (gateway.fleet.account).
     """
 
     def __init__(
@@ -371,9 +419,16 @@ class CarrierLink(MultiService):
         endpoint: IStreamClientEndpoint | None = None,
         options: LinkOptions = LinkOptions(),  # noqa: B008 - frozen
         jitter: Callable[[], float] = random.random,
+        account: AccountLimits | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        self.account = account
+        self._account_rate = account.rate if account is not None else None
+        if account is not None and account.rate is not None:
+            account.rate.on_slots = self._account_slots_arrived
+        if account is not None and account.binds is not None:
+            account.binds.on_lost = self._bind_lease_lost
         # Service.name doubles as the CarrierLink port's name: the service is the carrier.
         self.name = config.name
         self.carrier: str = config.name  # the same, typed (Service.name is Optional)
@@ -424,7 +479,7 @@ class CarrierLink(MultiService):
         )
         for index in range(config.sessions):
             for bind_type in bind_types:
-                binding = _BindingEndpoint(self, bind_type, inner)
+                binding = _BindingEndpoint(self, bind_type, inner, f"{config.name}-{bind_type}-{index}")
                 self.binding_endpoints.append(binding)
                 service = ClientService(
                     binding,
@@ -564,6 +619,10 @@ class CarrierLink(MultiService):
             if protocol is None:
                 break  # every window is full: a response or timeout pumps again
             wait = self._bucket.take(now)
+            if wait == 0 and self._account_rate is not None:
+                wait = self._account_rate.take(now)  # the account's TPS over the fleet
+                if wait > 0:
+                    self._bucket.refund()
             if wait > 0:
                 self._pump_call = self.clock.callLater(wait, self._pump_later)
                 break
@@ -588,6 +647,38 @@ class CarrierLink(MultiService):
     def _pump_later(self) -> None:
         self._pump_call = None
         self._pump()
+
+    def _account_slots_arrived(self) -> None:
+        """Send slots reserved for the account arrived: pump now rather than at the poll."""
+        if self._pump_call is not None and self._pump_call.active():
+            self._pump_call.cancel()
+            self._pump_call = None
+        self._pump()
+
+    def _release_lease(self, session: _LinkSession) -> None:
+        holder, session.lease_holder = session.lease_holder, None
+        if holder is not None and self.account is not None and self.account.binds is not None:
+            self.account.binds.release(holder)
+
+    @staticmethod
+    def _disconnect_after_unbind(_: object, protocol: SmppProtocol) -> None:
+        protocol.disconnect()
+
+    def _bind_lease_lost(self, holder: str) -> None:
+        """Our bind lease lapsed or could not be renewed: unbind that session (the
+        ClientService then reconnects, which asks for a lease again)."""
+        for session in list(self._all_sessions):
+            if session.lease_holder == holder and session.protocol is not None:
+                session.lease_holder = None
+                protocol = session.protocol
+                log.error("carrier {carrier}: unbinding {bind_type}, its bind lease is lost",
+                          carrier=self.carrier, bind_type=session.bind_type)
+                if protocol.is_bound:
+                    d = protocol.request(Unbind(0))
+                    d.addTimeout(min(1.0, self.options.unbind_timeout_seconds), self.clock)
+                    d.addBoth(self._disconnect_after_unbind, protocol)
+                else:
+                    protocol.disconnect()
 
     def _part_settled(self, job: _PartJob, event: Event) -> None:
         submit = job.submit
@@ -776,6 +867,7 @@ class CarrierLink(MultiService):
         if not session.bound:
             return
         session.bound = False
+        self._release_lease(session)
         self._all_sessions.discard(session)
         self._outbind_sessions.discard(session)
         if session in self._transmitters:
@@ -1053,5 +1145,8 @@ class CarrierLink(MultiService):
         d = self.drain(self.options.drain_timeout_seconds)
         d.addCallback(lambda _: self.unbind_all(self.options.unbind_timeout_seconds))
         d.addCallback(stop_children)
+        if self.account is not None and self.account.binds is not None:
+            binds = self.account.binds
+            d.addCallback(lambda _: binds.release_all())  # another process may bind at once
         d.addCallback(lambda _: None)
         return d

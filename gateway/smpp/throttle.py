@@ -84,6 +84,10 @@ class TokenBucket:
             return 0.0
         return (1.0 - self._tokens) / self.rate
 
+    def refund(self) -> None:
+        """Give back the token just taken (another limiter said no to the same send)."""
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
     def slow_down(self, factor: float, now: float) -> None:
         """Multiply the current rate by ``factor`` (0 < factor < 1), after a throttling
         response; also empties the bucket so no burst follows the refusal."""
