@@ -139,6 +139,7 @@ __all__ = [
     "ReceivedMessage",
     "SessionState",
     "SimulatorCounters",
+    "SubmitRateWindows",
     "SimulatorOptions",
     "SmscProtocol",
     "add_arguments",
@@ -349,6 +350,57 @@ class SimulatorCounters:
     mo_sent: int = 0
     mo_acked: int = 0
     mo_failed: int = 0
+
+
+class SubmitRateWindows:
+    """Submits per system_id per whole second, and binds per system_id: what a carrier
+    meters against an account's TPS and bind count (tests/fleet, bench/fleet_limits.py).
+
+    A submit counts in the second of the simulator's clock in which it was read, whatever
+    its answer (a carrier counts what arrives).  The last ``keep_seconds`` windows are
+    kept per system_id; the peaks cover the whole run.
+    """
+
+    def __init__(self, keep_seconds: int = 600) -> None:
+        # 600 windows of two ints per system_id: a few KB, whatever the run's length.
+        self.keep_seconds = keep_seconds
+        self._windows: dict[str, deque[list[int]]] = {}
+        self.peak_submits: dict[str, int] = {}
+        self.binds: dict[str, int] = {}
+        self.peak_binds: dict[str, int] = {}
+
+    def submit(self, system_id: str, now: float) -> None:
+        second = int(now)
+        windows = self._windows.get(system_id)
+        if windows is None:
+            windows = self._windows[system_id] = deque(maxlen=self.keep_seconds)
+        if windows and windows[-1][0] == second:
+            windows[-1][1] += 1
+        else:
+            windows.append([second, 1])
+        count = windows[-1][1]
+        if count > self.peak_submits.get(system_id, 0):
+            self.peak_submits[system_id] = count
+
+    def bound(self, system_id: str) -> None:
+        count = self.binds[system_id] = self.binds.get(system_id, 0) + 1
+        if count > self.peak_binds.get(system_id, 0):
+            self.peak_binds[system_id] = count
+
+    def unbound(self, system_id: str) -> None:
+        self.binds[system_id] = max(0, self.binds.get(system_id, 0) - 1)
+
+    def windows(self, system_id: str) -> list[tuple[int, int]]:
+        """(Unix second, submits) of the kept windows, oldest first."""
+        return [(second, count) for second, count in self._windows.get(system_id, ())]
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "peak_submits_per_second": dict(self.peak_submits),
+            "binds_by_system_id": dict(self.binds),
+            "peak_binds_by_system_id": dict(self.peak_binds),
+            "submits_per_second": {sid: self.windows(sid)[-60:] for sid in self._windows},
+        }
 
 
 class MessageIdAllocator:
@@ -1033,6 +1085,8 @@ class CarrierSimulator(Service):
         self.options = options
         self._reactor = reactor
         self.counters = SimulatorCounters()
+        self.rates = SubmitRateWindows()
+        self._metered_binds: set[SmscProtocol] = set()
         self.behaviour = CarrierBehaviour(options)
         self.recorder = MessageRecorder(
             record_texts=options.record_texts,
@@ -1114,6 +1168,9 @@ class CarrierSimulator(Service):
 
     def session_closed(self, session: SmscProtocol) -> None:
         self._sessions.discard(session)
+        if session in self._metered_binds:
+            self._metered_binds.discard(session)
+            self.rates.unbound(session.system_id)
         receivers = self._receivers.get(session.system_id)
         if receivers and session in receivers:
             receivers.remove(session)
@@ -1130,6 +1187,8 @@ class CarrierSimulator(Service):
 
     def session_bound(self, session: SmscProtocol) -> None:
         self.counters.binds += 1
+        self._metered_binds.add(session)
+        self.rates.bound(session.system_id)
         log.info(
             "{system_id} bound as {bind}",
             system_id=session.system_id,
@@ -1159,6 +1218,7 @@ class CarrierSimulator(Service):
     def handle_submit(self, session: SmscProtocol, pdu: SubmitSm | SubmitMulti | DataSm) -> None:
         """Answer one submit_sm, submit_multi or data_sm and schedule its receipts."""
         counters = self.counters
+        self.rates.submit(session.system_id, self._reactor.seconds())
         if isinstance(pdu, SubmitSm):
             counters.submit_sm += 1
             destinations: Iterable[str] = (pdu.destination_addr,)
@@ -1458,6 +1518,7 @@ class CarrierSimulator(Service):
             deliveries_queued=self.queued_deliveries(),
             deliveries_outstanding=sum(len(s.outstanding) for s in self._sessions),
         )
+        out.update(self.rates.report())
         if self.options.record_texts:
             out["submit_pdus_by_message"] = {
                 f"{destination} {text}": count

@@ -1,0 +1,89 @@
+"""A fleet for the tests and bench/fleet_limits.py: the carrier simulator in its own process
+with its counters over HTTP, and `gateway run` configs that share one Redis and one account.
+
+Everything here starts real processes on 127.0.0.1 with free ports; the caller stops them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_ID = "gw"
+PASSWORD = "pw"
+TEMPLATE_TYPE = "fleet_check"
+
+
+@dataclass
+class SimulatorProcess:
+    """bench/run_simulator.py: the SMSC, and GET / on its stats port for its report()."""
+
+    process: subprocess.Popen[bytes]
+    smpp_port: int
+    stats_port: int
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/", timeout=10) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_simulator(workdir: Path, *extra: str, timeout_seconds: float = 30.0) -> SimulatorProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports_file = workdir / "sim-ports.json"
+    log = (workdir / "simulator.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / "run_simulator.py"), "--listen", "127.0.0.1:0",
+         "--account", f"{SYSTEM_ID}:{PASSWORD}", "--no-record-texts", "--receipt-delay", "0.2",
+         "--ports-file", str(ports_file), "--report-interval", "3600", *extra],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log.close()
+    deadline = time.monotonic() + timeout_seconds
+    while not ports_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"simulator did not start: {(workdir / 'simulator.log').read_text()}")
+        time.sleep(0.05)
+    ports = json.loads(ports_file.read_text())
+    return SimulatorProcess(process, ports["smpp_port"], ports["stats_port"])
+
+
+def write_templates(directory: Path) -> Path:
+    """One ASCII one-part type without quiet hours: one notification, one submit_sm."""
+    path = directory / "fleet-templates.yaml"
+    path.write_text(yaml.safe_dump({"signature": "12123:", "types": {TEMPLATE_TYPE: {
+        "text": "12123: fleet check {n}", "params": ["n"], "priority": "normal",
+        "quiet_hours": False, "validity": "1d"}}}), encoding="utf-8")
+    return path
+
+
+def carrier_section(smpp_port: int, *, link_tps: float, account_tps: float, max_binds: int,
+                    bind_lease_seconds: float = 15.0, window: int = 4, sessions: int = 1) -> dict[str, Any]:
+    return {
+        "name": "cmcc", "host": "127.0.0.1", "port": smpp_port, "system_id": SYSTEM_ID, "password": PASSWORD,
+        "prefixes": ["138"], "tps_limit": link_tps, "account_tps": account_tps, "max_binds": max_binds,
+        "bind_lease_seconds": bind_lease_seconds, "window": window, "sessions": sessions,
+        "registered_delivery": 0, "reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 1.0,
+    }
+
+
+def notification_fields(index: int, tag: str = "f") -> dict[str, str]:
+    return {"id": f"{tag}-{index}", "type": TEMPLATE_TYPE, "to": f"138{index % 100_000_000:08d}",
+            "params": json.dumps({"n": str(index)}), "channel": "sms"}
