@@ -49,6 +49,7 @@ class Daemon:
     config_path: Path
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment (secrets)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,7 +61,7 @@ class Daemon:
         return "http://" + self.config["http"]["listen"]
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path), *self.extra_args],

@@ -1,0 +1,90 @@
+"""Inbound menu calls through the real Asterisk: Local channels, keys by PlayDTMF."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.domain.sample import SAMPLE_CALLER, SAMPLE_CALLER_AFTER_DEADLINE
+from tests.asterisk.conftest import KEYS, call_events, seed, wait_for
+from tests.asterisk.ring import AmiDriver, place_call
+
+pytestmark = pytest.mark.asterisk
+
+
+@pytest.fixture(scope="module")
+def gateway(start_gateway: Any) -> Any:
+    return start_gateway("Local/{number}@ring-callees")
+
+
+def recorded(gateway: Any, uniqueid: str) -> dict[str, str]:
+    url = gateway.config["redis"]["url"]
+    [event] = wait_for(lambda: call_events(url, uniqueid), 30, f"the ivr.call event of {uniqueid}")
+    return event
+
+
+def test_status_query(gateway: Any, driver: AmiDriver) -> None:
+    summary = seed(gateway.config["redis"]["url"])
+    booking = summary.cancellable_booking
+    call = place_call(driver, "s", "12123-inbound", callerid=SAMPLE_CALLER, inputs=["1", booking + "#", "#"])
+    event = recorded(gateway, call.uniqueid)
+    assert event["outcome"] == "completed", (event, call.agi_commands())
+    assert event["caller"] == "138****8000"
+    assert "status_read" in event["path"].split(",")
+
+
+def test_cancellation(gateway: Any, driver: AmiDriver) -> None:
+    from gateway.domain.bookings import BookingStatus
+
+    url = gateway.config["redis"]["url"]
+    summary = seed(url)
+    booking = summary.cancellable_booking
+    call = place_call(driver, "s", "12123-inbound", callerid=SAMPLE_CALLER, inputs=["2", booking + "#", "1", "#"])
+    event = recorded(gateway, call.uniqueid)
+    assert event["outcome"] == "completed" and "cancel_done" in event["path"].split(","), event
+    assert booking_status(url, booking) == BookingStatus.CANCELLED.value
+
+
+def test_cancellation_after_the_deadline(gateway: Any, driver: AmiDriver) -> None:
+    from gateway.domain.bookings import BookingStatus
+
+    url = gateway.config["redis"]["url"]
+    summary = seed(url)
+    booking = summary.after_deadline_booking
+    call = place_call(driver, "s", "12123-inbound", callerid=SAMPLE_CALLER_AFTER_DEADLINE,
+                      inputs=["2", booking + "#", "#"])
+    event = recorded(gateway, call.uniqueid)
+    assert event["outcome"] == "completed", event
+    assert "cancel_too_late" in event["path"].split(",") and "cancel_done" not in event["path"].split(",")
+    assert booking_status(url, booking) == BookingStatus.BOOKED.value
+    # The in-person deadline is read out: the last clip files of cancel_too_late were played.
+    assert any("12123/cancel_too_late" in c for c in call.agi_commands())
+
+
+def test_hang_up_mid_menu(gateway: Any, driver: AmiDriver) -> None:
+    call = place_call(driver, "s", "12123-inbound", callerid=SAMPLE_CALLER, inputs=["1"], hangup_after_inputs=True)
+    event = recorded(gateway, call.uniqueid)
+    assert event["outcome"] == "caller_hangup", event
+    assert event["path"].split(",")[-1] == "status_identity"
+
+
+def booking_status(url: str, booking: str) -> str:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from redis.asyncio import Redis
+
+    from gateway.domain.bookings import BookingStore
+
+    async def get() -> str:
+        client = Redis.from_url(url, decode_responses=True)
+        try:
+            stored = await BookingStore(client, KEYS).get(booking)
+            assert stored is not None
+            return stored.status.value
+        finally:
+            await client.aclose()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, get()).result(60)
