@@ -22,11 +22,13 @@ open and the AMI session is logged in.  For each it first stores the call in Red
 ``keys.voice_calls_open``), then sends::
 
     Action: Originate / ActionID: rem-<notification id>-<attempt> / Channel: <trunk>
-    Context: <context> / Exten: s / Priority: 1 / CallerID / Timeout: <ms>
-    Variable: NOTIFICATION_ID=<id> / Async: true
+    ChannelId: <the ActionID> / Context: <context> / Exten: s / Priority: 1 / CallerID
+    Timeout: <ms> / Variable: NOTIFICATION_ID=<id> / Async: true
 
 The ActionID is derived from the notification id and the attempt number, so a call
-can be found again after a restart.  Its outcome comes from events:
+can be found again after a restart; it is also the channel's Uniqueid (ChannelId), so
+the channel's Hangup event is recognised even when the OriginateResponse carries no
+Uniqueid (Asterisk 22: ``<unknown>`` on failure).  Its outcome comes from events:
 
 ==============================  ============================================  ==================
 event                           meaning                                       notification
@@ -36,11 +38,17 @@ OriginateResponse Success       answered (Uniqueid noted)                     --
 UserEvent ReminderHeard /       the dialplan's notify AGI played the text     delivered
 VarSet REMINDER_HEARD=1
 Hangup after answer, unheard    hung up before the end                        failed(not_heard)
-OriginateResponse Failure       Reason 5 busy, 3 or 1 no answer, else failed  failed(busy|no_answer|failed)
+Hangup before answer, and/or    the Hangup Cause when it says why (17 busy,    failed(busy|no_answer|failed)
+OriginateResponse Failure       18/19/21 no answer, 34/38/41/42/44/47
+                                congestion, 1/3/27/28 failed), else Reason 5
+                                busy, 3 or 1 no answer, 8 congestion, else
+                                failed
 ==============================  ============================================  ==================
 
 (Reason is the last AST_CONTROL_* frame of the outgoing channel: 0 none/failed,
-1 hangup, 3 ringing, 4 answer, 5 busy, 8 congestion.)
+1 hangup, 3 ringing, 4 answer, 5 busy, 8 congestion.  Measured on Asterisk 22.10.1:
+a callee that hangs up before answering with cause 17, 19 or 21, and a PJSIP callee
+answering 486, all give Reason 0; only the Hangup's Cause tells them apart.)
 
 **Never a second call for one reminder.**  When the Originate's response does not come
 (timeout, lost connection, our restart) the call may or may not exist.  It is then
@@ -140,9 +148,46 @@ _LEDGER: dict[CallOutcome, tuple[str, str]] = {
     CallOutcome.UNKNOWN: ("failed", "failed"),
 }
 
-# OriginateResponse Reason (the last AST_CONTROL_* frame) of a Failure.
+# OriginateResponse Reason (the last AST_CONTROL_* frame) of a Failure.  Asterisk 22 says 0
+# for most callees that hang up before answering (a PJSIP 486, Hangup(17), Hangup(19)): the
+# cause of the channel's Hangup event (below) says more, the Reason is the fall-back.
 _FAILURE_REASONS = {"5": CallOutcome.BUSY, "3": CallOutcome.NO_ANSWER, "1": CallOutcome.NO_ANSWER,
                     "8": CallOutcome.CONGESTION}
+
+# Q.850 cause (AST_CAUSE_* in include/asterisk/causes.h) of the Hangup of the channel we
+# originated (ChannelId), when it ends before it was answered.  0 (unknown) and 16 (normal
+# clearing: an originate timeout, a Local channel's plain Hangup()) are not here: for them
+# the OriginateResponse Reason decides.
+_HANGUP_CAUSES = {
+    "17": CallOutcome.BUSY,  # user busy (SIP 486, 600)
+    "18": CallOutcome.NO_ANSWER,  # no user responding (SIP 408)
+    "19": CallOutcome.NO_ANSWER,  # no answer (SIP 480)
+    "21": CallOutcome.NO_ANSWER,  # call rejected (SIP 603): the citizen declined the call
+    "34": CallOutcome.CONGESTION,  # no circuit available (SIP 503)
+    "38": CallOutcome.CONGESTION,  # network out of order (SIP 502)
+    "41": CallOutcome.CONGESTION,  # temporary failure
+    "42": CallOutcome.CONGESTION,  # switching equipment congestion
+    "44": CallOutcome.CONGESTION,  # requested channel not available
+    "47": CallOutcome.CONGESTION,  # resource unavailable
+    "1": CallOutcome.FAILED,  # unallocated number (SIP 404)
+    "3": CallOutcome.FAILED,  # no route to destination
+    "27": CallOutcome.FAILED,  # destination out of order
+    "28": CallOutcome.FAILED,  # invalid number format (SIP 484)
+}
+# After an OriginateResponse Failure, how long to wait for the channel's Hangup event: both
+# are sent at the end of the originate, on different paths (the response directly, the
+# Hangup through Stasis), so the Hangup may come a little later.  A channel that was never
+# created has no Hangup; then the Reason decides once this has passed.
+HANGUP_CAUSE_GRACE_SECONDS = 2.0
+# What Asterisk puts in OriginateResponse's Uniqueid when the channel is gone (22: <unknown>,
+# older versions: <null>).
+_NO_UNIQUEID = frozenset({"", "<null>", "<unknown>"})
+
+
+def outcome_of_unanswered(hangup_cause: str, reason: str) -> CallOutcome:
+    """The outcome of a call that ended before it was answered: the channel's Hangup cause
+    when it says why, else the OriginateResponse Reason."""
+    return _HANGUP_CAUSES.get(hangup_cause) or _FAILURE_REASONS.get(reason, CallOutcome.FAILED)
 
 
 def action_id_for(notification_id: str, attempt: int) -> str:
@@ -232,6 +277,9 @@ class _Call:
     deadline: float | None = None  # reactor time of the next look at it (reconcile)
     missing: int = 0  # consecutive reconciliations that did not find it
     heard: bool = False
+    hangup_cause: str | None = None  # the Hangup event's Cause, before any answer
+    failure_reason: str | None = None  # OriginateResponse Failure's Reason
+    cause_timer: IDelayedCall | None = None  # waiting for the Hangup after a Failure
 
 
 @dataclass
@@ -544,10 +592,14 @@ class VoiceReminders(Service):
             args=[notification_id, attempt, action_id, _fmt(now), int(self._options.retention_seconds)])
         if not stored:
             return False
-        call = _Call(action_id, notification_id, attempt, CallState.ORIGINATING)
+        # The channel gets the ActionID as its Uniqueid (ChannelId): its Hangup event, which
+        # says why an unanswered call ended, can be matched even when the OriginateResponse
+        # carries no Uniqueid (Asterisk 22 sends "<unknown>" on failure).
+        call = _Call(action_id, notification_id, attempt, CallState.ORIGINATING, uniqueid=action_id)
         self._track(call)
         headers: dict[str, Any] = {
             "Channel": self._options.trunk.replace("{number}", to),
+            "ChannelId": action_id,
             "Context": self._options.context,
             "Exten": "s",
             "Priority": "1",
@@ -618,16 +670,30 @@ class VoiceReminders(Service):
             return
         if (event.get("Response") or "").lower() == "success":
             self._answered(call, event.get("Uniqueid") or "")
+            if call.hangup_cause is not None:
+                # Answered, and its Hangup already came (events on different paths).
+                self._finish(call, CallOutcome.NOT_HEARD, cause=call.hangup_cause)
             return
-        reason = event.get("Reason") or ""
-        outcome = _FAILURE_REASONS.get(reason, CallOutcome.FAILED)
-        self._finish(call, outcome, reason=reason)
+        call.failure_reason = event.get("Reason") or ""
+        if call.hangup_cause is not None:
+            self._finish_unanswered(call)
+        elif self.running:
+            call.cause_timer = self._clock.callLater(HANGUP_CAUSE_GRACE_SECONDS, self._finish_unanswered, call)
+
+    def _finish_unanswered(self, call: _Call) -> None:
+        if call.state is CallState.FINISHED or not self.running:
+            return  # not running: the call stays open in Redis and is reconciled at the next start
+        cause, reason = call.hangup_cause or "", call.failure_reason or ""
+        details = {"reason": reason} if call.failure_reason is not None else {}
+        if call.hangup_cause is not None:
+            details["cause"] = cause
+        self._finish(call, outcome_of_unanswered(cause, reason), **details)
 
     def _answered(self, call: _Call, uniqueid: str) -> None:
         if call.state is CallState.ANSWERED and call.uniqueid:
             return
         call.state = CallState.ANSWERED
-        if uniqueid and uniqueid != "<null>":
+        if uniqueid not in _NO_UNIQUEID:
             call.uniqueid = uniqueid
             self._by_uniqueid[uniqueid] = call.action_id
         call.deadline = self._clock.seconds() + self._options.max_call_seconds
@@ -636,10 +702,17 @@ class VoiceReminders(Service):
 
     def _on_hangup(self, event: AmiMessage) -> None:
         call = self._call_by_uniqueid(event.get("Uniqueid"))
-        if call is None or call.state is not CallState.ANSWERED:
-            # Before an answer the OriginateResponse Failure that follows tells why.
+        if call is None or call.state is CallState.FINISHED:
             return
-        self._finish(call, CallOutcome.NOT_HEARD, cause=event.get("Cause") or "")
+        cause = event.get("Cause") or ""
+        if call.state is CallState.ANSWERED:
+            self._finish(call, CallOutcome.NOT_HEARD, cause=cause)
+            return
+        # Ended before an answer: the cause says why (busy, no answer, congestion) when it
+        # is one of _HANGUP_CAUSES; otherwise the OriginateResponse Reason, which follows.
+        call.hangup_cause = cause
+        if cause in _HANGUP_CAUSES or call.failure_reason is not None:
+            self._finish_unanswered(call)
 
     def _on_user_event(self, event: AmiMessage) -> None:
         heard = (event.get("UserEvent") or "").lower() == "reminderheard" or event.get("REMINDER_HEARD") == "1"
@@ -786,6 +859,9 @@ class VoiceReminders(Service):
         """Decide the outcome now (later events are ignored), record and report it in order."""
         call.state = CallState.FINISHED
         call.deadline = None
+        if call.cause_timer is not None and call.cause_timer.active():
+            call.cause_timer.cancel()
+        call.cause_timer = None
         self._untrack(call)
         retry_at = 0.0
         if outcome is CallOutcome.NOT_PLACED and call.attempt < self._options.max_originate_attempts:
@@ -857,7 +933,9 @@ class VoiceReminders(Service):
                     await self._report(notification_id, outcome, action_id=action_id)
                 continue
             call = _Call(action_id, notification_id, int(raw.get("attempt") or 1),
-                         CallState(raw.get("state", CallState.ORIGINATING.value)), uniqueid=raw.get("uniqueid", ""))
+                         CallState(raw.get("state", CallState.ORIGINATING.value)),
+                         # The channel's Uniqueid is the ActionID (ChannelId) unless noted otherwise.
+                         uniqueid=raw.get("uniqueid") or action_id)
             self._track(call)
             log.info("voice call {action_id} open from a previous run; will reconcile", action_id=action_id)
 

@@ -227,24 +227,31 @@ read = call,agi,dialplan,user,system
 write = originate,call,reporting,system
 """
 
-# Scripted citizens for reminders over Local channels (ami.trunk = Local/{number}@ring-callees).
-RING_CALLEES = """
+# Scripted citizens for reminders over Local channels (ami.trunk = Local/{number}@ring-callees):
+# the number says what the callee does.
+CALLEES = {
+    "listener": "13800000001",  # answers and listens
+    "cause17": "13800000017",  # Hangup(17): user busy, before answering
+    "cause19": "13800000019",  # Hangup(19): no answer
+    "cause21": "13800000021",  # Hangup(21): call rejected
+    "cause34": "13800000034",  # Hangup(34): no circuit (congestion)
+    "busy": "13800000005",  # Busy(): the busy signal, then cause 17
+    "hangup-on-answer": "13800000002",  # answers, hangs up 0.3 s later
+}
+RING_CALLEES = f"""
 
 ; --- added by tests/asterisk/ring.py: scripted callees (not part of a deployment) ---
 [ring-callees]
-exten => listener,1,Answer()
+exten => {CALLEES["listener"]},1,Answer()
  same => n,Wait(60)
-exten => hangup-on-answer,1,Answer()
+exten => {CALLEES["hangup-on-answer"]},1,Answer()
  same => n,Wait(0.3)
  same => n,Hangup()
-exten => cause17,1,Hangup(17)
-exten => cause19,1,Hangup(19)
-exten => cause21,1,Hangup(21)
-exten => cause34,1,Hangup(34)
-exten => busy,1,Busy()
-exten => congestion,1,Congestion()
-exten => listener-long,1,Answer()
- same => n,Wait(120)
+exten => {CALLEES["cause17"]},1,Hangup(17)
+exten => {CALLEES["cause19"]},1,Hangup(19)
+exten => {CALLEES["cause21"]},1,Hangup(21)
+exten => {CALLEES["cause34"]},1,Hangup(34)
+exten => {CALLEES["busy"]},1,Busy()
 """
 
 
@@ -293,7 +300,7 @@ class AmiDriver:
                 message = AmiEvent(headers)
                 headers = {}
                 with self._cond:
-                    if "response" in message.headers and message.get("actionid"):
+                    if "event" not in message.headers and message.get("actionid"):
                         self._responses[message.get("actionid")] = message
                     else:
                         self.events.append(message)

@@ -68,7 +68,7 @@ def blocking_originate(port: int) -> dict[str, Any]:
 def test_asterisk_ami_logs_in_pings_and_originates_against_the_peer(ami_server):
     """asterisk-ami logs in, gets Pong, queues an Originate and receives its OriginateResponse."""
     server, port = ami_server
-    server.script("13800138000", Outcome.BUSY)
+    server.script("13800138000", Outcome.BUSY_SIGNAL)  # Busy(): Reason 5
     result = yield deferToThread(blocking_originate, port)
     assert result["login"].status == "Success"
     assert result["ping"].status == "Success" and result["ping"].keys["Ping"] == "Pong"

@@ -141,6 +141,7 @@ async def test_answered_and_heard_is_delivered(harness_factory):
     assert (originate.get("Context"), originate.get("Exten"), originate.get("Priority")) == ("12123-reminder", "s", "1")
     assert (originate.get("CallerID"), originate.get("Timeout"), originate.get("Async")) == ("12123", "30000", "true")
     assert originate.get_all("Variable") == ["NOTIFICATION_ID=n1"]
+    assert originate.get("ChannelId") == "rem-n1-1"  # the channel's Uniqueid: its Hangup is ours
     call = await h.redis.hgetall(h.keys.call("rem-n1-1"))
     assert (call["state"], call["outcome"], call["reported"]) == ("finished", "heard", "1")
     assert call["uniqueid"]
@@ -154,6 +155,8 @@ async def test_answered_and_heard_is_delivered(harness_factory):
     (Outcome.ANSWER_NOT_HEARD, "not_heard", "not_heard"),
     (Outcome.CONGESTION, "congestion", "failed"),
     (Outcome.FAILED, "failed", "failed"),
+    (Outcome.BUSY_SIGNAL, "busy", "busy"),
+    (Outcome.RING_TIMEOUT, "no_answer", "no_answer"),
 ])
 @on_asyncio
 async def test_unsuccessful_calls_fail_the_notification_without_calling_again(harness_factory, outcome,
@@ -286,7 +289,7 @@ async def test_call_answered_while_disconnected_is_adopted_by_its_channel(harnes
     assert await wait(finished, 3.0) == "not_heard"
     assert len(h.originates("n13")) == 1
     call = await h.redis.hgetall(h.keys.call("rem-n13-1"))
-    assert call["answered_at"] and call["uniqueid"].startswith("1700000000.")
+    assert call["answered_at"] and call["uniqueid"] == "rem-n13-1"  # the ChannelId it was given
 
 
 @on_asyncio
@@ -391,3 +394,18 @@ async def test_the_service_built_from_config_calls_and_reports(redis_url):
         await wait_deferred(service.stopService())
         await wait_deferred(port.stopListening())
         await redis.aclose()
+
+
+def test_outcome_of_an_unanswered_call_prefers_the_hangup_cause():
+    """The Hangup cause says why when it can (Asterisk 22 gives Reason 0 for busy and
+    unanswered callees); 0 and 16 say nothing, and then the Reason decides."""
+    from gateway.ivr.reminders import CallOutcome, outcome_of_unanswered
+
+    assert outcome_of_unanswered("17", "0") is CallOutcome.BUSY
+    assert outcome_of_unanswered("19", "0") is CallOutcome.NO_ANSWER
+    assert outcome_of_unanswered("21", "0") is CallOutcome.NO_ANSWER
+    assert outcome_of_unanswered("34", "0") is CallOutcome.CONGESTION
+    assert outcome_of_unanswered("0", "5") is CallOutcome.BUSY
+    assert outcome_of_unanswered("16", "3") is CallOutcome.NO_ANSWER
+    assert outcome_of_unanswered("", "0") is CallOutcome.FAILED
+    assert outcome_of_unanswered("1", "0") is CallOutcome.FAILED

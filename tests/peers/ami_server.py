@@ -76,10 +76,15 @@ ACTION_CLASSES: dict[str, frozenset[str]] = {
 class Outcome(enum.Enum):
     ANSWER_HEARD = "answer_heard"  # answered; the dialplan signals REMINDER_HEARD=1; hangs up
     ANSWER_NOT_HEARD = "answer_not_heard"  # answered; hung up before the reminder was heard
-    BUSY = "busy"  # OriginateResponse Failure, Reason 5 (AST_CONTROL_BUSY)
-    NO_ANSWER = "no_answer"  # Failure, Reason 3 (still AST_CONTROL_RINGING at the timeout)
-    CONGESTION = "congestion"  # Failure, Reason 8 (AST_CONTROL_CONGESTION)
-    FAILED = "failed"  # Failure, Reason 0 (no channel could be requested)
+    # Measured on Asterisk 22.10.1 (tests/asterisk): a callee that ends the call before
+    # answering gives OriginateResponse Failure with Reason 0 and Uniqueid <unknown>; only
+    # the channel's Hangup event, which comes first, tells why (its Cause).
+    BUSY = "busy"  # Hangup Cause 17 (a PJSIP 486, Hangup(17)), then Failure, Reason 0
+    NO_ANSWER = "no_answer"  # Hangup Cause 19 (Hangup(19), SIP 480), then Failure, Reason 0
+    CONGESTION = "congestion"  # Hangup Cause 34, then Failure, Reason 0
+    BUSY_SIGNAL = "busy_signal"  # Busy(): Hangup Cause 0, then Failure, Reason 5 (AST_CONTROL_BUSY)
+    RING_TIMEOUT = "ring_timeout"  # still ringing at the Timeout: no cause, Reason 3 (AST_CONTROL_RINGING)
+    FAILED = "failed"  # Failure, Reason 0 (no channel could be requested; no Hangup)
     REJECT = "reject"  # Response: Error to the Originate itself: never placed
 
 
@@ -165,6 +170,7 @@ class Channel:
     state: str = "Down"
     state_code: int = 0
     script: NumberScript = field(default_factory=NumberScript)
+    assigned: bool = False  # the Originate named the Uniqueid (ChannelId)
 
 
 _NUMBER = re.compile(r"(\d{5,})")
@@ -256,12 +262,14 @@ class AmiServer(Factory):
     # --- calls -------------------------------------------------------------------------
 
     def place_call(self, action: AmiMessage, script: NumberScript, number: str) -> None:
-        uniqueid = f"1700000000.{next(self._uniqueids)}"
+        # ChannelId names the channel's Uniqueid (action_originate's assignedids).
+        sequence = next(self._uniqueids)
+        uniqueid = action.get("ChannelId") or f"1700000000.{sequence}"
         trunk = (action.get("Channel") or "").split("@")[-1] or "trunk"
         channel = Channel(
-            name=f"PJSIP/{trunk}-{int(uniqueid.split('.')[1]):08x}", uniqueid=uniqueid, number=number,
+            name=f"PJSIP/{trunk}-{sequence:08x}", uniqueid=uniqueid, number=number,
             action_id=action.action_id or "", context=action.get("Context") or "",
-            variables=action.variables(), script=script,
+            variables=action.variables(), script=script, assigned=bool(action.get("ChannelId")),
         )
         if script.outcome is Outcome.FAILED:
             self._originate_response(channel, success=False, reason="0")
@@ -295,9 +303,11 @@ class AmiServer(Factory):
             self._hangup(channel, "16", "Normal Clearing")
             return
         cause, text, reason = {
-            Outcome.BUSY: ("17", "User busy", "5"),
-            Outcome.NO_ANSWER: ("19", "User alerted, no answer", "3"),
-            Outcome.CONGESTION: ("34", "Circuit/channel congestion", "8"),
+            Outcome.BUSY: ("17", "User busy", "0"),
+            Outcome.NO_ANSWER: ("19", "User alerting, no answer", "0"),
+            Outcome.CONGESTION: ("34", "Circuit/channel congestion", "0"),
+            Outcome.BUSY_SIGNAL: ("0", "Unknown", "5"),
+            Outcome.RING_TIMEOUT: ("0", "Unknown", "3"),
         }[outcome]
         self._hangup(channel, cause, text)
         self._originate_response(channel, success=False, reason=reason)
@@ -318,13 +328,16 @@ class AmiServer(Factory):
                                   ("Cause-txt", text)])
 
     def _originate_response(self, channel: Channel, *, success: bool, reason: str) -> None:
-        self.broadcast({"call"}, [
+        headers = [
             ("Event", "OriginateResponse"), ("ActionID", channel.action_id),
             ("Response", "Success" if success else "Failure"), ("Channel", channel.name),
             ("Context", channel.context), ("Exten", "s"), ("Application", ""), ("Data", ""),
-            ("Reason", reason), ("Uniqueid", channel.uniqueid if success else "<null>"),
+            # On failure Asterisk 22 echoes the ChannelId, or says <unknown> without one
+            # (older versions <null>).
+            ("Reason", reason), ("Uniqueid", channel.uniqueid if success or channel.assigned else "<unknown>"),
             ("CallerIDNum", channel.number), ("CallerIDName", "<unknown>"),
-        ])
+        ]
+        self.broadcast({"call"}, headers)
 
 
 class AmiSession(Protocol):

@@ -1,0 +1,66 @@
+"""Voice reminders through the real Asterisk: the gateway's AMI Originate over Local channels
+to scripted callees (tests/asterisk/ring.py: [ring-callees])."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.asterisk.conftest import KEYS, redis_client, wait_for
+from tests.asterisk.ring import CALLEES, AmiDriver
+
+pytestmark = pytest.mark.asterisk
+
+
+@pytest.fixture(scope="module")
+def gateway(start_gateway: Any) -> Any:
+    return start_gateway("Local/{number}@ring-callees")
+
+
+def remind(gateway: Any, notification_id: str, callee: str) -> dict[str, Any]:
+    """POST a voice notification; wait for its final state; returns the GET view."""
+    status, body = gateway.post("/v1/notifications", {
+        "id": notification_id, "type": "verification_code", "to": CALLEES[callee],
+        "params": {"code": "123456", "minutes": "5"}, "channel": "voice"})
+    assert status == 202, body
+
+    def final() -> Any:
+        code, view = gateway.get(f"/v1/notifications/{notification_id}", token="test-token")
+        return view if code == 200 and view.get("state") in ("delivered", "failed") else None
+
+    return wait_for(final, 60, f"the outcome of {notification_id}")
+
+
+def call_record(gateway: Any, notification_id: str) -> dict[str, str]:
+    client = redis_client(gateway.config["redis"]["url"])
+    try:
+        return client.hgetall(KEYS.call(f"rem-{notification_id}-1"))
+    finally:
+        client.close()
+
+
+def test_reminder_heard(gateway: Any, driver: AmiDriver) -> None:
+    view = remind(gateway, "ring-heard-1", "listener")
+    print(view)
+    assert view["state"] == "delivered", view
+
+
+@pytest.mark.parametrize(("callee", "reason_and_cause", "outcome"), [
+    ("cause17", ("0", "17"), "busy"), ("busy", ("5", "0"), "busy"), ("cause19", ("0", "19"), "no_answer"),
+    ("cause21", ("0", "21"), "no_answer"), ("cause34", ("0", "34"), "congestion"),
+])
+def test_reminder_outcome_from_the_hangup_cause(gateway: Any, driver: AmiDriver, callee: str,
+                                                reason_and_cause: tuple[str, str], outcome: str) -> None:
+    """Asterisk 22 answers Reason 0 for most of these: the Hangup of the channel we named
+    (ChannelId, echoed as the Uniqueid even on failure) says why."""
+    start = driver.mark()
+    view = remind(gateway, f"ring-{callee}", callee)
+    action_id = f"rem-ring-{callee}-1"
+    _, response = driver.wait_event(lambda e: e.name == "OriginateResponse" and e.get("actionid") == action_id,
+                                    start=start)
+    _, hangup = driver.wait_event(lambda e: e.name == "Hangup" and e.get("uniqueid") == action_id, start=start)
+    record = call_record(gateway, view["id"])
+    assert response.get("response") == "Failure" and response.get("uniqueid") == action_id, response.headers
+    assert (response.get("reason"), hangup.get("cause")) == reason_and_cause, (response.headers, hangup.headers)
+    assert record["outcome"] == outcome, (view, record, hangup.headers)
