@@ -48,6 +48,7 @@ __all__ = [
     "CallSlots",
     "LeaseTable",
     "bind_leases_key",
+    "call_slots_for",
     "call_slots_key",
     "holder_prefix",
     "trunk_id",
@@ -255,15 +256,23 @@ class BindLeases:
             self._renewal.stop()
 
 
+# A due reminder that found the trunk full looks again after this: a slot frees when any
+# process's call ends, and a second of delay is nothing to a reminder call.
+TRUNK_FULL_RETRY_SECONDS = 1.0
+
+
 class CallSlots:
     """Fleet-wide concurrent calls on one voice trunk (the reminders' hook).
 
-    ``acquire(holder)`` before an Originate; ``release(holder)`` when the call is over
-    (or was never placed); ``adopt(holder)`` for a call found open at start-up.  Held
-    slots are renewed in ``hold`` mode while any is held.
+    ``acquire(call)`` before an Originate; ``release(call)`` when the call is over (or
+    was never placed); ``adopt(call)`` for a call found open at start-up.  Held slots
+    are renewed in ``hold`` mode while any is held.  ``call`` is the notification id; in
+    Redis the holder is ``<owner>:<call>`` so that two processes trying the same due
+    reminder at once hold (and release) two different places.
     """
 
-    def __init__(self, table: LeaseTable, clock: IReactorTime, *, trunk: str = "") -> None:
+    def __init__(self, table: LeaseTable, clock: IReactorTime, *, trunk: str = "", owner: str = "") -> None:
+        self.owner = owner or holder_prefix()
         self.table = table
         self._clock = clock
         self.trunk = trunk
@@ -271,14 +280,19 @@ class CallSlots:
         self._renewal = LoopingCall(self._renew_all)
         self._renewal.clock = clock
         self._renewing = False
+        self.retry_seconds = TRUNK_FULL_RETRY_SECONDS
 
     @property
     def held(self) -> set[str]:
         return set(self._held)
 
-    async def acquire(self, holder: str) -> bool:
+    def _holder(self, call: str) -> str:
+        return f"{self.owner}:{call}"
+
+    async def acquire(self, call: str) -> bool:
         """True when a call slot is ours; False when the trunk is full or Redis is away
         (the call then waits: never more calls than the trunk carries)."""
+        holder = self._holder(call)
         try:
             granted = await self.table.acquire(holder)
         except LEASE_ERRORS as e:
@@ -289,8 +303,9 @@ class CallSlots:
             self._keep(holder)
         return granted
 
-    def adopt(self, holder: str) -> None:
-        """Count a call that exists (adopted after a restart) at the next renewal."""
+    def adopt(self, call: str) -> None:
+        """Count a call that exists (adopted after a restart) at once, whatever the count."""
+        holder = self._holder(call)
         if holder not in self._held:
             self._keep(holder)
             self._renew_all()
@@ -300,20 +315,21 @@ class CallSlots:
         if not self._renewal.running:
             self._renewal.start(self.table.lease_seconds / RENEWALS_PER_LEASE, now=False)
 
-    def release(self, holder: str) -> None:
+    def release(self, call: str) -> None:
+        holder = self._holder(call)
         if holder not in self._held:
             return
         self._held.discard(holder)
         if not self._held and self._renewal.running:
             self._renewal.stop()
 
-        async def call() -> None:
+        async def give_back() -> None:
             try:
                 await self.table.release(holder)
             except LEASE_ERRORS:
                 pass  # it lapses after the lease time
 
-        as_deferred(call())
+        as_deferred(give_back())
 
     def _renew_all(self) -> Deferred[None] | None:
         if self._renewing:
@@ -335,3 +351,14 @@ class CallSlots:
     def stop(self) -> None:
         if self._renewal.running:
             self._renewal.stop()
+
+
+def call_slots_for(ami: Any, redis: Any, prefix: str, clock: IReactorTime) -> CallSlots | None:
+    """The trunk's fleet-wide call slots from an AmiConfig (None when trunk_max_calls is 0).
+
+    Every process whose ``ami.trunk`` names the same trunk shares the slots."""
+    if not ami.trunk_max_calls:
+        return None
+    trunk = trunk_id(ami.trunk)
+    table = LeaseTable(redis, call_slots_key(prefix, trunk), ami.trunk_max_calls, ami.call_slot_lease_seconds)
+    return CallSlots(table, clock, trunk=trunk)

@@ -304,7 +304,9 @@ class VoiceReminders(Service):
     name = "voice-reminders"
 
     def __init__(self, redis: Any, keys: Keys, ami: AmiSession, ledger: Ledger, options: ReminderOptions, *,
-                 clock: IReactorTime, wall_clock: Callable[[], float] = time.time) -> None:
+                 clock: IReactorTime, wall_clock: Callable[[], float] = time.time, call_slots: Any = None) -> None:
+        # ami.trunk_max_calls: fleet-wide call slots (gateway.fleet.leases.CallSlots), or None.
+        self._call_slots = call_slots
         self._redis = redis
         self._keys = keys
         self._ami = ami
@@ -553,8 +555,13 @@ class VoiceReminders(Service):
                 for notification_id in candidates:
                     if len(self._calls) >= self._options.max_concurrent_calls or not self._ami.is_logged_in:
                         break
+                    if self._call_slots is not None and not await self._call_slots.acquire(notification_id):
+                        self._set_due_timer(self._call_slots.retry_seconds)  # the trunk is full fleet-wide
+                        return started
                     if await self._start_call(notification_id, now):
                         started += 1
+                    elif self._call_slots is not None:
+                        self._call_slots.release(notification_id)
             await self._schedule_due_check(quiet)
         except (RedisConnectionError, RedisTimeoutError) as e:
             log.error("voice reminder dispatch cannot reach Redis: {error}", error=str(e))
@@ -835,12 +842,16 @@ class VoiceReminders(Service):
     # --- recording ---------------------------------------------------------------------
 
     def _track(self, call: _Call) -> None:
+        if self._call_slots is not None:
+            self._call_slots.adopt(call.notification_id)  # a call open from a previous run counts
         self._calls[call.action_id] = call
         self._by_notification[call.notification_id] = call.action_id
         if call.uniqueid:
             self._by_uniqueid[call.uniqueid] = call.action_id
 
     def _untrack(self, call: _Call) -> None:
+        if self._call_slots is not None:
+            self._call_slots.release(call.notification_id)
         self._calls.pop(call.action_id, None)
         if self._by_notification.get(call.notification_id) == call.action_id:
             del self._by_notification[call.notification_id]
@@ -1017,7 +1028,10 @@ def build_voice_reminders(config: Any, redis: Any, keys: Keys, reactor: Any) -> 
     ledger = NotificationLedger(redis, keys, retention_seconds=config.push.retention_days * 86400.0,
                                 receipt_timeout_seconds=config.push.receipt_timeout_seconds)
     options = ReminderOptions.from_config(ami, config.push, drain_timeout_seconds=config.drain_timeout_seconds)
-    reminders = VoiceReminders(redis, keys, client, ledger, options, clock=reactor)
+    from gateway.fleet.leases import call_slots_for
+
+    reminders = VoiceReminders(redis, keys, client, ledger, options, clock=reactor,
+                               call_slots=call_slots_for(ami, redis, keys.prefix, reactor))
     return VoiceService(client, reminders)
 
 

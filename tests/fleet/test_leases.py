@@ -107,11 +107,11 @@ async def test_call_slots_free_on_release_and_renew_in_hold_mode(redis_url: str)
     """A call slot is refused when the trunk is full and given again once released."""
     async with redis_client(redis_url) as redis:
         table = LeaseTable(redis, call_slots_key("12123:", "t"), limit=1, lease_seconds=0.5)
-        slots = CallSlots(table, reactor, trunk="t")
+        slots = CallSlots(table, reactor, trunk="t", owner="gw1-42")
         assert await slots.acquire("n1")
         assert not await slots.acquire("n2")
         await asyncio.sleep(1.0)  # renewed past its lease time
-        assert await table.holders() == ["n1"]
+        assert await table.holders() == ["gw1-42:n1"]
         slots.release("n1")
         await eventually(lambda: True)
         deadline = reactor.seconds() + 5
