@@ -18,7 +18,7 @@ drain_timeout_seconds), unbind SMPP, then stop Redis last.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -130,7 +130,8 @@ def build_gateway(config: Config, reactor: IReactorCore) -> GatewayService:
     root.readiness_checks["carrier_bound"] = lambda: any(link.is_bound() for link in root.carrier_links.values())
 
     if config.http.enabled:
-        site = build_site(config.http, readiness=root.readiness, v1=root.v1_resource)
+        site = build_site(config.http, readiness=root.readiness, v1=root.v1_resource,
+                          reactor=cast(IReactorTime, reactor))
         http = tcp_endpoint_service(reactor, config.http.listen, site)
         http.setName("http")
         http.setServiceParent(root)

@@ -138,6 +138,9 @@ class HttpConfig:
     token: Secret = setting(default_factory=lambda: Secret(""), help="bearer token for /v1/*; empty refuses every /v1 call")
     max_body_bytes: int = setting(1_048_576, help="larger request bodies get 413", unit="bytes", minimum=1024, maximum=64 * 1024 * 1024)
     max_batch: int = setting(1000, help="most notifications in one POST", minimum=1, maximum=100_000)
+    # The API's clients are core systems, monitoring and the console: a few connections each.
+    max_connections: int = setting(100, help="HTTP connections at once; beyond, a new connection gets 503 with Retry-After and is closed", minimum=1, maximum=100_000)
+    idle_timeout_seconds: float = setting(60.0, help="a connection with no request for this long is closed (twisted.web's default is 12 h)", unit="s", minimum=1, maximum=86_400)
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,15 @@ class FastAgiConfig:
     enabled: bool = setting(True, help="serve FastAGI")
     listen: str = setting("127.0.0.1:4573", help="address:port of the FastAGI server")
     max_line_bytes: int = setting(8192, help="longest AGI line accepted", unit="bytes", minimum=256, maximum=1_048_576)
+    # A command's reply comes when its prompt has played or its keys are in; the keys'
+    # wait is added per command (GET DATA: timeout x max digits), so this only has to
+    # cover the longest prompt: a reminder read out, under a minute.
+    reply_timeout_seconds: float = setting(90.0, help="a command Asterisk has not answered after this long, plus the command's own key wait (GET DATA: timeout x max digits; WAIT FOR DIGIT: its timeout), ends the call (caller gone, peer stuck); longer than the longest prompt", unit="s", minimum=5, maximum=3600)
+    # Asterisk opens one connection per call in progress; the trunk's channels bound that.
+    # 500 calls leave room in systemd's default 1,024 descriptors for the SMPP listener
+    # (200), HTTP (100) and Redis.
+    max_connections: int = setting(500, help="FastAGI connections (calls) at once; beyond, a new connection is closed at once and Asterisk's AGI() ends (AGISTATUS FAILURE or HANGUP)", minimum=1, maximum=100_000)
+    allow: tuple[str, ...] = setting(("127.0.0.0/8", "::1/128"), help="networks (CIDR) Asterisk may connect from; anyone who reaches the port can claim any caller id, so keep it to the Asterisk hosts")
 
 
 @dataclass(frozen=True)
@@ -603,6 +615,11 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
         for j, bind_type in enumerate(account.allowed_bind_types):
             if bind_type not in ("transmitter", "receiver", "transceiver"):
                 add(f"smpp_server.accounts[{i}].allowed_bind_types[{j}]", f"'{bind_type}' is not transmitter, receiver or transceiver")
+    for j, network in enumerate(config.ivr.fastagi.allow):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            add(f"ivr.fastagi.allow[{j}]", f"'{network}' is not a network (CIDR)")
     if config.smpp_server.tls_certificate and not config.resolve(config.smpp_server.tls_certificate).is_file():
         add("smpp_server.tls_certificate", f"file not found: {config.resolve(config.smpp_server.tls_certificate)}")
 

@@ -7,6 +7,9 @@ GET /metrics   Prometheus text format
                400 with a JSON error body for a bad request (the resource's own checks)
 
 An oversized body is refused as soon as its Content-Length is known, before it is read.
+At most ``http.max_connections`` connections are open at once: one more is answered 503
+with Retry-After and closed, unread.  A connection with no request for
+``http.idle_timeout_seconds`` is closed (twisted.web's own default is 12 hours).
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from gateway import metrics
 from gateway.config import HttpConfig
+from gateway.connections import ClosedAtOnce, RefusalLog
 
 
 def json_response(request: Request, code: int, body: Any) -> bytes:
@@ -143,8 +150,44 @@ class _SizeLimitedRequest(Request):
         self.channel._dataBuffer = []
 
 
+_BUSY_BODY = json.dumps({"error": "too_many_connections",
+                         "message": "the server has too many connections; try again"}).encode()
+_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                  b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
+                  + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+
+
+class CappedSite(Site):
+    """A Site with at most ``max_connections`` connections open; see the module docstring.
+
+    Each channel is wrapped in a ProtocolWrapper that tells the site when it is gone
+    (registerProtocol / unregisterProtocol), whatever HTTP version it speaks.
+    """
+
+    def __init__(self, resource: Resource, *, max_connections: int, idle_timeout_seconds: float,
+                 reactor: IReactorTime | None = None, **kwargs: Any) -> None:
+        super().__init__(resource, timeout=idle_timeout_seconds, reactor=reactor, **kwargs)
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self._refusals = RefusalLog("HTTP", self.reactor)
+
+    def buildProtocol(self, addr: Any) -> Protocol:  # type: ignore[override]
+        if self.open_connections >= self.max_connections:
+            self._refusals.refused("max_connections", f"{self.max_connections} open")
+            return ClosedAtOnce(_BUSY_RESPONSE)
+        channel = super().buildProtocol(addr)
+        assert channel is not None
+        return ProtocolWrapper(self, channel)  # type: ignore[arg-type]
+
+    def registerProtocol(self, protocol: Protocol) -> None:
+        self.open_connections += 1
+
+    def unregisterProtocol(self, protocol: Protocol) -> None:
+        self.open_connections -= 1
+
+
 def build_site(config: HttpConfig, *, readiness: Callable[[], dict[str, bool]],
-               v1: Resource | None) -> Site:
+               v1: Resource | None, reactor: IReactorTime | None = None) -> Site:
     """The resource tree; `v1` is the notifications API (None: every /v1 call gets 404)."""
     root = Resource()
     root.putChild(b"healthz", Healthz())
@@ -154,7 +197,8 @@ def build_site(config: HttpConfig, *, readiness: Callable[[], dict[str, bool]],
     root.putChild(b"v1", BearerTokenGuard(v1 or Resource(), config.token.reveal(), config.max_body_bytes))
 
     request_factory = type("LimitedRequest", (_SizeLimitedRequest,), {"max_body_bytes": config.max_body_bytes})
-    site = Site(root, requestFactory=request_factory)
+    site = CappedSite(root, requestFactory=request_factory, max_connections=config.max_connections,
+                      idle_timeout_seconds=config.idle_timeout_seconds, reactor=reactor)
     site.displayTracebacks = False
     site.noisy = False
     return site

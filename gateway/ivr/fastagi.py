@@ -14,6 +14,18 @@ However a call ends (the flow finished, the caller hung up at any point, Asteris
 the protocol, the socket closed), it is recorded once: ``gateway_agi_calls_total`` by
 outcome and an ``ivr.call`` event on the events stream with the masked caller, the
 outcome and the path of nodes taken.
+
+Limits (anyone who reaches the port can claim to be any caller, and a peer that stops
+answering would hold its socket for ever):
+
+* ``ivr.fastagi.allow``: only these networks (default loopback) may connect; any other
+  address is closed at once, unread.
+* ``ivr.fastagi.max_connections``: calls at once; one more connection is closed at once
+  (Asterisk's AGI() then ends and the dialplan's fallback runs).
+* ``ivr.fastagi.reply_timeout_seconds`` (longer than the longest prompt) plus the
+  command's own key wait (`key_wait_seconds`): a command unanswered this long ends the
+  call (outcome ``reply_timeout``) and aborts the connection.
+* TCP keepalive (gateway.connections) finds a vanished Asterisk host in ~90 s.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from twisted.python.failure import Failure
 
 from gateway import metrics
 from gateway.config import ConfigError, IvrConfig, parse_listen
+from gateway.connections import ClosedAtOnce, Networks, RefusalLog, enable_keepalive
 from gateway.ivr.actions import CallContext, VoiceActions
 from gateway.ivr.agi import (
     AgiSession,
@@ -100,6 +113,7 @@ class FastAgiProtocol(Protocol):
         self._context: CallContext | None = None
         self._environment: Environment | None = None
         self._header_timer: IDelayedCall | None = None
+        self._reply_timer: IDelayedCall | None = None
         self._hangup_timer: IDelayedCall | None = None
         self._gone = False  # the caller hung up or the socket closed
         self._action_running = False
@@ -111,6 +125,8 @@ class FastAgiProtocol(Protocol):
     # -- Twisted ----------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._service.open_connections += 1
+        enable_keepalive(self.transport)
         self._started_at = self._clock.seconds()
         # A call counts as active until it is recorded (see when_idle and stopService).
         self._service.active.add(self)
@@ -133,7 +149,9 @@ class FastAgiProtocol(Protocol):
                     pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._service.open_connections -= 1
         self._cancel_header_timer()
+        self._cancel_reply_timer()
         if self._hangup_timer is not None and self._hangup_timer.active():
             self._hangup_timer.cancel()
         self._hangup_timer = None
@@ -177,6 +195,7 @@ class FastAgiProtocol(Protocol):
 
     def _on_reply(self, event: Reply) -> None:
         assert self._flow is not None
+        self._cancel_reply_timer()
         now = self._clock.seconds()
         self._reply_at = now
         self._drive(self._flow.on_reply(event.reply, now))
@@ -208,6 +227,10 @@ class FastAgiProtocol(Protocol):
                 continue
             self._session.send_command(step.line)
             self.transport.write(self._session.data_to_send())  # type: ignore[union-attr]
+            self._cancel_reply_timer()
+            self._reply_timer = self._clock.callLater(
+                self._service.config.fastagi.reply_timeout_seconds + key_wait_seconds(step.line),
+                self._reply_timed_out, step.line)
             if self._reply_at is not None:
                 # Caller input (or any reply) to the next command, actions included.
                 metrics.agi_step_latency.observe(max(0.0, self._clock.seconds() - self._reply_at))
@@ -268,6 +291,23 @@ class FastAgiProtocol(Protocol):
         log.warn("FastAGI client sent no complete environment in {seconds} s", seconds=HEADER_TIMEOUT_SECONDS)
         self.abort_connection()
 
+    def _reply_timed_out(self, command: str) -> None:
+        self._reply_timer = None
+        verb = " ".join(command.split()[:2])  # STREAM FILE, GET DATA: never the arguments
+        log.warn("call {uniqueid}: no reply to {command} in {seconds} s; ending the call",
+                 uniqueid=self._environment.uniqueid if self._environment else "", command=verb,
+                 seconds=self._service.config.fastagi.reply_timeout_seconds + key_wait_seconds(command))
+        metrics.connections_refused.labels("fastagi", "reply_timeout").inc()
+        self._gone = True
+        if self._flow is not None and not self._flow.finished and not self._action_running:
+            self._drive(self._flow.on_hangup(self._clock.seconds(), "reply_timeout"))
+        self.abort_connection()
+
+    def _cancel_reply_timer(self) -> None:
+        if self._reply_timer is not None and self._reply_timer.active():
+            self._reply_timer.cancel()
+        self._reply_timer = None
+
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None and self._header_timer.active():
             self._header_timer.cancel()
@@ -313,12 +353,38 @@ class FastAgiProtocol(Protocol):
             log.failure("could not record call event", failure)
 
 
+def key_wait_seconds(command: str) -> float:
+    """How long Asterisk may legitimately wait for keys in ``command`` before it replies:
+    GET DATA waits its timeout for each of its max digits (app.c ast_app_getdata_full
+    passes it as the first-key and the between-keys timeout), WAIT FOR DIGIT its timeout;
+    0 for every other command.  Our own command lines end in the numbers
+    (gateway.ivr.agi.get_data / wait_for_digit)."""
+    words = command.split()
+    verb = " ".join(words[:2]).upper()
+    try:
+        if verb == "GET DATA" and len(words) >= 5:
+            return int(words[-2]) / 1000 * max(1, int(words[-1]))
+        if verb == "WAIT FOR" and len(words) >= 4:
+            return max(0, int(words[3])) / 1000
+    except ValueError:
+        pass
+    return 0.0
+
+
 class FastAgiFactory(ServerFactory):
     def __init__(self, service: FastAgiService) -> None:
         self.service = service
 
-    def buildProtocol(self, addr: Any) -> FastAgiProtocol:
-        return FastAgiProtocol(self.service)
+    def buildProtocol(self, addr: Any) -> Protocol:
+        service = self.service
+        host = getattr(addr, "host", "")
+        if not service.allowed_sources.allows(host):
+            service.refusals.refused("not_allowed", f"{host} is not in ivr.fastagi.allow")
+            return ClosedAtOnce()
+        if service.open_connections >= service.config.fastagi.max_connections:
+            service.refusals.refused("max_connections", f"{service.config.fastagi.max_connections} calls open")
+            return ClosedAtOnce()
+        return FastAgiProtocol(service)
 
 
 class FastAgiService(Service):
@@ -337,6 +403,9 @@ class FastAgiService(Service):
         self.config = config
         self._menus_provider = menus_provider
         self.menus: MenuBook = menus_provider()
+        self.allowed_sources = Networks(config.fastagi.allow)
+        self.refusals = RefusalLog("FastAGI", clock)
+        self.open_connections = 0
         self.redis = redis
         self.keys = keys
         self.clock = clock

@@ -66,6 +66,7 @@ from twisted.python.failure import Failure
 
 from gateway import metrics
 from gateway.config import PartnerAccount, SmppServerConfig, parse_listen
+from gateway.connections import ClosedAtOnce, RefusalLog
 from gateway.ports import PartnerIntake
 from gateway.privacy import InvalidPhoneNumber, PhoneNumber
 from gateway.smpp.link import CarrierLink
@@ -98,10 +99,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-# A listener at its connection cap says so at most this often (with the count closed
-# meanwhile), not once per refused connection: a flood must not become a log flood.
-FULL_WARNING_INTERVAL_SECONDS = 10.0
 
 _BIND_TYPES: Mapping[type, str] = {
     BindTransmitter: "transmitter",
@@ -303,8 +300,7 @@ class SmppListener(Service):
         self._connections: set[SmppProtocol] = set()
         self.open_connections = 0  # accepted and not yet lost, outbinds handed over included
         self._sessions_per_account: dict[str, int] = {}
-        self._last_full_warning = float("-inf")
-        self._refused_since_warning = 0
+        self._refusals = RefusalLog("SMPP listener", reactor)
         self._receivers: dict[str, list[SmppProtocol]] = {}
         self._round_robin = 0
         self._reassembler = Reassembler(
@@ -410,17 +406,7 @@ class SmppListener(Service):
         if self.open_connections < self.config.max_connections:
             self.open_connections += 1
             return True
-        metrics.connections_refused.labels("smpp", "max_connections").inc()
-        self._refused_since_warning += 1
-        now = self.reactor.seconds()
-        if now - self._last_full_warning >= FULL_WARNING_INTERVAL_SECONDS:
-            log.warn(
-                "SMPP listener full ({max_connections} connections): closed {count} new connections",
-                max_connections=self.config.max_connections,
-                count=self._refused_since_warning,
-            )
-            self._last_full_warning = now
-            self._refused_since_warning = 0
+        self._refusals.refused("max_connections", f"{self.config.max_connections} open")
         return False
 
     # -- binds ------------------------------------------------------------------------------
@@ -683,15 +669,5 @@ class _ListenerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> Protocol:
         if not self.listener._accept():
-            return _ClosedAtOnce()
+            return ClosedAtOnce()
         return self.listener._new_protocol()
-
-
-class _ClosedAtOnce(Protocol):
-    """A connection over the cap: closed as soon as it is made, nothing read.
-
-    (Not None from buildProtocol: a TLS wrapping factory would wrap the None.)"""
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.loseConnection()

@@ -22,13 +22,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.daemon import Daemon, write_config
+from gateway.store.embedded import free_port
+from tests.integration.daemon import REPO, Daemon, write_config
 
 SYSTEM_ID, PASSWORD = "flood", "secret1"
 MAX_SESSIONS = 2
 MAX_CONNECTIONS = 8
 DRAIN_TIMEOUT_SECONDS = 2.0  # smpp_server.response_timeout_seconds below
 MB = 1024 * 1024
+# Loopback has all of 127/8: Asterisk "is" 127.0.0.2, a stranger 127.0.0.1.
+ASTERISK_HOST = "127.0.0.2"
+FASTAGI_MAX_CONNECTIONS = 3
+HTTP_MAX_CONNECTIONS = 4
+HTTP_IDLE_TIMEOUT_SECONDS = 2.0
 ESME_RBINDFAIL = 0x0D
 
 
@@ -37,6 +43,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("peer-limits")
     config = write_config(
         tmp,
+        ivr={"fastagi": {"listen": f"127.0.0.1:{free_port()}", "allow": [f"{ASTERISK_HOST}/32"],
+                         "max_connections": FASTAGI_MAX_CONNECTIONS, "reply_timeout_seconds": REPLY_TIMEOUT_SECONDS},
+             "menus_file": str(REPO / "config" / "ivr.yaml")},
+        http={"max_connections": HTTP_MAX_CONNECTIONS, "idle_timeout_seconds": HTTP_IDLE_TIMEOUT_SECONDS},
         smpp_server={
             "response_timeout_seconds": DRAIN_TIMEOUT_SECONDS,
             "max_connections": MAX_CONNECTIONS,
@@ -191,3 +201,209 @@ def test_connection_over_the_listener_cap_is_closed_and_the_listener_recovers(ga
     finally:
         for sock in socks:
             sock.close()
+
+
+# -- FastAGI and HTTP limits, file descriptors (item 4) ---------------------------------------
+
+REPLY_TIMEOUT_SECONDS = 5.0
+AGI_ENVIRONMENT = (b"agi_network: yes\nagi_network_script: 12123\nagi_request: agi://127.0.0.1/12123\n"
+                   b"agi_channel: PJSIP/trunk-00000001\nagi_uniqueid: 1764460800.%d\n"
+                   b"agi_callerid: 13800138000\n\n")
+
+
+class LimitedDaemon(Daemon):
+    """`gateway run` with RLIMIT_NOFILE lowered (systemd's LimitNOFILE, made small)."""
+
+    fd_limit = 0
+
+    def start(self) -> None:
+        import os
+        import resource
+        import subprocess
+        import sys
+
+        limit = self.fd_limit
+
+        def lower_fd_limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                cwd=str(self.config_path.parent), preexec_fn=lower_fd_limit,
+            )
+
+
+def fastagi_port(daemon: Daemon) -> int:
+    return int(daemon.config["ivr"]["fastagi"]["listen"].rsplit(":", 1)[1])
+
+
+def agi_call(daemon: Daemon, n: int, source: str = "127.0.0.1") -> socket.socket:
+    """A FastAGI connection from ``source`` that sent its environment (and will answer nothing)."""
+    sock = socket.create_connection(("127.0.0.1", fastagi_port(daemon)), timeout=10, source_address=(source, 0))
+    sock.sendall(AGI_ENVIRONMENT % n)
+    return sock
+
+
+def first_line(sock: socket.socket) -> bytes:
+    """The first line the server sent, or b"" when it closed (or reset) the connection."""
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(64)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data
+
+
+def open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+@pytest.fixture
+def fd_limited_gateway(tmp_path: Path) -> Iterator[LimitedDaemon]:
+    config = write_config(
+        tmp_path,
+        ivr={"fastagi": {"listen": f"127.0.0.1:{free_port()}", "max_connections": 1000,
+                         "reply_timeout_seconds": REPLY_TIMEOUT_SECONDS}},
+        smpp_server={"accounts": [{"system_id": SYSTEM_ID, "password": PASSWORD}]},
+    )
+    daemon = LimitedDaemon(config, tmp_path / "gateway.log")
+    daemon.fd_limit = 96
+    daemon.start()
+    try:
+        daemon.wait_until("/healthz")
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def test_exhausted_file_descriptors_keep_serving_and_recover(fd_limited_gateway: LimitedDaemon) -> None:
+    """Under a lowered fd limit, FastAGI peers that send an environment and never answer
+    take every descriptor: what is open keeps working, and when the reply timeout has
+    dropped them (the peers never close), /readyz and the SMPP listener take new
+    connections again.  Before the reply timeout they held their descriptors for ever."""
+    import http.client
+
+    daemon = fd_limited_gateway
+    assert daemon.process is not None
+    http_host, http_port_text = daemon.config["http"]["listen"].rsplit(":", 1)
+    kept = http.client.HTTPConnection(http_host, int(http_port_text), timeout=10)
+    kept.request("GET", "/healthz")
+    assert kept.getresponse().read()
+    calls = [agi_call(daemon, n) for n in range(daemon.fd_limit + 20)]
+    try:
+        answered = [first_line(sock) for sock in calls]
+        assert answered.count(b"ANSWER\n") > daemon.fd_limit // 2
+        assert any(line != b"ANSWER\n" for line in answered), "the descriptors were never exhausted"
+        # What is open keeps working.
+        kept.request("GET", "/healthz")
+        response = kept.getresponse()
+        assert response.status == 200
+        response.read()
+        # The silent calls are ended by the reply timeout; the gateway is reachable again.
+        deadline = time.monotonic() + REPLY_TIMEOUT_SECONDS + 30
+        while True:
+            try:
+                code, _ = daemon.get("/readyz")
+                if code in (200, 503):  # answered (not ready: there is no carrier)
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "/readyz did not answer again"
+            time.sleep(0.2)
+        sock = socket.create_connection(("127.0.0.1", smpp_port(daemon)), timeout=10)
+        try:
+            assert bind_transceiver(sock) == 0
+        finally:
+            sock.close()
+        assert "no reply to ANSWER" in daemon.log_text()
+    finally:
+        for sock in calls:
+            sock.close()
+    assert daemon.process.poll() is None
+
+
+def test_fastagi_from_outside_the_allowlist_is_closed_unread(gateway: Daemon) -> None:
+    """A FastAGI connection from an address outside ivr.fastagi.allow is closed without
+    a command; one from the allowed address is served."""
+    stranger = agi_call(gateway, 1, source="127.0.0.1")
+    asterisk = agi_call(gateway, 2, source=ASTERISK_HOST)
+    try:
+        assert first_line(stranger) == b""
+        assert first_line(asterisk) == b"ANSWER\n"
+    finally:
+        stranger.close()
+        asterisk.close()
+    assert "is not in ivr.fastagi.allow" in gateway.log_text()
+
+
+def test_fastagi_call_over_the_cap_is_closed_and_the_server_recovers(gateway: Daemon) -> None:
+    """With max_connections calls open, one more is closed at once; after one ends, a new
+    call is served again."""
+    calls = [agi_call(gateway, n, source=ASTERISK_HOST) for n in range(FASTAGI_MAX_CONNECTIONS)]
+    try:
+        assert [first_line(sock) for sock in calls] == [b"ANSWER\n"] * FASTAGI_MAX_CONNECTIONS
+        extra = agi_call(gateway, 99, source=ASTERISK_HOST)
+        assert first_line(extra) == b""
+        extra.close()
+        calls.pop().close()
+        deadline = time.monotonic() + 15
+        while True:
+            late = agi_call(gateway, 100, source=ASTERISK_HOST)
+            line = first_line(late)
+            late.close()
+            if line == b"ANSWER\n":
+                break
+            assert time.monotonic() < deadline, "no call was served again"
+            time.sleep(0.2)
+    finally:
+        for sock in calls:
+            sock.close()
+
+
+def test_silent_fastagi_peer_is_dropped_after_the_reply_timeout(gateway: Daemon) -> None:
+    """A peer that sends its environment and never answers ANSWER is dropped after
+    reply_timeout_seconds (before: held for ever)."""
+    sock = agi_call(gateway, 7, source=ASTERISK_HOST)
+    try:
+        assert first_line(sock) == b"ANSWER\n"
+        sock.settimeout(REPLY_TIMEOUT_SECONDS + 20)
+        started = time.monotonic()
+        assert first_line(sock) == b""  # closed (aborted) by the gateway
+        assert time.monotonic() - started >= REPLY_TIMEOUT_SECONDS - 1
+    finally:
+        sock.close()
+
+
+def http_connect(daemon: Daemon) -> socket.socket:
+    host, port = daemon.config["http"]["listen"].rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_http_over_the_cap_gets_503_and_idle_connections_are_closed(gateway: Daemon) -> None:
+    """With max_connections idle HTTP connections open, one more gets 503 with Retry-After;
+    the idle ones are closed after idle_timeout_seconds and /healthz answers again."""
+    idle = [http_connect(gateway) for _ in range(HTTP_MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.2)  # let the server accept them all (each counts when accepted)
+        extra = http_connect(gateway)
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = b""
+        while chunk := extra.recv(4096):
+            response += chunk
+        extra.close()
+        assert response.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in response.lower()
+        for sock in idle:
+            sock.settimeout(HTTP_IDLE_TIMEOUT_SECONDS + 20)
+            assert sock.recv(16) == b""  # closed by the server's idle timeout
+    finally:
+        for sock in idle:
+            sock.close()
+    code, body = gateway.get("/healthz")
+    assert code == 200
