@@ -190,6 +190,7 @@ class Claimed:
     accepted_at: float
     type: str
     lane: str
+    expires_at: float = 0.0  # Unix seconds; 0: none (the SMSC may keep it as long as it likes)
 
 
 # ensure_ascii=False: the texts travel as UTF-8, as they did as separate arguments.
@@ -420,7 +421,7 @@ class NotificationLedger:
             payload = await self._run(self._claim, now, [n, reserve, *head, "replay", 0, 0, 0], declared)
         rank = {"high": 0, "normal": 1, "bulk": 2}
         claimed = [Claimed(row[0], row[1], row[2], int(row[3]), tuple(row[4].split()) if row[4] else (),
-                           float(row[5]), row[6], row[7]) for row in payload]
+                           float(row[5]), row[6], row[7], float(row[8] or 0)) for row in payload]
         claimed.sort(key=lambda c: rank.get(c.lane, 1))  # stable: FIFO within a lane
         return claimed
 

@@ -126,6 +126,7 @@ from gateway.smpp.text import (
     plan_message,
 )
 from gateway.smpp.throttle import TokenBucket
+from gateway.smpp.times import absolute_time, relative_time
 
 if TYPE_CHECKING:
     from gateway.fleet.account import AccountLimits
@@ -552,6 +553,8 @@ class CarrierLink(MultiService):
         registered_delivery = config.registered_delivery if sms.registered_delivery else 0
         source_addr = sms.source_addr or config.source_addr
         destination = sms.destination.digits
+        validity_period = self._validity_period(sms.expires_at)
+        priority_flag = config.priority_flag_high_lane if sms.lane == "high" else 0
         submit = _Submit(len(parts))
         first_only = registered_delivery and config.receipt_parts == "first" and len(parts) > 1
         if first_only:
@@ -568,6 +571,8 @@ class CarrierLink(MultiService):
                 dest_addr_npi=config.dest_addr_npi,
                 destination_addr=destination,
                 esm_class=part.esm_class,
+                priority_flag=priority_flag,
+                validity_period=validity_period,
                 registered_delivery=0 if first_only and index else registered_delivery,
                 data_coding=part.data_coding,
                 short_message=part.short_message,
@@ -578,6 +583,16 @@ class CarrierLink(MultiService):
         if not self._holding:
             self._pump()
         return submit.deferred
+
+    def _validity_period(self, expires_at: float | None) -> str:
+        """validity_period (SMPP 3.4 section 7.1.1) for a message worthless after
+        ``expires_at``, as the carrier wants it ("" when off or without an expiry)."""
+        mode = self.config.validity_period
+        if expires_at is None or mode == "off":
+            return ""
+        if mode == "absolute":
+            return absolute_time(expires_at)
+        return relative_time(expires_at - self.clock.seconds())
 
     @contextmanager
     def holding_submits(self) -> Iterator[None]:

@@ -12,10 +12,11 @@ from twisted.internet import reactor
 from gateway.config import CarrierConfig, Secret
 from gateway.push.routing import PrefixRouter
 from gateway.smpp.link import CarrierLink
+from gateway.smpp.times import parse_time
 from gateway.store.bridge import wait_deferred
 from tests.aio import on_asyncio
 from tests.peers.node_smpp import NodeSmppPeer
-from tests.push.harness import CMCC_NUMBER, EventWaiter, Pipeline, pipeline, points
+from tests.push.harness import CMCC_NUMBER, EventWaiter, Pipeline, code, pipeline, points
 
 CMCC_PREFIXES = ("134", "135", "136", "137", "138", "139")
 RECEIPT = "id:{id} sub:001 dlvrd:001 submit date:2612021200 done date:2612021201 stat:DELIVRD err:000 text:"
@@ -28,12 +29,12 @@ def carrier(name: str, port: int, prefixes: tuple[str, ...], **extra: Any) -> Ca
 
 
 @asynccontextmanager
-async def node_pipeline(redis_url: str, peer: NodeSmppPeer,
-                        *configs: tuple[str, tuple[str, ...]]) -> AsyncIterator[tuple[Pipeline, list[CarrierLink], list[int]]]:
+async def node_pipeline(redis_url: str, peer: NodeSmppPeer, *configs: tuple[str, tuple[str, ...]],
+                        **pipeline_options: Any) -> AsyncIterator[tuple[Pipeline, list[CarrierLink], list[int]]]:
     """A pipeline whose carrier links (name, prefixes) all bind to node-smpp; yields the
     pipeline, the links and each link's node session number."""
     port = await wait_deferred(peer.listen())
-    async with pipeline(redis_url, links=[]) as p:
+    async with pipeline(redis_url, links=[], **pipeline_options) as p:
         links: list[CarrierLink] = []
         sessions: list[int] = []
         for name, prefixes in configs:
@@ -85,3 +86,25 @@ async def test_long_message_refused_after_part_one_records_the_part_and_fails_ov
                 esm_class=0x04, short_message=RECEIPT.format(id=message_id).encode("ascii")))
             assert response["command_status"] == 0
         assert await waiter.wait_for("long-1", {"delivered", "undeliverable"}) == "delivered"
+
+
+@on_asyncio
+async def test_verification_code_reaches_the_smsc_with_its_validity_and_priority(
+    redis_url: str, node_peer: NodeSmppPeer,
+) -> None:
+    """A verification code (high lane, template validity 10 minutes) is submitted with
+    priority_flag 1 and validity_period 000000001000000R (minus the seconds it waited);
+    a partner's text (normal lane, validity one day) with priority_flag 0.  (Types with
+    quiet hours would wait for the morning: the test runs on the real clock.)"""
+    async with node_pipeline(redis_url, node_peer, ("cmcc", CMCC_PREFIXES), now=reactor.seconds()) as (p, _, _):
+        await p.accept(code("code-1"), {"id": "text-1", "type": "partner_text", "to": CMCC_NUMBER,
+                                        "params": {"text": "【交管12123】hello"}})
+        await dispatch_until_idle(p)
+        submits = {}
+        for _ in range(2):
+            submit = await wait_deferred(node_peer.next_pdu("submit_sm"))
+            submits[submit["priority_flag"]] = submit
+        assert set(submits) == {0, 1}
+        now = reactor.seconds()
+        assert 590 <= parse_time(submits[1]["validity_period"], now=now) - now <= 600
+        assert 86_000 <= parse_time(submits[0]["validity_period"], now=now) - now <= 86_400

@@ -20,6 +20,7 @@ from gateway.ports import OutboundSms
 from gateway.privacy import PhoneNumber
 from gateway.smpp.listener import SmppListener
 from gateway.smpp.pdu import CommandStatus
+from gateway.smpp.times import parse_time
 from tests.peers.node_smpp import NodeSmppPeer
 from tests.smpp.test_link import WAIT_SECONDS, WaitingSink, real_link
 from tests.smpp.test_listener import RecordingIntake, server_config
@@ -201,5 +202,45 @@ def test_bind_fail_after_a_reconnect_is_retried_soon(node_peer: NodeSmppPeer) ->
         assert first["session"] != second["session"]  # a new connection, bound this time
         accepted = yield wait(link.submit(OutboundSms("n1", CITIZEN, "after the refusal")))
         assert len(accepted.message_ids) == 1
+    finally:
+        yield link.stopService()
+
+
+# -- item 6: validity_period and priority_flag --------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_submit_carries_validity_period_and_priority_flag(node_peer: NodeSmppPeer) -> Any:
+    """A high-lane message that expires in 10 minutes reaches node-smpp with priority_flag 1
+    and a relative validity_period of 10 minutes; absolute mode writes the UTC instant;
+    `validity_period: off` and `priority_flag_high_lane: 0` leave both empty/0."""
+    sink = WaitingSink()
+    link, _ = yield node_smsc_link(node_peer, sink)
+    try:
+        now = global_reactor.seconds()
+        yield wait(link.submit(OutboundSms("n1", CITIZEN, "code", expires_at=now + 600, lane="high")))
+        yield wait(link.submit(OutboundSms("n2", CITIZEN, "reminder", expires_at=now + 600)))
+        high = yield node_peer.next_pdu("submit_sm")
+        normal = yield node_peer.next_pdu("submit_sm")
+        assert (high["priority_flag"], normal["priority_flag"]) == (1, 0)
+        assert high["validity_period"].endswith("R")
+        assert 590 <= parse_time(high["validity_period"], now=now) - now <= 600
+    finally:
+        yield link.stopService()
+    link, _ = yield node_smsc_link(node_peer, sink, validity_period="absolute")
+    try:
+        now = global_reactor.seconds()
+        yield wait(link.submit(OutboundSms("n3", CITIZEN, "code", expires_at=now + 600, lane="high")))
+        submit = yield node_peer.next_pdu("submit_sm")
+        assert submit["validity_period"].endswith("00+")
+        assert abs(parse_time(submit["validity_period"], now=0) - (now + 600)) < 1
+    finally:
+        yield link.stopService()
+    link, _ = yield node_smsc_link(node_peer, sink, validity_period="off", priority_flag_high_lane=0)
+    try:
+        now = global_reactor.seconds()
+        yield wait(link.submit(OutboundSms("n4", CITIZEN, "code", expires_at=now + 600, lane="high")))
+        submit = yield node_peer.next_pdu("submit_sm")
+        assert (submit["validity_period"], submit["priority_flag"]) == ("", 0)
     finally:
         yield link.stopService()

@@ -35,7 +35,7 @@ if #earlier > 0 then
   for _, id in ipairs(earlier) do
     local h = redis.call('HMGET', nkey(id), unpack(FIELDS))
     if h[1] == 'submitting' and h[10] == TOKEN then
-      out[#out + 1] = {id, h[3] or '', h[4] or '', h[5] or '1', h[6] or '', h[7] or '0', h[8] or '', h[11] or 'normal'}
+      out[#out + 1] = {id, h[3] or '', h[4] or '', h[5] or '1', h[6] or '', h[7] or '0', h[8] or '', h[11] or 'normal', h[2] or ''}
     end
   end
   count('claim_replayed')
@@ -84,7 +84,7 @@ local function take(lane, want)
             {'attempt', tostring(attempts)})
           zadd_later(INFLIGHT, now + lease, id)
           taken[#taken + 1] = id
-          out[#out + 1] = {id, h[3] or '', h[4] or '', tostring(attempts), h[6] or '', h[7] or '0', h[8] or '', lane}
+          out[#out + 1] = {id, h[3] or '', h[4] or '', tostring(attempts), h[6] or '', h[7] or '0', h[8] or '', lane, h[2] or ''}
           claimed = claimed + 1
         end
       else

@@ -17,7 +17,7 @@
 //
 // PDUs travel as {"command", "command_status", "sequence_number", fields...}; octet
 // strings (short_message, message_payload, unknown TLVs) as {"hex": "..."}: the library's
-// text decoding is switched off so that the test sees the octets on the wire.
+// text and time decoding is switched off so that the test sees what was on the wire.
 // As SMSC it answers binds (ESME_ROK unless "bind_statuses" says otherwise, in order),
 // submit_sm (statuses from "submit_statuses", in order, then ESME_ROK; ids from
 // "message_ids", then 8-digit upper-case hex counting from 0x001A2B00), enquire_link and
@@ -29,6 +29,7 @@ const defs = require("smpp/lib/defs");
 const readline = require("readline");
 
 defs.filters.message.decode = (value) => value;
+defs.filters.time.decode = (value) => value; // validity_period as written (section 7.1.1)
 if (defs.tlvs.message_payload && defs.tlvs.message_payload.filter) {
   defs.tlvs.message_payload.filter.decode = (value) => value;
 }
