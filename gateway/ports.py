@@ -31,9 +31,10 @@ class OutboundSms:
     text: str
     source_addr: str | None = None  # None: the carrier's configured source (12123)
     registered_delivery: bool = True
-    # When the text is worthless (a code after its 10 minutes): the link may pass it on
-    # as validity_period so that a store-and-forward SMSC drops it instead.  None: no limit.
-    expires_at: float | None = None
+    # Seconds until the text is worthless (a code after its 10 minutes), counted when it
+    # is handed to the link: the link may pass it on as validity_period, so that a
+    # store-and-forward SMSC drops it instead of delivering it late.  None: no limit.
+    validity_seconds: float | None = None
     lane: str = "normal"  # high, normal or bulk: the link may map it to priority_flag
 
 

@@ -196,7 +196,8 @@ class Dispatcher:
             return
         source = self.sender_for(item.type) if self.sender_for is not None else None
         sms = OutboundSms(reference=item.id, destination=PhoneNumber(item.digits), text=item.text,
-                          source_addr=source, expires_at=item.expires_at or None, lane=item.lane)
+                          source_addr=source, lane=item.lane,
+                          validity_seconds=item.expires_at - self.clock.seconds() if item.expires_at else None)
         try:
             d = link.submit(sms)
         except Exception:

@@ -553,7 +553,7 @@ class CarrierLink(MultiService):
         registered_delivery = config.registered_delivery if sms.registered_delivery else 0
         source_addr = sms.source_addr or config.source_addr
         destination = sms.destination.digits
-        validity_period = self._validity_period(sms.expires_at)
+        validity_period = self._validity_period(sms.validity_seconds)
         priority_flag = config.priority_flag_high_lane if sms.lane == "high" else 0
         submit = _Submit(len(parts))
         first_only = registered_delivery and config.receipt_parts == "first" and len(parts) > 1
@@ -584,15 +584,15 @@ class CarrierLink(MultiService):
             self._pump()
         return submit.deferred
 
-    def _validity_period(self, expires_at: float | None) -> str:
-        """validity_period (SMPP 3.4 section 7.1.1) for a message worthless after
-        ``expires_at``, as the carrier wants it ("" when off or without an expiry)."""
+    def _validity_period(self, validity_seconds: float | None) -> str:
+        """validity_period (SMPP 3.4 section 7.1.1) for a message worthless in
+        ``validity_seconds``, as the carrier wants it ("" when off or without a limit)."""
         mode = self.config.validity_period
-        if expires_at is None or mode == "off":
+        if validity_seconds is None or mode == "off":
             return ""
         if mode == "absolute":
-            return absolute_time(expires_at)
-        return relative_time(expires_at - self.clock.seconds())
+            return absolute_time(self.clock.seconds() + validity_seconds)
+        return relative_time(validity_seconds)
 
     @contextmanager
     def holding_submits(self) -> Iterator[None]:

@@ -16,7 +16,7 @@ from gateway.smpp.times import parse_time
 from gateway.store.bridge import wait_deferred
 from tests.aio import on_asyncio
 from tests.peers.node_smpp import NodeSmppPeer
-from tests.push.harness import CMCC_NUMBER, EventWaiter, Pipeline, code, pipeline, points
+from tests.push.harness import CMCC_NUMBER, EventWaiter, Pipeline, code, pipeline
 
 CMCC_PREFIXES = ("134", "135", "136", "137", "138", "139")
 RECEIPT = "id:{id} sub:001 dlvrd:001 submit date:2612021200 done date:2612021201 stat:DELIVRD err:000 text:"
@@ -52,6 +52,12 @@ async def node_pipeline(redis_url: str, peer: NodeSmppPeer, *configs: tuple[str,
                 await wait_deferred(link.stopService())
 
 
+def long_text(notification_id: str) -> dict[str, Any]:
+    """A partner's text of 106 Chinese characters: two UCS2 parts."""
+    return {"id": notification_id, "type": "partner_text", "to": CMCC_NUMBER,
+            "params": {"text": "【交管12123】" + "您的机动车检验有效期即将届满请及时办理" * 5}}
+
+
 async def dispatch_until_idle(p: Pipeline) -> None:
     while await p.dispatcher.dispatch_once():
         await p.dispatcher.idle()
@@ -69,7 +75,7 @@ async def test_long_message_refused_after_part_one_records_the_part_and_fails_ov
     await wait_deferred(node_peer.configure(submit_statuses=[0, 0x45]))
     async with node_pipeline(redis_url, node_peer, ("cmcc", CMCC_PREFIXES), ("cucc", ("130",))) as (p, _, sessions):
         waiter = EventWaiter(p.redis, p.keys)
-        await p.accept(points("long-1"))
+        await p.accept(long_text("long-1"))
         await dispatch_until_idle(p)
         assert await waiter.wait_for("long-1", {"submitted", "failed"}) == "submitted"
         view = await p.ledger.get("long-1")
@@ -94,9 +100,8 @@ async def test_verification_code_reaches_the_smsc_with_its_validity_and_priority
 ) -> None:
     """A verification code (high lane, template validity 10 minutes) is submitted with
     priority_flag 1 and validity_period 000000001000000R (minus the seconds it waited);
-    a partner's text (normal lane, validity one day) with priority_flag 0.  (Types with
-    quiet hours would wait for the morning: the test runs on the real clock.)"""
-    async with node_pipeline(redis_url, node_peer, ("cmcc", CMCC_PREFIXES), now=reactor.seconds()) as (p, _, _):
+    a partner's text (normal lane, validity one day) with priority_flag 0."""
+    async with node_pipeline(redis_url, node_peer, ("cmcc", CMCC_PREFIXES)) as (p, _, _):
         await p.accept(code("code-1"), {"id": "text-1", "type": "partner_text", "to": CMCC_NUMBER,
                                         "params": {"text": "【交管12123】hello"}})
         await dispatch_until_idle(p)

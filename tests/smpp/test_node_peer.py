@@ -218,8 +218,8 @@ def test_submit_carries_validity_period_and_priority_flag(node_peer: NodeSmppPee
     link, _ = yield node_smsc_link(node_peer, sink)
     try:
         now = global_reactor.seconds()
-        yield wait(link.submit(OutboundSms("n1", CITIZEN, "code", expires_at=now + 600, lane="high")))
-        yield wait(link.submit(OutboundSms("n2", CITIZEN, "reminder", expires_at=now + 600)))
+        yield wait(link.submit(OutboundSms("n1", CITIZEN, "code", validity_seconds=600, lane="high")))
+        yield wait(link.submit(OutboundSms("n2", CITIZEN, "reminder", validity_seconds=600)))
         high = yield node_peer.next_pdu("submit_sm")
         normal = yield node_peer.next_pdu("submit_sm")
         assert (high["priority_flag"], normal["priority_flag"]) == (1, 0)
@@ -230,7 +230,7 @@ def test_submit_carries_validity_period_and_priority_flag(node_peer: NodeSmppPee
     link, _ = yield node_smsc_link(node_peer, sink, validity_period="absolute")
     try:
         now = global_reactor.seconds()
-        yield wait(link.submit(OutboundSms("n3", CITIZEN, "code", expires_at=now + 600, lane="high")))
+        yield wait(link.submit(OutboundSms("n3", CITIZEN, "code", validity_seconds=600, lane="high")))
         submit = yield node_peer.next_pdu("submit_sm")
         assert submit["validity_period"].endswith("00+")
         assert abs(parse_time(submit["validity_period"], now=0) - (now + 600)) < 1
@@ -238,8 +238,7 @@ def test_submit_carries_validity_period_and_priority_flag(node_peer: NodeSmppPee
         yield link.stopService()
     link, _ = yield node_smsc_link(node_peer, sink, validity_period="off", priority_flag_high_lane=0)
     try:
-        now = global_reactor.seconds()
-        yield wait(link.submit(OutboundSms("n4", CITIZEN, "code", expires_at=now + 600, lane="high")))
+        yield wait(link.submit(OutboundSms("n4", CITIZEN, "code", validity_seconds=600, lane="high")))
         submit = yield node_peer.next_pdu("submit_sm")
         assert (submit["validity_period"], submit["priority_flag"]) == ("", 0)
     finally:
