@@ -357,6 +357,8 @@ def heard_sentences(book: Any, files: list[str]) -> list[str]:
     current = ""
     for file in files:
         name = file.rsplit("/", 1)[-1]
+        if name.startswith("pause-"):
+            continue  # a silence at punctuation
         if name.startswith("char-"):
             text = chr(int(name[5:], 16))
         else:

@@ -265,12 +265,12 @@ class PersonStore:
 def licence_summary(person: Person) -> str:
     """Licence status text for an SMS reply or a voice prompt; no ID or phone number in it.
 
-    e.g. "驾驶证（C1）状态：正常，本记分周期累计记分3分，有效期至2030年5月1日"
+    e.g. "驾驶证（C1）状态：正常，本记分周期累积记分3分，有效期至2030年5月1日"
     """
     if person.licence_status is None:
         return "您名下暂无驾驶证信息"
     kind = f"（{person.licence_class}）" if person.licence_class else ""
-    text = f"驾驶证{kind}状态：{person.licence_status.label}，本记分周期累计记分{person.points}分"
+    text = f"驾驶证{kind}状态：{person.licence_status.label}，本记分周期累积记分{person.points}分"
     if person.licence_expiry is not None:
         text += f"，有效期至{format_cn_date(person.licence_expiry)}"
     return text

@@ -52,7 +52,7 @@ from gateway.domain.bookings import (
 )
 from gateway.domain.people import LicenceStatus, Person, PersonStore
 from gateway.domain.vehicles import Vehicle, VehicleStatus, VehicleStore
-from gateway.ivr.menus import ActionResult, ActionSpec
+from gateway.ivr.menus import ActionResult, ActionSpec, spoken_time
 from gateway.privacy import PhoneNumber
 from gateway.store.keys import Keys
 from gateway.store.scripts import register_lua
@@ -123,15 +123,8 @@ class CallContext:
 
 
 def spoken_session(session: str) -> str:
-    """上午 stays 上午; a time slot 08:30-10:30 becomes 8点30分至10点30分."""
-    match = re.fullmatch(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})", session.strip())
-    if match is None:
-        return session
-
-    def clock(hour: str, minute: str) -> str:
-        return f"{int(hour)}点{int(minute)}分" if int(minute) else f"{int(hour)}点"
-
-    return f"{clock(match[1], match[2])}至{clock(match[3], match[4])}"
+    """上午 stays 上午; a time slot 08:30-10:30 becomes 上午8点半至10点半 (menus.spoken_time)."""
+    return spoken_time(session.strip())
 
 
 def _booking_variables(booking: Booking) -> dict[str, str]:

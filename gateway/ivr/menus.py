@@ -85,6 +85,9 @@ __all__ = [
     "chinese_date",
     "chinese_number",
     "counted",
+    "dial_digits",
+    "spoken_clock",
+    "spoken_time",
     "speech_clip",
     "load_menus",
     "parse_menus",
@@ -95,17 +98,31 @@ __all__ = [
 TRANSFER_VARIABLE = "IVR_TRANSFER_QUEUE"
 
 _NUMERALS = "零一二三四五六七八九"
+# Numbers one dials or quotes (phone and booking numbers, 12123) are read digit by digit,
+# 1 as 幺 (yāo), as Chinese callers say them: 12123 is 幺二幺二三.
+_DIAL_DIGITS = "零幺二三四五六七八九"
 _PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼港澳台"
-# Single characters with a clip of their own: numerals and the units of numbers, dates and
-# times, the province abbreviations that open a plate, and Latin letters (plates, C1).
+# Single characters with a clip of their own: numerals (and 幺) and the units of numbers,
+# dates and times (上午八点半), the province abbreviations that open a plate, and Latin
+# letters (plates, C1).
 CHARACTER_CLIPS = (
     _NUMERALS
-    + "十百千万两年月日号点分至第场"
+    + "幺十百千万两年月日号点分至第场上下中晚午半"
     + _PROVINCES
     + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
+# Silences played at punctuation, so that sentences and clauses do not run together
+# ("…状态：已预约。确认取消…"): made by sox, not spoken.  Durations from Mandarin IVR
+# practice: about a quarter second at a comma, half a second at a full stop.
+PAUSE_SHORT = "pause-short"
+PAUSE_LONG = "pause-long"
+PAUSE_SECONDS = {PAUSE_SHORT: 0.25, PAUSE_LONG: 0.5}
+_SHORT_STOPS = "，,、；;：:"
+_LONG_STOPS = "。！？.!?"
+# A digit run this long is a number to dial or quote, not a quantity.
+DIAL_NUMBER_MIN_DIGITS = 5
 _CHARACTER_SET = frozenset(CHARACTER_CLIPS)
-_FORMATS = ("text", "digits", "number", "date", "chars", "speech")
+_FORMATS = ("text", "digits", "number", "date", "time", "chars", "speech")
 _ID = re.compile(r"[a-z][a-z0-9_]{0,47}")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -177,9 +194,59 @@ def counted(n: int) -> str:
     return "两" if n == 2 else chinese_number(n)
 
 
-def chinese_date(day: date) -> str:
-    """二零二六年十二月七日: the year digit by digit, month and day as numbers."""
-    return "".join(_NUMERALS[int(d)] for d in f"{day.year:04d}") + f"年{chinese_number(day.month)}月{chinese_number(day.day)}日"
+def chinese_date(day: date, today: date | None = None) -> str:
+    """十二月七日 when the date is near `today` (within half a year: the year goes
+    without saying), else 二零二六年十二月七日 (the year digit by digit)."""
+    month_day = f"{chinese_number(day.month)}月{chinese_number(day.day)}日"
+    if today is not None and abs((day - today).days) <= 183:
+        return month_day
+    return "".join(_NUMERALS[int(d)] for d in f"{day.year:04d}") + "年" + month_day
+
+
+def dial_digits(text: str) -> str:
+    """Digits as one reads a number to dial: 12123 -> 幺二幺二三 (other characters dropped)."""
+    return "".join(_DIAL_DIGITS[int(d)] for d in text if d.isascii() and d.isdigit())
+
+
+def half_day(hour: int) -> str:
+    """凌晨 / 上午 / 中午 / 下午 / 晚上 for an hour of the day, as times are announced."""
+    if hour < 6:
+        return "凌晨"
+    if hour < 12:
+        return "上午"
+    if hour < 13:
+        return "中午"
+    if hour < 18:
+        return "下午"
+    return "晚上"
+
+
+def spoken_clock(hour: int, minute: int, *, with_half_day: bool = True) -> str:
+    """8:30 -> 上午8点半, 14:00 -> 下午2点, 17:05 -> 下午5点05分: the text a caller hears
+    (the text voice reads the digits: 上午八点半, 下午两点)."""
+    h12 = hour if hour <= 12 else hour - 12
+    if minute == 0:
+        clock = f"{h12}点"
+    elif minute == 30:
+        clock = f"{h12}点半"
+    else:
+        clock = f"{h12}点{minute:02d}分" if minute < 10 else f"{h12}点{minute}分"
+    return (half_day(hour) if with_half_day else "") + clock
+
+
+def spoken_time(text: str) -> str:
+    """A session or time as a caller hears it: 上午 stays 上午; 08:30 -> 上午8点半;
+    08:30-10:30 -> 上午8点半至10点半; 11:30-13:00 -> 上午11点半至中午12点... anything
+    else unchanged."""
+    clocks = re.findall(r"(\d{1,2})[:：](\d{2})", text)
+    rest = re.sub(r"\d{1,2}[:：]\d{2}", "", text).strip()
+    if len(clocks) == 1 and not rest:
+        return spoken_clock(int(clocks[0][0]), int(clocks[0][1]))
+    if len(clocks) == 2 and rest in ("-", "~", "～", "至", "—", "–"):
+        (h1, m1), (h2, m2) = ((int(h), int(m)) for h, m in clocks)
+        same = half_day(h1) == half_day(h2)
+        return f"{spoken_clock(h1, m1)}至{spoken_clock(h2, m2, with_half_day=not same)}"
+    return text
 
 
 class Voice:
@@ -194,6 +261,15 @@ class Voice:
     def word_clip(word: str) -> Clip:
         digest = hashlib.sha1(word.encode("utf-8")).hexdigest()[:12]
         return Clip(f"word-{digest}", word)
+
+    @staticmethod
+    def pause_clip(punctuation: str) -> Clip | None:
+        """The silence after a punctuation mark (None for other characters)."""
+        if punctuation in _LONG_STOPS:
+            return Clip(PAUSE_LONG, "")
+        if punctuation in _SHORT_STOPS:
+            return Clip(PAUSE_SHORT, "")
+        return None
 
     @staticmethod
     def character_clip(character: str) -> Clip | None:
@@ -218,12 +294,16 @@ class Voice:
             run = re.match(r"[0-9]+", text[i:])
             if run is not None:
                 digits = run.group()
-                # A year is read digit by digit (二零二六年), other numbers as quantities.
+                # A year is read digit by digit (二零二六年), a number to dial or quote with
+                # 幺 (幺二幺二三), other numbers as quantities.
                 year = len(digits) == 4 and text.startswith("年", i + 4)
-                clips.extend(self.chars(digits if year else counted(int(digits))))
+                if len(digits) >= DIAL_NUMBER_MIN_DIGITS:
+                    clips.extend(self.chars(dial_digits(digits)))
+                else:
+                    clips.extend(self.chars(digits if year else counted(int(digits))))
                 i += len(digits)
                 continue
-            clip = self.character_clip(text[i])
+            clip = self.character_clip(text[i]) or self.pause_clip(text[i])
             if clip is not None:
                 clips.append(clip)
             i += 1
@@ -233,10 +313,11 @@ class Voice:
         """Character by character (plates, digit strings); vocabulary is not consulted."""
         return [c for c in (self.character_clip(ch) for ch in text) if c is not None]
 
-    def value(self, value: str, form: str) -> list[Clip]:
-        """A variable's value in the placeholder's format."""
+    def value(self, value: str, form: str, today: date | None = None) -> list[Clip]:
+        """A variable's value in the placeholder's format (`today`: the call's date, so
+        that a date this year is said without its year)."""
         if form == "digits":
-            return self.chars(re.sub(r"[^0-9]", "", value))
+            return self.chars(dial_digits(value))
         if form == "number":
             try:
                 return self.chars(counted(int(value)))
@@ -244,13 +325,15 @@ class Voice:
                 return self.text(value)
         if form == "date":
             try:
-                return self.chars(chinese_date(date.fromisoformat(value)))
+                return self.chars(chinese_date(date.fromisoformat(value), today))
             except ValueError:
                 return self.text(value)
         if form == "chars":
             return self.chars(value)
         if form == "speech":
             return [speech_clip(value)] if value.strip() else []
+        if form == "time":
+            return self.text(spoken_time(value))
         return self.text(value)
 
 
@@ -413,18 +496,27 @@ class MenuBook:
         """The name STREAM FILE takes: ``12123/welcome``."""
         return f"{self.sound_prefix}/{clip.name}" if self.sound_prefix else clip.name
 
-    def prompt_clips(self, prompt_id: str, variables: Mapping[str, str]) -> list[Clip]:
+    def prompt_clips(self, prompt_id: str, variables: Mapping[str, str], today: date | None = None) -> list[Clip]:
         """The clips of a prompt with the call's variables filled in.  Punctuation between
-        parts has no sound file; it is appended to the text of the clip before it, so
-        that ivr-sim prints the sentence as written."""
+        parts has no sound file of its own: it is appended to the text of the clip before
+        it (so that ivr-sim prints the sentence as written) and played as a pause, as is
+        the punctuation that ends a literal part, so clauses do not run together."""
         clips: list[Clip] = []
         for part in self.prompts[prompt_id].parts:
             if isinstance(part, Clip):
                 clips.append(part)
+                pause = Voice.pause_clip(part.text.rstrip()[-1:])
             elif isinstance(part, Placeholder):
-                clips.extend(self.voice.value(variables.get(part.variable, ""), part.form))
-            elif clips:
-                clips[-1] = Clip(clips[-1].name, clips[-1].text + part)
+                clips.extend(self.voice.value(variables.get(part.variable, ""), part.form, today))
+                continue
+            else:
+                if clips:
+                    clips[-1] = Clip(clips[-1].name, clips[-1].text + part)
+                marks = [Voice.pause_clip(ch) for ch in part]
+                pause = next((m for m in marks if m is not None and m.name == PAUSE_LONG), None) or next(
+                    (m for m in marks if m is not None), None)
+            if pause is not None and (not clips or clips[-1].name not in PAUSE_SECONDS):
+                clips.append(pause)
         return clips
 
     def all_clips(self) -> list[Clip]:
@@ -440,6 +532,8 @@ class MenuBook:
             char_clip = Voice.character_clip(character)
             assert char_clip is not None
             seen.setdefault(char_clip.name, char_clip)
+        for pause in PAUSE_SECONDS:
+            seen.setdefault(pause, Clip(pause, ""))
         return list(seen.values())
 
 
@@ -886,9 +980,9 @@ class ServiceHours:
 
     @staticmethod
     def spoken(minute_of_day: int) -> str:
-        """'8点30分', '17点' (read by the text voice as 八点三十分)."""
+        """'上午8点半', '下午5点半' (read by the text voice as 上午八点半)."""
         hour, minute = divmod(minute_of_day, 60)
-        return f"{hour}点{minute}分" if minute else f"{hour}点"
+        return spoken_clock(hour, minute)
 
 
 @dataclass(frozen=True)
@@ -1090,8 +1184,11 @@ class CallFlow:
         if interruptible and self._typed:
             return
         escape = ALL_DIGITS if interruptible else ""
+        from gateway.domain import from_unix
+
+        today = from_unix(self.now).date() if self.now else None
         for prompt_id in prompt_ids:
-            for clip in self.book.prompt_clips(prompt_id, self.variables):
+            for clip in self.book.prompt_clips(prompt_id, self.variables, today):
                 line = agi.stream_file(self.book.clip_file(clip), escape)
                 reply = yield from self._command(Speak(line, clip, interruptible, node_id))
                 key = reply.digit

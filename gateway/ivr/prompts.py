@@ -1,15 +1,28 @@
-"""``gateway prompts build``: the menus' sound files, spoken by espeak-ng, made by sox.
+"""``gateway prompts build``: the menus' sound files, recorded or spoken by espeak-ng, made by sox.
 
 Every clip of the menus (`MenuBook.all_clips`: the literal parts of the prompts, the
-vocabulary words, the character clips values are built from) becomes
+vocabulary words, the character clips values are built from, the pauses) becomes
 ``<sounds_dir>/<sound_prefix>/<clip>.wav``: 8 kHz, mono, 16-bit signed PCM, the ``.wav``
 format Asterisk plays without transcoding on an 8 kHz call.  ``manifest.json`` beside them
-remembers the text and voice each file was made from, so a second run only remakes the
-clips whose text changed (``--force`` remakes all).
+remembers what each file was made from, so a second run only remakes the clips whose
+source changed (``--force`` remakes all).
+
+**Recorded prompts.**  espeak-ng's Mandarin is robotic; a recorded human voice replaces
+it file by file: put ``<clip>.wav`` (any rate or format sox reads) in the ``recorded``
+folder beside the generated files (``<sounds_dir>/<sound_prefix>/recorded/``), and the
+build converts it to the call format instead of synthesising that clip.  The report says
+which clips are recorded and which generated; removing a recording makes the clip
+generated again on the next build.  `gateway check-config` warns about clips with no
+sound file at all.
+
+**Mandarin as callers expect it.**  Runs of five or more digits are numbers to dial, read
+with 1 as 幺 (12123 is 幺二幺二三); the menus' values are built the same way
+(gateway/ivr/menus.py).  Commas and full stops get short silences: inside a clip through
+SSML ``<break>`` (espeak-ng ``-m``), between clips as the ``pause-short`` / ``pause-long``
+files (silence made by sox) that `MenuBook.prompt_clips` puts after punctuation.
 
 Asterisk finds them as ``STREAM FILE 12123/<clip>`` once its sounds folder links to ours
-(dialplans/README.md).  A recorded professional voice can replace any file: keep the name,
-and the manifest entry or ``--force`` decides whether the build overwrites it.
+(dialplans/README.md).
 """
 
 from __future__ import annotations
@@ -28,13 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.ivr.menus import Clip, MenuBook, speech_clip
+from gateway.ivr.menus import PAUSE_SECONDS, Clip, MenuBook, dial_digits, speech_clip
 
-__all__ = ["BuildReport", "PromptToolMissing", "SpeechSynthesizer", "add_arguments", "build_command", "build_prompts", "missing_prompts",
-           "run", "tts_text"]
+__all__ = ["BuildReport", "PromptToolMissing", "SpeechSynthesizer", "add_arguments", "build_command", "build_prompts",
+           "missing_prompts", "recorded_file", "run", "tts_ssml", "tts_text"]
 
 INSTALL_HINT = "apt-get install espeak-ng sox"
-_DIGITS = "零一二三四五六七八九"
+RECORDED_FOLDER = "recorded"
+# Silence inside a generated clip at punctuation (SSML <break>), as between clips.
+_BREAKS = (("，,、；;：:", 250), ("。！？.!?", 500))
 
 
 class PromptToolMissing(RuntimeError):
@@ -46,16 +61,39 @@ class BuildReport:
     made: tuple[str, ...]
     kept: tuple[str, ...]
     folder: Path
+    recorded: tuple[str, ...] = ()  # clips taken from recordings (made now or kept)
+
+    @property
+    def generated(self) -> tuple[str, ...]:
+        return tuple(name for name in (*self.made, *self.kept) if name not in set(self.recorded))
 
 
 def tts_text(text: str) -> str:
     """The text as espeak-ng should read it: numbers of five digits or more are numbers to
-    dial, not quantities (12123 is 一二一二三, not 一万两千一百二十三)."""
-    return re.sub(r"[0-9]{5,}", lambda m: "".join(_DIGITS[int(d)] for d in m.group()), text)
+    dial, not quantities (12123 is 幺二幺二三, not 一万两千一百二十三)."""
+    return re.sub(r"[0-9]{5,}", lambda m: dial_digits(m.group()), text)
+
+
+def tts_ssml(text: str) -> str:
+    """`tts_text` as SSML for ``espeak-ng -m``, with a <break> after each comma (250 ms)
+    and full stop (500 ms), so clauses inside one clip do not run together."""
+    out = []
+    for ch in tts_text(text):
+        out.append(ch.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+        for marks, ms in _BREAKS:
+            if ch in marks:
+                out.append(f'<break time="{ms}ms"/>')
+    return "<speak>" + "".join(out) + "</speak>"
 
 
 def clip_folder(book: MenuBook, sounds_dir: Path) -> Path:
     return sounds_dir / book.sound_prefix if book.sound_prefix else sounds_dir
+
+
+def recorded_file(book: MenuBook, sounds_dir: Path, clip: Clip) -> Path | None:
+    """The human recording that replaces a generated clip, if there is one."""
+    path = clip_folder(book, sounds_dir) / RECORDED_FOLDER / f"{clip.name}.wav"
+    return path if path.is_file() else None
 
 
 def missing_prompts(book: MenuBook, sounds_dir: str | Path) -> list[str]:
@@ -64,8 +102,12 @@ def missing_prompts(book: MenuBook, sounds_dir: str | Path) -> list[str]:
     return [clip.name for clip in book.all_clips() if not (folder / f"{clip.name}.wav").is_file()]
 
 
-def _fingerprint(clip: Clip, voice: str) -> str:
-    return hashlib.sha1(f"{voice}\n{tts_text(clip.text)}".encode()).hexdigest()
+def _fingerprint(clip: Clip, voice: str, recording: Path | None = None) -> str:
+    if recording is not None:
+        return "recorded:" + hashlib.sha1(recording.read_bytes()).hexdigest()
+    if clip.name in PAUSE_SECONDS:
+        return f"pause:{PAUSE_SECONDS[clip.name]}"
+    return hashlib.sha1(f"{voice}\n{tts_ssml(clip.text)}".encode()).hexdigest()
 
 
 def _tools(espeak: str, sox: str) -> tuple[str, str]:
@@ -76,16 +118,26 @@ def _tools(espeak: str, sox: str) -> tuple[str, str]:
     return found[0], found[1]
 
 
-def _make(clip: Clip, target: Path, voice: str, espeak: str, sox: str) -> None:
-    """espeak-ng speaks into a WAV at its own rate; sox makes it 8 kHz mono 16-bit, peak -1 dB."""
+_CALL_FORMAT = ["-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer"]
+
+
+def _make(clip: Clip, target: Path, voice: str, espeak: str, sox: str, recording: Path | None = None) -> None:
+    """A recording converted by sox, a pause as sox's silence, or espeak-ng's speech; then
+    8 kHz mono 16-bit (speech peaking at -1 dB)."""
     with tempfile.NamedTemporaryFile(suffix=".wav", dir=target.parent, delete=False) as tmp:
         partial = Path(tmp.name)
     try:
-        spoken = subprocess.run([espeak, "-v", voice, "-s", "150", "--stdout", tts_text(clip.text)],
-                                check=True, capture_output=True, timeout=60)
-        subprocess.run([sox, "-V1", "-t", "wav", "-", "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer",
-                        str(partial), "gain", "-n", "-1"], input=spoken.stdout, check=True, capture_output=True,
-                       timeout=60)
+        if recording is not None:
+            subprocess.run([sox, "-V1", str(recording), *_CALL_FORMAT, str(partial)],
+                           check=True, capture_output=True, timeout=60)
+        elif clip.name in PAUSE_SECONDS:
+            subprocess.run([sox, "-V1", "-D", "-n", *_CALL_FORMAT, str(partial), "trim", "0", str(PAUSE_SECONDS[clip.name])],
+                           check=True, capture_output=True, timeout=60)
+        else:
+            spoken = subprocess.run([espeak, "-v", voice, "-s", "150", "-m", "--stdout", tts_ssml(clip.text)],
+                                    check=True, capture_output=True, timeout=60)
+            subprocess.run([sox, "-V1", "-t", "wav", "-", *_CALL_FORMAT, str(partial), "gain", "-n", "-1"],
+                           input=spoken.stdout, check=True, capture_output=True, timeout=60)
         partial.replace(target)  # never a half-written file under the real name
     finally:
         partial.unlink(missing_ok=True)
@@ -104,20 +156,25 @@ def build_prompts(book: MenuBook, sounds_dir: str | Path, *, force: bool = False
     except (OSError, ValueError):
         manifest = {}
     voice = book.tts_voice
-    todo: list[Clip] = []
+    todo: list[tuple[Clip, Path | None, str]] = []
     kept: list[str] = []
+    recorded: list[str] = []
     for clip in book.all_clips():
-        fingerprint = _fingerprint(clip, voice)
+        recording = recorded_file(book, Path(sounds_dir), clip)
+        if recording is not None:
+            recorded.append(clip.name)
+        fingerprint = _fingerprint(clip, voice, recording)
         if not force and manifest.get(clip.name) == fingerprint and (folder / f"{clip.name}.wav").is_file():
             kept.append(clip.name)
         else:
-            todo.append(clip)
+            todo.append((clip, recording, fingerprint))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(lambda c: _make(c, folder / f"{c.name}.wav", voice, espeak_path, sox_path), todo))
-    for clip in todo:
-        manifest[clip.name] = _fingerprint(clip, voice)
+        list(pool.map(lambda job: _make(job[0], folder / f"{job[0].name}.wav", voice, espeak_path, sox_path, job[1]),
+                      todo))
+    for clip, _, fingerprint in todo:
+        manifest[clip.name] = fingerprint
     manifest_path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True), encoding="utf-8")
-    return BuildReport(tuple(c.name for c in todo), tuple(kept), folder)
+    return BuildReport(tuple(c.name for c, _, _ in todo), tuple(kept), folder, tuple(recorded))
 
 
 class SpeechSynthesizer:
@@ -163,7 +220,8 @@ class SpeechSynthesizer:
         running: list[Any] = []
         try:
             espeak = await asyncio.create_subprocess_exec(
-                self._espeak or "espeak-ng", "-v", self._book().tts_voice, "-s", "150", "--stdout", tts_text(text),
+                self._espeak or "espeak-ng", "-v", self._book().tts_voice, "-s", "150", "-m", "--stdout",
+                tts_ssml(text),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
             running.append(espeak)
             spoken, _ = await asyncio.wait_for(espeak.communicate(), self._timeout)
@@ -225,4 +283,8 @@ def build_command(config: Any, args: argparse.Namespace) -> int:
         print(f"error: {Path(str(error.cmd[0])).name} failed: {detail or error}", file=sys.stderr)
         return 1
     print(f"{len(report.made)} prompt files made, {len(report.kept)} unchanged, in {report.folder}")
+    print(f"{len(report.recorded)} recorded (from {report.folder / RECORDED_FOLDER}), "
+          f"{len(report.generated)} generated by espeak-ng/sox")
+    if report.recorded:
+        print("recorded: " + ", ".join(sorted(report.recorded)))
     return 0

@@ -144,8 +144,9 @@ def mo_reply_id(mo_id: str) -> str:
 
 _COMMANDS_TEXT = "回复CXYY查询考试预约，回复QXYY+预约号取消考试预约，回复CXJF查询驾驶证记分。"
 _HELP_TEXTS = {
-    HelpReason.ASKED: "交管12123短信服务：" + _COMMANDS_TEXT,
-    HelpReason.EMPTY: "交管12123短信服务：" + _COMMANDS_TEXT,
+    # The signature already names the service: 【交管12123】回复CXYY…, not 【交管12123】交管12123….
+    HelpReason.ASKED: _COMMANDS_TEXT,
+    HelpReason.EMPTY: _COMMANDS_TEXT,
     HelpReason.UNRECOGNISED: "未能识别您的指令。" + _COMMANDS_TEXT,
     HelpReason.MISSING_BOOKING_NUMBER: "请在QXYY后附上预约号，例如：QXYY 20261130001。",
     HelpReason.MALFORMED_BOOKING_NUMBER: "预约号格式不正确，每次只能取消一个预约，例如：QXYY 20261130001。",
@@ -154,7 +155,7 @@ _HELP_TEXTS = {
 FLOOD_TEXT = "发送过于频繁，请稍后再试。"
 NOT_ON_RECORD_TEXT = (
     "本机号码不是交管业务登记的手机号码，无法通过短信办理。"
-    "如需变更登记手机号码，请本人携带身份证明到车管所办理。"
+    "如需变更登记手机号码，请通过交管12123 App办理，或本人携带身份证明到车管所窗口办理。"
 )
 BOOKING_NOT_FOUND_TEXT = "未查询到该预约，请核对预约号后重试。"
 NO_BOOKINGS_TEXT = "您当前没有待参加的考试预约。"

@@ -25,7 +25,7 @@ KEYS = Keys()
 
 
 def spoken_digits(number: str) -> str:
-    return "".join("零一二三四五六七八九"[int(d)] for d in number)
+    return "".join("零幺二三四五六七八九"[int(d)] for d in number)  # 1 read 幺
 
 
 @on_asyncio
@@ -53,7 +53,7 @@ async def test_cancel_walk_prints_what_the_caller_hears(redis_url: str) -> None:
         assert f"[cancel_identity] <按键 {booking.booking_no}#>" in lines
         assert "[cancel_lookup] (select_booking: selected)" in lines
         readback = (f"[cancel_confirm] 预约号{spoken_digits(booking.booking_no)}，科目二，集美灌口考场，"
-                    f"{chinese_date(booking.exam_date)}上午，状态：已预约。确认取消该考试预约请按1，不取消请按其他键。")
+                    f"{chinese_date(booking.exam_date, booking.exam_date)}上午，状态：已预约。确认取消该考试预约请按1，不取消请按其他键。")
         assert readback in lines
         assert lines.index("[cancel_confirm] <按键 1>") == lines.index(readback) + 1
         assert "[cancel_do] (cancel_booking: cancelled)" in lines
@@ -83,7 +83,7 @@ async def test_licence_and_vehicle_walks(redis_url: str) -> None:
         licence = await simulator.simulate(BOOK, redis, KEYS, ivr=IvrConfig(), caller=SAMPLE_CALLER_NINE_POINTS,
                                            key_groups=["3", suffix, "#"], now=now)
         text = "\n".join(licence.lines)
-        assert "[licence_read] 您的驾驶证状态为正常，本记分周期累计记分九分，有效期至" in text
+        assert "[licence_read] 您的驾驶证状态为正常，本记分周期累积记分九分，有效期至" in text
         vehicles = await simulator.simulate(BOOK, redis, KEYS, ivr=IvrConfig(), caller=SAMPLE_CALLER_NINE_POINTS,
                                             key_groups=["4", suffix + "#", "#"], now=now)
         text = "\n".join(vehicles.lines)

@@ -33,6 +33,7 @@ from gateway.ivr.menus import (
     chinese_number,
     load_menus,
     parse_menus,
+    spoken_time,
 )
 
 IVR_YAML = Path(__file__).resolve().parents[2] / "config" / "ivr.yaml"
@@ -182,11 +183,11 @@ def test_values_only_speak_clips_that_exist(book: MenuBook) -> None:
     """The clips of a filled readback are all among the files prompts build makes."""
     files = {c.name for c in book.all_clips()}
     variables = {"booking_no": "20261130001", "subject": "科目二", "site": "集美灌口考场",
-                 "exam_date": "2026-11-30", "session": "8点30分至10点30分", "status": "已预约"}
+                 "exam_date": "2026-11-30", "session": "上午8点半至10点半", "status": "已预约"}
     clips = book.prompt_clips("booking_readback", variables)
     assert {c.name for c in clips} <= files
     assert "".join(c.text for c in clips) == (
-        "预约号二零二六一一三零零零一，科目二，集美灌口考场，二零二六年十一月三十日八点三十分至十点三十分，状态：已预约。"
+        "预约号二零二六幺幺三零零零幺，科目二，集美灌口考场，二零二六年十一月三十日上午八点半至十点半，状态：已预约。"
     )
 
 
@@ -213,7 +214,7 @@ class Caller:
         step = flow.start(now)
         while not isinstance(step, Finish):
             self.steps.append(step)
-            assert len(self.steps) < 500
+            assert len(self.steps) < 1000
             if self.hang_up_on is not None and self.hang_up_on(step) and not isinstance(step, RunAction):
                 step = flow.on_reply(AgiReply(AgiStatus.SUCCESS, result="-1"), now)
                 continue
@@ -243,7 +244,7 @@ class Caller:
         return [s.line for s in self.steps if not isinstance(s, RunAction)]
 
     def played(self) -> list[str]:
-        return [s.clip.name for s in self.steps if isinstance(s, Speak)]
+        return [s.clip.name for s in self.steps if isinstance(s, Speak) and not s.clip.name.startswith("pause-")]
 
 
 def flow_for(book: MenuBook, menu: str = "12123", hours: str = "08:30-17:30") -> CallFlow:
@@ -404,7 +405,7 @@ def test_transfer_outside_service_hours(book: MenuBook) -> None:
     finish = caller.run(flow_for(book), now=NIGHT)
     assert "agent_closed" in finish.path and finish.outcome == "invalid_input"
     spoken = "".join(s.clip.text for s in caller.steps if isinstance(s, Speak) and s.node == "agent_closed")
-    assert spoken == "人工服务时间为每天八点三十分至十七点三十分，请在服务时间内来电。"
+    assert spoken == "人工服务时间为每天上午八点半至下午五点半，请在服务时间内来电。"
     assert not any(TRANSFER_VARIABLE in line for line in caller.lines())
 
 
@@ -432,3 +433,43 @@ def test_service_hours() -> None:
     assert ServiceHours.parse("22:00-06:00").open_at(NIGHT)
     with pytest.raises(ValueError):
         ServiceHours.parse("8:30-17:30")
+
+
+# --- Mandarin as callers expect it ------------------------------------------------------
+
+
+def test_numbers_to_dial_are_read_with_yao(book: MenuBook) -> None:
+    """Booking and phone numbers and 12123 are read digit by digit with 1 as 幺; small
+    quantities stay numbers (十二分)."""
+    voice = book.voice
+    assert "".join(c.text for c in voice.value("20261130001", "digits")) == "二零二六幺幺三零零零幺"
+    assert "".join(c.text for c in voice.text("12123，12分")) == "幺二幺二三十二分"
+
+
+def test_dates_and_times_read_naturally() -> None:
+    """A date near the call's day goes without its year (十二月九日); times are 上午八点半,
+    下午两点; a slot 上午八点半至十点半."""
+    today = date(2026, 12, 2)
+    assert chinese_date(date(2026, 12, 9), today) == "十二月九日"
+    assert chinese_date(date(2027, 1, 5), today) == "一月五日"
+    assert chinese_date(date(2030, 11, 23), today) == "二零三零年十一月二十三日"
+    assert spoken_time("08:30") == "上午8点半" and spoken_time("14:00") == "下午2点"
+    assert spoken_time("08:30-10:30") == "上午8点半至10点半"
+    assert spoken_time("11:30-13:05") == "上午11点半至下午1点05分"
+    assert spoken_time("上午") == "上午"
+    voice = Voice([])
+    assert "".join(c.text for c in voice.value("2026-12-09", "date", today)) == "十二月九日"
+    assert "".join(c.text for c in voice.value("14:00-16:30", "time")) == "下午两点至四点半"
+
+
+def test_punctuation_is_a_pause_between_clips(book: MenuBook) -> None:
+    """A comma or full stop that ends a part is followed by a short or long silence, so
+    "…状态：已预约。确认取消…" does not run together; the pauses are files prompts build makes."""
+    variables = {"booking_no": "20261130001", "subject": "科目二", "site": "集美灌口考场",
+                 "exam_date": "2026-11-30", "session": "上午", "status": "已预约"}
+    names = [c.name for c in book.prompt_clips("booking_readback", variables)]
+    assert names[-1] == "pause-long"  # after 。
+    assert names[names.index("booking_readback-1") + 1] != "pause-short"  # 预约号 runs into the number
+    assert names.count("pause-short") >= 4  # the commas and the colon
+    files = {c.name for c in book.all_clips()}
+    assert {"pause-short", "pause-long"} <= files

@@ -195,6 +195,8 @@ async def test_help_and_unrecognised_list_the_keywords(redis_url: str, text: str
     async with harness(redis_url) as h:
         reply = await h.send(STRANGER, text)
         assert "CXYY" in reply and "QXYY" in reply and "CXJF" in reply
+        # The signature 【交管12123】 names the service; the text does not repeat it.
+        assert "交管12123" not in reply
 
 
 # --- identity ----------------------------------------------------------------------------
@@ -208,6 +210,7 @@ async def test_sender_not_on_record_is_told_so_and_nothing_else(redis_url: str, 
         booking = h.sample.cancellable_booking
         reply = await h.send(STRANGER, text.format(booking=booking))
         assert reply == NOT_ON_RECORD_TEXT
+        assert "交管12123 App" in reply and "车管所" in reply  # both ways to change the number
         assert await h.redis.exists(KEYS.mo_cancel_code(STRANGER)) == 0
         assert await h.booking_status(booking) == "booked"
 
@@ -233,7 +236,7 @@ async def test_a_shared_phone_answers_for_each_person_with_masked_names(redis_ur
         await h.redis.hset(KEYS.person(relative.id_number.digits), mapping=dict(person_to_hash(relative)))
         await h.redis.sadd(KEYS.person_by_phone(SAMPLE_CALLER), relative.id_number.digits)
         reply = await h.send(SAMPLE_CALLER, "CXJF")
-        assert "林*华：驾驶证（C1）状态：正常，本记分周期累计记分2分" in reply
+        assert "林*华：驾驶证（C1）状态：正常，本记分周期累积记分2分" in reply
         assert "林*燕：您名下暂无驾驶证信息" in reply
         assert "林国华" not in reply and "350203196001011234" not in reply
 
