@@ -37,7 +37,7 @@ def account_limits(carrier: CarrierConfig, redis: Any, prefix: str, clock: IReac
     limits = AccountLimits(bind_retry_seconds=max(0.5, carrier.bind_lease_seconds / 3))
     if carrier.account_tps:
         limits.rate = AccountRateLimiter(redis, account_key(prefix, carrier.name), carrier.account_tps, clock,
-                                         account=carrier.name)
+                                         account=carrier.name, own_tps=carrier.tps_limit)
     if carrier.max_binds:
         table = LeaseTable(redis, bind_leases_key(prefix, carrier.name), carrier.max_binds,
                            carrier.bind_lease_seconds)

@@ -26,7 +26,11 @@ batch of send slots at a time and spends them on its own:
   reservations) so that one reservation covers about ``PREFETCH_SECONDS``; it is
   bounded by ``PREFETCH_SECONDS`` of the *whole* account's rate, so one process
   never holds more than 50 ms of the account and three busy processes call Redis
-  about 20 times per second each instead of once per submit.
+  about 20 times per second each instead of once per submit.  A process that sends
+  slower than the account (its own binds' ``tps_limit``, its window) spends slots that
+  are one *account* interval apart at its own pace, falling behind by the difference
+  with each one: the batch is also cut to what it can spend before the last slot is
+  ``max_lateness`` late, or the end of every batch would be dropped.
 
 `AccountRateLimiter` is the Twisted/asyncio shell: ``take(now)`` answers at once from
 the reservations and, when they run low, starts one reservation call in the
@@ -123,8 +127,10 @@ class SlotReservations:
     """
 
     def __init__(self, account_tps: float, *, max_lateness_seconds: float = MAX_LATENESS_SECONDS,
-                 prefetch_seconds: float = PREFETCH_SECONDS, now: float = 0.0) -> None:
+                 prefetch_seconds: float = PREFETCH_SECONDS, own_tps: float | None = None,
+                 now: float = 0.0) -> None:
         self.account_tps = account_tps
+        self.own_tps = own_tps  # this process's own ceiling (its binds' tps_limit), if any
         self.max_lateness = max_lateness_seconds
         self.prefetch_seconds = prefetch_seconds
         self.max_batch = max(1, int(account_tps * prefetch_seconds))
@@ -136,6 +142,7 @@ class SlotReservations:
         self._spent_at_mark = 0
         self._mark = now
         self._starved = False  # a take found nothing while a reservation was needed
+        self._last_batch = 0
 
     @property
     def remaining(self) -> int:
@@ -190,20 +197,30 @@ class SlotReservations:
         return last[0] + (last[1] - 1) * last[2] - now < lead_seconds
 
     def batch_size(self, now: float) -> int:
-        """Slots to ask for now: about prefetch_seconds of the recent rate (doubled while
-        starved, so a process that starts sending reaches its rate in a few calls),
-        within [MIN_BATCH, max_batch]."""
+        """Slots to ask for now: about prefetch_seconds of the recent rate, or twice the
+        last batch while starved (the rate measures what the process got, not what it
+        wants: doubling lets a process that gets few slots catch up with one that got
+        many), within [MIN_BATCH, max_batch] and what it can spend in time."""
         elapsed = now - self._mark
         if elapsed > 0:
             measured = (self.spent - self._spent_at_mark) / elapsed
             # Smooth over a few reservations; a fresh measurement counts half.
             self._rate = measured if self._rate == 0 else (self._rate + measured) / 2
             self._mark, self._spent_at_mark = now, self.spent
-        wanted = math.ceil(self._rate * self.prefetch_seconds)
+        rate = self._rate if self.own_tps is None else min(self._rate, self.own_tps)
+        wanted = math.ceil(rate * self.prefetch_seconds)
         if self._starved:
-            wanted *= 2
+            wanted = max(wanted, 2 * self._last_batch)
             self._starved = False
-        return max(min(MIN_BATCH, self.max_batch), min(self.max_batch, wanted))
+        pace = self.own_tps if self.own_tps is not None else rate
+        if 0 < pace < self.account_tps:
+            # Spending slots 1/account_tps apart at `pace`, slot k is k * (1/pace -
+            # 1/account_tps) late: stop where that reaches half of max_lateness (the
+            # other half is for the reactor's own delays).
+            falls_behind = 1 / pace - 1 / self.account_tps
+            wanted = min(wanted, math.floor(self.max_lateness / 2 / falls_behind) + 1)
+        self._last_batch = max(min(MIN_BATCH, self.max_batch), min(self.max_batch, wanted))
+        return self._last_batch
 
 
 class AccountRateLimiter:
@@ -219,14 +236,15 @@ class AccountRateLimiter:
     """
 
     def __init__(self, redis: Any, key: str, account_tps: float, clock: IReactorTime, *,
-                 account: str = "", on_slots: Callable[[], None] | None = None) -> None:
+                 account: str = "", on_slots: Callable[[], None] | None = None,
+                 own_tps: float | None = None) -> None:
         self._redis = redis
         self.key = key
         self.account = account
         self.account_tps = account_tps
         self._clock = clock
         self.on_slots = on_slots
-        self.reservations = SlotReservations(account_tps, now=clock.seconds())
+        self.reservations = SlotReservations(account_tps, own_tps=own_tps, now=clock.seconds())
         self._interval_us = emission_interval_us(account_tps)
         self._horizon_us = int(HORIZON_SECONDS * 1_000_000)
         self._script: Any = None

@@ -20,6 +20,7 @@ from gateway.fleet.tps import (
     emission_interval_us,
     reserve_slots,
 )
+from gateway.smpp.throttle import TokenBucket
 from tests.aio import on_asyncio, redis_client
 
 
@@ -79,15 +80,18 @@ def test_reserve_slots_spaces_every_grant_one_interval_apart() -> None:
     assert granted == 1 and first == 0  # after an idle spell: from now, no burst
 
 
-def simulate_fleet(processes: int, account_tps: float, seconds: float, seed: int) -> tuple[Counter[int], int]:
+def simulate_fleet(processes: int, account_tps: float, seconds: float, seed: int,
+                   link_tps: float | None = None, stalls: bool = True) -> tuple[Counter[int], int]:
     """Processes with unlimited demand sharing one GCRA key (reserve_slots as Redis), with
-    random round trips and reactor stalls; returns submits per 1 s window and the total."""
+    random round trips and reactor stalls, each behind its own link's token bucket when
+    ``link_tps`` is given (as CarrierLink._pump); returns submits per 1 s window and the total."""
     rng = random.Random(seed)
+    buckets = [TokenBucket(link_tps, max(1.0, link_tps / 10)) if link_tps else None for _ in range(processes)]
     interval_us = emission_interval_us(account_tps)
     horizon_us = int(HORIZON_SECONDS * 1e6)
     tat = 0
     step = 0.0005
-    cores = [SlotReservations(account_tps, now=0.0) for _ in range(processes)]
+    cores = [SlotReservations(account_tps, own_tps=link_tps, now=0.0) for _ in range(processes)]
     replies: list[list[tuple[float, int, int, int, int]]] = [[] for _ in range(processes)]
     reserving = [False] * processes
     busy_until = [0.0] * processes
@@ -102,14 +106,21 @@ def simulate_fleet(processes: int, account_tps: float, seconds: float, seed: int
                 _, granted, first_us, interval, _ = reply
                 core.grant(granted, first_us / 1e6, interval / 1e6, received_at=now)
                 reserving[p] = False
-            if p == 0 and 0.95 <= now % 1.0 < 0.951:
+            if stalls and p == 0 and 0.95 <= now % 1.0 < 0.951:
                 busy_until[p] = now + 0.1  # a stall across each window's end, the worst place
             if now < busy_until[p]:
                 continue
-            if rng.random() < 0.0003:
+            if stalls and rng.random() < 0.0003:
                 busy_until[p] = now + rng.uniform(0.05, 0.25)  # the reactor stalls
                 continue
-            while core.take(now) == 0.0:
+            bucket = buckets[p]
+            while True:
+                if bucket is not None and bucket.take(now) > 0:
+                    break
+                if core.take(now) > 0:
+                    if bucket is not None:
+                        bucket.refund()
+                    break
                 windows[int(now)] += 1
                 total += 1
             if not reserving[p] and core.needs_reservation(now):
@@ -176,3 +187,20 @@ async def test_limiter_on_real_redis_holds_two_processes_to_the_account_rate(red
         assert all(spent)
         calls = sum(limiter.reservation_calls for limiter in limiters)
         assert calls < sum(spent) / 3
+
+
+def test_processes_slower_than_the_account_use_their_slots_instead_of_dropping_them() -> None:
+    """Three processes whose binds send 300/s each in an account of 900/s: batches are cut
+    to what each can spend in time, so the fleet reaches the account's rate."""
+    windows, total = simulate_fleet(3, 900.0, 5.0, seed=7, link_tps=300.0, stalls=False)
+    assert total >= 900 * 5 * 0.95, (total, windows)
+    assert max(windows.values()) <= 900 * 1.05
+
+
+def test_links_faster_than_their_share_are_held_to_the_account() -> None:
+    """Three processes whose binds could send 600/s each: the account's 900/s holds them."""
+    windows, total = simulate_fleet(3, 900.0, 5.0, seed=8, link_tps=600.0, stalls=False)
+    assert max(windows.values()) <= 900 * 1.05, windows
+    assert total >= 900 * 5 * 0.95, (total, windows)
+    windows, _ = simulate_fleet(3, 900.0, 5.0, seed=9, link_tps=600.0)  # with stalls
+    assert max(windows.values()) <= 900 * 1.05, windows
