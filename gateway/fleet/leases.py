@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``lease.lua`` keeps, per account (or trunk), a sorted set of holders scored by the
+``lua/lease.lua`` keeps, per account (or trunk), a sorted set of holders scored by the
 Redis-clock time their lease expires.  A holder is named ``<host>-<pid>-<what>``.
 
 * **Acquire** before the scarce thing is used: a bind slot asks before it connects, a
@@ -31,7 +31,6 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -41,6 +40,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.store.bridge import as_deferred
+from gateway.store.scripts import register_lua
 from gateway.store.service import REDIS_ERRORS
 
 __all__ = [
@@ -56,7 +56,7 @@ __all__ = [
 
 log = Logger()
 
-LEASE_LUA = Path(__file__).with_name("lease.lua")
+LEASE_LUA = "lease.lua"  # gateway/fleet/lua/lease.lua, loaded by gateway.store.scripts
 LEASE_ERRORS = (*REDIS_ERRORS, ResponseError)
 
 # Renew (and check the fence) this many times per lease time: two renewals may fail (a
@@ -102,7 +102,7 @@ class LeaseTable:
 
     async def _run(self, holder: str, mode: str) -> bool:
         if self._script is None:
-            self._script = self._redis.register_script(LEASE_LUA.read_text(encoding="utf-8"))
+            self._script = register_lua(self._redis, __file__, LEASE_LUA)
         granted, _count = await self._script(
             keys=[self.key], args=[holder, int(self.lease_seconds * 1000), self.limit, mode])
         return bool(int(granted))

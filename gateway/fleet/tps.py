@@ -1,4 +1,4 @@
-"""A carrier account's TPS, fleet-wide: send slots reserved in Redis (gcra.lua), spent locally.
+"""A carrier account's TPS, fleet-wide: send slots reserved in Redis (lua/gcra.lua), spent locally.
 
 Theory of operation
 -------------------
@@ -7,7 +7,7 @@ bind of that account, whichever gateway process or host it is in.  Asking Redis 
 each submit_sm would cost a round trip per part; instead a process *reserves* a small
 batch of send slots at a time and spends them on its own:
 
-* ``gcra.lua`` is GCRA in reservation form: one key per account holds the theoretical
+* ``lua/gcra.lua`` is GCRA in reservation form: one key per account holds the theoretical
   arrival time (TAT); a call for ``n`` slots gets ``k <= n`` consecutive slots, one
   emission interval (1 / account_tps) apart, starting at the TAT, none later than a
   short horizon ahead of now.  All slots of the account, over all processes, are
@@ -49,13 +49,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.store.bridge import as_deferred
+from gateway.store.scripts import register_lua
 
 __all__ = [
     "AccountRateLimiter",
@@ -66,7 +66,7 @@ __all__ = [
 
 log = Logger()
 
-GCRA_LUA = Path(__file__).with_name("gcra.lua")
+GCRA_LUA = "gcra.lua"  # gateway/fleet/lua/gcra.lua, loaded by gateway.store.scripts
 
 # One reservation covers about this much of a process's own recent rate, and never more
 # than this much of the whole account: 50 ms means about 20 Redis calls per second per
@@ -277,7 +277,7 @@ class AccountRateLimiter:
 
         try:
             if self._script is None:
-                self._script = self._redis.register_script(GCRA_LUA.read_text(encoding="utf-8"))
+                self._script = register_lua(self._redis, __file__, GCRA_LUA)
             self.reservation_calls += 1
             reply = await self._script(keys=[self.key],
                                        args=[self._interval_us, wanted, self._horizon_us])

@@ -10,6 +10,7 @@ from collections import Counter
 import redis as sync_redis
 from twisted.internet import reactor
 
+from gateway.fleet import tps as tps_module
 from gateway.fleet.tps import (
     GCRA_LUA,
     HORIZON_SECONDS,
@@ -21,6 +22,7 @@ from gateway.fleet.tps import (
     reserve_slots,
 )
 from gateway.smpp.throttle import TokenBucket
+from gateway.store.scripts import lua_source
 from tests.aio import on_asyncio, redis_client
 
 
@@ -150,7 +152,7 @@ def test_gcra_script_grants_what_the_python_reference_grants(redis_url: str) -> 
     stop at the horizon, and the key carries the account's hash tag."""
     client = sync_redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        script = client.register_script(GCRA_LUA.read_text())
+        script = client.register_script(lua_source(tps_module.__file__, GCRA_LUA))
         key = account_key("12123:", "cmcc")
         assert key == "12123:{acct:cmcc}:gcra"
         interval = emission_interval_us(1000.0)  # 1 ms
