@@ -34,7 +34,8 @@ from gateway.store.service import RedisService
 log = Logger()
 
 # Stop order: first those that take new work in, last the ones everything else needs.
-STOP_ORDER = ("http", "smpp-listener", "fastagi", "push", "mo", "ami", "domain-repair", "smpp-links", "redis")
+STOP_ORDER = ("http", "smpp-listener", "fastagi", "push", "mo", "ami", "domain-repair", "smpp-links", "fleet",
+              "redis")
 
 
 def tcp_endpoint_service(reactor: Any, listen: str, factory: Any) -> StreamServerEndpointService:
@@ -129,8 +130,9 @@ def build_gateway(config: Config, reactor: IReactorCore) -> GatewayService:
     _add_components(root, config, reactor)
     root.readiness_checks["carrier_bound"] = lambda: any(link.is_bound() for link in root.carrier_links.values())
 
+    api, console = _add_operations(root, config, reactor)
     if config.http.enabled:
-        site = build_site(config.http, readiness=root.readiness, v1=root.v1_resource,
+        site = build_site(config.http, readiness=root.readiness, v1=root.v1_resource, api=api, console=console,
                           reactor=cast(IReactorTime, reactor))
         http = tcp_endpoint_service(reactor, config.http.listen, site)
         http.setName("http")
@@ -251,6 +253,42 @@ def _add_cancellation_repair(root: GatewayService, redis: Any, keys: Any, reacto
     service.clock = reactor
     service.setName("domain-repair")
     service.setServiceParent(root)
+
+
+def _add_operations(root: GatewayService, config: Config, reactor: Any) -> tuple[Any, Any]:
+    """Fleet status reporting and control (gateway/ops/fleet.py), the operations API and
+    the console (gateway/http/api.py, gateway/http/console/)."""
+    from gateway.http.api import ApiContext, OperationsApi
+    from gateway.http.console import console_resource
+    from gateway.ops.fleet import FleetReporter
+    from gateway.push.queue import QuietHoursPolicy
+
+    assert root.redis is not None
+    redis_service = root.redis
+    extras: dict[str, Callable[[], Any]] = {}
+    reminders = _find_reminders(root)
+    if reminders is not None:
+        trunk = config.ami.trunk
+        extras["voice_calls"] = lambda: {trunk: reminders.open_calls()}
+    listener = service_named(root, "smpp-listener")
+    if listener is not None and hasattr(listener, "partners_bound"):
+        extras["partners_bound"] = listener.partners_bound
+    reporter = FleetReporter(lambda: redis_service.client, redis_service.keys, root.carrier_links, reactor,
+                             extras=extras)
+    reporter.setServiceParent(root)
+    policy = QuietHoursPolicy(config.push.quiet_hours.start, config.push.quiet_hours.end,
+                              config.push.quiet_hours.timezone)
+    context = ApiContext(
+        redis=lambda: redis_service.client, keys=redis_service.keys, token=config.http.token.reveal(),
+        carriers=lambda: {c.name: c for c in root.config.carriers if c.enabled},
+        quiet_until=policy.quiet_until, clock=reactor, status_ttl_seconds=reporter.ttl_seconds,
+        timezone=config.push.quiet_hours.timezone)
+    return OperationsApi(context), console_resource()
+
+
+def _find_reminders(root: GatewayService) -> Any:
+    voice = service_named(root, "ami")
+    return getattr(voice, "reminders", None)
 
 
 def service_named(root: MultiService, name: str) -> IService | None:

@@ -1,357 +1,50 @@
-"""`gateway` command line: the only module that touches the global reactor.
+"""`gateway` command line: argument parsing (the bodies are in gateway/commands.py).
 
     gateway run -c config/gateway.yaml [--log-format json]
     gateway check-config -c FILE
     gateway enqueue -c FILE --type T --to NUMBER --param k=v ...
     gateway status -c FILE ID
-    gateway dead-letters list|retry ID...
+    gateway dead-letters list|retry [ID...]
+    gateway carriers [stop|start|isolate NAME | tps NAME VALUE]
+    gateway queues | search --phone N | batch cancel ID | audit | users add|passwd|remove|list
     gateway seed -c FILE --sample
     gateway smsc-sim [options]
     gateway ivr-sim -c FILE --caller NUMBER --keys 2,20261130001#,1
     gateway prompts build -c FILE
     gateway demo -c FILE
 
-Exit codes: 0 success, 1 failure at run time, 2 bad configuration or usage.
+Exit codes: 0 success, 1 failure at run time (not found, rejected, refused), 2 bad
+configuration or usage.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import signal
-import sys
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from importlib import metadata
 from typing import Any
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+from gateway import commands
+from gateway.commands import EXIT_FAILURE, default_config
+
+__all__ = ["build_parser", "main"]
 
 
-def install_reactor() -> Any:
-    """Twisted on asyncio, so redis-py's asyncio client shares the loop."""
-    from twisted.internet import asyncioreactor
-
-    if "twisted.internet.reactor" not in sys.modules:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        asyncioreactor.install(loop)
-    from twisted.internet import reactor
-
-    return reactor
-
-
-def default_config() -> str:
-    local = Path("config/gateway.yaml")
-    if local.exists():
-        return str(local)
-    from gateway.config import default_config_path
-
-    return str(default_config_path())
-
-
-def load_or_exit(path: str) -> Any:
-    from gateway.config import ConfigError, load_config
-
+def _version() -> str:
     try:
-        config = load_config(path)
-        problems = check_referenced(config)
-    except ConfigError as e:
-        problems = e.problems
-    if problems:
-        print(f"configuration error{'s' if len(problems) > 1 else ''}:", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG)
-    return config
-
-
-def menus_or_exit(config: Any) -> Any:
-    """The voice menus `config` names; a broken menu file prints its problems and exits 2."""
-    from gateway.config import ConfigError
-    from gateway.ivr.menus import load_menus
-
-    try:
-        return load_menus(config.resolve(config.ivr.menus_file))
-    except ConfigError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
-
-
-def check_referenced(config: Any) -> list[str]:
-    """Problems in the files gateway.yaml refers to (templates, menus, prompts)."""
-    from gateway.config import ConfigError
-
-    problems: list[str] = []
-    for loader in _referenced_file_checks():
-        try:
-            problems.extend(loader(config))
-        except ConfigError as e:
-            problems.extend(e.problems)
-    return problems
-
-
-def _referenced_file_checks() -> list[Callable[[Any], list[str]]]:
-    checks: list[Callable[[Any], list[str]]] = []
-    try:
-        from gateway.push.render import check_templates_file  # type: ignore[attr-defined]
-
-        checks.append(check_templates_file)
-    except ImportError:
-        pass
-    try:
-        from gateway.ivr.menus import check_menus_file  # type: ignore[attr-defined]
-
-        checks.append(check_menus_file)
-    except ImportError:
-        pass
-    return checks
-
-
-# --------------------------------------------------------------------------------------
-# run
-# --------------------------------------------------------------------------------------
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    reactor = install_reactor()
-    from twisted.logger import Logger
-
-    from gateway.app import build_gateway
-    from gateway.logs import start_logging
-
-    start_logging(args.log_format or config.logging.format, args.log_level or config.logging.level)
-    from twisted.internet.protocol import Factory
-
-    Factory.noisy = False  # "Starting factory ..." on every reconnect says nothing to an operator
-    log = Logger(namespace="gateway")
-    root = build_gateway(config, reactor)
-    exit_code = [EXIT_OK]
-
-    def start() -> None:
-        try:
-            root.startService()
-        except Exception:
-            log.failure("gateway failed to start")
-            exit_code[0] = EXIT_FAILURE
-            reactor.stop()
-            return
-        log.info("gateway12123 running (pid {pid})", pid=os.getpid())
-
-    def reload() -> None:
-        from gateway.config import ConfigError
-
-        try:
-            from gateway.config import load_config
-
-            new_config = load_config(args.config)
-            problems = check_referenced(new_config)
-            if problems:
-                raise ConfigError(problems)
-            root.reload(new_config)
-        except ConfigError as e:
-            log.warn("SIGHUP: configuration not reloaded, keeping the old one: {problems}", problems="; ".join(e.problems))
-        else:
-            log.info("SIGHUP: templates and menus reloaded")
-
-    stopping = [False]
-
-    def stop(signum: int) -> None:
-        # A second SIGTERM while draining changes nothing: the drain is already bounded.
-        if stopping[0]:
-            return
-        stopping[0] = True
-        log.info("{signal} received: stopping intake, draining, unbinding", signal=signal.Signals(signum).name)
-        reactor.stop()
-
-    def install_signal_handlers() -> None:
-        loop = asyncio.get_event_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop, signum)
-        loop.add_signal_handler(signal.SIGHUP, reload)
-
-    reactor.callWhenRunning(install_signal_handlers)
-    reactor.callWhenRunning(start)
-    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
-    reactor.run(installSignalHandlers=False)
-    return exit_code[0]
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    print(f"{args.config}: OK ({len(config.carriers)} carriers)")
-    for warning in prompt_warnings(config):
-        print(f"warning: {warning}", file=sys.stderr)
-    return EXIT_OK
-
-
-def prompt_warnings(config: Any) -> list[str]:
-    """Voice prompts the menus use that have no sound file yet (Asterisk would play silence)."""
-    if not config.ivr.fastagi.enabled:
-        return []
-    from gateway.ivr.menus import load_menus
-    from gateway.ivr.prompts import missing_prompts
-
-    book = load_menus(config.resolve(config.ivr.menus_file))
-    missing = missing_prompts(book, config.ivr.sounds_dir)
-    if not missing:
-        return []
-    shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-    return [f"ivr.sounds_dir: {len(missing)} prompts missing in {config.ivr.sounds_dir} ({shown}); "
-            "run `gateway prompts build`"]
-
-
-# --------------------------------------------------------------------------------------
-# commands that talk to Redis once and exit
-# --------------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def redis_for(config: Any):  # type: ignore[no-untyped-def]
-    """A client for the config's Redis; with `embedded`, the running daemon's server or
-    a temporary one on the same data directory (the daemon picks the data up later)."""
-    from gateway.store.embedded import RedisServerProcess
-    from gateway.store.keys import Keys
-    from gateway.store.service import make_client
-
-    temporary: RedisServerProcess | None = None
-    if config.redis.url == "embedded":
-        server = RedisServerProcess(data_dir=Path(config.redis.data_dir).resolve())
-        if server.running_elsewhere():
-            url = f"unix://{server.socket_path}"
-        else:
-            server.start()
-            temporary = server
-            url = server.url
-    else:
-        url = config.redis.url
-    client = make_client(url)
-    try:
-        yield client, Keys(config.redis.prefix)
-    finally:
-        await client.aclose()
-        if temporary is not None:
-            temporary.stop()
-
-
-def run_async(main: Callable[[], Awaitable[int]]) -> int:
-    """Run an asyncio coroutine on the Twisted asyncio reactor and return its exit code."""
-    reactor = install_reactor()
-    from twisted.internet.defer import Deferred
-
-    result = [EXIT_FAILURE]
-
-    async def wrapper() -> None:
-        try:
-            result[0] = await main()
-        finally:
-            reactor.callLater(0, reactor.stop)
-
-    def go() -> None:
-        d = Deferred.fromFuture(asyncio.ensure_future(wrapper()))
-        d.addErrback(lambda f: (print(f"error: {f.getErrorMessage()}", file=sys.stderr), f.printTraceback(file=sys.stderr)))
-
-    reactor.callWhenRunning(go)
-    reactor.run(installSignalHandlers=False)
-    return result[0]
-
-
-def cmd_enqueue(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    params: dict[str, str] = {}
-    for item in args.param or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"--param {item!r}: expected name=value", file=sys.stderr)
-            return EXIT_CONFIG
-
-        params[key] = value
-
-    async def main() -> int:
-        from gateway.push.intake import enqueue
-
-        async with redis_for(config) as (redis, keys):
-            notification_id = await enqueue(
-                redis, keys, type=args.type, to=args.to, params=params, priority=args.priority,
-                id=args.id, channel=args.channel, expires_at=args.expires_at,
-            )
-        print(notification_id)
-        return EXIT_OK
-
-    return run_async(main)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-
-    async def main() -> int:
-        from gateway.push.intake import status
-
-        async with redis_for(config) as (redis, keys):
-            state = await status(redis, keys, args.id)
-        if state is None:
-            print(json.dumps({"id": args.id, "error": "not found"}, ensure_ascii=False))
-            return EXIT_FAILURE
-        print(json.dumps(state, ensure_ascii=False, indent=2, sort_keys=True))
-        return EXIT_OK
-
-    return run_async(main)
-
-
-def cmd_dead_letters(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-
-    async def main() -> int:
-        from gateway.push.deadletters import list_dead_letters, retry_dead_letters
-
-        async with redis_for(config) as (redis, keys):
-            if args.action == "list":
-                for row in await list_dead_letters(redis, keys):
-                    print(json.dumps(row, ensure_ascii=False, sort_keys=True))
-            else:
-                if not args.ids:
-                    print("dead-letters retry: give at least one notification id", file=sys.stderr)
-                    return EXIT_CONFIG
-                for row in await retry_dead_letters(redis, keys, args.ids):
-                    print(json.dumps(row, ensure_ascii=False, sort_keys=True))
-        return EXIT_OK
-
-    return run_async(main)
-
-
-def cmd_seed(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    if not args.sample:
-        print("seed: only --sample is supported (core systems write their own data)", file=sys.stderr)
-        return EXIT_CONFIG
-
-    async def main() -> int:
-        import datetime as dt
-        import zoneinfo
-
-        from gateway.domain.sample import load_sample
-
-        today = dt.datetime.now(zoneinfo.ZoneInfo(config.push.quiet_hours.timezone)).date()
-        async with redis_for(config) as (redis, keys):
-            summary = await load_sample(redis, keys, today=today)
-        print(f"sample data loaded: {summary}")
-        return EXIT_OK
-
-    return run_async(main)
-
-
-# --------------------------------------------------------------------------------------
-# argument parsing
-# --------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
+        return metadata.version("gateway12123")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; `argv` (when known) lets it skip importing the parts whose commands are
+    not being run (the simulators' option tables import most of Twisted: seconds on a
+    busy machine, for every `gateway queues`)."""
     parser = argparse.ArgumentParser(prog="gateway", description="gateway12123: SMS and voice gateway for 12123")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"gateway12123 {_version()}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", default=default_config(), help="gateway.yaml (default: config/gateway.yaml)")
@@ -360,50 +53,136 @@ def build_parser() -> argparse.ArgumentParser:
     run = with_config(sub.add_parser("run", help="run the gateway daemon"))
     run.add_argument("--log-format", choices=("text", "json"), help="override logging.format")
     run.add_argument("--log-level", choices=("debug", "info", "warn", "error"), help="override logging.level")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=commands.cmd_run)
 
     check = with_config(sub.add_parser("check-config", help="check a configuration and exit (2 on errors)"))
-    check.set_defaults(func=cmd_check_config)
+    check.set_defaults(func=commands.cmd_check_config)
 
-    enqueue = with_config(sub.add_parser("enqueue", help="hand a notification to the pipeline; prints its id"))
+    enqueue = with_config(sub.add_parser(
+        "enqueue", help="hand a notification to the pipeline; prints its id (exit 1 if it would be rejected)"))
     enqueue.add_argument("--type", required=True, help="notification type (templates.yaml)")
     enqueue.add_argument("--to", required=True, help="mobile number")
     enqueue.add_argument("--param", action="append", metavar="NAME=VALUE", help="template parameter (repeatable)")
-    enqueue.add_argument("--priority", choices=("high", "normal", "bulk"))
-    enqueue.add_argument("--channel", choices=("sms", "voice", "auto"), default="sms")
+    enqueue.add_argument("--priority", choices=("high", "normal", "bulk"), help="lane (default: the type's)")
+    enqueue.add_argument("--channel", choices=("sms", "voice", "auto"), default="sms",
+                         help="sms, voice, or auto (voice after SMS failed)")
     enqueue.add_argument("--id", help="idempotency key (default: a new one)")
     enqueue.add_argument("--expires-at", type=float, help="Unix seconds after which it is not sent")
-    enqueue.set_defaults(func=cmd_enqueue)
+    enqueue.set_defaults(func=commands.cmd_enqueue)
 
-    status = with_config(sub.add_parser("status", help="print a notification's state as JSON"))
-    status.add_argument("id")
-    status.set_defaults(func=cmd_status)
+    status = with_config(sub.add_parser("status", help="print a notification's state as JSON (exit 1 if unknown)"))
+    status.add_argument("id", help="notification id")
+    status.set_defaults(func=commands.cmd_status)
 
     dead = with_config(sub.add_parser("dead-letters", help="list or retry failed and rejected notifications"))
-    dead.add_argument("action", choices=("list", "retry"))
-    dead.add_argument("ids", nargs="*")
-    dead.set_defaults(func=cmd_dead_letters)
+    dead.add_argument("action", choices=("list", "retry"), help="list them, or retry the given ids")
+    dead.add_argument("ids", nargs="*", help="notification ids (retry only)")
+    dead.add_argument("--type", help="list: only this notification type")
+    dead.add_argument("--carrier", help="list: only those that failed at this carrier")
+    dead.add_argument("--reason", help="list: only those whose error or reason contains this")
+    dead.add_argument("--limit", type=int, default=100, help="list: at most this many (newest first)")
+    dead.add_argument("--param", action="append", metavar="NAME=VALUE",
+                      help="retry one id with this parameter corrected first (repeatable)")
+    dead.set_defaults(func=commands.cmd_dead_letters)
+
+    carriers = with_config(sub.add_parser(
+        "carriers", help="fleet-wide carrier status; stop, start, isolate a carrier or change its TPS"))
+    carriers.add_argument("action", nargs="?", choices=("stop", "start", "isolate", "tps"),
+                          help="what to do (none: show the status of every carrier)")
+    carriers.add_argument("name", nargs="?", help="carrier name (carriers[].name)")
+    carriers.add_argument("tps", nargs="?", help="tps: submit_sm per second in each process, or 'default'")
+    carriers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    carriers.set_defaults(func=commands.cmd_carriers)
+
+    queues = with_config(sub.add_parser("queues", help="lanes, quiet-hours held, awaiting receipt, dead letters, voice"))
+    queues.add_argument("--json", action="store_true", help="print JSON instead of text")
+    queues.set_defaults(func=commands.cmd_queues)
+
+    search = with_config(sub.add_parser("search", help="find notifications (numbers are shown masked); exit 1 if none"))
+    by = search.add_mutually_exclusive_group(required=True)
+    by.add_argument("--phone", help="the recipient's mobile number")
+    by.add_argument("--id", help="a notification id")
+    by.add_argument("--batch", help="a batch id (POST /v1/notifications answers it)")
+    search.add_argument("--limit", type=int, default=100, help="at most this many, newest first")
+    search.set_defaults(func=commands.cmd_search)
+
+    batch = with_config(sub.add_parser("batch", help="cancel a mistaken batch (only what is still queued or scheduled)"))
+    batch.add_argument("action", choices=("cancel",), help="cancel")
+    batch.add_argument("batch", nargs="?", help="batch id (or use --type with --since/--until)")
+    batch.add_argument("--type", help="cancel this notification type instead of a batch")
+    batch.add_argument("--since", help="with --type: accepted at or after (ISO 8601 local time, or Unix seconds)")
+    batch.add_argument("--until", help="with --type: accepted at or before")
+    batch.add_argument("--dry-run", action="store_true", help="only print how many would be cancelled")
+    batch.add_argument("--yes", action="store_true", help="cancel without asking")
+    batch.set_defaults(func=commands.cmd_batch)
+
+    audit = with_config(sub.add_parser("audit", help="operator actions, oldest of the newest first (JSON lines)"))
+    audit.add_argument("--limit", type=int, default=50, help="this many of the newest entries")
+    audit.add_argument("--action", help="only this action (e.g. carrier.stop)")
+    audit.add_argument("--user", help="only this user")
+    audit.set_defaults(func=commands.cmd_audit)
+
+    users = with_config(sub.add_parser("users", help="console accounts (roles viewer and operator)"))
+    users.add_argument("action", choices=("add", "passwd", "remove", "list"), help="what to do")
+    users.add_argument("name", nargs="?", help="user name")
+    users.add_argument("--role", choices=("viewer", "operator"), help="add: the role; passwd: change it too")
+    users.add_argument("--password-stdin", action="store_true",
+                       help="read the password from the first line of stdin (scripts) instead of asking")
+    users.set_defaults(func=commands.cmd_users)
 
     seed = with_config(sub.add_parser("seed", help="load core data into Redis"))
     seed.add_argument("--sample", action="store_true", help="the realistic sample set of the demo and tests")
-    seed.set_defaults(func=cmd_seed)
+    seed.set_defaults(func=commands.cmd_seed)
 
     reference = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     reference.set_defaults(func=lambda args: print(__import__("gateway.config").config.reference_markdown(), end="") or 0)
 
-    _add_optional_commands(sub, with_config)
+    _add_part_commands(sub, with_config, _command_in(argv))
     return parser
 
 
-def _add_optional_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
-    """Commands implemented by the parts: simulator, IVR walk-through, prompts, demo."""
-    from gateway import commands
+def _command_in(argv: Sequence[str] | None) -> str | None:
+    """The sub-command named in `argv` (None: unknown, so every part is loaded)."""
+    if argv is None:
+        return None
+    return next((a for a in argv if not a.startswith("-")), "")
 
-    commands.add_commands(sub, with_config)
+
+def _add_part_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
+                       command: str | None) -> None:
+    """Commands whose options the parts define: simulator, IVR walk-through, prompts, demo."""
+    smsc = sub.add_parser("smsc-sim", help="run the SMPP carrier (SMSC) simulator")
+    if command in (None, "smsc-sim"):
+        from gateway.smpp import simulator as smsc_simulator
+
+        smsc_simulator.add_arguments(smsc)
+    smsc.set_defaults(func=commands.cmd_smsc_sim)
+
+    ivr = with_config(sub.add_parser("ivr-sim", help="walk the voice menu without Asterisk; print what the caller hears"))
+    if command in (None, "ivr-sim"):
+        from gateway.ivr import simulator as ivr_simulator
+
+        ivr_simulator.add_arguments(ivr)
+    ivr.set_defaults(func=commands.cmd_ivr_sim)
+
+    prompts = sub.add_parser("prompts", help="Mandarin voice prompts")
+    prompts_sub = prompts.add_subparsers(dest="prompts_action", required=True, metavar="ACTION")
+    build = with_config(prompts_sub.add_parser("build", help="render every menu prompt with espeak-ng and sox (8 kHz WAV)"))
+    if command in (None, "prompts"):
+        from gateway.ivr import prompts as ivr_prompts
+
+        ivr_prompts.add_arguments(build)
+    build.set_defaults(func=commands.cmd_prompts)
+
+    demo = with_config(sub.add_parser("demo", help="run the whole gateway end to end on embedded defaults"))
+    demo.add_argument("--keep", action="store_true", help="keep the demo's Redis data (var/demo) afterwards")
+    demo.set_defaults(func=commands.cmd_demo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    import sys
+
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

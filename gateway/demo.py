@@ -38,7 +38,7 @@ def settled_states() -> frozenset[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from gateway.cli import EXIT_FAILURE, load_or_exit, run_async
+    from gateway.commands import EXIT_FAILURE, load_or_exit, run_async
 
     config = load_or_exit(args.config)
     data_dir = Path("var/demo/redis")

@@ -8,7 +8,8 @@ POST body: one request object or a list of them, each with the intake stream's f
 ``expires_at``, ``channel``).  A body that is not JSON, not an object or list of
 objects, empty, or longer than ``max_batch`` items is a bad request: 400 with
 ``{"error": "bad_request", "message": ...}`` and nothing recorded.  Otherwise the answer
-is 202 with what happened to each item, in order::
+is 202 (422 when every item was rejected) with what happened to each item, in order,
+and the batch the POST made (items without their own ``batch`` field join it)::
 
     {"accepted": [{"id": "a1", "state": "queued"},
                   {"id": "a2", "state": "queued", "duplicate": true}],
@@ -23,6 +24,7 @@ GET answers the notification's state as JSON with the recipient masked (200), or
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from gateway.http.json_resource import JsonResource
 from gateway.push.intake import Intake, IntakeRequest
 from gateway.push.state import AcceptOutcome, NotificationLedger
 from gateway.store.bridge import as_deferred
@@ -65,7 +68,7 @@ def _failed(request: Request, failure: Failure, what: str) -> None:
         _write_json(request, 500, {"error": "internal", "message": "internal error"})
 
 
-class NotificationsResource(Resource):
+class NotificationsResource(JsonResource):
     """/v1/notifications: POST accepts; /v1/notifications/{id}: GET reads."""
 
     def __init__(self, intake: Intake, ledger: NotificationLedger, *, max_batch: int = 1000) -> None:
@@ -93,10 +96,20 @@ class NotificationsResource(Resource):
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 return _bad_request(request, f"item {index} is not a JSON object")
-        requests = [IntakeRequest(fields=item, source="http") for item in items]
+        # Every POST is a batch operators can find and cancel (gateway/ops/actions.py);
+        # an item's own "batch" field wins.
+        batch = f"http-{uuid.uuid4().hex[:12]}"
+        requests = [IntakeRequest(fields=item if item.get("batch") else {**item, "batch": batch}, source="http")
+                    for item in items]
         d = as_deferred(self.intake.accept_many(requests))
-        d.addCallbacks(lambda outcomes: _write_json(request, 202, _answer(outcomes)),
-                       lambda failure: _failed(request, failure, "POST /v1/notifications"))
+
+        def answer(outcomes: list[AcceptOutcome]) -> None:
+            body = _answer(outcomes)
+            body["batch"] = batch  # type: ignore[assignment]
+            # Nothing accepted: 422, so a caller that only reads the status sees the refusal.
+            _write_json(request, 422 if body["rejected"] and not body["accepted"] else 202, body)
+
+        d.addCallbacks(answer, lambda failure: _failed(request, failure, "POST /v1/notifications"))
         return NOT_DONE_YET
 
 
@@ -114,7 +127,7 @@ def _answer(outcomes: list[AcceptOutcome]) -> dict[str, list[dict[str, Any]]]:
     return {"accepted": accepted, "rejected": rejected}
 
 
-class NotificationStatusResource(Resource):
+class NotificationStatusResource(JsonResource):
     isLeaf = True
 
     def __init__(self, ledger: NotificationLedger, notification_id: str) -> None:

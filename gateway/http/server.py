@@ -29,6 +29,7 @@ from twisted.web.server import Request, Site
 from gateway import metrics
 from gateway.config import HttpConfig
 from gateway.connections import ClosedAtOnce, RefusalLog
+from gateway.http.json_resource import JsonNotFound, JsonResource
 
 
 def json_response(request: Request, code: int, body: Any) -> bytes:
@@ -37,14 +38,14 @@ def json_response(request: Request, code: int, body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
 
-class Healthz(Resource):
+class Healthz(JsonResource):
     isLeaf = True
 
     def render_GET(self, request: Request) -> bytes:
         return json_response(request, 200, {"status": "up"})
 
 
-class Readyz(Resource):
+class Readyz(JsonResource):
     """Ready means: Redis answers, and at least one carrier link is bound."""
 
     isLeaf = True
@@ -59,7 +60,7 @@ class Readyz(Resource):
         return json_response(request, 200 if ready else 503, {"ready": ready, "checks": checks})
 
 
-class Metrics(Resource):
+class Metrics(JsonResource):
     isLeaf = True
 
     def render_GET(self, request: Request) -> bytes:
@@ -186,15 +187,66 @@ class CappedSite(Site):
         self.open_connections -= 1
 
 
+class _V1(JsonResource):
+    """/v1: the notifications intake (bearer token, as before) and the operations API
+    (bearer token or console session; gateway/http/api.py)."""
+
+    def __init__(self, notifications: Resource | None, guard_token: str, max_body_bytes: int,
+                 api: Resource | None) -> None:
+        super().__init__()
+        self._notifications = notifications
+        self._token = guard_token
+        self._max_body_bytes = max_body_bytes
+        self._api = api
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:  # noqa: N802 - twisted API
+        if _body_length(request) > self._max_body_bytes:
+            return _Refusal(413, "payload_too_large", f"body larger than {self._max_body_bytes} bytes")
+        # /v1/notifications and /v1/notifications/{id}: the intake API; deeper paths
+        # (/v1/notifications/{id}/timeline, .../text) belong to the operations API.
+        postpath = request.postpath or []
+        if path == b"notifications" and len([p for p in postpath if p]) <= 1:
+            inner = JsonResource()
+            if self._notifications is not None:
+                inner.putChild(b"notifications", self._notifications)
+            return BearerTokenGuard(inner, self._token, self._max_body_bytes).getChildWithDefault(path, request)
+        if self._api is None:
+            return JsonNotFound()
+        # The API is a leaf that routes on the whole path after /v1.
+        postpath.insert(0, path)
+        request.postpath = postpath
+        if request.prepath:
+            request.prepath.pop()
+        return self._api
+
+
+class _Root(JsonResource):
+    """/: every unknown path is a JSON 404 (not Twisted's "No Such Resource" page)."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: N802 - twisted API
+        return self if path == b"" else super().getChild(path, request)
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802 - twisted API
+        return json_response(request, 200, {
+            "service": "gateway12123",
+            "endpoints": ["/healthz", "/readyz", "/metrics", "/v1/...", "/console/"],
+        })
+
+
 def build_site(config: HttpConfig, *, readiness: Callable[[], dict[str, bool]],
-               v1: Resource | None, reactor: IReactorTime | None = None) -> Site:
-    """The resource tree; `v1` is the notifications API (None: every /v1 call gets 404)."""
-    root = Resource()
+               v1: Resource | None, api: Resource | None = None, console: Resource | None = None,
+               reactor: IReactorTime | None = None) -> Site:
+    """The resource tree; `v1` holds /v1/notifications (None: 404), `api` the operations
+    API (gateway/http/api.py), `console` the static console."""
+    root = _Root()
     root.putChild(b"healthz", Healthz())
     root.putChild(b"readyz", Readyz(readiness))
     root.putChild(b"metrics", Metrics())
+    notifications = v1.children.get(b"notifications") if v1 is not None else None
     # The guard stands even with push switched off: /v1 never answers without a token.
-    root.putChild(b"v1", BearerTokenGuard(v1 or Resource(), config.token.reveal(), config.max_body_bytes))
+    root.putChild(b"v1", _V1(notifications, config.token.reveal(), config.max_body_bytes, api))
+    if console is not None:
+        root.putChild(b"console", console)
 
     request_factory = type("LimitedRequest", (_SizeLimitedRequest,), {"max_body_bytes": config.max_body_bytes})
     site = CappedSite(root, requestFactory=request_factory, max_connections=config.max_connections,

@@ -44,7 +44,7 @@ from typing import Any
 from gateway.ivr.menus import PAUSE_SECONDS, Clip, MenuBook, dial_digits, speech_clip
 
 __all__ = ["BuildReport", "PromptToolMissing", "SpeechSynthesizer", "add_arguments", "build_command", "build_prompts",
-           "missing_prompts", "recorded_file", "run", "tts_ssml", "tts_text"]
+           "missing_prompts", "recorded_file", "tts_ssml", "tts_text"]
 
 INSTALL_HINT = "apt-get install espeak-ng sox"
 RECORDED_FOLDER = "recorded"
@@ -256,19 +256,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="espeak-ng/sox runs in parallel")
 
 
-def run(args: argparse.Namespace) -> int:
-    """``gateway prompts build -c CONFIG``: loads the config, then `build_command`."""
-    from gateway.cli import load_or_exit
-
-    return build_command(load_or_exit(args.config), args)
-
-
-def build_command(config: Any, args: argparse.Namespace) -> int:
-    """Build the prompts of `config`'s menus: 0 done, 1 tools missing or failing; bad menus
-    exit 2 (SystemExit)."""
-    from gateway.cli import menus_or_exit
-
-    book = menus_or_exit(config)
+def build_command(config: Any, book: MenuBook, args: argparse.Namespace) -> int:
+    """Build the prompts of `book` (the menus of `config`, loaded and checked by the command
+    layer): 0 done, 1 tools missing or failing."""
     # Relative to the working directory, like redis.data_dir: `make demo` runs from the
     # repository root and keeps every runtime file under var/.
     sounds_dir = Path(getattr(args, "sounds_dir", None) or config.ivr.sounds_dir).resolve()

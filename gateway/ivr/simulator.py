@@ -193,13 +193,12 @@ def _parse_now(text: str | None) -> float:
     return moment.timestamp()
 
 
-async def run(args: argparse.Namespace) -> int:
-    """``gateway ivr-sim``: returns the exit code (a bad config or menu file exits 2)."""
-    from gateway.cli import load_or_exit, menus_or_exit, redis_for
+async def run(args: argparse.Namespace, config: Any, book: Any) -> int:
+    """``gateway ivr-sim`` with the loaded config and menus (the command layer loads and
+    checks them); returns the exit code."""
+    from gateway.store.oneshot import redis_for
     from gateway.store.service import make_client
 
-    config = load_or_exit(args.config)
-    book = menus_or_exit(config)
     if args.menu not in book.menus:
         print(f"no menu '{args.menu}' in {book.source} (menus: {', '.join(book.menus)})", file=sys.stderr)
         return 2

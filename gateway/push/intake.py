@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import RedisError
 from twisted.logger import Logger
 
 from gateway.privacy import InvalidPhoneNumber, mask_phone, normalise_cn_mobile
@@ -295,6 +296,8 @@ class Intake:
         self.daily_cap_bulk = daily_cap_bulk
         self.max_text_chars = max_text_chars
         self.on_accepted = on_accepted
+        # Set by the push service: numbers and batches the console can search by.
+        self.index: Any = None
 
     def prepare(self, request: IntakeRequest, now: float, quiet_until: float) -> AcceptItem:
         """Validate one request and decide what acceptance does with it (pure)."""
@@ -327,6 +330,9 @@ class Intake:
             stored["late"] = "1"
         if result.lead_hours is not None:
             stored["lead_hours"] = f"{result.lead_hours:.1f}"
+        batch = _text(fields.get("batch"))
+        if batch:  # the caller's batch name: operators search and cancel by it
+            stored["batch"] = batch[:64]
         stored.update(request.extra)
         cap_key, cap = "", 0
         if result.priority is Priority.BULK:
@@ -368,6 +374,12 @@ class Intake:
             positions.append(index)
             items.append(item)
         outcomes = await self.ledger.accept(items, now=now, stream=stream)
+        if self.index is not None:
+            try:
+                await self.index.record(items, outcomes, now)
+            except (RedisError, OSError) as e:
+                log.warn("search index not updated ({error}); searches may miss this batch",
+                         error=type(e).__name__)
         if extra_acks:
             await self.ledger.ack_only(stream[0], stream[1], extra_acks)
         answer: list[AcceptOutcome | None] = [None] * len(requests)

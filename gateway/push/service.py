@@ -45,6 +45,7 @@ from gateway import metrics
 from gateway.config import PushConfig
 from gateway.ports import CarrierLink, PartnerReceiptSink
 from gateway.push.deadletters import list_dead_letters, retry_dead_letters
+from gateway.push.index import SearchIndex
 from gateway.push.intake import Intake, IntakeConsumer
 from gateway.push.partners import PartnerGateway
 from gateway.push.queue import Priority, QuietHoursPolicy
@@ -133,6 +134,7 @@ class PushService(Service):
         )
         self.intake = Intake(self.ledger, current_templates, self.policy, clock,
                              daily_cap_bulk=config.daily_cap_bulk, on_accepted=self.dispatcher.waker.wake)
+        self.intake.index = SearchIndex(redis, keys, config.retention_days * 86_400)
         consumer = config.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         self.consumer = IntakeConsumer(self.intake, redis, keys, group=config.consumer_group,
                                        consumer=consumer, batch_size=config.batch_size,

@@ -348,6 +348,8 @@ class _BindingEndpoint:
 
         def failed(reason: Failure) -> None:
             self.last_bind_rejected = False
+            if not reason.check(CancelledError):
+                link.note_link_problem(_failure_summary(reason))
             if reason.check(BindRefused):
                 status = cast(BindRefused, reason.value).status
                 if status in REJECTED_BIND_STATUSES:
@@ -396,6 +398,14 @@ class _BindingEndpoint:
 
 
 UNRECORDED_LOG_INTERVAL_SECONDS = 5.0
+
+
+def _failure_summary(reason: Failure) -> str:
+    """A short reason for the console and the fleet status (no reprs, no addresses)."""
+    if reason.check(BindRefused):
+        status = cast(BindRefused, reason.value).status
+        return f"bind refused: {status_name(status) if status is not None else 'no bind_resp'}"
+    return reason.getErrorMessage()[:200]
 
 
 class CarrierLink(MultiService):
@@ -470,6 +480,12 @@ class CarrierLink(MultiService):
         )
         self._latency = metrics.submit_latency.labels(config.name)
         self.binding_endpoints: list[_BindingEndpoint] = []
+        # Operations (gateway/ops/fleet.py): why the link is not bound, and since when.
+        # isolated: bound and receiving receipts, but routing sends it nothing (Kannel's
+        # "isolate"); set by the fleet-wide runtime control.
+        self.isolated = False
+        self.problem = ""
+        self.state_since = reactor.seconds()
 
         inner = endpoint if endpoint is not None else self._make_endpoint(reactor)
         backoff = backoffPolicy(
@@ -510,7 +526,35 @@ class CarrierLink(MultiService):
     # -- CarrierLink port ---------------------------------------------------------------
 
     def is_bound(self) -> bool:
-        return any(s.protocol is not None and s.protocol.is_bound for s in self._transmitters)
+        if self.isolated:
+            return False  # the router skips it, so traffic moves to the other carriers
+        return self.sessions_bound() > 0
+
+    def sessions_bound(self) -> int:
+        """Bound sessions that can submit (isolated or not)."""
+        return sum(1 for s in self._transmitters if s.protocol is not None and s.protocol.is_bound)
+
+    def window_in_use(self) -> int:
+        """Requests sent and not yet answered, over every bound session."""
+        return sum(
+            max(0, self.config.window - s.protocol.window_free)
+            for s in self._transmitters
+            if s.protocol is not None and s.protocol.is_bound
+        )
+
+    @property
+    def tps_limit(self) -> float:
+        return self._bucket.nominal_rate
+
+    def set_tps_limit(self, tps: float) -> None:
+        """Change the submit rate at run time (the fleet-wide control applies it)."""
+        if tps > 0 and tps != self._bucket.nominal_rate:
+            self._bucket = TokenBucket(tps, max(1.0, tps / 10), now=self.clock.seconds())
+
+    def note_link_problem(self, reason: str) -> None:
+        """A connect or bind attempt failed: the reason the console shows while down."""
+        if not self.sessions_bound():
+            self.problem = reason
 
     def when_bound(self) -> Deferred[None]:
         """Fires when a session that can submit is bound (at once if one is)."""
@@ -861,6 +905,9 @@ class CarrierLink(MultiService):
 
     def _session_bound(self, session: _LinkSession) -> None:
         session.bound = True
+        if not self._all_sessions:
+            self.state_since = self.clock.seconds()
+        self.problem = ""
         self._all_sessions.add(session)
         if session.can_transmit:
             self._transmitters.append(session)
@@ -890,6 +937,9 @@ class CarrierLink(MultiService):
         if session in self._receivers:
             self._receivers.remove(session)
         metrics.binds_up.labels(self.carrier, session.bind_type).dec()
+        if not self._all_sessions:
+            self.state_since = self.clock.seconds()
+            self.problem = "stopped" if self._stopping else (reason or "connection lost")
         if self._stopping:
             log.info(
                 "carrier {carrier} session closed ({bind_type})",

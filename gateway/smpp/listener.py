@@ -362,6 +362,11 @@ class SmppListener(Service):
         self._listening.addCallback(relay)
         return d
 
+    def partners_bound(self) -> int:
+        """Partner sessions bound now (the fleet status shows it)."""
+        return sum(1 for p in self._connections if p.is_bound and isinstance(p.owner, _Connection)
+                   and p.owner.system_id)
+
     def stopService(self) -> Deferred[None]:
         """Stop listening, unbind partners (bounded), close every connection."""
         super().stopService()

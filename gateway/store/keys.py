@@ -174,3 +174,52 @@ class Keys:
     def voice_calls_open(self) -> str:
         """Sorted set of ActionIDs of calls whose outcome is not yet reported, by start time."""
         return f"{self.prefix}voice-calls-open"
+
+    # --- operations (gateway/ops/: fleet status, runtime control, audit, accounts) -----
+    def process_status(self, process_id: str) -> str:
+        """One `gateway run` process's live state (JSON string with a TTL: a process
+        that stops reporting drops out of the fleet views on its own)."""
+        return f"{self.prefix}proc:{process_id}"
+
+    @property
+    def processes(self) -> str:
+        """Sorted set of process ids by when they last reported (the views read the
+        ones seen within the status TTL; no SCAN needed)."""
+        return f"{self.prefix}procs"
+
+    @property
+    def control(self) -> str:
+        """Hash of runtime controls every process applies: ``carrier:<name>`` (running,
+        stopped, isolated), ``tps:<name>`` (submit_sm per second)."""
+        return f"{self.prefix}control"
+
+    def minute_counts(self, minute: int) -> str:
+        """Hash of per-carrier counts in one minute (``<carrier>:submits`` ...), kept 2 h."""
+        return f"{self.prefix}stats:{minute}"
+
+    @property
+    def audit(self) -> str:
+        """Stream of operator actions (who, role, action, target, detail, from)."""
+        return f"{self.prefix}audit"
+
+    @property
+    def users(self) -> str:
+        """Hash of console accounts: user name -> JSON (role, scrypt salt and hash)."""
+        return f"{self.prefix}users"
+
+    def login_session(self, token_digest: str) -> str:
+        """A console session (JSON: user, role, CSRF token), by the SHA-256 of its cookie."""
+        return f"{self.prefix}session:{token_digest}"
+
+    def login_failures(self, user: str) -> str:
+        """Failed logins of an account in the lockout window (counter with a TTL)."""
+        return f"{self.prefix}login-failures:{user}"
+
+    def phone_index(self, phone_digest: str) -> str:
+        """Sorted set of notification ids sent to one number (by acceptance time); named
+        by a keyed digest of the number, so no key name holds a phone number."""
+        return f"{self.prefix}phone-index:{phone_digest}"
+
+    def batch(self, batch_id: str) -> str:
+        """Sorted set of the notification ids of one batch (by acceptance time)."""
+        return f"{self.prefix}batch:{batch_id}"

@@ -106,7 +106,11 @@ async def test_cli_run_with_redis_url(redis_url: str, capsys: pytest.CaptureFixt
         "-c", str(ROOT / "config" / "gateway.yaml"), "--redis-url", redis_url, "--load-sample",
         "--caller", SAMPLE_CALLER, "--keys", f"1,{booking}#,#",
     ])
-    assert await simulator.run(args) == 0
+    from gateway.config import load_config
+    from gateway.ivr.menus import load_menus
+
+    config = load_config(args.config)
+    assert await simulator.run(args, config, load_menus(config.resolve(config.ivr.menus_file))) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "[greeting] 您好，这里是交管12123语音服务。"
     assert any(line.startswith(f"[status_read] 预约号{spoken_digits(booking)}") for line in out)

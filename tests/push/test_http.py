@@ -82,7 +82,8 @@ async def test_post_one_then_get_its_state(redis_url: str) -> None:
     async with pipeline(redis_url) as p, served(p) as client:
         status, body = await client.request("POST", "/v1/notifications", code("h1", to="+86 13800138000"))
         assert status == 202
-        assert body == {"accepted": [{"id": "h1", "state": "queued"}], "rejected": []}
+        assert body == {"accepted": [{"id": "h1", "state": "queued"}], "rejected": [], "batch": body["batch"]}
+        assert body["batch"].startswith("http-")
         status, view = await client.request("GET", "/v1/notifications/h1")
         assert status == 200
         assert view["state"] == "queued" and view["to"] == "138****8000" and view["source"] == "http"

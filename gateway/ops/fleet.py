@@ -1,0 +1,429 @@
+"""Fleet status and fleet-wide runtime control, through Redis.
+
+Theory of operation
+-------------------
+Every `gateway run` process runs a `FleetReporter`.  Every ``interval_seconds`` it
+
+1. writes its live state (per carrier: link state, reason and since when, sessions bound
+   vs configured, window in use, submit/s, TPS limit, receipts/s; voice calls in
+   progress; partners bound) as one JSON string under ``keys.process_status(id)`` with a
+   TTL of ``ttl_seconds``, and notes the process in the ``keys.processes`` sorted set:
+   a process that dies simply drops out of the views when its TTL runs out;
+2. adds what its carriers did since the last report to the per-minute counters
+   ``keys.minute_counts(minute)`` (kept two hours: the console's charts show one);
+3. reads ``keys.control`` and applies it to its own carrier links: ``carrier:<name>``
+   (``running``, ``stopped``, ``isolated``) and ``tps:<name>``.  An operator's action
+   writes the control hash once and every process applies it within one interval, so
+   control is fleet-wide without a process knowing the others.
+
+`read_fleet` is the other half: it reads every live process's state and the shared
+queues (lanes, scheduled, awaiting receipt, dead letters, voice) and sums them per
+carrier.  Both the HTTP API and the CLI call it; neither needs a running daemon's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gateway import metrics
+from gateway.store.bridge import as_deferred
+from gateway.store.keys import Keys
+
+__all__ = ["CARRIER_STATES", "FleetReporter", "read_charts", "read_fleet", "read_queues"]
+
+log = Logger()
+
+LANES = ("high", "normal", "bulk")
+# Control values a carrier can be set to.
+CARRIER_STATES = ("running", "stopped", "isolated")
+# Receipt states that end a message delivered / not delivered (the 15-minute ratio).
+_DELIVERED = frozenset({"DELIVRD"})
+_NOT_DELIVERED = frozenset({"UNDELIV", "EXPIRED", "REJECTD", "DELETED", "UNKNOWN"})
+# Per-minute counters are kept two hours: the charts show the last one.
+MINUTE_COUNTS_TTL_SECONDS = 7200
+
+
+def _counter_values(counter: Any, label: str) -> dict[tuple[str, str], float]:
+    """(label value, second label value) -> count, for a labelled prometheus Counter."""
+    values: dict[tuple[str, str], float] = {}
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                labels = sample.labels
+                key = (labels.get(label, ""), next((v for k, v in labels.items() if k != label), ""))
+                values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+@dataclass
+class _CarrierTotals:
+    submits: float = 0.0
+    submit_failures: float = 0.0
+    receipts: float = 0.0
+    delivered: float = 0.0
+    not_delivered: float = 0.0
+
+
+def _carrier_totals() -> dict[str, _CarrierTotals]:
+    """What the carrier links of this process did since it started (from the metrics)."""
+    totals: dict[str, _CarrierTotals] = {}
+    for (carrier, status), n in _counter_values(metrics.submit_responses, "carrier").items():
+        t = totals.setdefault(carrier, _CarrierTotals())
+        t.submits += n
+        if status != "ESME_ROK":
+            t.submit_failures += n
+    for (carrier, state), n in _counter_values(metrics.receipts, "carrier").items():
+        t = totals.setdefault(carrier, _CarrierTotals())
+        t.receipts += n
+        if state in _DELIVERED:
+            t.delivered += n
+        elif state in _NOT_DELIVERED:
+            t.not_delivered += n
+    return totals
+
+
+def link_state(link: Any) -> str:
+    """bound, isolated, stopped (by an operator), connecting or down."""
+    if not link.running:
+        return "stopped"
+    if link.sessions_bound():
+        return "isolated" if link.isolated else "bound"
+    return "down" if link.problem else "connecting"
+
+
+class FleetReporter(Service):
+    """Reports this process's state into Redis and applies the fleet-wide controls.
+
+    Args:
+        redis: a zero-argument callable returning the redis.asyncio client (None while
+            Redis is not started).
+        keys: the key schema.
+        links: carrier name -> CarrierLink of this process.
+        clock: IReactorTime.
+        interval_seconds: how often to report and to apply the controls.
+        ttl_seconds: how long a report stands without renewal (a few intervals, so one
+            slow tick does not make a live process vanish from the views).
+        extras: further zero-argument callables whose results are merged into the
+            report (voice calls, partners bound).
+    """
+
+    name = "fleet"
+
+    def __init__(self, redis: Callable[[], Any], keys: Keys, links: Mapping[str, Any], clock: Any, *,
+                 interval_seconds: float = 2.0, ttl_seconds: float = 10.0,
+                 extras: Mapping[str, Callable[[], Any]] | None = None,
+                 process_id: str | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.links = dict(links)
+        self.clock = clock
+        self.interval_seconds = interval_seconds
+        self.ttl_seconds = ttl_seconds
+        self.extras = dict(extras or {})
+        self.process_id = process_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.started_at = clock.seconds()
+        self._last_totals: dict[str, _CarrierTotals] = {}
+        self._last_at = clock.seconds()
+        self._rates: dict[str, dict[str, float]] = {}
+        self._loop: LoopingCall | None = None
+        self._busy = False
+        self._stopping_links: dict[str, Deferred[Any]] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        self._last_totals = _carrier_totals()
+        self._last_at = self.clock.seconds()
+        loop = LoopingCall(self._tick)
+        loop.clock = self.clock
+        self._loop = loop
+        loop.start(self.interval_seconds, now=True).addErrback(
+            lambda f: log.failure("fleet status loop failed", f))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        client = self.redis()
+        if client is None:
+            return succeed(None)
+        # Leave the views at once instead of after the TTL.
+        return as_deferred(self._withdraw(client))
+
+    async def _withdraw(self, client: Any) -> None:
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.delete(self.keys.process_status(self.process_id))
+                pipe.zrem(self.keys.processes, self.process_id)
+                await pipe.execute()
+        except Exception as e:  # noqa: BLE001 - leaving the views is best effort; the TTL does it anyway
+            log.info("fleet status not withdrawn ({error}); it expires by itself", error=type(e).__name__)
+
+    def _tick(self) -> Deferred[None] | None:
+        if self._busy:
+            return None  # the previous report still waits for Redis
+        client = self.redis()
+        if client is None:
+            return None
+        self._busy = True
+        d = as_deferred(self.report_once(client))
+
+        def done(result: Any) -> None:
+            self._busy = False
+
+        def failed(failure: Any) -> None:
+            self._busy = False
+            log.warn("fleet status not reported: {error}", error=failure.getErrorMessage()[:200])
+
+        d.addCallbacks(done, failed)
+        return None
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """This process's live state (JSON-ready)."""
+        carriers: dict[str, Any] = {}
+        for name, link in self.links.items():
+            config = link.config
+            rates = self._rates.get(name, {})
+            carriers[name] = {
+                "state": link_state(link),
+                "reason": "" if link.sessions_bound() else (link.problem or ""),
+                "since": round(link.state_since, 3),
+                "sessions_bound": link.sessions_bound() if link.running else 0,
+                "sessions_configured": config.sessions,
+                "window_in_use": link.window_in_use() if link.running else 0,
+                "window_size": config.sessions * config.window,
+                "tps_limit": link.tps_limit,
+                "submit_per_second": round(rates.get("submits", 0.0), 2),
+                "receipts_per_second": round(rates.get("receipts", 0.0), 2),
+            }
+        report: dict[str, Any] = {
+            "id": self.process_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "started_at": round(self.started_at, 3), "reported_at": round(now, 3), "carriers": carriers,
+        }
+        for key, extra in self.extras.items():
+            try:
+                report[key] = extra()
+            except Exception:  # noqa: BLE001 - one broken figure must not stop the report
+                log.failure("fleet status: {key} could not be read", key=key)
+        return report
+
+    def _count_since_last(self, now: float) -> dict[str, dict[str, float]]:
+        totals = _carrier_totals()
+        elapsed = max(now - self._last_at, 1e-6)
+        deltas: dict[str, dict[str, float]] = {}
+        for carrier, t in totals.items():
+            before = self._last_totals.get(carrier, _CarrierTotals())
+            delta = {
+                "submits": t.submits - before.submits,
+                "failures": t.submit_failures - before.submit_failures + t.not_delivered - before.not_delivered,
+                "receipts": t.receipts - before.receipts,
+                "delivered": t.delivered - before.delivered,
+                "not_delivered": t.not_delivered - before.not_delivered,
+            }
+            deltas[carrier] = delta
+            self._rates[carrier] = {"submits": delta["submits"] / elapsed, "receipts": delta["receipts"] / elapsed}
+        self._last_totals, self._last_at = totals, now
+        return deltas
+
+    async def report_once(self, client: Any) -> None:
+        """Report, count and apply the controls once."""
+        now = self.clock.seconds()
+        deltas = self._count_since_last(now)
+        report = self.snapshot(now)
+        minute_key = self.keys.minute_counts(int(now // 60))
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.process_status(self.process_id), json.dumps(report, ensure_ascii=False),
+                     px=int(self.ttl_seconds * 1000))
+            pipe.zadd(self.keys.processes, {self.process_id: now})
+            # Processes gone for an hour leave the index (their status key expired long ago).
+            pipe.zremrangebyscore(self.keys.processes, "-inf", now - 3600)
+            wrote = False
+            for carrier, delta in deltas.items():
+                for what, n in delta.items():
+                    if n:
+                        pipe.hincrby(minute_key, f"{carrier}:{what}", int(n))
+                        wrote = True
+            if wrote:
+                pipe.expire(minute_key, MINUTE_COUNTS_TTL_SECONDS)
+            pipe.hgetall(self.keys.control)
+            results = await pipe.execute()
+        self.apply_control(results[-1])
+
+    def _link_stopped(self, result: Any, name: str) -> None:
+        self._stopping_links.pop(name, None)
+
+    def apply_control(self, control: Mapping[str, str]) -> None:
+        """Bring this process's links to what the control hash asks."""
+        for name, link in self.links.items():
+            wanted = control.get(f"carrier:{name}", "running")
+            if wanted == "stopped":
+                if link.running and name not in self._stopping_links:
+                    log.info("carrier {carrier}: stopped by an operator", carrier=name)
+                    d = maybeDeferred(link.stopService)
+                    self._stopping_links[name] = d
+                    d.addBoth(self._link_stopped, name)
+            elif not link.running and name not in self._stopping_links:
+                log.info("carrier {carrier}: started by an operator", carrier=name)
+                link.startService()
+            isolated = wanted == "isolated"
+            if link.isolated != isolated:
+                link.isolated = isolated
+                log.info("carrier {carrier}: {what}", carrier=name,
+                         what="isolated (no new submits)" if isolated else "no longer isolated")
+            tps_text = control.get(f"tps:{name}")
+            try:
+                tps = float(tps_text) if tps_text else float(link.config.tps_limit)
+            except ValueError:
+                tps = float(link.config.tps_limit)
+            if tps != link.tps_limit:
+                link.set_tps_limit(tps)
+                log.info("carrier {carrier}: TPS limit now {tps}", carrier=name, tps=tps)
+
+
+async def read_processes(redis: Any, keys: Keys, *, now: float | None = None,
+                         ttl_seconds: float = 10.0) -> list[dict[str, Any]]:
+    """The live processes' reports (those reported within `ttl_seconds`)."""
+    now = time.time() if now is None else now
+    ids = await redis.zrangebyscore(keys.processes, now - ttl_seconds, "+inf")
+    if not ids:
+        return []
+    raw = await redis.mget([keys.process_status(i) for i in ids])
+    return [json.loads(r) for r in raw if r]
+
+
+async def read_queues(redis: Any, keys: Keys, *, now: float | None = None,
+                      quiet_until: float = 0.0) -> dict[str, Any]:
+    """The shared queues: lanes (depth, oldest age), scheduled and quiet-hours held,
+    awaiting receipt, dead letters, voice reminders."""
+    now = time.time() if now is None else now
+    async with redis.pipeline(transaction=False) as pipe:
+        for lane in LANES:
+            pipe.zcard(keys.lane(lane))
+            pipe.zrange(keys.lane(lane), 0, 0)
+        pipe.zcard(keys.scheduled)
+        pipe.zrange(keys.scheduled, 0, 0, withscores=True)
+        pipe.zcount(keys.scheduled, quiet_until - 0.5, quiet_until + 0.5) if quiet_until else pipe.echo("0")
+        pipe.zcard(keys.awaiting_receipt)
+        pipe.zcard(keys.dead_letters)
+        pipe.zcard(keys.voice_due)
+        pipe.zcard(keys.voice_calls_open)
+        pipe.zcard(keys.inflight)
+        results = await pipe.execute()
+    lanes: dict[str, Any] = {}
+    oldest_ids: dict[str, str] = {}
+    for index, lane in enumerate(LANES):
+        lanes[lane] = {"depth": int(results[2 * index]), "oldest_age_seconds": None}
+        head = results[2 * index + 1]
+        if head:
+            oldest_ids[lane] = head[0]
+    if oldest_ids:
+        async with redis.pipeline(transaction=False) as pipe:
+            for notification_id in oldest_ids.values():
+                pipe.hget(keys.notification(notification_id), "accepted_at")
+            accepted = await pipe.execute()
+        for lane, at in zip(oldest_ids, accepted, strict=True):
+            if at:
+                lanes[lane]["oldest_age_seconds"] = round(max(0.0, now - float(at)), 1)
+    base = 2 * len(LANES)
+    next_due = results[base + 1]
+    return {
+        "lanes": lanes,
+        "scheduled": int(results[base]),
+        "next_scheduled_at": float(next_due[0][1]) if next_due else None,
+        "quiet_hours_held": int(results[base + 2]),
+        "quiet_hours_release_at": quiet_until or None,
+        "submitting": int(results[base + 7]),
+        "awaiting_receipt": int(results[base + 3]),
+        "dead_letters": int(results[base + 4]),
+        "voice_reminders_queued": int(results[base + 5]),
+        "voice_calls_open": int(results[base + 6]),
+    }
+
+
+async def read_charts(redis: Any, keys: Keys, *, now: float | None = None, minutes: int = 60) -> dict[str, Any]:
+    """Per-minute submits, receipts and failures per carrier over the last `minutes`."""
+    now = time.time() if now is None else now
+    last = int(now // 60)
+    first = last - minutes + 1
+    async with redis.pipeline(transaction=False) as pipe:
+        for minute in range(first, last + 1):
+            pipe.hgetall(keys.minute_counts(minute))
+        rows = await pipe.execute()
+    series: dict[str, dict[str, list[int]]] = {}
+    for offset, row in enumerate(rows):
+        for field, value in row.items():
+            carrier, _, what = field.rpartition(":")
+            per = series.setdefault(carrier, {})
+            per.setdefault(what, [0] * minutes)[offset] = int(value)
+    return {"minutes": [(first + k) * 60 for k in range(minutes)], "carriers": series}
+
+
+async def read_fleet(redis: Any, keys: Keys, *, now: float | None = None, quiet_until: float = 0.0,
+                     configured_carriers: Mapping[str, Any] | None = None,
+                     ttl_seconds: float = 10.0) -> dict[str, Any]:
+    """Every live process's state summed per carrier, with the shared queues.
+
+    `configured_carriers` (name -> CarrierConfig) lists carriers even when no live
+    process reports them (state ``down``, reason ``no process reports it``).
+    """
+    now = time.time() if now is None else now
+    processes = await read_processes(redis, keys, now=now, ttl_seconds=ttl_seconds)
+    control = await redis.hgetall(keys.control)
+    charts = await read_charts(redis, keys, now=now, minutes=15)
+    carriers: dict[str, dict[str, Any]] = {}
+    rank = {"bound": 5, "isolated": 4, "connecting": 3, "down": 2, "stopped": 1}
+    for name in configured_carriers or {}:
+        carriers[name] = {"state": "down", "reason": "no process reports it", "since": None,
+                          "sessions_bound": 0, "sessions_configured": 0, "window_in_use": 0,
+                          "window_size": 0, "tps_limit": 0.0, "submit_per_second": 0.0,
+                          "receipts_per_second": 0.0, "processes": {}, "reported": False}
+    for process in processes:
+        for name, state in process.get("carriers", {}).items():
+            total = carriers.setdefault(name, {"state": "down", "reason": "", "since": None, "sessions_bound": 0,
+                                               "sessions_configured": 0, "window_in_use": 0, "window_size": 0,
+                                               "tps_limit": 0.0, "submit_per_second": 0.0,
+                                               "receipts_per_second": 0.0, "processes": {}, "reported": False})
+            if not total["reported"] or rank.get(state["state"], 0) > rank.get(total["state"], 0):
+                total["state"], total["reason"], total["since"] = state["state"], state["reason"], state["since"]
+            total["reported"] = True
+            for field in ("sessions_bound", "sessions_configured", "window_in_use", "window_size"):
+                total[field] += int(state.get(field, 0))
+            for field in ("tps_limit", "submit_per_second", "receipts_per_second"):
+                total[field] = round(total[field] + float(state.get(field, 0.0)), 2)
+            total["processes"][process["id"]] = state["state"]
+    for name, total in carriers.items():
+        total.pop("reported", None)
+        total["control"] = control.get(f"carrier:{name}", "running")
+        if control.get(f"tps:{name}"):
+            total["tps_override"] = float(control[f"tps:{name}"])
+        counts = charts["carriers"].get(name, {})
+        delivered = sum(counts.get("delivered", []))
+        not_delivered = sum(counts.get("not_delivered", []))
+        judged = delivered + not_delivered
+        total["delivery_ratio_15min"] = round(delivered / judged, 4) if judged else None
+    voice: dict[str, int] = {}
+    partners = 0
+    for process in processes:
+        for trunk, calls in (process.get("voice_calls") or {}).items():
+            voice[trunk] = voice.get(trunk, 0) + int(calls)
+        partners += int(process.get("partners_bound") or 0)
+    queues = await read_queues(redis, keys, now=now, quiet_until=quiet_until)
+    return {
+        "now": round(now, 3),
+        "processes": [{"id": p["id"], "host": p.get("host"), "pid": p.get("pid"), "started_at": p.get("started_at"),
+                       "reported_at": p.get("reported_at")} for p in processes],
+        "carriers": carriers,
+        "queues": queues,
+        "voice": {"calls_in_progress": voice, "reminders_queued": queues["voice_reminders_queued"]},
+        "partners_bound": partners,
+    }
