@@ -295,7 +295,8 @@ class AmiConfig:
     host: str = setting("127.0.0.1", help="Asterisk host")
     port: int = setting(5038, help="AMI port", minimum=1, maximum=65535)
     username: str = setting("gateway12123", help="AMI user (see dialplans/manager.conf)")
-    secret: Secret = setting(default_factory=lambda: Secret(""), help="AMI secret; use ${VAR}")
+    secret: Secret = setting(default_factory=lambda: Secret(""),
+                             help="AMI secret, manager.conf's for the user: ${ASTERISK_AMI_SECRET}")
     md5_challenge: bool = setting(True, help="log in with the MD5 challenge instead of the plain secret")
     trunk: str = setting("PJSIP/{number}@carrier-trunk", help="Originate channel; {number} is replaced")
     context: str = setting("12123-reminder", help="dialplan context of reminder calls")
@@ -581,6 +582,10 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
     hours = config.ivr.service_hours.split("-")
     if len(hours) != 2 or not all(_TIME_OF_DAY.match(h) for h in hours):
         add("ivr.service_hours", f"'{config.ivr.service_hours}' is not HH:MM-HH:MM")
+    if config.ami.enabled and not config.ami.secret.reveal():
+        # Asterisk would refuse every login (and slow the retries to the auth-failure delay).
+        add("ami.secret", "empty while ami.enabled is true: set ASTERISK_AMI_SECRET to the secret of "
+                          f"'{config.ami.username}' in manager.conf")
     names: set[str] = set()
     for i, carrier in enumerate(config.carriers):
         where = f"carriers[{i}]"

@@ -18,6 +18,9 @@ notifications = Counter("gateway_notifications_total", "Notification state trans
 queue_depth = Gauge("gateway_queue_depth", "Notifications waiting, by lane", ["lane"], registry=REGISTRY)
 mo_messages = Counter("gateway_mo_messages_total", "Citizens' messages to 12123 by keyword", ["keyword"], registry=REGISTRY)
 agi_calls = Counter("gateway_agi_calls_total", "FastAGI calls by outcome", ["outcome"], registry=REGISTRY)
+agi_missing_prompts = Counter("gateway_agi_missing_prompts_total",
+                              "STREAM FILE of a sound file Asterisk does not have (the menu went on)",
+                              registry=REGISTRY)
 ami_originates = Counter("gateway_ami_originates_total", "Outbound reminder calls by outcome", ["outcome"], registry=REGISTRY)
 submit_latency = Histogram(
     "gateway_submit_latency_seconds", "submit_sm to submit_sm_resp", ["carrier"],

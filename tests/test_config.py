@@ -168,3 +168,26 @@ def test_session_and_connection_caps_are_checked(tmp_path: Path) -> None:
         load_config(path, environ={})
     text = "\n".join(raised.value.problems)
     assert "smpp_server.max_connections" in text and "smpp_server.accounts[0].max_sessions" in text
+
+
+def test_ami_secret_may_not_be_empty_while_ami_is_enabled(tmp_path: Path) -> None:
+    """Asterisk refuses a login without the secret: check-config says so up front."""
+    text = "ami:\n  enabled: true\n  secret: ${ASTERISK_AMI_SECRET:-}\n"
+    found = problems(tmp_path, text)
+    assert any("ami.secret: empty while ami.enabled is true: set ASTERISK_AMI_SECRET" in p for p in found), found
+    config = load_config(write(tmp_path, text), environ={"ASTERISK_AMI_SECRET": "s3cret"})
+    assert config.ami.secret.reveal() == "s3cret"
+    load_config(write(tmp_path, "ami:\n  enabled: false\n  secret: ${ASTERISK_AMI_SECRET:-}\n"), environ={})
+
+
+def test_the_ami_secret_variable_has_one_name() -> None:
+    """gateway.yaml, dialplans/manager.conf and docs/ami.md name the same environment variable."""
+    import re
+
+    yaml_names = set(re.findall(r"secret: \$\{(\w+)", (REPO / "config" / "gateway.yaml").read_text(encoding="utf-8")))
+    assert yaml_names == {"ASTERISK_AMI_SECRET"}
+    for document in ("dialplans/manager.conf", "docs/ami.md", "dialplans/README.md"):
+        text = (REPO / document).read_text(encoding="utf-8")
+        named = set(re.findall(r"\b([A-Z_]*AMI_SECRET)\b", text))
+        assert named <= yaml_names, (document, named)
+    assert "ASTERISK_AMI_SECRET" in (REPO / "dialplans" / "manager.conf").read_text(encoding="utf-8")

@@ -137,7 +137,7 @@ class AgiReply:
 
     @property
     def ok(self) -> bool:
-        """A 200 reply whose result is not -1 (the channel was still there)."""
+        """A 200 reply whose result is not -1 (for STREAM FILE, -1 is also a missing file)."""
         return self.code is AgiStatus.SUCCESS and self.result != "-1"
 
     @property
@@ -330,7 +330,10 @@ def stream_file(name: str, escape_digits: str = "", sample_offset: int | None = 
     """STREAM FILE: play a sound file (name without extension).
 
     A key among `escape_digits` stops playback; result is its character code, 0 when the
-    file played to the end (or does not exist), -1 on hang-up; ``endpos`` is where it stopped.
+    file played to the end, -1 on hang-up *and* when the file does not exist (res_agi.c
+    handle_streamfile answers ``200 result=-1 endpos=0`` when ast_openstream fails; measured
+    on Asterisk 22.10.1); ``endpos`` is where it stopped.  Only the next command tells the
+    two apart: on a channel that is gone it gets 511 (see menus.CallFlow).
     """
     line = f"STREAM FILE {_word(name)} {_escape_digits(escape_digits)}"
     return line if sample_offset is None else f"{line} {int(sample_offset)}"

@@ -134,7 +134,12 @@ class FastAgiProtocol(Protocol):
         self._header_timer = self._clock.callLater(HEADER_TIMEOUT_SECONDS, self._header_timed_out)
 
     def dataReceived(self, data: bytes) -> None:
-        for event in self._session.receive_data(data):
+        events = self._session.receive_data(data)
+        if any(isinstance(event, Hangup) for event in events):
+            # A reply of -1 and the HANGUP in one read: the caller is gone, and the -1 is
+            # not a missing sound file (CallFlow would otherwise send one more command).
+            self._gone = True
+        for event in events:
             match event:
                 case Environment():
                     self._on_environment(event)
@@ -186,12 +191,19 @@ class FastAgiProtocol(Protocol):
             service_hours=self._service.service_hours,
             agent_queue=config.agent_queue,
             variables=variables,
+            on_missing_prompt=self._missing_prompt,
         )
         self._context = CallContext(
             caller=environment.caller, variables={}, now=self._clock.seconds(),
             uniqueid=environment.uniqueid,
         )
         self._drive(self._flow.start(self._clock.seconds()))
+
+    def _missing_prompt(self, name: str) -> None:
+        metrics.agi_missing_prompts.inc()
+        log.error("call {uniqueid}: Asterisk has no sound file {prompt}; the menu went on without it "
+                  "(run `gateway prompts build`, check the sounds link)",
+                  uniqueid=self._environment.uniqueid if self._environment else "", prompt=name)
 
     def _on_reply(self, event: Reply) -> None:
         assert self._flow is not None

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -1059,11 +1059,18 @@ class CallFlow:
     and call ``flow.on_hangup(now)`` instead of sending when the caller is known to be gone
     (HANGUP line, closed socket).  Replies that mean the channel is gone (``result=-1``,
     511, 510/520 to our own commands) end the call as ``caller_hangup`` or ``error``.
+
+    A missing sound file is not a hang-up, though Asterisk answers STREAM FILE for both
+    with ``200 result=-1`` (res_agi.c handle_streamfile: ``result=-1 endpos=0`` when
+    ast_openstream fails).  So -1 to a STREAM FILE is only a suspicion: the menu goes on,
+    and the next reply decides.  On a channel that is gone Asterisk answers every command
+    that needs one with 511 (and writes HANGUP); a normal reply means the file was
+    missing: `missing_prompts` gets its name and `on_missing_prompt` is called with it.
     """
 
     def __init__(self, book: MenuBook, menu_name: str, *, service_hours: ServiceHours,
                  agent_queue: str, variables: Mapping[str, str] | None = None,
-                 max_path: int = 64) -> None:
+                 max_path: int = 64, on_missing_prompt: Callable[[str], object] | None = None) -> None:
         self.book = book
         self.menu = book.menus[menu_name]
         self.service_hours = service_hours
@@ -1081,6 +1088,9 @@ class CallFlow:
         self._steps = 0
         self._gen: Generator[Step, Any, None] = self._main()
         self._current: Step | None = None
+        self.missing_prompts: list[str] = []
+        self._on_missing_prompt = on_missing_prompt
+        self._suspect: str | None = None  # the file of a STREAM FILE answered -1, not yet judged
 
     # -- driving ----------------------------------------------------------------------
 
@@ -1168,8 +1178,22 @@ class CallFlow:
 
     def _command(self, step: AgiStep) -> Generator[Step, Any, AgiReply]:
         reply = yield step
+        suspect, self._suspect = self._suspect, None
+        if isinstance(step, Speak) and reply.code is AgiStatus.SUCCESS and reply.result == "-1":
+            # A missing file or a caller gone: the next reply tells (see the class docstring).
+            if suspect is not None:
+                self._missing(suspect)  # a second -1, not a 511: the channel is still there
+            self._suspect = self.book.clip_file(step.clip)
+            return reply  # type: ignore[no-any-return]
         self._check(reply)
+        if suspect is not None:
+            self._missing(suspect)
         return reply  # type: ignore[no-any-return]
+
+    def _missing(self, name: str) -> None:
+        self.missing_prompts.append(name)
+        if self._on_missing_prompt is not None:
+            self._on_missing_prompt(name)
 
     @staticmethod
     def _check(reply: AgiReply) -> None:

@@ -23,11 +23,12 @@ from tests.asterisk.ring import (
     REPO,
     AmiDriver,
     AsteriskRing,
+    can_give_asterisk_a_host_zone,
     find_tarball,
     missing_libraries,
     placeholder_prompts,
-    posix_tz_with_local_hour,
     unpack,
+    zone_with_local_hour,
 )
 from tests.integration.daemon import Daemon, write_config
 
@@ -77,10 +78,11 @@ def asterisk(asterisk_install: Path, tmp_path_factory: pytest.TempPathFactory) -
     # (Asterisk only needs the files to exist; the gateway checks what it asked for).
     placeholder_prompts(sounds, MENUS)
     now = time.time()
-    inside = _china_hour(now) in SERVICE_HOURS
+    inside = 8 <= _china_hour(now) < 18
+    zone = zone_with_local_hour(OUTSIDE_HOURS if inside else SERVICE_HOURS, now) \
+        if can_give_asterisk_a_host_zone() else None
     ring = AsteriskRing(install=asterisk_install, root=root / "asterisk", sounds_dir=sounds,
-                        fastagi_port=free_port(), ami_secret=AMI_SECRET,
-                        tz=posix_tz_with_local_hour(OUTSIDE_HOURS if inside else SERVICE_HOURS, now))
+                        fastagi_port=free_port(), ami_secret=AMI_SECRET, host_zone=zone)
     ring.start()
     yield ring
     ring.stop()
@@ -112,13 +114,13 @@ def start_gateway(asterisk: AsteriskRing, ring_redis: RedisServerProcess,
             redis={"url": ring_redis.url},
             ivr={"fastagi": {"listen": f"127.0.0.1:{asterisk.fastagi_port}"}, "menus_file": str(MENUS),
                  "sounds_dir": str(asterisk.sounds_dir)},
-            ami={"enabled": True, "host": "127.0.0.1", "port": asterisk.ami_port, "secret": "${AMI_SECRET}",
+            ami={"enabled": True, "host": "127.0.0.1", "port": asterisk.ami_port, "secret": "${ASTERISK_AMI_SECRET}",
                  "trunk": trunk, "originate_timeout_seconds": 4, **ami},
             # Reminder calls are held in quiet hours; the ring runs at any hour.
             push={"templates_file": str(REPO / "config" / "templates.yaml"),
                   "quiet_hours": {"start": "00:00", "end": "00:00"}},
         )
-        daemon = Daemon(path, directory / "gateway.log", env={"AMI_SECRET": AMI_SECRET})
+        daemon = Daemon(path, directory / "gateway.log", env={"ASTERISK_AMI_SECRET": AMI_SECRET})
         daemon.start()
         started.append(daemon)
         daemon.wait_until("/healthz", timeout_seconds=60)

@@ -95,13 +95,23 @@ def placeholder_prompts(sounds_dir: Path, menus_file: Path) -> int:
     return count
 
 
-def posix_tz_with_local_hour(target_hours: Iterable[int], now: float) -> str:
-    """A POSIX TZ string whose local hour now is one of `target_hours` (offset within ±12 h)."""
+def zone_with_local_hour(target_hours: Iterable[int], now: float) -> str:
+    """An Etc/GMT zone whose local hour now is one of `target_hours` (offset within ±12 h)."""
     utc_hour = time.gmtime(now).tm_hour
     best = min(((t - utc_hour) % 24 for t in target_hours), key=lambda h: abs(h - 24 if h > 12 else h))
     offset = best - 24 if best > 12 else best
-    # POSIX: "RING-5" is five hours *ahead* of UTC.
-    return f"RING{-offset:+d}"
+    # Etc/GMT-9 is nine hours *ahead* of UTC (POSIX signs); Etc/GMT-0 is written Etc/GMT.
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+
+def can_give_asterisk_a_host_zone() -> bool:
+    """Asterisk reads the host's time zone from /etc/localtime only (not $TZ); as root a
+    private mount namespace can show it another file there."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("mount") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind /etc/hostname /etc/hostname"],
+                           capture_output=True, check=False)
+    return probe.returncode == 0
 
 
 @dataclass
@@ -116,7 +126,7 @@ class AsteriskRing:
     sip_trunk_port: int = field(default_factory=free_port)  # where the SIPp "carrier" listens
     ami_port: int = field(default_factory=free_port)
     sip_port: int = field(default_factory=free_port)
-    tz: str | None = None
+    host_zone: str | None = None  # what /etc/localtime shows Asterisk (see can_give_asterisk_a_host_zone)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -124,10 +134,7 @@ class AsteriskRing:
         return self.root / "etc" / "asterisk.conf"
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ, LD_LIBRARY_PATH=str(self.install / "lib"))
-        if self.tz is not None:
-            env["TZ"] = self.tz
-        return env
+        return dict(os.environ, LD_LIBRARY_PATH=str(self.install / "lib"))
 
     def configure(self) -> None:
         etc = self.root / "etc"
@@ -176,8 +183,14 @@ class AsteriskRing:
     def start(self, timeout_seconds: float = 30.0) -> None:
         self.configure()
         log = (self.root / "log" / "console.txt").open("ab")
+        command = [str(self.install / "sbin" / "asterisk"), "-C", str(self.conf), "-f", "-n"]
+        if self.host_zone is not None:
+            zone_file = Path("/usr/share/zoneinfo") / self.host_zone
+            # unshare and sh exec: the process is Asterisk itself.
+            command = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/localtime && exec "$@"',
+                       str(zone_file), *command]
         self.process = subprocess.Popen(
-            [str(self.install / "sbin" / "asterisk"), "-C", str(self.conf), "-f", "-n"],
+            command,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env())
         log.close()
         deadline = time.monotonic() + timeout_seconds

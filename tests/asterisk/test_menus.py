@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -88,3 +89,50 @@ def booking_status(url: str, booking: str) -> str:
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, get()).result(60)
+
+
+def test_missing_prompt_is_logged_and_the_menu_goes_on(gateway: Any, driver: AmiDriver, asterisk: Any) -> None:
+    """Asterisk answers STREAM FILE of a missing file with 200 result=-1 endpos=0, as for a
+    hang-up; the gateway tells them apart by the next reply, logs the file and goes on."""
+    summary = seed(gateway.config["redis"]["url"])
+    welcome = asterisk.sounds_dir / "12123" / "welcome.wav"
+    hidden = welcome.with_name("welcome.hidden")
+    welcome.rename(hidden)
+    try:
+        call = place_call(driver, "s", "12123-inbound", callerid=SAMPLE_CALLER,
+                          inputs=["1", summary.cancellable_booking + "#", "#"])
+    finally:
+        hidden.rename(welcome)
+    event = recorded(gateway, call.uniqueid)
+    assert event["outcome"] == "completed" and "status_read" in event["path"].split(","), event
+    [answer] = [e for e in call.events if e.name == "AGIExecEnd" and "12123/welcome" in e.get("command")]
+    # handle_streamfile's RESULT_FAILURE after it wrote "200 result=-1 endpos=0" to the gateway.
+    assert (answer.get("resultcode"), answer.get("result")) == ("-1", "Failure"), answer.headers
+    log = gateway.log_text()
+    assert "no sound file 12123/welcome" in log
+    code, metrics = gateway.get("/metrics")
+    assert code == 200 and re.search(r"^gateway_agi_missing_prompts_total [1-9]", metrics, re.M), metrics[:300]
+
+
+def test_gateway_down_fallback_uses_china_time(gateway: Any, driver: AmiDriver, asterisk: Any) -> None:
+    """Without the gateway, GotoIfTime picks the queue by China time, not the host's (the
+    ring's Asterisk runs with a TZ in which the agents' hours are the opposite of China's
+    now), and a failed Queue() still apologises with system_error."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    if asterisk.host_zone is not None:
+        # The host's clock as Asterisk sees it (its own /etc/localtime) is on the other side.
+        startup = re.search(r"Startup time:\s+(\d\d):", asterisk.cli("core show settings"))
+        assert startup and int(startup[1]) == datetime.now(ZoneInfo(asterisk.host_zone)).hour
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    minute = now.hour * 60 + now.minute
+    within = 8 * 60 + 30 <= minute < 17 * 60 + 30
+    call = place_call(driver, "gateway-down", "12123-inbound", callerid=SAMPLE_CALLER)
+    applications = call.applications()
+    assert "GotoIfTime" in applications, applications
+    if within:
+        # No agent is logged in: Queue() returns at once and the caller hears the apology.
+        assert applications[applications.index("Queue"):] == ["Queue", "Playback", "Hangup"], applications
+    else:
+        assert "Queue" not in applications and applications[-2:] == ["Playback", "Hangup"], applications

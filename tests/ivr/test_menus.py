@@ -203,8 +203,10 @@ class Caller:
 
     def __init__(self, groups: list[str] | None = None, barge: list[str] | None = None,
                  actions: Mapping[str, Callable[[Mapping[str, str]], ActionResult]] | None = None,
-                 hang_up_on: Callable[[Step], bool] | None = None) -> None:
+                 hang_up_on: Callable[[Step], bool] | None = None, missing: frozenset[str] = frozenset()) -> None:
         self.groups = list(groups or [])
+        self.missing = missing  # clip names Asterisk has no file for
+        self.gone = False
         self.barge = list(barge or [])
         self.actions = actions or {}
         self.hang_up_on = hang_up_on
@@ -215,8 +217,17 @@ class Caller:
         while not isinstance(step, Finish):
             self.steps.append(step)
             assert len(self.steps) < 1000
+            if self.gone and not isinstance(step, RunAction):
+                # As Asterisk: every command on a channel that is gone gets 511.
+                step = flow.on_reply(AgiReply(AgiStatus.DEAD_CHANNEL, text="Command Not Permitted"), now)
+                continue
             if self.hang_up_on is not None and self.hang_up_on(step) and not isinstance(step, RunAction):
+                self.gone = True
                 step = flow.on_reply(AgiReply(AgiStatus.SUCCESS, result="-1"), now)
+                continue
+            if isinstance(step, Speak) and step.clip.name in self.missing:
+                # res_agi.c: STREAM FILE of a file that does not exist.
+                step = flow.on_reply(AgiReply(AgiStatus.SUCCESS, result="-1", endpos=0), now)
                 continue
             match step:
                 case Speak():
@@ -473,3 +484,29 @@ def test_punctuation_is_a_pause_between_clips(book: MenuBook) -> None:
     assert names.count("pause-short") >= 4  # the commas and the colon
     files = {c.name for c in book.all_clips()}
     assert {"pause-short", "pause-long"} <= files
+
+
+def test_missing_prompt_is_not_a_hangup(book: MenuBook) -> None:
+    """STREAM FILE of a missing file answers result=-1 like a hang-up; the next reply is
+    normal, so the menu goes on, and the prompt is reported by name (once per play)."""
+    reported: list[str] = []
+    caller = Caller(groups=["1", "#"], missing=frozenset({"welcome", "main_menu"}),
+                    actions={"check_attempts": lambda v: ActionResult("limited")})
+    flow = CallFlow(book, "12123", service_hours=ServiceHours.parse("08:30-17:30"), agent_queue="q",
+                    on_missing_prompt=reported.append)
+    finish = caller.run(flow)
+    assert finish.outcome != "caller_hangup"
+    assert "status_gate" in finish.path and "too_many_attempts" in finish.path
+    assert reported[:2] == ["12123/welcome", "12123/main_menu"] and reported == flow.missing_prompts
+    assert reported == ["12123/" + name for name in caller.played() if name in caller.missing]
+
+
+def test_hangup_after_a_suspect_prompt_reports_nothing(book: MenuBook) -> None:
+    """-1 to STREAM FILE, then 511: the caller hung up; nothing is reported missing."""
+    reported: list[str] = []
+    caller = Caller(hang_up_on=lambda s: isinstance(s, Speak) and s.clip.name == "welcome")
+    flow = CallFlow(book, "12123", service_hours=ServiceHours.parse("08:30-17:30"), agent_queue="q",
+                    on_missing_prompt=reported.append)
+    finish = caller.run(flow)
+    assert finish.outcome == "caller_hangup" and finish.path == ("greeting", "main")
+    assert reported == []
