@@ -121,7 +121,7 @@ def build_gateway(config: Config, reactor: IReactorCore) -> GatewayService:
     """Assemble every enabled part of the gateway."""
     root = GatewayService(config, reactor)
 
-    redis = RedisService(config.redis)
+    redis = RedisService(config.redis, partitions=config.push.partitions)
     redis.setName("redis")
     redis.setServiceParent(root)
     root.redis = redis

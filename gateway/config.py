@@ -261,6 +261,8 @@ class PushConfig:
     daily_cap_bulk: int = setting(3, help="bulk reminders per number per day", minimum=1, maximum=1000)
     quiet_hours: QuietHours = setting(default_factory=QuietHours, help="hours in which reminders are held")
     mo: MoConfig = setting(default_factory=MoConfig, help="citizens' messages to 12123")
+    # Partitions: gateway/store/keys.py (crc32 of the id), docs/redis-schema.md.
+    partitions: int = setting(1, help="partitions of the notification pipeline; more than 1 tags every pipeline key {pN} so that it spreads over a Redis Cluster (e.g. 16); changing it needs an empty pipeline (docs/redis-schema.md)", minimum=1, maximum=1024)
 
 
 @dataclass(frozen=True)
@@ -579,6 +581,9 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
         add("push.receipt_timeout_seconds",
             f"{config.push.receipt_timeout_seconds:g} s is longer than push.retention_days "
             f"({config.push.retention_days:g} days): a notification could expire while waiting for its receipt")
+    if config.push.partitions > 1 and config.ami.enabled:
+        # the voice reminders read one voice-requests stream; partitioned ones are not read yet
+        add("push.partitions", "more than 1 partition is not yet supported together with ami.enabled (voice reminders)")
     hours = config.ivr.service_hours.split("-")
     if len(hours) != 2 or not all(_TIME_OF_DAY.match(h) for h in hours):
         add("ivr.service_hours", f"'{config.ivr.service_hours}' is not HH:MM-HH:MM")

@@ -67,6 +67,9 @@ def test_committed_example_config_is_valid() -> None:
          "smpp_server.accounts[0].allowed_networks[0]: 'not-a-net' is not a network (CIDR)"),
         ("drain_timeout_seconds: 1:30\n", "drain_timeout_seconds: '1:30' is read by YAML 1.1 as the number 90"),
         ("push:\n  retention_days: 1\n", "push.receipt_timeout_seconds: 172800 s is longer than push.retention_days (1 days)"),
+        ("push:\n  partitions: 0\n", "push.partitions: 0 is out of range [1, 1024]"),
+        ("push:\n  partitions: 4\nami:\n  enabled: true\n",
+         "push.partitions: more than 1 partition is not yet supported together with ami.enabled"),
     ],
 )
 def test_each_kind_of_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, expected: str) -> None:

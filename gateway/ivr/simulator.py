@@ -221,7 +221,7 @@ async def run(args: argparse.Namespace, config: Any, book: Any) -> int:
     if args.redis_url:
         client: Any = make_client(args.redis_url)
         try:
-            return await walk(client, Keys(config.redis.prefix))
+            return await walk(client, Keys(config.redis.prefix, partitions=config.push.partitions))
         finally:
             await client.aclose()
     async with redis_for(config) as (client, keys):

@@ -28,7 +28,13 @@ async def list_dead_letters(redis: Any, keys: Keys, *, limit: int = 100, offset:
     Ids whose record has expired (retention) or that were retried successfully since
     are dropped from the set on the way.
     """
-    ids = await redis.zrevrange(keys.dead_letters, offset, offset + limit - 1)
+    # One set per partition: the newest of them all (each read to offset + limit).
+    scored: list[tuple[float, str]] = []
+    for part in keys.all_partitions:
+        scored += [(score, i) for i, score in
+                   await redis.zrevrange(part.dead_letters, 0, offset + limit - 1, withscores=True)]
+    scored.sort(reverse=True)
+    ids = [i for _, i in scored[offset:offset + limit]]
     if not ids:
         return []
     async with redis.pipeline(transaction=False) as pipe:
@@ -42,8 +48,8 @@ async def list_dead_letters(redis: Any, keys: Keys, *, limit: int = 100, offset:
             gone.append(notification_id)
             continue
         rows.append(public_view(notification_id, raw))
-    if gone:
-        await redis.zrem(keys.dead_letters, *gone)
+    for notification_id in gone:
+        await redis.zrem(keys.partition(keys.partition_of(notification_id)).dead_letters, notification_id)
     return rows
 
 

@@ -424,10 +424,12 @@ class IntakeConsumer:
     """
 
     def __init__(self, intake: Intake, redis: Any, keys: Keys, *, group: str, consumer: str,
-                 batch_size: int = 200, claim_idle_seconds: float = 60.0) -> None:
+                 batch_size: int = 200, claim_idle_seconds: float = 60.0, stream: str | None = None) -> None:
         self.intake = intake
         self.redis = redis
         self.keys = keys
+        # The shared ``notify`` stream, or one partition's (a partitioned pipeline reads both).
+        self.stream = stream or keys.notify_stream
         self.group = group
         self.consumer = consumer
         self.batch_size = batch_size
@@ -439,14 +441,14 @@ class IntakeConsumer:
         from redis.exceptions import ResponseError
 
         try:
-            await self.redis.xgroup_create(self.keys.notify_stream, self.group, id="0", mkstream=True)
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
 
     async def fetch(self, block_ms: int | None = None) -> list[Any]:
         """XREADGROUP new entries (blocking up to `block_ms`); safe to cancel."""
-        response = await self.redis.xreadgroup(self.group, self.consumer, {self.keys.notify_stream: ">"},
+        response = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"},
                                                count=self.batch_size, block=block_ms)
         return stream_entries(response)
 
@@ -467,7 +469,7 @@ class IntakeConsumer:
                 continue
             requests.append(IntakeRequest(fields=fields, source=_text(fields.get("source")) or "stream",
                                           entry_id=entry_id))
-        stream = (self.keys.notify_stream, self.group)
+        stream = (self.stream, self.group)
         if requests:
             outcomes = await self.intake.accept_many(requests, stream=stream)
             rejected = sum(1 for o in outcomes if o.state == "rejected" and not o.duplicate)
@@ -482,14 +484,14 @@ class IntakeConsumer:
         return await self._process(await self.fetch(block_ms))
 
     async def read_own_pending_once(self) -> int:
-        response = await self.redis.xreadgroup(self.group, self.consumer, {self.keys.notify_stream: "0"},
+        response = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: "0"},
                                                count=self.batch_size)
         return await self._process(stream_entries(response))
 
     async def claim_stale_once(self) -> int:
         """XAUTOCLAIM entries idle longer than claim_idle_seconds and accept them."""
         result = await self.redis.xautoclaim(
-            self.keys.notify_stream, self.group, self.consumer,
+            self.stream, self.group, self.consumer,
             min_idle_time=int(self.claim_idle_seconds * 1000), start_id=self._autoclaim_cursor,
             count=self.batch_size,
         )
@@ -520,8 +522,15 @@ async def enqueue(redis: Any, keys: Keys, type: str, to: str, params: Mapping[st
         fields["channel"] = channel
     if expires_at not in (None, ""):
         fields["expires_at"] = str(expires_at)
-    await redis.xadd(keys.notify_stream, fields)
+    # Its partition's stream: accepted with one script, no acknowledgement afterwards.
+    await redis.xadd(intake_stream(keys, notification_id), fields)
     return notification_id
+
+
+def intake_stream(keys: Keys, notification_id: str) -> str:
+    """Where the gateway's own doors (HTTP, CLI) write a notification: its partition's
+    intake stream (the shared ``notify`` stream with one partition)."""
+    return keys.partition(keys.partition_of(notification_id)).notify_stream
 
 
 async def status(redis: Any, keys: Keys, id: str) -> dict[str, Any] | None:

@@ -123,7 +123,9 @@ class PartnerGateway:
         if sink is None:
             return 0
         if ids is None:
-            ids = await self.ledger.redis.zrange(self.keys.partner_receipts_pending, 0, self.batch_size - 1)
+            ids = []
+            for part in self.keys.all_partitions:  # one set per partition
+                ids += await self.ledger.redis.zrange(part.partner_receipts_pending, 0, self.batch_size - 1)
         ids = [i for i in ids if i not in self._delivering]
         if not ids:
             return 0
@@ -148,8 +150,11 @@ class PartnerGateway:
                     continue
                 delivered.append(notification_id)
             done = delivered + stale
-            if done:
-                await self.ledger.redis.zrem(self.keys.partner_receipts_pending, *done)
+            by_partition: dict[int, list[str]] = {}
+            for notification_id in done:
+                by_partition.setdefault(self.keys.partition_of(notification_id), []).append(notification_id)
+            for partition, members in by_partition.items():
+                await self.ledger.redis.zrem(self.keys.partition(partition).partner_receipts_pending, *members)
             return len(delivered)
         finally:
             self._delivering.difference_update(ids)

@@ -136,9 +136,16 @@ class PushService(Service):
                              daily_cap_bulk=config.daily_cap_bulk, on_accepted=self.dispatcher.waker.wake)
         self.intake.index = SearchIndex(redis, keys, config.retention_days * 86_400)
         consumer = config.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
-        self.consumer = IntakeConsumer(self.intake, redis, keys, group=config.consumer_group,
-                                       consumer=consumer, batch_size=config.batch_size,
-                                       claim_idle_seconds=config.claim_idle_seconds)
+        # The shared notify stream, and with several partitions each partition's stream
+        # (where HTTP, the CLI and core systems that know the rule write).
+        streams = [keys.notify_stream]
+        if keys.partitioned:
+            streams += [part.notify_stream for part in keys.all_partitions]
+        self.consumers = [IntakeConsumer(self.intake, redis, keys, group=config.consumer_group,
+                                         consumer=consumer, batch_size=config.batch_size,
+                                         claim_idle_seconds=config.claim_idle_seconds, stream=stream)
+                          for stream in streams]
+        self.consumer = self.consumers[0]
         self.receipts = ReceiptRecorder(self.writer)
         self.partners = PartnerGateway(self.intake, self.ledger, clock)
         self.ledger.on_partner_final = self.partners.on_partner_final
@@ -152,7 +159,7 @@ class PushService(Service):
         self._running = False
         self._loops: list[Deferred[None]] = []
         self._sleepers: list[Waker] = []
-        self._read_task: asyncio.Future[Any] | None = None
+        self._read_tasks: dict[str, asyncio.Future[Any]] = {}
         self._tick = 0
 
     # -- what other components call --------------------------------------------------------
@@ -191,7 +198,7 @@ class PushService(Service):
         self._running = True
         self._sleepers = []
         self._loops = [
-            self._spawn("intake", self._intake_loop()),
+            *(self._spawn("intake", self._intake_loop(consumer)) for consumer in self.consumers),
             self._spawn("claim-stale", self._every(
                 "claim-stale", self._claim_stale_step, max(1.0, self.config.claim_idle_seconds / 2))),
             self._spawn("dispatch", self._dispatch_loop()),
@@ -204,8 +211,7 @@ class PushService(Service):
 
     async def _stop(self) -> None:
         self._running = False
-        read = self._read_task
-        if read is not None:
+        for read in list(self._read_tasks.values()):
             if not read.done():
                 read.cancel()
             elif not read.cancelled():
@@ -253,7 +259,8 @@ class PushService(Service):
             if "NOGROUP" in str(e):
                 # Redis lost the stream (restart without persistence): create it again.
                 log.warn("push {loop}: intake consumer group missing; creating it", loop=name)
-                await self.consumer.ensure_group()
+                for consumer in self.consumers:
+                    await consumer.ensure_group()
                 return None
             log.failure("push {loop}: redis refused a command", loop=name)
         except asyncio.CancelledError:
@@ -274,26 +281,27 @@ class PushService(Service):
             if self._running and not busy:
                 await self._sleep(interval)
 
-    async def _intake_loop(self) -> None:
+    async def _intake_loop(self, consumer: IntakeConsumer) -> None:
         delay = [self.backoff_initial_seconds]
 
         async def start() -> bool:
-            await self.consumer.ensure_group()
-            while self._running and await self.consumer.read_own_pending_once():
+            await consumer.ensure_group()
+            while self._running and await consumer.read_own_pending_once():
                 pass
             return True
 
         while self._running and not await self._guarded("intake", start, delay):
             pass
         while self._running:
-            await self._guarded("intake", self._intake_step, delay)
+            await self._guarded("intake", lambda: self._intake_step(consumer), delay)
 
-    async def _intake_step(self) -> int:
+    async def _intake_step(self, consumer: IntakeConsumer | None = None) -> int:
         # The next batch is read (XREADGROUP) while this one is accepted: one consumer
         # then waits for one round trip per batch instead of two.  Its entries are
         # pending for this consumer from then on, like those of a cancelled read.
-        read = self._read_task or asyncio.ensure_future(self.consumer.fetch(self.block_ms))
-        self._read_task = read
+        consumer = consumer or self.consumer
+        read = self._read_tasks.get(consumer.stream) or asyncio.ensure_future(consumer.fetch(self.block_ms))
+        self._read_tasks[consumer.stream] = read
         try:
             entries = await read
         except asyncio.CancelledError:
@@ -301,16 +309,19 @@ class PushService(Service):
                 raise
             return 0
         finally:
-            if self._read_task is read:
-                self._read_task = None
+            if self._read_tasks.get(consumer.stream) is read:
+                del self._read_tasks[consumer.stream]
         if not entries:
             return 0
         if self._running:
-            self._read_task = asyncio.ensure_future(self.consumer.fetch(self.block_ms))
-        return await self.consumer.process(entries)
+            self._read_tasks[consumer.stream] = asyncio.ensure_future(consumer.fetch(self.block_ms))
+        return await consumer.process(entries)
 
     async def _claim_stale_step(self) -> bool:
-        return await self.consumer.claim_stale_once() >= self.consumer.batch_size
+        busy = False
+        for consumer in self.consumers:
+            busy = await consumer.claim_stale_once() >= consumer.batch_size or busy
+        return busy
 
     async def _dispatch_loop(self) -> None:
         delay = [self.backoff_initial_seconds]
@@ -346,16 +357,19 @@ class PushService(Service):
                 self.dispatcher.waker.wake()
             await self.partners.deliver_pending()
             # Dead letters older than the retention have lost their record anyway.
-            await self.redis.zremrangebyscore(self.keys.dead_letters, "-inf",
-                                              now - self.config.retention_days * 86_400)
+            for part in self.keys.all_partitions:
+                await self.redis.zremrangebyscore(part.dead_letters, "-inf",
+                                                  now - self.config.retention_days * 86_400)
             await self._update_gauges()
         return promoted >= 1000 or overdue >= 1000
 
     async def _update_gauges(self) -> None:
+        names = [p.value for p in Priority] + ["scheduled"]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for priority in Priority:
-                pipe.zcard(self.keys.lane(priority.value))
-            pipe.zcard(self.keys.scheduled)
+            for part in self.keys.all_partitions:
+                for priority in Priority:
+                    pipe.zcard(part.lane(priority.value))
+                pipe.zcard(part.scheduled)
             counts = await pipe.execute()
-        for lane, count in zip([p.value for p in Priority] + ["scheduled"], counts, strict=True):
-            metrics.queue_depth.labels(lane).set(count)
+        for k, lane in enumerate(names):
+            metrics.queue_depth.labels(lane).set(sum(counts[k::len(names)]))

@@ -64,10 +64,11 @@ gateway/store/service.py does).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import Counter
@@ -82,7 +83,7 @@ from gateway.privacy import mask_phone
 from gateway.push.render import DEFAULT_SIGNATURE
 from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import as_deferred, wait_deferred
-from gateway.store.keys import Keys
+from gateway.store.keys import Keys, PartitionKeys
 from gateway.store.scripts import register_lua
 
 __all__ = [
@@ -213,11 +214,12 @@ class _Declared:
     """The keys one ledger script call touches beyond the ledger's own, each with the
     label the script asks for it by (ledger.lua's declared()): ``n<id>`` a notification,
     ``m<carrier>\\0<message id>`` an index entry, ``e...`` a parked receipt, ``s`` the
-    intake stream, ``k`` a claim list, ``c<k>`` a daily-cap counter."""
+    intake stream, ``k`` a claim list, ``c<key>`` a daily-cap counter.  All of one
+    partition (`PartitionKeys`): the script runs in that partition's slot."""
 
     __slots__ = ("_keys", "keys", "labels")
 
-    def __init__(self, keys: Keys) -> None:
+    def __init__(self, keys: PartitionKeys) -> None:
         self._keys = keys
         self.keys: list[str] = []
         self.labels: dict[str, None] = {}  # ordered, without repeats
@@ -235,6 +237,14 @@ class _Declared:
 
     def early_receipt(self, carrier: str, message_id: str) -> None:
         self.add(f"e{carrier}\x00{message_id}", self._keys.early_receipt(carrier, message_id))
+
+
+async def _mget(redis: Any, keys: list[str]) -> list[str | None]:
+    """MGET over keys that may live in several Cluster slots (RedisCluster splits it)."""
+    nonatomic = getattr(redis, "mget_nonatomic", None)
+    if nonatomic is not None:
+        return list(await nonatomic(keys))
+    return list(await redis.mget(keys))
 
 
 class NotificationLedger:
@@ -261,13 +271,14 @@ class NotificationLedger:
         self.early_receipt_ttl_seconds = int(max(1, early_receipt_ttl_seconds))
         # Called with the ids of partner messages that reached a final state.
         self.on_partner_final = on_partner_final
-        # KEYS[1..12] of every ledger script (ledger.lua names them).
-        self._ledger_keys = [
-            keys.lane("high"), keys.lane("normal"), keys.lane("bulk"),
-            keys.scheduled, keys.inflight, keys.dead_letters, keys.events_stream,
-            keys.voice_requests, keys.partner_receipts_pending, keys.lane_sequence,
-            keys.early_receipts_parked, keys.awaiting_receipt,
-        ]
+        # KEYS[1..12] of every ledger script in partition k (ledger.lua names them).
+        self._ledger_keys = [[
+            part.lane("high"), part.lane("normal"), part.lane("bulk"),
+            part.scheduled, part.inflight, part.dead_letters, part.events_stream,
+            part.voice_requests, part.partner_receipts_pending, part.lane_sequence,
+            part.early_receipts_parked, part.awaiting_receipt,
+        ] for part in keys.all_partitions]
+        self._claim_rotation = 0
         self._header = [str(self.retention_seconds), str(events_maxlen), signature,
                         str(int(max(0, receipt_timeout_seconds)))]
         # The header as the middle of a JSON array: "a","b",...,"z".
@@ -282,18 +293,21 @@ class NotificationLedger:
         self._recover = register("recover.lua")
         self._receipts_overdue = register("receipts_overdue.lua")
         self._transition = register("transition.lua")
+        self._daily_cap = register("daily_cap.lua")
 
     # -- script plumbing -------------------------------------------------------------
 
-    def _declared(self) -> _Declared:
-        return _Declared(self.keys)
+    def _declared(self, partition: int = 0) -> _Declared:
+        return _Declared(self.keys.partition(partition))
 
-    async def _run(self, script: Any, now: float, args: list[Any], declared: _Declared | None = None) -> list[Any]:
+    async def _run(self, script: Any, now: float, args: list[Any], declared: _Declared | None = None,
+                   partition: int = 0) -> list[Any]:
         # Strings and ints only (the scripts tonumber() what they count with).
         labels = list(declared.labels) if declared else []
         tail = _dumps([len(labels), *labels, *args])[1:]
         payload = f'["{_fmt(now)}",{self._header_json},{tail}'
-        keys = self._ledger_keys + declared.keys if declared else self._ledger_keys
+        fixed = self._ledger_keys[partition]
+        keys = fixed + declared.keys if declared else fixed
         result = await script(keys=keys, args=[payload])
         payload, flat_counts, partner_ids = result
         for k in range(0, len(flat_counts), 2):
@@ -323,10 +337,11 @@ class NotificationLedger:
             flat += [name, text]
             if name not in PRIVATE_FIELDS:
                 event += [name, text]
-        declared = self._declared()
+        partition = self.keys.partition_of(notification_id)
+        declared = self._declared(partition)
         declared.notification(notification_id)
         payload = await self._run(self._transition, now, [notification_id, state, len(flat), len(event), *flat, *event],
-                                  declared)
+                                  declared, partition)
         return payload[0] == "1"
 
     async def get(self, notification_id: str) -> dict[str, Any] | None:
@@ -346,10 +361,39 @@ class NotificationLedger:
 
         An id that exists is a duplicate and left alone, unless its state is rejected (a
         corrected request replaces it) or it failed and the item is a dead-letter retry.
+
+        One script per partition.  Entries of a partition's own stream are acknowledged
+        by its script; entries of the shared ``notify`` stream in a partitioned pipeline
+        (or of a partition stream that got another partition's id) after every script ran
+        (a crash in between reads them again: duplicates, left alone).
         """
         if not items:
             return []
-        declared = self._declared()
+        if self.keys.partitioned:
+            items = await self._take_daily_caps(items)
+        groups: dict[int, list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault(self.keys.partition_of(item.id), []).append(index)
+        ack_later: list[str] = []
+        runs = []
+        for partition, indexes in groups.items():
+            acked_here = bool(stream[0]) and stream[0] == self.keys.partition(partition).notify_stream
+            if not acked_here:
+                ack_later += [items[i].entry_id for i in indexes if items[i].entry_id]
+            runs.append(self._accept_partition(partition, [items[i] for i in indexes], now,
+                                               stream if acked_here else ("", stream[1])))
+        results = await asyncio.gather(*runs)
+        outcomes: list[AcceptOutcome] = [AcceptOutcome("", "", False)] * len(items)
+        for indexes, result in zip(groups.values(), results, strict=True):
+            for i, outcome in zip(indexes, result, strict=True):
+                outcomes[i] = outcome
+        if ack_later:
+            await self.ack_only(stream[0], stream[1], ack_later)
+        return outcomes
+
+    async def _accept_partition(self, partition: int, items: list[AcceptItem], now: float,
+                                stream: tuple[str, str]) -> list[AcceptOutcome]:
+        declared = self._declared(partition)
         if stream[0]:
             declared.add("s", stream[0])
         args: list[Any] = [stream[1], len(items)]
@@ -363,13 +407,37 @@ class NotificationLedger:
             if item.cap_key:
                 cap_label = "c" + item.cap_key
                 declared.add(cap_label, item.cap_key)
-            args += [item.id, item.entry_id, "1" if item.retry else "0", item.disposition,
+            args += [item.id, item.entry_id if stream[0] else "", "1" if item.retry else "0", item.disposition,
                      _fmt(item.due_at) if item.due_at else "0", item.lane, cap_label, item.cap, item.reason,
                      item.type, ttl, len(fields), *fields]
-        payload = await self._run(self._accept, now, args, declared)
+        payload = await self._run(self._accept, now, args, declared, partition)
         return [AcceptOutcome(payload[k], payload[k + 1], payload[k + 2] == "duplicate",
                               "" if payload[k + 2] == "duplicate" else payload[k + 2])
                 for k in range(0, len(payload), 3)]
+
+    async def _take_daily_caps(self, items: Sequence[AcceptItem]) -> list[AcceptItem]:
+        """Partitioned pipeline: a number's bulk reminders span partitions, so its daily
+        cap is a set of notification ids outside them (keys.daily_count), taken before the
+        accept scripts by daily_cap.lua (idempotent per id: a replayed entry or a
+        duplicate id counts once).  Over the cap the item becomes a rejection."""
+        capped = [i for i, item in enumerate(items) if item.cap_key and item.disposition in ("queue", "schedule")]
+        if not capped:
+            return list(items)
+        verdicts: list[Any] = []
+        # 50 at a time: enough to overlap round trips without emptying the connection pool.
+        for start in range(0, len(capped), 50):
+            verdicts += await asyncio.gather(*(
+                self._daily_cap(keys=[items[i].cap_key], args=[items[i].id, items[i].cap, 172_800])
+                for i in capped[start:start + 50]))
+        out = list(items)
+        for i, allowed in zip(capped, verdicts, strict=True):
+            item = items[i]
+            if int(allowed):
+                out[i] = replace(item, cap_key="")
+            else:
+                out[i] = replace(item, cap_key="", disposition="reject",
+                                 reason=f"daily cap: {item.cap} bulk reminders to this number today")
+        return out
 
     async def ack_only(self, stream: str, group: str, entry_ids: Iterable[str]) -> None:
         """XACK and delete entries that carried nothing to record (e.g. empty entries)."""
@@ -391,62 +459,131 @@ class NotificationLedger:
         claim did happen (its reply was lost on the way), it returns what that claim took
         and still holds, and takes nothing new: a lost reply costs no lease wait and no
         possible duplicate.
+
+        With several partitions the lanes' heads of all of them are read in one pipeline
+        and the batch is shared among them (`_share_batch`: high lanes first, partitions
+        taking turns); one script runs per partition that has a share.  A lane is first
+        in, first out within its partition.
         """
         if n <= 0:
             return []
         token = token or new_claim_token()
-        claim_key = self.keys.claim(token)
+        parts = self.keys.all_partitions
         # The script may only touch notifications it declares, so the lanes' heads are read
         # first; what another process takes meanwhile, the script skips.
         async with self.redis.pipeline(transaction=False) as pipe:
-            for lane in LANES:
-                pipe.zrange(self.keys.lane(lane), 0, n - 1)
-            peeked: list[list[str]] = await pipe.execute()
-        if not any(peeked) and not await self.redis.exists(claim_key):
-            return []
-        head = [_fmt(lease_seconds), _fmt(quiet_until), token]
-        declared = self._declared()
-        declared.add("k", claim_key)
-        for ids in peeked:
-            for notification_id in ids:
-                declared.notification(notification_id)
-        payload = await self._run(self._claim, now, [n, reserve, *head, "claim", *map(len, peeked),
-                                                     *(i for ids in peeked for i in ids)], declared)
-        if payload == ["replay"]:
-            # This token's claim did run (its reply was lost): declare what it listed.
-            declared = self._declared()
-            declared.add("k", claim_key)
-            for notification_id in await self.redis.lrange(claim_key, 0, -1):
-                declared.notification(notification_id)
-            payload = await self._run(self._claim, now, [n, reserve, *head, "replay", 0, 0, 0], declared)
+            for part in parts:
+                for lane in LANES:
+                    pipe.zrange(part.lane(lane), 0, n - 1)
+                pipe.exists(part.claim(token))
+            replies = await pipe.execute()
+        start = self._claim_rotation
+        self._claim_rotation = (start + 1) % len(parts)
+        heads = [replies[4 * k:4 * k + 3] for k in range(len(parts))]
+        quotas = _share_batch(n, reserve, heads, start)
+        runs = []
+        for partition in range(len(parts)):
+            if replies[4 * partition + 3]:
+                runs.append(self._claim_partition(partition, (0, 0, 0), now, lease_seconds, quiet_until, token,
+                                                  [[], [], []], replay=True))
+            elif sum(quotas[partition]):
+                runs.append(self._claim_partition(partition, quotas[partition], now, lease_seconds, quiet_until,
+                                                  token, heads[partition]))
+        claimed = [c for batch in await asyncio.gather(*runs) for c in batch]
         rank = {"high": 0, "normal": 1, "bulk": 2}
-        claimed = [Claimed(row[0], row[1], row[2], int(row[3]), tuple(row[4].split()) if row[4] else (),
-                           float(row[5]), row[6], row[7], float(row[8] or 0)) for row in payload]
         claimed.sort(key=lambda c: rank.get(c.lane, 1))  # stable: FIFO within a lane
         return claimed
 
-    async def apply(self, ops: Sequence[Sequence[Any]], *, now: float) -> None:
-        """Apply outcome ops (see OutcomeWriter) in one script.
+    async def _claim_partition(self, partition: int, quotas: tuple[int, int, int], now: float,
+                               lease_seconds: float, quiet_until: float, token: str, peeked: list[list[str]],
+                               *, replay: bool = False) -> list[Claimed]:
+        part = self.keys.partition(partition)
+        head = [*quotas, _fmt(lease_seconds), _fmt(quiet_until), token]
+        declared = self._declared(partition)
+        declared.add("k", part.claim(token))
+        if replay:
+            # This token's claim did run (its reply was lost): declare what it listed.
+            for notification_id in await self.redis.lrange(part.claim(token), 0, -1):
+                declared.notification(notification_id)
+            payload = await self._run(self._claim, now, [*head, "replay", 0, 0, 0], declared, partition)
+        else:
+            for ids in peeked:
+                for notification_id in ids:
+                    declared.notification(notification_id)
+            payload = await self._run(self._claim, now, [*head, "claim", *map(len, peeked),
+                                                         *(i for ids in peeked for i in ids)], declared, partition)
+            if payload == ["replay"]:  # the claim list appeared since it was looked for
+                return await self._claim_partition(partition, quotas, now, lease_seconds, quiet_until,
+                                                   token, peeked, replay=True)
+        return [Claimed(row[0], row[1], row[2], int(row[3]), tuple(row[4].split()) if row[4] else (),
+                        float(row[5]), row[6], row[7], float(row[8] or 0)) for row in payload]
 
-        Receipts are looked up in the message-id index first (one MGET), because the
-        script may only touch the notifications it declares; one whose index entry appears
-        in between is sent again (rare: the entry is written while the receipt travels).
+    async def apply(self, ops: Sequence[Sequence[Any]], *, now: float) -> None:
+        """Apply outcome ops (see OutcomeWriter): one script per partition concerned.
+
+        Receipts are looked up in the message-id index first (one MGET), because a script
+        may only touch the notifications it declares; one whose index entry appears in
+        between is sent again (rare: the entry is written while the receipt travels).
+
+        A partitioned pipeline keeps a message id's index entry in the partition of the
+        message id, not of the notification (a receipt names only the message id): an
+        accepted submit is recorded in its notification's partition first, then its index
+        entries in theirs; receipts parked there meanwhile come back and are applied.
         """
         pending = list(ops)
-        # Each round resolves what the last one found written meanwhile; a receipt found
-        # twice in a row is applied, so two rounds suffice and four are generous.
-        for _ in range(4):
+        # Each round resolves what the last one found written meanwhile (or parked):
+        # a receipt is applied by the second round, so six are generous.
+        for _ in range(6):
             if not pending:
                 return
             resolved = await self._resolve_receipts(pending)
-            declared = self._declared()
-            args: list[Any] = [len(resolved), self.early_receipt_ttl_seconds]
-            for op in resolved:
-                _declare_op(declared, op)
-                args.extend(op)
-            again = await self._run(self._outcomes, now, args, declared)
-            pending = [pending[int(number) - 1] for number in again]
+            groups: dict[int, list[tuple[int, Sequence[Any]]]] = {}
+            indexing: dict[int, list[Sequence[Any]]] = {}
+            for number, op in enumerate(resolved):
+                partition = self._op_partition(op)
+                if op[0] == "A" and self.keys.partitioned:
+                    op = self._index_elsewhere(op, partition, indexing)
+                groups.setdefault(partition, []).append((number, op))
+            results = await asyncio.gather(*(self._apply_partition(partition, [op for _, op in numbered], now)
+                                             for partition, numbered in groups.items()))
+            again: list[Sequence[Any]] = []
+            for numbered, (local_again, _) in zip(groups.values(), results, strict=True):
+                again += [pending[numbered[int(local) - 1][0]] for local in local_again]
+            if indexing:
+                indexed = await asyncio.gather(*(self._apply_partition(partition, index_ops, now)
+                                                 for partition, index_ops in indexing.items()))
+                for _, parked in indexed:
+                    again += [("Y", *parked[k:k + 4]) for k in range(0, len(parked), 4)]
+            pending = again
         raise RuntimeError(f"{len(pending)} receipts kept changing their message-id index entries")
+
+    def _op_partition(self, op: Sequence[Any]) -> int:
+        if op[0] == "X":  # the partition of its first candidate's index entry
+            return self.keys.index_partition_of(op[1], op[5]) if int(op[4]) else 0
+        return self.keys.partition_of(op[1])
+
+    def _index_elsewhere(self, op: Sequence[Any], partition: int,
+                         indexing: dict[int, list[Sequence[Any]]]) -> Sequence[Any]:
+        """An A op whose index entries are not all in its notification's partition
+        becomes a B op (the same, without the index) and one I op per entry."""
+        notification_id, carrier, parts, indexed = op[1], op[2], int(op[3]), int(op[4])
+        canonical = op[5 + parts:5 + parts + indexed]
+        homes = [self.keys.index_partition_of(carrier, m) for m in canonical]
+        if all(home == partition for home in homes):
+            return op
+        for part_number, (message_id, home) in enumerate(zip(canonical, homes, strict=True)):
+            indexing.setdefault(home, []).append(("I", notification_id, carrier, part_number, message_id))
+        return ("B", *op[1:])
+
+    async def _apply_partition(self, partition: int, ops: list[Sequence[Any]],
+                               now: float) -> tuple[list[str], list[str]]:
+        declared = self._declared(partition)
+        args: list[Any] = [len(ops), self.early_receipt_ttl_seconds]
+        for op in ops:
+            _declare_op(declared, op)
+            args.extend(op)
+        payload = await self._run(self._outcomes, now, args, declared, partition)
+        return list(payload[0]), list(payload[1])
 
     async def _resolve_receipts(self, ops: list[Sequence[Any]]) -> list[Sequence[Any]]:
         """X ops whose candidate is in the message-id index become Y ops (the notification
@@ -455,7 +592,7 @@ class NotificationLedger:
                    for candidate in op[5:5 + int(op[4])]]
         if not lookups:
             return ops
-        found = iter(await self.redis.mget(lookups))
+        found = iter(await _mget(self.redis, lookups))
         resolved: list[Sequence[Any]] = []
         for op in ops:
             if op[0] != "X":
@@ -471,38 +608,51 @@ class NotificationLedger:
 
     async def promote_due(self, *, now: float, limit: int = 1000) -> int:
         """Move scheduled notifications whose time has come to their lane; how many."""
-        payload = await self._sweep(self._promote, self.keys.scheduled, now, limit)
-        return int(payload[0]) if payload else 0
+        payloads = await self._sweep(self._promote, "scheduled", now, limit)
+        return sum(int(payload[0]) for payload in payloads)
 
     async def close_overdue_receipts(self, *, now: float, limit: int = 1000) -> tuple[int, int]:
         """Notifications still ``submitted`` whose receipt timeout has passed become
         ``unconfirmed``; returns (entries due, notifications closed)."""
-        payload = await self._sweep(self._receipts_overdue, self.keys.awaiting_receipt, now, limit)
-        return (int(payload[0]), int(payload[1])) if payload else (0, 0)
+        payloads = await self._sweep(self._receipts_overdue, "awaiting_receipt", now, limit)
+        return sum(int(p[0]) for p in payloads), sum(int(p[1]) for p in payloads)
 
     async def recover_expired_leases(self, *, now: float, limit: int = 1000) -> int:
         """Put notifications whose claim lease ran out back at the front of their lane."""
-        payload = await self._sweep(self._recover, self.keys.inflight, now, limit)
-        return int(payload[0]) if payload else 0
+        payloads = await self._sweep(self._recover, "inflight", now, limit)
+        return sum(int(payload[0]) for payload in payloads)
 
-    async def _sweep(self, script: Any, key: str, now: float, limit: int) -> list[Any] | None:
-        """Run a sweep script on the members of sorted set `key` due by `now` (at most
-        `limit`), read first so that the script can declare their notifications; None
-        when none is due (no script runs)."""
-        ids = await self.redis.zrangebyscore(key, "-inf", _fmt(now), start=0, num=limit)
-        if not ids:
-            return None
-        declared = self._declared()
-        for notification_id in ids:
-            declared.notification(notification_id)
-        return await self._run(script, now, [len(ids), *ids], declared)
+    async def _sweep(self, script: Any, key_name: str, now: float, limit: int) -> list[list[Any]]:
+        """Run a sweep script, in each partition, on the members of its sorted set
+        `key_name` due by `now` (at most `limit` each), read first so that the script can
+        declare their notifications; no script runs where none is due."""
+        parts = self.keys.all_partitions
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for part in parts:
+                pipe.zrangebyscore(getattr(part, key_name), "-inf", _fmt(now), start=0, num=limit)
+            due: list[list[str]] = await pipe.execute()
+        runs = []
+        for partition, ids in enumerate(due):
+            if ids:
+                declared = self._declared(partition)
+                for notification_id in ids:
+                    declared.notification(notification_id)
+                runs.append(self._run(script, now, [len(ids), *ids], declared, partition))
+        return list(await asyncio.gather(*runs))
 
     async def renew_leases(self, ids: Iterable[str], *, deadline: float) -> None:
         """Extend the leases of notifications this process is still submitting."""
-        ids = list(ids)
-        if ids:
-            mapping = dict.fromkeys(ids, deadline)
-            await self.redis.zadd(self.keys.inflight, mapping, xx=True)
+        by_partition: dict[int, dict[str, float]] = {}
+        for notification_id in ids:
+            by_partition.setdefault(self.keys.partition_of(notification_id), {})[notification_id] = deadline
+        if len(by_partition) == 1:
+            partition, mapping = by_partition.popitem()
+            await self.redis.zadd(self.keys.partition(partition).inflight, mapping, xx=True)
+        elif by_partition:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for partition, mapping in by_partition.items():
+                    pipe.zadd(self.keys.partition(partition).inflight, mapping, xx=True)
+                await pipe.execute()
 
 
 # ----------------------------------------------------------------------------------------
@@ -563,9 +713,50 @@ def op_receipt(carrier: str, state: str, error_code: str, candidates: Sequence[s
     return ("X", carrier, state, error_code or "", len(candidates), *candidates)
 
 
+def _share_batch(n: int, reserve: int, heads: Sequence[Sequence[Sequence[str]]],
+                 start: int) -> list[tuple[int, int, int]]:
+    """How many of each lane (high, normal, bulk) each partition's claim takes.
+
+    `heads[k]` are partition k's lane heads as read.  The batch is shared as one queue
+    would share it: up to ``n - 2 * reserve`` from the high lanes, `reserve` each from
+    normal and bulk (so a flood of codes lets reminders through), then the rest high
+    first; within a lane the partitions take turns, starting at `start` (each claim one
+    further), so none waits behind another's backlog.
+    """
+    count = len(heads)
+    order = [(start + step) % count for step in range(count)]
+    # Each lane's entries as a queue would serve them: partitions taking turns.
+    merged: list[list[int]] = []
+    for lane in range(3):
+        turns: list[int] = []
+        depth = max((len(heads[k][lane]) for k in order), default=0)
+        for position in range(depth):
+            turns += [k for k in order if position < len(heads[k][lane])]
+        merged.append(turns)
+    taken = [0, 0, 0]
+
+    def grab(lane: int, want: int) -> None:
+        taken[lane] += max(0, min(want, len(merged[lane]) - taken[lane]))
+
+    grab(0, n - 2 * reserve)
+    grab(1, reserve)
+    grab(2, reserve)
+    for lane in range(3):
+        grab(lane, n - sum(taken))
+    quotas = [[0, 0, 0] for _ in range(count)]
+    for lane in range(3):
+        for k in merged[lane][:taken[lane]]:
+            quotas[k][lane] += 1
+    return [(q[0], q[1], q[2]) for q in quotas]
+
+
 def _declare_op(declared: _Declared, op: Sequence[Any]) -> None:
     """Declare the keys outcomes.lua touches for one op."""
     kind = op[0]
+    if kind == "I":  # I id carrier part message-id: only the index entry's partition
+        declared.message_id(op[2], op[4])
+        declared.early_receipt(op[2], op[4])
+        return
     if kind == "X":
         carrier, candidates = op[1], op[5:5 + int(op[4])]
         for candidate in candidates:

@@ -3,19 +3,146 @@
 Every key is under the configured prefix (default ``12123:``).  Keys that one Lua script
 or MULTI must touch together carry the same hash tag ``{...}`` so they share a Redis
 Cluster slot: an exam plan, its bookings, their histories and its cancel-unnotified set
-are tagged ``{plan:<plan id>}``; a notification and its voice reminder are tagged with the
-notification id.  The push ledger's and the voice reminders' scripts still touch untagged
-keys (lanes, streams, indexes) as well: the pipeline needs a single Redis, not Cluster.
+are tagged ``{plan:<plan id>}``.
+
+Partitions.  The notification pipeline is split into ``push.partitions`` partitions.  A
+notification belongs to partition ``crc32(id as UTF-8) % partitions`` (`partition_of`):
+stable, the same in every process and language (zlib.crc32, Java's CRC32, Go's
+hash/crc32 IEEE).  A carrier message id's index entry and a receipt parked for it belong
+to partition ``crc32("<carrier>:<canonical message id>") % partitions``
+(`index_partition_of`): a receipt names only those.  With more than one partition every
+key of partition k carries the hash tag ``{p<k>}`` (``12123:{p7}:lane:high``,
+``12123:{p7}:notification:<id>``), so each ledger script touches one Cluster slot.  With
+one partition (the default) the keys keep their untagged names of before partitions
+(``12123:lane:high``, ``12123:notification:{<id>}``): a single Redis needs no migration.
+The single ``notify`` intake stream stays accepted whatever the partitions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
+
+
+class PartitionedKeyError(LookupError):
+    """A pipeline key asked for without its partition while there are several."""
+
+
+@dataclass(frozen=True)
+class PartitionKeys:
+    """The pipeline keys of one partition (see the module docstring)."""
+
+    prefix: str
+    index: int
+    tagged: bool
+
+    @property
+    def base(self) -> str:
+        """What every key of this partition starts with: the prefix and, if tagged, the tag."""
+        return f"{self.prefix}{{p{self.index}}}:" if self.tagged else self.prefix
+
+    def notification(self, notification_id: str) -> str:
+        if self.tagged:
+            return f"{self.base}notification:{notification_id}"
+        return f"{self.prefix}notification:{{{notification_id}}}"
+
+    @property
+    def notify_stream(self) -> str:
+        """This partition's intake stream (untagged: the one shared ``notify`` stream)."""
+        return f"{self.base}notify"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.base}events"
+
+    def lane(self, priority: str) -> str:
+        return f"{self.base}lane:{priority}"
+
+    @property
+    def scheduled(self) -> str:
+        return f"{self.base}scheduled"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.base}dead-letters"
+
+    @property
+    def inflight(self) -> str:
+        return f"{self.base}inflight"
+
+    @property
+    def lane_sequence(self) -> str:
+        return f"{self.base}lane-sequence"
+
+    @property
+    def voice_requests(self) -> str:
+        return f"{self.base}voice-requests"
+
+    @property
+    def partner_receipts_pending(self) -> str:
+        return f"{self.base}partner-receipts"
+
+    @property
+    def awaiting_receipt(self) -> str:
+        return f"{self.base}awaiting-receipt"
+
+    def message_id(self, carrier: str, message_id: str) -> str:
+        return f"{self.base}msgid:{carrier}:{message_id}"
+
+    def early_receipt(self, carrier: str, message_id: str) -> str:
+        return f"{self.base}early-receipt:{carrier}:{message_id}"
+
+    def claim(self, token: str) -> str:
+        return f"{self.base}claim:{token}"
+
+    @property
+    def early_receipts_parked(self) -> str:
+        return f"{self.base}early-receipts-parked"
 
 
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "12123:"
+    partitions: int = 1
+    _parts: tuple[PartitionKeys, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ValueError(f"partitions must be at least 1, not {self.partitions}")
+        tagged = self.partitions > 1
+        object.__setattr__(self, "_parts", tuple(PartitionKeys(self.prefix, k, tagged)
+                                                 for k in range(self.partitions)))
+
+    # --- partitions ------------------------------------------------------------------
+    @property
+    def partitioned(self) -> bool:
+        """True with more than one partition: the pipeline keys are tagged ``{p<k>}``."""
+        return self.partitions > 1
+
+    def partition_of(self, notification_id: str) -> int:
+        """The partition of a notification: ``crc32(id as UTF-8) % partitions``."""
+        if self.partitions == 1:
+            return 0
+        return zlib.crc32(notification_id.encode()) % self.partitions
+
+    def index_partition_of(self, carrier: str, message_id: str) -> int:
+        """The partition of a carrier message id's index entry (canonical form):
+        ``crc32("<carrier>:<message id>") % partitions``."""
+        if self.partitions == 1:
+            return 0
+        return zlib.crc32(f"{carrier}:{message_id}".encode()) % self.partitions
+
+    def partition(self, index: int) -> PartitionKeys:
+        return self._parts[index]
+
+    @property
+    def all_partitions(self) -> tuple[PartitionKeys, ...]:
+        return self._parts
+
+    def _single(self, name: str) -> PartitionKeys:
+        if self.partitions > 1:
+            raise PartitionedKeyError(f"keys.{name}: one per partition; use keys.partition(k).{name}")
+        return self._parts[0]
 
     # --- notification pipeline -------------------------------------------------------
     @property
@@ -26,75 +153,80 @@ class Keys:
     @property
     def events_stream(self) -> str:
         """Every state change, MO and call outcome, for core systems to read."""
+        # Shared by every partition: the notification events of a partitioned pipeline go
+        # to each partition's own stream (partition(k).events_stream) instead.
         return f"{self.prefix}events"
 
     def notification(self, notification_id: str) -> str:
         """One notification's state (hash, tagged with its id; gateway/push/state.py)."""
-        return f"{self.prefix}notification:{{{notification_id}}}"
+        return self._parts[self.partition_of(notification_id)].notification(notification_id)
 
     def lane(self, priority: str) -> str:
         """Ready queue for one priority lane (high, normal, bulk): a sorted set scored by
         `lane_sequence`."""
-        return f"{self.prefix}lane:{priority}"
+        return self._single("lane").lane(priority)
 
     @property
     def scheduled(self) -> str:
         """Sorted set of notification ids by the Unix time they become due."""
-        return f"{self.prefix}scheduled"
+        return self._single("scheduled").scheduled
 
     @property
     def dead_letters(self) -> str:
         """Sorted set of failed/rejected notification ids by time."""
-        return f"{self.prefix}dead-letters"
+        return self._single("dead_letters").dead_letters
 
     @property
     def inflight(self) -> str:
         """Sorted set of notification ids being submitted, by lease deadline (crash recovery)."""
-        return f"{self.prefix}inflight"
+        return self._single("inflight").inflight
 
     @property
     def lane_sequence(self) -> str:
         """Counter giving lane entries their order (first in, first out within a lane)."""
-        return f"{self.prefix}lane-sequence"
+        return self._single("lane_sequence").lane_sequence
 
     @property
     def voice_requests(self) -> str:
         """Stream of reminders to be read out by phone (channel voice, or auto after SMS failed)."""
-        return f"{self.prefix}voice-requests"
+        return self._single("voice_requests").voice_requests
 
     @property
     def partner_receipts_pending(self) -> str:
         """Sorted set of partner message ids whose receipt is owed to the partner, by time."""
-        return f"{self.prefix}partner-receipts"
+        return self._single("partner_receipts_pending").partner_receipts_pending
 
     @property
     def awaiting_receipt(self) -> str:
         """Sorted set of submitted notification ids that asked for a receipt, by the time
         they give up on it (push.receipt_timeout_seconds): then they become unconfirmed."""
-        return f"{self.prefix}awaiting-receipt"
+        return self._single("awaiting_receipt").awaiting_receipt
 
     def message_id(self, carrier: str, message_id: str) -> str:
         """Carrier message id -> notification id and part number."""
-        return f"{self.prefix}msgid:{carrier}:{message_id}"
+        return self._parts[self.index_partition_of(carrier, message_id)].message_id(carrier, message_id)
 
     def early_receipt(self, carrier: str, message_id: str) -> str:
         """A receipt that arrived before its submit_sm_resp was recorded."""
-        return f"{self.prefix}early-receipt:{carrier}:{message_id}"
+        return self._parts[self.index_partition_of(carrier, message_id)].early_receipt(carrier, message_id)
 
     def claim(self, token: str) -> str:
         """The ids one claim call took (a list, kept for twice the lease): a claim sent
         again with the same token, because its reply was lost, gets the same batch back
         instead of a second one."""
-        return f"{self.prefix}claim:{token}"
+        return self._single("claim").claim(token)
 
     @property
     def early_receipts_parked(self) -> str:
         """Set (with the early receipts' TTL) whenever a receipt is parked: while it is
         absent, recording an accepted submit skips looking for parked receipts."""
-        return f"{self.prefix}early-receipts-parked"
+        return self._single("early_receipts_parked").early_receipts_parked
 
     def daily_count(self, phone_digits: str, day: str) -> str:
         """Bulk reminders accepted for a number on a local day (``YYYYMMDD``)."""
+        if self.partitioned:
+            # a set of the ids counted (gateway/push/lua/daily_cap.lua), outside the partitions
+            return f"{self.prefix}freq-ids:{day}:{phone_digits}"
         return f"{self.prefix}freq:{day}:{phone_digits}"
 
     def mo_rate(self, phone_digits: str) -> str:

@@ -35,7 +35,7 @@ async def redis_for(config: Any) -> AsyncIterator[tuple[Any, Keys]]:
         url = config.redis.url
     client = make_client(url)
     try:
-        yield client, Keys(config.redis.prefix)
+        yield client, Keys(config.redis.prefix, partitions=config.push.partitions)
     finally:
         await client.aclose()
         if temporary is not None:

@@ -67,9 +67,9 @@ def make_client(url: str, reconnect_max_delay_seconds: float = 10.0, *, max_conn
 class RedisService(Service):
     log = Logger()
 
-    def __init__(self, config: RedisConfig, *, probe_interval_seconds: float = 1.0) -> None:
+    def __init__(self, config: RedisConfig, *, probe_interval_seconds: float = 1.0, partitions: int = 1) -> None:
         self.config = config
-        self.keys = Keys(config.prefix)
+        self.keys = Keys(config.prefix, partitions=partitions)
         self.embedded: RedisServerProcess | None = None
         if config.url == "embedded":
             # Relative to the working directory: `make demo` keeps it in ./var/redis.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -169,9 +170,9 @@ async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, n
                    daily_cap_bulk: int = 3, max_attempts: int = 3, max_in_flight: int = 2000,
                    batch_size: int = 200, retention_seconds: float = 86_400.0,
                    max_link_losses: int = 20,
-                   receipt_timeout_seconds: float = 172_800.0) -> AsyncIterator[Pipeline]:
+                   receipt_timeout_seconds: float = 172_800.0, partitions: int = 1) -> AsyncIterator[Pipeline]:
     redis = Redis.from_url(redis_url, decode_responses=True)
-    keys = Keys()
+    keys = Keys(partitions=int(os.environ.get("GATEWAY_TEST_PARTITIONS", partitions)))
     clock = ManualClock(now)
     templates = load_templates(TEMPLATES_FILE)
     links = links if links is not None else [

@@ -2,11 +2,14 @@
 -- offered to normal and bulk.
 -- KEYS: the ledger's (ledger.lua), the claim list ('k') and the notification of each
 -- candidate ('n'..id).
--- ARGV (after the ledger header): n, reserve, lease seconds, quiet-hours end (0: not in
--- quiet hours), token, mode ('claim', or 'replay' with the ids of the claim list
--- declared), the number of candidates of the high, normal and bulk lanes, then the
--- candidates, lane by lane in lane order (the caller read them with ZRANGE: a script
--- may only touch the notifications it declared, so it cannot pop unknown ones).
+-- ARGV (after the ledger header): how many to take from the high, normal and bulk lanes
+-- (the caller shares a batch among partitions and lanes: high first, a reserve for the
+-- lower lanes), lease seconds, quiet-hours end (0: not in quiet hours), token, mode
+-- ('claim', or 'replay' with the ids of the claim list declared), the number of
+-- candidates of the high, normal and bulk lanes, then the candidates, lane by lane (the
+-- caller read them with ZRANGE: a script may only touch the notifications it declared,
+-- so it cannot pop unknown ones).  A candidate that is gone or stale is made up for by
+-- the next ones, of its lane first, then of the others.
 -- Guarantees: each claimed notification is submitting, in the in-flight set under a lease
 -- and listed under the token; expired ones end expired, quiet-hours ones go back to
 -- scheduled.  A candidate no longer in its lane (another process took it since it was
@@ -14,12 +17,12 @@
 -- holds and takes nothing new; in 'claim' mode it answers {'replay'} instead, so that the
 -- caller declares the listed ids and asks again in 'replay' mode.
 -- include: ledger.lua
-local n = tonumber(ARGV[FIRST])
-local reserve = tonumber(ARGV[FIRST + 1])
-local lease = tonumber(ARGV[FIRST + 2])
-local QUIET = ARGV[FIRST + 3]
+local QUOTA = {high = tonumber(ARGV[FIRST]), normal = tonumber(ARGV[FIRST + 1]), bulk = tonumber(ARGV[FIRST + 2])}
+local n = QUOTA.high + QUOTA.normal + QUOTA.bulk
+local lease = tonumber(ARGV[FIRST + 3])
+local QUIET = ARGV[FIRST + 4]
 local quiet = tonumber(QUIET)
-local TOKEN, MODE = ARGV[FIRST + 4], ARGV[FIRST + 5]
+local TOKEN, MODE = ARGV[FIRST + 5], ARGV[FIRST + 6]
 local CLAIMKEY = declared('k')
 local out = {}
 local total = 0
@@ -46,10 +49,10 @@ local taken = {}
 -- The candidates of each lane, and which of them are still in it (one ZMSCORE per lane).
 local candidates, present, cursor = {}, {}, {}
 do
-  local j = FIRST + 9
+  local j = FIRST + 10
   for k, lane in ipairs({'high', 'normal', 'bulk'}) do
     local ids = {}
-    for _ = 1, tonumber(ARGV[FIRST + 5 + k]) do ids[#ids + 1] = ARGV[j]; j = j + 1 end
+    for _ = 1, tonumber(ARGV[FIRST + 6 + k]) do ids[#ids + 1] = ARGV[j]; j = j + 1 end
     candidates[lane], cursor[lane] = ids, 1
     for _, scores in ipairs(call_chunked(1000, ids, 'ZMSCORE', LANE[lane])) do
       for _, score in ipairs(scores) do present[#present + 1] = score ~= false end
@@ -96,9 +99,9 @@ local function take(lane, want)
   return claimed
 end
 
-take('high', n - 2 * reserve)
-take('normal', reserve)
-take('bulk', reserve)
+take('high', QUOTA.high)
+take('normal', QUOTA.normal)
+take('bulk', QUOTA.bulk)
 take('high', n - total)
 take('normal', n - total)
 take('bulk', n - total)

@@ -7,6 +7,10 @@
 --   A id carrier parts indexed ids... keys...    accepted by the carrier: the ids as the
 --                                                carrier sent them, then their canonical
 --                                                forms (the index keys for receipts)
+--   B ...                                        as A, its index entries written by I ops
+--                                                in their own partitions (not here)
+--   I id carrier part message-id                 write one index entry (this partition's);
+--                                                a receipt parked for it is handed back
 --   P id carrier n ids...                        a long message partly accepted before it
 --                                                failed: the parts' ids, a possible duplicate
 --   R|W|F id due_at error unknown                retry / wait (no attempt) / failed
@@ -17,17 +21,20 @@
 --   X carrier state error n candidates...        a receipt not found there (yet)
 -- Guarantees: an outcome for a notification no longer submitting changes nothing; a
 -- receipt before its submit's message ids is parked and applied when they are recorded.
--- Returns {{op numbers to send again}, counts, partner ids}: an X op whose index entry
--- appeared since the caller looked (its notification was not declared) is left for the
--- caller to resolve and send again.
+-- Returns {{op numbers to send again}, {id, part, state, error of each parked receipt an I
+-- op found}, counts, partner ids}: an X op whose index entry appeared since the caller
+-- looked (its notification was not declared) is left for the caller to resolve and send
+-- again; a parked receipt an I op takes is deleted here and applied by the caller in the
+-- notification's partition (a crash in between loses that receipt: the notification
+-- ends unconfirmed after push.receipt_timeout_seconds).
 -- include: ledger.lua
 local n = tonumber(ARGV[FIRST])
 local EARLY_TTL = tonumber(ARGV[FIRST + 1])
 local i = FIRST + 2
-local again = {}
+local again, parked = {}, {}
 for number = 1, n do
   local op = ARGV[i]
-  if op == 'A' then
+  if op == 'A' or op == 'B' then
     -- nr: the leading parts that asked for a receipt; only their ids are indexed
     local id, carrier, np, nr = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
     local sent, mids = {}, {}
@@ -48,11 +55,11 @@ for number = 1, n do
       local fields = {'carrier', carrier, 'parts', tostring(np), 'message_ids', table.concat(sent, ' ')}
       if nr < np then fields[7] = 'receipt_parts'; fields[8] = tostring(nr) end
       transition(id, key, 'submitted', h[2], fields, {'carrier', carrier, 'parts', tostring(np)})
-      for p = 1, nr do
+      for p = 1, (op == 'A' and nr or 0) do
         redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. (p - 1), 'EX', RETENTION)
       end
       if nr > 0 and RECEIPT_TIMEOUT > 0 then zadd_later(AWAITING, now + RECEIPT_TIMEOUT, id) end
-      for p = 1, (early_possible() and nr or 0) do
+      for p = 1, ((op == 'A' and early_possible()) and nr or 0) do
         local ek = earlykey(carrier, mids[p])
         local early = redis.call('GET', ek)
         if early then
@@ -129,6 +136,21 @@ for number = 1, n do
       if h[2] and h[2] ~= '' then fc = h[2] .. ' ' .. carrier end
       redis.call('HSET', key, 'failed_carriers', fc, 'error', err)
     end
+  elseif op == 'I' then
+    local id, carrier, part, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    i = i + 5
+    redis.call('SET', msgkey(carrier, mid), id .. ' ' .. part, 'EX', RETENTION)
+    if early_possible() then
+      local ek = earlykey(carrier, mid)
+      local early = redis.call('GET', ek)
+      if early then
+        redis.call('DEL', ek)
+        local sp = string.find(early, ' ', 1, true)
+        parked[#parked + 1] = id; parked[#parked + 1] = part
+        parked[#parked + 1] = string.sub(early, 1, sp - 1); parked[#parked + 1] = string.sub(early, sp + 1)
+        count('receipt_early_applied')
+      end
+    end
   elseif op == 'Y' then
     local id, part, rstate, err = ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
     i = i + 5
@@ -137,7 +159,10 @@ for number = 1, n do
     local carrier, rstate, err, nc = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
     local found = false
     for k = 1, nc do
-      local v = redis.call('GET', msgkey(carrier, ARGV[i + 4 + k]))
+      -- candidates whose index entry lives in another partition were looked up by the
+      -- caller just before (not declared here)
+      local mk = DECLARED['m' .. carrier .. '\0' .. ARGV[i + 4 + k]]
+      local v = mk and redis.call('GET', mk)
       if v then
         local sp = string.find(v, ' ', 1, true)
         local id = string.sub(v, 1, sp - 1)
@@ -166,4 +191,4 @@ for number = 1, n do
   end
 end
 flush_sorted_sets()
-return {again, flat_counts(), partner_final}
+return {{again, parked}, flat_counts(), partner_final}

@@ -1,0 +1,154 @@
+"""The partitioned pipeline (push.partitions > 1) against a real redis-server: keys tagged
+{p<k>} by crc32 of the id, each script within one partition, index entries of carrier
+message ids in their own partition, the daily cap across partitions, the shared intake
+stream still accepted, and batches shared among partitions high lane first."""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+from gateway.ports import DeliveryReceipt, SubmitAccepted
+from gateway.push.deadletters import list_dead_letters
+from gateway.push.intake import IntakeConsumer, enqueue
+from gateway.store.keys import Keys
+from tests.aio import on_asyncio
+from tests.push.harness import code, inspection, pipeline
+from tests.push.test_receipts import record
+
+PARTITIONS = 4
+# Keys outside the partitions: the shared intake and events streams, daily-cap sets.
+SHARED = re.compile(r"^12123:(notify|events|freq-ids:.*)$")
+
+
+def receipt(message_id: str, state: str = "DELIVRD") -> DeliveryReceipt:
+    return DeliveryReceipt(carrier="cmcc", message_id=message_id, state=state, error_code="000")
+
+
+def test_partition_is_crc32_of_the_id_and_tags_every_pipeline_key() -> None:
+    """partition_of is crc32(id) % N (documented for core systems); keys carry {p<k>}; one
+    partition keeps the untagged names of before."""
+    keys = Keys(partitions=16)
+    assert keys.partition_of("exam-20261130-0001") == zlib.crc32(b"exam-20261130-0001") % 16
+    k = keys.partition_of("a")
+    assert keys.notification("a") == f"12123:{{p{k}}}:notification:a"
+    assert keys.partition(7).lane("high") == "12123:{p7}:lane:high"
+    assert keys.message_id("cmcc", "ab01") == f"12123:{{p{zlib.crc32(b'cmcc:ab01') % 16}}}:msgid:cmcc:ab01"
+    single = Keys()
+    assert (single.lane("high"), single.notification("a")) == ("12123:lane:high", "12123:notification:{a}")
+
+
+@on_asyncio
+async def test_notifications_spread_over_partitions_and_are_all_delivered(redis_url: str) -> None:
+    """200 codes through the pipeline with 4 partitions: each ends delivered by its receipt,
+    every key (except the shared streams) carries the tag of the partition crc32 names,
+    and each partition's events stream tells its notifications' story."""
+    async with pipeline(redis_url, partitions=PARTITIONS, batch_size=50) as p:
+        ids = [f"n{i}" for i in range(200)]
+        await p.accept(*(code(i, to=f"139{n:08d}") for n, i in enumerate(ids)))
+        assert await p.dispatch_all() == 200
+        receipts = []
+        for i in ids:
+            [message_id] = (await p.ledger.raw(i))["message_ids"].split()
+            receipts.append(receipt(message_id))
+        await record(p, *receipts)
+        assert {await p.state(i) for i in ids} == {"delivered"}
+        assert len({p.keys.partition_of(i) for i in ids}) == PARTITIONS
+        for key in await p.redis.keys("*"):
+            if SHARED.match(key):
+                continue
+            assert re.match(r"^12123:\{p[0-3]\}:", key), key
+        for i in ("n0", "n1"):
+            stream = p.keys.partition(p.keys.partition_of(i)).events_stream
+            events = [f["type"] for _, f in await p.redis.xrange(stream) if f.get("id") == i]
+            assert events == ["notification.queued", "notification.submitting", "notification.submitted",
+                              "notification.delivered"]
+        for part in p.keys.all_partitions:
+            assert await p.redis.zcard(part.inflight) == 0 and await p.redis.zcard(part.awaiting_receipt) == 0
+
+
+@on_asyncio
+async def test_receipt_before_its_submit_response_in_another_partition(redis_url: str) -> None:
+    """A receipt that beats its submit_sm_resp is parked in the message id's partition and
+    applied to the notification in its own partition once the response is recorded."""
+    async with pipeline(redis_url, partitions=PARTITIONS) as p:
+        # a message id whose index partition differs from the notification's
+        notification_id = "early"
+        message_id = next(f"CMCC{n:08X}" for n in range(1000)
+                          if p.keys.index_partition_of("cmcc", f"cmcc{n:08x}") != p.keys.partition_of(notification_id))
+        p.links[0].script = ["hold"]
+        await p.accept(code(notification_id))
+        await p.dispatcher.dispatch_once()
+        await record(p, receipt(message_id))
+        assert await p.state(notification_id) == "submitting"
+        assert await p.redis.exists(p.keys.early_receipt("cmcc", message_id.lower()))
+        _, d = p.links[0].held.pop()
+        d.callback(SubmitAccepted("cmcc", (message_id,)))
+        await p.writer.flushed()
+        assert await p.state(notification_id) == "delivered"
+        assert not await p.redis.exists(p.keys.early_receipt("cmcc", message_id.lower()))
+        assert await p.redis.get(p.keys.message_id("cmcc", message_id.lower())) == f"{notification_id} 0"
+
+
+@on_asyncio
+async def test_daily_cap_counts_a_number_across_partitions_once_per_id(redis_url: str) -> None:
+    """Four bulk reminders to one number, in different partitions: three accepted, the
+    fourth rejected with the cap's reason; the same ids again count nothing more."""
+    async with pipeline(redis_url, partitions=PARTITIONS, daily_cap_bulk=3) as p:
+        ids = [f"bulk-{i}" for i in range(4)]
+        assert len({p.keys.partition_of(i) for i in ids}) > 1
+        outcomes = await p.accept(*(inspection(i) for i in ids))
+        states = [o.state for o in outcomes]
+        assert states.count("rejected") == 1 and states.count("queued") == 3
+        rejected = next(o for o in outcomes if o.state == "rejected")
+        assert rejected.reason == "daily cap: 3 bulk reminders to this number today"
+        again = await p.accept(*(inspection(i) for i in ids if i != rejected.id))
+        assert all(o.duplicate for o in again)
+
+
+@on_asyncio
+async def test_shared_and_partition_streams_are_both_accepted_and_emptied(redis_url: str) -> None:
+    """A core system's XADD to the shared notify stream and the CLI's to each id's
+    partition stream are both accepted once; both streams end empty (acknowledged)."""
+    async with pipeline(redis_url, partitions=PARTITIONS) as p:
+        consumers = [IntakeConsumer(p.intake, p.redis, p.keys, group="gateway", consumer="t", stream=stream)
+                     for stream in [p.keys.notify_stream, *(part.notify_stream for part in p.keys.all_partitions)]]
+        for consumer in consumers:
+            await consumer.ensure_group()
+        for i in range(20):
+            await p.redis.xadd(p.keys.notify_stream, {"id": f"core-{i}", "type": "verification_code",
+                                                      "to": f"139{i:08d}", "params": '{"code":"1","minutes":"5"}'})
+            await enqueue(p.redis, p.keys, "verification_code", f"138{i:08d}", {"code": "2", "minutes": "5"},
+                          id=f"cli-{i}")
+        for consumer in consumers:
+            while await consumer.read_once():
+                pass
+        for i in range(20):
+            assert await p.state(f"core-{i}") == "queued" and await p.state(f"cli-{i}") == "queued"
+        for consumer in consumers:
+            assert await p.redis.xlen(consumer.stream) == 0
+
+
+@on_asyncio
+async def test_codes_in_one_partition_overtake_a_backlog_in_another(redis_url: str) -> None:
+    """The batch is shared among partitions high lane first: codes come before bulk
+    reminders whatever partitions they are in."""
+    async with pipeline(redis_url, partitions=PARTITIONS, daily_cap_bulk=10, batch_size=40) as p:
+        await p.accept(*(inspection(f"bulk-{i}", to=f"138{i:08d}") for i in range(200)))
+        await p.accept(*(code(f"otp-{i}", to=f"139{i:08d}") for i in range(20)))
+        assert await p.dispatcher.dispatch_once() == 40
+        lanes = [sms.reference.split("-")[0] for sms in p.links[0].submitted]
+        assert lanes.count("otp") == 20 and lanes[:20] == ["otp"] * 20
+
+
+@on_asyncio
+async def test_lost_leases_and_dead_letters_in_every_partition(redis_url: str) -> None:
+    """Lease recovery and the dead-letter list cover every partition."""
+    async with pipeline(redis_url, partitions=PARTITIONS) as p:
+        ids = [f"m{i}" for i in range(12)]
+        await p.accept(*(code(i, to=f"139{n:08d}") for n, i in enumerate(ids)))
+        await p.ledger.claim(12, now=p.clock.now, lease_seconds=30, quiet_until=0)
+        assert await p.ledger.recover_expired_leases(now=p.clock.now + 31) == 12
+        await p.accept(code("bad", to="1234"), code("bad2", to="99"))
+        dead = [row["id"] for row in await list_dead_letters(p.redis, p.keys)]
+        assert sorted(dead) == ["bad", "bad2"]
