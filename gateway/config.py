@@ -202,6 +202,7 @@ class PartnerAccount:
     allowed_networks: tuple[str, ...] = setting(("127.0.0.0/8",), help="source networks (CIDR) the partner may bind from")
     allowed_bind_types: tuple[str, ...] = setting(("transmitter", "receiver", "transceiver"), help="bind types the partner may use")
     tps_limit: float = setting(50.0, help="submits per second the partner may send", unit="1/s", minimum=0.1, maximum=100_000)
+    message_id_format: str = setting("hex32", help="message ids this partner gets in submit_sm_resp and receipts: hex32 (p + 32 hex digits, part k: <id>-<k>), decimal10 (0000000042) or hex8 (0000002A) for fixed-width parsers", choices=("hex32", "decimal10", "hex8"))
     data_coding_0_alphabet: str = setting("gsm7", help="what data_coding 0 means in this partner's submit_sm: gsm7 (GSM 03.38, the SMPP default), ascii (IA5) or latin-1", choices=("gsm7", "ascii", "latin-1"))
     # A partner needs a transmitter and a receiver per process it runs (a few processes);
     # one account holding every connection of the listener would starve the others.

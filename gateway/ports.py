@@ -14,6 +14,7 @@ SMPP links (gateway/smpp/link.py) do not know about notifications, and the push 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -109,8 +110,11 @@ class PartnerIntake(Protocol):
     """The pipeline's door for partner ESMEs that submit over the listener.
 
     `submit_from_partner` records the message as a notification (type ``partner_text``,
-    the partner's text as is) and fires with the gateway message id that goes back in
-    submit_sm_resp; the message then goes through routing, throttling and tracking.
+    the partner's text as is) and fires with the message id of every part (in the
+    account's ``id_format``) that go back in the parts' submit_sm_resp; the message then
+    goes through routing, throttling and tracking.  `query_from_partner`,
+    `cancel_from_partner` and `replace_from_partner` serve query_sm, cancel_sm and
+    replace_sm from the state in Redis (gateway/push/partners.py).
     """
 
     def submit_from_partner(
@@ -119,7 +123,29 @@ class PartnerIntake(Protocol):
         destination: PhoneNumber,
         text: str,
         registered_delivery: bool,
-    ) -> Deferred[str]: ...
+        *,
+        receipt_parts: Sequence[bool] = (),
+        id_format: str = "hex32",
+        data_coding: int = 0,
+    ) -> Deferred[tuple[str, ...]]: ...
+
+    def query_from_partner(self, system_id: str, message_id: str) -> Deferred[PartnerMessageState | None]: ...
+
+    def cancel_from_partner(self, system_id: str, message_id: str) -> Deferred[bool]: ...
+
+    def replace_from_partner(
+        self, system_id: str, message_id: str, short_message: bytes, *, default_alphabet: str = "gsm7"
+    ) -> Deferred[bool]: ...
+
+
+@dataclass(frozen=True)
+class PartnerMessageState:
+    """What query_sm answers (SMPP 3.4 section 4.8.2): message_state (5.2.28), final_date
+    (Unix seconds, None while not final) and error_code (the receipt's err, else 0)."""
+
+    message_state: int
+    final_date: float | None
+    error_code: int
 
 
 class PartnerReceiptSink(Protocol):

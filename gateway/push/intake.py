@@ -299,6 +299,10 @@ class Intake:
         # Set by the push service: numbers and batches the console can search by.
         self.index: Any = None
 
+    def templates(self) -> TemplateSet:
+        """The template set in force (SIGHUP may swap it)."""
+        return self._templates()
+
     def prepare(self, request: IntakeRequest, now: float, quiet_until: float) -> AcceptItem:
         """Validate one request and decide what acceptance does with it (pure)."""
         fields = request.fields

@@ -14,26 +14,62 @@ as the message_id.  A request the intake rejects fails the Deferred with
 When a partner's message asked for a receipt (registered_delivery) and reaches a final
 state, the ledger adds its id to ``keys.partner_receipts_pending`` in the same script.
 `deliver_pending` then calls ``ports.PartnerReceiptSink.deliver_receipt`` (the
-listener's deliver_sm to the partner's receiver bind) and removes the id once the
-partner acknowledged it; a partner without a receiver bind gets it on a later round
-(the service calls `deliver_pending` periodically).
+listener's deliver_sm to the partner's receiver bind) once for every part that asked for
+a receipt, with that part's id, and removes the id once the partner acknowledged them
+all; a partner without a receiver bind gets them on a later round (the service calls
+`deliver_pending` periodically).
+
+Message ids per account (``message_id_format``): ``hex32`` (the default) is the
+notification id ``p<32 hex>``, part k of a multi-part submit ``<id>-<k>``.
+``decimal10`` (``0000000042``) and ``hex8`` (``0000002A``) are for partners with
+fixed-width parsers: a per-account counter (``keys.prefix + partner-msgid:<system_id>``,
+INCRBY the number of parts) numbers the parts; the notification id is
+``p.<system_id>.<part 1's id>`` and parts 2..n are found through alias keys
+(``partner-part:<system_id>:<id>``, kept as long as the notification).  The counter wraps
+after 10^10 / 2^32 messages, decades at partner volumes.
+
+query_sm, cancel_sm and replace_sm (SMPP 3.4 sections 4.8-4.10) name a message by any of
+its part ids; a partner only ever sees its own messages.  Cancel and replace apply only
+while the message has not been handed to a carrier (queued or scheduled), checked and
+written in one script (`NotificationLedger.change_if`): a cancelled message ends
+``expired`` with ``cancelled_at`` (reported as DELETED), a replaced one keeps its place
+with the new text.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from gateway.ports import PartnerReceiptSink
+from gateway.ports import PartnerMessageState, PartnerReceiptSink
 from gateway.privacy import PhoneNumber
 from gateway.push.intake import Intake, IntakeRequest
-from gateway.push.state import NotificationLedger
+from gateway.push.state import FINAL_STATES, NotificationLedger
+from gateway.smpp.text import decode_short_message
 from gateway.store.bridge import as_deferred, wait_deferred
 
-__all__ = ["PartnerGateway", "PartnerSubmitRejected", "receipt_stat"]
+__all__ = ["MESSAGE_ID_FORMATS", "PartnerGateway", "PartnerMessageState", "PartnerSubmitRejected",
+           "receipt_stat"]
+
+MESSAGE_ID_FORMATS = ("hex32", "decimal10", "hex8")
+_ID_WIDTH = {"decimal10": 10, "hex8": 8}
+_ID_MODULUS = {"decimal10": 10**10, "hex8": 16**8}
+_HEX32_ID = re.compile(r"^(p[0-9a-f]{32})(?:-\d{1,3})?$")
+# States in which a message has not been handed to a carrier yet: cancel and replace apply.
+CHANGEABLE_STATES = ("queued", "scheduled")
+# SMPP 3.4 section 5.2.28 message_state of a notification state (DELETED for a cancel).
+_MESSAGE_STATE = {"queued": 1, "scheduled": 1, "submitting": 1, "submitted": 1, "delivered": 2,
+                  "expired": 3, "undeliverable": 5, "failed": 5, "unconfirmed": 7, "rejected": 8}
+
+
+def _safe(system_id: str) -> str:
+    # Notification ids allow A-Z a-z 0-9 . _ : @ + = -; system_ids may hold anything.
+    return re.sub(r"[^A-Za-z0-9_-]", "_", system_id)
 
 log = Logger()
 
@@ -55,7 +91,7 @@ def receipt_stat(raw: dict[str, str]) -> tuple[str, str]:
     if state == "undeliverable":
         return raw.get("receipt_state") or "UNDELIV", raw.get("receipt_error", "") or "000"
     if state == "expired":
-        return "EXPIRED", "000"
+        return ("DELETED" if raw.get("cancelled_at") else "EXPIRED"), "000"
     if state == "unconfirmed":
         return "UNKNOWN", "000"  # submitted; the carrier never said what became of it
     if state == "rejected":
@@ -90,23 +126,129 @@ class PartnerGateway:
     # -- submits -------------------------------------------------------------------------
 
     def submit_from_partner(self, system_id: str, destination: PhoneNumber, text: str,
-                            registered_delivery: bool) -> Deferred[str]:
-        return as_deferred(self._submit(system_id, destination, text, registered_delivery))
+                            registered_delivery: bool, *, receipt_parts: Sequence[bool] = (),
+                            id_format: str = "hex32", data_coding: int = 0) -> Deferred[tuple[str, ...]]:
+        """Record a partner's message; fires with the message id of every part (one for
+        a single submit_sm).  receipt_parts: per part, whether it asked for a receipt
+        (empty: one part, `registered_delivery`)."""
+        return as_deferred(self._submit(system_id, destination, text, registered_delivery,
+                                        tuple(receipt_parts), id_format, data_coding))
+
+    async def _part_ids(self, system_id: str, parts: int, id_format: str) -> tuple[str, tuple[str, ...]]:
+        """(notification id, the parts' message ids) in the account's format."""
+        if id_format not in _ID_WIDTH:
+            notification_id = f"p{uuid.uuid4().hex}"
+            return notification_id, (notification_id, *(f"{notification_id}-{k}" for k in range(2, parts + 1)))
+        last = await self.ledger.redis.incrby(f"{self.keys.prefix}partner-msgid:{_safe(system_id)}", parts)
+        width, modulus = _ID_WIDTH[id_format], _ID_MODULUS[id_format]
+        ids = tuple(format((last - parts + k) % modulus, f"0{width}{'d' if id_format == 'decimal10' else 'X'}")
+                    for k in range(1, parts + 1))
+        return f"p.{_safe(system_id)}.{ids[0]}", ids
+
+    def _alias_key(self, system_id: str, message_id: str) -> str:
+        return f"{self.keys.prefix}partner-part:{_safe(system_id)}:{message_id}"
 
     async def _submit(self, system_id: str, destination: PhoneNumber, text: str,
-                      registered_delivery: bool) -> str:
-        notification_id = f"p{uuid.uuid4().hex}"
+                      registered_delivery: bool, receipt_parts: tuple[bool, ...], id_format: str,
+                      data_coding: int) -> tuple[str, ...]:
+        asked = receipt_parts or (registered_delivery,)
+        notification_id, part_ids = await self._part_ids(system_id, len(asked), id_format)
+        receipt_ids = [part_id for part_id, wants in zip(part_ids, asked, strict=True) if wants]
+        if len(part_ids) > 1 and id_format in _ID_WIDTH:
+            # Written before the acceptance: an alias to a message that was then refused
+            # names nothing and expires.
+            async with self.ledger.redis.pipeline(transaction=False) as pipe:
+                for part_id in part_ids[1:]:
+                    pipe.set(self._alias_key(system_id, part_id), notification_id,
+                             ex=self.ledger.retention_seconds * 2)
+                await pipe.execute()
         request = IntakeRequest(
             fields={"id": notification_id, "type": "partner_text", "to": destination.digits,
                     "params": {"text": text}},
             source="partner",
-            extra={"partner": system_id, "partner_receipt": "1" if registered_delivery else "0"},
+            extra={"partner": system_id, "partner_receipt": "1" if receipt_ids else "0",
+                   "partner_part_ids": " ".join(part_ids), "partner_receipt_ids": " ".join(receipt_ids),
+                   # replace_sm carries no data_coding: its text is in the original's
+                   "partner_data_coding": str(data_coding)},
         )
         [outcome] = await self.intake.accept_many([request])
         if outcome.state == "rejected":
             status = "ESME_RINVDSTADR" if "mobile number" in outcome.reason else "ESME_RSUBMITFAIL"
             raise PartnerSubmitRejected(outcome.reason, status)
-        return notification_id
+        return part_ids
+
+    # -- query_sm, cancel_sm, replace_sm (SMPP 3.4 sections 4.8-4.10) ------------------------
+
+    async def _own(self, system_id: str, message_id: str) -> tuple[str, dict[str, str]] | None:
+        """The notification a partner's message id (any part's) names, if it is theirs."""
+        match = _HEX32_ID.match(message_id)
+        candidates = [match.group(1)] if match else [f"p.{_safe(system_id)}.{message_id}"]
+        if not match:
+            alias = await self.ledger.redis.get(self._alias_key(system_id, message_id))
+            if alias:
+                candidates.append(alias)
+        for notification_id in candidates:
+            raw = await self.ledger.raw(notification_id)
+            if raw and raw.get("partner") == system_id:
+                return notification_id, raw
+        return None
+
+    def query_from_partner(self, system_id: str, message_id: str) -> Deferred[PartnerMessageState | None]:
+        """The state query_sm reports, or None (unknown or another partner's: ESME_RQUERYFAIL)."""
+        return as_deferred(self._query(system_id, message_id))
+
+    async def _query(self, system_id: str, message_id: str) -> PartnerMessageState | None:
+        found = await self._own(system_id, message_id)
+        if found is None:
+            return None
+        _, raw = found
+        state = raw.get("state", "")
+        message_state = 4 if raw.get("cancelled_at") else _MESSAGE_STATE.get(state, 7)
+        final_at = raw.get(f"{state}_at") if state in FINAL_STATES else None
+        error = raw.get("receipt_error", "")
+        return PartnerMessageState(message_state, float(final_at) if final_at else None,
+                                   int(error) if error.isdigit() else 0)
+
+    def cancel_from_partner(self, system_id: str, message_id: str) -> Deferred[bool]:
+        """Cancel a message not yet handed to a carrier; False when unknown, another
+        partner's, or already submitted or final (ESME_RCANCELFAIL)."""
+        return as_deferred(self._cancel(system_id, message_id))
+
+    async def _cancel(self, system_id: str, message_id: str) -> bool:
+        found = await self._own(system_id, message_id)
+        if found is None:
+            return False
+        now = self.clock.seconds()
+        changed, _ = await self.ledger.change_if(
+            found[0], CHANGEABLE_STATES, now=now, state="expired",
+            cancelled_at=f"{now:.3f}", error="cancelled by the partner (cancel_sm)")
+        return changed
+
+    def replace_from_partner(self, system_id: str, message_id: str, short_message: bytes, *,
+                             default_alphabet: str = "gsm7") -> Deferred[bool]:
+        """Replace the text of a message not yet handed to a carrier (short_message in the
+        original submit's data_coding, section 4.10.1); False when unknown, another
+        partner's, or already submitted or final (ESME_RREPLACEFAIL).  Fails with
+        PartnerSubmitRejected when the new text cannot be sent (too long, empty)."""
+        return as_deferred(self._replace(system_id, message_id, short_message, default_alphabet))
+
+    async def _replace(self, system_id: str, message_id: str, short_message: bytes, default_alphabet: str) -> bool:
+        found = await self._own(system_id, message_id)
+        if found is None:
+            return False
+        data_coding = int(found[1].get("partner_data_coding") or 0)
+        text, _ = decode_short_message(short_message, data_coding, 0,
+                                       default_alphabet=default_alphabet)  # type: ignore[arg-type]
+        template = self.intake.templates().get("partner_text")
+        if template is None or not text.strip():
+            raise PartnerSubmitRejected("empty text or no partner_text template", "ESME_RREPLACEFAIL")
+        now = self.clock.seconds()
+        rendered = template.render({"text": text}, now=now)
+        if len(rendered) > self.intake.max_text_chars:
+            raise PartnerSubmitRejected("text too long", "ESME_RREPLACEFAIL")
+        changed, _ = await self.ledger.change_if(
+            found[0], CHANGEABLE_STATES, now=now, text=rendered, replaced_at=f"{now:.3f}")
+        return changed
 
     # -- receipts owed -------------------------------------------------------------------
 
@@ -142,8 +284,12 @@ class PartnerGateway:
                     stale.append(notification_id)
                     continue
                 stat, err = receipt_stat(raw)
+                # Every part that asked for one gets its receipt, under its own id (a
+                # record from before per-part ids: the notification id).
+                receipt_ids = (raw.get("partner_receipt_ids") or notification_id).split()
                 try:
-                    await wait_deferred(sink.deliver_receipt(raw["partner"], notification_id, stat, err))
+                    for receipt_id in receipt_ids:
+                        await wait_deferred(sink.deliver_receipt(raw["partner"], receipt_id, stat, err))
                 except Exception as e:  # the partner has no receiver bind, or did not answer
                     log.info("receipt for partner {partner} not delivered yet: {error}",
                              partner=raw["partner"], error=type(e).__name__)

@@ -294,6 +294,7 @@ class NotificationLedger:
         self._receipts_overdue = register("receipts_overdue.lua")
         self._transition = register("transition.lua")
         self._daily_cap = register("daily_cap.lua")
+        self._change_if = register("change_if.lua")
 
     # -- script plumbing -------------------------------------------------------------
 
@@ -343,6 +344,22 @@ class NotificationLedger:
         payload = await self._run(self._transition, now, [notification_id, state, len(flat), len(event), *flat, *event],
                                   declared, partition)
         return payload[0] == "1"
+
+    async def change_if(self, notification_id: str, allowed: Sequence[str], *, now: float,
+                        state: str = "", **fields: str) -> tuple[bool, str]:
+        """Set `fields` (and `state`, leaving lanes and schedule) only while the
+        notification is in one of the `allowed` states, atomically; returns (changed,
+        the state found: "" when unknown).  For partners' cancel_sm and replace_sm."""
+        if state and state not in STATES:
+            raise ValueError(f"unknown notification state {state!r}")
+        flat = [x for name, value in fields.items() for x in (name, value)]
+        partition = self.keys.partition_of(notification_id)
+        declared = self._declared(partition)
+        declared.notification(notification_id)
+        payload = await self._run(self._change_if, now,
+                                  [notification_id, " ".join(allowed), state, len(flat), *flat], declared,
+                                  partition)
+        return payload[0] == "1", payload[1]
 
     async def get(self, notification_id: str) -> dict[str, Any] | None:
         """The public view (masked recipient, no text) or None when unknown."""

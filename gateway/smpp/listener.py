@@ -15,9 +15,11 @@ accepts ``outbind`` as its first request (see gateway.smpp.session):
   it for ``lockout_seconds``, during which every bind gets ESME_RBINDFAIL and the
   connection is closed.  Bound, a partner submits with submit_sm or data_sm: the text
   is decoded (multi-part UDH/SAR submits are joined first) and handed to
-  ``PartnerIntake.submit_from_partner``; submit_sm_resp carries the gateway message id
-  once the intake has recorded it (for a multi-part submit, every part is answered
-  then: part 1 with the message id, part k with ``<id>-<k>``).  Beyond the account's
+  ``PartnerIntake.submit_from_partner``; submit_sm_resp carries the message id once the
+  intake has recorded it (for a multi-part submit, every part is answered then, each with
+  its own id in the account's ``message_id_format``; every part that asked for a receipt
+  gets one).  query_sm, cancel_sm and replace_sm are answered from the state in Redis
+  (``PartnerIntake.query_from_partner`` ...).  Beyond the account's
   ``tps_limit`` a submit gets ESME_RTHROTTLED.  Receipts go back as deliver_sm
   (``deliver_receipt``, the PartnerReceiptSink port) on a receiver or transceiver
   session of that partner.
@@ -74,11 +76,14 @@ from gateway.smpp.pdu import (
     BindReceiver,
     BindTransceiver,
     BindTransmitter,
+    CancelSm,
     CommandStatus,
     DataSm,
     DeliverSm,
     Outbind,
     Pdu,
+    QuerySm,
+    ReplaceSm,
     SubmitSm,
     Unbind,
     status_name,
@@ -88,6 +93,7 @@ from gateway.smpp.receipts import MESSAGE_STATE_NAMES
 from gateway.smpp.session import Role, SmppSession
 from gateway.smpp.text import Reassembler, decode_pdu_text
 from gateway.smpp.throttle import TokenBucket
+from gateway.smpp.times import absolute_time
 from gateway.smpp.tlv import Tlv, TlvTag
 
 __all__ = [
@@ -108,9 +114,6 @@ _BIND_TYPES: Mapping[type, str] = {
 _MESSAGE_STATES = {name: value for value, name in MESSAGE_STATE_NAMES.items()}
 # What we answer to requests we accept in the bound state but do not implement.
 _NOT_SUPPORTED = {
-    "QuerySm": CommandStatus.ESME_RQUERYFAIL,
-    "CancelSm": CommandStatus.ESME_RCANCELFAIL,
-    "ReplaceSm": CommandStatus.ESME_RREPLACEFAIL,
     "SubmitMulti": CommandStatus.ESME_RSUBMITFAIL,
 }
 
@@ -236,6 +239,8 @@ class _Connection(SessionOwner):
             listener._bind(self, protocol, pdu)
         elif cls is Outbind:
             listener._outbind(self, protocol, pdu)  # type: ignore[arg-type]
+        elif cls is QuerySm or cls is CancelSm or cls is ReplaceSm:
+            listener._partner_request(self, protocol, pdu)  # type: ignore[arg-type]
         else:
             protocol.respond(pdu, _NOT_SUPPORTED.get(cls.__name__, CommandStatus.ESME_RINVCMDID))
 
@@ -551,24 +556,29 @@ class SmppListener(Service):
                 return
             held = self._held_parts.pop(key)
             text = whole
-        # Kannel asks for a receipt on the first part only: any part asking counts.
-        registered_delivery = any(
-            bool(part.registered_delivery & 0x03)  # type: ignore[attr-defined]
-            for _, part, _ in held
-        )
+        # Every part that asks for a receipt gets one under its own id (Kannel asks on
+        # the first part only, and gets one receipt).
+        asked: dict[int, bool] = {}
+        for _, part, sequence in held:  # a part sent twice asks if either copy did
+            wants = bool(part.registered_delivery & 0x03)  # type: ignore[attr-defined]
+            asked[sequence] = asked.get(sequence, False) or wants
+        receipt_parts = [asked.get(k, False) for k in range(1, max(asked) + 1)]
         recorded = maybeDeferred(
             self.intake.submit_from_partner,
             connection.system_id,
             destination,
             text,
-            registered_delivery,
+            any(receipt_parts),
+            receipt_parts=receipt_parts,
+            id_format=account.config.message_id_format,
+            data_coding=pdu.data_coding,
         )
 
-        def accepted(message_id: str) -> None:
-            self._remember_submit(message_id, pdu.source_addr, pdu.destination_addr, now)
+        def accepted(part_ids: tuple[str, ...]) -> None:
+            for part_id in part_ids:
+                self._remember_submit(part_id, pdu.source_addr, pdu.destination_addr, now)
             for part_protocol, part_pdu, sequence in held:
-                part_id = message_id if sequence == 1 else f"{message_id}-{sequence}"
-                part_protocol.respond(part_pdu, message_id=part_id)
+                part_protocol.respond(part_pdu, message_id=part_ids[sequence - 1])
 
         def not_accepted(reason: Failure) -> None:
             log.error(
@@ -583,6 +593,62 @@ class SmppListener(Service):
             lambda f: log.failure(
                 "partner {system_id}: answering a submit", f, system_id=connection.system_id
             )
+        )
+
+    def _partner_request(
+        self, connection: _Connection, protocol: SmppProtocol, pdu: QuerySm | CancelSm | ReplaceSm
+    ) -> None:
+        """query_sm, cancel_sm, replace_sm (SMPP 3.4 sections 4.8-4.10), answered from
+        the state in Redis; a message of another partner is as unknown as none."""
+        account = self._accounts.get(connection.system_id)
+        failure_status = {
+            QuerySm: CommandStatus.ESME_RQUERYFAIL,
+            CancelSm: CommandStatus.ESME_RCANCELFAIL,
+            ReplaceSm: CommandStatus.ESME_RREPLACEFAIL,
+        }[type(pdu)]
+        if account is None or not pdu.message_id:
+            # cancel_sm by service_type/source/destination (no message_id) is not offered
+            protocol.respond(pdu, failure_status)
+            return
+        system_id = connection.system_id
+        if isinstance(pdu, QuerySm):
+            d: Deferred[Any] = maybeDeferred(self.intake.query_from_partner, system_id, pdu.message_id)
+        elif isinstance(pdu, CancelSm):
+            d = maybeDeferred(self.intake.cancel_from_partner, system_id, pdu.message_id)
+        else:
+            d = maybeDeferred(
+                self.intake.replace_from_partner, system_id, pdu.message_id, pdu.short_message,
+                default_alphabet=account.config.data_coding_0_alphabet,
+            )
+
+        def answer(result: Any) -> None:
+            if isinstance(pdu, QuerySm):
+                if result is None:
+                    protocol.respond(pdu, failure_status)
+                    return
+                protocol.respond(
+                    pdu,
+                    message_id=pdu.message_id,
+                    final_date=absolute_time(result.final_date) if result.final_date else "",
+                    message_state=result.message_state,
+                    error_code=min(255, result.error_code),
+                )
+            elif result:
+                protocol.respond(pdu)
+            else:
+                protocol.respond(pdu, failure_status)
+
+        def failed(reason: Failure) -> None:
+            log.warn(
+                "partner {system_id}: {command} not answered from Redis ({error})",
+                system_id=system_id,
+                command=type(pdu).__name__,
+                error=reason.getErrorMessage(),
+            )
+            protocol.respond(pdu, failure_status)
+
+        d.addCallbacks(answer, failed).addErrback(
+            lambda f: log.failure("partner {system_id}: answering a request", f, system_id=system_id)
         )
 
     def _submit_incomplete(self, expired: Any) -> None:

@@ -93,11 +93,14 @@ class ForwardingIntake:
         self.calls: list[tuple[str, PhoneNumber, str, bool]] = []
 
     def submit_from_partner(
-        self, system_id: str, destination: PhoneNumber, text: str, registered_delivery: bool
-    ) -> Deferred[str]:
+        self, system_id: str, destination: PhoneNumber, text: str, registered_delivery: bool,
+        **options: Any,
+    ) -> Deferred[tuple[str, ...]]:
         self.calls.append((system_id, destination, text, registered_delivery))
         sms = OutboundSms(f"{system_id}-{len(self.calls)}", destination, text)
-        return self.link.submit(sms).addCallback(lambda accepted: accepted.message_ids[0])
+        parts = max(1, len(options.get("receipt_parts", ())))
+        return self.link.submit(sms).addCallback(
+            lambda accepted: (accepted.message_ids[0], *(f"{accepted.message_ids[0]}-{k}" for k in range(2, parts + 1))))
 
 
 def eventually(condition: Callable[[], bool], what: str) -> Deferred[None]:
@@ -264,12 +267,14 @@ class RecordingIntake:
         self._count = 0
 
     def submit_from_partner(
-        self, system_id: str, destination: PhoneNumber, text: str, registered_delivery: bool
-    ) -> Deferred[str]:
+        self, system_id: str, destination: PhoneNumber, text: str, registered_delivery: bool,
+        **options: Any,
+    ) -> Deferred[tuple[str, ...]]:
         self._count += 1
         message_id = f"gw{self._count:06d}"
         self.submits.put((system_id, destination, text, registered_delivery, message_id))
-        return defer.succeed(message_id)
+        parts = max(1, len(options.get("receipt_parts", ())))
+        return defer.succeed((message_id, *(f"{message_id}-{k}" for k in range(2, parts + 1))))
 
 
 class DlrReceiver(Resource):

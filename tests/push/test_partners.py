@@ -36,7 +36,7 @@ async def test_partner_message_is_sent_and_its_receipt_returned(redis_url: str) 
         bind = ReceiverBind()
         partners = PartnerGateway(p.intake, p.ledger, p.clock, receipt_sink=bind)
         p.ledger.on_partner_final = partners.on_partner_final
-        message_id = await wait_deferred(
+        [message_id] = await wait_deferred(
             partners.submit_from_partner("fjprov", PhoneNumber("13800138000"), "您的业务已办结。", True))
         raw = await p.ledger.raw(message_id)
         assert raw["type"] == "partner_text" and raw["partner"] == "fjprov"
@@ -56,7 +56,7 @@ async def test_receipt_waits_for_the_partners_receiver_bind(redis_url: str) -> N
         bind = ReceiverBind()
         bind.up = False
         partners = PartnerGateway(p.intake, p.ledger, p.clock, receipt_sink=bind)
-        message_id = await wait_deferred(
+        [message_id] = await wait_deferred(
             partners.submit_from_partner("fjprov", PhoneNumber("13800138000"), "【交管12123】好", True))
         await p.dispatch_all()
         [carrier_id] = (await p.ledger.raw(message_id))["message_ids"].split()
@@ -75,7 +75,7 @@ async def test_partner_gets_unknown_when_the_carrier_never_sends_a_receipt(redis
     async with pipeline(redis_url, receipt_timeout_seconds=3600) as p:
         bind = ReceiverBind()
         partners = PartnerGateway(p.intake, p.ledger, p.clock, receipt_sink=bind)
-        message_id = await wait_deferred(
+        [message_id] = await wait_deferred(
             partners.submit_from_partner("fjprov", PhoneNumber("13800138000"), "好", True))
         await p.dispatch_all()
         assert await partners.deliver_pending() == 0
@@ -90,7 +90,7 @@ async def test_partner_without_registered_delivery_is_owed_nothing(redis_url: st
     """registered_delivery=0: no receipt is queued for the partner."""
     async with pipeline(redis_url) as p:
         partners = PartnerGateway(p.intake, p.ledger, p.clock, receipt_sink=ReceiverBind())
-        message_id = await wait_deferred(
+        [message_id] = await wait_deferred(
             partners.submit_from_partner("fjprov", PhoneNumber("13800138000"), "好", False))
         await p.dispatch_all()
         [carrier_id] = (await p.ledger.raw(message_id))["message_ids"].split()
@@ -119,7 +119,7 @@ async def test_partner_text_is_held_in_quiet_hours(redis_url: str) -> None:
     night = dt.datetime(2026, 3, 2, 23, 0, tzinfo=POLICY.tz).timestamp()
     async with pipeline(redis_url, now=night) as p:
         partners = PartnerGateway(p.intake, p.ledger, p.clock, receipt_sink=ReceiverBind())
-        message_id = await wait_deferred(
+        [message_id] = await wait_deferred(
             partners.submit_from_partner("fjprov", PhoneNumber("13800138000"), "【厦门驾培】周六练车", False))
         raw = await p.ledger.raw(message_id)
         assert raw["state"] == "scheduled"

@@ -16,6 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from gateway.config import PartnerAccount, Secret, SmppServerConfig
+from gateway.ports import PartnerMessageState
 from gateway.privacy import PhoneNumber
 from gateway.smpp.link import CarrierLink
 from gateway.smpp.listener import (
@@ -32,6 +33,7 @@ from gateway.smpp.pdu import (
     BindTransceiverResp,
     BindTransmitter,
     BindTransmitterResp,
+    CancelSm,
     CommandStatus,
     DataSm,
     DataSmResp,
@@ -41,6 +43,7 @@ from gateway.smpp.pdu import (
     Pdu,
     QuerySm,
     QuerySmResp,
+    ReplaceSm,
     SubmitSm,
     SubmitSmResp,
     Unbind,
@@ -67,17 +70,42 @@ class RecordingIntake:
     def __init__(self, immediate: bool = True) -> None:
         self.immediate = immediate
         self.calls: list[tuple[str, PhoneNumber, str, bool]] = []
-        self.pending: list[Deferred[str]] = []
+        self.pending: list[Deferred[tuple[str, ...]]] = []
+        self.options: list[dict[str, Any]] = []
+        self.states: dict[str, PartnerMessageState] = {}
+        self.queries: list[tuple[str, str]] = []
+        self.changeable: set[str] = set()
+        self.replaced: list[tuple[str, str, bytes]] = []
 
     def submit_from_partner(
-        self, system_id: str, destination: PhoneNumber, text: str, registered_delivery: bool
-    ) -> Deferred[str]:
+        self, system_id: str, destination: PhoneNumber, text: str, registered_delivery: bool,
+        **options: Any,
+    ) -> Deferred[tuple[str, ...]]:
         self.calls.append((system_id, destination, text, registered_delivery))
+        self.options.append(options)
+        parts = max(1, len(options.get("receipt_parts", ())))
         if self.immediate:
-            return succeed(f"gw{len(self.calls)}")
-        d: Deferred[str] = Deferred()
+            return succeed(self.ids(f"gw{len(self.calls)}", parts))
+        d: Deferred[tuple[str, ...]] = Deferred()
         self.pending.append(d)
         return d
+
+    def query_from_partner(self, system_id: str, message_id: str) -> Deferred[PartnerMessageState | None]:
+        self.queries.append((system_id, message_id))
+        return succeed(self.states.get(message_id))
+
+    def cancel_from_partner(self, system_id: str, message_id: str) -> Deferred[bool]:
+        return succeed(message_id in self.changeable)
+
+    def replace_from_partner(self, system_id: str, message_id: str, short_message: bytes,
+                             **options: Any) -> Deferred[bool]:
+        if message_id in self.changeable:
+            self.replaced.append((system_id, message_id, short_message))
+        return succeed(message_id in self.changeable)
+
+    @staticmethod
+    def ids(message_id: str, parts: int = 1) -> tuple[str, ...]:
+        return (message_id, *(f"{message_id}-{k}" for k in range(2, parts + 1)))
 
 
 def server_config(**overrides: Any) -> SmppServerConfig:
@@ -253,7 +281,7 @@ def test_partner_submit_reaches_the_intake_and_gets_the_gateway_message_id() -> 
     )
     assert intake.calls == [("partner", PhoneNumber("13800138000"), "考试提醒", True)]
     assert peer.read() == []
-    intake.pending[0].callback("gw-42")
+    intake.pending[0].callback(("gw-42",))
     assert peer.read() == [SubmitSmResp(5, message_id="gw-42")]
 
 
@@ -337,11 +365,34 @@ def test_submit_on_a_receiver_bind_is_refused_by_the_state_table() -> None:
     assert peer.read() == [SubmitSmResp(5, CommandStatus.ESME_RINVBNDSTS)]
 
 
-def test_query_sm_is_answered_as_not_supported() -> None:
-    """query_sm gets ESME_RQUERYFAIL: the gateway does not keep SMSC-style message state."""
-    listener, peer, _, _ = bound_partner()
-    peer.send(QuerySm(5, message_id="x"))
-    assert peer.read() == [QuerySmResp(5, CommandStatus.ESME_RQUERYFAIL)]
+def test_query_sm_is_answered_from_the_intakes_state() -> None:
+    """query_sm of a known id gets its message_state and final date (absolute, UTC); an
+    unknown one ESME_RQUERYFAIL."""
+    listener, peer, _, intake = bound_partner()
+    intake.states["gw7"] = PartnerMessageState(2, 1_700_000_000.0, 0)
+    peer.send(QuerySm(5, message_id="gw7"), QuerySm(6, message_id="x"))
+    assert peer.read() == [
+        QuerySmResp(5, message_id="gw7", final_date="231114221320000+", message_state=2),
+        QuerySmResp(6, CommandStatus.ESME_RQUERYFAIL),
+    ]
+    assert intake.queries == [("partner", "gw7"), ("partner", "x")]
+
+
+def test_cancel_and_replace_sm_answer_what_the_intake_could_do() -> None:
+    """cancel_sm / replace_sm get ESME_ROK when the intake changed the message, else
+    ESME_RCANCELFAIL / ESME_RREPLACEFAIL; cancel_sm without a message_id is refused."""
+    listener, peer, _, intake = bound_partner()
+    intake.changeable.add("gw7")
+    peer.send(CancelSm(5, message_id="gw7"), CancelSm(6, message_id="gw8"), CancelSm(7))
+    peer.send(ReplaceSm(8, message_id="gw7", short_message=b"new"), ReplaceSm(9, message_id="gw8"))
+    assert [(type(r).__name__, r.command_status) for r in peer.read()] == [
+        ("CancelSmResp", CommandStatus.ESME_ROK),
+        ("CancelSmResp", CommandStatus.ESME_RCANCELFAIL),
+        ("CancelSmResp", CommandStatus.ESME_RCANCELFAIL),
+        ("ReplaceSmResp", CommandStatus.ESME_ROK),
+        ("ReplaceSmResp", CommandStatus.ESME_RREPLACEFAIL),
+    ]
+    assert intake.replaced == [("partner", "gw7", b"new")]
 
 
 # -- receipts to partners -------------------------------------------------------------------------
