@@ -454,8 +454,8 @@ class Sipp:
 
     def start(self) -> None:
         args = ["sipp", "-sf", str(REPO / "tests" / "asterisk" / "sipp" / self.scenario), "-i", "127.0.0.1",
-                "-p", str(self.local_port), "-m", "1", "-aa", "-nostdin", "-trace_err",
-                "-mp", str(free_port())]
+                "-p", str(self.local_port or free_port()), "-m", "1", "-aa", "-nostdin", "-trace_err",
+                "-mp", str(free_port()), "-timeout", "60s", "-timeout_error"]
         if self.remote:
             args.append(self.remote)
         args += self.extra
@@ -475,3 +475,13 @@ class Sipp:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    def errors(self) -> str:
+        """SIPp's error log and stderr (for assertion messages)."""
+        text = ""
+        if self.workdir is not None:
+            for path in sorted(self.workdir.glob("*errors.log")):
+                text += path.read_text(errors="replace")[-3000:]
+        if self.process is not None and self.process.stderr is not None and self.process.poll() is not None:
+            text += self.process.stderr.read().decode(errors="replace")[-2000:]
+        return text

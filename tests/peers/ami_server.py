@@ -83,7 +83,7 @@ class Outcome(enum.Enum):
     NO_ANSWER = "no_answer"  # Hangup Cause 19 (Hangup(19), SIP 480), then Failure, Reason 0
     CONGESTION = "congestion"  # Hangup Cause 34, then Failure, Reason 0
     BUSY_SIGNAL = "busy_signal"  # Busy(): Hangup Cause 0, then Failure, Reason 5 (AST_CONTROL_BUSY)
-    RING_TIMEOUT = "ring_timeout"  # still ringing at the Timeout: no cause, Reason 3 (AST_CONTROL_RINGING)
+    RING_TIMEOUT = "ring_timeout"  # still ringing at the Timeout (PJSIP CANCEL): Hangup Cause 19, Reason 3
     FAILED = "failed"  # Failure, Reason 0 (no channel could be requested; no Hangup)
     REJECT = "reject"  # Response: Error to the Originate itself: never placed
 
@@ -307,7 +307,7 @@ class AmiServer(Factory):
             Outcome.NO_ANSWER: ("19", "User alerting, no answer", "0"),
             Outcome.CONGESTION: ("34", "Circuit/channel congestion", "0"),
             Outcome.BUSY_SIGNAL: ("0", "Unknown", "5"),
-            Outcome.RING_TIMEOUT: ("0", "Unknown", "3"),
+            Outcome.RING_TIMEOUT: ("19", "User alerting, no answer", "3"),
         }[outcome]
         self._hangup(channel, cause, text)
         self._originate_response(channel, success=False, reason=reason)
