@@ -107,11 +107,15 @@ class IdNumber(_MaskedDigits):
     _mask = staticmethod(mask_id)
 
 
-# Seven or more digits in a row: phone numbers (11), ID numbers (18, maybe ending X),
-# booking numbers are shorter than that only when configured so.  Message ids and
-# timestamps also match; masking them in logs costs little and the fields keep them whole.
+# Mobile numbers (11 digits, 1[3-9]...) and ID numbers (18, maybe ending X, or 15) standing
+# on their own: after a space, punctuation, "/", "=", ":", a Chinese character, +86...
 # Not after "<digit>.": the fraction of a float (a retry delay) is not a number to hide.
-_DIGIT_RUN = re.compile(r"(?<![0-9])(?<![0-9]\.)(?:\+?86)?(1[3-9]\d{9}|\d{17}[\dXx]|\d{15})(?![0-9])")
+# Not inside an identifier the gateway made itself: a run glued to letters or "_" before
+# it, or to "<word>-" (notification ids and ActionIDs such as acc-cause-13900009001 or
+# rem-n7-1 stay greppable in the logs; the fields that carry numbers are masked at source).
+_DIGIT_RUN = re.compile(
+    r"(?<![0-9])(?<![0-9]\.)(?<![A-Za-z_])(?<![A-Za-z0-9_]-)"
+    r"(?:\+?86)?(1[3-9]\d{9}|\d{17}[\dXx]|\d{15})(?![0-9A-Za-z_])")
 
 
 def mask_digit_runs(text: str) -> str:

@@ -61,3 +61,29 @@ def test_log_lines_never_carry_a_whole_number(fmt: str) -> None:
     assert "138****8000" in text
     if fmt == "json":
         assert json.loads(text)["to"] == "138****8000"
+
+
+@pytest.mark.parametrize("text", [
+    "Originate acc-cause-13900009001 refused",
+    "voice call rem-ntf-13800138000-1 for notification ntf-13800138000: busy",
+    "notification cli_13800138000 queued",
+    "ActionID gw-110101199003071234",
+    "trace id abc13800138000",
+])
+def test_safety_net_leaves_the_gateways_own_identifiers_readable(text: str) -> None:
+    """Notification ids and ActionIDs that contain digit runs stay whole, so an operator can
+    grep the logs for them."""
+    assert mask_digit_runs(text) == text
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("PJSIP/13800138000@carrier-trunk", "PJSIP/138****8000@carrier-trunk"),
+    ("caller=13800138000;", "caller=138****8000;"),
+    ("号码13800138000的", "号码138****8000的"),
+    ("to +8613800138000", "to 138****8000"),
+    ("id:110101199003071234 and 11010119900307123X", "id:110101********1234 and 110101********123X"),
+    ('{"to": "13800138000"}', '{"to": "138****8000"}'),
+    ("13800138000-1", "138****8000-1"),
+])
+def test_safety_net_still_masks_numbers_standing_on_their_own(text: str, masked: str) -> None:
+    assert mask_digit_runs(text) == masked

@@ -64,3 +64,14 @@ def test_reminder_outcome_from_the_hangup_cause(gateway: Any, driver: AmiDriver,
     assert response.get("response") == "Failure" and response.get("uniqueid") == action_id, response.headers
     assert (response.get("reason"), hangup.get("cause")) == reason_and_cause, (response.headers, hangup.headers)
     assert record["outcome"] == outcome, (view, record, hangup.headers)
+
+
+def test_logs_keep_gateway_identifiers_and_mask_numbers(gateway: Any, driver: AmiDriver) -> None:
+    """An id with a phone-like digit run stays greppable in the log (as do its ActionID and
+    channel id); the callee's number never appears whole."""
+    view = remind(gateway, "acc-cause-13900009001", "cause17")
+    assert call_record(gateway, view["id"])["outcome"] == "busy"
+    log = wait_for(lambda: (text := gateway.log_text()) and "rem-acc-cause-13900009001-1" in text and text,
+                   30, "the call's log line")
+    assert "139****9001" not in log
+    assert CALLEES["cause17"] not in log
