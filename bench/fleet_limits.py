@@ -151,10 +151,12 @@ def xadd_all(redis_url: str, count: int, batch: int = 1000) -> None:
 
 
 def measure_row(redis_url: str, workdir: Path, processes: int, *, share: int, seconds: float,
-                redis_pid: int | None = None, max_processes: int = 3, link_factor: float = 1.0) -> dict[str, Any]:
+                redis_pid: int | None = None, max_processes: int = 3, link_factor: float = 1.0,
+                fleet_limits: bool = True) -> dict[str, Any]:
     """One row: ``processes`` gateways on ``redis_url``; the account's TPS is
     ``share * max_processes``, each process's binds may send ``share * link_factor``
-    (above 1: only the account's limit holds the fleet).  Returns the row's figures."""
+    (above 1: only the account's limit holds the fleet).  ``fleet_limits`` False leaves
+    account_tps and max_binds out of the config (the baseline).  Returns the row's figures."""
     import redis
 
     client = redis.Redis.from_url(redis_url)
@@ -175,7 +177,8 @@ def measure_row(redis_url: str, workdir: Path, processes: int, *, share: int, se
             config = workdir / f"gateway-{processes}-{k}.yaml"
             config.write_text(yaml.safe_dump(gateway_config(
                 redis_url, simulator.smpp_port, port, workdir, templates, link_tps=link_tps,
-                account_tps=account_tps, max_binds=max_processes)), encoding="utf-8")
+                account_tps=account_tps if fleet_limits else 0,
+                max_binds=max_processes if fleet_limits else 0)), encoding="utf-8")
             log = workdir / f"gateway-{processes}-{k}.log"
             with open(log, "wb") as out:
                 gateways.append((subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)],
@@ -214,6 +217,7 @@ def measure_row(redis_url: str, workdir: Path, processes: int, *, share: int, se
         "throughput_per_second": round(stats["accepted"] / elapsed, 1) if last_at and elapsed > 0 else None,
         "account_tps": account_tps,
         "link_tps": link_tps,
+        "fleet_limits": fleet_limits,
         "peak_window": peaks["peak_window"],
         "peak_window_over_limit": round(peaks["peak_window"] / account_tps - 1, 4),
         "windows": peaks["windows"],
@@ -232,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", default="1,2,3", help="rows, e.g. 1,2,3")
     parser.add_argument("--redis-url", default="", help="use this Redis instead of starting one")
     parser.add_argument("--quick", action="store_true", help="share 300/s, 3 s a row")
+    parser.add_argument("--without-limits", action="store_true",
+                        help="the same rows without account_tps and max_binds (the baseline: per-link limits only)")
     parser.add_argument("--no-account-row", action="store_true",
                         help="skip the last row (3 processes whose links could send twice their share)")
     args = parser.parse_args(argv)
@@ -250,13 +256,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             most = max(3, max(rows_wanted))
             rows = [measure_row(redis_url, workdir, p, share=args.share, seconds=args.seconds,
-                                redis_pid=redis_pid, max_processes=most)
+                                redis_pid=redis_pid, max_processes=most, fleet_limits=not args.without_limits)
                     for p in rows_wanted]
             if not args.no_account_row:
                 # The same fleet with links that could send twice their share: now the
                 # account's TPS alone holds it (the GCRA slots, not the per-link buckets).
                 rows.append(measure_row(redis_url, workdir, most, share=args.share, seconds=args.seconds,
-                                        redis_pid=redis_pid, max_processes=most, link_factor=2.0))
+                                        redis_pid=redis_pid, max_processes=most, link_factor=2.0,
+                                        fleet_limits=not args.without_limits))
         finally:
             if server is not None:
                 server.stop()
@@ -281,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         "binds": {"met": all(r["peak_binds"] <= r["max_binds"] for r in rows)},
     }
     print_json_line({"benchmark": "fleet_limits", "date": today(), "machine": machine(),
-                     "setup": {"share": args.share, "seconds": args.seconds, "redis_url_given": bool(args.redis_url)},
+                     "setup": {"share": args.share, "seconds": args.seconds, "redis_url_given": bool(args.redis_url),
+                               "fleet_limits": not args.without_limits},
                      "rows": rows, "targets": targets})
     return 0 if all(r["complete"] for r in rows) and targets["binds"]["met"] else 1
 
