@@ -36,8 +36,9 @@ Digit to command: the client notes the time when it hands the transport a reply 
 consumed the caller's keys (``WAIT FOR DIGIT`` ``200 result=49``, ``GET DATA``
 ``200 result=20261128001``, ``WAIT FOR DIGIT`` ``200 result=35``) and the time the next
 command line arrives.  So there are three samples per call: after "1" the server runs
-``check_attempts`` (one Redis round trip: GET), after the booking number
-``booking_status`` (four in a row: the attempt script, MGET, HGETALL with HGET, DECR),
+``check_attempts`` (one Redis round trip: MGET), after the booking number
+``booking_status`` (four in a row: the attempt counters' scripts in one pipeline, GET,
+HGETALL with HGET, the counters' DECRs in one pipeline),
 after "#" none.  It is measured on the client side, so it includes both event loops and
 the sockets: what Asterisk would wait.  For comparison
 the report also gives the server's own ``gateway_agi_step_seconds`` histogram (every
@@ -168,6 +169,9 @@ def gateway_config(redis_url: str, fastagi_port: int, http_port: int, state_dir:
             "menus_file": str(REPO / "config" / "ivr.yaml"),
             "sounds_dir": str(state_dir / "sounds"),
             "attempts_per_hour": ATTEMPTS_PER_HOUR,
+            # Every check succeeds, but each holds its counters while in flight.
+            "attempts_per_booking_per_day": 10_000, "attempts_per_caller_per_hour": 10_000,
+            "enumeration_failures_per_minute": 1_000_000,
         },
         "ami": {"enabled": False},
         "logging": {"format": "json", "level": "info"},
@@ -504,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
             "client": "this process, Twisted default reactor, tests/peers AsteriskFastAgiClient",
             "redis": "redis-server, appendonly everysec, sample data",
             "attempts_per_hour": ATTEMPTS_PER_HOUR,
+            "attempts_per_booking_per_day": 10_000, "attempts_per_caller_per_hour": 10_000,
+            "enumeration_failures_per_minute": 1_000_000,
             "redis_max_connections": args.redis_max_connections,
             "pace_ms": args.pace_ms,
             "ramp_seconds": args.ramp_seconds,

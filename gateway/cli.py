@@ -9,7 +9,7 @@
     gateway queues | search --phone N | batch cancel ID | audit | users add|passwd|remove|list
     gateway seed -c FILE --sample
     gateway smsc-sim [options]
-    gateway ivr-sim -c FILE --caller NUMBER --keys 2,20261130001#,1
+    gateway ivr-sim -c FILE --caller NUMBER --keys 2,20261130001#,151282,1
     gateway prompts build -c FILE
     gateway demo -c FILE
 

@@ -287,7 +287,13 @@ class IvrConfig:
     fastagi: FastAgiConfig = setting(default_factory=FastAgiConfig, help="FastAGI server")
     menus_file: ReferencedFile = setting(ReferencedFile("ivr.yaml"), help="voice menus, relative to this file")
     sounds_dir: str = setting("var/sounds", help="where `gateway prompts build` writes prompts")
-    attempts_per_hour: int = setting(5, help="identity attempts per caller number per hour", minimum=1, maximum=1000)
+    attempts_per_hour: int = setting(5, help="failed identity checks per caller number and booking number (or ID-number check) per hour", minimum=1, maximum=1000)
+    # Limits a stranger cannot turn against the owner (gateway/ivr/attempts.py): 10 a day
+    # gives the owner room for typing errors while a guesser gets 10 tries, not one per
+    # spoofed number; 60 a minute is far above what callers mistype at the busiest hour.
+    attempts_per_booking_per_day: int = setting(10, help="failed identity checks on one booking number per day, from any caller number; beyond, the booking answers only with the way forward (SMS, agent)", minimum=1, maximum=10_000)
+    attempts_per_caller_per_hour: int = setting(20, help="failed identity checks per caller number per hour over all booking numbers (one number cannot walk through them)", minimum=1, maximum=10_000)
+    enumeration_failures_per_minute: int = setting(60, help="failed identity checks per minute over all callers above which enumeration is suspected: logged, counted, and a caller number that failed before gets no further check", minimum=1, maximum=1_000_000)
     service_hours: str = setting("08:30-17:30", help="hours in which calls may go to an agent, HH:MM-HH:MM")
     agent_queue: str = setting("12123-agents", help="Asterisk queue for agents")
 

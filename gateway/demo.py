@@ -282,7 +282,7 @@ class Demo:
         from twisted.internet import reactor
 
         from gateway.domain.bookings import BookingStore
-        from gateway.domain.sample import SAMPLE_CALLER_UNICOM
+        from gateway.domain.sample import SAMPLE_CALLER_UNICOM, SAMPLE_ID_NUMBERS
         from gateway.privacy import mask_phone
         from gateway.store.bridge import wait_deferred
 
@@ -292,7 +292,8 @@ class Demo:
         fastagi = root.getServiceNamed("fastagi")
         port = fastagi.listening_port.getHost().port
         booking_no = sample.slot_booking
-        keys_typed = ["2", booking_no + "#", "1"]
+        # The booking number and, as the second factor, the last six of the holder's ID number.
+        keys_typed = ["2", booking_no + "#", SAMPLE_ID_NUMBERS[SAMPLE_CALLER_UNICOM][-6:].replace("X", "*"), "1"]
         self.say(f"  caller {mask_phone(SAMPLE_CALLER_UNICOM)} dials 12123 and types: {', '.join(keys_typed)}")
         client = await wait_deferred(place_call(reactor, port, "12123", callerid=SAMPLE_CALLER_UNICOM,
                                                 inputs=[CallerInput(k) for k in keys_typed]))

@@ -41,3 +41,12 @@ connections_refused = Counter(
     "gateway_connections_refused_total", "connections refused or dropped by a limit, by server and reason",
     ["server", "reason"], registry=REGISTRY,
 )
+ivr_identity_limited = Counter(
+    "gateway_ivr_identity_limited_total", "voice identity checks held by an attempt limit, by limit",
+    ["limit"], registry=REGISTRY,
+)
+ivr_enumeration_suspected = Counter(
+    "gateway_ivr_enumeration_suspected_total",
+    "failed voice identity checks counted while the global failure rate looked like enumeration",
+    registry=REGISTRY,
+)

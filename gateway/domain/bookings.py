@@ -423,13 +423,16 @@ class BookingStore:
         return entries
 
     async def verify_by_booking_number(
-        self, booking_no: str, caller_phone_digits: str | None
+        self, booking_no: str, caller_phone_digits: str | None, *, id_suffix: str | None = None
     ) -> Booking | None:
-        """The booking when it exists and the caller's number is its phone on record.
+        """The booking when it exists, the caller's number is its phone on record, and
+        (when given) `id_suffix` is the last six characters of its holder's ID number.
 
         `caller_phone_digits` is the SMS source address or the call's caller id; None (a
-        withheld caller id) never verifies.  Unknown booking and wrong phone give the same
-        None, so the answer does not tell a caller that a booking number exists.
+        withheld caller id) never verifies.  `id_suffix` is the voice cancellation's second
+        factor (six keys, ``*`` or x for X).  Unknown booking, wrong phone and wrong suffix
+        give the same None, and cost the same Redis work (`_load_for_check`), so neither
+        the answer nor its timing tells a caller that a booking number exists.
         """
         if caller_phone_digits is None:
             return None
@@ -437,12 +440,37 @@ class BookingStore:
             caller = normalise_cn_mobile(caller_phone_digits)
         except InvalidPhoneNumber:
             return None
-        booking = await self.get(booking_no)
-        if booking is None:
+        wanted_suffix = None
+        if id_suffix is not None:
+            wanted_suffix = _id_suffix_key(id_suffix)
+            if wanted_suffix is None:
+                return None
+        number = normalise_booking_no(booking_no)
+        if number is None:
             return None
-        if not hmac.compare_digest(booking.phone.digits.encode(), caller.encode()):
+        booking = await self._load_for_check(number)
+        # Compare against placeholders when there is no booking: the same work either way.
+        phone_matches = hmac.compare_digest(
+            (booking.phone.digits if booking else "0" * 11).encode(), caller.encode())
+        suffix_matches = wanted_suffix is None or hmac.compare_digest(
+            (booking.id_number.digits[-6:] if booking else "000000").encode(), wanted_suffix.encode())
+        if booking is None or not phone_matches or not suffix_matches:
             return None
         return booking
+
+    async def _load_for_check(self, number: str) -> Booking | None:
+        """One booking for an identity check, with the same Redis commands whether or not
+        it exists: GET the number's plan, then HGETALL the booking and HGET the plan's
+        deadline, of keys that do not exist when the number is unknown."""
+        plan_id = await self._redis.get(self._keys.booking_index(number))
+        plan = decode_text(plan_id) if plan_id is not None else _NO_PLAN
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._keys.booking(plan, number))
+            pipe.hget(self._keys.exam_plan(plan), "cancel_deadline")
+            raw, deadline = await pipe.execute()
+        if plan_id is None or not raw:
+            return None
+        return booking_from_hash(decode_hash(raw), None if deadline is None else decode_text(deadline))
 
     async def _load(self, booking_numbers: Sequence[str]) -> list[Booking]:
         """Bookings for these numbers, skipping unknown ones: two round trips in all."""
@@ -466,6 +494,17 @@ class BookingStore:
                     booking_from_hash(decode_hash(raw), None if deadline is None else decode_text(deadline))
                 )
         return bookings
+
+
+# The plan id read for an unknown booking number: no plan has it (plan ids are digits,
+# letters and dashes from the exam planning system), so its keys never exist.
+_NO_PLAN = "~none~"
+
+
+def _id_suffix_key(text: str) -> str | None:
+    """The last-six entry as the register spells it: digits, X for x or * (keypads lack X)."""
+    cleaned = unicodedata.normalize("NFKC", text).strip().upper().replace("*", "X")
+    return cleaned if re.fullmatch(r"[0-9]{5}[0-9X]", cleaned) else None
 
 
 def _in_order(bookings: Any) -> list[Booking]:

@@ -9,18 +9,20 @@ menu never reads, so a caller cannot steer the cancellation to a booking that wa
 verified by typing a number into some other entry.
 
 Identity before anything personal (seeds 001 and 003: the phone on record is the only
-number the platform talks to):
+number the platform talks to; the threat model is in docs/ivr.md):
 
 * a booking number (``identity`` of 7 to 20 digits): the booking, when the caller id is
-  its phone on record (`BookingStore.verify_by_booking_number`);
+  its phone on record (`BookingStore.verify_by_booking_number`); to *cancel* it, also the
+  last six characters of its holder's ID number (``id_suffix``): the caller id alone can
+  be spoofed and a booking number (date + 3-digit sequence) guessed;
 * the last six characters of the ID number (``identity`` / ``id_suffix`` of 6 keys, ``*``
   for X): the person whose phone on record is the caller id
   (`PersonStore.verify_by_id_suffix`).
 
-"Not found" and "not yours" are the same outcome, ``not_verified``.  Each failed check
-costs one attempt of the caller number's hourly allowance (``ivr-attempts:<phone>``, a
-fixed one-hour window from the first failure); at the limit every check answers
-``limited`` without looking, so booking numbers cannot be guessed by calling.  A caller
+"Not found", "not yours" and "wrong ID suffix" are the same outcome, ``not_verified``, after
+the same Redis work.  Failed checks count against the limits of gateway.ivr.attempts (per
+caller number and booking, per booking, global); a check a limit holds answers
+``limited`` without looking, and the menu tells the way forward (SMS, an agent).  A caller
 with a withheld number can never be verified and spends nothing.
 
 Every action also has the outcome ``error`` (Redis down, a corrupt record): the menu's
@@ -52,6 +54,7 @@ from gateway.domain.bookings import (
 )
 from gateway.domain.people import LicenceStatus, Person, PersonStore
 from gateway.domain.vehicles import Vehicle, VehicleStatus, VehicleStore
+from gateway.ivr.attempts import ID_TARGET, AttemptLimits, IdentityAttempts
 from gateway.ivr.menus import ActionResult, ActionSpec, spoken_time
 from gateway.privacy import PhoneNumber
 from gateway.store.keys import Keys
@@ -88,7 +91,7 @@ CATALOGUE: Mapping[str, ActionSpec] = {
         frozenset(s.label for s in ExamSubject) | frozenset(s.label for s in BookingStatus) | _SESSION_WORDS,
     ),
     "select_booking": ActionSpec(
-        frozenset({"selected", "choose", "none", "not_verified", "limited",
+        frozenset({"selected", "not_verified", "limited",
                    "already_cancelled", "not_booked", "deadline_passed"}),
         frozenset(s.label for s in ExamSubject) | frozenset(s.label for s in BookingStatus) | _SESSION_WORDS,
     ),
@@ -169,16 +172,17 @@ class VoiceActions:
     """
 
     def __init__(self, redis: Redis, keys: Keys, *, attempts_per_hour: int,
-                 attempts_window_seconds: int = 3600, synthesizer: Synthesizer | None = None) -> None:
+                 attempts_per_booking_per_day: int = 10, enumeration_failures_per_minute: int = 60,
+                 attempts_per_caller_per_hour: int = 20, synthesizer: Synthesizer | None = None) -> None:
         self._redis = redis
         self._keys = keys
-        self._limit = attempts_per_hour
-        self._window = attempts_window_seconds
+        self._attempts = IdentityAttempts(redis, keys, AttemptLimits(
+            attempts_per_hour, attempts_per_booking_per_day, enumeration_failures_per_minute,
+            attempts_per_caller_per_hour))
         self._bookings = BookingStore(redis, keys)
         self._people = PersonStore(redis, keys)
         self._vehicles = VehicleStore(redis, keys)
         self._cancellation = BookingCancellation(redis, keys)
-        self._attempt_script = register_lua(redis, __file__, "identity_attempt.lua")
         self._heard_script = register_lua(redis, __file__, "heard.lua")
         self._synthesizer = synthesizer
         self._actions: dict[str, Callable[[CallContext], Awaitable[ActionResult]]] = {
@@ -209,52 +213,50 @@ class VoiceActions:
             log.error("voice action {action} met a corrupt record: {error}", action=name, error=str(error))
         return ActionResult("error")
 
-    # -- the attempt allowance ----------------------------------------------------------
-
-    def _attempts_key(self, caller: PhoneNumber) -> str:
-        return self._keys.ivr_attempts(caller.digits)
-
-    async def _spend_attempt(self, caller: PhoneNumber) -> bool:
-        """Take one attempt; False when the hour's allowance was already used up."""
-        count = int(await self._attempt_script(keys=[self._attempts_key(caller)], args=[self._window]))
-        return count <= self._limit
-
-    async def _refund_attempt(self, caller: PhoneNumber) -> None:
-        """A check that succeeded costs nothing: only failures count towards the limit."""
-        await self._redis.decr(self._attempts_key(caller))
+    # -- the attempt limits (gateway.ivr.attempts) ---------------------------------------
 
     async def check_attempts(self, context: CallContext) -> ActionResult:
-        """``limited`` when the caller has no attempt left this hour (say so before they type)."""
+        """``limited`` when a check by this caller would be held before they type: the
+        global failure rate looks like enumeration and this number failed before."""
         if context.caller is None:
             return ActionResult("ok")
-        used = await self._redis.get(self._attempts_key(context.caller))
-        return ActionResult("limited" if used is not None and int(decode_text(used)) >= self._limit else "ok")
+        failures, recent = await self._redis.mget(
+            [self._keys.ivr_attempts(context.caller.digits), self._keys.ivr_attempts_global])
+        limits = self._attempts.limits
+        enumeration = recent is not None and int(decode_text(recent)) > limits.enumeration_failures_per_minute
+        held = enumeration and failures is not None and int(decode_text(failures)) >= 1
+        return ActionResult("limited" if held else "ok")
 
     async def _verified_person(self, context: CallContext, entry: str) -> Person | str:
         """The person for an ID suffix entry, or the outcome to answer."""
         suffix = _id_suffix(entry)
         if context.caller is None or suffix is None:
             return "not_verified"
-        if not await self._spend_attempt(context.caller):
+        attempt = await self._attempts.take(context.caller, ID_TARGET, booking_no=None, now=context.now)
+        if attempt.limited:
             return "limited"
         person = await self._people.verify_by_id_suffix(context.caller.digits, suffix)
         if person is None:
             return "not_verified"
-        await self._refund_attempt(context.caller)
+        await self._attempts.refund(attempt)
         context.private["person_id"] = person.id_number.digits
         return person
 
-    async def _verified_booking(self, context: CallContext, entry: str) -> Booking | str:
-        """The booking for a booking-number entry, or the outcome to answer."""
+    async def _verified_booking(self, context: CallContext, entry: str,
+                                id_suffix: str | None = None) -> Booking | str:
+        """The booking for a booking-number entry (and, to cancel, the holder's ID
+        suffix), or the outcome to answer.  Unknown, not yours and wrong suffix: the same
+        counters, the same lookup (`verify_by_booking_number`), the same answer."""
         number = normalise_booking_no(entry)
         if context.caller is None or number is None:
             return "not_verified"
-        if not await self._spend_attempt(context.caller):
+        attempt = await self._attempts.take(context.caller, number, booking_no=number, now=context.now)
+        if attempt.limited:
             return "limited"
-        booking = await self._bookings.verify_by_booking_number(number, context.caller.digits)
+        booking = await self._bookings.verify_by_booking_number(number, context.caller.digits, id_suffix=id_suffix)
         if booking is None:
             return "not_verified"
-        await self._refund_attempt(context.caller)
+        await self._attempts.refund(attempt)
         return booking
 
     # -- exam bookings --------------------------------------------------------------------
@@ -288,41 +290,28 @@ class VoiceActions:
         return ActionResult("more", _booking_variables(records[pending.pop(0)]))
 
     async def select_booking(self, context: CallContext) -> ActionResult:
-        """``identity`` -> the one booking to cancel (``selected``), or ``choose`` when the
-        verified person has several bookings still to come, or ``none``; a numbered booking
+        """``identity`` (a booking number) and ``id_suffix`` (the last six of its holder's
+        ID number, the second factor) -> the booking to cancel (``selected``); a booking
         that cannot be cancelled by phone answers why (``already_cancelled``,
         ``not_booked``, ``deadline_passed``) without asking to confirm."""
-        entry = context.variables.get("identity", "")
         context.private.pop("selected", None)
-        if _id_suffix(entry):
-            person = await self._verified_person(context, entry)
-            if isinstance(person, str):
-                return ActionResult(person)
-            today = from_unix(context.now).date()
-            open_bookings = [
-                b for b in await self._bookings.bookings_for_person(person.id_number.digits)
-                if b.status is BookingStatus.BOOKED and b.exam_date >= today
-            ]
-            if not open_bookings:
-                return ActionResult("none")
-            if len(open_bookings) > 1:
-                return ActionResult("choose", {"booking_count": str(len(open_bookings))})
-            booking = open_bookings[0]
-        else:
-            verified = await self._verified_booking(context, entry)
-            if isinstance(verified, str):
-                return ActionResult(verified)
-            booking = verified
-            # Say at once what cannot be done, rather than ask to confirm it first;
-            # cancel_booking's script stays the authority (the deadline may pass meanwhile).
-            variables = _booking_variables(booking)
-            if booking.status is BookingStatus.CANCELLED:
-                return ActionResult("already_cancelled", variables)
-            if booking.status is not BookingStatus.BOOKED:
-                return ActionResult("not_booked", variables)
-            if not booking.cancellable_online(context.now):
-                variables["in_person_last_day"] = booking.in_person_cancel_last_day.isoformat()
-                return ActionResult("deadline_passed", variables)
+        suffix = _id_suffix(context.variables.get("id_suffix", ""))
+        if suffix is None:
+            return ActionResult("not_verified")
+        verified = await self._verified_booking(context, context.variables.get("identity", ""), id_suffix=suffix)
+        if isinstance(verified, str):
+            return ActionResult(verified)
+        booking = verified
+        # Say at once what cannot be done, rather than ask to confirm it first;
+        # cancel_booking's script stays the authority (the deadline may pass meanwhile).
+        variables = _booking_variables(booking)
+        if booking.status is BookingStatus.CANCELLED:
+            return ActionResult("already_cancelled", variables)
+        if booking.status is not BookingStatus.BOOKED:
+            return ActionResult("not_booked", variables)
+        if not booking.cancellable_online(context.now):
+            variables["in_person_last_day"] = booking.in_person_cancel_last_day.isoformat()
+            return ActionResult("deadline_passed", variables)
         context.private["selected"] = booking.booking_no
         return ActionResult("selected", _booking_variables(booking))
 

@@ -427,6 +427,9 @@ class FastAgiService(Service):
         # Asterisk plays from (same host); without espeak-ng/sox they get the generic prompt.
         synthesizer = SpeechSynthesizer(Path(config.sounds_dir).resolve(), lambda: self.menus)
         self.actions = VoiceActions(redis, keys, attempts_per_hour=config.attempts_per_hour,
+                                    attempts_per_booking_per_day=config.attempts_per_booking_per_day,
+                                    enumeration_failures_per_minute=config.enumeration_failures_per_minute,
+                                    attempts_per_caller_per_hour=config.attempts_per_caller_per_hour,
                                     synthesizer=synthesizer if synthesizer.available else None)
         self.active: set[FastAgiProtocol] = set()
         self.listening_port: IListeningPort | None = None

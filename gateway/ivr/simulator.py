@@ -1,6 +1,6 @@
 """``gateway ivr-sim``: walk a voice menu against the real Redis, without Asterisk.
 
-    gateway ivr-sim -c config/gateway.yaml --caller 13800138000 --keys 2,20261130001#,1
+    gateway ivr-sim -c config/gateway.yaml --caller 13800138000 --keys 2,20261130001#,151282,1
 
 The same `CallFlow` and `VoiceActions` as the FastAGI server run the call; a scripted
 caller answers the AGI commands as Asterisk would (prompts play to their end, each
@@ -13,7 +13,7 @@ values spoken as they are spoken), the keys typed, or the action and its outcome
     [main] <按键 2>
     [cancel_lookup] (select_booking: selected)
 
-Actions write to Redis as in a real call: ``--keys 2,<booking>#,1`` cancels the booking.
+Actions write to Redis as in a real call: ``--keys 2,<booking>#,<last six of the ID number>,1`` cancels the booking.
 """
 
 from __future__ import annotations
@@ -110,7 +110,11 @@ async def simulate(book: MenuBook, redis: Redis, keys: Keys, *, ivr: IvrConfig, 
         agent_queue=ivr.agent_queue,
         variables={"notification_id": arguments[0]} if arguments else None,
     )
-    actions = VoiceActions(redis, keys, attempts_per_hour=ivr.attempts_per_hour, synthesizer=_PrintedSpeech())
+    actions = VoiceActions(redis, keys, attempts_per_hour=ivr.attempts_per_hour,
+                           attempts_per_booking_per_day=ivr.attempts_per_booking_per_day,
+                           enumeration_failures_per_minute=ivr.enumeration_failures_per_minute,
+                           attempts_per_caller_per_hour=ivr.attempts_per_caller_per_hour,
+                           synthesizer=_PrintedSpeech())
     context = CallContext(caller=caller_number(caller or ""), variables={}, now=clock, uniqueid="ivr-sim")
     scripted = _ScriptedCaller(key_groups, hang_up_when_done)
     lines: list[str] = []
@@ -171,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caller", default="13800138000",
                         help="caller id (11-digit mobile; 'unknown' for a withheld number)")
     parser.add_argument("--keys", default="",
-                        help="keys typed at each request for input, comma-separated groups, e.g. 2,20261130001#,1")
+                        help="keys typed at each request for input, comma-separated groups, e.g. 2,20261130001#,151282,1")
     parser.add_argument("--menu", default="12123", help="menu (FastAGI script) to walk: 12123 or notify")
     parser.add_argument("--arg", action="append", default=[], dest="arguments",
                         help="agi_arg_N, repeatable (notify: the notification id)")

@@ -286,8 +286,23 @@ class Keys:
 
     # --- voice -----------------------------------------------------------------------
     def ivr_attempts(self, phone_digits: str) -> str:
-        """Identity checks by a caller number in the voice menus this hour (counter)."""
+        """Failed identity checks by a caller number in the voice menus this hour (counter)."""
         return f"{self.prefix}ivr-attempts:{phone_digits}"
+
+    # Attempt limits that a stranger cannot turn against the owner (gateway/ivr/attempts.py).
+    def ivr_attempts_pair(self, phone_digits: str, target: str) -> str:
+        """Failed checks of one caller number on one target (a booking number, or ``id``
+        for the ID-number check) this hour (counter)."""
+        return f"{self.prefix}ivr-attempts:{phone_digits}:{target}"
+
+    def ivr_attempts_booking(self, booking_no: str) -> str:
+        """Failed checks on one booking number by any caller today (counter)."""
+        return f"{self.prefix}ivr-attempts-booking:{booking_no}"
+
+    @property
+    def ivr_attempts_global(self) -> str:
+        """Failed identity checks of every caller this minute (counter)."""
+        return f"{self.prefix}ivr-attempts-global"
 
     def call(self, action_id: str) -> str:
         """One outbound reminder call, by its AMI ActionID (gateway/ivr/reminders.py)."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.domain.sample import SAMPLE_CALLER, SAMPLE_CALLER_AFTER_DEADLINE
+from gateway.domain.sample import SAMPLE_CALLER, SAMPLE_CALLER_AFTER_DEADLINE, SAMPLE_ID_NUMBERS
 from tests.asterisk.conftest import KEYS, call_events, seed, wait_for
 from tests.asterisk.ring import AmiDriver, place_call
 
@@ -35,13 +35,18 @@ def test_status_query(gateway: Any, driver: AmiDriver) -> None:
     assert "status_read" in event["path"].split(",")
 
 
+def id_suffix(phone: str) -> str:
+    """The cancellation's second factor: the last six of the holder's ID number (* for X)."""
+    return SAMPLE_ID_NUMBERS[phone][-6:].replace("X", "*")
+
+
 def test_cancellation(gateway: Any, driver: AmiDriver) -> None:
     from gateway.domain.bookings import BookingStatus
 
     url = gateway.config["redis"]["url"]
     summary = seed(url)
     booking = summary.cancellable_booking
-    call = place_call(driver, "s", "12123-inbound", callerid=SAMPLE_CALLER, inputs=["2", booking + "#", "1", "#"])
+    call = place_call(driver, "s", "12123-inbound", callerid=SAMPLE_CALLER, inputs=["2", booking + "#", id_suffix(SAMPLE_CALLER), "1", "#"])
     event = recorded(gateway, call.uniqueid)
     assert event["outcome"] == "completed" and "cancel_done" in event["path"].split(","), event
     assert booking_status(url, booking) == BookingStatus.CANCELLED.value
@@ -54,7 +59,7 @@ def test_cancellation_after_the_deadline(gateway: Any, driver: AmiDriver) -> Non
     summary = seed(url)
     booking = summary.after_deadline_booking
     call = place_call(driver, "s", "12123-inbound", callerid=SAMPLE_CALLER_AFTER_DEADLINE,
-                      inputs=["2", booking + "#", "#"])
+                      inputs=["2", booking + "#", id_suffix(SAMPLE_CALLER_AFTER_DEADLINE), "#"])
     event = recorded(gateway, call.uniqueid)
     assert event["outcome"] == "completed", event
     assert "cancel_too_late" in event["path"].split(",") and "cancel_done" not in event["path"].split(",")

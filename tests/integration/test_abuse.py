@@ -544,12 +544,13 @@ async def test_identity_guessing_flood_from_one_number_is_held_to_the_hourly_all
     redis_url: str,
 ) -> None:
     """Forty calls from one caller number, all at once, each typing a made-up booking
-    number: only attempts_per_hour (5) of them get a verdict (not_verified); the others
-    hear too_many_attempts; none hears a booking; and then the right number is refused too."""
-    async with fastagi(redis_url, attempts_per_hour=5) as h:
+    number: only attempts_per_caller_per_hour (5 here) of them get a verdict
+    (not_verified); the others hear the way forward; none hears a booking; and then the
+    right number is refused too."""
+    async with fastagi(redis_url, attempts_per_caller_per_hour=5) as h:
 
         def ends_on_verdict(_: int, line: str) -> bool:
-            return "not_verified" in line or "too_many_attempts" in line
+            return "not_verified" in line or "attempts_way_forward" in line
 
         calls = [
             place_call(
@@ -570,12 +571,13 @@ async def test_identity_guessing_flood_from_one_number_is_held_to_the_hourly_all
         clients: list[AsteriskFastAgiClient] = [client for _, client in results]
         heard = [[p.what for p in c.played] for c in clients]
         verdicts = sum("12123/not_verified" in names for names in heard)
-        limited = sum("12123/too_many_attempts" in names for names in heard)
+        limited = sum("12123/attempts_way_forward" in names for names in heard)
         assert (verdicts, limited) == (5, 35)
         assert not any("booking_readback" in name for names in heard for name in names)
 
-        right = await h.call(callerid=GUESSER, inputs=["1", h.summary.cancellable_booking + "#"])
-        assert "12123/too_many_attempts" in [p.what for p in right.played]
+        right = await h.call(callerid=GUESSER, inputs=["1", h.summary.cancellable_booking + "#"],
+                             hangup_at=ends_on_verdict)
+        assert "12123/attempts_way_forward" in [p.what for p in right.played]
 
 
 @on_asyncio

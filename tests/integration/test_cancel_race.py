@@ -47,8 +47,9 @@ async def test_sms_confirmation_and_voice_cancellation_at_once_cancel_once(redis
         assert code is not None, "the first reply carries the confirmation code"
 
         await wait_deferred(mo.record_mo(texted(code.group())))
+        suffix = booking.id_number.digits[-6:].replace("X", "*")  # the second factor
         call = harness.call(callerid=SAMPLE_CALLER, inputs=[CallerInput("2"), CallerInput(booking_no + "#"),
-                                                             CallerInput("1"), CallerInput("#")])
+                                                             CallerInput(suffix), CallerInput("1"), CallerInput("#")])
         await asyncio.gather(mo.answer_waiting(), call)
 
         after = await BookingStore(redis, KEYS).get(booking_no)

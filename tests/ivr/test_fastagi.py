@@ -121,10 +121,12 @@ async def test_status_query_by_id_suffix(redis_url: str) -> None:
 
 @on_asyncio
 async def test_successful_cancellation(redis_url: str) -> None:
-    """2, booking number, 1: the booking is read back, cancelled atomically, and the SMS queued."""
+    """2, booking number, the holder's ID suffix, 1: the booking is read back, cancelled
+    atomically, and the SMS queued."""
     async with fastagi(redis_url) as h:
         booking = h.summary.cancellable_booking
-        client = await h.call(callerid=SAMPLE_CALLER, inputs=["2", booking + "#", "1", "#"])
+        client = await h.call(callerid=SAMPLE_CALLER,
+                              inputs=["2", booking + "#", id_suffix(SAMPLE_CALLER), "1", "#"])
         text = heard(client)
         assert "确认取消该考试预约请按1" in text and "该考试预约已取消" in text
         stored = await BookingStore(h.redis, KEYS).get(booking)
@@ -141,7 +143,8 @@ async def test_cancellation_after_deadline(redis_url: str) -> None:
     """After the booking window closed the caller hears: in person, at least a day before."""
     async with fastagi(redis_url) as h:
         booking = h.summary.after_deadline_booking
-        client = await h.call(callerid=SAMPLE_CALLER_AFTER_DEADLINE, inputs=["2", booking + "#", "#"])
+        client = await h.call(callerid=SAMPLE_CALLER_AFTER_DEADLINE,
+                              inputs=["2", booking + "#", id_suffix(SAMPLE_CALLER_AFTER_DEADLINE), "#"])
         text = heard(client)
         stored = await BookingStore(h.redis, KEYS).get(booking)
         assert stored is not None and stored.status is BookingStatus.BOOKED
@@ -179,17 +182,20 @@ async def test_withheld_caller_id_never_verified(redis_url: str) -> None:
 
 @on_asyncio
 async def test_attempts_per_hour_limit(redis_url: str) -> None:
-    """After the hour's failed attempts even the right booking number is refused, and the
-    counter expires within the hour."""
+    """After the hour's failed attempts on one booking number from one caller, that pair is
+    held (the way forward is told) and its counter expires within the hour; the same
+    caller's own booking still verifies (a stranger's guesses do not lock the owner out)."""
     async with fastagi(redis_url, attempts_per_hour=2) as h:
         for _ in range(2):
             await h.call(callerid=SAMPLE_CALLER, inputs=["1", "20991231999#"], hangup_at=lambda i, line: "not_verified" in line)
-        client = await h.call(callerid=SAMPLE_CALLER, inputs=["1", h.summary.cancellable_booking + "#"])
+        client = await h.call(callerid=SAMPLE_CALLER, inputs=["1", "20991231999#"],
+                              hangup_at=lambda i, line: "attempts_way_forward" in line)
         names = [p.what for p in client.played]
-        assert "12123/too_many_attempts" in names
-        assert not any("booking_readback" in n for n in names)
-        ttl = await h.redis.ttl(KEYS.ivr_attempts(SAMPLE_CALLER))
+        assert "12123/attempts_way_forward" in names
+        ttl = await h.redis.ttl(KEYS.ivr_attempts_pair(SAMPLE_CALLER, "20991231999"))
         assert 0 < ttl <= 3600
+        owner = await h.call(callerid=SAMPLE_CALLER, inputs=["1", h.summary.cancellable_booking + "#", "#"])
+        assert any("booking_readback" in p.what for p in owner.played)
 
 
 @on_asyncio
@@ -210,7 +216,7 @@ async def test_hangup_during_readback_cancels_nothing(redis_url: str) -> None:
     recorded as caller_hangup with the path so far."""
     async with fastagi(redis_url) as h:
         booking = h.summary.cancellable_booking
-        client = await h.call(callerid=SAMPLE_CALLER, inputs=["2", booking + "#", "1"],
+        client = await h.call(callerid=SAMPLE_CALLER, inputs=["2", booking + "#", id_suffix(SAMPLE_CALLER), "1"],
                               hangup_at=lambda i, line: "word-" in line)
         stored = await BookingStore(h.redis, KEYS).get(booking)
         assert stored is not None and stored.status is BookingStatus.BOOKED
@@ -341,7 +347,8 @@ async def test_hundred_calls_at_once(redis_url: str) -> None:
     """A hundred simultaneous status queries all complete with their own answer."""
     # One caller number makes all hundred calls: each check takes an attempt before it is
     # refunded, so the hourly allowance must cover a hundred checks in flight at once.
-    async with fastagi(redis_url, attempts_per_hour=1000) as h:
+    async with fastagi(redis_url, attempts_per_hour=1000, attempts_per_booking_per_day=1000,
+                       attempts_per_caller_per_hour=1000, enumeration_failures_per_minute=1000) as h:
         booking = h.summary.cancellable_booking
         calls = [
             place_call(reactor, h.port, "12123", callerid=SAMPLE_CALLER, uniqueid=f"1764460800.{n}",

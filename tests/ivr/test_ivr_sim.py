@@ -30,7 +30,7 @@ def spoken_digits(number: str) -> str:
 
 @on_asyncio
 async def test_cancel_walk_prints_what_the_caller_hears(redis_url: str) -> None:
-    """--keys 2,<booking>#,1 prints one line per step, the read-back spoken, and cancels."""
+    """--keys 2,<booking>#,<ID suffix>,1 prints one line per step, the read-back spoken, and cancels."""
     now = time.time()
     redis = make_client(redis_url)
     try:
@@ -40,7 +40,8 @@ async def test_cancel_walk_prints_what_the_caller_hears(redis_url: str) -> None:
         out = io.StringIO()
         result = await simulator.simulate(
             BOOK, redis, KEYS, ivr=IvrConfig(), caller=SAMPLE_CALLER,
-            key_groups=["2", f"{booking.booking_no}#", "1"], now=now, out=out,
+            key_groups=["2", f"{booking.booking_no}#", booking.id_number.digits[-6:].replace("X", "*"), "1"],
+            now=now, out=out,
         )
         lines = out.getvalue().splitlines()
         assert list(result.lines) == lines

@@ -307,7 +307,7 @@ def test_type_ahead_keeps_every_key(book: MenuBook) -> None:
         seen.update(variables)
         return ActionResult("not_verified")
 
-    caller = Caller(barge=["2", "2"], groups=["0261130001#", "", "", ""],
+    caller = Caller(barge=["2", "2"], groups=["0261130001#", "123456", "", "", ""],
                     actions={"check_attempts": lambda v: ActionResult("ok"), "select_booking": select})
     caller.run(flow_for(book))
     assert seen["identity"] == "20261130001"
@@ -327,7 +327,7 @@ def test_confirmation_other_key_keeps_booking(book: MenuBook) -> None:
                                           "session": "上午", "status": "已预约"})
         return run
 
-    caller = Caller(groups=["2", "20261130001#", "3", "#"],
+    caller = Caller(groups=["2", "20261130001#", "123456", "3", "#"],
                     actions={"check_attempts": action("check_attempts", "ok"),
                              "select_booking": action("select_booking", "selected"),
                              "cancel_booking": action("cancel_booking", "cancelled")})
