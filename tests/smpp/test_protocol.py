@@ -246,11 +246,12 @@ def test_protocol_registers_as_streaming_producer_at_the_first_bytes() -> None:
     assert transport.producer is protocol and transport.streaming
 
 
-def test_paused_protocol_stops_reading_and_aborts_when_the_peer_does_not_drain() -> None:
+@pytest.mark.parametrize("role", [Role.SMSC, Role.ESME])
+def test_paused_protocol_stops_reading_and_aborts_when_the_peer_does_not_drain(role: Role) -> None:
     """Unsent output past the transport's bound pauses reading; undrained for the drain
-    timeout, the connection is aborted."""
+    timeout, the connection is aborted (listener sessions and carrier links alike)."""
     clock, transport = Clock(), StringTransport()
-    protocol, _ = connect(clock, transport, role=Role.SMSC, response_timeout_seconds=5.0)
+    protocol, _ = connect(clock, transport, role=role, response_timeout_seconds=5.0)
     protocol.dataReceived(encode(EnquireLink(1)))
     protocol.pauseProducing()  # what the transport does when its buffer passes bufferSize
     assert transport.producerState == "paused" and protocol.paused
