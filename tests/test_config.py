@@ -194,3 +194,12 @@ def test_the_ami_secret_variable_has_one_name() -> None:
         named = set(re.findall(r"\b([A-Z_]*AMI_SECRET)\b", text))
         assert named <= yaml_names, (document, named)
     assert "ASTERISK_AMI_SECRET" in (REPO / "dialplans" / "manager.conf").read_text(encoding="utf-8")
+
+
+def test_fastagi_allowlist_must_be_networks(tmp_path: Path) -> None:
+    """check-config names an ivr.fastagi.allow entry that is not a CIDR network."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text("ivr:\n  fastagi:\n    allow: [127.0.0.0/8, asterisk-host]\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={})
+    assert any("ivr.fastagi.allow[1]: 'asterisk-host' is not a network" in p for p in raised.value.problems)

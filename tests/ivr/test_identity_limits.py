@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
+from twisted.logger import LogEvent, globalLogPublisher
 
 from gateway import metrics
 from gateway.domain import from_unix
@@ -107,10 +108,16 @@ async def test_enumeration_is_counted_and_repeat_guessers_are_held(redis_url: st
     """Past enumeration_failures_per_minute, failures are counted in the metric and a number
     that already failed gets no further check (the way forward instead)."""
     suspected_before = metrics.ivr_enumeration_suspected._value.get()
+    logged: list[LogEvent] = []
+    globalLogPublisher.addObserver(logged.append)
     async with fastagi(redis_url, enumeration_failures_per_minute=5) as h:
-        for n in range(6):
-            await h.call(callerid=stranger(100 + n), inputs=["1", f"2026121{n}{n:03d}#"], hangup_at=ends_on_verdict)
+        try:
+            for n in range(6):
+                await h.call(callerid=stranger(100 + n), inputs=["1", f"2026121{n}{n:03d}#"], hangup_at=ends_on_verdict)
+        finally:
+            globalLogPublisher.removeObserver(logged.append)
         assert metrics.ivr_enumeration_suspected._value.get() - suspected_before >= 1
+        assert any("enumeration suspected" in e.get("log_format", "") for e in logged)
         again = await h.call(callerid=stranger(100), inputs=["1", "20261219999#"], hangup_at=ends_on_verdict)
         assert WAY_FORWARD in played(again) and "12123/not_verified" not in played(again)
 
