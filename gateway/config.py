@@ -129,6 +129,7 @@ class RedisConfig:
     data_dir: str = setting("var/redis", help="data directory of the embedded server (append-only file)")
     reconnect_max_delay_seconds: float = setting(10.0, help="cap of the reconnect backoff", unit="s", minimum=0.1, maximum=300)
     max_connections: int = setting(1000, help="connections to Redis at most; beyond, commands wait for a free one", minimum=4, maximum=100_000)
+    cluster_nodes: tuple[str, ...] = setting((), help="seed nodes of a Redis Cluster, host:port each; empty: a single Redis at redis.url.  With a cluster, redis.url names one node and gives the credentials and TLS for all, and push.partitions must be more than 1 (docs/redis-schema.md)")
 
 
 @dataclass(frozen=True)
@@ -588,6 +589,16 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
         add("push.receipt_timeout_seconds",
             f"{config.push.receipt_timeout_seconds:g} s is longer than push.retention_days "
             f"({config.push.retention_days:g} days): a notification could expire while waiting for its receipt")
+    for i, node in enumerate(config.redis.cluster_nodes):
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            add(f"redis.cluster_nodes[{i}]", f"'{node}' is not host:port")
+    if config.redis.cluster_nodes:
+        if config.redis.url == "embedded":
+            add("redis.url", "'embedded' with redis.cluster_nodes: give a redis:// or rediss:// URL of one cluster node (its credentials and TLS apply to all)")
+        if config.push.partitions < 2:
+            # one partition keeps untagged key names, which a cluster spreads over slots
+            add("push.partitions", "a Redis Cluster (redis.cluster_nodes) needs more than 1 partition, e.g. 16")
     if config.push.partitions > 1 and config.ami.enabled:
         # the voice reminders read one voice-requests stream; partitioned ones are not read yet
         add("push.partitions", "more than 1 partition is not yet supported together with ami.enabled (voice reminders)")

@@ -44,3 +44,29 @@ def node_peer() -> Iterator[object]:
     peer = pytest_twisted.blockon(start_node_peer())
     yield peer
     pytest_twisted.blockon(peer.stop())
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real Redis Cluster for the session: 3 masters and 3 replicas in cluster mode on
+    free ports, from the same redis-server binary (gateway/store/local_cluster.py)."""
+    from gateway.store.local_cluster import LocalRedisCluster
+
+    cluster = LocalRedisCluster(Path(tmp_path_factory.mktemp("redis-cluster")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: object) -> Iterator[str]:
+    """``cluster:host:port,...`` of the session's cluster (as tests/push/harness.py reads
+    it), flushed before each test; a test that killed a node gets a cluster whole again
+    only if it restarts it, so such tests start their own cluster."""
+    from gateway.store.local_cluster import LocalRedisCluster
+
+    assert isinstance(redis_cluster, LocalRedisCluster)
+    redis_cluster.flushall()
+    yield "cluster:" + ",".join(redis_cluster.startup_nodes)

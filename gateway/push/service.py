@@ -36,7 +36,6 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
@@ -56,12 +55,12 @@ from gateway.push.state import NotificationLedger, OutcomeWriter
 from gateway.push.worker import Dispatcher, Waker
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys
+from gateway.store.service import REDIS_ERRORS
 
 __all__ = ["PushService"]
 
 log = Logger()
 
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class _LazyRedis:

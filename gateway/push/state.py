@@ -72,8 +72,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import Counter
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -85,6 +83,7 @@ from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys, PartitionKeys
 from gateway.store.scripts import register_lua
+from gateway.store.service import REDIS_ERRORS
 
 __all__ = [
     "FINAL_STATES",
@@ -441,11 +440,12 @@ class NotificationLedger:
         if not capped:
             return list(items)
         verdicts: list[Any] = []
-        # 50 at a time: enough to overlap round trips without emptying the connection pool.
-        for start in range(0, len(capped), 50):
+        # A few at a time: round trips overlap without a burst of new connections (a
+        # RedisCluster opens one per command in flight per node).
+        for start in range(0, len(capped), 8):
             verdicts += await asyncio.gather(*(
                 self._daily_cap(keys=[items[i].cap_key], args=[items[i].id, items[i].cap, 172_800])
-                for i in capped[start:start + 50]))
+                for i in capped[start:start + 8]))
         out = list(items)
         for i, allowed in zip(capped, verdicts, strict=True):
             item = items[i]
@@ -897,7 +897,7 @@ class OutcomeWriter:
                 del self._pending[: self.max_batch]
                 try:
                     await self.ledger.apply([op for op, _, _ in batch], now=self.clock.seconds())
-                except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                except REDIS_ERRORS as e:
                     kept = [entry for entry in batch if entry[2]]
                     for _, d, keep in batch:
                         if not keep:

@@ -20,9 +20,16 @@ __all__ = ["redis_for"]
 async def redis_for(config: Any) -> AsyncIterator[tuple[Any, Keys]]:
     """(client, keys) for the config's Redis, closed (and a temporary server stopped) after."""
     from gateway.store.embedded import RedisServerProcess
-    from gateway.store.service import make_client
+    from gateway.store.service import make_client, make_cluster_client
 
     temporary: RedisServerProcess | None = None
+    if config.redis.cluster_nodes:
+        client = make_cluster_client(config.redis.cluster_nodes, config.redis.url)
+        try:
+            yield client, Keys(config.redis.prefix, partitions=config.push.partitions)
+        finally:
+            await client.aclose()
+        return
     if config.redis.url == "embedded":
         server = RedisServerProcess(data_dir=Path(config.redis.data_dir).resolve())
         if server.running_elsewhere():

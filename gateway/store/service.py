@@ -10,12 +10,14 @@ second) drives `available`, /readyz and the `gateway_redis_up` gauge.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from twisted.application.service import Service
@@ -29,7 +31,12 @@ from gateway.store.bridge import as_deferred
 from gateway.store.embedded import RedisServerProcess, free_port
 from gateway.store.keys import Keys
 
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis unavailable, for now: every loop backs off and tries again.  On a Cluster also a
+# slot without a master (failover under way: CLUSTERDOWN, MASTERDOWN), a slot migrating
+# with the keys split between nodes after redis-py's own retries (TRYAGAIN), and a slot
+# map that does not cover a slot yet.
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, ClusterError, TryAgainError,
+                RedisClusterException)
 # How long a command may wait for its reply before it is a TimeoutError (then retried
 # with backoff like any other failed command).  Set here rather than left to redis-py,
 # whose default became 5 s in redis-py 8: the longest blocking read the gateway sends is
@@ -64,6 +71,28 @@ def make_client(url: str, reconnect_max_delay_seconds: float = 10.0, *, max_conn
     return aioredis.Redis(connection_pool=pool)
 
 
+def make_cluster_client(nodes: Sequence[str], url: str, reconnect_max_delay_seconds: float = 10.0, *,
+                        max_connections: int = 1000) -> Any:
+    """A redis.asyncio RedisCluster seeded with `nodes` (``host:port``), decode_responses=True.
+
+    `url` (``redis://`` or ``rediss://`` of one node) gives the credentials and TLS for all.
+    redis-py follows MOVED and ASK itself, refreshes the slot map and retries TRYAGAIN and
+    CLUSTERDOWN: a slot migrating or a master failing over shows up as a slower command,
+    or as ConnectionError/TimeoutError while no node serves the slot, which every loop
+    already survives.
+    """
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.connection import parse_url
+
+    options: dict[str, Any] = {k: v for k, v in parse_url(url).items()
+                               if k in ("username", "password", "ssl")} if url else {}
+    seeds = [ClusterNode(host, int(port)) for host, _, port in (node.rpartition(":") for node in nodes)]
+    retry = Retry(ExponentialWithJitterBackoff(cap=reconnect_max_delay_seconds, base=0.05), retries=3)
+    return RedisCluster(startup_nodes=seeds, decode_responses=True, retry=retry,
+                        max_connections=max_connections, socket_connect_timeout=2.0,
+                        socket_timeout=SOCKET_TIMEOUT_SECONDS, **options)
+
+
 class RedisService(Service):
     log = Logger()
 
@@ -71,13 +100,18 @@ class RedisService(Service):
         self.config = config
         self.keys = Keys(config.prefix, partitions=partitions)
         self.embedded: RedisServerProcess | None = None
-        if config.url == "embedded":
+        if config.url == "embedded" and not config.cluster_nodes:
             # Relative to the working directory: `make demo` keeps it in ./var/redis.
             # The port is chosen now so the client (and every part holding it) exists
             # before the server starts; connections are made lazily on first use.
             self.embedded = RedisServerProcess(data_dir=Path(config.data_dir).resolve(), port=free_port())
-        self.client: aioredis.Redis = make_client(self.url, config.reconnect_max_delay_seconds,
-                                                  max_connections=config.max_connections)
+        self.client: Any
+        if config.cluster_nodes:
+            self.client = make_cluster_client(config.cluster_nodes, config.url, config.reconnect_max_delay_seconds,
+                                              max_connections=config.max_connections)
+        else:
+            self.client = make_client(self.url, config.reconnect_max_delay_seconds,
+                                      max_connections=config.max_connections)
         self.available = False
         self._probe = LoopingCall(self._check)
         self._probe_interval = probe_interval_seconds

@@ -165,13 +165,22 @@ def points(notification_id: str, to: str = CMCC_NUMBER, **extra: Any) -> dict[st
             "params": {"name": "张三", "date": "2026-03-01", "points": "9"}, **extra}
 
 
+def connect(redis_url: str) -> Any:
+    """A client for `redis_url`, or a RedisCluster for ``cluster:host:port,...``."""
+    if redis_url.startswith("cluster:"):
+        from gateway.store.service import make_cluster_client
+
+        return make_cluster_client(redis_url[len("cluster:"):].split(","), "")
+    return Redis.from_url(redis_url, decode_responses=True)
+
+
 @asynccontextmanager
 async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, now: float = MORNING,
                    daily_cap_bulk: int = 3, max_attempts: int = 3, max_in_flight: int = 2000,
                    batch_size: int = 200, retention_seconds: float = 86_400.0,
                    max_link_losses: int = 20,
                    receipt_timeout_seconds: float = 172_800.0, partitions: int = 1) -> AsyncIterator[Pipeline]:
-    redis = Redis.from_url(redis_url, decode_responses=True)
+    redis = connect(redis_url)
     keys = Keys(partitions=int(os.environ.get("GATEWAY_TEST_PARTITIONS", partitions)))
     clock = ManualClock(now)
     templates = load_templates(TEMPLATES_FILE)

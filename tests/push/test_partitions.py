@@ -1,4 +1,5 @@
-"""The partitioned pipeline (push.partitions > 1) against a real redis-server: keys tagged
+"""The partitioned pipeline (push.partitions > 1) against a real redis-server and a real
+Redis Cluster (3 masters, 3 replicas): keys tagged
 {p<k>} by crc32 of the id, each script within one partition, index entries of carrier
 message ids in their own partition, the daily cap across partitions, the shared intake
 stream still accepted, and batches shared among partitions high lane first."""
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import re
 import zlib
+
+import pytest
 
 from gateway.ports import DeliveryReceipt, SubmitAccepted
 from gateway.push.deadletters import list_dead_letters
@@ -17,6 +20,13 @@ from tests.push.harness import code, inspection, pipeline
 from tests.push.test_receipts import record
 
 PARTITIONS = 4
+
+
+@pytest.fixture(params=["single", "cluster"])
+def target(request: pytest.FixtureRequest) -> str:
+    """The same tests on one redis-server and on a real 3-master Redis Cluster (where a
+    script touching keys of two slots fails with CROSSSLOT)."""
+    return str(request.getfixturevalue("redis_url" if request.param == "single" else "redis_cluster_url"))
 # Keys outside the partitions: the shared intake and events streams, daily-cap sets.
 SHARED = re.compile(r"^12123:(notify|events|freq-ids:.*)$")
 
@@ -39,11 +49,11 @@ def test_partition_is_crc32_of_the_id_and_tags_every_pipeline_key() -> None:
 
 
 @on_asyncio
-async def test_notifications_spread_over_partitions_and_are_all_delivered(redis_url: str) -> None:
+async def test_notifications_spread_over_partitions_and_are_all_delivered(target: str) -> None:
     """200 codes through the pipeline with 4 partitions: each ends delivered by its receipt,
     every key (except the shared streams) carries the tag of the partition crc32 names,
     and each partition's events stream tells its notifications' story."""
-    async with pipeline(redis_url, partitions=PARTITIONS, batch_size=50) as p:
+    async with pipeline(target, partitions=PARTITIONS, batch_size=50) as p:
         ids = [f"n{i}" for i in range(200)]
         await p.accept(*(code(i, to=f"139{n:08d}") for n, i in enumerate(ids)))
         assert await p.dispatch_all() == 200
@@ -68,10 +78,10 @@ async def test_notifications_spread_over_partitions_and_are_all_delivered(redis_
 
 
 @on_asyncio
-async def test_receipt_before_its_submit_response_in_another_partition(redis_url: str) -> None:
+async def test_receipt_before_its_submit_response_in_another_partition(target: str) -> None:
     """A receipt that beats its submit_sm_resp is parked in the message id's partition and
     applied to the notification in its own partition once the response is recorded."""
-    async with pipeline(redis_url, partitions=PARTITIONS) as p:
+    async with pipeline(target, partitions=PARTITIONS) as p:
         # a message id whose index partition differs from the notification's
         notification_id = "early"
         message_id = next(f"CMCC{n:08X}" for n in range(1000)
@@ -91,10 +101,10 @@ async def test_receipt_before_its_submit_response_in_another_partition(redis_url
 
 
 @on_asyncio
-async def test_daily_cap_counts_a_number_across_partitions_once_per_id(redis_url: str) -> None:
+async def test_daily_cap_counts_a_number_across_partitions_once_per_id(target: str) -> None:
     """Four bulk reminders to one number, in different partitions: three accepted, the
     fourth rejected with the cap's reason; the same ids again count nothing more."""
-    async with pipeline(redis_url, partitions=PARTITIONS, daily_cap_bulk=3) as p:
+    async with pipeline(target, partitions=PARTITIONS, daily_cap_bulk=3) as p:
         ids = [f"bulk-{i}" for i in range(4)]
         assert len({p.keys.partition_of(i) for i in ids}) > 1
         outcomes = await p.accept(*(inspection(i) for i in ids))
@@ -107,10 +117,10 @@ async def test_daily_cap_counts_a_number_across_partitions_once_per_id(redis_url
 
 
 @on_asyncio
-async def test_shared_and_partition_streams_are_both_accepted_and_emptied(redis_url: str) -> None:
+async def test_shared_and_partition_streams_are_both_accepted_and_emptied(target: str) -> None:
     """A core system's XADD to the shared notify stream and the CLI's to each id's
     partition stream are both accepted once; both streams end empty (acknowledged)."""
-    async with pipeline(redis_url, partitions=PARTITIONS) as p:
+    async with pipeline(target, partitions=PARTITIONS) as p:
         consumers = [IntakeConsumer(p.intake, p.redis, p.keys, group="gateway", consumer="t", stream=stream)
                      for stream in [p.keys.notify_stream, *(part.notify_stream for part in p.keys.all_partitions)]]
         for consumer in consumers:
@@ -130,10 +140,10 @@ async def test_shared_and_partition_streams_are_both_accepted_and_emptied(redis_
 
 
 @on_asyncio
-async def test_codes_in_one_partition_overtake_a_backlog_in_another(redis_url: str) -> None:
+async def test_codes_in_one_partition_overtake_a_backlog_in_another(target: str) -> None:
     """The batch is shared among partitions high lane first: codes come before bulk
     reminders whatever partitions they are in."""
-    async with pipeline(redis_url, partitions=PARTITIONS, daily_cap_bulk=10, batch_size=40) as p:
+    async with pipeline(target, partitions=PARTITIONS, daily_cap_bulk=10, batch_size=40) as p:
         await p.accept(*(inspection(f"bulk-{i}", to=f"138{i:08d}") for i in range(200)))
         await p.accept(*(code(f"otp-{i}", to=f"139{i:08d}") for i in range(20)))
         assert await p.dispatcher.dispatch_once() == 40
@@ -142,9 +152,9 @@ async def test_codes_in_one_partition_overtake_a_backlog_in_another(redis_url: s
 
 
 @on_asyncio
-async def test_lost_leases_and_dead_letters_in_every_partition(redis_url: str) -> None:
+async def test_lost_leases_and_dead_letters_in_every_partition(target: str) -> None:
     """Lease recovery and the dead-letter list cover every partition."""
-    async with pipeline(redis_url, partitions=PARTITIONS) as p:
+    async with pipeline(target, partitions=PARTITIONS) as p:
         ids = [f"m{i}" for i in range(12)]
         await p.accept(*(code(i, to=f"139{n:08d}") for n, i in enumerate(ids)))
         await p.ledger.claim(12, now=p.clock.now, lease_seconds=30, quiet_until=0)
