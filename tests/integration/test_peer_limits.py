@@ -7,6 +7,8 @@ The peers are raw sockets on 127.0.0.1; the gateway's memory is its VmRSS from
   dropped after the drain timeout (the session's response timeout, 2 s here), bound or
   not, and the gateway's memory stays within the documented bounds (docs/smpp.md).
   Before the fix the same flood grew the gateway by ~1.6 MB/s, kept for ever.
+* The carrier side: a link to an SMSC that floods it and reads nothing is dropped the
+  same way and binds again.
 * SMPP caps: ``accounts[].max_sessions`` answers one bind too many with ESME_RBINDFAIL;
   ``max_connections`` closes a connection over the cap at once and takes new ones again
   when one closes.
@@ -407,3 +409,45 @@ def test_http_over_the_cap_gets_503_and_idle_connections_are_closed(gateway: Dae
             sock.close()
     code, body = gateway.get("/healthz")
     assert code == 200
+
+
+# -- the carrier side: an SMSC that floods the link and never reads -------------------------
+
+
+def test_carrier_link_to_an_smsc_that_never_reads_is_dropped_and_rebinds(tmp_path: Path) -> None:
+    """A carrier SMSC that accepts the bind, then floods enquire_link and reads nothing: the
+    link pauses, aborts after the drain timeout (response_timeout_seconds) and binds again;
+    the gateway's memory stays within 20 MB."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(30)
+    port = server.getsockname()[1]
+    config = write_config(tmp_path, carriers=[{
+        "name": "flooder", "host": "127.0.0.1", "port": port, "system_id": "gw", "password": "pw",
+        "prefixes": ["138"], "response_timeout_seconds": DRAIN_TIMEOUT_SECONDS,
+        "reconnect_initial_seconds": 0.5, "reconnect_max_seconds": 1,
+    }])
+    daemon = Daemon(config, tmp_path / "gateway.log")
+    daemon.start()
+    try:
+        daemon.wait_until("/healthz")
+        assert daemon.process is not None
+        baseline = rss_bytes(daemon.process.pid)
+        smsc, _ = server.accept()
+        smsc.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        header = read_exactly(smsc, 16)
+        length, command_id, _, sequence = struct.unpack(">IIII", header)
+        read_exactly(smsc, length - 16)
+        assert command_id == 0x09  # bind_transceiver
+        body = b"SMSC\0"
+        smsc.sendall(struct.pack(">IIII", 16 + len(body), 0x80000009, 0, sequence) + body)
+        peak = flood_until_closed(daemon, [smsc], timeout_seconds=60)
+        smsc.close()
+        assert peak - baseline < 20 * MB
+        assert "took none of our output" in daemon.log_text()
+        again, _ = server.accept()  # the link binds again
+        again.close()
+    finally:
+        daemon.stop()
+        server.close()
