@@ -237,11 +237,29 @@ class QuietHours:
     timezone: str = setting("Asia/Shanghai", help="IANA time zone of quiet hours and daily caps")
 
 
+# Registration classes of seed 001 (gateway.domain.people.UserClass values).
+USER_CLASSES = ("internet", "learner", "counter")
+
+
+@dataclass(frozen=True)
+class UserRights:
+    """Which registration classes may do what through one channel (seed 001: internet-
+    registered users may query; learners only exam matters; users verified face to face
+    everything).  Defaults follow the seed; see docs/notifications.md, "User classes"."""
+
+    query_bookings: tuple[str, ...] = setting(USER_CLASSES, help="classes that may hear their exam bookings", choices=USER_CLASSES)
+    cancel_booking: tuple[str, ...] = setting(("learner", "counter"), help="classes that may cancel an exam booking", choices=USER_CLASSES)
+    query_points: tuple[str, ...] = setting(("internet", "counter"), help="classes that may hear licence status and points", choices=USER_CLASSES)
+    query_violations: tuple[str, ...] = setting(("internet", "counter"), help="classes that may hear violations to handle and points", choices=USER_CLASSES)
+    query_vehicles: tuple[str, ...] = setting(("internet", "counter"), help="classes that may hear their vehicles' inspection status", choices=USER_CLASSES)
+
+
 @dataclass(frozen=True)
 class MoConfig:
     rate_limit_per_minute: int = setting(10, help="MOs per number per minute before the number is ignored", minimum=1, maximum=1000)
     ignore_seconds: float = setting(600.0, help="how long a flooding number is ignored", unit="s", minimum=1, maximum=86400)
     cancel_code_ttl_seconds: float = setting(600.0, help="validity of the six-digit cancel confirmation code", unit="s", minimum=30, maximum=86400)
+    rights: UserRights = setting(default_factory=UserRights, help="which user classes may query and cancel by SMS")
 
 
 @dataclass(frozen=True)
@@ -297,6 +315,7 @@ class IvrConfig:
     enumeration_failures_per_minute: int = setting(60, help="failed identity checks per minute over all callers above which enumeration is suspected: logged, counted, and a caller number that failed before gets no further check", minimum=1, maximum=1_000_000)
     service_hours: str = setting("08:30-17:30", help="hours in which calls may go to an agent, HH:MM-HH:MM")
     agent_queue: str = setting("12123-agents", help="Asterisk queue for agents")
+    rights: UserRights = setting(default_factory=UserRights, help="which user classes may query and cancel by phone")
 
 
 @dataclass(frozen=True)

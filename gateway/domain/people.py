@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from enum import Enum
@@ -34,6 +35,8 @@ __all__ = [
     "id_check_character",
     "is_valid_id_number",
     "licence_summary",
+    "may",
+    "violation_summary",
     "normalise_id_number",
     "person_from_hash",
     "person_to_hash",
@@ -146,6 +149,9 @@ class Person:
     licence_status: LicenceStatus | None = None
     licence_class: str | None = None  # 准驾车型, e.g. "C1"
     licence_expiry: date | None = None
+    # Violations still to be handled (未处理交通违法), as the core system counts them;
+    # None when the core data does not say (the field is optional in the hash).
+    violations_pending: int | None = None
 
     @property
     def has_licence(self) -> bool:
@@ -167,6 +173,8 @@ def person_to_hash(person: Person) -> dict[str, str]:
         fields["licence_class"] = person.licence_class
     if person.licence_expiry is not None:
         fields["licence_expiry"] = person.licence_expiry.isoformat()
+    if person.violations_pending is not None:
+        fields["violations_pending"] = str(person.violations_pending)
     return fields
 
 
@@ -192,6 +200,7 @@ def person_from_hash(fields: dict[str, str]) -> Person:
                 if fields.get("licence_expiry")
                 else None
             ),
+            violations_pending=int(fields["violations_pending"]) if fields.get("violations_pending") else None,
         )
     except KeyError as missing:
         raise CorruptRecord(f"person record lacks {missing.args[0]}") from None
@@ -201,7 +210,28 @@ def person_from_hash(fields: dict[str, str]) -> Person:
         raise CorruptRecord("person record has a malformed field") from None
     if not 0 <= points <= MAX_POINTS:
         raise CorruptRecord("points outside 0..12")
+    if person.violations_pending is not None and person.violations_pending < 0:
+        raise CorruptRecord("violations_pending below 0")
     return person
+
+
+def may(person: Person, classes: Iterable[str]) -> bool:
+    """Whether the person's registration class is among `classes` (a UserRights field)."""
+    return person.user_class.value in classes
+
+
+def violation_summary(person: Person) -> str | None:
+    """Violations still to handle and the current points, for an SMS reply; None when the
+    core data has no violation count for the person.
+
+    e.g. "您有2起交通违法未处理，驾驶证本记分周期累积记分3分"
+    """
+    if person.violations_pending is None:
+        return None
+    text = f"您有{person.violations_pending}起交通违法未处理" if person.violations_pending else "您没有未处理的交通违法"
+    if person.licence_status is not None:
+        text += f"，驾驶证本记分周期累积记分{person.points}分"
+    return text
 
 
 def _suffix_key(text: str) -> str | None:

@@ -153,11 +153,11 @@ def sample_data(today: date) -> SampleData:
         person(SAMPLE_CALLER_AFTER_DEADLINE, "王志强", UserClass.LEARNER),
         person(SAMPLE_CALLER_UNICOM, "张丽华", UserClass.LEARNER),
         person(
-            SAMPLE_CALLER_CANCELLED, "黄伟", UserClass.COUNTER, points=3,
+            SAMPLE_CALLER_CANCELLED, "黄伟", UserClass.COUNTER, points=3, violations_pending=0,
             licence_status=LicenceStatus.NORMAL, licence_class="C1", licence_expiry=years(4),
         ),
         person(
-            SAMPLE_CALLER_NINE_POINTS, "刘德明", UserClass.COUNTER, points=9,
+            SAMPLE_CALLER_NINE_POINTS, "刘德明", UserClass.COUNTER, points=9, violations_pending=2,
             licence_status=LicenceStatus.NORMAL, licence_class="C1", licence_expiry=years(2),
         ),
         person(

@@ -42,6 +42,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from twisted.logger import Logger
 
+from gateway.config import UserRights
 from gateway.domain import CorruptRecord, decode_hash, decode_text, from_unix
 from gateway.domain.bookings import (
     Booking,
@@ -52,7 +53,7 @@ from gateway.domain.bookings import (
     ExamSubject,
     normalise_booking_no,
 )
-from gateway.domain.people import LicenceStatus, Person, PersonStore
+from gateway.domain.people import LicenceStatus, Person, PersonStore, may
 from gateway.domain.vehicles import Vehicle, VehicleStatus, VehicleStore
 from gateway.ivr.attempts import ID_TARGET, AttemptLimits, IdentityAttempts
 from gateway.ivr.menus import ActionResult, ActionSpec, spoken_time
@@ -81,7 +82,7 @@ SIGNATURE = "【交管12123】"
 
 OVERDUE_WORD = "逾期未检验"
 _SESSION_WORDS = frozenset({"上午", "下午", "晚上"})
-_IDENTITY = frozenset({"found", "none", "not_verified", "limited"})
+_IDENTITY = frozenset({"found", "none", "not_verified", "limited", "not_allowed"})
 
 CATALOGUE: Mapping[str, ActionSpec] = {
     "check_attempts": ActionSpec(frozenset({"ok", "limited"})),
@@ -91,7 +92,7 @@ CATALOGUE: Mapping[str, ActionSpec] = {
         frozenset(s.label for s in ExamSubject) | frozenset(s.label for s in BookingStatus) | _SESSION_WORDS,
     ),
     "select_booking": ActionSpec(
-        frozenset({"selected", "not_verified", "limited",
+        frozenset({"selected", "not_verified", "limited", "not_allowed",
                    "already_cancelled", "not_booked", "deadline_passed"}),
         frozenset(s.label for s in ExamSubject) | frozenset(s.label for s in BookingStatus) | _SESSION_WORDS,
     ),
@@ -100,8 +101,12 @@ CATALOGUE: Mapping[str, ActionSpec] = {
         frozenset(s.label for s in BookingStatus),
     ),
     "licence_status": ActionSpec(
-        frozenset({"ok", "no_licence", "not_verified", "limited"}),
+        frozenset({"ok", "no_licence", "not_verified", "limited", "not_allowed"}),
         frozenset(s.label for s in LicenceStatus),
+    ),
+    # Violations still to handle and the points (person fields violations_pending, points).
+    "violation_status": ActionSpec(
+        frozenset({"ok", "no_licence", "no_data", "not_verified", "limited", "not_allowed"}),
     ),
     "vehicle_status": ActionSpec(_IDENTITY),
     "next_vehicle": ActionSpec(
@@ -173,8 +178,11 @@ class VoiceActions:
 
     def __init__(self, redis: Redis, keys: Keys, *, attempts_per_hour: int,
                  attempts_per_booking_per_day: int = 10, enumeration_failures_per_minute: int = 60,
-                 attempts_per_caller_per_hour: int = 20, synthesizer: Synthesizer | None = None) -> None:
+                 attempts_per_caller_per_hour: int = 20, synthesizer: Synthesizer | None = None,
+                 rights: UserRights | None = None) -> None:
         self._redis = redis
+        # Which user classes (seed 001) may do what by phone: ivr.rights.
+        self._rights = rights or UserRights()
         self._keys = keys
         self._attempts = IdentityAttempts(redis, keys, AttemptLimits(
             attempts_per_hour, attempts_per_booking_per_day, enumeration_failures_per_minute,
@@ -193,6 +201,7 @@ class VoiceActions:
             "cancel_booking": self.cancel_booking,
             "licence_status": self.licence_status,
             "vehicle_status": self.vehicle_status,
+            "violation_status": self.violation_status,
             "next_vehicle": self.next_vehicle,
             "load_reminder": self.load_reminder,
             "record_reminder": self.record_reminder,
@@ -259,6 +268,12 @@ class VoiceActions:
         await self._attempts.refund(attempt)
         return booking
 
+    async def _may(self, person_id: str, classes: tuple[str, ...]) -> bool:
+        """Whether the person's user class is among `classes`; a booking whose person has
+        no record is judged by its phone on record alone (the identity rule)."""
+        person = await self._people.get(person_id)
+        return person is None or may(person, classes)
+
     # -- exam bookings --------------------------------------------------------------------
 
     async def booking_status(self, context: CallContext) -> ActionResult:
@@ -270,12 +285,16 @@ class VoiceActions:
             person = await self._verified_person(context, entry)
             if isinstance(person, str):
                 return ActionResult(person)
+            if not may(person, self._rights.query_bookings):
+                return ActionResult("not_allowed")
             bookings = [b for b in await self._bookings.bookings_for_person(person.id_number.digits)
                         if b.exam_date >= today]
         else:
             booking = await self._verified_booking(context, entry)
             if isinstance(booking, str):
                 return ActionResult(booking)
+            if not await self._may(booking.id_number.digits, self._rights.query_bookings):
+                return ActionResult("not_allowed")
             bookings = [booking]
         context.private["bookings"] = [b.booking_no for b in bookings]
         context.private["booking_records"] = {b.booking_no: b for b in bookings}
@@ -301,6 +320,8 @@ class VoiceActions:
         verified = await self._verified_booking(context, context.variables.get("identity", ""), id_suffix=suffix)
         if isinstance(verified, str):
             return ActionResult(verified)
+        if not await self._may(verified.id_number.digits, self._rights.cancel_booking):
+            return ActionResult("not_allowed")
         booking = verified
         # Say at once what cannot be done, rather than ask to confirm it first;
         # cancel_booking's script stays the authority (the deadline may pass meanwhile).
@@ -343,6 +364,8 @@ class VoiceActions:
         person = await self._verified_person(context, context.variables.get("id_suffix", ""))
         if isinstance(person, str):
             return ActionResult(person)
+        if not may(person, self._rights.query_points):
+            return ActionResult("not_allowed")
         if person.licence_status is None:
             return ActionResult("no_licence")
         variables = {
@@ -358,9 +381,25 @@ class VoiceActions:
         person = await self._verified_person(context, context.variables.get("id_suffix", ""))
         if isinstance(person, str):
             return ActionResult(person)
+        if not may(person, self._rights.query_vehicles):
+            return ActionResult("not_allowed")
         vehicles = await self._vehicles.for_owner(person.id_number.digits)
         context.private["vehicles"] = list(vehicles)
         return ActionResult("found" if vehicles else "none", {"vehicle_count": str(len(vehicles))})
+
+    async def violation_status(self, context: CallContext) -> ActionResult:
+        """``id_suffix`` -> violations still to handle and the points, from the verified
+        caller's record (``violations_pending``, ``points``); the same identity check as
+        the licence query (caller id on record and the ID number's last six)."""
+        person = await self._verified_person(context, context.variables.get("id_suffix", ""))
+        if isinstance(person, str):
+            return ActionResult(person)
+        if not may(person, self._rights.query_violations):
+            return ActionResult("not_allowed")
+        if person.violations_pending is None:
+            return ActionResult("no_data")
+        variables = {"violation_count": str(person.violations_pending), "points": str(person.points)}
+        return ActionResult("ok" if person.licence_status is not None else "no_licence", variables)
 
     async def next_vehicle(self, context: CallContext) -> ActionResult:
         pending: list[Vehicle] = context.private.get("vehicles", [])

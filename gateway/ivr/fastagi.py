@@ -430,7 +430,8 @@ class FastAgiService(Service):
                                     attempts_per_booking_per_day=config.attempts_per_booking_per_day,
                                     enumeration_failures_per_minute=config.enumeration_failures_per_minute,
                                     attempts_per_caller_per_hour=config.attempts_per_caller_per_hour,
-                                    synthesizer=synthesizer if synthesizer.available else None)
+                                    synthesizer=synthesizer if synthesizer.available else None,
+                                    rights=config.rights)
         self.active: set[FastAgiProtocol] = set()
         self.listening_port: IListeningPort | None = None
         self._drain_timeout = drain_timeout_seconds

@@ -114,7 +114,7 @@ async def simulate(book: MenuBook, redis: Redis, keys: Keys, *, ivr: IvrConfig, 
                            attempts_per_booking_per_day=ivr.attempts_per_booking_per_day,
                            enumeration_failures_per_minute=ivr.enumeration_failures_per_minute,
                            attempts_per_caller_per_hour=ivr.attempts_per_caller_per_hour,
-                           synthesizer=_PrintedSpeech())
+                           synthesizer=_PrintedSpeech(), rights=ivr.rights)
     context = CallContext(caller=caller_number(caller or ""), variables={}, now=clock, uniqueid="ivr-sim")
     scripted = _ScriptedCaller(key_groups, hang_up_when_done)
     lines: list[str] = []

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A citizen's message (MO) is free text typed on a phone.  We recognise five commands, each
+A citizen's message (MO) is free text typed on a phone.  We recognise six commands, each
 by a Latin abbreviation of its pinyin initials (what the platforms print on their notices)
 or by the Chinese words:
 
@@ -14,6 +14,8 @@ command             keywords                               argument
 `ConfirmCancel`     QR, 确认取消, 确认, 验证码, or nothing      the six-digit code we sent
 `QueryPoints`       CXJF, 查询记分, 查记分, 记分查询,
                     查询积分, 查积分
+`QueryViolations`   CXWF, 查询违法, 查违法, 违法查询,
+                    查询违章, 查违章
 `Help`              BZ, 帮助, HELP, and anything else       why (`HelpReason`)
 ==================  =====================================  ===============================
 
@@ -54,6 +56,7 @@ __all__ = [
     "MoCommand",
     "QueryBookings",
     "QueryPoints",
+    "QueryViolations",
     "normalise_mo_text",
     "parse_mo",
 ]
@@ -118,6 +121,13 @@ class QueryPoints:
 
 
 @dataclass(frozen=True)
+class QueryViolations:
+    """CXWF: violations still to be handled and the current points."""
+
+    keyword: ClassVar[str] = "query_violations"
+
+
+@dataclass(frozen=True)
 class Help:
     """BZ, or anything we could not use; `reason` says which."""
 
@@ -125,7 +135,7 @@ class Help:
     keyword: ClassVar[str] = "help"
 
 
-MoCommand = QueryBookings | CancelBooking | ConfirmCancel | QueryPoints | Help
+MoCommand = QueryBookings | CancelBooking | ConfirmCancel | QueryPoints | QueryViolations | Help
 
 
 class _Kind(Enum):
@@ -133,6 +143,7 @@ class _Kind(Enum):
     CANCEL_BOOKING = "cancel_booking"
     CONFIRM_CANCEL = "confirm_cancel"
     QUERY_POINTS = "query_points"
+    QUERY_VIOLATIONS = "query_violations"
     HELP = "help"
 
 
@@ -156,6 +167,13 @@ _ALIASES: dict[str, _Kind] = {
     # 积分 is the common mis-writing of 记分 (both read jìfēn).
     "查询积分": _Kind.QUERY_POINTS,
     "查积分": _Kind.QUERY_POINTS,
+    "CXWF": _Kind.QUERY_VIOLATIONS,
+    "查询违法": _Kind.QUERY_VIOLATIONS,
+    "查违法": _Kind.QUERY_VIOLATIONS,
+    "违法查询": _Kind.QUERY_VIOLATIONS,
+    # 违章 is what most people call a violation.
+    "查询违章": _Kind.QUERY_VIOLATIONS,
+    "查违章": _Kind.QUERY_VIOLATIONS,
     "BZ": _Kind.HELP,
     "帮助": _Kind.HELP,
     "HELP": _Kind.HELP,
@@ -202,6 +220,8 @@ def _with_argument(kind: _Kind, rest: str) -> MoCommand:
             return QueryBookings()
         case _Kind.QUERY_POINTS:
             return QueryPoints()
+        case _Kind.QUERY_VIOLATIONS:
+            return QueryViolations()
         case _Kind.HELP:
             return Help(HelpReason.ASKED)
         case _Kind.CANCEL_BOOKING:

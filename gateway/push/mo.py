@@ -101,7 +101,7 @@ from gateway.domain.bookings import (
     booking_summary,
     cancellation_reply,
 )
-from gateway.domain.people import Person, PersonStore, licence_summary
+from gateway.domain.people import Person, PersonStore, licence_summary, may, violation_summary
 from gateway.ports import MobileOriginated
 from gateway.privacy import InvalidPhoneNumber, PhoneNumber, mask_phone, normalise_cn_mobile
 from gateway.push.keywords import (
@@ -112,6 +112,7 @@ from gateway.push.keywords import (
     MoCommand,
     QueryBookings,
     QueryPoints,
+    QueryViolations,
     parse_mo,
 )
 from gateway.store.bridge import as_deferred, wait_deferred
@@ -142,7 +143,7 @@ def mo_reply_id(mo_id: str) -> str:
 
 # --- reply texts (the template adds 【交管12123】) -----------------------------------------
 
-_COMMANDS_TEXT = "回复CXYY查询考试预约，回复QXYY+预约号取消考试预约，回复CXJF查询驾驶证记分。"
+_COMMANDS_TEXT = "回复CXYY查询考试预约，QXYY+预约号取消考试预约，CXJF查询驾驶证记分，CXWF查询未处理交通违法。"
 _HELP_TEXTS = {
     # The signature already names the service: 【交管12123】回复CXYY…, not 【交管12123】交管12123….
     HelpReason.ASKED: _COMMANDS_TEXT,
@@ -163,6 +164,10 @@ NO_PENDING_CODE_TEXT = "您没有待确认的取消预约申请，或验证码�
 CODE_EXPIRED_TEXT = "验证码已过期，本次取消申请已失效。如需取消，请重新回复QXYY+预约号获取验证码。"
 CODE_LOCKED_TEXT = "验证码错误次数过多，本次取消申请已失效。如需取消，请重新回复QXYY+预约号获取验证码。"
 TRY_LATER_TEXT = "系统繁忙，暂时无法办理，请稍后再试或拨打12123咨询。"
+# The user classes of seed 001 have different rights (push.mo.rights): one answer for
+# every refusal, naming where the business can be done instead.
+NOT_ALLOWED_TEXT = "您的用户类型不能通过短信办理该业务，请登录交管12123 App或到车管所窗口办理。"
+NO_VIOLATION_DATA_TEXT = "暂未查询到您的交通违法信息，请登录交管12123 App查询。"
 
 # Upcoming bookings listed in one reply; more would exceed a few SMS parts.
 MAX_LISTED_BOOKINGS = 5
@@ -186,6 +191,7 @@ class Outcome(Enum):
     IGNORED = "ignored"  # flooding number, not answered
     INVALID_SENDER = "invalid_sender"  # not a Chinese mobile number, not answered
     ERROR = "error"  # corrupt core data or a bug: apologised
+    NOT_ALLOWED = "not_allowed"  # the sender's user class may not do this by SMS
 
 
 @dataclass(frozen=True)
@@ -279,20 +285,34 @@ class MoResponder:
         people = await self._people.find_by_phone(phone)
         if not people:
             return MoReply(NOT_ON_RECORD_TEXT, Outcome.NOT_ON_RECORD)
+        rights = self._config.rights
         match command:
             case QueryBookings():
-                return await self._query_bookings(people, phone, now)
+                allowed = [p for p in people if may(p, rights.query_bookings)]
+                if not allowed:
+                    return MoReply(NOT_ALLOWED_TEXT, Outcome.NOT_ALLOWED)
+                return await self._query_bookings(allowed, phone, now)
             case QueryPoints():
-                return MoReply(_points_text(people), Outcome.ANSWERED)
+                allowed = [p for p in people if may(p, rights.query_points)]
+                if not allowed:
+                    return MoReply(NOT_ALLOWED_TEXT, Outcome.NOT_ALLOWED)
+                return MoReply(_points_text(allowed), Outcome.ANSWERED)
+            case QueryViolations():
+                allowed = [p for p in people if may(p, rights.query_violations)]
+                if not allowed:
+                    return MoReply(NOT_ALLOWED_TEXT, Outcome.NOT_ALLOWED)
+                return MoReply(_violations_text(allowed), Outcome.ANSWERED)
             case CancelBooking(booking_no=booking_no):
-                return await self._start_cancel(booking_no, phone, mo_id, now)
+                return await self._start_cancel(booking_no, phone, mo_id, now, people)
             case ConfirmCancel(code=code):
-                return await self._confirm_cancel(code, phone, mo_id, now)
+                return await self._confirm_cancel(code, phone, mo_id, now, people)
         raise AssertionError(command)
 
     async def _query_bookings(self, people: list[Person], phone: str, now: float) -> MoReply:
         today = from_unix(now).date()
-        upcoming = [b for b in await self._bookings.find_by_phone(phone) if b.exam_date >= today]
+        ids = {p.id_number.digits for p in people}
+        upcoming = [b for b in await self._bookings.find_by_phone(phone)
+                    if b.exam_date >= today and b.id_number.digits in ids]
         if not upcoming:
             return MoReply(NO_BOOKINGS_TEXT, Outcome.ANSWERED)
         shared_phone = len(people) > 1
@@ -303,15 +323,26 @@ class MoResponder:
         text = "您的考试预约：\n" + "\n".join(f"{i}. {line}" for i, line in enumerate(lines, 1))
         if len(upcoming) > MAX_LISTED_BOOKINGS:
             text += f"\n另有{len(upcoming) - MAX_LISTED_BOOKINGS}条预约，请登录交管12123 App查看。"
-        if any(b.status is BookingStatus.BOOKED for b in upcoming):
+        cancellers = {p.id_number.digits for p in people if may(p, self._config.rights.cancel_booking)}
+        listed = upcoming[:MAX_LISTED_BOOKINGS]
+        # Offer QXYY only for what can still be cancelled online, by someone allowed to.
+        if any(b.cancellable_online(now) and b.id_number.digits in cancellers for b in listed):
             text += "\n取消预约请回复QXYY+预约号。"
+        closed = [b for b in listed if b.status is BookingStatus.BOOKED and not b.cancellable_online(now)]
+        if closed:
+            last = min(b.in_person_cancel_last_day for b in closed)
+            text += (f"\n{'、'.join(b.booking_no for b in closed)}已过网上取消截止时间，如需取消请本人"
+                     f"最迟于{format_cn_date(last)}到车管所窗口办理。")
         return MoReply(text, Outcome.ANSWERED)
 
-    async def _start_cancel(self, booking_no: str, phone: str, mo_id: str, now: float) -> MoReply:
+    async def _start_cancel(self, booking_no: str, phone: str, mo_id: str, now: float,
+                            people: list[Person]) -> MoReply:
         booking = await self._bookings.verify_by_booking_number(booking_no, phone)
         if booking is None:
             # Unknown and someone else's look the same: the answer reveals nothing.
             return MoReply(BOOKING_NOT_FOUND_TEXT, Outcome.BOOKING_NOT_FOUND)
+        if not self._may_cancel(booking, people):
+            return MoReply(NOT_ALLOWED_TEXT, Outcome.NOT_ALLOWED)
         refusal = _refusal(booking, now)
         if refusal is not None:
             return refusal
@@ -337,7 +368,14 @@ class MoResponder:
         )
         return MoReply(text, Outcome.CODE_SENT)
 
-    async def _confirm_cancel(self, code: str, phone: str, mo_id: str, now: float) -> MoReply:
+    def _may_cancel(self, booking: Booking, people: list[Person]) -> bool:
+        """The booking's person may cancel by SMS (push.mo.rights.cancel_booking); a
+        booking whose person is not among the phone's people is judged by the phone's."""
+        owners = [p for p in people if p.id_number.digits == booking.id_number.digits] or people
+        return any(may(p, self._config.rights.cancel_booking) for p in owners)
+
+    async def _confirm_cancel(self, code: str, phone: str, mo_id: str, now: float,
+                              people: list[Person]) -> MoReply:
         status, detail = (
             decode_text(v)
             for v in await self._check_code(
@@ -356,8 +394,11 @@ class MoResponder:
                 return MoReply(f"验证码不正确，请核对后重新回复（还可尝试{detail}次）。", Outcome.CODE_WRONG)
         booking_no = detail
         # The phone on record may have changed since the code went out: check again.
-        if await self._bookings.verify_by_booking_number(booking_no, phone) is None:
+        verified = await self._bookings.verify_by_booking_number(booking_no, phone)
+        if verified is None:
             return MoReply(BOOKING_NOT_FOUND_TEXT, Outcome.BOOKING_NOT_FOUND)
+        if not self._may_cancel(verified, people):
+            return MoReply(NOT_ALLOWED_TEXT, Outcome.NOT_ALLOWED)
         # request_id: a replay of this MO gets CANCELLED again, not ALREADY_CANCELLED.
         result = await self._cancellation.cancel(
             booking_no, channel="sms", actor_phone=phone, now=now, request_id=mo_id
@@ -401,6 +442,15 @@ def _masked_name(name: str) -> str:
     if len(name) == 2:
         return name[0] + "*"
     return name[0] + "*" * (len(name) - 2) + name[-1]
+
+
+def _violations_text(people: list[Person]) -> str:
+    summaries = [(p, violation_summary(p)) for p in people]
+    if all(text is None for _, text in summaries):
+        return NO_VIOLATION_DATA_TEXT
+    if len(people) == 1:
+        return f"{summaries[0][1]}。处理违法请登录交管12123 App或到交警部门办理。"
+    return "\n".join(f"{_masked_name(p.name)}：{text or '暂无交通违法信息'}。" for p, text in summaries)
 
 
 def _points_text(people: list[Person]) -> str:

@@ -26,6 +26,7 @@ from gateway.domain.bookings import BookingStatus, BookingStore
 from gateway.domain.sample import (
     SAMPLE_CALLER,
     SAMPLE_CALLER_AFTER_DEADLINE,
+    SAMPLE_CALLER_NINE_POINTS,
     SAMPLE_CALLER_UNICOM,
     SAMPLE_ID_NUMBERS,
     SampleSummary,
@@ -469,3 +470,31 @@ async def test_hangup_without_reply_ends_call_after_grace(redis_url: str) -> Non
         assert event["outcome"] == "caller_hangup" and event["path"] == "greeting"
     finally:
         await redis.aclose()
+
+
+@on_asyncio
+async def test_violation_query_by_phone(redis_url: str) -> None:
+    """5 and the ID number's last six from the phone on record: the violations still to
+    handle and the points, read from the person's record (violations_pending, points)."""
+    async with fastagi(redis_url) as h:
+        client = await h.call(callerid=SAMPLE_CALLER_NINE_POINTS,
+                              inputs=["5", id_suffix(SAMPLE_CALLER_NINE_POINTS), "#"])
+        text = heard(client)
+        assert "查询未处理的交通违法请按5" in text
+        assert "您有两起交通违法未处理，驾驶证本记分周期累积记分九分。" in text
+        other = await h.call(callerid=SAMPLE_CALLER_NINE_POINTS, inputs=["5", "000000", "#"])
+        assert "您有两起" not in heard(other) and "12123/not_verified" in [p.what for p in other.played]
+
+
+@on_asyncio
+async def test_user_class_rights_by_phone(redis_url: str) -> None:
+    """A learner (exam matters only, seed 001) verified by phone may hear their bookings
+    but not their points or violations: they are told where to go instead."""
+    async with fastagi(redis_url) as h:
+        for choice in ("3", "5"):
+            client = await h.call(callerid=SAMPLE_CALLER_UNICOM,
+                                  inputs=[choice, id_suffix(SAMPLE_CALLER_UNICOM), "#"])
+            assert "您的用户类型不能通过电话办理该业务" in heard(client), choice
+        bookings = await h.call(callerid=SAMPLE_CALLER_UNICOM,
+                                inputs=["1", id_suffix(SAMPLE_CALLER_UNICOM) + "#", "#"])
+        assert "您共有" in heard(bookings)

@@ -47,7 +47,7 @@ async def test_cancel_walk_prints_what_the_caller_hears(redis_url: str) -> None:
         assert list(result.lines) == lines
         assert lines[:4] == [
             "[greeting] 您好，这里是交管12123语音服务。",
-            "[main] 查询考试预约请按1，取消考试预约请按2，查询驾驶证记分和状态请按3，查询机动车检验状态请按4，人工服务请按0，重听请按9。",
+            "[main] 查询考试预约请按1，取消考试预约请按2，查询驾驶证记分和状态请按3，查询机动车检验状态请按4，查询未处理的交通违法请按5，人工服务请按0，重听请按9。",
             "[main] <按键 2>",
             "[cancel_gate] (check_attempts: ok)",
         ]

@@ -63,7 +63,7 @@ def test_default_menus_load(book: MenuBook) -> None:
     assert set(book.menus) >= {"12123", "notify"}
     assert book.sound_prefix == "12123"
     main = book.menus["12123"].nodes["main"]
-    assert sorted(main.branches) == ["0", "1", "2", "3", "4", "9"]  # type: ignore[union-attr]
+    assert sorted(main.branches) == ["0", "1", "2", "3", "4", "5", "9"]  # type: ignore[union-attr]
 
 
 def test_unknown_node_reported_with_path(raw_menus: dict[str, Any]) -> None:
@@ -264,7 +264,7 @@ def flow_for(book: MenuBook, menu: str = "12123", hours: str = "08:30-17:30") ->
 
 def test_prompts_that_take_keys_have_all_escape_digits(book: MenuBook) -> None:
     """Menu prompts are interruptible with every key; goodbyes take none."""
-    caller = Caller(groups=["7", "8", "5"])
+    caller = Caller(groups=["7", "8", "6"])
     finish = caller.run(flow_for(book))
     assert finish.outcome == "invalid_input"
     for step in caller.steps:
@@ -276,7 +276,7 @@ def test_prompts_that_take_keys_have_all_escape_digits(book: MenuBook) -> None:
 
 def test_three_invalid_entries_end_the_call_politely(book: MenuBook) -> None:
     """Three wrong or empty entries at the main menu lead to the goodbye and a hang-up."""
-    caller = Caller(groups=["7", "", "5"])
+    caller = Caller(groups=["7", "", "6"])
     finish = caller.run(flow_for(book))
     assert finish.outcome == "invalid_input"
     assert finish.path == ("greeting", "main", "goodbye_errors")

@@ -40,6 +40,7 @@ from gateway.ports import MobileOriginated
 from gateway.privacy import IdNumber, PhoneNumber
 from gateway.push.mo import (
     FLOOD_TEXT,
+    NOT_ALLOWED_TEXT,
     NOT_ON_RECORD_TEXT,
     MoService,
     mo_reply_id,
@@ -228,16 +229,19 @@ async def test_someone_elses_booking_looks_like_no_booking(redis_url: str) -> No
 
 @on_asyncio
 async def test_a_shared_phone_answers_for_each_person_with_masked_names(redis_url: str) -> None:
-    """Two people on one phone: each line carries a masked name, never an ID number."""
+    """People on one phone: each line carries a masked name, never an ID number; the
+    learner on the phone (exam matters only, seed 001) is not answered for points."""
     async with harness(redis_url) as h:
-        relative = Person(IdNumber("350203196001011234"), "林国华", PhoneNumber(SAMPLE_CALLER),
-                          UserClass.COUNTER, points=2, licence_status=LicenceStatus.NORMAL,
-                          licence_class="C1")
-        await h.redis.hset(KEYS.person(relative.id_number.digits), mapping=dict(person_to_hash(relative)))
-        await h.redis.sadd(KEYS.person_by_phone(SAMPLE_CALLER), relative.id_number.digits)
+        for id_number, name, points in (("350203196001011234", "林国华", 2), ("350203196202021236", "林国强", 0)):
+            relative = Person(IdNumber(id_number), name, PhoneNumber(SAMPLE_CALLER),
+                              UserClass.COUNTER, points=points, licence_status=LicenceStatus.NORMAL,
+                              licence_class="C1")
+            await h.redis.hset(KEYS.person(id_number), mapping=dict(person_to_hash(relative)))
+            await h.redis.sadd(KEYS.person_by_phone(SAMPLE_CALLER), id_number)
         reply = await h.send(SAMPLE_CALLER, "CXJF")
         assert "林*华：驾驶证（C1）状态：正常，本记分周期累积记分2分" in reply
-        assert "林*燕：您名下暂无驾驶证信息" in reply
+        assert "林*强：驾驶证（C1）状态：正常，本记分周期累积记分0分" in reply
+        assert "林*燕" not in reply
         assert "林国华" not in reply and "350203196001011234" not in reply
 
 
@@ -559,3 +563,62 @@ async def test_redis_outage_loses_nothing(tmp_path: Path) -> None:
     finally:
         await redis.aclose()
         server.stop()
+
+
+# --- violations and user classes ------------------------------------------------------------
+
+INTERNET_USER = "13612345670"
+
+
+async def add_internet_user(h: Harness) -> None:
+    """An internet-registered user (seed 001: queries only) who owns a booking of the sample."""
+    person = Person(IdNumber("350203198803031238"), "陈静", PhoneNumber(INTERNET_USER), UserClass.INTERNET,
+                    points=4, licence_status=LicenceStatus.NORMAL, licence_class="C1", violations_pending=1)
+    await h.redis.hset(KEYS.person(person.id_number.digits), mapping=dict(person_to_hash(person)))
+    await h.redis.sadd(KEYS.person_by_phone(INTERNET_USER), person.id_number.digits)
+
+
+@pytest.mark.parametrize("text", ["CXWF", "查违章", "违法查询"])
+@on_asyncio
+async def test_violation_query_answers_count_and_points_from_core_data(redis_url: str, text: str) -> None:
+    """CXWF from the phone on record: violations to handle (person field
+    violations_pending) and the points of the current cycle."""
+    async with harness(redis_url) as h:
+        reply = await h.send(SAMPLE_CALLER_NINE_POINTS, text)
+        assert reply.startswith("您有2起交通违法未处理，驾驶证本记分周期累积记分9分。")
+        assert await h.send(STRANGER, text) == NOT_ON_RECORD_TEXT
+
+
+@on_asyncio
+async def test_user_classes_decide_what_may_be_done_by_sms(redis_url: str) -> None:
+    """A learner may not query points or violations (exam matters only); an internet
+    user may query but not cancel a booking; each refusal says where to go instead."""
+    async with harness(redis_url) as h:
+        assert await h.send(SAMPLE_CALLER, "CXWF") == NOT_ALLOWED_TEXT
+        assert await h.send(SAMPLE_CALLER, "CXJF") == NOT_ALLOWED_TEXT
+        await add_internet_user(h)
+        assert (await h.send(INTERNET_USER, "CXWF")).startswith("您有1起交通违法未处理，驾驶证本记分周期累积记分4分")
+        booking = h.sample.cancellable_booking
+        # Give the internet user a booking of their own: cancelling it is refused by class.
+        store = BookingStore(h.redis, KEYS)
+        mine = await store.get(booking)
+        assert mine is not None
+        await h.redis.hset(KEYS.booking(mine.plan_id, booking), mapping={
+            "phone": INTERNET_USER, "id_number": "350203198803031238"})
+        await h.redis.sadd(KEYS.bookings_of_person("350203198803031238"), booking)
+        assert await h.send(INTERNET_USER, f"QXYY {booking}") == NOT_ALLOWED_TEXT
+        listing = await h.send(INTERNET_USER, "CXYY")
+        assert booking in listing and "QXYY" not in listing
+        assert await h.booking_status(booking) == "booked"
+
+
+@on_asyncio
+async def test_booking_query_offers_qxyy_only_while_cancellable(redis_url: str) -> None:
+    """A booking past its online deadline is listed with the in-person rule, and the reply
+    does not offer "reply QXYY to cancel"."""
+    async with harness(redis_url) as h:
+        reply = await h.send(SAMPLE_CALLER_AFTER_DEADLINE, "CXYY")
+        assert h.sample.after_deadline_booking in reply
+        assert "QXYY" not in reply and "已过网上取消截止时间" in reply and "到车管所窗口办理" in reply
+        open_reply = await h.send(SAMPLE_CALLER, "CXYY")
+        assert "取消预约请回复QXYY+预约号。" in open_reply
