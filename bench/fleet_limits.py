@@ -135,6 +135,20 @@ def _ready(process: subprocess.Popen[bytes], port: int, log: Path) -> bool:
         return False
 
 
+def account_metrics(http_port: int) -> dict[str, float]:
+    """The fleet limiter's counters from a gateway's /metrics (summed over labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out = {"slots_spent": 0.0, "slots_dropped": 0.0, "reservations": 0.0}
+    for line in text.splitlines():
+        if line.startswith("gateway_account_slots_total{"):
+            key = "slots_spent" if 'outcome="spent"' in line else "slots_dropped"
+            out[key] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gateway_account_reservations_total{"):
+            out["reservations"] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def xadd_all(redis_url: str, count: int, batch: int = 1000) -> None:
     import redis
 
@@ -201,6 +215,10 @@ def measure_row(redis_url: str, workdir: Path, processes: int, *, share: int, se
                 break
             time.sleep(0.05)
         stats = simulator.stats()
+        limiter = {"slots_spent": 0.0, "slots_dropped": 0.0, "reservations": 0.0}
+        for _, port, _ in gateways:
+            for key, value in account_metrics(port).items():
+                limiter[key] += value
         cpu = [round(cpu_seconds(p.pid) - before, 2) for (p, _, _), before in zip(gateways, cpu_before, strict=True)]
         redis_cpu = round(cpu_seconds(redis_pid) - redis_before, 2) if redis_pid else None
     finally:
@@ -224,6 +242,11 @@ def measure_row(redis_url: str, workdir: Path, processes: int, *, share: int, se
         "peak_binds": peaks["peak_binds"],
         "max_binds": max_processes,
         "gateway_cpu_seconds": cpu,
+        # Counted at each reservation: the slots of the last one are not in yet.
+        "reservations": int(limiter["reservations"]),
+        "reservations_per_1000_submits": round(1000 * limiter["reservations"] / stats["accepted"], 1)
+        if stats["accepted"] else None,
+        "slots_dropped": int(limiter["slots_dropped"]),
         "redis_cpu_seconds": redis_cpu,
     }
 
@@ -273,9 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         row["ratio_to_one"] = round(t / one, 2) if one and t else None
     print_table(
         ["processes", "link TPS", "msg/s", "x one", "account TPS", "peak 1 s window", "over limit", "most binds",
-         "gateway CPU s", "redis CPU s"],
+         "Redis calls/1000", "slots dropped", "gateway CPU s", "redis CPU s"],
         [(r["processes"], r["link_tps"], r["throughput_per_second"], r["ratio_to_one"], r["account_tps"], r["peak_window"],
           f"{r['peak_window_over_limit'] * 100:+.1f} %", f"{r['peak_binds']}/{r['max_binds']}",
+          r["reservations_per_1000_submits"], r["slots_dropped"],
           " ".join(str(c) for c in r["gateway_cpu_seconds"]), r["redis_cpu_seconds"]) for r in rows])
     at_three = next((r for r in rows if r["processes"] == 3 and r["link_tps"] == args.share), None)
     targets = {

@@ -50,3 +50,14 @@ ivr_enumeration_suspected = Counter(
     "failed voice identity checks counted while the global failure rate looked like enumeration",
     registry=REGISTRY,
 )
+# Fleet-wide carrier limits (docs/fleet.md): send slots of an account's TPS reserved in
+# Redis, spent or dropped unspent (late), and the reservation calls that got them.
+account_slots = Counter(
+    "gateway_account_slots_total", "send slots of a carrier account reserved in Redis, by outcome (spent, dropped)",
+    ["account", "outcome"], registry=REGISTRY,
+)
+account_reservations = Counter(
+    "gateway_account_reservations_total",
+    "reservation calls for an account's send slots, by result (granted, none_free, failed)",
+    ["account", "result"], registry=REGISTRY,
+)

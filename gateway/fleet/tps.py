@@ -56,6 +56,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from gateway import metrics
 from gateway.store.bridge import as_deferred
 from gateway.store.scripts import register_lua
 
@@ -259,6 +260,12 @@ class AccountRateLimiter:
         self._retry_delay = RETRY_INITIAL_SECONDS
         self.reservation_calls = 0
         self._failing = False
+        # Counted per reservation (not per submit): the slots spent and dropped since the last.
+        self._spent_counter = metrics.account_slots.labels(account, "spent")
+        self._dropped_counter = metrics.account_slots.labels(account, "dropped")
+        self._counted = (0, 0)
+        self._results = {result: metrics.account_reservations.labels(account, result)
+                         for result in ("granted", "none_free", "failed")}
 
     def take(self, now: float) -> float:
         """Spend one of the account's slots and return 0, or return how long to wait
@@ -270,7 +277,14 @@ class AccountRateLimiter:
             return max(POLL_SECONDS, self._retry_at - now) if not self._reserving else POLL_SECONDS
         return wait
 
+    def _count_slots(self) -> None:
+        spent, dropped = self.reservations.spent, self.reservations.dropped
+        self._spent_counter.inc(spent - self._counted[0])
+        self._dropped_counter.inc(dropped - self._counted[1])
+        self._counted = (spent, dropped)
+
     def _reserve(self, now: float) -> None:
+        self._count_slots()
         self._reserving = True
         wanted = self.reservations.batch_size(now)
         as_deferred(self._call(wanted)).addErrback(
@@ -291,6 +305,7 @@ class AccountRateLimiter:
             now = self._clock.seconds()
             self._retry_at = now + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_SECONDS)
+            self._results["failed"].inc()
             if not self._failing:
                 self._failing = True
                 log.error("account {account}: cannot reserve send slots in Redis ({error}); "
@@ -305,6 +320,7 @@ class AccountRateLimiter:
             log.info("account {account}: send slots from Redis again", account=self.account)
         self._retry_delay = RETRY_INITIAL_SECONDS
         granted, first_offset_us, interval_us, retry_after_us = (int(v) for v in reply)
+        self._results["granted" if granted else "none_free"].inc()
         if granted:
             self.reservations.grant(granted, first_offset_us / 1e6, interval_us / 1e6, received_at)
             if self.on_slots is not None:

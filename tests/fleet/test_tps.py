@@ -22,6 +22,7 @@ from gateway.fleet.tps import (
     emission_interval_us,
     reserve_slots,
 )
+from gateway.metrics import REGISTRY
 from gateway.smpp.throttle import TokenBucket
 from gateway.store.scripts import lua_source
 from tests.aio import on_asyncio, redis_client
@@ -176,7 +177,7 @@ async def test_limiter_on_real_redis_holds_two_processes_to_the_account_rate(red
     together about the account's rate, in batches (far fewer Redis calls than submits)."""
     async with redis_client(redis_url) as redis:
         key = account_key("12123:", "cmcc")
-        limiters = [AccountRateLimiter(redis, key, 400.0, reactor, account="cmcc") for _ in range(2)]
+        limiters = [AccountRateLimiter(redis, key, 400.0, reactor, account="cmcc-test") for _ in range(2)]
         spent = [0, 0]
         start = reactor.seconds()
         while reactor.seconds() - start < 1.5:
@@ -189,6 +190,9 @@ async def test_limiter_on_real_redis_holds_two_processes_to_the_account_rate(red
         assert all(spent)  # a loaded machine loses slots (late ones are dropped), never adds
         calls = sum(limiter.reservation_calls for limiter in limiters)
         assert calls < sum(spent) / 2  # slots come in batches, not one call per submit
+        granted = REGISTRY.get_sample_value("gateway_account_reservations_total",
+                                            {"account": "cmcc-test", "result": "granted"})
+        assert granted is not None and 0 < granted <= calls
 
 
 def test_processes_slower_than_the_account_use_their_slots_instead_of_dropping_them() -> None:
