@@ -186,6 +186,8 @@ class CarrierConfig:
     outbind_system_id: str = setting("", help="system_id the carrier's outbind carries (default: our system_id)")
     outbind_password: Secret = setting(default_factory=lambda: Secret(""), help="password the carrier's outbind carries")
     data_coding_0_alphabet: str = setting("gsm7", help="what data_coding 0 means in this SMSC's deliver_sm (MOs): gsm7 (GSM 03.38, the SMPP default), ascii (IA5) or latin-1", choices=("gsm7", "ascii", "latin-1"))
+    accepts_other_carriers: bool = setting(False, help="take other carriers' numbers when their carrier is down or refused a message (failover); the three big carriers interconnect for 12123")
+    failover_after_seconds: float = setting(30.0, help="after this carrier lost its bind, how long its numbers wait for it to reconnect before going to a carrier that accepts them", unit="s", minimum=0, maximum=3600)
     validity_period: str = setting("relative", help="submit_sm validity_period from the notification's expiry (template validity, expires_at): relative (YYMMDDhhmmss000R, independent of the SMSC's clock), absolute (UTC, YYMMDDhhmmsst00+) or off (empty: the SMSC's default)", choices=("relative", "absolute", "off"))
     priority_flag_high_lane: int = setting(1, help="submit_sm priority_flag for high-lane notifications (verification codes, bookings); 0 switches priority off; normal and bulk are always 0", minimum=0, maximum=3)
     error_classes: tuple[StatusClassOverride, ...] = setting((), help="overrides of the submit_sm_resp error classes (docs/smpp.md), e.g. [{status: 0x45, treat_as: temporary}]")

@@ -208,3 +208,25 @@ def test_fastagi_allowlist_must_be_networks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(path, environ={})
     assert any("ivr.fastagi.allow[1]: 'asterisk-host' is not a network" in p for p in raised.value.problems)
+
+
+def test_china_broadnet_is_configurable_as_a_fourth_carrier(tmp_path: Path) -> None:
+    """A fourth carrier (China Broadnet, 192) with its own failover policy loads."""
+    broadnet = CARRIER + textwrap.indent(textwrap.dedent("""\
+        accepts_other_carriers: true
+      - name: cbn
+        host: 127.0.0.1
+        port: 2779
+        system_id: gwcbn
+        password: secret
+        prefixes: ["192"]
+        failover_after_seconds: 60
+        validity_period: absolute
+        priority_flag_high_lane: 2
+    """), "  ")
+    config = load_config(write(tmp_path, broadnet), environ={})
+    assert [(c.name, c.prefixes, c.accepts_other_carriers) for c in config.carriers] == [
+        ("cmcc", ("138",), True), ("cbn", ("192",), False)]
+    assert config.carriers[1].failover_after_seconds == 60.0
+    bad = broadnet.replace("failover_after_seconds: 60", "failover_after_seconds: -1")
+    assert any("carriers[1].failover_after_seconds: -1.0 is out of range" in p for p in problems(tmp_path, bad))

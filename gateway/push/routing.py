@@ -1,75 +1,162 @@
-"""Which carrier link a number goes to: longest prefix first, then failover.
+"""Which carrier link a number goes to: ported numbers, longest prefix, then failover.
 
 Theory of operation
 -------------------
 Each carrier link serves number prefixes (``134``, ``1703``...; the number-segment
-tables of China Mobile, Unicom and Telecom).  For a number, the candidate links are
-ordered by the length of their longest matching prefix (longest wins, as in routing
-tables: a ``1703`` MVNO segment beats a carrier's ``170``), then the links that match no
-prefix, in configuration order.  The pipeline submits to the first candidate that is
-bound and has not refused this message permanently; so when a carrier's link is down
-(``is_bound()`` false) or the carrier refuses a message for good, the next carrier takes
-it.  The three carriers interconnect SMS for the national 12123 short code (seeds/004:
-"实现全国范围内、不同通信运营商手机用户告知信息互联推送"), which is why any link is a
-valid failover.  With ``failover=False`` only matching links are candidates.
+tables of China Mobile, Unicom, Telecom and Broadnet's ``192``).  For a number, the
+*home* carrier is the one that serves it: the carrier named in the ported-number table
+(携号转网, number portability, nationwide since 2019: a number keeps its segment but
+moves carrier) when the number is in it, else the link with the longest matching prefix
+(as in routing tables: a ``1703`` MVNO segment beats a carrier's ``170``).  The other
+links are candidates after it only when their config says they accept other carriers'
+numbers (``accepts_other_carriers``; the three big carriers interconnect SMS for the
+national 12123 short code, seeds/004: "实现全国范围内、不同通信运营商手机用户告知信息互联推送"):
+first those whose prefixes match the number (longest first: for a ported number its old
+carrier), then the rest in configuration order.  With ``failover=False`` only the home
+carrier is a candidate.
 
-Sans-IO: a pure function of the links' prefixes and their `is_bound()` answers.
+The pipeline submits to the first candidate that is bound and has not refused this
+message permanently.  A home carrier that lost its bind is waited for
+``failover_after_seconds`` (per carrier, counted from when `observe` first saw it
+unbound) before its numbers go elsewhere: after a network blip every link reconnects
+within seconds, and without the wait every message retried meanwhile went to whichever
+carrier happened to bind first.  A carrier never bound since start is not waited for;
+a carrier that refused the message is skipped at once.
+
+Sans-IO: a pure function of the links' prefixes and config, their `is_bound()` answers,
+the ported carrier the caller looked up (`PortedNumbers`) and the time passed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 from gateway.ports import CarrierLink
 
-__all__ = ["PrefixRouter"]
+__all__ = ["PortedNumbers", "PrefixRouter"]
 
 
 class PrefixRouter:
     """Candidate carrier links for a number, best first.
 
     Args:
-        links: the carrier links, in configuration order.
-        failover: whether links that match none of a number's prefixes are candidates
-            (after the matching ones).
+        links: the carrier links, in configuration order.  A link may have
+            ``accepts_other_carriers`` (default False: only its own numbers) and
+            ``failover_after_seconds`` (default 0: no wait).
+        failover: whether links other than the home carrier are candidates at all.
     """
 
     def __init__(self, links: Sequence[CarrierLink], *, failover: bool = True) -> None:
         self.links = tuple(links)
         self.failover = failover
+        self._index = {link.name: i for i, link in enumerate(self.links)}
         self._by_prefix: dict[str, list[int]] = {}
         for index, link in enumerate(self.links):
             for prefix in link.prefixes:
                 self._by_prefix.setdefault(str(prefix), []).append(index)
         self._max_prefix = max((len(p) for p in self._by_prefix), default=0)
+        self._accepts_others = tuple(bool(getattr(link, "accepts_other_carriers", False)) for link in self.links)
+        self._grace = tuple(float(getattr(link, "failover_after_seconds", 0.0)) for link in self.links)
+        self._unbound_since: dict[int, float] = {}  # links that lost their bind: since when
+        self._was_bound: set[int] = set()
         self._candidates = lru_cache(maxsize=4096)(self._compute)
 
-    def _compute(self, head: str) -> tuple[int, ...]:
-        order: list[int] = []
+    def _compute(self, head: str, ported: int | None) -> tuple[int, ...]:
+        matching: list[int] = []
         for length in range(min(len(head), self._max_prefix), 0, -1):
             for index in self._by_prefix.get(head[:length], ()):
-                if index not in order:
-                    order.append(index)
+                if index not in matching:
+                    matching.append(index)
+        home = ported if ported is not None else (matching[0] if matching else None)
+        if home is None:
+            # A segment no carrier is configured for: any carrier, in configuration order,
+            # rather than none.
+            return tuple(range(len(self.links))) if self.failover else ()
+        order = [home]
         if self.failover:
-            order.extend(i for i in range(len(self.links)) if i not in order)
+            others = [*matching, *range(len(self.links))]
+            order.extend(i for i in dict.fromkeys(others) if i != home and self._accepts_others[i])
         return tuple(order)
 
-    def candidates(self, digits: str) -> list[CarrierLink]:
-        """Every candidate link for `digits`, best first (bound or not)."""
-        return [self.links[i] for i in self._candidates(digits[: self._max_prefix])]
+    def _order(self, digits: str, ported: str | None) -> tuple[int, ...]:
+        return self._candidates(digits[: self._max_prefix], self._index.get(ported) if ported else None)
 
-    def choose(self, digits: str, exclude: Collection[str] = ()) -> CarrierLink | None:
-        """The best bound link not named in `exclude`, or None."""
-        for index in self._candidates(digits[: self._max_prefix]):
+    def candidates(self, digits: str, ported: str | None = None) -> list[CarrierLink]:
+        """Every candidate link for `digits`, best first (bound or not)."""
+        return [self.links[i] for i in self._order(digits, ported)]
+
+    def choose(self, digits: str, exclude: Collection[str] = (), *, ported: str | None = None,
+               now: float | None = None) -> CarrierLink | None:
+        """The best bound link not named in `exclude`, or None (then see `waiting_possible`).
+
+        ported: the carrier the ported-number table names for `digits`, if any.
+        now: seconds; with it, an unbound home carrier is waited for its
+            ``failover_after_seconds`` before another carrier is offered.
+        """
+        for position, index in enumerate(self._order(digits, ported)):
             link = self.links[index]
-            if link.name not in exclude and link.is_bound():
+            if link.name in exclude:
+                continue
+            if link.is_bound():
                 return link
+            if position == 0 and now is not None:
+                since = self._unbound_since.get(index)
+                if since is not None and now - since < self._grace[index]:
+                    return None  # the home carrier is reconnecting: wait for it
         return None
 
-    def waiting_possible(self, digits: str, exclude: Collection[str] = ()) -> bool:
+    def observe(self, now: float) -> None:
+        """Note which links lost their bind, and when (call before choosing, e.g. once per
+        claimed batch).  Only a link that was bound and went down is waited for: one never
+        bound since start (a carrier that is down) does not hold its numbers back."""
+        for index, link in enumerate(self.links):
+            if link.is_bound():
+                self._was_bound.add(index)
+                self._unbound_since.pop(index, None)
+            elif index in self._was_bound and index not in self._unbound_since:
+                self._unbound_since[index] = now
+
+    def waiting_possible(self, digits: str, exclude: Collection[str] = (), *, ported: str | None = None) -> bool:
         """True when an unbound candidate not in `exclude` exists (worth waiting for)."""
-        return any(link.name not in exclude for link in self.candidates(digits))
+        return any(link.name not in exclude for link in self.candidates(digits, ported))
 
     def any_bound(self) -> bool:
         return any(link.is_bound() for link in self.links)
+
+
+class PortedNumbers:
+    """The ported-number table that core systems keep in Redis (number portability).
+
+    One hash per 3-digit number segment, ``<prefix>ported:<segment>`` (e.g.
+    ``12123:ported:138``), field the 11-digit number, value the carrier's ``name`` in
+    gateway.yaml.  Core systems HSET a number when it is ported and HDEL it when it
+    returns; per-segment hashes keep each key small (Redis Cluster spreads them).  Read
+    once per claimed batch (`lookup`, one pipeline); a name that is no configured carrier
+    is ignored (prefix routing applies).
+
+    Args:
+        redis: a redis.asyncio client (decode_responses=True).
+        prefix: the key prefix (``Keys.prefix``).
+        carriers: the configured carrier names.
+    """
+
+    def __init__(self, redis: Any, prefix: str, carriers: Iterable[str]) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.carriers = frozenset(carriers)
+
+    def key(self, digits: str) -> str:
+        return f"{self.prefix}ported:{digits[:3]}"
+
+    async def lookup(self, numbers: Iterable[str]) -> Mapping[str, str]:
+        """number -> carrier name, for the numbers in the table."""
+        wanted = list(dict.fromkeys(numbers))
+        if not wanted:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for digits in wanted:
+                pipe.hget(self.key(digits), digits)
+            names = await pipe.execute()
+        return {d: n for d, n in zip(wanted, names, strict=True) if n and n in self.carriers}

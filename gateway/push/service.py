@@ -50,7 +50,7 @@ from gateway.push.partners import PartnerGateway
 from gateway.push.queue import Priority, QuietHoursPolicy
 from gateway.push.receipts import ReceiptRecorder
 from gateway.push.render import TemplateCatalogue, TemplateSet
-from gateway.push.routing import PrefixRouter
+from gateway.push.routing import PortedNumbers, PrefixRouter
 from gateway.push.state import NotificationLedger, OutcomeWriter
 from gateway.push.worker import Dispatcher, Waker
 from gateway.store.bridge import as_deferred, wait_deferred
@@ -130,6 +130,7 @@ class PushService(Service):
             retry_max_seconds=config.retry_max_seconds, lease_seconds=lease_seconds,
             max_link_losses=config.max_link_losses,
             sender_for=lambda notification_type: current_templates().source_addr(notification_type),
+            ported=PortedNumbers(redis, keys.prefix, [link.name for link in links]),
         )
         self.intake = Intake(self.ledger, current_templates, self.policy, clock,
                              daily_cap_bulk=config.daily_cap_bulk, on_accepted=self.dispatcher.waker.wake)

@@ -35,10 +35,11 @@ logged per message at info level; failures of whole batches and bugs are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from typing import Any
 
+from redis.exceptions import RedisError
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -47,7 +48,7 @@ from gateway import metrics
 from gateway.ports import OutboundSms, SubmitAccepted, SubmitFailed
 from gateway.privacy import PhoneNumber
 from gateway.push.queue import QuietHoursPolicy, reserved_lower_lane_slots, retry_delay_seconds
-from gateway.push.routing import PrefixRouter
+from gateway.push.routing import PortedNumbers, PrefixRouter
 from gateway.push.state import (
     Claimed,
     NotificationLedger,
@@ -110,6 +111,7 @@ class Dispatcher:
         max_attempts, retry_initial_seconds, retry_max_seconds: transient failures.
         lease_seconds: how long a claim survives without renewal (crash recovery delay).
         no_carrier_wait_seconds: how long to wait when no carrier could take a message.
+        ported: the ported-number table (None: prefix routing only).
     """
 
     def __init__(self, ledger: NotificationLedger, writer: OutcomeWriter, router: PrefixRouter,
@@ -117,8 +119,12 @@ class Dispatcher:
                  batch_size: int = 200, max_attempts: int = 5, retry_initial_seconds: float = 2.0,
                  retry_max_seconds: float = 300.0, lease_seconds: float = 30.0,
                  no_carrier_wait_seconds: float = 5.0, max_link_losses: int = 20,
-                 sender_for: Callable[[str], str | None] | None = None) -> None:
+                 sender_for: Callable[[str], str | None] | None = None,
+                 ported: PortedNumbers | None = None) -> None:
         self.ledger = ledger
+        # The ported-number table (number portability), read once per claimed batch.
+        self.ported = ported
+        self._ported: Mapping[str, str] = {}
         # Notification type -> sender code of its service (None: the link's source_addr,
         # 12123); other police services send under their own code (render.SenderService).
         self.sender_for = sender_for
@@ -169,6 +175,8 @@ class Dispatcher:
             reserve=reserved_lower_lane_slots(n), token=token,
         )
         self._claim_token = None
+        self._ported = await self._ported_carriers(claimed)
+        self.router.observe(now)
         with self._holding_submits():
             for item in claimed:
                 self._in_flight[item.id] = item
@@ -176,6 +184,19 @@ class Dispatcher:
                     metrics.intake_to_submit_latency.observe(max(0.0, now - item.accepted_at))
                 self._submit(item)
         return len(claimed)
+
+    async def _ported_carriers(self, claimed: list[Claimed]) -> Mapping[str, str]:
+        """number -> carrier for the batch's ported numbers (one pipeline); on a Redis
+        error, none: prefix routing still reaches them (carriers interconnect), and the
+        claimed batch must not wait for its lease to run out."""
+        if self.ported is None or not claimed:
+            return {}
+        try:
+            return await self.ported.lookup(item.digits for item in claimed)
+        except (ConnectionError, TimeoutError, RedisError) as e:
+            log.warn("ported-number lookup failed ({error}); routing this batch by prefix",
+                     error=str(e))
+            return {}
 
     def _holding_submits(self) -> ExitStack:
         """Links that can send a batch of submits together (CarrierLink.holding_submits)
@@ -190,9 +211,10 @@ class Dispatcher:
     def _submit(self, item: Claimed) -> None:
         refused = self._refused.get(item.id)
         exclude = set(item.failed_carriers) | refused if refused else item.failed_carriers
-        link = self.router.choose(item.digits, exclude)
+        ported = self._ported.get(item.digits)
+        link = self.router.choose(item.digits, exclude, ported=ported, now=self.clock.seconds())
         if link is None:
-            self._no_carrier(item, exclude)
+            self._no_carrier(item, exclude, ported)
             return
         source = self.sender_for(item.type) if self.sender_for is not None else None
         sms = OutboundSms(reference=item.id, destination=PhoneNumber(item.digits), text=item.text,
@@ -209,8 +231,8 @@ class Dispatcher:
         d.addCallbacks(self._accepted, self._failed, callbackArgs=(item, link.name),
                        errbackArgs=(item, link.name))
 
-    def _no_carrier(self, item: Claimed, exclude: Any) -> None:
-        if self.router.waiting_possible(item.digits, exclude):
+    def _no_carrier(self, item: Claimed, exclude: Any, ported: str | None = None) -> None:
+        if self.router.waiting_possible(item.digits, exclude, ported=ported):
             now = self.clock.seconds()
             self._record(item.id, op_wait(item.id, now + self.no_carrier_wait_seconds, "no carrier bound"))
         else:

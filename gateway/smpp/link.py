@@ -444,6 +444,9 @@ class CarrierLink(MultiService):
         self.name = config.name
         self.carrier: str = config.name  # the same, typed (Service.name is Optional)
         self.prefixes = tuple(config.prefixes)
+        # Routing (gateway.push.routing): failover policy, from the carrier's config.
+        self.accepts_other_carriers = config.accepts_other_carriers
+        self.failover_after_seconds = config.failover_after_seconds
         self.inbound = inbound
         self.clock: IReactorTime = reactor
         self.options = options

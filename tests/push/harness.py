@@ -76,6 +76,8 @@ class ScriptedLink:
     bound: bool = True
     parts: int = 1
     receipt_parts: int | None = None  # as CarrierLink reports it for receipt_parts "first"
+    accepts_other_carriers: bool = True  # routing: a failover target for other carriers' numbers
+    failover_after_seconds: float = 0.0
     script: list[Any] = field(default_factory=list)
     submitted: list[OutboundSms] = field(default_factory=list)
     held: list[tuple[OutboundSms, Deferred[SubmitAccepted]]] = field(default_factory=list)

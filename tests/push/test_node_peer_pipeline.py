@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet import reactor
 
 from gateway.config import CarrierConfig, Secret
-from gateway.push.routing import PrefixRouter
+from gateway.push.routing import PortedNumbers, PrefixRouter
 from gateway.smpp.link import CarrierLink
 from gateway.smpp.times import parse_time
 from gateway.store.bridge import wait_deferred
@@ -23,13 +23,18 @@ RECEIPT = "id:{id} sub:001 dlvrd:001 submit date:2612021200 done date:2612021201
 
 
 def carrier(name: str, port: int, prefixes: tuple[str, ...], **extra: Any) -> CarrierConfig:
+    settings: dict[str, Any] = {
+        "window": 10, "tps_limit": 1000.0, "reconnect_initial_seconds": 0.05,
+        "reconnect_max_seconds": 0.2, "accepts_other_carriers": True,  # they interconnect for 12123
+        **extra,
+    }
     return CarrierConfig(name=name, host="127.0.0.1", port=port, system_id=f"gw{name}",
-                         password=Secret("pw"), prefixes=prefixes, window=10, tps_limit=1000.0,
-                         reconnect_initial_seconds=0.05, reconnect_max_seconds=0.2, **extra)
+                         password=Secret("pw"), prefixes=prefixes, **settings)
 
 
 @asynccontextmanager
 async def node_pipeline(redis_url: str, peer: NodeSmppPeer, *configs: tuple[str, tuple[str, ...]],
+                        reconnect: dict[str, float] | None = None,
                         **pipeline_options: Any) -> AsyncIterator[tuple[Pipeline, list[CarrierLink], list[int]]]:
     """A pipeline whose carrier links (name, prefixes) all bind to node-smpp; yields the
     pipeline, the links and each link's node session number."""
@@ -38,7 +43,11 @@ async def node_pipeline(redis_url: str, peer: NodeSmppPeer, *configs: tuple[str,
         links: list[CarrierLink] = []
         sessions: list[int] = []
         for name, prefixes in configs:
-            link = CarrierLink(carrier(name, port, prefixes), p.receipts, reactor, jitter=lambda: 0.0)  # type: ignore[arg-type]
+            extra: dict[str, Any] = {}
+            if reconnect and name in reconnect:
+                extra = {"reconnect_initial_seconds": reconnect[name], "reconnect_max_seconds": reconnect[name] * 2}
+            link = CarrierLink(carrier(name, port, prefixes, **extra), p.receipts, reactor,  # type: ignore[arg-type]
+                               jitter=lambda: 0.0)
             link.startService()
             await wait_deferred(link.when_bound().addTimeout(20, reactor))
             bind = await wait_deferred(peer.next_pdu("bind_transceiver"))
@@ -113,3 +122,48 @@ async def test_verification_code_reaches_the_smsc_with_its_validity_and_priority
         now = reactor.seconds()
         assert 590 <= parse_time(submits[1]["validity_period"], now=now) - now <= 600
         assert 86_000 <= parse_time(submits[0]["validity_period"], now=now) - now <= 86_400
+
+
+@on_asyncio
+async def test_ported_number_goes_to_its_new_carrier(redis_url: str, node_peer: NodeSmppPeer) -> None:
+    """A 138 number that core systems listed as ported to cucc (HSET 12123:ported:138) is
+    submitted on cucc's bind, another 138 number on cmcc's."""
+    async with node_pipeline(redis_url, node_peer, ("cmcc", CMCC_PREFIXES), ("cucc", ("130",))) as (p, links, sessions):
+        p.dispatcher.ported = PortedNumbers(p.redis, p.keys.prefix, [link.name for link in links])
+        await p.redis.hset(f"{p.keys.prefix}ported:138", "13800138000", "cucc")
+        await p.accept(code("ported-1", to="13800138000"), code("home-1", to="13800138001"))
+        await dispatch_until_idle(p)
+        submits = [await wait_deferred(node_peer.next_pdu("submit_sm")) for _ in range(2)]
+        by_number = {s["destination_addr"]: s["session"] for s in submits}
+        assert by_number == {"13800138000": sessions[1], "13800138001": sessions[0]}
+        assert (await p.ledger.get("ported-1") or {})["carrier"] == "cucc"
+
+
+@on_asyncio
+async def test_after_both_binds_drop_a_number_waits_for_its_own_carrier(
+    redis_url: str, node_peer: NodeSmppPeer,
+) -> None:
+    """node-smpp drops both carriers' connections; cucc rebinds first (shorter backoff).
+    A cmcc number claimed meanwhile is not sent via cucc: it waits (scheduled,
+    no_carrier) and goes out on cmcc's new bind."""
+    async with node_pipeline(redis_url, node_peer, ("cmcc", CMCC_PREFIXES), ("cucc", ("130",)),
+                             reconnect={"cmcc": 1.0}) as (p, links, sessions):
+        p.dispatcher.router.observe(p.clock.seconds())
+        for session in sessions:
+            await wait_deferred(node_peer.close_session(session))
+        await wait_deferred(node_peer.next_event(lambda e: e.get("event") == "closed"))
+        await wait_deferred(node_peer.next_event(lambda e: e.get("event") == "closed"))
+        await wait_deferred(links[1].when_bound().addTimeout(20, reactor))
+        assert not links[0].is_bound()
+        await p.accept(code("blip-1", to="13800138000"))
+        await dispatch_until_idle(p)
+        raw = await p.ledger.raw("blip-1")
+        assert (raw["state"], raw["scheduled_reason"]) == ("scheduled", "no_carrier")
+        await wait_deferred(links[0].when_bound().addTimeout(20, reactor))
+        rebind = await wait_deferred(node_peer.next_event(
+            lambda e: e.get("event") == "pdu" and e["pdu"].get("system_id") == "gwcmcc" and e["session"] not in sessions))
+        p.clock.advance(10)
+        await p.ledger.promote_due(now=p.clock.seconds())
+        await dispatch_until_idle(p)
+        submit = await wait_deferred(node_peer.next_pdu("submit_sm"))
+        assert (submit["destination_addr"], submit["session"]) == ("13800138000", rebind["session"])
