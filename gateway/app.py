@@ -126,6 +126,7 @@ def build_gateway(config: Config, reactor: IReactorCore) -> GatewayService:
     redis.setServiceParent(root)
     root.redis = redis
     root.readiness_checks["redis"] = lambda: redis.available
+    root.readiness_checks["redis_writable"] = lambda: redis.writable
 
     _add_components(root, config, reactor)
     root.readiness_checks["carrier_bound"] = lambda: any(link.is_bound() for link in root.carrier_links.values())
@@ -185,6 +186,8 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
                            list(root.carrier_links.values()), reactor, drain_timeout_seconds=drain,
                            lease_seconds=config.push.lease_seconds)
         push.setServiceParent(root)
+        # Not ready while submit outcomes wait for Redis to take them (issue 12 item 1).
+        root.readiness_checks["outcome_writes"] = lambda: not push.writer.failing
         mo = MoService(redis, keys, config.push.mo, reactor)
         mo.setName("mo")
         mo.setServiceParent(root)

@@ -35,6 +35,8 @@ agi_step_latency = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=REGISTRY,
 )
 redis_up = Gauge("gateway_redis_up", "1 when Redis answers", registry=REGISTRY)
+redis_writable = Gauge("gateway_redis_writable", "1 when Redis takes writes (a SET probe each second)",
+                       registry=REGISTRY)
 # Hostile and careless peers (issue 12): connections refused or dropped by a limit, and
 # voice identity checks held back by an attempt limit.
 connections_refused = Counter(

@@ -15,8 +15,9 @@ and the batch the POST made (items without their own ``batch`` field join it)::
                   {"id": "a2", "state": "queued", "duplicate": true}],
      "rejected": [{"id": "a3", "reason": "missing parameter 'plate'"}]}
 
-Rejected items are recorded too (state rejected; GET shows them).  Redis unreachable:
-503, the caller retries with the same ids (acceptance is idempotent).
+Rejected items are recorded too (state rejected; GET shows them).  Redis unreachable or
+refusing writes (OOM, READONLY, MISCONF...): 503 with ``Retry-After: 5``; the caller
+retries with the same ids (acceptance is idempotent).
 
 GET answers the notification's state as JSON with the recipient masked (200), or 404.
 """
@@ -27,8 +28,6 @@ import json
 import uuid
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -38,10 +37,13 @@ from gateway.http.json_resource import JsonResource
 from gateway.push.intake import Intake, IntakeRequest
 from gateway.push.state import AcceptOutcome, NotificationLedger
 from gateway.store.bridge import as_deferred
+from gateway.store.refusals import RefusalLog, SystemClock, is_unavailable
 
 __all__ = ["NotificationStatusResource", "NotificationsResource"]
 
 log = Logger()
+# Shared by POST and GET: one line per 5 s while Redis is away or refuses writes.
+_unavailable_log = RefusalLog("/v1/notifications", SystemClock(), log)
 
 
 def _write_json(request: Request, code: int, body: Any) -> None:
@@ -59,10 +61,21 @@ def _bad_request(request: Request, message: str) -> bytes:
     return json.dumps({"error": "bad_request", "message": message}, ensure_ascii=False).encode("utf-8")
 
 
+# Seconds a client is asked to wait (Retry-After) while Redis is away or refuses writes:
+# the gateway's own writers try again every 5 s at most (OutcomeWriter backoff), and the
+# health probe that turns /readyz back to ready runs each second.
+RETRY_AFTER_SECONDS = 5
+
+
 def _failed(request: Request, failure: Failure, what: str) -> None:
-    if failure.check(RedisConnectionError, RedisTimeoutError, OSError):
-        log.error("{what}: redis unavailable ({error})", what=what, error=type(failure.value).__name__)
-        _write_json(request, 503, {"error": "unavailable", "message": "storage unavailable; retry with the same ids"})
+    error = failure.value
+    if error is not None and is_unavailable(error):
+        _unavailable_log.failed(error, 1)
+        if not (request.finished or getattr(request, "_disconnected", False)):
+            request.setHeader(b"retry-after", str(RETRY_AFTER_SECONDS).encode())
+        _write_json(request, 503, {"error": "unavailable",
+                                   "message": "storage unavailable or refusing writes; retry with the same ids",
+                                   "retry_after_seconds": RETRY_AFTER_SECONDS})
     else:
         log.failure("{what} failed", failure, what=what)
         _write_json(request, 500, {"error": "internal", "message": "internal error"})

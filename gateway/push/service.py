@@ -55,6 +55,7 @@ from gateway.push.state import NotificationLedger, OutcomeWriter
 from gateway.push.worker import Dispatcher, Waker
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys
+from gateway.store.refusals import RefusalLog, is_write_refusal
 from gateway.store.service import REDIS_ERRORS
 
 __all__ = ["PushService"]
@@ -161,6 +162,8 @@ class PushService(Service):
         self._sleepers: list[Waker] = []
         self._read_tasks: dict[str, asyncio.Future[Any]] = {}
         self._tick = 0
+        # One rate-limited log per loop while Redis is away or refuses writes.
+        self._refusal_logs: dict[str, RefusalLog] = {}
 
     # -- what other components call --------------------------------------------------------
 
@@ -249,12 +252,12 @@ class PushService(Service):
             self._sleepers.remove(sleeper)
 
     async def _guarded(self, name: str, step: Callable[[], Awaitable[Any]], delay: list[float]) -> Any:
-        """Run one step; on a Redis outage log, back off and return None."""
+        """Run one step; on a Redis outage or refusal log (once per 5 s), back off and
+        return None."""
         try:
             result = await step()
         except REDIS_ERRORS as e:
-            log.error("push {loop}: redis unavailable ({error}); retrying in {delay:.1f}s",
-                      loop=name, error=type(e).__name__, delay=delay[0])
+            self._refusals(name).failed(e)
         except ResponseError as e:
             if "NOGROUP" in str(e):
                 # Redis lost the stream (restart without persistence): create it again.
@@ -262,17 +265,30 @@ class PushService(Service):
                 for consumer in self.consumers:
                     await consumer.ensure_group()
                 return None
-            log.failure("push {loop}: redis refused a command", loop=name)
+            if is_write_refusal(e):
+                # OOM, READONLY, MISCONF...: nothing was written; the step is tried again.
+                self._refusals(name).failed(e)
+            else:
+                log.failure("push {loop}: redis refused a command", loop=name)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.failure("push {loop}: step failed", loop=name)
         else:
             delay[0] = self.backoff_initial_seconds
+            refusals = self._refusal_logs.get(name)
+            if refusals is not None:
+                refusals.succeeded()
             return result
         await self._sleep(delay[0])
         delay[0] = min(delay[0] * 2, self.backoff_max_seconds)
         return None
+
+    def _refusals(self, loop: str) -> RefusalLog:
+        refusals = self._refusal_logs.get(loop)
+        if refusals is None:
+            refusals = self._refusal_logs[loop] = RefusalLog(f"push {loop}", self.clock, log)
+        return refusals
 
     async def _every(self, name: str, step: Callable[[], Awaitable[bool]], interval: float) -> None:
         delay = [self.backoff_initial_seconds]

@@ -82,8 +82,8 @@ from gateway.push.render import DEFAULT_SIGNATURE
 from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys, PartitionKeys
+from gateway.store.refusals import RefusalLog, is_unavailable
 from gateway.store.scripts import register_lua
-from gateway.store.service import REDIS_ERRORS
 
 __all__ = [
     "FINAL_STATES",
@@ -836,8 +836,10 @@ class OutcomeWriter:
     `add(op)` returns a Deferred that fires once the op is in Redis.  One flush runs at a
     time; ops added meanwhile form the next batch, so batches grow with the load.
 
-    When Redis is unreachable, ops with ``keep=True`` (submit outcomes: the message went
-    out, its message ids must be recorded) stay queued and are retried with backoff;
+    When Redis is unreachable or refuses the write (an error reply such as OOM or
+    READONLY: gateway/store/refusals.py), ops with ``keep=True`` (submit outcomes: the
+    message went out, its message ids must be recorded) stay queued and are retried with
+    backoff, logged once per 5 s with counts;
     ops with ``keep=False`` (receipts) fail their Deferred, so that the link does not
     acknowledge the deliver_sm and the carrier delivers the receipt again.
     """
@@ -854,6 +856,12 @@ class OutcomeWriter:
         self._scheduled = False
         self._flushing = False
         self._idle_waiters: list[Deferred[None]] = []
+        self.refusals = RefusalLog("outcome writer", clock, _writer_log)
+
+    @property
+    def failing(self) -> bool:
+        """True while Redis refuses (or cannot be reached for) the last batch."""
+        return self.refusals.failing
 
     def add(self, op: Sequence[Any], *, keep: bool = True) -> Deferred[None]:
         d: Deferred[None] = Deferred()
@@ -897,23 +905,33 @@ class OutcomeWriter:
                 del self._pending[: self.max_batch]
                 try:
                     await self.ledger.apply([op for op, _, _ in batch], now=self.clock.seconds())
-                except REDIS_ERRORS as e:
+                except Exception as e:
+                    if not is_unavailable(e):
+                        # A bug (a script error that is no refusal): retrying would fail
+                        # alike for ever; the lease recovers these messages.
+                        _writer_log.failure("recording {count} outcomes failed", count=len(batch))
+                        for _, d, _ in batch:
+                            d.errback(e)
+                        continue
+                    # Redis away or refusing writes (OOM, READONLY, MISCONF, BUSY, LOADING,
+                    # NOSCRIPT...): the submits went out, so their outcomes are kept and
+                    # retried until Redis takes them; forgetting them would let the lease
+                    # send them again.  Receipts (keep=False) fail: the link answers
+                    # ESME_RX_T_APPN and the SMSC delivers them again.
                     kept = [entry for entry in batch if entry[2]]
                     for _, d, keep in batch:
                         if not keep:
                             d.errback(e)  # only add() takes keep=False, so a Deferred
                     self._pending[:0] = kept
-                    _writer_log.error("redis unavailable while recording {count} outcomes: {error}; retrying",
-                                      count=len(batch), error=type(e).__name__)
+                    self.refusals.failed(e, len(batch), kept=len(self._pending))
                     await _sleep(self.clock, delay)
+                    # Doubling up to backoff_max_seconds (push: 5 s): one attempt per
+                    # 5 s at most while Redis refuses, and a kept batch is written within
+                    # 5 s of Redis taking writes again.
                     delay = min(delay * 2, self.backoff_max_seconds)
                     continue
-                except Exception as e:
-                    _writer_log.failure("recording {count} outcomes failed", count=len(batch))
-                    for _, d, _ in batch:
-                        d.errback(e)
-                    continue
                 delay = self.backoff_initial_seconds
+                self.refusals.succeeded()
                 for _, d, _ in batch:
                     d.callback(None)
         finally:

@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
+from redis.exceptions import ClusterError, RedisClusterException, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from twisted.application.service import Service
@@ -30,6 +30,7 @@ from gateway.config import RedisConfig
 from gateway.store.bridge import as_deferred
 from gateway.store.embedded import RedisServerProcess, free_port
 from gateway.store.keys import Keys
+from gateway.store.refusals import describe
 
 # Redis unavailable, for now: every loop backs off and tries again.  On a Cluster also a
 # slot without a master (failover under way: CLUSTERDOWN, MASTERDOWN), a slot migrating
@@ -113,6 +114,9 @@ class RedisService(Service):
             self.client = make_client(self.url, config.reconnect_max_delay_seconds,
                                       max_connections=config.max_connections)
         self.available = False
+        # False while Redis answers PING but refuses writes (OOM, READONLY, MISCONF...):
+        # /readyz says not ready then (issue 12: it said ready while outcomes were lost).
+        self.writable = False
         self._probe = LoopingCall(self._check)
         self._probe_interval = probe_interval_seconds
 
@@ -141,11 +145,34 @@ class RedisService(Service):
             if self.available:
                 self.log.error("redis unreachable: {error}", error=type(e).__name__)
             self.available = False
+            self.writable = False
         else:
             if not self.available:
                 self.log.info("redis reachable")
             self.available = True
+            await self._probe_write()
         metrics.redis_up.set(1 if self.available else 0)
+        metrics.redis_writable.set(1 if self.writable else 0)
+
+    async def _probe_write(self) -> None:
+        """SET a short-lived key: a refused write (an error reply) makes `writable` False."""
+        try:
+            # PX: the key goes away by itself; 10 probe intervals, so it is never missed.
+            await asyncio.wait_for(
+                self.client.set(self.keys.prefix + "health:write-probe", "1",
+                                px=int(max(self._probe_interval, 1.0) * 10_000)),
+                timeout=max(self._probe_interval, 0.5))
+        except (TimeoutError, *REDIS_ERRORS) as e:
+            self.writable = False
+            self.log.debug("redis write probe: {error}", error=type(e).__name__)
+        except ResponseError as e:
+            if self.writable:
+                self.log.error("redis refuses writes: {error}", error=describe(e))
+            self.writable = False
+        else:
+            if not self.writable:
+                self.log.info("redis takes writes")
+            self.writable = True
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()

@@ -79,6 +79,7 @@ __all__ = [
     "scenario_gateway_killed",
     "scenario_link_drops",
     "scenario_odd_receipts",
+    "scenario_redis_refuses_writes",
     "scenario_redis_restart",
     "scenario_throttling",
     "violations",
@@ -319,6 +320,8 @@ class FaultRun:
         self.client: Any = None
         self.kills = 0
         self.redis_restarts = 0
+        # What the daemon answered while Redis refused writes (refuse_writes).
+        self.refusal: dict[str, int] = {}
         self._log_offset = 0
         self._states_script: Any = None
 
@@ -419,6 +422,57 @@ class FaultRun:
         await asyncio.sleep(down_seconds)
         await asyncio.to_thread(self.redis_server.start)
         self.redis_restarts += 1
+
+    async def refuse_writes(self, seconds: float) -> None:
+        """Make the external redis-server refuse writes for `seconds` (then accept again):
+        ``maxmemory`` below the data in use with the ``noeviction`` policy, so every
+        command that may grow memory (and every script whose first write is one) gets
+        ``OOM command not allowed when used memory > 'maxmemory'``; reads still work.
+        Meanwhile ask the daemon for /readyz and POST one notification, and note what
+        it answered (``refusal``)."""
+        assert self.redis_server is not None and self.daemon is not None
+        await self.client.config_set("maxmemory-policy", "noeviction")
+        await self.client.config_set("maxmemory", "1mb")  # below any run's data: refused at once
+        started = time.monotonic()
+        refusal = self.refusal
+        refusal["redis_refused_writes_seconds"] = int(seconds)
+        probe = {"id": "refusal-probe", "type": "verification_code", "to": "13800000000",
+                 "params": {"code": "1", "minutes": "5"}}
+        while time.monotonic() - started < seconds:
+            code, _ = await asyncio.to_thread(self.daemon.get, "/readyz")
+            if code == 503:
+                refusal["readyz_503_polls"] = refusal.get("readyz_503_polls", 0) + 1
+            else:
+                refusal["readyz_200_polls"] = refusal.get("readyz_200_polls", 0) + 1
+            if time.monotonic() - started > seconds / 2 and "post_status" not in refusal:
+                status, retry_after = await asyncio.to_thread(self._post_probe, probe)
+                refusal["post_status"] = status
+                refusal["post_retry_after_seconds"] = retry_after
+            await asyncio.sleep(0.5)
+        await self.client.config_set("maxmemory", "0")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # ready again once the gateway saw a write pass
+            code, _ = await asyncio.to_thread(self.daemon.get, "/readyz")
+            if code == 200:
+                refusal["ready_again_after_ms"] = int((time.monotonic() - started - seconds) * 1000)
+                break
+            await asyncio.sleep(0.1)
+
+    def _post_probe(self, probe: Mapping[str, Any]) -> tuple[int, int]:
+        """POST one notification; (status, Retry-After seconds or -1)."""
+        import urllib.error
+        import urllib.request
+
+        assert self.daemon is not None
+        request = urllib.request.Request(self.daemon.http_base + "/v1/notifications",
+                                         data=json.dumps(probe).encode(), method="POST")
+        request.add_header("Authorization", "Bearer test-token")
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, int(response.headers.get("Retry-After") or -1)
+        except urllib.error.HTTPError as e:
+            return e.code, int(e.headers.get("Retry-After") or -1)
 
     def log_findings(self) -> LogFindings:
         assert self.daemon is not None
@@ -573,6 +627,7 @@ class FaultRun:
             counts["gateway_sigkills"] = self.kills
         if self.redis_restarts:
             counts["redis_restarts"] = self.redis_restarts
+        counts.update(self.refusal)
         return counts
 
 
@@ -651,6 +706,18 @@ async def scenario_redis_restart(directory: Path, n: int = 4000, restarts: int =
         points = [(0.25 + 0.5 * k / max(1, restarts), run.restart_redis) for k in range(restarts)]
         return await run_notifications(run, "redis restarted", work, timeout_seconds=timeout_seconds,
                                        milestones=points)
+
+
+async def scenario_redis_refuses_writes(directory: Path, n: int = 2000, refuse_seconds: float = 20.0,
+                                        timeout_seconds: float = 120.0) -> Tally:
+    """8. redis-server refuses writes (OOM: maxmemory below the data, noeviction) for
+    `refuse_seconds` while submits are on the wire: outcomes and receipts that cannot be
+    recorded must be kept and recorded once Redis accepts writes again, never resent."""
+    carriers = [CarrierPlan("cmcc", CMCC_PREFIXES, _sim(), settings={"tps_limit": 200})]
+    work = workload("refused", n, ("138", "139"))
+    async with FaultRun(directory, carriers, redis="external") as run:
+        return await run_notifications(run, "redis refuses writes", work, timeout_seconds=timeout_seconds,
+                                       milestones=[(0.2, lambda: run.refuse_writes(refuse_seconds))])
 
 
 async def scenario_odd_receipts(directory: Path, n: int = 3000, receipt_rate: float = 0.5,

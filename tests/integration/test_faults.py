@@ -27,6 +27,7 @@ from tests.integration.faults import (
     scenario_gateway_killed,
     scenario_link_drops,
     scenario_odd_receipts,
+    scenario_redis_refuses_writes,
     scenario_redis_restart,
     scenario_throttling,
     violations,
@@ -92,6 +93,24 @@ async def test_redis_restarted_during_a_run(tmp_path: Path) -> None:
     why = result.line()
     assert result.faults.get("redis_restarts") == 1, why
     assert result.delivered == result.accepted, why
+
+
+@pytest.mark.slow
+@on_asyncio
+async def test_redis_refuses_writes_for_20_seconds(tmp_path: Path) -> None:
+    """redis-server refuses every write (OOM under maxmemory/noeviction) for 20 s while
+    submits are on the wire: the outcomes it refused are kept and recorded once it takes
+    writes again, so nothing is lost and no citizen gets a message twice; meanwhile
+    /readyz is 503 and POST /v1/notifications answers 503 with Retry-After."""
+    result = await scenario_redis_refuses_writes(tmp_path, n=2000, refuse_seconds=20.0)
+    assert_nothing_lost(result)
+    why = result.line()
+    assert result.duplicated == 0 and result.response_unknown == 0, why
+    assert result.delivered == result.accepted, why
+    assert result.faults.get("readyz_503_polls", 0) >= 10, why  # ready only before the first refusal is seen
+    assert result.faults.get("post_status") == 503 and result.faults.get("post_retry_after_seconds", 0) > 0, why
+    assert result.faults.get("ready_again_after_ms", 10**6) < 10_000, why
+    assert len(result.log.errors) <= 2 * 20 / 5 + 4, why  # one line per 5 s per path, not one per batch
 
 
 @on_asyncio

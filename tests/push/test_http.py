@@ -139,3 +139,24 @@ async def test_unknown_id_is_404_and_missing_token_401(redis_url: str) -> None:
         status, _ = await client.request("POST", "/v1/notifications", code("sneaky"), token="wrong")
         assert status == 401
         assert await p.redis.exists(p.keys.notification("sneaky")) == 0
+
+
+@on_asyncio
+async def test_post_while_redis_refuses_writes_is_503_with_retry_after(redis_url: str) -> None:
+    """Redis refusing writes (OOM under maxmemory/noeviction) is "come back later": 503
+    with Retry-After, not 500; the same POST is accepted once Redis takes writes again."""
+    from tests.store.test_refusals import OOM, refusing
+
+    async with pipeline(redis_url) as p, served(p) as client:
+        await p.redis.set("filler", "x" * 10_000)
+        body = json.dumps(code("oom-1")).encode()
+        headers = Headers({b"authorization": [f"Bearer {TOKEN}".encode()], b"content-type": [b"application/json"]})
+        with refusing(redis_url, *OOM):
+            response = await wait_deferred(client.agent.request(
+                b"POST", (client.base + "/v1/notifications").encode(), headers, _Body(body)))
+            answer = json.loads(await wait_deferred(readBody(response)))
+        assert response.code == 503, answer
+        assert response.headers.getRawHeaders(b"retry-after") == [b"5"]
+        assert answer["error"] == "unavailable"
+        status, accepted = await client.request("POST", "/v1/notifications", code("oom-1"))
+        assert status == 202 and accepted["accepted"] == [{"id": "oom-1", "state": "queued"}]
