@@ -124,7 +124,7 @@ class Dispatcher:
         self.ledger = ledger
         # The ported-number table (number portability), read once per claimed batch.
         self.ported = ported
-        self._ported: Mapping[str, str] = {}
+        self._ported: dict[str, str] = {}  # notification id -> carrier its number was ported to
         # Notification type -> sender code of its service (None: the link's source_addr,
         # 12123); other police services send under their own code (render.SenderService).
         self.sender_for = sender_for
@@ -175,11 +175,14 @@ class Dispatcher:
             reserve=reserved_lower_lane_slots(n), token=token,
         )
         self._claim_token = None
-        self._ported = await self._ported_carriers(claimed)
+        ported = await self._ported_carriers(claimed)
         self.router.observe(now)
         with self._holding_submits():
             for item in claimed:
                 self._in_flight[item.id] = item
+                carrier = ported.get(item.digits)
+                if carrier is not None:
+                    self._ported[item.id] = carrier  # kept for failovers until the outcome
                 if item.attempts == 1 and item.accepted_at:
                     metrics.intake_to_submit_latency.observe(max(0.0, now - item.accepted_at))
                 self._submit(item)
@@ -211,7 +214,7 @@ class Dispatcher:
     def _submit(self, item: Claimed) -> None:
         refused = self._refused.get(item.id)
         exclude = set(item.failed_carriers) | refused if refused else item.failed_carriers
-        ported = self._ported.get(item.digits)
+        ported = self._ported.get(item.id)
         link = self.router.choose(item.digits, exclude, ported=ported, now=self.clock.seconds())
         if link is None:
             self._no_carrier(item, exclude, ported)
@@ -292,6 +295,7 @@ class Dispatcher:
 
     def _record(self, notification_id: str, op: Any) -> None:
         self._refused.pop(notification_id, None)
+        self._ported.pop(notification_id, None)
         self._last_error.pop(notification_id, None)
         # Failures are logged by the writer; the lease recovers the message then.
         self.writer.add_then(op, self._done, notification_id)
