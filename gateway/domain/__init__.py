@@ -31,6 +31,7 @@ This module holds the small primitives the three record modules share.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
 
@@ -41,6 +42,7 @@ __all__ = [
     "decode_hash",
     "decode_text",
     "format_cn_date",
+    "format_cn_time",
     "from_unix",
     "iso_time",
     "parse_iso_date",
@@ -91,6 +93,40 @@ def parse_iso_date(text: str, *, field: str) -> date:
 def format_cn_date(day: date) -> str:
     """2026年11月30日 (no zero padding, as Chinese notices write dates)."""
     return f"{day.year}年{day.month}月{day.day}日"
+
+
+_CLOCK = re.compile(r"([01]?\d|2[0-3])[:：]([0-5]\d)")
+_HALF_DAY_WORDS = ("凌晨", "早上", "上午", "中午", "下午", "晚上", "全天")
+
+
+def half_day(hour: int) -> str:
+    """上午 before noon, 下午 from noon: how a written notice qualifies a clock time."""
+    return "上午" if hour < 12 else "下午"
+
+
+def clock_12(hour: int, minute: int) -> str:
+    """8:30, 2:00: the clock after 上午/下午 (afternoon hours as people say them)."""
+    return f"{hour if hour <= 12 else hour - 12}:{minute:02d}"
+
+
+def format_cn_time(text: str) -> str | None:
+    """上午8:30, 下午2:00至4:00, 上午 (kept); None when not a time or a half-day word.
+
+    From what core systems send: 08:30, 14:00-16:00, 上午, 下午.
+    """
+    text = text.strip()
+    if text in _HALF_DAY_WORDS:
+        return text
+    times = [(int(m[1]), int(m[2])) for m in _CLOCK.finditer(text)]
+    rest = _CLOCK.sub("", text).strip()
+    if len(times) == 1 and rest == "":
+        h, m = times[0]
+        return half_day(h) + clock_12(h, m)
+    if len(times) == 2 and rest in ("-", "~", "～", "至", "—", "–"):
+        (h1, m1), (h2, m2) = times
+        second = clock_12(h2, m2) if half_day(h1) == half_day(h2) else half_day(h2) + clock_12(h2, m2)
+        return f"{half_day(h1)}{clock_12(h1, m1)}至{second}"
+    return None
 
 
 def decode_text(value: str | bytes) -> str:

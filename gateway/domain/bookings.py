@@ -63,10 +63,13 @@ from gateway.domain import (
     CHINA_TZ,
     CorruptRecord,
     Instant,
+    clock_12,
     decode_hash,
     decode_text,
     format_cn_date,
+    format_cn_time,
     from_unix,
+    half_day,
     iso_time,
     parse_iso_date,
     to_unix,
@@ -99,6 +102,7 @@ __all__ = [
     "cancellation_reply",
     "exam_plan_to_hash",
     "format_deadline",
+    "format_when",
     "normalise_booking_no",
     "subject_name",
 ]
@@ -749,15 +753,18 @@ def _booking_from_reply(reply: list[Any]) -> Booking | None:
 
 
 def format_deadline(moment: datetime) -> str:
-    """11月27日17:00 in China time."""
+    """11月27日下午5:00 in China time."""
     local = moment.astimezone(CHINA_TZ)
-    return f"{local.month}月{local.day}日{local:%H:%M}"
+    return f"{local.month}月{local.day}日{half_day(local.hour)}{clock_12(local.hour, local.minute)}"
 
 
-def _when(booking: Booking) -> str:
+def format_when(booking: Booking) -> str:
+    """2026年11月30日上午, 2026年11月30日上午8:30至10:30: the exam's date and session."""
     session = booking.session
-    gap = " " if session[:1].isdigit() else ""
-    return f"{format_cn_date(booking.exam_date)}{gap}{session}"
+    return f"{format_cn_date(booking.exam_date)}{format_cn_time(session) or session}"
+
+
+_when = format_when
 
 
 def booking_summary(booking: Booking) -> str:

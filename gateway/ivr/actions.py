@@ -79,6 +79,8 @@ REMINDER_TYPES = frozenset({
     "licence_renewal_due",
 })
 SIGNATURE = "【交管12123】"
+# Any service's signature (【交管12123】, 【公安户政】...): a call does not read it out.
+_LEADING_SIGNATURE = re.compile(r"^【[^】]{1,16}】")
 
 OVERDUE_WORD = "逾期未检验"
 _SESSION_WORDS = frozenset({"上午", "下午", "晚上"})
@@ -425,7 +427,7 @@ class VoiceActions:
             pipe.hget(self._keys.voice_reminder(notification_id), "text")
             raw, voice_text = await pipe.execute()
         fields = decode_hash(raw) if raw else {}
-        text = decode_text(voice_text) if voice_text else fields.get("text", "").removeprefix(SIGNATURE)
+        text = decode_text(voice_text) if voice_text else _LEADING_SIGNATURE.sub("", fields.get("text", ""))
         if not fields and not text:
             return ActionResult("not_found")
         kind = fields.get("type", "")

@@ -100,6 +100,7 @@ from gateway.domain.bookings import (
     CancellationResult,
     booking_summary,
     cancellation_reply,
+    format_when,
 )
 from gateway.domain.people import Person, PersonStore, licence_summary, may, violation_summary
 from gateway.ports import MobileOriginated
@@ -430,9 +431,8 @@ def _refusal(booking: Booking, now: float) -> MoReply | None:
 
 
 def _when(booking: Booking) -> str:
-    # As the domain's summaries write it: "2026年11月30日上午", "2026年11月30日 08:30-10:30".
-    gap = " " if booking.session[:1].isdigit() else ""
-    return f"{format_cn_date(booking.exam_date)}{gap}{booking.session}"
+    # As the domain's summaries write it: "2026年11月30日上午", "2026年11月30日上午8:30至10:30".
+    return format_when(booking)
 
 
 def _masked_name(name: str) -> str:

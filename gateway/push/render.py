@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, read_yaml
+from gateway.domain import clock_12, format_cn_date, format_cn_time, half_day
 from gateway.push.queue import Priority
 
 __all__ = [
@@ -129,7 +130,9 @@ def sms_parts(text: str) -> int:
 
 _CN_DATE = re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})日")
 _CLOCK = re.compile(r"([01]?\d|2[0-3])[:：]([0-5]\d)")
-_SESSION_WORDS = ("凌晨", "早上", "上午", "中午", "下午", "晚上", "全天")
+_half_day = half_day
+_clock_12 = clock_12
+cn_time = format_cn_time
 
 
 def parse_date(text: str) -> dt.date | None:
@@ -150,34 +153,7 @@ def parse_date(text: str) -> dt.date | None:
 
 def cn_date(day: dt.date) -> str:
     """2026年12月9日: no zero padding, as Chinese notices write dates."""
-    return f"{day.year}年{day.month}月{day.day}日"
-
-
-def _half_day(hour: int) -> str:
-    return "上午" if hour < 12 else "下午"
-
-
-def _clock_12(hour: int, minute: int) -> str:
-    """8:30, 2:00 (the afternoon's hours as people say them after 下午)."""
-    h = hour if hour <= 12 else hour - 12
-    return f"{h}:{minute:02d}"
-
-
-def cn_time(text: str) -> str | None:
-    """上午8:30, 下午2:00至4:00, 上午 (kept); None when not a time or a half-day word."""
-    text = text.strip()
-    if text in _SESSION_WORDS:
-        return text
-    times = [(int(m[1]), int(m[2])) for m in _CLOCK.finditer(text)]
-    rest = _CLOCK.sub("", text).strip()
-    if len(times) == 1 and rest == "":
-        h, m = times[0]
-        return _half_day(h) + _clock_12(h, m)
-    if len(times) == 2 and rest in ("-", "~", "～", "至", "—", "–"):
-        (h1, m1), (h2, m2) = times
-        second = _clock_12(h2, m2) if _half_day(h1) == _half_day(h2) else _half_day(h2) + _clock_12(h2, m2)
-        return f"{_half_day(h1)}{_clock_12(h1, m1)}至{second}"
-    return None
+    return format_cn_date(day)
 
 
 def _parse_datetime(text: str) -> dt.datetime | None:

@@ -210,6 +210,6 @@ async def test_texts_never_contain_id_or_phone_numbers(redis_url: str) -> None:
             f"预约号{summary.cancellable_booking}：科目二，集美灌口考场，2026年11月30日上午，状态：已预约"
         )
         slot = await bookings.get(summary.slot_booking)
-        assert slot is not None and "2026年12月3日 08:30-10:30" in booking_summary(slot)
+        assert slot is not None and "2026年12月3日上午8:30至10:30" in booking_summary(slot)
         cancelled_person = (await people.find_by_phone(SAMPLE_CALLER_CANCELLED))[0]
         assert licence_summary(cancelled_person).startswith("驾驶证（C1）状态：正常，本记分周期累积记分3分")
