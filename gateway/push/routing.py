@@ -133,8 +133,8 @@ class PortedNumbers:
     ``12123:ported:138``), field the 11-digit number, value the carrier's ``name`` in
     gateway.yaml.  Core systems HSET a number when it is ported and HDEL it when it
     returns; per-segment hashes keep each key small (Redis Cluster spreads them).  Read
-    once per claimed batch (`lookup`, one pipeline); a name that is no configured carrier
-    is ignored (prefix routing applies).
+    once per claimed batch (`lookup`: one HMGET per segment, one round trip); a name that
+    is no configured carrier is ignored (prefix routing applies).
 
     Args:
         redis: a redis.asyncio client (decode_responses=True).
@@ -152,11 +152,17 @@ class PortedNumbers:
 
     async def lookup(self, numbers: Iterable[str]) -> Mapping[str, str]:
         """number -> carrier name, for the numbers in the table."""
-        wanted = list(dict.fromkeys(numbers))
-        if not wanted:
+        by_key: dict[str, list[str]] = {}
+        for digits in dict.fromkeys(numbers):
+            by_key.setdefault(self.key(digits), []).append(digits)
+        if not by_key:
             return {}
+        # One HMGET per segment in the batch, all in one round trip.
         async with self.redis.pipeline(transaction=False) as pipe:
-            for digits in wanted:
-                pipe.hget(self.key(digits), digits)
-            names = await pipe.execute()
-        return {d: n for d, n in zip(wanted, names, strict=True) if n and n in self.carriers}
+            for key, wanted in by_key.items():
+                pipe.hmget(key, wanted)
+            replies = await pipe.execute()
+        found: dict[str, str] = {}
+        for wanted, names in zip(by_key.values(), replies, strict=True):
+            found.update((d, n) for d, n in zip(wanted, names, strict=True) if n and n in self.carriers)
+        return found
