@@ -188,15 +188,17 @@ def prompt_warnings(config: Any) -> list[str]:
     if not config.ivr.fastagi.enabled:
         return []
     from gateway.ivr.menus import load_menus
-    from gateway.ivr.prompts import missing_prompts
+    from gateway.ivr.prompts import missing_prompts, unknown_recordings
 
     book = load_menus(config.resolve(config.ivr.menus_file))
+    warnings = [f"ivr.sounds_dir: recorded/{name} replaces no prompt (misspelt? see `gateway prompts build`)"
+                for name in unknown_recordings(book, config.ivr.sounds_dir)]
     missing = missing_prompts(book, config.ivr.sounds_dir)
     if not missing:
-        return []
+        return warnings
     shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
     return [f"ivr.sounds_dir: {len(missing)} prompts missing in {config.ivr.sounds_dir} ({shown}); "
-            "run `gateway prompts build`"]
+            "run `gateway prompts build`", *warnings]
 
 
 # --------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from typing import Any
 from gateway.ivr.menus import PAUSE_SECONDS, Clip, MenuBook, dial_digits, speech_clip
 
 __all__ = ["BuildReport", "PromptToolMissing", "SpeechSynthesizer", "add_arguments", "build_command", "build_prompts",
-           "missing_prompts", "recorded_file", "tts_ssml", "tts_text"]
+           "missing_prompts", "recorded_file", "tts_ssml", "tts_text", "unknown_recordings"]
 
 INSTALL_HINT = "apt-get install espeak-ng sox"
 RECORDED_FOLDER = "recorded"
@@ -94,6 +94,16 @@ def recorded_file(book: MenuBook, sounds_dir: Path, clip: Clip) -> Path | None:
     """The human recording that replaces a generated clip, if there is one."""
     path = clip_folder(book, sounds_dir) / RECORDED_FOLDER / f"{clip.name}.wav"
     return path if path.is_file() else None
+
+
+def unknown_recordings(book: MenuBook, sounds_dir: str | Path) -> list[str]:
+    """Files in the recorded folder that replace no clip (a misspelt name is otherwise
+    silently ignored and the robot voice stays)."""
+    folder = clip_folder(book, Path(sounds_dir)) / RECORDED_FOLDER
+    if not folder.is_dir():
+        return []
+    names = {clip.name for clip in book.all_clips()}
+    return sorted(p.name for p in folder.glob("*.wav") if p.stem not in names)
 
 
 def missing_prompts(book: MenuBook, sounds_dir: str | Path) -> list[str]:

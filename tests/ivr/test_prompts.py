@@ -118,3 +118,33 @@ def test_command_reports_missing_tools(tmp_path: Path, capsys: pytest.CaptureFix
     args = argparse.Namespace(force=False, sounds_dir=str(tmp_path / "sounds"), workers=1)
     assert build_command(config, load_menus(config.resolve(config.ivr.menus_file)), args) == 1
     assert "apt-get install espeak-ng sox" in capsys.readouterr().err
+
+
+def test_check_config_reports_missing_prompts_and_stray_recordings(tmp_path: Path) -> None:
+    """check-config warns about a prompt with no sound file (naming it) and about a
+    recording that replaces no clip (a misspelt file name)."""
+    import yaml
+
+    from gateway.commands import prompt_warnings
+    from gateway.config import load_config
+    from gateway.ivr.menus import load_menus
+
+    repo = Path(__file__).resolve().parents[2]
+    sounds = tmp_path / "sounds"
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "ivr": {"menus_file": str(repo / "config" / "ivr.yaml"), "sounds_dir": str(sounds)},
+        "push": {"templates_file": str(repo / "config" / "templates.yaml")},
+    }), encoding="utf-8")
+    config = load_config(config_path)
+    book = load_menus(repo / "config" / "ivr.yaml")
+    folder = sounds / "12123"
+    folder.mkdir(parents=True)
+    for clip in book.all_clips():
+        if clip.name != "welcome":
+            (folder / f"{clip.name}.wav").write_bytes(b"RIFF")
+    (folder / "recorded").mkdir()
+    (folder / "recorded" / "welcom.wav").write_bytes(b"RIFF")
+    warnings = prompt_warnings(config)
+    assert any("1 prompts missing" in w and "(welcome)" in w for w in warnings), warnings
+    assert any("recorded/welcom.wav replaces no prompt" in w for w in warnings), warnings
