@@ -309,7 +309,11 @@ class _BindingEndpoint:
             inner.append(attempt)
             attempt.chainDeferred(result)
 
-        leases.acquire(holder).addCallback(answered)
+        def broken(failure: Failure) -> None:
+            log.failure("carrier {carrier}: asking for a bind lease failed", failure, carrier=self.link.carrier)
+            answered(False)  # not bound; the slot asks again after its retry delay
+
+        leases.acquire(holder).addCallbacks(answered, broken)
         return result
 
     def _connect_and_bind(self, factory: IProtocolFactory, lease_holder: str | None) -> Deferred[IProtocol]:
