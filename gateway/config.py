@@ -299,7 +299,7 @@ class FastAgiConfig:
     # Asterisk opens one connection per call in progress; the trunk's channels bound that.
     # 500 calls leave room in systemd's default 1,024 descriptors for the SMPP listener
     # (200), HTTP (100) and Redis.
-    max_connections: int = setting(500, help="FastAGI connections (calls) at once; beyond, a new connection is closed at once and Asterisk's AGI() ends (AGISTATUS FAILURE or HANGUP)", minimum=1, maximum=100_000)
+    max_connections: int = setting(500, help="FastAGI connections (calls) at once; beyond, a new call is asked to play the system_error apology and is closed", minimum=1, maximum=100_000)
     allow: tuple[str, ...] = setting(("127.0.0.0/8", "::1/128"), help="networks (CIDR) Asterisk may connect from; anyone who reaches the port can claim any caller id, so keep it to the Asterisk hosts")
 
 

@@ -20,8 +20,8 @@ answering would hold its socket for ever):
 
 * ``ivr.fastagi.allow``: only these networks (default loopback) may connect; any other
   address is closed at once, unread.
-* ``ivr.fastagi.max_connections``: calls at once; one more connection is closed at once
-  (Asterisk's AGI() then ends and the dialplan's fallback runs).
+* ``ivr.fastagi.max_connections``: calls at once; one more call is asked to play the
+  ``system_error`` apology and closed at once (`FastAgiService.busy_farewell`).
 * ``ivr.fastagi.reply_timeout_seconds`` (longer than the longest prompt) plus the
   command's own key wait (`key_wait_seconds`): a command unanswered this long ends the
   call (outcome ``reply_timeout``) and aborts the connection.
@@ -395,7 +395,7 @@ class FastAgiFactory(ServerFactory):
             return ClosedAtOnce()
         if service.open_connections >= service.config.fastagi.max_connections:
             service.refusals.refused("max_connections", f"{service.config.fastagi.max_connections} calls open")
-            return ClosedAtOnce()
+            return ClosedAtOnce(service.busy_farewell())
         return FastAgiProtocol(service)
 
 
@@ -483,6 +483,16 @@ class FastAgiService(Service):
     def _drop_calls(self) -> None:
         for protocol in list(self.active):
             protocol.abort_connection()
+
+    def busy_farewell(self) -> bytes:
+        """What a call over max_connections gets before its socket closes: the apology
+        (``system_error``, "系统繁忙，请稍后再拨", also the dialplan's gateway-down prompt)
+        played by Asterisk.  A bare close would end AGI() with AGISTATUS SUCCESS (measured
+        on the Asterisk 22 ring) and the dialplan would hang up without a word."""
+        if "system_error" not in self.menus.prompts:
+            return b""
+        prefix = self.menus.sound_prefix
+        return f"EXEC Playback {prefix + '/' if prefix else ''}system_error\n".encode()
 
     async def record_call(self, record: CallRecord) -> None:
         """The ``ivr.call`` event for core systems (masked caller, no entered digits)."""

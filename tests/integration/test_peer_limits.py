@@ -346,12 +346,15 @@ def test_fastagi_from_outside_the_allowlist_is_closed_unread(gateway: Daemon) ->
 
 
 def test_fastagi_call_over_the_cap_is_closed_and_the_server_recovers(gateway: Daemon) -> None:
-    """With max_connections calls open, one more is closed at once; after one ends, a new
-    call is served again."""
+    """With max_connections calls open, one more gets the apology and is closed; after one
+    ends, a new call is served again."""
     calls = [agi_call(gateway, n, source=ASTERISK_HOST) for n in range(FASTAGI_MAX_CONNECTIONS)]
     try:
         assert [first_line(sock) for sock in calls] == [b"ANSWER\n"] * FASTAGI_MAX_CONNECTIONS
         extra = agi_call(gateway, 99, source=ASTERISK_HOST)
+        # Refused with the apology for the caller, then closed (a bare close would end
+        # Asterisk's AGI() as SUCCESS and the caller would be hung up without a word).
+        assert first_line(extra) == b"EXEC Playback 12123/system_error\n"
         assert first_line(extra) == b""
         extra.close()
         calls.pop().close()
