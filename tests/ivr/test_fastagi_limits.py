@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
+from gateway import metrics
 from gateway.config import FastAgiConfig, IvrConfig
 from gateway.ivr.agi import get_data, wait_for_digit
 from gateway.ivr.fastagi import FastAgiService, key_wait_seconds
@@ -25,6 +26,7 @@ def test_key_wait_of_a_command() -> None:
 def test_unanswered_command_ends_the_call_after_the_reply_timeout() -> None:
     """A command unanswered for reply_timeout_seconds (plus its key wait) aborts the call."""
     clock = Clock()
+    before = metrics.agi_calls.labels(outcome="reply_timeout")._value.get()
     config = IvrConfig(fastagi=FastAgiConfig(reply_timeout_seconds=30.0))
     service = FastAgiService(config, lambda: BOOK, make_client("redis://127.0.0.1:1"), KEYS, clock)
     protocol, transport = _connect(service, ENVIRONMENT)
@@ -36,3 +38,4 @@ def test_unanswered_command_ends_the_call_after_the_reply_timeout() -> None:
     assert not transport.disconnecting
     clock.advance(0.2)
     assert transport.disconnecting
+    assert metrics.agi_calls.labels(outcome="reply_timeout")._value.get() - before == 1
