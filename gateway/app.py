@@ -130,6 +130,9 @@ def build_gateway(config: Config, reactor: IReactorCore) -> GatewayService:
 
     _add_components(root, config, reactor)
     root.readiness_checks["carrier_bound"] = lambda: any(link.is_bound() for link in root.carrier_links.values())
+    grace = config.http.carrier_down_grace_seconds
+    for name, link in root.carrier_links.items():
+        root.readiness_checks[f"carrier:{name}"] = _carrier_ready(link, reactor, grace)
 
     api, console = _add_operations(root, config, reactor)
     if config.http.enabled:
@@ -287,6 +290,19 @@ def _add_operations(root: GatewayService, config: Config, reactor: Any) -> tuple
         quiet_until=policy.quiet_until, clock=reactor, status_ttl_seconds=reporter.ttl_seconds,
         timezone=config.push.quiet_hours.timezone)
     return OperationsApi(context), console_resource()
+
+
+def _carrier_ready(link: Any, clock: Any, grace_seconds: float) -> Callable[[], bool]:
+    """Ready unless this carrier should carry traffic and has been without a bound
+    session for longer than the grace (a reconnect or a restart takes a few seconds;
+    an operator's stop or isolate is intended, not a failure)."""
+
+    def check() -> bool:
+        if not link.running or link.isolated or link.sessions_bound():
+            return True
+        return clock.seconds() - link.state_since <= grace_seconds
+
+    return check
 
 
 def _find_reminders(root: GatewayService) -> Any:

@@ -142,6 +142,7 @@ class HttpConfig:
     # The API's clients are core systems, monitoring and the console: a few connections each.
     max_connections: int = setting(100, help="HTTP connections at once; beyond, a new connection gets 503 with Retry-After and is closed", minimum=1, maximum=100_000)
     idle_timeout_seconds: float = setting(60.0, help="a connection with no request for this long is closed (twisted.web's default is 12 h)", unit="s", minimum=1, maximum=86_400)
+    carrier_down_grace_seconds: float = setting(60.0, help="/readyz says not ready when a carrier that carries traffic (enabled, not stopped or isolated by an operator) has had no bound session for longer than this", unit="s", minimum=0, maximum=86_400)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The HTTP admin and intake API (twisted.web), 127.0.0.1:8123 by default.
 
 GET /healthz   the process is up (always 200 while the reactor runs)
-GET /readyz    200 when Redis answers and takes writes, submit outcomes are recorded, and at
-               least one carrier link is bound, else 503
+GET /readyz    200 when Redis answers and takes writes, submit outcomes are recorded, at least
+               one carrier link is bound, and no carrier that carries traffic has been down
+               longer than http.carrier_down_grace_seconds; else 503
 GET /metrics   Prometheus text format
 /v1/...        bearer token from the config; 401 without it, 413 for an oversized body,
                400 with a JSON error body for a bad request (the resource's own checks)
@@ -47,7 +48,8 @@ class Healthz(JsonResource):
 
 
 class Readyz(JsonResource):
-    """Ready means: Redis answers, and at least one carrier link is bound."""
+    """Ready means: every check passes (Redis answers, a carrier link is bound, no carrier
+    that should carry traffic is down beyond its grace; gateway/app.py builds them)."""
 
     isLeaf = True
 

@@ -236,7 +236,8 @@ class FleetReporter(Service):
         return deltas
 
     async def report_once(self, client: Any) -> None:
-        """Report, count and apply the controls once."""
+        """Apply the controls, then report and count (so the report already shows them)."""
+        self.apply_control(await client.hgetall(self.keys.control))
         now = self.clock.seconds()
         deltas = self._count_since_last(now)
         report = self.snapshot(now)
@@ -255,9 +256,7 @@ class FleetReporter(Service):
                         wrote = True
             if wrote:
                 pipe.expire(minute_key, MINUTE_COUNTS_TTL_SECONDS)
-            pipe.hgetall(self.keys.control)
-            results = await pipe.execute()
-        self.apply_control(results[-1])
+            await pipe.execute()
 
     def _link_stopped(self, result: Any, name: str) -> None:
         self._stopping_links.pop(name, None)

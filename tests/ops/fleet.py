@@ -92,7 +92,8 @@ def carrier_view(fleet: Fleet, name: str = "cmcc", daemon: Daemon | None = None)
 
 
 @contextmanager
-def running_fleet(tmp_path: Path, redis_url: str, processes: int = 2, **config: Any) -> Iterator[Fleet]:
+def running_fleet(tmp_path: Path, redis_url: str, processes: int = 2, extra_carriers: tuple[dict[str, Any], ...] = (),
+                  **config: Any) -> Iterator[Fleet]:
     """`processes` gateway processes on one Redis and one simulated carrier ``cmcc``."""
     port = free_port()
     simulator = Simulator(port)
@@ -104,7 +105,7 @@ def running_fleet(tmp_path: Path, redis_url: str, processes: int = 2, **config: 
     try:
         for index in range(processes):
             directory = tmp_path / f"gw{index}"
-            path = write_config(directory, redis={"url": redis_url}, carriers=[carrier],
+            path = write_config(directory, redis={"url": redis_url}, carriers=[carrier, *extra_carriers],
                                 push={"templates_file": str(Path(__file__).resolve().parents[2] / "config" / "templates.yaml"),
                                       "quiet_hours": {"start": "00:00", "end": "00:00"}},
                                 **config)

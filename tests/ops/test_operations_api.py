@@ -247,3 +247,4 @@ def test_accounts_roles_csrf_and_lockout(fleet: Fleet) -> None:
     assert code == 423 and body["error"] == "locked"
     assert fleet.cli("users", "remove", "mallory").returncode == 0
     assert fleet.cli("users", "remove", "mallory").returncode == 1
+
