@@ -50,6 +50,9 @@ EVENTS_MAXLEN = 1_000_000
 MAX_CANCEL_SCAN = 200_000
 # Search and dead-letter answers are for a person to read: at most this many rows.
 MAX_ROWS = 500
+# A dead-letter filter looks at the newest 10,000 of each partition: a day of failures
+# on a bad day; an older one is found by narrowing the time range.
+MAX_DEAD_SCAN = 10_000
 
 
 class ActionError(Exception):
@@ -224,18 +227,19 @@ async def dead_letters(redis: Any, keys: Keys, *, type: str = "", carrier: str =
     limit = min(max(1, limit), MAX_ROWS)
     high = "+inf" if until is None else until
     low = "-inf" if since is None else since
+    entries: list[tuple[str, float]] = []
+    for part in keys.all_partitions:  # newest of every partition, merged
+        entries.extend(await redis.zrevrangebyscore(part.dead_letters, high, low, start=0, num=MAX_DEAD_SCAN,
+                                                    withscores=True))
+    entries.sort(key=lambda e: -e[1])
     rows: list[dict[str, Any]] = []
-    offset, page = 0, 500
-    while len(rows) < limit and offset < 20 * MAX_ROWS:
-        entries = await redis.zrevrangebyscore(keys.dead_letters, high, low, start=offset, num=page, withscores=True)
-        if not entries:
-            break
-        offset += len(entries)
+    for start in range(0, len(entries), 500):
+        page = entries[start:start + 500]
         async with redis.pipeline(transaction=False) as pipe:
-            for notification_id, _ in entries:
+            for notification_id, _ in page:
                 pipe.hgetall(keys.notification(notification_id))
             records = await pipe.execute()
-        for (notification_id, score), raw in zip(entries, records, strict=True):
+        for (notification_id, score), raw in zip(page, records, strict=True):
             if not raw or raw.get("state") not in DEAD_STATES:
                 continue
             if type and raw.get("type") != type:
@@ -253,7 +257,7 @@ async def dead_letters(redis: Any, keys: Keys, *, type: str = "", carrier: str =
                 view["params"] = {}
             rows.append(view)
             if len(rows) >= limit:
-                break
+                return rows
     return rows
 
 
@@ -299,8 +303,9 @@ async def _cancel_ids(redis: Any, keys: Keys, actor: Actor, ids: list[str], why:
         chunk = ids[start:start + 500]
         async with redis.pipeline(transaction=False) as pipe:
             for notification_id in chunk:
-                await script(keys=[keys.notification(notification_id), keys.lane("high"), keys.lane("normal"),
-                                   keys.lane("bulk"), keys.scheduled, keys.events_stream],
+                part = keys.partition(keys.partition_of(notification_id))
+                await script(keys=[part.notification(notification_id), part.lane("high"), part.lane("normal"),
+                                   part.lane("bulk"), part.scheduled, part.events_stream],
                              args=[f"{now:.3f}", notification_id, actor.user, why, EVENTS_MAXLEN], client=pipe)
             results = await pipe.execute()
         for state, cancelled in results:
@@ -354,7 +359,9 @@ async def cancel_by_type(redis: Any, keys: Keys, actor: Actor, ntype: str, since
     if until <= since:
         raise ActionError(400, "bad_request", "until must be after since")
     ids: list[str] = []
-    for name in (keys.lane("high"), keys.lane("normal"), keys.lane("bulk"), keys.scheduled):
+    names = [name for part in keys.all_partitions
+             for name in (part.lane("high"), part.lane("normal"), part.lane("bulk"), part.scheduled)]
+    for name in names:
         ids.extend(await redis.zrange(name, 0, MAX_CANCEL_SCAN - len(ids) - 1))
         if len(ids) >= MAX_CANCEL_SCAN:
             break

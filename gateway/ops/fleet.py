@@ -302,50 +302,70 @@ async def read_processes(redis: Any, keys: Keys, *, now: float | None = None,
 
 async def read_queues(redis: Any, keys: Keys, *, now: float | None = None,
                       quiet_until: float = 0.0) -> dict[str, Any]:
-    """The shared queues: lanes (depth, oldest age), scheduled and quiet-hours held,
-    awaiting receipt, dead letters, voice reminders."""
+    """The shared queues, summed over the pipeline's partitions: lanes (depth, oldest
+    age), scheduled and quiet-hours held, submitting, awaiting receipt, dead letters, and
+    the voice reminders."""
     now = time.time() if now is None else now
+    parts = keys.all_partitions
     async with redis.pipeline(transaction=False) as pipe:
-        for lane in LANES:
-            pipe.zcard(keys.lane(lane))
-            pipe.zrange(keys.lane(lane), 0, 0)
-        pipe.zcard(keys.scheduled)
-        pipe.zrange(keys.scheduled, 0, 0, withscores=True)
-        pipe.zcount(keys.scheduled, quiet_until - 0.5, quiet_until + 0.5) if quiet_until else pipe.echo("0")
-        pipe.zcard(keys.awaiting_receipt)
-        pipe.zcard(keys.dead_letters)
+        for part in parts:
+            for lane in LANES:
+                pipe.zcard(part.lane(lane))
+                pipe.zrange(part.lane(lane), 0, 0)
+            pipe.zcard(part.scheduled)
+            pipe.zrange(part.scheduled, 0, 0, withscores=True)
+            if quiet_until:
+                # Quiet-hours reminders are scheduled for exactly the end of the window.
+                pipe.zcount(part.scheduled, quiet_until - 0.5, quiet_until + 0.5)
+            else:
+                pipe.echo("0")
+            pipe.zcard(part.awaiting_receipt)
+            pipe.zcard(part.dead_letters)
+            pipe.zcard(part.inflight)
         pipe.zcard(keys.voice_due)
         pipe.zcard(keys.voice_calls_open)
-        pipe.zcard(keys.inflight)
         results = await pipe.execute()
-    lanes: dict[str, Any] = {}
-    oldest_ids: dict[str, str] = {}
-    for index, lane in enumerate(LANES):
-        lanes[lane] = {"depth": int(results[2 * index]), "oldest_age_seconds": None}
-        head = results[2 * index + 1]
-        if head:
-            oldest_ids[lane] = head[0]
-    if oldest_ids:
+    lanes: dict[str, Any] = {lane: {"depth": 0, "oldest_age_seconds": None} for lane in LANES}
+    heads: dict[str, list[str]] = {lane: [] for lane in LANES}
+    totals = {"scheduled": 0, "quiet_hours_held": 0, "awaiting_receipt": 0, "dead_letters": 0, "submitting": 0}
+    next_due: float | None = None
+    per_part = 2 * len(LANES) + 6
+    for index in range(len(parts)):
+        row = results[index * per_part:(index + 1) * per_part]
+        for k, lane in enumerate(LANES):
+            lanes[lane]["depth"] += int(row[2 * k])
+            heads[lane].extend(row[2 * k + 1])
+        base = 2 * len(LANES)
+        totals["scheduled"] += int(row[base])
+        if row[base + 1]:
+            due = float(row[base + 1][0][1])
+            next_due = due if next_due is None else min(next_due, due)
+        totals["quiet_hours_held"] += int(row[base + 2])
+        totals["awaiting_receipt"] += int(row[base + 3])
+        totals["dead_letters"] += int(row[base + 4])
+        totals["submitting"] += int(row[base + 5])
+    heads_flat = [(lane, notification_id) for lane in LANES for notification_id in heads[lane]]
+    if heads_flat:
         async with redis.pipeline(transaction=False) as pipe:
-            for notification_id in oldest_ids.values():
+            for _, notification_id in heads_flat:
                 pipe.hget(keys.notification(notification_id), "accepted_at")
             accepted = await pipe.execute()
-        for lane, at in zip(oldest_ids, accepted, strict=True):
+        for (lane, _), at in zip(heads_flat, accepted, strict=True):
             if at:
-                lanes[lane]["oldest_age_seconds"] = round(max(0.0, now - float(at)), 1)
-    base = 2 * len(LANES)
-    next_due = results[base + 1]
+                age = round(max(0.0, now - float(at)), 1)
+                current = lanes[lane]["oldest_age_seconds"]
+                lanes[lane]["oldest_age_seconds"] = age if current is None else max(current, age)
     return {
         "lanes": lanes,
-        "scheduled": int(results[base]),
-        "next_scheduled_at": float(next_due[0][1]) if next_due else None,
-        "quiet_hours_held": int(results[base + 2]),
+        "scheduled": totals["scheduled"],
+        "next_scheduled_at": next_due,
+        "quiet_hours_held": totals["quiet_hours_held"],
         "quiet_hours_release_at": quiet_until or None,
-        "submitting": int(results[base + 7]),
-        "awaiting_receipt": int(results[base + 3]),
-        "dead_letters": int(results[base + 4]),
-        "voice_reminders_queued": int(results[base + 5]),
-        "voice_calls_open": int(results[base + 6]),
+        "submitting": totals["submitting"],
+        "awaiting_receipt": totals["awaiting_receipt"],
+        "dead_letters": totals["dead_letters"],
+        "voice_reminders_queued": int(results[-2]),
+        "voice_calls_open": int(results[-1]),
     }
 
 

@@ -93,7 +93,7 @@ def carrier_view(fleet: Fleet, name: str = "cmcc", daemon: Daemon | None = None)
 
 @contextmanager
 def running_fleet(tmp_path: Path, redis_url: str, processes: int = 2, extra_carriers: tuple[dict[str, Any], ...] = (),
-                  **config: Any) -> Iterator[Fleet]:
+                  started_path: str = "/readyz", **config: Any) -> Iterator[Fleet]:
     """`processes` gateway processes on one Redis and one simulated carrier ``cmcc``."""
     port = free_port()
     simulator = Simulator(port)
@@ -113,7 +113,7 @@ def running_fleet(tmp_path: Path, redis_url: str, processes: int = 2, extra_carr
             daemon.start()
             fleet.daemons.append(daemon)
         for daemon in fleet.daemons:
-            daemon.wait_until("/readyz", timeout_seconds=40)
+            daemon.wait_until(started_path, timeout_seconds=40)
         wait_for(lambda: len(fleet.call("GET", "/v1/carriers")[1].get("processes", [])) == processes,
                  "every process reports its status")
         yield fleet

@@ -9,7 +9,7 @@ import pytest
 import redis as sync_redis
 
 from gateway.store.embedded import RedisServerProcess, free_port
-from tests.ops.fleet import carrier_view, running_fleet
+from tests.ops.fleet import carrier_view, running_fleet, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -23,12 +23,12 @@ def test_readyz_not_ready_while_a_carrier_is_down_beyond_its_grace(redis_server:
     client.close()
     dead = {"name": "cucc", "host": "127.0.0.1", "port": free_port(), "system_id": "gw", "password": "pw",
             "prefixes": ["130"], "reconnect_initial_seconds": 0.5, "reconnect_max_seconds": 1}
-    with running_fleet(tmp_path, redis_server.url, processes=1, extra_carriers=(dead,),
+    with running_fleet(tmp_path, redis_server.url, processes=1, extra_carriers=(dead,), started_path="/healthz",
                        http={"carrier_down_grace_seconds": 2}) as one:
         daemon = one.first
         body = daemon.wait_until("/readyz", status=503, timeout_seconds=30)
         assert body["checks"]["carrier:cucc"] is False and body["checks"]["carrier:cmcc"] is True
-        assert carrier_view(one, "cucc")["state"] == "down"
+        wait_for(lambda: carrier_view(one, "cucc")["state"] == "down", "cucc shown down")
         assert one.call("POST", "/v1/carriers/cucc/stop")[0] == 200
         body = daemon.wait_until("/readyz", status=200, timeout_seconds=30)
         assert body["checks"]["carrier:cucc"] is True
