@@ -135,8 +135,18 @@ def confirm(driver: Any) -> str:
 
 
 def click_in_row(driver: Any, row_selector: str, label: str) -> None:
-    row = driver.find_element(By.CSS_SELECTOR, row_selector)
-    next(b for b in row.find_elements(By.TAG_NAME, "button") if b.text == label).click()
+    """Click a row's button; the overview redraws every 2 s, so a button found just
+    before a redraw is stale: find it again."""
+
+    def click() -> bool:
+        try:
+            row = driver.find_element(By.CSS_SELECTOR, row_selector)
+            next(b for b in row.find_elements(By.TAG_NAME, "button") if b.text == label).click()
+        except (StaleElementReferenceException, StopIteration):
+            return False
+        return True
+
+    wait_for(click, f"{label} clicked in {row_selector}")
 
 
 def state_of(fleet: Fleet, notification_id: str) -> str:
@@ -197,7 +207,7 @@ def test_search_by_number_shows_only_the_masked_form(fleet: Fleet, browser: Any)
     browser.find_element(By.ID, "search-q").send_keys(PHONE)
     browser.find_element(By.ID, "search-submit").click()
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "tr[data-id=to-search]"), "the result row")
-    cells = {c.text for c in browser.find_elements(By.CSS_SELECTOR, "#results td.to")}
+    cells = {c.text for c in browser.find_elements(By.CSS_SELECTOR, "#results td.to")}  # search does not redraw
     assert cells == {"138****8000"}
     assert PHONE not in browser.page_source
     shot(browser, "06-search-masked")
