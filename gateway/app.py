@@ -275,7 +275,7 @@ def _add_operations(root: GatewayService, config: Config, reactor: Any) -> tuple
     reminders = _find_reminders(root)
     if reminders is not None:
         trunk = config.ami.trunk
-        extras["voice_calls"] = lambda: {trunk: reminders.open_calls()}
+        extras["voice_calls"] = lambda: {trunk: reminders.open_calls}  # a property
     listener = service_named(root, "smpp-listener")
     if listener is not None and hasattr(listener, "partners_bound"):
         extras["partners_bound"] = listener.partners_bound

@@ -209,6 +209,19 @@ class AsteriskRing:
                               capture_output=True, text=True, env=self._env(), timeout=30, check=False)
         return done.stdout
 
+    def wait_trunk_reachable(self, timeout_seconds: float = 20.0) -> None:
+        """Qualify the carrier trunk now and wait until its contact answers: pjsip.conf
+        qualifies it every 30 s, and while it is marked unreachable (no SIPp listened at
+        the last OPTIONS) Asterisk will not call out on it ("Could not create dialog")."""
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            self.cli("pjsip qualify carrier-trunk")
+            time.sleep(0.3)
+            contacts = self.cli("pjsip show contacts")
+            if re.search(r"carrier-trunk/sip:\S+\s+\S+\s+Avail", contacts):
+                return
+        raise AssertionError(f"the carrier trunk did not become reachable:\n{self.cli('pjsip show contacts')}")
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -441,6 +454,28 @@ def place_call(driver: AmiDriver, exten: str, context: str, *, callerid: str = "
     return CallResult(second, events)
 
 
+def free_udp_ports(count: int) -> int:
+    """The first of `count` consecutive UDP ports free on 127.0.0.1 (SIPp's media port N
+    takes N..N+3: audio, RTCP, video, video RTCP)."""
+    for _ in range(200):
+        first = free_port()
+        if first + count > 65535:
+            continue
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                one = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(one)
+                one.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for one in sockets:
+                one.close()
+    raise RuntimeError(f"no {count} consecutive free UDP ports")
+
+
 @dataclass
 class Sipp:
     """One SIPp process (Debian's sip-tester) running a scenario file from tests/asterisk/sipp/."""
@@ -449,13 +484,19 @@ class Sipp:
     local_port: int
     remote: str | None = None
     extra: list[str] = field(default_factory=list)
+    # A client places one call and exits.  A trunk (server) runs until stopped: Asterisk
+    # qualifies the carrier's contact with OPTIONS every 30 s (pjsip.conf), which SIPp
+    # answers (-aa) but counts as a call, so "-m 1" could end it before the INVITE.
+    calls: int | None = 1
     workdir: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         args = ["sipp", "-sf", str(REPO / "tests" / "asterisk" / "sipp" / self.scenario), "-i", "127.0.0.1",
-                "-p", str(self.local_port or free_port()), "-m", "1", "-aa", "-nostdin", "-trace_err",
-                "-mp", str(free_port()), "-timeout", "60s", "-timeout_error"]
+                "-p", str(self.local_port or free_port()), "-aa", "-nostdin", "-trace_err",
+                "-mp", str(free_udp_ports(4)), "-timeout", "60s", "-timeout_error"]
+        if self.calls is not None:
+            args += ["-m", str(self.calls)]
         if self.remote:
             args.append(self.remote)
         args += self.extra
