@@ -4,11 +4,12 @@ Theory of operation
 -------------------
 The SMPP listener calls `PartnerGateway.submit_from_partner` (``ports.PartnerIntake``)
 for each submit_sm of a bound partner.  The message becomes a notification of type
-``partner_text`` with the partner's text as is (signed with 【交管12123】 when the partner
-did not sign it), accepted through the same `Intake.accept_many` as every other door,
-so it is routed, throttled, retried and tracked like ours.  The Deferred fires with the
-notification id only once it is recorded in Redis: that id goes back in submit_sm_resp
-as the message_id.  A request the intake rejects fails the Deferred with
+``partner_text`` with the partner's text as is (the partner signs its own: 【交管12123】
+is for the traffic police's own notices, config/templates.yaml ``services``), held in
+quiet hours like other non-urgent texts, accepted through the same `Intake.accept_many`
+as every other door, so it is routed, throttled, retried and tracked like ours.  The
+Deferred fires with the notification id only once it is recorded in Redis: that id goes
+back in submit_sm_resp as the message_id.  A request the intake rejects fails the Deferred with
 `PartnerSubmitRejected`, whose ``status`` suggests the submit_sm_resp command_status.
 
 When a partner's message asked for a receipt (registered_delivery) and reaches a final
