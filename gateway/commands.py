@@ -135,6 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             reactor.stop()
             return
         log.info("gateway12123 running (pid {pid})", pid=os.getpid())
+        from gateway.config import operational_warnings
+
+        for warning in operational_warnings(config):
+            log.warn("configuration: {warning}", warning=warning)
 
     def reload() -> None:
         from gateway.config import ConfigError
@@ -176,7 +180,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
+    """Every problem of the file, one line each (file: key path: what), exit 2; a
+    problem in one section does not hide those of another."""
+    from gateway.config import ConfigError, inspect_config
+
+    try:
+        config, problems, switched_off = inspect_config(args.config)
+    except ConfigError as e:  # unreadable, or not YAML: nothing more to check
+        config, problems, switched_off = None, e.problems, []
+    if config is not None and not problems:
+        problems = check_referenced(config)  # the referenced files are only sure once the file is sound
+    problems += switched_off
+    if problems:
+        print(f"configuration error{'s' if len(problems) > 1 else ''}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    assert config is not None
     print(f"{args.config}: OK ({len(config.carriers)} carriers)")
     for warning in prompt_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)

@@ -17,6 +17,7 @@ The CLI turns that into exit code 2.  A component receives only its own section.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -43,7 +44,9 @@ __all__ = [
     "Secret",
     "SmppServerConfig",
     "StatusClassOverride",
+    "inspect_config",
     "load_config",
+    "operational_warnings",
     "parse_listen",
 ]
 
@@ -193,6 +196,7 @@ class CarrierConfig:
     priority_flag_high_lane: int = setting(1, help="submit_sm priority_flag for high-lane notifications (verification codes, bookings); 0 switches priority off; normal and bulk are always 0", minimum=0, maximum=3)
     error_classes: tuple[StatusClassOverride, ...] = setting((), help="overrides of the submit_sm_resp error classes (docs/smpp.md), e.g. [{status: 0x45, treat_as: temporary}]")
     unreadable_receipt_resend: bool = setting(True, help="answer a receipt that cannot be read (no id or stat in any reading) with ESME_RX_T_APPN so the SMSC sends it again; false: ESME_RX_P_APPN (the SMSC drops it)")
+    failover_for: tuple[str, ...] = setting((), help="names of carriers whose number prefixes this carrier also lists on purpose, as their failover; without it the same prefix on two carriers is a configuration error (check-config)")
     # Fleet-wide limits of the carrier account, shared by every gateway process through Redis (docs/fleet.md).
     account_tps: float = setting(0.0, help="submit_sm per second of the whole account over every gateway process (GCRA in Redis); 0: only the per-process tps_limit", unit="1/s", minimum=0, maximum=100_000)
     max_binds: int = setting(0, help="binds of the account over every gateway process (leases in Redis); a process that gets no lease does not bind; 0: no fleet-wide limit", minimum=0, maximum=1000)
@@ -437,16 +441,24 @@ class _Builder:
         self.environ = environ
         self.base_dir = base_dir
         self.problems: list[str] = []
+        # Key paths with a problem: the checks across keys skip them and what is under
+        # them, so one bad value is reported once, not again as a knock-on effect.
+        self.failed_paths: list[str] = []
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(f"{self.file}: {path or '(top level)'}: {message}")
+        self.failed_paths.append(path)
 
-    def build(self, cls: type[T], data: Any, path: str) -> T | None:
+    def build(self, cls: type[T], data: Any, path: str) -> T:
+        """The section `cls` from `data`; every problem is recorded, and a value that has
+        one is replaced by its default (or a placeholder, when required) so that the
+        checks of the other sections and keys still run: one range error under
+        ``carriers`` must not hide the problems elsewhere."""
         if data is None:
             data = {}
         if not isinstance(data, dict):
             self.problem(path, f"expected a mapping of settings, got {_describe(data)}")
-            return None
+            return typing.cast(T, _placeholder(cls))
         hints = typing.get_type_hints(cls)
         known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}  # type: ignore[arg-type]
         for key in data:
@@ -454,20 +466,18 @@ class _Builder:
                 suggestion = _closest(str(key), known)
                 self.problem(_join(path, str(key)), "unknown key" + (f" (did you mean '{suggestion}'?)" if suggestion else ""))
         values: dict[str, Any] = {}
-        ok = True
         for name, f in known.items():
             key_path = _join(path, name)
+            required = f.default is MISSING and f.default_factory is MISSING
             if name in data:
                 value = self.convert(hints[name], data[name], key_path, f.metadata)
-                if value is _INVALID:
-                    ok = False
-                else:
+                if value is not _INVALID:
                     values[name] = value
-            elif f.default is MISSING and f.default_factory is MISSING:
+                elif required:
+                    values[name] = _placeholder(hints[name])
+            elif required:
                 self.problem(key_path, "required value missing")
-                ok = False
-        if not ok:
-            return None
+                values[name] = _placeholder(hints[name])
         return cls(**values)
 
     def convert(self, hint: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
@@ -485,10 +495,9 @@ class _Builder:
             items = [self.convert(item_hint, item, f"{path}[{i}]", meta) for i, item in enumerate(value)]
             return _INVALID if any(i is _INVALID for i in items) else tuple(items)
         if is_dataclass(hint):
-            built = self.build(hint, value, path)  # type: ignore[arg-type]
-            return _INVALID if built is None else built
+            return self.build(hint, value, path)  # type: ignore[arg-type]
         if hint is Secret:
-            text = self.convert(str, value, path, {})
+            text = self.string(value, path, {}, secret=True)
             return _INVALID if text is _INVALID else self.secret(text, path)
         if hint is ReferencedFile:
             text = self.convert(str, value, path, {})
@@ -525,7 +534,7 @@ class _Builder:
             return number
         raise TypeError(f"config schema uses unsupported type {hint!r} at {path}")
 
-    def string(self, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
+    def string(self, value: Any, path: str, meta: typing.Mapping[str, Any], *, secret: bool = False) -> Any:
         if isinstance(value, _Scalar):
             # YAML 1.1 read 22:00 as 1320 and 12123 as an int: take what was written.
             text = value.source
@@ -535,9 +544,11 @@ class _Builder:
             self.problem(path, "required value missing (empty)")
             return _INVALID
         else:
-            self.problem(path, f"expected text, got {_describe(value)}")
+            # A secret's value is never echoed, not even as the wrong type it was read as.
+            hint = " (quote it in YAML)" if isinstance(value, (dt.date, dt.time)) else ""
+            self.problem(path, f"expected text, got {_describe(value, secret=secret)}{hint}")
             return _INVALID
-        text = self.expand(text, path)
+        text = self.expand(text, path, secret=secret)
         if text is _INVALID:
             return _INVALID
         choices = meta.get("choices") or ()
@@ -546,13 +557,32 @@ class _Builder:
             return _INVALID
         return text
 
-    def expand(self, text: str, path: str) -> Any:
-        missing = [m.group(1) for m in _ENV_REF.finditer(text)
-                   if m.group(1) not in self.environ and m.group(2) is None]
-        if missing:
-            self.problem(path, f"environment variable {', '.join(missing)} is not set")
+    def expand(self, text: str, path: str, *, secret: bool = False) -> Any:
+        """Replace ``${VAR}`` and ``${VAR:-default}`` as POSIX sh does: the default is
+        used when VAR is unset *or empty*.  ``${VAR}`` unset is a problem; set but empty,
+        it is a problem for a secret (an empty password or token must be a decision
+        written in the file, never an accident of the environment)."""
+        unset: list[str] = []
+        empty: list[str] = []
+
+        def value_of(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            value = self.environ.get(name)
+            if value:
+                return value
+            if default is not None:
+                return default
+            (unset if value is None else empty).append(name)
+            return ""
+
+        expanded = _ENV_REF.sub(value_of, text)
+        if unset:
+            self.problem(path, f"environment variable {', '.join(unset)} is not set")
             return _INVALID
-        return _ENV_REF.sub(lambda m: self.environ.get(m.group(1), m.group(2) or ""), text)
+        if empty and secret:
+            self.problem(path, f"environment variable {', '.join(empty)} is empty")
+            return _INVALID
+        return expanded
 
     def secret(self, text: str, path: str) -> Secret:
         return Secret(text)
@@ -565,18 +595,46 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _describe(value: Any) -> str:
-    if getattr(value, "is_bool", False):
-        return f"the boolean {value.source!r}"
-    if isinstance(value, _Scalar):
-        return f"the number {value.source}"
+def _describe(value: Any, *, secret: bool = False) -> str:
+    """What a wrong value is, for a problem; with `secret` only its kind, never the value."""
+    if getattr(value, "is_bool", False) or isinstance(value, bool):
+        return "a boolean" if secret else f"the boolean {getattr(value, 'source', value)!r}"
+    if isinstance(value, _Scalar) or isinstance(value, (int, float)):
+        return "a number" if secret else f"the number {getattr(value, 'source', value)}"
+    if isinstance(value, dt.datetime):
+        return "a date and time" if secret else f"the date and time {value.isoformat()}"
+    if isinstance(value, dt.date):
+        return "a date" if secret else f"the date {value.isoformat()}"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
     if value is None:
         return "nothing"
-    return repr(value)
+    return f"a {type(value).__name__}" if secret else repr(value)
+
+
+def _placeholder(hint: Any) -> Any:
+    """A stand-in for a required value that had a problem (already reported), so that
+    the rest of the file can still be built and checked."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return None
+    if origin is tuple:
+        return ()
+    if is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return hint(**{f.name: _placeholder(hints[f.name]) for f in fields(hint)  # type: ignore[operator]
+                       if f.default is MISSING and f.default_factory is MISSING and not f.metadata.get("internal")})
+    if hint is Secret:
+        return Secret("")
+    if hint is ReferencedFile:
+        return ReferencedFile("")
+    if hint is bool:
+        return False
+    if hint in (str, int, float):
+        return hint()
+    raise TypeError(f"config schema uses unsupported type {hint!r}")
 
 
 def _closest(key: str, known: typing.Iterable[str]) -> str | None:
@@ -672,23 +730,123 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             add(f"ivr.fastagi.allow[{j}]", f"'{network}' is not a network (CIDR)")
+    _check_secrets(config, add)
+    _check_listeners(config, add)
+    _check_shared_prefixes(config, add)
     if config.smpp_server.tls_certificate and not config.resolve(config.smpp_server.tls_certificate).is_file():
         add("smpp_server.tls_certificate", f"file not found: {config.resolve(config.smpp_server.tls_certificate)}")
 
 
+def _check_secrets(config: Config, add: typing.Callable[[str, str], None]) -> None:
+    """Empty passwords and tokens are refused (issue 12: a partner bound with an empty
+    password that an empty environment variable gave it)."""
+    for i, carrier in enumerate(config.carriers):
+        if not carrier.password:
+            add(f"carriers[{i}].password", "empty: the SMSC bind needs a password")
+    for i, account in enumerate(config.smpp_server.accounts):
+        if not account.password:
+            add(f"smpp_server.accounts[{i}].password", "empty: anyone could bind as this partner")
+
+
+def _check_listeners(config: Config, add: typing.Callable[[str, str], None]) -> None:
+    """Two enabled listeners on one port (same address, or either on all addresses)."""
+    listeners = [("http.listen", config.http.listen, config.http.enabled),
+                 ("smpp_server.listen", config.smpp_server.listen, config.smpp_server.enabled),
+                 ("ivr.fastagi.listen", config.ivr.fastagi.listen, config.ivr.fastagi.enabled)]
+    seen: list[tuple[str, str, int]] = []
+    wildcard = {"0.0.0.0", "::", ""}
+    for key, listen, enabled in listeners:
+        if not enabled:
+            continue
+        try:
+            host, port = parse_listen(listen)
+        except ValueError:
+            continue  # reported above
+        if port == 0:
+            continue  # any free port: never the same
+        for other_key, other_host, other_port in seen:
+            if port == other_port and (host == other_host or host in wildcard or other_host in wildcard):
+                add(key, f"port {port} is also {other_key}'s ({other_host}:{other_port}): one of them would fail to listen")
+        seen.append((key, host, port))
+
+
+def _check_shared_prefixes(config: Config, add: typing.Callable[[str, str], None]) -> None:
+    """The same number prefix on two carriers is a mistake unless declared as failover."""
+    names = {carrier.name for carrier in config.carriers}
+    owner: dict[str, tuple[int, str]] = {}
+    for i, carrier in enumerate(config.carriers):
+        for j, name in enumerate(carrier.failover_for):
+            if name not in names or name == carrier.name:
+                add(f"carriers[{i}].failover_for[{j}]", f"'{name}' is not another carrier's name")
+        for j, prefix in enumerate(carrier.prefixes):
+            first = owner.get(prefix)
+            if first is None:
+                owner[prefix] = (i, carrier.name)
+                continue
+            k, other = first
+            if other == carrier.name:
+                add(f"carriers[{i}].prefixes[{j}]", f"'{prefix}' is listed twice")
+            elif other not in carrier.failover_for and carrier.name not in config.carriers[k].failover_for:
+                add(f"carriers[{i}].prefixes[{j}]",
+                    f"'{prefix}' is also a prefix of carriers[{k}] ({other}); if {carrier.name} is meant as "
+                    f"its failover, say so with failover_for: [{other}]")
+
+
 def load_config(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> Config:
     """Read and check a gateway.yaml; raises ConfigError listing every problem found."""
+    config, problems, _ = inspect_config(path, environ)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def inspect_config(path: str | Path,
+                   environ: typing.Mapping[str, str] | None = None) -> tuple[Config, list[str], list[str]]:
+    """The config, every problem in it and its `operational_warnings` (each
+    ``file: key.path: what``), without raising.
+
+    With problems, values that had one are defaults or placeholders: the config is for
+    reporting, not for running.
+    """
     path = Path(path)
     data = read_yaml(path)
     builder = _Builder(str(path), os.environ if environ is None else environ, path.resolve().parent)
-    config = builder.build(Config, data, "")
     problems = builder.problems
-    if config is not None:
-        config = _replace(config, source_path=str(path.resolve()))
-        _check_semantics(config, lambda key, message: problems.append(f"{path}: {key}: {message}"))
-    if problems or config is None:
-        raise ConfigError(problems)
-    return config
+    if data is None:
+        # An empty file (or only comments) is a mistake, not "all defaults": the gateway
+        # would run with no carrier and no token.
+        problems.append(f"{path}: (top level): the file is empty (no settings)")
+        builder.failed_paths.append("")  # nothing else to say about defaults
+    config = _replace(builder.build(Config, data, ""), source_path=str(path.resolve()))
+    failed = tuple(builder.failed_paths)
+
+    def add(key: str, message: str) -> None:
+        if not any(_under(key, bad) for bad in failed):
+            problems.append(f"{path}: {key}: {message}")
+
+    _check_semantics(config, add)
+    warnings = [w for w in operational_warnings(config)
+                if not any(_under(w.split(": ")[1], bad) for bad in failed)]
+    return config, problems, warnings
+
+
+def operational_warnings(config: Config) -> list[str]:
+    """Settings that load but quietly switch something off; `gateway check-config` reports
+    them as problems (exit 2) and `gateway run` logs them at start.
+
+    An empty ``http.token`` refuses every /v1 call (401): the core systems' intake over
+    HTTP is off although ``http.enabled`` is true.
+    """
+    found: list[str] = []
+    if config.http.enabled and not config.http.token:
+        found.append(f"{config.source_path}: http.token: empty: every /v1 call is refused (401); "
+                     "set a token (e.g. ${GATEWAY_HTTP_TOKEN}), or http.enabled: false")
+    return found
+
+
+def _under(key: str, path: str) -> bool:
+    """Whether `key` is `path` or below it (``carriers[0].port`` is under ``carriers``)."""
+    return key == path or key.startswith(path + ".") or key.startswith(path + "[") or not path
 
 
 def default_config_path() -> Path:
@@ -735,6 +893,24 @@ def reference_markdown() -> str:
         "",
         "Generated from `gateway/config.py` by `gateway config-reference`; do not edit by hand.",
         "Secrets take `${VAR}` (must be set) or `${VAR:-default}`. Times of day are `HH:MM` text.",
+        "",
+        "Rules `gateway check-config` applies besides each key's type and range (every problem is",
+        "reported, one line each as `file: key.path: problem`, exit code 2; a problem in one key",
+        "does not hide problems in others):",
+        "",
+        "- `${VAR:-default}` takes the default when VAR is unset **or empty** (as POSIX sh does);",
+        "  `${VAR}` unset is an error, and so is `${VAR}` set to an empty string in a secret",
+        "  (`carriers[].password`, `smpp_server.accounts[].password`, `http.token`, `ami.secret`...).",
+        "- Empty passwords are refused (`carriers[].password`, `smpp_server.accounts[].password`);",
+        "  so is an empty `ami.secret` while `ami.enabled`. An empty `http.token` while `http.enabled`",
+        "  is reported by check-config (every /v1 call would get 401) and logged by `gateway run`.",
+        "- A secret's value is never printed, not even in a type error (`password: 2024-01-01`",
+        "  is \"expected text, got a date (quote it in YAML)\").",
+        "- An empty file is an error, not \"OK (0 carriers)\".",
+        "- Two enabled listeners (`http.listen`, `smpp_server.listen`, `ivr.fastagi.listen`; `/metrics`",
+        "  is served on `http.listen`) may not share a port on the same address or on all addresses.",
+        "- The same number prefix on two carriers is an error unless the later one names the other",
+        "  in `failover_for` (or the other way round).",
         "",
         "| key | type | default | meaning |",
         "|---|---|---|---|",
