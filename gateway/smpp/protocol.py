@@ -271,6 +271,10 @@ class SmppProtocol(Protocol):
         not taken the queued bytes within the drain timeout."""
         if self.transport is not None and not self._disconnecting:
             self._disconnecting = True
+            if self._producing:
+                # Done producing: a transport closes only once its producer is gone (a
+                # paused one would be resumed instead of the connection being closed).
+                self.transport.unregisterProducer()  # type: ignore[attr-defined]
             self.transport.loseConnection()
             self._arm_drain_timer()
 

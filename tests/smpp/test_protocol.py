@@ -285,3 +285,15 @@ def test_disconnect_is_bounded_by_the_drain_timeout() -> None:
     assert transport.disconnecting and not aborted
     clock.advance(5.0)
     assert aborted == [True]
+
+
+def test_disconnect_unregisters_the_producer_so_the_close_happens() -> None:
+    """A paused session that closes gives up being the producer: Twisted closes a
+    connection only after its producer is unregistered (a paused one would be resumed
+    instead when the peer drains, and the connection would stay open)."""
+    clock, transport = Clock(), StringTransport()
+    protocol, _ = connect(clock, transport, role=Role.SMSC, response_timeout_seconds=5.0)
+    protocol.dataReceived(encode(EnquireLink(1)))
+    protocol.pauseProducing()
+    protocol.disconnect()
+    assert transport.producer is None and transport.disconnecting
