@@ -100,6 +100,16 @@ def test_fleet_keeps_account_tps_and_binds_across_processes_and_a_sigkill(
         assert max(windows) >= ACCOUNT_TPS * 0.6, windows  # near the account's rate: the bound above was tested
         assert stats["peak_binds_by_system_id"][SYSTEM_ID] == MAX_BINDS
         assert stats["binds_by_system_id"][SYSTEM_ID] == MAX_BINDS
+
+        for daemon in daemons:
+            if daemon is victim:
+                continue
+            assert daemon.process is not None
+            pid = daemon.process.pid
+            daemon.stop()  # SIGTERM: unbind, and give the lease back at once
+            seconds, micros = client.time()
+            live = client.zrangebyscore("12123:{acct:cmcc}:binds", seconds * 1000 + micros // 1000, "+inf")
+            assert not [holder for holder in live if f"-{pid}-" in holder], live
     finally:
         client.close()
         for daemon in daemons:
