@@ -359,7 +359,13 @@ def heard_sentences(book: Any, files: list[str]) -> list[str]:
     for file in files:
         name = file.rsplit("/", 1)[-1]
         if name.startswith("pause-"):
-            continue  # a silence at punctuation
+            # A silence at punctuation: shown as the mark it stands for (issue 15, item 10).
+            if current and current[-1] not in "，。：；、？！":
+                current += "。" if name == "pause-long" else "，"
+            if current.endswith(("。", "？", "！")):
+                sentences.append(current)
+                current = ""
+            continue
         if name.startswith("char-"):
             text = chr(int(name[5:], 16))
         else:
