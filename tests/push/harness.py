@@ -162,7 +162,7 @@ def inspection(notification_id: str, to: str = CMCC_NUMBER, **extra: Any) -> dic
 
 
 def points(notification_id: str, to: str = CMCC_NUMBER, **extra: Any) -> dict[str, Any]:
-    """A two-part Chinese reminder (normal lane, respects quiet hours)."""
+    """A Chinese reminder (normal lane, respects quiet hours; one UCS2 part)."""
     return {"id": notification_id, "type": "points_reached_9", "to": to,
             "params": {"name": "张三", "date": "2026-03-01", "points": "9"}, **extra}
 
