@@ -118,7 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import build_gateway
     from gateway.logs import start_logging
 
-    start_logging(args.log_format or config.logging.format, args.log_level or config.logging.level)
+    start_logging(args.log_format or config.logging.format, args.log_level or config.logging.level,
+                  timezone=config.logging.timezone)
     from twisted.internet.protocol import Factory
 
     Factory.noisy = False  # "Starting factory ..." on every reconnect says nothing to an operator

@@ -349,6 +349,7 @@ class AmiConfig:
 class LoggingConfig:
     format: str = setting("text", help="text for terminals, json for JSON lines", choices=("text", "json"))
     level: str = setting("info", help="lowest level logged", choices=("debug", "info", "warn", "error"))
+    timezone: str = setting("Asia/Shanghai", help="IANA time zone of the log lines' times (text and JSON; ISO 8601 with the offset in JSON)")
 
 
 @dataclass(frozen=True)
@@ -664,6 +665,10 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
         zoneinfo.ZoneInfo(config.push.quiet_hours.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         add("push.quiet_hours.timezone", f"unknown time zone '{config.push.quiet_hours.timezone}'")
+    try:
+        zoneinfo.ZoneInfo(config.logging.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        add("logging.timezone", f"unknown time zone '{config.logging.timezone}'")
     if config.push.receipt_timeout_seconds > config.push.retention_days * 86_400:
         # the record could expire while still waiting, and then never reach a final state
         add("push.receipt_timeout_seconds",

@@ -1,5 +1,10 @@
 """Log observers: readable text on a terminal, JSON lines with --log-format json.
 
+JSON lines have one schema (`JsonLinesObserver`): time (ISO 8601 with offset), level,
+logger, event (the message template), message, the fields, error/traceback.  Text
+lines give the local time (``logging.timezone``), level, logger and message.  Object
+reprs (``<... object at 0x...>``) become ``<ClassName>`` in both.
+
 Phone and ID numbers are `PhoneNumber`/`IdNumber` values that mask themselves, so the
 fields in JSON and the formatted text are masked at the source.  `MaskingObserver` is the
 safety net in front of the real observer: it masks long digit runs in every string field
@@ -9,8 +14,13 @@ reaches the output whole.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import re
 import sys
+import time
 from typing import IO, Any
+from zoneinfo import ZoneInfo
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -19,8 +29,6 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     formatEvent,
     globalLogBeginner,
-    jsonFileLogObserver,
-    textFileLogObserver,
 )
 from zope.interface import implementer
 
@@ -54,19 +62,118 @@ class MaskingObserver:
             # Render once with the original values so format specs still apply, then mask.
             masked["log_format"] = "{log_masked_text}"
             masked["log_masked_text"] = mask_digit_runs(formatEvent(event))
+            masked["log_template"] = mask_digit_runs(str(event["log_format"]))
         if event.get("log_io"):
             masked["log_io"] = mask_digit_runs(str(event["log_io"]))
         self._observer(masked)
 
 
-def make_observer(fmt: str, level: str = "info", stream: IO[str] | None = None) -> ILogObserver:
-    """The process's observer chain: level filter -> masking -> text or JSON."""
+# Legacy and bookkeeping keys of Twisted's events that are no fields of ours.
+_NOT_FIELDS = frozenset({"message", "isError", "system", "format", "why", "failure", "time", "printed",
+                         "log_legacy", "log_masked_text", "log_template", "log_text"})
+# "<gateway.smpp.link._BindingEndpoint object at 0x7f...>" says nothing to an operator.
+_OBJECT_REPR = re.compile(r"<([\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>")
+
+
+def clean_reprs(text: str) -> str:
+    """Object reprs shortened to their class name: ``<_BindingEndpoint>``."""
+    return _OBJECT_REPR.sub(lambda m: f"<{m.group(2)}>", text)
+
+
+def _level_name(event: dict[str, Any]) -> str:
+    level = event.get("log_level")
+    return str(getattr(level, "name", level or "info"))
+
+
+def _logger_name(event: dict[str, Any]) -> str:
+    return str(event.get("log_namespace") or "-")
+
+
+def _message(event: dict[str, Any]) -> str:
+    text = event.get("log_masked_text")
+    if text is None:
+        text = formatEvent(event) if event.get("log_format") else ""
+    return clean_reprs(str(text))
+
+
+def _failure_text(event: dict[str, Any]) -> str:
+    failure = event.get("log_failure")
+    if failure is None:
+        return ""
+    try:
+        return mask_digit_runs(clean_reprs(failure.getTraceback()))
+    except Exception:  # noqa: BLE001 - a broken failure must not break logging
+        return mask_digit_runs(clean_reprs(str(failure)))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return clean_reprs(value) if isinstance(value, str) else value
+    return clean_reprs(str(value))
+
+
+@implementer(ILogObserver)
+class JsonLinesObserver:
+    """One JSON object per line: ``time`` (ISO 8601 with its offset, in `timezone`),
+    ``level``, ``logger`` (the namespace), ``event`` (the message template: the same for
+    every occurrence, so it can be counted and alerted on), ``message`` (rendered),
+    the event's own fields, and ``error`` + ``traceback`` for a failure."""
+
+    def __init__(self, stream: IO[str], timezone: str = "Asia/Shanghai") -> None:
+        self._stream = stream
+        self._zone = ZoneInfo(timezone)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        moment = dt.datetime.fromtimestamp(float(event.get("log_time") or time.time()), self._zone)
+        line: dict[str, Any] = {
+            "time": moment.isoformat(timespec="milliseconds"),
+            "level": _level_name(event),
+            "logger": _logger_name(event),
+            "event": event.get("log_template") or event.get("log_format") or "",
+            "message": _message(event),
+        }
+        for key, value in event.items():
+            if key.startswith("log_") or key in _NOT_FIELDS or key in line:
+                continue
+            line[key] = _json_value(value)
+        failure = event.get("log_failure")
+        if failure is not None:
+            line["error"] = clean_reprs(getattr(getattr(failure, "type", None), "__name__", "") or "failure")
+            line["traceback"] = _failure_text(event)
+        self._stream.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+        self._stream.flush()
+
+
+@implementer(ILogObserver)
+class TextLineObserver:
+    """``2026-12-03 02:00:18.123+0800 info  [gateway.smpp.link] carrier cmcc bound`` in
+    `timezone` (the operators' local time, as the console shows it)."""
+
+    def __init__(self, stream: IO[str], timezone: str = "Asia/Shanghai") -> None:
+        self._stream = stream
+        self._zone = ZoneInfo(timezone)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        moment = dt.datetime.fromtimestamp(float(event.get("log_time") or time.time()), self._zone)
+        stamp = moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}" + moment.strftime("%z")
+        text = f"{stamp} {_level_name(event):<5} [{_logger_name(event)}] {_message(event)}\n"
+        failure = _failure_text(event)
+        if failure:
+            text += failure if failure.endswith("\n") else failure + "\n"
+        self._stream.write(text)
+        self._stream.flush()
+
+
+def make_observer(fmt: str, level: str = "info", stream: IO[str] | None = None,
+                  timezone: str = "Asia/Shanghai") -> ILogObserver:
+    """The process's observer chain: level filter -> masking -> text or JSON lines."""
     out = stream or sys.stdout
-    sink = jsonFileLogObserver(out, recordSeparator="") if fmt == "json" else textFileLogObserver(out)
+    sink: ILogObserver = JsonLinesObserver(out, timezone) if fmt == "json" else TextLineObserver(out, timezone)
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
     return FilteringLogObserver(MaskingObserver(sink), [predicate])
 
 
-def start_logging(fmt: str, level: str = "info", stream: IO[str] | None = None) -> None:
+def start_logging(fmt: str, level: str = "info", stream: IO[str] | None = None,
+                  timezone: str = "Asia/Shanghai") -> None:
     """Begin logging to stdout (or `stream`); stdlib logging and warnings are captured too."""
-    globalLogBeginner.beginLoggingTo([make_observer(fmt, level, stream)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([make_observer(fmt, level, stream, timezone)], redirectStandardIO=False)

@@ -59,6 +59,8 @@ __all__ = [
 ]
 
 log = Logger()
+# Rejections logged one by one per batch (the rest are counted in one line).
+REJECTIONS_LOGGED_PER_BATCH = 10
 
 # Ids become part of Redis keys (inside a {hash tag}) and of the URL /v1/notifications/{id}.
 _ID = re.compile(r"^[A-Za-z0-9._:@+=-]{1,128}$")
@@ -354,6 +356,17 @@ class Intake:
                           lane=result.priority.value, fields=stored, due_at=due, cap_key=cap_key,
                           cap=cap, entry_id=request.entry_id, retry=retry, expires_at=result.expires_at)
 
+    def _log_rejections(self, items: Sequence[AcceptItem], outcomes: Sequence[AcceptOutcome]) -> None:
+        """Each rejected request by id and reason (the first few of a batch: a flood of
+        bad requests must not flood the log; the rest are counted)."""
+        rejected = [(item, o) for item, o in zip(items, outcomes, strict=False) if o.state == "rejected" and not o.duplicate]
+        for item, outcome in rejected[:REJECTIONS_LOGGED_PER_BATCH]:
+            log.warn("notification {id} rejected ({source}): {reason}", id=outcome.id,
+                     source=item.fields.get("source", ""), reason=outcome.reason)
+        if len(rejected) > REJECTIONS_LOGGED_PER_BATCH:
+            log.warn("{count} more notifications of the same batch rejected",
+                     count=len(rejected) - REJECTIONS_LOGGED_PER_BATCH)
+
     async def accept_many(self, requests: Sequence[IntakeRequest], *,
                           stream: tuple[str, str] = ("", "")) -> list[AcceptOutcome]:
         """Validate and record a batch; one outcome per request, in order.
@@ -378,6 +391,7 @@ class Intake:
             positions.append(index)
             items.append(item)
         outcomes = await self.ledger.accept(items, now=now, stream=stream)
+        self._log_rejections(items, outcomes)
         if self.index is not None:
             try:
                 await self.index.record(items, outcomes, now)

@@ -244,10 +244,11 @@ def read_log(path: Path, since: int = 0) -> LogFindings:
         except ValueError:
             findings.unstructured.append(line[:200])
             continue
-        text = str(event.get("log_masked_text") or event.get("log_format") or "")[:300]
-        if "log_failure" in event:
+        # gateway/logs.py's schema: message, level, traceback (older lines: log_*).
+        text = str(event.get("message") or event.get("log_masked_text") or event.get("log_format") or "")[:300]
+        if "traceback" in event or "log_failure" in event:
             findings.failures.append(text)
-        level = event.get("log_level")
+        level = event.get("level") or event.get("log_level")
         name = level.get("name") if isinstance(level, dict) else str(level or "")
         if name in ("error", "critical"):
             findings.errors.append(text)

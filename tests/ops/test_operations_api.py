@@ -110,8 +110,12 @@ def test_errors_are_json_everywhere(fleet: Fleet) -> None:
     assert code == 405 and body["error"] == "method_not_allowed"
     code, body = fleet.call("GET", "/v1/no-such-api")
     assert code == 404 and body["error"] == "not_found"
-    code, body = fleet.call("POST", "/v1/notifications", [{"type": "nope", "to": PHONE, "params": {}}])
+    code, body = fleet.call("POST", "/v1/notifications", [{"id": "typo-1", "type": "nope", "to": PHONE, "params": {}}])
     assert code == 422 and body["accepted"] == [] and "unknown type" in body["rejected"][0]["reason"]
+    # The log names the rejected id and why; no line carries an object repr.
+    wait_for(lambda: "notification typo-1 rejected (http): unknown type 'nope'" in fleet.first.log_text(),
+             "the rejection logged")
+    assert "object at 0x" not in fleet.first.log_text()
     code, body = fleet.call("GET", "/v1/carriers", token="wrong")
     assert code == 401 and body["error"] == "unauthorized"
     code, body = fleet.call("POST", "/v1/carriers/nope/stop")
