@@ -294,6 +294,7 @@ async def test_reminder_call_records_heard(redis_url: str) -> None:
         client = await h.call("notify", callerid="12123", arguments=["n-42"], inputs=[""])
         text = heard(client)
         assert text.startswith("您好，这里是交管12123，现在为您播报一条提醒。您已成功预约科目二考试，考试时间为十二月七日上午")
+        assert "按缺考处理，科目二和科目三还将占用一次预约考试机会。" in text  # the cost of a no-show
         assert "林" not in text
         assert client.variables["REMINDER_HEARD"] == "1"
         assert all(p.interrupted_by is None for p in client.played)
