@@ -279,11 +279,11 @@ def _add_operations(root: GatewayService, config: Config, reactor: Any) -> tuple
     listener = service_named(root, "smpp-listener")
     if listener is not None and hasattr(listener, "partners_bound"):
         extras["partners_bound"] = listener.partners_bound
-    reporter = FleetReporter(lambda: redis_service.client, redis_service.keys, root.carrier_links, reactor,
-                             extras=extras)
-    reporter.setServiceParent(root)
     policy = QuietHoursPolicy(config.push.quiet_hours.start, config.push.quiet_hours.end,
                               config.push.quiet_hours.timezone)
+    reporter = FleetReporter(lambda: redis_service.client, redis_service.keys, root.carrier_links, reactor,
+                             extras=extras, quiet_until=policy.quiet_until)
+    reporter.setServiceParent(root)
     context = ApiContext(
         redis=lambda: redis_service.client, keys=redis_service.keys, token=config.http.token.reveal(),
         carriers=lambda: {c.name: c for c in root.config.carriers if c.enabled},

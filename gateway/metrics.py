@@ -6,8 +6,11 @@ of citizens.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+# No "*_created" series: one per counter and histogram, they double the series for a
+# value Prometheus does not need (it detects counter resets itself).
+disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 binds_up = Gauge("gateway_smpp_binds_up", "SMPP sessions currently bound", ["carrier", "bind_type"], registry=REGISTRY)
@@ -63,3 +66,37 @@ account_reservations = Counter(
     "reservation calls for an account's send slots, by result (granted, none_free, failed)",
     ["account", "result"], registry=REGISTRY,
 )
+
+# --- operations (gateway/ops/fleet.py sets these every report interval) ---------------------
+# A carrier is listed from the start, 0 until it binds: an alert on "up == 0" fires for a
+# carrier that never bound, which a missing series would hide.
+carrier_up = Gauge("gateway12123_carrier_up", "1 while the carrier has a bound session that can submit, else 0",
+                   ["carrier"], registry=REGISTRY)
+carrier_window_in_use = Gauge("gateway12123_carrier_window_in_use", "submit_sm sent and not yet answered, this process",
+                              ["carrier"], registry=REGISTRY)
+carrier_tps_limit = Gauge("gateway12123_carrier_tps_limit", "submit_sm per second this process allows the carrier",
+                          ["carrier"], registry=REGISTRY)
+dead_letters = Gauge("gateway12123_dead_letters", "failed or rejected notifications kept for retry (fleet-wide, from Redis)",
+                     registry=REGISTRY)
+awaiting_receipt = Gauge("gateway12123_awaiting_receipt", "submitted notifications waiting for their receipt (fleet-wide)",
+                         registry=REGISTRY)
+oldest_queued_age = Gauge("gateway12123_oldest_queued_age_seconds", "age of the oldest notification waiting in a lane "
+                          "(fleet-wide; 0 when the lane is empty)", ["lane"], registry=REGISTRY)
+quiet_hours_held = Gauge("gateway12123_quiet_hours_held", "notifications held until quiet hours end (fleet-wide)",
+                         registry=REGISTRY)
+build_info = Gauge("gateway12123_build_info", "always 1; the labels say which build runs", ["version", "python"],
+                   registry=REGISTRY)
+
+
+def _record_build() -> None:
+    import platform
+    from importlib import metadata
+
+    try:
+        version = metadata.version("gateway12123")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    build_info.labels(version, platform.python_version()).set(1)
+
+
+_record_build()

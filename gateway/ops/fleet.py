@@ -123,7 +123,8 @@ class FleetReporter(Service):
     def __init__(self, redis: Callable[[], Any], keys: Keys, links: Mapping[str, Any], clock: Any, *,
                  interval_seconds: float = 2.0, ttl_seconds: float = 10.0,
                  extras: Mapping[str, Callable[[], Any]] | None = None,
-                 process_id: str | None = None) -> None:
+                 process_id: str | None = None, queue_gauges: bool = True,
+                 quiet_until: Callable[[float], float] | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.links = dict(links)
@@ -132,6 +133,12 @@ class FleetReporter(Service):
         self.ttl_seconds = ttl_seconds
         self.extras = dict(extras or {})
         self.process_id = process_id or f"{socket.gethostname()}-{os.getpid()}"
+        # The fleet-wide queue gauges of /metrics (dead letters, awaiting receipt, oldest
+        # queued age) are read from Redis with each report.
+        self.queue_gauges = queue_gauges
+        self.quiet_until = quiet_until or (lambda now: 0.0)
+        for name in self.links:
+            metrics.carrier_up.labels(name).set(0)  # listed before the first bind
         self.started_at = clock.seconds()
         self._last_totals: dict[str, _CarrierTotals] = {}
         self._last_at = clock.seconds()
@@ -239,6 +246,9 @@ class FleetReporter(Service):
         """Apply the controls, then report and count (so the report already shows them)."""
         self.apply_control(await client.hgetall(self.keys.control))
         now = self.clock.seconds()
+        self._set_link_gauges()
+        if self.queue_gauges:
+            _set_queue_gauges(await read_queues(client, self.keys, now=now, quiet_until=self.quiet_until(now)))
         deltas = self._count_since_last(now)
         report = self.snapshot(now)
         minute_key = self.keys.minute_counts(int(now // 60))
@@ -260,6 +270,13 @@ class FleetReporter(Service):
 
     def _link_stopped(self, result: Any, name: str) -> None:
         self._stopping_links.pop(name, None)
+
+    def _set_link_gauges(self) -> None:
+        for name, link in self.links.items():
+            bound = link.running and link.sessions_bound() > 0
+            metrics.carrier_up.labels(name).set(1 if bound else 0)
+            metrics.carrier_window_in_use.labels(name).set(link.window_in_use() if link.running else 0)
+            metrics.carrier_tps_limit.labels(name).set(link.tps_limit)
 
     def apply_control(self, control: Mapping[str, str]) -> None:
         """Bring this process's links to what the control hash asks."""
@@ -287,6 +304,14 @@ class FleetReporter(Service):
             if tps != link.tps_limit:
                 link.set_tps_limit(tps)
                 log.info("carrier {carrier}: TPS limit now {tps}", carrier=name, tps=tps)
+
+
+def _set_queue_gauges(queues: Mapping[str, Any]) -> None:
+    metrics.dead_letters.set(queues["dead_letters"])
+    metrics.awaiting_receipt.set(queues["awaiting_receipt"])
+    metrics.quiet_hours_held.set(queues["quiet_hours_held"])
+    for lane, row in queues["lanes"].items():
+        metrics.oldest_queued_age.labels(lane).set(row["oldest_age_seconds"] or 0)
 
 
 async def read_processes(redis: Any, keys: Keys, *, now: float | None = None,

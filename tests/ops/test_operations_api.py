@@ -166,6 +166,13 @@ def test_dead_letter_fixed_and_retried(fleet: Fleet) -> None:
     assert code == 422, body
     code, body = fleet.call("GET", "/v1/dead-letters?type=verification_code&reason=minutes")
     assert code == 200 and "needs-fix" in [d["id"] for d in body["dead_letters"]]
+
+    def dead_letters_gauge() -> float:
+        text = fleet.first.get("/metrics")[1]
+        match = re.search(r"^gateway12123_dead_letters (\S+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    wait_for(lambda: dead_letters_gauge() >= 1, "the dead-letter gauge of /metrics counts it")
     code, body = fleet.call("POST", "/v1/dead-letters/needs-fix/retry", {"params": {"minutes": "5"}})
     assert code == 200 and body["results"][0]["retried"], body
     wait_for(lambda: state_of(fleet, "needs-fix") == "delivered", "the fixed notification delivered")

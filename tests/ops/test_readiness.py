@@ -29,6 +29,11 @@ def test_readyz_not_ready_while_a_carrier_is_down_beyond_its_grace(redis_server:
         body = daemon.wait_until("/readyz", status=503, timeout_seconds=30)
         assert body["checks"]["carrier:cucc"] is False and body["checks"]["carrier:cmcc"] is True
         wait_for(lambda: carrier_view(one, "cucc")["state"] == "down", "cucc shown down")
+        # /metrics lists the carrier that never bound, as 0 (an alert on up == 0 sees it).
+        _, metrics_text = daemon.get("/metrics")
+        assert 'gateway12123_carrier_up{carrier="cucc"} 0.0' in metrics_text
+        assert 'gateway12123_carrier_up{carrier="cmcc"} 1.0' in metrics_text
+        assert "gateway12123_build_info{" in metrics_text and "_created" not in metrics_text
         assert one.call("POST", "/v1/carriers/cucc/stop")[0] == 200
         body = daemon.wait_until("/readyz", status=200, timeout_seconds=30)
         assert body["checks"]["carrier:cucc"] is True
