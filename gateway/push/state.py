@@ -504,8 +504,12 @@ class NotificationLedger:
                 runs.append(self._claim_partition(partition, (0, 0, 0), now, lease_seconds, quiet_until, token,
                                                   [[], [], []], replay=True))
             elif sum(quotas[partition]):
+                # Its share of each lane and a few more, to make up for entries another
+                # process takes meanwhile (every declared key costs the script a lookup).
+                candidates = [ids[:quota + quota // 4 + 2] if quota else []
+                              for ids, quota in zip(heads[partition], quotas[partition], strict=True)]
                 runs.append(self._claim_partition(partition, quotas[partition], now, lease_seconds, quiet_until,
-                                                  token, heads[partition]))
+                                                  token, candidates))
         claimed = [c for batch in await asyncio.gather(*runs) for c in batch]
         rank = {"high": 0, "normal": 1, "bulk": 2}
         claimed.sort(key=lambda c: rank.get(c.lane, 1))  # stable: FIFO within a lane
@@ -544,8 +548,9 @@ class NotificationLedger:
 
         A partitioned pipeline keeps a message id's index entry in the partition of the
         message id, not of the notification (a receipt names only the message id): an
-        accepted submit is recorded in its notification's partition first, then its index
-        entries in theirs; receipts parked there meanwhile come back and are applied.
+        accepted submit's index entries are written in their partitions first, then the
+        submit is recorded in its notification's; receipts parked there meanwhile come
+        back and are applied after it.
         """
         pending = list(ops)
         # Each round resolves what the last one found written meanwhile (or parked):
@@ -561,17 +566,21 @@ class NotificationLedger:
                 if op[0] == "A" and self.keys.partitioned:
                     op = self._index_elsewhere(op, partition, indexing)
                 groups.setdefault(partition, []).append((number, op))
+            # Index entries first: a process killed before the B op that follows leaves the
+            # notification submitting (its lease brings it back, a possible duplicate),
+            # never submitted with receipts that cannot find it.
+            parked: list[Sequence[Any]] = []
+            if indexing:
+                indexed = await asyncio.gather(*(self._apply_partition(partition, index_ops, now)
+                                                 for partition, index_ops in indexing.items()))
+                for _, found in indexed:
+                    parked += [("Y", *found[k:k + 4]) for k in range(0, len(found), 4)]
             results = await asyncio.gather(*(self._apply_partition(partition, [op for _, op in numbered], now)
                                              for partition, numbered in groups.items()))
             again: list[Sequence[Any]] = []
             for numbered, (local_again, _) in zip(groups.values(), results, strict=True):
                 again += [pending[numbered[int(local) - 1][0]] for local in local_again]
-            if indexing:
-                indexed = await asyncio.gather(*(self._apply_partition(partition, index_ops, now)
-                                                 for partition, index_ops in indexing.items()))
-                for _, parked in indexed:
-                    again += [("Y", *parked[k:k + 4]) for k in range(0, len(parked), 4)]
-            pending = again
+            pending = again + parked
         raise RuntimeError(f"{len(pending)} receipts kept changing their message-id index entries")
 
     def _op_partition(self, op: Sequence[Any]) -> int:

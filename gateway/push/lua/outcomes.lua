@@ -25,8 +25,8 @@
 -- op found}, counts, partner ids}: an X op whose index entry appeared since the caller
 -- looked (its notification was not declared) is left for the caller to resolve and send
 -- again; a parked receipt an I op takes is deleted here and applied by the caller in the
--- notification's partition (a crash in between loses that receipt: the notification
--- ends unconfirmed after push.receipt_timeout_seconds).
+-- notification's partition after its B op (a crash in between loses that receipt; the
+-- notification, still submitting, comes back after its lease and is sent again).
 -- include: ledger.lua
 local n = tonumber(ARGV[FIRST])
 local EARLY_TTL = tonumber(ARGV[FIRST + 1])

@@ -1,0 +1,224 @@
+"""Several `gateway run` processes on a real Redis Cluster with the carrier simulator.
+
+`ClusterRun` owns a LocalRedisCluster (3 masters, 3 replicas), one CarrierSimulator on
+this process's reactor and any number of daemons configured with ``redis.cluster_nodes``
+and ``push.partitions``.  Notifications go to their partitions' intake streams (as HTTP
+and the CLI write them); the count is taken as tests/integration/faults.py takes it: a
+notification is lost when it has no final state with its reason (or no copy at the
+carrier for delivered), duplicated when the carrier got it more than once, and a
+duplicate is explained when the ledger counted as many possible duplicates.
+Used by tests/integration/test_cluster.py and bench/cluster.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from gateway.push.state import FINAL_STATES
+from gateway.smpp.simulator import CarrierSimulator, SimulatorOptions
+from gateway.store.bridge import wait_deferred
+from gateway.store.embedded import free_port
+from gateway.store.keys import Keys
+from gateway.store.local_cluster import LocalRedisCluster
+from gateway.store.service import make_cluster_client
+from tests.integration.daemon import Daemon, write_config
+from tests.integration.faults import (
+    CARRIER_DEFAULTS,
+    CMCC_PREFIXES,
+    PUSH_DEFAULTS,
+    REASON_FIELD,
+    Notification,
+)
+
+# 16 partitions over 3 masters: 5 or 6 each, so a master's loss or a slot's move touches
+# a few partitions, as it would in production.
+PARTITIONS = 16
+
+
+@dataclass
+class ClusterTally:
+    accepted: int = 0
+    final: int = 0
+    delivered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    possible_duplicates: int = 0
+    unexplained_duplicates: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    lost_examples: list[str] = field(default_factory=list)
+    elapsed_seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"accepted {self.accepted}, final {self.final}, delivered {self.delivered}, lost {self.lost}, "
+                f"duplicated {self.duplicated} (possible duplicates counted {self.possible_duplicates}, "
+                f"unexplained {self.unexplained_duplicates}), states {self.states}, "
+                f"{self.elapsed_seconds:.1f} s; e.g. {self.lost_examples}")
+
+
+class ClusterRun:
+    """A cluster, a simulator and `gateways` daemons; `async with` stops them all."""
+
+    def __init__(self, directory: Path, *, gateways: int = 3, partitions: int = PARTITIONS,
+                 simulator: SimulatorOptions | None = None, carrier: dict[str, Any] | None = None,
+                 push: dict[str, Any] | None = None) -> None:
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self.directory = directory
+        self.gateways = gateways
+        self.keys = Keys(partitions=partitions)
+        self.simulator_options = simulator or SimulatorOptions(receipt_delay_seconds=0.2)
+        self.carrier = {**CARRIER_DEFAULTS, **(carrier or {})}
+        self.push = {**PUSH_DEFAULTS, "partitions": partitions, **(push or {})}
+        self.cluster = LocalRedisCluster(directory / "cluster")
+        self.simulator: CarrierSimulator | None = None
+        self.daemons: list[Daemon] = []
+        self.client: Any = None
+        self.sigkills = 0
+
+    async def __aenter__(self) -> ClusterRun:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.cluster.start)
+        options = dataclasses.replace(self.simulator_options, port=0, credentials={"gwcmcc": "cmcc-pw"})
+        self.simulator = CarrierSimulator(options, self.reactor)
+        self.simulator.startService()
+        self.client = make_cluster_client(self.cluster.startup_nodes, "")
+        for k in range(self.gateways):
+            self.daemons.append(self._daemon(k))
+        await asyncio.gather(*(self.start_gateway(d) for d in self.daemons))
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        for daemon in self.daemons:
+            if daemon.process is not None and daemon.process.poll() is None:
+                try:
+                    await asyncio.to_thread(daemon.terminate, 30.0)
+                finally:
+                    daemon.kill()
+        if self.client is not None:
+            await self.client.aclose()
+        if self.simulator is not None:
+            await wait_deferred(self.simulator.stopService())
+        await asyncio.to_thread(self.cluster.stop)
+
+    def _daemon(self, k: int) -> Daemon:
+        assert self.simulator is not None
+        first = self.cluster.startup_nodes[0]
+        carrier = {"name": "cmcc", "host": "127.0.0.1", "port": self.simulator.port_number,
+                   "system_id": "gwcmcc", "password": "cmcc-pw", "prefixes": list(CMCC_PREFIXES), **self.carrier}
+        directory = self.directory / f"gateway{k}"
+        path = write_config(directory, redis={"url": f"redis://{first}/0", "cluster_nodes": self.cluster.startup_nodes},
+                            carriers=[carrier], push={**self.push, "consumer_name": f"gateway{k}"},
+                            ivr={"fastagi": {"enabled": False, "listen": f"127.0.0.1:{free_port()}"}})
+        return Daemon(path, directory / "gateway.log", extra_args=["--log-format", "json"])
+
+    async def start_gateway(self, daemon: Daemon, timeout_seconds: float = 60.0) -> None:
+        """Start one daemon and wait for /readyz (its binds come up on their own)."""
+        daemon.start()
+        await asyncio.to_thread(daemon.wait_until, "/readyz", 200, timeout_seconds)
+
+    async def kill_gateway(self, index: int) -> None:
+        """SIGKILL one daemon (no drain); it stays down: the others take over its work."""
+        self.daemons[index].kill()
+        self.sigkills += 1
+
+    # -- work --------------------------------------------------------------------------
+
+    async def enqueue(self, notifications: Sequence[Notification], batch: int = 1000) -> None:
+        """XADD each notification to its partition's intake stream, `batch` per pipeline."""
+        for start in range(0, len(notifications), batch):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for n in notifications[start:start + batch]:
+                    pipe.xadd(self.keys.partition(self.keys.partition_of(n.id)).notify_stream, n.stream_fields())
+                await pipe.execute()
+
+    async def states(self, ids: Sequence[str], fields: Sequence[str] = ("state",)) -> list[list[str | None]]:
+        rows: list[list[str | None]] = []
+        for start in range(0, len(ids), 2000):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for i in ids[start:start + 2000]:
+                    pipe.hmget(self.keys.notification(i), list(fields))
+                rows.extend(await pipe.execute())
+        return rows
+
+    async def wait_settled(self, notifications: Sequence[Notification], *, timeout_seconds: float,
+                           milestones: Sequence[tuple[float, Callable[[], Awaitable[Any]]]] = ()) -> None:
+        """Until every notification is final (or the timeout); milestones run once that
+        fraction is submitted or final."""
+        pending = [n.id for n in notifications]
+        total = len(pending)
+        todo = sorted(milestones, key=lambda m: m[0])
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            try:
+                rows = await self.states(pending)
+            except RedisError:
+                await asyncio.sleep(0.5)  # a failover under way
+                continue
+            states = {i: row[0] for i, row in zip(pending, rows, strict=True)}
+            pending = [i for i, s in states.items() if s not in FINAL_STATES]
+            progress = (total - len(pending) + sum(1 for i in pending if states[i] == "submitted")) / total
+            while todo and todo[0][0] <= progress:
+                _, action = todo.pop(0)
+                await action()
+            if not pending and not todo:
+                return
+            await asyncio.sleep(1.0)  # the polling shares the reactor with the simulator
+
+    async def tally(self, notifications: Sequence[Notification]) -> ClusterTally:
+        assert self.simulator is not None
+        result = ClusterTally(accepted=len(notifications))
+        rows = await self.states([n.id for n in notifications],
+                                 ("state", "error", "reason", "expires_at", "possible_duplicates"))
+        for n, (state, error, reason, expires_at, duplicates) in zip(notifications, rows, strict=True):
+            result.states[state or "none"] = result.states.get(state or "none", 0) + 1
+            copies = self.simulator.copies_of(n.to, n.text)
+            counted = int(duplicates or 0)
+            result.possible_duplicates += counted
+            result.duplicated += max(0, copies - 1)
+            result.unexplained_duplicates += max(0, copies - 1 - counted)
+            lost = ""
+            if state is None:
+                lost = "no state"
+            elif state == "delivered":
+                lost = "" if copies else "delivered but never received"
+                result.delivered += 1 if copies else 0
+            elif state in REASON_FIELD and not (error if REASON_FIELD[state] == "error" else reason):
+                lost = f"{state} without a reason"
+            elif state == "expired" and not expires_at:
+                lost = "expired without expires_at"
+            elif state not in FINAL_STATES:
+                lost = f"still {state}"
+            if state in FINAL_STATES:
+                result.final += 1
+            if lost:
+                result.lost += 1
+                if len(result.lost_examples) < 5:
+                    result.lost_examples.append(f"{n.id}: {lost}")
+        return result
+
+    async def leftovers(self) -> dict[str, int]:
+        """Work half done in Redis, over every partition (all 0 once settled)."""
+        out = {"inflight": 0, "queued": 0, "scheduled": 0, "stream_entries": 0}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for part in self.keys.all_partitions:
+                pipe.zcard(part.inflight)
+                for lane in ("high", "normal", "bulk"):
+                    pipe.zcard(part.lane(lane))
+                pipe.zcard(part.scheduled)
+                pipe.xlen(part.notify_stream)
+            counts = await pipe.execute()
+        for k in range(0, len(counts), 6):
+            out["inflight"] += counts[k]
+            out["queued"] += sum(counts[k + 1:k + 4])
+            out["scheduled"] += counts[k + 4]
+            out["stream_entries"] += counts[k + 5]
+        return out
