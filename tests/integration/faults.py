@@ -280,6 +280,9 @@ class CarrierPlan:
 CARRIER_DEFAULTS: Mapping[str, Any] = {
     "sessions": 2, "window": 200, "tps_limit": 5000, "reconnect_initial_seconds": 0.2,
     "reconnect_max_seconds": 2.0, "response_timeout_seconds": 10.0,
+    # as config/gateway.yaml: the carriers interconnect for 12123, so each takes the
+    # others' numbers when their carrier is down (scenario 6)
+    "accepts_other_carriers": True,
 }
 # Quiet hours start == end: none, so the normal-lane reminders are not held whatever the
 # time of day the suite runs at (quiet hours have their own tests).  Retries start after half a second instead of two (production) so that a message that
