@@ -106,7 +106,9 @@ class GatewayService(MultiService):
         for name in STOP_ORDER:
             service = named.pop(name, None)
             if service is not None and service.running:
-                await bounded(_maybe_deferred(service.stopService()), self.reactor, timeout + 1, name)
+                # Voice calls in progress get the longer voice drain (ivr.voice_drain_seconds).
+                limit = max(timeout, self.config.ivr.voice_drain_seconds) if name in ("fastagi", "ami") else timeout
+                await bounded(_maybe_deferred(service.stopService()), self.reactor, limit + 1, name)
         leftovers = [_maybe_deferred(s.stopService()) for s in named.values() if s.running]
         if leftovers:
             await DeferredList([d for d in leftovers if d is not None])
@@ -223,7 +225,7 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
 
         menus_path = config.resolve(config.ivr.menus_file)
         fastagi = FastAgiService(config.ivr, lambda: load_menus(menus_path), redis, keys, reactor,
-                                 drain_timeout_seconds=drain)
+                                 drain_timeout_seconds=max(drain, config.ivr.voice_drain_seconds))
         fastagi.setServiceParent(root)
 
         def reload_menus(_: Config) -> None:

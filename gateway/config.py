@@ -322,6 +322,10 @@ class IvrConfig:
     enumeration_failures_per_minute: int = setting(60, help="failed identity checks per minute over all callers above which enumeration is suspected: logged, counted, and a caller number that failed before gets no further check", minimum=1, maximum=1_000_000)
     service_hours: str = setting("08:30-17:30", help="hours in which calls may go to an agent, HH:MM-HH:MM")
     agent_queue: str = setting("12123-agents", help="Asterisk queue for agents")
+    # A reminder call reads an intro and the text (20-40 s with the built prompts), then
+    # offers to repeat (5 s): 60 s lets one in progress at SIGTERM end normally.  systemd's
+    # TimeoutStopSec must exceed it (deploy/).
+    voice_drain_seconds: float = setting(60.0, help="on SIGTERM, how long calls in progress (menus, reminders) may go on before they are cut off and recorded as interrupted by shutdown", unit="s", minimum=0, maximum=600)
     rights: UserRights = setting(default_factory=UserRights, help="which user classes may query and cancel by phone")
 
 

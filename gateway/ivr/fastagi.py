@@ -116,6 +116,7 @@ class FastAgiProtocol(Protocol):
         self._reply_timer: IDelayedCall | None = None
         self._hangup_timer: IDelayedCall | None = None
         self._gone = False  # the caller hung up or the socket closed
+        self._cut_by_shutdown = False  # the voice drain ran out (FastAgiService._drop_calls)
         self._action_running = False
         self._recorded = False
         self._started_at = 0.0
@@ -168,7 +169,16 @@ class FastAgiProtocol(Protocol):
         # HANGUP line came first (Asterisk may write it and close at once).
         self._gone = True
         if not self._action_running and not self._flow.finished:
-            self._drive(self._flow.on_hangup(self._clock.seconds()))
+            self._drive(self._flow.on_hangup(self._clock.seconds(), self._end_outcome()))
+
+    def _end_outcome(self) -> str:
+        # Cut off by our own shutdown: not the caller's doing.
+        return "interrupted_by_shutdown" if self._cut_by_shutdown else "caller_hangup"
+
+    def cut_by_shutdown(self) -> None:
+        """The voice drain ran out: drop the call, recorded as interrupted by shutdown."""
+        self._cut_by_shutdown = True
+        self.abort_connection()
 
     # -- events -----------------------------------------------------------------------
 
@@ -235,7 +245,7 @@ class FastAgiProtocol(Protocol):
                 self._run_action(step)
                 return
             if self._gone:
-                step = self._flow.on_hangup(self._clock.seconds())
+                step = self._flow.on_hangup(self._clock.seconds(), self._end_outcome())
                 continue
             self._session.send_command(step.line)
             self.transport.write(self._session.data_to_send())  # type: ignore[union-attr]
@@ -462,8 +472,9 @@ class FastAgiService(Service):
         log.info("FastAGI listening on {address}", address=str(listening.getHost()))
 
     def stopService(self) -> Deferred[None]:
-        """Stop listening, let calls in progress finish for up to the drain timeout, then
-        drop the rest."""
+        """Stop listening, let calls in progress finish for up to the drain timeout (the
+        gateway passes max(drain_timeout_seconds, ivr.voice_drain_seconds)), then drop the
+        rest, recorded as ``interrupted_by_shutdown``."""
         super().stopService()
         port, self.listening_port = self.listening_port, None
         stopped: Deferred[Any] = succeed(None) if port is None else maybeDeferred(port.stopListening)
@@ -482,7 +493,7 @@ class FastAgiService(Service):
 
     def _drop_calls(self) -> None:
         for protocol in list(self.active):
-            protocol.abort_connection()
+            protocol.cut_by_shutdown()
 
     def busy_farewell(self) -> bytes:
         """What a call over max_connections gets before its socket closes: the apology

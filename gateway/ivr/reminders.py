@@ -134,6 +134,7 @@ class CallOutcome(enum.StrEnum):
     FAILED = "failed"
     NOT_PLACED = "not_placed"  # Asterisk refused the Originate: safe to retry
     UNKNOWN = "unknown"  # the response was lost and the call was found nowhere
+    INTERRUPTED = "interrupted_by_shutdown"  # the gateway stopped before the call ended
 
 
 # Outcome -> (notification state, error field).  Errors as the pipeline names them.
@@ -146,6 +147,7 @@ _LEDGER: dict[CallOutcome, tuple[str, str]] = {
     CallOutcome.FAILED: ("failed", "failed"),
     CallOutcome.NOT_PLACED: ("failed", "failed"),
     CallOutcome.UNKNOWN: ("failed", "failed"),
+    CallOutcome.INTERRUPTED: ("failed", "interrupted_by_shutdown"),
 }
 
 # OriginateResponse Reason (the last AST_CONTROL_* frame) of a Failure.  Asterisk 22 says 0
@@ -225,6 +227,7 @@ class ReminderOptions:
     retention_seconds: float = 30 * 86400.0
     due_check_seconds: float = 30.0
     drain_timeout_seconds: float = 10.0
+    voice_drain_seconds: float = 60.0  # IvrConfig.voice_drain_seconds: calls in progress at stop
 
     @classmethod
     def from_config(cls, ami: Any, push: Any, **overrides: Any) -> ReminderOptions:
@@ -280,6 +283,7 @@ class _Call:
     hangup_cause: str | None = None  # the Hangup event's Cause, before any answer
     failure_reason: str | None = None  # OriginateResponse Failure's Reason
     cause_timer: IDelayedCall | None = None  # waiting for the Hangup after a Failure
+    answered_while_stopping: bool = False  # its AGI could no longer reach the gateway
 
 
 @dataclass
@@ -366,20 +370,23 @@ class VoiceReminders(Service):
         await self._intake_loop()
 
     def stopService(self) -> Deferred[None]:
-        """Stop intake and timers, then wait for queued Redis writes (calls stay open in Redis)."""
+        """Stop intake, dispatch and timers; let calls in progress end for up to the voice
+        drain (their events are still followed), record those still open as interrupted
+        by shutdown, then wait for queued Redis writes."""
         super().stopService()
         for timer in (self._due_timer, self._reconcile_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
         return as_deferred(self._stop())
 
     async def _stop(self) -> None:
         if self._intake_task is not None:
             self._intake_task.cancel()
             await asyncio.wait([self._intake_task], timeout=self._options.drain_timeout_seconds)
+        await self._drain_calls()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self._writes is not None:
             try:
                 await asyncio.wait_for(self._writes.join(), self._options.drain_timeout_seconds)
@@ -388,6 +395,26 @@ class VoiceReminders(Service):
         if self._writer_task is not None:
             self._writer_task.cancel()
             await asyncio.wait([self._writer_task], timeout=1.0)
+
+    async def _drain_calls(self) -> None:
+        """Wait (polling, 0.1 s) up to voice_drain_seconds for the calls in progress to end.
+        Answered calls still going then are finished as interrupted by shutdown (not the
+        citizen's doing; not called again: part of the reminder may have been heard).
+        Calls not yet answered (the AMI session is down, or the drain is shorter than the
+        ring time) stay open in Redis and are reconciled by the next start."""
+        deadline = self._clock.seconds() + self._options.voice_drain_seconds
+        if self._calls:
+            log.info("waiting up to {seconds} s for {count} voice call(s) in progress",
+                     seconds=self._options.voice_drain_seconds, count=len(self._calls))
+        while self._calls and self._clock.seconds() < deadline and self._ami.is_logged_in:
+            await asyncio.sleep(0.1)
+        for call in list(self._calls.values()):
+            if call.state is CallState.ANSWERED:
+                log.warn("voice call {action_id} still in progress at shutdown: interrupted", action_id=call.action_id)
+                self._finish(call, CallOutcome.INTERRUPTED)
+            elif call.state is not CallState.FINISHED:
+                log.info("voice call {action_id} still {state} at shutdown: left for the next start to reconcile",
+                         action_id=call.action_id, state=call.state.value)
 
     # --- public: for the pipeline's drain, the admin API and tests ----------------------
 
@@ -684,12 +711,12 @@ class VoiceReminders(Service):
         call.failure_reason = event.get("Reason") or ""
         if call.hangup_cause is not None:
             self._finish_unanswered(call)
-        elif self.running:
+        else:
             call.cause_timer = self._clock.callLater(HANGUP_CAUSE_GRACE_SECONDS, self._finish_unanswered, call)
 
     def _finish_unanswered(self, call: _Call) -> None:
-        if call.state is CallState.FINISHED or not self.running:
-            return  # not running: the call stays open in Redis and is reconciled at the next start
+        if call.state is CallState.FINISHED:
+            return
         cause, reason = call.hangup_cause or "", call.failure_reason or ""
         details = {"reason": reason} if call.failure_reason is not None else {}
         if call.hangup_cause is not None:
@@ -700,6 +727,8 @@ class VoiceReminders(Service):
         if call.state is CallState.ANSWERED and call.uniqueid:
             return
         call.state = CallState.ANSWERED
+        # Answered after SIGTERM: the FastAGI server no longer takes the call's AGI.
+        call.answered_while_stopping = not self.running
         if uniqueid not in _NO_UNIQUEID:
             call.uniqueid = uniqueid
             self._by_uniqueid[uniqueid] = call.action_id
@@ -713,7 +742,8 @@ class VoiceReminders(Service):
             return
         cause = event.get("Cause") or ""
         if call.state is CallState.ANSWERED:
-            self._finish(call, CallOutcome.NOT_HEARD, cause=cause)
+            outcome = CallOutcome.INTERRUPTED if call.answered_while_stopping else CallOutcome.NOT_HEARD
+            self._finish(call, outcome, cause=cause)
             return
         # Ended before an answer: the cause says why (busy, no answer, congestion) when it
         # is one of _HANGUP_CAUSES; otherwise the OriginateResponse Reason, which follows.
@@ -1027,7 +1057,8 @@ def build_voice_reminders(config: Any, redis: Any, keys: Keys, reactor: Any) -> 
     client.setName("ami-client")
     ledger = NotificationLedger(redis, keys, retention_seconds=config.push.retention_days * 86400.0,
                                 receipt_timeout_seconds=config.push.receipt_timeout_seconds)
-    options = ReminderOptions.from_config(ami, config.push, drain_timeout_seconds=config.drain_timeout_seconds)
+    options = ReminderOptions.from_config(ami, config.push, drain_timeout_seconds=config.drain_timeout_seconds,
+                                          voice_drain_seconds=config.ivr.voice_drain_seconds)
     from gateway.fleet.leases import call_slots_for
 
     reminders = VoiceReminders(redis, keys, client, ledger, options, clock=reactor,

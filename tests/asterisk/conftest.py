@@ -113,7 +113,7 @@ def start_gateway(asterisk: AsteriskRing, ring_redis: RedisServerProcess,
             directory,
             redis={"url": ring_redis.url},
             ivr={"fastagi": {"listen": f"127.0.0.1:{asterisk.fastagi_port}"}, "menus_file": str(MENUS),
-                 "sounds_dir": str(asterisk.sounds_dir)},
+                 "sounds_dir": str(asterisk.sounds_dir), "voice_drain_seconds": 40},
             ami={"enabled": True, "host": "127.0.0.1", "port": asterisk.ami_port, "secret": "${ASTERISK_AMI_SECRET}",
                  "trunk": trunk, "originate_timeout_seconds": 4, **ami},
             # Reminder calls are held in quiet hours; the ring runs at any hour.

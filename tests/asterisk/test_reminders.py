@@ -75,3 +75,24 @@ def test_logs_keep_gateway_identifiers_and_mask_numbers(gateway: Any, driver: Am
                    30, "the call's log line")
     assert "139****9001" not in log
     assert CALLEES["cause17"] not in log
+
+
+def test_sigterm_during_a_reminder_call_lets_it_finish(gateway: Any, driver: AmiDriver) -> None:
+    """SIGTERM while the notify AGI is reading a reminder out: the call goes on (voice drain,
+    40 s in the ring) and ends heard and reported; then the gateway exits.  (Runs last in
+    this module: it stops the module's gateway.)"""
+    import signal
+
+    start = driver.mark()
+    status, body = gateway.post("/v1/notifications", {
+        "id": "ring-drain", "type": "verification_code", "to": CALLEES["listener"],
+        "params": {"code": "123456", "minutes": "5"}, "channel": "voice"})
+    assert status == 202, body
+    driver.wait_event(lambda e: e.name == "AGIExecStart" and e.get("uniqueid") == "rem-ring-drain-1"
+                      and "STREAM FILE" in e.get("command"), start=start, timeout_seconds=30)
+    gateway.process.send_signal(signal.SIGTERM)
+    assert gateway.process.wait(60) == 0
+    record = call_record(gateway, "ring-drain")
+    assert (record["outcome"], record["reported"]) == ("heard", "1"), record
+    log = gateway.log_text()
+    assert "waiting up to 40.0 s for 1 voice call(s) in progress" in log or "ended: completed" in log

@@ -499,3 +499,28 @@ async def test_user_class_rights_by_phone(redis_url: str) -> None:
         bookings = await h.call(callerid=SAMPLE_CALLER_UNICOM,
                                 inputs=["1", id_suffix(SAMPLE_CALLER_UNICOM) + "#", "#"])
         assert "您共有" in heard(bookings)
+
+
+@on_asyncio
+async def test_call_still_going_when_the_drain_ends_is_interrupted_by_shutdown(redis_url: str) -> None:
+    """stopService lets calls go on for the drain time; one still going then is cut and
+    recorded interrupted_by_shutdown, not caller_hangup."""
+    import asyncio
+
+    redis = make_client(redis_url)
+    config = IvrConfig(fastagi=FastAgiConfig(listen="127.0.0.1:0"), sounds_dir=tempfile.mkdtemp(prefix="fastagi-"))
+    service = FastAgiService(config, lambda: BOOK, redis, KEYS, reactor, drain_timeout_seconds=0.5)
+    service.startService()
+    assert service.listening_port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.listening_port.getHost().port)
+    try:
+        writer.write(b"agi_network: yes\nagi_network_script: 12123\nagi_uniqueid: 1764460800.9\n"
+                     b"agi_callerid: 13800138000\n\n")
+        await writer.drain()
+        assert await reader.readline() == b"ANSWER\n"  # and then the "caller" stays silent
+        await wait_deferred(service.stopService())
+        [event] = [f for _, f in await redis.xrange(KEYS.events_stream) if f.get("type") == "ivr.call"]
+        assert event["outcome"] == "interrupted_by_shutdown" and event["uniqueid"] == "1764460800.9"
+    finally:
+        writer.close()
+        await redis.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import zoneinfo
 from typing import Any
@@ -356,8 +357,8 @@ async def test_restart_with_a_call_in_progress_adopts_it(harness_factory):
     await h.start()
     await h.request("n12")
     await wait(h.server.wait_for_originates(1))
-    await wait_deferred(h.reminders.stopService())
     h.server.drop_sessions()  # the old process is gone, so is its session
+    await wait_deferred(h.reminders.stopService())  # still ringing: left open, not interrupted
     h.reminders = h.new_reminders()
     finished = h.reminders.when_finished("n12")
     status = h.server.wait_for_action("Status")
@@ -409,3 +410,40 @@ def test_outcome_of_an_unanswered_call_prefers_the_hangup_cause():
     assert outcome_of_unanswered("16", "3") is CallOutcome.NO_ANSWER
     assert outcome_of_unanswered("", "0") is CallOutcome.FAILED
     assert outcome_of_unanswered("1", "0") is CallOutcome.FAILED
+
+
+@on_asyncio
+async def test_stop_lets_a_call_in_progress_finish_within_the_voice_drain(harness_factory):
+    """SIGTERM during a reminder call: the call goes on and its outcome is recorded."""
+    h = harness_factory(voice_drain_seconds=10.0)
+    h.server.script(NUMBER, Outcome.ANSWER_HEARD, hold="answered")
+    await h.start()
+    finished = h.reminders.when_finished("n30")
+    await h.request("n30")
+    await wait(h.server.wait_for_originates(1))
+    while h.server.held() != [NUMBER]:
+        await asyncio.sleep(0.05)
+    stopping = h.reminders.stopService()
+    await asyncio.sleep(0.3)
+    h.server.proceed(NUMBER)
+    assert await wait(finished) == "heard"
+    await wait_deferred(stopping)
+    assert (await h.state("n30"))["state"] == "delivered"
+
+
+@on_asyncio
+async def test_a_call_cut_by_the_end_of_the_voice_drain_is_interrupted_by_shutdown(harness_factory):
+    """Still in progress when the voice drain ends: recorded interrupted_by_shutdown, not
+    not_heard (the citizen did nothing wrong)."""
+    h = harness_factory(voice_drain_seconds=0.5)
+    h.server.script(NUMBER, Outcome.ANSWER_NOT_HEARD, hold="answered")
+    await h.start()
+    finished = h.reminders.when_finished("n31")
+    await h.request("n31")
+    while h.server.held() != [NUMBER]:
+        await asyncio.sleep(0.05)
+    await wait_deferred(h.reminders.stopService())
+    assert await wait(finished) == "interrupted_by_shutdown"
+    state = await h.state("n31")
+    assert (state["state"], state["error"], state["call_outcome"]) == (
+        "failed", "interrupted_by_shutdown", "interrupted_by_shutdown")
