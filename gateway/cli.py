@@ -30,6 +30,16 @@ from gateway.commands import EXIT_FAILURE, default_config
 __all__ = ["build_parser", "main"]
 
 
+def _unix_seconds(text: str) -> float:
+    """--expires-at: a finite Unix time (NaN, Infinity and 1e300 are refused, with why)."""
+    from gateway.push.intake import parse_unix_seconds
+
+    try:
+        return parse_unix_seconds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"'{text[:32]}': {e}") from None
+
+
 def _version() -> str:
     try:
         return metadata.version("gateway12123")
@@ -67,7 +77,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     enqueue.add_argument("--channel", choices=("sms", "voice", "auto"), default="sms",
                          help="sms, voice, or auto (voice after SMS failed)")
     enqueue.add_argument("--id", help="idempotency key (default: a new one)")
-    enqueue.add_argument("--expires-at", type=float, help="Unix seconds after which it is not sent")
+    enqueue.add_argument("--expires-at", type=_unix_seconds, help="Unix seconds after which it is not sent")
     enqueue.set_defaults(func=commands.cmd_enqueue)
 
     status = with_config(sub.add_parser("status", help="print a notification's state as JSON (exit 1 if unknown)"))

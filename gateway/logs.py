@@ -14,6 +14,7 @@ reaches the output whole.
 
 from __future__ import annotations
 
+import copy as _copy
 import datetime as dt
 import json
 import re
@@ -30,6 +31,8 @@ from twisted.logger import (
     formatEvent,
     globalLogBeginner,
 )
+from twisted.python.failure import Failure
+from twisted.python.reflect import safe_str
 from zope.interface import implementer
 
 from gateway.privacy import mask_digit_runs
@@ -65,7 +68,45 @@ class MaskingObserver:
             masked["log_template"] = mask_digit_runs(str(event["log_format"]))
         if event.get("log_io"):
             masked["log_io"] = mask_digit_runs(str(event["log_io"]))
+        failure = event.get("log_failure")
+        if isinstance(failure, Failure):
+            # A traceback ends with the exception's message, which may quote what the
+            # code was handling (a number, a PDU field): the text observer prints it.
+            masked["log_failure"] = masked_failure(failure)
+            masked["log_traceback"] = masked["log_failure"].getTraceback()
         self._observer(masked)
+
+
+class _MaskedMessage(Exception):
+    """Stands in for an exception whose message had to be masked."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _MaskedFailure(Failure):
+    """A Failure whose rendered traceback was masked once (source lines included: the
+    text observer would read them again from the files)."""
+
+    masked_traceback = ""
+
+    def getTraceback(self, *args: Any, **kwargs: Any) -> str:  # noqa: N802 - Twisted API
+        return self.masked_traceback
+
+
+def masked_failure(failure: Failure) -> Failure:
+    """A copy of `failure` whose exception message and rendered traceback have their
+    digit runs masked; its type (what ``check()`` and the traceback name) and frames are
+    kept."""
+    copy = _copy.copy(failure)
+    copy.value = _MaskedMessage(mask_digit_runs(safe_str(failure.value)))
+    copy.__class__ = _MaskedFailure
+    copy.masked_traceback = mask_digit_runs(failure.getTraceback())  # type: ignore[attr-defined]
+    return copy
 
 
 # Legacy and bookkeeping keys of Twisted's events that are no fields of ours.

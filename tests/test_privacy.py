@@ -87,3 +87,28 @@ def test_safety_net_leaves_the_gateways_own_identifiers_readable(text: str) -> N
 ])
 def test_safety_net_still_masks_numbers_standing_on_their_own(text: str, masked: str) -> None:
     assert mask_digit_runs(text) == masked
+
+
+def test_a_traceback_in_the_log_file_shows_numbers_masked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """log.failure of an exception whose message holds a mobile and an ID number: the
+    log file (text and JSON) has only their masked forms, traceback included."""
+    import json as _json
+
+    from twisted.logger import Logger
+
+    from gateway.logs import make_observer
+
+    for fmt in ("text", "json"):
+        path = tmp_path / f"gateway.{fmt}.log"
+        with path.open("w", encoding="utf-8") as stream:
+            log = Logger(observer=make_observer(fmt, stream=stream))
+            try:
+                raise ValueError("no booking for 13812345678 / 110101199003077578")
+            except ValueError:
+                log.failure("lookup failed")
+        written = path.read_text(encoding="utf-8")
+        assert "13812345678" not in written and "110101199003077578" not in written, written
+        assert "138****5678" in written and "ValueError" in written, written
+        if fmt == "json":
+            event = _json.loads(written)
+            assert event["error"] == "ValueError" and "138****5678" in event["traceback"], event

@@ -43,7 +43,7 @@ def json_error(request: Request, code: int, error: str, message: str) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps({"error": error, "message": message}, ensure_ascii=False).encode("utf-8")
+    return json.dumps({"error": error, "message": message}, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 @dataclass
@@ -178,7 +178,7 @@ class OperationsApi(Resource):
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        _finish(request, json.dumps(answer, ensure_ascii=False).encode("utf-8"))
+        _finish(request, json.dumps(answer, ensure_ascii=False, allow_nan=False).encode("utf-8"))
 
     async def _authenticate(self, request: Request, redis: Any,
                             candidate: _Route) -> tuple[Actor | None, accounts.Session | None, bytes | None]:

@@ -19,7 +19,7 @@ __all__ = ["JsonNotFound", "JsonResource", "json_refusal"]
 def json_refusal(request: Request, code: int, error: str, message: str) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    return json.dumps({"error": error, "message": message}, ensure_ascii=False).encode("utf-8")
+    return json.dumps({"error": error, "message": message}, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 class JsonResource(Resource):

@@ -46,19 +46,30 @@ log = Logger()
 _unavailable_log = RefusalLog("/v1/notifications", SystemClock(), log)
 
 
+class _NotStrictJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN, Infinity and -Infinity, which RFC 8259 does not allow and
+    # which no client could read back (issue 12: GET then answered invalid JSON).
+    raise _NotStrictJson(f"body is not strict JSON: {name} is not a number (RFC 8259)")
+
+
 def _write_json(request: Request, code: int, body: Any) -> None:
     if request.finished or getattr(request, "_disconnected", False):
         return
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    request.write(json.dumps(body, ensure_ascii=False).encode("utf-8"))
+    request.write(json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8"))
     request.finish()
 
 
 def _bad_request(request: Request, message: str) -> bytes:
     request.setResponseCode(400)
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    return json.dumps({"error": "bad_request", "message": message}, ensure_ascii=False).encode("utf-8")
+    return json.dumps({"error": "bad_request", "message": message}, ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
 
 
 # Seconds a client is asked to wait (Retry-After) while Redis is away or refuses writes:
@@ -98,7 +109,9 @@ class NotificationsResource(JsonResource):
     def render_POST(self, request: Request) -> bytes | int:  # noqa: N802 - twisted API
         content = request.content.read() if request.content is not None else b""
         try:
-            body = json.loads(content)
+            body = json.loads(content, parse_constant=_refuse_constant)
+        except _NotStrictJson as e:
+            return _bad_request(request, str(e))
         except (ValueError, RecursionError):  # RecursionError: e.g. a body of 50,000 "["
             return _bad_request(request, "body is not JSON")
         items = body if isinstance(body, list) else [body]

@@ -37,7 +37,7 @@ from gateway.http.json_resource import JsonNotFound, JsonResource
 def json_response(request: Request, code: int, body: Any) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    return json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 class Healthz(JsonResource):

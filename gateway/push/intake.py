@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -113,6 +114,24 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+# A plain decimal number as JSON writes it: no NaN, Infinity, hex, or "1_000".
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+# Unix seconds before 2100-01-01 UTC: a notification's life is days; a larger value is
+# a unit mistake (milliseconds) or garbage such as 1e300, which would be stored with 300
+# digits and break every client that reads it back.
+MAX_UNIX_SECONDS = 4_102_444_800.0
+
+
+def parse_unix_seconds(text: str) -> float:
+    """A finite Unix time in [0, MAX_UNIX_SECONDS]; ValueError says what is wrong."""
+    if not _DECIMAL.fullmatch(text):
+        raise ValueError("not a decimal number of Unix seconds (NaN and Infinity are not numbers)")
+    value = float(text)
+    if not 0 <= value <= MAX_UNIX_SECONDS:
+        raise ValueError(f"out of range: Unix seconds from 0 to {MAX_UNIX_SECONDS:.0f} (2100-01-01)")
+    return value
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -182,6 +201,9 @@ def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: 
     for name, value in params_obj.items():
         if isinstance(value, bool):
             params[str(name)] = "是" if value else "否"
+        elif isinstance(value, float) and not math.isfinite(value):
+            # json.loads reads NaN and Infinity: no citizen should get "nan" in an SMS.
+            return reject(f"parameter '{str(name)[:64]}' is not a finite number")
         elif isinstance(value, (str, int, float)):
             params[str(name)] = str(value)
         elif value is None:
@@ -223,9 +245,9 @@ def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: 
     requested = _text(raw.get("expires_at")).strip()
     if requested:
         try:
-            expires_at = min(expires_at, float(requested))
-        except ValueError:
-            return reject(f"bad expires_at '{requested[:32]}' (Unix seconds)", params_json)
+            expires_at = min(expires_at, parse_unix_seconds(requested))
+        except ValueError as e:
+            return reject(f"bad expires_at '{requested[:32]}': {e}", params_json)
 
     quiet_hours = template.quiet_hours
     late = False

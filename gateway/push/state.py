@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -828,9 +829,11 @@ def public_view(notification_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
     for name, value in raw.items():
         if name.endswith("_at") and value:
             try:
-                view[name] = float(value)
+                number = float(value)
             except ValueError:
                 continue
+            if math.isfinite(number):  # a stored "nan" (before strict intake) is no JSON number
+                view[name] = number
     return view
 
 

@@ -160,3 +160,60 @@ async def test_post_while_redis_refuses_writes_is_503_with_retry_after(redis_url
         assert answer["error"] == "unavailable"
         status, accepted = await client.request("POST", "/v1/notifications", code("oom-1"))
         assert status == 202 and accepted["accepted"] == [{"id": "oom-1", "state": "queued"}]
+
+
+def _strict(text: bytes) -> Any:
+    """Parse as RFC 8259 JSON: NaN and Infinity are errors."""
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{name} in a JSON answer")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+async def _post_raw(client: Client, raw: bytes) -> tuple[int, Any]:
+    headers = Headers({b"authorization": [f"Bearer {TOKEN}".encode()], b"content-type": [b"application/json"]})
+    response = await wait_deferred(client.agent.request(
+        b"POST", (client.base + "/v1/notifications").encode(), headers, _Body(raw)))
+    return response.code, _strict(await wait_deferred(readBody(response)))
+
+
+@on_asyncio
+async def test_non_finite_and_out_of_range_expiry_is_refused_with_a_reason(redis_url: str) -> None:
+    """expires_at NaN or Infinity as JSON literals is a 400 (not strict JSON); 1e300,
+    "NaN", "-Infinity" and a negative time are rejected items with the reason; GET of
+    each answers strict JSON."""
+    async with pipeline(redis_url) as p, served(p) as client:
+        for literal in (b"NaN", b"Infinity", b"-Infinity"):
+            raw = b'{"id": "x", "type": "verification_code", "to": "13800138000", ' \
+                  b'"params": {"code": "1", "minutes": "5"}, "expires_at": ' + literal + b"}"
+            status, body = await _post_raw(client, raw)
+            assert status == 400 and literal.decode().lstrip("-") in body["message"], body
+        bad = [code("e1", expires_at=1e300), code("e2", expires_at="NaN"), code("e3", expires_at="-Infinity"),
+               code("e4", expires_at=-5), code("e5", expires_at="0x10"), code("e6", params={"code": "1", "minutes": 5})]
+        status, body = await _post_raw(client, json.dumps(bad).encode())
+        assert status == 202, body
+        reasons = {row["id"]: row["reason"] for row in body["rejected"]}
+        assert set(reasons) == {"e1", "e2", "e3", "e4", "e5"}, body
+        assert "out of range" in reasons["e1"] and "out of range" in reasons["e4"], reasons
+        assert "not a decimal number" in reasons["e2"] and "not a decimal number" in reasons["e5"], reasons
+        for notification_id in ("e1", "e2", "e6"):
+            response = await wait_deferred(client.agent.request(
+                b"GET", f"{client.base}/v1/notifications/{notification_id}".encode(),
+                Headers({b"authorization": [f"Bearer {TOKEN}".encode()]})))
+            assert response.code == 200
+            _strict(await wait_deferred(readBody(response)))
+
+
+@on_asyncio
+async def test_get_answers_strict_json_for_a_stored_non_finite_time(redis_url: str) -> None:
+    """A record written before strict intake with expires_at "nan" / "inf": GET leaves
+    the field out rather than answer NaN, which is not JSON."""
+    async with pipeline(redis_url) as p, served(p) as client:
+        await p.accept(code("old"))
+        await p.redis.hset(p.keys.notification("old"), mapping={"expires_at": "nan", "requested_expires_at": "inf"})
+        response = await wait_deferred(client.agent.request(
+            b"GET", f"{client.base}/v1/notifications/old".encode(),
+            Headers({b"authorization": [f"Bearer {TOKEN}".encode()]})))
+        view = _strict(await wait_deferred(readBody(response)))
+        assert response.code == 200 and "expires_at" not in view and "requested_expires_at" not in view
+        assert view["state"] == "queued"

@@ -216,3 +216,33 @@ async def test_voice_channel_goes_to_the_voice_stream(redis_url: str) -> None:
         assert request["id"] == "v1" and request["to"] == CMCC_NUMBER
         assert request["text"].startswith("您的验证码为123456") and request["not_before"] == "0"
 
+
+
+@on_asyncio
+async def test_stream_entries_with_non_finite_expiry_are_rejected_with_a_reason(redis_url: str) -> None:
+    """From the stream, expires_at NaN, Infinity and 1e300 are rejected (recorded with the
+    reason), not silently ignored or stored with 300 digits; params NaN likewise."""
+    async with pipeline(redis_url) as p:
+        c = consumer(p)
+        await c.ensure_group()
+        for notification_id, expires_at in (("s-nan", "NaN"), ("s-inf", "Infinity"), ("s-big", "1e300")):
+            await p.redis.xadd(p.keys.notify_stream, stream_fields(code(notification_id, expires_at=expires_at)))
+        await p.redis.xadd(p.keys.notify_stream, {**stream_fields(code("s-param")),
+                                                  "params": '{"code": NaN, "minutes": "5"}'})
+        assert await c.read_once() == 4
+        for notification_id, why in (("s-nan", "not a decimal number"), ("s-inf", "not a decimal number"),
+                                     ("s-big", "out of range"), ("s-param", "not a finite number")):
+            raw = await p.ledger.raw(notification_id)
+            assert raw["state"] == "rejected" and why in raw["reason"], (notification_id, raw)
+
+
+def test_cli_enqueue_refuses_a_non_finite_expiry() -> None:
+    """`gateway enqueue --expires-at 1e300` (and NaN) exits 2 naming the option and why."""
+    import subprocess
+    import sys
+
+    for value in ("1e300", "NaN"):
+        result = subprocess.run([sys.executable, "-m", "gateway", "enqueue", "--type", "verification_code",
+                                 "--to", "13800138000", "--expires-at", value],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "--expires-at" in result.stderr and value in result.stderr, result.stderr
