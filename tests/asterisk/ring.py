@@ -284,6 +284,7 @@ exten => {CALLEES["busy"]},1,Busy()
 @dataclass
 class AmiEvent:
     headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)  # when the driver read it
 
     def get(self, name: str, default: str = "") -> str:
         return self.headers.get(name.lower(), default)

@@ -41,8 +41,12 @@ def call_record(gateway: Any, notification_id: str) -> dict[str, str]:
 
 
 def test_reminder_heard(gateway: Any, driver: AmiDriver) -> None:
+    start = driver.mark()
     view = remind(gateway, "ring-heard-1", "listener")
-    print(view)
+    with driver._cond:
+        commands = [e.get("command") for e in driver.events[start:]
+                    if e.name == "AGIExecStart" and e.get("uniqueid") == "rem-ring-heard-1-1"]
+    assert 'SET VARIABLE REMINDER_HEARD "1"' in commands, commands
     assert view["state"] == "delivered", view
 
 
