@@ -20,7 +20,8 @@ GET DATA or a SAY command plays it also watches the socket, and a new line arriv
 reply to the previous one has arrived.
 
 Hang-up.  When the caller hangs up, Asterisk finishes the running command (its reply is
-usually ``200 result=-1 ...``), writes the bare line ``HANGUP`` once (FastAGI only) and then
+usually ``200 result=-1 ...``, which STREAM FILE also answers for a missing file: see
+menus.CallFlow), writes the bare line ``HANGUP`` once (FastAGI only) and then
 keeps the socket open in "dead" mode, where commands that need a live channel get ``511``,
 until we close; some versions close at once.  `Hangup` is an event, not a reply: it does
 not answer the outstanding command.  End of file is `ConnectionClosed`.
