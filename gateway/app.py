@@ -284,7 +284,8 @@ def _add_operations(root: GatewayService, config: Config, reactor: Any) -> tuple
     policy = QuietHoursPolicy(config.push.quiet_hours.start, config.push.quiet_hours.end,
                               config.push.quiet_hours.timezone)
     reporter = FleetReporter(lambda: redis_service.client, redis_service.keys, root.carrier_links, reactor,
-                             extras=extras, quiet_until=policy.quiet_until)
+                             extras=extras, quiet_until=policy.quiet_until,
+                             dispatcher=root.push.dispatcher if root.push is not None else None)
     reporter.setServiceParent(root)
     context = ApiContext(
         redis=lambda: redis_service.client, keys=redis_service.keys, token=config.http.token.reveal(),

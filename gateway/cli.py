@@ -104,7 +104,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     carriers.add_argument("--json", action="store_true", help="print JSON instead of a table")
     carriers.set_defaults(func=commands.cmd_carriers)
 
-    queues = with_config(sub.add_parser("queues", help="lanes, quiet-hours held, awaiting receipt, dead letters, voice"))
+    queues = with_config(sub.add_parser(
+        "queues", help="lanes, quiet-hours held, awaiting receipt, dead letters, voice; pause or resume a lane or type"))
+    queues.add_argument("action", nargs="?", choices=("pause", "resume"),
+                        help="pause or resume --lane or --type in every process (none: show the queues)")
+    what = queues.add_mutually_exclusive_group()
+    what.add_argument("--lane", choices=("high", "normal", "bulk"), help="the lane to pause or resume")
+    what.add_argument("--type", help="the notification type to pause or resume")
     queues.add_argument("--json", action="store_true", help="print JSON instead of text")
     queues.set_defaults(func=commands.cmd_queues)
 

@@ -534,22 +534,36 @@ def _positive(text: str) -> float:
 def cmd_queues(args: argparse.Namespace) -> int:
     """Lanes, scheduled and quiet-hours held, awaiting receipt, dead letters, voice."""
 
+    if args.action and not (args.lane or args.type):
+        return _usage(f"queues {args.action}: give --lane or --type")
+
     async def body(config: Any, redis: Any, keys: Any) -> int:
         import time
 
+        from gateway.ops import actions
         from gateway.ops.fleet import read_queues
         from gateway.push.queue import QuietHoursPolicy
+
+        if args.action:
+            kind, name = ("lane", args.lane) if args.lane else ("type", args.type)
+            _print_json(await actions.set_paused(redis, keys, cli_actor(), kind, name, args.action == "pause"))
+            return EXIT_OK
+        paused = await actions.paused(redis, keys)
 
         quiet = config.push.quiet_hours
         now = time.time()
         queues = await read_queues(redis, keys, now=now,
                                    quiet_until=QuietHoursPolicy(quiet.start, quiet.end, quiet.timezone).quiet_until(now))
+        queues["paused_lanes"], queues["paused_types"] = paused["lanes"], paused["types"]
         if args.json:
             _print_json(queues)
             return EXIT_OK
         for lane, row in queues["lanes"].items():
             oldest = "-" if row["oldest_age_seconds"] is None else f"{row['oldest_age_seconds']:.0f} s"
-            print(f"lane {lane:<7} {row['depth']:>8} waiting, oldest {oldest}")
+            state = "  PAUSED" if lane in paused["lanes"] else ""
+            print(f"lane {lane:<7} {row['depth']:>8} waiting, oldest {oldest}{state}")
+        if paused["types"]:
+            print(f"paused types         {', '.join(paused['types'])}")
         release = _local(queues["quiet_hours_release_at"], quiet.timezone)
         print(f"held for quiet hours {queues['quiet_hours_held']:>8} (released {release} {quiet.timezone})")
         print(f"scheduled            {queues['scheduled']:>8}")

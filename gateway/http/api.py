@@ -284,7 +284,10 @@ async def carriers(call: _Call) -> tuple[int, Any]:
 @route("GET", "/queues")
 async def queues(call: _Call) -> tuple[int, Any]:
     now = call.context.clock.seconds()
-    return 200, await read_queues(call.redis, call.context.keys, now=now, quiet_until=call.context.quiet_until(now))
+    queues = await read_queues(call.redis, call.context.keys, now=now, quiet_until=call.context.quiet_until(now))
+    paused = await actions.paused(call.redis, call.context.keys)
+    queues["paused_lanes"], queues["paused_types"] = paused["lanes"], paused["types"]
+    return 200, queues
 
 
 @route("GET", "/charts")
@@ -316,6 +319,22 @@ async def carrier_tps(call: _Call) -> tuple[int, Any]:
     value = None if tps is None else _float(tps, "tps")
     return 200, await actions.set_carrier_tps(call.redis, call.context.keys, call.actor, call.params["name"], value,
                                               known=call.context.carriers())
+
+
+# -- lanes and types ----------------------------------------------------------------------
+
+
+def _pause_action(kind: str, pause: bool) -> Handler:
+    async def handler(call: _Call) -> tuple[int, Any]:
+        return 200, await actions.set_paused(call.redis, call.context.keys, call.actor, kind, call.params["name"],
+                                             pause)
+
+    return handler
+
+
+for _kind, _plural in (("lane", "lanes"), ("type", "types")):
+    route("POST", f"/{_plural}/{{name}}/pause", role="operator")(_pause_action(_kind, True))
+    route("POST", f"/{_plural}/{{name}}/resume", role="operator")(_pause_action(_kind, False))
 
 
 # -- search and notifications -------------------------------------------------------------

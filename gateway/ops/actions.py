@@ -34,11 +34,13 @@ __all__ = [
     "cancel_by_type",
     "dead_letters",
     "notification_text",
+    "paused",
     "read_audit",
     "retry_dead_letter_with",
     "search",
     "set_carrier",
     "set_carrier_tps",
+    "set_paused",
     "timeline",
 ]
 
@@ -142,6 +144,33 @@ async def set_carrier_tps(redis: Any, keys: Keys, actor: Actor, name: str, tps: 
         await redis.hset(keys.control, f"tps:{name}", f"{tps:g}")
     await audit(redis, keys, actor, "carrier.tps", name, {"tps": tps})
     return {"carrier": name, "tps": tps}
+
+
+LANE_NAMES = ("high", "normal", "bulk")
+
+
+async def set_paused(redis: Any, keys: Keys, actor: Actor, kind: str, name: str, paused: bool) -> dict[str, Any]:
+    """Pause or resume a lane (nothing claimed from it) or a notification type (held in
+    scheduled, looked at again every 30 s) in every process."""
+    if kind not in ("lane", "type"):
+        raise ActionError(400, "bad_request", "pause a lane or a type")
+    if kind == "lane" and name not in LANE_NAMES:
+        raise ActionError(404, "not_found", f"no lane {name!r} (lanes: {', '.join(LANE_NAMES)})")
+    if not name or len(name) > 64:
+        raise ActionError(400, "bad_request", "give the type name")
+    field = f"pause:{kind}:{name}"
+    if paused:
+        await redis.hset(keys.control, field, "1")
+    else:
+        await redis.hdel(keys.control, field)
+    await audit(redis, keys, actor, f"{kind}.{'pause' if paused else 'resume'}", name)
+    return {kind: name, "paused": paused}
+
+
+async def paused(redis: Any, keys: Keys) -> dict[str, list[str]]:
+    control = await redis.hgetall(keys.control)
+    return {"lanes": sorted(k.split(":", 2)[2] for k in control if k.startswith("pause:lane:")),
+            "types": sorted(k.split(":", 2)[2] for k in control if k.startswith("pause:type:"))}
 
 
 # -- search -------------------------------------------------------------------------------

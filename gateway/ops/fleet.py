@@ -124,7 +124,7 @@ class FleetReporter(Service):
                  interval_seconds: float = 2.0, ttl_seconds: float = 10.0,
                  extras: Mapping[str, Callable[[], Any]] | None = None,
                  process_id: str | None = None, queue_gauges: bool = True,
-                 quiet_until: Callable[[float], float] | None = None) -> None:
+                 quiet_until: Callable[[float], float] | None = None, dispatcher: Any = None) -> None:
         self.redis = redis
         self.keys = keys
         self.links = dict(links)
@@ -136,6 +136,7 @@ class FleetReporter(Service):
         # The fleet-wide queue gauges of /metrics (dead letters, awaiting receipt, oldest
         # queued age) are read from Redis with each report.
         self.queue_gauges = queue_gauges
+        self.dispatcher = dispatcher  # the push Dispatcher: lane and type pauses
         self.quiet_until = quiet_until or (lambda now: 0.0)
         for name in self.links:
             metrics.carrier_up.labels(name).set(0)  # listed before the first bind
@@ -280,6 +281,14 @@ class FleetReporter(Service):
 
     def apply_control(self, control: Mapping[str, str]) -> None:
         """Bring this process's links to what the control hash asks."""
+        if self.dispatcher is not None:
+            lanes = frozenset(k.split(":", 2)[2] for k in control if k.startswith("pause:lane:"))
+            types = frozenset(k.split(":", 2)[2] for k in control if k.startswith("pause:type:"))
+            if lanes != self.dispatcher.paused_lanes or types != self.dispatcher.paused_types:
+                log.info("paused lanes now {lanes}, paused types now {types}",
+                         lanes=",".join(sorted(lanes)) or "none", types=",".join(sorted(types)) or "none")
+                self.dispatcher.paused_lanes, self.dispatcher.paused_types = lanes, types
+                self.dispatcher.waker.wake()  # a resumed lane is claimed from at once
         for name, link in self.links.items():
             wanted = control.get(f"carrier:{name}", "running")
             if wanted == "stopped":
@@ -462,6 +471,8 @@ async def read_fleet(redis: Any, keys: Keys, *, now: float | None = None, quiet_
             voice[trunk] = voice.get(trunk, 0) + int(calls)
         partners += int(process.get("partners_bound") or 0)
     queues = await read_queues(redis, keys, now=now, quiet_until=quiet_until)
+    queues["paused_lanes"] = sorted(k.split(":", 2)[2] for k in control if k.startswith("pause:lane:"))
+    queues["paused_types"] = sorted(k.split(":", 2)[2] for k in control if k.startswith("pause:type:"))
     return {
         "now": round(now, 3),
         "processes": [{"id": p["id"], "host": p.get("host"), "pid": p.get("pid"), "started_at": p.get("started_at"),

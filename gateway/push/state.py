@@ -68,7 +68,7 @@ import asyncio
 import json
 import math
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -467,7 +467,8 @@ class NotificationLedger:
                 await pipe.execute()
 
     async def claim(self, n: int, *, now: float, lease_seconds: float, quiet_until: float,
-                    reserve: int = 0, token: str | None = None) -> list[Claimed]:
+                    reserve: int = 0, token: str | None = None,
+                    skip_lanes: Collection[str] = ()) -> list[Claimed]:
         """Take up to `n` queued notifications, highest lane first, for submission.
 
         Expired ones become expired; quiet-hours types claimed inside quiet hours go back
@@ -498,6 +499,8 @@ class NotificationLedger:
         start = self._claim_rotation
         self._claim_rotation = (start + 1) % len(parts)
         heads = [replies[4 * k:4 * k + 3] for k in range(len(parts))]
+        if skip_lanes:  # a paused lane offers no candidates, so it gets no share
+            heads = [[[] if LANES[i] in skip_lanes else ids for i, ids in enumerate(h)] for h in heads]
         quotas = _share_batch(n, reserve, heads, start)
         runs = []
         for partition in range(len(parts)):

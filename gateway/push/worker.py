@@ -67,6 +67,9 @@ from gateway.store.bridge import wait_deferred
 __all__ = ["Dispatcher", "Waker"]
 
 log = Logger()
+# A paused type's notifications are looked at again this often: an operator's resume acts
+# within half a minute, and a large paused type cycles through scheduled at most twice a minute.
+PAUSED_RECHECK_SECONDS = 30.0
 
 
 class Waker:
@@ -150,6 +153,10 @@ class Dispatcher:
         # Called with every SubmitAccepted (the partner door needs nothing; tests and
         # the bench may watch).
         self.on_submitted: Callable[[str, SubmitAccepted], None] | None = None
+        # Set by the fleet-wide control (gateway/ops/fleet.py): lanes not claimed from, and
+        # types held back in scheduled while an operator has them paused.
+        self.paused_lanes: frozenset[str] = frozenset()
+        self.paused_types: frozenset[str] = frozenset()
 
     # -- claiming ------------------------------------------------------------------------
 
@@ -172,9 +179,11 @@ class Dispatcher:
         self._claim_token = token
         claimed = await self.ledger.claim(
             n, now=now, lease_seconds=self.lease_seconds, quiet_until=self.policy.quiet_until(now),
-            reserve=reserved_lower_lane_slots(n), token=token,
+            reserve=reserved_lower_lane_slots(n), token=token, skip_lanes=self.paused_lanes,
         )
         self._claim_token = None
+        if self.paused_types:
+            claimed = self._hold_paused_types(claimed, now)
         ported = await self._ported_carriers(claimed)
         self.router.observe(now)
         with self._holding_submits():
@@ -187,6 +196,17 @@ class Dispatcher:
                     metrics.intake_to_submit_latency.observe(max(0.0, now - item.accepted_at))
                 self._submit(item)
         return len(claimed)
+
+    def _hold_paused_types(self, claimed: list[Claimed], now: float) -> list[Claimed]:
+        """Notifications of a type an operator paused go back to scheduled (no attempt
+        spent) and are looked at again after PAUSED_RECHECK_SECONDS."""
+        kept = []
+        for item in claimed:
+            if item.type in self.paused_types:
+                self.writer.add(op_wait(item.id, now + PAUSED_RECHECK_SECONDS, "type paused by an operator"))
+            else:
+                kept.append(item)
+        return kept
 
     async def _ported_carriers(self, claimed: list[Claimed]) -> Mapping[str, str]:
         """number -> carrier for the batch's ported numbers (one pipeline); on a Redis

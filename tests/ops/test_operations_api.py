@@ -259,3 +259,38 @@ def test_accounts_roles_csrf_and_lockout(fleet: Fleet) -> None:
     assert fleet.cli("users", "remove", "mallory").returncode == 0
     assert fleet.cli("users", "remove", "mallory").returncode == 1
 
+
+
+def test_pausing_a_lane_or_a_type_holds_it_in_every_process(fleet: Fleet) -> None:
+    """A paused high lane is not claimed by either process until resumed (then its
+    notification is delivered); a paused type waits in scheduled; both are audited."""
+    code, body = fleet.call("POST", "/v1/lanes/high/pause")
+    assert code == 200 and body == {"lane": "high", "paused": True}
+    code, body = fleet.call("POST", "/v1/types/inspection_due/pause")
+    assert code == 200
+    time.sleep(3)  # one report interval: every process has read the control
+    try:
+        code, _ = fleet.call("POST", "/v1/notifications", code_request(id="lane-paused"))
+        assert code == 202
+        time.sleep(2)
+        assert state_of(fleet, "lane-paused") == "queued"
+        assert fleet.call("GET", "/v1/queues")[1]["paused_lanes"] == ["high"]
+        shown = fleet.cli("queues")
+        assert shown.returncode == 0 and "PAUSED" in shown.stdout and "inspection_due" in shown.stdout
+    finally:
+        resumed = fleet.cli("queues", "resume", "--lane", "high")
+        fleet.call("POST", "/v1/types/inspection_due/resume")
+    assert resumed.returncode == 0, resumed.stderr
+    wait_for(lambda: state_of(fleet, "lane-paused") == "delivered", "delivered after the resume")
+    assert fleet.call("POST", "/v1/types/verification_code/pause")[0] == 200
+    time.sleep(3)
+    try:
+        fleet.call("POST", "/v1/notifications", code_request(id="type-paused"))
+        wait_for(lambda: state_of(fleet, "type-paused") == "scheduled", "held back in scheduled")
+        time.sleep(1)
+        assert state_of(fleet, "type-paused") == "scheduled"
+    finally:
+        fleet.call("POST", "/v1/types/verification_code/resume")
+    assert fleet.call("POST", "/v1/lanes/nope/pause")[0] == 404
+    actions = [a["action"] for a in fleet.call("GET", "/v1/audit?limit=10")[1]["audit"]]
+    assert {"lane.pause", "lane.resume", "type.pause", "type.resume"} <= set(actions)

@@ -149,11 +149,30 @@ async function refreshOverview() {
   ];
   $("tiles").replaceChildren(...tiles.map(([label, value, note, alert]) =>
     el("div", { class: "tile" + (alert ? " alert" : ""), "data-tile": label }, label, el("b", {}, String(value)), el("span", { class: "muted" }, note))));
-  $("lanes").tBodies[0].replaceChildren(...Object.entries(q.lanes).map(([lane, l]) =>
-    el("tr", { "data-lane": lane }, el("td", {}, lane), el("td", {}, String(l.depth)), el("td", {}, age(l.oldest_age_seconds)))));
+  const pausedLanes = q.paused_lanes || [];
+  $("lanes").tBodies[0].replaceChildren(...Object.entries(q.lanes).map(([lane, l]) => {
+    const isPaused = pausedLanes.includes(lane);
+    return el("tr", { "data-lane": lane, class: isPaused ? "paused" : "" }, el("td", {}, lane + (isPaused ? " (PAUSED)" : "")),
+      el("td", {}, String(l.depth)), el("td", {}, age(l.oldest_age_seconds)),
+      el("td", { class: "op" }, button(isPaused ? "Resume" : "Pause", () => pauseAction("lanes", lane, !isPaused))));
+  }));
+  $("paused-types").textContent = (q.paused_types || []).length ? "Paused types: " + q.paused_types.join(", ") : "";
   $("processes").tBodies[0].replaceChildren(...data.processes.map((p) =>
     el("tr", {}, el("td", {}, p.id), el("td", {}, localTime(p.started_at, true)), el("td", {}, ago(p.reported_at, now) + " ago"))));
   drawCharts(data.charts);
+}
+
+async function pauseAction(kind, name, pause) {
+  const what = kind === "lanes" ? `lane ${name}` : `type ${name}`;
+  if (!await confirmAction(`${pause ? "Pause" : "Resume"} ${what} in every process?${pause ? " Nothing more of it is sent until it is resumed." : ""}`)) return;
+  try { await api("POST", `/${kind}/${encodeURIComponent(name)}/${pause ? "pause" : "resume"}`); refreshOverview(); }
+  catch (e) { setBanner("bad", e.message); }
+}
+
+async function pauseType(event) {
+  event.preventDefault();
+  const name = $("type-name").value.trim(); if (!name) return;
+  await pauseAction("types", name, event.submitter && event.submitter.id === "type-pause");
 }
 
 function button(text, action, cls) { return el("button", { type: "button", class: cls || "", onclick: action }, text); }
@@ -306,6 +325,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("logout").addEventListener("click", async () => { try { await api("DELETE", "/session"); } finally { showLogin(); } });
   $("search-form").addEventListener("submit", runSearch);
+  $("type-form").addEventListener("submit", pauseType);
   $("batch-cancel").addEventListener("click", cancelBatch);
   $("dead-form").addEventListener("submit", loadDead);
   $("fix-form").addEventListener("submit", submitFix);
