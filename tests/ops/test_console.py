@@ -10,7 +10,6 @@ selenium is missing (.ci/run installs them as root).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -23,10 +22,7 @@ from typing import Any
 import pytest
 import redis as sync_redis
 
-from gateway.ops import accounts
 from gateway.store.embedded import RedisServerProcess
-from gateway.store.keys import Keys
-from gateway.store.service import make_client
 from tests.ops.fleet import Fleet, carrier_view, running_fleet, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -66,14 +62,11 @@ def fleet(redis_server: RedisServerProcess, tmp_path_factory: pytest.TempPathFac
     client = sync_redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
-
-    async def add_operator() -> None:
-        redis = make_client(redis_server.url)
-        await accounts.add_user(redis, Keys(), "duty1", PASSWORD, "operator")
-        await redis.aclose()
-
-    asyncio.run(add_operator())
     with running_fleet(tmp_path_factory.mktemp("console"), redis_server.url, processes=1) as running:
+        # The first operator, made as the README says (a subprocess: no event loop here).
+        made = running.cli("users", "add", "duty1", "--role", "operator", "--password-stdin",
+                           input_text=PASSWORD + "\n")
+        assert made.returncode == 0, made.stderr
         wait_for(lambda: carrier_view(running)["state"] == "bound", "bound")
         yield running
 
