@@ -280,6 +280,7 @@ class GatewaySettings:
     push_batch_size: int = 0  # 0: the schema's default
     receipt_parts: str = "first"  # as Kannel asks: a receipt for part 1 of a long message
     tps_limit: int = 100_000  # per process: each has its own binds and its own bucket
+    events: str = "all"  # push.events: all, final or off
 
 
 def gateway_config(redis_url: str, http_port: int, workdir: Path, templates_path: Path,
@@ -302,6 +303,7 @@ def gateway_config(redis_url: str, http_port: int, workdir: Path, templates_path
             "daily_cap_bulk": 1000,  # the schema's maximum; every number gets one message anyway
             "quiet_hours": {"start": "00:00", "end": "00:00"},  # start == end: none
             **({"batch_size": settings.push_batch_size} if settings.push_batch_size else {}),
+            "events": settings.events,
         },
         "ivr": {"fastagi": {"enabled": False}, "menus_file": str(REPO / "config" / "ivr.yaml"),
                 "sounds_dir": str(workdir / "sounds")},
@@ -558,7 +560,7 @@ class Bench:
         return GatewaySettings(sessions=self.args.sessions, window=self.args.window, receipts=scenario.receipts,
                                carrier_port=self.simulator.smpp_port if carrier_port is None else carrier_port,
                                push_batch_size=self.args.push_batch_size, receipt_parts=self.args.receipt_parts,
-                               tps_limit=self.args.tps_limit)
+                               tps_limit=self.args.tps_limit, events=self.args.events)
 
     def start_gateways(self, scenario: Scenario, label: str, processes: int,
                        carrier_port: int | None = None) -> list[Gateway]:
@@ -827,6 +829,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=2, help="carrier transceiver sessions (2)")
     parser.add_argument("--window", type=int, default=500, help="window per session (500)")
     parser.add_argument("--batch", type=int, default=1000, help="XADD per pipeline (1,000)")
+    parser.add_argument("--events", choices=("all", "final", "off"), default="all",
+                        help="push.events: which state changes go to the events stream (all)")
     parser.add_argument("--push-batch-size", type=int, default=0,
                         help="push.batch_size in the gateway's config (default: the schema's)")
     parser.add_argument("--redis-config", action="append", default=[], metavar="'NAME VALUE'",
@@ -906,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {
             "gateway": "python -m gateway run (own process), one carrier, state tracking on",
             "sessions": args.sessions, "window": args.window, "tps_limit": args.tps_limit,
-            "push_batch_size": args.push_batch_size or "default", "receipt_parts": args.receipt_parts,
+            "push_batch_size": args.push_batch_size or "default", "events": args.events, "receipt_parts": args.receipt_parts,
             "redis": "redis-server, appendonly everysec, FLUSHALL per run",
             "simulator": "bench/run_simulator.py --no-record-texts --receipt-delay 0.1 --deliver-window 100",
             "load": f"this process, XADD pipelines of {args.batch}", "warmup": args.warmup,

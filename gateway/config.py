@@ -289,6 +289,7 @@ class PushConfig:
     quiet_hours: QuietHours = setting(default_factory=QuietHours, help="hours in which reminders are held")
     mo: MoConfig = setting(default_factory=MoConfig, help="citizens' messages to 12123")
     # Partitions: gateway/store/keys.py (crc32 of the id), docs/redis-schema.md.
+    events: str = setting("all", help="which notification state changes are appended to the events stream: all, final (delivered, undeliverable, unconfirmed, expired, failed, rejected: one XADD per notification instead of about four), off; the notification's hash keeps every <state>_at either way", choices=("all", "final", "off"))
     partitions: int = setting(1, help="partitions of the notification pipeline; more than 1 tags every pipeline key {pN} so that it spreads over a Redis Cluster (e.g. 16); changing it needs an empty pipeline (docs/redis-schema.md)", minimum=1, maximum=1024)
 
 

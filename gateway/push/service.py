@@ -120,7 +120,8 @@ class PushService(Service):
         self.ledger = NotificationLedger(redis, keys, config.retention_days * 86_400,
                                          events_maxlen=events_maxlen,
                                          signature=current_templates().signature,
-                                         receipt_timeout_seconds=config.receipt_timeout_seconds)
+                                         receipt_timeout_seconds=config.receipt_timeout_seconds,
+                                         events=config.events)
         self.writer = OutcomeWriter(self.ledger, clock, backoff_initial_seconds=backoff_initial_seconds,
                                     backoff_max_seconds=backoff_max_seconds)
         self.router = PrefixRouter(links)

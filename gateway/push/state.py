@@ -255,6 +255,7 @@ class NotificationLedger:
         keys: the key schema.
         retention_seconds: EXPIRE of a notification (and of its message-id index).
         events_maxlen: approximate cap of the events stream.
+        events: push.events: which state changes become events (all, final, off).
         signature: stripped from texts handed to voice.
         early_receipt_ttl_seconds: how long a receipt waits for its submit response.
         receipt_timeout_seconds: how long a submit waits for its receipt before it is
@@ -262,7 +263,7 @@ class NotificationLedger:
     """
 
     def __init__(self, redis: Any, keys: Keys, retention_seconds: float, *,
-                 events_maxlen: int = 1_000_000, signature: str = DEFAULT_SIGNATURE,
+                 events_maxlen: int = 1_000_000, signature: str = DEFAULT_SIGNATURE, events: str = "all",
                  early_receipt_ttl_seconds: float = 86_400.0, receipt_timeout_seconds: float = 172_800.0,
                  on_partner_final: Any = None) -> None:
         self.redis = redis
@@ -279,8 +280,10 @@ class NotificationLedger:
             part.early_receipts_parked, part.awaiting_receipt,
         ] for part in keys.all_partitions]
         self._claim_rotation = 0
+        if events not in ("all", "final", "off"):
+            raise ValueError(f"events must be all, final or off, not {events!r}")
         self._header = [str(self.retention_seconds), str(events_maxlen), signature,
-                        str(int(max(0, receipt_timeout_seconds)))]
+                        str(int(max(0, receipt_timeout_seconds))), events]
         # The header as the middle of a JSON array: "a","b",...,"z".
         self._header_json = _dumps(self._header)[1:-1]
         def register(name: str) -> Any:

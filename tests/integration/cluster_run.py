@@ -85,6 +85,13 @@ class ClusterRun:
         self.sigkills = 0
 
     async def __aenter__(self) -> ClusterRun:
+        try:
+            return await self._start()
+        except BaseException:
+            await self.__aexit__(None, None, None)  # nothing left running after a failed start
+            raise
+
+    async def _start(self) -> ClusterRun:
         self.directory.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.cluster.start)
         options = dataclasses.replace(self.simulator_options, port=0, credentials={"gwcmcc": "cmcc-pw"})
@@ -105,7 +112,7 @@ class ClusterRun:
                     daemon.kill()
         if self.client is not None:
             await self.client.aclose()
-        if self.simulator is not None:
+        if self.simulator is not None and self.simulator.running:
             await wait_deferred(self.simulator.stopService())
         await asyncio.to_thread(self.cluster.stop)
 

@@ -181,7 +181,8 @@ async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, n
                    daily_cap_bulk: int = 3, max_attempts: int = 3, max_in_flight: int = 2000,
                    batch_size: int = 200, retention_seconds: float = 86_400.0,
                    max_link_losses: int = 20,
-                   receipt_timeout_seconds: float = 172_800.0, partitions: int = 1) -> AsyncIterator[Pipeline]:
+                   receipt_timeout_seconds: float = 172_800.0, partitions: int = 1,
+                   events: str = "all") -> AsyncIterator[Pipeline]:
     redis = connect(redis_url)
     keys = Keys(partitions=int(os.environ.get("GATEWAY_TEST_PARTITIONS", partitions)))
     clock = ManualClock(now)
@@ -190,7 +191,8 @@ async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, n
         ScriptedLink("cmcc", ("134", "135", "136", "137", "138", "139")),
         ScriptedLink("cucc", ("130", "131", "132")),
     ]
-    ledger = NotificationLedger(redis, keys, retention_seconds, receipt_timeout_seconds=receipt_timeout_seconds)
+    ledger = NotificationLedger(redis, keys, retention_seconds, receipt_timeout_seconds=receipt_timeout_seconds,
+                                events=events)
     writer = OutcomeWriter(ledger, clock)
     intake = Intake(ledger, lambda: templates, POLICY, clock, daily_cap_bulk=daily_cap_bulk)
     dispatcher = Dispatcher(ledger, writer, PrefixRouter(links), clock, policy=POLICY,

@@ -98,3 +98,19 @@ async def test_receipt_and_its_submit_in_one_batch_is_applied(redis_url: str) ->
                              now=p.clock.now)
         assert await p.state("fast") == "delivered"
         assert await p.redis.exists(p.keys.early_receipt("cmcc", "m1")) == 0
+
+
+@on_asyncio
+async def test_events_final_appends_only_final_states_and_off_none(redis_url: str) -> None:
+    """push.events final: one event per notification, at its final state (the hash still
+    records every state's time); off: no notification events at all."""
+    for mode, expected in (("final", ["notification.delivered"]), ("off", [])):
+        async with pipeline(redis_url, events=mode) as p:
+            await p.redis.flushall()
+            await p.accept(code(f"ev-{mode}"))
+            await p.dispatch_all()
+            [message_id] = (await p.ledger.raw(f"ev-{mode}"))["message_ids"].split()
+            await p.ledger.apply([op_receipt("cmcc", "DELIVRD", "000", [message_id.lower()])], now=p.clock.now)
+            raw = await p.ledger.raw(f"ev-{mode}")
+            assert raw["state"] == "delivered" and raw["queued_at"] and raw["submitted_at"]
+            assert [e["type"] for e in await p.events(f"ev-{mode}")] == expected

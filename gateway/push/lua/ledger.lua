@@ -16,8 +16,9 @@
 -- intake's and the writer's CPU with thousands of them per batch; json.dumps and
 -- cjson.decode do the same work in C).  Decoded, its elements are:
 --   1 now (Unix seconds, %.3f), 2 retention seconds, 3 events MAXLEN, 4 SMS signature,
---   5 receipt timeout seconds, 6 number of labelled keys L, 7..6+L their labels (KEYS
---   13..12+L in order); the script's own arguments from FIRST (7 + L) on.
+--   5 receipt timeout seconds, 6 events mode (push.events: all, final or off), 7 number of
+--   labelled keys L, 8..7+L their labels (KEYS 13..12+L in order); the script's own
+--   arguments from FIRST (8 + L) on.
 -- include: call_chunked.lua
 local ARGV = cjson.decode(ARGV[1])
 local NOW = ARGV[1]
@@ -26,15 +27,16 @@ local RETENTION = tonumber(ARGV[2])
 local MAXLEN = ARGV[3]
 local SIGNATURE = ARGV[4]
 local RECEIPT_TIMEOUT = tonumber(ARGV[5])
+local EVENTS_MODE = ARGV[6]
 local LANE = {high = KEYS[1], normal = KEYS[2], bulk = KEYS[3]}
 local SCHEDULED, INFLIGHT, DEAD, EVENTS = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local VOICE, PARTNER, SEQUENCE, EARLY_PARKED, AWAITING = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local DECLARED = {}
 do
-  local labelled = tonumber(ARGV[6])
-  for j = 1, labelled do DECLARED[ARGV[6 + j]] = KEYS[12 + j] end
+  local labelled = tonumber(ARGV[7])
+  for j = 1, labelled do DECLARED[ARGV[7 + j]] = KEYS[12 + j] end
 end
-local FIRST = 7 + tonumber(ARGV[6])
+local FIRST = 8 + tonumber(ARGV[7])
 
 -- The declared key with this label; a missing one is a bug in the caller.
 local function declared(label)
@@ -90,7 +92,10 @@ local function lane_push(lane, id)
   seq_next = seq_next + 1
 end
 
+-- push.events: 'all' appends every state change, 'final' only final states (the hash
+-- keeps every <state>_at either way), 'off' none.
 local function emit(id, kind, ev)
+  if EVENTS_MODE ~= 'all' and (EVENTS_MODE == 'off' or not FINAL[kind]) then return end
   local args = {'XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'type', 'notification.' .. kind, 'id', id, 'at', NOW}
   for i = 1, #ev do args[#args + 1] = ev[i] end
   redis.call(unpack(args))
