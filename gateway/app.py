@@ -189,7 +189,11 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
 
         push = PushService(redis, keys, config.push, TemplateCatalogue(config.resolve(config.push.templates_file)),
                            list(root.carrier_links.values()), reactor, drain_timeout_seconds=drain,
-                           lease_seconds=config.push.lease_seconds)
+                           lease_seconds=config.push.lease_seconds,
+                           # Outcomes Redis refused until the stop, recorded at the next start.
+                           unrecorded_outcomes_file=config.resolve(config.state_dir) / "push-unrecorded-outcomes.json",
+                           redis_scope=" ".join((config.redis.url, config.redis.prefix,
+                                                 config.redis.data_dir if config.redis.url == "embedded" else "")))
         push.setServiceParent(root)
         # Not ready while submit outcomes wait for Redis to take them (issue 12 item 1).
         root.readiness_checks["outcome_writes"] = lambda: not push.writer.failing

@@ -29,9 +29,11 @@ Whatever is still in flight then keeps its lease and is recovered after restart.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -101,7 +103,8 @@ class PushService(Service):
                  lease_seconds: float = 30.0, drain_timeout_seconds: float = 10.0,
                  events_maxlen: int = 1_000_000, tick_seconds: float = 0.25,
                  idle_poll_seconds: float = 0.05, block_ms: int = 1000,
-                 backoff_initial_seconds: float = 0.1, backoff_max_seconds: float = 5.0) -> None:
+                 backoff_initial_seconds: float = 0.1, backoff_max_seconds: float = 5.0,
+                 unrecorded_outcomes_file: str | os.PathLike[str] | None = None, redis_scope: str = "") -> None:
         if callable(redis) and not hasattr(redis, "execute_command"):
             redis = _LazyRedis(redis)
         self.redis = redis
@@ -153,6 +156,11 @@ class PushService(Service):
         self.ledger.on_partner_final = self.partners.on_partner_final
         self.lease_seconds = lease_seconds
         self.drain_timeout_seconds = drain_timeout_seconds
+        # Outcomes Redis still refused when the service stopped: written here, recorded at
+        # the next start (`_hand_over` / `_take_over`).  `redis_scope` names the Redis
+        # (URL and key prefix) they belong to, so another one never gets them.
+        self.unrecorded_outcomes_file = Path(unrecorded_outcomes_file) if unrecorded_outcomes_file else None
+        self.redis_scope = redis_scope
         self.tick_seconds = tick_seconds
         self.idle_poll_seconds = idle_poll_seconds
         self.block_ms = block_ms
@@ -199,6 +207,7 @@ class PushService(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._take_over()
         self._running = True
         self._sleepers = []
         self._loops = [
@@ -223,12 +232,66 @@ class PushService(Service):
         for sleeper in self._sleepers:
             sleeper.wake()
         self.dispatcher.waker.wake()
-        await self._bounded(self.dispatcher.idle(), "in-flight submits")
-        await self._bounded(self.writer.flushed(), "outcome writes")
+        # One bound for both waits: the app stops this service within drain + 1 s, and
+        # the hand-over below must happen before that.
+        await self._bounded(self._drained(), "in-flight submits and outcome writes")
+        self._hand_over()
         await self._bounded(wait_deferred(DeferredList(self._loops, consumeErrors=True)), "push loops")
         if self.dispatcher.in_flight:
             log.warn("push stopped with {count} submits in flight; they are recovered after their lease",
                      count=self.dispatcher.in_flight)
+
+    async def _drained(self) -> None:
+        await self.dispatcher.idle()
+        await self.writer.flushed()
+
+    def _hand_over(self) -> None:
+        """Write the outcomes Redis still refuses to `unrecorded_outcomes_file`.
+
+        Those submits went out; left to their leases they would be recovered and sent
+        again (counted as possible duplicates).  The next start records them first,
+        before it claims anything: no copy, if it starts on the same file; a lease that
+        ran out meanwhile costs nothing either (an outcome for a queued notification
+        still records the submit: outcomes.lua).
+        """
+        ops = self.writer.unrecorded()
+        if not ops or self.unrecorded_outcomes_file is None:
+            return
+        path = self.unrecorded_outcomes_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(json.dumps({"redis": self.redis_scope, "ops": ops}), encoding="utf-8")
+            os.replace(partial, path)  # whole or not at all
+        except OSError as e:
+            log.error("push stopped with {count} outcomes Redis refused; could not save them to {path} ({error}): "
+                      "they are recovered after their lease (possible duplicates)",
+                      count=len(ops), path=str(path), error=e.strerror)
+            return
+        log.warn("push stopped with {count} outcomes Redis refused; saved to {path}, recorded at the next start",
+                 count=len(ops), path=str(path))
+
+    def _take_over(self) -> None:
+        """Record what the last stop handed over (see `_hand_over`), before any claim."""
+        path = self.unrecorded_outcomes_file
+        if path is None or not path.exists():
+            return
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            ops = [list(op) for op in saved["ops"]]
+            scope = str(saved.get("redis", ""))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("push: cannot read the outcomes saved in {path} ({error}); left in place",
+                      path=str(path), error=type(e).__name__)
+            return
+        if scope != self.redis_scope:
+            log.error("push: {path} holds outcomes for another Redis ({scope}); left in place",
+                      path=str(path), scope=scope)
+            return
+        log.info("push: recording {count} outcomes saved at the last stop", count=len(ops))
+        recorded = DeferredList([self.writer.add(op) for op in ops], consumeErrors=True)
+        recorded.addCallback(lambda _: path.unlink(missing_ok=True))
+        recorded.addErrback(lambda f: log.failure("push: removing {path}", f, path=str(path)))
 
     async def _bounded(self, awaitable: Awaitable[Any], what: str) -> None:
         try:

@@ -875,6 +875,7 @@ class OutcomeWriter:
         self._flushing = False
         self._idle_waiters: list[Deferred[None]] = []
         self.refusals = RefusalLog("outcome writer", clock, _writer_log)
+        self._applying: list[tuple[Sequence[Any], Any, bool]] = []
 
     @property
     def failing(self) -> bool:
@@ -900,6 +901,13 @@ class OutcomeWriter:
             self._scheduled = True
             self.clock.callLater(0, self._start)
 
+    def unrecorded(self) -> list[list[Any]]:
+        """The submit outcomes not yet in Redis (keep=True), the batch being applied
+        included: what a stop hands over to the next start (`PushService`).  Applying
+        one twice is harmless: an outcome for a notification no longer submitting (or
+        queued after a lost lease) changes nothing (outcomes.lua)."""
+        return [list(op) for op, _, keep in [*self._applying, *self._pending] if keep]
+
     @property
     def pending(self) -> int:
         return len(self._pending)
@@ -921,6 +929,7 @@ class OutcomeWriter:
             while self._pending:
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
+                self._applying = batch
                 try:
                     await self.ledger.apply([op for op, _, _ in batch], now=self.clock.seconds())
                 except Exception as e:
@@ -948,6 +957,8 @@ class OutcomeWriter:
                     # 5 s of Redis taking writes again.
                     delay = min(delay * 2, self.backoff_max_seconds)
                     continue
+                finally:
+                    self._applying = []
                 delay = self.backoff_initial_seconds
                 self.refusals.succeeded()
                 for _, d, _ in batch:

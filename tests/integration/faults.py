@@ -623,7 +623,8 @@ class FaultRun:
         counts: dict[str, int] = {}
         for name, simulator in self.simulators.items():
             c = simulator.counters
-            for what in ("dropped_connections", "throttled", "unanswered", "receipts_skipped"):
+            for what in ("dropped_connections", "throttled", "unanswered", "receipts_skipped",
+                         "receipts_redelivered"):
                 value = getattr(c, what)
                 if value:
                     counts[f"{name}.{what}"] = value

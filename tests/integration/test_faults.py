@@ -110,6 +110,9 @@ async def test_redis_refuses_writes_for_20_seconds(tmp_path: Path) -> None:
     assert result.faults.get("readyz_503_polls", 0) >= 10, why  # ready only before the first refusal is seen
     assert result.faults.get("post_status") == 503 and result.faults.get("post_retry_after_seconds", 0) > 0, why
     assert result.faults.get("ready_again_after_ms", 10**6) < 10_000, why
+    # Receipts that came while Redis refused were answered ESME_RX_T_APPN (not acked) and
+    # the SMSC sent them again: every notification still ends delivered.
+    assert result.faults.get("cmcc.receipts_redelivered", 0) > 0, why
     # One line per 5 s for each writer and loop that met the refusal (outcome writer,
     # intake, dispatch, housekeeping, claim-stale, the link's receipts, MO, HTTP), not
     # one per batch: 342 before the fix.

@@ -102,3 +102,39 @@ async def test_redis_restart_loses_nothing(tmp_path: Path) -> None:
         await wait_deferred(service.stopService())
         await redis.aclose()
         server.stop()
+
+
+@on_asyncio
+async def test_outcomes_redis_refuses_until_the_stop_are_recorded_at_the_next_start(
+        redis_url: str, tmp_path: Path) -> None:
+    """Redis refuses writes (OOM) from before a submit's response until after the stop:
+    the stop saves the outcome to the hand-over file instead of leaving it to the lease,
+    and the next start records it first: the notification ends submitted and the second
+    service sends nothing again."""
+    from tests.store.test_refusals import OOM, refusing
+
+    redis = make_client(redis_url)
+    handed_over = tmp_path / "push-unrecorded-outcomes.json"
+    first_link = ScriptedLink("cmcc", ("138",), script=["hold"])
+    service = start(redis, [first_link], unrecorded_outcomes_file=handed_over, redis_scope="test")
+    service.drain_timeout_seconds = 1.0
+    await redis.set("filler", "x" * 10_000)
+    await xadd(redis, "handover-1")
+    await wait_deferred(first_link.when_held())
+    with refusing(redis_url, *OOM):
+        _, held = first_link.held.pop()
+        held.callback(SubmitAccepted("cmcc", ("ab01",)))
+        await wait_deferred(service.stopService())
+        assert handed_over.exists(), "the stop did not hand the refused outcome over"
+        assert await redis.hget(Keys().notification("handover-1"), "state") == "submitting"
+    second_link = ScriptedLink("cmcc", ("138",))
+    second = start(redis, [second_link], unrecorded_outcomes_file=handed_over, redis_scope="test")
+    try:
+        assert await EventWaiter(redis, Keys()).wait_for("handover-1", {"submitted"}) == "submitted"
+        assert await redis.hget(Keys().notification("handover-1"), "message_ids") == "ab01"
+        await second.writer.flushed()
+        assert not handed_over.exists()
+        assert second_link.submitted == []
+    finally:
+        await wait_deferred(second.stopService())
+        await redis.aclose()
