@@ -447,3 +447,17 @@ async def test_a_call_cut_by_the_end_of_the_voice_drain_is_interrupted_by_shutdo
     state = await h.state("n31")
     assert (state["state"], state["error"], state["call_outcome"]) == (
         "failed", "interrupted_by_shutdown", "interrupted_by_shutdown")
+
+
+@on_asyncio
+async def test_busy_is_recognised_when_the_hangup_comes_after_the_originate_response(harness_factory):
+    """OriginateResponse Failure (Reason 0) first, the Hangup (Cause 17) 0.3 s later: the
+    gateway waits for the cause instead of recording failed."""
+    h = harness_factory()
+    h.server.script(NUMBER, Outcome.BUSY, hangup_after_response=True)
+    await h.start()
+    finished = h.reminders.when_finished("n32")
+    await h.request("n32")
+    assert await wait(finished) == "busy"
+    call = await h.redis.hgetall(h.keys.call("rem-n32-1"))
+    assert (call["reason"], call["cause"]) == ("0", "17")

@@ -94,6 +94,9 @@ class NumberScript:
     drop_before_response: bool = False  # read the Originate, close the session, place the call anyway
     hold: str = ""  # "ringing" or "answered": stop there until AmiServer.proceed(number)
     heard_signal: str = "userevent"  # userevent, varset or both
+    # The OriginateResponse goes out directly, the Hangup through Stasis: on a busy
+    # Asterisk the Hangup can come second (unanswered outcomes only).
+    hangup_after_response: bool = False
 
 
 @dataclass
@@ -309,6 +312,10 @@ class AmiServer(Factory):
             Outcome.BUSY_SIGNAL: ("0", "Unknown", "5"),
             Outcome.RING_TIMEOUT: ("19", "User alerting, no answer", "3"),
         }[outcome]
+        if channel.script.hangup_after_response:
+            self._originate_response(channel, success=False, reason=reason)
+            self.clock.callLater(0.3, self._hangup, channel, cause, text)
+            return
         self._hangup(channel, cause, text)
         self._originate_response(channel, success=False, reason=reason)
 
