@@ -141,10 +141,10 @@ def account_metrics(http_port: int) -> dict[str, float]:
         text = response.read().decode()
     out = {"slots_spent": 0.0, "slots_dropped": 0.0, "reservations": 0.0}
     for line in text.splitlines():
-        if line.startswith("gateway_account_slots_total{"):
+        if line.startswith("gateway12123_account_slots_total{"):
             key = "slots_spent" if 'outcome="spent"' in line else "slots_dropped"
             out[key] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("gateway_account_reservations_total{"):
+        elif line.startswith("gateway12123_account_reservations_total{"):
             out["reservations"] += float(line.rsplit(" ", 1)[1])
     return out
 

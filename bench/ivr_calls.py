@@ -41,7 +41,7 @@ command line arrives.  So there are three samples per call: after "1" the server
 HGETALL with HGET, the counters' DECRs in one pipeline),
 after "#" none.  It is measured on the client side, so it includes both event loops and
 the sockets: what Asterisk would wait.  For comparison
-the report also gives the server's own ``gateway_agi_step_seconds`` histogram (every
+the report also gives the server's own ``gateway12123_agi_step_seconds`` histogram (every
 reply to the next command, taken inside the server) as the upper bound of the bucket
 holding its p99.
 
@@ -206,13 +206,13 @@ def start_server(workdir: Path, redis_max_connections: int | None = None) -> tup
 
 
 def step_p99_le_ms(before: str, after: str) -> float:
-    """Upper bound (ms) of the gateway_agi_step_seconds bucket holding the p99 of the
+    """Upper bound (ms) of the gateway12123_agi_step_seconds bucket holding the p99 of the
     observations made between two /metrics scrapes; inf above the last bucket."""
     from prometheus_client.parser import text_string_to_metric_families
 
     def buckets(text: str) -> dict[float, float]:
         for family in text_string_to_metric_families(text):
-            if family.name == "gateway_agi_step_seconds":
+            if family.name == "gateway12123_agi_step_seconds":
                 return {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("_bucket")}
         return {}
 

@@ -6,7 +6,7 @@ accepts the TCP connection (the kernel already did) and closes it at once with
 `ClosedAtOnce`, optionally after a short farewell (HTTP's 503).  Closing in
 ``buildProtocol`` by returning None would be Twisted's other way, but a TLS wrapping
 factory wraps the None and fails.  `RefusalLog` counts refusals in
-``gateway_connections_refused_total{server,reason}`` and warns at most once per
+``gateway12123_connections_refused_total{server,reason}`` and warns at most once per
 ``interval_seconds`` with the count: a flood of connections must not become a flood of
 log lines.
 """

@@ -13,56 +13,56 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-binds_up = Gauge("gateway_smpp_binds_up", "SMPP sessions currently bound", ["carrier", "bind_type"], registry=REGISTRY)
-pdus = Counter("gateway_smpp_pdus_total", "SMPP PDUs by direction and command", ["direction", "command"], registry=REGISTRY)
-submit_responses = Counter("gateway_smpp_submit_responses_total", "submit_sm_resp by carrier and command_status", ["carrier", "status"], registry=REGISTRY)
-receipts = Counter("gateway_receipts_total", "Delivery receipts by carrier and state", ["carrier", "state"], registry=REGISTRY)
-notifications = Counter("gateway_notifications_total", "Notification state transitions", ["state"], registry=REGISTRY)
-queue_depth = Gauge("gateway_queue_depth", "Notifications waiting, by lane", ["lane"], registry=REGISTRY)
-mo_messages = Counter("gateway_mo_messages_total", "Citizens' messages to 12123 by keyword", ["keyword"], registry=REGISTRY)
-agi_calls = Counter("gateway_agi_calls_total", "FastAGI calls by outcome", ["outcome"], registry=REGISTRY)
-agi_missing_prompts = Counter("gateway_agi_missing_prompts_total",
+binds_up = Gauge("gateway12123_smpp_sessions_bound", "SMPP sessions currently bound", ["carrier", "bind_type"], registry=REGISTRY)
+pdus = Counter("gateway12123_smpp_pdus_total", "SMPP PDUs by direction and command", ["direction", "command"], registry=REGISTRY)
+submit_responses = Counter("gateway12123_smpp_submit_responses_total", "submit_sm_resp by carrier and command_status", ["carrier", "status"], registry=REGISTRY)
+receipts = Counter("gateway12123_receipts_total", "Delivery receipts by carrier and state", ["carrier", "state"], registry=REGISTRY)
+notifications = Counter("gateway12123_notifications_total", "Notification state transitions", ["state"], registry=REGISTRY)
+queue_depth = Gauge("gateway12123_queue_depth", "Notifications waiting, by lane", ["lane"], registry=REGISTRY)
+mo_messages = Counter("gateway12123_mo_messages_total", "Citizens' messages to 12123 by keyword", ["keyword"], registry=REGISTRY)
+agi_calls = Counter("gateway12123_agi_calls_total", "FastAGI calls by outcome", ["outcome"], registry=REGISTRY)
+agi_missing_prompts = Counter("gateway12123_agi_missing_prompts_total",
                               "STREAM FILE of a sound file Asterisk does not have (the menu went on)",
                               registry=REGISTRY)
-ami_originates = Counter("gateway_ami_originates_total", "Outbound reminder calls by outcome", ["outcome"], registry=REGISTRY)
+ami_originates = Counter("gateway12123_ami_originates_total", "Outbound reminder calls by outcome", ["outcome"], registry=REGISTRY)
 submit_latency = Histogram(
-    "gateway_submit_latency_seconds", "submit_sm to submit_sm_resp", ["carrier"],
+    "gateway12123_submit_latency_seconds", "submit_sm to submit_sm_resp", ["carrier"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
 )
 intake_to_submit_latency = Histogram(
-    "gateway_intake_to_submit_seconds", "accepted to first submit_sm on the wire",
+    "gateway12123_intake_to_submit_seconds", "accepted to first submit_sm on the wire",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300), registry=REGISTRY,
 )
 agi_step_latency = Histogram(
-    "gateway_agi_step_seconds", "caller input to the next AGI command",
+    "gateway12123_agi_step_seconds", "caller input to the next AGI command",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=REGISTRY,
 )
-redis_up = Gauge("gateway_redis_up", "1 when Redis answers", registry=REGISTRY)
-redis_writable = Gauge("gateway_redis_writable", "1 when Redis takes writes (a SET probe each second)",
+redis_up = Gauge("gateway12123_redis_up", "1 when Redis answers", registry=REGISTRY)
+redis_writable = Gauge("gateway12123_redis_writable", "1 when Redis takes writes (a SET probe each second)",
                        registry=REGISTRY)
 # Hostile and careless peers (issue 12): connections refused or dropped by a limit, and
 # voice identity checks held back by an attempt limit.
 connections_refused = Counter(
-    "gateway_connections_refused_total", "connections refused or dropped by a limit, by server and reason",
+    "gateway12123_connections_refused_total", "connections refused or dropped by a limit, by server and reason",
     ["server", "reason"], registry=REGISTRY,
 )
 ivr_identity_limited = Counter(
-    "gateway_ivr_identity_limited_total", "voice identity checks held by an attempt limit, by limit",
+    "gateway12123_ivr_identity_limited_total", "voice identity checks held by an attempt limit, by limit",
     ["limit"], registry=REGISTRY,
 )
 ivr_enumeration_suspected = Counter(
-    "gateway_ivr_enumeration_suspected_total",
+    "gateway12123_ivr_enumeration_suspected_total",
     "failed voice identity checks counted while the global failure rate looked like enumeration",
     registry=REGISTRY,
 )
 # Fleet-wide carrier limits (docs/fleet.md): send slots of an account's TPS reserved in
 # Redis, spent or dropped unspent (late), and the reservation calls that got them.
 account_slots = Counter(
-    "gateway_account_slots_total", "send slots of a carrier account reserved in Redis, by outcome (spent, dropped)",
+    "gateway12123_account_slots_total", "send slots of a carrier account reserved in Redis, by outcome (spent, dropped)",
     ["account", "outcome"], registry=REGISTRY,
 )
 account_reservations = Counter(
-    "gateway_account_reservations_total",
+    "gateway12123_account_reservations_total",
     "reservation calls for an account's send slots, by result (granted, none_free, failed)",
     ["account", "result"], registry=REGISTRY,
 )

@@ -16,7 +16,7 @@ them in different slots), each a fixed window started by its first failure
   number: 60 spoofed numbers get 10 answers, not 60.  Someone who knows the booking
   number can lock it for the day; the owner is then told the way forward.
 * **global**, failures a minute: above ``ivr.enumeration_failures_per_minute`` (60) the
-  rate looks like enumeration: ``gateway_ivr_enumeration_suspected_total`` counts every
+  rate looks like enumeration: ``gateway12123_ivr_enumeration_suspected_total`` counts every
   failure meanwhile, a warning is logged at most once a minute, and a caller number
   that already failed this hour gets no further check (one guess per spoofed number).
 * **per caller number**, ``ivr.attempts_per_caller_per_hour`` (20) an hour over all

@@ -11,7 +11,7 @@ script.  A call keeps the `MenuBook` it started with: `FastAgiService.reload` (S
 swaps the book for calls that start afterwards.
 
 However a call ends (the flow finished, the caller hung up at any point, Asterisk broke
-the protocol, the socket closed), it is recorded once: ``gateway_agi_calls_total`` by
+the protocol, the socket closed), it is recorded once: ``gateway12123_agi_calls_total`` by
 outcome and an ``ivr.call`` event on the events stream with the masked caller, the
 outcome and the path of nodes taken.
 
@@ -120,7 +120,7 @@ class FastAgiProtocol(Protocol):
         self._action_running = False
         self._recorded = False
         self._started_at = 0.0
-        self._reply_at: float | None = None  # for gateway_agi_step_seconds
+        self._reply_at: float | None = None  # for gateway12123_agi_step_seconds
         self.done: Deferred[CallRecord | None] = Deferred()
 
     # -- Twisted ----------------------------------------------------------------------

@@ -105,28 +105,28 @@ FINAL_STATES = frozenset({"delivered", "undeliverable", "unconfirmed", "expired"
 PRIVATE_FIELDS = frozenset({"to", "text", "params"})
 
 possible_duplicates = Counter(
-    "gateway_push_possible_duplicates_total",
+    "gateway12123_push_possible_duplicates_total",
     "Submits retried after their response was lost (the citizen may get the message twice)",
     registry=metrics.REGISTRY,
 )
 
 _script_counters = {
     "receipt_early": Counter(
-        "gateway_push_receipts_early_total",
+        "gateway12123_push_receipts_early_total",
         "Receipts that arrived before their submit response was recorded (parked)",
         registry=metrics.REGISTRY),
     "receipt_early_applied": Counter(
-        "gateway_push_receipts_early_applied_total",
+        "gateway12123_push_receipts_early_applied_total",
         "Parked receipts applied when the submit response was recorded", registry=metrics.REGISTRY),
     "claim_replayed": Counter(
-        "gateway_push_claims_replayed_total",
+        "gateway12123_push_claims_replayed_total",
         "Claims sent again after their reply was lost, answered with the batch they took",
         registry=metrics.REGISTRY),
     "receipt_late": Counter(
-        "gateway_push_receipts_ignored_total",
+        "gateway12123_push_receipts_ignored_total",
         "Receipts for notifications already final or gone (duplicates)", registry=metrics.REGISTRY),
     "voice_requested": Counter(
-        "gateway_push_voice_handoffs_total", "Notifications handed to the voice channel",
+        "gateway12123_push_voice_handoffs_total", "Notifications handed to the voice channel",
         registry=metrics.REGISTRY),
     "possible_duplicate": possible_duplicates,
 }

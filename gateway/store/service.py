@@ -4,7 +4,7 @@ redis-py's asyncio client runs on the same loop as Twisted (the asyncio reactor)
 reconnects by itself on the next command; commands that fail while Redis is away raise
 `redis.exceptions.ConnectionError`, and every loop that uses Redis catches that, waits with
 backoff and carries on, so work waits rather than being dropped.  The probe (PING each
-second) drives `available`, /readyz and the `gateway_redis_up` gauge.
+second) drives `available`, /readyz and the `gateway12123_redis_up` gauge.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def test_missing_prompt_is_logged_and_the_menu_goes_on(gateway: Any, driver: Ami
     log = gateway.log_text()
     assert "no sound file 12123/welcome" in log
     code, metrics = gateway.get("/metrics")
-    assert code == 200 and re.search(r"^gateway_agi_missing_prompts_total [1-9]", metrics, re.M), metrics[:300]
+    assert code == 200 and re.search(r"^gateway12123_agi_missing_prompts_total [1-9]", metrics, re.M), metrics[:300]
 
 
 def test_gateway_down_fallback_uses_china_time(gateway: Any, driver: AmiDriver, asterisk: Any) -> None:

@@ -190,7 +190,7 @@ async def test_limiter_on_real_redis_holds_two_processes_to_the_account_rate(red
         assert all(spent)  # a loaded machine loses slots (late ones are dropped), never adds
         calls = sum(limiter.reservation_calls for limiter in limiters)
         assert calls < sum(spent) / 2  # slots come in batches, not one call per submit
-        granted = REGISTRY.get_sample_value("gateway_account_reservations_total",
+        granted = REGISTRY.get_sample_value("gateway12123_account_reservations_total",
                                             {"account": "cmcc-test", "result": "granted"})
         assert granted is not None and 0 < granted <= calls
 

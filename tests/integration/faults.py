@@ -875,7 +875,7 @@ async def scenario_fastagi_hangups(directory: Path, calls: int = 100, concurrenc
         assert run.daemon is not None
         summary = await load_sample(run.client, KEYS, today=from_unix(time.time()).date())
         port = int(run.daemon.config["ivr"]["fastagi"]["listen"].rsplit(":", 1)[1])
-        before = await _metric_total(run, "gateway_agi_calls_total")
+        before = await _metric_total(run, "gateway12123_agi_calls_total")
         started = time.monotonic()
         uniqueids: list[str] = []
         kept_socket: set[str] = set()
@@ -927,7 +927,7 @@ async def scenario_fastagi_hangups(directory: Path, calls: int = 100, concurrenc
         while (sockets := server_sockets(port)) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         result.open_server_sockets = sockets
-        result.metric_total_delta = await _metric_total(run, "gateway_agi_calls_total") - before
+        result.metric_total_delta = await _metric_total(run, "gateway12123_agi_calls_total") - before
 
         # A normal call afterwards: the booking status read back to its end.
         normal = await wait_deferred(place_call(run.reactor, port, "12123", callerid=SAMPLE_CALLER,
@@ -976,7 +976,7 @@ def violations(result: Tally | CallsTally) -> list[str]:
             (result.unfinished == 0, f"{result.unfinished} calls still open at the client"),
             (not result.unrecorded, f"{len(result.unrecorded)} calls never recorded"),
             (not result.recorded_twice, f"{len(result.recorded_twice)} calls recorded twice"),
-            (result.metric_total_delta == result.calls, "gateway_agi_calls_total does not count every call"),
+            (result.metric_total_delta == result.calls, "gateway12123_agi_calls_total does not count every call"),
             (not result.open_server_sockets, f"server sockets still open: {result.open_server_sockets}"),
             (not result.log.errors, f"{len(result.log.errors)} errors logged"),
             (result.normal_call_outcome == "completed" and result.normal_call_heard_goodbye,

@@ -149,14 +149,14 @@ async def test_two_part_chinese_message_is_delivered_whole(redis_url: str) -> No
 @on_asyncio
 async def test_receipt_before_submit_response_over_smpp(redis_url: str) -> None:
     """The simulator sends the receipt before the submit_sm_resp; the notification still ends delivered."""
-    parked = metrics.REGISTRY.get_sample_value("gateway_push_receipts_early_total") or 0.0
+    parked = metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_early_total") or 0.0
     async with gateway(redis_url, receipt_before_response=True) as gw:
         for n in range(5):
             await gw.submit(f"early-{n}", "mo_reply", f"1380013800{n}", LONG_REPLY)
         for n in range(5):
             assert await gw.wait_for(f"early-{n}", {"delivered", "undeliverable", "failed"}) == "delivered"
     # Every part's receipt came first and was parked, then applied with the message ids.
-    assert metrics.REGISTRY.get_sample_value("gateway_push_receipts_early_total") == parked + 10
+    assert metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_early_total") == parked + 10
 
 
 @on_asyncio

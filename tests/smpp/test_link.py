@@ -247,12 +247,12 @@ def test_bound_session_lost_reconnects_and_rebinds() -> None:
 
 
 def test_binds_up_gauge_follows_the_sessions() -> None:
-    """gateway_smpp_binds_up counts bound sessions per carrier and bind type."""
+    """gateway12123_smpp_sessions_bound counts bound sessions per carrier and bind type."""
 
     def gauge() -> float:
         return (
             metrics.REGISTRY.get_sample_value(
-                "gateway_smpp_binds_up", {"carrier": "gauge-test", "bind_type": "transceiver"}
+                "gateway12123_smpp_sessions_bound", {"carrier": "gauge-test", "bind_type": "transceiver"}
             )
             or 0.0
         )
@@ -514,7 +514,7 @@ def test_submit_latency_and_response_status_are_measured() -> None:
     def responses(status: str) -> float:
         return (
             metrics.REGISTRY.get_sample_value(
-                "gateway_smpp_submit_responses_total", {"carrier": "metric-test", "status": status}
+                "gateway12123_smpp_submit_responses_total", {"carrier": "metric-test", "status": status}
             )
             or 0.0
         )
@@ -527,7 +527,7 @@ def test_submit_latency_and_response_status_are_measured() -> None:
     assert result_of(d).value.status == "ESME_RINVDSTADR"
     assert responses("ESME_RINVDSTADR") == 1
     count = metrics.REGISTRY.get_sample_value(
-        "gateway_submit_latency_seconds_count", {"carrier": "metric-test"}
+        "gateway12123_submit_latency_seconds_count", {"carrier": "metric-test"}
     )
     assert count == 1
 

@@ -208,13 +208,13 @@ def test_absurd_command_length_closes_the_connection() -> None:
 
 def sample(direction: str, command: str) -> float:
     value = metrics.REGISTRY.get_sample_value(
-        "gateway_smpp_pdus_total", {"direction": direction, "command": command}
+        "gateway12123_smpp_pdus_total", {"direction": direction, "command": command}
     )
     return value or 0.0
 
 
 def test_pdus_are_counted_by_direction_and_command() -> None:
-    """gateway_smpp_pdus_total counts PDUs written and read, by command name."""
+    """gateway12123_smpp_pdus_total counts PDUs written and read, by command name."""
     clock, transport = Clock(), StringTransport()
     protocol, _ = connect_bound_esme(clock, transport)
     before_out, before_in = sample("out", "enquire_link_resp"), sample("in", "enquire_link")
