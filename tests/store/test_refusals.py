@@ -150,3 +150,36 @@ async def test_outcomes_redis_refuses_are_kept_until_it_takes_them(redis_url: st
         raw = await p.ledger.raw("kept")
         assert raw["state"] == "submitted" and raw["message_ids"].lower() == "cmcc00000001"
         assert sms.reference == "kept"
+
+
+@pytest.mark.parametrize("reply", [
+    "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+    "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+    "NOREPLICAS Not enough good replicas to write.",
+    "Error running script (call to f_0123): @user_script:7: @user_script: 7: -MISCONF Errors writing to the AOF file",
+    "READONLY You can't write against a read only replica. script: 0123, on @user_script:9.",
+])
+def test_replies_that_cannot_be_provoked_cheaply_are_refusals(reply: str) -> None:
+    """MISCONF and BUSY as Redis 6.2 and 7 word them, bare or inside a script's error."""
+    assert is_write_refusal(ResponseError(reply)), reply
+
+
+@on_asyncio
+async def test_an_mo_redis_refuses_is_not_acknowledged(redis_url: str) -> None:
+    """Checkpoint, then acknowledge: an MO whose XADD Redis refuses (OOM) fails its
+    Deferred, so the link answers ESME_RX_T_APPN and the SMSC delivers it again; once
+    Redis takes writes, the same MO is recorded."""
+    from gateway.ports import MobileOriginated
+    from gateway.privacy import PhoneNumber
+    from gateway.push.mo import MoRecorder
+    from gateway.store.keys import Keys
+
+    async with client(redis_url) as redis:
+        recorder = MoRecorder(redis, Keys(), lambda: 1_796_000_000.0)
+        message = MobileOriginated("cmcc", PhoneNumber("13800138000"), "12123", "CX")
+        with refusing(redis_url, *OOM):
+            outcome = await wait_deferred(recorder.record_mo(message).addCallbacks(lambda _: None, lambda f: f.value))
+        assert outcome is not None and refusal_code(outcome) == "OOM", outcome
+        assert await redis.xlen(Keys().mo_stream) == 0
+        await wait_deferred(recorder.record_mo(message))
+        assert await redis.xlen(Keys().mo_stream) == 1
