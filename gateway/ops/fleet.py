@@ -202,9 +202,11 @@ class FleetReporter(Service):
         for name, link in self.links.items():
             config = link.config
             rates = self._rates.get(name, {})
+            state = link_state(link)
+            reason = "" if link.sessions_bound() else (link.problem or "")
             carriers[name] = {
-                "state": link_state(link),
-                "reason": "" if link.sessions_bound() else (link.problem or ""),
+                "state": state,
+                "reason": "stopped by an operator" if state == "stopped" else reason,
                 "since": round(link.state_since, 3),
                 "sessions_bound": link.sessions_bound() if link.running else 0,
                 "sessions_configured": config.sessions,

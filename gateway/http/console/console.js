@@ -112,28 +112,43 @@ async function refreshOverview() {
   else if (warn.length) setBanner("warn", warn.map(([n, c]) => `${n} ${STATE_WORDS[c.state]}`).join(" · "));
   else setBanner("ok", `All ${carriers.length} carriers bound · ${data.processes.length} process${data.processes.length === 1 ? "" : "es"}`);
 
+  // Rows are updated in place and a row's action buttons are rebuilt only when its state or
+  // control changes: a button must not vanish under the operator's pointer on a refresh.
   const body = $("carriers").tBodies[0];
-  body.replaceChildren(...carriers.map(([name, c]) => {
+  const seen = new Set();
+  for (const [name, c] of carriers) {
+    seen.add(name);
+    let row = body.querySelector(`tr[data-carrier="${CSS.escape(name)}"]`);
+    if (!row) {
+      row = el("tr", { "data-carrier": name }, ...Array.from({ length: 9 }, () => el("td")));
+      row.cells[0].append(el("b", {}, name));
+      row.cells[8].className = "op";
+      body.append(row);
+    }
     const used = c.tps_limit ? Math.min(100, 100 * c.submit_per_second / c.tps_limit) : 0;
-    const actions = el("td", { class: "op" });
-    if (c.control === "stopped") actions.append(button("Start", () => carrierAction(name, "start")));
-    else actions.append(button("Stop", () => carrierAction(name, "stop"), "danger"));
-    if (c.control === "isolated") actions.append(" ", button("Un-isolate", () => carrierAction(name, "start")));
-    else if (c.control !== "stopped") actions.append(" ", button("Isolate", () => carrierAction(name, "isolate")));
-    actions.append(" ", button("TPS…", () => changeTps(name, c)));
-    return el("tr", { "data-carrier": name },
-      el("td", {}, el("b", {}, name)),
-      el("td", {}, el("span", { class: "state " + c.state, "data-state": c.state }, STATE_WORDS[c.state] || c.state),
-        c.reason ? el("div", { class: "reason" }, c.reason) : ""),
-      el("td", {}, c.since ? localTime(c.since) : "", el("div", { class: "muted" }, c.since ? ago(c.since, now) : "")),
-      el("td", {}, `${c.sessions_bound} / ${c.sessions_configured}`),
-      el("td", {}, `${c.window_in_use} / ${c.window_size}`),
-      el("td", {}, el("span", { class: "bar" }, el("span", { style: `width:${used}%` })), ` ${c.submit_per_second} / ${c.tps_limit}`,
-        c.tps_override ? el("div", { class: "muted" }, "runtime TPS") : ""),
-      el("td", {}, String(c.receipts_per_second)),
-      el("td", {}, c.delivery_ratio_15min === null ? "—" : (100 * c.delivery_ratio_15min).toFixed(1) + " %"),
-      actions);
-  }));
+    row.cells[1].replaceChildren(el("span", { class: "state " + c.state, "data-state": c.state }, STATE_WORDS[c.state] || c.state),
+      c.reason ? el("div", { class: "reason" }, c.reason) : "");
+    row.cells[2].replaceChildren(c.since ? localTime(c.since) : "", el("div", { class: "muted" }, c.since ? ago(c.since, now) : ""));
+    row.cells[3].textContent = `${c.sessions_bound} / ${c.sessions_configured}`;
+    row.cells[4].textContent = `${c.window_in_use} / ${c.window_size}`;
+    row.cells[5].replaceChildren(el("span", { class: "bar" }, el("span", { style: `width:${used}%` })), ` ${c.submit_per_second} / ${c.tps_limit}`,
+      c.tps_override ? el("div", { class: "muted" }, "runtime TPS") : "");
+    row.cells[6].textContent = String(c.receipts_per_second);
+    row.cells[7].textContent = c.delivery_ratio_15min === null ? "—" : (100 * c.delivery_ratio_15min).toFixed(1) + " %";
+    const key = c.control + "/" + c.state;
+    if (row.dataset.actions !== key) {
+      row.dataset.actions = key;
+      const actions = [];
+      if (c.control === "stopped") actions.push(button("Start", () => carrierAction(name, "start")));
+      else actions.push(button("Stop", () => carrierAction(name, "stop"), "danger"));
+      if (c.control === "isolated") actions.push(" ", button("Un-isolate", () => carrierAction(name, "start")));
+      else if (c.control !== "stopped") actions.push(" ", button("Isolate", () => carrierAction(name, "isolate")));
+      actions.push(" ", button("TPS…", () => changeTps(name, row.dataset.tps)));
+      row.cells[8].replaceChildren(...actions);
+    }
+    row.dataset.tps = String(c.tps_limit);
+  }
+  for (const row of Array.from(body.rows)) if (!seen.has(row.dataset.carrier)) row.remove();
 
   const q = data.queues;
   const voice = Object.entries(data.voice.calls_in_progress).map(([t, n]) => `${n} on ${t}`).join(", ") || "0";
@@ -186,8 +201,8 @@ async function carrierAction(name, action) {
   catch (e) { setBanner("bad", e.message); }
 }
 
-async function changeTps(name, c) {
-  const answer = prompt(`New submit_sm per second for ${name} (each process; empty = the configured value). Now ${c.tps_limit}.`, "");
+async function changeTps(name, current) {
+  const answer = prompt(`New submit_sm per second for ${name} (each process; empty = the configured value). Now ${current}.`, "");
   if (answer === null) return;
   const tps = answer.trim() === "" ? null : Number(answer);
   if (!await confirmAction(`Set ${name} TPS to ${tps === null ? "the configured value" : tps}?`)) return;
