@@ -46,11 +46,12 @@ def _redis_cpu(ports: list[int]) -> float:
     return total
 
 
-async def one_row(processes: int, n: int, tps_limit: int, directory: Path) -> dict[str, Any]:
+async def one_row(processes: int, n: int, tps_limit: int, directory: Path, wait_replicas: int = 0) -> dict[str, Any]:
     from tests.integration.cluster_run import ClusterRun
     from tests.integration.faults import CMCC_PREFIXES, workload
 
-    async with ClusterRun(directory, gateways=processes, carrier={"tps_limit": tps_limit}) as run:
+    async with ClusterRun(directory, gateways=processes, carrier={"tps_limit": tps_limit},
+                          push={"intake_wait_replicas": wait_replicas}) as run:
         assert run.simulator is not None
         notifications = workload(f"b{processes}", n, CMCC_PREFIXES)
         ports = [node.port for node in run.cluster.nodes]
@@ -74,7 +75,7 @@ async def one_row(processes: int, n: int, tps_limit: int, directory: Path) -> di
             "peak_submits_per_second": max(rates["peak_submits_per_second"].values(), default=0),
             "tps_limit_per_process": tps_limit,
             "peak_binds_per_account": max(rates["peak_binds_by_system_id"].values(), default=0),
-            "lost": tally.lost, "duplicated": tally.duplicated,
+            "intake_wait_replicas": wait_replicas, "lost": tally.lost, "duplicated": tally.duplicated,
             "unexplained_duplicates": tally.unexplained_duplicates,
         }
 
@@ -83,7 +84,7 @@ async def main(args: argparse.Namespace) -> None:
     rows = []
     for processes in args.processes:
         with tempfile.TemporaryDirectory(prefix="bench-cluster-") as directory:
-            row = await one_row(processes, args.messages, args.tps_limit, Path(directory))
+            row = await one_row(processes, args.messages, args.tps_limit, Path(directory), args.intake_wait_replicas)
             print(f"cluster: {processes} process(es): {row['throughput_per_second']}/s, "
                   f"lost {row['lost']}", file=sys.stderr)
             rows.append(row)
@@ -110,6 +111,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processes", default="1,2,3", help="rows: gateway processes (1,2,3)")
     parser.add_argument("--tps-limit", type=int, default=5000,
                         help="carriers[].tps_limit of each process (5,000: not the limit)")
+    parser.add_argument("--intake-wait-replicas", type=int, default=0,
+                        help="push.intake_wait_replicas of the gateways (0: no WAIT)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 600 notifications per row")
     args = parser.parse_args(argv)
     args.processes = [int(p) for p in args.processes.split(",") if p]

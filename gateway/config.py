@@ -290,6 +290,7 @@ class PushConfig:
     mo: MoConfig = setting(default_factory=MoConfig, help="citizens' messages to 12123")
     # Partitions: gateway/store/keys.py (crc32 of the id), docs/redis-schema.md.
     events: str = setting("all", help="which notification state changes are appended to the events stream: all, final (delivered, undeliverable, unconfirmed, expired, failed, rejected: one XADD per notification instead of about four), off; the notification's hash keeps every <state>_at either way", choices=("all", "final", "off"))
+    intake_wait_replicas: int = setting(0, help="after recording a batch of intake, WAIT until this many replicas of each partition's Redis have it (at most 1 s, then a warning and go on): with 1, an accepted notification survives its master's failover; 0: do not wait", minimum=0, maximum=5)
     partitions: int = setting(1, help="partitions of the notification pipeline; more than 1 tags every pipeline key {pN} so that it spreads over a Redis Cluster (e.g. 16); changing it needs an empty pipeline (docs/redis-schema.md)", minimum=1, maximum=1024)
 
 

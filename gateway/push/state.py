@@ -110,6 +110,16 @@ possible_duplicates = Counter(
     registry=metrics.REGISTRY,
 )
 
+# WAIT for replicas at most this long: a few replication round trips on a LAN, short
+# enough that a replica being down slows intake by one second per batch, not for ever.
+WAIT_TIMEOUT_MS = 1000
+
+replication_short = Counter(
+    "gateway_push_intake_replication_short_total",
+    "Intake batches acknowledged although fewer replicas than push.intake_wait_replicas had them",
+    registry=metrics.REGISTRY,
+)
+
 _script_counters = {
     "receipt_early": Counter(
         "gateway12123_push_receipts_early_total",
@@ -256,6 +266,8 @@ class NotificationLedger:
         retention_seconds: EXPIRE of a notification (and of its message-id index).
         events_maxlen: approximate cap of the events stream.
         events: push.events: which state changes become events (all, final, off).
+        wait_replicas: push.intake_wait_replicas: replicas that must have an accepted
+            batch (WAIT) before `accept` returns.
         signature: stripped from texts handed to voice.
         early_receipt_ttl_seconds: how long a receipt waits for its submit response.
         receipt_timeout_seconds: how long a submit waits for its receipt before it is
@@ -264,6 +276,7 @@ class NotificationLedger:
 
     def __init__(self, redis: Any, keys: Keys, retention_seconds: float, *,
                  events_maxlen: int = 1_000_000, signature: str = DEFAULT_SIGNATURE, events: str = "all",
+                 wait_replicas: int = 0,
                  early_receipt_ttl_seconds: float = 86_400.0, receipt_timeout_seconds: float = 172_800.0,
                  on_partner_final: Any = None) -> None:
         self.redis = redis
@@ -272,6 +285,7 @@ class NotificationLedger:
         self.early_receipt_ttl_seconds = int(max(1, early_receipt_ttl_seconds))
         # Called with the ids of partner messages that reached a final state.
         self.on_partner_final = on_partner_final
+        self.wait_replicas = wait_replicas
         # KEYS[1..12] of every ledger script in partition k (ledger.lua names them).
         self._ledger_keys = [[
             part.lane("high"), part.lane("normal"), part.lane("bulk"),
@@ -409,7 +423,26 @@ class NotificationLedger:
                 outcomes[i] = outcome
         if ack_later:
             await self.ack_only(stream[0], stream[1], ack_later)
+        if self.wait_replicas:
+            await asyncio.gather(*(self._wait_replicated(partition) for partition in groups))
         return outcomes
+
+    async def _wait_replicated(self, partition: int) -> None:
+        """WAIT until `wait_replicas` replicas of the partition's master have what it
+        wrote so far; replication is asynchronous, so without it a failover right after
+        the acceptance can lose it.  Bounded by WAIT_TIMEOUT_MS: a replica that is down
+        must not stop intake (the loss is then what it would be without waiting)."""
+        key = self.keys.partition(partition).scheduled
+        node_of = getattr(self.redis, "get_node_from_key", None)
+        if node_of is not None:  # RedisCluster: the master that holds this partition
+            acked = await self.redis.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS,
+                                                     target_nodes=node_of(key))
+        else:
+            acked = await self.redis.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+        if int(acked) < self.wait_replicas:
+            replication_short.inc()
+            _writer_log.warn("intake: {acked} of {wanted} replicas had the batch after {ms} ms; accepted anyway",
+                             acked=int(acked), wanted=self.wait_replicas, ms=WAIT_TIMEOUT_MS)
 
     async def _accept_partition(self, partition: int, items: list[AcceptItem], now: float,
                                 stream: tuple[str, str]) -> list[AcceptOutcome]:

@@ -162,3 +162,20 @@ async def test_lost_leases_and_dead_letters_in_every_partition(target: str) -> N
         await p.accept(code("bad", to="1234"), code("bad2", to="99"))
         dead = [row["id"] for row in await list_dead_letters(p.redis, p.keys)]
         assert sorted(dead) == ["bad", "bad2"]
+
+
+@on_asyncio
+async def test_intake_waits_for_a_replica_when_asked(target: str) -> None:
+    """push.intake_wait_replicas 1: accepting WAITs for a replica of each partition's
+    master.  On the cluster (a replica per master) it has it; on a lone redis-server the
+    wait gives up after its bound, the batch is accepted anyway and the shortfall counted."""
+    from gateway.push.state import replication_short
+
+    async with pipeline(target, partitions=PARTITIONS) as p:
+        p.ledger.wait_replicas = 1
+        before = replication_short._value.get()
+        outcomes = await p.accept(code("w1"), code("w2", to="13912345678"))
+        assert [o.state for o in outcomes] == ["queued", "queued"]
+        partitions = len({p.keys.partition_of(i) for i in ("w1", "w2")})
+        expected = 0 if target.startswith("cluster:") else partitions
+        assert replication_short._value.get() - before == expected
