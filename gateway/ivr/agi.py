@@ -67,6 +67,7 @@ __all__ = [
     "SessionState",
     "answer",
     "caller_number",
+    "channel_status",
     "exec_",
     "get_data",
     "hangup",
@@ -391,6 +392,12 @@ def exec_(application: str, arguments: str = "") -> str:
 def verbose(message: str, level: int = 1) -> str:
     """VERBOSE: a line on the Asterisk console at `level` (1-4); always result=1."""
     return f"VERBOSE {quote(message)} {int(level)}"
+
+
+def channel_status() -> str:
+    """CHANNEL STATUS: the channel's state (6 = up).  Needs a live channel: 511 when it is
+    gone, so it tells a missing sound file from a hang-up (see menus.CallFlow)."""
+    return "CHANNEL STATUS"
 
 
 def hangup() -> str:

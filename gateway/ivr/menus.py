@@ -1066,6 +1066,9 @@ class CallFlow:
     and the next reply decides.  On a channel that is gone Asterisk answers every command
     that needs one with 511 (and writes HANGUP); a normal reply means the file was
     missing: `missing_prompts` gets its name and `on_missing_prompt` is called with it.
+    A prompt that must be heard (no escape digits: a reminder text) is judged at once with
+    CHANNEL STATUS; when it was missing, the call still goes on, but the nodes' ``set:``
+    markers (REMINDER_HEARD=1) are no longer set: what had to be heard was not.
     """
 
     def __init__(self, book: MenuBook, menu_name: str, *, service_hours: ServiceHours,
@@ -1091,6 +1094,7 @@ class CallFlow:
         self.missing_prompts: list[str] = []
         self._on_missing_prompt = on_missing_prompt
         self._suspect: str | None = None  # the file of a STREAM FILE answered -1, not yet judged
+        self.unheard = False  # a prompt that had to be heard was missing
 
     # -- driving ----------------------------------------------------------------------
 
@@ -1157,6 +1161,8 @@ class CallFlow:
             if len(self.path) < self._max_path:
                 self.path.append(node_id)
             for name, value in node.set:
+                if self.unheard:
+                    break  # markers such as REMINDER_HEARD=1 would claim what was not heard
                 self.variables[name] = value
                 yield from self._command(Control(agi.set_variable(name, value), node_id))
             match node:
@@ -1183,6 +1189,13 @@ class CallFlow:
             # A missing file or a caller gone: the next reply tells (see the class docstring).
             if suspect is not None:
                 self._missing(suspect)  # a second -1, not a 511: the channel is still there
+            if not step.interruptible:
+                # Must be heard: judge now, with a command that needs a live channel.
+                probe = yield Control(agi.channel_status(), step.node)
+                self._check(probe)
+                self.unheard = True
+                self._missing(self.book.clip_file(step.clip))
+                return reply  # type: ignore[no-any-return]
             self._suspect = self.book.clip_file(step.clip)
             return reply  # type: ignore[no-any-return]
         self._check(reply)

@@ -81,6 +81,20 @@ def test_logs_keep_gateway_identifiers_and_mask_numbers(gateway: Any, driver: Am
     assert CALLEES["cause17"] not in log
 
 
+def test_missing_reminder_prompt_is_not_heard(gateway: Any, driver: AmiDriver, asterisk: Any) -> None:
+    """A prompt of the reminder itself is missing: Asterisk answers -1, CHANNEL STATUS says
+    the citizen is still there; the call goes on, but the reminder is not recorded heard."""
+    intro = asterisk.sounds_dir / "12123" / "reminder_intro.wav"
+    hidden = intro.with_name("reminder_intro.hidden")
+    intro.rename(hidden)
+    try:
+        view = remind(gateway, "ring-missing-intro", "listener")
+    finally:
+        hidden.rename(intro)
+    assert view["state"] == "failed" and view["error"] == "not_heard", view
+    assert "no sound file 12123/reminder_intro" in gateway.log_text()
+
+
 def test_sigterm_during_a_reminder_call_lets_it_finish(gateway: Any, driver: AmiDriver) -> None:
     """SIGTERM while the notify AGI is reading a reminder out: the call goes on (voice drain,
     40 s in the ring) and ends heard and reported; then the gateway exits.  (Runs last in

@@ -510,3 +510,34 @@ def test_hangup_after_a_suspect_prompt_reports_nothing(book: MenuBook) -> None:
     finish = caller.run(flow)
     assert finish.outcome == "caller_hangup" and finish.path[0] == "greeting"
     assert reported == []
+
+
+def test_missing_reminder_text_is_not_recorded_heard(book: MenuBook) -> None:
+    """A prompt that must be heard (the reminder) answered -1 is judged at once with CHANNEL
+    STATUS: missing, the call goes on (offer to repeat, goodbye) but REMINDER_HEARD is not set."""
+    recorded: dict[str, str] = {}
+    reported: list[str] = []
+    caller = Caller(groups=[""], missing=frozenset({"reminder_generic"}), actions={
+        "load_reminder": lambda v: ActionResult("other"),
+        "record_reminder": lambda v: (recorded.update(v), ActionResult("recorded"))[1],
+    })
+    flow = CallFlow(book, "notify", service_hours=ServiceHours.parse("08:30-17:30"), agent_queue="q",
+                    variables={"notification_id": "n-3"}, on_missing_prompt=reported.append)
+    finish = caller.run(flow)
+    assert finish.outcome == "completed" and "bye" in finish.path
+    assert reported == ["12123/reminder_generic"] and flow.unheard
+    lines = caller.lines()
+    assert lines[lines.index('STREAM FILE 12123/reminder_generic ""') + 1] == "CHANNEL STATUS"
+    assert 'SET VARIABLE REMINDER_HEARD "1"' not in lines and "REMINDER_HEARD" not in recorded
+
+
+def test_hangup_during_a_reminder_is_told_by_the_channel_status_probe(book: MenuBook) -> None:
+    """-1 to the reminder, then 511 to CHANNEL STATUS: the caller hung up; nothing missing."""
+    reported: list[str] = []
+    caller = Caller(hang_up_on=lambda s: isinstance(s, Speak) and s.clip.name == "reminder_generic",
+                    actions={"load_reminder": lambda v: ActionResult("other"),
+                             "record_reminder": lambda v: ActionResult("recorded")})
+    flow = CallFlow(book, "notify", service_hours=ServiceHours.parse("08:30-17:30"), agent_queue="q",
+                    variables={"notification_id": "n-4"}, on_missing_prompt=reported.append)
+    finish = caller.run(flow)
+    assert finish.outcome == "caller_hangup" and reported == [] and not flow.unheard
