@@ -1636,7 +1636,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="system_id the simulator answers binds with")
     parser.add_argument("--account", action="append", type=_pair, default=[], metavar="SYSTEM_ID:PASSWORD",
                         help="accepted credentials (repeatable); none given: accept any bind")
-    parser.add_argument("--message-id-style", choices=("decimal", "hex", "uuid"), default=d.message_id_style)
+    parser.add_argument("--message-id-style", choices=("decimal", "hex", "uuid"), default=d.message_id_style,
+                        help="form of the message ids in submit_sm_resp")
     parser.add_argument("--message-id-start", type=int, default=None,
                         help="first message id number (default: from the clock, unique across restarts)")
     parser.add_argument("--hex-upper", action="store_true", help="upper-case hex message ids")
@@ -1652,30 +1653,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="submits accepted but never answered")
     parser.add_argument("--drop-after-pdus", type=int, default=0, metavar="N",
                         help="close each connection (no unbind) at its N-th PDU")
-    parser.add_argument("--receipt-delay", type=float, default=d.receipt_delay_seconds, metavar="SECONDS")
+    parser.add_argument("--receipt-delay", type=float, default=d.receipt_delay_seconds, metavar="SECONDS",
+                        help="delay between submit_sm_resp and the delivery receipt")
     parser.add_argument("--outcome", action="append", type=_weight, default=[], metavar="STAT=WEIGHT",
                         help="receipt outcome weights, e.g. DELIVRD=0.9 UNDELIV=0.1 (repeatable)")
     parser.add_argument("--outcome-for", action="append", type=lambda v: _pair(v, "="), default=[],
                         metavar="NUMBER=STAT", help="fixed receipt outcome for one number (repeatable)")
     parser.add_argument("--receipt-id-format", choices=("as_is", "hex_of_decimal", "decimal_of_hex"),
-                        default=d.receipt_id_format)
-    parser.add_argument("--receipt-before-response", action="store_true")
-    parser.add_argument("--duplicate-receipts", action="store_true")
-    parser.add_argument("--receipt-rate", type=float, default=d.receipt_rate, metavar="FRACTION")
+                        default=d.receipt_id_format,
+                        help="how the id in a receipt relates to the submit_sm_resp id (carrier quirks)")
+    parser.add_argument("--receipt-before-response", action="store_true",
+                        help="send the receipt before the submit_sm_resp (a race real SMSCs show)")
+    parser.add_argument("--duplicate-receipts", action="store_true",
+                        help="send every receipt twice")
+    parser.add_argument("--receipt-rate", type=float, default=d.receipt_rate, metavar="FRACTION",
+                        help="share of submits that get a receipt at all")
     parser.add_argument("--no-receipt-tlvs", dest="receipt_tlvs", action="store_false",
                         help="receipts with the text only (no receipted_message_id/message_state)")
-    parser.add_argument("--deliver-window", type=int, default=d.deliver_window)
+    parser.add_argument("--deliver-window", type=int, default=d.deliver_window,
+                        help="deliver_sm (receipts, MOs) outstanding at once per session")
     parser.add_argument("--no-record-texts", dest="record_texts", action="store_false",
                         help="keep counters only (benchmarks)")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help="random seed (outcomes, errors), for repeatable runs")
     parser.add_argument("--mo", action="append", type=_pair, default=[], metavar="SOURCE:TEXT",
                         help="a citizen's message to deliver once a receiver binds (repeatable)")
-    parser.add_argument("--mo-destination", default="12123")
+    parser.add_argument("--mo-destination", default="12123",
+                        help="destination_addr of the --mo messages")
     parser.add_argument("--outbind", type=_listen_address, default=None, metavar="HOST:PORT",
                         help="send outbind to the gateway's listener at HOST:PORT")
-    parser.add_argument("--outbind-system-id", default="SIMSMSC")
-    parser.add_argument("--outbind-password", default="")
-    parser.add_argument("--report-interval", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument("--outbind-system-id", default="SIMSMSC",
+                        help="system_id the --outbind sends")
+    parser.add_argument("--outbind-password", default="",
+                        help="password the --outbind sends")
+    parser.add_argument("--report-interval", type=float, default=5.0, metavar="SECONDS",
+                        help="how often the simulator prints its counters")
     parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                         help="stop after this long (default: until interrupted)")
 

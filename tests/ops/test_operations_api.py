@@ -150,6 +150,15 @@ def test_cancel_batch_counts_first_and_cancels_only_waiting(fleet: Fleet) -> Non
         assert all(state_of(fleet, i) == "queued" for i in ids)
         code, done = fleet.call("POST", f"/v1/batches/{batch}/cancel", {"confirm": True})
         assert code == 200 and done["cancelled"] == 3
+        # By type and time range: only the two still waiting (the batch is expired now).
+        now = time.time()
+        fleet.call("POST", "/v1/notifications", [code_request(to=f"1390013900{i}") for i in range(2)])
+        code, preview = fleet.call("POST", "/v1/cancel", {"type": "verification_code", "since": now - 60,
+                                                          "until": now + 60})
+        assert code == 200 and preview["waiting"] == 2, preview
+        code, done = fleet.call("POST", "/v1/cancel", {"type": "verification_code", "since": now - 60,
+                                                       "until": now + 60, "confirm": True})
+        assert code == 200 and done["cancelled"] == 2
     finally:
         set_carrier(fleet, "start", "bound")
     time.sleep(1.0)

@@ -262,6 +262,20 @@ async function cancelBatch() {
   } catch (e) { $("search-error").textContent = e.message; }
 }
 
+async function cancelByType(event) {
+  event.preventDefault();
+  // datetime-local is the browser's clock: operators' browsers run on Beijing time.
+  const body = { type: $("tc-type").value.trim(), since: new Date($("tc-since").value).getTime() / 1000,
+    until: new Date($("tc-until").value).getTime() / 1000 };
+  $("search-error").textContent = "";
+  try {
+    const preview = await api("POST", "/cancel", { ...body, confirm: false });
+    if (!await confirmAction(`Cancel ${preview.waiting} notifications of type ${body.type} still queued or scheduled, accepted between ${localTime(body.since, true)} and ${localTime(body.until, true)}?`)) return;
+    const done = await api("POST", "/cancel", { ...body, confirm: true });
+    $("search-error").textContent = `Cancelled ${done.cancelled}; ${done.not_waiting} were no longer waiting.`;
+  } catch (e) { $("search-error").textContent = e.message; }
+}
+
 // -- one notification ----------------------------------------------------------------------
 async function loadNotification(id) {
   $("n-title").textContent = id; $("n-text").hidden = true;
@@ -342,6 +356,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", runSearch);
   $("type-form").addEventListener("submit", pauseType);
   $("batch-cancel").addEventListener("click", cancelBatch);
+  $("type-cancel-form").addEventListener("submit", cancelByType);
   $("dead-form").addEventListener("submit", loadDead);
   $("fix-form").addEventListener("submit", submitFix);
   $("fix-cancel").addEventListener("click", () => { $("fix-form").hidden = true; });

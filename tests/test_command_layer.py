@@ -28,3 +28,23 @@ def test_no_part_imports_the_command_layer() -> None:
         if imported_modules(path) & COMMAND_LAYER:
             offenders.append(str(path.relative_to(GATEWAY.parent)))
     assert offenders == []
+
+
+def test_every_command_line_argument_has_help() -> None:
+    """`gateway <command> --help` explains every option and positional argument."""
+    import argparse
+
+    from gateway.cli import build_parser
+
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif action.help is None and not isinstance(action, argparse._HelpAction):
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(None), "gateway")
+    assert missing == []
