@@ -96,6 +96,11 @@ EARLY_SECONDS = 0.005
 # trip on a loaded host is well under 20 ms; the batch arrives before the last slot).
 REFILL_LEAD_SECONDS = 0.02
 MIN_BATCH = 2
+# After late slots were dropped the believed pace falls to the measured rate (not below
+# this fraction of tps_limit, so a stall does not shrink batches to nothing), and it
+# climbs back by this factor per reservation without drops (twice in about ten).
+MIN_PACE_FRACTION = 0.1
+PACE_RECOVERY = 1.07
 # Reservation calls that fail (Redis away, an error reply) are retried after this,
 # doubling up to the cap: the pipeline itself waits on Redis then.
 RETRY_INITIAL_SECONDS = 0.1
@@ -156,6 +161,10 @@ class SlotReservations:
         self._mark = now
         self._starved = False  # a take found nothing while a reservation was needed
         self._last_batch = 0
+        # The pace the process is believed to spend at (slots/s): its binds' limit until
+        # it drops late slots (a busy reactor, a full window), then what it measured.
+        self._pace = own_tps if own_tps is not None else 0.0
+        self._dropped_at_mark = 0
 
     @property
     def remaining(self) -> int:
@@ -223,7 +232,16 @@ class SlotReservations:
         if self._starved:
             wanted = max(wanted, 2 * self._last_batch)
             self._starved = False
-        pace = self.own_tps if self.own_tps is not None else rate
+        if self.own_tps is not None:
+            if self.dropped > self._dropped_at_mark and self._rate > 0:
+                # Late slots were dropped: it spends slower than believed; batch for that.
+                self._pace = min(self._pace, max(self._rate, MIN_PACE_FRACTION * self.own_tps))
+            else:
+                self._pace = min(self.own_tps, self._pace * PACE_RECOVERY)
+            self._dropped_at_mark = self.dropped
+            pace = self._pace
+        else:
+            pace = rate
         if 0 < pace < self.account_tps:
             # Spending slots 1/account_tps apart at `pace`, slot k is k * (1/pace -
             # 1/account_tps) late: stop where that reaches BATCH_LATENESS_SECONDS
