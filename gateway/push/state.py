@@ -115,7 +115,7 @@ possible_duplicates = Counter(
 WAIT_TIMEOUT_MS = 1000
 
 replication_short = Counter(
-    "gateway_push_intake_replication_short_total",
+    "gateway12123_push_intake_replication_short_total",
     "Intake batches acknowledged although fewer replicas than push.intake_wait_replicas had them",
     registry=metrics.REGISTRY,
 )
