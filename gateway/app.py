@@ -240,7 +240,11 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
     if config.ami.enabled:
         from gateway.ivr.reminders import build_voice_reminders
 
-        build_voice_reminders(config, redis, keys, reactor).setServiceParent(root)
+        voice = build_voice_reminders(config, redis, keys, reactor)
+        if config.ivr.fastagi.enabled:
+            # A reminder whose AGI the voice drain cut is the gateway's doing, not the citizen's.
+            voice.reminders.cut_by_shutdown = fastagi.cut_by_shutdown.__contains__
+        voice.setServiceParent(root)
 
 
 def _add_cancellation_repair(root: GatewayService, redis: Any, keys: Any, reactor: Any) -> None:

@@ -178,6 +178,8 @@ class FastAgiProtocol(Protocol):
     def cut_by_shutdown(self) -> None:
         """The voice drain ran out: drop the call, recorded as interrupted by shutdown."""
         self._cut_by_shutdown = True
+        if self._environment is not None:
+            self._service.cut_by_shutdown.add(self._environment.uniqueid)
         self.abort_connection()
 
     # -- events -----------------------------------------------------------------------
@@ -443,6 +445,9 @@ class FastAgiService(Service):
                                     synthesizer=synthesizer if synthesizer.available else None,
                                     rights=config.rights)
         self.active: set[FastAgiProtocol] = set()
+        # agi_uniqueid of the calls the voice drain cut (a reminder's is its ActionID): the
+        # reminder service records those as interrupted by shutdown, not as not heard.
+        self.cut_by_shutdown: set[str] = set()
         self.listening_port: IListeningPort | None = None
         self._drain_timeout = drain_timeout_seconds
 

@@ -334,6 +334,9 @@ class VoiceReminders(Service):
         self._reconciling = False
         self._scripts: dict[str, Any] = {}
         self._listening_for_logins = False
+        # Whether the FastAGI server's voice drain cut this channel's AGI (gateway/app.py
+        # wires FastAgiService.cut_by_shutdown here).
+        self.cut_by_shutdown: Callable[[str], bool] = lambda uniqueid: False
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -742,7 +745,8 @@ class VoiceReminders(Service):
             return
         cause = event.get("Cause") or ""
         if call.state is CallState.ANSWERED:
-            outcome = CallOutcome.INTERRUPTED if call.answered_while_stopping else CallOutcome.NOT_HEARD
+            ours = call.answered_while_stopping or self.cut_by_shutdown(call.uniqueid)
+            outcome = CallOutcome.INTERRUPTED if ours else CallOutcome.NOT_HEARD
             self._finish(call, outcome, cause=cause)
             return
         # Ended before an answer: the cause says why (busy, no answer, congestion) when it

@@ -114,3 +114,33 @@ def test_sigterm_during_a_reminder_call_lets_it_finish(gateway: Any, driver: Ami
     assert (record["outcome"], record["reported"]) == ("heard", "1"), record
     log = gateway.log_text()
     assert "waiting up to 40.0 s for 1 voice call(s) in progress" in log or "ended: completed" in log
+
+
+def test_sigterm_with_a_short_voice_drain_records_the_reminder_interrupted(start_gateway: Any,
+                                                                           driver: AmiDriver) -> None:
+    """The voice drain runs out while the reminder is read (its own gateway: drain 5 s, the
+    text takes about 12 s): the AGI is cut, Asterisk hangs up, and the call is recorded
+    interrupted_by_shutdown, not not_heard."""
+    import signal
+
+    gateway = start_gateway("Local/{number}@ring-callees", voice_drain_seconds=1)
+    start = driver.mark()
+    status, body = gateway.post("/v1/notifications", {
+        "id": "ring-cut", "type": "verification_code", "to": CALLEES["listener"],
+        "params": {"code": "123456", "minutes": "5"}, "channel": "voice"})
+    assert status == 202, body
+    driver.wait_event(lambda e: e.name == "AGIExecStart" and e.get("uniqueid") == "rem-ring-cut-1"
+                      and "STREAM FILE" in e.get("command"), start=start, timeout_seconds=30)
+    gateway.process.send_signal(signal.SIGTERM)
+    assert gateway.process.wait(60) == 0
+    record = call_record(gateway, "ring-cut")
+    assert record["outcome"] == "interrupted_by_shutdown", record
+    client = redis_client(gateway.config["redis"]["url"])
+    try:
+        events = [f for _, f in client.xrange(KEYS.events_stream)
+                  if f.get("type") == "ivr.call" and f.get("uniqueid") == "rem-ring-cut-1"]
+        notification = client.hgetall(KEYS.notification("ring-cut"))
+    finally:
+        client.close()
+    assert [e["outcome"] for e in events] == ["interrupted_by_shutdown"]
+    assert (notification.get("state"), notification.get("error")) == ("failed", "interrupted_by_shutdown")

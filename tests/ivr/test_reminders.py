@@ -461,3 +461,19 @@ async def test_busy_is_recognised_when_the_hangup_comes_after_the_originate_resp
     assert await wait(finished) == "busy"
     call = await h.redis.hgetall(h.keys.call("rem-n32-1"))
     assert (call["reason"], call["cause"]) == ("0", "17")
+
+
+@on_asyncio
+async def test_hangup_of_a_call_whose_agi_the_drain_cut_is_interrupted_not_unheard(harness_factory):
+    """The FastAGI server cut this call's AGI at shutdown (cut_by_shutdown, wired by app.py):
+    the Hangup that follows is the gateway's doing."""
+    h = harness_factory()
+    h.server.script(NUMBER, Outcome.ANSWER_NOT_HEARD, hold="answered")
+    await h.start()
+    h.reminders.cut_by_shutdown = lambda uniqueid: uniqueid == "rem-n33-1"
+    finished = h.reminders.when_finished("n33")
+    await h.request("n33")
+    while h.server.held() != [NUMBER]:
+        await asyncio.sleep(0.05)
+    h.server.proceed(NUMBER)
+    assert await wait(finished) == "interrupted_by_shutdown"
