@@ -166,7 +166,7 @@ def xadd_all(redis_url: str, count: int, batch: int = 1000) -> None:
 
 def measure_row(redis_url: str, workdir: Path, processes: int, *, share: int, seconds: float,
                 redis_pid: int | None = None, max_processes: int = 3, link_factor: float = 1.0,
-                fleet_limits: bool = True) -> dict[str, Any]:
+                fleet_limits: bool = True, account_tps: int = 0) -> dict[str, Any]:
     """One row: ``processes`` gateways on ``redis_url``; the account's TPS is
     ``share * max_processes``, each process's binds may send ``share * link_factor``
     (above 1: only the account's limit holds the fleet).  ``fleet_limits`` False leaves
@@ -176,7 +176,7 @@ def measure_row(redis_url: str, workdir: Path, processes: int, *, share: int, se
     client = redis.Redis.from_url(redis_url)
     client.flushall()
     client.close()
-    account_tps = share * max_processes
+    account_tps = account_tps or share * max_processes
     link_tps = int(share * link_factor)
     messages = int(min(account_tps, link_tps * processes) * seconds)
     templates = workdir / "templates.yaml"
@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", default="1,2,3", help="rows, e.g. 1,2,3")
     parser.add_argument("--redis-url", default="", help="use this Redis instead of starting one")
     parser.add_argument("--quick", action="store_true", help="share 300/s, 3 s a row")
+    parser.add_argument("--account-tps", type=int, default=0,
+                        help="the account's TPS (default three shares); far above: the limiter runs but never binds")
     parser.add_argument("--without-limits", action="store_true",
                         help="the same rows without account_tps and max_binds (the baseline: per-link limits only)")
     parser.add_argument("--no-account-row", action="store_true",
@@ -279,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             most = max(3, max(rows_wanted))
             rows = [measure_row(redis_url, workdir, p, share=args.share, seconds=args.seconds,
-                                redis_pid=redis_pid, max_processes=most, fleet_limits=not args.without_limits)
+                                redis_pid=redis_pid, max_processes=most, fleet_limits=not args.without_limits,
+                                account_tps=args.account_tps)
                     for p in rows_wanted]
             if not args.no_account_row:
                 # The same fleet with links that could send twice their share: now the

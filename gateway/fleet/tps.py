@@ -209,12 +209,18 @@ class SlotReservations:
         return 0.0
 
     def needs_reservation(self, now: float, lead_seconds: float = REFILL_LEAD_SECONDS) -> bool:
-        """True when the slots held run out within ``lead_seconds`` (or are gone)."""
+        """True when the slots held run out within ``lead_seconds`` (or are gone): by
+        their times, and by their number at the pace the process spends them.  (By
+        times alone, a process slower than the account would ask again after every
+        short batch and hold slots it can never spend, up to the horizon.)"""
         self._drop_late(now)
         if not self._runs:
             return True
         last = self._runs[-1]
-        return last[0] + (last[1] - 1) * last[2] - now < lead_seconds
+        if last[0] + (last[1] - 1) * last[2] - now >= lead_seconds:
+            return False
+        pace = self._pace if self._pace > 0 else self._rate
+        return pace <= 0 or self.remaining / pace < lead_seconds
 
     def batch_size(self, now: float) -> int:
         """Slots to ask for now: about prefetch_seconds of the recent rate, or twice the
@@ -297,7 +303,9 @@ class AccountRateLimiter:
         if not self._reserving and now >= self._retry_at and self.reservations.needs_reservation(now):
             self._reserve(now)
         if wait == math.inf:
-            return max(POLL_SECONDS, self._retry_at - now) if not self._reserving else POLL_SECONDS
+            if self._reserving:
+                return POLL_SECONDS  # the reply calls on_slots sooner
+            return max(0.001, self._retry_at - now)
         return wait
 
     def _count_slots(self) -> None:
@@ -349,5 +357,8 @@ class AccountRateLimiter:
             if self.on_slots is not None:
                 self.on_slots()
         else:
-            # Other processes hold the slots up to the horizon: ask again when they pass.
+            # Other processes hold the slots up to the horizon: ask again when they pass
+            # (on_slots lets the link's pump wait for exactly that, not a whole poll).
             self._retry_at = received_at + max(0.0, retry_after_us / 1e6)
+            if self.on_slots is not None:
+                self.on_slots()
