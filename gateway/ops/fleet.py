@@ -332,7 +332,11 @@ async def read_processes(redis: Any, keys: Keys, *, now: float | None = None,
     ids = await redis.zrangebyscore(keys.processes, now - ttl_seconds, "+inf")
     if not ids:
         return []
-    raw = await redis.mget([keys.process_status(i) for i in ids])
+    # GETs in a pipeline, not one MGET: the status keys hash to different Cluster slots.
+    async with redis.pipeline(transaction=False) as pipe:
+        for process_id in ids:
+            pipe.get(keys.process_status(process_id))
+        raw = await pipe.execute()
     return [json.loads(r) for r in raw if r]
 
 

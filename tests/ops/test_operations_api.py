@@ -104,6 +104,8 @@ def test_errors_are_json_everywhere(fleet: Fleet) -> None:
     """Unknown paths, unsupported methods, a wholly rejected batch, a bad token: JSON errors."""
     code, body = fleet.call("GET", "/nothing-here", token=None)
     assert code == 404 and body["error"] == "not_found"
+    code, body = fleet.call("GET", "/console/no-such-file.js", token=None)
+    assert code == 404 and body["error"] == "not_found"
     code, body = fleet.call("GET", "/", token=None)
     assert code == 200 and body["service"] == "gateway12123"
     code, body = fleet.call("DELETE", "/v1/notifications/x")

@@ -30,6 +30,8 @@ _SECURITY_HEADERS = {
 
 
 class _ConsoleFiles(File):
+    childNotFound = JsonNotFound()  # type: ignore[assignment]  # JSON 404 for a missing file, not HTML
+
     def render_GET(self, request: Request) -> bytes | int:  # noqa: N802 - twisted API
         for name, value in _SECURITY_HEADERS.items():
             request.setHeader(name, value)
