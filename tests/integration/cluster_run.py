@@ -132,6 +132,25 @@ class ClusterRun:
         daemon.start()
         await asyncio.to_thread(daemon.wait_until, "/readyz", 200, timeout_seconds)
 
+    async def add_gateway(self) -> Daemon:
+        """Start one more daemon while the others run (it takes a share without any
+        restart: every process claims from every partition)."""
+        daemon = self._daemon(len(self.daemons))
+        self.daemons.append(daemon)
+        await self.start_gateway(daemon)
+        return daemon
+
+    async def accepted_submits(self, daemon: Daemon) -> int:
+        """submit_sm answered ESME_ROK to this daemon (its /metrics)."""
+        _, text = await asyncio.to_thread(daemon.get, "/metrics")
+        total = 0.0
+        for line in str(text).splitlines():
+            if line.startswith("gateway12123_smpp_submit_responses_total{") and 'status="ESME_ROK"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        if not total:
+            print("metrics of the daemon:", [ln for ln in str(text).splitlines() if "submit_responses" in ln][:5])
+        return int(total)
+
     async def kill_gateway(self, index: int) -> None:
         """SIGKILL one daemon (no drain); it stays down: the others take over its work."""
         self.daemons[index].kill()

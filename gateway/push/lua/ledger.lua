@@ -172,12 +172,16 @@ local function apply_receipt(id, key, part, rstate, err)
     transition(id, key, 'delivered', h[3], {pname, rstate, 'receipt_state', 'DELIVRD', 'receipt_error', err},
       {'parts', tostring(np)})
     zrem_later(AWAITING, id)
+    -- final: nothing left to lease (a receipt can beat the record of its own submit when
+    -- the index entry is written first, in another partition)
+    zrem_later(INFLIGHT, id)
     on_final(id, key, 'delivered', final_fields)
   elseif UNDELIVERABLE[rstate] then
     transition(id, key, 'undeliverable', h[3], {pname, rstate, 'receipt_state', rstate, 'receipt_error', err,
       'error', 'receipt ' .. rstate .. ' err ' .. err},
       {'receipt_state', rstate, 'error_code', err, 'part', tostring(part)})
     zrem_later(AWAITING, id)
+    zrem_later(INFLIGHT, id)
     on_final(id, key, 'undeliverable', final_fields)
   elseif (part < 10 and h[9 + part] or nil) ~= rstate then
     redis.call('HSET', key, pname, rstate)
