@@ -147,6 +147,7 @@ class FleetReporter(Service):
         self._loop: LoopingCall | None = None
         self._busy = False
         self._stopping_links: dict[str, Deferred[Any]] = {}
+        self._stopped_by_control: set[str] = set()
 
     def startService(self) -> None:
         super().startService()
@@ -283,6 +284,8 @@ class FleetReporter(Service):
 
     def apply_control(self, control: Mapping[str, str]) -> None:
         """Bring this process's links to what the control hash asks."""
+        if not self.running:
+            return  # the gateway is stopping: its own stop order applies now
         if self.dispatcher is not None:
             lanes = frozenset(k.split(":", 2)[2] for k in control if k.startswith("pause:lane:"))
             types = frozenset(k.split(":", 2)[2] for k in control if k.startswith("pause:type:"))
@@ -298,9 +301,13 @@ class FleetReporter(Service):
                     log.info("carrier {carrier}: stopped by an operator", carrier=name)
                     d = maybeDeferred(link.stopService)
                     self._stopping_links[name] = d
+                    self._stopped_by_control.add(name)
                     d.addBoth(self._link_stopped, name)
-            elif not link.running and name not in self._stopping_links:
+            elif name in self._stopped_by_control and not link.running and name not in self._stopping_links:
+                # Only a link an operator stopped is started again: one the gateway is
+                # stopping (SIGTERM drain) stays stopped.
                 log.info("carrier {carrier}: started by an operator", carrier=name)
+                self._stopped_by_control.discard(name)
                 link.startService()
             isolated = wanted == "isolated"
             if link.isolated != isolated:
