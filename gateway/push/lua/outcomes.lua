@@ -24,9 +24,8 @@
 -- Returns {{op numbers to send again}, {id, part, state, error of each parked receipt an I
 -- op found}, counts, partner ids}: an X op whose index entry appeared since the caller
 -- looked (its notification was not declared) is left for the caller to resolve and send
--- again; a parked receipt an I op takes is deleted here and applied by the caller in the
--- notification's partition after its B op (a crash in between loses that receipt; the
--- notification, still submitting, comes back after its lease and is sent again).
+-- again; a parked receipt an I op finds is handed back (and left parked) for the caller
+-- to apply in the notification's partition after its B op.
 -- include: ledger.lua
 local n = tonumber(ARGV[FIRST])
 local EARLY_TTL = tonumber(ARGV[FIRST + 1])
@@ -144,7 +143,9 @@ for number = 1, n do
       local ek = earlykey(carrier, mid)
       local early = redis.call('GET', ek)
       if early then
-        redis.call('DEL', ek)
+        -- left in place (it expires with the early-receipt TTL): if applying it in the
+        -- notification's partition fails, the caller retries the whole batch and this I
+        -- op finds it again; applying a receipt twice changes nothing
         local sp = string.find(early, ' ', 1, true)
         parked[#parked + 1] = id; parked[#parked + 1] = part
         parked[#parked + 1] = string.sub(early, 1, sp - 1); parked[#parked + 1] = string.sub(early, sp + 1)
