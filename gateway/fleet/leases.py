@@ -150,6 +150,7 @@ class BindLeases:
         self.account = account
         self.prefix = holder_prefix()
         self._held: dict[str, _Held] = {}
+        self._releasing: set[Deferred[None]] = set()  # ZREMs on their way (stop waits for them)
         self._renewal = LoopingCall(self._tick)
         self._renewal.clock = clock
         self._renewing = False
@@ -194,12 +195,22 @@ class BindLeases:
             except LEASE_ERRORS:
                 pass  # it lapses after the lease time
 
-        return as_deferred(call())
+        d = as_deferred(call())
+        self._releasing.add(d)
+        d.addBoth(self._released, d)
+        return d
+
+    def _released(self, result: object, d: Deferred[None]) -> None:
+        self._releasing.discard(d)
 
     def release_all(self) -> Deferred[None]:
+        """Give back every lease held, and wait for the releases already on their way
+        (a session that unbound just before), so they reach Redis before it is closed."""
         from twisted.internet.defer import DeferredList
 
-        return DeferredList([self.release(h) for h in list(self._held)]).addCallback(lambda _: None)
+        for holder in list(self._held):
+            self.release(holder)
+        return DeferredList(list(self._releasing)).addCallback(lambda _: None)
 
     def _tick(self) -> None:
         # The fence is checked on every tick, even while a renewal hangs on a dead Redis.
