@@ -296,6 +296,19 @@ class AccountRateLimiter:
         self._results = {result: metrics.account_reservations.labels(account, result)
                          for result in ("granted", "none_free", "failed")}
 
+    def set_account_tps(self, account_tps: float) -> None:
+        """Change the account's fleet-wide rate at run time (an operator's TPS action).
+
+        Every process applies the same value from the control hash within its refresh
+        interval; slots already granted at the old interval are spent as granted (at most
+        one prefetch batch, about 50 ms of the old rate)."""
+        if account_tps <= 0 or account_tps == self.account_tps:
+            return
+        self.account_tps = account_tps
+        self._interval_us = emission_interval_us(account_tps)
+        self.reservations.account_tps = account_tps
+        self.reservations.max_batch = max(1, int(account_tps * self.reservations.prefetch_seconds))
+
     def take(self, now: float) -> float:
         """Spend one of the account's slots and return 0, or return how long to wait
         (a reservation may be started in the background)."""

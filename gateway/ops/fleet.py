@@ -315,6 +315,20 @@ class FleetReporter(Service):
                 log.info("carrier {carrier}: {what}", carrier=name,
                          what="isolated (no new submits)" if isolated else "no longer isolated")
             tps_text = control.get(f"tps:{name}")
+            account_rate = link.account.rate if link.account is not None else None
+            if account_rate is not None:
+                # The carrier sells the account a fleet-wide rate: an operator's TPS is that
+                # rate (every process applies the same value), not a per-process one.
+                configured = float(link.config.account_tps or account_rate.account_tps)
+                try:
+                    tps = float(tps_text) if tps_text else configured
+                except ValueError:
+                    tps = configured
+                if tps != account_rate.account_tps:
+                    account_rate.set_account_tps(tps)
+                    log.info("carrier {carrier}: account TPS (fleet-wide) now {tps}",
+                             carrier=name, tps=tps)
+                continue
             try:
                 tps = float(tps_text) if tps_text else float(link.config.tps_limit)
             except ValueError:

@@ -243,3 +243,25 @@ def test_slots_due_within_the_early_margin_go_together() -> None:
     while slots.take(0.0101) == 0.0:
         spent += 1
     assert spent == 5  # the slots at 11..15 ms
+
+
+@on_asyncio
+async def test_an_operators_tps_change_holds_the_fleet_to_the_new_account_rate(redis_url: str) -> None:
+    """set_account_tps (the console's TPS action on an account carrier) lowers what two
+    limiters on one real Redis spend together to the new fleet-wide rate."""
+    async with redis_client(redis_url) as redis:
+        key = account_key("12123:", "cucc")
+        limiters = [AccountRateLimiter(redis, key, 400.0, reactor, account="cucc-test") for _ in range(2)]
+        for limiter in limiters:
+            limiter.set_account_tps(100.0)
+            assert limiter.reservations.max_batch <= 100
+        await asyncio.sleep(0.3)  # slots granted before the change are out of the horizon
+        spent = 0
+        start = reactor.seconds()
+        while reactor.seconds() - start < 1.5:
+            for limiter in limiters:
+                while limiter.take(reactor.seconds()) == 0.0:
+                    spent += 1
+            await asyncio.sleep(0.002)
+        elapsed = reactor.seconds() - start
+        assert 0 < spent <= 100 * elapsed * 1.05 + 2
