@@ -22,7 +22,7 @@ from gateway.ops.fleet import CARRIER_STATES
 from gateway.privacy import InvalidPhoneNumber, normalise_cn_mobile
 from gateway.push.deadletters import DEAD_STATES, retry_dead_letters
 from gateway.push.index import phone_digest
-from gateway.push.state import public_view
+from gateway.push.state import public_view, read_notifications
 from gateway.store.keys import Keys
 from gateway.store.scripts import register_lua
 
@@ -179,10 +179,7 @@ async def paused(redis: Any, keys: Keys) -> dict[str, list[str]]:
 async def _views(redis: Any, keys: Keys, ids: list[str]) -> list[dict[str, Any]]:
     if not ids:
         return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for notification_id in ids:
-            pipe.hgetall(keys.notification(notification_id))
-        records = await pipe.execute()
+    records = await read_notifications(redis, keys, ids)
     rows = []
     for notification_id, raw in zip(ids, records, strict=True):
         if raw:
@@ -264,10 +261,7 @@ async def dead_letters(redis: Any, keys: Keys, *, type: str = "", carrier: str =
     rows: list[dict[str, Any]] = []
     for start in range(0, len(entries), 500):
         page = entries[start:start + 500]
-        async with redis.pipeline(transaction=False) as pipe:
-            for notification_id, _ in page:
-                pipe.hgetall(keys.notification(notification_id))
-            records = await pipe.execute()
+        records = await read_notifications(redis, keys, [i for i, _ in page])
         for (notification_id, score), raw in zip(page, records, strict=True):
             if not raw or raw.get("state") not in DEAD_STATES:
                 continue

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.push.state import public_view
+from gateway.push.state import public_view, read_notifications
 from gateway.store.keys import Keys
 
 __all__ = ["list_dead_letters", "retry_dead_letters"]
@@ -37,10 +37,7 @@ async def list_dead_letters(redis: Any, keys: Keys, *, limit: int = 100, offset:
     ids = [i for _, i in scored[offset:offset + limit]]
     if not ids:
         return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for notification_id in ids:
-            pipe.hgetall(keys.notification(notification_id))
-        records = await pipe.execute()
+    records = await read_notifications(redis, keys, ids)
     rows: list[dict[str, Any]] = []
     gone: list[str] = []
     for notification_id, raw in zip(ids, records, strict=True):

@@ -49,7 +49,6 @@ Backpressure (a peer that does not read) is the protocol's: see gateway.smpp.pro
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ from twisted.python.failure import Failure
 
 from gateway import metrics
 from gateway.config import PartnerAccount, SmppServerConfig, parse_listen
-from gateway.connections import ClosedAtOnce, RefusalLog
+from gateway.connections import ClosedAtOnce, Networks, RefusalLog
 from gateway.ports import PartnerIntake
 from gateway.privacy import InvalidPhoneNumber, PhoneNumber
 from gateway.smpp.link import CarrierLink
@@ -201,17 +200,11 @@ class BindFailureTracker:
 @dataclass
 class _Account:
     config: PartnerAccount
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    networks: Networks
     bucket: TokenBucket
 
     def allows(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
+        return self.networks.allows(host)
 
 
 class _Connection(SessionOwner):
@@ -291,7 +284,7 @@ class SmppListener(Service):
         self._accounts = {
             account.system_id: _Account(
                 account,
-                tuple(ipaddress.ip_network(n, strict=False) for n in account.allowed_networks),
+                Networks(account.allowed_networks),
                 TokenBucket(account.tps_limit, max(1.0, account.tps_limit), now=now),
             )
             for account in config.accounts
