@@ -89,9 +89,41 @@ def make_cluster_client(nodes: Sequence[str], url: str, reconnect_max_delay_seco
                                if k in ("username", "password", "ssl")} if url else {}
     seeds = [ClusterNode(host, int(port)) for host, _, port in (node.rpartition(":") for node in nodes)]
     retry = Retry(ExponentialWithJitterBackoff(cap=reconnect_max_delay_seconds, base=0.05), retries=3)
-    return RedisCluster(startup_nodes=seeds, decode_responses=True, retry=retry,
-                        max_connections=max_connections, socket_connect_timeout=2.0,
-                        socket_timeout=SOCKET_TIMEOUT_SECONDS, **options)
+    client = RedisCluster(startup_nodes=seeds, decode_responses=True, retry=retry,
+                          max_connections=max_connections, socket_connect_timeout=2.0,
+                          socket_timeout=SOCKET_TIMEOUT_SECONDS, **options)
+    if not options.get("ssl"):
+        # RedisCluster fixes its connection class in __init__; swap it before the first
+        # connection is made (nodes found later are built from connection_kwargs).
+        client.connection_kwargs["connection_class"] = _ClusterConnection
+        for node in client.nodes_manager.startup_nodes.values():
+            node.connection_class = _ClusterConnection
+    return client
+
+
+class _ClusterConnection(aioredis.Connection):
+    """A cluster node connection whose "closed under me" is a ConnectionError.
+
+    redis-py 8.1's asyncio RedisCluster disconnects every connection of a node when one
+    command to it fails (a timeout on a loaded machine, a master going away).  A command
+    that was sending on another of that node's connections then meets ``_writer is None``
+    and raises AttributeError (seen in tests/push/test_partitions.py under load), which no
+    retry policy and none of our loops treat as a Redis error.  As a ConnectionError it is
+    retried by the cluster client (the bytes were never written) or, past its retries,
+    handled like Redis being away.
+    """
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except AttributeError as e:
+            raise RedisConnectionError(f"connection closed while sending ({e})") from e
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except AttributeError as e:
+            raise RedisConnectionError(f"connection closed while reading ({e})") from e
 
 
 class RedisService(Service):

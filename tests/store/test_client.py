@@ -16,3 +16,52 @@ async def test_a_blocking_read_longer_than_redis_py_default_timeout_returns_empt
         assert await client.xread({"idle-stream": "0-0"}, block=6000) in (None, [], {})
     finally:
         await client.aclose()
+
+
+@on_asyncio
+async def test_a_cluster_connection_closed_under_a_command_is_a_connection_error(redis_url: str) -> None:
+    """redis-py's asyncio cluster closes every connection of a node when one command to it
+    fails; a command sending on another of them then finds no writer.  The gateway's
+    cluster connection reports that as ConnectionError (retried, or Redis away), not the
+    AttributeError redis-py 8.1 raises, which no loop or retry policy handles."""
+    import pytest
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gateway.store.service import _ClusterConnection
+
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    for connection_class, raised in ((Connection, AttributeError), (_ClusterConnection, RedisConnectionError)):
+        connection = connection_class(host=host, port=int(port), socket_timeout=5)
+        await connection.connect()
+        send = connection._send_packed_command
+
+        async def disconnected_meanwhile(command: object, send: object = send, c: object = connection) -> None:
+            # What the node-wide disconnect does between redis-py's is_connected check and
+            # its send task (asyncio.wait_for runs the send as a task).
+            c._writer = None  # type: ignore[attr-defined]
+            await send(command)  # type: ignore[operator]
+
+        connection._send_packed_command = disconnected_meanwhile  # type: ignore[method-assign]
+        try:
+            with pytest.raises(raised):
+                await connection.send_packed_command(connection.pack_command("PING"), check_health=False)
+        finally:
+            await connection.disconnect()
+
+
+@on_asyncio
+async def test_the_cluster_client_uses_the_guarded_connection(redis_cluster_url: str) -> None:
+    """make_cluster_client builds every node connection, seeds and discovered nodes, as
+    _ClusterConnection."""
+    from gateway.store.service import _ClusterConnection, make_cluster_client
+
+    client = make_cluster_client(redis_cluster_url.removeprefix("cluster:").split(","), "")
+    try:
+        for i in range(20):
+            await client.set(f"guarded-{i}", "1")  # keys in every master's slots
+        nodes = client.get_nodes()
+        assert len([n for n in nodes if n.server_type == "primary"]) >= 3
+        assert all(node.connection_class is _ClusterConnection for node in nodes)
+    finally:
+        await client.aclose()
