@@ -21,9 +21,10 @@ class StandInLink:
     tps_limit: float = 100.0
     starts: int = 0
     config: object = field(default=None)
+    account: object = None  # gateway.fleet.account.AccountLimits when account_tps is set
 
     def __post_init__(self) -> None:
-        self.config = type("Config", (), {"tps_limit": 100.0})()
+        self.config = type("Config", (), {"tps_limit": 100.0, "account_tps": 0.0})()
 
     def stopService(self) -> None:  # noqa: N802 - twisted API
         self.running = False
@@ -54,6 +55,24 @@ def test_operator_stop_start_isolate_and_tps() -> None:
     assert link.isolated and link.tps_limit == 25.0
     fleet.apply_control({})
     assert not link.isolated and link.tps_limit == 100.0
+
+
+def test_tps_on_an_account_carrier_sets_the_fleet_wide_account_rate() -> None:
+    """With account_tps the operator's TPS is the account's rate over the fleet; the
+    per-process bucket stays as configured, and absent restores account_tps."""
+    from gateway.fleet.account import AccountLimits
+    from gateway.fleet.tps import AccountRateLimiter, account_key
+
+    clock = Clock()
+    rate = AccountRateLimiter(None, account_key("12123:", "cmcc"), 300.0, clock, account="cmcc")
+    link = StandInLink("cmcc", account=AccountLimits(rate=rate))
+    link.config = type("Config", (), {"tps_limit": 100.0, "account_tps": 300.0})()
+    fleet = reporter(link)
+    fleet.apply_control({"tps:cmcc": "120"})
+    assert rate.account_tps == 120.0 and rate.reservations.max_batch == 6
+    assert link.tps_limit == 100.0
+    fleet.apply_control({})
+    assert rate.account_tps == 300.0
 
 
 def test_a_link_the_gateway_stops_is_not_started_again() -> None:
