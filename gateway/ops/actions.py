@@ -21,7 +21,7 @@ from gateway import metrics
 from gateway.ops.fleet import CARRIER_STATES
 from gateway.privacy import InvalidPhoneNumber, normalise_cn_mobile
 from gateway.push.deadletters import DEAD_STATES, retry_dead_letters
-from gateway.push.index import phone_digest
+from gateway.push.index import ids_for_number
 from gateway.push.state import public_view, read_notifications
 from gateway.store.keys import Keys
 from gateway.store.scripts import register_lua
@@ -208,7 +208,7 @@ async def search(redis: Any, keys: Keys, *, notification_id: str = "", batch: st
             digits = normalise_cn_mobile(phone)
         except InvalidPhoneNumber as e:
             raise ActionError(400, "bad_request", f"phone: {e}") from None
-        ids = list(await redis.zrevrange(keys.phone_index(phone_digest(keys, digits)), 0, limit - 1))
+        ids = await ids_for_number(redis, keys, digits, limit)
         by = "phone"
     return {"by": by, "results": await _views(redis, keys, ids)}
 

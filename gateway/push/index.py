@@ -1,11 +1,18 @@
-"""Search indexes the operators' console and CLI read (gateway/ops/queries.py).
+"""Search indexes the operators' console and CLI read (gateway/ops/actions.py).
 
-Two sorted sets per notification accepted, scored by acceptance time and expiring with
-the notifications (retention): one per recipient number, named by a digest of the
-number (`phone_digest`) so that no Redis key name holds a phone number, and one per
-batch (the ``batch`` field a caller gave, or the id the HTTP API gave a POST).
-Written after the ledger recorded the batch; an index write that fails only makes a
-search miss, so it is logged and not retried.
+Written after the ledger recorded a batch, in one pipeline of a few commands per batch
+(not per notification: the index must not cost the pipeline its throughput):
+
+- **by number**: one sorted set per day (`Keys.phone_index`), every member scored 0 and
+  named ``<digest>:<accepted ms>:<id>``, the digest a SHA-256 of prefix and number
+  (`phone_digest`) so that no key name or member holds a phone number.  One variadic ZADD
+  per batch; a number's notifications of a day are one ZREVRANGEBYLEX.  The days in use
+  are listed in `Keys.phone_index_days`, trimmed to the retention.
+- **by batch**: a sorted set per batch id (the ``batch`` field a caller gave, or the id the
+  HTTP API gave a POST), scored by acceptance time; one variadic ZADD per batch id.
+
+Every key expires with the notifications (retention).  An index write that fails only
+makes a search miss, so it is logged and not retried.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any
 from gateway.push.state import AcceptItem, AcceptOutcome
 from gateway.store.keys import Keys
 
-__all__ = ["SearchIndex", "phone_digest"]
+__all__ = ["SearchIndex", "ids_for_number", "phone_digest"]
 
 
 def phone_digest(keys: Keys, digits: str) -> str:
@@ -35,22 +42,44 @@ class SearchIndex:
 
     async def record(self, items: Sequence[AcceptItem], outcomes: Sequence[AcceptOutcome], now: float) -> None:
         keys = self.keys
-        touched: set[str] = set()
+        day = int(now // 86_400)
+        millis = f"{int(now * 1000):013d}"
+        by_number: dict[str, float] = {}
+        by_batch: dict[str, dict[str, float]] = {}
+        for item, outcome in zip(items, outcomes, strict=False):
+            if outcome.duplicate:
+                continue
+            digits = "".join(ch for ch in str(item.fields.get("to", "")) if ch.isdigit())
+            if digits:
+                by_number[f"{phone_digest(keys, digits)}:{millis}:{item.id}"] = 0
+            batch = item.fields.get("batch")
+            if batch:
+                by_batch.setdefault(keys.batch(str(batch)), {})[item.id] = now
+        if not by_number and not by_batch:
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for item, outcome in zip(items, outcomes, strict=False):
-                if outcome.duplicate:
-                    continue
-                digits = "".join(ch for ch in str(item.fields.get("to", "")) if ch.isdigit())
-                names = []
-                if digits:
-                    names.append(keys.phone_index(phone_digest(keys, digits)))
-                batch = item.fields.get("batch")
-                if batch:
-                    names.append(keys.batch(str(batch)))
-                for name in names:
-                    pipe.zadd(name, {item.id: now})
-                    touched.add(name)
-            for name in touched:
+            if by_number:
+                day_key = keys.phone_index(day)
+                pipe.zadd(day_key, by_number)
+                # A day's key lives as long as its last notification (+1 day).
+                pipe.expire(day_key, self.retention_seconds + 86_400)
+                pipe.zadd(keys.phone_index_days, {str(day): day})
+                oldest = day - self.retention_seconds // 86_400 - 1
+                pipe.zremrangebyscore(keys.phone_index_days, "-inf", f"({oldest}")
+            for name, members in by_batch.items():
+                pipe.zadd(name, members)
                 pipe.expire(name, self.retention_seconds)
-            if touched:
-                await pipe.execute()
+            await pipe.execute()
+
+
+async def ids_for_number(redis: Any, keys: Keys, digits: str, limit: int) -> list[str]:
+    """The newest `limit` notification ids accepted for `digits`, newest first."""
+    digest = phone_digest(keys, digits)
+    ids: list[str] = []
+    for day in await redis.zrevrange(keys.phone_index_days, 0, -1):
+        members = await redis.zrevrangebylex(keys.phone_index(int(day)), f"[{digest}:\xff", f"[{digest}:",
+                                             start=0, num=limit - len(ids))
+        ids += [member.split(":", 2)[2] for member in members]
+        if len(ids) >= limit:
+            break
+    return ids

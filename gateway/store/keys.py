@@ -362,10 +362,16 @@ class Keys:
         """Failed logins of an account in the lockout window (counter with a TTL)."""
         return f"{self.prefix}login-failures:{user}"
 
-    def phone_index(self, phone_digest: str) -> str:
-        """Sorted set of notification ids sent to one number (by acceptance time); named
-        by a keyed digest of the number, so no key name holds a phone number."""
-        return f"{self.prefix}phone-index:{phone_digest}"
+    def phone_index(self, day: int) -> str:
+        """Sorted set of the notifications accepted on one day (days since the epoch, UTC),
+        all scored 0, members ``<number digest>:<accepted ms, 13 digits>:<id>`` so that one
+        number's are a lexicographic range, newest last; no key name holds a number."""
+        return f"{self.prefix}phone-index:{day}"
+
+    @property
+    def phone_index_days(self) -> str:
+        """Sorted set of the days that have a phone index (member and score: the day)."""
+        return f"{self.prefix}phone-index-days"
 
     def batch(self, batch_id: str) -> str:
         """Sorted set of the notification ids of one batch (by acceptance time)."""
