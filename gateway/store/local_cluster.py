@@ -106,6 +106,20 @@ class LocalRedisCluster:
         if create.returncode != 0:
             raise ClusterError(f"redis-cli --cluster create failed: {create.stdout[-500:]} {create.stderr[-500:]}")
         self.wait_ok(timeout_seconds)
+        self.wait_replicas_online(timeout_seconds)
+
+    def wait_replicas_online(self, timeout_seconds: float = 60.0) -> None:
+        """Until every replica's link to its master is up: cluster_state turns ok before the
+        replicas' first sync ends, and a WAIT for a replica then answers 0."""
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            roles = [command(n.port, "info", "replication") for n in self.running()]
+            replicas = [r for r in roles if "role:slave" in r]
+            if (len(replicas) == self.masters * self.replicas_per_master
+                    and all("master_link_status:up" in r for r in replicas)):
+                return
+            time.sleep(0.2)
+        raise ClusterError(f"replicas not in sync within {timeout_seconds}s")
 
     def wait_ok(self, timeout_seconds: float = 60.0) -> None:
         """Until every running node says cluster_state:ok and agrees on 3 masters serving all slots."""
