@@ -106,10 +106,11 @@ class ClusterRun:
     async def __aexit__(self, *exc: Any) -> None:
         for daemon in self.daemons:
             if daemon.process is not None and daemon.process.poll() is None:
-                try:
-                    await asyncio.to_thread(daemon.terminate, 30.0)
-                finally:
-                    daemon.kill()
+                # SIGTERM, then SIGKILL after 30 s.  Known defect (issue 11, 2026-12-02): about
+                # one run in two, a gateway stops logging for good some seconds after the master
+                # is killed and ignores SIGTERM; its work is taken over by the others within the
+                # lease (which the test asserts), but its hang is not asserted here yet.
+                await asyncio.to_thread(daemon.stop, 30.0)
         if self.client is not None:
             await self.client.aclose()
         if self.simulator is not None and self.simulator.running:
