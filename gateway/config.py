@@ -348,7 +348,7 @@ class AmiConfig:
     keepalive_seconds: float = setting(20.0, help="Ping interval", unit="s", minimum=1, maximum=3600)
     # Fleet-wide concurrent calls on the trunk, shared by every gateway process through Redis (docs/fleet.md).
     trunk_max_calls: int = setting(0, help="calls at once on the trunk over every gateway process (call slots leased in Redis); 0: only max_concurrent_calls per process", minimum=0, maximum=100_000)
-    call_slot_lease_seconds: float = setting(30.0, help="a call slot of a process that died frees after this long; renewed every fifth of it", unit="s", minimum=1, maximum=3600)
+    call_slot_lease_seconds: float = setting(30.0, help="a call slot of a process that died frees after this long, and its open calls are taken over by another process; renewed every fifth of it", unit="s", minimum=1, maximum=3600)
 
 
 @dataclass(frozen=True)
@@ -690,9 +690,6 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
         if config.push.partitions < 2:
             # one partition keeps untagged key names, which a cluster spreads over slots
             add("push.partitions", "a Redis Cluster (redis.cluster_nodes) needs more than 1 partition, e.g. 16")
-    if config.push.partitions > 1 and config.ami.enabled:
-        # the voice reminders read one voice-requests stream; partitioned ones are not read yet
-        add("push.partitions", "more than 1 partition is not yet supported together with ami.enabled (voice reminders)")
     hours = config.ivr.service_hours.split("-")
     if len(hours) != 2 or not all(_TIME_OF_DAY.match(h) for h in hours):
         add("ivr.service_hours", f"'{config.ivr.service_hours}' is not HH:MM-HH:MM")

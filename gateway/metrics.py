@@ -25,6 +25,11 @@ agi_missing_prompts = Counter("gateway12123_agi_missing_prompts_total",
                               "STREAM FILE of a sound file Asterisk does not have (the menu went on)",
                               registry=REGISTRY)
 ami_originates = Counter("gateway12123_ami_originates_total", "Outbound reminder calls by outcome", ["outcome"], registry=REGISTRY)
+ami_calls_taken_over = Counter(
+    "gateway12123_ami_calls_taken_over_total",
+    "Open reminder calls whose lease passed between processes: taken (this process now follows a call of a "
+    "process that died or stopped) or lost (another took over ours after our lease ran out)",
+    ["direction"], registry=REGISTRY)
 submit_latency = Histogram(
     "gateway12123_submit_latency_seconds", "submit_sm to submit_sm_resp", ["carrier"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,

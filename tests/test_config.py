@@ -73,8 +73,7 @@ def test_committed_example_config_is_valid() -> None:
          "push.partitions: a Redis Cluster (redis.cluster_nodes) needs more than 1 partition"),
         ("redis:\n  cluster_nodes: ['h:7000']\npush:\n  partitions: 16\n",
          "redis.url: 'embedded' with redis.cluster_nodes"),
-        ("push:\n  partitions: 4\nami:\n  enabled: true\n",
-         "push.partitions: more than 1 partition is not yet supported together with ami.enabled"),
+        ("push:\n  partitions: 4\nami:\n  enabled: true\n", "ami.secret: empty while ami.enabled is true"),
     ],
 )
 def test_each_kind_of_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, expected: str) -> None:
@@ -82,6 +81,15 @@ def test_each_kind_of_bad_config_names_file_key_and_problem(tmp_path: Path, text
     found = problems(tmp_path, text)
     assert any(expected in p for p in found), found
     assert all(p.startswith(str(tmp_path / "gateway.yaml")) for p in found)
+
+
+def test_voice_reminders_run_on_a_partitioned_cluster(tmp_path: Path) -> None:
+    """ami.enabled with 16 partitions on a Redis Cluster is a valid config (the voice
+    reminders, MO and partner receipts are partitioned too): no problem about partitions."""
+    config = load_config(write(tmp_path, "redis:\n  url: redis://h:7000\n  cluster_nodes: ['h:7000', 'h:7001']\n"
+                                         "push:\n  partitions: 16\nami:\n  enabled: true\n  secret: s3cret\n"),
+                         environ={})
+    assert (config.push.partitions, config.ami.enabled) == (16, True)
 
 
 def test_all_problems_are_reported_together(tmp_path: Path) -> None:

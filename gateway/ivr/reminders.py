@@ -68,8 +68,30 @@ through the push pipeline's `NotificationLedger.transition` (``channel=voice``,
 between the two, the start-up load finds the outcome and reports it again (the same
 transition), instead of reconciling a call that is over.
 
-One gateway process per Asterisk: open calls are loaded from Redis at start and events
-are matched in memory; two processes would each reconcile the other's calls.
+Partitions and several processes
+--------------------------------
+With ``push.partitions`` > 1 every voice key is its notification's partition's
+(``12123:{p<k>}:voice-due``, ``…:voice-calls-open``, ``…:voice-reminder:<id>``,
+``…:call:<ActionID>``, and the ledger's ``…:voice-requests`` stream), so each script
+touches one Cluster slot; one partition keeps the names of before.  `VoiceReminders`
+works the partitions its ``partitions`` callable returns (all by default; the one place
+to limit it to the partitions a process owns): it reads their streams in turn, and
+dispatch takes due reminders from each in turn.
+
+Any number of processes share them.  `start_call.lua` lets one process start a given
+attempt; the call then belongs to that process (``owner`` in the call hash) under a
+lease: ``voice-calls-open`` is scored by the end of it, renewed every fifth of
+``call_lease_seconds`` (``ami.call_slot_lease_seconds``).  A process that stops gives up
+the leases of calls still ringing; one that dies lets them run out.  Then another
+process takes the call over (`take_over_calls.lua`), reconciles it on its own AMI
+session as after a restart, and reports it; the process that lost it (alive but too
+slow) learns so at its next renewal and drops it, and `finish_call.lua` refuses an
+outcome from a process that no longer owns the call.  So a reminder is dialled once; a
+call taken over on a different Asterisk than the one that placed it is found nowhere and
+ends ``unknown`` (the one case of an outcome never learned, counted in
+``gateway12123_ami_originates_total{outcome="unknown"}``; takeovers in
+``gateway12123_ami_calls_taken_over_total``).  At start a process also takes back its
+own calls of a previous run at once (same ``push.consumer_name``).
 """
 
 from __future__ import annotations
@@ -79,7 +101,7 @@ import enum
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -228,6 +250,9 @@ class ReminderOptions:
     due_check_seconds: float = 30.0
     drain_timeout_seconds: float = 10.0
     voice_drain_seconds: float = 60.0  # IvrConfig.voice_drain_seconds: calls in progress at stop
+    # ami.call_slot_lease_seconds: the open calls of a process that died are taken over by
+    # another after this long (renewed every fifth of it).
+    call_lease_seconds: float = 30.0
 
     @classmethod
     def from_config(cls, ami: Any, push: Any, **overrides: Any) -> ReminderOptions:
@@ -240,6 +265,7 @@ class ReminderOptions:
             quiet_hours_timezone=push.quiet_hours.timezone, consumer_group=push.consumer_group,
             consumer_name=push.consumer_name, claim_idle_seconds=push.claim_idle_seconds,
             retention_seconds=push.retention_days * 86400.0,
+            call_lease_seconds=ami.call_slot_lease_seconds,
         )
         values.update(overrides)
         return cls(**values)
@@ -268,7 +294,8 @@ class AmiSession(Protocol):
     def add_login_listener(self, callback: Callable[[Any], object]) -> None: ...
 
 
-# The scripts are gateway/ivr/lua/record_request.lua, start_call.lua and finish_call.lua.
+# The scripts are gateway/ivr/lua/record_request.lua, start_call.lua, finish_call.lua,
+# renew_calls.lua and take_over_calls.lua.
 
 @dataclass
 class _Call:
@@ -308,7 +335,11 @@ class VoiceReminders(Service):
     name = "voice-reminders"
 
     def __init__(self, redis: Any, keys: Keys, ami: AmiSession, ledger: Ledger, options: ReminderOptions, *,
-                 clock: IReactorTime, wall_clock: Callable[[], float] = time.time, call_slots: Any = None) -> None:
+                 clock: IReactorTime, wall_clock: Callable[[], float] = time.time, call_slots: Any = None,
+                 partitions: Callable[[], Sequence[int]] | None = None) -> None:
+        # The partitions whose voice requests, due reminders and open calls this process
+        # works: all of them unless the caller limits it (partition ownership).
+        self.partitions: Callable[[], Sequence[int]] = partitions or (lambda: range(keys.partitions))
         # ami.trunk_max_calls: fleet-wide call slots (gateway.fleet.leases.CallSlots), or None.
         self._call_slots = call_slots
         self._redis = redis
@@ -333,6 +364,8 @@ class VoiceReminders(Service):
         self._next_dispatch: list[Deferred[int]] = []
         self._reconciling = False
         self._scripts: dict[str, Any] = {}
+        self._lease_timer: IDelayedCall | None = None
+        self._dispatch_rotation = 0
         self._listening_for_logins = False
         # Whether the FastAGI server's voice drain cut this channel's AGI (gateway/app.py
         # wires FastAgiService.cut_by_shutdown here).
@@ -344,7 +377,9 @@ class VoiceReminders(Service):
         super().startService()
         self._scripts = {"record": register_lua(self._redis, __file__, "record_request.lua"),
                          "start": register_lua(self._redis, __file__, "start_call.lua"),
-                         "finish": register_lua(self._redis, __file__, "finish_call.lua")}
+                         "finish": register_lua(self._redis, __file__, "finish_call.lua"),
+                         "renew": register_lua(self._redis, __file__, "renew_calls.lua"),
+                         "take_over": register_lua(self._redis, __file__, "take_over_calls.lua")}
         self._writes = asyncio.Queue()
         self._writer_task = asyncio.ensure_future(self._writer())
         self._intake_task = asyncio.ensure_future(self._run())
@@ -355,8 +390,7 @@ class VoiceReminders(Service):
 
         while self.running:
             try:
-                await self._ensure_group()
-                await self._load_open_calls()
+                await self._take_over_calls(starting=True)
                 break
             except (RedisConnectionError, RedisTimeoutError) as e:
                 log.error("voice reminders cannot start, Redis unreachable: {error}", error=str(e))
@@ -369,6 +403,7 @@ class VoiceReminders(Service):
             self._ami.add_login_listener(lambda _: self._on_login() if self.running else None)
         if self._ami.is_logged_in:
             self._on_login()
+        self._arm_lease_timer()
         self.dispatch()
         await self._intake_loop()
 
@@ -377,7 +412,7 @@ class VoiceReminders(Service):
         drain (their events are still followed), record those still open as interrupted
         by shutdown, then wait for queued Redis writes."""
         super().stopService()
-        for timer in (self._due_timer, self._reconcile_timer):
+        for timer in (self._due_timer, self._reconcile_timer, self._lease_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         return as_deferred(self._stop())
@@ -418,6 +453,12 @@ class VoiceReminders(Service):
             elif call.state is not CallState.FINISHED:
                 log.info("voice call {action_id} still {state} at shutdown: left for the next start to reconcile",
                          action_id=call.action_id, state=call.state.value)
+        left = [call for call in self._calls.values() if call.state is not CallState.FINISHED]
+        if left:
+            # Give up their leases: another process (or the next start) takes them over now.
+            async def release() -> None:
+                await self._renew_leases(left, lease_until=0.0)
+            self._enqueue(release)
 
     # --- public: for the pipeline's drain, the admin API and tests ----------------------
 
@@ -439,46 +480,63 @@ class VoiceReminders(Service):
 
     # --- intake ------------------------------------------------------------------------
 
-    async def _ensure_group(self) -> None:
+    async def _ensure_group(self, stream: str) -> None:
         from redis.exceptions import ResponseError
 
         try:
-            await self._redis.xgroup_create(self._keys.voice_requests, self._options.consumer_group,
-                                            id="0", mkstream=True)
+            await self._redis.xgroup_create(stream, self._options.consumer_group, id="0", mkstream=True)
         except ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
 
     async def _intake_loop(self) -> None:
+        """Read the voice requests streams of the partitions worked (one stream unless
+        partitioned).  One stream: a blocking XREADGROUP.  Several: each read without
+        blocking in turn (a Cluster cannot block on streams of different slots in one
+        command), then a pause of read_block_ms when none had anything: a request waits
+        at most that long, nothing next to a call's ring time."""
         from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import ResponseError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
-        stream, group = self._keys.voice_requests, self._options.consumer_group
-        last_claim = 0.0
-        pending_first = True
+        group = self._options.consumer_group
+        ready: set[str] = set()  # streams whose group exists and whose own pending were read
+        last_claim: dict[str, float] = {}
         # `running` as well as cancellation ends the loop: redis-py can turn a cancel that
         # lands as its socket read times out into a TimeoutError, swallowing the cancel.
         while self.running:
+            stream = ""
             try:
-                if pending_first:
-                    # Our own entries left pending by a previous run under this name.
-                    response = await self._redis.xreadgroup(group, self._consumer, {stream: "0"},
-                                                            count=self._options.batch_size)
-                    entries = stream_entries(response)
-                    pending_first = bool(entries)
-                else:
-                    if self._clock.seconds() - last_claim >= self._options.claim_idle_seconds / 2:
-                        last_claim = self._clock.seconds()
+                streams = [self._keys.partition(k).voice_requests for k in self.partitions()]
+                read_any = False
+                for stream in streams:
+                    if stream not in ready:
+                        await self._ensure_group(stream)
+                        # Our own entries left pending by a previous run under this name.
+                        while entries := stream_entries(await self._redis.xreadgroup(
+                                group, self._consumer, {stream: "0"}, count=self._options.batch_size)):
+                            await self._record_entries(stream, entries)
+                            if not self.running:
+                                return
+                        ready.add(stream)
+                    if self._clock.seconds() - last_claim.get(stream, -1e18) >= self._options.claim_idle_seconds / 2:
+                        last_claim[stream] = self._clock.seconds()
                         claimed = await self._redis.xautoclaim(
                             stream, group, self._consumer,
                             min_idle_time=int(self._options.claim_idle_seconds * 1000),
                             start_id="0-0", count=self._options.batch_size)
-                        await self._record_entries(claimed[1])
-                    response = await self._redis.xreadgroup(group, self._consumer, {stream: ">"},
-                                                            count=self._options.batch_size,
-                                                            block=self._options.read_block_ms)
-                    entries = stream_entries(response)
-                await self._record_entries(entries)
+                        await self._record_entries(stream, claimed[1])
+                    block = self._options.read_block_ms if len(streams) == 1 else None
+                    entries = stream_entries(await self._redis.xreadgroup(
+                        group, self._consumer, {stream: ">"}, count=self._options.batch_size, block=block))
+                    read_any = read_any or bool(entries)
+                    await self._record_entries(stream, entries)
+                if len(streams) != 1 and not read_any:
+                    await asyncio.sleep(self._options.read_block_ms / 1000)
+            except ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                ready.discard(stream)  # the stream or group vanished (FLUSHALL, a restore): make them again
             except (RedisConnectionError, RedisTimeoutError) as e:
                 if not self.running:
                     return
@@ -491,43 +549,47 @@ class VoiceReminders(Service):
                 log.failure("voice reminder intake failed")
                 await asyncio.sleep(1.0)
 
-    async def _record_entries(self, entries: list[Any]) -> None:
+    async def _record_entries(self, stream: str, entries: list[Any]) -> None:
         if not entries:
             return
         now = self._now()
-        stream, group = self._keys.voice_requests, self._options.consumer_group
+        group = self._options.consumer_group
         retention = int(self._options.retention_seconds)
         recorded: list[tuple[str, float]] = []
         invalid: list[str] = []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                if entry is None:
-                    continue
-                entry_id, fields = entry
-                if not fields:
-                    # Deleted while pending (XREADGROUP 0 / XAUTOCLAIM give no fields): just ack.
-                    pipe.xack(stream, group, entry_id)
-                    continue
-                notification_id = str(fields.get("id") or "")
-                to = str(fields.get("to") or "")
-                text = str(fields.get("text") or "")
-                if not notification_id:
-                    log.warn("voice request {entry} without an id, dropped", entry=entry_id)
-                elif not (to.isdigit() and 5 <= len(to) <= 20) or not text:
-                    invalid.append(notification_id)
-                else:
-                    not_before = _float(fields.get("not_before"))
-                    due = max(not_before, now)
-                    due = quiet_until(due, self._options.quiet_hours_start, self._options.quiet_hours_end,
-                                      self._options.quiet_hours_timezone) or due
-                    await self._scripts["record"](
-                        keys=[self._keys.voice_reminder(notification_id), self._keys.voice_due],
-                        args=[notification_id, to, text, _fmt(not_before), _fmt(due), _fmt(now), retention],
-                        client=pipe)
-                    recorded.append((notification_id, due))
-                pipe.xack(stream, group, entry_id)
-                pipe.xdel(stream, entry_id)
-            await pipe.execute()
+        done: list[str] = []
+        for entry in entries:
+            if entry is None:
+                continue
+            entry_id, fields = entry
+            done.append(entry_id)
+            if not fields:
+                continue  # deleted while pending (XREADGROUP 0 / XAUTOCLAIM give no fields): just ack
+            notification_id = str(fields.get("id") or "")
+            to = str(fields.get("to") or "")
+            text = str(fields.get("text") or "")
+            if not notification_id:
+                log.warn("voice request {entry} without an id, dropped", entry=entry_id)
+            elif not (to.isdigit() and 5 <= len(to) <= 20) or not text:
+                invalid.append(notification_id)
+            else:
+                not_before = _float(fields.get("not_before"))
+                due = max(not_before, now)
+                due = quiet_until(due, self._options.quiet_hours_start, self._options.quiet_hours_end,
+                                  self._options.quiet_hours_timezone) or due
+                # The reminder and its due entry live in the notification's partition
+                # (the stream it came from, when the ledger wrote it).
+                part = self._keys.partition(self._keys.partition_of(notification_id))
+                await self._scripts["record"](
+                    keys=[part.voice_reminder(notification_id), part.voice_due],
+                    args=[notification_id, to, text, _fmt(not_before), _fmt(due), _fmt(now), retention])
+                recorded.append((notification_id, due))
+        if done:
+            # Acknowledged only once recorded: the hand-over is in Redis first.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xack(stream, group, *done)
+                pipe.xdel(stream, *done)
+                await pipe.execute()
         for notification_id in invalid:
             log.warn("voice request {id} has no valid number or text", id=notification_id)
             await self._report(notification_id, CallOutcome.FAILED, extra={"reason": "invalid voice request"})
@@ -580,8 +642,7 @@ class VoiceReminders(Service):
             quiet = quiet_until(now, self._options.quiet_hours_start, self._options.quiet_hours_end,
                                 self._options.quiet_hours_timezone)
             if room > 0 and self._ami.is_logged_in and not quiet:
-                candidates = await self._redis.zrangebyscore(self._keys.voice_due, "-inf", _fmt(now),
-                                                             start=0, num=room)
+                candidates = await self._due_candidates(now, room)
                 for notification_id in candidates:
                     if len(self._calls) >= self._options.max_concurrent_calls or not self._ami.is_logged_in:
                         break
@@ -598,14 +659,39 @@ class VoiceReminders(Service):
             self._set_due_timer(self._options.due_check_seconds)
         return started
 
+    async def _due_candidates(self, now: float, room: int) -> list[str]:
+        """Up to `room` due reminders of the partitions worked, the partitions taking turns
+        at being first (with one partition: the oldest due first, as before)."""
+        parts = list(self.partitions())
+        if not parts:
+            return []
+        start = self._dispatch_rotation % len(parts)
+        self._dispatch_rotation += 1
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for k in parts[start:] + parts[:start]:
+                pipe.zrangebyscore(self._keys.partition(k).voice_due, "-inf", _fmt(now), start=0, num=room)
+            heads = await pipe.execute()
+        candidates: list[str] = []
+        for depth in range(room):  # round robin over the partitions' heads
+            for ids in heads:
+                if depth < len(ids):
+                    candidates.append(ids[depth])
+            if len(candidates) >= room:
+                break
+        return candidates[:room]
+
     async def _schedule_due_check(self, quiet: float) -> None:
         delay = self._options.due_check_seconds
         if quiet:
             delay = min(delay, max(0.0, quiet - self._now()))
         else:
-            first = await self._redis.zrange(self._keys.voice_due, 0, 0, withscores=True)
-            if first:
-                delay = min(delay, max(0.0, float(first[0][1]) - self._now()))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for k in self.partitions():
+                    pipe.zrange(self._keys.partition(k).voice_due, 0, 0, withscores=True)
+                firsts = await pipe.execute()
+            for first in firsts:
+                if first:
+                    delay = min(delay, max(0.0, float(first[0][1]) - self._now()))
         self._set_due_timer(delay)
 
     def _set_due_timer(self, delay: float) -> None:
@@ -615,18 +701,20 @@ class VoiceReminders(Service):
             self._due_timer = self._clock.callLater(delay, self.dispatch)
 
     async def _start_call(self, notification_id: str, now: float) -> bool:
-        reminder = await self._redis.hmget(self._keys.voice_reminder(notification_id), "to", "attempts")
+        part = self._keys.partition(self._keys.partition_of(notification_id))
+        reminder = await self._redis.hmget(part.voice_reminder(notification_id), "to", "attempts")
         to, attempts = reminder[0], int(reminder[1] or 0)
         if not to:
             # The reminder hash expired or was removed: nothing to call.
-            await self._redis.zrem(self._keys.voice_due, notification_id)
+            await self._redis.zrem(part.voice_due, notification_id)
             return False
         attempt = attempts + 1
         action_id = action_id_for(notification_id, attempt)
         stored = await self._scripts["start"](
-            keys=[self._keys.voice_due, self._keys.voice_reminder(notification_id), self._keys.call(action_id),
-                  self._keys.voice_calls_open],
-            args=[notification_id, attempt, action_id, _fmt(now), int(self._options.retention_seconds)])
+            keys=[part.voice_due, part.voice_reminder(notification_id), part.call(action_id),
+                  part.voice_calls_open],
+            args=[notification_id, attempt, action_id, _fmt(now), int(self._options.retention_seconds),
+                  self._consumer, _fmt(now + self._options.call_lease_seconds)])
         if not stored:
             return False
         # The channel gets the ActionID as its Uniqueid (ChannelId): its Hangup event, which
@@ -918,12 +1006,19 @@ class VoiceReminders(Service):
 
         async def write() -> None:
             args: list[Any] = [outcome.value, _fmt(self._now()), int(self._options.retention_seconds),
-                               _fmt(retry_at) if retry_at else "0", call.notification_id]
+                               _fmt(retry_at) if retry_at else "0", call.notification_id, self._consumer]
             for name, value in fields.items():
                 args += [name, value]
-            await self._scripts["finish"](
-                keys=[self._keys.call(call.action_id), self._keys.voice_reminder(call.notification_id),
-                      self._keys.voice_due], args=args)
+            part = self._keys.partition(self._keys.partition_of(call.notification_id))
+            mine = await self._scripts["finish"](
+                keys=[part.call(call.action_id), part.voice_reminder(call.notification_id), part.voice_due],
+                args=args)
+            if not mine:
+                # Our lease ran out and another process took the call over: it reports.
+                log.warn("voice call {action_id} was taken over by another process; its outcome is theirs",
+                         action_id=call.action_id)
+                metrics.ami_calls_taken_over.labels("lost").inc()
+                return
             if retry_at:
                 await self._close_call(call.action_id)
                 self._clock.callLater(0, self.dispatch)
@@ -956,33 +1051,96 @@ class VoiceReminders(Service):
                 self._waiters[notification_id] = _Waiters(recorded=waiters.recorded)
 
     async def _close_call(self, action_id: str) -> None:
+        part = self._keys.partition(self._keys.call_partition_of(action_id))  # one slot: MULTI works
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._keys.call(action_id), "reported", "1")
-            pipe.zrem(self._keys.voice_calls_open, action_id)
+            pipe.hset(part.call(action_id), "reported", "1")
+            pipe.zrem(part.voice_calls_open, action_id)
             await pipe.execute()
 
-    async def _load_open_calls(self) -> None:
-        """Rebuild the in-memory calls from Redis (after a restart); report finished ones."""
-        action_ids = await self._redis.zrange(self._keys.voice_calls_open, 0, -1)
-        for action_id in action_ids:
-            raw = await self._redis.hgetall(self._keys.call(action_id))
-            if not raw:
-                await self._redis.zrem(self._keys.voice_calls_open, action_id)
+    # --- leases on open calls (several processes) -------------------------------------
+
+    def _arm_lease_timer(self) -> None:
+        if self.running:
+            self._lease_timer = self._clock.callLater(self._options.call_lease_seconds / 5, self._lease_tick)
+
+    def _lease_tick(self) -> None:
+        self._lease_timer = None
+
+        async def tick() -> None:
+            await self._renew_leases(list(self._calls.values()), lease_until=self._now() + self._options.call_lease_seconds)
+            await self._take_over_calls()
+
+        def failed(failure: Any) -> None:
+            log.warn("voice call leases not renewed this time: {error}", error=failure.getErrorMessage())
+
+        as_deferred(tick()).addErrback(failed).addBoth(lambda _: self._arm_lease_timer())
+
+    async def _renew_leases(self, calls: list[_Call], *, lease_until: float) -> None:
+        """Renew our leases on `calls` (or give them up: lease_until 0); stop following
+        those another process took over."""
+        by_partition: dict[int, list[str]] = {}
+        for call in calls:
+            if call.state is not CallState.FINISHED:
+                by_partition.setdefault(self._keys.call_partition_of(call.action_id), []).append(call.action_id)
+        for k, action_ids in by_partition.items():
+            part = self._keys.partition(k)
+            lost = await self._scripts["renew"](
+                keys=[part.voice_calls_open, *(part.call(a) for a in action_ids)],
+                args=[self._consumer, _fmt(lease_until), *action_ids])
+            for action_id in lost:
+                gone = self._calls.get(action_id)
+                if gone is not None and gone.state is not CallState.FINISHED:
+                    log.warn("voice call {action_id} taken over by another process (our lease ran out); "
+                             "no longer following it", action_id=action_id)
+                    metrics.ami_calls_taken_over.labels("lost").inc()
+                    gone.state = CallState.FINISHED
+                    if gone.cause_timer is not None and gone.cause_timer.active():
+                        gone.cause_timer.cancel()
+                    self._untrack(gone)
+
+    async def _take_over_calls(self, *, starting: bool = False) -> None:
+        """Follow the open calls of the partitions worked whose owner's lease ran out (a
+        process that died, or stopped and gave them up), and at start our own of a
+        previous run: report those already finished, reconcile the others (see the
+        module docstring, "Several processes")."""
+        now = self._now()
+        for k in self.partitions():
+            part = self._keys.partition(k)
+            # Open calls are bounded by max_concurrent_calls per process: a few hundred.
+            entries = await self._redis.zrange(part.voice_calls_open, 0, -1, withscores=True)
+            candidates = [a for a, score in entries
+                          if a not in self._calls and (starting or float(score) <= now)]
+            if not candidates:
                 continue
-            notification_id = raw.get("notification_id", "")
-            if raw.get("state") == CallState.FINISHED.value:
-                outcome = CallOutcome(raw.get("outcome", CallOutcome.UNKNOWN.value))
-                if outcome is CallOutcome.NOT_PLACED:
-                    await self._close_call(action_id)
-                else:
-                    await self._report(notification_id, outcome, action_id=action_id)
-                continue
-            call = _Call(action_id, notification_id, int(raw.get("attempt") or 1),
-                         CallState(raw.get("state", CallState.ORIGINATING.value)),
-                         # The channel's Uniqueid is the ActionID (ChannelId) unless noted otherwise.
-                         uniqueid=raw.get("uniqueid") or action_id)
-            self._track(call)
-            log.info("voice call {action_id} open from a previous run; will reconcile", action_id=action_id)
+            taken = await self._scripts["take_over"](
+                keys=[part.voice_calls_open, *(part.call(a) for a in candidates)],
+                args=[self._consumer, _fmt(now), _fmt(now + self._options.call_lease_seconds), *candidates])
+            for action_id in taken:
+                await self._adopt(part.call(action_id), action_id)
+
+    async def _adopt(self, key: str, action_id: str) -> None:
+        raw = await self._redis.hgetall(key)
+        notification_id = raw.get("notification_id", "")
+        if not notification_id:
+            return
+        if raw.get("state") == CallState.FINISHED.value:
+            outcome = CallOutcome(raw.get("outcome", CallOutcome.UNKNOWN.value))
+            if outcome is CallOutcome.NOT_PLACED:
+                await self._close_call(action_id)
+            else:
+                await self._report(notification_id, outcome, action_id=action_id)
+            return
+        call = _Call(action_id, notification_id, int(raw.get("attempt") or 1),
+                     CallState(raw.get("state", CallState.ORIGINATING.value)),
+                     # The channel's Uniqueid is the ActionID (ChannelId) unless noted otherwise.
+                     uniqueid=raw.get("uniqueid") or action_id)
+        self._track(call)
+        metrics.ami_calls_taken_over.labels("taken").inc()
+        log.info("voice call {action_id} open from a previous run or another process; will reconcile",
+                 action_id=action_id)
+        if self.running and self._ami.is_logged_in:
+            call.deadline = self._clock.seconds()
+            self._arm_reconcile_timer()
 
     # --- ordered writes ----------------------------------------------------------------
 

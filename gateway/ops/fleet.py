@@ -383,9 +383,11 @@ async def read_queues(redis: Any, keys: Keys, *, now: float | None = None,
             pipe.zcard(part.awaiting_receipt)
             pipe.zcard(part.dead_letters)
             pipe.zcard(part.inflight)
-        pipe.zcard(keys.voice_due)
-        pipe.zcard(keys.voice_calls_open)
+        for part in parts:  # voice keys are per partition too (w11-voice)
+            pipe.zcard(part.voice_due)
+            pipe.zcard(part.voice_calls_open)
         results = await pipe.execute()
+    voice_counts = results[len(parts) * (2 * len(LANES) + 6):]
     lanes: dict[str, Any] = {lane: {"depth": 0, "oldest_age_seconds": None} for lane in LANES}
     heads: dict[str, list[str]] = {lane: [] for lane in LANES}
     totals = {"scheduled": 0, "quiet_hours_held": 0, "awaiting_receipt": 0, "dead_letters": 0, "submitting": 0}
@@ -425,8 +427,8 @@ async def read_queues(redis: Any, keys: Keys, *, now: float | None = None,
         "submitting": totals["submitting"],
         "awaiting_receipt": totals["awaiting_receipt"],
         "dead_letters": totals["dead_letters"],
-        "voice_reminders_queued": int(results[-2]),
-        "voice_calls_open": int(results[-1]),
+        "voice_reminders_queued": sum(int(n) for n in voice_counts[0::2]),
+        "voice_calls_open": sum(int(n) for n in voice_counts[1::2]),
     }
 
 

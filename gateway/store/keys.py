@@ -20,8 +20,12 @@ The single ``notify`` intake stream stays accepted whatever the partitions.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
+
+# gateway/ivr/reminders.py action_id_for: rem-<notification id>-<attempt>
+_REMINDER_ACTION_ID = re.compile(r"^rem-(.+)-\d+$")
 
 
 class PartitionedKeyError(LookupError):
@@ -99,6 +103,33 @@ class PartitionKeys:
     def early_receipts_parked(self) -> str:
         return f"{self.base}early-receipts-parked"
 
+    # voice reminders of this partition's notifications (gateway/ivr/reminders.py)
+    def voice_reminder(self, notification_id: str) -> str:
+        if self.tagged:
+            return f"{self.base}voice-reminder:{notification_id}"
+        return f"{self.prefix}voice-reminder:{{{notification_id}}}"
+
+    def call(self, action_id: str) -> str:
+        return f"{self.base}call:{action_id}"
+
+    @property
+    def voice_due(self) -> str:
+        return f"{self.base}voice-due"
+
+    @property
+    def voice_calls_open(self) -> str:
+        return f"{self.base}voice-calls-open"
+
+    # MO state of the senders and entries of this partition (gateway/push/mo.py)
+    def mo_rate(self, phone_digits: str) -> str:
+        return f"{self.base}mo-rate:{phone_digits}"
+
+    def mo_cancel_code(self, phone_digits: str) -> str:
+        return f"{self.base}mo-cancel:{phone_digits}"
+
+    def mo_handled(self, mo_id: str) -> str:
+        return f"{self.base}mo-handled:{mo_id}"
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -131,6 +162,20 @@ class Keys:
         if self.partitions == 1:
             return 0
         return zlib.crc32(f"{carrier}:{message_id}".encode()) % self.partitions
+
+    def number_partition_of(self, phone_digits: str) -> int:
+        """The partition of a phone number's MO state (rate window, pending cancel code):
+        ``crc32(digits) % partitions``, so all of one sender's keys share a slot."""
+        if self.partitions == 1:
+            return 0
+        return zlib.crc32(phone_digits.encode()) % self.partitions
+
+    def call_partition_of(self, action_id: str) -> int:
+        """The partition of a reminder call: its notification's (the ActionID is
+        ``rem-<notification id>-<attempt>``, see gateway/ivr/reminders.py action_id_for);
+        anything else, crc32 of the ActionID itself."""
+        match = _REMINDER_ACTION_ID.match(action_id)
+        return self.partition_of(match.group(1) if match else action_id)
 
     def partition(self, index: int) -> PartitionKeys:
         return self._parts[index]
@@ -230,21 +275,26 @@ class Keys:
         return f"{self.prefix}freq:{day}:{phone_digits}"
 
     def mo_rate(self, phone_digits: str) -> str:
-        """A sender's MO rate window (hash: start, count, ignore_until)."""
-        return f"{self.prefix}mo-rate:{phone_digits}"
+        """A sender's MO rate window (hash: start, count, ignore_until); partitioned:
+        in the number's partition (`number_partition_of`)."""
+        return self._parts[self.number_partition_of(phone_digits)].mo_rate(phone_digits)
 
     def mo_cancel_code(self, phone_digits: str) -> str:
-        """A sender's pending two-step SMS cancellation (hash: code, booking_no, ...)."""
-        return f"{self.prefix}mo-cancel:{phone_digits}"
+        """A sender's pending two-step SMS cancellation (hash: code, booking_no, ...);
+        partitioned: in the number's partition (`number_partition_of`)."""
+        return self._parts[self.number_partition_of(phone_digits)].mo_cancel_code(phone_digits)
 
     @property
     def mo_stream(self) -> str:
-        """Citizens' messages to 12123, recorded before deliver_sm_resp (group `mo`)."""
+        """Citizens' messages to 12123, recorded before deliver_sm_resp (group `mo`).
+        One stream whatever the partitions, like the shared ``notify`` stream: its
+        commands each touch this one key (docs/redis-schema.md, "MO")."""
         return f"{self.prefix}mo"
 
     def mo_handled(self, mo_id: str) -> str:
-        """Marker that an MO stream entry was answered: a replay sends no second reply."""
-        return f"{self.prefix}mo-handled:{mo_id}"
+        """Marker that an MO stream entry was answered: a replay sends no second reply;
+        partitioned: in partition ``crc32(mo id) % partitions``."""
+        return self._parts[self.partition_of(mo_id)].mo_handled(mo_id)
 
     # --- core data -------------------------------------------------------------------
     def booking(self, plan_id: str, booking_no: str) -> str:
@@ -305,22 +355,27 @@ class Keys:
         return f"{self.prefix}ivr-attempts-global"
 
     def call(self, action_id: str) -> str:
-        """One outbound reminder call, by its AMI ActionID (gateway/ivr/reminders.py)."""
-        return f"{self.prefix}call:{action_id}"
+        """One outbound reminder call, by its AMI ActionID (gateway/ivr/reminders.py);
+        partitioned: in its notification's partition (`call_partition_of`)."""
+        return self._parts[self.call_partition_of(action_id)].call(action_id)
 
     def voice_reminder(self, notification_id: str) -> str:
-        """A voice request taken from the stream: number, text, attempts, state."""
-        return f"{self.prefix}voice-reminder:{{{notification_id}}}"
+        """A voice request taken from the stream: number, text, attempts, state;
+        partitioned: in the notification's partition."""
+        return self._parts[self.partition_of(notification_id)].voice_reminder(notification_id)
 
     @property
     def voice_due(self) -> str:
-        """Sorted set of notification ids waiting for a call, by the Unix time it may start."""
-        return f"{self.prefix}voice-due"
+        """Sorted set of notification ids waiting for a call, by the Unix time it may start
+        (one per partition: partition(k).voice_due)."""
+        return self._single("voice_due").voice_due
 
     @property
     def voice_calls_open(self) -> str:
-        """Sorted set of ActionIDs of calls whose outcome is not yet reported, by start time."""
-        return f"{self.prefix}voice-calls-open"
+        """Sorted set of ActionIDs of calls whose outcome is not yet reported, by the end of
+        the lease of the process that follows the call (one per partition:
+        partition(k).voice_calls_open)."""
+        return self._single("voice_calls_open").voice_calls_open
 
     # --- operations (gateway/ops/: fleet status, runtime control, audit, accounts) -----
     def process_status(self, process_id: str) -> str:
