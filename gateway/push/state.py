@@ -462,7 +462,7 @@ class NotificationLedger:
                 declared.add(cap_label, item.cap_key)
             args += [item.id, item.entry_id if stream[0] else "", "1" if item.retry else "0", item.disposition,
                      _fmt(item.due_at) if item.due_at else "0", item.lane, cap_label, item.cap, item.reason,
-                     item.type, ttl, len(fields), *fields]
+                     item.type, str(ttl), len(fields), *fields]
         payload = await self._run(self._accept, now, args, declared, partition)
         return [AcceptOutcome(payload[k], payload[k + 1], payload[k + 2] == "duplicate",
                               "" if payload[k + 2] == "duplicate" else payload[k + 2])

@@ -20,6 +20,7 @@
 local QUOTA = {high = tonumber(ARGV[FIRST]), normal = tonumber(ARGV[FIRST + 1]), bulk = tonumber(ARGV[FIRST + 2])}
 local n = QUOTA.high + QUOTA.normal + QUOTA.bulk
 local lease = tonumber(ARGV[FIRST + 3])
+local LEASE_DEADLINE = string.format('%.3f', now + lease)  -- printed once, not per id
 local QUIET = ARGV[FIRST + 4]
 local quiet = tonumber(QUIET)
 local TOKEN, MODE = ARGV[FIRST + 5], ARGV[FIRST + 6]
@@ -85,7 +86,7 @@ local function take(lane, want)
           local attempts = (tonumber(h[5] or '0') or 0) + 1
           transition(id, key, 'submitting', h[8], {'attempts', tostring(attempts), 'claim', TOKEN},
             {'attempt', tostring(attempts)})
-          zadd_later(INFLIGHT, now + lease, id)
+          zadd_later(INFLIGHT, LEASE_DEADLINE, id)
           taken[#taken + 1] = id
           out[#out + 1] = {id, h[3] or '', h[4] or '', tostring(attempts), h[6] or '', h[7] or '0', h[8] or '', lane, h[2] or ''}
           claimed = claimed + 1

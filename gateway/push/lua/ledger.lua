@@ -23,7 +23,8 @@
 local ARGV = cjson.decode(ARGV[1])
 local NOW = ARGV[1]
 local now = tonumber(NOW)
-local RETENTION = tonumber(ARGV[2])
+local RETENTION_S = ARGV[2]
+local RETENTION = tonumber(RETENTION_S)
 local MAXLEN = ARGV[3]
 local SIGNATURE = ARGV[4]
 local RECEIPT_TIMEOUT = tonumber(ARGV[5])
@@ -93,27 +94,39 @@ local function lane_push(lane, id)
 end
 
 -- push.events: 'all' appends every state change, 'final' only final states (the hash
--- keeps every <state>_at either way), 'off' none.
+-- keeps every <state>_at either way), 'off' none.  The stream is trimmed (MAXLEN ~) once
+-- per script, before its first event, not on every XADD: each argument of a write costs
+-- Redis its parsing and its AOF record, and the cap is approximate anyway (a script adds
+-- at most a batch beyond it until the next one trims).
+local events_trimmed = false
 local function emit(id, kind, ev)
   if EVENTS_MODE ~= 'all' and (EVENTS_MODE == 'off' or not FINAL[kind]) then return end
-  local args = {'XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'type', 'notification.' .. kind, 'id', id, 'at', NOW}
-  for i = 1, #ev do args[#args + 1] = ev[i] end
-  redis.call(unpack(args))
+  if not events_trimmed then
+    redis.call('XTRIM', EVENTS, 'MAXLEN', '~', MAXLEN)
+    events_trimmed = true
+  end
+  redis.call('XADD', EVENTS, '*', 'type', 'notification.' .. kind, 'id', id, 'at', NOW, unpack(ev))
 end
 
 -- EXPIRE is set at acceptance (retention + validity) and renewed when a final state
--- is reached: not on every step, which would double the writes of the hot path.
+-- is reached: not on every step, which would double the writes of the hot path; and at
+-- a final state only when the TTL left is shorter than the retention (a TTL read costs
+-- Redis a fraction of an EXPIRE, which is a write with its AOF record).  ttl: the TTL to
+-- set now (acceptance).
 local function transition(id, key, state, ntype, fields, ev, ttl)
   local ts = state .. '_at'
   if state == 'submitting' then ts = 'submit_started_at' end
-  local args = {'HSET', key, 'state', state, ts, NOW}
-  for i = 1, #fields do args[#args + 1] = fields[i] end
-  redis.call(unpack(args))
-  ttl = ttl or (FINAL[state] and RETENTION)
-  if ttl then redis.call('EXPIRE', key, ttl) end
-  local e = {'notification_type', ntype or ''}
-  for i = 1, #ev do e[#e + 1] = ev[i] end
-  emit(id, state, e)
+  redis.call('HSET', key, 'state', state, ts, NOW, unpack(fields))
+  if ttl then
+    redis.call('EXPIRE', key, ttl)
+  elseif FINAL[state] and redis.call('TTL', key) < RETENTION then
+    redis.call('EXPIRE', key, RETENTION_S)
+  end
+  if EVENTS_MODE == 'all' or (EVENTS_MODE == 'final' and FINAL[state]) then
+    local e = {'notification_type', ntype or ''}
+    for i = 1, #ev do e[i + 2] = ev[i] end
+    emit(id, state, e)
+  end
   count(state)
 end
 

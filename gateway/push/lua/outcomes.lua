@@ -31,6 +31,8 @@ local n = tonumber(ARGV[FIRST])
 local EARLY_TTL = tonumber(ARGV[FIRST + 1])
 local i = FIRST + 2
 local again, parked = {}, {}
+-- formatted once: a number handed to redis.call is printed with %.17g each time
+local RECEIPT_DUE = string.format('%.3f', now + RECEIPT_TIMEOUT)
 for number = 1, n do
   local op = ARGV[i]
   if op == 'A' or op == 'B' then
@@ -55,9 +57,9 @@ for number = 1, n do
       if nr < np then fields[7] = 'receipt_parts'; fields[8] = tostring(nr) end
       transition(id, key, 'submitted', h[2], fields, {'carrier', carrier, 'parts', tostring(np)})
       for p = 1, (op == 'A' and nr or 0) do
-        redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. (p - 1), 'EX', RETENTION)
+        redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. (p - 1), 'EX', RETENTION_S)
       end
-      if nr > 0 and RECEIPT_TIMEOUT > 0 then zadd_later(AWAITING, now + RECEIPT_TIMEOUT, id) end
+      if nr > 0 and RECEIPT_TIMEOUT > 0 then zadd_later(AWAITING, RECEIPT_DUE, id) end
       for p = 1, ((op == 'A' and early_possible()) and nr or 0) do
         local ek = earlykey(carrier, mids[p])
         local early = redis.call('GET', ek)
@@ -138,7 +140,7 @@ for number = 1, n do
   elseif op == 'I' then
     local id, carrier, part, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     i = i + 5
-    redis.call('SET', msgkey(carrier, mid), id .. ' ' .. part, 'EX', RETENTION)
+    redis.call('SET', msgkey(carrier, mid), id .. ' ' .. part, 'EX', RETENTION_S)
     if early_possible() then
       local ek = earlykey(carrier, mid)
       local early = redis.call('GET', ek)
