@@ -291,6 +291,7 @@ class PushConfig:
     # Partitions: gateway/store/keys.py (crc32 of the id), docs/redis-schema.md.
     events: str = setting("all", help="which notification state changes are appended to the events stream: all, final (delivered, undeliverable, unconfirmed, expired, failed, rejected: one XADD per notification instead of about four), off; the notification's hash keeps every <state>_at either way", choices=("all", "final", "off"))
     intake_wait_replicas: int = setting(0, help="after recording a batch of intake, WAIT until this many replicas of each partition's Redis have it (at most 1 s, then a warning and go on): with 1, an accepted notification survives its master's failover; 0: do not wait", minimum=0, maximum=5)
+    partition_lease_seconds: float = setting(10.0, help="with more than 1 partition each is owned by one process at a time (it reads the partition's intake stream, claims from its lanes, runs its sweeps); a process that died (SIGKILL) has its partitions taken over by the others after this long; renewed every fifth of it (docs/redis-schema.md, partition ownership)", unit="s", minimum=2, maximum=600)
     partitions: int = setting(1, help="partitions of the notification pipeline; more than 1 tags every pipeline key {pN} so that it spreads over a Redis Cluster (e.g. 16); changing it needs an empty pipeline (docs/redis-schema.md)", minimum=1, maximum=1024)
 
 

@@ -464,12 +464,16 @@ class IntakeConsumer:
     """
 
     def __init__(self, intake: Intake, redis: Any, keys: Keys, *, group: str, consumer: str,
-                 batch_size: int = 200, claim_idle_seconds: float = 60.0, stream: str | None = None) -> None:
+                 batch_size: int = 200, claim_idle_seconds: float = 60.0, stream: str | None = None,
+                 partition: int | None = None) -> None:
         self.intake = intake
         self.redis = redis
         self.keys = keys
         # The shared ``notify`` stream, or one partition's (a partitioned pipeline reads both).
         self.stream = stream or keys.notify_stream
+        # The partition whose stream this is (read only while this process owns it:
+        # gateway/push/ownership.py); None: the shared ``notify`` stream, read by every process.
+        self.partition = partition
         self.group = group
         self.consumer = consumer
         self.batch_size = batch_size
@@ -538,6 +542,24 @@ class IntakeConsumer:
         cursor, entries = result[0], result[1]
         self._autoclaim_cursor = cursor if cursor else "0-0"
         return await self._process(entries)
+
+    async def take_over_pending(self, max_rounds: int = 1000) -> int:
+        """Finish every entry pending in the group on this stream, whoever read it: a
+        partition's new owner takes over what the last one read and did not accept (it
+        died, or gave the partition up with a read under way).  Acceptance is idempotent,
+        so an entry the last owner is accepting right now is only answered as a duplicate.
+        At most `max_rounds` batches (a bound: 1000 x batch_size entries is far more than
+        one process ever holds pending; the claim-stale loop finds the rest)."""
+        handled = 0
+        cursor = "0-0"
+        for _ in range(max_rounds):
+            result = await self.redis.xautoclaim(self.stream, self.group, self.consumer, min_idle_time=0,
+                                                 start_id=cursor, count=self.batch_size)
+            cursor, entries = result[0], result[1]
+            handled += await self._process(entries)
+            if not cursor or cursor == "0-0":
+                break
+        return handled
 
 
 # ----------------------------------------------------------------------------------------

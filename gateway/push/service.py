@@ -5,8 +5,14 @@ Theory of operation
 The service composes the parts and runs their loops on the reactor (asyncio reactor;
 the loops are asyncio coroutines because redis-py's client is):
 
-* **intake**: XREADGROUP on ``keys.notify_stream`` (blocking), accept, XACK; at start it
-  first finishes this consumer's own pending entries;
+* **intake**: XREADGROUP on ``keys.notify_stream`` and, with several partitions, on the
+  intake stream of each partition this process owns (blocking), accept, XACK; at start it
+  first finishes this consumer's own pending entries, and on taking a partition over every
+  entry pending on its stream (XAUTOCLAIM);
+* **ownership** (several partitions, every push.partition_lease_seconds / 5): heartbeat,
+  take a fair share of the partitions, renew it, give up extras when a process joins
+  (gateway/push/ownership.py).  Claims, promotions, lease recovery and receipt timeouts
+  run only on owned partitions;
 * **claim-stale**: XAUTOCLAIM entries that another (crashed) consumer left pending for
   ``claim_idle_seconds``;
 * **dispatch**: claim from the lanes and submit while in-flight slots are free; it
@@ -48,6 +54,7 @@ from gateway.ports import CarrierLink, PartnerReceiptSink
 from gateway.push.deadletters import list_dead_letters, retry_dead_letters
 from gateway.push.index import SearchIndex
 from gateway.push.intake import Intake, IntakeConsumer
+from gateway.push.ownership import PartitionOwnership
 from gateway.push.partners import PartnerGateway
 from gateway.push.queue import Priority, QuietHoursPolicy
 from gateway.push.receipts import ReceiptRecorder
@@ -143,14 +150,20 @@ class PushService(Service):
         consumer = config.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         # The shared notify stream, and with several partitions each partition's stream
         # (where HTTP, the CLI and core systems that know the rule write).
-        streams = [keys.notify_stream]
+        # The partition streams are read only while this process owns the partition.
+        streams: list[tuple[str, int | None]] = [(keys.notify_stream, None)]
         if keys.partitioned:
-            streams += [part.notify_stream for part in keys.all_partitions]
+            streams += [(part.notify_stream, part.index) for part in keys.all_partitions]
         self.consumers = [IntakeConsumer(self.intake, redis, keys, group=config.consumer_group,
                                          consumer=consumer, batch_size=config.batch_size,
-                                         claim_idle_seconds=config.claim_idle_seconds, stream=stream)
-                          for stream in streams]
+                                         claim_idle_seconds=config.claim_idle_seconds, stream=stream,
+                                         partition=partition)
+                          for stream, partition in streams]
         self.consumer = self.consumers[0]
+        self.ownership = PartitionOwnership(redis, keys, consumer, clock,
+                                            lease_seconds=config.partition_lease_seconds)
+        if self.ownership.enabled:
+            self.dispatcher.owned_partitions = self.ownership.owned
         self.receipts = ReceiptRecorder(self.writer)
         self.partners = PartnerGateway(self.intake, self.ledger, clock)
         self.ledger.on_partner_final = self.partners.on_partner_final
@@ -211,6 +224,8 @@ class PushService(Service):
         self._running = True
         self._sleepers = []
         self._loops = [
+            *([self._spawn("ownership", self._every("ownership", self._ownership_step, self.ownership.tick_seconds))]
+              if self.ownership.enabled else []),
             *(self._spawn("intake", self._intake_loop(consumer)) for consumer in self.consumers),
             self._spawn("claim-stale", self._every(
                 "claim-stale", self._claim_stale_step, max(1.0, self.config.claim_idle_seconds / 2))),
@@ -237,6 +252,8 @@ class PushService(Service):
         await self._bounded(self._drained(), "in-flight submits and outcome writes")
         self._hand_over()
         await self._bounded(wait_deferred(DeferredList(self._loops, consumeErrors=True)), "push loops")
+        # Last: the others take the partitions at their next tick instead of after the lease.
+        await self._bounded(self.ownership.release_all(), "releasing the partitions")
         if self.dispatcher.in_flight:
             log.warn("push stopped with {count} submits in flight; they are recovered after their lease",
                      count=self.dispatcher.in_flight)
@@ -361,6 +378,14 @@ class PushService(Service):
             if self._running and not busy:
                 await self._sleep(interval)
 
+    async def _ownership_step(self) -> bool:
+        await self.ownership.tick()
+        return False
+
+    def _reading(self, consumer: IntakeConsumer) -> bool:
+        """Whether this process reads the consumer's stream now (the shared one always)."""
+        return consumer.partition is None or self.ownership.holds(consumer.partition)
+
     async def _intake_loop(self, consumer: IntakeConsumer) -> None:
         delay = [self.backoff_initial_seconds]
 
@@ -368,12 +393,32 @@ class PushService(Service):
             await consumer.ensure_group()
             while self._running and await consumer.read_own_pending_once():
                 pass
+            if consumer.partition is not None:
+                # Taken over: what the last owner read and did not accept.
+                await consumer.take_over_pending()
             return True
 
-        while self._running and not await self._guarded("intake", start, delay):
-            pass
+        started = False
         while self._running:
+            if not self._reading(consumer):
+                if started:
+                    started = False
+                    self._cancel_read_ahead(consumer)
+                # Polled: a partition taken is read within a housekeeping tick (0.25 s).
+                await self._sleep(self.tick_seconds)
+                continue
+            if not started:
+                started = bool(await self._guarded("intake", start, delay))
+                continue
             await self._guarded("intake", lambda: self._intake_step(consumer), delay)
+
+    def _cancel_read_ahead(self, consumer: IntakeConsumer) -> None:
+        """A partition given up: stop its read ahead.  Entries it got meanwhile stay
+        pending for this consumer; the new owner takes them over (`take_over_pending`
+        at its start, or its claim-stale loop after push.claim_idle_seconds)."""
+        read = self._read_tasks.pop(consumer.stream, None)
+        if read is not None and not read.done():
+            read.cancel()
 
     async def _intake_step(self, consumer: IntakeConsumer | None = None) -> int:
         # The next batch is read (XREADGROUP) while this one is accepted: one consumer
@@ -393,14 +438,15 @@ class PushService(Service):
                 del self._read_tasks[consumer.stream]
         if not entries:
             return 0
-        if self._running:
+        if self._running and self._reading(consumer):
             self._read_tasks[consumer.stream] = asyncio.ensure_future(consumer.fetch(self.block_ms))
         return await consumer.process(entries)
 
     async def _claim_stale_step(self) -> bool:
         busy = False
         for consumer in self.consumers:
-            busy = await consumer.claim_stale_once() >= consumer.batch_size or busy
+            if self._reading(consumer):
+                busy = await consumer.claim_stale_once() >= consumer.batch_size or busy
         return busy
 
     async def _dispatch_loop(self) -> None:
@@ -418,10 +464,11 @@ class PushService(Service):
 
     async def _housekeeping_step(self) -> bool:
         now = self.clock.seconds()
-        promoted = await self.ledger.promote_due(now=now)
+        owned = self.ownership.owned(now)  # with one partition: partition 0, as ever
+        promoted = await self.ledger.promote_due(now=now, partitions=owned)
         if promoted:
             self.dispatcher.waker.wake()
-        overdue, unconfirmed = await self.ledger.close_overdue_receipts(now=now)
+        overdue, unconfirmed = await self.ledger.close_overdue_receipts(now=now, partitions=owned)
         if unconfirmed:
             log.info("{count} notifications unconfirmed: no receipt within push.receipt_timeout_seconds",
                      count=unconfirmed)
@@ -430,7 +477,7 @@ class PushService(Service):
         every = max(1, int(self.lease_seconds / 3 / self.tick_seconds))
         if self._tick % every == 0:
             await self.dispatcher.renew_leases_once()
-            recovered = await self.ledger.recover_expired_leases(now=now)
+            recovered = await self.ledger.recover_expired_leases(now=now, partitions=self.ownership.owned())
             if recovered:
                 log.warn("recovered {count} notifications whose submitting process stopped (possible duplicates)",
                          count=recovered)

@@ -504,7 +504,8 @@ class NotificationLedger:
 
     async def claim(self, n: int, *, now: float, lease_seconds: float, quiet_until: float,
                     reserve: int = 0, token: str | None = None,
-                    skip_lanes: Collection[str] = ()) -> list[Claimed]:
+                    skip_lanes: Collection[str] = (), partitions: Sequence[int] | None = None,
+                    retrying: bool = False) -> list[Claimed]:
         """Take up to `n` queued notifications, highest lane first, for submission.
 
         Expired ones become expired; quiet-hours types claimed inside quiet hours go back
@@ -519,36 +520,52 @@ class NotificationLedger:
         and the batch is shared among them (`_share_batch`: high lanes first, partitions
         taking turns); one script runs per partition that has a share.  A lane is first
         in, first out within its partition.
+
+        `partitions`: claim only from these (the ones this process owns:
+        gateway/push/ownership.py); None: all.  `retrying`: the token is that of a claim
+        whose reply was lost, so its batch is looked for in every partition (ownership may
+        have moved since), while new work still comes only from `partitions`.
         """
         if n <= 0:
             return []
         token = token or new_claim_token()
-        parts = self.keys.all_partitions
+        numbers = list(range(self.keys.partitions)) if partitions is None else list(partitions)
+        chosen = set(numbers)
+        replay_only = [k for k in range(self.keys.partitions) if k not in chosen] if retrying else []
+        if not numbers and not replay_only:
+            return []
         # The script may only touch notifications it declares, so the lanes' heads are read
         # first; what another process takes meanwhile, the script skips.
         async with self.redis.pipeline(transaction=False) as pipe:
-            for part in parts:
+            for k in numbers:
+                part = self.keys.partition(k)
                 for lane in LANES:
                     pipe.zrange(part.lane(lane), 0, n - 1)
                 pipe.exists(part.claim(token))
+            for k in replay_only:
+                pipe.exists(self.keys.partition(k).claim(token))
             replies = await pipe.execute()
-        start = self._claim_rotation
-        self._claim_rotation = (start + 1) % len(parts)
-        heads = [replies[4 * k:4 * k + 3] for k in range(len(parts))]
+        runs = []
+        for k, exists in zip(replay_only, replies[4 * len(numbers):], strict=True):
+            if exists:
+                runs.append(self._claim_partition(k, (0, 0, 0), now, lease_seconds, quiet_until, token,
+                                                  [[], [], []], replay=True))
+        start = self._claim_rotation % max(1, len(numbers))
+        self._claim_rotation = (start + 1) % max(1, len(numbers))
+        heads = [replies[4 * k:4 * k + 3] for k in range(len(numbers))]
         if skip_lanes:  # a paused lane offers no candidates, so it gets no share
             heads = [[[] if LANES[i] in skip_lanes else ids for i, ids in enumerate(h)] for h in heads]
-        quotas = _share_batch(n, reserve, heads, start)
-        runs = []
-        for partition in range(len(parts)):
-            if replies[4 * partition + 3]:
+        quotas = _share_batch(n, reserve, heads, start) if numbers else []
+        for position, partition in enumerate(numbers):
+            if replies[4 * position + 3]:
                 runs.append(self._claim_partition(partition, (0, 0, 0), now, lease_seconds, quiet_until, token,
                                                   [[], [], []], replay=True))
-            elif sum(quotas[partition]):
+            elif sum(quotas[position]):
                 # Its share of each lane and a few more, to make up for entries another
                 # process takes meanwhile (every declared key costs the script a lookup).
                 candidates = [ids[:quota + quota // 4 + 2] if quota else []
-                              for ids, quota in zip(heads[partition], quotas[partition], strict=True)]
-                runs.append(self._claim_partition(partition, quotas[partition], now, lease_seconds, quiet_until,
+                              for ids, quota in zip(heads[position], quotas[position], strict=True)]
+                runs.append(self._claim_partition(partition, quotas[position], now, lease_seconds, quiet_until,
                                                   token, candidates))
         claimed = [c for batch in await asyncio.gather(*runs) for c in batch]
         rank = {"high": 0, "normal": 1, "bulk": 2}
@@ -672,33 +689,39 @@ class NotificationLedger:
                 resolved.append(op)
         return resolved
 
-    async def promote_due(self, *, now: float, limit: int = 1000) -> int:
+    async def promote_due(self, *, now: float, limit: int = 1000, partitions: Sequence[int] | None = None) -> int:
         """Move scheduled notifications whose time has come to their lane; how many."""
-        payloads = await self._sweep(self._promote, "scheduled", now, limit)
+        payloads = await self._sweep(self._promote, "scheduled", now, limit, partitions)
         return sum(int(payload[0]) for payload in payloads)
 
-    async def close_overdue_receipts(self, *, now: float, limit: int = 1000) -> tuple[int, int]:
+    async def close_overdue_receipts(self, *, now: float, limit: int = 1000,
+                                     partitions: Sequence[int] | None = None) -> tuple[int, int]:
         """Notifications still ``submitted`` whose receipt timeout has passed become
         ``unconfirmed``; returns (entries due, notifications closed)."""
-        payloads = await self._sweep(self._receipts_overdue, "awaiting_receipt", now, limit)
+        payloads = await self._sweep(self._receipts_overdue, "awaiting_receipt", now, limit, partitions)
         return sum(int(p[0]) for p in payloads), sum(int(p[1]) for p in payloads)
 
-    async def recover_expired_leases(self, *, now: float, limit: int = 1000) -> int:
+    async def recover_expired_leases(self, *, now: float, limit: int = 1000,
+                                     partitions: Sequence[int] | None = None) -> int:
         """Put notifications whose claim lease ran out back at the front of their lane."""
-        payloads = await self._sweep(self._recover, "inflight", now, limit)
+        payloads = await self._sweep(self._recover, "inflight", now, limit, partitions)
         return sum(int(payload[0]) for payload in payloads)
 
-    async def _sweep(self, script: Any, key_name: str, now: float, limit: int) -> list[list[Any]]:
-        """Run a sweep script, in each partition, on the members of its sorted set
-        `key_name` due by `now` (at most `limit` each), read first so that the script can
-        declare their notifications; no script runs where none is due."""
-        parts = self.keys.all_partitions
+    async def _sweep(self, script: Any, key_name: str, now: float, limit: int,
+                     partitions: Sequence[int] | None = None) -> list[list[Any]]:
+        """Run a sweep script, in each partition (of `partitions`; None: all), on the
+        members of its sorted set `key_name` due by `now` (at most `limit` each), read
+        first so that the script can declare their notifications; no script runs where
+        none is due."""
+        numbers = list(range(self.keys.partitions)) if partitions is None else list(partitions)
+        if not numbers:
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for part in parts:
-                pipe.zrangebyscore(getattr(part, key_name), "-inf", _fmt(now), start=0, num=limit)
+            for k in numbers:
+                pipe.zrangebyscore(getattr(self.keys.partition(k), key_name), "-inf", _fmt(now), start=0, num=limit)
             due: list[list[str]] = await pipe.execute()
         runs = []
-        for partition, ids in enumerate(due):
+        for partition, ids in zip(numbers, due, strict=True):
             if ids:
                 declared = self._declared(partition)
                 for notification_id in ids:

@@ -35,7 +35,7 @@ logged per message at info level; failures of whole batches and bugs are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -156,6 +156,9 @@ class Dispatcher:
         # Set by the fleet-wide control (gateway/ops/fleet.py): lanes not claimed from, and
         # types held back in scheduled while an operator has them paused.
         self.paused_lanes: frozenset[str] = frozenset()
+        # Set by the push service with several partitions: the partitions this process
+        # owns now (gateway/push/ownership.py); claims come only from those.  None: all.
+        self.owned_partitions: Callable[[], Sequence[int]] | None = None
         self.paused_types: frozenset[str] = frozenset()
 
     # -- claiming ------------------------------------------------------------------------
@@ -175,11 +178,17 @@ class Dispatcher:
         now = self.clock.seconds()
         # A claim that failed may have happened with its reply lost (Redis restarting,
         # a connection cut): the next claim carries the same token and gets that batch.
+        retrying = self._claim_token is not None
         token = self._claim_token or new_claim_token()
         self._claim_token = token
+        # The fence: only partitions whose ownership lease is good right now.
+        partitions = self.owned_partitions() if self.owned_partitions is not None else None
+        if partitions is not None and not partitions and not retrying:
+            return 0
         claimed = await self.ledger.claim(
             n, now=now, lease_seconds=self.lease_seconds, quiet_until=self.policy.quiet_until(now),
             reserve=reserved_lower_lane_slots(n), token=token, skip_lanes=self.paused_lanes,
+            partitions=partitions, retrying=retrying,
         )
         self._claim_token = None
         if self.paused_types:

@@ -130,6 +130,13 @@ class PartitionKeys:
     def mo_handled(self, mo_id: str) -> str:
         return f"{self.base}mo-handled:{mo_id}"
 
+    @property
+    def owner(self) -> str:
+        """The process that owns this partition (string, a consumer name, with a PX lease;
+        gateway/push/ownership.py): it alone reads the partition's intake stream, claims
+        from its lanes and runs its sweeps.  In the partition's slot, like the work it governs."""
+        return f"{self.base}owner"
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -295,6 +302,12 @@ class Keys:
         """Marker that an MO stream entry was answered: a replay sends no second reply;
         partitioned: in partition ``crc32(mo id) % partitions``."""
         return self._parts[self.partition_of(mo_id)].mo_handled(mo_id)
+
+    @property
+    def partition_members(self) -> str:
+        """Gateway processes sharing the partitions (sorted set: consumer name -> expiry in
+        ms of Redis TIME; gateway/push/ownership.py)."""
+        return f"{self.prefix}members"
 
     # --- core data -------------------------------------------------------------------
     def booking(self, plan_id: str, booking_no: str) -> str:
