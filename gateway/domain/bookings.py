@@ -481,7 +481,11 @@ class BookingStore:
         numbers = [n for n in (normalise_booking_no(b) for b in booking_numbers) if n]
         if not numbers:
             return []
-        plan_ids = await self._redis.mget([self._keys.booking_index(n) for n in numbers])
+        # GETs in a pipeline, not one MGET: on a Redis Cluster the index keys span slots.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for number in numbers:
+                pipe.get(self._keys.booking_index(number))
+            plan_ids = await pipe.execute()
         located = [(n, decode_text(p)) for n, p in zip(numbers, plan_ids, strict=True) if p is not None]
         if not located:
             return []

@@ -59,6 +59,19 @@ are counted; the ``max_code_attempts``-th voids the code.  A new QXYY replaces t
 After the booking window closes, cancelling needs a visit in person at least a day
 before the exam (seeds 001 and 003); the reply says so.
 
+**Partitions.**  With ``push.partitions`` > 1 an MO goes to the MO stream of its sender's
+partition (``12123:{p<k>}:mo``, k = crc32 of the normalised number, `Keys.mo_stream_of`),
+where the sender's rate window and pending cancel code live too, and the handled marker
+of each entry: everything of one sender is in one Cluster slot, and one sender's MOs stay
+in order.  The MO id is then ``p<k>-<entry id>`` (entry ids of two streams may be equal;
+the reply id ``mo-reply:<mo id>`` must not).  The loop works the partitions its
+``partitions`` callable returns (all by default), reading their streams in turn; any
+number of processes share them through the consumer group, and an MO read by a process
+that died is claimed by another after ``claim_idle_seconds``.  On a Cluster the reply and
+events go out first and the marker and XACK follow in one MULTI (a Cluster pipeline runs
+commands to different nodes in no set order).  One partition keeps the names of before
+(``12123:mo``, ``mo-handled:<entry id>``, ``mo-rate:<phone>``, ``mo-cancel:<phone>``).
+
 **Redis outages.**  Every Redis call in the loop may raise ConnectionError/TimeoutError;
 the loop then waits with capped exponential backoff (jittered) and carries on from the
 pending entries, so nothing is dropped.  A `CorruptRecord` (core-system data broken) gets
@@ -75,7 +88,7 @@ import math
 import random
 import secrets
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -134,6 +147,9 @@ __all__ = [
 log = Logger()
 
 MO_REPLY_TYPE = "mo_reply"  # notification type; template "【交管12123】{text}"
+# Partitioned, the MO streams are polled (not blocked on): an MO waits at most this long
+# for its turn when all were empty, next to the seconds its reply SMS takes anyway.
+MO_POLL_SECONDS = 0.25
 CONSUMER_GROUP = "mo"
 
 
@@ -241,10 +257,11 @@ class MoRecorder:
             "text": message.text.encode("utf-8", "replace").decode("utf-8"),
             "received_at": repr(message.received_at or self._now()),
         }
-        mo_id = await self._redis.xadd(self._keys.mo_stream, fields)  # type: ignore[arg-type]
+        stream = self._keys.mo_stream_of(_sender_key(digits))
+        entry_id = await self._redis.xadd(stream, fields)  # type: ignore[arg-type]
         log.info(
             "MO {mo_id} from {sender} via {carrier} recorded",
-            mo_id=decode_text(mo_id),
+            mo_id=self._keys.mo_id(self._keys.number_partition_of(_sender_key(digits)), decode_text(entry_id)),
             sender=message.source,
             carrier=message.carrier,
         )
@@ -464,7 +481,7 @@ def _points_text(people: list[Person]) -> str:
 
 @dataclass(frozen=True)
 class _Entry:
-    mo_id: str
+    mo_id: str  # Keys.mo_id: the entry id, partitioned p<k>-<entry id>
     fields: Mapping[str, str]
 
 
@@ -494,7 +511,11 @@ class MoService(Service):
         backoff_initial_seconds: float = 0.1,
         backoff_max_seconds: float = 10.0,
         max_code_attempts: int = 3,
+        partitions: Callable[[], Sequence[int]] | None = None,
     ) -> None:
+        # The partitions whose MO streams this process answers: all of them unless the
+        # caller limits it (partition ownership).
+        self.partitions: Callable[[], Sequence[int]] = partitions or (lambda: range(keys.partitions))
         self._redis = redis
         self._keys = keys
         self._config = config
@@ -519,6 +540,7 @@ class MoService(Service):
         self._last_trim = 0.0
         # Pending entries of ours to go through first (after start and after an error).
         self._backlog = True
+        self._ready: set[int] = set()  # partitions whose group exists and own pending were read
 
     # InboundSink ----------------------------------------------------------------------
 
@@ -586,12 +608,13 @@ class MoService(Service):
         Returns how many entries were handled.  For a drain at shutdown and for tests;
         the running loop does the same continuously.  Raises Redis errors.
         """
-        await self._ensure_group()
         handled = 0
-        for start in ("0", ">"):
-            while entries := await self._read(start, block=False):
-                await self._answer_batch(entries)
-                handled += len(entries)
+        for partition in self.partitions():
+            await self._ensure_group(partition)
+            for start in ("0", ">"):
+                while entries := await self._read(partition, start, block=False):
+                    await self._answer_batch(entries)
+                    handled += len(entries)
         return handled
 
     async def _sleep(self, seconds: float) -> None:
@@ -603,30 +626,45 @@ class MoService(Service):
         finally:
             self._idle = False
 
-    async def _ensure_group(self) -> None:
+    async def _ensure_group(self, partition: int) -> None:
         try:
             # From "0": MOs recorded before any consumer existed are answered too.
-            await self._redis.xgroup_create(self._keys.mo_stream, CONSUMER_GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(self._keys.partition(partition).mo_stream, CONSUMER_GROUP,
+                                            id="0", mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
 
     async def _step(self) -> None:
+        """One round: our pending entries of partitions new to us first; then entries
+        abandoned by a dead consumer now and then; then new ones.  One stream: a
+        blocking read.  Several (partitioned): each read without blocking in turn (a
+        Cluster cannot block on streams of different slots in one command), then a pause
+        of at most MO_POLL_SECONDS when none had anything."""
         if self._backlog:
-            await self._ensure_group()
-            entries = await self._read("0", block=False)
-            if not entries:
-                self._backlog = False
-                return
-        else:
-            entries = await self._claim_abandoned()
-            if not entries:
-                entries = await self._read(">", block=True)
+            self._ready.clear()
+            self._backlog = False
+        parts = list(self.partitions())
+        for partition in parts:
+            if partition not in self._ready:
+                await self._ensure_group(partition)
+                while entries := await self._read(partition, "0", block=False):
+                    await self._answer_batch(entries)
+                self._ready.add(partition)
+        entries = await self._claim_abandoned(parts)
+        if not entries:
+            if len(parts) == 1:
+                entries = await self._read(parts[0], ">", block=True)
+            else:
+                for partition in parts:
+                    entries += await self._read(partition, ">", block=False)
+                if not entries:
+                    await self._sleep(min(self._block_ms / 1000, MO_POLL_SECONDS))
         if entries:
             await self._answer_batch(entries)
-        await self._trim()
+        await self._trim(parts)
 
-    async def _read(self, start: str, *, block: bool) -> list[_Entry]:
+    async def _read(self, partition: int, start: str, *, block: bool) -> list[_Entry]:
         if block and self._stopping:
             # stopService ran while we were busy: do not start a wait it cannot see.
             return []
@@ -635,37 +673,44 @@ class MoService(Service):
             reply: Any = await self._redis.xreadgroup(
                 CONSUMER_GROUP,
                 self._consumer,
-                {self._keys.mo_stream: start},
+                {self._keys.partition(partition).mo_stream: start},
                 count=self._batch_size,
                 block=self._block_ms if block else None,
             )
         finally:
             self._idle = False
-        return [_Entry(decode_text(i), _decode_fields(f)) for i, f in stream_entries(reply) if i]
+        return [_Entry(self._keys.mo_id(partition, decode_text(i)), _decode_fields(f))
+                for i, f in stream_entries(reply) if i]
 
-    async def _claim_abandoned(self) -> list[_Entry]:
+    async def _claim_abandoned(self, parts: list[int]) -> list[_Entry]:
         """Entries another consumer read and never acknowledged (it died), now and then."""
         now = self._now()
         if now - self._last_claim < self._claim_idle_seconds:
             return []
         self._last_claim = now
-        reply: Any = await self._redis.xautoclaim(
-            self._keys.mo_stream,
-            CONSUMER_GROUP,
-            self._consumer,
-            min_idle_time=int(self._claim_idle_seconds * 1000),
-            start_id="0-0",
-            count=self._batch_size,
-        )
-        return [_Entry(decode_text(i), _decode_fields(f)) for i, f in reply[1] if i]
+        entries: list[_Entry] = []
+        for partition in parts:
+            reply: Any = await self._redis.xautoclaim(
+                self._keys.partition(partition).mo_stream,
+                CONSUMER_GROUP,
+                self._consumer,
+                min_idle_time=int(self._claim_idle_seconds * 1000),
+                start_id="0-0",
+                count=self._batch_size,
+            )
+            entries += [_Entry(self._keys.mo_id(partition, decode_text(i)), _decode_fields(f))
+                        for i, f in reply[1] if i]
+        return entries
 
-    async def _trim(self) -> None:
+    async def _trim(self, parts: list[int]) -> None:
         now = self._now()
         if now - self._last_trim < 3600:
             return
         self._last_trim = now
         oldest_ms = int((now - self._retention_seconds) * 1000)
-        await self._redis.xtrim(self._keys.mo_stream, minid=f"{max(oldest_ms, 0)}-0", approximate=True)
+        for partition in parts:
+            await self._redis.xtrim(self._keys.partition(partition).mo_stream, minid=f"{max(oldest_ms, 0)}-0",
+                                    approximate=True)
 
     async def _answer_batch(self, entries: list[_Entry]) -> None:
         # One sender's MOs in order (QXYY before its code); different senders concurrently.
@@ -688,13 +733,14 @@ class MoService(Service):
 
         Raises Redis connection errors (the entry stays pending and is answered later).
         """
-        keys = self._keys
+        partition, entry_id = self._keys.split_mo_id(mo_id)
+        part = self._keys.partition(partition)
         if not fields:
             # Trimmed away while pending: nothing left to answer.
-            await self._redis.xack(keys.mo_stream, CONSUMER_GROUP, mo_id)
+            await self._redis.xack(part.mo_stream, CONSUMER_GROUP, entry_id)
             return
-        if await self._redis.exists(keys.mo_handled(mo_id)):
-            await self._redis.xack(keys.mo_stream, CONSUMER_GROUP, mo_id)
+        if await self._redis.exists(part.mo_handled(entry_id)):
+            await self._redis.xack(part.mo_stream, CONSUMER_GROUP, entry_id)
             return
         now = self._now()
         command = parse_mo(fields.get("text", ""))
@@ -754,14 +800,22 @@ class MoService(Service):
         reply: MoReply | None,
         now: float,
     ) -> None:
-        """Enqueue the reply, record the events, mark handled, XACK: one round trip."""
+        """Enqueue the reply and record the events; then mark handled and XACK.
+
+        One pipeline on one Redis.  Partitioned, two round trips: on a Cluster a
+        pipeline's commands to different nodes run in no set order, and the
+        acknowledgement must not land without the reply; the marker and the XACK are in
+        the MO stream's slot: one MULTI."""
         keys = self._keys
         masked = mask_phone(phone or fields.get("from", ""))
         at = iso_time(now)
+        partition, entry_id = keys.split_mo_id(mo_id)
+        part = keys.partition(partition)
         async with self._redis.pipeline(transaction=False) as pipe:
             if reply is not None and phone is not None:
                 pipe.xadd(
-                    keys.notify_stream,
+                    # the reply's partition intake stream (the shared notify stream with one)
+                    keys.partition(keys.partition_of(mo_reply_id(mo_id))).notify_stream,
                     {
                         "id": mo_reply_id(mo_id),
                         "type": MO_REPLY_TYPE,
@@ -796,9 +850,15 @@ class MoService(Service):
                         "at": at,
                     },
                 )
-            pipe.set(keys.mo_handled(mo_id), outcome.value, ex=max(1, int(self._retention_seconds)))
-            pipe.xack(keys.mo_stream, CONSUMER_GROUP, mo_id)
+            if not keys.partitioned:  # one server runs a pipeline in order: one round trip
+                pipe.set(part.mo_handled(entry_id), outcome.value, ex=max(1, int(self._retention_seconds)))
+                pipe.xack(part.mo_stream, CONSUMER_GROUP, entry_id)
             await pipe.execute()
+        if keys.partitioned:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(part.mo_handled(entry_id), outcome.value, ex=max(1, int(self._retention_seconds)))
+                pipe.xack(part.mo_stream, CONSUMER_GROUP, entry_id)
+                await pipe.execute()
 
 
 def _sender_key(source: str) -> str:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 # gateway/ivr/reminders.py action_id_for: rem-<notification id>-<attempt>
 _REMINDER_ACTION_ID = re.compile(r"^rem-(.+)-\d+$")
+# Keys.mo_id with partitions: p<partition>-<stream entry id>
+_PARTITIONED_MO_ID = re.compile(r"^p(\d+)-(\d+-\d+)$")
 
 
 class PartitionedKeyError(LookupError):
@@ -127,8 +129,13 @@ class PartitionKeys:
     def mo_cancel_code(self, phone_digits: str) -> str:
         return f"{self.base}mo-cancel:{phone_digits}"
 
-    def mo_handled(self, mo_id: str) -> str:
-        return f"{self.base}mo-handled:{mo_id}"
+    @property
+    def mo_stream(self) -> str:
+        return f"{self.base}mo"
+
+    def mo_handled(self, entry_id: str) -> str:
+        """Keyed by the entry id in this partition's MO stream (untagged: the MO id)."""
+        return f"{self.base}mo-handled:{entry_id}"
 
     @property
     def owner(self) -> str:
@@ -176,6 +183,20 @@ class Keys:
         if self.partitions == 1:
             return 0
         return zlib.crc32(phone_digits.encode()) % self.partitions
+
+    def mo_id(self, partition: int, entry_id: str) -> str:
+        """An MO's id: its entry id in the MO stream; partitioned, ``p<k>-<entry id>``
+        (entry ids of two partitions' streams may be equal)."""
+        return f"p{partition}-{entry_id}" if self.partitioned else entry_id
+
+    def split_mo_id(self, mo_id: str) -> tuple[int, str]:
+        """(partition, entry id) of an MO id (`mo_id`'s inverse)."""
+        if not self.partitioned:
+            return 0, mo_id
+        match = _PARTITIONED_MO_ID.match(mo_id)
+        if match is None:
+            raise ValueError(f"'{mo_id}' is not an MO id of a partitioned MO stream (p<k>-<entry id>)")
+        return int(match.group(1)), match.group(2)
 
     def call_partition_of(self, action_id: str) -> int:
         """The partition of a reminder call: its notification's (the ActionID is
@@ -294,14 +315,20 @@ class Keys:
     @property
     def mo_stream(self) -> str:
         """Citizens' messages to 12123, recorded before deliver_sm_resp (group `mo`).
-        One stream whatever the partitions, like the shared ``notify`` stream: its
-        commands each touch this one key (docs/redis-schema.md, "MO")."""
-        return f"{self.prefix}mo"
+        One per partition when partitioned: a sender's MOs go to the stream of the
+        sender's partition (`mo_stream_of`)."""
+        return self._single("mo_stream").mo_stream
+
+    def mo_stream_of(self, phone_digits: str) -> str:
+        """The MO stream a sender's messages go to: its number's partition's, so one
+        sender's MOs stay in order and next to its rate window and cancel code."""
+        return self._parts[self.number_partition_of(phone_digits)].mo_stream
 
     def mo_handled(self, mo_id: str) -> str:
         """Marker that an MO stream entry was answered: a replay sends no second reply;
-        partitioned: in partition ``crc32(mo id) % partitions``."""
-        return self._parts[self.partition_of(mo_id)].mo_handled(mo_id)
+        partitioned: in the partition of the MO's stream (`mo_id`)."""
+        partition, entry_id = self.split_mo_id(mo_id)
+        return self._parts[partition].mo_handled(entry_id)
 
     @property
     def partition_members(self) -> str:
