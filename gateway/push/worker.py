@@ -179,12 +179,12 @@ class Dispatcher:
         # A claim that failed may have happened with its reply lost (Redis restarting,
         # a connection cut): the next claim carries the same token and gets that batch.
         retrying = self._claim_token is not None
-        token = self._claim_token or new_claim_token()
-        self._claim_token = token
         # The fence: only partitions whose ownership lease is good right now.
         partitions = self.owned_partitions() if self.owned_partitions is not None else None
         if partitions is not None and not partitions and not retrying:
             return 0
+        token = self._claim_token or new_claim_token()
+        self._claim_token = token
         claimed = await self.ledger.claim(
             n, now=now, lease_seconds=self.lease_seconds, quiet_until=self.policy.quiet_until(now),
             reserve=reserved_lower_lane_slots(n), token=token, skip_lanes=self.paused_lanes,
