@@ -1,27 +1,50 @@
 """Notifications per second through 1, 2 and 3 `gateway run` processes on a 3-master Redis
-Cluster (3 replicas), with the carrier simulator; a table, then one JSON line.
+Cluster (3 replicas), with the carrier TPS as the limit, against one process on a single
+redis-server in the same run; a table, then one JSON line.
 
-Each row starts a fresh cluster (gateway/store/local_cluster.py), the simulator (in this
-process) and the gateways (push.partitions 16, one carrier account, 2 binds per process),
-XADDs the workload of tests/integration/faults.py (codes, Chinese two-part cancellations,
-Chinese two-part reminders: receipts on) to the partitions' intake streams, and waits
-until every notification is final.  Columns:
+    .venv/bin/python bench/cluster.py                   # share 500 submit_sm/s per process, 3,000 per process per row
+    .venv/bin/python bench/cluster.py --quick           # smoke run: 300 per process per row
+    .venv/bin/python bench/cluster.py --share 0         # no TPS limit (5,000/s per process): what Redis and the cores carry
+    .venv/bin/python bench/cluster.py --rows single,c1,c2,c3,shared3
 
-* msg/s: notifications final (delivered) per second, from the first XADD to the last;
-* CPU s per process: each gateway's user+system CPU over the run (/proc);
-* Redis us/msg: CPU of all six redis-server nodes (INFO cpu, user+sys) per notification;
-* peak submit/s: the highest number of submit_sm the simulator took in any 1 s window, for
-  the account, against the TPS limit (carriers[].tps_limit per process; a fleet-wide
-  limiter is w11-fleet's); peak binds: the most sessions the account held at once;
-* lost, duplicated: as the fault suite counts them (none expected).
+Set-up (the benchmark's theory of operation)
+--------------------------------------------
+Each row starts a fresh Redis (tests/integration/cluster_run.py ClusterRun: a
+LocalRedisCluster, append-only, or for the ``single`` row one plain redis-server), the
+carrier simulator in this process (it meters submit_sm per second per account in whole
+seconds and binds per account) and P gateways with one carrier account of 2 sessions each:
 
-Usage: python bench/cluster.py [--quick] [-n N] [--processes 1,2,3] [--tps-limit N]
+* ``carriers[].tps_limit`` = ``--share`` (what one process's binds may send), the account's
+  fleet-wide ``account_tps`` = 3 x share and ``max_binds`` = 6 (2 per process, 3 processes);
+* the workload of tests/integration/faults.py (codes, Chinese two-part cancellations,
+  Chinese two-part reminders: 1.67 submit_sm per notification, receipts on), ``-n`` per
+  process, XADDed to the partitions' intake streams (or, row ``shared3``, all of it to the
+  one shared ``12123:notify`` stream: what a core system that knows no partitions costs);
+* ``--partitions`` 24: ownership hands out whole partitions (gateway/push/ownership.py), so
+  the busiest of M processes holds ceil(P/M) of P; 24 splits evenly over 1, 2 and 3
+  processes (16 over 3 is 6/6/4: the busiest has 37.5 % of the work, 2.67x at best);
+* the XADDs start once every partition has an owner and each process holds its share
+  (the time that takes after the last start is the row's ``settle s``).
+
+Why a share of 500/s: the 2-core machine carries about 1,700 notifications/s through the
+Cluster without a TPS limit (2,800 submit_sm/s); 3 x 500 = 1,500 submit_sm/s (900
+notifications/s) leaves it room, so that the carrier TPS and not the cores is the limit
+and the 3-process row can show the 3x the account allows.
+
+Columns: msg/s (notifications final per second from the first XADD to the last final),
+submit/s (the simulator's mean over the whole seconds of the run), its ratio to the
+1-process cluster row (target >= 2.7 at 3), each gateway's CPU seconds, Redis CPU per
+notification of the masters and of all nodes (INFO cpu, user+sys), the highest submit_sm
+in any 1 s window against the account's limit (target <= +5 %), the most binds held, lost
+and duplicated (as the fault suite counts them: none expected).  Last: the cluster's
+Redis CPU per message against the single Redis row's (masters; target <= 1.15x).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import tempfile
 import time
@@ -32,6 +55,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import cpu_seconds, machine, print_json_line, print_table, today  # noqa: E402
+
+SESSIONS_PER_PROCESS = 2
+FLEET_PROCESSES = 3  # the account is sized for three processes' shares
+ROWS = {"single": (1, "single", "partitions"), "c1": (1, "cluster", "partitions"),
+        "c2": (2, "cluster", "partitions"), "c3": (3, "cluster", "partitions"),
+        "shared3": (3, "cluster", "shared")}
+TARGETS = {"ratio_at_3": 2.7, "window_over_limit": 0.05, "cluster_vs_single_redis_cpu": 1.15}
 
 
 def _redis_cpu(ports: list[int]) -> float:
@@ -46,78 +76,220 @@ def _redis_cpu(ports: list[int]) -> float:
     return total
 
 
-async def one_row(processes: int, n: int, tps_limit: int, directory: Path, wait_replicas: int = 0) -> dict[str, Any]:
+def _single_redis_run(directory: Path, **options: Any) -> Any:
+    """A ClusterRun on one plain redis-server (append-only) with 1 partition."""
+    from gateway.store.embedded import RedisServerProcess, free_port
+    from gateway.store.service import make_client
+    from tests.integration.cluster_run import ClusterRun
+    from tests.integration.daemon import Daemon, write_config
+    from tests.integration.faults import CMCC_PREFIXES
+
+    class SingleRedisRun(ClusterRun):
+        def __init__(self) -> None:
+            super().__init__(directory, partitions=1, **options)
+            self.server = RedisServerProcess(data_dir=directory / "redis")
+
+        async def _start(self) -> ClusterRun:
+            import dataclasses
+
+            from gateway.smpp.simulator import CarrierSimulator
+
+            self.directory.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(self.server.start)
+            sim_options = dataclasses.replace(self.simulator_options, port=0, credentials={"gwcmcc": "cmcc-pw"})
+            self.simulator = CarrierSimulator(sim_options, self.reactor)
+            self.simulator.startService()
+            self.client = make_client(self.server.url)
+            self.daemons = [self._daemon(k) for k in range(self.gateways)]
+            await asyncio.gather(*(self.start_gateway(d) for d in self.daemons))
+            return self
+
+        def _daemon(self, k: int) -> Daemon:
+            assert self.simulator is not None
+            carrier = {"name": "cmcc", "host": "127.0.0.1", "port": self.simulator.port_number,
+                       "system_id": "gwcmcc", "password": "cmcc-pw", "prefixes": list(CMCC_PREFIXES), **self.carrier}
+            path = write_config(self.directory / f"gateway{k}", redis={"url": self.server.url}, carriers=[carrier],
+                                push={**self.push, "consumer_name": f"gateway{k}"},
+                                ivr={"fastagi": {"enabled": False, "listen": f"127.0.0.1:{free_port()}"}})
+            return Daemon(path, self.directory / f"gateway{k}" / "gateway.log", extra_args=["--log-format", "json"])
+
+        async def __aexit__(self, *exc: Any) -> None:
+            for daemon in self.daemons:
+                if daemon.process is not None and daemon.process.poll() is None:
+                    await asyncio.to_thread(daemon.stop, 30.0)
+            if self.client is not None:
+                await self.client.aclose()
+            if self.simulator is not None and self.simulator.running:
+                from gateway.store.bridge import wait_deferred
+
+                await wait_deferred(self.simulator.stopService())
+            await asyncio.to_thread(self.server.stop)
+
+    return SingleRedisRun()
+
+
+async def _ownership_settled(run: Any, processes: int, timeout_seconds: float = 60.0) -> float:
+    """Seconds until every partition has an owner and each process holds its fair share."""
+    keys = run.keys
+    started = time.monotonic()
+    if not keys.partitioned:
+        return 0.0
+    share_low = keys.partitions // processes
+    while time.monotonic() - started < timeout_seconds:
+        owners = [await run.client.get(part.owner) for part in keys.all_partitions]
+        counts = {f"gateway{k}": owners.count(f"gateway{k}") for k in range(processes)}
+        if None not in owners and min(counts.values()) >= share_low:
+            return time.monotonic() - started
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"partition ownership did not settle within {timeout_seconds}s: {owners}")
+
+
+async def _enqueue(run: Any, notifications: list[Any], shared: bool, batch: int = 1000) -> None:
+    """XADD each notification to its partition's stream, or all to the shared one."""
+    keys = run.keys
+    for start in range(0, len(notifications), batch):
+        async with run.client.pipeline(transaction=False) as pipe:
+            for n in notifications[start:start + batch]:
+                stream = keys.notify_stream if shared else keys.partition(keys.partition_of(n.id)).notify_stream
+                pipe.xadd(stream, n.stream_fields())
+            await pipe.execute()
+
+
+def _mean_rate(windows: list[tuple[int, int]]) -> float:
+    """Submits per second over the whole seconds between the first and the last (the
+    partial first and last seconds left out when there are more than two)."""
+    if len(windows) > 2:
+        windows = windows[1:-1]
+    if not windows:
+        return 0.0
+    span = windows[-1][0] - windows[0][0] + 1
+    return sum(count for _, count in windows) / span
+
+
+async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     from tests.integration.cluster_run import ClusterRun
     from tests.integration.faults import CMCC_PREFIXES, workload
 
-    async with ClusterRun(directory, gateways=processes, carrier={"tps_limit": tps_limit},
-                          push={"intake_wait_replicas": wait_replicas}) as run:
+    processes, redis_kind, intake = ROWS[name]
+    share = args.share
+    carrier: dict[str, Any] = {"tps_limit": share or 5000, "sessions": SESSIONS_PER_PROCESS}
+    account_tps = share * FLEET_PROCESSES
+    if share:
+        carrier.update(account_tps=account_tps, max_binds=SESSIONS_PER_PROCESS * FLEET_PROCESSES)
+    n = args.messages * processes
+    push = {"intake_wait_replicas": args.intake_wait_replicas}
+    if redis_kind == "single":
+        run = _single_redis_run(directory, gateways=processes, carrier=carrier, push=push)
+    else:
+        run = ClusterRun(directory, gateways=processes, partitions=args.partitions, carrier=carrier, push=push)
+    async with run:
         assert run.simulator is not None
-        notifications = workload(f"b{processes}", n, CMCC_PREFIXES)
-        ports = [node.port for node in run.cluster.nodes]
+        settle = await _ownership_settled(run, processes)
+        notifications = workload(f"b{name}", n, CMCC_PREFIXES)
+        if redis_kind == "single":
+            ports = masters = [run.server.port]
+        else:
+            ports = [node.port for node in run.cluster.nodes]
+            masters = await asyncio.to_thread(run.cluster.master_ports)
         pids = [d.process.pid for d in run.daemons if d.process is not None]
         cpu_before = [cpu_seconds(pid) for pid in pids]
         redis_before = await asyncio.to_thread(_redis_cpu, ports)
+        masters_before = await asyncio.to_thread(_redis_cpu, masters)
         started = time.monotonic()
-        await run.enqueue(notifications)
+        await _enqueue(run, notifications, shared=intake == "shared")
         await run.wait_settled(notifications, timeout_seconds=max(120.0, n / 20))
         elapsed = time.monotonic() - started
         cpu = [round(cpu_seconds(pid) - before, 2) for pid, before in zip(pids, cpu_before, strict=True)]
         redis_cpu = await asyncio.to_thread(_redis_cpu, ports) - redis_before
+        masters_cpu = await asyncio.to_thread(_redis_cpu, masters) - masters_before
         tally = await run.tally(notifications)
-        rates = run.simulator.rates.report()
+        rates = run.simulator.rates
+        peak = max(rates.report()["peak_submits_per_second"].values(), default=0)
         return {
-            "processes": processes, "messages": n, "seconds": round(elapsed, 1),
+            "row": name, "processes": processes, "redis": redis_kind, "intake": intake,
+            "partitions": run.keys.partitions, "messages": n, "seconds": round(elapsed, 1),
+            "ownership_settle_seconds": round(settle, 1),
             "throughput_per_second": round(tally.final / elapsed, 1),
+            "submits_per_second": round(_mean_rate(rates.windows("gwcmcc")), 1),
             "gateway_cpu_seconds_each": cpu,
-            "redis_cpu_seconds": round(redis_cpu, 2),
+            "redis_cpu_seconds": round(redis_cpu, 2), "redis_masters_cpu_seconds": round(masters_cpu, 2),
             "redis_usec_per_message": round(redis_cpu / n * 1e6, 1),
-            "peak_submits_per_second": max(rates["peak_submits_per_second"].values(), default=0),
-            "tps_limit_per_process": tps_limit,
-            "peak_binds_per_account": max(rates["peak_binds_by_system_id"].values(), default=0),
-            "intake_wait_replicas": wait_replicas, "lost": tally.lost, "duplicated": tally.duplicated,
+            "redis_masters_usec_per_message": round(masters_cpu / n * 1e6, 1),
+            "peak_submits_per_second": peak,
+            "tps_limit_per_process": share or 5000, "account_tps": account_tps if share else None,
+            "peak_over_account_limit": round(peak / account_tps - 1, 3) if share else None,
+            "peak_binds_per_account": max(rates.report()["peak_binds_by_system_id"].values(), default=0),
+            "max_binds": SESSIONS_PER_PROCESS * FLEET_PROCESSES if share else None,
+            "intake_wait_replicas": args.intake_wait_replicas, "lost": tally.lost, "duplicated": tally.duplicated,
             "unexplained_duplicates": tally.unexplained_duplicates,
         }
 
 
 async def main(args: argparse.Namespace) -> None:
     rows = []
-    for processes in args.processes:
+    for name in args.rows:
         with tempfile.TemporaryDirectory(prefix="bench-cluster-") as directory:
-            row = await one_row(processes, args.messages, args.tps_limit, Path(directory), args.intake_wait_replicas)
-            print(f"cluster: {processes} process(es): {row['throughput_per_second']}/s, "
+            row = await one_row(name, args, Path(directory))
+            print(f"cluster: {name}: {row['throughput_per_second']} msg/s, {row['submits_per_second']} submit/s, "
                   f"lost {row['lost']}", file=sys.stderr)
             rows.append(row)
-    base = rows[0]["throughput_per_second"] if rows else 0
+    by_name = {r["row"]: r for r in rows}
+    base = by_name.get("c1", {}).get("submits_per_second") or 0
+    single = by_name.get("single")
     print_table(
-        ["processes", "msgs", "msg/s", "vs 1", "CPU s per process", "Redis us/msg", "peak submit/s",
-         "TPS limit/proc", "peak binds", "lost", "dup"],
-        [[r["processes"], r["messages"], r["throughput_per_second"],
-          round(r["throughput_per_second"] / base, 2) if base else "-",
-          " ".join(str(c) for c in r["gateway_cpu_seconds_each"]), r["redis_usec_per_message"],
-          r["peak_submits_per_second"], r["tps_limit_per_process"], r["peak_binds_per_account"],
-          r["lost"], r["duplicated"]] for r in rows])
+        ["row", "procs", "redis", "intake", "msgs", "settle s", "msg/s", "submit/s", "vs c1", "CPU s per process",
+         "Redis us/msg masters", "all nodes", "peak submit/s", "account limit", "peak binds", "lost", "dup"],
+        [[r["row"], r["processes"], r["redis"], r["intake"], r["messages"], r["ownership_settle_seconds"],
+          r["throughput_per_second"], r["submits_per_second"],
+          round(r["submits_per_second"] / base, 2) if base else "-",
+          " ".join(str(c) for c in r["gateway_cpu_seconds_each"]), r["redis_masters_usec_per_message"],
+          r["redis_usec_per_message"], r["peak_submits_per_second"], r["account_tps"] or "-",
+          r["peak_binds_per_account"], r["lost"], r["duplicated"]] for r in rows])
+    ratios = {}
+    if single and single["redis_masters_usec_per_message"]:
+        for r in rows:
+            if r["redis"] == "cluster":
+                ratios[r["row"]] = round(r["redis_masters_usec_per_message"] / single["redis_masters_usec_per_message"], 2)
+        print("Redis CPU per message, cluster masters / single Redis: "
+              + ", ".join(f"{name} {ratio}x" for name, ratio in ratios.items()))
+    c3 = by_name.get("c3")
     print_json_line({"benchmark": "cluster", "date": today(), "machine": machine(),
                      "setup": {"cluster": "3 masters + 3 replicas, redis-server in cluster mode, appendonly everysec",
-                               "partitions": 16, "sessions_per_process": 2, "window": 200,
+                               "single": "one redis-server, appendonly everysec, 1 partition",
+                               "partitions": args.partitions, "sessions_per_process": SESSIONS_PER_PROCESS,
+                               "share_per_process": args.share, "messages_per_process": args.messages,
                                "simulator": "in the benchmark process, receipts after 0.2 s",
                                "workload": "tests/integration/faults.py workload (1/3 codes, 2/3 two-part Chinese)"},
-                     "runs": rows, "lost": sum(r["lost"] for r in rows)})
+                     "targets": TARGETS, "runs": rows,
+                     "ratio_at_3": round(c3["submits_per_second"] / base, 2) if c3 and base else None,
+                     "cluster_vs_single_redis_cpu": ratios,
+                     "lost": sum(r["lost"] for r in rows)})
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", "--messages", type=int, default=6000, help="notifications per row (6,000)")
-    parser.add_argument("--processes", default="1,2,3", help="rows: gateway processes (1,2,3)")
-    parser.add_argument("--tps-limit", type=int, default=5000,
-                        help="carriers[].tps_limit of each process (5,000: not the limit)")
+    parser.add_argument("-n", "--messages", type=int, default=3000,
+                        help="notifications per process per row (3,000: about 10 s at a share of 500 submit_sm/s)")
+    parser.add_argument("--rows", default="single,c1,c2,c3,shared3",
+                        help="rows: single (1 process, single redis-server), c1, c2, c3 (processes on the "
+                             "Cluster), shared3 (3 processes, everything XADDed to the shared notify stream)")
+    parser.add_argument("--share", type=int, default=500,
+                        help="submit_sm/s of each process (carriers[].tps_limit); the account gets 3 x share "
+                             "(account_tps) and 6 binds (max_binds); 0: no limit (tps_limit 5,000, no account limits)")
+    parser.add_argument("--partitions", type=int, default=24, help="push.partitions on the Cluster (24)")
     parser.add_argument("--intake-wait-replicas", type=int, default=0,
                         help="push.intake_wait_replicas of the gateways (0: no WAIT)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 600 notifications per row")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 300 notifications per process per row")
     args = parser.parse_args(argv)
-    args.processes = [int(p) for p in args.processes.split(",") if p]
+    args.rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {sorted(ROWS)}")
     if args.quick:
-        args.messages = 600
+        args.messages = 300
+    if args.partitions < 2:
+        parser.error("--partitions: a Redis Cluster needs more than 1")
+    assert math.isfinite(args.share)
     return args
 
 
