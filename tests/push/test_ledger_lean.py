@@ -45,3 +45,21 @@ async def test_events_stream_stays_near_its_cap(redis_url: str) -> None:
             await p.accept(*(code(f"cap-{batch}-{i}", to=f"139{batch:03d}{i:05d}") for i in range(50)))
         assert await p.redis.zcard(p.keys.lane("high")) + await p.redis.zcard(p.keys.lane("normal")) == 400
         assert 50 <= await p.redis.xlen(p.keys.events_stream) <= 50 + 100 + 50
+
+
+@on_asyncio
+async def test_parts_beyond_the_first_read_are_checked_one_by_one(redis_url: str) -> None:
+    """A receipt reads the first four parts' receipts with the state; a six-part message
+    is delivered only when every part is, whichever part comes last."""
+    async with pipeline(redis_url) as p:
+        p.links[0].parts = 6
+        await p.accept(code("six"))
+        await p.dispatch_all()
+        message_ids = (await p.ledger.raw("six"))["message_ids"].split()
+        order = [0, 1, 2, 3, 5, 4]
+        for done, part in enumerate(order, 1):
+            await p.ledger.apply([op_receipt("cmcc", "DELIVRD", "000", [message_ids[part].lower()])],
+                                 now=p.clock.now)
+            assert await p.state("six") == ("delivered" if done == len(order) else "submitted")
+        raw = await p.ledger.raw("six")
+        assert [raw[f"p{k}"] for k in range(6)] == ["DELIVRD"] * 6

@@ -156,9 +156,11 @@ end
 
 -- One HMGET reads everything a receipt needs: the state, how many parts have receipts
 -- (receipt_parts when only the first asked, else parts), the parts' receipts so far
--- (p0..p9; longer messages read the rest one by one) and what on_final needs.
+-- (p0..p3; longer messages read the rest one by one: every field asked for is a scan of
+-- the hash's listpack, a missing one of all of it) and what on_final needs.
 local RECEIPT_FIELDS = {'state', 'parts', 'type', 'channel', 'partner', 'partner_receipt',
-  'voice_requested_at', 'receipt_parts', 'p0', 'p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'p8', 'p9'}
+  'voice_requested_at', 'receipt_parts', 'p0', 'p1', 'p2', 'p3'}
+local PARTS_READ = 4
 
 local function apply_receipt(id, key, part, rstate, err)
   local h = redis.call('HMGET', key, unpack(RECEIPT_FIELDS))
@@ -175,7 +177,7 @@ local function apply_receipt(id, key, part, rstate, err)
     for q = 0, np - 1 do
       if q ~= part then
         local v
-        if q < 10 then v = h[9 + q] else v = redis.call('HGET', key, 'p' .. q) end
+        if q < PARTS_READ then v = h[9 + q] else v = redis.call('HGET', key, 'p' .. q) end
         if v ~= 'DELIVRD' then
           redis.call('HSET', key, pname, rstate)
           return
@@ -196,7 +198,7 @@ local function apply_receipt(id, key, part, rstate, err)
     zrem_later(AWAITING, id)
     zrem_later(INFLIGHT, id)
     on_final(id, key, 'undeliverable', final_fields)
-  elseif (part < 10 and h[9 + part] or nil) ~= rstate then
+  elseif part >= PARTS_READ or h[9 + part] ~= rstate then
     redis.call('HSET', key, pname, rstate)
   end
 end
