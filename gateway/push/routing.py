@@ -29,13 +29,19 @@ the ported carrier the caller looked up (`PortedNumbers`) and the time passed in
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 from gateway.ports import CarrierLink
 
 __all__ = ["PortedNumbers", "PrefixRouter"]
+
+# A segment with no ported numbers is asked again after this long: a carrier's porting
+# takes days (the citizen's request, the carriers' checks), so a first entry in a new
+# segment applying within 30 s is no loss, and a batch of such numbers costs no round trip.
+RECHECK_ABSENT_SEGMENT_SECONDS = 30.0
 
 
 class PrefixRouter:
@@ -136,33 +142,56 @@ class PortedNumbers:
     once per claimed batch (`lookup`: one HMGET per segment, one round trip); a name that
     is no configured carrier is ignored (prefix routing applies).
 
+    A segment whose hash did not exist is not asked again for `recheck_seconds`: with no
+    ported numbers (or none in the batch's segments) a batch costs no round trip at all.
+    A segment's first ported number thus applies within `recheck_seconds`; a number
+    ported into a segment that has others already applies to the next batch.
+
     Args:
         redis: a redis.asyncio client (decode_responses=True).
         prefix: the key prefix (``Keys.prefix``).
         carriers: the configured carrier names.
+        recheck_seconds: how long a missing segment hash is believed missing.
+        clock: seconds, monotonic (tests pass their own).
     """
 
-    def __init__(self, redis: Any, prefix: str, carriers: Iterable[str]) -> None:
+    def __init__(self, redis: Any, prefix: str, carriers: Iterable[str], *,
+                 recheck_seconds: float = RECHECK_ABSENT_SEGMENT_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.redis = redis
         self.prefix = prefix
         self.carriers = frozenset(carriers)
+        self.recheck_seconds = recheck_seconds
+        self.clock = clock
+        # segment key -> until when it is believed missing; at most one entry per
+        # 3-digit segment (1,000)
+        self._absent_until: dict[str, float] = {}
 
     def key(self, digits: str) -> str:
         return f"{self.prefix}ported:{digits[:3]}"
 
     async def lookup(self, numbers: Iterable[str]) -> Mapping[str, str]:
         """number -> carrier name, for the numbers in the table."""
+        now = self.clock()
         by_key: dict[str, list[str]] = {}
         for digits in dict.fromkeys(numbers):
-            by_key.setdefault(self.key(digits), []).append(digits)
+            key = self.key(digits)
+            if self._absent_until.get(key, 0.0) <= now:
+                by_key.setdefault(key, []).append(digits)
         if not by_key:
             return {}
-        # One HMGET per segment in the batch, all in one round trip.
+        # One HMGET per segment in the batch (and whether its hash exists), one round trip.
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, wanted in by_key.items():
                 pipe.hmget(key, wanted)
+                pipe.exists(key)
             replies = await pipe.execute()
         found: dict[str, str] = {}
-        for wanted, names in zip(by_key.values(), replies, strict=True):
+        for k, (key, wanted) in enumerate(by_key.items()):
+            names, exists = replies[2 * k], replies[2 * k + 1]
+            if exists:
+                self._absent_until.pop(key, None)
+            else:
+                self._absent_until[key] = now + self.recheck_seconds
             found.update((d, n) for d, n in zip(wanted, names, strict=True) if n and n in self.carriers)
         return found
