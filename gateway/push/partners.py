@@ -20,6 +20,16 @@ a receipt, with that part's id, and removes the id once the partner acknowledged
 all; a partner without a receiver bind gets them on a later round (the service calls
 `deliver_pending` periodically).
 
+Partitions and several processes: the pending set is per partition
+(``12123:{p<k>}:partner-receipts`` with ``push.partitions`` > 1, ``12123:partner-receipts``
+with one), scored by when a receipt may be delivered.  A process claims receipts before
+delivering them (gateway/push/lua/claim_partner_receipts.lua: score moved to the end of
+the claim, ``claim_seconds``), so two processes with a bind of the same partner never
+both deliver one; a receipt it could not deliver (no bind here) is given back at once;
+the claim of a process that died runs out and another delivers it (a second delivery
+only if the first deliver_sm went out and its removal was not recorded).  Every process
+works every partition (`partitions`), since the partner's bind may be on any of them.
+
 Message ids per account (``message_id_format``): ``hex32`` (the default) is the
 notification id ``p<32 hex>``, part k of a multi-part submit ``<id>-<k>``.
 ``decimal10`` (``0000000042``) and ``hex8`` (``0000002A``) are for partners with
@@ -41,7 +51,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -53,6 +63,7 @@ from gateway.push.intake import Intake, IntakeRequest
 from gateway.push.state import FINAL_STATES, NotificationLedger
 from gateway.smpp.text import decode_short_message
 from gateway.store.bridge import as_deferred, wait_deferred
+from gateway.store.scripts import register_lua
 
 __all__ = ["MESSAGE_ID_FORMATS", "PartnerGateway", "PartnerMessageState", "PartnerSubmitRejected",
            "receipt_stat"]
@@ -112,13 +123,21 @@ class PartnerGateway:
     """
 
     def __init__(self, intake: Intake, ledger: NotificationLedger, clock: Any, *,
-                 receipt_sink: PartnerReceiptSink | None = None, batch_size: int = 200) -> None:
+                 receipt_sink: PartnerReceiptSink | None = None, batch_size: int = 200,
+                 claim_seconds: float = 60.0, partitions: Callable[[], Sequence[int]] | None = None) -> None:
         self.intake = intake
         self.ledger = ledger
         self.keys = ledger.keys
         self.clock = clock
         self.receipt_sink = receipt_sink
         self.batch_size = batch_size
+        # How long a claimed receipt is this process's to deliver: a deliver_sm waits for
+        # its response for at most the listener's response timeout (seconds), far less.
+        self.claim_seconds = claim_seconds
+        # The partitions whose owed receipts this process delivers: all of them, since
+        # the partner's receiver bind may be on any process (not only the owner's).
+        self.partitions: Callable[[], Sequence[int]] = partitions or (lambda: range(self.keys.partitions))
+        self._claim_script = register_lua(ledger.redis, __file__, "claim_partner_receipts.lua")
         self._delivering: set[str] = set()
 
     def set_receipt_sink(self, sink: PartnerReceiptSink | None) -> None:
@@ -265,14 +284,17 @@ class PartnerGateway:
         sink = self.receipt_sink
         if sink is None:
             return 0
+        now = self.clock.seconds()
         if ids is None:
             ids = []
-            for part in self.keys.all_partitions:  # one set per partition
-                ids += await self.ledger.redis.zrange(part.partner_receipts_pending, 0, self.batch_size - 1)
-        ids = [i for i in ids if i not in self._delivering]
+            for k in self.partitions():  # one set per partition
+                ids += await self.ledger.redis.zrangebyscore(
+                    self.keys.partition(k).partner_receipts_pending, "-inf", repr(now), start=0, num=self.batch_size)
+        ids = await self._claim([i for i in ids if i not in self._delivering], now)
         if not ids:
             return 0
         self._delivering.update(ids)
+        undelivered: list[str] = []
         try:
             async with self.ledger.redis.pipeline(transaction=False) as pipe:
                 for notification_id in ids:
@@ -294,6 +316,7 @@ class PartnerGateway:
                 except Exception as e:  # the partner has no receiver bind, or did not answer
                     log.info("receipt for partner {partner} not delivered yet: {error}",
                              partner=raw["partner"], error=type(e).__name__)
+                    undelivered.append(notification_id)
                     continue
                 delivered.append(notification_id)
             done = delivered + stale
@@ -305,3 +328,28 @@ class PartnerGateway:
             return len(delivered)
         finally:
             self._delivering.difference_update(ids)
+            if undelivered:
+                # Give the claims up at once: a process with the partner's bind (or our
+                # next round) delivers them.
+                await self._release(undelivered, now)
+
+    def _by_partition(self, ids: list[str]) -> dict[int, list[str]]:
+        grouped: dict[int, list[str]] = {}
+        for notification_id in ids:
+            grouped.setdefault(self.keys.partition_of(notification_id), []).append(notification_id)
+        return grouped
+
+    async def _claim(self, ids: list[str], now: float) -> list[str]:
+        """The ids claimed for this process (one script per partition; see
+        gateway/push/lua/claim_partner_receipts.lua)."""
+        claimed: list[str] = []
+        for k, members in self._by_partition(ids).items():
+            claimed += await self._claim_script(keys=[self.keys.partition(k).partner_receipts_pending],
+                                                args=[repr(now), repr(now + self.claim_seconds), *members])
+        return claimed
+
+    async def _release(self, ids: list[str], now: float) -> None:
+        for k, members in self._by_partition(ids).items():
+            # XX: only what is still owed (not delivered by another process meanwhile).
+            await self.ledger.redis.zadd(self.keys.partition(k).partner_receipts_pending,
+                                         dict.fromkeys(members, now), xx=True)
