@@ -289,6 +289,9 @@ def _add_operations(root: GatewayService, config: Config, reactor: Any) -> tuple
     listener = service_named(root, "smpp-listener")
     if listener is not None and hasattr(listener, "partners_bound"):
         extras["partners_bound"] = listener.partners_bound
+    if root.push is not None and root.push.ownership.enabled:
+        # The pipeline partitions this process owns (gateway/push/ownership.py).
+        extras["partitions_owned"] = lambda: list(root.push.ownership.owned()) if root.push is not None else []
     policy = QuietHoursPolicy(config.push.quiet_hours.start, config.push.quiet_hours.end,
                               config.push.quiet_hours.timezone)
     reporter = FleetReporter(lambda: redis_service.client, redis_service.keys, root.carrier_links, reactor,
