@@ -197,7 +197,9 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
         push.setServiceParent(root)
         # Not ready while submit outcomes wait for Redis to take them (issue 12 item 1).
         root.readiness_checks["outcome_writes"] = lambda: not push.writer.failing
-        mo = MoService(redis, keys, config.push.mo, reactor)
+        # MOs of the partitions this process owns (all of them with one partition); the
+        # voice reminders below work every partition: not every process has an Asterisk.
+        mo = MoService(redis, keys, config.push.mo, reactor, partitions=push.ownership.owned)
         mo.setName("mo")
         mo.setServiceParent(root)
         inbound.receipts, inbound.mo = push, mo

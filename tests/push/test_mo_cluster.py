@@ -163,3 +163,23 @@ def _phone(digits: str) -> Any:
     from gateway.privacy import PhoneNumber
 
     return PhoneNumber(digits)
+
+
+@on_asyncio
+async def test_a_process_answers_only_the_partitions_it_is_given(redis_cluster_url: str) -> None:
+    """`partitions` (the owned partitions, from gateway/app.py) limits what a process
+    answers: MOs of other partitions wait for their owner."""
+    redis = connect(redis_cluster_url)
+    try:
+        await load_sample(redis, KEYS, today=from_unix(time.time()).date())
+        mine = KEYS.number_partition_of(SAMPLE_CALLER)
+        assert KEYS.number_partition_of(SAMPLE_CALLER_UNICOM) != mine
+        owner = MoService(redis, KEYS, MoConfig(), reactor, consumer_name="gw-a", partitions=lambda: (mine,))
+        for sender in (SAMPLE_CALLER, SAMPLE_CALLER_UNICOM):
+            await wait_deferred(owner.record_mo(MobileOriginated("cmcc", _phone(sender), "12123", "CXJF")))
+        assert await owner.answer_waiting() == 1
+        assert len(await replies(redis, SAMPLE_CALLER)) == 1
+        assert await replies(redis, SAMPLE_CALLER_UNICOM) == []
+        assert await redis.xlen(KEYS.mo_stream_of(SAMPLE_CALLER_UNICOM)) == 1
+    finally:
+        await redis.aclose()
