@@ -459,7 +459,11 @@ class PushService(Service):
                 break
             if claimed is None:
                 continue
-            if wanted == 0 or claimed < wanted:
+            # wanted <= 0, not == 0: with more in flight than max_in_flight (a claim that
+            # replayed a lost reply's batch) dispatch_once returns 0 at once, without
+            # awaiting anything, and this loop must still yield or the reactor freezes
+            # (seen after a Cluster master failover: no log, /healthz and SIGTERM unanswered).
+            if wanted <= 0 or claimed < wanted:
                 await dispatcher.waker.wait(self.idle_poll_seconds)
 
     async def _housekeeping_step(self) -> bool:

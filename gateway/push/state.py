@@ -541,9 +541,9 @@ class NotificationLedger:
                 part = self.keys.partition(k)
                 for lane in LANES:
                     pipe.zrange(part.lane(lane), 0, n - 1)
-                pipe.exists(part.claim(token))
+                pipe.llen(part.claim(token))
             for k in replay_only:
-                pipe.exists(self.keys.partition(k).claim(token))
+                pipe.llen(self.keys.partition(k).claim(token))
             replies = await pipe.execute()
         runs = []
         for k, exists in zip(replay_only, replies[4 * len(numbers):], strict=True):
@@ -555,7 +555,15 @@ class NotificationLedger:
         heads = [replies[4 * k:4 * k + 3] for k in range(len(numbers))]
         if skip_lanes:  # a paused lane offers no candidates, so it gets no share
             heads = [[[] if LANES[i] in skip_lanes else ids for i, ids in enumerate(h)] for h in heads]
-        quotas = _share_batch(n, reserve, heads, start) if numbers else []
+        # A claim whose reply was lost may have run in some partitions only (one master
+        # away): what those replay counts against `n`, or the batch exceeds it and the
+        # dispatcher holds more than max_in_flight (a Cluster failover did, 2026-12-02).
+        replayed = sum(int(r) for r in replies[4 * len(numbers):])
+        replayed += sum(int(replies[4 * k + 3]) for k in range(len(numbers)))
+        if replayed:  # a replaying partition takes nothing new, so it gets no share
+            heads = [[[], [], []] if replies[4 * k + 3] else h for k, h in enumerate(heads)]
+        budget = max(0, n - replayed)
+        quotas = _share_batch(budget, min(reserve, budget // 2), heads, start) if numbers else []
         for position, partition in enumerate(numbers):
             if replies[4 * position + 3]:
                 runs.append(self._claim_partition(partition, (0, 0, 0), now, lease_seconds, quiet_until, token,

@@ -4,6 +4,7 @@ backoff, dead-letter retry, and lease recovery after a crash."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -283,6 +284,42 @@ async def test_claim_replayed_after_its_lease_ran_out_gives_nothing_back(redis_u
         taken = await p.ledger.claim(1, now=p.clock.now + 31, lease_seconds=30, quiet_until=0, token="new")
         assert [c.id for c in taken] == ["late"]
         assert await p.ledger.claim(1, now=p.clock.now + 32, lease_seconds=30, quiet_until=0, token="old") == []
+
+
+@on_asyncio
+async def test_claim_that_ran_in_some_partitions_only_is_replayed_within_its_size(redis_url: str) -> None:
+    """A claim over several partitions whose script ran in some and failed in another
+    (that partition's master away) is sent again with its token: the partitions that
+    ran replay their share, and only the rest of `n` is taken anew.  Taking a full `n`
+    besides put more than max_in_flight in flight; the dispatcher then returned at once
+    without awaiting and the reactor froze (a Cluster failover, 2026-12-02)."""
+    async with pipeline(redis_url, partitions=2) as p:
+        # 4 notifications in partition 0, 20 in partition 1; partition 1's script fails.
+        ids: dict[int, list[str]] = {0: [], 1: []}
+        i = 0
+        while len(ids[0]) < 4 or len(ids[1]) < 20:
+            part = p.keys.partition_of(f"c{i}")
+            if len(ids[part]) < (4 if part == 0 else 20):
+                ids[part].append(f"c{i}")
+            i += 1
+        await p.accept(*(code(n, to=f"139{int(n[1:]):08d}") for n in ids[0] + ids[1]))
+        ledger = p.ledger
+        real = ledger._claim_partition
+
+        async def partition_1_away(partition: int, *args: Any, **kwargs: Any) -> Any:
+            if partition == 1:
+                await asyncio.sleep(0.3)  # partition 0's script runs meanwhile
+                raise RedisConnectionError("master away")
+            return await real(partition, *args, **kwargs)
+
+        ledger._claim_partition = partition_1_away  # type: ignore[method-assign]
+        with pytest.raises(RedisConnectionError):
+            await ledger.claim(8, now=p.clock.now, lease_seconds=30, quiet_until=0, token="t")
+        ledger._claim_partition = real  # type: ignore[method-assign]
+        assert await p.redis.zcard(p.keys.partition(0).lane("high")) == 0  # partition 0 took its 4
+        again = await ledger.claim(8, now=p.clock.now, lease_seconds=30, quiet_until=0, token="t")
+        assert sorted(c.id for c in again if c.id in ids[0]) == sorted(ids[0])
+        assert len(again) == 8, [c.id for c in again]
 
 
 class ReplyLostLedger:

@@ -4,10 +4,13 @@ middle loses nothing (the loops log, back off and carry on)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
@@ -137,4 +140,28 @@ async def test_outcomes_redis_refuses_until_the_stop_are_recorded_at_the_next_st
         assert second_link.submitted == []
     finally:
         await wait_deferred(second.stopService())
+        await redis.aclose()
+
+
+@pytest.mark.timeout(20)  # the spin this guards against never yields: the alarm ends it
+@on_asyncio
+async def test_dispatch_loop_yields_with_more_in_flight_than_its_maximum(redis_url: str) -> None:
+    """With more notifications in flight than push.max_in_flight (a replayed claim can
+    bring that), the dispatch loop waits like an idle one.  It used to go round without
+    awaiting anything, and the whole process froze: no log, no /healthz, no SIGTERM
+    (seen after a Cluster master failover, 2026-12-02)."""
+    redis = make_client(redis_url)
+    link = ScriptedLink("cmcc", ("138",))
+    service = start(redis, [link])
+    try:
+        await xadd(redis, "before")
+        assert await EventWaiter(redis, Keys()).wait_for("before", {"submitted"}) == "submitted"
+        service.dispatcher.max_in_flight = -1  # free_slots() < 0, as with one batch too many
+        started = time.monotonic()
+        for _ in range(10):
+            await asyncio.sleep(0.05)  # returns only when the reactor gets to run
+        # A spinning loop is ended only by pytest-timeout's alarm (raised in it) after 20 s.
+        assert time.monotonic() - started < 10.0
+    finally:
+        await wait_deferred(service.stopService())
         await redis.aclose()
