@@ -378,8 +378,6 @@ async def read_queues(redis: Any, keys: Keys, *, now: float | None = None,
             if quiet_until:
                 # Quiet-hours reminders are scheduled for exactly the end of the window.
                 pipe.zcount(part.scheduled, quiet_until - 0.5, quiet_until + 0.5)
-            else:
-                pipe.echo("0")
             pipe.zcard(part.awaiting_receipt)
             pipe.zcard(part.dead_letters)
             pipe.zcard(part.inflight)
@@ -392,9 +390,13 @@ async def read_queues(redis: Any, keys: Keys, *, now: float | None = None,
     heads: dict[str, list[str]] = {lane: [] for lane in LANES}
     totals = {"scheduled": 0, "quiet_hours_held": 0, "awaiting_receipt": 0, "dead_letters": 0, "submitting": 0}
     next_due: float | None = None
-    per_part = 2 * len(LANES) + 6
+    # Only commands on a key: a keyless one (ECHO as a placeholder) is refused in a
+    # Cluster pipeline, so the quiet-hours count is left out when there is no window.
+    per_part = 2 * len(LANES) + (6 if quiet_until else 5)
     for index in range(len(parts)):
         row = results[index * per_part:(index + 1) * per_part]
+        if not quiet_until:
+            row = [*row[:2 * len(LANES) + 2], 0, *row[2 * len(LANES) + 2:]]
         for k, lane in enumerate(LANES):
             lanes[lane]["depth"] += int(row[2 * k])
             heads[lane].extend(row[2 * k + 1])
