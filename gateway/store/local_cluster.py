@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +86,7 @@ class LocalRedisCluster:
     masters: int = 3
     replicas_per_master: int = 1
     appendonly: bool = True
+    niceness: int = 0  # > 0: the nodes run at a lower CPU priority (see ClusterRun)
     nodes: list[_Node] = field(default_factory=list)
 
     @property
@@ -97,6 +100,7 @@ class LocalRedisCluster:
         for k in range(count):
             server = _ClusterNodeProcess(data_dir=self.data_dir / f"node{k}", port=free_cluster_port(),
                                          appendonly=self.appendonly)
+            server.niceness = self.niceness
             server.start()
             self.nodes.append(_Node(server))
         create = subprocess.run(
@@ -201,8 +205,13 @@ class LocalRedisCluster:
             command(port, "flushall")
 
     def stop(self) -> None:
+        """SIGKILL every node (a test's or a bench's cluster: nothing to flush), whatever
+        fails on the way; the processes are reaped."""
         for node in self.nodes:
-            node.server.stop()
+            try:
+                node.server.kill()
+            except OSError:
+                pass
 
 
 def _line_of(nodes_text: str, port: int) -> str:
@@ -215,6 +224,8 @@ def _line_of(nodes_text: str, port: int) -> str:
 class _ClusterNodeProcess(RedisServerProcess):
     """A redis-server in cluster mode (its nodes.conf in its own data directory)."""
 
+    niceness = 0
+
     def start(self, timeout_seconds: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "extra.conf"
@@ -226,6 +237,7 @@ class _ClusterNodeProcess(RedisServerProcess):
             "cluster-replica-validity-factor 0\n"
             "hash-max-ziplist-value 1024\n", encoding="utf-8")
         args = [
+            *(["nice", "-n", str(self.niceness)] if self.niceness else []),
             find_redis_server(), str(conf),
             "--bind", "127.0.0.1", "--port", str(self.port),
             "--dir", str(self.data_dir.resolve()),
@@ -235,7 +247,8 @@ class _ClusterNodeProcess(RedisServerProcess):
             "--logfile", str((self.data_dir / "redis.log").resolve()),
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, env={**os.environ})
+                                        stderr=subprocess.DEVNULL, env={**os.environ},
+                                        preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -245,3 +258,21 @@ class _ClusterNodeProcess(RedisServerProcess):
             time.sleep(0.02)
         raise ClusterError(f"redis-server did not answer on port {self.port} in {timeout_seconds}s")
 
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the thread that started it dies (at the
+    latest when the test run or bench ends, however: pytest-timeout, kill -9, CI cancel),
+    so no cluster node is left behind.  Linux's PR_SET_PDEATHSIG; elsewhere nothing.
+    prctl was looked up in the parent: the child only calls it (no import, no dlopen
+    between fork and exec)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+_PRCTL = None
+if sys.platform == "linux":
+    import ctypes
+
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl

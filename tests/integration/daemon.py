@@ -50,6 +50,7 @@ class Daemon:
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # added to the environment (secrets)
+    niceness: int = 0  # > 0: started with a lower CPU priority (tests/integration/cluster_run.py)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,7 +65,8 @@ class Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path), *self.extra_args],
+            [*(["nice", "-n", str(self.niceness)] if self.niceness else []),
+             sys.executable, "-m", "gateway", "run", "-c", str(self.config_path), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(self.config_path.parent),
         )
         log.close()
