@@ -385,14 +385,14 @@ async def read_queues(redis: Any, keys: Keys, *, now: float | None = None,
             pipe.zcard(part.voice_due)
             pipe.zcard(part.voice_calls_open)
         results = await pipe.execute()
-    voice_counts = results[len(parts) * (2 * len(LANES) + 6):]
+    # Only commands on a key: a keyless one (ECHO as a placeholder) is refused in a
+    # Cluster pipeline, so the quiet-hours count is left out when there is no window.
+    per_part = 2 * len(LANES) + (6 if quiet_until else 5)
+    voice_counts = results[len(parts) * per_part:]
     lanes: dict[str, Any] = {lane: {"depth": 0, "oldest_age_seconds": None} for lane in LANES}
     heads: dict[str, list[str]] = {lane: [] for lane in LANES}
     totals = {"scheduled": 0, "quiet_hours_held": 0, "awaiting_receipt": 0, "dead_letters": 0, "submitting": 0}
     next_due: float | None = None
-    # Only commands on a key: a keyless one (ECHO as a placeholder) is refused in a
-    # Cluster pipeline, so the quiet-hours count is left out when there is no window.
-    per_part = 2 * len(LANES) + (6 if quiet_until else 5)
     for index in range(len(parts)):
         row = results[index * per_part:(index + 1) * per_part]
         if not quiet_until:
