@@ -29,6 +29,9 @@ local out = {}
 local total = 0
 local FIELDS = {'state', 'expires_at', 'to', 'text', 'attempts', 'failed_carriers', 'accepted_at', 'type',
   'quiet_hours', 'claim', 'priority'}
+-- A new claim knows the lane and needs no token: the first nine (each field asked of a
+-- listpack hash is a scan of it, a missing one such as claim of all of it).
+local TAKE_FIELDS = {unpack(FIELDS, 1, 9)}
 
 -- The same token again: the caller never saw this claim's reply (a connection lost, or
 -- redis-py retrying the call).  Give back what that claim took and still holds (not
@@ -72,7 +75,7 @@ local function take(lane, want)
       local id = ids[c]
       zrem_later(LANE[lane], id)
       local key = nkey(id)
-      local h = redis.call('HMGET', key, unpack(FIELDS))
+      local h = redis.call('HMGET', key, unpack(TAKE_FIELDS))
       if h[1] == 'queued' then
         local exp = tonumber(h[2] or '0') or 0
         if exp > 0 and exp <= now then
@@ -83,12 +86,12 @@ local function take(lane, want)
             {'priority', lane, 'due_at', QUIET})
           redis.call('ZADD', SCHEDULED, quiet, id)
         else
-          local attempts = (tonumber(h[5] or '0') or 0) + 1
-          transition(id, key, 'submitting', h[8], {'attempts', tostring(attempts), 'claim', TOKEN},
-            {'attempt', tostring(attempts)})
+          local attempts = int_s((tonumber(h[5] or '0') or 0) + 1)
+          transition(id, key, 'submitting', h[8], {'attempts', attempts, 'claim', TOKEN},
+            {'attempt', attempts})
           zadd_later(INFLIGHT, LEASE_DEADLINE, id)
           taken[#taken + 1] = id
-          out[#out + 1] = {id, h[3] or '', h[4] or '', tostring(attempts), h[6] or '', h[7] or '0', h[8] or '', lane, h[2] or ''}
+          out[#out + 1] = {id, h[3] or '', h[4] or '', attempts, h[6] or '', h[7] or '0', h[8] or '', lane, h[2] or ''}
           claimed = claimed + 1
         end
       else

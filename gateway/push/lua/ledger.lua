@@ -52,6 +52,11 @@ local FINAL = {delivered = true, undeliverable = true, unconfirmed = true, expir
 local UNDELIVERABLE = {UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
 local RECEIPT_FINAL = {DELIVRD = true, UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
 
+-- Small counts (parts, attempts) as strings: tostring() of a number is a sprintf each time.
+local INT = {}
+for k = 0, 32 do INT[k] = tostring(k) end
+local function int_s(n) return INT[n] or tostring(n) end
+
 local function nkey(id) return declared('n' .. id) end
 local function msgkey(c, m) return declared('m' .. c .. '\0' .. m) end
 local function earlykey(c, m) return declared('e' .. c .. '\0' .. m) end
@@ -185,7 +190,7 @@ local function apply_receipt(id, key, part, rstate, err)
       end
     end
     transition(id, key, 'delivered', h[3], {pname, rstate, 'receipt_state', 'DELIVRD', 'receipt_error', err},
-      {'parts', tostring(np)})
+      {'parts', int_s(np)})
     zrem_later(AWAITING, id)
     -- final: nothing left to lease (a receipt can beat the record of its own submit when
     -- the index entry is written first, in another partition)
@@ -194,7 +199,7 @@ local function apply_receipt(id, key, part, rstate, err)
   elseif UNDELIVERABLE[rstate] then
     transition(id, key, 'undeliverable', h[3], {pname, rstate, 'receipt_state', rstate, 'receipt_error', err,
       'error', 'receipt ' .. rstate .. ' err ' .. err},
-      {'receipt_state', rstate, 'error_code', err, 'part', tostring(part)})
+      {'receipt_state', rstate, 'error_code', err, 'part', int_s(part)})
     zrem_later(AWAITING, id)
     zrem_later(INFLIGHT, id)
     on_final(id, key, 'undeliverable', final_fields)

@@ -53,11 +53,12 @@ for number = 1, n do
         redis.call('ZREM', LANE[h[3]] or LANE.normal, id)
         redis.call('ZREM', SCHEDULED, id)
       end
-      local fields = {'carrier', carrier, 'parts', tostring(np), 'message_ids', table.concat(sent, ' ')}
-      if nr < np then fields[7] = 'receipt_parts'; fields[8] = tostring(nr) end
-      transition(id, key, 'submitted', h[2], fields, {'carrier', carrier, 'parts', tostring(np)})
+      local parts = int_s(np)
+      local fields = {'carrier', carrier, 'parts', parts, 'message_ids', table.concat(sent, ' ')}
+      if nr < np then fields[7] = 'receipt_parts'; fields[8] = int_s(nr) end
+      transition(id, key, 'submitted', h[2], fields, {'carrier', carrier, 'parts', parts})
       for p = 1, (op == 'A' and nr or 0) do
-        redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. (p - 1), 'EX', RETENTION_S)
+        redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. int_s(p - 1), 'EX', RETENTION_S)
       end
       if nr > 0 and RECEIPT_TIMEOUT > 0 then zadd_later(AWAITING, RECEIPT_DUE, id) end
       for p = 1, ((op == 'A' and early_possible()) and nr or 0) do
