@@ -19,10 +19,12 @@ it; never put in events or logs), ``to_masked``, ``params`` (JSON), ``text``,
 ``parts``, ``message_ids`` (space separated, part order, as the carrier sent them),
 ``partial_message_ids`` (``carrier:id`` of parts accepted before the rest of a long
 message failed), ``p0``, ``p1``... (each part's last receipt state), ``error``, ``reason``, ``possible_duplicates`` and a ``<state>_at``
-timestamp for each state reached (``submit_started_at`` for submitting).  Each change
-renews the key's EXPIRE (retention) and appends an event ``type=notification.<state>``
+timestamp for each state reached (``submit_started_at`` for submitting).  The key
+expires retention + validity after acceptance, and at least the retention after a final
+state (renewed then only when less is left).  Each change appends an event
+``type=notification.<state>`` (push.events: all; final: final states only; off: none)
 with the id and non-personal fields to ``keys.events_stream`` (approximately capped at
-`events_maxlen` entries).
+`events_maxlen` entries: one XTRIM per script).
 
 Why Lua: a change touches the hash, a lane / the scheduled set / the in-flight set, the
 message-id index and the events stream together; one script is atomic and is one round
