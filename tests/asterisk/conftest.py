@@ -105,20 +105,21 @@ def start_gateway(asterisk: AsteriskRing, ring_redis: RedisServerProcess,
     dialplan calls); every daemon started is stopped at the end of the session."""
     started: list[Daemon] = []
 
-    def start(trunk: str, voice_drain_seconds: float = 40, **ami: Any) -> Daemon:
+    def start(trunk: str, voice_drain_seconds: float = 40, redis: dict[str, Any] | None = None,
+              partitions: int = 1, **ami: Any) -> Daemon:
         for daemon in started:
             daemon.stop()
         directory = tmp_path_factory.mktemp("gateway")
         path = write_config(
             directory,
-            redis={"url": ring_redis.url},
+            redis=redis or {"url": ring_redis.url},
             ivr={"fastagi": {"listen": f"127.0.0.1:{asterisk.fastagi_port}"}, "menus_file": str(MENUS),
                  "sounds_dir": str(asterisk.sounds_dir), "voice_drain_seconds": voice_drain_seconds},
             ami={"enabled": True, "host": "127.0.0.1", "port": asterisk.ami_port, "secret": "${ASTERISK_AMI_SECRET}",
                  "trunk": trunk, "originate_timeout_seconds": 4, **ami},
             # Reminder calls are held in quiet hours; the ring runs at any hour.
             push={"templates_file": str(REPO / "config" / "templates.yaml"),
-                  "quiet_hours": {"start": "00:00", "end": "00:00"}},
+                  "quiet_hours": {"start": "00:00", "end": "00:00"}, "partitions": partitions},
         )
         daemon = Daemon(path, directory / "gateway.log", env={"ASTERISK_AMI_SECRET": AMI_SECRET})
         daemon.start()
