@@ -153,3 +153,17 @@ async def test_a_call_whose_lease_ran_out_is_taken_over_and_reported_once(redis_
             for process in (a, b):
                 await process.stop()
             await wait_deferred(port.stopListening())
+
+
+@on_asyncio
+async def test_the_fleet_queue_view_sums_the_voice_keys_of_every_partition(redis_cluster_url: str) -> None:
+    """gateway/ops/fleet.py read_queues (console, `gateway status`): reminders waiting and
+    calls open over the 16 partitions' voice keys."""
+    from gateway.ops.fleet import read_queues
+
+    async with pipeline(redis_cluster_url, partitions=PARTITIONS) as p:
+        await p.redis.zadd(p.keys.partition(3).voice_due, {"a": NOON})
+        await p.redis.zadd(p.keys.partition(9).voice_due, {"b": NOON})
+        await p.redis.zadd(p.keys.partition(5).voice_calls_open, {"rem-c-1": NOON})
+        queues = await read_queues(p.redis, p.keys, now=NOON)
+        assert (queues["voice_reminders_queued"], queues["voice_calls_open"]) == (2, 1)
