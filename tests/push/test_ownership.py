@@ -266,3 +266,14 @@ async def test_services_claim_only_from_their_partitions_and_lose_nothing_when_o
             if s.running:
                 await wait_deferred(s.stopService())
         await redis.aclose()
+
+
+def test_check_config_names_a_partition_lease_out_of_range(tmp_path: Any) -> None:
+    from gateway.config import ConfigError, load_config
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text("push:\n  partitions: 16\n  partition_lease_seconds: 0.5\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    [line] = [line for line in str(caught.value).splitlines() if "partition_lease_seconds" in line]
+    assert "push.partition_lease_seconds" in line and "2" in line, line
