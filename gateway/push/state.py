@@ -507,7 +507,7 @@ class NotificationLedger:
     async def claim(self, n: int, *, now: float, lease_seconds: float, quiet_until: float,
                     reserve: int = 0, token: str | None = None,
                     skip_lanes: Collection[str] = (), partitions: Sequence[int] | None = None,
-                    retrying: bool = False) -> list[Claimed]:
+                    retrying: bool | None = None) -> list[Claimed]:
         """Take up to `n` queued notifications, highest lane first, for submission.
 
         Expired ones become expired; quiet-hours types claimed inside quiet hours go back
@@ -526,7 +526,9 @@ class NotificationLedger:
         `partitions`: claim only from these (the ones this process owns:
         gateway/push/ownership.py); None: all.  `retrying`: the token is that of a claim
         whose reply was lost, so its batch is looked for in every partition (ownership may
-        have moved since), while new work still comes only from `partitions`.
+        have moved since), while new work still comes only from `partitions`; False: the
+        token is fresh, so its claim list is not looked for (the script still notices one
+        that appears); None: looked for in `partitions`.
         """
         if n <= 0:
             return []
@@ -538,36 +540,41 @@ class NotificationLedger:
             return []
         # The script may only touch notifications it declares, so the lanes' heads are read
         # first; what another process takes meanwhile, the script skips.
+        look_for_claim = retrying is not False
         async with self.redis.pipeline(transaction=False) as pipe:
             for k in numbers:
                 part = self.keys.partition(k)
                 for lane in LANES:
                     pipe.zrange(part.lane(lane), 0, n - 1)
-                pipe.llen(part.claim(token))
+                if look_for_claim:
+                    pipe.llen(part.claim(token))
             for k in replay_only:
                 pipe.llen(self.keys.partition(k).claim(token))
             replies = await pipe.execute()
+        stride = 4 if look_for_claim else 3
         runs = []
-        for k, exists in zip(replay_only, replies[4 * len(numbers):], strict=True):
+        for k, exists in zip(replay_only, replies[stride * len(numbers):], strict=True):
             if exists:
                 runs.append(self._claim_partition(k, (0, 0, 0), now, lease_seconds, quiet_until, token,
                                                   [[], [], []], replay=True))
         start = self._claim_rotation % max(1, len(numbers))
         self._claim_rotation = (start + 1) % max(1, len(numbers))
-        heads = [replies[4 * k:4 * k + 3] for k in range(len(numbers))]
+        heads = [replies[stride * k:stride * k + 3] for k in range(len(numbers))]
         if skip_lanes:  # a paused lane offers no candidates, so it gets no share
             heads = [[[] if LANES[i] in skip_lanes else ids for i, ids in enumerate(h)] for h in heads]
         # A claim whose reply was lost may have run in some partitions only (one master
         # away): what those replay counts against `n`, or the batch exceeds it and the
         # dispatcher holds more than max_in_flight (a Cluster failover did, 2026-12-02).
-        replayed = sum(int(r) for r in replies[4 * len(numbers):])
-        replayed += sum(int(replies[4 * k + 3]) for k in range(len(numbers)))
+        replayed = sum(int(r) for r in replies[stride * len(numbers):])
+        if look_for_claim:
+            replayed += sum(int(replies[stride * k + 3]) for k in range(len(numbers)))
         if replayed:  # a replaying partition takes nothing new, so it gets no share
-            heads = [[[], [], []] if replies[4 * k + 3] else h for k, h in enumerate(heads)]
+            heads = [[[], [], []] if look_for_claim and replies[stride * k + 3] else h
+                     for k, h in enumerate(heads)]
         budget = max(0, n - replayed)
         quotas = _share_batch(budget, min(reserve, budget // 2), heads, start) if numbers else []
         for position, partition in enumerate(numbers):
-            if replies[4 * position + 3]:
+            if look_for_claim and replies[stride * position + 3]:
                 runs.append(self._claim_partition(partition, (0, 0, 0), now, lease_seconds, quiet_until, token,
                                                   [[], [], []], replay=True))
             elif sum(quotas[position]):
