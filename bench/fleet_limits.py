@@ -40,7 +40,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,8 @@ sys.path[:0] = [str(BENCH), str(REPO)]
 from _common import cpu_seconds, machine, print_json_line, print_table, terminate, today, wait_until  # noqa: E402
 
 from gateway.store.embedded import RedisServerProcess, free_port  # noqa: E402
+from tests.fleet.fleet_run import SimulatorProcess  # noqa: E402
+from tests.fleet.fleet_run import start_simulator as start_fleet_simulator  # noqa: E402
 
 __all__ = ["measure_row", "window_peaks"]
 
@@ -61,32 +62,9 @@ TEMPLATE_TYPE = "fleet_bench"
 TARGETS = {"ratio_at_3": 2.7, "window_over_limit": 0.05}
 
 
-@dataclass
-class MeteredSimulator:
-    process: subprocess.Popen[bytes]
-    smpp_port: int
-    stats_port: int
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/", timeout=10) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        terminate(self.process)
-
-
-def start_simulator(workdir: Path) -> MeteredSimulator:
-    ports_file = workdir / "sim.json"
-    ports_file.unlink(missing_ok=True)
-    with open(workdir / "simulator.out", "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(BENCH / "run_simulator.py"), "--listen", "127.0.0.1:0",
-             "--account", f"{SYSTEM_ID}:{PASSWORD}", "--no-record-texts", "--report-interval", "3600",
-             "--stats-listen", "127.0.0.1:0", "--ports-file", str(ports_file)],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    wait_until(ports_file.exists, 30, "the simulator's ports file")
-    ports = json.loads(ports_file.read_text())
-    return MeteredSimulator(process, ports["smpp_port"], ports["stats_port"])
+def start_simulator(workdir: Path) -> SimulatorProcess:
+    """The tests' metered simulator (tests/fleet/fleet_run.py) with this bench's account."""
+    return start_fleet_simulator(workdir, system_id=SYSTEM_ID, password=PASSWORD)
 
 
 def window_peaks(stats: dict[str, Any], system_id: str = SYSTEM_ID) -> dict[str, Any]:

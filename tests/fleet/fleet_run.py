@@ -45,15 +45,20 @@ class SimulatorProcess:
                 self.process.wait()
 
 
-def start_simulator(workdir: Path, *extra: str, timeout_seconds: float = 30.0) -> SimulatorProcess:
+def start_simulator(workdir: Path, *extra: str, system_id: str = SYSTEM_ID, password: str = PASSWORD,
+                    timeout_seconds: float = 30.0) -> SimulatorProcess:
+    """The simulator with one account (`system_id`, `password`: the gateways' carrier
+    section must use the same, or they never bind); `extra` arguments come last, so they
+    override the defaults here."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports_file = workdir / "sim-ports.json"
+    ports_file.unlink(missing_ok=True)
     log = (workdir / "simulator.log").open("ab")
     process = subprocess.Popen(
         [sys.executable, str(REPO / "bench" / "run_simulator.py"), "--listen", "127.0.0.1:0",
-         "--account", f"{SYSTEM_ID}:{PASSWORD}", "--no-record-texts", "--receipt-delay", "0.2",
-         "--ports-file", str(ports_file), "--report-interval", "3600", *extra],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+         "--account", f"{system_id}:{password}", "--no-record-texts", "--receipt-delay", "0.2",
+         "--stats-listen", "127.0.0.1:0", "--ports-file", str(ports_file), "--report-interval", "3600", *extra],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()
     deadline = time.monotonic() + timeout_seconds
     while not ports_file.exists():
