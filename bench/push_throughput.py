@@ -48,7 +48,12 @@ with receipts, ``submitted`` without).
   notes when each message's first submit_sm passes: **XADD -> wire**;
 * gateway CPU seconds (user + system, /proc/PID/stat) from the first XADD until the
   simulator has seen everything, per 1,000 notifications; peak RSS (VmHWM); redis-server,
-  simulator and load-generator CPU over the same span (they share the cores).
+  simulator and load-generator CPU over the same span (they share the cores);
+* **Redis per message** (a second table, and ``redis_per_message`` in the JSON line):
+  redis-server CPU per notification, and each hot-path command's calls and µs per
+  notification from ``INFO commandstats`` (CONFIG RESETSTAT at the start of the run;
+  scripts' commands are counted inside EVALSHA as well).  Target: 0.085 ms per chinese
+  notification (issue 11; bench/ledger_scripts.py splits it by script).
 
 Scenarios (``--scenario``, repeatable; default all)
 ---------------------------------------------------
@@ -128,6 +133,8 @@ TARGETS = {
     "p99_xadd_to_wire_ms": 50.0,
     "queued_1m_rss_mb": 300.0,
     "two_processes_ratio": 1.7,
+    # issue 11: half of the 0.17 ms measured on 2026-12-02 (chinese, receipt on part 1)
+    "chinese_redis_ms_per_message": 0.085,
 }
 
 # Kannel's texts (bench/kannel_rate.py) as templates: the same bytes on the wire.
@@ -668,6 +675,7 @@ class Bench:
             "gateway_peak_rss_mb": round(max(peak_rss) / 2**20, 1),
             "gateway_runqueue_wait_seconds": round(waited, 2),
             "redis_cpu_seconds": round(redis_cpu, 2),
+            "redis_cpu_ms_per_message": round(redis_cpu / n * 1000, 3) if n else 0.0,
             "redis_aof_rewrites": aof_rewrites,
             "redis_aof_rewrite_cpu_seconds": round(rewrite_cpu, 2),
             "simulator_cpu_seconds": round(stats_after["cpu_seconds"] - stats_before["cpu_seconds"], 2),
@@ -890,6 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(("run", "msgs", "parts", "msg/s", "Kannel msg/s", "vs Kannel", "p50 ->claim ms", "p99 ->claim ms",
                  "p50 ->wire ms", "p99 ->wire ms", "p99 ->submitted ms", "p99 ->delivered ms", "CPU s/1000",
                  "peak RSS MB", "lost"), rows)
+    print_redis_table(out["runs"])
     if out["queued"]:
         q = out["queued"]
         print(f"\n{q['queued']:,} queued with the carrier down: gateway RSS {q['gateway_rss_mb']} MB "
@@ -938,6 +947,23 @@ def _row(r: dict[str, Any]) -> tuple[Any, ...]:
             r["lost"])
 
 
+# The commands of the hot path, as columns of the redis_per_message table.
+REDIS_TABLE_COMMANDS = ("evalsha", "hset", "hmget", "xadd", "expire", "set", "zadd", "xdel")
+
+
+def print_redis_table(runs: Sequence[dict[str, Any]]) -> None:
+    """redis-server CPU per message (INFO cpu) and, per command, calls and µs per message
+    (INFO commandstats: the commands scripts call are counted inside evalsha too, and
+    these µs are wall time, so they grow when the machine is loaded)."""
+    rows = []
+    for r in runs:
+        stats = r.get("redis_per_message") or {}
+        cells = [f"{stats[c]['calls']:g} / {stats[c]['usec']:.1f}" if c in stats else "-" for c in REDIS_TABLE_COMMANDS]
+        rows.append((r["label"], r.get("redis_cpu_ms_per_message", "-"), *cells))
+    print()
+    print_table(("run", "Redis CPU ms/msg", *(f"{c} calls / us" for c in REDIS_TABLE_COMMANDS)), rows)
+
+
 def evaluate_targets(out: dict[str, Any]) -> dict[str, Any]:
     """Each target with its figure and whether it is met (None: not measured)."""
     by = {r["scenario"]: r for r in out["runs"]}
@@ -960,6 +986,9 @@ def evaluate_targets(out: dict[str, Any]) -> dict[str, Any]:
     queued = out["queued"]
     rss = queued["gateway_rss_mb"] if queued else None
     put("queued_1m_rss_mb", rss, rss < TARGETS["queued_1m_rss_mb"] if rss is not None else None)
+    redis_ms = chinese.get("redis_cpu_ms_per_message") if chinese else None
+    put("chinese_redis_ms_per_message", redis_ms,
+        redis_ms <= TARGETS["chinese_redis_ms_per_message"] if redis_ms else None)
     two = out["two_processes"]
     put("two_processes_ratio", two and two["ratio"], two["ratio"] >= TARGETS["two_processes_ratio"] if two else None)
     return result
