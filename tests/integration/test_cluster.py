@@ -40,6 +40,7 @@ FINAL = ("delivered", "undeliverable", "unconfirmed", "expired", "failed", "reje
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(480)  # the wait for all 20,000 is bounded at 240 s; start and stop besides
 @on_asyncio
 async def test_three_gateways_through_a_sigkill_a_slot_migration_and_a_master_failover(tmp_path: Path) -> None:
     """20,000 notifications through 2 gateways; a third joins at 10 % and takes a share
@@ -79,7 +80,7 @@ async def test_three_gateways_through_a_sigkill_a_slot_migration_and_a_master_fa
 
         async def kill_master() -> None:
             port = run.cluster.owner_of(key_slot(b"{p5}"))
-            run.cluster.kill(port)
+            await asyncio.to_thread(run.cluster.kill, port)
             killed_masters.append(port)
             await asyncio.to_thread(run.cluster.wait_for_new_master_of, port)
 
