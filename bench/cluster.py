@@ -62,6 +62,9 @@ FLEET_PROCESSES = 3  # the account is sized for three processes' shares
 ROWS = {"single": (1, "single", "partitions"), "c1": (1, "cluster", "partitions"),
         "c2": (2, "cluster", "partitions"), "c3": (3, "cluster", "partitions"),
         "shared3": (3, "cluster", "shared")}
+# No owner key after this long: gateways that predate partition ownership (2.5 ticks of
+# the default lease).
+NO_OWNERSHIP_SECONDS = 5.0
 # Receipts come 0.2 s after the submit (the simulator's delay): 1 s more covers their
 # recording on a loaded machine without counting much idle time.
 RECEIPTS_SECONDS = 1.0
@@ -84,7 +87,7 @@ def _single_redis_run(directory: Path, **options: Any) -> Any:
     """A ClusterRun on one plain redis-server (append-only) with 1 partition."""
     from gateway.store.embedded import RedisServerProcess, free_port
     from gateway.store.service import make_client
-    from tests.integration.cluster_run import ClusterRun
+    from tests.integration.cluster_run import PEERS_NICENESS, ClusterRun
     from tests.integration.daemon import Daemon, write_config
     from tests.integration.faults import CMCC_PREFIXES
 
@@ -115,7 +118,21 @@ def _single_redis_run(directory: Path, **options: Any) -> Any:
             path = write_config(self.directory / f"gateway{k}", redis={"url": self.server.url}, carriers=[carrier],
                                 push={**self.push, "consumer_name": f"gateway{k}"},
                                 ivr={"fastagi": {"enabled": False, "listen": f"127.0.0.1:{free_port()}"}})
-            return Daemon(path, self.directory / f"gateway{k}" / "gateway.log", extra_args=["--log-format", "json"])
+            return Daemon(path, self.directory / f"gateway{k}" / "gateway.log", extra_args=["--log-format", "json"],
+                          niceness=PEERS_NICENESS)
+
+        def _states_blocking(self, ids: list[str], fields: list[str]) -> list[list[str | None]]:
+            import redis
+
+            if self._blocking_client is None:
+                self._blocking_client = redis.Redis.from_url(self.server.url, decode_responses=True)
+            rows: list[list[str | None]] = []
+            for start in range(0, len(ids), 2000):
+                pipe = self._blocking_client.pipeline(transaction=False)
+                for i in ids[start:start + 2000]:
+                    pipe.hmget(self.keys.notification(i), fields)
+                rows.extend(pipe.execute())
+            return rows
 
         async def __aexit__(self, *exc: Any) -> None:
             for daemon in self.daemons:
@@ -123,6 +140,8 @@ def _single_redis_run(directory: Path, **options: Any) -> Any:
                     await asyncio.to_thread(daemon.stop, 30.0)
             if self.client is not None:
                 await self.client.aclose()
+            if self._blocking_client is not None:
+                self._blocking_client.close()
             if self.simulator is not None and self.simulator.running:
                 from gateway.store.bridge import wait_deferred
 
@@ -133,17 +152,20 @@ def _single_redis_run(directory: Path, **options: Any) -> Any:
 
 
 async def _ownership_settled(run: Any, processes: int, timeout_seconds: float = 60.0) -> float:
-    """Seconds until every partition has an owner and each process holds its fair share."""
+    """Seconds until every partition has an owner, every process holds some and none more
+    than its fair share ceil(P/M) (the state ownership converges to)."""
     keys = run.keys
     started = time.monotonic()
     if not keys.partitioned:
         return 0.0
-    share_low = keys.partitions // processes
+    share = math.ceil(keys.partitions / processes)
     while time.monotonic() - started < timeout_seconds:
         owners = [await run.client.get(part.owner) for part in keys.all_partitions]
         counts = {f"gateway{k}": owners.count(f"gateway{k}") for k in range(processes)}
-        if None not in owners and min(counts.values()) >= share_low:
+        if None not in owners and max(counts.values()) <= share and min(counts.values()) > 0:
             return time.monotonic() - started
+        if set(owners) == {None} and time.monotonic() - started > NO_OWNERSHIP_SECONDS:
+            return -1.0  # gateways from before partition ownership (a before/after run)
         await asyncio.sleep(0.2)
     raise RuntimeError(f"partition ownership did not settle within {timeout_seconds}s: {owners}")
 
