@@ -121,18 +121,13 @@ def _single_redis_run(directory: Path, **options: Any) -> Any:
             return Daemon(path, self.directory / f"gateway{k}" / "gateway.log", extra_args=["--log-format", "json"],
                           niceness=PEERS_NICENESS)
 
-        def _states_blocking(self, ids: list[str], fields: list[str]) -> list[list[str | None]]:
+        def _blocking(self) -> Any:
+            """A blocking client of the one redis-server, for the harness's threads."""
             import redis
 
             if self._blocking_client is None:
                 self._blocking_client = redis.Redis.from_url(self.server.url, decode_responses=True)
-            rows: list[list[str | None]] = []
-            for start in range(0, len(ids), 2000):
-                pipe = self._blocking_client.pipeline(transaction=False)
-                for i in ids[start:start + 2000]:
-                    pipe.hmget(self.keys.notification(i), fields)
-                rows.extend(pipe.execute())
-            return rows
+            return self._blocking_client
 
         async def __aexit__(self, *exc: Any) -> None:
             for daemon in self.daemons:
