@@ -277,3 +277,31 @@ def test_check_config_names_a_partition_lease_out_of_range(tmp_path: Any) -> Non
         load_config(path, environ={})
     [line] = [line for line in str(caught.value).splitlines() if "partition_lease_seconds" in line]
     assert "push.partition_lease_seconds" in line and "2" in line, line
+
+
+@on_asyncio
+async def test_a_new_owner_finishes_the_entries_the_last_one_read_and_left(target: str) -> None:
+    """The last owner read a partition's entries (pending for it) and died before
+    accepting them: the new owner's take-over accepts every one at once (no idle wait) and
+    leaves the stream empty; an entry both accept counts once."""
+    from gateway.push.intake import IntakeConsumer
+    from tests.push.harness import pipeline
+
+    async with pipeline(target, partitions=4) as p:
+        stream = p.keys.partition(2).notify_stream
+        ids = [i for i in (f"take-{n}" for n in range(200)) if p.keys.partition_of(i) == 2][:20]
+        dead, heir = (IntakeConsumer(p.intake, p.redis, p.keys, group="gateway", consumer=name, stream=stream,
+                                     partition=2, batch_size=8, claim_idle_seconds=3600) for name in ("dead", "heir"))
+        await dead.ensure_group()
+        for n, notification_id in enumerate(ids):
+            await p.redis.xadd(stream, {"id": notification_id, "type": "verification_code", "to": f"139{n:08d}",
+                                        "params": '{"code":"1","minutes":"5"}'})
+        first = await dead.fetch()
+        await dead.process(first[:3])  # accepted these, then died holding the rest of its reads
+        while await dead.fetch():
+            pass
+        assert (await p.redis.xpending(stream, "gateway"))["pending"] == len(ids) - 3
+        assert await heir.take_over_pending() == len(ids) - 3
+        assert await heir.claim_stale_once() == 0 and (await p.redis.xpending(stream, "gateway"))["pending"] == 0
+        assert await p.redis.xlen(stream) == 0
+        assert {await p.state(i) for i in ids} == {"queued"}
