@@ -314,6 +314,7 @@ class NotificationLedger:
         self._transition = register("transition.lua")
         self._daily_cap = register("daily_cap.lua")
         self._change_if = register("change_if.lua")
+        self._ack_trim = register("ack_trim.lua")
 
     # -- script plumbing -------------------------------------------------------------
 
@@ -496,13 +497,11 @@ class NotificationLedger:
         return out
 
     async def ack_only(self, stream: str, group: str, entry_ids: Iterable[str]) -> None:
-        """XACK and delete entries that carried nothing to record (e.g. empty entries)."""
+        """XACK and delete entries that carried nothing to record (e.g. empty entries),
+        and trim the stream as the accept script does (ack_trim.lua)."""
         ids = list(entry_ids)
         if ids:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xack(stream, group, *ids)
-                pipe.xdel(stream, *ids)
-                await pipe.execute()
+            await self._ack_trim(keys=[stream], args=[group, *ids])
 
     async def claim(self, n: int, *, now: float, lease_seconds: float, quiet_until: float,
                     reserve: int = 0, token: str | None = None,

@@ -4,7 +4,7 @@ stream's trim on every XADD (once per script instead)."""
 
 from __future__ import annotations
 
-from gateway.push.state import NotificationLedger, op_receipt
+from gateway.push.state import AcceptItem, NotificationLedger, op_receipt
 from tests.aio import on_asyncio
 from tests.push.harness import code, pipeline
 
@@ -63,3 +63,51 @@ async def test_parts_beyond_the_first_read_are_checked_one_by_one(redis_url: str
             assert await p.state("six") == ("delivered" if done == len(order) else "submitted")
         raw = await p.ledger.raw("six")
         assert [raw[f"p{k}"] for k in range(6)] == ["DELIVRD"] * 6
+
+
+@on_asyncio
+async def test_intake_stream_keeps_what_another_consumer_holds(redis_url: str) -> None:
+    """The accept script trims the intake stream below the first entry the consumer group
+    still needs: entries another consumer read and has not acknowledged stay (with what
+    follows them) and can still be claimed; unread entries stay; once everything read is
+    acknowledged, only the unread remain."""
+    async with pipeline(redis_url) as p:
+        await p.redis.flushall()
+        stream, group = p.keys.notify_stream, "gw"
+        await p.redis.xgroup_create(stream, group, id="0", mkstream=True)
+        entries = [await p.redis.xadd(stream, {"k": str(k)}) for k in range(7)]
+        held = await p.redis.xreadgroup(group, "a", {stream: ">"}, count=3)
+        ours = await p.redis.xreadgroup(group, "b", {stream: ">"}, count=3)
+        assert [e[0] for e in held[0][1]] == entries[:3] and [e[0] for e in ours[0][1]] == entries[3:6]
+
+        def items(ids: list[str]) -> list[AcceptItem]:
+            return [AcceptItem(id=f"trim-{e}", type="verification_code", disposition="queue", lane="high",
+                               fields={"to": "13812345678", "text": "x"}, entry_id=e) for e in ids]
+
+        await p.ledger.accept(items(entries[3:6]), now=p.clock.now, stream=(stream, group))
+        assert await p.redis.xlen(stream) == 7  # a's pending entries come first: nothing trimmed
+        claimed = await p.redis.xautoclaim(stream, group, "b", 0, "0", count=10)
+        assert [e[0] for e in claimed[1]] == entries[:3]
+        await p.ledger.accept(items(entries[:3]), now=p.clock.now, stream=(stream, group))
+        assert [e[0] for e in await p.redis.xrange(stream)] == entries[6:]  # the unread one
+        assert (await p.redis.xpending(stream, group))["pending"] == 0
+
+
+@on_asyncio
+async def test_entry_with_nothing_to_record_releases_what_was_kept_behind_it(redis_url: str) -> None:
+    """An entry acknowledged without a record (ack_only: e.g. an empty entry) that other
+    consumers' recorded entries were kept behind: acknowledging it trims them too."""
+    async with pipeline(redis_url) as p:
+        await p.redis.flushall()
+        stream, group = p.keys.notify_stream, "gw"
+        await p.redis.xgroup_create(stream, group, id="0", mkstream=True)
+        entries = [await p.redis.xadd(stream, {"k": str(k)}) for k in range(3)]
+        await p.redis.xreadgroup(group, "a", {stream: ">"}, count=1)
+        await p.redis.xreadgroup(group, "b", {stream: ">"}, count=2)
+        await p.ledger.accept([AcceptItem(id=f"kept-{e}", type="verification_code", disposition="queue", lane="high",
+                                          fields={"to": "13812345678", "text": "x"}, entry_id=e)
+                               for e in entries[1:]], now=p.clock.now, stream=(stream, group))
+        assert await p.redis.xlen(stream) == 3
+        await p.ledger.ack_only(stream, group, entries[:1])
+        assert await p.redis.xlen(stream) == 0
+        assert (await p.redis.xpending(stream, group))["pending"] == 0

@@ -1,4 +1,5 @@
--- Accept a batch of validated intake requests; XACK and XDEL their stream entries.
+-- Accept a batch of validated intake requests; XACK their stream entries and trim what
+-- the consumer group no longer needs.
 -- KEYS: the ledger's (ledger.lua), with each request's notification ('n'..id), its
 -- daily-cap counter if any ('c'..k) and the intake stream ('s', when entries are acked).
 -- ARGV (after the ledger header): group, n, then per request: id, entry id, retry (1/0),
@@ -9,6 +10,7 @@
 -- entry, its event and the stream acknowledgement happen together or not at all.
 -- Returns {{id, state, reason or 'duplicate'}..., counts, partner ids}.
 -- include: ledger.lua
+-- include: trim_intake.lua
 local group = ARGV[FIRST]
 local n = tonumber(ARGV[FIRST + 1])
 local i = FIRST + 2
@@ -86,11 +88,12 @@ for _ = 1, n do
   end
   if entry ~= '' then acks[#acks + 1] = entry end
 end
--- Acknowledged and deleted by the script that recorded them, one command each per batch.
+-- Acknowledged by the script that recorded them (one XACK per batch), then trimmed
+-- (trim_intake.lua).
 if #acks > 0 then
   local stream = declared('s')
   call_chunked(1000, acks, 'XACK', stream, group)
-  call_chunked(1000, acks, 'XDEL', stream)
+  trim_intake(stream, group)
 end
 flush_sorted_sets()
 return {out, flat_counts(), partner_final}
