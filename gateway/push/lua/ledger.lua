@@ -52,10 +52,17 @@ local FINAL = {delivered = true, undeliverable = true, unconfirmed = true, expir
 local UNDELIVERABLE = {UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
 local RECEIPT_FINAL = {DELIVRD = true, UNDELIV = true, EXPIRED = true, REJECTD = true, DELETED = true}
 
--- Small counts (parts, attempts) as strings: tostring() of a number is a sprintf each time.
+-- Counts (parts, attempts) as strings, each printed once per script: tostring() of a
+-- number is a sprintf each time, and a batch repeats the same few.
 local INT = {}
-for k = 0, 32 do INT[k] = tostring(k) end
-local function int_s(n) return INT[n] or tostring(n) end
+local function int_s(n)
+  local s = INT[n]
+  if not s then
+    s = tostring(n)
+    if n ~= nil and n == n then INT[n] = s end  -- nil and NaN are no table keys
+  end
+  return s
+end
 
 local function nkey(id) return declared('n' .. id) end
 local function msgkey(c, m) return declared('m' .. c .. '\0' .. m) end
