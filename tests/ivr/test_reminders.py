@@ -252,6 +252,11 @@ async def test_concurrent_calls_are_capped(harness_factory):
     h.server.proceed(numbers[first])
     assert await wait(finished[first]) == "heard"
     await wait(h.server.wait_for_originates(3))
+    # The peer places a call just after answering its Originate (callLater 0): wait until
+    # the third is held too, or it would never be let through (seen on a loaded machine).
+    deadline = reactor.seconds() + 20
+    while len(h.server.held()) < 2 and reactor.seconds() < deadline:
+        await asyncio.sleep(0.01)
     for number in h.server.held():
         h.server.proceed(number)
     assert [await wait(w) for i, w in finished.items() if i != first] == ["heard", "heard"]
