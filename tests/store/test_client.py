@@ -65,3 +65,51 @@ async def test_the_cluster_client_uses_the_guarded_connection(redis_cluster_url:
         assert all(node.connection_class is _ClusterConnection for node in nodes)
     finally:
         await client.aclose()
+
+
+def _getkeys_calls(ports: list[int]) -> int:
+    from gateway.store.local_cluster import command
+
+    total = 0
+    for port in ports:
+        for line in command(port, "info", "commandstats").splitlines():
+            if line.startswith("cmdstat_command|getkeys:"):
+                total += int(line.split("calls=")[1].split(",")[0])
+    return total
+
+
+def test_stream_read_keys_are_the_first_half_after_streams() -> None:
+    from gateway.store.service import stream_read_keys
+
+    assert stream_read_keys(["GROUP", "g", "c", "COUNT", 5, "STREAMS", "{p1}:a", "{p1}:b", ">", ">"]) == [
+        "{p1}:a", "{p1}:b"]
+    assert stream_read_keys(["COUNT", 5, "streams", "s", "0-0"]) == ["s"]
+    assert stream_read_keys(["GROUP", "g", "c"]) is None
+    assert stream_read_keys(["STREAMS", "s"]) is None  # odd: let redis-py and Redis say what is wrong
+
+
+@on_asyncio
+async def test_cluster_stream_reads_need_no_command_getkeys(redis_cluster: object, redis_cluster_url: str) -> None:
+    """XREADGROUP and XREAD go to their stream's node without a COMMAND GETKEYS round trip
+    first (redis-py asks one for every command with movable keys), and read what is there."""
+    import asyncio
+
+    from gateway.store.local_cluster import LocalRedisCluster
+    from gateway.store.service import make_cluster_client
+
+    assert isinstance(redis_cluster, LocalRedisCluster)
+    client = make_cluster_client(redis_cluster_url.removeprefix("cluster:").split(","), "")
+    ports = [node.port for node in redis_cluster.nodes]
+    try:
+        streams = [f"12123:{{p{k}}}:notify" for k in range(6)]  # spread over the masters
+        for stream in streams:
+            await client.xgroup_create(stream, "g", id="0", mkstream=True)
+            await client.xadd(stream, {"k": stream})
+        before = await asyncio.to_thread(_getkeys_calls, ports)
+        for stream in streams:
+            got = await client.xreadgroup("g", "c", {stream: ">"}, count=10)
+            assert [fields for _, entries in got for _, fields in entries] == [{"k": stream}]
+            assert await client.xread({stream: "0-0"}, count=10)
+        assert await asyncio.to_thread(_getkeys_calls, ports) == before
+    finally:
+        await client.aclose()
