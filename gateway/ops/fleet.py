@@ -52,6 +52,11 @@ _DELIVERED = frozenset({"DELIVRD"})
 _NOT_DELIVERED = frozenset({"UNDELIV", "EXPIRED", "REJECTD", "DELETED", "UNKNOWN"})
 # Per-minute counters are kept two hours: the charts show the last one.
 MINUTE_COUNTS_TTL_SECONDS = 7200
+# Partitioned, the queue gauges are read this often instead of with every report: the read
+# is ~13 commands per partition (24 partitions every 2 s: 156 commands/s, most of an idle
+# process's Redis cost on the Cluster, bench/cluster_idle.py 2026-12-02), and a Prometheus
+# scrape (15 s by default) sees them no staler.  One partition: with every report, as before.
+QUEUE_GAUGES_PARTITIONED_SECONDS = 10.0
 
 
 def _counter_values(counter: Any, label: str) -> dict[tuple[str, str], float]:
@@ -146,6 +151,7 @@ class FleetReporter(Service):
         self._rates: dict[str, dict[str, float]] = {}
         self._loop: LoopingCall | None = None
         self._busy = False
+        self._queues_read_at: float | None = None
         self._stopping_links: dict[str, Deferred[Any]] = {}
         self._stopped_by_control: set[str] = set()
 
@@ -251,7 +257,8 @@ class FleetReporter(Service):
         self.apply_control(await client.hgetall(self.keys.control))
         now = self.clock.seconds()
         self._set_link_gauges()
-        if self.queue_gauges:
+        if self.queue_gauges and self._queue_gauges_due(now):
+            self._queues_read_at = now
             _set_queue_gauges(await read_queues(client, self.keys, now=now, quiet_until=self.quiet_until(now)))
         deltas = self._count_since_last(now)
         report = self.snapshot(now)
@@ -271,6 +278,11 @@ class FleetReporter(Service):
             if wrote:
                 pipe.expire(minute_key, MINUTE_COUNTS_TTL_SECONDS)
             await pipe.execute()
+
+    def _queue_gauges_due(self, now: float) -> bool:
+        if not self.keys.partitioned or self._queues_read_at is None:
+            return True
+        return now - self._queues_read_at >= QUEUE_GAUGES_PARTITIONED_SECONDS
 
     def _link_stopped(self, result: Any, name: str) -> None:
         self._stopping_links.pop(name, None)

@@ -183,3 +183,28 @@ async def test_a_process_answers_only_the_partitions_it_is_given(redis_cluster_u
         assert await redis.xlen(KEYS.mo_stream_of(SAMPLE_CALLER_UNICOM)) == 1
     finally:
         await redis.aclose()
+
+
+@on_asyncio
+async def test_an_mo_recorded_here_ends_the_poll_pause(redis_cluster_url: str) -> None:
+    """Partitioned, the MO streams are polled with a pause that grows while they are
+    empty (MO_POLL_MAX_SECONDS); an MO this process records is answered at once, not after
+    the pause: here the pause's clock never advances, so only the wake-up can answer it."""
+    from twisted.internet.task import Clock
+
+    redis = connect(redis_cluster_url)
+    clock = Clock()
+    service = MoService(redis, KEYS, MoConfig(), clock, now=time.time, consumer_name="gw-a", block_seconds=30)
+    try:
+        await load_sample(redis, KEYS, today=from_unix(time.time()).date())
+        service.startService()
+        deadline = time.monotonic() + 20
+        while service._poll_wait is None:  # every stream read once, found empty: pausing
+            assert time.monotonic() < deadline, "the MO poll never paused"
+            await asyncio.sleep(0.05)
+        await wait_deferred(service.record_mo(MobileOriginated("cmcc", _phone(SAMPLE_CALLER), "12123", "CXJF")))
+        [reply] = await wait_replies(redis, SAMPLE_CALLER, 1)
+        assert reply
+    finally:
+        await wait_deferred(service.stopService())
+        await redis.aclose()
