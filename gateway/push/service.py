@@ -72,15 +72,12 @@ __all__ = ["PushService"]
 log = Logger()
 # The slowest idle poll of the owned lanes (several partitions): work that another process
 # accepted into them waits at most this much longer than work accepted here.
-# 1 s (0.4 s until 2026-12-02): each poll reads the 3 lanes of every owned partition (24
-# partitions: 180 ZRANGE/s per idle process at 0.4 s, the largest idle cost left on the
-# Cluster after the fleet gauges, bench/cluster_idle.py); such work waits at most 1 s more.
-IDLE_POLL_MAX_SECONDS = 1.0
-# Several partitions: while a promotion finds nothing due, it runs every this many
-# housekeeping ticks (1 s) instead of every tick (0.25 s): each is a ZRANGEBYSCORE per
-# owned partition (24: 96/s when idle).  A notification scheduled for a time is then
-# promoted at most ~1 s late, and every tick again as long as some are due.
-PROMOTE_IDLE_EVERY_TICKS = 4
+IDLE_POLL_MAX_SECONDS = 0.4
+# Not longer for now: 1 s was tried on 2026-12-02 (each poll reads the 3 lanes of every
+# owned partition; 24 partitions: 180 ZRANGE/s per idle process, bench/cluster_idle.py),
+# and bench/cluster.py c3 (3 processes at the account's TPS limit) sent 1,160-1,255
+# submit/s in 3 runs against 1,220-1,460 in 4 with 0.4 s, on a machine loaded by other runs:
+# not conclusive, but a wake-up may be missing where work re-enters a lane.
 
 
 
@@ -186,7 +183,6 @@ class PushService(Service):
         self.unrecorded_outcomes_file = Path(unrecorded_outcomes_file) if unrecorded_outcomes_file else None
         self.redis_scope = redis_scope
         self.tick_seconds = tick_seconds
-        self._promoted_last = True  # the first housekeeping tick promotes
         self.idle_poll_seconds = idle_poll_seconds
         self.block_ms = block_ms
         self.backoff_initial_seconds = backoff_initial_seconds
@@ -493,10 +489,7 @@ class PushService(Service):
     async def _housekeeping_step(self) -> bool:
         now = self.clock.seconds()
         owned = self.ownership.owned(now)  # with one partition: partition 0, as ever
-        promoted = 0
-        if not self.ownership.enabled or self._promoted_last or self._tick % PROMOTE_IDLE_EVERY_TICKS == 0:
-            promoted = await self.ledger.promote_due(now=now, partitions=owned)
-            self._promoted_last = promoted > 0
+        promoted = await self.ledger.promote_due(now=now, partitions=owned)
         if promoted:
             self.dispatcher.waker.wake()
         self._tick += 1
