@@ -83,6 +83,33 @@ def _redis_cpu(ports: list[int]) -> float:
     return total
 
 
+def _commandstats(ports: list[int]) -> dict[str, tuple[int, int]]:
+    """Per command (calls, usec) summed over the nodes (INFO commandstats)."""
+    from gateway.store.local_cluster import command
+
+    stats: dict[str, tuple[int, int]] = {}
+    for port in ports:
+        for line in command(port, "info", "commandstats").splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, rest = line[len("cmdstat_"):].partition(":")
+                fields = dict(item.split("=", 1) for item in rest.split(","))
+                calls, usec = stats.get(name, (0, 0))
+                stats[name] = (calls + int(fields["calls"]), usec + int(fields["usec"]))
+    return stats
+
+
+def _script_figures(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                    n: int) -> dict[str, float]:
+    """Commands and script calls (EVALSHA/EVAL) per notification, and the mean usec of a
+    script call (commandstats' own timing: the script's body, not the I/O around it)."""
+    delta = {c: (after[c][0] - before.get(c, (0, 0))[0], after[c][1] - before.get(c, (0, 0))[1]) for c in after}
+    scripts = [delta[c] for c in ("evalsha", "eval") if c in delta]
+    calls = sum(c for c, _ in scripts)
+    return {"commands_per_message": round(sum(c for c, _ in delta.values()) / n, 2),
+            "script_calls_per_message": round(calls / n, 2),
+            "script_usec_per_call": round(sum(u for _, u in scripts) / calls, 1) if calls else 0.0}
+
+
 def _single_redis_run(directory: Path, **options: Any) -> Any:
     """A ClusterRun on one plain redis-server (append-only) with 1 partition."""
     from gateway.store.embedded import RedisServerProcess, free_port
@@ -216,6 +243,7 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
         cpu_before = [cpu_seconds(pid) for pid in pids]
         redis_before = await asyncio.to_thread(_redis_cpu, ports)
         masters_before = await asyncio.to_thread(_redis_cpu, masters)
+        stats_before = await asyncio.to_thread(_commandstats, masters)
         started = time.monotonic()
         received_before = run.simulator.recorder.messages
         await _enqueue(run, notifications, shared=intake == "shared")
@@ -230,6 +258,7 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
         cpu = [round(cpu_seconds(pid) - before, 2) for pid, before in zip(pids, cpu_before, strict=True)]
         redis_cpu = await asyncio.to_thread(_redis_cpu, ports) - redis_before
         masters_cpu = await asyncio.to_thread(_redis_cpu, masters) - masters_before
+        scripts = _script_figures(stats_before, await asyncio.to_thread(_commandstats, masters), n)
         await run.wait_settled(notifications, timeout_seconds=max(120.0, n / 20))
         tally = await run.tally(notifications)
         rates = run.simulator.rates
@@ -244,6 +273,7 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
             "redis_cpu_seconds": round(redis_cpu, 2), "redis_masters_cpu_seconds": round(masters_cpu, 2),
             "redis_usec_per_message": round(redis_cpu / n * 1e6, 1),
             "redis_masters_usec_per_message": round(masters_cpu / n * 1e6, 1),
+            **{f"masters_{k}": v for k, v in scripts.items()},
             "peak_submits_per_second": peak,
             "tps_limit_per_process": share or 5000, "account_tps": account_tps if share else None,
             "peak_over_account_limit": round(peak / account_tps - 1, 3) if share else None,
@@ -281,6 +311,10 @@ async def main(args: argparse.Namespace) -> None:
                 ratios[r["row"]] = round(r["redis_masters_usec_per_message"] / single["redis_masters_usec_per_message"], 2)
         print("Redis CPU per message, cluster masters / single Redis: "
               + ", ".join(f"{name} {ratio}x" for name, ratio in ratios.items()))
+    print("Masters per notification (INFO commandstats): "
+          + "; ".join(f"{r['row']} {r['masters_commands_per_message']} commands, "
+                      f"{r['masters_script_calls_per_message']} script calls of "
+                      f"{r['masters_script_usec_per_call']} us" for r in rows))
     c3 = by_name.get("c3")
     print_json_line({"benchmark": "cluster", "date": today(), "machine": machine(),
                      "setup": {"cluster": "3 masters + 3 replicas, redis-server in cluster mode, appendonly everysec",
