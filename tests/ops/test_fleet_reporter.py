@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 
 from gateway.ops.fleet import FleetReporter
 from gateway.store.keys import Keys
+from tests.aio import on_asyncio
 
 
 @dataclass
@@ -85,3 +86,34 @@ def test_a_link_the_gateway_stops_is_not_started_again() -> None:
     fleet.running = 0
     fleet.apply_control({"carrier:cmcc": "stopped"})  # a stopped reporter changes nothing
     assert link.starts == 0
+
+
+@on_asyncio
+async def test_partitioned_queue_gauges_are_read_every_ten_seconds_not_every_report(redis_url: str) -> None:
+    """The queue gauges cost ~13 commands per partition: partitioned, the reporter reads
+    them with the first report and then every QUEUE_GAUGES_PARTITIONED_SECONDS; with one
+    partition with every report, as before (a real redis-server, the reporter on a Clock)."""
+    from redis.asyncio import Redis
+
+    from gateway import metrics
+    from gateway.ops.fleet import QUEUE_GAUGES_PARTITIONED_SECONDS
+
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        for keys in (Keys(partitions=4), Keys()):
+            await redis.flushall()
+            clock = Clock()
+            clock.advance(1_000_000)
+            fleet = FleetReporter(lambda: redis, keys, {}, clock, process_id="gw-test")
+            fleet.running = 1
+            await fleet.report_once(redis)
+            assert metrics.dead_letters._value.get() == 0
+            await redis.zadd(keys.partition(keys.partitions - 1).dead_letters, {"n-1": clock.seconds()})
+            clock.advance(2.0)
+            await fleet.report_once(redis)
+            assert metrics.dead_letters._value.get() == (0 if keys.partitioned else 1)
+            clock.advance(QUEUE_GAUGES_PARTITIONED_SECONDS)
+            await fleet.report_once(redis)
+            assert metrics.dead_letters._value.get() == 1
+    finally:
+        await redis.aclose()
