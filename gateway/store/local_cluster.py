@@ -11,6 +11,7 @@ Blocking helpers (subprocess and sockets): call them outside the reactor, or in 
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import shutil
@@ -86,7 +87,7 @@ class LocalRedisCluster:
     masters: int = 3
     replicas_per_master: int = 1
     appendonly: bool = True
-    niceness: int = 0  # > 0: the nodes run at a lower CPU priority (see ClusterRun)
+    niceness: int | None = None  # the nodes' CPU priority, absolute (None: inherited; see ClusterRun)
     nodes: list[_Node] = field(default_factory=list)
 
     @property
@@ -224,7 +225,7 @@ def _line_of(nodes_text: str, port: int) -> str:
 class _ClusterNodeProcess(RedisServerProcess):
     """A redis-server in cluster mode (its nodes.conf in its own data directory)."""
 
-    niceness = 0
+    niceness: int | None = None
 
     def start(self, timeout_seconds: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +238,6 @@ class _ClusterNodeProcess(RedisServerProcess):
             "cluster-replica-validity-factor 0\n"
             "hash-max-ziplist-value 1024\n", encoding="utf-8")
         args = [
-            *(["nice", "-n", str(self.niceness)] if self.niceness else []),
             find_redis_server(), str(conf),
             "--bind", "127.0.0.1", "--port", str(self.port),
             "--dir", str(self.data_dir.resolve()),
@@ -248,7 +248,7 @@ class _ClusterNodeProcess(RedisServerProcess):
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, env={**os.environ},
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=functools.partial(_before_exec, self.niceness))
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -258,6 +258,14 @@ class _ClusterNodeProcess(RedisServerProcess):
             time.sleep(0.02)
         raise ClusterError(f"redis-server did not answer on port {self.port} in {timeout_seconds}s")
 
+
+
+def _before_exec(niceness: int | None) -> None:
+    """In the child before exec: its CPU priority (absolute: a thread's nice is inherited,
+    and the starting thread may run raised), then `_die_with_parent`."""
+    if niceness is not None:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    _die_with_parent()
 
 
 def _die_with_parent() -> None:

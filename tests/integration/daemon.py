@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -50,7 +51,7 @@ class Daemon:
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # added to the environment (secrets)
-    niceness: int = 0  # > 0: started with a lower CPU priority (tests/integration/cluster_run.py)
+    niceness: int | None = None  # its CPU priority, absolute (None: inherited; tests/integration/cluster_run.py)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,9 +66,10 @@ class Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [*(["nice", "-n", str(self.niceness)] if self.niceness else []),
-             sys.executable, "-m", "gateway", "run", "-c", str(self.config_path), *self.extra_args],
+            [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(self.config_path.parent),
+            preexec_fn=None if self.niceness is None else functools.partial(os.setpriority, os.PRIO_PROCESS, 0,
+                                                                             self.niceness),
         )
         log.close()
 
