@@ -11,8 +11,8 @@ Set-up (the benchmark's theory of operation)
 --------------------------------------------
 Each row starts a fresh Redis (tests/integration/cluster_run.py ClusterRun: a
 LocalRedisCluster, append-only, or for the ``single`` row one plain redis-server), the
-carrier simulator in this process (it meters submit_sm per second per account in whole
-seconds and binds per account) and P gateways with one carrier account of 2 sessions each:
+carrier simulator in its own process (bench/run_simulator.py, raised to nice -10 as
+root; it meters submit_sm per second per account in whole seconds and binds per account) and P gateways with one carrier account of 2 sessions each:
 
 * ``carriers[].tps_limit`` = ``--share`` (what one process's binds may send), the account's
   fleet-wide ``account_tps`` = 3 x share and ``max_binds`` = 6 (2 per process, 3 processes);
@@ -114,7 +114,7 @@ def _single_redis_run(directory: Path, **options: Any) -> Any:
     """A ClusterRun on one plain redis-server (append-only) with 1 partition."""
     from gateway.store.embedded import RedisServerProcess, free_port
     from gateway.store.service import make_client
-    from tests.integration.cluster_run import PEERS_NICENESS, ClusterRun
+    from tests.integration.cluster_run import PASSWORD, PEERS_NICENESS, SYSTEM_ID, ClusterRun
     from tests.integration.daemon import Daemon, write_config
     from tests.integration.faults import CMCC_PREFIXES
 
@@ -124,15 +124,9 @@ def _single_redis_run(directory: Path, **options: Any) -> Any:
             self.server = RedisServerProcess(data_dir=directory / "redis")
 
         async def _start(self) -> ClusterRun:
-            import dataclasses
-
-            from gateway.smpp.simulator import CarrierSimulator
-
             self.directory.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(self.server.start)
-            sim_options = dataclasses.replace(self.simulator_options, port=0, credentials={"gwcmcc": "cmcc-pw"})
-            self.simulator = CarrierSimulator(sim_options, self.reactor)
-            self.simulator.startService()
+            self.simulator = await self.start_simulator()
             self.client = make_client(self.server.url)
             self.daemons = [self._daemon(k) for k in range(self.gateways)]
             await asyncio.gather(*(self.start_gateway(d) for d in self.daemons))
@@ -140,8 +134,8 @@ def _single_redis_run(directory: Path, **options: Any) -> Any:
 
         def _daemon(self, k: int) -> Daemon:
             assert self.simulator is not None
-            carrier = {"name": "cmcc", "host": "127.0.0.1", "port": self.simulator.port_number,
-                       "system_id": "gwcmcc", "password": "cmcc-pw", "prefixes": list(CMCC_PREFIXES), **self.carrier}
+            carrier = {"name": "cmcc", "host": "127.0.0.1", "port": self.simulator.smpp_port,
+                       "system_id": SYSTEM_ID, "password": PASSWORD, "prefixes": list(CMCC_PREFIXES), **self.carrier}
             path = write_config(self.directory / f"gateway{k}", redis={"url": self.server.url}, carriers=[carrier],
                                 push={**self.push, "consumer_name": f"gateway{k}"},
                                 ivr={"fastagi": {"enabled": False, "listen": f"127.0.0.1:{free_port()}"}})
@@ -164,10 +158,8 @@ def _single_redis_run(directory: Path, **options: Any) -> Any:
                 await self.client.aclose()
             if self._blocking_client is not None:
                 self._blocking_client.close()
-            if self.simulator is not None and self.simulator.running:
-                from gateway.store.bridge import wait_deferred
-
-                await wait_deferred(self.simulator.stopService())
+            if self.simulator is not None:
+                await asyncio.to_thread(self.simulator.stop)
             await asyncio.to_thread(self.server.stop)
 
     return SingleRedisRun()
@@ -215,7 +207,7 @@ def _mean_rate(windows: list[tuple[int, int]]) -> float:
 
 
 async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
-    from tests.integration.cluster_run import ClusterRun
+    from tests.integration.cluster_run import SYSTEM_ID, ClusterRun
     from tests.integration.faults import CMCC_PREFIXES, workload
 
     processes, redis_kind, intake = ROWS[name]
@@ -245,13 +237,13 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
         masters_before = await asyncio.to_thread(_redis_cpu, masters)
         stats_before = await asyncio.to_thread(_commandstats, masters)
         started = time.monotonic()
-        received_before = run.simulator.recorder.messages
+        received_before = await run.carrier_messages()
         await _enqueue(run, notifications, shared=intake == "shared")
         # Until the carrier has every message (counted in this process: polling Redis for
         # the states would add its own Redis CPU to the figures), then RECEIPTS_SECONDS for
         # the last receipts to be recorded; the states are checked after the measurement.
         deadline = started + max(120.0, n / 20)
-        while run.simulator.recorder.messages - received_before < n and time.monotonic() < deadline:
+        while await run.carrier_messages() - received_before < n and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         elapsed = time.monotonic() - started
         await asyncio.sleep(RECEIPTS_SECONDS)
@@ -261,14 +253,15 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
         scripts = _script_figures(stats_before, await asyncio.to_thread(_commandstats, masters), n)
         await run.wait_settled(notifications, timeout_seconds=max(120.0, n / 20))
         tally = await run.tally(notifications)
-        rates = run.simulator.rates
-        peak = max(rates.report()["peak_submits_per_second"].values(), default=0)
+        rates = await asyncio.to_thread(run.simulator.stats)
+        windows = await asyncio.to_thread(run.simulator.windows, SYSTEM_ID)
+        peak = max(rates["peak_submits_per_second"].values(), default=0)
         return {
             "row": name, "processes": processes, "redis": redis_kind, "intake": intake,
             "partitions": run.keys.partitions, "messages": n, "seconds": round(elapsed, 1),
             "ownership_settle_seconds": round(settle, 1),
             "throughput_per_second": round(n / elapsed, 1),
-            "submits_per_second": round(_mean_rate(rates.windows("gwcmcc")), 1),
+            "submits_per_second": round(_mean_rate(windows), 1),
             "gateway_cpu_seconds_each": cpu,
             "redis_cpu_seconds": round(redis_cpu, 2), "redis_masters_cpu_seconds": round(masters_cpu, 2),
             "redis_usec_per_message": round(redis_cpu / n * 1e6, 1),
@@ -277,7 +270,7 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
             "peak_submits_per_second": peak,
             "tps_limit_per_process": share or 5000, "account_tps": account_tps if share else None,
             "peak_over_account_limit": round(peak / account_tps - 1, 3) if share else None,
-            "peak_binds_per_account": max(rates.report()["peak_binds_by_system_id"].values(), default=0),
+            "peak_binds_per_account": max(rates["peak_binds_by_system_id"].values(), default=0),
             "max_binds": SESSIONS_PER_PROCESS * FLEET_PROCESSES if share else None,
             "intake_wait_replicas": args.intake_wait_replicas, "lost": tally.lost, "duplicated": tally.duplicated,
             "unexplained_duplicates": tally.unexplained_duplicates,
@@ -321,7 +314,7 @@ async def main(args: argparse.Namespace) -> None:
                                "single": "one redis-server, appendonly everysec, 1 partition",
                                "partitions": args.partitions, "sessions_per_process": SESSIONS_PER_PROCESS,
                                "share_per_process": args.share, "messages_per_process": args.messages,
-                               "simulator": "in the benchmark process, receipts after 0.2 s",
+                               "simulator": "bench/run_simulator.py in its own process, receipts after 0.2 s",
                                "workload": "tests/integration/faults.py workload (1/3 codes, 2/3 two-part Chinese)"},
                      "targets": TARGETS, "runs": rows,
                      "ratio_at_3": round(c3["submits_per_second"] / base, 2) if c3 and base else None,

@@ -6,9 +6,14 @@
 Takes every `smsc-sim` flag (gateway.smpp.simulator.add_arguments) plus:
 
 * ``--stats-listen HOST:PORT``: ``GET /`` there answers one JSON object, the
-  simulator's ``report()`` plus ``pid``, ``cpu_seconds`` (user + system of this
-  process) and ``monotonic`` (this host's ``time.monotonic()``).  A load generator
-  polls it to count submits *at the SMSC*, which is what bench/kannel_rate.py reports.
+  simulator's ``report()`` (without the per-message table) plus ``pid``,
+  ``cpu_seconds`` (user + system of this process) and ``monotonic`` (this host's
+  ``time.monotonic()``).  A load generator polls it to count submits *at the SMSC*,
+  which is what bench/kannel_rate.py reports.  Two more paths are read once, at the
+  end of a run: ``GET /messages`` lists every distinct whole message as
+  ``[destination, text, copies, submit PDUs]`` (with texts recorded: the tests'
+  duplicate count), and ``GET /windows`` every kept 1 s window per system_id as
+  ``[unix second, submits]`` (what the carrier metered against the account's TPS).
 * ``--ports-file PATH``: once both ports listen, ``{"smpp_port", "stats_port", "pid"}``
   is written there (atomically), so a shell script can wait for it and then write
   the ESME's configuration with the SMPP port.
@@ -39,11 +44,23 @@ def _stats_resource(simulator: Any) -> Any:
         isLeaf = True
 
         def render_GET(self, request: Any) -> bytes:
-            times = os.times()
-            report = simulator.report()
-            report.update(pid=os.getpid(), cpu_seconds=times.user + times.system, monotonic=time.monotonic())
+            body: Any
+            if request.path == b"/messages":
+                recorder = simulator.recorder
+                body = [[destination, text, copies, recorder.submit_pdus[(destination, text)]]
+                        for (destination, text), copies in recorder.copies.items()]
+            elif request.path == b"/windows":
+                rates = simulator.rates
+                body = {system_id: rates.windows(system_id) for system_id in rates.peak_submits}
+            elif request.path == b"/":
+                times = os.times()
+                body = simulator.report(per_message=False)
+                body.update(pid=os.getpid(), cpu_seconds=times.user + times.system, monotonic=time.monotonic())
+            else:
+                request.setResponseCode(404)
+                body = {"error": "unknown path; GET /, /messages or /windows"}
             request.setHeader(b"content-type", b"application/json")
-            return json.dumps(report).encode()
+            return json.dumps(body).encode()
 
     return Stats()
 

@@ -1502,13 +1502,15 @@ class CarrierSimulator(Service):
     def queued_deliveries(self) -> int:
         return sum(len(q) for q in self._queues.values()) + self._receipts.pending()
 
-    def report(self) -> dict[str, Any]:
-        """Counters and gauges; with texts recorded, also submit PDUs per distinct message
-        under ``submit_pdus_by_message`` (keys "destination text")."""
+    def report(self, per_message: bool = True) -> dict[str, Any]:
+        """Counters and gauges; with texts recorded and ``per_message``, also submit PDUs
+        per distinct message under ``submit_pdus_by_message`` (keys "destination text":
+        one entry per message, so a poller that only wants progress leaves it out)."""
         out: dict[str, Any] = {f.name: getattr(self.counters, f.name) for f in fields(self.counters)}
         recorder = self.recorder
         out.update(
             messages=recorder.messages,
+            distinct_messages=len(recorder.copies),
             parts=recorder.parts,
             incomplete_messages=recorder.incomplete_messages,
             pending_partial_messages=recorder.pending_count(),
@@ -1519,7 +1521,7 @@ class CarrierSimulator(Service):
             deliveries_outstanding=sum(len(s.outstanding) for s in self._sessions),
         )
         out.update(self.rates.report())
-        if self.options.record_texts:
+        if self.options.record_texts and per_message:
             out["submit_pdus_by_message"] = {
                 f"{destination} {text}": count
                 for (destination, text), count in recorder.submit_pdus.items()

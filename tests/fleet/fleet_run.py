@@ -6,7 +6,9 @@ Everything here starts real processes on 127.0.0.1 with free ports; the caller s
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -32,8 +34,21 @@ class SimulatorProcess:
     stats_port: int
 
     def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/", timeout=10) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
+        return self._get("/")  # type: ignore[no-any-return]
+
+    def copies(self) -> dict[tuple[str, str], int]:
+        """How often each (destination, text) arrived whole (texts recorded only)."""
+        return {(destination, text): copies for destination, text, copies, _ in self._get("/messages")}
+
+    def windows(self, system_id: str) -> list[tuple[int, int]]:
+        """(Unix second, submits) of the system_id's kept 1 s windows, oldest first."""
+        return [(second, count) for second, count in self._get("/windows").get(system_id, [])]
+
+    def _get(self, path: str) -> Any:
+        # 30 s: /messages of 20,000 messages is a few MB, served by a simulator that may be
+        # sharing two loaded cores with a fleet.
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}{path}", timeout=30) as response:
+            return json.loads(response.read())
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -46,19 +61,23 @@ class SimulatorProcess:
 
 
 def start_simulator(workdir: Path, *extra: str, system_id: str = SYSTEM_ID, password: str = PASSWORD,
+                    record_texts: bool = False, niceness: int | None = None,
                     timeout_seconds: float = 30.0) -> SimulatorProcess:
     """The simulator with one account (`system_id`, `password`: the gateways' carrier
     section must use the same, or they never bind); `extra` arguments come last, so they
-    override the defaults here."""
+    override the defaults here.  `record_texts`: keep every whole message (for
+    `SimulatorProcess.copies`); `niceness`: its CPU priority, absolute (None: inherited)."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports_file = workdir / "sim-ports.json"
     ports_file.unlink(missing_ok=True)
     log = (workdir / "simulator.log").open("ab")
     process = subprocess.Popen(
         [sys.executable, str(REPO / "bench" / "run_simulator.py"), "--listen", "127.0.0.1:0",
-         "--account", f"{system_id}:{password}", "--no-record-texts", "--receipt-delay", "0.2",
+         "--account", f"{system_id}:{password}", *([] if record_texts else ["--no-record-texts"]),
+         "--receipt-delay", "0.2",
          "--stats-listen", "127.0.0.1:0", "--ports-file", str(ports_file), "--report-interval", "3600", *extra],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        preexec_fn=None if niceness is None else functools.partial(os.setpriority, os.PRIO_PROCESS, 0, niceness))
     log.close()
     deadline = time.monotonic() + timeout_seconds
     while not ports_file.exists():

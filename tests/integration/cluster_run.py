@@ -1,8 +1,8 @@
 """Several `gateway run` processes on a real Redis Cluster with the carrier simulator.
 
-`ClusterRun` owns a LocalRedisCluster (3 masters, 3 replicas), one CarrierSimulator on
-this process's reactor and any number of daemons configured with ``redis.cluster_nodes``
-and ``push.partitions``.  Notifications go to their partitions' intake streams (as HTTP
+`ClusterRun` owns a LocalRedisCluster (3 masters, 3 replicas), the carrier simulator in
+its own process (tests/fleet/fleet_run.py, bench/run_simulator.py) and any number of
+daemons configured with ``redis.cluster_nodes`` and ``push.partitions``.  Notifications go to their partitions' intake streams (as HTTP
 and the CLI write them); the count is taken as tests/integration/faults.py takes it: a
 notification is lost when it has no final state with its reason (or no copy at the
 carrier for delivered), duplicated when the carrier got it more than once, and a
@@ -13,7 +13,6 @@ Used by tests/integration/test_cluster.py and bench/cluster.py.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -27,12 +26,11 @@ from typing import Any
 from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.push.state import FINAL_STATES
-from gateway.smpp.simulator import CarrierSimulator, SimulatorOptions
-from gateway.store.bridge import wait_deferred
 from gateway.store.embedded import free_port
 from gateway.store.keys import Keys
 from gateway.store.local_cluster import LocalRedisCluster
 from gateway.store.service import make_cluster_client
+from tests.fleet.fleet_run import SimulatorProcess, start_simulator
 from tests.integration.daemon import Daemon, write_config
 from tests.integration.faults import (
     CARRIER_DEFAULTS,
@@ -45,17 +43,21 @@ from tests.integration.faults import (
 # 16 partitions over 3 masters: 5 or 6 each, so a master's loss or a slot's move touches
 # a few partitions, as it would in production.
 PARTITIONS = 16
-# The carrier simulator (in this process, on this thread) must get the CPU before the
-# gateways and redis-servers.  A carrier meters submits as they arrive on its own
-# hardware; here it shares two cores with 3 gateways and 6 redis-servers, and whenever
-# it got no CPU for a few hundred ms it read the submits that had queued in its sockets
-# all at once and counted them in one 1 s window (618 at an account TPS of 450, after a
-# window of 191).  As root, this thread is raised (nice -10) and the peers keep the
-# normal priority: putting the peers at nice 19 instead starved them whenever anything
-# else loaded the machine (the suite under two busy loops: no /readyz in 60 s).  Without
-# root only the peers can go lower.  Niceness only shares the CPU differently; what the
-# gateways send and when is theirs.
+# The carrier simulator must get the CPU before the gateways and redis-servers.  A
+# carrier meters submits as they arrive on its own hardware; here it shares two cores
+# with 3 gateways and 6 redis-servers, and whenever it got no CPU for some tens of ms it
+# read the submits that had queued in its sockets all at once and counted them in one
+# 1 s window (618 at an account TPS of 450, after a window of 191).  So it runs in its
+# own process, raised as root (nice -10), and the peers keep the normal priority:
+# putting the peers at nice 19 instead starved them whenever anything else loaded the
+# machine (the suite under two busy loops: no /readyz in 60 s).  It used to run on this
+# process's reactor, raised as one thread: the harness's own threads (the slot
+# migration, the state reads) held the GIL at normal priority, and under two busy loops
+# the simulator waited on them (483 in the window after one of 419, at the slot
+# migration, in 1 of 3 runs).  Without root only the peers can go lower.  Niceness
+# only shares the CPU differently; what the gateways send and when is theirs.
 PRIVILEGED = os.geteuid() == 0
+SYSTEM_ID, PASSWORD = "gwcmcc", "cmcc-pw"
 SIMULATOR_NICENESS = -10
 PEERS_NICENESS = 0 if PRIVILEGED else 19
 
@@ -84,29 +86,22 @@ class ClusterRun:
     """A cluster, a simulator and `gateways` daemons; `async with` stops them all."""
 
     def __init__(self, directory: Path, *, gateways: int = 3, partitions: int = PARTITIONS,
-                 simulator: SimulatorOptions | None = None, carrier: dict[str, Any] | None = None,
+                 simulator_args: Sequence[str] = (), carrier: dict[str, Any] | None = None,
                  push: dict[str, Any] | None = None) -> None:
-        from twisted.internet import reactor
-
-        self.reactor: Any = reactor
         self.directory = directory
         self.gateways = gateways
         self.keys = Keys(partitions=partitions)
-        self.simulator_options = simulator or SimulatorOptions(receipt_delay_seconds=0.2)
+        self.simulator_args = list(simulator_args)  # bench/run_simulator.py flags (receipts after 0.2 s)
         self.carrier = {**CARRIER_DEFAULTS, **(carrier or {})}
         self.push = {**PUSH_DEFAULTS, "partitions": partitions, **(push or {})}
         self.cluster = LocalRedisCluster(directory / "cluster", niceness=PEERS_NICENESS)
-        self.simulator: CarrierSimulator | None = None
+        self.simulator: SimulatorProcess | None = None
         self.daemons: list[Daemon] = []
         self.client: Any = None
         self._blocking_client: Any = None  # redis.cluster.RedisCluster, for reads in a thread
         self.sigkills = 0
 
     async def __aenter__(self) -> ClusterRun:
-        # Linux: PRIO_PROCESS 0 is this thread only (the reactor's, the simulator's).
-        self._saved_niceness = os.getpriority(os.PRIO_PROCESS, 0)
-        if PRIVILEGED:
-            os.setpriority(os.PRIO_PROCESS, 0, SIMULATOR_NICENESS)
         try:
             return await self._start()
         except BaseException:
@@ -116,14 +111,24 @@ class ClusterRun:
     async def _start(self) -> ClusterRun:
         self.directory.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.cluster.start)
-        options = dataclasses.replace(self.simulator_options, port=0, credentials={"gwcmcc": "cmcc-pw"})
-        self.simulator = CarrierSimulator(options, self.reactor)
-        self.simulator.startService()
+        self.simulator = await self.start_simulator()
         self.client = make_cluster_client(self.cluster.startup_nodes, "")
         for k in range(self.gateways):
             self.daemons.append(self._daemon(k))
         await asyncio.gather(*(self.start_gateway(d) for d in self.daemons))
         return self
+
+    async def start_simulator(self) -> SimulatorProcess:
+        """The carrier simulator in its own process, raised as root (`SIMULATOR_NICENESS`)."""
+        return await asyncio.to_thread(
+            start_simulator, self.directory / "carrier", *self.simulator_args, system_id=SYSTEM_ID,
+            password=PASSWORD, record_texts=True, niceness=SIMULATOR_NICENESS if PRIVILEGED else None)
+
+    async def carrier_messages(self) -> int:
+        """Distinct whole messages the carrier has received (its stats port)."""
+        assert self.simulator is not None
+        stats = await asyncio.to_thread(self.simulator.stats)
+        return int(stats["distinct_messages"])
 
     async def __aexit__(self, *exc: Any) -> None:
         # Each step in its own try: whatever fails (a daemon that will not stop, a client
@@ -138,14 +143,10 @@ class ClusterRun:
                     pass
             if self._blocking_client is not None:
                 self._blocking_client.close()
-            if self.simulator is not None and self.simulator.running:
-                await wait_deferred(self.simulator.stopService())
+            if self.simulator is not None:
+                await asyncio.to_thread(self.simulator.stop)
         finally:
-            try:
-                await asyncio.to_thread(self.cluster.stop)
-            finally:
-                if PRIVILEGED:
-                    os.setpriority(os.PRIO_PROCESS, 0, self._saved_niceness)
+            await asyncio.to_thread(self.cluster.stop)
 
     def live_daemons(self) -> list[Daemon]:
         return [d for d in self.daemons if d.process is not None and d.process.poll() is None]
@@ -175,8 +176,8 @@ class ClusterRun:
     def _daemon(self, k: int) -> Daemon:
         assert self.simulator is not None
         first = self.cluster.startup_nodes[0]
-        carrier = {"name": "cmcc", "host": "127.0.0.1", "port": self.simulator.port_number,
-                   "system_id": "gwcmcc", "password": "cmcc-pw", "prefixes": list(CMCC_PREFIXES), **self.carrier}
+        carrier = {"name": "cmcc", "host": "127.0.0.1", "port": self.simulator.smpp_port,
+                   "system_id": SYSTEM_ID, "password": PASSWORD, "prefixes": list(CMCC_PREFIXES), **self.carrier}
         directory = self.directory / f"gateway{k}"
         path = write_config(directory, redis={"url": f"redis://{first}/0", "cluster_nodes": self.cluster.startup_nodes},
                             carriers=[carrier], push={**self.push, "consumer_name": f"gateway{k}"},
@@ -187,9 +188,8 @@ class ClusterRun:
     async def start_gateway(self, daemon: Daemon, timeout_seconds: float = 60.0) -> None:
         """Start one daemon and wait for /readyz (its binds come up on their own).
 
-        Process starts, kills and waits run in a thread here and below: on the reactor they
-        held up the simulator's reads for some ms, which its 1 s windows count (477 against
-        a limit of 472 in the window of a SIGKILL)."""
+        Process starts, kills and waits run in a thread here and below, so that the
+        test's own reactor goes on (its timers, the milestones)."""
         await asyncio.to_thread(daemon.start)
         await asyncio.to_thread(daemon.wait_until, "/readyz", 200, timeout_seconds)
 
@@ -221,7 +221,7 @@ class ClusterRun:
 
     async def enqueue(self, notifications: Sequence[Notification], batch: int = 1000) -> None:
         """XADD each notification to its partition's intake stream, `batch` per pipeline
-        (in a thread, off the simulator's reactor: the gateways start sending meanwhile)."""
+        (in a thread, off the reactor: the gateways start sending meanwhile)."""
         await asyncio.to_thread(self._enqueue_blocking, list(notifications), batch)
 
     def _enqueue_blocking(self, notifications: list[Notification], batch: int) -> None:
@@ -233,10 +233,8 @@ class ClusterRun:
             pipe.execute()
 
     async def states(self, ids: Sequence[str], fields: Sequence[str] = ("state",)) -> list[list[str | None]]:
-        """The records' `fields`, read in a thread with a blocking client: 20,000 replies
-        parsed on the reactor would stall the simulator for a good part of a second, and
-        the submits it then reads at once would count in one 1 s window (measured: 521
-        in a window at an account TPS of 450)."""
+        """The records' `fields`, read in a thread with a blocking client (20,000 replies
+        parsed on the reactor would stall it for a good part of a second)."""
         return await asyncio.to_thread(self._states_blocking, list(ids), list(fields))
 
     def _blocking(self) -> Any:
@@ -263,11 +261,10 @@ class ClusterRun:
         """Until every notification is final (or the timeout); milestones run once that
         fraction has reached the carrier whole.
 
-        Progress is read from the simulator (no Redis call); the records are read only
-        once the carrier has nearly all messages, and every 10 s before that (to see a
-        run that loses some): reading 20,000 records each second took a good part of
-        this process's CPU, which the simulator shares, and a simulator that reads late
-        counts two seconds' submits in one 1 s window."""
+        Progress is read from the simulator's stats port (no Redis call); the records are
+        read only once the carrier has nearly all messages, and every 10 s before that
+        (to see a run that loses some): reading 20,000 records each second takes a good
+        part of a core on a machine the gateways and the carrier share."""
         assert self.simulator is not None
         pending = [n.id for n in notifications]
         total = len(pending)
@@ -275,7 +272,7 @@ class ClusterRun:
         deadline = time.monotonic() + timeout_seconds
         last_read = time.monotonic()
         while time.monotonic() < deadline:
-            at_carrier = len(self.simulator.recorder.copies) / total
+            at_carrier = await self.carrier_messages() / total
             while todo and todo[0][0] <= at_carrier:
                 _, action = todo.pop(0)
                 await action()
@@ -303,9 +300,10 @@ class ClusterRun:
         result = ClusterTally(accepted=len(notifications))
         rows = await self.states([n.id for n in notifications],
                                  ("state", "error", "reason", "expires_at", "possible_duplicates"))
+        at_carrier = await asyncio.to_thread(self.simulator.copies)
         for n, (state, error, reason, expires_at, duplicates) in zip(notifications, rows, strict=True):
             result.states[state or "none"] = result.states.get(state or "none", 0) + 1
-            copies = self.simulator.copies_of(n.to, n.text)
+            copies = at_carrier.get((n.to, n.text), 0)
             counted = int(duplicates or 0)
             result.possible_duplicates += counted
             result.duplicated += max(0, copies - 1)

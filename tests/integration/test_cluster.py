@@ -93,8 +93,8 @@ async def test_three_gateways_through_a_sigkill_a_slot_migration_and_a_master_fa
         await joining[0]
         lost_in_failover = tally.states.get("none", 0)
         joined_submits = await run.accepted_submits(run.daemons[2])
-        rates = run.simulator.rates.report()
-        windows = [count for _, count in run.simulator.rates.windows(SYSTEM_ID)]
+        rates = await asyncio.to_thread(run.simulator.stats)
+        windows = [count for _, count in await asyncio.to_thread(run.simulator.windows, SYSTEM_ID)]
         peak_submits = rates["peak_submits_per_second"].get(SYSTEM_ID, 0)
         peak_binds = rates["peak_binds_by_system_id"].get(SYSTEM_ID, 0)
         print("cluster run:", json.dumps({
