@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import pytest
@@ -224,9 +225,12 @@ async def wait_states(redis: Any, keys: Keys, ids: list[str], state: str, timeou
 async def wait_owned(services: list[PushService], timeout_seconds: float = 30.0) -> list[set[int]]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_seconds
+    share = math.ceil(P / len(services))
     while True:
         sets = [set(s.ownership.owned()) for s in services]
-        if disjoint_cover(sets) and all(sets):
+        # Settled, not only covered: a process that joined holds one partition while the
+        # first still gives back the rest above its share (a snapshot then would not hold).
+        if disjoint_cover(sets) and all(sets) and all(len(owned) <= share for owned in sets):
             return sets
         assert loop.time() < deadline, sets
         await asyncio.sleep(0.1)
