@@ -1,16 +1,15 @@
 -- Apply a batch of submit outcomes and receipts (OutcomeWriter).
 -- KEYS: the ledger's (ledger.lua), and per op: A its notification ('n'..id), index entries
 -- ('m'..carrier..'\0'..message id) and parked-receipt keys ('e'..) of the indexed parts;
--- P R W F L C Y the notification; X each candidate's index entry and the first one's
+-- B P R W F L C Y the notification; X each candidate's index entry and the first one's
 -- parked-receipt key.
 -- ARGV (after the ledger header): n, early-receipt TTL seconds, then n ops:
 --   A id carrier parts indexed ids... keys...    accepted by the carrier: the ids as the
 --                                                carrier sent them, then their canonical
 --                                                forms (the index keys for receipts)
---   B ...                                        as A, its index entries written by I ops
---                                                in their own partitions (not here)
---   I id carrier part message-id                 write one index entry (this partition's);
---                                                a receipt parked for it is handed back
+--   B ...                                        as A, its index entries written by the
+--                                                caller in their own partitions, with plain
+--                                                commands (OutcomeStore._write_index_entries)
 --   P id carrier n ids...                        a long message partly accepted before it
 --                                                failed: the parts' ids, a possible duplicate
 --   R|W|F id due_at error unknown                retry / wait (no attempt) / failed
@@ -21,16 +20,14 @@
 --   X carrier state error n candidates...        a receipt not found there (yet)
 -- Guarantees: an outcome for a notification no longer submitting changes nothing; a
 -- receipt before its submit's message ids is parked and applied when they are recorded.
--- Returns {{op numbers to send again}, {id, part, state, error of each parked receipt an I
--- op found}, counts, partner ids}: an X op whose index entry appeared since the caller
--- looked (its notification was not declared) is left for the caller to resolve and send
--- again; a parked receipt an I op finds is handed back (and left parked) for the caller
--- to apply in the notification's partition after its B op.
+-- Returns {{op numbers to send again}, {}, counts, partner ids}: an X op whose index entry
+-- appeared since the caller looked (its notification was not declared) is left for the
+-- caller to resolve and send again.
 -- include: ledger.lua
 local n = tonumber(ARGV[FIRST])
 local EARLY_TTL = tonumber(ARGV[FIRST + 1])
 local i = FIRST + 2
-local again, parked = {}, {}
+local again = {}
 -- formatted once: a number handed to redis.call is printed with %.17g each time
 local RECEIPT_DUE = string.format('%.3f', now + RECEIPT_TIMEOUT)
 for number = 1, n do
@@ -138,23 +135,6 @@ for number = 1, n do
       if h[2] and h[2] ~= '' then fc = h[2] .. ' ' .. carrier end
       redis.call('HSET', key, 'failed_carriers', fc, 'error', err)
     end
-  elseif op == 'I' then
-    local id, carrier, part, mid = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-    i = i + 5
-    redis.call('SET', msgkey(carrier, mid), id .. ' ' .. part, 'EX', RETENTION_S)
-    if early_possible() then
-      local ek = earlykey(carrier, mid)
-      local early = redis.call('GET', ek)
-      if early then
-        -- left in place (it expires with the early-receipt TTL): if applying it in the
-        -- notification's partition fails, the caller retries the whole batch and this I
-        -- op finds it again; applying a receipt twice changes nothing
-        local sp = string.find(early, ' ', 1, true)
-        parked[#parked + 1] = id; parked[#parked + 1] = part
-        parked[#parked + 1] = string.sub(early, 1, sp - 1); parked[#parked + 1] = string.sub(early, sp + 1)
-        count('receipt_early_applied')
-      end
-    end
   elseif op == 'Y' then
     local id, part, rstate, err = ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
     i = i + 5
@@ -195,4 +175,4 @@ for number = 1, n do
   end
 end
 flush_sorted_sets()
-return {{again, parked}, flat_counts(), partner_final}
+return {{again, {}}, flat_counts(), partner_final}
