@@ -105,9 +105,12 @@ def _script_figures(before: dict[str, tuple[int, int]], after: dict[str, tuple[i
     delta = {c: (after[c][0] - before.get(c, (0, 0))[0], after[c][1] - before.get(c, (0, 0))[1]) for c in after}
     scripts = [delta[c] for c in ("evalsha", "eval") if c in delta]
     calls = sum(c for c, _ in scripts)
+    busiest = sorted(delta.items(), key=lambda item: -item[1][1])[:8]
     return {"commands_per_message": round(sum(c for c, _ in delta.values()) / n, 2),
             "script_calls_per_message": round(calls / n, 2),
-            "script_usec_per_call": round(sum(u for _, u in scripts) / calls, 1) if calls else 0.0}
+            "script_usec_per_call": round(sum(u for _, u in scripts) / calls, 1) if calls else 0.0,
+            # the commands that took most of the masters' command time: calls and usec per notification
+            "busiest": {c: [round(calls / n, 2), round(usec / n, 1)] for c, (calls, usec) in busiest}}
 
 
 def _single_redis_run(directory: Path, **options: Any) -> Any:
@@ -221,7 +224,8 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
     if redis_kind == "single":
         run = _single_redis_run(directory, gateways=processes, carrier=carrier, push=push)
     else:
-        run = ClusterRun(directory, gateways=processes, partitions=args.partitions, carrier=carrier, push=push)
+        run = ClusterRun(directory, gateways=processes, partitions=args.partitions, carrier=carrier, push=push,
+                         replicas_per_master=args.replicas)
     async with run:
         assert run.simulator is not None
         settle = await _ownership_settled(run, processes)
@@ -308,9 +312,12 @@ async def main(args: argparse.Namespace) -> None:
           + "; ".join(f"{r['row']} {r['masters_commands_per_message']} commands, "
                       f"{r['masters_script_calls_per_message']} script calls of "
                       f"{r['masters_script_usec_per_call']} us" for r in rows))
+    for r in rows:
+        print(f"  {r['row']} busiest (calls, usec per notification): "
+              + ", ".join(f"{c} {v[0]} {v[1]}" for c, v in r["masters_busiest"].items()))
     c3 = by_name.get("c3")
     print_json_line({"benchmark": "cluster", "date": today(), "machine": machine(),
-                     "setup": {"cluster": "3 masters + 3 replicas, redis-server in cluster mode, appendonly everysec",
+                     "setup": {"cluster": f"3 masters + {3 * args.replicas} replicas, redis-server in cluster mode, appendonly everysec",
                                "single": "one redis-server, appendonly everysec, 1 partition",
                                "partitions": args.partitions, "sessions_per_process": SESSIONS_PER_PROCESS,
                                "share_per_process": args.share, "messages_per_process": args.messages,
@@ -335,6 +342,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=24, help="push.partitions on the Cluster (24)")
     parser.add_argument("--intake-wait-replicas", type=int, default=0,
                         help="push.intake_wait_replicas of the gateways (0: no WAIT)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="replicas per master of the Cluster (1; 0 shows what replication costs the masters)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 notifications per process per row")
     args = parser.parse_args(argv)
     args.rows = [r for r in args.rows.split(",") if r]

@@ -87,14 +87,15 @@ class ClusterRun:
 
     def __init__(self, directory: Path, *, gateways: int = 3, partitions: int = PARTITIONS,
                  simulator_args: Sequence[str] = (), carrier: dict[str, Any] | None = None,
-                 push: dict[str, Any] | None = None) -> None:
+                 push: dict[str, Any] | None = None, replicas_per_master: int = 1) -> None:
         self.directory = directory
         self.gateways = gateways
         self.keys = Keys(partitions=partitions)
         self.simulator_args = list(simulator_args)  # bench/run_simulator.py flags (receipts after 0.2 s)
         self.carrier = {**CARRIER_DEFAULTS, **(carrier or {})}
         self.push = {**PUSH_DEFAULTS, "partitions": partitions, **(push or {})}
-        self.cluster = LocalRedisCluster(directory / "cluster", niceness=PEERS_NICENESS)
+        self.cluster = LocalRedisCluster(directory / "cluster", niceness=PEERS_NICENESS,
+                                         replicas_per_master=replicas_per_master)
         self.simulator: SimulatorProcess | None = None
         self.daemons: list[Daemon] = []
         self.client: Any = None
