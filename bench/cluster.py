@@ -38,7 +38,11 @@ submit/s (the simulator's mean over the whole seconds of the run), its ratio to 
 notification of the masters and of all nodes (INFO cpu, user+sys), the highest submit_sm
 in any 1 s window against the account's limit (target <= +5 %), the most binds held, lost
 and duplicated (as the fault suite counts them: none expected).  Last: the cluster's
-Redis CPU per message against the single Redis row's (masters; target <= 1.15x).
+Redis CPU per message against the single Redis row's (masters; target <= 1.15x), and
+with row ``single3`` (3 processes on one redis-server, 1 partition, the account as for
+c3) the same fleet on both: c3 / single3.  The 1-process single row runs on a quieter
+machine than c3 (one gateway instead of three, one redis-server instead of six), and on
+2 cores every command of a busier machine takes longer.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ from _common import cpu_seconds, machine, print_json_line, print_table, today  #
 
 SESSIONS_PER_PROCESS = 2
 FLEET_PROCESSES = 3  # the account is sized for three processes' shares
-ROWS = {"single": (1, "single", "partitions"), "c1": (1, "cluster", "partitions"),
+ROWS = {"single": (1, "single", "partitions"), "single3": (3, "single", "partitions"),
+        "c1": (1, "cluster", "partitions"),
         "c2": (2, "cluster", "partitions"), "c3": (3, "cluster", "partitions"),
         "shared3": (3, "cluster", "shared")}
 # No owner key after this long: gateways that predate partition ownership (2.5 ticks of
@@ -308,6 +313,13 @@ async def main(args: argparse.Namespace) -> None:
                 ratios[r["row"]] = round(r["redis_masters_usec_per_message"] / single["redis_masters_usec_per_message"], 2)
         print("Redis CPU per message, cluster masters / single Redis: "
               + ", ".join(f"{name} {ratio}x" for name, ratio in ratios.items()))
+    # The same fleet on both: 3 processes at the same total rate load the 2 cores alike,
+    # so what differs is Redis (the 1-process single row runs on a quieter machine).
+    single3, c3_row = by_name.get("single3"), by_name.get("c3")
+    if single3 and c3_row and single3["redis_masters_usec_per_message"]:
+        ratios["c3_vs_single3"] = round(c3_row["redis_masters_usec_per_message"]
+                                        / single3["redis_masters_usec_per_message"], 2)
+        print(f"Same fleet (3 processes, same account): c3 / single3 {ratios['c3_vs_single3']}x")
     print("Masters per notification (INFO commandstats): "
           + "; ".join(f"{r['row']} {r['masters_commands_per_message']} commands, "
                       f"{r['masters_script_calls_per_message']} script calls of "
@@ -334,7 +346,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-n", "--messages", type=int, default=3000,
                         help="notifications per process per row (3,000: about 10 s at a share of 500 submit_sm/s)")
     parser.add_argument("--rows", default="single,c1,c2,c3,shared3",
-                        help="rows: single (1 process, single redis-server), c1, c2, c3 (processes on the "
+                        help="rows: single (1 process, single redis-server), single3 (3 processes on it), "
+                             "c1, c2, c3 (processes on the "
                              "Cluster), shared3 (3 processes, everything XADDed to the shared notify stream)")
     parser.add_argument("--share", type=int, default=500,
                         help="submit_sm/s of each process (carriers[].tps_limit); the account gets 3 x share "
