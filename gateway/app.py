@@ -170,7 +170,10 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
     carriers = [c for c in config.carriers if c.enabled]
 
     if config.push.enabled:
-        from gateway.push.mo import MoService
+        import os
+        import socket
+
+        from gateway.push.mo import MoService, mo_consumer_name
         from gateway.push.render import TemplateCatalogue
         from gateway.push.service import PushService
 
@@ -199,7 +202,9 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
         root.readiness_checks["outcome_writes"] = lambda: not push.writer.failing
         # MOs of the partitions this process owns (all of them with one partition); the
         # voice reminders below work every partition: not every process has an Asterisk.
-        mo = MoService(redis, keys, config.push.mo, reactor, partitions=push.ownership.owned)
+        mo = MoService(redis, keys, config.push.mo, reactor, partitions=push.ownership.owned,
+                       consumer_name=mo_consumer_name(config.push.consumer_name, config.push.partitions,
+                                                      socket.gethostname(), os.getpid()))
         mo.setName("mo")
         mo.setServiceParent(root)
         inbound.receipts, inbound.mo = push, mo

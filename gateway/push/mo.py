@@ -491,14 +491,31 @@ class _Entry:
     fields: Mapping[str, str]
 
 
+def mo_consumer_name(push_consumer_name: str, partitions: int, hostname: str, pid: int) -> str:
+    """The MO stream's consumer name for this process.
+
+    ``push.consumer_name`` + ``-mo`` when the operator named the process.  Otherwise
+    ``<host>-mo`` with one partition (one process per host: a restart finds its own
+    pending MOs at once), and ``<host>-<pid>-mo`` with several, where several processes
+    may run on one host: with a shared name, a partition moving from one to the other
+    would hand the second the MOs the first is still answering (a second reply).  A dead
+    process's pending MOs are claimed by the others after ``claim_idle_seconds``.
+    """
+    if push_consumer_name:
+        return f"{push_consumer_name}-mo"
+    if partitions > 1:
+        return f"{hostname}-{pid}-mo"
+    return f"{hostname}-mo"
+
+
 class MoService(Service):
     """Records MOs (`record_mo`) and answers them from a consumer-group loop.
 
     redis: the shared redis.asyncio client (either decode_responses setting).
     config: the ``push.mo`` section.  clock: the reactor (backoff delays).  now: Unix
     seconds for business time (code expiry, flood windows, "upcoming"); defaults to
-    ``clock.seconds``.  consumer_name: stable per process host, so a restarted gateway
-    picks up its own pending entries at once (others' after ``claim_idle_seconds``).
+    ``clock.seconds``.  consumer_name: see `mo_consumer_name` (a restarted gateway picks
+    up its own pending entries at once, others' after ``claim_idle_seconds``).
     """
 
     def __init__(

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
+from gateway.push.mo import CONSUMER_GROUP as MO_GROUP
 from tests.aio import on_asyncio
 from tests.integration.cluster_run import PARTITIONS, ClusterRun
 from tests.integration.daemon import Daemon
@@ -163,3 +165,20 @@ async def test_fleet_status_on_a_cluster_lists_every_process_and_sums_the_partit
             assert body["carriers"]["cmcc"]["processes"] and body["carriers"]["cmcc"]["state"] == "bound"
         for daemon in run.daemons:
             assert "cluster mode" not in daemon.log_text(), daemon.log_path
+
+        # Each process reads the MO streams of its partitions under its own consumer
+        # name (push.consumer_name + "-mo"): with one name per host, a partition moving
+        # between two processes there would hand one the MOs the other is answering.
+        async def mo_consumers() -> set[str]:
+            names: set[str] = set()
+            for part in run.keys.all_partitions:
+                try:
+                    names |= {c["name"] for c in await run.client.xinfo_consumers(part.mo_stream, MO_GROUP)}
+                except ResponseError:
+                    pass  # no group yet: nobody has read this partition's MOs
+            return names
+
+        deadline = time.monotonic() + 30
+        while await mo_consumers() != {"gateway0-mo", "gateway1-mo"} and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        assert await mo_consumers() == {"gateway0-mo", "gateway1-mo"}

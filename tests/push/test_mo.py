@@ -134,6 +134,19 @@ def code_in(text: str) -> str:
 # --- recording ---------------------------------------------------------------------------
 
 
+def test_mo_consumer_name_is_the_process_name_or_one_per_process_when_partitioned() -> None:
+    """Named processes read MOs as <name>-mo; unnamed ones as <host>-mo with one partition
+    (a restart finds its own pending MOs at once) and <host>-<pid>-mo with several (two
+    processes on one host must not share the pending MOs of a partition moving between
+    them)."""
+    from gateway.push.mo import mo_consumer_name
+
+    assert mo_consumer_name("gateway0", 16, "gw-host", 4242) == "gateway0-mo"
+    assert mo_consumer_name("", 1, "gw-host", 4242) == "gw-host-mo"
+    assert mo_consumer_name("", 16, "gw-host", 4242) == "gw-host-4242-mo"
+    assert mo_consumer_name("", 16, "gw-host", 4243) != mo_consumer_name("", 16, "gw-host", 4242)
+
+
 @on_asyncio
 async def test_record_mo_writes_the_mo_stream_before_firing(redis_url: str) -> None:
     """record_mo fires after one XADD holding the MO; answering waits for the consumer."""
