@@ -86,6 +86,13 @@ class RedisServerProcess:
             # (listpack) encoding up to 1 KB values halves its memory, 2.7 → 1.4 KB with
             # its events, at the same CPU.  The ziplist name works on 6.2 and 7.x.
             "--hash-max-ziplist-value", "1024",
+            # The pipeline's sorted sets (lanes, in-flight, awaiting-receipt, per
+            # partition) are queues that change all the time; a small one is a listpack,
+            # where each ZADD/ZREM is a scan and a move of the whole set.  Always a
+            # skiplist instead: ZADD time per notification 27-37 -> 4-7 us on the masters of
+            # bench/cluster.py c3 (24 partitions keep each set small), masters CPU -8 %;
+            # no change on one Redis at full speed, whose sets are large (docs/benchmarks.md).
+            "--zset-max-ziplist-entries", "0",
             "--appendfsync", "everysec",
             "--save", "",
             "--daemonize", "no",

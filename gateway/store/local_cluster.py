@@ -236,7 +236,9 @@ class _ClusterNodeProcess(RedisServerProcess):
             f"cluster-node-timeout {NODE_TIMEOUT_MS}\n"
             # a replica of a killed master must be allowed to take over however stale
             "cluster-replica-validity-factor 0\n"
-            "hash-max-ziplist-value 1024\n", encoding="utf-8")
+            "hash-max-ziplist-value 1024\n"
+            # as gateway/store/embedded.py: the pipeline's small sorted sets as skiplists
+            "zset-max-ziplist-entries 0\n", encoding="utf-8")
         args = [
             find_redis_server(), str(conf),
             "--bind", "127.0.0.1", "--port", str(self.port),
