@@ -678,20 +678,24 @@ class NotificationLedger:
         Not a script per partition: with 24 partitions nearly every entry of a batch is in
         a partition of its own, and a script call costs far more than the SET it carries
         (bench/cluster.py, c3: 2.08 script calls per notification, about half of them
-        these).  Without a script it stays exact: the entry and its parked-receipt key are
-        in one slot, and the receipt side (outcomes.lua X op) runs atomically either before
-        the SET (it parks; the GET after the SET finds it), or after it (it finds the entry).
-        A parked receipt is left in place (it expires with the early-receipt TTL); applying
-        one twice changes nothing."""
+        these).  Without a script it stays exact: the receipt side (outcomes.lua X op) runs
+        atomically either before a SET (it parks; the GET, sent only once every SET was
+        acknowledged, finds it), or after it (it finds the entry).  Two pipelines, not one:
+        a Cluster pipeline that follows a MOVED or ASK (a slot migrating) may send a slot's
+        commands again in another order.  A parked receipt is left in place (it expires
+        with the early-receipt TTL); applying one twice changes nothing."""
         keys = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
             for _, notification_id, carrier, part, message_id in ops:
                 pipe.set(keys.message_id(carrier, message_id), f"{notification_id} {part}",
                          ex=self.retention_seconds)
+            await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, _, carrier, _, message_id in ops:
                 pipe.get(keys.early_receipt(carrier, message_id))
-            replies = await pipe.execute()
+            parked_receipts = await pipe.execute()
         parked: list[Sequence[Any]] = []
-        for (_, notification_id, _, part, _), early in zip(ops, replies[1::2], strict=True):
+        for (_, notification_id, _, part, _), early in zip(ops, parked_receipts, strict=True):
             if early:
                 receipt_state, _, error = early.partition(" ")
                 parked.append(("Y", notification_id, str(part), receipt_state, error))
