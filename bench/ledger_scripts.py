@@ -43,7 +43,6 @@ import redis.asyncio as aioredis  # noqa: E402
 from _common import machine, print_json_line, print_table, today  # noqa: E402
 from kannel_rate import CHINESE_TEXT  # noqa: E402
 
-from gateway.privacy import mask_phone  # noqa: E402
 from gateway.push.state import AcceptItem, NotificationLedger, op_accepted, op_receipt  # noqa: E402
 from gateway.store.embedded import RedisServerProcess  # noqa: E402
 from gateway.store.keys import Keys  # noqa: E402
@@ -58,6 +57,13 @@ async def _cpu(redis: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+async def _aof_bytes(redis: Any) -> int:
+    """Bytes written to the append-only file so far (0 without one): what the AOF's
+    formatting, write and later rewrite cost grows with."""
+    info = await redis.info("persistence")
+    return int(info.get("aof_current_size", 0))
+
+
 async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch: int) -> dict[str, Any]:
     """One pass of n notifications through the four phases; each phase's figures."""
     ids = [f"stream-{tag}-{k:07d}" for k in range(n)]
@@ -67,9 +73,9 @@ async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch
         now = time.time()
         digits = f"138{k:08d}"
         return AcceptItem(id=notification_id, type="exam_booked", disposition="queue", lane="normal",
-                          fields={"to": digits, "to_masked": mask_phone(digits), "params": '{"date":"2026-11-30"}',
+                          fields={"to": digits, "params": '{"date":"2026-11-30"}',
                                   "text": CHINESE_TEXT, "channel": "sms", "expires_at": f"{now + VALIDITY:.3f}",
-                                  "quiet_hours": "0", "source": "stream"},
+                                  "source": "stream"},
                           entry_id="", expires_at=now + VALIDITY)
 
     async def accept() -> None:
@@ -96,13 +102,14 @@ async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch
     out: dict[str, Any] = {}
     for name, run in zip(PHASES, (accept, claim, submitted, receipt), strict=True):
         await redis.config_resetstat()
-        before = await _cpu(redis)
+        before, aof_before = await _cpu(redis), await _aof_bytes(redis)
         await run()
         cpu = await _cpu(redis) - before
+        aof = await _aof_bytes(redis) - aof_before
         stats = await redis.info("commandstats")
         commands = {key.removeprefix("cmdstat_"): {"usec": round(v["usec"] / n, 2), "calls": round(v["calls"] / n, 3)}
                     for key, v in stats.items() if v["calls"] and key != "cmdstat_config|resetstat"}
-        out[name] = {"redis_us": round(1e6 * cpu / n, 1), "commands": commands}
+        out[name] = {"redis_us": round(1e6 * cpu / n, 1), "aof_bytes": round(aof / n), "commands": commands}
     state = await redis.hget(ledger.keys.notification(ids[-1]), "state")
     if state != "delivered":
         raise RuntimeError(f"{ids[-1]} ended {state!r}, not delivered")
@@ -141,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in PHASES:
         phase = result["phases"][name]
         top = sorted(phase["commands"].items(), key=lambda kv: -kv[1]["usec"])
-        rows.append((name, phase["redis_us"], " ".join(f"{k} {v['calls']:g}x {v['usec']:.1f}us" for k, v in top[:6])))
-    rows.append(("total", result["total_redis_us"], ""))
-    print_table(("phase", "Redis CPU us/msg", "commands per msg (calls, usec; evalsha includes its commands)"), rows)
+        rows.append((name, phase["redis_us"], phase["aof_bytes"], " ".join(f"{k} {v['calls']:g}x {v['usec']:.1f}us" for k, v in top[:6])))
+    rows.append(("total", result["total_redis_us"], sum(p["aof_bytes"] for p in result["phases"].values()), ""))
+    print_table(("phase", "Redis CPU us/msg", "AOF bytes/msg", "commands per msg (calls, usec; evalsha includes its commands)"), rows)
     print_json_line(result)
     return 0
 

@@ -347,11 +347,17 @@ class Intake:
             stored.update({k: v for k, v in request.extra.items() if k != "partner_receipt"})
             return AcceptItem(id=result.id, type=result.type, disposition="reject", lane="",
                               fields=stored, reason=result.reason, entry_id=request.entry_id, retry=retry)
+        # Only what cannot be derived, and no defaults: every argument of the record's HSET
+        # costs Redis its parsing, its AOF record and its replication (about 0.4 us each,
+        # docs/benchmarks.md).  The masked number is derived from `to` when shown
+        # (public_view); quiet_hours is stored only when it holds ("1").
         stored = {
-            "to": result.digits, "to_masked": mask_phone(result.digits), "params": result.params_json,
+            "to": result.digits, "params": result.params_json,
             "text": result.text, "channel": result.channel.value, "expires_at": f"{result.expires_at:.3f}",
-            "quiet_hours": "1" if result.quiet_hours else "0", "source": request.source,
+            "source": request.source,
         }
+        if result.quiet_hours:
+            stored["quiet_hours"] = "1"
         if result.requested_expires_at:
             stored["requested_expires_at"] = result.requested_expires_at
         if result.late:

@@ -14,8 +14,10 @@ A notification is the hash ``keys.notification(id)``.  Its ``state`` moves throu
     rejected (at intake)      expired (at intake, promotion or claim)
 
 Fields: ``type``, ``to`` (the 11 digits: only the dispatcher and the voice hand-off read
-it; never put in events or logs), ``to_masked``, ``params`` (JSON), ``text``,
-``priority``, ``channel``, ``expires_at``, ``quiet_hours``, ``attempts``, ``carrier``,
+it; never put in events or logs), ``to_masked`` (rejected requests only, whose ``to`` is
+the raw input; otherwise derived from ``to`` when shown), ``params`` (JSON), ``text``,
+``priority``, ``channel``, ``expires_at``, ``quiet_hours`` ("1" when held for quiet hours,
+else absent), ``attempts`` (absent until the first claim), ``carrier``,
 ``parts``, ``message_ids`` (space separated, part order, as the carrier sent them),
 ``partial_message_ids`` (``carrier:id`` of parts accepted before the rest of a long
 message failed), ``p0``, ``p1``... (each part's last receipt state), ``error``, ``reason``, ``possible_duplicates`` and a ``<state>_at``
@@ -934,6 +936,8 @@ def public_view(notification_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
     for name in _PUBLIC_NUMBERS:
         if raw.get(name):
             view[name] = int(raw[name])
+    if raw:
+        view.setdefault("attempts", 0)  # not stored before the first claim
     view["to"] = raw.get("to_masked") or mask_phone(raw.get("to", ""))
     if raw.get("message_ids"):
         view["message_ids"] = raw["message_ids"].split()

@@ -55,8 +55,8 @@ for _ = 1, n do
         redis.call('EXPIRE', cap_key, 172800)
       end
     end
-    -- The request's fields and the first state in one HSET.
-    local fields = {'accepted_at', NOW, 'attempts', '0', 'type', ntype, 'priority', lane}
+    -- The request's fields and the first state in one HSET (no attempts yet: absent is 0).
+    local fields = {'accepted_at', NOW, 'type', ntype, 'priority', lane}
     for j = fstart, fstart + nf - 1 do fields[#fields + 1] = ARGV[j] end
     local state
     if disp == 'queue' then
