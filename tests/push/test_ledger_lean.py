@@ -4,7 +4,7 @@ stream's trim on every XADD (once per script instead)."""
 
 from __future__ import annotations
 
-from gateway.push.state import AcceptItem, NotificationLedger, op_receipt
+from gateway.push.state import AcceptItem, NotificationLedger, op_failed, op_receipt
 from tests.aio import on_asyncio
 from tests.push.harness import code, pipeline
 
@@ -14,22 +14,37 @@ RETENTION = 86_400
 @on_asyncio
 async def test_final_state_keeps_a_longer_ttl_and_renews_a_shorter_one(redis_url: str) -> None:
     """Delivered within its validity, a record keeps the TTL set at acceptance (retention
-    plus the validity left), which is longer than the retention: no EXPIRE.  One whose TTL
-    has become shorter than the retention (final after its validity ran out) gets the
-    retention again."""
+    plus the validity left), which is longer than the retention: no EXPIRE, and no TTL read
+    either (the receipt's HMGET has expires_at).  Delivered after its validity ran out, it
+    gets the retention again.  A final state reached without expires_at at hand (a failed
+    submit) asks the TTL, and renews one that became shorter."""
     async with pipeline(redis_url, retention_seconds=RETENTION) as p:
-        await p.accept(code("early"), code("late", to="13912345678"))
+        await p.accept(code("early"), code("late", to="13912345678"), code("failed", to="13712345678"))
         key = p.keys.notification("early")
         accepted_ttl = await p.redis.ttl(key)
         assert accepted_ttl > RETENTION + 60  # retention + the code's validity
-        await p.redis.expire(p.keys.notification("late"), 100)
         await p.dispatch_all()
-        for notification_id in ("early", "late"):
-            [message_id] = (await p.ledger.raw(notification_id))["message_ids"].split()
-            await p.ledger.apply([op_receipt("cmcc", "DELIVRD", "000", [message_id.lower()])], now=p.clock.now)
-            assert await p.state(notification_id) == "delivered"
+        await p.redis.config_resetstat()
+        [message_id] = (await p.ledger.raw("early"))["message_ids"].split()
+        await p.ledger.apply([op_receipt("cmcc", "DELIVRD", "000", [message_id.lower()])], now=p.clock.now)
+        stats = await p.redis.info("commandstats")
+        assert "cmdstat_ttl" not in stats and "cmdstat_expire" not in stats
+        assert await p.state("early") == "delivered"
         assert accepted_ttl - 5 <= await p.redis.ttl(key) <= accepted_ttl
+
+        late = await p.ledger.raw("late")
+        p.clock.now = float(late["expires_at"]) + 120  # the receipt comes after the validity
+        [message_id] = late["message_ids"].split()
+        await p.ledger.apply([op_receipt("cmcc", "DELIVRD", "000", [message_id.lower()])], now=p.clock.now)
+        assert await p.state("late") == "delivered"
         assert RETENTION - 5 <= await p.redis.ttl(p.keys.notification("late")) <= RETENTION
+
+        # the generic path: TTL read, EXPIRE when shorter than the retention
+        await p.redis.expire(p.keys.notification("failed"), 100)
+        await p.redis.hset(p.keys.notification("failed"), mapping={"state": "submitting"})
+        await p.ledger.apply([op_failed("failed", "refused", False)], now=p.clock.now)
+        assert await p.state("failed") == "failed"
+        assert RETENTION - 5 <= await p.redis.ttl(p.keys.notification("failed")) <= RETENTION
 
 
 @on_asyncio

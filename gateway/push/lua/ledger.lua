@@ -124,15 +124,25 @@ end
 -- is reached: not on every step, which would double the writes of the hot path; and at
 -- a final state only when the TTL left is shorter than the retention (a TTL read costs
 -- Redis a fraction of an EXPIRE, which is a write with its AOF record).  ttl: the TTL to
--- set now (acceptance).
-local function transition(id, key, state, ntype, fields, ev, ttl)
+-- set now (acceptance).  expires_at: the record's, when the caller read it.  Acceptance set
+-- the key to expire at max(acceptance, expires_at) + retention (the validity left counted by
+-- the accepting gateway's clock), so less than the retention can be left only near or after
+-- expires_at, and the TTL need not be asked: a call saved on every receipt.  The margin of
+-- a minute covers gateway hosts' clocks that differ (NTP keeps them within milliseconds).
+local TTL_CLOCK_MARGIN = 60
+local function transition(id, key, state, ntype, fields, ev, ttl, expires_at)
   local ts = state .. '_at'
   if state == 'submitting' then ts = 'submit_started_at' end
   redis.call('HSET', key, 'state', state, ts, NOW, unpack(fields))
   if ttl then
     redis.call('EXPIRE', key, ttl)
-  elseif FINAL[state] and redis.call('TTL', key) < RETENTION then
-    redis.call('EXPIRE', key, RETENTION_S)
+  elseif FINAL[state] then
+    local valid_until = expires_at and tonumber(expires_at)
+    if valid_until then
+      if valid_until - TTL_CLOCK_MARGIN < now then redis.call('EXPIRE', key, RETENTION_S) end
+    elseif redis.call('TTL', key) < RETENTION then
+      redis.call('EXPIRE', key, RETENTION_S)
+    end
   end
   if EVENTS_MODE == 'all' or (EVENTS_MODE == 'final' and FINAL[state]) then
     local e = {'notification_type', ntype or ''}
@@ -169,9 +179,10 @@ end
 -- One HMGET reads everything a receipt needs: the state, how many parts have receipts
 -- (receipt_parts when only the first asked, else parts), the parts' receipts so far
 -- (p0..p3; longer messages read the rest one by one: every field asked for is a scan of
--- the hash's listpack, a missing one of all of it) and what on_final needs.
+-- the hash's listpack, a missing one of all of it), what on_final needs, and expires_at,
+-- which spares the TTL read (transition).
 local RECEIPT_FIELDS = {'state', 'parts', 'type', 'channel', 'partner', 'partner_receipt',
-  'voice_requested_at', 'receipt_parts', 'p0', 'p1', 'p2', 'p3'}
+  'voice_requested_at', 'receipt_parts', 'p0', 'p1', 'p2', 'p3', 'expires_at'}
 local PARTS_READ = 4
 
 local function apply_receipt(id, key, part, rstate, err)
@@ -197,7 +208,7 @@ local function apply_receipt(id, key, part, rstate, err)
       end
     end
     transition(id, key, 'delivered', h[3], {pname, rstate, 'receipt_state', 'DELIVRD', 'receipt_error', err},
-      {'parts', int_s(np)})
+      {'parts', int_s(np)}, nil, h[13])
     zrem_later(AWAITING, id)
     -- final: nothing left to lease (a receipt can beat the record of its own submit when
     -- the index entry is written first, in another partition)
@@ -206,7 +217,7 @@ local function apply_receipt(id, key, part, rstate, err)
   elseif UNDELIVERABLE[rstate] then
     transition(id, key, 'undeliverable', h[3], {pname, rstate, 'receipt_state', rstate, 'receipt_error', err,
       'error', 'receipt ' .. rstate .. ' err ' .. err},
-      {'receipt_state', rstate, 'error_code', err, 'part', int_s(part)})
+      {'receipt_state', rstate, 'error_code', err, 'part', int_s(part)}, nil, h[13])
     zrem_later(AWAITING, id)
     zrem_later(INFLIGHT, id)
     on_final(id, key, 'undeliverable', final_fields)
