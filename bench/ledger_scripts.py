@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -117,7 +118,8 @@ async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    server = RedisServerProcess(Path(tempfile.mkdtemp(prefix="ledger-scripts-")), appendonly=not args.no_aof)
+    data_dir = Path(tempfile.mkdtemp(prefix="ledger-scripts-"))  # removed at the end: its AOF grows to ~100 MB
+    server = RedisServerProcess(data_dir, appendonly=not args.no_aof)
     server.start()
     redis = aioredis.Redis(port=server.port, decode_responses=True)
     try:
@@ -127,6 +129,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await redis.aclose()
         server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
     best = {name: min((r[name] for r in runs), key=lambda p: p["redis_us"]) for name in PHASES}
     return {"benchmark": "ledger_scripts", "date": today(), "machine": machine(),
             "setup": {"messages": args.messages, "batch": args.batch, "events": args.events,
