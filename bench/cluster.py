@@ -230,7 +230,7 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
         run = _single_redis_run(directory, gateways=processes, carrier=carrier, push=push)
     else:
         run = ClusterRun(directory, gateways=processes, partitions=args.partitions, carrier=carrier, push=push,
-                         replicas_per_master=args.replicas)
+                         replicas_per_master=args.replicas, masters=args.masters)
     async with run:
         assert run.simulator is not None
         settle = await _ownership_settled(run, processes)
@@ -329,7 +329,7 @@ async def main(args: argparse.Namespace) -> None:
               + ", ".join(f"{c} {v[0]} {v[1]}" for c, v in r["masters_busiest"].items()))
     c3 = by_name.get("c3")
     print_json_line({"benchmark": "cluster", "date": today(), "machine": machine(),
-                     "setup": {"cluster": f"3 masters + {3 * args.replicas} replicas, redis-server in cluster mode, appendonly everysec",
+                     "setup": {"cluster": f"{args.masters} masters + {args.masters * args.replicas} replicas, redis-server in cluster mode, appendonly everysec",
                                "single": "one redis-server, appendonly everysec, 1 partition",
                                "partitions": args.partitions, "sessions_per_process": SESSIONS_PER_PROCESS,
                                "share_per_process": args.share, "messages_per_process": args.messages,
@@ -357,8 +357,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="push.intake_wait_replicas of the gateways (0: no WAIT)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="replicas per master of the Cluster (1; 0 shows what replication costs the masters)")
+    parser.add_argument("--masters", type=int, choices=(1, 3), default=3,
+                        help="masters of the Cluster (3; 1, with --replicas 0: cluster mode and partitions "
+                             "without sharding, which separates their cost from three servers sharing the cores)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 notifications per process per row")
     args = parser.parse_args(argv)
+    if args.masters == 1 and args.replicas:
+        parser.error("--masters 1 needs --replicas 0")
     args.rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:

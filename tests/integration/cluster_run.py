@@ -87,7 +87,7 @@ class ClusterRun:
 
     def __init__(self, directory: Path, *, gateways: int = 3, partitions: int = PARTITIONS,
                  simulator_args: Sequence[str] = (), carrier: dict[str, Any] | None = None,
-                 push: dict[str, Any] | None = None, replicas_per_master: int = 1) -> None:
+                 push: dict[str, Any] | None = None, replicas_per_master: int = 1, masters: int = 3) -> None:
         self.directory = directory
         self.gateways = gateways
         self.keys = Keys(partitions=partitions)
@@ -95,7 +95,7 @@ class ClusterRun:
         self.carrier = {**CARRIER_DEFAULTS, **(carrier or {})}
         self.push = {**PUSH_DEFAULTS, "partitions": partitions, **(push or {})}
         self.cluster = LocalRedisCluster(directory / "cluster", niceness=PEERS_NICENESS,
-                                         replicas_per_master=replicas_per_master)
+                                         replicas_per_master=replicas_per_master, masters=masters)
         self.simulator: SimulatorProcess | None = None
         self.daemons: list[Daemon] = []
         self.client: Any = None
