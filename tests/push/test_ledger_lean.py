@@ -1,6 +1,7 @@
 """What the ledger's scripts leave out to save Redis work, against a real redis-server:
-the EXPIRE at a final state when the record already lives long enough, and the events
-stream's trim on every XADD (once per script instead)."""
+the EXPIRE at a final state when the record already lives long enough, the events
+stream's trim on every XADD (by a script's first XADD instead), and a new claim's read of
+a claim list that cannot exist yet."""
 
 from __future__ import annotations
 
@@ -60,6 +61,24 @@ async def test_events_stream_stays_near_its_cap(redis_url: str) -> None:
             await p.accept(*(code(f"cap-{batch}-{i}", to=f"139{batch:03d}{i:05d}") for i in range(50)))
         assert await p.redis.zcard(p.keys.lane("high")) + await p.redis.zcard(p.keys.lane("normal")) == 400
         assert 50 <= await p.redis.xlen(p.keys.events_stream) <= 50 + 100 + 50
+
+
+@on_asyncio
+async def test_claim_and_submit_run_no_xtrim_and_no_lrange(redis_url: str) -> None:
+    """The calls a script makes once, whatever its batch, count at the few notifications
+    per script a carrier's TPS limit leaves: a claim with a new token asks EXISTS of its
+    claim list and reads nothing more, and the events stream is trimmed by the first XADD
+    (MAXLEN ~), not by an XTRIM of its own.  The events are all there."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("lean-1"), code("lean-2", to="13912345678"))
+        await p.redis.config_resetstat()
+        await p.dispatch_all()
+        stats = await p.redis.info("commandstats")
+        assert "cmdstat_xtrim" not in stats and "cmdstat_lrange" not in stats
+        assert stats["cmdstat_exists"]["calls"] >= 1  # the claim list was asked about
+        assert {await p.state("lean-1"), await p.state("lean-2")} == {"submitted"}
+        kinds = [fields["type"] for _, fields in await p.redis.xrange(p.keys.events_stream)]
+        assert kinds.count("notification.submitting") == 2 and kinds.count("notification.submitted") == 2
 
 
 @on_asyncio

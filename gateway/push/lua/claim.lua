@@ -36,8 +36,9 @@ local TAKE_FIELDS = {unpack(FIELDS, 1, 9)}
 -- The same token again: the caller never saw this claim's reply (a connection lost, or
 -- redis-py retrying the call).  Give back what that claim took and still holds (not
 -- recovered after its lease, not claimed since by another token), and claim nothing new.
+-- A new token (claim mode) has no list to read: one EXISTS, not an LRANGE too.
 if MODE == 'claim' and redis.call('EXISTS', CLAIMKEY) == 1 then return {{'replay'}, {}, {}} end
-local earlier = redis.call('LRANGE', CLAIMKEY, 0, -1)
+local earlier = MODE == 'replay' and redis.call('LRANGE', CLAIMKEY, 0, -1) or {}
 if #earlier > 0 then
   for _, id in ipairs(earlier) do
     local h = redis.call('HMGET', nkey(id), unpack(FIELDS))

@@ -106,18 +106,21 @@ local function lane_push(lane, id)
 end
 
 -- push.events: 'all' appends every state change, 'final' only final states (the hash
--- keeps every <state>_at either way), 'off' none.  The stream is trimmed (MAXLEN ~) once
--- per script, before its first event, not on every XADD: each argument of a write costs
--- Redis its parsing and its AOF record, and the cap is approximate anyway (a script adds
--- at most a batch beyond it until the next one trims).
+-- keeps every <state>_at either way), 'off' none.  The stream is trimmed (MAXLEN ~) by a
+-- script's first XADD only, not by every one: each argument of a write costs Redis its
+-- parsing and its AOF record, and the cap is approximate anyway (a script adds at most a
+-- batch beyond it until the next one trims).  Not by an XTRIM of its own: a call per
+-- script, which at a few notifications per script (a carrier's TPS limit) counts.
 local events_trimmed = false
 local function emit(id, kind, ev)
   if EVENTS_MODE ~= 'all' and (EVENTS_MODE == 'off' or not FINAL[kind]) then return end
-  if not events_trimmed then
-    redis.call('XTRIM', EVENTS, 'MAXLEN', '~', MAXLEN)
+  if events_trimmed then
+    redis.call('XADD', EVENTS, '*', 'type', 'notification.' .. kind, 'id', id, 'at', NOW, unpack(ev))
+  else
+    redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'type', 'notification.' .. kind, 'id', id, 'at', NOW,
+      unpack(ev))
     events_trimmed = true
   end
-  redis.call('XADD', EVENTS, '*', 'type', 'notification.' .. kind, 'id', id, 'at', NOW, unpack(ev))
 end
 
 -- EXPIRE is set at acceptance (retention + validity) and renewed when a final state
