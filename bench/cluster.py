@@ -6,6 +6,7 @@ redis-server in the same run; a table, then one JSON line.
     .venv/bin/python bench/cluster.py --quick           # smoke run: 300 per process per row
     .venv/bin/python bench/cluster.py --share 0         # no TPS limit (5,000/s per process): what Redis and the cores carry
     .venv/bin/python bench/cluster.py --rows single,c1,c2,c3,shared3
+    .venv/bin/python bench/cluster.py --rows single,single3,c3 --repeat 5   # medians of 5 rounds
 
 Set-up (the benchmark's theory of operation)
 --------------------------------------------
@@ -286,17 +287,48 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
         }
 
 
+def _round_ratios(by_name: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Masters' CPU per notification of the cluster rows against the single rows of one
+    round: c<k> against single, and c3 against single3 (the same fleet on both)."""
+    def usec(name: str) -> float:
+        return float(by_name[name]["redis_masters_usec_per_message"]) if name in by_name else 0.0
+
+    ratios = {}
+    if usec("single"):
+        for name, r in by_name.items():
+            if r["redis"] == "cluster":
+                ratios[name] = round(usec(name) / usec("single"), 2)
+    if usec("single3") and usec("c3"):
+        ratios["c3_vs_single3"] = round(usec("c3") / usec("single3"), 2)
+    return ratios
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of a row whose masters' CPU per notification is the median (the lower
+    middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r["redis_masters_usec_per_message"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 async def main(args: argparse.Namespace) -> None:
-    rows = []
-    for name in args.rows:
-        with tempfile.TemporaryDirectory(prefix="bench-cluster-") as directory:
-            row = await one_row(name, args, Path(directory))
-            print(f"cluster: {name}: {row['throughput_per_second']} msg/s, {row['submits_per_second']} submit/s, "
-                  f"lost {row['lost']}", file=sys.stderr)
-            rows.append(row)
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for number in range(args.repeat):
+        # Every other round in reverse order: this VM's speed drifts over minutes, and a
+        # row always run first would always get the same share of the drift.
+        order = args.rows if number % 2 == 0 else args.rows[::-1]
+        by_name_of_round: dict[str, dict[str, Any]] = {}
+        for name in order:
+            with tempfile.TemporaryDirectory(prefix="bench-cluster-") as directory:
+                row = await one_row(name, args, Path(directory))
+                row["round"] = number + 1
+                print(f"cluster: round {number + 1}: {name}: {row['throughput_per_second']} msg/s, "
+                      f"{row['submits_per_second']} submit/s, masters {row['redis_masters_usec_per_message']} us "
+                      f"per notification, lost {row['lost']}", file=sys.stderr)
+                by_name_of_round[name] = row
+        rounds.append(by_name_of_round)
+    rows = [_median_run([r[name] for r in rounds]) for name in args.rows]
     by_name = {r["row"]: r for r in rows}
     base = by_name.get("c1", {}).get("submits_per_second") or 0
-    single = by_name.get("single")
     print_table(
         ["row", "procs", "redis", "intake", "msgs", "settle s", "msg/s", "submit/s", "vs c1", "CPU s per process",
          "Redis us/msg masters", "all nodes", "peak submit/s", "account limit", "peak binds", "lost", "dup"],
@@ -306,20 +338,26 @@ async def main(args: argparse.Namespace) -> None:
           " ".join(str(c) for c in r["gateway_cpu_seconds_each"]), r["redis_masters_usec_per_message"],
           r["redis_usec_per_message"], r["peak_submits_per_second"], r["account_tps"] or "-",
           r["peak_binds_per_account"], r["lost"], r["duplicated"]] for r in rows])
-    ratios = {}
-    if single and single["redis_masters_usec_per_message"]:
-        for r in rows:
-            if r["redis"] == "cluster":
-                ratios[r["row"]] = round(r["redis_masters_usec_per_message"] / single["redis_masters_usec_per_message"], 2)
+    # Ratios within each round (rows run minutes apart, not hours), then their median.
+    per_round = [_round_ratios(r) for r in rounds]
+    ratios = {key: sorted(r[key] for r in per_round)[(len(per_round) - 1) // 2] for key in per_round[0]}
+    if len(rounds) > 1:
+        print(f"Each row: the median of {len(rounds)} rounds (masters us per notification: "
+              + "; ".join(f"{name} " + ", ".join(str(r[name]["redis_masters_usec_per_message"]) for r in rounds)
+                          for name in args.rows) + ")")
+
+    def told(key: str) -> str:
+        each = ", ".join(f"{r[key]}x" for r in per_round)
+        return f"{ratios[key]}x" + (f" (median; rounds {each})" if len(per_round) > 1 else "")
+
+    cluster_keys = [key for key in ratios if key != "c3_vs_single3"]
+    if cluster_keys:
         print("Redis CPU per message, cluster masters / single Redis: "
-              + ", ".join(f"{name} {ratio}x" for name, ratio in ratios.items()))
+              + ", ".join(f"{key} {told(key)}" for key in cluster_keys))
     # The same fleet on both: 3 processes at the same total rate load the 2 cores alike,
     # so what differs is Redis (the 1-process single row runs on a quieter machine).
-    single3, c3_row = by_name.get("single3"), by_name.get("c3")
-    if single3 and c3_row and single3["redis_masters_usec_per_message"]:
-        ratios["c3_vs_single3"] = round(c3_row["redis_masters_usec_per_message"]
-                                        / single3["redis_masters_usec_per_message"], 2)
-        print(f"Same fleet (3 processes, same account): c3 / single3 {ratios['c3_vs_single3']}x")
+    if "c3_vs_single3" in ratios:
+        print(f"Same fleet (3 processes, same account): c3 / single3 {told('c3_vs_single3')}")
     print("Masters per notification (INFO commandstats): "
           + "; ".join(f"{r['row']} {r['masters_commands_per_message']} commands, "
                       f"{r['masters_script_calls_per_message']} script calls of "
@@ -335,7 +373,9 @@ async def main(args: argparse.Namespace) -> None:
                                "share_per_process": args.share, "messages_per_process": args.messages,
                                "simulator": "bench/run_simulator.py in its own process, receipts after 0.2 s",
                                "workload": "tests/integration/faults.py workload (1/3 codes, 2/3 two-part Chinese)"},
-                     "targets": TARGETS, "runs": rows,
+                     "targets": TARGETS, "runs": rows, "repeat": args.repeat,
+                     "rounds": [list(r.values()) for r in rounds] if len(rounds) > 1 else None,
+                     "ratios_per_round": per_round if len(rounds) > 1 else None,
                      "ratio_at_3": round(c3["submits_per_second"] / base, 2) if c3 and base else None,
                      "cluster_vs_single_redis_cpu": ratios,
                      "lost": sum(r["lost"] for r in rows)})
@@ -360,6 +400,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--masters", type=int, choices=(1, 3), default=3,
                         help="masters of the Cluster (3; 1, with --replicas 0: cluster mode and partitions "
                              "without sharding, which separates their cost from three servers sharing the cores)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of all rows, every other one in reverse order; each row shows its median "
+                             "run, each ratio the median of the rounds' ratios (1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 notifications per process per row")
     args = parser.parse_args(argv)
     if args.masters == 1 and args.replicas:
@@ -372,6 +415,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.messages = 300
     if args.partitions < 2:
         parser.error("--partitions: a Redis Cluster needs more than 1")
+    if args.repeat < 1:
+        parser.error("--repeat: at least 1")
     assert math.isfinite(args.share)
     return args
 
