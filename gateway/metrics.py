@@ -68,7 +68,7 @@ account_slots = Counter(
 )
 account_reservations = Counter(
     "gateway12123_account_reservations_total",
-    "reservation calls for an account's send slots, by result (granted, none_free, failed)",
+    "reservation calls for an account's send slots, by result (granted, none_free, failed; fenced: also counted when the TAT had been written by another server)",
     ["account", "result"], registry=REGISTRY,
 )
 

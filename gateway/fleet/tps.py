@@ -121,10 +121,14 @@ def emission_interval_us(account_tps: float) -> int:
 
 
 def reserve_slots(tat_us: int, now_us: int, interval_us: int, wanted: int,
-                  horizon_us: int) -> tuple[int, int, int, int, int]:
+                  horizon_us: int, *, written_elsewhere: bool = False) -> tuple[int, int, int, int, int]:
     """gcra.lua in Python (the unit tests' Redis): returns (new TAT, granted,
-    first_offset_us, interval_us, retry_after_us).  Held equal to the script by
-    tests/fleet/test_tps.py against a real redis-server."""
+    first_offset_us, interval_us, retry_after_us).  `written_elsewhere`: the TAT was
+    written by another server (a promoted replica's copy may be stale), so it is first
+    moved to now + horizon.  Held equal to the script by tests/fleet/test_tps.py against
+    a real redis-server."""
+    if written_elsewhere:
+        tat_us = max(tat_us, now_us + horizon_us)
     tat = max(tat_us, now_us)
     room = (now_us + horizon_us - tat) // interval_us + 1 if tat <= now_us + horizon_us else 0
     granted = min(wanted, room)
@@ -294,7 +298,7 @@ class AccountRateLimiter:
         self._dropped_counter = metrics.account_slots.labels(account, "dropped")
         self._counted = (0, 0)
         self._results = {result: metrics.account_reservations.labels(account, result)
-                         for result in ("granted", "none_free", "failed")}
+                         for result in ("granted", "none_free", "failed", "fenced")}
 
     def set_account_tps(self, account_tps: float) -> None:
         """Change the account's fleet-wide rate at run time (an operator's TPS action).
@@ -363,8 +367,15 @@ class AccountRateLimiter:
             self._failing = False
             log.info("account {account}: send slots from Redis again", account=self.account)
         self._retry_delay = RETRY_INITIAL_SECONDS
-        granted, first_offset_us, interval_us, retry_after_us = (int(v) for v in reply)
+        granted, first_offset_us, interval_us, retry_after_us, fenced = (int(v) for v in reply)
         self._results["granted" if granted else "none_free"].inc()
+        if fenced:
+            # Another server wrote the account's TAT (a failover, a restart, a slot that
+            # moved): the script put it a horizon ahead, past any slot granted before.
+            self._results["fenced"].inc()
+            log.info("account {account}: send slots resume {ms:.0f} ms ahead, past what the "
+                     "previous Redis master granted (failover, restart or slot migration)",
+                     account=self.account, ms=first_offset_us / 1000)
         if granted:
             self.reservations.grant(granted, first_offset_us / 1e6, interval_us / 1e6, received_at)
             if self.on_slots is not None:

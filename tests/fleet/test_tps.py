@@ -171,6 +171,47 @@ def test_gcra_script_grants_what_the_python_reference_grants(redis_url: str) -> 
         client.close()
 
 
+def test_a_tat_written_by_another_server_is_moved_a_horizon_ahead() -> None:
+    """After a failover the promoted replica's TAT may be older than the slots its old
+    master granted (asynchronous replication): a TAT written elsewhere is first moved to
+    now + horizon, past every slot any master granted before; one written here is not."""
+    tat, granted, first, _, _ = reserve_slots(900_000, 1_000_000, 1000, 10, 100_000, written_elsewhere=True)
+    assert (granted, first) == (1, 100_000) and tat == 1_101_000
+    tat, granted, _, _, retry = reserve_slots(1_150_000, 1_000_000, 1000, 10, 100_000, written_elsewhere=True)
+    assert (tat, granted, retry) == (1_150_000, 0, 50_000)  # already beyond the horizon: kept
+    _, granted, first, _, _ = reserve_slots(900_000, 1_000_000, 1000, 10, 100_000)
+    assert (granted, first) == (10, 0)
+
+
+def test_gcra_script_fences_a_tat_that_another_server_wrote(redis_url: str) -> None:
+    """gcra.lua on a real redis-server: the TAT carries the run id of the server that
+    wrote it.  A value from another server (a promoted replica holding its old master's
+    TAT, or the old format without a run id) grants its first slot a horizon ahead and
+    says so (fenced 1); the next call, on what this server wrote, is not fenced."""
+    client = sync_redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        script = client.register_script(lua_source(tps_module.__file__, GCRA_LUA))
+        key = account_key("12123:", "fence")
+        interval = emission_interval_us(1000.0)
+        run_id = client.info("server")["run_id"]
+        seconds, micros = client.time()
+        stale = seconds * 1_000_000 + micros - 50_000  # 50 ms ago: behind what was granted
+        for value in (f"{stale} {'ab' * 20}", str(stale)):
+            client.set(key, value, px=5000)
+            granted, first, _, _, fenced = script(keys=[key], args=[interval, 10, 100_000])
+            assert fenced == 1 and granted == 1 and 95_000 <= first <= 100_000, (value, granted, first, fenced)
+            assert client.get(key).endswith(" " + run_id)
+            granted, first, _, _, fenced = script(keys=[key], args=[interval, 10, 100_000])
+            # not fenced again; whatever it grants continues after the fenced slot (the
+            # horizon moves on with the clock: a slot frees up every interval)
+            assert fenced == 0 and (granted == 0 or first >= 50_000), (granted, first, fenced)
+        client.delete(key)
+        granted, first, _, _, fenced = script(keys=[key], args=[interval, 10, 100_000])
+        assert (granted, first, fenced) == (10, 0, 0)  # a fresh key: nothing to fence
+    finally:
+        client.close()
+
+
 @on_asyncio
 async def test_limiter_on_real_redis_holds_two_processes_to_the_account_rate(redis_url: str) -> None:
     """Two AccountRateLimiters on one real Redis, both always wanting to send, spend
