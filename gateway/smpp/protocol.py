@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import metrics
+from gateway.connections import enable_nodelay
 from gateway.smpp.pdu import CommandId, CommandStatus, Pdu, PduEncodeError, status_name
 from gateway.smpp.session import (
     BindFailed,
@@ -151,6 +152,7 @@ class SmppProtocol(Protocol):
     # -- Twisted ------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        enable_nodelay(self.transport)
         self.session = self._session_factory(self.clock.seconds())
         if self._drain_timeout_seconds is None:
             self._drain_timeout_seconds = self.session.response_timeout_seconds

@@ -1092,6 +1092,43 @@ def test_link_binds_and_submits_over_tls(tmp_path: Any) -> Any:
         accepted = yield link.submit(OutboundSms("n1", CITIZEN, "over TLS"))
         assert accepted == SubmitAccepted("cmcc", ("gw1",))
         assert [call[2] for call in intake.calls] == ["over TLS"]
+        assert_nodelay_on_both_ends(link, listener)
+    finally:
+        yield link.stopService()
+        yield listener.stopService()
+
+
+def assert_nodelay_on_both_ends(link: CarrierLink, listener: Any) -> None:
+    """Both ends of every SMPP connection write without Nagle's delay (TCP_NODELAY):
+    a PDU written behind an unacknowledged one must not wait for a delayed ACK."""
+    import socket
+
+    protocols = [session.protocol for session in link._all_sessions] + list(listener._connections)
+    assert len(protocols) >= 2
+    for protocol in protocols:
+        transport = protocol.transport
+        while not isinstance(transport.getHandle(), socket.socket):  # TLS wraps the TCP transport
+            transport = transport.transport
+        assert transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0, protocol
+
+
+@pytest_twisted.inlineCallbacks
+def test_smpp_connections_write_without_nagle_delay() -> Any:
+    """Plain TCP: the link's connection and the listener's both set TCP_NODELAY."""
+    from gateway.config import PartnerAccount, SmppServerConfig
+    from gateway.smpp.listener import SmppListener
+    from tests.smpp.test_listener import RecordingIntake
+
+    listener = SmppListener(
+        SmppServerConfig(listen="127.0.0.1:0", accounts=(PartnerAccount(system_id="gw12123", password=Secret("secret")),)),
+        RecordingIntake(), {}, global_reactor)
+    listener.startService()
+    port = yield listener.listening()
+    link = CarrierLink(carrier_config(port=port.getHost().port), WaitingSink(), global_reactor, jitter=lambda: 0.0)
+    link.startService()
+    try:
+        yield link.when_bound().addTimeout(WAIT_SECONDS, global_reactor)
+        assert_nodelay_on_both_ends(link, listener)
     finally:
         yield link.stopService()
         yield listener.stopService()
