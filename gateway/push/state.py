@@ -26,7 +26,7 @@ expires retention + validity after acceptance, and at least the retention after 
 state (renewed then only when less is left).  Each change appends an event
 ``type=notification.<state>`` (push.events: all; final: final states only; off: none)
 with the id and non-personal fields to ``keys.events_stream`` (approximately capped at
-`events_maxlen` entries: one XTRIM per script).
+`events_maxlen` entries, by the first XADD of each script).
 
 Why Lua: a change touches the hash, a lane / the scheduled set / the in-flight set, the
 message-id index and the events stream together; one script is atomic and is one round
