@@ -7,6 +7,7 @@ redis-server in the same run; a table, then one JSON line.
     .venv/bin/python bench/cluster.py --share 0         # no TPS limit (5,000/s per process): what Redis and the cores carry
     .venv/bin/python bench/cluster.py --rows single,c1,c2,c3,shared3
     .venv/bin/python bench/cluster.py --rows single,single3,c3 --repeat 5   # medians of 5 rounds
+    .venv/bin/python bench/cluster.py --rows single,c3 --slowlog   # where the masters' script time goes
 
 Set-up (the benchmark's theory of operation)
 --------------------------------------------
@@ -57,8 +58,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(REPO))
 
 from _common import cpu_seconds, machine, print_json_line, print_table, today  # noqa: E402
 
@@ -117,6 +119,65 @@ def _script_figures(before: dict[str, tuple[int, int]], after: dict[str, tuple[i
             "script_usec_per_call": round(sum(u for _, u in scripts) / calls, 1) if calls else 0.0,
             # the commands that took most of the masters' command time: calls and usec per notification
             "busiest": {c: [round(calls / n, 2), round(usec / n, 1)] for c, (calls, usec) in busiest}}
+
+
+# SLOWLOG entries kept per master while --slowlog times a row: a c3 row of 9,000
+# notifications logs about 25 commands each (scripts and the commands inside them) over
+# three masters, about 75,000 per master; the cap bounds the servers' memory.
+SLOWLOG_MAX_ENTRIES = 500_000
+
+
+def _script_names() -> dict[str, str]:
+    """SHA1 of every Lua script the gateway loads (gateway/**/lua/*.lua, helpers in front,
+    as gateway/store/scripts.py sends them) -> its file name."""
+    import hashlib
+
+    from gateway.store.scripts import LuaFileError, lua_source
+
+    names = {}
+    for path in (REPO / "gateway").glob("**/lua/*.lua"):
+        try:
+            text = lua_source(str(path.parent.parent / "_.py"), path.name)
+        except LuaFileError:
+            continue
+        names[hashlib.sha1(text.encode("utf-8")).hexdigest()] = path.name
+    return names
+
+
+def _slowlog_start(ports: list[int]) -> None:
+    """Log every command on these nodes from now on (threshold 0)."""
+    from gateway.store.local_cluster import command
+
+    for port in ports:
+        command(port, "config", "set", "slowlog-max-len", str(SLOWLOG_MAX_ENTRIES))
+        command(port, "config", "set", "slowlog-log-slower-than", "0")
+        command(port, "slowlog", "reset")
+
+
+def _slowlog_scripts(ports: list[int], n: int) -> dict[str, dict[str, float]]:
+    """Per script, from the nodes' SLOWLOGs: calls, mean usec per call and usec per
+    notification.  SLOWLOG also logs each command a script runs, so durations are
+    inflated by its own cost: compare shares, not absolute figures."""
+    import redis
+
+    names = _script_names()
+    totals: dict[str, list[int]] = {}
+    for port in ports:
+        client = redis.Redis(port=port)
+        try:
+            client.config_set("slowlog-log-slower-than", "10000")
+            for entry in client.slowlog_get(SLOWLOG_MAX_ENTRIES):
+                words = entry["command"].split(b" ")
+                if words[0].upper() != b"EVALSHA" or len(words) < 2:
+                    continue
+                name = names.get(words[1].decode(), words[1].decode()[:12])
+                calls_usec = totals.setdefault(name, [0, 0])
+                calls_usec[0] += 1
+                calls_usec[1] += int(entry["duration"])
+        finally:
+            client.close()
+    return {name: {"calls": calls, "usec_per_call": round(usec / calls, 1), "usec_per_message": round(usec / n, 1)}
+            for name, (calls, usec) in sorted(totals.items(), key=lambda item: -item[1][1])}
 
 
 def _single_redis_run(directory: Path, **options: Any) -> Any:
@@ -246,6 +307,8 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
         redis_before = await asyncio.to_thread(_redis_cpu, ports)
         masters_before = await asyncio.to_thread(_redis_cpu, masters)
         stats_before = await asyncio.to_thread(_commandstats, masters)
+        if args.slowlog:
+            await asyncio.to_thread(_slowlog_start, masters)
         started = time.monotonic()
         received_before = await run.carrier_messages()
         await _enqueue(run, notifications, shared=intake == "shared")
@@ -261,6 +324,7 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
         redis_cpu = await asyncio.to_thread(_redis_cpu, ports) - redis_before
         masters_cpu = await asyncio.to_thread(_redis_cpu, masters) - masters_before
         scripts = _script_figures(stats_before, await asyncio.to_thread(_commandstats, masters), n)
+        slowlog = await asyncio.to_thread(_slowlog_scripts, masters, n) if args.slowlog else None
         await run.wait_settled(notifications, timeout_seconds=max(120.0, n / 20))
         tally = await run.tally(notifications)
         rates = await asyncio.to_thread(run.simulator.stats)
@@ -277,6 +341,7 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
             "redis_usec_per_message": round(redis_cpu / n * 1e6, 1),
             "redis_masters_usec_per_message": round(masters_cpu / n * 1e6, 1),
             **{f"masters_{k}": v for k, v in scripts.items()},
+            "masters_scripts_by_slowlog": slowlog,
             "peak_submits_per_second": peak,
             "tps_limit_per_process": share or 5000, "account_tps": account_tps if share else None,
             "peak_over_account_limit": round(peak / account_tps - 1, 3) if share else None,
@@ -365,6 +430,12 @@ async def main(args: argparse.Namespace) -> None:
     for r in rows:
         print(f"  {r['row']} busiest (calls, usec per notification): "
               + ", ".join(f"{c} {v[0]} {v[1]}" for c, v in r["masters_busiest"].items()))
+    for r in rows:
+        if r["masters_scripts_by_slowlog"]:
+            print(f"  {r['row']} scripts by SLOWLOG (calls, usec per call, usec per notification; inflated "
+                  "by SLOWLOG, compare shares): " + ", ".join(
+                      f"{name} {v['calls']} {v['usec_per_call']} {v['usec_per_message']}"
+                      for name, v in r["masters_scripts_by_slowlog"].items()))
     c3 = by_name.get("c3")
     print_json_line({"benchmark": "cluster", "date": today(), "machine": machine(),
                      "setup": {"cluster": f"{args.masters} masters + {args.masters * args.replicas} replicas, redis-server in cluster mode, appendonly everysec",
@@ -403,6 +474,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of all rows, every other one in reverse order; each row shows its median "
                              "run, each ratio the median of the rounds' ratios (1)")
+    parser.add_argument("--slowlog", action="store_true",
+                        help="time each Lua script on the masters by SLOWLOG (threshold 0): calls, usec per call "
+                             "and per notification; SLOWLOG's own cost inflates the row's CPU figures")
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 notifications per process per row")
     args = parser.parse_args(argv)
     if args.masters == 1 and args.replicas:

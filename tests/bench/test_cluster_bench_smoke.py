@@ -1,0 +1,34 @@
+"""bench/cluster.py --quick on its single-Redis row with --slowlog: one `gateway run`, the
+carrier simulator in its own process and one redis-server, 300 notifications.  No timing
+is asserted: the run must lose nothing and name the scripts whose time it reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_cluster_bench_names_the_scripts_it_times() -> None:
+    """Every notification reaches the carrier once, the account's limits hold, and SLOWLOG's
+    script calls are reported under the names of their .lua files (the SHA1 the loader
+    sends): the submit outcomes and receipts, the claim and the acceptance all ran."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "cluster.py"), "--quick", "--rows", "single",
+                             "--slowlog"], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert report["benchmark"] == "cluster"
+    [row] = report["runs"]
+    assert row["row"] == "single" and row["messages"] == 300
+    assert row["lost"] == 0 and row["duplicated"] == 0
+    assert row["peak_binds_per_account"] <= row["max_binds"]
+    scripts = row["masters_scripts_by_slowlog"]
+    assert {"outcomes.lua", "claim.lua", "accept.lua"} <= scripts.keys(), scripts
+    for name, figures in scripts.items():
+        assert name.endswith(".lua"), f"a script call not matched to its file: {name}"
+        assert figures["calls"] > 0 and figures["usec_per_call"] > 0
+    assert any("scripts by SLOWLOG" in line and "outcomes.lua" in line for line in lines)
