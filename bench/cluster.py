@@ -91,6 +91,36 @@ def _redis_cpu(ports: list[int]) -> float:
     return total
 
 
+def _loop_counters(ports: list[int]) -> dict[str, int]:
+    """What the servers' event loops did, summed over the nodes: wake-ups (the main
+    thread's voluntary context switches: each a sleep in epoll_wait ended by work or by the
+    server's timer), preemptions (involuntary ones), read and write system calls
+    (/proc/<pid>/io: clients, AOF, replication) and the client-socket reads and writes Redis
+    counts itself (INFO stats; a replica is a client of its master).  A system call is dear
+    on this VM (a PING costs the server 12 us of CPU): these counts show how much of a
+    topology's CPU per notification is its loops' fixed cost rather than its scripts."""
+    from gateway.store.local_cluster import command
+
+    totals = {"wakeups": 0, "preemptions": 0, "read_syscalls": 0, "write_syscalls": 0,
+              "client_reads": 0, "client_writes": 0}
+    for port in ports:
+        info = dict(line.split(":", 1) for line in command(port, "info", "all").splitlines()
+                    if ":" in line and not line.startswith("#"))
+        pid = int(info["process_id"])
+        io = dict(line.split(": ", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        totals["wakeups"] += int(status["voluntary_ctxt_switches"])
+        totals["preemptions"] += int(status["nonvoluntary_ctxt_switches"])
+        totals["read_syscalls"] += int(io["syscr"])
+        totals["write_syscalls"] += int(io["syscw"])
+        totals["client_reads"] += int(info["total_reads_processed"])
+        totals["client_writes"] += int(info["total_writes_processed"])
+    return totals
+
+
+LOOP_COUNTERS = ("wakeups", "preemptions", "read_syscalls", "write_syscalls", "client_reads", "client_writes")
+
+
 def _commandstats(ports: list[int]) -> dict[str, tuple[int, int]]:
     """Per command (calls, usec) summed over the nodes (INFO commandstats)."""
     from gateway.store.local_cluster import command
@@ -307,6 +337,7 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
         redis_before = await asyncio.to_thread(_redis_cpu, ports)
         masters_before = await asyncio.to_thread(_redis_cpu, masters)
         stats_before = await asyncio.to_thread(_commandstats, masters)
+        loops_before = await asyncio.to_thread(_loop_counters, masters)
         if args.slowlog:
             await asyncio.to_thread(_slowlog_start, masters)
         started = time.monotonic()
@@ -324,6 +355,7 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
         redis_cpu = await asyncio.to_thread(_redis_cpu, ports) - redis_before
         masters_cpu = await asyncio.to_thread(_redis_cpu, masters) - masters_before
         scripts = _script_figures(stats_before, await asyncio.to_thread(_commandstats, masters), n)
+        loops_after = await asyncio.to_thread(_loop_counters, masters)
         slowlog = await asyncio.to_thread(_slowlog_scripts, masters, n) if args.slowlog else None
         await run.wait_settled(notifications, timeout_seconds=max(120.0, n / 20))
         tally = await run.tally(notifications)
@@ -342,6 +374,7 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
             "redis_masters_usec_per_message": round(masters_cpu / n * 1e6, 1),
             **{f"masters_{k}": v for k, v in scripts.items()},
             "masters_scripts_by_slowlog": slowlog,
+            "masters_loop_per_message": {k: round((loops_after[k] - loops_before[k]) / n, 2) for k in LOOP_COUNTERS},
             "peak_submits_per_second": peak,
             "tps_limit_per_process": share or 5000, "account_tps": account_tps if share else None,
             "peak_over_account_limit": round(peak / account_tps - 1, 3) if share else None,
@@ -430,6 +463,9 @@ async def main(args: argparse.Namespace) -> None:
     for r in rows:
         print(f"  {r['row']} busiest (calls, usec per notification): "
               + ", ".join(f"{c} {v[0]} {v[1]}" for c, v in r["masters_busiest"].items()))
+    print("Masters' event loops per notification (" + ", ".join(LOOP_COUNTERS).replace("_", " ") + "): "
+          + "; ".join(f"{r['row']} " + ", ".join(str(r["masters_loop_per_message"][k]) for k in LOOP_COUNTERS)
+                      for r in rows))
     for r in rows:
         if r["masters_scripts_by_slowlog"]:
             print(f"  {r['row']} scripts by SLOWLOG (calls, usec per call, usec per notification; inflated "

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_cluster_bench_names_the_scripts_it_times() -> None:
     """Every notification reaches the carrier once, the account's limits hold, and SLOWLOG's
     script calls are reported under the names of their .lua files (the SHA1 the loader
-    sends): the submit outcomes and receipts, the claim and the acceptance all ran."""
+    sends): the submit outcomes and receipts, the claim and the acceptance all ran; and the
+    server's event-loop counters were read."""
     result = subprocess.run([sys.executable, str(REPO / "bench" / "cluster.py"), "--quick", "--rows", "single",
                              "--slowlog"], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -32,3 +33,28 @@ def test_cluster_bench_names_the_scripts_it_times() -> None:
         assert name.endswith(".lua"), f"a script call not matched to its file: {name}"
         assert figures["calls"] > 0 and figures["usec_per_call"] > 0
     assert any("scripts by SLOWLOG" in line and "outcomes.lua" in line for line in lines)
+    # The event loops' counters come from the server's own process (its pid in INFO): it
+    # read every request and wrote the AOF, so none of them can be zero.
+    loops = row["masters_loop_per_message"]
+    for counter in ("wakeups", "read_syscalls", "write_syscalls", "client_reads", "client_writes"):
+        assert loops[counter] > 0, loops
+    assert loops["write_syscalls"] > loops["client_writes"], "the AOF's writes are system calls too"
+
+
+def test_cluster_idle_bench_measures_the_servers_and_an_idle_gateway() -> None:
+    """bench/cluster_idle.py on one redis-server alone and with one idle gateway: the
+    server alone runs no command but its timer still wakes it; the gateway's background
+    loops add commands, wake-ups and CPU."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "cluster_idle.py"), "--rows", "single0,single",
+                             "--seconds", "2", "--warmup-seconds", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["benchmark"] == "cluster_idle"
+    alone, idle = report["runs"]
+    assert (alone["row"], alone["gateways"], idle["row"], idle["gateways"]) == ("single0", 0, "single", 1)
+    assert alone["commands_per_second"] < 1, alone["by_command_per_second"]
+    assert alone["masters_loop_per_second"]["wakeups"] > 0  # serverCron, 10 per second by default
+    assert idle["commands_per_second"] > 10, idle["by_command_per_second"]
+    assert idle["masters_loop_per_second"]["wakeups"] > alone["masters_loop_per_second"]["wakeups"]
+    assert idle["masters_loop_per_second"]["client_reads"] > alone["masters_loop_per_second"]["client_reads"]
