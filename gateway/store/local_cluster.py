@@ -157,6 +157,20 @@ class LocalRedisCluster:
                 return
         raise ClusterError(f"no node on port {port}")
 
+    def restart(self, port: int, timeout_seconds: float = 60.0) -> None:
+        """Start a killed node again from its data directory (nodes.conf, AOF): a former
+        master rejoins as a replica of the one that took over.  Returns once the cluster
+        is ok and every replica is in sync again, so that the next fault finds a replica."""
+        for node in self.nodes:
+            if node.port == port:
+                if node.server.process is not None and node.server.process.poll() is None:
+                    raise ClusterError(f"node on port {port} is running")
+                node.server.start()
+                self.wait_ok(timeout_seconds)
+                self.wait_replicas_online(timeout_seconds)
+                return
+        raise ClusterError(f"no node on port {port}")
+
     def wait_for_new_master_of(self, old_master_port: int, timeout_seconds: float = 30.0) -> int:
         """After killing a master: wait until one of its former replicas is master; its port."""
         deadline = time.monotonic() + timeout_seconds

@@ -86,6 +86,7 @@ def make_cluster_client(nodes: Sequence[str], url: str, reconnect_max_delay_seco
     from redis.asyncio.cluster import ClusterNode
     from redis.asyncio.connection import parse_url
 
+    _newest_free_connection_first()
     options: dict[str, Any] = {k: v for k, v in parse_url(url).items()
                                if k in ("username", "password", "ssl")} if url else {}
     seeds = [ClusterNode(host, int(port)) for host, _, port in (node.rpartition(":") for node in nodes)]
@@ -100,6 +101,31 @@ def make_cluster_client(nodes: Sequence[str], url: str, reconnect_max_delay_seco
         for node in client.nodes_manager.startup_nodes.values():
             node.connection_class = _ClusterConnection
     return client
+
+
+@functools.cache
+def _newest_free_connection_first() -> None:
+    """Make redis.asyncio's cluster nodes hand out their most recently freed connection.
+
+    On an ASK redirect (a slot migrating) redis-py 8.1 sends ASKING, then the command,
+    each through the node's pool, which handed out the *oldest* free connection: with two
+    or more free, the command went on a connection that had not said ASKING, the
+    importing node answered MOVED back to the source, and the client went back and forth
+    until "TTL exhausted" (every receipt whose key had moved was refused for the whole
+    migration: bench/cluster_soak.py; tests/store/test_client.py).  ASKING's connection
+    goes back to the pool and the command is sent with no await in between, so taking
+    the newest free connection gives the command ASKING's.  Which free connection a pool
+    lends is otherwise of no consequence."""
+    from redis.asyncio.cluster import ClusterNode
+
+    def acquire_connection(self: Any) -> Any:
+        free = self._free
+        if free:
+            return free.pop()
+        return original(self)
+
+    original = ClusterNode.acquire_connection
+    ClusterNode.acquire_connection = acquire_connection  # type: ignore[method-assign]
 
 
 def stream_read_keys(args: Sequence[Any]) -> list[Any] | None:

@@ -218,6 +218,11 @@ class ClusterRun:
         await asyncio.to_thread(self.daemons[index].kill)
         self.sigkills += 1
 
+    async def restart_gateway(self, index: int) -> None:
+        """Start a SIGKILLed daemon again with its config (its consumer name): it takes back
+        a share without any restart of the others."""
+        await self.start_gateway(self.daemons[index])
+
     # -- work --------------------------------------------------------------------------
 
     async def enqueue(self, notifications: Sequence[Notification], batch: int = 1000) -> None:

@@ -113,3 +113,51 @@ async def test_cluster_stream_reads_need_no_command_getkeys(redis_cluster: objec
         assert await asyncio.to_thread(_getkeys_calls, ports) == before
     finally:
         await client.aclose()
+
+
+@on_asyncio
+async def test_cluster_reads_follow_ask_during_a_slot_migration(redis_cluster: object, redis_cluster_url: str) -> None:
+    """While a slot migrates, a key already moved is answered by the importing node after
+    ASK, however many connections the client holds to it.  redis-py 8.1 sends ASKING and
+    the command as two pooled commands, and its pool hands out the oldest free connection
+    first: with two or more free, the command went without ASKING, the importing node
+    answered MOVED back to the source, and the client ping-ponged until "TTL exhausted"
+    (seen in bench/cluster_soak.py: receipts refused for the whole migration)."""
+    import asyncio
+
+    from redis.crc import key_slot
+
+    from gateway.store.local_cluster import LocalRedisCluster, command
+    from gateway.store.service import make_cluster_client
+
+    assert isinstance(redis_cluster, LocalRedisCluster)
+    client = make_cluster_client(redis_cluster_url.removeprefix("cluster:").split(","), "")
+    slot = key_slot(b"{ask-test}")
+    source = redis_cluster.owner_of(slot)
+    target = next(port for port in redis_cluster.master_ports() if port != source)
+    keys = [f"{{ask-test}}:{k}" for k in range(10)]
+    source_id, target_id = command(source, "cluster", "myid"), command(target, "cluster", "myid")
+    try:
+        for key in keys:
+            await client.set(key, key)
+        # Half the keys moved, the slot still the source's: the state a reshard leaves
+        # for seconds while it moves a slot's keys in batches.
+        command(target, "cluster", "setslot", str(slot), "importing", source_id)
+        command(source, "cluster", "setslot", str(slot), "migrating", target_id)
+        assert "OK" in command(source, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *keys[:5])
+        # Several free connections to the importing node: concurrent commands open them.
+        target_key = next(f"warm-{k}" for k in range(1000)
+                          if redis_cluster.owner_of(key_slot(f"warm-{k}".encode())) == target)
+        await asyncio.gather(*(client.get(target_key) for _ in range(8)))
+        for _ in range(3):
+            assert await client.get(keys[0]) == keys[0]  # moved: ASK to the target
+            assert await client.get(keys[9]) == keys[9]  # not yet: the source answers
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+            assert await pipe.execute() == keys
+    finally:
+        command(source, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *keys[5:])
+        for port in redis_cluster.master_ports():
+            command(port, "cluster", "setslot", str(slot), "node", target_id)
+        await client.aclose()
