@@ -87,6 +87,7 @@ from gateway.push.render import DEFAULT_SIGNATURE
 from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys, PartitionKeys
+from gateway.store.reads import get_many
 from gateway.store.refusals import RefusalLog, is_unavailable
 from gateway.store.scripts import register_lua
 
@@ -251,14 +252,6 @@ class _Declared:
 
     def early_receipt(self, carrier: str, message_id: str) -> None:
         self.add(f"e{carrier}\x00{message_id}", self._keys.early_receipt(carrier, message_id))
-
-
-async def _mget(redis: Any, keys: list[str]) -> list[str | None]:
-    """MGET over keys that may live in several Cluster slots (RedisCluster splits it)."""
-    nonatomic = getattr(redis, "mget_nonatomic", None)
-    if nonatomic is not None:
-        return list(await nonatomic(keys))
-    return list(await redis.mget(keys))
 
 
 class NotificationLedger:
@@ -722,7 +715,7 @@ class NotificationLedger:
                    for candidate in op[5:5 + int(op[4])]]
         if not lookups:
             return ops
-        found = iter(await _mget(self.redis, lookups))
+        found = iter(await get_many(self.redis, lookups))
         resolved: list[Sequence[Any]] = []
         for op in ops:
             if op[0] != "X":
