@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -58,3 +60,20 @@ def test_cluster_idle_bench_measures_the_servers_and_an_idle_gateway() -> None:
     assert idle["commands_per_second"] > 10, idle["by_command_per_second"]
     assert idle["masters_loop_per_second"]["wakeups"] > alone["masters_loop_per_second"]["wakeups"]
     assert idle["masters_loop_per_second"]["client_reads"] > alone["masters_loop_per_second"]["client_reads"]
+
+
+@pytest.mark.slow
+def test_cluster_soak_runs_a_round_of_faults_and_counts_everything() -> None:
+    """bench/cluster_soak.py with one round on a real Cluster: a gateway SIGKILLed and
+    started again, a slot migrated, a master SIGKILLed and rejoined as a replica; every
+    notification counted and the invariants checked (its exit status says so)."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "cluster_soak.py"), "--n", "1500", "--rounds", "1",
+                             "--account-tps", "600"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["benchmark"] == "cluster_soak" and report["ok"], report["broken"]
+    faults = [f["fault"] for f in report["faults"]]
+    assert "gateway0 SIGKILLed" in faults and "gateway0 started again" in faults, faults
+    assert any(f.endswith("migrated") for f in faults) and any("master of partition" in f for f in faults), faults
+    assert report["lost_otherwise"] == 0 and report["unexplained_duplicates"] == 0
+    assert sum(report["states"].values()) == 1500
