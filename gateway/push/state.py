@@ -607,7 +607,7 @@ class NotificationLedger:
         return [Claimed(row[0], row[1], row[2], int(row[3]), tuple(row[4].split()) if row[4] else (),
                         float(row[5]), row[6], row[7], float(row[8] or 0)) for row in payload]
 
-    async def apply(self, ops: Sequence[Sequence[Any]], *, now: float) -> None:
+    async def apply(self, ops: Sequence[Sequence[Any]], *, now: float) -> list[tuple[int, BaseException]]:
         """Apply outcome ops (see OutcomeWriter): one script per partition concerned.
 
         Receipts are looked up in the message-id index first (one MGET), because a script
@@ -619,33 +619,57 @@ class NotificationLedger:
         accepted submit's index entries are written in their partitions first, then the
         submit is recorded in its notification's; receipts parked there meanwhile come
         back and are applied after it.
+
+        Returns the ops (positions in `ops`, each with its error) whose partition's script
+        failed because Redis was away or refused (`is_unavailable`); all the others are
+        applied.  On a Cluster one partition's trouble (its master failing over, its slot
+        migrating: TRYAGAIN until the last key has moved) does not hold back the rest of
+        the batch.  The index lookups and writes before the scripts, and any other error,
+        still fail the whole call: applying an op twice changes nothing.
         """
         pending = list(ops)
+        origins = list(range(len(ops)))  # each pending op's position in `ops`
+        unapplied: dict[int, BaseException] = {}
         # Each round resolves what the last one found written meanwhile (or parked):
         # a receipt is applied by the second round, so six are generous.
         for _ in range(6):
             if not pending:
-                return
+                return sorted(unapplied.items())
             resolved = await self._resolve_receipts(pending)
             groups: dict[int, list[tuple[int, Sequence[Any]]]] = {}
-            indexing: dict[int, list[Sequence[Any]]] = {}
+            indexing: dict[int, list[tuple[int, Sequence[Any]]]] = {}
             for number, op in enumerate(resolved):
                 partition = self._op_partition(op)
                 if op[0] == "A" and self.keys.partitioned:
-                    op = self._index_elsewhere(op, partition, indexing)
+                    op = self._index_elsewhere(op, partition, indexing, origins[number])
                 groups.setdefault(partition, []).append((number, op))
             # Index entries first: a process killed before the B op that follows leaves the
             # notification submitting (its lease brings it back, a possible duplicate),
             # never submitted with receipts that cannot find it.
-            parked: list[Sequence[Any]] = []
+            parked: list[tuple[int, Sequence[Any]]] = []
             if indexing:
-                parked = await self._write_index_entries([op for ops in indexing.values() for op in ops])
+                parked = await self._write_index_entries([entry for entries in indexing.values() for entry in entries])
             results = await asyncio.gather(*(self._apply_partition(partition, [op for _, op in numbered], now)
-                                             for partition, numbered in groups.items()))
+                                             for partition, numbered in groups.items()), return_exceptions=True)
             again: list[Sequence[Any]] = []
-            for numbered, (local_again, _) in zip(groups.values(), results, strict=True):
-                again += [pending[numbered[int(local) - 1][0]] for local in local_again]
-            pending = again + parked
+            again_origins: list[int] = []
+            for numbered, result in zip(groups.values(), results, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, Exception) or not is_unavailable(result):
+                        raise result
+                    for number, _ in numbered:
+                        unapplied.setdefault(origins[number], result)
+                    continue
+                local_again, _ = result
+                for local in local_again:
+                    number = numbered[int(local) - 1][0]
+                    again.append(pending[number])
+                    again_origins.append(origins[number])
+            # A receipt parked for a submit whose record failed is found again when that
+            # submit is retried (its index entries written again, the parked receipt read).
+            parked = [(origin, op) for origin, op in parked if origin not in unapplied]
+            pending = again + [op for _, op in parked]
+            origins = again_origins + [origin for origin, _ in parked]
         raise RuntimeError(f"{len(pending)} receipts kept changing their message-id index entries")
 
     def _op_partition(self, op: Sequence[Any]) -> int:
@@ -654,21 +678,23 @@ class NotificationLedger:
         return self.keys.partition_of(op[1])
 
     def _index_elsewhere(self, op: Sequence[Any], partition: int,
-                         indexing: dict[int, list[Sequence[Any]]]) -> Sequence[Any]:
+                         indexing: dict[int, list[tuple[int, Sequence[Any]]]], origin: int) -> Sequence[Any]:
         """An A op whose index entries are not all in its notification's partition
-        becomes a B op (the same, without the index) and one I op per entry."""
+        becomes a B op (the same, without the index) and one I op per entry (with the
+        A op's `origin`, its position in the batch)."""
         notification_id, carrier, parts, indexed = op[1], op[2], int(op[3]), int(op[4])
         canonical = op[5 + parts:5 + parts + indexed]
         homes = [self.keys.index_partition_of(carrier, m) for m in canonical]
         if all(home == partition for home in homes):
             return op
         for part_number, (message_id, home) in enumerate(zip(canonical, homes, strict=True)):
-            indexing.setdefault(home, []).append(("I", notification_id, carrier, part_number, message_id))
+            indexing.setdefault(home, []).append((origin, ("I", notification_id, carrier, part_number, message_id)))
         return ("B", *op[1:])
 
-    async def _write_index_entries(self, ops: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    async def _write_index_entries(self, ops: Sequence[tuple[int, Sequence[Any]]]) -> list[tuple[int, Sequence[Any]]]:
         """Write I ops' index entries with plain commands, one pipeline for all partitions,
-        and return a Y op for each receipt parked under one of them.
+        and return a Y op for each receipt parked under one of them (each I op comes and
+        each Y op goes with the origin of its A op).
 
         Not a script per partition: with 24 partitions nearly every entry of a batch is in
         a partition of its own, and a script call costs far more than the SET it carries
@@ -681,19 +707,19 @@ class NotificationLedger:
         with the early-receipt TTL); applying one twice changes nothing."""
         keys = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
-            for _, notification_id, carrier, part, message_id in ops:
+            for _, (_, notification_id, carrier, part, message_id) in ops:
                 pipe.set(keys.message_id(carrier, message_id), f"{notification_id} {part}",
                          ex=self.retention_seconds)
             await pipe.execute()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for _, _, carrier, _, message_id in ops:
+            for _, (_, _, carrier, _, message_id) in ops:
                 pipe.get(keys.early_receipt(carrier, message_id))
             parked_receipts = await pipe.execute()
-        parked: list[Sequence[Any]] = []
-        for (_, notification_id, _, part, _), early in zip(ops, parked_receipts, strict=True):
+        parked: list[tuple[int, Sequence[Any]]] = []
+        for (origin, (_, notification_id, _, part, _)), early in zip(ops, parked_receipts, strict=True):
             if early:
                 receipt_state, _, error = early.partition(" ")
-                parked.append(("Y", notification_id, str(part), receipt_state, error))
+                parked.append((origin, ("Y", notification_id, str(part), receipt_state, error)))
         if parked:
             _script_counters["receipt_early_applied"].inc(len(parked))
         return parked
@@ -969,6 +995,11 @@ class OutcomeWriter:
     backoff, logged once per 5 s with counts;
     ops with ``keep=False`` (receipts) fail their Deferred, so that the link does not
     acknowledge the deliver_sm and the carrier delivers the receipt again.
+
+    On a Cluster that holds for the ops of the partitions whose node failed
+    (`NotificationLedger.apply`): the others' are applied, and the kept ops wait out their
+    backoff aside (``_held``), so that what comes meanwhile for the partitions that answer
+    is not held behind them.
     """
 
     def __init__(self, ledger: NotificationLedger, clock: Any, *, max_batch: int = 5000,
@@ -985,6 +1016,13 @@ class OutcomeWriter:
         self._idle_waiters: list[Deferred[None]] = []
         self.refusals = RefusalLog("outcome writer", clock, _writer_log)
         self._applying: list[tuple[Sequence[Any], Any, bool]] = []
+        # Kept ops of partitions that failed while others passed, back in the queue after
+        # _held_delay (doubling from backoff_initial_seconds to backoff_max_seconds while
+        # they keep failing): each retry of a migrating slot costs redis-py's redirection
+        # TTL (about 0.4 s) to the batch it joins.
+        self._held: list[tuple[Sequence[Any], Any, bool]] = []
+        self._held_delay = backoff_initial_seconds
+        self._held_release: Any = None
 
     @property
     def failing(self) -> bool:
@@ -1015,18 +1053,20 @@ class OutcomeWriter:
         included: what a stop hands over to the next start (`PushService`).  Applying
         one twice is harmless: an outcome for a notification no longer submitting (or
         queued after a lost lease) changes nothing (outcomes.lua)."""
-        return [list(op) for op, _, keep in [*self._applying, *self._pending] if keep]
+        return [list(op) for op, _, keep in [*self._applying, *self._pending, *self._held] if keep]
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Ops waiting to be applied, those held aside for their backoff included."""
+        return len(self._pending) + len(self._held)
 
     def _start(self) -> None:
         self._scheduled = False
         if self._flushing:
             return
         if not self._pending:
-            self._release_waiters()
+            if not self._held:
+                self._release_waiters()
             return
         self._flushing = True
         as_deferred(self._flush()).addErrback(
@@ -1040,7 +1080,7 @@ class OutcomeWriter:
                 del self._pending[: self.max_batch]
                 self._applying = batch
                 try:
-                    await self.ledger.apply([op for op, _, _ in batch], now=self.clock.seconds())
+                    unapplied = await self.ledger.apply([op for op, _, _ in batch], now=self.clock.seconds())
                 except Exception as e:
                     if not is_unavailable(e):
                         # A bug (a script error that is no refusal): retrying would fail
@@ -1069,7 +1109,12 @@ class OutcomeWriter:
                 finally:
                     self._applying = []
                 delay = self.backoff_initial_seconds
+                if unapplied:
+                    self._partly_applied(batch, unapplied)
+                    continue
                 self.refusals.succeeded()
+                if not self._held and self._held_release is None:  # what was held got through
+                    self._held_delay = self.backoff_initial_seconds
                 for _, d, _ in batch:
                     d.callback(None)
         finally:
@@ -1077,8 +1122,37 @@ class OutcomeWriter:
             if self._pending and not self._scheduled:
                 self._scheduled = True
                 self.clock.callLater(0, self._start)
-            elif not self._pending:
+            elif not self._pending and not self._held:
                 self._release_waiters()
+
+    def _partly_applied(self, batch: list[tuple[Sequence[Any], Any, bool]],
+                        unapplied: list[tuple[int, BaseException]]) -> None:
+        """The ops of the partitions that failed: receipts fail (the carrier delivers
+        them again), submit outcomes are held aside for `_held_delay`; the rest passed."""
+        failed = dict(unapplied)
+        kept = []
+        for number, entry in enumerate(batch):
+            _, d, keep = entry
+            if number not in failed:
+                d.callback(None)
+            elif keep:
+                kept.append(entry)
+            else:
+                d.errback(failed[number])
+        self.refusals.failed(unapplied[0][1], len(unapplied), kept=len(kept) + len(self._held))
+        if kept:
+            self._held.extend(kept)
+            if self._held_release is None:
+                self._held_release = self.clock.callLater(self._held_delay, self._release_held)
+            self._held_delay = min(self._held_delay * 2, self.backoff_max_seconds)
+
+    def _release_held(self) -> None:
+        self._held_release = None
+        self._pending[:0] = self._held
+        self._held = []
+        if self._pending and not self._scheduled and not self._flushing:
+            self._scheduled = True
+            self.clock.callLater(0, self._start)
 
     def _release_waiters(self) -> None:
         waiters, self._idle_waiters = self._idle_waiters, []
@@ -1088,7 +1162,7 @@ class OutcomeWriter:
 
     async def flushed(self) -> None:
         """Wait until every op added so far is applied (or failed)."""
-        if not self._pending and not self._flushing and not self._scheduled:
+        if not self._pending and not self._held and not self._flushing and not self._scheduled:
             return
         d: Deferred[None] = Deferred()
         self._idle_waiters.append(d)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from typing import Any
 
 import pytest
 
@@ -207,3 +208,63 @@ async def test_intake_waits_for_a_replica_when_asked(target: str) -> None:
         partitions = len({p.keys.partition_of(i) for i in ("w1", "w2")})
         expected = 0 if target.startswith("cluster:") else partitions
         assert replication_short._value.get() - before == expected
+
+
+@on_asyncio
+async def test_outcomes_of_a_partition_that_fails_wait_without_holding_back_the_others(redis_url: str) -> None:
+    """Submit outcomes and receipts of two partitions, one of whose scripts fails (its
+    master away, its slot migrating): the other partition's are recorded at once; the
+    failing partition's receipt is refused (the carrier delivers it again) and its submit
+    outcomes are held aside and recorded once it answers again, nothing lost, the writer
+    flushed only then.  Before, one partition's failure failed the whole batch."""
+    import asyncio
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gateway.store.bridge import wait_deferred
+
+    async with pipeline(redis_url, partitions=2) as p:
+        ids: dict[int, list[str]] = {0: [], 1: []}
+        i = 0
+        while len(ids[0]) < 3 or len(ids[1]) < 3:
+            part = p.keys.partition_of(f"o{i}")
+            if len(ids[part]) < 3:
+                ids[part].append(f"o{i}")
+            i += 1
+        await p.accept(*(code(n, to=f"139{int(n[1:]):08d}") for n in ids[0] + ids[1]))
+        ledger = p.ledger
+        real = ledger._apply_partition
+        away = [True]
+        refused: list[int] = []
+
+        async def partition_1_away(partition: int, ops: list[Any], now: float) -> Any:
+            if partition == 1 and away[0]:
+                refused.append(len(ops))
+                raise RedisConnectionError("master away")
+            return await real(partition, ops, now)
+
+        ledger._apply_partition = partition_1_away  # type: ignore[method-assign]
+        try:
+            assert await p.dispatcher.dispatch_once() == 6
+            for _ in range(100):  # partition 0's outcomes pass while partition 1's are held
+                if [await p.state(n) for n in ids[0]] == ["submitted"] * 3:
+                    break
+                await asyncio.sleep(0.02)
+            assert [await p.state(n) for n in ids[0]] == ["submitted"] * 3
+            assert [await p.state(n) for n in ids[1]] == ["submitting"] * 3
+            assert refused and p.writer.failing
+            flushed = asyncio.ensure_future(p.writer.flushed())
+            await asyncio.sleep(0.3)
+            assert not flushed.done(), "the writer said flushed with submit outcomes held"
+            # A receipt of each partition: partition 0's is recorded, partition 1's refused.
+            # The scripted carrier numbers its message ids in submit order.
+            message_id = {sms.reference: f"CMCC{k:08X}" for k, sms in enumerate(p.links[0].submitted, start=1)}
+            await wait_deferred(p.receipts.record_receipt(receipt(message_id[ids[0][0]])))
+            assert await p.state(ids[0][0]) == "delivered"
+            with pytest.raises(RedisConnectionError):
+                await wait_deferred(p.receipts.record_receipt(receipt(message_id[ids[1][0]])))
+        finally:
+            away[0] = False  # so that the writer drains, whatever failed above
+        await asyncio.wait_for(flushed, 10)
+        assert [await p.state(n) for n in ids[1]] == ["submitted"] * 3
+        assert not p.writer.failing and p.writer.unrecorded() == []
