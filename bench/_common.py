@@ -10,7 +10,9 @@ imports ``_common``.  What is here:
 * the gateway as a child process: `run_gateway`, `wait_http_ok`, `terminate`, and
   py-spy on it (`start_profiler`, `stop_profiler`);
 * the report: `print_table` for people and `print_json_line` (one line, prefixed by
-  nothing, last on stdout) for tools and the smoke tests.
+  nothing, last on stdout) for tools and the smoke tests;
+* `react_on_asyncio`: run a benchmark's coroutine on Twisted's asyncio reactor (the
+  gateway's harnesses mix Deferreds and asyncio), and exit with its status.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any, TextIO
@@ -223,3 +225,31 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+def react_on_asyncio(main: Callable[[], Awaitable[int | None]]) -> None:
+    """Install Twisted's asyncio reactor, run ``main()`` on it until it returns, then exit
+    with the status it returned (None: 0); an exception is react's exit 1 with its
+    traceback."""
+    import asyncio
+
+    from twisted.internet import asyncioreactor
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    asyncioreactor.install(loop)
+    from twisted.internet import task
+
+    from gateway.store.bridge import as_deferred
+
+    status = [0]
+
+    async def run() -> None:
+        status[0] = await main() or 0
+
+    try:
+        task.react(lambda _reactor: as_deferred(run()))
+    except SystemExit as e:  # react's own exit: 0 unless the run raised
+        if e.code not in (0, None):
+            raise
+    sys.exit(status[0])

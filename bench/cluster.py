@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
-from _common import cpu_seconds, machine, print_json_line, print_table, today  # noqa: E402
+from _common import cpu_seconds, machine, print_json_line, print_table, react_on_asyncio, today  # noqa: E402
 
 SESSIONS_PER_PROCESS = 2
 FLEET_PROCESSES = 3  # the account is sized for three processes' shares
@@ -533,16 +533,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    from twisted.internet import asyncioreactor
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    asyncioreactor.install(loop)
-    from twisted.internet import task
-
-    from gateway.store.bridge import as_deferred
-
-    task.react(lambda _reactor: as_deferred(main(args)))
+    react_on_asyncio(lambda: main(args))
 
 
 if __name__ == "__main__":

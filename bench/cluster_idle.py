@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import machine, print_json_line, print_table, today  # noqa: E402
+from _common import machine, print_json_line, print_table, react_on_asyncio, today  # noqa: E402
 
 TOP_COMMANDS = 12  # the table shows the busiest; the JSON line has them all
 # row: gateway processes, Redis (bench/cluster.py's rows of the same names)
@@ -165,16 +165,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    from twisted.internet import asyncioreactor
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    asyncioreactor.install(loop)
-    from twisted.internet import task
-
-    from gateway.store.bridge import as_deferred
-
-    task.react(lambda _reactor: as_deferred(main(args)))
+    react_on_asyncio(lambda: main(args))
 
 
 if __name__ == "__main__":

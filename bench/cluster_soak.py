@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
-from _common import machine, print_json_line, print_table, today  # noqa: E402
+from _common import machine, print_json_line, print_table, react_on_asyncio, today  # noqa: E402
 
 PROCESSES = 3
 SESSIONS_PER_PROCESS = 2
@@ -244,26 +244,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    from twisted.internet import asyncioreactor
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    asyncioreactor.install(loop)
-    from twisted.internet import task
-
-    from gateway.store.bridge import as_deferred
-
-    exit_code = [0]
-
-    async def soaked() -> None:
-        exit_code[0] = await main(args)
-
-    try:
-        task.react(lambda _reactor: as_deferred(soaked()))
-    except SystemExit as e:  # react's own exit: 0 unless the run raised
-        if e.code not in (0, None):
-            raise
-    sys.exit(exit_code[0])
+    react_on_asyncio(lambda: main(args))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ in the log, a FastAGI call left open or unrecorded).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
@@ -29,21 +28,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _common import machine, print_json_line, print_table, today  # noqa: E402
+from _common import machine, print_json_line, print_table, react_on_asyncio, today  # noqa: E402
 
 SCENARIOS = ("drops", "throttle", "kill9", "redis", "receipts", "down", "fastagi")
 DEFAULT_N = {"drops": 20_000, "throttle": 2000, "kill9": 4000, "redis": 3000, "receipts": 3000, "down": 3000}
-
-
-def install_reactor() -> Any:
-    from twisted.internet import asyncioreactor
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    asyncioreactor.install(loop)
-    from twisted.internet import reactor
-
-    return reactor
 
 
 async def run_one(name: str, directory: Path, args: argparse.Namespace) -> Any:
@@ -135,22 +123,7 @@ def main() -> None:
         parser.error(f"unknown scenario {', '.join(unknown)} (choose from {', '.join(SCENARIOS)})")
     args.scenarios = args.scenarios or list(SCENARIOS)
 
-    install_reactor()
-    from twisted.internet import task
-
-    from gateway.store.bridge import as_deferred
-
-    exit_code = [0]
-
-    async def run() -> None:
-        exit_code[0] = await soak(args)
-
-    try:
-        task.react(lambda _reactor: as_deferred(run()))
-    except SystemExit as e:
-        if e.code not in (0, None):
-            raise
-    sys.exit(exit_code[0])
+    react_on_asyncio(lambda: soak(args))
 
 
 if __name__ == "__main__":
