@@ -624,8 +624,9 @@ class NotificationLedger:
         failed because Redis was away or refused (`is_unavailable`); all the others are
         applied.  On a Cluster one partition's trouble (its master failing over, its slot
         migrating: TRYAGAIN until the last key has moved) does not hold back the rest of
-        the batch.  The index lookups and writes before the scripts, and any other error,
-        still fail the whole call: applying an op twice changes nothing.
+        the batch; nor does a failed index lookup (its receipts wait) or index write (its
+        submits wait).  Any other error fails the whole call: applying an op twice changes
+        nothing.
         """
         pending = list(ops)
         origins = list(range(len(ops)))  # each pending op's position in `ops`
@@ -635,7 +636,20 @@ class NotificationLedger:
         for _ in range(6):
             if not pending:
                 return sorted(unapplied.items())
-            resolved = await self._resolve_receipts(pending)
+            try:
+                resolved = await self._resolve_receipts(pending)
+            except Exception as e:
+                if not is_unavailable(e):
+                    raise
+                # The index could not be read (a node away): the receipts wait for the
+                # carrier's next delivery, the submit outcomes go on.
+                for number, op in enumerate(pending):
+                    if op[0] == "X":
+                        unapplied.setdefault(origins[number], e)
+                origins = [origin for origin, op in zip(origins, pending, strict=True) if op[0] != "X"]
+                pending = resolved = [op for op in pending if op[0] != "X"]
+                if not pending:
+                    continue
             groups: dict[int, list[tuple[int, Sequence[Any]]]] = {}
             indexing: dict[int, list[tuple[int, Sequence[Any]]]] = {}
             for number, op in enumerate(resolved):
@@ -648,7 +662,19 @@ class NotificationLedger:
             # never submitted with receipts that cannot find it.
             parked: list[tuple[int, Sequence[Any]]] = []
             if indexing:
-                parked = await self._write_index_entries([entry for entries in indexing.values() for entry in entries])
+                entries = [entry for entries in indexing.values() for entry in entries]
+                try:
+                    parked = await self._write_index_entries(entries)
+                except Exception as e:
+                    if not is_unavailable(e):
+                        raise
+                    # A submit is recorded after its index entries or not at all: these
+                    # wait (the writer retries them whole), the other ops go on.
+                    failed = {origin for origin, _ in entries}
+                    for origin in failed:
+                        unapplied.setdefault(origin, e)
+                    groups = {partition: kept for partition, numbered in groups.items()
+                              if (kept := [(number, op) for number, op in numbered if origins[number] not in failed])}
             results = await asyncio.gather(*(self._apply_partition(partition, [op for _, op in numbered], now)
                                              for partition, numbered in groups.items()), return_exceptions=True)
             again: list[Sequence[Any]] = []

@@ -268,3 +268,89 @@ async def test_outcomes_of_a_partition_that_fails_wait_without_holding_back_the_
         await asyncio.wait_for(flushed, 10)
         assert [await p.state(n) for n in ids[1]] == ["submitted"] * 3
         assert not p.writer.failing and p.writer.unrecorded() == []
+
+
+@on_asyncio
+async def test_a_receipt_is_recorded_while_the_index_writes_of_its_batch_fail(redis_url: str) -> None:
+    """A batch with two submit outcomes and a receipt, whose message-id index writes fail
+    (the node of the index partition away): the receipt is recorded, the two submits are
+    held and recorded once the index can be written.  Before, the receipt was refused
+    with them."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gateway.store.bridge import wait_deferred
+
+    async with pipeline(redis_url, partitions=2) as p:
+        await p.accept(code("r0", to="13900000001"))
+        await p.dispatch_all()
+        assert await p.state("r0") == "submitted"  # its message id: CMCC00000001
+        p.links[0].script += ["hold", "hold"]
+        await p.accept(code("h0", to="13900000002"), code("h1", to="13900000003"))
+        await p.dispatcher.dispatch_once()
+        await wait_deferred(p.links[0].when_held())
+        assert len(p.links[0].held) == 2
+        ledger = p.ledger
+        real = ledger._write_index_entries
+        away = [True]
+
+        async def index_away(entries: Any) -> Any:
+            if away[0]:
+                raise RedisConnectionError("index partition's master away")
+            return await real(entries)
+
+        ledger._write_index_entries = index_away  # type: ignore[method-assign]
+        try:
+            # In one reactor turn, so that the writer applies them as one batch; message
+            # ids indexed in the other partition (the index write is then a step of its own).
+            for sms, held in p.links[0].held:
+                home = p.keys.partition_of(sms.reference)
+                message_id = next(m for m in (f"CMCCH{k:07X}" for k in range(100))
+                                  if p.keys.index_partition_of("cmcc", m) != home)
+                held.callback(SubmitAccepted("cmcc", (message_id,)))
+            recorded = p.receipts.record_receipt(receipt("CMCC00000001"))
+            await wait_deferred(recorded)
+            assert await p.state("r0") == "delivered"
+            assert [await p.state(n) for n in ("h0", "h1")] == ["submitting", "submitting"]
+            assert p.writer.pending == 2
+        finally:
+            away[0] = False
+        await p.writer.flushed()
+        assert [await p.state(n) for n in ("h0", "h1")] == ["submitted", "submitted"]
+
+
+@on_asyncio
+async def test_submits_are_recorded_while_the_index_lookups_of_their_batch_fail(redis_url: str) -> None:
+    """A batch with a submit outcome and a receipt whose message-id lookup fails (a node
+    away): the submit is recorded, the receipt refused (the carrier delivers it again)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gateway.store.bridge import wait_deferred
+
+    async with pipeline(redis_url, partitions=2) as p:
+        await p.accept(code("r0", to="13900000001"))
+        await p.dispatch_all()
+        p.links[0].script.append("hold")
+        await p.accept(code("h0", to="13900000002"))
+        await p.dispatcher.dispatch_once()
+        await wait_deferred(p.links[0].when_held())
+        ledger = p.ledger
+        real = ledger._resolve_receipts
+
+        async def lookups_away(ops: Any) -> Any:
+            if any(op[0] == "X" for op in ops):
+                raise RedisConnectionError("index node away")
+            return await real(ops)
+
+        ledger._resolve_receipts = lookups_away  # type: ignore[method-assign]
+        [(_, held)] = p.links[0].held
+        held.callback(SubmitAccepted("cmcc", ("CMCCH0000001",)))
+        recorded = p.receipts.record_receipt(receipt("CMCC00000001"))  # same reactor turn: one batch
+        with pytest.raises(RedisConnectionError):
+            await wait_deferred(recorded)
+        # Recorded by the same attempt that refused the receipt, not by a retry after it.
+        assert await p.state("h0") == "submitted"
+        assert await p.state("r0") == "submitted"
+        await p.writer.flushed()
+        ledger._resolve_receipts = real  # type: ignore[method-assign]
+        await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001")))  # delivered again
+        assert await p.state("r0") == "delivered"
