@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.store.service import SOCKET_TIMEOUT_SECONDS, make_client
+from gateway.store.service import SOCKET_TIMEOUT_SECONDS, lend_newest_first, make_client
 from tests.aio import on_asyncio
 
 
@@ -165,3 +165,40 @@ async def test_cluster_reads_follow_ask_during_a_slot_migration(redis_cluster: o
         for port in redis_cluster.master_ports():
             command(port, "cluster", "setslot", str(slot), "node", target_id)
         await client.aclose()
+
+
+def test_the_ask_workaround_lends_the_newest_free_connection_and_leaves_an_unknown_pool_alone() -> None:
+    import collections
+
+    from twisted.logger import globalLogPublisher
+
+    class Node:  # the shape of redis-py 8.1's ClusterNode pool
+        __slots__ = ("_free", "made")
+
+        def __init__(self) -> None:
+            self._free: collections.deque[str] = collections.deque(["oldest", "newest"])
+            self.made = 0
+
+        def acquire_connection(self) -> str:
+            if self._free:
+                return self._free.popleft()
+            self.made += 1
+            return "new"
+
+    assert lend_newest_first(Node)
+    node = Node()
+    assert [node.acquire_connection(), node.acquire_connection(), node.acquire_connection()] == ["newest", "oldest", "new"]
+    assert node.made == 1
+
+    class OtherPool:  # a redis-py built differently: no _free deque
+        def acquire_connection(self) -> str:
+            return "theirs"
+
+    said: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        assert not lend_newest_first(OtherPool)
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+    assert OtherPool().acquire_connection() == "theirs"
+    assert any(e.get("node") == "OtherPool" and e.get("log_namespace") == "gateway.store" for e in said)
