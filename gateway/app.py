@@ -204,7 +204,8 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
         # voice reminders below work every partition: not every process has an Asterisk.
         mo = MoService(redis, keys, config.push.mo, reactor, partitions=push.ownership.owned,
                        consumer_name=mo_consumer_name(config.push.consumer_name, config.push.partitions,
-                                                      socket.gethostname(), os.getpid()))
+                                                      socket.gethostname(), os.getpid()),
+                       wait_replicas=config.push.delivery_wait_replicas)
         mo.setName("mo")
         mo.setServiceParent(root)
         inbound.receipts, inbound.mo = push, mo

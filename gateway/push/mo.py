@@ -93,6 +93,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from twisted.application.service import Service
@@ -131,6 +132,7 @@ from gateway.push.keywords import (
 )
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys
+from gateway.store.replication import WAIT_TIMEOUT_MS, wait_for_replicas
 from gateway.store.scripts import register_lua
 from gateway.store.service import REDIS_ERRORS
 from gateway.store.streams import stream_entries
@@ -145,6 +147,12 @@ __all__ = [
 ]
 
 log = Logger()
+
+mo_replication_short = Counter(
+    "gateway12123_mo_replication_short_total",
+    "MOs acknowledged to the SMSC although fewer replicas than push.delivery_wait_replicas had them",
+    registry=metrics.REGISTRY,
+)
 
 MO_REPLY_TYPE = "mo_reply"  # notification type; template "【交管12123】{text}"
 # Partitioned, the MO streams are polled (not blocked on: a Cluster cannot block on
@@ -238,10 +246,13 @@ class _RateVerdict(Enum):
 class MoRecorder:
     """`InboundSink.record_mo`: one XADD to the MO stream, then the Deferred fires."""
 
-    def __init__(self, redis: Redis, keys: Keys, now: Callable[[], float]) -> None:
+    def __init__(self, redis: Redis, keys: Keys, now: Callable[[], float], *, wait_replicas: int = 0) -> None:
         self._redis = redis
         self._keys = keys
         self._now = now
+        # push.delivery_wait_replicas: replicas that must have the MO before the SMSC is
+        # told it is recorded (it then forgets it).
+        self._wait_replicas = wait_replicas
 
     def record_mo(self, message: MobileOriginated) -> Deferred[None]:
         """Record an MO durably; fires once it is in Redis, fails if Redis refused it.
@@ -265,9 +276,19 @@ class MoRecorder:
         }
         stream = self._keys.mo_stream_of(_sender_key(digits))
         entry_id = await self._redis.xadd(stream, fields)  # type: ignore[arg-type]
+        partition = self._keys.number_partition_of(_sender_key(digits))
+        if self._wait_replicas:
+            # A master lost before its replica had the MO raises here: the SMSC gets an
+            # error status and delivers it again.
+            acked = await wait_for_replicas(self._redis, self._keys.partition(partition).replication_fence,
+                                            self._wait_replicas)
+            if acked < self._wait_replicas:
+                mo_replication_short.inc()
+                log.warn("MO recorded: {acked} of {wanted} replicas had it after {ms} ms; acknowledged anyway",
+                         acked=acked, wanted=self._wait_replicas, ms=WAIT_TIMEOUT_MS)
         log.info(
             "MO {mo_id} from {sender} via {carrier} recorded",
-            mo_id=self._keys.mo_id(self._keys.number_partition_of(_sender_key(digits)), decode_text(entry_id)),
+            mo_id=self._keys.mo_id(partition, decode_text(entry_id)),
             sender=message.source,
             carrier=message.carrier,
         )
@@ -535,6 +556,7 @@ class MoService(Service):
         backoff_max_seconds: float = 10.0,
         max_code_attempts: int = 3,
         partitions: Callable[[], Sequence[int]] | None = None,
+        wait_replicas: int = 0,
     ) -> None:
         # The partitions whose MO streams this process answers: all of them unless the
         # caller limits it (partition ownership).
@@ -553,7 +575,7 @@ class MoService(Service):
         self._retention_seconds = retention_seconds
         self._backoff_initial = backoff_initial_seconds
         self._backoff_max = backoff_max_seconds
-        self._recorder = MoRecorder(redis, keys, self._now)
+        self._recorder = MoRecorder(redis, keys, self._now, wait_replicas=wait_replicas)
         self._responder = MoResponder(redis, keys, config, max_code_attempts=max_code_attempts)
         self._rate = register_lua(redis, __file__, "mo_rate.lua")
         self._task: asyncio.Task[None] | None = None

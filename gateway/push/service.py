@@ -139,7 +139,8 @@ class PushService(Service):
                                          events_maxlen=events_maxlen,
                                          signature=current_templates().signature,
                                          receipt_timeout_seconds=config.receipt_timeout_seconds,
-                                         events=config.events, wait_replicas=config.intake_wait_replicas)
+                                         events=config.events, wait_replicas=config.intake_wait_replicas,
+                                         receipt_wait_replicas=config.delivery_wait_replicas)
         self.writer = OutcomeWriter(self.ledger, clock, backoff_initial_seconds=backoff_initial_seconds,
                                     backoff_max_seconds=backoff_max_seconds)
         self.router = PrefixRouter(links)

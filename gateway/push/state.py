@@ -89,6 +89,7 @@ from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys, PartitionKeys
 from gateway.store.reads import get_many
 from gateway.store.refusals import RefusalLog, is_unavailable
+from gateway.store.replication import WAIT_TIMEOUT_MS, wait_for_replicas
 from gateway.store.scripts import register_lua
 
 __all__ = [
@@ -115,13 +116,15 @@ possible_duplicates = Counter(
     registry=metrics.REGISTRY,
 )
 
-# WAIT for replicas at most this long: a few replication round trips on a LAN, short
-# enough that a replica being down slows intake by one second per batch, not for ever.
-WAIT_TIMEOUT_MS = 1000
-
 replication_short = Counter(
     "gateway12123_push_intake_replication_short_total",
     "Intake batches acknowledged although fewer replicas than push.intake_wait_replicas had them",
+    registry=metrics.REGISTRY,
+)
+
+receipt_replication_short = Counter(
+    "gateway12123_push_receipt_replication_short_total",
+    "Batches of receipts acknowledged although fewer replicas than push.delivery_wait_replicas had them",
     registry=metrics.REGISTRY,
 )
 
@@ -265,6 +268,8 @@ class NotificationLedger:
         events: push.events: which state changes become events (all, final, off).
         wait_replicas: push.intake_wait_replicas: replicas that must have an accepted
             batch (WAIT) before `accept` returns.
+        receipt_wait_replicas: push.delivery_wait_replicas: replicas that must have the
+            receipts of a batch (WAIT) before `apply` reports them recorded.
         signature: stripped from texts handed to voice.
         early_receipt_ttl_seconds: how long a receipt waits for its submit response.
         receipt_timeout_seconds: how long a submit waits for its receipt before it is
@@ -273,7 +278,7 @@ class NotificationLedger:
 
     def __init__(self, redis: Any, keys: Keys, retention_seconds: float, *,
                  events_maxlen: int = 1_000_000, signature: str = DEFAULT_SIGNATURE, events: str = "all",
-                 wait_replicas: int = 0,
+                 wait_replicas: int = 0, receipt_wait_replicas: int = 0,
                  early_receipt_ttl_seconds: float = 86_400.0, receipt_timeout_seconds: float = 172_800.0,
                  on_partner_final: Any = None) -> None:
         self.redis = redis
@@ -283,6 +288,7 @@ class NotificationLedger:
         # Called with the ids of partner messages that reached a final state.
         self.on_partner_final = on_partner_final
         self.wait_replicas = wait_replicas
+        self.receipt_wait_replicas = receipt_wait_replicas
         # KEYS[1..12] of every ledger script in partition k (ledger.lua names them).
         self._ledger_keys = [[
             part.lane("high"), part.lane("normal"), part.lane("bulk"),
@@ -427,20 +433,16 @@ class NotificationLedger:
 
     async def _wait_replicated(self, partition: int) -> None:
         """WAIT until `wait_replicas` replicas of the partition's master have what it
-        wrote so far; replication is asynchronous, so without it a failover right after
-        the acceptance can lose it.  Bounded by WAIT_TIMEOUT_MS: a replica that is down
-        must not stop intake (the loss is then what it would be without waiting)."""
-        key = self.keys.partition(partition).scheduled
-        node_of = getattr(self.redis, "get_node_from_key", None)
-        if node_of is not None:  # RedisCluster: the master that holds this partition
-            acked = await self.redis.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS,
-                                                     target_nodes=node_of(key))
-        else:
-            acked = await self.redis.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
-        if int(acked) < self.wait_replicas:
+        wrote so far (gateway/store/replication.py: on a connection that wrote);
+        replication is asynchronous, so without it a failover right after the acceptance
+        can lose it.  Bounded by WAIT_TIMEOUT_MS: a replica that is down must not stop
+        intake (the loss is then what it would be without waiting)."""
+        acked = await wait_for_replicas(self.redis, self.keys.partition(partition).replication_fence,
+                                        self.wait_replicas)
+        if acked < self.wait_replicas:
             replication_short.inc()
             _writer_log.warn("intake: {acked} of {wanted} replicas had the batch after {ms} ms; accepted anyway",
-                             acked=int(acked), wanted=self.wait_replicas, ms=WAIT_TIMEOUT_MS)
+                             acked=acked, wanted=self.wait_replicas, ms=WAIT_TIMEOUT_MS)
 
     async def _accept_partition(self, partition: int, items: list[AcceptItem], now: float,
                                 stream: tuple[str, str]) -> list[AcceptOutcome]:
@@ -631,10 +633,13 @@ class NotificationLedger:
         pending = list(ops)
         origins = list(range(len(ops)))  # each pending op's position in `ops`
         unapplied: dict[int, BaseException] = {}
+        # The carriers' receipts (by origin) recorded by each partition's script.
+        receipts_in: dict[int, list[int]] = {}
         # Each round resolves what the last one found written meanwhile (or parked):
         # a receipt is applied by the second round, so six are generous.
         for _ in range(6):
             if not pending:
+                await self._wait_receipts_replicated(receipts_in, unapplied)
                 return sorted(unapplied.items())
             try:
                 resolved = await self._resolve_receipts(pending)
@@ -679,7 +684,7 @@ class NotificationLedger:
                                              for partition, numbered in groups.items()), return_exceptions=True)
             again: list[Sequence[Any]] = []
             again_origins: list[int] = []
-            for numbered, result in zip(groups.values(), results, strict=True):
+            for (partition, numbered), result in zip(groups.items(), results, strict=True):
                 if isinstance(result, BaseException):
                     if not isinstance(result, Exception) or not is_unavailable(result):
                         raise result
@@ -687,16 +692,47 @@ class NotificationLedger:
                         unapplied.setdefault(origins[number], result)
                     continue
                 local_again, _ = result
-                for local in local_again:
-                    number = numbered[int(local) - 1][0]
+                sent_again = {int(local) for local in local_again}
+                for local in sorted(sent_again):
+                    number = numbered[local - 1][0]
                     again.append(pending[number])
                     again_origins.append(origins[number])
+                if self.receipt_wait_replicas:
+                    receipts_in.setdefault(partition, []).extend(
+                        origins[number] for local, (number, op) in enumerate(numbered, 1)
+                        if op[0] in "XY" and ops[origins[number]][0] == "X" and local not in sent_again)
             # A receipt parked for a submit whose record failed is found again when that
             # submit is retried (its index entries written again, the parked receipt read).
             parked = [(origin, op) for origin, op in parked if origin not in unapplied]
             pending = again + [op for _, op in parked]
             origins = again_origins + [origin for origin, _ in parked]
         raise RuntimeError(f"{len(pending)} receipts kept changing their message-id index entries")
+
+    async def _wait_receipts_replicated(self, receipts_in: dict[int, list[int]],
+                                        unapplied: dict[int, BaseException]) -> None:
+        """With push.delivery_wait_replicas, WAIT until that many replicas of each master
+        that recorded receipts have them, before the carrier is told they are recorded
+        (it then forgets them): a failover would otherwise lose receipts the gateway had
+        acknowledged.  A master that goes away meanwhile has not said so: its receipts
+        join `unapplied` (refused; the carrier delivers them again, which changes
+        nothing if they were kept).  Fewer replicas within the bound: counted, accepted."""
+        waits = {partition: origins for partition, origins in receipts_in.items() if origins}
+        if not waits:
+            return
+        results = await asyncio.gather(*(wait_for_replicas(self.redis, self.keys.partition(p).replication_fence,
+                                                           self.receipt_wait_replicas) for p in waits),
+                                       return_exceptions=True)
+        for origins, result in zip(waits.values(), results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception) or not is_unavailable(result):
+                    raise result
+                for origin in origins:
+                    unapplied.setdefault(origin, result)
+            elif result < self.receipt_wait_replicas:
+                receipt_replication_short.inc()
+                _writer_log.warn("receipts: {acked} of {wanted} replicas had {n} receipts after {ms} ms; "
+                                 "acknowledged anyway", acked=result, wanted=self.receipt_wait_replicas,
+                                 n=len(origins), ms=WAIT_TIMEOUT_MS)
 
     def _op_partition(self, op: Sequence[Any]) -> int:
         if op[0] == "X":  # the partition of its first candidate's index entry

@@ -105,6 +105,11 @@ class PartitionKeys:
     def early_receipts_parked(self) -> str:
         return f"{self.base}early-receipts-parked"
 
+    @property
+    def replication_fence(self) -> str:
+        """A counter written before a WAIT for replicas (gateway/store/replication.py)."""
+        return f"{self.base}replication-fence"
+
     # voice reminders of this partition's notifications (gateway/ivr/reminders.py)
     def voice_reminder(self, notification_id: str) -> str:
         if self.tagged:

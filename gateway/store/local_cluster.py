@@ -11,6 +11,7 @@ Blocking helpers (subprocess and sockets): call them outside the reactor, or in 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,6 +223,27 @@ class LocalRedisCluster:
                 if int(low) <= slot <= int(high or low):
                     return int(parts[1].split(":")[1].split("@")[0])
         raise ClusterError(f"nobody serves slot {slot}")
+
+    def replicas_of(self, master_port: int) -> list[int]:
+        """Ports of the running replicas of the master on `master_port`."""
+        master_id = command(master_port, "cluster", "myid")
+        return [int(parts[1].split(":")[1].split("@")[0])
+                for parts in (line.split() for line in command(master_port, "cluster", "nodes").splitlines())
+                if len(parts) > 3 and "slave" in parts[2] and parts[3] == master_id and "fail" not in parts[2]]
+
+    @contextlib.contextmanager
+    def paused(self, port: int) -> Iterator[None]:
+        """SIGSTOP one node for the block, SIGCONT after: it neither reads nor answers (a
+        replica that falls behind); keep it short of the node timeout, or it is failed."""
+        node = next((n for n in self.running() if n.port == port), None)
+        if node is None or node.server.process is None:
+            raise ClusterError(f"no running node on port {port}")
+        process = node.server.process
+        process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            process.send_signal(signal.SIGCONT)
 
     def flushall(self) -> None:
         for port in self.master_ports():

@@ -7,6 +7,7 @@ stream still accepted, and batches shared among partitions high lane first."""
 from __future__ import annotations
 
 import re
+import time
 import zlib
 from typing import Any
 
@@ -354,3 +355,103 @@ async def test_submits_are_recorded_while_the_index_lookups_of_their_batch_fail(
         ledger._resolve_receipts = real  # type: ignore[method-assign]
         await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001")))  # delivered again
         assert await p.state("r0") == "delivered"
+
+
+@on_asyncio
+async def test_receipts_wait_for_a_replica_of_their_master_when_asked(redis_cluster: object,
+                                                                      redis_cluster_url: str) -> None:
+    """push.delivery_wait_replicas 1 on the real Cluster: a receipt is reported recorded
+    (the carrier then forgets it) once a replica of its partition's master has it.  With
+    that replica stopped the wait gives up after its bound: the receipt is acknowledged
+    anyway and the shortfall counted; a master lost meanwhile (its connection fails) has
+    the receipt refused, so that the carrier delivers it again."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    import gateway.push.state as state_module
+    from gateway.push.state import receipt_replication_short
+    from gateway.store.bridge import wait_deferred
+    from gateway.store.local_cluster import LocalRedisCluster
+
+    assert isinstance(redis_cluster, LocalRedisCluster)
+    async with pipeline(redis_cluster_url, partitions=PARTITIONS) as p:
+        p.ledger.receipt_wait_replicas = 1
+        await p.accept(code("d1", to="13900000001"), code("d2", to="13900000002"), code("d3", to="13900000003"))
+        await p.dispatch_all()
+        message_id = {sms.reference: f"CMCC{k:08X}" for k, sms in enumerate(p.links[0].submitted, start=1)}
+        short = receipt_replication_short._value.get()
+
+        await wait_deferred(p.receipts.record_receipt(receipt(message_id["d1"])))
+        assert await p.state("d1") == "delivered"
+        assert receipt_replication_short._value.get() == short  # the replica had it
+
+        master = redis_cluster.owner_of(p.redis.keyslot(p.keys.partition(p.keys.partition_of("d2")).replication_fence))
+        (replica,) = redis_cluster.replicas_of(master)
+        with redis_cluster.paused(replica):  # the wait's bound (1 s) is short of the node timeout (2 s)
+            started = time.monotonic()
+            await wait_deferred(p.receipts.record_receipt(receipt(message_id["d2"])))
+            assert time.monotonic() - started >= 0.9
+        assert await p.state("d2") == "delivered"
+        assert receipt_replication_short._value.get() == short + 1
+
+        real = state_module.wait_for_replicas
+
+        async def master_lost(*args: Any, **kwargs: Any) -> int:
+            raise RedisConnectionError("master lost while waiting for its replica")
+
+        state_module.wait_for_replicas = master_lost  # type: ignore[assignment]
+        try:
+            with pytest.raises(RedisConnectionError):
+                await wait_deferred(p.receipts.record_receipt(receipt(message_id["d3"])))
+        finally:
+            state_module.wait_for_replicas = real
+        # Delivered again by the carrier: recorded, and the state it already had is kept.
+        await wait_deferred(p.receipts.record_receipt(receipt(message_id["d3"])))
+        assert await p.state("d3") == "delivered"
+
+
+@on_asyncio
+async def test_a_citizens_message_waits_for_a_replica_of_its_master_when_asked(redis_cluster: object,
+                                                                              redis_cluster_url: str) -> None:
+    """push.delivery_wait_replicas 1: an MO is reported recorded (the SMSC then forgets
+    it) once a replica of its stream's master has it; with the replica stopped, after the
+    bound, counted; a master lost meanwhile fails the recording (the SMSC delivers it
+    again)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    import gateway.push.mo as mo_module
+    from gateway.ports import MobileOriginated
+    from gateway.privacy import PhoneNumber
+    from gateway.push.mo import MoRecorder, mo_replication_short
+    from gateway.store.bridge import wait_deferred
+    from gateway.store.local_cluster import LocalRedisCluster
+
+    assert isinstance(redis_cluster, LocalRedisCluster)
+    sender = "13900000009"
+    async with pipeline(redis_cluster_url, partitions=PARTITIONS) as p:
+        recorder = MoRecorder(p.redis, p.keys, lambda: 1_700_000_000.0, wait_replicas=1)
+        stream = p.keys.mo_stream_of(sender)
+        short = mo_replication_short._value.get()
+
+        def texted(text: str) -> MobileOriginated:
+            return MobileOriginated("cmcc", PhoneNumber(sender), "12123", text, 5.0)
+
+        await wait_deferred(recorder.record_mo(texted("CXYY")))
+        assert mo_replication_short._value.get() == short
+        master = redis_cluster.owner_of(p.redis.keyslot(stream))
+        (replica,) = redis_cluster.replicas_of(master)
+        with redis_cluster.paused(replica):
+            await wait_deferred(recorder.record_mo(texted("CXJF")))
+        assert mo_replication_short._value.get() == short + 1
+
+        real = mo_module.wait_for_replicas
+
+        async def master_lost(*args: Any, **kwargs: Any) -> int:
+            raise RedisConnectionError("master lost while waiting for its replica")
+
+        mo_module.wait_for_replicas = master_lost  # type: ignore[assignment]
+        try:
+            with pytest.raises(RedisConnectionError):
+                await wait_deferred(recorder.record_mo(texted("CXWF")))
+        finally:
+            mo_module.wait_for_replicas = real
+        assert [fields["text"] for _, fields in await p.redis.xrange(stream)] == ["CXYY", "CXJF", "CXWF"]

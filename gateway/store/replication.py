@@ -1,0 +1,53 @@
+"""WAIT for replicas, on a connection whose writes the WAIT covers.
+
+Redis's ``WAIT`` blocks until the replicas have acknowledged the writes *of the connection
+that sends it*.  A pooled client sends it on whichever connection is free, and one that
+has written nothing gets its answer at once, every replica counted, however far behind
+they are (measured on the test Cluster with the replica stopped: ``WAIT 1 300`` answered
+1 in 0 ms on another connection, 0 after 300 ms on the writing one).
+
+So the WAIT here follows a write of its own in one pipeline (one connection): an INCR of
+a small counter, the replication fence, in the slot of the keys just written.
+Replication is one ordered stream per master, so a replica that has the fence has
+everything its master wrote before it, whichever connection wrote it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import AskError, MovedError, TryAgainError
+
+__all__ = ["WAIT_TIMEOUT_MS", "wait_for_replicas"]
+
+# At most this long: a few replication round trips on a LAN, short enough that a replica
+# being down costs a batch one second, not the service its availability.
+WAIT_TIMEOUT_MS = 1000
+
+# The fence was sent to a node that no longer holds its slot (a slot migrating): the WAIT
+# that followed covers nothing, so nothing is confirmed.
+_REDIRECTED = (AskError, MovedError, TryAgainError)
+
+
+async def wait_for_replicas(redis: Any, fence_key: str, replicas: int, timeout_ms: int = WAIT_TIMEOUT_MS) -> int:
+    """How many replicas (up to `replicas`) of the master that holds `fence_key` have all it
+    wrote before this call, waiting at most `timeout_ms`.
+
+    0 when the fence was redirected (its slot moving).  Raises what the connection raises:
+    a master that went away while it was asked has not said its replicas had the writes.
+    """
+    node_of = getattr(redis, "get_node_from_key", None)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.incr(fence_key)
+        if node_of is not None:  # RedisCluster: both to the fence's master, one connection
+            pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node_of(fence_key))
+            fenced, acked = await pipe.execute(raise_on_error=False, allow_redirections=False)
+        else:
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            fenced, acked = await pipe.execute(raise_on_error=False)
+    for result in (fenced, acked):
+        if isinstance(result, Exception) and not isinstance(result, _REDIRECTED):
+            raise result
+    if isinstance(fenced, Exception) or isinstance(acked, Exception):
+        return 0
+    return int(acked)

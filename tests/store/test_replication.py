@@ -1,0 +1,114 @@
+"""WAIT for replicas on a connection whose writes it covers (gateway/store/replication.py),
+on a real master and its real replica, the replica stopped (SIGSTOP) to fall behind.
+
+Each test also shows the trap the fence avoids: a bare WAIT covers what was written up to
+its connection's previous command (redis-server 7.0), so on a pooled connection last used
+before the batch was written it answers at once with every replica, however far behind
+(the gateway did that before: push.intake_wait_replicas could confirm a batch no replica
+had)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis as sync_redis
+import redis.asyncio as aioredis
+
+from gateway.store.embedded import RedisServerProcess
+from gateway.store.keys import Keys
+from gateway.store.local_cluster import LocalRedisCluster
+from gateway.store.replication import wait_for_replicas
+from gateway.store.service import make_client, make_cluster_client
+from tests.aio import on_asyncio
+
+
+@contextlib.contextmanager
+def _stopped(server: RedisServerProcess) -> Iterator[None]:
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+
+
+def _wait_in_sync(master_port: int, timeout_seconds: float = 30.0) -> None:
+    """Until the master's one replica is online and has acknowledged all it was sent
+    (replicas acknowledge once a second)."""
+    master = sync_redis.Redis(port=master_port, decode_responses=True)
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while time.monotonic() < deadline:
+            state = master.info("replication")
+            replica = state.get("slave0", {})
+            if replica.get("state") == "online" and replica.get("offset") == state["master_repl_offset"]:
+                return
+            time.sleep(0.05)
+        raise AssertionError("the replica did not come in sync")
+    finally:
+        master.close()
+
+
+@on_asyncio
+async def test_wait_covers_what_other_connections_wrote_on_one_redis(tmp_path: Path) -> None:
+    master = RedisServerProcess(data_dir=tmp_path / "master")
+    replica = RedisServerProcess(data_dir=tmp_path / "replica")
+    master.start()
+    replica.start()
+    client = make_client(master.url)  # the gateway's pooled client
+    script_connection = aioredis.from_url(master.url)  # where a script's writes went
+    bare = aioredis.from_url(master.url)
+    fence = Keys().partition(0).replication_fence
+    try:
+        sync_redis.Redis(port=replica.port).replicaof("127.0.0.1", master.port)
+        _wait_in_sync(master.port)
+        assert await wait_for_replicas(client, fence, 1, 1000) == 1
+        _wait_in_sync(master.port)
+        await bare.ping()  # a pooled connection's last use, before the batch
+        with _stopped(replica):
+            await script_connection.set("12123:notification:{n1}", "queued")
+            assert await bare.execute_command("WAIT", 1, 300) == 1, "the trap: WAIT on a connection used before"
+            started = time.monotonic()
+            assert await wait_for_replicas(client, fence, 1, 300) == 0
+            assert time.monotonic() - started >= 0.25
+        assert await wait_for_replicas(client, fence, 1, 5000) == 1
+    finally:
+        for c in (client, script_connection, bare):
+            await c.aclose()
+        replica.stop()
+        master.stop()
+
+
+@on_asyncio
+async def test_wait_covers_what_other_connections_wrote_on_a_cluster(redis_cluster: object) -> None:
+    assert isinstance(redis_cluster, LocalRedisCluster)
+    redis_cluster.wait_replicas_online()
+    keys = Keys(partitions=24)
+    fence = keys.partition(7).replication_fence
+    client = make_cluster_client(redis_cluster.startup_nodes, "")
+    try:
+        await client.initialize()
+        master_port = redis_cluster.owner_of(client.keyslot(fence))
+        (replica_port,) = redis_cluster.replicas_of(master_port)
+        script_connection = aioredis.Redis(port=master_port)
+        bare = aioredis.Redis(port=master_port)
+        try:
+            assert await wait_for_replicas(client, fence, 1, 1000) == 1
+            _wait_in_sync(master_port)
+            await bare.ping()  # a pooled connection's last use, before the batch
+            with redis_cluster.paused(replica_port):  # well short of the 2 s node timeout
+                await script_connection.set(keys.partition(7).notification("n1"), "queued")
+                assert await bare.execute_command("WAIT", 1, 300) == 1, "the trap: WAIT on a connection used before"
+                started = time.monotonic()
+                assert await wait_for_replicas(client, fence, 1, 300) == 0
+                assert time.monotonic() - started >= 0.25
+            assert await wait_for_replicas(client, fence, 1, 5000) == 1
+        finally:
+            await script_connection.aclose()
+            await bare.aclose()
+    finally:
+        await client.aclose()
