@@ -317,7 +317,7 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
     if share:
         carrier.update(account_tps=account_tps, max_binds=SESSIONS_PER_PROCESS * FLEET_PROCESSES)
     n = args.messages * processes
-    push = {"intake_wait_replicas": args.intake_wait_replicas}
+    push = {"intake_wait_replicas": args.intake_wait_replicas, "delivery_wait_replicas": args.delivery_wait_replicas}
     if redis_kind == "single":
         run = _single_redis_run(directory, gateways=processes, carrier=carrier, push=push)
     else:
@@ -380,7 +380,8 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
             "peak_over_account_limit": round(peak / account_tps - 1, 3) if share else None,
             "peak_binds_per_account": max(rates["peak_binds_by_system_id"].values(), default=0),
             "max_binds": SESSIONS_PER_PROCESS * FLEET_PROCESSES if share else None,
-            "intake_wait_replicas": args.intake_wait_replicas, "lost": tally.lost, "duplicated": tally.duplicated,
+            "intake_wait_replicas": args.intake_wait_replicas, "delivery_wait_replicas": args.delivery_wait_replicas,
+            "lost": tally.lost, "duplicated": tally.duplicated,
             "unexplained_duplicates": tally.unexplained_duplicates,
         }
 
@@ -502,6 +503,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=24, help="push.partitions on the Cluster (24)")
     parser.add_argument("--intake-wait-replicas", type=int, default=0,
                         help="push.intake_wait_replicas of the gateways (0: no WAIT)")
+    parser.add_argument("--delivery-wait-replicas", type=int, default=0,
+                        help="push.delivery_wait_replicas of the gateways (0: no WAIT)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="replicas per master of the Cluster (1; 0 shows what replication costs the masters)")
     parser.add_argument("--masters", type=int, choices=(1, 3), default=3,

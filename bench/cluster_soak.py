@@ -4,6 +4,7 @@
     .venv/bin/python bench/cluster_soak.py                          # 60,000 notifications, 3 rounds
     .venv/bin/python bench/cluster_soak.py --n 20000 --rounds 2
     .venv/bin/python bench/cluster_soak.py --intake-wait-replicas 1 # WAIT for a replica at intake
+    .venv/bin/python bench/cluster_soak.py --delivery-wait-replicas 1  # and for receipts and MOs
 
 Set-up: tests/integration/cluster_run.py's ClusterRun (24 partitions, one carrier account
 of ``--account-tps`` across the fleet, 2 sessions per process, ``max_binds`` 6), the
@@ -65,7 +66,7 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                "max_binds": PROCESSES * SESSIONS_PER_PROCESS, "bind_lease_seconds": 5.0,
                "sessions": SESSIONS_PER_PROCESS}
     push = {"lease_seconds": 5, "max_in_flight": 300, "receipt_timeout_seconds": 20,
-            "intake_wait_replicas": args.intake_wait_replicas}
+            "intake_wait_replicas": args.intake_wait_replicas, "delivery_wait_replicas": args.delivery_wait_replicas}
     faults: list[dict[str, Any]] = []
 
     async with ClusterRun(directory, gateways=PROCESSES, partitions=PARTITIONS, carrier=carrier, push=push) as run:
@@ -155,7 +156,8 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     if not all(alive) or None in stopped:
         broken.append(f"gateways answering {alive}, exit codes on SIGTERM {stopped}")
     return {"notifications": args.n, "rounds": args.rounds, "seconds": round(elapsed, 1),
-            "intake_wait_replicas": args.intake_wait_replicas, "account_tps": args.account_tps,
+            "intake_wait_replicas": args.intake_wait_replicas,
+            "delivery_wait_replicas": args.delivery_wait_replicas, "account_tps": args.account_tps,
             "delivered": tally.delivered, "states": tally.states, "lost_in_failovers": lost_in_failovers,
             "lost_otherwise": tally.lost - lost_in_failovers, "duplicated": tally.duplicated,
             "possible_duplicates_counted": tally.possible_duplicates,
@@ -234,6 +236,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds a SIGKILLed gateway stays down (5: one lease)")
     parser.add_argument("--intake-wait-replicas", type=int, default=0, choices=(0, 1),
                         help="push.intake_wait_replicas (0)")
+    parser.add_argument("--delivery-wait-replicas", type=int, default=0, choices=(0, 1),
+                        help="push.delivery_wait_replicas (0)")
     parser.add_argument("--keep", default="", metavar="DIR",
                         help="run in DIR (new or empty) and keep configs, logs and Redis data there")
     args = parser.parse_args(argv)
