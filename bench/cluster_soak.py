@@ -65,7 +65,7 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     carrier = {"tps_limit": 5000, "account_tps": args.account_tps,
                "max_binds": PROCESSES * SESSIONS_PER_PROCESS, "bind_lease_seconds": 5.0,
                "sessions": SESSIONS_PER_PROCESS}
-    push = {"lease_seconds": 5, "max_in_flight": 300, "receipt_timeout_seconds": 20,
+    push = {"lease_seconds": args.lease_seconds, "max_in_flight": 300, "receipt_timeout_seconds": 20,
             "intake_wait_replicas": args.intake_wait_replicas, "delivery_wait_replicas": args.delivery_wait_replicas}
     faults: list[dict[str, Any]] = []
 
@@ -157,7 +157,8 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         broken.append(f"gateways answering {alive}, exit codes on SIGTERM {stopped}")
     return {"notifications": args.n, "rounds": args.rounds, "seconds": round(elapsed, 1),
             "intake_wait_replicas": args.intake_wait_replicas,
-            "delivery_wait_replicas": args.delivery_wait_replicas, "account_tps": args.account_tps,
+            "delivery_wait_replicas": args.delivery_wait_replicas, "lease_seconds": args.lease_seconds,
+            "account_tps": args.account_tps,
             "delivered": tally.delivered, "states": tally.states, "lost_in_failovers": lost_in_failovers,
             "lost_otherwise": tally.lost - lost_in_failovers, "duplicated": tally.duplicated,
             "possible_duplicates_counted": tally.possible_duplicates,
@@ -238,6 +239,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="push.intake_wait_replicas (0)")
     parser.add_argument("--delivery-wait-replicas", type=int, default=0, choices=(0, 1),
                         help="push.delivery_wait_replicas (0)")
+    parser.add_argument("--lease-seconds", type=float, default=5.0,
+                        help="push.lease_seconds (5: a killed gateway's claims come back soon; the default is 30)")
     parser.add_argument("--keep", default="", metavar="DIR",
                         help="run in DIR (new or empty) and keep configs, logs and Redis data there")
     args = parser.parse_args(argv)

@@ -132,7 +132,7 @@ from gateway.push.keywords import (
 )
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys
-from gateway.store.replication import WAIT_TIMEOUT_MS, wait_for_replicas
+from gateway.store.replication import WAIT_TIMEOUT_MS, ReplicaWaits
 from gateway.store.scripts import register_lua
 from gateway.store.service import REDIS_ERRORS
 from gateway.store.streams import stream_entries
@@ -253,6 +253,7 @@ class MoRecorder:
         # push.delivery_wait_replicas: replicas that must have the MO before the SMSC is
         # told it is recorded (it then forgets it).
         self._wait_replicas = wait_replicas
+        self.replica_waits = ReplicaWaits(redis)
 
     def record_mo(self, message: MobileOriginated) -> Deferred[None]:
         """Record an MO durably; fires once it is in Redis, fails if Redis refused it.
@@ -280,8 +281,8 @@ class MoRecorder:
         if self._wait_replicas:
             # A master lost before its replica had the MO raises here: the SMSC gets an
             # error status and delivers it again.
-            acked = await wait_for_replicas(self._redis, self._keys.partition(partition).replication_fence,
-                                            self._wait_replicas)
+            acked = await self.replica_waits.confirmed(self._keys.partition(partition).replication_fence,
+                                                       self._wait_replicas)
             if acked < self._wait_replicas:
                 mo_replication_short.inc()
                 log.warn("MO recorded: {acked} of {wanted} replicas had it after {ms} ms; acknowledged anyway",

@@ -89,7 +89,7 @@ from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys, PartitionKeys
 from gateway.store.reads import get_many
 from gateway.store.refusals import RefusalLog, is_unavailable
-from gateway.store.replication import WAIT_TIMEOUT_MS, wait_for_replicas
+from gateway.store.replication import WAIT_TIMEOUT_MS, ReplicaWaits
 from gateway.store.scripts import register_lua
 
 __all__ = [
@@ -289,6 +289,7 @@ class NotificationLedger:
         self.on_partner_final = on_partner_final
         self.wait_replicas = wait_replicas
         self.receipt_wait_replicas = receipt_wait_replicas
+        self.replica_waits = ReplicaWaits(redis)  # intake's and receipts': one view of each master
         # KEYS[1..12] of every ledger script in partition k (ledger.lua names them).
         self._ledger_keys = [[
             part.lane("high"), part.lane("normal"), part.lane("bulk"),
@@ -435,10 +436,11 @@ class NotificationLedger:
         """WAIT until `wait_replicas` replicas of the partition's master have what it
         wrote so far (gateway/store/replication.py: on a connection that wrote);
         replication is asynchronous, so without it a failover right after the acceptance
-        can lose it.  Bounded by WAIT_TIMEOUT_MS: a replica that is down must not stop
+        can lose it.  Bounded by WAIT_TIMEOUT_MS, and a master that fell short is not
+        waited for again for a while (ReplicaWaits): a replica that is down must not stop
         intake (the loss is then what it would be without waiting)."""
-        acked = await wait_for_replicas(self.redis, self.keys.partition(partition).replication_fence,
-                                        self.wait_replicas)
+        acked = await self.replica_waits.confirmed(self.keys.partition(partition).replication_fence,
+                                                   self.wait_replicas)
         if acked < self.wait_replicas:
             replication_short.inc()
             _writer_log.warn("intake: {acked} of {wanted} replicas had the batch after {ms} ms; accepted anyway",
@@ -715,12 +717,13 @@ class NotificationLedger:
         (it then forgets them): a failover would otherwise lose receipts the gateway had
         acknowledged.  A master that goes away meanwhile has not said so: its receipts
         join `unapplied` (refused; the carrier delivers them again, which changes
-        nothing if they were kept).  Fewer replicas within the bound: counted, accepted."""
+        nothing if they were kept).  Fewer replicas within the bound, or a master held off
+        after that (ReplicaWaits): counted, accepted."""
         waits = {partition: origins for partition, origins in receipts_in.items() if origins}
         if not waits:
             return
-        results = await asyncio.gather(*(wait_for_replicas(self.redis, self.keys.partition(p).replication_fence,
-                                                           self.receipt_wait_replicas) for p in waits),
+        results = await asyncio.gather(*(self.replica_waits.confirmed(self.keys.partition(p).replication_fence,
+                                                                      self.receipt_wait_replicas) for p in waits),
                                        return_exceptions=True)
         for origins, result in zip(waits.values(), results, strict=True):
             if isinstance(result, BaseException):

@@ -367,10 +367,11 @@ async def test_receipts_wait_for_a_replica_of_their_master_when_asked(redis_clus
     the receipt refused, so that the carrier delivers it again."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    import gateway.push.state as state_module
+    import gateway.store.replication as replication_module
     from gateway.push.state import receipt_replication_short
     from gateway.store.bridge import wait_deferred
     from gateway.store.local_cluster import LocalRedisCluster
+    from gateway.store.replication import ReplicaWaits
 
     assert isinstance(redis_cluster, LocalRedisCluster)
     async with pipeline(redis_cluster_url, partitions=PARTITIONS) as p:
@@ -393,17 +394,18 @@ async def test_receipts_wait_for_a_replica_of_their_master_when_asked(redis_clus
         assert await p.state("d2") == "delivered"
         assert receipt_replication_short._value.get() == short + 1
 
-        real = state_module.wait_for_replicas
+        p.ledger.replica_waits = ReplicaWaits(p.redis, hold_off_seconds=0)  # d2's master: asked again
+        real = replication_module.wait_for_replicas
 
         async def master_lost(*args: Any, **kwargs: Any) -> int:
             raise RedisConnectionError("master lost while waiting for its replica")
 
-        state_module.wait_for_replicas = master_lost  # type: ignore[assignment]
+        replication_module.wait_for_replicas = master_lost  # type: ignore[assignment]
         try:
             with pytest.raises(RedisConnectionError):
                 await wait_deferred(p.receipts.record_receipt(receipt(message_id["d3"])))
         finally:
-            state_module.wait_for_replicas = real
+            replication_module.wait_for_replicas = real
         # Delivered again by the carrier: recorded, and the state it already had is kept.
         await wait_deferred(p.receipts.record_receipt(receipt(message_id["d3"])))
         assert await p.state("d3") == "delivered"
@@ -418,12 +420,13 @@ async def test_a_citizens_message_waits_for_a_replica_of_its_master_when_asked(r
     again)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    import gateway.push.mo as mo_module
+    import gateway.store.replication as replication_module
     from gateway.ports import MobileOriginated
     from gateway.privacy import PhoneNumber
     from gateway.push.mo import MoRecorder, mo_replication_short
     from gateway.store.bridge import wait_deferred
     from gateway.store.local_cluster import LocalRedisCluster
+    from gateway.store.replication import ReplicaWaits
 
     assert isinstance(redis_cluster, LocalRedisCluster)
     sender = "13900000009"
@@ -443,15 +446,22 @@ async def test_a_citizens_message_waits_for_a_replica_of_its_master_when_asked(r
             await wait_deferred(recorder.record_mo(texted("CXJF")))
         assert mo_replication_short._value.get() == short + 1
 
-        real = mo_module.wait_for_replicas
+        # Held off after that shortfall: the next one is acknowledged at once, counted.
+        started = time.monotonic()
+        await wait_deferred(recorder.record_mo(texted("CXJF")))
+        assert time.monotonic() - started < 0.5
+        assert mo_replication_short._value.get() == short + 2
+
+        recorder.replica_waits = ReplicaWaits(p.redis, hold_off_seconds=0)
+        real = replication_module.wait_for_replicas
 
         async def master_lost(*args: Any, **kwargs: Any) -> int:
             raise RedisConnectionError("master lost while waiting for its replica")
 
-        mo_module.wait_for_replicas = master_lost  # type: ignore[assignment]
+        replication_module.wait_for_replicas = master_lost  # type: ignore[assignment]
         try:
             with pytest.raises(RedisConnectionError):
                 await wait_deferred(recorder.record_mo(texted("CXWF")))
         finally:
-            mo_module.wait_for_replicas = real
-        assert [fields["text"] for _, fields in await p.redis.xrange(stream)] == ["CXYY", "CXJF", "CXWF"]
+            replication_module.wait_for_replicas = real
+        assert [fields["text"] for _, fields in await p.redis.xrange(stream)] == ["CXYY", "CXJF", "CXJF", "CXWF"]

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from gateway.store.embedded import RedisServerProcess
 from gateway.store.keys import Keys
 from gateway.store.local_cluster import LocalRedisCluster
-from gateway.store.replication import wait_for_replicas
+from gateway.store.replication import ReplicaWaits, wait_for_replicas
 from gateway.store.service import make_client, make_cluster_client
 from tests.aio import on_asyncio
 
@@ -111,4 +111,39 @@ async def test_wait_covers_what_other_connections_wrote_on_a_cluster(redis_clust
             await script_connection.aclose()
             await bare.aclose()
     finally:
+        await client.aclose()
+
+
+@on_asyncio
+async def test_a_master_whose_replicas_fell_short_is_held_off_then_asked_again(redis_url: str) -> None:
+    """ReplicaWaits on a redis-server with no replica: the first wait takes its bound and
+    falls short; within the hold-off the next ones answer 0 at once without a WAIT (a
+    second per batch would stall every receipt behind it); after it, Redis is asked again."""
+    now = [100.0]
+    client = make_client(redis_url)
+    stats = sync_redis.Redis.from_url(redis_url, decode_responses=True)
+    waits = ReplicaWaits(client, hold_off_seconds=10.0, timeout_ms=200, clock=lambda: now[0])
+    fence = Keys().partition(0).replication_fence
+
+    def waits_sent() -> int:
+        return int(stats.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+    try:
+        before = waits_sent()
+        started = time.monotonic()
+        assert await waits.confirmed(fence, 1) == 0
+        assert time.monotonic() - started >= 0.15
+        assert waits_sent() == before + 1
+        now[0] += 9.0
+        started = time.monotonic()
+        assert await waits.confirmed(fence, 1) == 0
+        assert time.monotonic() - started < 0.1
+        assert waits_sent() == before + 1
+        now[0] += 1.5
+        assert await waits.confirmed(fence, 1) == 0
+        assert waits_sent() == before + 2
+        assert await waits.confirmed(fence, 0) == 0  # held off again: nothing asked
+        assert waits_sent() == before + 2
+    finally:
+        stats.close()
         await client.aclose()
