@@ -6,9 +6,11 @@ stream still accepted, and batches shared among partitions high lane first."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -357,6 +359,25 @@ async def test_submits_are_recorded_while_the_index_lookups_of_their_batch_fail(
         assert await p.state("r0") == "delivered"
 
 
+@contextlib.contextmanager
+def _master_lost_while_waiting() -> Iterator[None]:
+    """Every wait for replicas fails as it does when the master goes away mid-WAIT."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    import gateway.store.replication as replication_module
+
+    real = replication_module.wait_for_replicas
+
+    async def master_lost(*args: Any, **kwargs: Any) -> int:
+        raise RedisConnectionError("master lost while waiting for its replica")
+
+    replication_module.wait_for_replicas = master_lost  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        replication_module.wait_for_replicas = real
+
+
 @on_asyncio
 async def test_receipts_wait_for_a_replica_of_their_master_when_asked(redis_cluster: object,
                                                                       redis_cluster_url: str) -> None:
@@ -367,7 +388,6 @@ async def test_receipts_wait_for_a_replica_of_their_master_when_asked(redis_clus
     the receipt refused, so that the carrier delivers it again."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    import gateway.store.replication as replication_module
     from gateway.push.state import receipt_replication_short
     from gateway.store.bridge import wait_deferred
     from gateway.store.local_cluster import LocalRedisCluster
@@ -395,17 +415,8 @@ async def test_receipts_wait_for_a_replica_of_their_master_when_asked(redis_clus
         assert receipt_replication_short._value.get() == short + 1
 
         p.ledger.replica_waits = ReplicaWaits(p.redis, hold_off_seconds=0)  # d2's master: asked again
-        real = replication_module.wait_for_replicas
-
-        async def master_lost(*args: Any, **kwargs: Any) -> int:
-            raise RedisConnectionError("master lost while waiting for its replica")
-
-        replication_module.wait_for_replicas = master_lost  # type: ignore[assignment]
-        try:
-            with pytest.raises(RedisConnectionError):
-                await wait_deferred(p.receipts.record_receipt(receipt(message_id["d3"])))
-        finally:
-            replication_module.wait_for_replicas = real
+        with _master_lost_while_waiting(), pytest.raises(RedisConnectionError):
+            await wait_deferred(p.receipts.record_receipt(receipt(message_id["d3"])))
         # Delivered again by the carrier: recorded, and the state it already had is kept.
         await wait_deferred(p.receipts.record_receipt(receipt(message_id["d3"])))
         assert await p.state("d3") == "delivered"
@@ -420,7 +431,6 @@ async def test_a_citizens_message_waits_for_a_replica_of_its_master_when_asked(r
     again)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    import gateway.store.replication as replication_module
     from gateway.ports import MobileOriginated
     from gateway.privacy import PhoneNumber
     from gateway.push.mo import MoRecorder, mo_replication_short
@@ -453,15 +463,6 @@ async def test_a_citizens_message_waits_for_a_replica_of_its_master_when_asked(r
         assert mo_replication_short._value.get() == short + 2
 
         recorder.replica_waits = ReplicaWaits(p.redis, hold_off_seconds=0)
-        real = replication_module.wait_for_replicas
-
-        async def master_lost(*args: Any, **kwargs: Any) -> int:
-            raise RedisConnectionError("master lost while waiting for its replica")
-
-        replication_module.wait_for_replicas = master_lost  # type: ignore[assignment]
-        try:
-            with pytest.raises(RedisConnectionError):
-                await wait_deferred(recorder.record_mo(texted("CXWF")))
-        finally:
-            replication_module.wait_for_replicas = real
+        with _master_lost_while_waiting(), pytest.raises(RedisConnectionError):
+            await wait_deferred(recorder.record_mo(texted("CXWF")))
         assert [fields["text"] for _, fields in await p.redis.xrange(stream)] == ["CXYY", "CXJF", "CXJF", "CXWF"]

@@ -53,6 +53,30 @@ def _wait_in_sync(master_port: int, timeout_seconds: float = 30.0) -> None:
         master.close()
 
 
+async def _check_the_wait_covers_another_connections_write(client: object, fence: str, master_port: int,
+                                                          replica_stopped: contextlib.AbstractContextManager[None],
+                                                          written_key: str) -> None:
+    """With the replica stopped, a write on one connection; a fenced wait through the
+    gateway's client must wait for it, where a bare WAIT on a connection used before the
+    write answers at once."""
+    script_connection = aioredis.Redis(port=master_port)  # where a script's writes went
+    bare = aioredis.Redis(port=master_port)
+    try:
+        assert await wait_for_replicas(client, fence, 1, 1000) == 1
+        _wait_in_sync(master_port)
+        await bare.ping()  # a pooled connection's last use, before the batch
+        with replica_stopped:
+            await script_connection.set(written_key, "queued")
+            assert await bare.execute_command("WAIT", 1, 300) == 1, "the trap: WAIT on a connection used before"
+            started = time.monotonic()
+            assert await wait_for_replicas(client, fence, 1, 300) == 0
+            assert time.monotonic() - started >= 0.25
+        assert await wait_for_replicas(client, fence, 1, 5000) == 1
+    finally:
+        await script_connection.aclose()
+        await bare.aclose()
+
+
 @on_asyncio
 async def test_wait_covers_what_other_connections_wrote_on_one_redis(tmp_path: Path) -> None:
     master = RedisServerProcess(data_dir=tmp_path / "master")
@@ -60,25 +84,13 @@ async def test_wait_covers_what_other_connections_wrote_on_one_redis(tmp_path: P
     master.start()
     replica.start()
     client = make_client(master.url)  # the gateway's pooled client
-    script_connection = aioredis.from_url(master.url)  # where a script's writes went
-    bare = aioredis.from_url(master.url)
-    fence = Keys().partition(0).replication_fence
     try:
         sync_redis.Redis(port=replica.port).replicaof("127.0.0.1", master.port)
         _wait_in_sync(master.port)
-        assert await wait_for_replicas(client, fence, 1, 1000) == 1
-        _wait_in_sync(master.port)
-        await bare.ping()  # a pooled connection's last use, before the batch
-        with _stopped(replica):
-            await script_connection.set("12123:notification:{n1}", "queued")
-            assert await bare.execute_command("WAIT", 1, 300) == 1, "the trap: WAIT on a connection used before"
-            started = time.monotonic()
-            assert await wait_for_replicas(client, fence, 1, 300) == 0
-            assert time.monotonic() - started >= 0.25
-        assert await wait_for_replicas(client, fence, 1, 5000) == 1
+        await _check_the_wait_covers_another_connections_write(
+            client, Keys().partition(0).replication_fence, master.port, _stopped(replica), "12123:notification:{n1}")
     finally:
-        for c in (client, script_connection, bare):
-            await c.aclose()
+        await client.aclose()
         replica.stop()
         master.stop()
 
@@ -94,22 +106,9 @@ async def test_wait_covers_what_other_connections_wrote_on_a_cluster(redis_clust
         await client.initialize()
         master_port = redis_cluster.owner_of(client.keyslot(fence))
         (replica_port,) = redis_cluster.replicas_of(master_port)
-        script_connection = aioredis.Redis(port=master_port)
-        bare = aioredis.Redis(port=master_port)
-        try:
-            assert await wait_for_replicas(client, fence, 1, 1000) == 1
-            _wait_in_sync(master_port)
-            await bare.ping()  # a pooled connection's last use, before the batch
-            with redis_cluster.paused(replica_port):  # well short of the 2 s node timeout
-                await script_connection.set(keys.partition(7).notification("n1"), "queued")
-                assert await bare.execute_command("WAIT", 1, 300) == 1, "the trap: WAIT on a connection used before"
-                started = time.monotonic()
-                assert await wait_for_replicas(client, fence, 1, 300) == 0
-                assert time.monotonic() - started >= 0.25
-            assert await wait_for_replicas(client, fence, 1, 5000) == 1
-        finally:
-            await script_connection.aclose()
-            await bare.aclose()
+        await _check_the_wait_covers_another_connections_write(
+            client, fence, master_port, redis_cluster.paused(replica_port),  # well short of the 2 s node timeout
+            keys.partition(7).notification("n1"))
     finally:
         await client.aclose()
 
