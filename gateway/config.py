@@ -692,6 +692,12 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
         if config.push.partitions < 2:
             # one partition keeps untagged key names, which a cluster spreads over slots
             add("push.partitions", "a Redis Cluster (redis.cluster_nodes) needs more than 1 partition, e.g. 16")
+    if config.redis.url == "embedded":
+        # The embedded redis-server has no replica: every wait would take its bound (1 s).
+        for key in ("intake_wait_replicas", "delivery_wait_replicas"):
+            if getattr(config.push, key):
+                add(f"push.{key}", "the embedded redis-server has no replica to wait for: "
+                                   "set 0, or point redis.url at a Redis with replicas")
     hours = config.ivr.service_hours.split("-")
     if len(hours) != 2 or not all(_TIME_OF_DAY.match(h) for h in hours):
         add("ivr.service_hours", f"'{config.ivr.service_hours}' is not HH:MM-HH:MM")

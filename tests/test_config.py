@@ -73,6 +73,10 @@ def test_committed_example_config_is_valid() -> None:
          "push.partitions: a Redis Cluster (redis.cluster_nodes) needs more than 1 partition"),
         ("redis:\n  cluster_nodes: ['h:7000']\npush:\n  partitions: 16\n",
          "redis.url: 'embedded' with redis.cluster_nodes"),
+        ("push:\n  delivery_wait_replicas: 1\n",
+         "push.delivery_wait_replicas: the embedded redis-server has no replica to wait for"),
+        ("push:\n  intake_wait_replicas: 1\n",
+         "push.intake_wait_replicas: the embedded redis-server has no replica to wait for"),
         ("push:\n  partitions: 4\nami:\n  enabled: true\n", "ami.secret: empty while ami.enabled is true"),
     ],
 )
