@@ -512,6 +512,9 @@ class PushService(Service):
                 log.warn("recovered {count} notifications whose submitting process stopped (possible duplicates)",
                          count=recovered)
                 self.dispatcher.waker.wake()
+            deferred = await self.ledger.apply_deferred_receipts(now=now, partitions=self.ownership.owned())
+            if deferred:
+                log.info("{count} deferred receipts applied (their partition answers again)", count=deferred)
             await self.partners.deliver_pending()
             # Dead letters older than the retention have lost their record anyway.
             for part in self.keys.all_partitions:

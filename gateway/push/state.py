@@ -128,6 +128,11 @@ receipt_replication_short = Counter(
     registry=metrics.REGISTRY,
 )
 
+# Deferred receipts kept per partition at most: a migration's or failover's worth at a
+# national peak (1,200 receipts/s for a minute is 72,000; about 200 bytes each).  Beyond
+# it a receipt is refused and the carrier delivers it again, as without deferral.
+DEFERRED_RECEIPTS_MAX = 100_000
+
 _script_counters = {
     "receipt_early": Counter(
         "gateway12123_push_receipts_early_total",
@@ -147,6 +152,10 @@ _script_counters = {
         "gateway12123_push_voice_handoffs_total", "Notifications handed to the voice channel",
         registry=metrics.REGISTRY),
     "possible_duplicate": possible_duplicates,
+    "receipt_deferred": Counter(
+        "gateway12123_push_receipts_deferred_total",
+        "Receipts kept in their message id's partition while their notification's partition failed "
+        "(applied later, not refused)", registry=metrics.REGISTRY),
 }
 
 # ----------------------------------------------------------------------------------------
@@ -637,10 +646,13 @@ class NotificationLedger:
         unapplied: dict[int, BaseException] = {}
         # The carriers' receipts (by origin) recorded by each partition's script.
         receipts_in: dict[int, list[int]] = {}
+        # Receipts found in the index whose notification's partition failed (by origin).
+        deferrable: dict[int, Sequence[Any]] = {}
         # Each round resolves what the last one found written meanwhile (or parked):
         # a receipt is applied by the second round, so six are generous.
         for _ in range(6):
             if not pending:
+                await self._defer_receipts(ops, deferrable, unapplied, receipts_in)
                 await self._wait_receipts_replicated(receipts_in, unapplied)
                 return sorted(unapplied.items())
             try:
@@ -690,8 +702,10 @@ class NotificationLedger:
                 if isinstance(result, BaseException):
                     if not isinstance(result, Exception) or not is_unavailable(result):
                         raise result
-                    for number, _ in numbered:
+                    for number, op in numbered:
                         unapplied.setdefault(origins[number], result)
+                        if op[0] == "Y" and ops[origins[number]][0] == "X":
+                            deferrable[origins[number]] = op
                     continue
                 local_again, _ = result
                 sent_again = {int(local) for local in local_again}
@@ -709,6 +723,74 @@ class NotificationLedger:
             pending = again + [op for _, op in parked]
             origins = again_origins + [origin for origin, _ in parked]
         raise RuntimeError(f"{len(pending)} receipts kept changing their message-id index entries")
+
+    async def _defer_receipts(self, ops: Sequence[Sequence[Any]], deferrable: dict[int, Sequence[Any]],
+                              unapplied: dict[int, BaseException], receipts_in: dict[int, list[int]]) -> None:
+        """Receipts whose notification's partition failed (its master failing over, its
+        slot migrating) but whose message id's partition answered: kept in that
+        partition's ``deferred-receipts`` stream and reported recorded, so that the
+        carrier is not asked to deliver them again; `apply_deferred_receipts` applies them
+        once their partition answers.  Without it the carrier's redeliveries came after
+        the migration, up to 45 s after the submit (bench/cluster_soak.py).  One the
+        stream cannot take (its node away too, or DEFERRED_RECEIPTS_MAX reached) stays
+        refused."""
+        by_partition: dict[int, list[tuple[int, Sequence[Any]]]] = {}
+        for origin, op in deferrable.items():
+            home = self._op_partition(ops[origin])  # where the index lookup found it
+            if origin in unapplied and home != self.keys.partition_of(op[1]):
+                by_partition.setdefault(home, []).append((origin, op))
+        if not by_partition:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition, entries in by_partition.items():
+                stream = self.keys.partition(partition).deferred_receipts
+                for _, op in entries:
+                    pipe.xadd(stream, {"op": _dumps(list(op))})
+                pipe.xlen(stream)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except Exception as e:
+                if not is_unavailable(e):
+                    raise
+                return  # refused, as they were
+        position = 0
+        for partition, entries in by_partition.items():
+            added, length = results[position:position + len(entries)], results[position + len(entries)]
+            position += len(entries) + 1
+            if isinstance(length, Exception) or length > DEFERRED_RECEIPTS_MAX:
+                kept = [entry_id for entry_id in added if not isinstance(entry_id, Exception)]
+                if kept:
+                    await self.redis.xdel(self.keys.partition(partition).deferred_receipts, *kept)
+                continue
+            for (origin, _), entry_id in zip(entries, added, strict=True):
+                if not isinstance(entry_id, Exception):
+                    del unapplied[origin]
+                    receipts_in.setdefault(partition, []).append(origin)
+                    _script_counters["receipt_deferred"].inc()
+
+    async def apply_deferred_receipts(self, *, now: float, partitions: Sequence[int] | None = None,
+                                      limit: int = 1000) -> int:
+        """Apply the receipts `_defer_receipts` kept in these partitions' streams (at most
+        `limit` each) and delete those applied; those whose partition still fails stay.
+        Returns how many were applied."""
+        numbers = list(range(self.keys.partitions)) if partitions is None else list(partitions)
+        if not numbers:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for k in numbers:
+                pipe.xrange(self.keys.partition(k).deferred_receipts, count=limit)
+            streams = await pipe.execute()
+        applied = 0
+        for k, entries in zip(numbers, streams, strict=True):
+            if not entries:
+                continue
+            failed = {position for position, _ in
+                      await self.apply([json.loads(fields["op"]) for _, fields in entries], now=now)}
+            done = [entry_id for position, (entry_id, _) in enumerate(entries) if position not in failed]
+            if done:
+                await self.redis.xdel(self.keys.partition(k).deferred_receipts, *done)
+                applied += len(done)
+        return applied
 
     async def _wait_receipts_replicated(self, receipts_in: dict[int, list[int]],
                                         unapplied: dict[int, BaseException]) -> None:

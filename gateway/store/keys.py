@@ -106,6 +106,12 @@ class PartitionKeys:
         return f"{self.base}early-receipts-parked"
 
     @property
+    def deferred_receipts(self) -> str:
+        """Receipts found in this partition's message-id index whose own partition could
+        not take them (its master failing over, its slot migrating): applied later."""
+        return f"{self.base}deferred-receipts"
+
+    @property
     def replication_fence(self) -> str:
         """A counter written before a WAIT for replicas (gateway/store/replication.py)."""
         return f"{self.base}replication-fence"

@@ -18,6 +18,7 @@ import pytest
 from gateway.ports import DeliveryReceipt, SubmitAccepted
 from gateway.push.deadletters import list_dead_letters
 from gateway.push.intake import IntakeConsumer, enqueue
+from gateway.smpp.receipts import canonical_message_id
 from gateway.store.keys import Keys
 from tests.aio import on_asyncio
 from tests.push.harness import code, inspection, pipeline
@@ -217,9 +218,12 @@ async def test_intake_waits_for_a_replica_when_asked(target: str) -> None:
 async def test_outcomes_of_a_partition_that_fails_wait_without_holding_back_the_others(redis_url: str) -> None:
     """Submit outcomes and receipts of two partitions, one of whose scripts fails (its
     master away, its slot migrating): the other partition's are recorded at once; the
-    failing partition's receipt is refused (the carrier delivers it again) and its submit
-    outcomes are held aside and recorded once it answers again, nothing lost, the writer
-    flushed only then.  Before, one partition's failure failed the whole batch."""
+    failing partition's submit outcomes are held aside and recorded once it answers again,
+    nothing lost, the writer flushed only then.  Its receipts: one whose message id is
+    indexed in the partition that answers is kept there (deferred) and acknowledged, and
+    applied once its own partition answers; one indexed in the failing partition is
+    refused (the carrier delivers it again).  Before, one partition's failure failed the
+    whole batch, and every receipt of the failing partition was refused."""
     import asyncio
 
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -229,9 +233,9 @@ async def test_outcomes_of_a_partition_that_fails_wait_without_holding_back_the_
     async with pipeline(redis_url, partitions=2) as p:
         ids: dict[int, list[str]] = {0: [], 1: []}
         i = 0
-        while len(ids[0]) < 3 or len(ids[1]) < 3:
+        while len(ids[0]) < 4 or len(ids[1]) < 4:  # 4 each: message ids indexed in both partitions
             part = p.keys.partition_of(f"o{i}")
-            if len(ids[part]) < 3:
+            if len(ids[part]) < 4:
                 ids[part].append(f"o{i}")
             i += 1
         await p.accept(*(code(n, to=f"139{int(n[1:]):08d}") for n in ids[0] + ids[1]))
@@ -248,28 +252,36 @@ async def test_outcomes_of_a_partition_that_fails_wait_without_holding_back_the_
 
         ledger._apply_partition = partition_1_away  # type: ignore[method-assign]
         try:
-            assert await p.dispatcher.dispatch_once() == 6
+            assert await p.dispatcher.dispatch_once() == 8
             for _ in range(100):  # partition 0's outcomes pass while partition 1's are held
-                if [await p.state(n) for n in ids[0]] == ["submitted"] * 3:
+                if [await p.state(n) for n in ids[0]] == ["submitted"] * 4:
                     break
                 await asyncio.sleep(0.02)
-            assert [await p.state(n) for n in ids[0]] == ["submitted"] * 3
-            assert [await p.state(n) for n in ids[1]] == ["submitting"] * 3
+            assert [await p.state(n) for n in ids[0]] == ["submitted"] * 4
+            assert [await p.state(n) for n in ids[1]] == ["submitting"] * 4
             assert refused and p.writer.failing
             flushed = asyncio.ensure_future(p.writer.flushed())
             await asyncio.sleep(0.3)
             assert not flushed.done(), "the writer said flushed with submit outcomes held"
-            # A receipt of each partition: partition 0's is recorded, partition 1's refused.
             # The scripted carrier numbers its message ids in submit order.
             message_id = {sms.reference: f"CMCC{k:08X}" for k, sms in enumerate(p.links[0].submitted, start=1)}
             await wait_deferred(p.receipts.record_receipt(receipt(message_id[ids[0][0]])))
             assert await p.state(ids[0][0]) == "delivered"
+            home = {n: p.keys.index_partition_of("cmcc", canonical_message_id(message_id[n])) for n in ids[1]}
+            deferred = next(n for n in ids[1] if home[n] == 0)
+            refused_one = next(n for n in ids[1] if home[n] == 1)
+            await wait_deferred(p.receipts.record_receipt(receipt(message_id[deferred])))
+            assert await p.redis.xlen(p.keys.partition(0).deferred_receipts) == 1
             with pytest.raises(RedisConnectionError):
-                await wait_deferred(p.receipts.record_receipt(receipt(message_id[ids[1][0]])))
+                await wait_deferred(p.receipts.record_receipt(receipt(message_id[refused_one])))
+            assert await p.ledger.apply_deferred_receipts(now=p.clock.seconds()) == 0  # partition 1 still away
         finally:
             away[0] = False  # so that the writer drains, whatever failed above
         await asyncio.wait_for(flushed, 10)
-        assert [await p.state(n) for n in ids[1]] == ["submitted"] * 3
+        assert [await p.state(n) for n in ids[1]] == ["submitted"] * 4
+        assert await p.ledger.apply_deferred_receipts(now=p.clock.seconds()) == 1
+        assert await p.state(deferred) == "delivered"
+        assert await p.redis.xlen(p.keys.partition(0).deferred_receipts) == 0
         assert not p.writer.failing and p.writer.unrecorded() == []
 
 
