@@ -638,8 +638,9 @@ class NotificationLedger:
         applied.  On a Cluster one partition's trouble (its master failing over, its slot
         migrating: TRYAGAIN until the last key has moved) does not hold back the rest of
         the batch; nor does a failed index lookup (its receipts wait) or index write (its
-        submits wait).  Any other error fails the whole call: applying an op twice changes
-        nothing.
+        submits wait).  A receipt of a failing partition found in another partition's
+        index is kept there and not returned (`_defer_receipts`).  Any other error fails
+        the whole call: applying an op twice changes nothing.
         """
         pending = list(ops)
         origins = list(range(len(ops)))  # each pending op's position in `ops`
