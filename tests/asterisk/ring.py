@@ -128,6 +128,7 @@ class AsteriskRing:
     sip_port: int = field(default_factory=free_port)
     host_zone: str | None = None  # what /etc/localtime shows Asterisk (see can_give_asterisk_a_host_zone)
     process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0  # time.time() when Asterisk was started
 
     @property
     def conf(self) -> Path:
@@ -189,6 +190,7 @@ class AsteriskRing:
             # unshare and sh exec: the process is Asterisk itself.
             command = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/localtime && exec "$@"',
                        str(zone_file), *command]
+        self.started_at = time.time()
         self.process = subprocess.Popen(
             command,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env())
