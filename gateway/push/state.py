@@ -620,7 +620,8 @@ class NotificationLedger:
         return [Claimed(row[0], row[1], row[2], int(row[3]), tuple(row[4].split()) if row[4] else (),
                         float(row[5]), row[6], row[7], float(row[8] or 0)) for row in payload]
 
-    async def apply(self, ops: Sequence[Sequence[Any]], *, now: float) -> list[tuple[int, BaseException]]:
+    async def apply(self, ops: Sequence[Sequence[Any]], *, now: float,
+                    defer: bool = True) -> list[tuple[int, BaseException]]:
         """Apply outcome ops (see OutcomeWriter): one script per partition concerned.
 
         Receipts are looked up in the message-id index first (one MGET), because a script
@@ -638,22 +639,27 @@ class NotificationLedger:
         applied.  On a Cluster one partition's trouble (its master failing over, its slot
         migrating: TRYAGAIN until the last key has moved) does not hold back the rest of
         the batch; nor does a failed index lookup (its receipts wait) or index write (its
-        submits wait).  A receipt of a failing partition found in another partition's
-        index is kept there and not returned (`_defer_receipts`).  Any other error fails
-        the whole call: applying an op twice changes nothing.
+        submits wait).  A carrier's receipt that a failing partition could not record is
+        kept in a partition that answers and not returned (`_defer_receipts`; `defer`
+        False: returned, for `apply_deferred_receipts`, which keeps its own).  Any other
+        error fails the whole call: applying an op twice changes nothing.
         """
         pending = list(ops)
         origins = list(range(len(ops)))  # each pending op's position in `ops`
         unapplied: dict[int, BaseException] = {}
         # The carriers' receipts (by origin) recorded by each partition's script.
         receipts_in: dict[int, list[int]] = {}
-        # Receipts found in the index whose notification's partition failed (by origin).
+        # Carriers' receipts a failing partition could not record (by origin): the Y op if
+        # the index named its notification, else the carrier's X op; and the partitions
+        # seen failing, where they are not to be kept.
         deferrable: dict[int, Sequence[Any]] = {}
+        failing: set[int] = set()
         # Each round resolves what the last one found written meanwhile (or parked):
         # a receipt is applied by the second round, so six are generous.
         for _ in range(6):
             if not pending:
-                await self._defer_receipts(ops, deferrable, unapplied, receipts_in)
+                if defer:
+                    await self._defer_receipts(ops, deferrable, failing, unapplied, receipts_in)
                 await self._wait_receipts_replicated(receipts_in, unapplied)
                 return sorted(unapplied.items())
             try:
@@ -666,6 +672,7 @@ class NotificationLedger:
                 for number, op in enumerate(pending):
                     if op[0] == "X":
                         unapplied.setdefault(origins[number], e)
+                        deferrable[origins[number]] = op
                 origins = [origin for origin, op in zip(origins, pending, strict=True) if op[0] != "X"]
                 pending = resolved = [op for op in pending if op[0] != "X"]
                 if not pending:
@@ -703,9 +710,10 @@ class NotificationLedger:
                 if isinstance(result, BaseException):
                     if not isinstance(result, Exception) or not is_unavailable(result):
                         raise result
+                    failing.add(partition)
                     for number, op in numbered:
                         unapplied.setdefault(origins[number], result)
-                        if op[0] == "Y" and ops[origins[number]][0] == "X":
+                        if op[0] in "XY" and ops[origins[number]][0] == "X":
                             deferrable[origins[number]] = op
                     continue
                 local_again, _ = result
@@ -726,48 +734,87 @@ class NotificationLedger:
         raise RuntimeError(f"{len(pending)} receipts kept changing their message-id index entries")
 
     async def _defer_receipts(self, ops: Sequence[Sequence[Any]], deferrable: dict[int, Sequence[Any]],
-                              unapplied: dict[int, BaseException], receipts_in: dict[int, list[int]]) -> None:
-        """Receipts whose notification's partition failed (its master failing over, its
-        slot migrating) but whose message id's partition answered: kept in that
-        partition's ``deferred-receipts`` stream and reported recorded, so that the
-        carrier is not asked to deliver them again; `apply_deferred_receipts` applies them
-        once their partition answers.  Without it the carrier's redeliveries came after
-        the migration, up to 45 s after the submit (bench/cluster_soak.py).  One the
-        stream cannot take (its node away too, or DEFERRED_RECEIPTS_MAX reached) stays
-        refused."""
-        by_partition: dict[int, list[tuple[int, Sequence[Any]]]] = {}
-        for origin, op in deferrable.items():
-            home = self._op_partition(ops[origin])  # where the index lookup found it
-            if origin in unapplied and home != self.keys.partition_of(op[1]):
-                by_partition.setdefault(home, []).append((origin, op))
-        if not by_partition:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
+                              failing: set[int], unapplied: dict[int, BaseException],
+                              receipts_in: dict[int, list[int]]) -> None:
+        """Carriers' receipts that a failing partition could not record (its master
+        failing over, its slot migrating): the notification's partition, or the message
+        id's when its index could not be read or a receipt not yet indexed not parked.
+        Each is kept in the ``deferred-receipts`` stream of a partition that answers (its
+        message id's first, else the next ones) and reported recorded, so that the carrier
+        is not asked to deliver it again; `apply_deferred_receipts` applies it once its
+        partitions answer.  Without it the carrier's redeliveries came after the
+        migration, up to 45 s after the submit (bench/cluster_soak.py).  One that no
+        partition's stream takes (every one tried away, or DEFERRED_RECEIPTS_MAX reached)
+        stays refused; so on one Redis, whose one partition is the failing one."""
+        waiting = {origin: op for origin, op in deferrable.items() if origin in unapplied}
+        tried = set(failing)
+        # Each round moves the receipts of a partition whose stream refused to the next
+        # one; three partitions away at once is already more than a failover or a slot
+        # migration makes.
+        for _ in range(3):
+            by_partition: dict[int, list[tuple[int, Sequence[Any]]]] = {}
+            for origin, op in waiting.items():
+                target = self._deferral_partition(self._op_partition(ops[origin]), tried)
+                if target is not None:
+                    by_partition.setdefault(target, []).append((origin, op))
+            if not by_partition:
+                return
+            kept = await self._keep_deferred(by_partition)
             for partition, entries in by_partition.items():
-                stream = self.keys.partition(partition).deferred_receipts
-                for _, op in entries:
-                    pipe.xadd(stream, {"op": _dumps(list(op))})
-                pipe.xlen(stream)
-            try:
-                results = await pipe.execute(raise_on_error=False)
-            except Exception as e:
-                if not is_unavailable(e):
-                    raise
-                return  # refused, as they were
-        position = 0
-        for partition, entries in by_partition.items():
-            added, length = results[position:position + len(entries)], results[position + len(entries)]
-            position += len(entries) + 1
-            if isinstance(length, Exception) or length > DEFERRED_RECEIPTS_MAX:
-                kept = [entry_id for entry_id in added if not isinstance(entry_id, Exception)]
-                if kept:
-                    await self.redis.xdel(self.keys.partition(partition).deferred_receipts, *kept)
-                continue
-            for (origin, _), entry_id in zip(entries, added, strict=True):
-                if not isinstance(entry_id, Exception):
+                if partition not in kept:
+                    tried.add(partition)
+                    continue
+                for origin, _ in entries:
+                    del waiting[origin]
                     del unapplied[origin]
                     receipts_in.setdefault(partition, []).append(origin)
                     _script_counters["receipt_deferred"].inc()
+            if not waiting:
+                return
+
+    def _deferral_partition(self, home: int, tried: set[int]) -> int | None:
+        """The first partition from `home` on (wrapping) not in `tried`, or None."""
+        total = self.keys.partitions
+        for step in range(total):
+            candidate = (home + step) % total
+            if candidate not in tried:
+                return candidate
+        return None
+
+    async def _keep_deferred(self, by_partition: dict[int, list[tuple[int, Sequence[Any]]]]) -> set[int]:
+        """XADD each partition's receipts to its deferred-receipts stream, one pipeline per
+        partition (on a Cluster one node's trouble fails its own only); returns the
+        partitions that took all of theirs."""
+        async def keep(partition: int, entries: list[tuple[int, Sequence[Any]]]) -> bool:
+            stream = self.keys.partition(partition).deferred_receipts
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for _, op in entries:
+                        pipe.xadd(stream, {"op": _dumps(list(op))})
+                    pipe.xlen(stream)
+                    results = await pipe.execute(raise_on_error=False)
+            except Exception as e:
+                if not is_unavailable(e):
+                    raise
+                return False
+            added, length = results[:-1], results[-1]
+            if not isinstance(length, Exception) and length <= DEFERRED_RECEIPTS_MAX and \
+                    not any(isinstance(entry_id, Exception) for entry_id in added):
+                return True
+            written = [entry_id for entry_id in added if not isinstance(entry_id, Exception)]
+            if written:
+                try:
+                    await self.redis.xdel(stream, *written)
+                except Exception as e:
+                    if not is_unavailable(e):
+                        raise
+                    # Left in the stream as well: applied later once more than the carrier
+                    # is told, which changes nothing (the same receipt twice).
+            return False
+
+        partitions = list(by_partition)
+        results = await asyncio.gather(*(keep(k, by_partition[k]) for k in partitions))
+        return {k for k, took in zip(partitions, results, strict=True) if took}
 
     async def apply_deferred_receipts(self, *, now: float, partitions: Sequence[int] | None = None,
                                       limit: int = 1000) -> int:
@@ -786,7 +833,7 @@ class NotificationLedger:
             if not entries:
                 continue
             failed = {position for position, _ in
-                      await self.apply([json.loads(fields["op"]) for _, fields in entries], now=now)}
+                      await self.apply([json.loads(fields["op"]) for _, fields in entries], now=now, defer=False)}
             done = [entry_id for position, (entry_id, _) in enumerate(entries) if position not in failed]
             if done:
                 await self.redis.xdel(self.keys.partition(k).deferred_receipts, *done)

@@ -219,11 +219,12 @@ async def test_outcomes_of_a_partition_that_fails_wait_without_holding_back_the_
     """Submit outcomes and receipts of two partitions, one of whose scripts fails (its
     master away, its slot migrating): the other partition's are recorded at once; the
     failing partition's submit outcomes are held aside and recorded once it answers again,
-    nothing lost, the writer flushed only then.  Its receipts: one whose message id is
-    indexed in the partition that answers is kept there (deferred) and acknowledged, and
-    applied once its own partition answers; one indexed in the failing partition is
-    refused (the carrier delivers it again).  Before, one partition's failure failed the
-    whole batch, and every receipt of the failing partition was refused."""
+    nothing lost, the writer flushed only then.  Its receipts are kept (deferred) in the
+    partition that answers and acknowledged, and applied once their own partition answers:
+    one whose message id is indexed in the partition that answers, and one indexed in the
+    failing partition itself.  Before, one partition's failure failed the whole batch, and
+    every receipt of the failing partition was refused; then (stop 24) the second one
+    still was."""
     import asyncio
 
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -268,19 +269,21 @@ async def test_outcomes_of_a_partition_that_fails_wait_without_holding_back_the_
             await wait_deferred(p.receipts.record_receipt(receipt(message_id[ids[0][0]])))
             assert await p.state(ids[0][0]) == "delivered"
             home = {n: p.keys.index_partition_of("cmcc", canonical_message_id(message_id[n])) for n in ids[1]}
-            deferred = next(n for n in ids[1] if home[n] == 0)
-            refused_one = next(n for n in ids[1] if home[n] == 1)
-            await wait_deferred(p.receipts.record_receipt(receipt(message_id[deferred])))
+            indexed_elsewhere = next(n for n in ids[1] if home[n] == 0)
+            indexed_here = next(n for n in ids[1] if home[n] == 1)
+            await wait_deferred(p.receipts.record_receipt(receipt(message_id[indexed_elsewhere])))
             assert await p.redis.xlen(p.keys.partition(0).deferred_receipts) == 1
-            with pytest.raises(RedisConnectionError):
-                await wait_deferred(p.receipts.record_receipt(receipt(message_id[refused_one])))
+            await wait_deferred(p.receipts.record_receipt(receipt(message_id[indexed_here])))
+            assert await p.redis.xlen(p.keys.partition(0).deferred_receipts) == 2
+            assert await p.redis.xlen(p.keys.partition(1).deferred_receipts) == 0
             assert await p.ledger.apply_deferred_receipts(now=p.clock.seconds()) == 0  # partition 1 still away
+            assert await p.redis.xlen(p.keys.partition(0).deferred_receipts) == 2
         finally:
             away[0] = False  # so that the writer drains, whatever failed above
         await asyncio.wait_for(flushed, 10)
         assert [await p.state(n) for n in ids[1]] == ["submitted"] * 4
-        assert await p.ledger.apply_deferred_receipts(now=p.clock.seconds()) == 1
-        assert await p.state(deferred) == "delivered"
+        assert await p.ledger.apply_deferred_receipts(now=p.clock.seconds()) == 2
+        assert await p.state(indexed_elsewhere) == "delivered" and await p.state(indexed_here) == "delivered"
         assert await p.redis.xlen(p.keys.partition(0).deferred_receipts) == 0
         assert not p.writer.failing and p.writer.unrecorded() == []
 
@@ -336,7 +339,9 @@ async def test_a_receipt_is_recorded_while_the_index_writes_of_its_batch_fail(re
 @on_asyncio
 async def test_submits_are_recorded_while_the_index_lookups_of_their_batch_fail(redis_url: str) -> None:
     """A batch with a submit outcome and a receipt whose message-id lookup fails (a node
-    away): the submit is recorded, the receipt refused (the carrier delivers it again)."""
+    away): the submit is recorded; the receipt is kept in its message id's partition's
+    deferred-receipts stream and acknowledged, and applied once the index can be read.
+    Before, the receipt was refused (the carrier delivers it again, in its own time)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from gateway.store.bridge import wait_deferred
@@ -359,16 +364,17 @@ async def test_submits_are_recorded_while_the_index_lookups_of_their_batch_fail(
         ledger._resolve_receipts = lookups_away  # type: ignore[method-assign]
         [(_, held)] = p.links[0].held
         held.callback(SubmitAccepted("cmcc", ("CMCCH0000001",)))
-        recorded = p.receipts.record_receipt(receipt("CMCC00000001"))  # same reactor turn: one batch
-        with pytest.raises(RedisConnectionError):
-            await wait_deferred(recorded)
-        # Recorded by the same attempt that refused the receipt, not by a retry after it.
+        await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001")))  # same reactor turn: one batch
         assert await p.state("h0") == "submitted"
         assert await p.state("r0") == "submitted"
+        home = p.keys.index_partition_of("cmcc", canonical_message_id("CMCC00000001"))
+        assert await p.redis.xlen(p.keys.partition(home).deferred_receipts) == 1
+        assert await ledger.apply_deferred_receipts(now=p.clock.seconds()) == 0  # the index still away
         await p.writer.flushed()
         ledger._resolve_receipts = real  # type: ignore[method-assign]
-        await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001")))  # delivered again
+        assert await ledger.apply_deferred_receipts(now=p.clock.seconds()) == 1
         assert await p.state("r0") == "delivered"
+        assert await p.redis.xlen(p.keys.partition(home).deferred_receipts) == 0
 
 
 @contextlib.contextmanager
