@@ -45,6 +45,8 @@ sys.path.insert(0, str(REPO))
 
 from _common import machine, print_json_line, print_table, react_on_asyncio, today  # noqa: E402
 
+from gateway.smpp.receipts import canonical_message_id  # noqa: E402
+
 PROCESSES = 3
 SESSIONS_PER_PROCESS = 2
 PARTITIONS = 24
@@ -175,15 +177,21 @@ async def _unconfirmed(run: Any, notifications: list[Any]) -> dict[str, Any]:
     their errors and partitions, when they were submitted (5 s buckets from the first
     submit of the run) and, for those whose receipt came later, how late."""
     ids = [n.id for n in notifications]
-    rows = await run.states(ids, ("state", "error", "late_receipt_at", "submitted_at"))
+    rows = await run.states(ids, ("state", "error", "late_receipt_at", "submitted_at", "carrier", "message_ids"))
     first_submit = min(float(row[3]) for row in rows if row[3])
     by_partition: dict[int, int] = {}
     errors: dict[str, int] = {}
     submitted: dict[int, int] = {}
     delays = []
-    for notification_id, (state, error, late_receipt_at, submitted_at) in zip(ids, rows, strict=True):
+    # Where each one's receipt went: its part 1's message-id index entry (lost with a
+    # master?), the receipt parked as early (it came before an entry that never did).
+    first_parts: list[tuple[str, str]] = []
+    for notification_id, (state, error, late_receipt_at, submitted_at, carrier, message_ids) in zip(
+            ids, rows, strict=True):
         if state != "unconfirmed":
             continue
+        if carrier and message_ids:
+            first_parts.append((carrier, canonical_message_id(message_ids.split()[0])))
         partition = run.keys.partition_of(notification_id)
         by_partition[partition] = by_partition.get(partition, 0) + 1
         errors[error or ""] = errors.get(error or "", 0) + 1
@@ -193,7 +201,22 @@ async def _unconfirmed(run: Any, notifications: list[Any]) -> dict[str, Any]:
             if late_receipt_at:
                 delays.append(float(late_receipt_at) - float(submitted_at))
     delays.sort()
+    indexed = parked = 0
+    if first_parts:
+        client = run.client
+        async with client.pipeline(transaction=False) as pipe:
+            for carrier, message_id in first_parts:
+                pipe.exists(run.keys.message_id(carrier, message_id))
+                pipe.exists(run.keys.early_receipt(carrier, message_id))
+            found = await pipe.execute()
+        indexed, parked = sum(found[0::2]), sum(found[1::2])
+    async with run.client.pipeline(transaction=False) as pipe:
+        for part in run.keys.all_partitions:
+            pipe.xlen(part.deferred_receipts)
+        deferred_left = sum(await pipe.execute())
     return {"count": sum(by_partition.values()), "late_receipts": len(delays), "errors": errors,
+            "index_entry_of_part_1": {"present": indexed, "missing": len(first_parts) - indexed},
+            "receipt_parked_as_early": parked, "deferred_receipts_left": deferred_left,
             "by_partition": dict(sorted(by_partition.items())),
             "submitted_seconds_into_run": dict(sorted(submitted.items())),
             "late_receipt_after_submit_s": ({"min": round(delays[0], 1), "median": round(delays[len(delays) // 2], 1),

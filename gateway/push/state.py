@@ -278,7 +278,8 @@ class NotificationLedger:
         wait_replicas: push.intake_wait_replicas: replicas that must have an accepted
             batch (WAIT) before `accept` returns.
         receipt_wait_replicas: push.delivery_wait_replicas: replicas that must have the
-            receipts of a batch (WAIT) before `apply` reports them recorded.
+            receipts of a batch (WAIT) before `apply` reports them recorded, and an
+            accepted submit's message-id index entries before its submit is recorded.
         signature: stripped from texts handed to voice.
         early_receipt_ttl_seconds: how long a receipt waits for its submit response.
         receipt_timeout_seconds: how long a submit waits for its receipt before it is
@@ -692,6 +693,8 @@ class NotificationLedger:
                 entries = [entry for entries in indexing.values() for entry in entries]
                 try:
                     parked = await self._write_index_entries(entries)
+                    if self.receipt_wait_replicas:
+                        await self._wait_index_replicated(indexing)
                 except Exception as e:
                     if not is_unavailable(e):
                         raise
@@ -866,6 +869,40 @@ class NotificationLedger:
                 _writer_log.warn("receipts: {acked} of {wanted} replicas had {n} receipts after {ms} ms; "
                                  "acknowledged anyway", acked=result, wanted=self.receipt_wait_replicas,
                                  n=len(origins), ms=WAIT_TIMEOUT_MS)
+
+    async def _wait_index_replicated(self, indexing: dict[int, list[tuple[int, Sequence[Any]]]]) -> None:
+        """With push.delivery_wait_replicas, WAIT until that many replicas of each master
+        that took index entries have them, before the submits are recorded: a master lost
+        with entries its replica never had left their receipts nothing to find (parked as
+        early, acknowledged, never applied: the soak's 125 `unconfirmed` in one run of
+        60,000).  A master that goes away meanwhile raises, and the submits wait and write
+        their entries again (on its promoted replica); fewer replicas within the bound,
+        or a master held off after that (ReplicaWaits): counted, recorded."""
+        fences = self._fences_by_master(indexing)
+        results = await asyncio.gather(*(self.replica_waits.confirmed(fence, self.receipt_wait_replicas)
+                                         for fence in fences))
+        if short := [acked for acked in results if acked < self.receipt_wait_replicas]:
+            receipt_replication_short.inc()
+            _writer_log.warn("message-id index: {masters} of {n} masters short of {wanted} replicas after "
+                             "{ms} ms; submits recorded anyway", masters=len(short), n=len(fences),
+                             wanted=self.receipt_wait_replicas, ms=WAIT_TIMEOUT_MS)
+
+    def _fences_by_master(self, partitions: Iterable[int]) -> list[str]:
+        """One replication fence per master among these partitions (one WAIT covers all
+        that master wrote: replication is one ordered stream per master); on one Redis,
+        one fence."""
+        fences = [self.keys.partition(k).replication_fence for k in partitions]
+        node_of = getattr(self.redis, "get_node_from_key", None)
+        if node_of is None:
+            return fences[:1]
+        by_node: dict[str, str] = {}
+        for fence in fences:
+            try:
+                name = node_of(fence).name
+            except Exception:  # the slot map being refreshed: one fence per partition then
+                name = fence
+            by_node.setdefault(name, fence)
+        return list(by_node.values())
 
     def _op_partition(self, op: Sequence[Any]) -> int:
         if op[0] == "X":  # the partition of its first candidate's index entry

@@ -6,6 +6,7 @@ stream still accepted, and batches shared among partitions high lane first."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
@@ -438,6 +439,67 @@ async def test_receipts_wait_for_a_replica_of_their_master_when_asked(redis_clus
         # Delivered again by the carrier: recorded, and the state it already had is kept.
         await wait_deferred(p.receipts.record_receipt(receipt(message_id["d3"])))
         assert await p.state("d3") == "delivered"
+
+
+@on_asyncio
+async def test_index_entries_wait_for_a_replica_before_their_submit_is_recorded(redis_cluster: object,
+                                                                                redis_cluster_url: str) -> None:
+    """push.delivery_wait_replicas 1 on the real Cluster: an accepted submit whose message
+    id is indexed in another partition is recorded once a replica of the index's master
+    has the entry.  With that replica stopped: after the wait's bound, counted.  With the
+    master lost meanwhile: the submit is not recorded but held, and recorded with its
+    entry written again once the master answers.  Before, a master killed with entries
+    its replica never had left receipts nothing to find: parked, acknowledged, never
+    applied (125 notifications `unconfirmed` in one soak of 60,000)."""
+    from gateway.push.state import receipt_replication_short
+    from gateway.store.bridge import wait_deferred
+    from gateway.store.local_cluster import LocalRedisCluster
+    from gateway.store.replication import ReplicaWaits
+
+    assert isinstance(redis_cluster, LocalRedisCluster)
+    async with pipeline(redis_cluster_url, partitions=PARTITIONS) as p:
+        p.ledger.receipt_wait_replicas = 1
+        # The scripted carrier numbers its message ids in submit order: CMCC00000001, ...
+        index_partition = [p.keys.index_partition_of("cmcc", canonical_message_id(f"CMCC{k:08X}"))
+                           for k in (1, 2, 3)]
+
+        def elsewhere(k: int) -> str:  # a notification id whose partition is not its index's
+            return next(f"x{k}-{i}" for i in range(100) if p.keys.partition_of(f"x{k}-{i}") != index_partition[k - 1])
+
+        def index_master(k: int) -> int:
+            return redis_cluster.owner_of(p.redis.keyslot(p.keys.partition(index_partition[k - 1]).replication_fence))
+
+        first, second, third = elsewhere(1), elsewhere(2), elsewhere(3)
+        short = receipt_replication_short._value.get()
+        await p.accept(code(first))
+        await p.dispatch_all()
+        assert await p.state(first) == "submitted"
+        assert receipt_replication_short._value.get() == short  # the replica had it
+
+        (replica,) = redis_cluster.replicas_of(index_master(2))
+        await p.accept(code(second))
+        with redis_cluster.paused(replica):  # the wait's bound (1 s) is short of the node timeout (2 s)
+            started = time.monotonic()
+            await p.dispatch_all()
+            assert await p.state(second) == "submitted"
+            assert time.monotonic() - started >= 0.9
+        assert receipt_replication_short._value.get() == short + 1
+
+        p.ledger.replica_waits = ReplicaWaits(p.redis, hold_off_seconds=0)  # that master: asked again
+        await p.accept(code(third))
+        with _master_lost_while_waiting():
+            assert await p.dispatcher.dispatch_once() == 1
+            for _ in range(100):
+                if p.writer.failing:
+                    break
+                await asyncio.sleep(0.02)
+            assert p.writer.failing and await p.state(third) == "submitting"
+        await p.writer.flushed()
+        assert await p.state(third) == "submitted"
+        entry = await p.redis.get(p.keys.message_id("cmcc", canonical_message_id("CMCC00000003")))
+        assert entry == f"{third} 0"
+        await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000003")))
+        assert await p.state(third) == "delivered"
 
 
 @on_asyncio
