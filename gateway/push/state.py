@@ -993,10 +993,14 @@ class NotificationLedger:
         return sum(int(payload[0]) for payload in payloads)
 
     async def close_overdue_receipts(self, *, now: float, limit: int = 1000,
-                                     partitions: Sequence[int] | None = None) -> tuple[int, int]:
-        """Notifications still ``submitted`` whose receipt timeout has passed become
-        ``unconfirmed``; returns (entries due, notifications closed)."""
-        payloads = await self._sweep(self._receipts_overdue, "awaiting_receipt", now, limit, partitions)
+                                     partitions: Sequence[int] | None = None,
+                                     grace_seconds: float = 0.0) -> tuple[int, int]:
+        """Notifications still ``submitted`` whose receipt timeout passed at least
+        `grace_seconds` ago become ``unconfirmed``; returns (entries due, notifications
+        closed).  The grace lets a receipt kept in another partition while this one failed
+        (`apply_deferred_receipts`, another process's housekeeping) land first."""
+        payloads = await self._sweep(self._receipts_overdue, "awaiting_receipt", now, limit, partitions,
+                                     due_by=now - grace_seconds)
         return sum(int(p[0]) for p in payloads), sum(int(p[1]) for p in payloads)
 
     async def recover_expired_leases(self, *, now: float, limit: int = 1000,
@@ -1006,17 +1010,19 @@ class NotificationLedger:
         return sum(int(payload[0]) for payload in payloads)
 
     async def _sweep(self, script: Any, key_name: str, now: float, limit: int,
-                     partitions: Sequence[int] | None = None) -> list[list[Any]]:
+                     partitions: Sequence[int] | None = None, *, due_by: float | None = None) -> list[list[Any]]:
         """Run a sweep script, in each partition (of `partitions`; None: all), on the
-        members of its sorted set `key_name` due by `now` (at most `limit` each), read
-        first so that the script can declare their notifications; no script runs where
-        none is due."""
+        members of its sorted set `key_name` due by `due_by` (default `now`; at most
+        `limit` each), read first so that the script can declare their notifications; no
+        script runs where none is due.  The script's arguments: the cutoff, the number of
+        members, the members."""
+        cutoff = _fmt(now if due_by is None else due_by)
         numbers = list(range(self.keys.partitions)) if partitions is None else list(partitions)
         if not numbers:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for k in numbers:
-                pipe.zrangebyscore(getattr(self.keys.partition(k), key_name), "-inf", _fmt(now), start=0, num=limit)
+                pipe.zrangebyscore(getattr(self.keys.partition(k), key_name), "-inf", cutoff, start=0, num=limit)
             due: list[list[str]] = await pipe.execute()
         runs = []
         for partition, ids in zip(numbers, due, strict=True):
@@ -1024,7 +1030,7 @@ class NotificationLedger:
                 declared = self._declared(partition)
                 for notification_id in ids:
                     declared.notification(notification_id)
-                runs.append(self._run(script, now, [len(ids), *ids], declared, partition))
+                runs.append(self._run(script, now, [cutoff, len(ids), *ids], declared, partition))
         return list(await asyncio.gather(*runs))
 
     async def renew_leases(self, ids: Iterable[str], *, deadline: float) -> None:

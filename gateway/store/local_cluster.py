@@ -67,8 +67,10 @@ def _bindable(port: int) -> bool:
         return True
 
 
-def command(port: int, *args: str, timeout_seconds: float = 5.0) -> str:
-    """One command to one node through redis-cli (raw output, stripped)."""
+def command(port: int, *args: str, timeout_seconds: float = 20.0) -> str:
+    """One command to one node through redis-cli (raw output, stripped).  The bound is a
+    guard against a hung node, not a latency target: a soak on both cores with a test run
+    beside it once took over 5 s for a CLUSTER GETKEYSINSLOT mid-migration."""
     done = subprocess.run([find_redis_cli(), "-p", str(port), *args], capture_output=True, text=True,
                           timeout=timeout_seconds, check=False)
     return done.stdout.strip()

@@ -63,7 +63,7 @@ async def test_sweep_skips_a_lease_renewed_after_it_was_read(redis_url: str) -> 
         declared = p.ledger._declared()
         for notification_id in expired:
             declared.notification(notification_id)
-        payload = await p.ledger._run(p.ledger._recover, later, [2, *expired], declared)
+        payload = await p.ledger._run(p.ledger._recover, later, [f"{later:.3f}", 2, *expired], declared)
         assert payload == ["1"]
         assert await p.state("alive") == "submitting" and await p.state("dead") == "queued"
 

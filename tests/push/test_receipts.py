@@ -4,6 +4,7 @@ hand-off of an undeliverable channel-auto notification."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import DeferredList
@@ -93,6 +94,24 @@ async def test_submit_that_asked_for_no_receipt_indexes_no_message_id(redis_url:
         p.clock.advance(RECEIPT_TIMEOUT + 1)
         assert await p.ledger.close_overdue_receipts(now=p.clock.now) == (0, 0)
         assert await p.state("quiet") == "submitted"
+
+
+@on_asyncio
+async def test_a_grace_holds_the_receipt_timeout_back_and_keeps_the_real_times(redis_url: str) -> None:
+    """close_overdue_receipts(grace_seconds=g) closes a notification only g seconds past
+    its receipt timeout (a receipt kept in another partition lands first), and records
+    the real time and wait, not the cutoff's."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("late"))
+        await p.dispatch_all()
+        p.clock.advance(RECEIPT_TIMEOUT + 5)
+        assert await p.ledger.close_overdue_receipts(now=p.clock.now, grace_seconds=10) == (0, 0)
+        assert await p.state("late") == "submitted"
+        p.clock.advance(6)
+        assert await p.ledger.close_overdue_receipts(now=p.clock.now, grace_seconds=10) == (1, 1)
+        raw = await p.ledger.raw("late")
+        assert raw["state"] == "unconfirmed" and float(raw["unconfirmed_at"]) == pytest.approx(p.clock.now)
+        assert raw["error"] == f"no receipt within {RECEIPT_TIMEOUT + 11} s"
 
 
 @on_asyncio

@@ -1,12 +1,13 @@
 -- Move scheduled notifications whose time has come back to their lane (or expire them).
 -- KEYS: the ledger's (ledger.lua) and the listed notifications ('n'..id).
--- ARGV (after the ledger header): the number of ids listed, then the ids (read by the
+-- ARGV (after the ledger header): the cutoff (members scored after it are not taken),
+-- the number of ids listed, then the ids (read by the
 -- caller with ZRANGEBYSCORE; those no longer due are skipped).  Returns {{number taken}, counts, partner ids}.
 -- include: take_listed.lua
 -- include: ledger.lua
 local listed = {}
-for j = 1, tonumber(ARGV[FIRST]) do listed[j] = ARGV[FIRST + j] end
-local ids = take_listed(SCHEDULED, NOW, listed)
+for j = 1, tonumber(ARGV[FIRST + 1]) do listed[j] = ARGV[FIRST + 1 + j] end
+local ids = take_listed(SCHEDULED, ARGV[FIRST], listed)
 for _, id in ipairs(ids) do
   local key = nkey(id)
   local h = redis.call('HMGET', key, 'state', 'priority', 'expires_at', 'type')

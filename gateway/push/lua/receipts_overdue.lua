@@ -1,12 +1,13 @@
 -- Notifications still submitted whose receipt timeout passed become unconfirmed (final).
 -- KEYS: the ledger's (ledger.lua) and the listed notifications ('n'..id).
--- ARGV (after the ledger header): the number of ids listed, then the ids (read by the
+-- ARGV (after the ledger header): the cutoff (members scored after it are not taken),
+-- the number of ids listed, then the ids (read by the
 -- caller with ZRANGEBYSCORE; those no longer due are skipped).  Returns {{taken, closed}, counts, partner ids}.
 -- include: take_listed.lua
 -- include: ledger.lua
 local listed = {}
-for j = 1, tonumber(ARGV[FIRST]) do listed[j] = ARGV[FIRST + j] end
-local ids = take_listed(AWAITING, NOW, listed)
+for j = 1, tonumber(ARGV[FIRST + 1]) do listed[j] = ARGV[FIRST + 1 + j] end
+local ids = take_listed(AWAITING, ARGV[FIRST], listed)
 local closed = 0
 for _, id in ipairs(ids) do
   local key = nkey(id)

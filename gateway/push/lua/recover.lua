@@ -1,13 +1,14 @@
 -- Put notifications whose claim lease ran out (process killed) back at the front of
 -- their lane, counting a possible duplicate.
 -- KEYS: the ledger's (ledger.lua) and the listed notifications ('n'..id).
--- ARGV (after the ledger header): the number of ids listed, then the ids (read by the
+-- ARGV (after the ledger header): the cutoff (members scored after it are not taken),
+-- the number of ids listed, then the ids (read by the
 -- caller with ZRANGEBYSCORE; those no longer due are skipped).  Returns {{recovered}, counts, partner ids}.
 -- include: take_listed.lua
 -- include: ledger.lua
 local listed = {}
-for j = 1, tonumber(ARGV[FIRST]) do listed[j] = ARGV[FIRST + j] end
-local ids = take_listed(INFLIGHT, NOW, listed)
+for j = 1, tonumber(ARGV[FIRST + 1]) do listed[j] = ARGV[FIRST + 1 + j] end
+local ids = take_listed(INFLIGHT, ARGV[FIRST], listed)
 local recovered = 0
 for _, id in ipairs(ids) do
   local key = nkey(id)
