@@ -501,17 +501,19 @@ class PushService(Service):
         # often as leases are recovered (every lease / 3), not every tick: on a Cluster each
         # sweep is a read per owned partition.
         if self._tick % every == 0:
-            # Before the receipt timeouts: a receipt kept while its partition failed (a slot
-            # migrating for 20 s) is applied first, not found late after its notification
-            # was closed unconfirmed (bench/cluster_soak.py: 10 of 60,000 with a 20 s
-            # receipt timeout).
-            deferred = await self.ledger.apply_deferred_receipts(now=now, partitions=owned)
+            # Before the receipt timeouts, and from every partition's stream, not only the
+            # owned ones: a receipt kept elsewhere while its notification's partition failed
+            # (a slot migrating for 20 s) must land before that partition's owner closes
+            # the notification `unconfirmed` (bench/cluster_soak.py: 10 and 21 of 60,000
+            # with a 20 s receipt timeout).  Another process applying the same entry at
+            # the same time changes nothing (the same receipt twice).
+            deferred = await self.ledger.apply_deferred_receipts(now=now)
             if deferred:
                 log.info("{count} deferred receipts applied (their partition answers again)", count=deferred)
         if self._tick % every == 0 or not self.ownership.enabled:
-            # Partitioned, a receipt kept while its notification's partition failed is in
-            # another partition's stream, applied by that one's owner within its period
-            # (every lease / 3): two periods of grace before a notification is closed.
+            # Partitioned, a receipt may be on its way into another partition's deferred
+            # stream (its writer's batch) as this one answers again: two housekeeping
+            # periods (every lease / 3) of grace before a notification is closed.
             grace = 2 * every * self.tick_seconds if self.keys.partitioned else 0.0
             overdue, unconfirmed = await self.ledger.close_overdue_receipts(now=now, partitions=owned,
                                                                             grace_seconds=grace)

@@ -290,6 +290,37 @@ async def test_outcomes_of_a_partition_that_fails_wait_without_holding_back_the_
 
 
 @on_asyncio
+async def test_housekeeping_applies_every_partitions_deferred_receipts_before_closing_timeouts(
+        redis_url: str) -> None:
+    """A receipt kept in partition Q's deferred stream for a notification of partition
+    P, past its receipt timeout: the housekeeping of a process that owns P only applies it
+    (delivered) before it closes P's overdue notifications.  Before, each process applied
+    only its own partitions' streams, after closing: the notification ended `unconfirmed`
+    and its receipt came late (bench/cluster_soak.py: 10-21 of 60,000)."""
+    import json
+
+    from gateway.config import PushConfig
+    from gateway.push.service import PushService
+
+    async with pipeline(redis_url, partitions=2, receipt_timeout_seconds=20) as p:
+        await p.accept(code("kept"))
+        await p.dispatch_all()
+        assert await p.state("kept") == "submitted"
+        home = p.keys.partition_of("kept")
+        elsewhere = 1 - home
+        await p.redis.xadd(p.keys.partition(elsewhere).deferred_receipts,
+                           {"op": json.dumps(["Y", "kept", "0", "DELIVRD", "000"])})
+        service = PushService(p.redis, p.keys, PushConfig(receipt_timeout_seconds=20), p.templates, p.links,
+                              p.clock, lease_seconds=3.0, tick_seconds=1.0)
+        service.ownership.owned = lambda now=None: [home]  # type: ignore[method-assign]
+        p.clock.advance(60)  # well past the timeout and its grace
+        for _ in range(3):  # one full housekeeping period (every lease / 3 ticks)
+            await service._housekeeping_step()
+        assert await p.state("kept") == "delivered"
+        assert await p.redis.xlen(p.keys.partition(elsewhere).deferred_receipts) == 0
+
+
+@on_asyncio
 async def test_a_receipt_is_recorded_while_the_index_writes_of_its_batch_fail(redis_url: str) -> None:
     """A batch with two submit outcomes and a receipt, whose message-id index writes fail
     (the node of the index partition away): the receipt is recorded, the two submits are
