@@ -132,7 +132,7 @@ from gateway.push.keywords import (
 )
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys
-from gateway.store.replication import WAIT_TIMEOUT_MS, ReplicaWaits
+from gateway.store.replication import ReplicaWaits
 from gateway.store.scripts import register_lua
 from gateway.store.service import REDIS_ERRORS
 from gateway.store.streams import stream_entries
@@ -282,11 +282,9 @@ class MoRecorder:
             # A master lost before its replica had the MO raises here: the SMSC gets an
             # error status and delivers it again.
             acked = await self.replica_waits.confirmed(self._keys.partition(partition).replication_fence,
-                                                       self._wait_replicas)
+                                                       self._wait_replicas, "citizens' messages (MO)")
             if acked < self._wait_replicas:
                 mo_replication_short.inc()
-                log.warn("MO recorded: {acked} of {wanted} replicas had it after {ms} ms; acknowledged anyway",
-                         acked=acked, wanted=self._wait_replicas, ms=WAIT_TIMEOUT_MS)
         log.info(
             "MO {mo_id} from {sender} via {carrier} recorded",
             mo_id=self._keys.mo_id(partition, decode_text(entry_id)),

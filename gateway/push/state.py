@@ -89,7 +89,7 @@ from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys, PartitionKeys
 from gateway.store.reads import get_many
 from gateway.store.refusals import RefusalLog, is_unavailable
-from gateway.store.replication import WAIT_TIMEOUT_MS, ReplicaWaits
+from gateway.store.replication import ReplicaWaits
 from gateway.store.scripts import register_lua
 
 __all__ = [
@@ -450,11 +450,9 @@ class NotificationLedger:
         waited for again for a while (ReplicaWaits): a replica that is down must not stop
         intake (the loss is then what it would be without waiting)."""
         acked = await self.replica_waits.confirmed(self.keys.partition(partition).replication_fence,
-                                                   self.wait_replicas)
+                                                   self.wait_replicas, "intake batches")
         if acked < self.wait_replicas:
             replication_short.inc()
-            _writer_log.warn("intake: {acked} of {wanted} replicas had the batch after {ms} ms; accepted anyway",
-                             acked=acked, wanted=self.wait_replicas, ms=WAIT_TIMEOUT_MS)
 
     async def _accept_partition(self, partition: int, items: list[AcceptItem], now: float,
                                 stream: tuple[str, str]) -> list[AcceptOutcome]:
@@ -856,7 +854,8 @@ class NotificationLedger:
         if not waits:
             return
         results = await asyncio.gather(*(self.replica_waits.confirmed(self.keys.partition(p).replication_fence,
-                                                                      self.receipt_wait_replicas) for p in waits),
+                                                                      self.receipt_wait_replicas, "receipts")
+                                         for p in waits),
                                        return_exceptions=True)
         for origins, result in zip(waits.values(), results, strict=True):
             if isinstance(result, BaseException):
@@ -866,9 +865,6 @@ class NotificationLedger:
                     unapplied.setdefault(origin, result)
             elif result < self.receipt_wait_replicas:
                 receipt_replication_short.inc()
-                _writer_log.warn("receipts: {acked} of {wanted} replicas had {n} receipts after {ms} ms; "
-                                 "acknowledged anyway", acked=result, wanted=self.receipt_wait_replicas,
-                                 n=len(origins), ms=WAIT_TIMEOUT_MS)
 
     async def _wait_index_replicated(self, indexing: dict[int, list[tuple[int, Sequence[Any]]]]) -> None:
         """With push.delivery_wait_replicas, WAIT until that many replicas of each master
@@ -879,13 +875,11 @@ class NotificationLedger:
         their entries again (on its promoted replica); fewer replicas within the bound,
         or a master held off after that (ReplicaWaits): counted, recorded."""
         fences = self._fences_by_master(indexing)
-        results = await asyncio.gather(*(self.replica_waits.confirmed(fence, self.receipt_wait_replicas)
+        results = await asyncio.gather(*(self.replica_waits.confirmed(fence, self.receipt_wait_replicas,
+                                                                      "submits (message-id index entries)")
                                          for fence in fences))
-        if short := [acked for acked in results if acked < self.receipt_wait_replicas]:
+        if any(acked < self.receipt_wait_replicas for acked in results):
             receipt_replication_short.inc()
-            _writer_log.warn("message-id index: {masters} of {n} masters short of {wanted} replicas after "
-                             "{ms} ms; submits recorded anyway", masters=len(short), n=len(fences),
-                             wanted=self.receipt_wait_replicas, ms=WAIT_TIMEOUT_MS)
 
     def _fences_by_master(self, partitions: Iterable[int]) -> list[str]:
         """One replication fence per master among these partitions (one WAIT covers all

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import AskError, MovedError, TryAgainError
+from twisted.logger import Logger
 
 __all__ = ["HOLD_OFF_SECONDS", "WAIT_TIMEOUT_MS", "ReplicaWaits", "wait_for_replicas"]
 
@@ -35,6 +36,8 @@ HOLD_OFF_SECONDS = 10.0
 # The fence was sent to a node that no longer holds its slot (a slot migrating): the WAIT
 # that followed covers nothing, so nothing is confirmed.
 _REDIRECTED = (AskError, MovedError, TryAgainError)
+
+log = Logger()
 
 
 async def wait_for_replicas(redis: Any, fence_key: str, replicas: int, timeout_ms: int = WAIT_TIMEOUT_MS) -> int:
@@ -75,15 +78,37 @@ class ReplicaWaits:
         self.timeout_ms = timeout_ms
         self._clock = clock
         self._held_until: dict[str, float] = {}
+        # Shortfalls per kind of wait since its last warning, and when the next may come:
+        # while a master is held off every batch of it falls short (hundreds of lines per
+        # gateway in a soak), so one line per hold-off period says how many.
+        self._short_since: dict[str, int] = {}
+        self._next_warning: dict[str, float] = {}
 
-    async def confirmed(self, fence_key: str, replicas: int) -> int:
+    async def confirmed(self, fence_key: str, replicas: int, what: str = "writes") -> int:
         """Replicas (up to `replicas`) that have what the fence's master wrote so far; 0
-        without asking while that master is held off.  Raises as `wait_for_replicas`."""
+        without asking while that master is held off.  Raises as `wait_for_replicas`.
+        A shortfall is warned about (`what` names what goes on without the replicas), at
+        most once per hold-off period and kind."""
         if self._held_until.get(fence_key, 0.0) > self._clock():
-            return 0
-        acked = await wait_for_replicas(self.redis, fence_key, replicas, self.timeout_ms)
-        if acked < replicas:
-            self._held_until[fence_key] = self._clock() + self.hold_off_seconds
+            acked = 0
         else:
-            self._held_until.pop(fence_key, None)
+            acked = await wait_for_replicas(self.redis, fence_key, replicas, self.timeout_ms)
+            if acked < replicas:
+                self._held_until[fence_key] = self._clock() + self.hold_off_seconds
+            else:
+                self._held_until.pop(fence_key, None)
+        if acked < replicas:
+            self._fell_short(what, acked, replicas)
         return acked
+
+    def _fell_short(self, what: str, acked: int, replicas: int) -> None:
+        self._short_since[what] = self._short_since.get(what, 0) + 1
+        now = self._clock()
+        if now < self._next_warning.get(what, float("-inf")):
+            return
+        self._next_warning[what] = now + self.hold_off_seconds
+        log.warn("{what}: acknowledged with {acked} of {wanted} replicas (bound {ms} ms; a master that fell short "
+                 "is not waited for again for {hold:.0f} s); {times} such since the last line",
+                 what=what, acked=acked, wanted=replicas, ms=self.timeout_ms, hold=self.hold_off_seconds,
+                 times=self._short_since[what])
+        self._short_since[what] = 0

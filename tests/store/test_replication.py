@@ -17,6 +17,7 @@ from pathlib import Path
 
 import redis as sync_redis
 import redis.asyncio as aioredis
+from twisted.logger import globalLogPublisher
 
 from gateway.store.embedded import RedisServerProcess
 from gateway.store.keys import Keys
@@ -127,22 +128,34 @@ async def test_a_master_whose_replicas_fell_short_is_held_off_then_asked_again(r
     def waits_sent() -> int:
         return int(stats.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
 
+    warnings: list[dict[str, object]] = []
+
+    def observe(event: dict[str, object]) -> None:
+        if event.get("log_namespace") == "gateway.store.replication":
+            warnings.append(event)
+
+    globalLogPublisher.addObserver(observe)
     try:
         before = waits_sent()
         started = time.monotonic()
-        assert await waits.confirmed(fence, 1) == 0
+        assert await waits.confirmed(fence, 1, "receipts") == 0
         assert time.monotonic() - started >= 0.15
         assert waits_sent() == before + 1
         now[0] += 9.0
         started = time.monotonic()
-        assert await waits.confirmed(fence, 1) == 0
+        assert await waits.confirmed(fence, 1, "receipts") == 0
         assert time.monotonic() - started < 0.1
         assert waits_sent() == before + 1
         now[0] += 1.5
-        assert await waits.confirmed(fence, 1) == 0
+        assert await waits.confirmed(fence, 1, "receipts") == 0
         assert waits_sent() == before + 2
         assert await waits.confirmed(fence, 0) == 0  # held off again: nothing asked
         assert waits_sent() == before + 2
+        # One warning per hold-off period and kind of wait, saying how many fell short
+        # since the last: the first at once; the held-off answer at 9 s only counted;
+        # the wait at 10.5 s warned with both.
+        assert [(w["what"], w["times"]) for w in warnings] == [("receipts", 1), ("receipts", 2)]
     finally:
+        globalLogPublisher.removeObserver(observe)
         stats.close()
         await client.aclose()
