@@ -124,7 +124,8 @@ replication_short = Counter(
 
 receipt_replication_short = Counter(
     "gateway12123_push_receipt_replication_short_total",
-    "Batches of receipts acknowledged although fewer replicas than push.delivery_wait_replicas had them",
+    "Batches of receipts acknowledged, or of submits recorded, although fewer replicas than "
+    "push.delivery_wait_replicas had them (the receipts, or the submits' message-id index entries)",
     registry=metrics.REGISTRY,
 )
 
