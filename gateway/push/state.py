@@ -821,15 +821,13 @@ class NotificationLedger:
     async def apply_deferred_receipts(self, *, now: float, partitions: Sequence[int] | None = None,
                                       limit: int = 1000) -> int:
         """Apply the receipts `_defer_receipts` kept in these partitions' streams (at most
-        `limit` each) and delete those applied; those whose partition still fails stay.
-        Returns how many were applied."""
+        `limit` each) and delete those applied; those whose partition still fails stay, and
+        so does a stream whose own node is away (read again at the next call: housekeeping
+        goes on meanwhile).  Returns how many were applied."""
         numbers = list(range(self.keys.partitions)) if partitions is None else list(partitions)
         if not numbers:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for k in numbers:
-                pipe.xrange(self.keys.partition(k).deferred_receipts, count=limit)
-            streams = await pipe.execute()
+        streams = await self._read_deferred(numbers, limit)
         applied = 0
         for k, entries in zip(numbers, streams, strict=True):
             if not entries:
@@ -837,10 +835,38 @@ class NotificationLedger:
             failed = {position for position, _ in
                       await self.apply([json.loads(fields["op"]) for _, fields in entries], now=now, defer=False)}
             done = [entry_id for position, (entry_id, _) in enumerate(entries) if position not in failed]
-            if done:
+            if not done:
+                continue
+            try:
                 await self.redis.xdel(self.keys.partition(k).deferred_receipts, *done)
-                applied += len(done)
+            except Exception as e:
+                if not is_unavailable(e):
+                    raise
+                continue  # applied again next time: the same receipts twice change nothing
+            applied += len(done)
         return applied
+
+    async def _read_deferred(self, numbers: list[int], limit: int) -> list[list[Any] | None]:
+        """The deferred-receipts entries of these partitions, in one pipeline; when a node
+        is away (the pipeline fails whole), partition by partition, None for those that
+        fail."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for k in numbers:
+                    pipe.xrange(self.keys.partition(k).deferred_receipts, count=limit)
+                return list(await pipe.execute())
+        except Exception as e:
+            if not is_unavailable(e):
+                raise
+        streams: list[list[Any] | None] = []
+        for k in numbers:
+            try:
+                streams.append(await self.redis.xrange(self.keys.partition(k).deferred_receipts, count=limit))
+            except Exception as e:
+                if not is_unavailable(e):
+                    raise
+                streams.append(None)
+        return streams
 
     async def _wait_receipts_replicated(self, receipts_in: dict[int, list[int]],
                                         unapplied: dict[int, BaseException]) -> None:

@@ -321,6 +321,44 @@ async def test_housekeeping_applies_every_partitions_deferred_receipts_before_cl
 
 
 @on_asyncio
+async def test_a_deferred_stream_whose_node_is_away_waits_and_the_others_are_applied(redis_url: str) -> None:
+    """Kept receipts in both partitions' streams, one stream unreadable (its node away):
+    the other's receipt is applied and no error stops housekeeping; the unreadable one's
+    is applied at the next call.  Before, one failing read failed the whole call, and with
+    it the rest of housekeeping (lease renewals among it)."""
+    import json
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async with pipeline(redis_url, partitions=2) as p:
+        ids = {p.keys.partition_of(n): n for n in (f"k{i}" for i in range(20))}
+        await p.accept(*(code(n, to=f"139{k:08d}") for k, n in ids.items()))
+        await p.dispatch_all()
+        for k, notification_id in ids.items():
+            await p.redis.xadd(p.keys.partition(k).deferred_receipts,
+                               {"op": json.dumps(["Y", notification_id, "0", "DELIVRD", "000"])})
+        away = p.keys.partition(1).deferred_receipts
+        real_pipeline, real_xrange = p.redis.pipeline, p.redis.xrange
+
+        def pipeline_away(*args: Any, **kwargs: Any) -> Any:
+            raise RedisConnectionError("node away")
+
+        async def xrange_away(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == away:
+                raise RedisConnectionError("node away")
+            return await real_xrange(name, *args, **kwargs)
+
+        p.redis.pipeline, p.redis.xrange = pipeline_away, xrange_away  # type: ignore[method-assign]
+        try:
+            assert await p.ledger.apply_deferred_receipts(now=p.clock.seconds()) == 1
+        finally:
+            p.redis.pipeline, p.redis.xrange = real_pipeline, real_xrange  # type: ignore[method-assign]
+        assert await p.state(ids[0]) == "delivered" and await p.state(ids[1]) == "submitted"
+        assert await p.ledger.apply_deferred_receipts(now=p.clock.seconds()) == 1
+        assert await p.state(ids[1]) == "delivered"
+
+
+@on_asyncio
 async def test_a_receipt_is_recorded_while_the_index_writes_of_its_batch_fail(redis_url: str) -> None:
     """A batch with two submit outcomes and a receipt, whose message-id index writes fail
     (the node of the index partition away): the receipt is recorded, the two submits are
