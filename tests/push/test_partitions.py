@@ -12,6 +12,7 @@ import re
 import time
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -569,6 +570,70 @@ async def test_index_entries_wait_for_a_replica_before_their_submit_is_recorded(
         assert entry == f"{third} 0"
         await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000003")))
         assert await p.state(third) == "delivered"
+
+
+@pytest.mark.slow
+@on_asyncio
+async def test_index_entries_survive_their_master_killed_before_its_replica_had_them(tmp_path: Path) -> None:
+    """A real failover on a Cluster of its own: the master of a message id's index
+    partition is SIGKILLed after it took the index entry and before its replica had it
+    (stopped, its link cut); the replica is then promoted.  With push.delivery_wait_replicas 1 the
+    submit waited for that replica, so the kill fails the wait, the submit is held and
+    writes its entry again on the promoted replica, and the receipt finds it: delivered.
+    Without the wait the submit was recorded at once, the entry died with the master, and
+    the receipt was parked for ever (the notification stayed submitted)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gateway.store.bridge import wait_deferred
+    from gateway.store.local_cluster import LocalRedisCluster, command
+    from gateway.store.replication import ReplicaWaits
+
+    cluster = LocalRedisCluster(tmp_path / "cluster")
+    cluster.start()
+    try:
+        url = "cluster:" + ",".join(cluster.startup_nodes)
+        async with pipeline(url, partitions=PARTITIONS) as p:
+            p.ledger.receipt_wait_replicas = 1
+            # A bound well beyond the kill below (tens of milliseconds after the entry
+            # is seen), so that a loaded machine cannot let the wait end short, and the
+            # submit be recorded, before the master dies.  Once the replica is promoted it
+            # has no replica of its own: the retry's wait takes this bound, then records.
+            p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)
+            message_id = canonical_message_id("CMCC00000001")  # the scripted carrier's first
+            index_key = p.keys.message_id("cmcc", message_id)
+            master = cluster.owner_of(p.redis.keyslot(index_key))
+            notification = next(f"f{i}" for i in range(200) if cluster.owner_of(
+                p.redis.keyslot(p.keys.partition(p.keys.partition_of(f"f{i}")).lane("high"))) != master)
+            await p.accept(code(notification))
+            (replica,) = cluster.replicas_of(master)
+            with cluster.paused(replica):
+                # Its link cut while it is stopped: what the master writes from now on
+                # stays in the master (a stopped replica would still find it in its socket
+                # buffer when it wakes up).
+                assert command(master, "client", "kill", "type", "replica") == "1"
+                assert await p.dispatcher.dispatch_once() == 1
+                deadline = time.monotonic() + 10
+                while not command(master, "get", index_key) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                assert command(master, "get", index_key) == f"{notification} 0"
+                await asyncio.to_thread(cluster.kill, master)
+            await asyncio.to_thread(cluster.wait_for_new_master_of, master)
+            await asyncio.wait_for(p.writer.flushed(), 60)
+
+            async def index_entry() -> str | None:  # the client's slot map may still name the dead master
+                for _ in range(100):
+                    try:
+                        return str(await p.redis.get(index_key) or "") or None
+                    except RedisConnectionError:
+                        await asyncio.sleep(0.1)
+                raise AssertionError("the promoted replica never answered")
+
+            assert await index_entry() == f"{notification} 0"
+            assert await p.state(notification) == "submitted"
+            await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001")))
+            assert await p.state(notification) == "delivered"
+    finally:
+        cluster.stop()
 
 
 @on_asyncio
