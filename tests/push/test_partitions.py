@@ -11,7 +11,7 @@ import contextlib
 import re
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -572,68 +572,151 @@ async def test_index_entries_wait_for_a_replica_before_their_submit_is_recorded(
         assert await p.state(third) == "delivered"
 
 
+@contextlib.asynccontextmanager
+async def _own_cluster(tmp_path: Path) -> AsyncIterator[Any]:
+    """A Cluster of the test's own (3 masters, 3 replicas), for tests that kill a master."""
+    from gateway.store.local_cluster import LocalRedisCluster
+
+    cluster = LocalRedisCluster(tmp_path / "cluster")
+    await asyncio.to_thread(cluster.start)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def _master_killed_once_it_has(cluster: Any, master: int, probe: tuple[str, ...], expected: str) -> None:
+    """With the master's replica stopped and its link cut (CLIENT KILL TYPE replica: a
+    stopped replica would still find what was sent in its socket buffer when it wakes),
+    wait until the master alone answers `probe` (a read command) with `expected`, SIGKILL
+    it, then let the replica wake and take over.  What the master took after the cut dies
+    with it."""
+    from gateway.store.local_cluster import command
+
+    def current() -> str:
+        return command(master, *probe)
+
+    (replica,) = cluster.replicas_of(master)
+    with cluster.paused(replica):
+        assert command(master, "client", "kill", "type", "replica") == "1"
+        yield_point = time.monotonic() + 10
+        while current() != expected and time.monotonic() < yield_point:
+            await asyncio.sleep(0.01)
+        assert current() == expected
+        await asyncio.to_thread(cluster.kill, master)
+    await asyncio.to_thread(cluster.wait_for_new_master_of, master)
+
+
+async def _once_answered(read: Callable[[], Awaitable[Any]]) -> Any:
+    """`read()` once the client's slot map no longer names the dead master."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    for _ in range(100):
+        try:
+            return await read()
+        except RedisConnectionError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("the promoted replica never answered")
+
+
 @pytest.mark.slow
 @on_asyncio
 async def test_index_entries_survive_their_master_killed_before_its_replica_had_them(tmp_path: Path) -> None:
-    """A real failover on a Cluster of its own: the master of a message id's index
-    partition is SIGKILLed after it took the index entry and before its replica had it
-    (stopped, its link cut); the replica is then promoted.  With push.delivery_wait_replicas 1 the
-    submit waited for that replica, so the kill fails the wait, the submit is held and
-    writes its entry again on the promoted replica, and the receipt finds it: delivered.
-    Without the wait the submit was recorded at once, the entry died with the master, and
-    the receipt was parked for ever (the notification stayed submitted)."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
+    """A real failover: the master of a message id's index partition is SIGKILLed after
+    it took the index entry and before its replica had it; the replica is promoted.  With
+    push.delivery_wait_replicas 1 the submit waited for that replica, so the kill fails
+    the wait, the submit is held and writes its entry again on the promoted replica, and
+    the receipt finds it: delivered.  Without the wait the submit was recorded at once,
+    the entry died with the master, and the receipt was parked for ever (the notification
+    stayed submitted)."""
     from gateway.store.bridge import wait_deferred
-    from gateway.store.local_cluster import LocalRedisCluster, command
     from gateway.store.replication import ReplicaWaits
 
-    cluster = LocalRedisCluster(tmp_path / "cluster")
-    cluster.start()
-    try:
-        url = "cluster:" + ",".join(cluster.startup_nodes)
-        async with pipeline(url, partitions=PARTITIONS) as p:
-            p.ledger.receipt_wait_replicas = 1
-            # A bound well beyond the kill below (tens of milliseconds after the entry
-            # is seen), so that a loaded machine cannot let the wait end short, and the
-            # submit be recorded, before the master dies.  Once the replica is promoted it
-            # has no replica of its own: the retry's wait takes this bound, then records.
-            p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)
-            message_id = canonical_message_id("CMCC00000001")  # the scripted carrier's first
-            index_key = p.keys.message_id("cmcc", message_id)
-            master = cluster.owner_of(p.redis.keyslot(index_key))
-            notification = next(f"f{i}" for i in range(200) if cluster.owner_of(
-                p.redis.keyslot(p.keys.partition(p.keys.partition_of(f"f{i}")).lane("high"))) != master)
-            await p.accept(code(notification))
-            (replica,) = cluster.replicas_of(master)
-            with cluster.paused(replica):
-                # Its link cut while it is stopped: what the master writes from now on
-                # stays in the master (a stopped replica would still find it in its socket
-                # buffer when it wakes up).
-                assert command(master, "client", "kill", "type", "replica") == "1"
-                assert await p.dispatcher.dispatch_once() == 1
-                deadline = time.monotonic() + 10
-                while not command(master, "get", index_key) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.01)
-                assert command(master, "get", index_key) == f"{notification} 0"
-                await asyncio.to_thread(cluster.kill, master)
-            await asyncio.to_thread(cluster.wait_for_new_master_of, master)
-            await asyncio.wait_for(p.writer.flushed(), 60)
+    async with _own_cluster(tmp_path) as cluster, \
+            pipeline("cluster:" + ",".join(cluster.startup_nodes), partitions=PARTITIONS) as p:
+        p.ledger.receipt_wait_replicas = 1
+        # A bound well beyond the kill (tens of milliseconds after the entry is seen), so
+        # that a loaded machine cannot let the wait end short, and the submit be recorded,
+        # before the master dies.  The promoted replica has no replica of its own: the
+        # retry's wait takes this bound, then records.
+        p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)
+        index_key = p.keys.message_id("cmcc", canonical_message_id("CMCC00000001"))  # the carrier's first
+        master = cluster.owner_of(p.redis.keyslot(index_key))
+        notification = next(f"f{i}" for i in range(200)
+                            if cluster.owner_of(p.redis.keyslot(p.keys.notification(f"f{i}"))) != master)
+        await p.accept(code(notification))
+        assert await p.dispatcher.dispatch_once() == 1
+        await _master_killed_once_it_has(cluster, master, ("get", index_key), f"{notification} 0")
+        await asyncio.wait_for(p.writer.flushed(), 60)
+        assert await _once_answered(lambda: p.redis.get(index_key)) == f"{notification} 0"
+        assert await p.state(notification) == "submitted"
+        await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001")))
+        assert await p.state(notification) == "delivered"
 
-            async def index_entry() -> str | None:  # the client's slot map may still name the dead master
-                for _ in range(100):
-                    try:
-                        return str(await p.redis.get(index_key) or "") or None
-                    except RedisConnectionError:
-                        await asyncio.sleep(0.1)
-                raise AssertionError("the promoted replica never answered")
 
-            assert await index_entry() == f"{notification} 0"
-            assert await p.state(notification) == "submitted"
-            await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001")))
-            assert await p.state(notification) == "delivered"
-    finally:
-        cluster.stop()
+@pytest.mark.slow
+@on_asyncio
+async def test_a_receipt_acknowledged_survives_its_master_killed_before_its_replica_had_it(
+        tmp_path: Path) -> None:
+    """A real failover: the master of a notification's partition is SIGKILLed after it
+    recorded the receipt and before its replica had it; the replica is promoted.  With
+    push.delivery_wait_replicas 1 the receipt was not yet acknowledged: the kill fails the
+    wait, the carrier is refused and delivers it again, and the promoted replica records
+    it.  Without the wait the carrier was told it was recorded, and it died with the
+    master (the notification stayed submitted, and later unconfirmed)."""
+    from gateway.store.bridge import wait_deferred
+    from gateway.store.refusals import is_unavailable
+    from gateway.store.replication import ReplicaWaits
+
+    async with _own_cluster(tmp_path) as cluster, \
+            pipeline("cluster:" + ",".join(cluster.startup_nodes), partitions=PARTITIONS) as p:
+        p.ledger.receipt_wait_replicas = 1
+        p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)  # as above
+        await p.accept(code("r1"))
+        await p.dispatch_all()
+        assert await p.state("r1") == "submitted"
+        master = cluster.owner_of(p.redis.keyslot(p.keys.notification("r1")))
+        recorded = asyncio.ensure_future(wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001"))))
+        await _master_killed_once_it_has(cluster, master, ("hget", p.keys.notification("r1"), "state"), "delivered")
+        with pytest.raises(Exception) as refused:
+            await asyncio.wait_for(recorded, 30)
+        assert is_unavailable(refused.value), refused.value
+        assert await _once_answered(lambda: p.state("r1")) == "submitted"  # the record died with its master
+        await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001")))  # delivered again
+        assert await p.state("r1") == "delivered"
+
+
+@pytest.mark.slow
+@on_asyncio
+async def test_a_citizens_message_survives_its_master_killed_before_its_replica_had_it(tmp_path: Path) -> None:
+    """A real failover: the master of a citizen's MO stream is SIGKILLed after it took the
+    MO and before its replica had it.  With push.delivery_wait_replicas 1 the SMSC was not
+    yet answered: the kill fails the recording (an error status), the SMSC delivers the
+    MO again, and the promoted replica has it once.  Without the wait the SMSC was told
+    it was recorded, and the citizen's message died with the master."""
+    from gateway.ports import MobileOriginated
+    from gateway.privacy import PhoneNumber
+    from gateway.push.mo import MoRecorder
+    from gateway.store.bridge import wait_deferred
+    from gateway.store.refusals import is_unavailable
+    from gateway.store.replication import ReplicaWaits
+
+    sender = "13900000009"
+    async with _own_cluster(tmp_path) as cluster, \
+            pipeline("cluster:" + ",".join(cluster.startup_nodes), partitions=PARTITIONS) as p:
+        recorder = MoRecorder(p.redis, p.keys, lambda: 1_700_000_000.0, wait_replicas=1)
+        recorder.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)  # well beyond the kill
+        stream = p.keys.mo_stream_of(sender)
+        master = cluster.owner_of(p.redis.keyslot(stream))
+        texted = MobileOriginated("cmcc", PhoneNumber(sender), "12123", "QX 1234", 5.0)
+        recorded = asyncio.ensure_future(wait_deferred(recorder.record_mo(texted)))
+        await _master_killed_once_it_has(cluster, master, ("xlen", stream), "1")
+        with pytest.raises(Exception) as refused:
+            await asyncio.wait_for(recorded, 30)
+        assert is_unavailable(refused.value), refused.value
+        assert await _once_answered(lambda: p.redis.xlen(stream)) == 0  # it died with its master
+        await wait_deferred(recorder.record_mo(texted))  # the SMSC delivers it again
+        assert [fields["text"] for _, fields in await p.redis.xrange(stream)] == ["QX 1234"]
 
 
 @on_asyncio
