@@ -688,6 +688,34 @@ async def test_a_receipt_acknowledged_survives_its_master_killed_before_its_repl
 
 @pytest.mark.slow
 @on_asyncio
+async def test_an_accepted_notification_survives_its_master_killed_before_its_replica_had_it(
+        tmp_path: Path) -> None:
+    """A real failover: the master of a notification's partition is SIGKILLed after it
+    recorded the notification and before its replica had it.  With
+    push.intake_wait_replicas 1 the caller was not yet told it was accepted: the kill
+    fails the acceptance (HTTP answers 503, the caller sends it again) and the promoted
+    replica accepts it once.  Without the wait the caller had its acceptance, and the
+    notification died with the master."""
+    from gateway.store.refusals import is_unavailable
+    from gateway.store.replication import ReplicaWaits
+
+    async with _own_cluster(tmp_path) as cluster, \
+            pipeline("cluster:" + ",".join(cluster.startup_nodes), partitions=PARTITIONS) as p:
+        p.ledger.wait_replicas = 1
+        p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)  # well beyond the kill
+        master = cluster.owner_of(p.redis.keyslot(p.keys.notification("i1")))
+        accepted = asyncio.ensure_future(p.accept(code("i1")))
+        await _master_killed_once_it_has(cluster, master, ("hget", p.keys.notification("i1"), "state"), "queued")
+        with pytest.raises(Exception) as refused:
+            await asyncio.wait_for(accepted, 30)
+        assert is_unavailable(refused.value), refused.value
+        assert await _once_answered(lambda: p.redis.exists(p.keys.notification("i1"))) == 0  # died with its master
+        p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=200)  # the promoted master has no replica
+        assert [o.state for o in await p.accept(code("i1"))] == ["queued"]  # sent again: accepted once
+
+
+@pytest.mark.slow
+@on_asyncio
 async def test_a_citizens_message_survives_its_master_killed_before_its_replica_had_it(tmp_path: Path) -> None:
     """A real failover: the master of a citizen's MO stream is SIGKILLed after it took the
     MO and before its replica had it.  With push.delivery_wait_replicas 1 the SMSC was not
