@@ -574,7 +574,11 @@ async def test_index_entries_wait_for_a_replica_before_their_submit_is_recorded(
 
 @contextlib.asynccontextmanager
 async def _own_cluster(tmp_path: Path) -> AsyncIterator[Any]:
-    """A Cluster of the test's own (3 masters, 3 replicas), for tests that kill a master."""
+    """A Cluster of the test's own (3 masters, 3 replicas), for tests that kill a master.
+    A client of it must have sent a command before a replica is stopped: a RedisCluster
+    client learns the slots at its first command from the first startup node that
+    answers, and a stopped one answers nobody (in the loaded suite the MO test's
+    recording waited past the test's 10 s for that)."""
     from gateway.store.local_cluster import LocalRedisCluster
 
     cluster = LocalRedisCluster(tmp_path / "cluster")
@@ -599,8 +603,8 @@ async def _master_killed_once_it_has(cluster: Any, master: int, probe: tuple[str
     (replica,) = cluster.replicas_of(master)
     with cluster.paused(replica):
         assert command(master, "client", "kill", "type", "replica") == "1"
-        yield_point = time.monotonic() + 10
-        while current() != expected and time.monotonic() < yield_point:
+        deadline = time.monotonic() + 30
+        while current() != expected and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert current() == expected
         await asyncio.to_thread(cluster.kill, master)
@@ -637,8 +641,7 @@ async def test_index_entries_survive_their_master_killed_before_its_replica_had_
         p.ledger.receipt_wait_replicas = 1
         # A bound well beyond the kill (tens of milliseconds after the entry is seen), so
         # that a loaded machine cannot let the wait end short, and the submit be recorded,
-        # before the master dies.  The promoted replica has no replica of its own: the
-        # retry's wait takes this bound, then records.
+        # before the master dies.
         p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)
         index_key = p.keys.message_id("cmcc", canonical_message_id("CMCC00000001"))  # the carrier's first
         master = cluster.owner_of(p.redis.keyslot(index_key))
@@ -647,6 +650,9 @@ async def test_index_entries_survive_their_master_killed_before_its_replica_had_
         await p.accept(code(notification))
         assert await p.dispatcher.dispatch_once() == 1
         await _master_killed_once_it_has(cluster, master, ("get", index_key), f"{notification} 0")
+        # The promoted replica has no replica of its own: the retry's wait takes its bound
+        # (counted short), then the submit is recorded.
+        p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=200)
         await asyncio.wait_for(p.writer.flushed(), 60)
         assert await _once_answered(lambda: p.redis.get(index_key)) == f"{notification} 0"
         assert await p.state(notification) == "submitted"
@@ -703,6 +709,7 @@ async def test_an_accepted_notification_survives_its_master_killed_before_its_re
             pipeline("cluster:" + ",".join(cluster.startup_nodes), partitions=PARTITIONS) as p:
         p.ledger.wait_replicas = 1
         p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)  # well beyond the kill
+        assert await p.redis.exists(p.keys.notification("i1")) == 0  # the client knows the slots (see _own_cluster)
         master = cluster.owner_of(p.redis.keyslot(p.keys.notification("i1")))
         accepted = asyncio.ensure_future(p.accept(code("i1")))
         await _master_killed_once_it_has(cluster, master, ("hget", p.keys.notification("i1"), "state"), "queued")
@@ -735,6 +742,7 @@ async def test_a_citizens_message_survives_its_master_killed_before_its_replica_
         recorder = MoRecorder(p.redis, p.keys, lambda: 1_700_000_000.0, wait_replicas=1)
         recorder.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)  # well beyond the kill
         stream = p.keys.mo_stream_of(sender)
+        assert await p.redis.xlen(stream) == 0  # the client knows the slots (see _own_cluster)
         master = cluster.owner_of(p.redis.keyslot(stream))
         texted = MobileOriginated("cmcc", PhoneNumber(sender), "12123", "QX 1234", 5.0)
         recorded = asyncio.ensure_future(wait_deferred(recorder.record_mo(texted)))
