@@ -11,7 +11,7 @@ import contextlib
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from gateway.push.intake import IntakeConsumer, enqueue
 from gateway.smpp.receipts import canonical_message_id
 from gateway.store.keys import Keys
 from tests.aio import on_asyncio
-from tests.push.harness import code, inspection, pipeline
+from tests.push.harness import Pipeline, code, inspection, pipeline
 from tests.push.test_receipts import record
 
 PARTITIONS = 4
@@ -572,21 +572,72 @@ async def test_index_entries_wait_for_a_replica_before_their_submit_is_recorded(
         assert await p.state(third) == "delivered"
 
 
-@contextlib.asynccontextmanager
-async def _own_cluster(tmp_path: Path) -> AsyncIterator[Any]:
-    """A Cluster of the test's own (3 masters, 3 replicas), for tests that kill a master.
-    A client of it must have sent a command before a replica is stopped: a RedisCluster
-    client learns the slots at its first command from the first startup node that
-    answers, and a stopped one answers nobody (in the loaded suite the MO test's
-    recording waited past the test's 10 s for that)."""
+# The real-failover tests below share one Cluster of this module's own, one master each:
+# each kills the master it picked, whose replica then serves without a replica of its own.
+FAILOVER_MASTERS = 4
+
+
+@pytest.fixture(scope="module")
+def failover_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """4 masters with a replica each, for the tests that kill one (a cluster start is
+    7 s here; one each cost the suite 20 s more)."""
     from gateway.store.local_cluster import LocalRedisCluster
 
-    cluster = LocalRedisCluster(tmp_path / "cluster")
-    await asyncio.to_thread(cluster.start)
+    cluster = LocalRedisCluster(Path(tmp_path_factory.mktemp("failover-cluster")), masters=FAILOVER_MASTERS)
+    cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def failover_url(failover_cluster: Any) -> str:
+    """The failover cluster's ``cluster:`` URL, flushed.  A client of it must send a
+    command before a replica is stopped: a RedisCluster client learns the slots at its
+    first command from the first startup node that answers, and a stopped one answers
+    nobody (in the loaded suite an MO's recording waited past the test's 10 s for that)."""
+    failover_cluster.flushall()
+    return "cluster:" + ",".join(failover_cluster.startup_nodes)
+
+
+class _Topology:
+    """Who serves which slot and which masters still have a replica, from one CLUSTER
+    NODES (a redis-cli call per key would cost seconds over thousands of candidates)."""
+
+    def __init__(self, cluster: Any, redis: Any) -> None:
+        from gateway.store.local_cluster import command
+
+        self.redis = redis
+        self.ranges: list[tuple[int, int, int]] = []
+        ids: dict[str, int] = {}
+        replicated: set[str] = set()
+        lines = [line.split() for line in command(cluster.running()[0].port, "cluster", "nodes").splitlines()]
+        for parts in lines:
+            port = int(parts[1].split(":")[1].split("@")[0])
+            ids[parts[0]] = port
+            if "slave" in parts[2] and "fail" not in parts[2]:
+                replicated.add(parts[3])
+            if "master" in parts[2] and "fail" not in parts[2]:
+                for spec in parts[8:]:
+                    if not spec.startswith("["):
+                        low, _, high = spec.partition("-")
+                        self.ranges.append((int(low), int(high or low), port))
+        self.with_replica = {ids[node_id] for node_id in replicated if node_id in ids}
+
+    def master_of(self, key: str) -> int:
+        slot = self.redis.keyslot(key)
+        for low, high, port in self.ranges:
+            if low <= slot <= high:
+                return port
+        raise AssertionError(f"no master serves slot {slot} (a failover not finished?)")
+
+    def first_with_a_replica(self, candidates: Iterable[str], key_of: Callable[[str], str]) -> str:
+        """The first candidate whose key's master still has a replica (not killed yet)."""
+        for candidate in candidates:
+            if self.master_of(key_of(candidate)) in self.with_replica:
+                return candidate
+        raise AssertionError("no master with a replica left: FAILOVER_MASTERS too small")
 
 
 async def _master_killed_once_it_has(cluster: Any, master: int, probe: tuple[str, ...], expected: str) -> None:
@@ -609,6 +660,7 @@ async def _master_killed_once_it_has(cluster: Any, master: int, probe: tuple[str
         assert current() == expected
         await asyncio.to_thread(cluster.kill, master)
     await asyncio.to_thread(cluster.wait_for_new_master_of, master)
+    await asyncio.to_thread(cluster.wait_ok)  # every node's view has the new master (the next test reads it)
 
 
 async def _once_answered(read: Callable[[], Awaitable[Any]]) -> Any:
@@ -623,9 +675,21 @@ async def _once_answered(read: Callable[[], Awaitable[Any]]) -> Any:
     raise AssertionError("the promoted replica never answered")
 
 
+def _waits(p: Pipeline, timeout_ms: int) -> None:
+    """Replica waits with this bound.  Across a kill: 5 s, well beyond it (tens of
+    milliseconds after the write is seen), so that a loaded machine cannot let the wait
+    end short, and the write be acknowledged, before the master dies.  Otherwise 200 ms:
+    a master promoted by an earlier test has no replica, and each wait on it takes its
+    bound."""
+    from gateway.store.replication import ReplicaWaits
+
+    p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=timeout_ms)
+
+
 @pytest.mark.slow
 @on_asyncio
-async def test_index_entries_survive_their_master_killed_before_its_replica_had_them(tmp_path: Path) -> None:
+async def test_index_entries_survive_their_master_killed_before_its_replica_had_them(
+        failover_cluster: Any, failover_url: str) -> None:
     """A real failover: the master of a message id's index partition is SIGKILLed after
     it took the index entry and before its replica had it; the replica is promoted.  With
     push.delivery_wait_replicas 1 the submit waited for that replica, so the kill fails
@@ -634,36 +698,38 @@ async def test_index_entries_survive_their_master_killed_before_its_replica_had_
     the entry died with the master, and the receipt was parked for ever (the notification
     stayed submitted)."""
     from gateway.store.bridge import wait_deferred
-    from gateway.store.replication import ReplicaWaits
 
-    async with _own_cluster(tmp_path) as cluster, \
-            pipeline("cluster:" + ",".join(cluster.startup_nodes), partitions=PARTITIONS) as p:
+    cluster = failover_cluster
+    async with pipeline(failover_url, partitions=PARTITIONS) as p:
         p.ledger.receipt_wait_replicas = 1
-        # A bound well beyond the kill (tens of milliseconds after the entry is seen), so
-        # that a loaded machine cannot let the wait end short, and the submit be recorded,
-        # before the master dies.
-        p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)
-        index_key = p.keys.message_id("cmcc", canonical_message_id("CMCC00000001"))  # the carrier's first
-        master = cluster.owner_of(p.redis.keyslot(index_key))
-        notification = next(f"f{i}" for i in range(200)
-                            if cluster.owner_of(p.redis.keyslot(p.keys.notification(f"f{i}"))) != master)
-        await p.accept(code(notification))
-        assert await p.dispatcher.dispatch_once() == 1
-        await _master_killed_once_it_has(cluster, master, ("get", index_key), f"{notification} 0")
-        # The promoted replica has no replica of its own: the retry's wait takes its bound
-        # (counted short), then the submit is recorded.
-        p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=200)
+        p.writer.backoff_max_seconds = 0.5  # retried soon after the promotion (5 s by default)
+        _waits(p, 200)
+
+        def index_key(k: int) -> str:  # the scripted carrier numbers its message ids in submit order
+            return p.keys.message_id("cmcc", canonical_message_id(f"CMCC{k:08X}"))
+
+        topology = _Topology(cluster, p.redis)
+        k = int(topology.first_with_a_replica((str(k) for k in range(1, 200)), lambda k: index_key(int(k))))
+        master = topology.master_of(index_key(k))
+        # k notifications, none of them on that master: the k-th submitted is indexed there.
+        ids = [n for n in (f"f{i}" for i in range(2000)) if topology.master_of(p.keys.notification(n)) != master][:k]
+        await p.accept(*(code(n, to=f"139{j:08d}") for j, n in enumerate(ids)))
+        _waits(p, 5_000)
+        assert await p.dispatcher.dispatch_once() == k
+        indexed = p.links[0].submitted[k - 1].reference
+        await _master_killed_once_it_has(cluster, master, ("get", index_key(k)), f"{indexed} 0")
+        _waits(p, 200)
         await asyncio.wait_for(p.writer.flushed(), 60)
-        assert await _once_answered(lambda: p.redis.get(index_key)) == f"{notification} 0"
-        assert await p.state(notification) == "submitted"
-        await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001")))
-        assert await p.state(notification) == "delivered"
+        assert await _once_answered(lambda: p.redis.get(index_key(k))) == f"{indexed} 0"
+        assert await p.state(indexed) == "submitted"
+        await wait_deferred(p.receipts.record_receipt(receipt(f"CMCC{k:08X}")))
+        assert await p.state(indexed) == "delivered"
 
 
 @pytest.mark.slow
 @on_asyncio
 async def test_a_receipt_acknowledged_survives_its_master_killed_before_its_replica_had_it(
-        tmp_path: Path) -> None:
+        failover_cluster: Any, failover_url: str) -> None:
     """A real failover: the master of a notification's partition is SIGKILLed after it
     recorded the receipt and before its replica had it; the replica is promoted.  With
     push.delivery_wait_replicas 1 the receipt was not yet acknowledged: the kill fails the
@@ -672,30 +738,35 @@ async def test_a_receipt_acknowledged_survives_its_master_killed_before_its_repl
     master (the notification stayed submitted, and later unconfirmed)."""
     from gateway.store.bridge import wait_deferred
     from gateway.store.refusals import is_unavailable
-    from gateway.store.replication import ReplicaWaits
 
-    async with _own_cluster(tmp_path) as cluster, \
-            pipeline("cluster:" + ",".join(cluster.startup_nodes), partitions=PARTITIONS) as p:
+    cluster = failover_cluster
+    async with pipeline(failover_url, partitions=PARTITIONS) as p:
         p.ledger.receipt_wait_replicas = 1
-        p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)  # as above
-        await p.accept(code("r1"))
+        _waits(p, 200)
+        notification = _Topology(cluster, p.redis).first_with_a_replica((f"r{i}" for i in range(200)),
+                                                                        p.keys.notification)
+        await p.accept(code(notification))
         await p.dispatch_all()
-        assert await p.state("r1") == "submitted"
-        master = cluster.owner_of(p.redis.keyslot(p.keys.notification("r1")))
+        assert await p.state(notification) == "submitted"
+        master = cluster.owner_of(p.redis.keyslot(p.keys.notification(notification)))
+        _waits(p, 5_000)
         recorded = asyncio.ensure_future(wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001"))))
-        await _master_killed_once_it_has(cluster, master, ("hget", p.keys.notification("r1"), "state"), "delivered")
+        await _master_killed_once_it_has(cluster, master, ("hget", p.keys.notification(notification), "state"),
+                                         "delivered")
         with pytest.raises(Exception) as refused:
             await asyncio.wait_for(recorded, 30)
         assert is_unavailable(refused.value), refused.value
-        assert await _once_answered(lambda: p.state("r1")) == "submitted"  # the record died with its master
+        _waits(p, 200)
+        # The record died with its master.
+        assert await _once_answered(lambda: p.state(notification)) == "submitted"
         await wait_deferred(p.receipts.record_receipt(receipt("CMCC00000001")))  # delivered again
-        assert await p.state("r1") == "delivered"
+        assert await p.state(notification) == "delivered"
 
 
 @pytest.mark.slow
 @on_asyncio
 async def test_an_accepted_notification_survives_its_master_killed_before_its_replica_had_it(
-        tmp_path: Path) -> None:
+        failover_cluster: Any, failover_url: str) -> None:
     """A real failover: the master of a notification's partition is SIGKILLed after it
     recorded the notification and before its replica had it.  With
     push.intake_wait_replicas 1 the caller was not yet told it was accepted: the kill
@@ -703,27 +774,31 @@ async def test_an_accepted_notification_survives_its_master_killed_before_its_re
     replica accepts it once.  Without the wait the caller had its acceptance, and the
     notification died with the master."""
     from gateway.store.refusals import is_unavailable
-    from gateway.store.replication import ReplicaWaits
 
-    async with _own_cluster(tmp_path) as cluster, \
-            pipeline("cluster:" + ",".join(cluster.startup_nodes), partitions=PARTITIONS) as p:
+    cluster = failover_cluster
+    async with pipeline(failover_url, partitions=PARTITIONS) as p:
         p.ledger.wait_replicas = 1
-        p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)  # well beyond the kill
-        assert await p.redis.exists(p.keys.notification("i1")) == 0  # the client knows the slots (see _own_cluster)
-        master = cluster.owner_of(p.redis.keyslot(p.keys.notification("i1")))
-        accepted = asyncio.ensure_future(p.accept(code("i1")))
-        await _master_killed_once_it_has(cluster, master, ("hget", p.keys.notification("i1"), "state"), "queued")
+        notification = _Topology(cluster, p.redis).first_with_a_replica((f"i{i}" for i in range(200)),
+                                                                        p.keys.notification)
+        assert await p.redis.exists(p.keys.notification(notification)) == 0  # the client knows the slots
+        master = cluster.owner_of(p.redis.keyslot(p.keys.notification(notification)))
+        _waits(p, 5_000)
+        accepted = asyncio.ensure_future(p.accept(code(notification)))
+        await _master_killed_once_it_has(cluster, master, ("hget", p.keys.notification(notification), "state"),
+                                         "queued")
         with pytest.raises(Exception) as refused:
             await asyncio.wait_for(accepted, 30)
         assert is_unavailable(refused.value), refused.value
-        assert await _once_answered(lambda: p.redis.exists(p.keys.notification("i1"))) == 0  # died with its master
-        p.ledger.replica_waits = ReplicaWaits(p.redis, timeout_ms=200)  # the promoted master has no replica
-        assert [o.state for o in await p.accept(code("i1"))] == ["queued"]  # sent again: accepted once
+        # It died with its master.
+        assert await _once_answered(lambda: p.redis.exists(p.keys.notification(notification))) == 0
+        _waits(p, 200)
+        assert [o.state for o in await p.accept(code(notification))] == ["queued"]  # sent again: accepted once
 
 
 @pytest.mark.slow
 @on_asyncio
-async def test_a_citizens_message_survives_its_master_killed_before_its_replica_had_it(tmp_path: Path) -> None:
+async def test_a_citizens_message_survives_its_master_killed_before_its_replica_had_it(
+        failover_cluster: Any, failover_url: str) -> None:
     """A real failover: the master of a citizen's MO stream is SIGKILLed after it took the
     MO and before its replica had it.  With push.delivery_wait_replicas 1 the SMSC was not
     yet answered: the kill fails the recording (an error status), the SMSC delivers the
@@ -736,13 +811,14 @@ async def test_a_citizens_message_survives_its_master_killed_before_its_replica_
     from gateway.store.refusals import is_unavailable
     from gateway.store.replication import ReplicaWaits
 
-    sender = "13900000009"
-    async with _own_cluster(tmp_path) as cluster, \
-            pipeline("cluster:" + ",".join(cluster.startup_nodes), partitions=PARTITIONS) as p:
+    cluster = failover_cluster
+    async with pipeline(failover_url, partitions=PARTITIONS) as p:
+        sender = _Topology(cluster, p.redis).first_with_a_replica((f"139{i:08d}" for i in range(200)),
+                                                                  p.keys.mo_stream_of)
         recorder = MoRecorder(p.redis, p.keys, lambda: 1_700_000_000.0, wait_replicas=1)
         recorder.replica_waits = ReplicaWaits(p.redis, timeout_ms=5_000)  # well beyond the kill
         stream = p.keys.mo_stream_of(sender)
-        assert await p.redis.xlen(stream) == 0  # the client knows the slots (see _own_cluster)
+        assert await p.redis.xlen(stream) == 0  # the client knows the slots (see failover_url)
         master = cluster.owner_of(p.redis.keyslot(stream))
         texted = MobileOriginated("cmcc", PhoneNumber(sender), "12123", "QX 1234", 5.0)
         recorded = asyncio.ensure_future(wait_deferred(recorder.record_mo(texted)))
@@ -751,6 +827,7 @@ async def test_a_citizens_message_survives_its_master_killed_before_its_replica_
             await asyncio.wait_for(recorded, 30)
         assert is_unavailable(refused.value), refused.value
         assert await _once_answered(lambda: p.redis.xlen(stream)) == 0  # it died with its master
+        recorder.replica_waits = ReplicaWaits(p.redis, timeout_ms=200)
         await wait_deferred(recorder.record_mo(texted))  # the SMSC delivers it again
         assert [fields["text"] for _, fields in await p.redis.xrange(stream)] == ["QX 1234"]
 
