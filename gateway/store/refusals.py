@@ -13,7 +13,11 @@ code (Redis' ``src/server.c`` ``shared.*err`` replies, and Redis Cluster's):
   dataset is being loaded after a restart; ``MASTERDOWN``: a replica lost its primary;
 * ``NOSCRIPT``: the script cache was flushed (redis-py loads it again by itself, but a
   pipeline or a race may still see the reply);
-* ``TRYAGAIN``, ``CLUSTERDOWN``: Redis Cluster resharding or failing over.
+* ``TRYAGAIN``, ``CLUSTERDOWN``: Redis Cluster resharding or failing over;
+* ``UNBLOCKED``: a blocked read (``XREADGROUP ... BLOCK``) whose stream key went away
+  while it waited, e.g. with its slot to another node (``MIGRATE`` deletes it on the
+  source): reading again follows the slot (logged as critical in every cluster soak
+  until 2026-12-03).
 
 Each is a write that did not happen and will happen once Redis recovers: never a reason
 to forget what was done on the wire.  Inside a Lua script Redis 6.2 wraps the reply
@@ -51,7 +55,7 @@ from twisted.logger import Logger
 __all__ = ["REFUSAL_CODES", "RefusalLog", "SystemClock", "describe", "is_unavailable", "is_write_refusal", "refusal_code"]
 
 REFUSAL_CODES = ("OOM", "READONLY", "MISCONF", "NOREPLICAS", "BUSY", "LOADING", "MASTERDOWN", "NOSCRIPT",
-                 "TRYAGAIN", "CLUSTERDOWN")
+                 "TRYAGAIN", "CLUSTERDOWN", "UNBLOCKED")
 # The code at the start of the reply, or after the "-" that Redis 6.2 puts in front of
 # the inner reply of a failing redis.call() ("... @user_script:12: -OOM command ...").
 _CODE = re.compile(r"(?:^|[\s:]-?)(" + "|".join(REFUSAL_CODES) + r")\b")

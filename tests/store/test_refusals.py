@@ -90,6 +90,32 @@ async def test_noreplicas_and_readonly_and_noscript_are_refusals(redis_url: str)
 
 
 @on_asyncio
+async def test_a_blocked_read_whose_stream_goes_away_is_a_pass_not_a_bug(redis_url: str) -> None:
+    """XREADGROUP BLOCK on a stream that is deleted while it waits (as MIGRATE deletes a
+    moving slot's keys on the source node) answers UNBLOCKED: the intake loop backs off
+    and reads again, instead of logging a critical error for a routine resharding."""
+    import asyncio
+
+    reader = Redis.from_url(redis_url, decode_responses=True)
+    other = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await reader.xgroup_create("s-unblocked", "g", id="$", mkstream=True)
+        blocked = asyncio.ensure_future(reader.xreadgroup("g", "c", {"s-unblocked": ">"}, count=1, block=10_000))
+        for _ in range(100):  # until the read is blocked in the server
+            if (await other.info("clients")).get("blocked_clients") == 1:
+                break
+            await asyncio.sleep(0.02)
+        await other.delete("s-unblocked")
+        with pytest.raises(ResponseError) as unblocked:
+            await asyncio.wait_for(blocked, 5)
+        assert str(unblocked.value).startswith("UNBLOCKED"), unblocked.value
+        assert refusal_code(unblocked.value) == "UNBLOCKED" and is_unavailable(unblocked.value)
+    finally:
+        await reader.aclose()
+        await other.aclose()
+
+
+@on_asyncio
 async def test_a_script_bug_is_not_a_refusal(redis_url: str) -> None:
     """A wrong type or a Lua error is a bug, not "try again later"."""
     async with client(redis_url) as redis:
