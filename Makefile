@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint type bench clean node-peer
+.PHONY: demo test install lint type bench clean node-peer constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,6 +42,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/push_throughput.py
 	$(BIN)/python bench/ivr_calls.py
 	bench/vs_kannel.sh
+
+# Newest versions pyproject.toml allows, resolved in a scratch venv, written to
+# constraints.txt (its header kept); run `make test` before committing the result.
+constraints:
+	rm -rf .venv-constraints && $(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install --quiet -e '.[test,dev]'
+	{ sed -n '/^#/p' constraints.txt; .venv-constraints/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-constraints
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

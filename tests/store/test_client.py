@@ -23,7 +23,11 @@ async def test_a_cluster_connection_closed_under_a_command_is_a_connection_error
     """redis-py's asyncio cluster closes every connection of a node when one command to it
     fails; a command sending on another of them then finds no writer.  The gateway's
     cluster connection reports that as ConnectionError (retried, or Redis away), not the
-    AttributeError redis-py 8.1 raises, which no loop or retry policy handles."""
+    AttributeError redis-py 8.1 raised, which no loop or retry policy handles.
+
+    redis-py 8.2 checks the writer itself (ConnectionError); the send below raises what
+    8.1's did, so that the gateway's guard is what is tested, whichever redis-py is
+    installed."""
     import pytest
     from redis.asyncio.connection import Connection
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,23 +35,38 @@ async def test_a_cluster_connection_closed_under_a_command_is_a_connection_error
     from gateway.store.service import _ClusterConnection
 
     host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
-    for connection_class, raised in ((Connection, AttributeError), (_ClusterConnection, RedisConnectionError)):
-        connection = connection_class(host=host, port=int(port), socket_timeout=5)
-        await connection.connect()
-        send = connection._send_packed_command
 
-        async def disconnected_meanwhile(command: object, send: object = send, c: object = connection) -> None:
-            # What the node-wide disconnect does between redis-py's is_connected check and
-            # its send task (asyncio.wait_for runs the send as a task).
-            c._writer = None  # type: ignore[attr-defined]
-            await send(command)  # type: ignore[operator]
+    # The installed redis-py's own behaviour, for the record: 8.1 AttributeError, 8.2 ConnectionError.
+    upstream = Connection(host=host, port=int(port), socket_timeout=5)
+    await upstream.connect()
+    send = upstream._send_packed_command
 
-        connection._send_packed_command = disconnected_meanwhile  # type: ignore[method-assign]
-        try:
-            with pytest.raises(raised):
-                await connection.send_packed_command(connection.pack_command("PING"), check_health=False)
-        finally:
-            await connection.disconnect()
+    async def writer_gone(command: object) -> None:
+        # What the node-wide disconnect does between redis-py's is_connected check and
+        # its send task (asyncio.wait_for runs the send as a task).
+        upstream._writer = None  # type: ignore[attr-defined]
+        await send(command)  # type: ignore[arg-type]
+
+    upstream._send_packed_command = writer_gone  # type: ignore[method-assign]
+    try:
+        with pytest.raises((AttributeError, RedisConnectionError)):
+            await upstream.send_packed_command(upstream.pack_command("PING"), check_health=False)
+    finally:
+        await upstream.disconnect()
+
+    guarded = _ClusterConnection(host=host, port=int(port), socket_timeout=5)
+    await guarded.connect()
+
+    async def send_as_redis_py_8_1(command: object) -> None:
+        guarded._writer = None  # type: ignore[attr-defined]
+        guarded._writer.writelines(command)  # type: ignore[attr-defined]  # AttributeError, as in 8.1
+
+    guarded._send_packed_command = send_as_redis_py_8_1  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RedisConnectionError):
+            await guarded.send_packed_command(guarded.pack_command("PING"), check_health=False)
+    finally:
+        await guarded.disconnect()
 
 
 @on_asyncio
