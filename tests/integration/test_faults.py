@@ -62,7 +62,9 @@ async def test_carrier_drops_the_link_every_500_pdus(tmp_path: Path) -> None:
 async def test_carrier_throttles_a_third_of_submits(tmp_path: Path) -> None:
     """With ESME_RTHROTTLED for a third of all submits, the link slows down and resubmits;
     every notification is delivered or failed with the throttling status as its reason."""
-    result = await scenario_throttling(tmp_path, n=2000, throttle_rate=0.33)
+    # 1,000: the link slows to about 70/s while a third is throttled, and every ratio below
+    # is already clear at this size.
+    result = await scenario_throttling(tmp_path, n=1000, throttle_rate=0.33)
     assert_nothing_lost(result)
     why = result.line()
     assert result.faults.get("cmcc.throttled", 0) >= 0.25 * result.accepted, why
@@ -77,7 +79,8 @@ async def test_gateway_killed_three_times(tmp_path: Path) -> None:
     """SIGKILL three times during a run, started again each time: the new process takes
     over the stream entries and the in-flight claims of the dead ones, and every
     notification is delivered; copies only where a killed process had a submit out."""
-    result = await scenario_gateway_killed(tmp_path, n=4000, kills=3)
+    # A 10 s lease (the default is 30 s) keeps the run short; the takeover is the same.
+    result = await scenario_gateway_killed(tmp_path, n=4000, kills=3, lease_seconds=10)
     assert_nothing_lost(result)
     why = result.line()
     assert result.faults.get("gateway_sigkills") == 3, why
