@@ -38,8 +38,9 @@ every one; their final states are checked after the measurement, not polled duri
 submit/s (the simulator's mean over the whole seconds of the run), its ratio to the
 1-process cluster row (target >= 2.7 at 3), each gateway's CPU seconds, Redis CPU per
 notification of the masters and of all nodes (INFO cpu, user+sys), the highest submit_sm
-in any 1 s window against the account's limit (target <= +5 %), the most binds held, lost
-and duplicated (as the fault suite counts them: none expected).  Last: the cluster's
+in any 1 s window against the account's limit (target <= +5 %), the most binds held, how
+long the carrier waited for each receipt's deliver_sm_resp (p50/p99 ms: what
+``--delivery-wait-replicas 1`` adds to a carrier's window), lost and duplicated (as the fault suite counts them: none expected).  Last: the cluster's
 Redis CPU per message against the single Redis row's (masters; target <= 1.15x), and
 with row ``single3`` (3 processes on one redis-server, 1 partition, the account as for
 c3) the same fleet on both: c3 / single3.  The 1-process single row runs on a quieter
@@ -381,9 +382,16 @@ async def one_row(name: str, args: argparse.Namespace, directory: Path) -> dict[
             "peak_binds_per_account": max(rates["peak_binds_by_system_id"].values(), default=0),
             "max_binds": SESSIONS_PER_PROCESS * FLEET_PROCESSES if share else None,
             "intake_wait_replicas": args.intake_wait_replicas, "delivery_wait_replicas": args.delivery_wait_replicas,
+            # deliver_sm -> deliver_sm_resp as the carrier saw it (what delivery_wait_replicas adds)
+            "receipt_answer_ms": rates.get("deliver_sm_answer_times", {}).get("receipt"),
             "lost": tally.lost, "duplicated": tally.duplicated,
             "unexplained_duplicates": tally.unexplained_duplicates,
         }
+
+
+def _answer_times(figures: dict[str, Any] | None) -> str:
+    """"p50/p99" of the carrier's wait for a receipt's deliver_sm_resp, in ms."""
+    return f"{figures['p50_ms']}/{figures['p99_ms']}" if figures else "-"
 
 
 def _round_ratios(by_name: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -430,13 +438,15 @@ async def main(args: argparse.Namespace) -> None:
     base = by_name.get("c1", {}).get("submits_per_second") or 0
     print_table(
         ["row", "procs", "redis", "intake", "msgs", "settle s", "msg/s", "submit/s", "vs c1", "CPU s per process",
-         "Redis us/msg masters", "all nodes", "peak submit/s", "account limit", "peak binds", "lost", "dup"],
+         "Redis us/msg masters", "all nodes", "peak submit/s", "account limit", "peak binds",
+         "receipt answer ms p50/p99", "lost", "dup"],
         [[r["row"], r["processes"], r["redis"], r["intake"], r["messages"], r["ownership_settle_seconds"],
           r["throughput_per_second"], r["submits_per_second"],
           round(r["submits_per_second"] / base, 2) if base else "-",
           " ".join(str(c) for c in r["gateway_cpu_seconds_each"]), r["redis_masters_usec_per_message"],
           r["redis_usec_per_message"], r["peak_submits_per_second"], r["account_tps"] or "-",
-          r["peak_binds_per_account"], r["lost"], r["duplicated"]] for r in rows])
+          r["peak_binds_per_account"], _answer_times(r["receipt_answer_ms"]), r["lost"], r["duplicated"]]
+         for r in rows])
     # Ratios within each round (rows run minutes apart, not hours), then their median.
     per_round = [_round_ratios(r) for r in rounds]
     ratios = {key: sorted(r[key] for r in per_round)[(len(per_round) - 1) // 2] for key in per_round[0]}

@@ -403,6 +403,40 @@ class SubmitRateWindows:
         }
 
 
+class AnswerTimes:
+    """How long the ESME took to answer our deliver_sm (receipts and MOs apart): from the
+    pump writing it to its deliver_sm_resp (or generic_nack) being read.  What a carrier
+    sees of the gateway's receipt path, e.g. the cost of push.delivery_wait_replicas
+    (bench/cluster.py).
+
+    The last ``keep`` answers of each kind are kept: 20,000 floats, about 0.5 MB at most,
+    whatever the run's length; percentiles are over those.
+    """
+
+    def __init__(self, keep: int = 20_000) -> None:
+        self._seconds: dict[str, deque[float]] = {
+            "receipt": deque(maxlen=keep), "mo": deque(maxlen=keep)}
+
+    def answered(self, is_receipt: bool, seconds: float) -> None:
+        self._seconds["receipt" if is_receipt else "mo"].append(max(0.0, seconds))
+
+    def report(self) -> dict[str, dict[str, float | int]]:
+        """{kind: {count, p50_ms, p99_ms, max_ms}} for the kinds answered at least once."""
+        out: dict[str, dict[str, float | int]] = {}
+        for kind, kept in self._seconds.items():
+            if not kept:
+                continue
+            ordered = sorted(kept)
+            n = len(ordered)
+
+            def rank(q: float, ordered: list[float] = ordered, n: int = n) -> float:
+                # nearest rank: the smallest value with at least q of the answers at or below it
+                return round(ordered[max(0, math.ceil(q * n) - 1)] * 1000, 2)
+
+            out[kind] = {"count": n, "p50_ms": rank(0.50), "p99_ms": rank(0.99), "max_ms": rank(1.0)}
+        return out
+
+
 class MessageIdAllocator:
     """Message ids, unique per simulator and (with the default start) across restarts."""
 
@@ -728,12 +762,13 @@ class _AckWaiter:
 class _Delivery:
     """A deliver_sm waiting in a queue: encoded once, sequence_number patched on send."""
 
-    __slots__ = ("is_receipt", "pdu", "waiter")
+    __slots__ = ("is_receipt", "pdu", "sent_at", "waiter")
 
     def __init__(self, pdu: bytes, is_receipt: bool, waiter: _AckWaiter | None = None) -> None:
         self.pdu = pdu
         self.is_receipt = is_receipt
         self.waiter = waiter
+        self.sent_at = 0.0  # the simulator's clock when last written (send_deliver)
 
 
 class SessionState(enum.Enum):
@@ -1086,6 +1121,7 @@ class CarrierSimulator(Service):
         self._reactor = reactor
         self.counters = SimulatorCounters()
         self.rates = SubmitRateWindows()
+        self.answer_times = AnswerTimes()
         self._metered_binds: set[SmscProtocol] = set()
         self.behaviour = CarrierBehaviour(options)
         self.recorder = MessageRecorder(
@@ -1389,6 +1425,7 @@ class CarrierSimulator(Service):
                     delivery = shared.popleft()
                 else:
                     break
+                delivery.sent_at = self._reactor.seconds()
                 session.send_deliver(delivery)
                 if delivery.is_receipt:
                     counters.receipts_sent += 1
@@ -1404,6 +1441,7 @@ class CarrierSimulator(Service):
     def delivery_answered(self, session: SmscProtocol, delivery: _Delivery, status: int) -> None:
         """A deliver_sm_resp (or generic_nack) for one of our deliver_sm."""
         counters = self.counters
+        self.answer_times.answered(delivery.is_receipt, self._reactor.seconds() - delivery.sent_at)
         if status == CommandStatus.ESME_ROK:
             if delivery.is_receipt:
                 counters.receipts_acked += 1
@@ -1521,6 +1559,7 @@ class CarrierSimulator(Service):
             deliveries_outstanding=sum(len(s.outstanding) for s in self._sessions),
         )
         out.update(self.rates.report())
+        out["deliver_sm_answer_times"] = self.answer_times.report()
         if self.options.record_texts and per_message:
             out["submit_pdus_by_message"] = {
                 f"{destination} {text}": count

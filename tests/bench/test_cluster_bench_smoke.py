@@ -29,6 +29,8 @@ def test_cluster_bench_names_the_scripts_it_times() -> None:
     assert row["row"] == "single" and row["messages"] == 300
     assert row["lost"] == 0 and row["duplicated"] == 0
     assert row["peak_binds_per_account"] <= row["max_binds"]
+    answers = row["receipt_answer_ms"]  # the carrier's wait for each receipt's deliver_sm_resp
+    assert answers["count"] > 0 and 0 < answers["p50_ms"] <= answers["p99_ms"] <= answers["max_ms"], answers
     scripts = row["masters_scripts_by_slowlog"]
     assert {"outcomes.lua", "claim.lua", "accept.lua"} <= scripts.keys(), scripts
     for name, figures in scripts.items():

@@ -344,6 +344,40 @@ def test_deliver_window_limits_unacknowledged_receipts():
     assert simulator.report()["deliveries_queued"] == 2
 
 
+def test_the_carriers_wait_for_each_receipt_answer_is_reported():
+    """The time from writing a receipt's deliver_sm to reading its deliver_sm_resp is
+    what a carrier sees of the gateway's receipt path: kept per answer, reported as
+    percentiles (bench/cluster.py prints them)."""
+    simulator, clock = fake_simulator(receipt_delay_seconds=0, deliver_window=10)
+    session = bound_fake(simulator)
+    assert simulator.report()["deliver_sm_answer_times"] == {}
+    for _ in range(3):
+        session.send(SubmitSm, destination_addr=CITIZEN, short_message=b"x", registered_delivery=1)
+    session.take()
+    clock.advance(0.02)
+    receipts = session.take()
+    assert len(receipts) == 3
+    for receipt, wait in zip(receipts, (0.004, 0.010, 0.250), strict=True):
+        clock.advance(wait)
+        session.protocol.dataReceived(encode(DeliverSmResp(receipt.sequence_number)))
+    answers = simulator.report()["deliver_sm_answer_times"]
+    # cumulative waits from the moment all three were written: 4, 14 and 264 ms
+    assert answers == {"receipt": {"count": 3, "p50_ms": 14.0, "p99_ms": 264.0, "max_ms": 264.0}}
+
+
+def test_answer_times_are_bounded_and_split_by_kind():
+    from gateway.smpp.simulator import AnswerTimes
+
+    times = AnswerTimes(keep=100)
+    for i in range(1000):
+        times.answered(True, i / 1000)
+    times.answered(False, 0.5)
+    report = times.report()
+    assert report["receipt"]["count"] == 100  # the last 100 only: 0.900 .. 0.999 s
+    assert report["receipt"]["p50_ms"] == 949.0 and report["receipt"]["max_ms"] == 999.0
+    assert report["mo"] == {"count": 1, "p50_ms": 500.0, "p99_ms": 500.0, "max_ms": 500.0}
+
+
 def test_refused_and_lost_receipts_are_delivered_again():
     """A receipt answered with an error comes again later; one outstanding when the
     connection drops comes again over the next receiver bind."""
