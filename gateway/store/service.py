@@ -108,7 +108,7 @@ def make_cluster_client(nodes: Sequence[str], url: str, reconnect_max_delay_seco
 def _newest_free_connection_first() -> None:
     """Make redis.asyncio's cluster nodes hand out their most recently freed connection.
 
-    On an ASK redirect (a slot migrating) redis-py 8.1 sends ASKING, then the command,
+    On an ASK redirect (a slot migrating) redis-py 8.1 and 8.2 send ASKING, then the command,
     each through the node's pool, which handed out the *oldest* free connection: with two
     or more free, the command went on a connection that had not said ASKING, the
     importing node answered MOVED back to the source, and the client went back and forth
@@ -191,7 +191,8 @@ class _ClusterConnection(aioredis.Connection):
     and raises AttributeError (seen in tests/push/test_partitions.py under load), which no
     retry policy and none of our loops treat as a Redis error.  As a ConnectionError it is
     retried by the cluster client (the bytes were never written) or, past its retries,
-    handled like Redis being away.
+    handled like Redis being away.  redis-py 8.2 checks the writer itself before the
+    send; the read path and older releases still need this.
     """
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
