@@ -329,15 +329,21 @@ def test_receipts_due_together_share_one_timer():
     assert len({p.sequence_number for p in receipts}) == 100
 
 
+def _receipts_sent_for(session, clock, *, submits: int) -> list:
+    """Submit `submits` messages asking for receipts (receipt delay 0); the deliver_sm the
+    simulator then writes, within its window."""
+    for _ in range(submits):
+        session.send(SubmitSm, destination_addr=CITIZEN, short_message=b"x", registered_delivery=1)
+    session.take()
+    clock.advance(0.02)
+    return session.take()
+
+
 def test_deliver_window_limits_unacknowledged_receipts():
     """At most deliver_window deliver_sm are outstanding; each ack lets one more go."""
     simulator, clock = fake_simulator(receipt_delay_seconds=0, deliver_window=2)
     session = bound_fake(simulator)
-    for _ in range(5):
-        session.send(SubmitSm, destination_addr=CITIZEN, short_message=b"x", registered_delivery=1)
-    session.take()
-    clock.advance(0.02)
-    first = session.take()
+    first = _receipts_sent_for(session, clock, submits=5)
     assert len(first) == 2
     session.protocol.dataReceived(encode(DeliverSmResp(first[0].sequence_number)))
     assert len(session.take()) == 1
@@ -351,11 +357,7 @@ def test_the_carriers_wait_for_each_receipt_answer_is_reported():
     simulator, clock = fake_simulator(receipt_delay_seconds=0, deliver_window=10)
     session = bound_fake(simulator)
     assert simulator.report()["deliver_sm_answer_times"] == {}
-    for _ in range(3):
-        session.send(SubmitSm, destination_addr=CITIZEN, short_message=b"x", registered_delivery=1)
-    session.take()
-    clock.advance(0.02)
-    receipts = session.take()
+    receipts = _receipts_sent_for(session, clock, submits=3)
     assert len(receipts) == 3
     for receipt, wait in zip(receipts, (0.004, 0.010, 0.250), strict=True):
         clock.advance(wait)
