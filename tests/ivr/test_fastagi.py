@@ -70,7 +70,14 @@ class Harness:
 
 @asynccontextmanager
 async def fastagi(redis_url: str, book: MenuBook = BOOK, **ivr: Any) -> AsyncIterator[Harness]:
-    ivr.setdefault("sounds_dir", tempfile.mkdtemp(prefix="fastagi-sounds-"))
+    with tempfile.TemporaryDirectory(prefix="fastagi-sounds-") as sounds:  # removed after each test
+        ivr.setdefault("sounds_dir", sounds)
+        async with _fastagi(redis_url, book, **ivr) as harness:
+            yield harness
+
+
+@asynccontextmanager
+async def _fastagi(redis_url: str, book: MenuBook, **ivr: Any) -> AsyncIterator[Harness]:
     redis = make_client(redis_url)
     summary = await load_sample(redis, KEYS, today=from_unix(reactor.seconds()).date())
     config = IvrConfig(fastagi=FastAgiConfig(listen="127.0.0.1:0"), **ivr)
@@ -451,13 +458,13 @@ async def test_protocol_error_closes_connection(redis_url: str) -> None:
 
 
 @on_asyncio
-async def test_hangup_without_reply_ends_call_after_grace(redis_url: str) -> None:
+async def test_hangup_without_reply_ends_call_after_grace(redis_url: str, tmp_path: Any) -> None:
     """HANGUP while a command is outstanding and no reply after it: the call is ended and
     recorded once the grace period passes."""
     clock = Clock()
     redis = make_client(redis_url)
     try:
-        service = FastAgiService(IvrConfig(sounds_dir=tempfile.mkdtemp()), lambda: BOOK, redis, KEYS, clock)
+        service = FastAgiService(IvrConfig(sounds_dir=str(tmp_path)), lambda: BOOK, redis, KEYS, clock)
         protocol, transport = _connect(service, b"agi_network: yes\nagi_network_script: 12123\n\n")
         protocol.dataReceived(b"200 result=0\n")
         assert transport.value().endswith(b'STREAM FILE 12123/welcome "0123456789*#"\n')
@@ -502,13 +509,13 @@ async def test_user_class_rights_by_phone(redis_url: str) -> None:
 
 
 @on_asyncio
-async def test_call_still_going_when_the_drain_ends_is_interrupted_by_shutdown(redis_url: str) -> None:
+async def test_call_still_going_when_the_drain_ends_is_interrupted_by_shutdown(redis_url: str, tmp_path: Any) -> None:
     """stopService lets calls go on for the drain time; one still going then is cut and
     recorded interrupted_by_shutdown, not caller_hangup."""
     import asyncio
 
     redis = make_client(redis_url)
-    config = IvrConfig(fastagi=FastAgiConfig(listen="127.0.0.1:0"), sounds_dir=tempfile.mkdtemp(prefix="fastagi-"))
+    config = IvrConfig(fastagi=FastAgiConfig(listen="127.0.0.1:0"), sounds_dir=str(tmp_path))
     service = FastAgiService(config, lambda: BOOK, redis, KEYS, reactor, drain_timeout_seconds=0.5)
     service.startService()
     assert service.listening_port is not None
