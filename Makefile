@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt build-constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt --build-constraint build-constraints.txt -e '.[test,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -44,14 +44,19 @@ bench: $(STAMP)
 	bench/vs_kannel.sh
 
 # Newest versions pyproject.toml allows, resolved in a scratch venv, written to
-# constraints.txt (its header kept); run `make test` before committing the result.
+# constraints.txt and build-constraints.txt (their headers kept); run `make test` before
+# committing the result.
 constraints:
 	rm -rf .venv-constraints && $(PYTHON) -m venv .venv-constraints
 	.venv-constraints/bin/python -m pip install --quiet --upgrade pip
 	.venv-constraints/bin/python -m pip install --quiet -e '.[test,dev]'
 	{ sed -n '/^#/p' constraints.txt; .venv-constraints/bin/pip freeze --all --exclude-editable \
 	  | grep -v -e '^-e' -e '^setuptools==' -e '^wheel=='; } > constraints.txt.new
-	mv constraints.txt.new constraints.txt && rm -rf .venv-constraints
+	.venv-constraints/bin/python -m pip install --quiet --upgrade "$$(sed -n 's/^requires = \["\(.*\)"\]/\1/p' pyproject.toml)"
+	{ sed -n '/^#/p' build-constraints.txt; .venv-constraints/bin/pip freeze --all | grep '^setuptools=='; } \
+	  > build-constraints.txt.new
+	mv constraints.txt.new constraints.txt && mv build-constraints.txt.new build-constraints.txt
+	rm -rf .venv-constraints
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis
