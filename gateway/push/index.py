@@ -3,16 +3,23 @@
 Written after the ledger recorded a batch, in one pipeline of a few commands per batch
 (not per notification: the index must not cost the pipeline its throughput):
 
-- **by number**: one sorted set per day (`Keys.phone_index`), every member scored 0 and
-  named ``<digest>:<accepted ms>:<id>``, the digest a SHA-256 of prefix and number
-  (`phone_digest`) so that no key name or member holds a phone number.  One variadic ZADD
-  per batch; a number's notifications of a day are one ZREVRANGEBYLEX.  The days in use
-  are listed in `Keys.phone_index_days`, trimmed to the retention.
+- **by number**: sorted sets per day and digest bucket (`Keys.phone_index`), every member
+  scored 0 and named ``<digest>:<accepted ms>:<id>``, the digest a SHA-256 of prefix and
+  number (`phone_digest`) so that no key name or member holds a phone number.  The
+  bucket is the digest's first hex digit: a day is 16 keys, which a Cluster spreads over
+  its masters (one key per day put a day's 168 bytes per notification, and every intake
+  batch's ZADD, on one master).  One variadic ZADD per bucket per batch; a number's
+  notifications of a day are one ZREVRANGEBYLEX on its bucket.  The days in use are
+  listed in `Keys.phone_index_days`, trimmed to the retention.
 - **by batch**: a sorted set per batch id (the ``batch`` field a caller gave, or the id the
   HTTP API gave a POST), scored by acceptance time; one variadic ZADD per batch id.
 
-Every key expires with the notifications (retention).  An index write that fails only
-makes a search miss, so it is logged and not retried.
+Every key expires with the notifications (retention).  A day key's EXPIRE and the list
+of days are written by a process the first time it writes that key or day, and again
+every `REASSERT_SECONDS`, not with every batch: at a carrier's TPS an intake batch holds
+a few notifications, and those three commands per batch were as many as its ZADDs.  An
+index write that fails only makes a search miss, so it is logged and not retried (and
+what the failed batch would have re-asserted is written by the next).
 """
 
 from __future__ import annotations
@@ -24,7 +31,23 @@ from typing import Any
 from gateway.push.state import AcceptItem, AcceptOutcome
 from gateway.store.keys import Keys
 
-__all__ = ["SearchIndex", "ids_for_number", "phone_digest"]
+__all__ = ["PHONE_INDEX_BUCKETS", "SearchIndex", "ids_for_number", "phone_digest"]
+
+# Digest buckets per day: the first hex digit of the digest.  16 spreads a day over the
+# masters of any Cluster up to 16 of them and keeps a batch of 200 at about 12 members per
+# ZADD; a search still reads one key per day.
+PHONE_INDEX_BUCKETS = 16
+
+# How often a process writes a day key's EXPIRE and the days list again although it wrote
+# them already: a key deleted by hand (or a FLUSHALL) and recreated by the next ZADD has
+# its TTL back within this time.  16 EXPIREs and 2 commands per process per 10 minutes.
+REASSERT_SECONDS = 600.0
+
+# Until this day (2026-12-04, days since the epoch) a day's index was one key without a
+# bucket (``phone-index:<day>``, `Keys.phone_index` with no bucket): searches read
+# it too for those days, so an upgraded fleet still finds the week before the upgrade.
+# Harmless once the retention has expired those keys.
+LAST_UNBUCKETED_DAY = 20_791
 
 
 def phone_digest(keys: Keys, digits: str) -> str:
@@ -39,30 +62,55 @@ class SearchIndex:
         self.redis = redis
         self.keys = keys
         self.retention_seconds = int(max(1, retention_seconds))
+        # When this process last wrote each day key's EXPIRE, and each day into the days list.
+        self._expired_at: dict[str, float] = {}
+        self._day_listed_at: dict[int, float] = {}
+
+    @staticmethod
+    def _due(written: dict[Any, float], what: Any, now: float) -> bool:
+        """Whether `what` was not written within REASSERT_SECONDS."""
+        last = written.get(what)
+        return last is None or not 0 <= now - last < REASSERT_SECONDS
+
+    @staticmethod
+    def _note(written: dict[Any, float], what: Sequence[Any], now: float) -> None:
+        """Note `what` as written at `now` (once its pipeline succeeded).  What is older
+        than REASSERT_SECONDS is due anyway: dropping it bounds the dict to the last 10
+        minutes' keys (16 a day, a day or two)."""
+        for stale in [w for w, at in written.items() if not 0 <= now - at < REASSERT_SECONDS]:
+            del written[stale]
+        written.update(dict.fromkeys(what, now))
 
     async def record(self, items: Sequence[AcceptItem], outcomes: Sequence[AcceptOutcome], now: float) -> None:
         keys = self.keys
         day = int(now // 86_400)
         millis = f"{int(now * 1000):013d}"
-        by_number: dict[str, float] = {}
+        by_number: dict[str, dict[str, float]] = {}
         by_batch: dict[str, dict[str, float]] = {}
         for item, outcome in zip(items, outcomes, strict=False):
             if outcome.duplicate:
                 continue
             digits = "".join(ch for ch in str(item.fields.get("to", "")) if ch.isdigit())
             if digits:
-                by_number[f"{phone_digest(keys, digits)}:{millis}:{item.id}"] = 0
+                digest = phone_digest(keys, digits)
+                by_number.setdefault(digest[0], {})[f"{digest}:{millis}:{item.id}"] = 0
             batch = item.fields.get("batch")
             if batch:
                 by_batch.setdefault(keys.batch(str(batch)), {})[item.id] = now
         if not by_number and not by_batch:
             return
+        expired: list[str] = []
+        listed: list[int] = []
         async with self.redis.pipeline(transaction=False) as pipe:
-            if by_number:
-                day_key = keys.phone_index(day)
-                pipe.zadd(day_key, by_number)
-                # A day's key lives as long as its last notification (+1 day).
-                pipe.expire(day_key, self.retention_seconds + 86_400)
+            for bucket, members in by_number.items():
+                day_key = keys.phone_index(day, bucket)
+                pipe.zadd(day_key, members)
+                if self._due(self._expired_at, day_key, now):
+                    # From the day's first write: retention + 1 day outlives its last one.
+                    pipe.expire(day_key, self.retention_seconds + 86_400)
+                    expired.append(day_key)
+            if by_number and self._due(self._day_listed_at, day, now):
+                listed.append(day)
                 pipe.zadd(keys.phone_index_days, {str(day): day})
                 oldest = day - self.retention_seconds // 86_400 - 1
                 pipe.zremrangebyscore(keys.phone_index_days, "-inf", f"({oldest}")
@@ -70,16 +118,23 @@ class SearchIndex:
                 pipe.zadd(name, members)
                 pipe.expire(name, self.retention_seconds)
             await pipe.execute()
+        self._note(self._expired_at, expired, now)
+        self._note(self._day_listed_at, listed, now)
 
 
 async def ids_for_number(redis: Any, keys: Keys, digits: str, limit: int) -> list[str]:
     """The newest `limit` notification ids accepted for `digits`, newest first."""
     digest = phone_digest(keys, digits)
     ids: list[str] = []
-    for day in await redis.zrevrange(keys.phone_index_days, 0, -1):
-        members = await redis.zrevrangebylex(keys.phone_index(int(day)), f"[{digest}:\xff", f"[{digest}:",
-                                             start=0, num=limit - len(ids))
-        ids += [member.split(":", 2)[2] for member in members]
+    for day in map(int, await redis.zrevrange(keys.phone_index_days, 0, -1)):
+        names = [keys.phone_index(day, digest[0])]
+        if day <= LAST_UNBUCKETED_DAY:
+            names.append(keys.phone_index(day, ""))
+        members: list[str] = []
+        for name in names:
+            members += await redis.zrevrangebylex(name, f"[{digest}:\xff", f"[{digest}:", start=0, num=limit - len(ids))
+        members.sort(reverse=True)  # one digest: by acceptance time, then id
+        ids += [member.split(":", 2)[2] for member in members[:limit - len(ids)]]
         if len(ids) >= limit:
             break
     return ids

@@ -468,11 +468,13 @@ class Keys:
         """Failed logins of an account in the lockout window (counter with a TTL)."""
         return f"{self.prefix}login-failures:{user}"
 
-    def phone_index(self, day: int) -> str:
-        """Sorted set of the notifications accepted on one day (days since the epoch, UTC),
-        all scored 0, members ``<number digest>:<accepted ms, 13 digits>:<id>`` so that one
-        number's are a lexicographic range, newest last; no key name holds a number."""
-        return f"{self.prefix}phone-index:{day}"
+    def phone_index(self, day: int, bucket: str) -> str:
+        """Sorted set of the notifications accepted on one day (days since the epoch, UTC)
+        whose number digest starts with `bucket` (one hex digit: 16 keys a day, spread over
+        a Cluster's slots), all scored 0, members ``<number digest>:<accepted ms, 13
+        digits>:<id>`` so that one number's are a lexicographic range, newest last; no key
+        name holds a number.  An empty `bucket`: the one key a day had before buckets."""
+        return f"{self.prefix}phone-index:{day}:{bucket}" if bucket else f"{self.prefix}phone-index:{day}"
 
     @property
     def phone_index_days(self) -> str:

@@ -3,10 +3,23 @@ first, in a few commands per batch, with no phone number in any key or member.""
 
 from __future__ import annotations
 
-from gateway.push.index import SearchIndex, ids_for_number
+from typing import Any
+
+import pytest
+from redis.exceptions import ResponseError
+
+from gateway.push.index import (
+    LAST_UNBUCKETED_DAY,
+    PHONE_INDEX_BUCKETS,
+    REASSERT_SECONDS,
+    SearchIndex,
+    ids_for_number,
+    phone_digest,
+)
 from gateway.push.state import AcceptItem, AcceptOutcome
 from gateway.store.keys import Keys
 from tests.aio import on_asyncio, redis_client
+from tests.push.harness import connect
 
 DAY = 86_400.0
 
@@ -36,7 +49,9 @@ async def test_a_number_is_found_newest_first_across_days_and_only_its_own(redis
         assert await redis.zrange(keys.batch("b1"), 0, -1) == ["a1", "x1"]
         names = [name async for name in redis.scan_iter("*")]
         members = [m for day in await redis.zrange(keys.phone_index_days, 0, -1)
-                   for m in await redis.zrange(keys.phone_index(int(day)), 0, -1)]
+                   for bucket in "0123456789abcdef"
+                   for m in await redis.zrange(keys.phone_index(int(day), bucket), 0, -1)]
+        assert len(members) == 5
         assert not [t for t in names + members if "13800138000" in t or "0013" in t]
 
 
@@ -52,19 +67,122 @@ async def test_index_days_past_the_retention_are_forgotten(redis_url: str) -> No
             await index.record(*_accepted((f"d{n}", "13800138000", "")), start + n * DAY)
         days = [int(d) for d in await redis.zrange(keys.phone_index_days, 0, -1)]
         assert days == [20_002, 20_003, 20_004, 20_005]
-        assert 0 < await redis.ttl(keys.phone_index(20_005)) <= 3 * DAY
+        bucket = phone_digest(keys, "13800138000")[0]
+        assert 0 < await redis.ttl(keys.phone_index(20_005, bucket)) <= 3 * DAY
+
+
+async def _index_calls(redis: Any) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+            for name in ("zadd", "expire", "zremrangebyscore")}
 
 
 @on_asyncio
 async def test_a_batch_of_notifications_costs_a_few_commands_not_two_per_notification(redis_url: str) -> None:
     """500 notifications to 500 numbers in one batch: the index is written with a constant
-    number of Redis commands (it was a ZADD and an EXPIRE per notification)."""
+    number of Redis commands (it was a ZADD and an EXPIRE per notification): a ZADD per
+    digest bucket, and the keys' EXPIREs and the days list once; the next batch of the
+    same day writes its ZADDs only."""
     keys = Keys()
     async with redis_client(redis_url) as redis:
         index = SearchIndex(redis, keys, retention_seconds=7 * DAY)
         await redis.config_resetstat()
         await index.record(*_accepted(*((f"n{i}", f"138{i:08d}", "bulk-1") for i in range(500))), 20_000 * DAY)
-        stats = await redis.info("commandstats")
-        calls = sum(v["calls"] for k, v in stats.items() if k.split("_", 1)[1] in ("zadd", "expire", "zremrangebyscore"))
-        assert calls <= 6
+        calls = await _index_calls(redis)
+        # 16 buckets + the batch + the days list; their EXPIREs; the days list's trim.
+        assert calls == {"zadd": PHONE_INDEX_BUCKETS + 2, "expire": PHONE_INDEX_BUCKETS + 1, "zremrangebyscore": 1}
+        await redis.config_resetstat()
+        await index.record(*_accepted(*((f"m{i}", f"139{i:08d}", "bulk-1") for i in range(500))), 20_000 * DAY + 60)
+        assert await _index_calls(redis) == {"zadd": PHONE_INDEX_BUCKETS + 1, "expire": 1, "zremrangebyscore": 0}
         assert len(await ids_for_number(redis, keys, "13800000499", 5)) == 1
+        assert len(await ids_for_number(redis, keys, "13900000499", 5)) == 1
+
+
+@on_asyncio
+async def test_at_a_carriers_rate_a_batch_of_one_costs_one_command(redis_url: str) -> None:
+    """At a carrier's TPS intake batches hold a notification or two: each costs its ZADD
+    alone (it cost four: ZADD, EXPIRE and two on the days list).  A key deleted by hand
+    gets its TTL back within REASSERT_SECONDS, so no index key lives for ever."""
+    keys = Keys()
+    async with redis_client(redis_url) as redis:
+        index = SearchIndex(redis, keys, retention_seconds=7 * DAY)
+        start = 20_000 * DAY
+        await index.record(*_accepted(("first", "13800138000", "")), start)
+        await redis.config_resetstat()
+        for n in range(100):
+            await index.record(*_accepted((f"one{n}", "13800138000", "")), start + 1 + n)
+        assert await _index_calls(redis) == {"zadd": 100, "expire": 0, "zremrangebyscore": 0}
+        assert len(await ids_for_number(redis, keys, "13800138000", 200)) == 101
+
+        day_key = keys.phone_index(20_000, phone_digest(keys, "13800138000")[0])
+        await redis.delete(day_key, keys.phone_index_days)
+        await index.record(*_accepted(("again", "13800138000", "")), start + 200)
+        assert await redis.ttl(day_key) == -1  # recreated within the 10 minutes
+        await index.record(*_accepted(("later", "13800138000", "")), start + 200 + REASSERT_SECONDS)
+        assert 6 * DAY < await redis.ttl(day_key) <= 8 * DAY
+        assert await ids_for_number(redis, keys, "13800138000", 2) == ["later", "again"]
+
+
+@on_asyncio
+async def test_a_batch_redis_refused_leaves_the_expire_and_the_day_to_the_next(redis_url: str) -> None:
+    """Redis refusing writes (NOREPLICAS) fails a batch's index write: the next batch,
+    seconds later, writes the key's EXPIRE and the day, which the failed one would have."""
+    keys = Keys()
+    async with redis_client(redis_url) as redis:
+        index = SearchIndex(redis, keys, retention_seconds=7 * DAY)
+        start = 20_000 * DAY
+        await redis.config_set("min-replicas-to-write", 1)
+        try:
+            with pytest.raises(ResponseError, match="NOREPLICAS"):
+                await index.record(*_accepted(("refused", "13800138000", "")), start)
+        finally:
+            await redis.config_set("min-replicas-to-write", 0)
+        await index.record(*_accepted(("next", "13800138000", "")), start + 5)
+        day_key = keys.phone_index(20_000, phone_digest(keys, "13800138000")[0])
+        assert 6 * DAY < await redis.ttl(day_key) <= 8 * DAY
+        assert await ids_for_number(redis, keys, "13800138000", 5) == ["next"]
+
+
+@on_asyncio
+async def test_the_unbucketed_keys_of_before_the_upgrade_are_still_searched(redis_url: str) -> None:
+    """On the upgrade day a number's notifications are in the old one-key-a-day index and
+    in its bucket: a search merges both, newest first; later days read the bucket only."""
+    keys = Keys()
+    async with redis_client(redis_url) as redis:
+        index = SearchIndex(redis, keys, retention_seconds=7 * DAY)
+        day = LAST_UNBUCKETED_DAY
+        digest = phone_digest(keys, "13800138000")
+        old_ms = int((day * DAY + 100) * 1000)
+        await redis.zadd(keys.phone_index(day, ""), {f"{digest}:{old_ms:013d}:old-1": 0,
+                                                     f"{digest}:{old_ms + 2000:013d}:old-2": 0})
+        await index.record(*_accepted(("new-1", "13800138000", "")), day * DAY + 101)
+        await index.record(*_accepted(("new-2", "13800138000", "")), day * DAY + 103)
+        assert await ids_for_number(redis, keys, "13800138000", 10) == ["new-2", "old-2", "new-1", "old-1"]
+        assert await ids_for_number(redis, keys, "13800138000", 3) == ["new-2", "old-2", "new-1"]
+        await redis.zadd(keys.phone_index(day + 1, ""), {f"{digest}:{old_ms + int(DAY) * 1000:013d}:ignored": 0})
+        await index.record(*_accepted(("next-day", "13800138000", "")), (day + 1) * DAY + 5)
+        assert await ids_for_number(redis, keys, "13800138000", 2) == ["next-day", "new-2"]
+
+
+@on_asyncio
+async def test_on_a_cluster_a_days_index_is_spread_over_every_master(redis_cluster_url: str) -> None:
+    """On the real 3-master Cluster, 2,000 notifications of one day put their index on
+    every master (it was one key, on one master), and each number is still found with one
+    read per day."""
+    keys = Keys(partitions=16)
+    redis = connect(redis_cluster_url)
+    try:
+        index = SearchIndex(redis, keys, retention_seconds=7 * DAY)
+        start = 20_000 * DAY
+        for batch in range(10):
+            await index.record(*_accepted(*((f"c{batch}-{i}", f"137{batch:02d}{i:06d}", "")
+                                            for i in range(200))), start + batch)
+        day_keys = [keys.phone_index(20_000, bucket) for bucket in "0123456789abcdef"]
+        sizes = [await redis.zcard(key) for key in day_keys]
+        assert sum(sizes) == 2_000 and min(sizes) > 0
+        masters = {redis.get_node_from_key(key).name for key in day_keys}
+        assert len(masters) == 3
+        for batch, i in ((0, 0), (4, 123), (9, 199)):
+            assert await ids_for_number(redis, keys, f"137{batch:02d}{i:06d}", 5) == [f"c{batch}-{i}"]
+    finally:
+        await redis.aclose()
