@@ -19,7 +19,8 @@ of days are written by a process the first time it writes that key or day, and a
 every `REASSERT_SECONDS`, not with every batch: at a carrier's TPS an intake batch holds
 a few notifications, and those three commands per batch were as many as its ZADDs.  An
 index write that fails only makes a search miss, so it is logged and not retried (and
-what the failed batch would have re-asserted is written by the next).
+what the failed batch would have re-asserted is written by the next); batches skip the
+index for `PAUSE_AFTER_FAILURE_SECONDS` after it, so that a failover does not slow intake.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ PHONE_INDEX_BUCKETS = 16
 # its TTL back within this time.  16 EXPIREs and 2 commands per process per 10 minutes.
 REASSERT_SECONDS = 600.0
 
+# After a failed index write, batches skip the index for this long.  In a failover every
+# write to the lost master's slots waits out redis-py's retries (CLUSTERDOWN: about 1 s,
+# measured by tests/push/test_search_index.py's slot without a master), and with 16 keys a
+# day every batch has one there: the intake would answer a second late all through the
+# failover (cluster-node-timeout 5 s and the election).  Searches miss the batches of the
+# pause, as they miss the failed one.
+PAUSE_AFTER_FAILURE_SECONDS = 5.0
+
 # Until this day (2026-12-04, days since the epoch) a day's index was one key without a
 # bucket (``phone-index:<day>``, `Keys.phone_index` with no bucket): searches read
 # it too for those days, so an upgraded fleet still finds the week before the upgrade.
@@ -65,6 +74,8 @@ class SearchIndex:
         # When this process last wrote each day key's EXPIRE, and each day into the days list.
         self._expired_at: dict[str, float] = {}
         self._day_listed_at: dict[int, float] = {}
+        self._paused_until = float("-inf")
+        self.batches_skipped = 0  # in pauses after a failure (the intake logs the failure)
 
     @staticmethod
     def _due(written: dict[Any, float], what: Any, now: float) -> bool:
@@ -99,6 +110,9 @@ class SearchIndex:
                 by_batch.setdefault(keys.batch(str(batch)), {})[item.id] = now
         if not by_number and not by_batch:
             return
+        if now < self._paused_until:
+            self.batches_skipped += 1
+            return
         expired: list[str] = []
         listed: list[int] = []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -117,7 +131,11 @@ class SearchIndex:
             for name, members in by_batch.items():
                 pipe.zadd(name, members)
                 pipe.expire(name, self.retention_seconds)
-            await pipe.execute()
+            try:
+                await pipe.execute()
+            except Exception:
+                self._paused_until = now + PAUSE_AFTER_FAILURE_SECONDS
+                raise
         self._note(self._expired_at, expired, now)
         self._note(self._day_listed_at, listed, now)
 

@@ -41,11 +41,13 @@ from redis.exceptions import RedisError
 from twisted.logger import Logger
 
 from gateway.privacy import InvalidPhoneNumber, mask_phone, normalise_cn_mobile
+from gateway.push.index import PAUSE_AFTER_FAILURE_SECONDS
 from gateway.push.queue import Priority, QuietHoursPolicy, local_day
 from gateway.push.render import BadParameter, MissingParameter, TemplateSet, exam_start
 from gateway.push.render import parse_date as parse_date  # re-exported: callers import it from here
 from gateway.push.state import AcceptItem, AcceptOutcome, NotificationLedger, public_view
 from gateway.store.keys import Keys
+from gateway.store.service import REDIS_ERRORS
 from gateway.store.streams import stream_entries
 
 __all__ = [
@@ -423,9 +425,9 @@ class Intake:
         if self.index is not None:
             try:
                 await self.index.record(items, outcomes, now)
-            except (RedisError, OSError) as e:
-                log.warn("search index not updated ({error}); searches may miss this batch",
-                         error=type(e).__name__)
+            except (RedisError, *REDIS_ERRORS) as e:  # a Cluster's slot map errors are no RedisError
+                log.warn("search index not updated ({error}); searches may miss this batch and those of "
+                         "the next {pause:.0f} s", error=type(e).__name__, pause=PAUSE_AFTER_FAILURE_SECONDS)
         if extra_acks:
             await self.ledger.ack_only(stream[0], stream[1], extra_acks)
         answer: list[AcceptOutcome | None] = [None] * len(requests)

@@ -3,6 +3,7 @@ first, in a few commands per batch, with no phone number in any key or member.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from redis.exceptions import ResponseError
 
 from gateway.push.index import (
     LAST_UNBUCKETED_DAY,
+    PAUSE_AFTER_FAILURE_SECONDS,
     PHONE_INDEX_BUCKETS,
     REASSERT_SECONDS,
     SearchIndex,
@@ -18,8 +20,10 @@ from gateway.push.index import (
 )
 from gateway.push.state import AcceptItem, AcceptOutcome
 from gateway.store.keys import Keys
+from gateway.store.local_cluster import LocalRedisCluster
+from gateway.store.local_cluster import command as cluster_command
 from tests.aio import on_asyncio, redis_client
-from tests.push.harness import connect
+from tests.push.harness import CMCC_NUMBER, CUCC_NUMBER, MORNING, code, connect, pipeline
 
 DAY = 86_400.0
 
@@ -186,3 +190,40 @@ async def test_on_a_cluster_a_days_index_is_spread_over_every_master(redis_clust
             assert await ids_for_number(redis, keys, f"137{batch:02d}{i:06d}", 5) == [f"c{batch}-{i}"]
     finally:
         await redis.aclose()
+
+
+@on_asyncio
+async def test_a_slot_without_a_master_costs_the_search_not_the_intake(tmp_path: Path) -> None:
+    """A Cluster in which the slot of one day's index key loses its master while the
+    gateway runs (as during a failover; cluster-require-full-coverage off, so the other
+    slots serve): the index write fails (CLUSTERDOWN, after redis-py's own retries, about
+    1 s).  The batch is still accepted and answered, the index write logged and skipped,
+    and the notification goes out; with 16 index keys a day, a failover anywhere in the
+    Cluster now reaches every batch's index write."""
+    cluster = LocalRedisCluster(tmp_path / "cluster", masters=1, replicas_per_master=0, appendonly=False)
+    cluster.start()
+    try:
+        [port] = cluster.master_ports()
+        keys = Keys(partitions=16)
+        bucket_key = keys.phone_index(int(MORNING // DAY), phone_digest(keys, CMCC_NUMBER)[0])
+        slot = int(cluster_command(port, "CLUSTER", "KEYSLOT", bucket_key))
+        cluster_command(port, "CONFIG", "SET", "cluster-require-full-coverage", "no")
+        async with pipeline("cluster:" + ",".join(cluster.startup_nodes), partitions=16) as p:
+            p.intake.index = SearchIndex(p.redis, p.keys, retention_seconds=7 * DAY)
+            [outcome] = await p.accept(code("idx-covered"))  # the client's slot map, whole
+            assert await ids_for_number(p.redis, p.keys, CMCC_NUMBER, 5) == ["idx-covered"]
+            cluster_command(port, "CLUSTER", "DELSLOTS", str(slot))
+            [outcome] = await p.accept(code("idx-uncovered"))
+            assert (outcome.state, outcome.duplicate) == ("queued", False)
+            # The next batches of the pause skip the index, even for a bucket that serves.
+            assert phone_digest(keys, CUCC_NUMBER)[0] != phone_digest(keys, CMCC_NUMBER)[0]
+            [paused] = await p.accept(code("idx-paused", to=CUCC_NUMBER))
+            assert paused.state == "queued" and p.intake.index.batches_skipped == 1
+            assert await ids_for_number(p.redis, p.keys, CUCC_NUMBER, 5) == []
+            p.clock.advance(PAUSE_AFTER_FAILURE_SECONDS)
+            await p.accept(code("idx-after", to=CUCC_NUMBER))
+            assert await ids_for_number(p.redis, p.keys, CUCC_NUMBER, 5) == ["idx-after"]
+            assert await p.dispatch_all() == 4
+            assert await p.state("idx-uncovered") == "submitted"
+    finally:
+        cluster.stop()
