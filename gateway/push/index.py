@@ -48,8 +48,8 @@ REASSERT_SECONDS = 600.0
 # write to the lost master's slots waits out redis-py's retries (CLUSTERDOWN: about 1 s,
 # measured by tests/push/test_search_index.py's slot without a master), and with 16 keys a
 # day every batch has one there: the intake would answer a second late all through the
-# failover (cluster-node-timeout 5 s and the election).  Searches miss the batches of the
-# pause, as they miss the failed one.
+# failover (cluster-node-timeout, Redis's default 15 s, 2 s in the tests, then the
+# election).  Searches miss the batches of the pause, as they miss the failed one.
 PAUSE_AFTER_FAILURE_SECONDS = 5.0
 
 # Until this day (2026-12-04, days since the epoch) a day's index was one key without a
