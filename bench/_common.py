@@ -84,6 +84,14 @@ def cpu_seconds(pid: int | None = None, *, children: bool = False) -> float:
     return (int(fields[first]) + int(fields[first + 1])) / _CLOCK_TICKS
 
 
+def system_cpu_seconds(pid: int) -> float:
+    """System (kernel) CPU seconds used so far by process `pid` (stime of /proc/PID/stat):
+    with cpu_seconds, it splits a server's time between its own code and its syscalls."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[12]) / _CLOCK_TICKS
+
+
 def _status_kib(pid: int | None, field: str) -> int:
     path = f"/proc/{'self' if pid is None else pid}/status"
     with open(path) as f:

@@ -104,6 +104,7 @@ sys.path[:0] = [str(BENCH), str(REPO)]
 
 from _common import (  # noqa: E402
     cpu_seconds,
+    system_cpu_seconds,
     machine,
     peak_rss_bytes,
     percentile,
@@ -610,6 +611,7 @@ class Bench:
             waited_before = [runqueue_wait_seconds(pid) for pid in pids]
             redis_pid = self.redis_server.process.pid  # type: ignore[union-attr]
             redis_cpu_before = cpu_seconds(redis_pid)
+            redis_system_before = system_cpu_seconds(redis_pid)
             rewrite_cpu_before = cpu_seconds(redis_pid, children=True)
             own_before = cpu_seconds()
             await self.redis.config_resetstat()  # commandstats and total_forks from here
@@ -625,6 +627,7 @@ class Bench:
             cpu_after = [cpu_seconds(pid) for pid in pids]
             waited = sum(runqueue_wait_seconds(pid) - w for pid, w in zip(pids, waited_before, strict=True))
             redis_cpu = cpu_seconds(redis_pid) - redis_cpu_before
+            redis_system = system_cpu_seconds(redis_pid) - redis_system_before
             own_cpu = cpu_seconds() - own_before
             ids = await producing
             command_stats = await redis_command_stats(self.redis)
@@ -676,6 +679,8 @@ class Bench:
             "gateway_runqueue_wait_seconds": round(waited, 2),
             "redis_cpu_seconds": round(redis_cpu, 2),
             "redis_cpu_ms_per_message": round(redis_cpu / n * 1000, 3) if n else 0.0,
+            # The kernel's part of it (socket reads and writes, the AOF's write()).
+            "redis_system_ms_per_message": round(redis_system / n * 1000, 3) if n else 0.0,
             "redis_aof_rewrites": aof_rewrites,
             "redis_aof_rewrite_cpu_seconds": round(rewrite_cpu, 2),
             "simulator_cpu_seconds": round(stats_after["cpu_seconds"] - stats_before["cpu_seconds"], 2),

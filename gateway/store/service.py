@@ -32,6 +32,7 @@ from gateway.config import RedisConfig
 from gateway.store.bridge import as_deferred
 from gateway.store.embedded import RedisServerProcess, free_port
 from gateway.store.keys import Keys
+from gateway.store.packing import direct_packing
 from gateway.store.refusals import describe
 
 # Redis unavailable, for now: every loop backs off and tries again.  On a Cluster also a
@@ -71,6 +72,7 @@ def make_client(url: str, reconnect_max_delay_seconds: float = 10.0, *, max_conn
         health_check_interval=0,
         **options,
     )
+    pool.connection_class = direct_packing(pool.connection_class)
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -98,9 +100,10 @@ def make_cluster_client(nodes: Sequence[str], url: str, reconnect_max_delay_seco
     if not options.get("ssl"):
         # RedisCluster fixes its connection class in __init__; swap it before the first
         # connection is made (nodes found later are built from connection_kwargs).
-        client.connection_kwargs["connection_class"] = _ClusterConnection
+        connection_class = direct_packing(_ClusterConnection)
+        client.connection_kwargs["connection_class"] = connection_class
         for node in client.nodes_manager.startup_nodes.values():
-            node.connection_class = _ClusterConnection
+            node.connection_class = connection_class
     return client
 
 

@@ -72,7 +72,8 @@ async def test_a_cluster_connection_closed_under_a_command_is_a_connection_error
 @on_asyncio
 async def test_the_cluster_client_uses_the_guarded_connection(redis_cluster_url: str) -> None:
     """make_cluster_client builds every node connection, seeds and discovered nodes, as
-    _ClusterConnection."""
+    _ClusterConnection (packing with hiredis directly: gateway/store/packing.py)."""
+    from gateway.store.packing import DirectPacker
     from gateway.store.service import _ClusterConnection, make_cluster_client
 
     client = make_cluster_client(redis_cluster_url.removeprefix("cluster:").split(","), "")
@@ -81,7 +82,9 @@ async def test_the_cluster_client_uses_the_guarded_connection(redis_cluster_url:
             await client.set(f"guarded-{i}", "1")  # keys in every master's slots
         nodes = client.get_nodes()
         assert len([n for n in nodes if n.server_type == "primary"]) >= 3
-        assert all(node.connection_class is _ClusterConnection for node in nodes)
+        assert all(issubclass(node.connection_class, _ClusterConnection) for node in nodes)
+        connections = [connection for node in nodes for connection in node._connections]
+        assert connections and all(isinstance(c._command_packer, DirectPacker) for c in connections)
     finally:
         await client.aclose()
 
