@@ -84,6 +84,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -333,7 +334,10 @@ def start_gateway(workdir: Path, name: str, redis_url: str, family: str, setting
                                           allow_unicode=True), encoding="utf-8")
     log_path = workdir / f"gateway-{name}.log"
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config_path)],
+        # BENCH_GATEWAY_PREFIX: a command the gateway runs under (bench/gateway_instructions.py
+        # puts it under callgrind); the wait for it to be ready is then ten times as long.
+        prefix = shlex.split(os.environ.get("BENCH_GATEWAY_PREFIX", ""))
+        process = subprocess.Popen([*prefix, sys.executable, "-m", "gateway", "run", "-c", str(config_path)],
                                    cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     _CHILDREN.append(process)
     gateway = Gateway(process, http_port, log_path)
@@ -349,7 +353,7 @@ def start_gateway(workdir: Path, name: str, redis_url: str, family: str, setting
             return False
 
     try:
-        wait_until(ready, 60, f"the gateway's {path}")
+        wait_until(ready, 600 if prefix else 60, f"the gateway's {path}")
     except BaseException:
         gateway.stop()
         raise

@@ -6,6 +6,8 @@ sizes with redis-server under Valgrind's callgrind, so that variants compare to 
     .venv/bin/python bench/redis_instructions.py --variant work:all --redis-config 'hash-max-ziplist-value 64'
     .venv/bin/python bench/redis_instructions.py --quick          # 100 and 300 notifications, this tree only
     .venv/bin/python bench/redis_instructions.py --breakdown      # where they go, by function (needs symbols)
+    .venv/bin/python bench/redis_instructions.py --process gateway --variant e922e5d --variant work
+                                                                  # the gateway process's instructions instead
 
 Why: this VM's speed drifts by up to 50 % within an hour (docs/benchmarks.md, tenth and
 eleventh stops), so CPU-time comparisons of 5-10 % took rounds of alternating runs and
@@ -27,6 +29,15 @@ and writes: 9 % and a few by perf, fourth stop) and memory stalls (a listpack sc
 hash-table lookup cost differently per instruction).  So it ranks code, and it measures
 the ratio between two versions of the code; seconds on a given machine are still
 push_throughput's.
+
+``--process gateway`` counts the `gateway run` process instead (Python under callgrind,
+about 40 times slower: 130 notifications/s here), with redis-server running natively.
+Its background loops run on wall time, so the longer run does more of them; they cost
+little next to the notifications (two runs of 3,000 at 27.1 and 24.6 s of wall time
+differed by 0.02 %).  Callgrind sees the interpreter's C functions, not Python's, so there
+is no breakdown: use ``push_throughput.py --profile-dir`` (py-spy) for where, this for how
+much.  A revision whose push_throughput.py predates the BENCH_GATEWAY_PREFIX hook gets it
+patched into its exported copy.
 
 Variant: ``REV[:EVENTS]``.  REV ``work`` is this working tree; anything else is a git
 revision exported (``git archive``) into a temporary directory and run with this venv.
@@ -96,20 +107,41 @@ def export_tree(rev: str, into: Path) -> Path:
     return tree
 
 
+def callgrind_command(directory: Path) -> str:
+    """Valgrind's callgrind, counting instructions only, its profile in `directory`."""
+    return (f"valgrind --tool=callgrind --cache-sim=no --branch-sim=no "
+            f"--callgrind-out-file={directory}/callgrind.%p.out")
+
+
 def callgrind_wrapper(directory: Path, redis_server: str) -> Path:
     """A redis-server stand-in that execs the real one under callgrind (same pid, so the
     bench's own CPU and INFO readings still find it), its profile in `directory`."""
     wrapper = directory / "redis-server"
-    wrapper.write_text("#!/bin/sh\n"
-                       f"exec valgrind --tool=callgrind --cache-sim=no --branch-sim=no "
-                       f"--callgrind-out-file={directory}/callgrind.%p.out {redis_server} \"$@\"\n",
-                       encoding="utf-8")
+    wrapper.write_text(f"#!/bin/sh\nexec {callgrind_command(directory)} {redis_server} \"$@\"\n", encoding="utf-8")
     wrapper.chmod(0o755)
     return wrapper
 
 
+# The line of push_throughput.py that starts the gateway, before the BENCH_GATEWAY_PREFIX hook.
+_GATEWAY_POPEN = 'process = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config_path)],'
+
+
+def ensure_gateway_prefix_hook(tree: Path) -> None:
+    """Give an exported revision's push_throughput.py the BENCH_GATEWAY_PREFIX hook."""
+    bench = tree / "bench" / "push_throughput.py"
+    text = bench.read_text(encoding="utf-8")
+    if "BENCH_GATEWAY_PREFIX" in text:
+        return
+    if _GATEWAY_POPEN not in text or 'wait_until(ready, 60, ' not in text:
+        raise RuntimeError(f"{bench}: cannot add the BENCH_GATEWAY_PREFIX hook (its gateway start differs)")
+    text = text.replace(_GATEWAY_POPEN, _GATEWAY_POPEN.replace(
+        "[sys.executable,", '[*__import__("shlex").split(os.environ.get("BENCH_GATEWAY_PREFIX", "")), sys.executable,'))
+    text = text.replace("wait_until(ready, 60, ", "wait_until(ready, 600, ")
+    bench.write_text(text, encoding="utf-8")
+
+
 def callgrind_total(directory: Path) -> tuple[int, Path]:
-    """The instruction total of the one redis-server profile in `directory`."""
+    """The instruction total of the one profiled process (redis-server or the gateway) in `directory`."""
     [profile] = directory.glob("callgrind.*.out")
     match = re.search(r"^totals:\s+(\d+)", profile.read_text(encoding="utf-8", errors="replace"), re.MULTILINE)
     if match is None:
@@ -130,11 +162,16 @@ def inclusive_by_function(profile: Path) -> dict[str, int]:
 
 
 def run_push(tree: Path, events: str | None, n: int, directory: Path, redis_server: str,
-             redis_config: list[str]) -> dict[str, Any]:
-    """One push_throughput run of `n` notifications from `tree` with redis-server under
-    callgrind; its instruction total and what the run reported."""
+             redis_config: list[str], process: str = "redis") -> dict[str, Any]:
+    """One push_throughput run of `n` notifications from `tree` with `process` (redis, the
+    redis-server; gateway, the `gateway run`) under callgrind; its instruction total and
+    what the run reported."""
     directory.mkdir(parents=True)
-    env = dict(os.environ, PYTHONPATH=str(tree), GATEWAY_REDIS_SERVER=str(callgrind_wrapper(directory, redis_server)))
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    if process == "gateway":
+        env.update(GATEWAY_REDIS_SERVER=redis_server, BENCH_GATEWAY_PREFIX=callgrind_command(directory))
+    else:
+        env["GATEWAY_REDIS_SERVER"] = str(callgrind_wrapper(directory, redis_server))
     command = [sys.executable, str(tree / "bench" / "push_throughput.py"), "--scenario", "chinese", "-n", str(n),
                "--warmup", "100", "--skip-kannel"]
     if events:
@@ -153,10 +190,12 @@ def run_push(tree: Path, events: str | None, n: int, directory: Path, redis_serv
 
 def measure(rev: str, events: str | None, args: argparse.Namespace, work: Path, redis_server: str) -> dict[str, Any]:
     tree = export_tree(rev, work / "trees")
+    if args.process == "gateway" and rev != "work":
+        ensure_gateway_prefix_hook(tree)
     label = f"{rev}:{events}" if events else rev
     slug = re.sub(r"[^\w.-]", "_", label)
-    small = run_push(tree, events, args.n1, work / slug / str(args.n1), redis_server, args.redis_config)
-    large = run_push(tree, events, args.n2, work / slug / str(args.n2), redis_server, args.redis_config)
+    small = run_push(tree, events, args.n1, work / slug / str(args.n1), redis_server, args.redis_config, args.process)
+    large = run_push(tree, events, args.n2, work / slug / str(args.n2), redis_server, args.redis_config, args.process)
     per = (large["instructions"] - small["instructions"]) / (args.n2 - args.n1)
     row: dict[str, Any] = {
         "variant": label, "rev": rev, "events": events or "default",
@@ -186,6 +225,8 @@ def main() -> int:
                         help="passed to push_throughput (a redis-server setting for every variant)")
     parser.add_argument("--breakdown", action="store_true",
                         help="instructions per notification in a few named functions (a binary with symbols)")
+    parser.add_argument("--process", choices=("redis", "gateway"), default="redis",
+                        help="whose instructions: redis-server's (default) or the gateway process's")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (profiles, trees, outputs)")
     args = parser.parse_args()
     if args.quick:
@@ -194,6 +235,9 @@ def main() -> int:
     variants = args.variant or [parse_variant(v) for v in DEFAULT_VARIANTS]
     if args.n2 <= args.n1 or args.n1 < 1:
         parser.error("--n2 must be larger than --n1, and --n1 at least 1")
+    if args.breakdown and args.process == "gateway":
+        parser.error("--breakdown names redis-server's C functions; for the gateway's Python use "
+                     "push_throughput.py --profile-dir (py-spy)")
     missing = [tool for tool in ("valgrind", "callgrind_annotate") if shutil.which(tool) is None]
     if missing:
         print(f"redis_instructions: {' and '.join(missing)} not found (Debian: apt-get install valgrind)",
@@ -230,7 +274,7 @@ def main() -> int:
         "benchmark": "redis_instructions",
         "date": today(),
         "machine": machine(),
-        "setup": {"scenario": "chinese, 2 parts, receipt on part 1", "n1": args.n1, "n2": args.n2,
+        "setup": {"process": args.process, "scenario": "chinese, 2 parts, receipt on part 1", "n1": args.n1, "n2": args.n2,
                   "redis_server": redis_server, "redis_config": args.redis_config,
                   "method": "callgrind totals, (N2 - N1) difference"},
         "runs": rows,

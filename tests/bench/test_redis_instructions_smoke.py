@@ -44,3 +44,28 @@ def test_a_bad_variant_is_refused_with_the_reason() -> None:
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "push.events is all, final or off, not 'some'" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None,
+                    reason="valgrind not installed (Debian package valgrind; .ci/run installs it as root)")
+def test_the_gateway_process_is_counted_per_notification() -> None:
+    """--process gateway: the `gateway run` process under callgrind, redis-server native.
+    Python runs the whole pipeline, so a notification costs the gateway more instructions
+    than it costs Redis (about 1.2 million against 0.7 on 2026-12-04)."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "redis_instructions.py"), "--quick",
+                             "--process", "gateway", "--variant", "work:all"],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["setup"]["process"] == "gateway" and report["lost"] == 0
+    [run] = report["runs"]
+    small, large = run["instructions_total"]
+    assert 0 < small < large
+    assert 300_000 < run["instructions_per_notification"] < 10_000_000, run
+
+
+def test_a_breakdown_of_the_gateway_is_refused_with_the_reason() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "redis_instructions.py"), "--process", "gateway",
+                             "--breakdown"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "py-spy" in result.stderr
