@@ -105,7 +105,6 @@ sys.path[:0] = [str(BENCH), str(REPO)]
 
 from _common import (  # noqa: E402
     cpu_seconds,
-    system_cpu_seconds,
     machine,
     peak_rss_bytes,
     percentile,
@@ -114,6 +113,7 @@ from _common import (  # noqa: E402
     rss_bytes,
     start_profiler,
     stop_profiler,
+    system_cpu_seconds,
     terminate,
     today,
     wait_until,
