@@ -12,13 +12,12 @@ to redis-py's packer, which packs it or raises its own DataError as before.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 try:
     import hiredis
 except ImportError:  # redis-py then packs in Python; nothing to speed up
-    hiredis = None
+    hiredis = None  # type: ignore[assignment]
 
 
 class DirectPacker:
@@ -40,12 +39,18 @@ class DirectPacker:
         return self._general.pack(*args)
 
 
-@functools.cache
+# One subclass per connection class, made once (a pool makes its connections from it).
+_DIRECT_PACKING: dict[type, type] = {}
+
+
 def direct_packing(connection_class: type) -> type:
     """`connection_class` with DirectPacker as its packer, where its own is hiredis's and
     its strings are UTF-8 (as hiredis encodes them); unchanged otherwise."""
     if hiredis is None:
         return connection_class
+    made = _DIRECT_PACKING.get(connection_class)
+    if made is not None:
+        return made
 
     class DirectPackingConnection(connection_class):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -57,4 +62,5 @@ def direct_packing(connection_class: type) -> type:
                 self._command_packer = DirectPacker(packer)
 
     DirectPackingConnection.__name__ = DirectPackingConnection.__qualname__ = f"DirectPacking{connection_class.__name__}"
+    _DIRECT_PACKING[connection_class] = DirectPackingConnection
     return DirectPackingConnection
