@@ -101,7 +101,8 @@ class SearchIndex:
         for item, outcome in zip(items, outcomes, strict=False):
             if outcome.duplicate:
                 continue
-            digits = "".join(ch for ch in str(item.fields.get("to", "")) if ch.isdigit())
+            to = str(item.fields.get("to", ""))
+            digits = to if to.isdigit() else "".join(filter(str.isdigit, to))  # intake stores digits
             if digits:
                 digest = phone_digest(keys, digits)
                 by_number.setdefault(digest[0], {})[f"{digest}:{millis}:{item.id}"] = 0
