@@ -31,13 +31,15 @@ the ratio between two versions of the code; seconds on a given machine are still
 push_throughput's.
 
 ``--process gateway`` counts the `gateway run` process instead (Python under callgrind,
-about 40 times slower: 130 notifications/s here), with redis-server running natively.
-Its background loops run on wall time, so the longer run does more of them; they cost
-little next to the notifications (two runs of 3,000 at 27.1 and 24.6 s of wall time
-differed by 0.02 %).  Callgrind sees the interpreter's C functions, not Python's, so there
+about 40 times slower: 130-170 notifications/s here), with redis-server running natively.
+Callgrind's instrumentation is off through start-up and warm-up and switched on
+(``callgrind_control --instr=on``, push_throughput's BENCH_GATEWAY_MEASURE_START hook) when
+the measured part begins: Python's imports instrumented took 25 s of a 30 s smoke run.  The
+background loops run on wall time, so the longer run does more of them: two runs of one
+variant differ by up to 1 % (round 1: 969.1, 974.4 and 976.6 thousand).  Callgrind sees the interpreter's C functions, not Python's, so there
 is no breakdown: use ``push_throughput.py --profile-dir`` (py-spy) for where, this for how
-much.  A revision whose push_throughput.py predates the BENCH_GATEWAY_PREFIX hook gets it
-patched into its exported copy.
+much.  A revision whose push_throughput.py predates these hooks gets them patched into its
+exported copy.
 
 Variant: ``REV[:EVENTS]``.  REV ``work`` is this working tree; anything else is a git
 revision exported (``git archive``) into a temporary directory and run with this venv.
@@ -107,9 +109,10 @@ def export_tree(rev: str, into: Path) -> Path:
     return tree
 
 
-def callgrind_command(directory: Path) -> str:
+def callgrind_command(directory: Path, *, instrumented_at_start: bool = True) -> str:
     """Valgrind's callgrind, counting instructions only, its profile in `directory`."""
     return (f"valgrind --tool=callgrind --cache-sim=no --branch-sim=no "
+            f"{'' if instrumented_at_start else '--instr-atstart=no '}"
             f"--callgrind-out-file={directory}/callgrind.%p.out")
 
 
@@ -126,17 +129,29 @@ def callgrind_wrapper(directory: Path, redis_server: str) -> Path:
 _GATEWAY_POPEN = 'process = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config_path)],'
 
 
+# Where the measured part begins, and the BENCH_GATEWAY_MEASURE_START hook put before it.
+_PROFILER_START = "            profiler = start_profiler(gateways[0].pid,"
+_MEASURE_START = ('            for _g in gateways if os.environ.get("BENCH_GATEWAY_MEASURE_START") else []:\n'
+                  '                subprocess.run([*__import__("shlex").split(os.environ["BENCH_GATEWAY_MEASURE_START"]), '
+                  'str(_g.pid)], check=True, capture_output=True, timeout=60)\n')
+
+
 def ensure_gateway_prefix_hook(tree: Path) -> None:
-    """Give an exported revision's push_throughput.py the BENCH_GATEWAY_PREFIX hook."""
+    """Give an exported revision's push_throughput.py the BENCH_GATEWAY_PREFIX and
+    BENCH_GATEWAY_MEASURE_START hooks."""
     bench = tree / "bench" / "push_throughput.py"
     text = bench.read_text(encoding="utf-8")
-    if "BENCH_GATEWAY_PREFIX" in text:
+    if "BENCH_GATEWAY_MEASURE_START" in text:
         return
-    if _GATEWAY_POPEN not in text or 'wait_until(ready, 60, ' not in text:
-        raise RuntimeError(f"{bench}: cannot add the BENCH_GATEWAY_PREFIX hook (its gateway start differs)")
-    text = text.replace(_GATEWAY_POPEN, _GATEWAY_POPEN.replace(
-        "[sys.executable,", '[*__import__("shlex").split(os.environ.get("BENCH_GATEWAY_PREFIX", "")), sys.executable,'))
-    text = text.replace("wait_until(ready, 60, ", "wait_until(ready, 600, ")
+    if "BENCH_GATEWAY_PREFIX" not in text:
+        if _GATEWAY_POPEN not in text or 'wait_until(ready, 60, ' not in text:
+            raise RuntimeError(f"{bench}: cannot add the BENCH_GATEWAY_PREFIX hook (its gateway start differs)")
+        text = text.replace(_GATEWAY_POPEN, _GATEWAY_POPEN.replace(
+            "[sys.executable,", '[*__import__("shlex").split(os.environ.get("BENCH_GATEWAY_PREFIX", "")), sys.executable,'))
+        text = text.replace("wait_until(ready, 60, ", "wait_until(ready, 600, ")
+    if _PROFILER_START not in text:
+        raise RuntimeError(f"{bench}: cannot add the BENCH_GATEWAY_MEASURE_START hook (no profiler start)")
+    text = text.replace(_PROFILER_START, _MEASURE_START + _PROFILER_START)
     bench.write_text(text, encoding="utf-8")
 
 
@@ -169,7 +184,11 @@ def run_push(tree: Path, events: str | None, n: int, directory: Path, redis_serv
     directory.mkdir(parents=True)
     env = dict(os.environ, PYTHONPATH=str(tree))
     if process == "gateway":
-        env.update(GATEWAY_REDIS_SERVER=redis_server, BENCH_GATEWAY_PREFIX=callgrind_command(directory))
+        # Start-up and warm-up uninstrumented (Python's imports under callgrind took 25 s
+        # of a 30 s smoke run); instrumentation on when the measured part begins.
+        env.update(GATEWAY_REDIS_SERVER=redis_server,
+                   BENCH_GATEWAY_PREFIX=callgrind_command(directory, instrumented_at_start=False),
+                   BENCH_GATEWAY_MEASURE_START="callgrind_control --instr=on")
     else:
         env["GATEWAY_REDIS_SERVER"] = str(callgrind_wrapper(directory, redis_server))
     command = [sys.executable, str(tree / "bench" / "push_throughput.py"), "--scenario", "chinese", "-n", str(n),
