@@ -21,9 +21,10 @@ from typing import Protocol
 from twisted.internet.defer import Deferred
 
 from gateway.privacy import PhoneNumber
+from gateway.records import hot_record
 
 
-@dataclass(frozen=True)
+@hot_record
 class OutboundSms:
     """One text to one citizen; the link decides parts and encoding."""
 
@@ -39,7 +40,7 @@ class OutboundSms:
     lane: str = "normal"  # high, normal or bulk: the link may map it to priority_flag
 
 
-@dataclass(frozen=True)
+@hot_record
 class SubmitAccepted:
     carrier: str
     message_ids: tuple[str, ...]  # one per part, in part order
@@ -71,7 +72,7 @@ class SubmitFailed(Exception):
         self.link_down = link_down
 
 
-@dataclass(frozen=True)
+@hot_record
 class DeliveryReceipt:
     carrier: str
     message_id: str  # normalised as the submit_sm_resp gave it (see smpp.receipts)

@@ -46,6 +46,7 @@ from gateway.push.queue import Priority, QuietHoursPolicy, local_day
 from gateway.push.render import BadParameter, MissingParameter, TemplateSet, exam_start
 from gateway.push.render import parse_date as parse_date  # re-exported: callers import it from here
 from gateway.push.state import AcceptItem, AcceptOutcome, NotificationLedger, public_view
+from gateway.records import hot_record
 from gateway.store.keys import Keys
 from gateway.store.service import REDIS_ERRORS
 from gateway.store.streams import stream_entries
@@ -83,7 +84,7 @@ class Channel(enum.StrEnum):
     AUTO = "auto"  # SMS first; a phone call when the SMS ends undeliverable or failed
 
 
-@dataclass(frozen=True)
+@hot_record
 class ValidRequest:
     id: str
     type: str
@@ -300,7 +301,7 @@ def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: 
     )
 
 
-@dataclass(frozen=True)
+@hot_record
 class IntakeRequest:
     """A request as it came in, with where it came from."""
 

@@ -73,7 +73,7 @@ import json
 import math
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import Counter
@@ -84,6 +84,7 @@ from twisted.logger import Logger
 from gateway import metrics
 from gateway.privacy import mask_phone
 from gateway.push.render import DEFAULT_SIGNATURE
+from gateway.records import hot_record
 from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys, PartitionKeys
@@ -176,7 +177,7 @@ _script_counters = {
 # ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@hot_record
 class AcceptItem:
     """One request ready for `NotificationLedger.accept`.
 
@@ -199,7 +200,7 @@ class AcceptItem:
     expires_at: float = 0.0  # the record lives retention_seconds beyond this
 
 
-@dataclass(frozen=True)
+@hot_record
 class AcceptOutcome:
     id: str
     state: str
@@ -207,7 +208,7 @@ class AcceptOutcome:
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@hot_record
 class Claimed:
     """A notification claimed for submission (in keys.inflight under a lease)."""
 

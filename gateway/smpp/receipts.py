@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
+from gateway.records import hot_record
 from gateway.smpp.pdu import DataSm, DeliverSm
 from gateway.smpp.text import DATA_CODING_UCS2
 from gateway.smpp.tlv import TlvTag, tlv_bytes, tlv_cstring, tlv_int
@@ -107,7 +107,7 @@ class ReceiptParseError(ValueError):
     """A receipt (or what claims to be one) with neither an id nor a stat."""
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record(slots=True)
 class ReceiptFields:
     """The fields of a receipt's text (Appendix B); None where the text lacks one.
 
@@ -125,7 +125,7 @@ class ReceiptFields:
     text: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record(slots=True)
 class ParsedReceipt:
     """A delivery receipt taken from a deliver_sm or data_sm.
 

@@ -60,6 +60,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
+from gateway.records import hot_record
 from gateway.smpp.pdu import (
     PDU_CLASSES,
     CommandId,
@@ -203,7 +204,7 @@ class WindowFull(LocalProtocolError):
 # -- events -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record(slots=True)
 class PduReceived:
     """A request the owner must answer with ``respond()`` (or, for outbind and
     alert_notification, act on): bind_* on the SMSC side, submit_sm, deliver_sm, ..."""
@@ -211,7 +212,7 @@ class PduReceived:
     pdu: Pdu
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record(slots=True)
 class ResponseReceived:
     """The response (or generic_nack) to a request we sent; its window slot is free."""
 

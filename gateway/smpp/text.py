@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from gateway.records import hot_record
 from gateway.smpp.pdu import DataSm, DeliverSm, SubmitSm
 from gateway.smpp.tlv import Tlv, TlvTag, tlv_bytes, tlv_int
 
@@ -243,7 +244,7 @@ def gsm7_unpack(octets: bytes, fill_bits: int = 0) -> bytes:
 # -- outbound: planning parts --------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record(slots=True)
 class MessagePart:
     """What one submit_sm carries; the link ORs its own esm_class mode bits in."""
 
@@ -253,7 +254,7 @@ class MessagePart:
     tlvs: tuple[Tlv, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record(slots=True)
 class MessagePlan:
     """The parts of one text, in order, all with the same ``data_coding``."""
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from gateway.records import hot_record
 
 __all__ = [
     "Tlv",
@@ -107,7 +108,7 @@ class TlvStreamError(ValueError):
     """The octets after the mandatory parameters are not a valid TLV sequence."""
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record(slots=True)
 class Tlv:
     """One optional parameter: a tag (``TlvTag`` when known, else a plain int) and raw value."""
 
