@@ -110,6 +110,28 @@ def _referenced_file_checks() -> list[Callable[[Any], list[str]]]:
 # --------------------------------------------------------------------------------------
 
 
+# The cyclic garbage collector, once the gateway has started.  Python collects the young
+# generation after 700 net container allocations and the older ones after 10 of the
+# younger each; a Chinese notification makes about a hundred containers (PDUs, records,
+# Deferreds, Redis replies) that reference counting alone frees, so at 700 the collector
+# ran every few notifications and walked, in its older collections, every object the
+# start-up made (modules, config, templates, menus, client pools).  Freezing those moves
+# them out of the collector's sight for good; 10,000 young allocations keep at most a
+# few megabytes of cyclic garbage waiting.  Measured with bench/redis_instructions.py
+# --process gateway, thousands of instructions per Chinese notification: 1,015 before,
+# 997 with the freeze, 958 with the freeze and 10,000 (970 with 50,000: no better).
+GC_YOUNG_THRESHOLD = 10_000
+GC_OLDER_THRESHOLDS = (10, 10)  # Python's own
+
+
+def tune_garbage_collection() -> None:
+    """Freeze what start-up made and collect the young generation less often."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     reactor = install_reactor()
@@ -135,6 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             exit_code[0] = EXIT_FAILURE
             reactor.stop()
             return
+        tune_garbage_collection()
         log.info("gateway12123 running (pid {pid})", pid=os.getpid())
         from gateway.config import operational_warnings
 
