@@ -334,7 +334,7 @@ def start_gateway(workdir: Path, name: str, redis_url: str, family: str, setting
                                           allow_unicode=True), encoding="utf-8")
     log_path = workdir / f"gateway-{name}.log"
     with open(log_path, "wb") as log_file:
-        # BENCH_GATEWAY_PREFIX: a command the gateway runs under (bench/gateway_instructions.py
+        # BENCH_GATEWAY_PREFIX: a command the gateway runs under (bench/redis_instructions.py --process gateway
         # puts it under callgrind); the wait for it to be ready is then ten times as long.
         prefix = shlex.split(os.environ.get("BENCH_GATEWAY_PREFIX", ""))
         process = subprocess.Popen([*prefix, sys.executable, "-m", "gateway", "run", "-c", str(config_path)],
