@@ -22,6 +22,14 @@ and the lowest figure of each phase is kept (the machine is shared: the least di
 run is the closest to the cost).  CPU time, not wall time: the figure is what one Redis
 core can carry.
 
+``--plain`` asks what the scripts' own commands cost without Lua around them: one more
+pass runs under MONITOR, which lists every command the server executes, each
+``redis.call`` of a script included, with its real arguments.  Each phase's commands, the
+script calls themselves left out, are then sent to a fresh redis-server (same
+persistence) as plain pipelined commands, a batch's worth per pipeline, and measured the
+same way.  No design that keeps this record (the same writes, the same reads) can cost
+Redis less than that, whatever runs its logic: the floor under any rework of the scripts.
+
 Output: a table, then one JSON line.
 """
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -49,6 +58,9 @@ from gateway.store.embedded import RedisServerProcess  # noqa: E402
 from gateway.store.keys import Keys  # noqa: E402
 
 PHASES = ("accept", "claim", "submitted", "receipt")
+# What --plain leaves out of a phase's MONITOR listing: the script calls (their commands
+# are listed one by one), the benchmark's own probes and the markers between phases.
+NOT_REPLAYED = {b"EVALSHA", b"EVAL", b"SCRIPT", b"INFO", b"CONFIG", b"ECHO", b"CLIENT", b"HELLO", b"HGET", b"PING"}
 RETENTION = 7 * 86_400
 VALIDITY = 86_400
 
@@ -65,8 +77,131 @@ async def _aof_bytes(redis: Any) -> int:
     return int(info.get("aof_current_size", 0))
 
 
-async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch: int) -> dict[str, Any]:
-    """One pass of n notifications through the four phases; each phase's figures."""
+def _monitor_args(line: bytes) -> list[bytes]:
+    r"""The arguments of one MONITOR line, ``+<time> [<db> <client>] "ARG" "ARG" ...``,
+    each unquoted as Redis quotes it (sdscatrepr: \\ \" \n \r \t \a \b and \xHH)."""
+    i = line.index(b"] ") + 2
+    escapes = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("a"): 7, ord("b"): 8}
+    args: list[bytes] = []
+    while i < len(line):
+        if line[i] != ord('"'):
+            raise ValueError(f"MONITOR line not understood at {i}: {line[:80]!r}")
+        i += 1
+        arg = bytearray()
+        while line[i] != ord('"'):
+            c = line[i]
+            if c == ord("\\"):
+                e = line[i + 1]
+                if e == ord("x"):
+                    arg.append(int(line[i + 2:i + 4], 16))
+                    i += 4
+                    continue
+                arg.append(escapes.get(e, e))
+                i += 2
+                continue
+            arg.append(c)
+            i += 1
+        args.append(bytes(arg))
+        i += 2  # the closing quote and the space after it
+    return args
+
+
+class MonitorCapture:
+    """Every command the server runs while it is attached (MONITOR), split into phases by
+    the ECHO markers the caller sends; read on its own connection as it comes, so that
+    the server's output buffer for it stays small."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.phases: dict[str, list[list[bytes]]] = {}
+        self._current: list[list[bytes]] = []
+        self._reader_task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._marked: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None:
+        reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 24)
+        self._writer.write(b"MONITOR\r\n")
+        if await reader.readline() != b"+OK\r\n":
+            raise RuntimeError("MONITOR refused")
+        self._reader_task = asyncio.create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            args = _monitor_args(line.rstrip(b"\r\n"))
+            if args[0].upper() == b"ECHO" and args[1].startswith(b"ledger-scripts-phase-"):
+                name = args[1].decode().removeprefix("ledger-scripts-phase-")
+                self.phases[name], self._current = self._current, []
+                self._marked.setdefault(name, asyncio.Event()).set()
+            elif args[0].upper() not in NOT_REPLAYED:
+                self._current.append(args)
+
+    async def mark(self, redis: Any, name: str) -> None:
+        """End the phase `name`: everything listed before the marker belongs to it."""
+        await redis.echo(f"ledger-scripts-phase-{name}")
+        await asyncio.wait_for(self._marked.setdefault(name, asyncio.Event()).wait(), 60)
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await self._reader_task
+
+
+async def _replay(port: int, phases: dict[str, list[list[bytes]]], n: int, batch: int) -> dict[str, float]:
+    """Each phase's commands sent as plain pipelines of a batch's worth (as many
+    notifications as a script call carries); redis-server CPU per notification."""
+    redis = aioredis.Redis(port=port)
+    out: dict[str, float] = {}
+    try:
+        for name in PHASES:
+            commands = phases[name]
+            per_pipeline = max(1, len(commands) * batch // n)
+            before = await _cpu(redis)
+            for start in range(0, len(commands), per_pipeline):
+                pipe = redis.pipeline(transaction=False)
+                for args in commands[start:start + per_pipeline]:
+                    pipe.execute_command(*args)
+                await pipe.execute()
+            out[name] = round(1e6 * (await _cpu(redis) - before) / n, 1)
+    finally:
+        await redis.aclose()
+    return out
+
+
+async def _plain(args: argparse.Namespace, capture_redis: Any, ledger: NotificationLedger, port: int) -> dict[str, Any]:
+    """--plain: a MONITORed pass, then its commands replayed without Lua on fresh servers."""
+    monitor = MonitorCapture(port)
+    await monitor.start()
+    try:
+        await _round(capture_redis, ledger, "plain", args.messages, args.batch, monitor=monitor)
+    finally:
+        await monitor.stop()
+    commands = {name: round(len(monitor.phases[name]) / args.messages, 3) for name in PHASES}
+    runs = []
+    for _ in range(args.repeat):
+        data_dir = Path(tempfile.mkdtemp(prefix="ledger-plain-"))
+        server = RedisServerProcess(data_dir, appendonly=not args.no_aof)
+        server.start()
+        try:
+            runs.append(await _replay(server.port, monitor.phases, args.messages, args.batch))
+            check = aioredis.Redis(port=server.port, decode_responses=True)
+            state = await check.hget(ledger.keys.notification(f"stream-plain-{args.messages - 1:07d}"), "state")
+            await check.aclose()
+            if state != "delivered":
+                raise RuntimeError(f"the replay left the last notification {state!r}, not delivered")
+        finally:
+            server.stop()
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return {"us": {name: min(r[name] for r in runs) for name in PHASES}, "commands": commands}
+
+
+async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch: int,
+                 monitor: MonitorCapture | None = None) -> dict[str, Any]:
+    """One pass of n notifications through the four phases; each phase's figures.  With a
+    monitor, each phase ends with its marker."""
     ids = [f"stream-{tag}-{k:07d}" for k in range(n)]
     claimed: list[Any] = []
 
@@ -107,6 +242,8 @@ async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch
         await run()
         cpu = await _cpu(redis) - before
         aof = await _aof_bytes(redis) - aof_before
+        if monitor is not None:
+            await monitor.mark(redis, name)
         stats = await redis.info("commandstats")
         commands = {key.removeprefix("cmdstat_"): {"usec": round(v["usec"] / n, 2), "calls": round(v["calls"] / n, 3)}
                     for key, v in stats.items() if v["calls"] and key != "cmdstat_config|resetstat"}
@@ -126,16 +263,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ledger = NotificationLedger(redis, Keys(), RETENTION, events=args.events)
         await _round(redis, ledger, "warm", min(args.messages, 2000), args.batch)
         runs = [await _round(redis, ledger, f"r{r}", args.messages, args.batch) for r in range(args.repeat)]
+        plain = await _plain(args, redis, ledger, server.port) if args.plain else None
     finally:
         await redis.aclose()
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     best = {name: min((r[name] for r in runs), key=lambda p: p["redis_us"]) for name in PHASES}
-    return {"benchmark": "ledger_scripts", "date": today(), "machine": machine(),
+    if plain is not None:
+        for name in PHASES:
+            best[name]["plain_us"] = plain["us"][name]
+            best[name]["plain_commands"] = plain["commands"][name]
+    result = {"benchmark": "ledger_scripts", "date": today(), "machine": machine(),
             "setup": {"messages": args.messages, "batch": args.batch, "events": args.events,
                       "aof": "no" if args.no_aof else "everysec", "repeat": args.repeat,
                       "message": "chinese, 2 parts, receipt on part 1"},
             "phases": best, "total_redis_us": round(sum(p["redis_us"] for p in best.values()), 1)}
+    if plain is not None:
+        result["setup"]["plain"] = "MONITOR pass replayed as pipelines without Lua"
+        result["total_plain_us"] = round(sum(plain["us"].values()), 1)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,15 +291,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", choices=("all", "final", "off"), default="all", help="push.events (all)")
     parser.add_argument("--repeat", type=int, default=3, help="runs; the lowest figure of each phase is kept (3)")
     parser.add_argument("--no-aof", action="store_true", help="redis-server without the append-only file")
+    parser.add_argument("--plain", action="store_true",
+                        help="also replay each phase's commands as plain pipelines, without Lua")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
     rows = []
+    plain = "total_plain_us" in result
     for name in PHASES:
         phase = result["phases"][name]
         top = sorted(phase["commands"].items(), key=lambda kv: -kv[1]["usec"])
-        rows.append((name, phase["redis_us"], phase["aof_bytes"], " ".join(f"{k} {v['calls']:g}x {v['usec']:.1f}us" for k, v in top[:6])))
-    rows.append(("total", result["total_redis_us"], sum(p["aof_bytes"] for p in result["phases"].values()), ""))
-    print_table(("phase", "Redis CPU us/msg", "AOF bytes/msg", "commands per msg (calls, usec; evalsha includes its commands)"), rows)
+        extra = (phase["plain_us"], f"{phase['plain_us'] / phase['redis_us']:.2f}") if plain else ()
+        rows.append((name, phase["redis_us"], *extra, phase["aof_bytes"],
+                     " ".join(f"{k} {v['calls']:g}x {v['usec']:.1f}us" for k, v in top[:6])))
+    total_extra = (result["total_plain_us"], f"{result['total_plain_us'] / result['total_redis_us']:.2f}") if plain else ()
+    rows.append(("total", result["total_redis_us"], *total_extra,
+                 sum(p["aof_bytes"] for p in result["phases"].values()), ""))
+    headers = ("phase", "Redis CPU us/msg", *(("plain us/msg", "plain/Lua") if plain else ()), "AOF bytes/msg",
+               "commands per msg (calls, usec; evalsha includes its commands)")
+    print_table(headers, rows)
     print_json_line(result)
     return 0
 

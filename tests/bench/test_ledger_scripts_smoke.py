@@ -1,0 +1,57 @@
+"""bench/ledger_scripts.py --plain, small: the four hot-path scripts on a real
+redis-server, then the same commands (listed by MONITOR) replayed without Lua on a fresh
+one.  Asserts what holds on any machine: the replay is the record's own commands (the
+last notification ends delivered there too, else the benchmark fails), the counts of
+commands per notification are the scripts' (three or four each), and the MONITOR lines
+are read back byte for byte."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bench_module() -> ModuleType:
+    sys.path[:0] = [str(REPO / "bench")]
+    try:
+        spec = importlib.util.spec_from_file_location("ledger_scripts_bench", REPO / "bench" / "ledger_scripts.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def test_monitor_line_arguments_are_unquoted_byte_for_byte() -> None:
+    bench = _bench_module()
+    # As redis-server 7.0 prints them: UTF-8 and control bytes as \xHH, quotes and
+    # backslashes escaped, a script's own call with "lua" as its client.
+    line = (b'+1733356800.123456 [0 lua] "HSET" "12123:n:a b" "text" "\\xe4\\xbd\\xa0\\\\\\"q\\"" '
+            b'"nl" "x\\ny\\r\\t\\a\\b" "empty" ""')
+    assert bench._monitor_args(line) == [b"HSET", b"12123:n:a b", b"text", "你".encode() + b'\\"q"',
+                                         b"nl", b"x\ny\r\t\a\b", b"empty", b""]
+    assert bench._monitor_args(b'+1.0 [0 127.0.0.1:40000] "PING"') == [b"PING"]
+
+
+def test_plain_replay_of_the_scripts_commands() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "ledger_scripts.py"), "-n", "400", "--batch", "100",
+                             "--repeat", "1", "--plain"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert "plain us/msg" in lines[0] and "plain/Lua" in lines[0]
+    report = json.loads(lines[-1])
+    phases = report["phases"]
+    # Per notification: accept HSET EXPIRE XADD; claim HMGET HSET XADD; submitted HMGET
+    # HSET SET XADD; receipt HMGET HSET XADD; plus a few per batch (lanes, sequence, index).
+    expected = {"accept": 3, "claim": 3, "submitted": 4, "receipt": 3}
+    for name, per_notification in expected.items():
+        assert per_notification <= phases[name]["plain_commands"] < per_notification + 0.2, (name, phases[name])
+        assert phases[name]["plain_us"] > 0 and phases[name]["redis_us"] > 0
+    assert report["total_plain_us"] == round(sum(p["plain_us"] for p in phases.values()), 1)
