@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -63,6 +64,9 @@ async def run_one(name: str, directory: Path, args: argparse.Namespace) -> Any:
 async def soak(args: argparse.Namespace) -> int:
     from tests.integration.faults import CallsTally, violations
 
+    # Without --keep the work directory goes when every invariant held: its Redis data and
+    # logs are about 100 MB at the default sizes and grow with --n.  When one broke, it stays
+    # for the logs, and its path is printed.
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="soak-"))
     results: list[Any] = []
     broken: dict[str, list[str]] = {}
@@ -93,6 +97,9 @@ async def soak(args: argparse.Namespace) -> int:
     if broken:
         for what, problems in broken.items():
             print(f"BROKEN {what}: {'; '.join(problems)}")
+        print(f"soak: configs, logs and Redis data kept in {base}", file=sys.stderr)
+    elif not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
     print_json_line({
         "benchmark": "soak", "date": today(), "machine": machine(), "load_average_before": load_before,
         "seconds": round(time.monotonic() - started, 1), "ok": not broken, "broken": broken,
