@@ -11,7 +11,9 @@ counts them once they are settled (tests/integration/faults.py has the harness a
 definitions of delivered, failed with a reason, unconfirmed, duplicated and lost).
 Prints a table, then one JSON line (bench/_common.py); exits 1 when an invariant broke
 (something lost, a copy without a response-unknown submit, a whole number or a traceback
-in the log, a FastAGI call left open or unrecorded).
+in the log, a FastAGI call left open or unrecorded).  The configs, logs and Redis data
+stay under ``--keep DIR`` if given; otherwise in a temporary directory that is removed
+when every invariant held and kept, its path printed, when one broke.
 """
 
 from __future__ import annotations
