@@ -27,8 +27,16 @@ pass runs under MONITOR, which lists every command the server executes, each
 ``redis.call`` of a script included, with its real arguments.  Each phase's commands, the
 script calls themselves left out, are then sent to a fresh redis-server (same
 persistence) as plain pipelined commands, a batch's worth per pipeline, and measured the
-same way.  No design that keeps this record (the same writes, the same reads) can cost
-Redis less than that, whatever runs its logic: the floor under any rework of the scripts.
+same way.  Two ways: ``plain``, each batch one pipeline (no atomicity at all: the floor
+under any design that keeps this record, whatever runs its logic), and ``atomic``, as a
+ledger without scripts would have to: per batch, WATCH every key the batch reads and read
+them, then its writes between MULTI and EXEC.
+
+``--instructions`` counts instead of timing (Valgrind's callgrind; VM drift moves CPU
+time by tens of per cent within an hour, instruction counts by under 1 %): the scripts,
+the plain replay and the atomic replay, each on its own redis-server under callgrind at
+two sizes (``--instructions-sizes``, after the same warm-up), the difference divided by
+the notifications between them.  Prints that table instead of the timed one.
 
 Output: a table, then one JSON line.
 """
@@ -38,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -54,7 +63,7 @@ from _common import machine, print_json_line, print_table, today  # noqa: E402
 from kannel_rate import CHINESE_TEXT  # noqa: E402
 
 from gateway.push.state import AcceptItem, NotificationLedger, op_accepted, op_receipt  # noqa: E402
-from gateway.store.embedded import RedisServerProcess  # noqa: E402
+from gateway.store.embedded import RedisServerProcess, find_redis_server  # noqa: E402
 from gateway.store.keys import Keys  # noqa: E402
 
 PHASES = ("accept", "claim", "submitted", "receipt")
@@ -150,10 +159,22 @@ class MonitorCapture:
                 await self._reader_task
 
 
-async def _replay(port: int, phases: dict[str, list[list[bytes]]], n: int, batch: int) -> dict[str, float]:
+# Commands a replayed phase reads with (the rest write): what a ledger without scripts
+# would WATCH before deciding, then write under MULTI/EXEC.  Keys: the arguments after
+# the name that are keys (all of MGET's and EXISTS's, the first of the others).
+READS = {b"HMGET": 1, b"HGET": 1, b"MGET": None, b"EXISTS": None, b"ZMSCORE": 1, b"ZRANGE": 1, b"LRANGE": 1,
+         b"LLEN": 1, b"GET": 1, b"TTL": 1, b"ZSCORE": 1}
+
+
+async def _replay(port: int, phases: dict[str, list[list[bytes]]], n: int, batch: int,
+                  atomic: bool = False) -> dict[str, float]:
     """Each phase's commands sent as plain pipelines of a batch's worth (as many
-    notifications as a script call carries); redis-server CPU per notification."""
-    redis = aioredis.Redis(port=port)
+    notifications as a script call carries); redis-server CPU per notification.
+
+    atomic: as a ledger without scripts would have to: per batch, one pipeline that
+    WATCHes every key the batch reads and reads them, then one with the batch's writes
+    between MULTI and EXEC (on the same connection: the pool holds one)."""
+    redis = aioredis.Redis(port=port, max_connections=1)
     out: dict[str, float] = {}
     try:
         for name in PHASES:
@@ -161,41 +182,160 @@ async def _replay(port: int, phases: dict[str, list[list[bytes]]], n: int, batch
             per_pipeline = max(1, len(commands) * batch // n)
             before = await _cpu(redis)
             for start in range(0, len(commands), per_pipeline):
+                chunk = commands[start:start + per_pipeline]
+                if not atomic:
+                    pipe = redis.pipeline(transaction=False)
+                    for args in chunk:
+                        pipe.execute_command(*args)
+                    await pipe.execute()
+                    continue
+                reads = [a for a in chunk if a[0].upper() in READS]
+                writes = [a for a in chunk if a[0].upper() not in READS]
+                watched: list[bytes] = []
+                for a in reads:
+                    first = READS[a[0].upper()]
+                    watched.extend(a[1:] if first is None else a[1:2])
                 pipe = redis.pipeline(transaction=False)
-                for args in commands[start:start + per_pipeline]:
-                    pipe.execute_command(*args)
+                if watched:
+                    pipe.execute_command(b"WATCH", *dict.fromkeys(watched))
+                for a in reads:
+                    pipe.execute_command(*a)
                 await pipe.execute()
+                pipe = redis.pipeline(transaction=False)
+                pipe.execute_command(b"MULTI")
+                for a in writes:
+                    pipe.execute_command(*a)
+                pipe.execute_command(b"EXEC")
+                replies = await pipe.execute()
+                if replies[-1] is None:
+                    raise RuntimeError(f"{name}: EXEC aborted, a watched key changed (nothing else writes here)")
             out[name] = round(1e6 * (await _cpu(redis) - before) / n, 1)
     finally:
         await redis.aclose()
     return out
 
 
-async def _plain(args: argparse.Namespace, capture_redis: Any, ledger: NotificationLedger, port: int) -> dict[str, Any]:
-    """--plain: a MONITORed pass, then its commands replayed without Lua on fresh servers."""
+async def _capture(redis: Any, ledger: NotificationLedger, port: int, tag: str, n: int,
+                   batch: int) -> dict[str, list[list[bytes]]]:
+    """A pass of n notifications under MONITOR: each phase's commands."""
     monitor = MonitorCapture(port)
     await monitor.start()
     try:
-        await _round(capture_redis, ledger, "plain", args.messages, args.batch, monitor=monitor)
+        await _round(redis, ledger, tag, n, batch, monitor=monitor)
     finally:
         await monitor.stop()
-    commands = {name: round(len(monitor.phases[name]) / args.messages, 3) for name in PHASES}
-    runs = []
+    return monitor.phases
+
+
+async def _replay_on_fresh_server(args: argparse.Namespace, phases: list[tuple[dict[str, list[list[bytes]]], int]],
+                                  last_id: str, atomic: bool) -> dict[str, float]:
+    """The phases replayed on a new redis-server, each (phases, n) in turn; the figures
+    of the last; the last notification must end delivered there, as the scripts left it."""
+    data_dir = Path(tempfile.mkdtemp(prefix="ledger-plain-"))
+    server = RedisServerProcess(data_dir, appendonly=not args.no_aof)
+    server.start(timeout_seconds=60)  # under callgrind it takes seconds
+    try:
+        for commands, n in phases:
+            figures = await _replay(server.port, commands, n, args.batch, atomic=atomic)
+        check = aioredis.Redis(port=server.port, decode_responses=True)
+        state = await check.hget(Keys().notification(last_id), "state")
+        await check.aclose()
+        if state != "delivered":
+            raise RuntimeError(f"the replay left {last_id} {state!r}, not delivered")
+    finally:
+        server.stop(timeout_seconds=120)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return figures
+
+
+async def _plain(args: argparse.Namespace, capture_redis: Any, ledger: NotificationLedger, port: int) -> dict[str, Any]:
+    """--plain: a MONITORed pass, then its commands replayed without Lua on fresh servers,
+    plain and atomic alternately."""
+    phases = await _capture(capture_redis, ledger, port, "plain", args.messages, args.batch)
+    commands = {name: round(len(phases[name]) / args.messages, 3) for name in PHASES}
+    last_id = f"stream-plain-{args.messages - 1:07d}"
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "atomic": []}
     for _ in range(args.repeat):
-        data_dir = Path(tempfile.mkdtemp(prefix="ledger-plain-"))
-        server = RedisServerProcess(data_dir, appendonly=not args.no_aof)
-        server.start()
-        try:
-            runs.append(await _replay(server.port, monitor.phases, args.messages, args.batch))
-            check = aioredis.Redis(port=server.port, decode_responses=True)
-            state = await check.hget(ledger.keys.notification(f"stream-plain-{args.messages - 1:07d}"), "state")
-            await check.aclose()
-            if state != "delivered":
-                raise RuntimeError(f"the replay left the last notification {state!r}, not delivered")
-        finally:
-            server.stop()
-            shutil.rmtree(data_dir, ignore_errors=True)
-    return {"us": {name: min(r[name] for r in runs) for name in PHASES}, "commands": commands}
+        for mode in runs:
+            runs[mode].append(await _replay_on_fresh_server(args, [(phases, args.messages)], last_id, mode == "atomic"))
+    return {mode: {name: min(r[name] for r in mode_runs) for name in PHASES} for mode, mode_runs in runs.items()} | {
+        "commands": commands}
+
+
+@contextlib.contextmanager
+def _redis_server_binary(path: Path) -> Any:
+    """RedisServerProcess starts this binary meanwhile ($GATEWAY_REDIS_SERVER)."""
+    before = os.environ.get("GATEWAY_REDIS_SERVER")
+    os.environ["GATEWAY_REDIS_SERVER"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["GATEWAY_REDIS_SERVER"]
+        else:
+            os.environ["GATEWAY_REDIS_SERVER"] = before
+
+
+WARM_UP = 500  # notifications through every phase before each measured pass
+
+
+async def _instructions(args: argparse.Namespace) -> dict[str, Any]:
+    """--instructions: redis-server instructions per notification for the scripts and
+    for their commands replayed plain and atomic (module docstring)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("ledger_scripts: --instructions needs valgrind (Debian package valgrind)")
+    from redis_instructions import callgrind_total, callgrind_wrapper
+
+    redis_server = find_redis_server()
+    sizes = args.instructions_sizes
+    work = Path(tempfile.mkdtemp(prefix="ledger-instr-"))
+    try:
+        # The commands of a warm-up and of each size, on plain servers (MONITOR makes
+        # the server slower, not its commands different).
+        captures: dict[int, list[tuple[dict[str, list[list[bytes]]], int]]] = {}
+        for n in sizes:
+            server = RedisServerProcess(work / f"capture-{n}", appendonly=not args.no_aof)
+            server.start()
+            redis = aioredis.Redis(port=server.port, decode_responses=True)
+            try:
+                ledger = NotificationLedger(redis, Keys(), RETENTION, events=args.events)
+                warm = await _capture(redis, ledger, server.port, "warm", WARM_UP, args.batch)
+                captures[n] = [(warm, WARM_UP), (await _capture(redis, ledger, server.port, "plain", n, args.batch), n)]
+            finally:
+                await redis.aclose()
+                server.stop()
+        totals: dict[str, list[int]] = {"scripts": [], "plain": [], "atomic": []}
+        for variant, counted in totals.items():
+            for n in sizes:
+                directory = work / f"{variant}-{n}"
+                directory.mkdir()
+                with _redis_server_binary(callgrind_wrapper(directory, redis_server)):
+                    if variant == "scripts":
+                        server = RedisServerProcess(directory / "data", appendonly=not args.no_aof)
+                        server.start(timeout_seconds=60)
+                        redis = aioredis.Redis(port=server.port, decode_responses=True)
+                        try:
+                            ledger = NotificationLedger(redis, Keys(), RETENTION, events=args.events)
+                            await _round(redis, ledger, "warm", WARM_UP, args.batch)
+                            await _round(redis, ledger, "plain", n, args.batch)
+                        finally:
+                            await redis.aclose()
+                            server.stop(timeout_seconds=120)  # callgrind writes its profile at exit
+                    else:
+                        await _replay_on_fresh_server(args, captures[n], f"stream-plain-{n - 1:07d}",
+                                                      variant == "atomic")
+                counted.append(callgrind_total(directory)[0])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    small, large = sizes
+    per = {variant: (t[1] - t[0]) / (large - small) for variant, t in totals.items()}
+    return {"benchmark": "ledger_scripts", "date": today(), "machine": machine(),
+            "setup": {"sizes": list(sizes), "warm_up": WARM_UP, "batch": args.batch, "events": args.events,
+                      "aof": "no" if args.no_aof else "everysec", "redis_server": redis_server,
+                      "message": "chinese, 2 parts, receipt on part 1"},
+            "instructions_per_notification": {v: round(x) for v, x in per.items()},
+            "vs_scripts": {v: round(x / per["scripts"], 3) for v, x in per.items()},
+            "instructions_total": totals}
 
 
 async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch: int,
@@ -255,6 +395,8 @@ async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.instructions:
+        return await _instructions(args)
     data_dir = Path(tempfile.mkdtemp(prefix="ledger-scripts-"))  # removed at the end: its AOF grows to ~100 MB
     server = RedisServerProcess(data_dir, appendonly=not args.no_aof)
     server.start()
@@ -271,7 +413,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     best = {name: min((r[name] for r in runs), key=lambda p: p["redis_us"]) for name in PHASES}
     if plain is not None:
         for name in PHASES:
-            best[name]["plain_us"] = plain["us"][name]
+            best[name]["plain_us"] = plain["plain"][name]
+            best[name]["atomic_us"] = plain["atomic"][name]
             best[name]["plain_commands"] = plain["commands"][name]
     result = {"benchmark": "ledger_scripts", "date": today(), "machine": machine(),
             "setup": {"messages": args.messages, "batch": args.batch, "events": args.events,
@@ -279,8 +422,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                       "message": "chinese, 2 parts, receipt on part 1"},
             "phases": best, "total_redis_us": round(sum(p["redis_us"] for p in best.values()), 1)}
     if plain is not None:
-        result["setup"]["plain"] = "MONITOR pass replayed as pipelines without Lua"
-        result["total_plain_us"] = round(sum(plain["us"].values()), 1)
+        result["setup"]["plain"] = "MONITOR pass replayed as pipelines without Lua (plain; atomic: WATCH + MULTI/EXEC)"
+        result["total_plain_us"] = round(sum(plain["plain"].values()), 1)
+        result["total_atomic_us"] = round(sum(plain["atomic"].values()), 1)
     return result
 
 
@@ -293,20 +437,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-aof", action="store_true", help="redis-server without the append-only file")
     parser.add_argument("--plain", action="store_true",
                         help="also replay each phase's commands as plain pipelines, without Lua")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count redis-server instructions (callgrind) for the scripts, plain and atomic replays")
+    parser.add_argument("--instructions-sizes", type=int, nargs=2, default=(1000, 3000), metavar=("N1", "N2"),
+                        help="--instructions: the two pass sizes (1,000 and 3,000)")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
+    if args.instructions:
+        per, ratio = result["instructions_per_notification"], result["vs_scripts"]
+        print_table(("variant", "instructions per notification (thousands)", "vs scripts"),
+                    [(v, f"{per[v] / 1000:.1f}", f"{ratio[v]:.3f}") for v in per])
+        print_json_line(result)
+        return 0
     rows = []
     plain = "total_plain_us" in result
     for name in PHASES:
         phase = result["phases"][name]
         top = sorted(phase["commands"].items(), key=lambda kv: -kv[1]["usec"])
-        extra = (phase["plain_us"], f"{phase['plain_us'] / phase['redis_us']:.2f}") if plain else ()
+        extra = (phase["plain_us"], f"{phase['plain_us'] / phase['redis_us']:.2f}", phase["atomic_us"],
+                 f"{phase['atomic_us'] / phase['redis_us']:.2f}") if plain else ()
         rows.append((name, phase["redis_us"], *extra, phase["aof_bytes"],
                      " ".join(f"{k} {v['calls']:g}x {v['usec']:.1f}us" for k, v in top[:6])))
-    total_extra = (result["total_plain_us"], f"{result['total_plain_us'] / result['total_redis_us']:.2f}") if plain else ()
+    total_extra = (result["total_plain_us"], f"{result['total_plain_us'] / result['total_redis_us']:.2f}",
+                   result["total_atomic_us"], f"{result['total_atomic_us'] / result['total_redis_us']:.2f}") if plain else ()
     rows.append(("total", result["total_redis_us"], *total_extra,
                  sum(p["aof_bytes"] for p in result["phases"].values()), ""))
-    headers = ("phase", "Redis CPU us/msg", *(("plain us/msg", "plain/Lua") if plain else ()), "AOF bytes/msg",
+    headers = ("phase", "Redis CPU us/msg", *(("plain us/msg", "plain/Lua", "atomic us/msg", "atomic/Lua") if plain else ()), "AOF bytes/msg",
                "commands per msg (calls, usec; evalsha includes its commands)")
     print_table(headers, rows)
     print_json_line(result)

@@ -1,18 +1,22 @@
-"""bench/ledger_scripts.py --plain, small: the four hot-path scripts on a real
-redis-server, then the same commands (listed by MONITOR) replayed without Lua on a fresh
-one.  Asserts what holds on any machine: the replay is the record's own commands (the
-last notification ends delivered there too, else the benchmark fails), the counts of
-commands per notification are the scripts' (three or four each), and the MONITOR lines
-are read back byte for byte."""
+"""bench/ledger_scripts.py --plain and --instructions, small: the four hot-path scripts on
+a real redis-server, then the same commands (listed by MONITOR) replayed without Lua on a
+fresh one, plain and atomic (WATCH, MULTI/EXEC).  Asserts what holds on any machine: the
+replay is the record's own commands (the last notification ends delivered there too, else
+the benchmark fails), the counts of commands per notification are the scripts' (three or
+four each), the MONITOR lines are read back byte for byte, and counted in instructions
+the three rank plain < atomic < scripts."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +49,7 @@ def test_plain_replay_of_the_scripts_commands() -> None:
                              "--repeat", "1", "--plain"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    assert "plain us/msg" in lines[0] and "plain/Lua" in lines[0]
+    assert "plain us/msg" in lines[0] and "plain/Lua" in lines[0] and "atomic/Lua" in lines[0]
     report = json.loads(lines[-1])
     phases = report["phases"]
     # Per notification: accept HSET EXPIRE XADD; claim HMGET HSET XADD; submitted HMGET
@@ -53,5 +57,29 @@ def test_plain_replay_of_the_scripts_commands() -> None:
     expected = {"accept": 3, "claim": 3, "submitted": 4, "receipt": 3}
     for name, per_notification in expected.items():
         assert per_notification <= phases[name]["plain_commands"] < per_notification + 0.2, (name, phases[name])
-        assert phases[name]["plain_us"] > 0 and phases[name]["redis_us"] > 0
+        assert phases[name]["plain_us"] > 0 and phases[name]["atomic_us"] > 0 and phases[name]["redis_us"] > 0
     assert report["total_plain_us"] == round(sum(p["plain_us"] for p in phases.values()), 1)
+    assert report["total_atomic_us"] == round(sum(p["atomic_us"] for p in phases.values()), 1)
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None,
+                    reason="valgrind not installed (Debian package valgrind; .ci/run installs it as root)")
+def test_instructions_rank_plain_below_atomic_below_the_scripts() -> None:
+    """Counted, not timed, so the order holds on any machine: the same commands cost
+    Redis fewer instructions without Lua around them, and WATCH, MULTI and EXEC add some
+    back."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "ledger_scripts.py"), "--instructions",
+                             "--instructions-sizes", "100", "300", "--batch", "50"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert "instructions per notification" in lines[0]
+    report = json.loads(lines[-1])
+    per = report["instructions_per_notification"]
+    assert per.keys() == {"scripts", "plain", "atomic"}
+    for variant, (small, large) in report["instructions_total"].items():
+        assert 0 < small < large, variant  # 200 more notifications cost the server more
+    # Per notification: far above an idle server's difference, far below a runaway.
+    assert all(100_000 < v < 5_000_000 for v in per.values()), per
+    assert per["plain"] < per["atomic"] < per["scripts"], per
+    assert report["vs_scripts"]["scripts"] == 1.0
