@@ -68,8 +68,9 @@ from gateway.store.keys import Keys  # noqa: E402
 
 PHASES = ("accept", "claim", "submitted", "receipt")
 # What --plain leaves out of a phase's MONITOR listing: the script calls (their commands
-# are listed one by one), the benchmark's own probes and the markers between phases.
-NOT_REPLAYED = {b"EVALSHA", b"EVAL", b"SCRIPT", b"INFO", b"CONFIG", b"ECHO", b"CLIENT", b"HELLO", b"HGET", b"PING"}
+# are listed one by one), the benchmark's own probes (INFO, CONFIG RESETSTAT) and the
+# markers between phases (ECHO).
+NOT_REPLAYED = {b"EVALSHA", b"EVAL", b"SCRIPT", b"INFO", b"CONFIG", b"ECHO", b"CLIENT", b"HELLO", b"PING"}
 RETENTION = 7 * 86_400
 VALIDITY = 86_400
 
@@ -159,11 +160,13 @@ class MonitorCapture:
                 await self._reader_task
 
 
-# Commands a replayed phase reads with (the rest write): what a ledger without scripts
-# would WATCH before deciding, then write under MULTI/EXEC.  Keys: the arguments after
-# the name that are keys (all of MGET's and EXISTS's, the first of the others).
-READS = {b"HMGET": 1, b"HGET": 1, b"MGET": None, b"EXISTS": None, b"ZMSCORE": 1, b"ZRANGE": 1, b"LRANGE": 1,
-         b"LLEN": 1, b"GET": 1, b"TTL": 1, b"ZSCORE": 1}
+# The commands a replayed phase reads with (the rest write), and which of their arguments
+# are keys: what a ledger without scripts would WATCH before deciding, then write under
+# MULTI/EXEC.
+_ONE_KEY, _ALL_KEYS = slice(1, 2), slice(1, None)
+READ_KEYS = {b"HMGET": _ONE_KEY, b"HGET": _ONE_KEY, b"MGET": _ALL_KEYS, b"EXISTS": _ALL_KEYS, b"ZMSCORE": _ONE_KEY,
+             b"ZRANGE": _ONE_KEY, b"LRANGE": _ONE_KEY, b"LLEN": _ONE_KEY, b"GET": _ONE_KEY, b"TTL": _ONE_KEY,
+             b"ZSCORE": _ONE_KEY}
 
 
 async def _replay(port: int, phases: dict[str, list[list[bytes]]], n: int, batch: int,
@@ -189,12 +192,11 @@ async def _replay(port: int, phases: dict[str, list[list[bytes]]], n: int, batch
                         pipe.execute_command(*args)
                     await pipe.execute()
                     continue
-                reads = [a for a in chunk if a[0].upper() in READS]
-                writes = [a for a in chunk if a[0].upper() not in READS]
+                reads = [a for a in chunk if a[0].upper() in READ_KEYS]
+                writes = [a for a in chunk if a[0].upper() not in READ_KEYS]
                 watched: list[bytes] = []
                 for a in reads:
-                    first = READS[a[0].upper()]
-                    watched.extend(a[1:] if first is None else a[1:2])
+                    watched.extend(a[READ_KEYS[a[0].upper()]])
                 pipe = redis.pipeline(transaction=False)
                 if watched:
                     pipe.execute_command(b"WATCH", *dict.fromkeys(watched))
