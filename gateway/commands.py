@@ -235,9 +235,16 @@ def prompt_warnings(config: Any) -> list[str]:
     from gateway.ivr.prompts import missing_prompts, unknown_recordings
 
     book = load_menus(config.resolve(config.ivr.menus_file))
+    try:
+        stray = unknown_recordings(book, config.ivr.sounds_dir)
+        missing = missing_prompts(book, config.ivr.sounds_dir)
+    except OSError as e:
+        # pathlib answers False only for the usual misses: a folder this user may not
+        # search (EACCES) or a name too long (ENAMETOOLONG) raise
+        return [f"ivr.sounds_dir: cannot look into {str(config.ivr.sounds_dir)[:120]}: {e.strerror} "
+                "(prompts not checked)"]
     warnings = [f"ivr.sounds_dir: recorded/{name} replaces no prompt (misspelt? see `gateway prompts build`)"
-                for name in unknown_recordings(book, config.ivr.sounds_dir)]
-    missing = missing_prompts(book, config.ivr.sounds_dir)
+                for name in stray]
     if not missing:
         return warnings
     shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")

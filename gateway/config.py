@@ -129,7 +129,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 class RedisConfig:
     url: str = setting("embedded", help="'embedded' starts a private redis-server; else a redis:// or rediss:// URL (password, TLS, database number)")
     prefix: str = setting("12123:", help="prefix of every key the gateway writes")
-    data_dir: str = setting("var/redis", help="data directory of the embedded server (append-only file)")
+    data_dir: str = setting("var/redis", help="data directory of the embedded server (append-only file, log, Unix socket: a socket path is at most 107 bytes), relative to the working directory")
     reconnect_max_delay_seconds: float = setting(10.0, help="cap of the reconnect backoff", unit="s", minimum=0.1, maximum=300)
     max_connections: int = setting(1000, help="connections to Redis at most; beyond, commands wait for a free one", minimum=4, maximum=100_000)
     cluster_nodes: tuple[str, ...] = setting((), help="seed nodes of a Redis Cluster, host:port each; empty: a single Redis at redis.url.  With a cluster, redis.url names one node and gives the credentials and TLS for all, and push.partitions must be more than 1 (docs/redis-schema.md)")
@@ -316,7 +316,7 @@ class FastAgiConfig:
 class IvrConfig:
     fastagi: FastAgiConfig = setting(default_factory=FastAgiConfig, help="FastAGI server")
     menus_file: ReferencedFile = setting(ReferencedFile("ivr.yaml"), help="voice menus, relative to this file")
-    sounds_dir: str = setting("var/sounds", help="where `gateway prompts build` writes prompts")
+    sounds_dir: str = setting("var/sounds", help="where `gateway prompts build` writes prompts, relative to the working directory")
     attempts_per_hour: int = setting(5, help="failed identity checks per caller number and booking number (or ID-number check) per hour", minimum=1, maximum=1000)
     # Limits a stranger cannot turn against the owner (gateway/ivr/attempts.py): 10 a day
     # gives the owner room for typing errors while a guesser gets 10 tries, not one per
@@ -371,7 +371,7 @@ class Config:
     ami: AmiConfig = setting(default_factory=AmiConfig, help="AMI client")
     logging: LoggingConfig = setting(default_factory=LoggingConfig, help="logging")
     drain_timeout_seconds: float = setting(10.0, help="on SIGTERM, how long in-flight work may take", unit="s", minimum=0, maximum=3600)
-    state_dir: str = setting("var", help="runtime files (pid, embedded Redis, sounds)")
+    state_dir: str = setting("var", help="runtime files: the outcomes Redis still refused at shutdown (push-unrecorded-outcomes.json, recorded at the next start), relative to this file")
     # Where the file came from; set by load_config, not a YAML key.
     source_path: str = field(default="", metadata={"internal": True})
 
@@ -512,8 +512,9 @@ class _Builder:
             text = self.convert(str, value, path, {})
             if text is _INVALID:
                 return _INVALID
-            if not (self.base_dir / text).is_file():
-                self.problem(path, f"file not found: {self.base_dir / text}")
+            missing = _missing_file(self.base_dir / text)
+            if missing:
+                self.problem(path, missing)
                 return _INVALID
             return ReferencedFile(text)
         if hint is str:
@@ -598,6 +599,20 @@ class _Builder:
 
 
 _INVALID: Any = object()
+
+
+def _missing_file(path: Path) -> str | None:
+    """What is wrong with a file the config refers to, or None if it is a readable-looking file.
+
+    pathlib's is_file() answers False only for the usual misses; a name longer than the
+    file system allows (ENAMETOOLONG) or a directory it may not search (EACCES) raise.
+    """
+    try:
+        if path.is_file():
+            return None
+    except OSError as e:
+        return f"cannot use {str(path)[:120]}: {e.strerror}"
+    return f"file not found: {path}"
 
 
 def _join(path: str, key: str) -> str:
@@ -749,8 +764,47 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
     _check_secrets(config, add)
     _check_listeners(config, add)
     _check_shared_prefixes(config, add)
-    if config.smpp_server.tls_certificate and not config.resolve(config.smpp_server.tls_certificate).is_file():
-        add("smpp_server.tls_certificate", f"file not found: {config.resolve(config.smpp_server.tls_certificate)}")
+    if config.smpp_server.tls_certificate:
+        missing = _missing_file(config.resolve(config.smpp_server.tls_certificate))
+        if missing:
+            add("smpp_server.tls_certificate", missing)
+    _check_directories(config, add)
+
+
+def _check_directories(config: Config, add: typing.Callable[[str, str], None]) -> None:
+    """The folders the gateway creates at run time, as it will resolve them: a file in the
+    way or an unusable name would otherwise show only then (the embedded Redis at start-up,
+    with a traceback; state_dir only when a shutdown has outcomes to hand over)."""
+    from gateway.store.embedded import UNIX_SOCKET_PATH_MAX_BYTES, embedded_socket_path
+
+    folders = [("state_dir", config.resolve(config.state_dir))]
+    if config.redis.url == "embedded":
+        folders.append(("redis.data_dir", Path(config.redis.data_dir).resolve()))
+    if config.ivr.fastagi.enabled:
+        folders.append(("ivr.sounds_dir", Path(config.ivr.sounds_dir).resolve()))
+    for key, folder in folders:
+        problem = _directory_problem(folder)
+        if problem:
+            add(key, problem)
+        elif key == "redis.data_dir":
+            socket = str(embedded_socket_path(folder)).encode()
+            if len(socket) > UNIX_SOCKET_PATH_MAX_BYTES:
+                add(key, f"the embedded server's socket {folder}/redis.sock would be {len(socket)} bytes long; "
+                         f"a Unix socket path is at most {UNIX_SOCKET_PATH_MAX_BYTES}: choose a shorter folder")
+
+
+def _directory_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be a directory the gateway creates and uses, or None.  Whether
+    this user may write there is not checked: check-config may run as another user."""
+    try:
+        for candidate in (folder, *folder.parents):
+            if candidate.exists():
+                if candidate.is_dir():
+                    return None
+                return f"{candidate} is a file, not a directory"
+    except OSError as e:  # a name too long (ENAMETOOLONG), a folder we may not search
+        return f"cannot use {str(folder)[:120]}: {e.strerror}"
+    return None
 
 
 def _check_secrets(config: Config, add: typing.Callable[[str, str], None]) -> None:
@@ -927,6 +981,11 @@ def reference_markdown() -> str:
         "  is served on `http.listen`) may not share a port on the same address or on all addresses.",
         "- The same number prefix on two carriers is an error unless the later one names the other",
         "  in `failover_for` (or the other way round).",
+        "- The folders the gateway creates (`state_dir`, relative to the file; `redis.data_dir` with",
+        "  the embedded server and `ivr.sounds_dir` with FastAGI, relative to the working directory)",
+        "  may not have a file in their way, nor a name the file system refuses; the embedded",
+        "  server's socket `<redis.data_dir>/redis.sock` must fit a Unix socket path (107 bytes).",
+        "  Whether the gateway's user may write there is not checked (check-config may run as another).",
         "",
         "| key | type | default | meaning |",
         "|---|---|---|---|",

@@ -54,6 +54,11 @@ def test_committed_example_config_is_valid() -> None:
         (CARRIER.replace("port: 2776", "port: 70000"), "carriers[0].port: 70000 is out of range [1, 65535]"),
         (CARRIER + "    window: 0\n", "carriers[0].window: 0 is out of range [1, 10000]"),
         ("push:\n  templates_file: nowhere.yaml\n", "push.templates_file: file not found"),
+        # a name longer than the file system allows: pathlib's is_file() raises, not False
+        ("push:\n  templates_file: " + "t" * 300 + ".yaml\n",
+         "push.templates_file: cannot use"),
+        ("smpp_server:\n  tls_certificate: " + "c" * 300 + ".pem\n",
+         "smpp_server.tls_certificate: cannot use"),
         (CARRIER.replace("password: secret", "password: ${CM_PASSWORD}"),
          "carriers[0].password: environment variable CM_PASSWORD is not set"),
         (CARRIER + "    bind_mode: duplex\n", "carriers[0].bind_mode: 'duplex' is not one of: transceiver, transmitter_receiver"),
@@ -242,3 +247,43 @@ def test_china_broadnet_is_configurable_as_a_fourth_carrier(tmp_path: Path) -> N
     assert config.carriers[1].failover_after_seconds == 60.0
     bad = broadnet.replace("failover_after_seconds: 60", "failover_after_seconds: -1")
     assert any("carriers[1].failover_after_seconds: -1.0 is out of range" in p for p in problems(tmp_path, bad))
+
+
+def test_folders_the_gateway_creates_are_checked_where_it_will_create_them(tmp_path: Path) -> None:
+    """state_dir (relative to the file), redis.data_dir and ivr.sounds_dir (relative to the
+    working directory) with a file in the way are problems naming the key and the file; a
+    folder that does not exist yet is fine (the gateway creates it)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder", encoding="utf-8")
+    found = problems(tmp_path, f"""
+        state_dir: blocker/state
+        redis:
+          data_dir: {blocker}/redis
+        ivr:
+          sounds_dir: {blocker}
+        """)
+    assert f"{tmp_path / 'gateway.yaml'}: state_dir: {blocker} is a file, not a directory" in found
+    assert f"{tmp_path / 'gateway.yaml'}: redis.data_dir: {blocker} is a file, not a directory" in found
+    assert f"{tmp_path / 'gateway.yaml'}: ivr.sounds_dir: {blocker} is a file, not a directory" in found
+    config = load_config(write(tmp_path, CARRIER + f"state_dir: not/yet\nredis:\n  data_dir: {tmp_path}/new/redis\n"),
+                         environ={})
+    assert config.resolve(config.state_dir) == tmp_path / "not" / "yet"
+
+
+def test_a_data_dir_too_deep_for_the_embedded_servers_socket_is_refused(tmp_path: Path) -> None:
+    """The embedded redis-server listens on <data_dir>/redis.sock; a path over 107 bytes
+    makes it exit at start-up, so check-config says so first.  A remote Redis has no such
+    socket: the same folder is then no problem."""
+    deep = tmp_path / ("d" * (120 - len(str(tmp_path))))
+    found = problems(tmp_path, f"redis:\n  data_dir: {deep}\n")
+    [problem] = [p for p in found if "redis.data_dir" in p]
+    assert "redis.sock would be" in problem and "at most 107" in problem
+    config = load_config(write(tmp_path, CARRIER + f"redis:\n  url: redis://127.0.0.1:6379/0\n  data_dir: {deep}\n"),
+                         environ={})
+    assert config.redis.data_dir == str(deep)
+
+
+def test_a_folder_name_the_file_system_refuses_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    """pathlib raises for a name over NAME_MAX instead of answering False."""
+    found = problems(tmp_path, "state_dir: " + "s" * 300 + "\n")
+    assert any(": state_dir: cannot use" in p and "File name too long" in p for p in found), found

@@ -47,6 +47,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# sun_path is 108 bytes with its terminating NUL on Linux (unix(7)); redis-server refuses
+# a longer --unixsocket and exits ("unix socket path too long").
+UNIX_SOCKET_PATH_MAX_BYTES = 107
+
+
+def embedded_socket_path(data_dir: str | Path) -> Path:
+    """The Unix socket of the embedded server for this data directory (relative to the
+    working directory, as the daemon resolves it)."""
+    return Path(data_dir).resolve() / "redis.sock"
+
+
+def _last_log_line(path: Path) -> str:
+    """The last line of redis-server's log (its reason for exiting), or ''."""
+    try:
+        with path.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 4096))  # the reason is one line; its tail is enough
+            lines = log.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].split(" # ", 1)[-1].strip() if lines else ""
+
+
 @dataclass
 class RedisServerProcess:
     data_dir: Path
@@ -61,7 +84,7 @@ class RedisServerProcess:
     @property
     def socket_path(self) -> Path:
         """Unix socket of the server: how CLI commands find a running daemon's Redis."""
-        return self.data_dir / "redis.sock"
+        return embedded_socket_path(self.data_dir)
 
     @property
     def pid_file(self) -> Path:
@@ -105,8 +128,11 @@ class RedisServerProcess:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                log_file = self.data_dir / "redis.log"
+                reason = _last_log_line(log_file)
                 raise RuntimeError(
-                    f"redis-server exited with {self.process.returncode}; see {self.data_dir}/redis.log"
+                    f"redis-server exited with {self.process.returncode}"
+                    + (f": {reason}" if reason else "") + f" (see {log_file})"
                 )
             if self.ping():
                 return

@@ -97,3 +97,16 @@ def test_v1_without_token_is_refused(tmp_path: Path, path: str) -> None:
         assert code == 401 and body["error"] == "unauthorized"
     finally:
         daemon.stop()
+
+
+def test_embedded_redis_that_exits_at_start_says_why(tmp_path: Path) -> None:
+    """redis-server refuses a Unix socket path over 107 bytes and exits; the error the
+    daemon logs carries redis-server's own reason, not only where its log is."""
+    deep = tmp_path / ("d" * (120 - len(str(tmp_path))))
+    server = RedisServerProcess(data_dir=deep)
+    with pytest.raises(RuntimeError) as info:
+        server.start(timeout_seconds=10)
+    message = str(info.value)
+    assert message.startswith("redis-server exited with 1: ")
+    assert "unix socket path too long" in message.lower()
+    assert f"(see {deep / 'redis.log'})" in message

@@ -120,6 +120,29 @@ def test_command_reports_missing_tools(tmp_path: Path, capsys: pytest.CaptureFix
     assert "apt-get install espeak-ng sox" in capsys.readouterr().err
 
 
+def test_command_says_why_it_cannot_write_the_sounds_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --sounds-dir under a file (as a folder this user may not write) exits 1 naming
+    the folder and the reason, not with a traceback.  The tools are stand-ins on PATH:
+    they are looked for first and never run here."""
+    from gateway.config import load_config
+    from gateway.ivr.menus import load_menus
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("espeak-ng", "sox"):
+        (tools / name).write_text("#!/bin/sh\nexit 1\n", encoding="utf-8")
+        (tools / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file", encoding="utf-8")
+    config = load_config(Path(__file__).resolve().parents[2] / "config" / "gateway.yaml")
+    args = argparse.Namespace(force=False, sounds_dir=str(blocker / "sounds"), workers=1)
+    assert build_command(config, load_menus(config.resolve(config.ivr.menus_file)), args) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot write the prompts under {blocker / 'sounds'}: Not a directory" in err
+
+
 def test_check_config_reports_missing_prompts_and_stray_recordings(tmp_path: Path) -> None:
     """check-config warns about a prompt with no sound file (naming it) and about a
     recording that replaces no clip (a misspelt file name)."""
@@ -148,3 +171,33 @@ def test_check_config_reports_missing_prompts_and_stray_recordings(tmp_path: Pat
     warnings = prompt_warnings(config)
     assert any("1 prompts missing" in w and "(welcome)" in w for w in warnings), warnings
     assert any("recorded/welcom.wav replaces no prompt" in w for w in warnings), warnings
+
+
+def test_check_config_says_when_the_sounds_folder_cannot_be_looked_into(tmp_path: Path) -> None:
+    """A prompts folder pathlib cannot stat is a warning that names the key, not a
+    traceback; the config is still OK (exit 0).  In production that is a folder the
+    checking user may not search (EACCES, which root here cannot be refused); here the
+    clip folder's path (<sounds_dir>/12123/recorded) is one PATH_MAX (4,096) would
+    refuse, while sounds_dir itself is short enough to pass the config's own check."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    sounds = tmp_path
+    while len(str(sounds)) < 4085 - 400:
+        sounds = sounds / ("s" * 200)
+    sounds = sounds / ("s" * 150) / ("s" * (4085 - len(str(sounds)) - 152))
+    assert len(str(sounds)) == 4085  # stat-able; <sounds_dir>/12123/recorded is not (4,095 at most)
+    shipped = yaml.safe_load((repo / "config" / "gateway.yaml").read_text(encoding="utf-8"))
+    shipped["ivr"].update(menus_file=str(repo / "config" / "ivr.yaml"), sounds_dir=str(sounds))
+    shipped["push"]["templates_file"] = str(repo / "config" / "templates.yaml")
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(shipped, allow_unicode=True), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(config_path)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "warning: ivr.sounds_dir: cannot look into" in done.stderr
+    assert "File name too long" in done.stderr and "prompts not checked" in done.stderr
