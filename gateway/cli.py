@@ -198,8 +198,16 @@ def _add_part_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser]
 def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
-    parser = build_parser(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    for argument in arguments:
+        # Octets that are not UTF-8 reach Python as lone surrogates (surrogateescape), which
+        # no Redis command can carry: a usage error here, not a traceback at the first call.
+        if any("\udc80" <= char <= "\udcff" for char in argument):
+            shown = argument.encode("utf-8", "surrogateescape")[:80]
+            print(f"gateway: error: argument {shown!r} is not UTF-8 text", file=sys.stderr)
+            return 2  # argparse's exit code for a usage error
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

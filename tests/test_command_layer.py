@@ -1,4 +1,5 @@
-"""Layers point down (STYLE.md 13): nothing under gateway/<area>/ imports the command layer."""
+"""The command layer: layers point down (STYLE.md 13), nothing under gateway/<area>/ imports
+it; and what it does with the arguments before any command runs."""
 
 from __future__ import annotations
 
@@ -48,3 +49,16 @@ def test_every_command_line_argument_has_help() -> None:
 
     walk(build_parser(None), "gateway")
     assert missing == []
+
+
+def test_an_argument_that_is_not_utf8_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
+    """`gateway status $'x\\xff'`: the octets reach Python as lone surrogates, which no
+    Redis command can carry.  Exit 2 naming the argument, before any command runs."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable.encode(), b"-m", b"gateway", b"status", b"booking-\xff\xfe"],
+                          capture_output=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert b"Traceback" not in done.stderr
+    assert b"argument b'booking-\\xff\\xfe' is not UTF-8 text" in done.stderr

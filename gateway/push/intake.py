@@ -49,7 +49,7 @@ from gateway.push.state import AcceptItem, AcceptOutcome, NotificationLedger, pu
 from gateway.records import hot_record
 from gateway.store.keys import Keys
 from gateway.store.service import REDIS_ERRORS
-from gateway.store.streams import stream_entries
+from gateway.store.streams import autoclaim_entries, read_group_entries
 
 __all__ = [
     "Channel",
@@ -143,6 +143,38 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+# Text that cannot be stored: a lone UTF-16 surrogate, from a JSON escape ("\\ud800", half
+# of an emoji cut in two) or from an octet that is not UTF-8 in a stream entry (read with
+# surrogateescape, gateway/store/streams.py).  Redis takes UTF-8 only: one such field failed
+# the acceptance of its whole batch (HTTP 500) or, from a stream, every retry of it.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _not_text(value: Any) -> bool:
+    return isinstance(value, str) and not value.isascii() and _SURROGATES.search(value) is not None
+
+
+def _clean(value: Any) -> Any:
+    """`value` with every lone surrogate replaced by U+FFFD (mappings: keys and values)."""
+    if isinstance(value, str):
+        return _SURROGATES.sub("\ufffd", value)
+    if isinstance(value, Mapping):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    return value
+
+
+def _field_not_text(raw: Mapping[str, Any]) -> str:
+    """The first field (or params.<name>) of a request that is not storable text, or ''."""
+    for name, value in raw.items():
+        if _not_text(name) or _not_text(value):
+            return f"field '{_clean(name)[:64]}'"
+        if isinstance(value, Mapping):  # params as an object (HTTP)
+            for key, item in value.items():
+                if _not_text(key) or _not_text(item):
+                    return f"field '{_clean(name)[:64]}.{_clean(str(key))[:64]}'"
+    return ""
+
+
 # One encoder for every request: json.dumps with options builds a new one per call.
 _encode_params = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 # Eleven ASCII digits as core systems send them: already what normalise_cn_mobile returns.
@@ -182,6 +214,9 @@ def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: 
             stream entry id, so that a re-read entry gets the same id).
         now: Unix seconds (exam-date rule and expiry).
     """
+    not_text = _field_not_text(raw)
+    if not_text:
+        raw = _clean(raw)  # what the rejection records must be storable itself
     notification_id = _text(raw.get("id")).strip() or default_id or new_id()
     type_name = _text(raw.get("type")).strip()
     to_raw = _text(raw.get("to"))
@@ -198,6 +233,8 @@ def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: 
         # Keep the rejection recordable: a fresh id, the caller learns it from the answer.
         notification_id = new_id()
         return reject("bad id (1-128 characters of A-Z a-z 0-9 . _ : @ + = -)")
+    if not_text:
+        return reject(f"{not_text} is not text (a lone UTF-16 surrogate, or octets that are not UTF-8)")
     template = templates.get(type_name)
     if template is None:
         return reject(f"unknown type '{type_name[:64]}'")
@@ -227,6 +264,8 @@ def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: 
         else:
             return reject(f"parameter '{str(name)[:64]}' must be text or a number")
     params_json = _params_json(params)
+    if _not_text(params_json):  # a JSON escape of half a surrogate pair in the params text
+        return reject("a parameter is not text (a lone UTF-16 surrogate)", _clean(params_json))
 
     try:
         digits = _mobile_digits(to_raw)
@@ -514,9 +553,8 @@ class IntakeConsumer:
 
     async def fetch(self, block_ms: int | None = None) -> list[Any]:
         """XREADGROUP new entries (blocking up to `block_ms`); safe to cancel."""
-        response = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"},
-                                               count=self.batch_size, block=block_ms)
-        return stream_entries(response)
+        return await read_group_entries(self.redis, self.group, self.consumer, self.stream, ">",
+                                        count=self.batch_size, block_ms=block_ms)
 
     async def process(self, entries: Iterable[Any]) -> int:
         """Accept fetched entries (and XACK them in the same script)."""
@@ -533,7 +571,7 @@ class IntakeConsumer:
                 # Deleted while pending (XAUTOCLAIM gives nil fields): nothing to record.
                 empty.append(entry_id)
                 continue
-            requests.append(IntakeRequest(fields=fields, source=_text(fields.get("source")) or "stream",
+            requests.append(IntakeRequest(fields=fields, source=_clean(_text(fields.get("source"))) or "stream",
                                           entry_id=entry_id))
         stream = (self.stream, self.group)
         if requests:
@@ -550,18 +588,16 @@ class IntakeConsumer:
         return await self._process(await self.fetch(block_ms))
 
     async def read_own_pending_once(self) -> int:
-        response = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: "0"},
-                                               count=self.batch_size)
-        return await self._process(stream_entries(response))
+        return await self._process(await read_group_entries(self.redis, self.group, self.consumer, self.stream,
+                                                            "0", count=self.batch_size))
 
     async def claim_stale_once(self) -> int:
         """XAUTOCLAIM entries idle longer than claim_idle_seconds and accept them."""
-        result = await self.redis.xautoclaim(
-            self.stream, self.group, self.consumer,
-            min_idle_time=int(self.claim_idle_seconds * 1000), start_id=self._autoclaim_cursor,
+        cursor, entries = await autoclaim_entries(
+            self.redis, self.stream, self.group, self.consumer,
+            min_idle_ms=int(self.claim_idle_seconds * 1000), start_id=self._autoclaim_cursor,
             count=self.batch_size,
         )
-        cursor, entries = result[0], result[1]
         self._autoclaim_cursor = cursor if cursor else "0-0"
         return await self._process(entries)
 
@@ -575,9 +611,8 @@ class IntakeConsumer:
         handled = 0
         cursor = "0-0"
         for _ in range(max_rounds):
-            result = await self.redis.xautoclaim(self.stream, self.group, self.consumer, min_idle_time=0,
-                                                 start_id=cursor, count=self.batch_size)
-            cursor, entries = result[0], result[1]
+            cursor, entries = await autoclaim_entries(self.redis, self.stream, self.group, self.consumer,
+                                                      min_idle_ms=0, start_id=cursor, count=self.batch_size)
             handled += await self._process(entries)
             if not cursor or cursor == "0-0":
                 break

@@ -217,3 +217,28 @@ async def test_get_answers_strict_json_for_a_stored_non_finite_time(redis_url: s
         view = _strict(await wait_deferred(readBody(response)))
         assert response.code == 200 and "expires_at" not in view and "requested_expires_at" not in view
         assert view["state"] == "queued"
+
+
+@on_asyncio
+async def test_a_lone_surrogate_is_a_rejected_item_not_a_500(redis_url: str) -> None:
+    """JSON lets a body escape half a surrogate pair ("\\ud83d", an emoji cut in two), which
+    no Redis string can hold: that item is rejected naming its field, the rest of the
+    batch is accepted, and the answer is 202, not 500 (as it was: the acceptance script of
+    the whole batch failed).  The rejection is recorded, so GET answers it."""
+    async with pipeline(redis_url) as p, served(p) as client:
+        items = [code("half-1", params={"code": "12\ud83d", "minutes": "5"}),
+                 code("half-2", batch="b\udcff"),
+                 {**code("half-3"), "type": "verification_code\ud800"},
+                 code("whole")]
+        status, body = await _post_raw(client, json.dumps(items).encode())  # ensure_ascii: \ud83d escapes
+        assert status == 202, body
+        assert body["accepted"] == [{"id": "whole", "state": "queued"}]
+        reasons = {row["id"]: row["reason"] for row in body["rejected"]}
+        assert reasons["half-1"].startswith("field 'params.code' is not text"), reasons
+        assert reasons["half-2"].startswith("field 'batch' is not text"), reasons
+        assert reasons["half-3"].startswith("field 'type' is not text"), reasons
+        response = await wait_deferred(client.agent.request(
+            b"GET", f"{client.base}/v1/notifications/half-1".encode(),
+            Headers({b"authorization": [f"Bearer {TOKEN}".encode()]})))
+        assert response.code == 200
+        assert _strict(await wait_deferred(readBody(response)))["state"] == "rejected"

@@ -9,6 +9,7 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.client import NEVER_DECODE
 
 from gateway.push.intake import IntakeConsumer, enqueue, status
 from tests.aio import on_asyncio
@@ -269,3 +270,63 @@ def test_params_that_are_not_str_pairs_go_to_the_encoder(params: dict) -> None:
     from gateway.push.intake import _params_json
 
     assert _params_json(params) == json.dumps(params, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+async def _xadd_raw(p, fields: dict[bytes, bytes]) -> None:  # type: ignore[no-untyped-def]
+    """XADD octets as a core system may send them (the test client would encode str)."""
+    await p.redis.execute_command("XADD", p.keys.notify_stream, "*", *[x for pair in fields.items() for x in pair])
+
+
+def _poisoned_batch() -> list[dict[bytes, bytes]]:
+    good = {k.encode(): v.encode() for k, v in stream_fields(code("good-after")).items()}
+    return [
+        # half an emoji's surrogate pair as a JSON escape: valid JSON, not storable text
+        {**good, b"id": b"half-emoji", b"params": b'{"code": "12\\ud83d", "minutes": "5"}'},
+        # octets that are not UTF-8 in a value, in the type, in a field name
+        {**good, b"id": b"latin1-param", b"params": '{"code": "123456", "minutes": "5分"}'.encode("gb18030")},
+        {**good, b"id": b"bad-type", b"type": b"verification_code\xff"},
+        {**good, b"id": b"bad-name", b"\xfe\xff": b"x"},
+        good,
+    ]
+
+
+@on_asyncio
+async def test_entries_that_are_not_text_are_rejected_and_do_not_hold_their_batch(redis_url: str) -> None:
+    """A stream entry with octets that are not UTF-8, or a JSON-escaped lone surrogate, is
+    recorded as rejected with the field named; the good entry read in the same batch is
+    queued and nothing stays pending.  Before, the client's strict decoding failed the
+    whole XREADGROUP (and every retry of the pending batch), and a lone surrogate failed
+    the acceptance script: the good entry waited for ever."""
+    async with pipeline(redis_url) as p:
+        c = consumer(p)
+        await c.ensure_group()
+        for fields in _poisoned_batch():
+            await _xadd_raw(p, fields)
+        assert await c.read_once() == 5
+        assert await p.state("good-after") == "queued"
+        expected = {"half-emoji": "a parameter is not text", "latin1-param": "field 'params' is not text",
+                    "bad-type": "field 'type' is not text", "bad-name": "field '\ufffd\ufffd' is not text"}
+        for notification_id, reason in expected.items():
+            raw = await p.ledger.raw(notification_id)
+            assert raw["state"] == "rejected" and raw["reason"].startswith(reason), (notification_id, raw)
+        # what the rejection recorded is the request with the holes marked, not dropped
+        assert "\ufffd" in (await p.ledger.raw("latin1-param"))["params"]
+        assert (await p.redis.xpending(p.keys.notify_stream, "gateway"))["pending"] == 0
+
+
+@on_asyncio
+async def test_a_poisoned_pending_batch_is_finished_by_whoever_takes_it(redis_url: str) -> None:
+    """The same entries read by a consumer that died before accepting them: the next one
+    takes them over (XAUTOCLAIM, decoded by the gateway) and finishes every one."""
+    async with pipeline(redis_url) as p:
+        dead = consumer(p, "gw-dead")
+        await dead.ensure_group()
+        for fields in _poisoned_batch():
+            await _xadd_raw(p, fields)
+        await p.redis.execute_command("XREADGROUP", "GROUP", "gateway", "gw-dead", "COUNT", 10,
+                                      "STREAMS", p.keys.notify_stream, ">", **{NEVER_DECODE: True})
+        alive = consumer(p, "gw-alive")
+        assert await alive.take_over_pending() == 5
+        assert await p.state("good-after") == "queued"
+        assert await p.state("half-emoji") == "rejected"
+        assert (await p.redis.xpending(p.keys.notify_stream, "gateway"))["pending"] == 0
