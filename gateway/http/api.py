@@ -155,7 +155,7 @@ class OperationsApi(Resource):
             _finish(request, refusal)
             return
         assert actor is not None
-        query = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in (request.args or {}).items()}
+        query = {k.decode("utf-8", "replace"): v[-1].decode("utf-8", "replace") for k, v in (request.args or {}).items()}
         body: dict[str, Any] = {}
         if candidate.method in ("POST", "PUT", "DELETE") and request.content is not None:
             raw = request.content.read()
@@ -167,6 +167,12 @@ class OperationsApi(Resource):
                     return
                 if not isinstance(parsed, dict):
                     _finish(request, json_error(request, 400, "bad_request", "body must be a JSON object"))
+                    return
+                if _holds_lone_surrogate(parsed):
+                    # JSON may escape half a surrogate pair ("\\ud800"); no Redis string or
+                    # password hash takes it (every handler failed with a 500)
+                    _finish(request, json_error(request, 400, "bad_request",
+                                                "body holds a lone UTF-16 surrogate (\\ud800-\\udfff), not text"))
                     return
                 body = parsed
         call = _Call(request, actor, params, query, body, redis, self.context, session)
@@ -218,6 +224,22 @@ def _finish(request: Request, body: bytes) -> None:
 
 
 # -- session ------------------------------------------------------------------------------
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Whether any key or string in a parsed JSON body holds a lone surrogate."""
+    pending = [value]
+    while pending:  # a loop, not recursion: json.loads already bounded the depth
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and any("\ud800" <= char <= "\udfff" for char in item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 @route("POST", "/session", role="")

@@ -305,3 +305,28 @@ def test_pausing_a_lane_or_a_type_holds_it_in_every_process(fleet: Fleet) -> Non
     assert fleet.call("POST", "/v1/lanes/nope/pause")[0] == 404
     actions = [a["action"] for a in fleet.call("GET", "/v1/audit?limit=10")[1]["audit"]]
     assert {"lane.pause", "lane.resume", "type.pause", "type.resume"} <= set(actions)
+
+
+def test_a_lone_surrogate_in_a_body_or_a_query_is_a_400_not_a_500(fleet: Fleet) -> None:
+    """JSON may escape half a surrogate pair; no Redis string or password hash takes one.
+    Every route answered 500 (login, retries...), and a query name that is not UTF-8 too:
+    now a 400 naming the problem, and the daemon logs no traceback for it."""
+    def post_escaped(path: str, payload: Any, token: str | None) -> tuple[int, Any]:
+        request = urllib.request.Request(fleet.first.http_base + path, method="POST",
+                                         data=json.dumps(payload).encode())  # "\ud800" as an escape
+        request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    code, body = post_escaped("/v1/session", {"user": "\ud800", "password": "x"}, None)
+    assert code == 400 and "lone UTF-16 surrogate" in body["message"], body
+    code, body = post_escaped("/v1/dead-letters/retry", {"ids": ["ok", {"nested": ["\udfff"]}]}, "test-token")
+    assert code == 400 and body["error"] == "bad_request", body
+    code, text = _raw_get(fleet, "/v1/search?%FF%FE=1&phone=13800138000")
+    assert code == 200 and json.loads(text)["by"] == "phone", text
+    assert "Traceback" not in fleet.first.log_text()
