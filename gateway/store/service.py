@@ -49,6 +49,14 @@ REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, ClusterError, 
 SOCKET_TIMEOUT_SECONDS = 15.0
 
 
+# Core systems write the domain data (bookings, people, vehicles) and may write octets that
+# are not UTF-8 (a GBK name): strict decoding failed every read of that key, so a citizen
+# calling about that booking got an error.  Replaced, the rest of the record still reads
+# (U+FFFD where the octets were).  The intake streams are read undecoded and a request
+# that is not text is rejected instead (gateway/store/streams.py).
+ENCODING_ERRORS = "replace"
+
+
 def make_client(url: str, reconnect_max_delay_seconds: float = 10.0, *, max_connections: int = 1000,
                 pool_timeout_seconds: float = 5.0, **options: Any) -> aioredis.Redis:
     """A redis.asyncio client for `url` (decode_responses=True).
@@ -65,6 +73,7 @@ def make_client(url: str, reconnect_max_delay_seconds: float = 10.0, *, max_conn
         max_connections=max_connections,
         timeout=pool_timeout_seconds,
         decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_connect_timeout=2.0,
@@ -94,7 +103,8 @@ def make_cluster_client(nodes: Sequence[str], url: str, reconnect_max_delay_seco
                                if k in ("username", "password", "ssl")} if url else {}
     seeds = [ClusterNode(host, int(port)) for host, _, port in (node.rpartition(":") for node in nodes)]
     retry = Retry(ExponentialWithJitterBackoff(cap=reconnect_max_delay_seconds, base=0.05), retries=3)
-    client = _stream_slot_cluster_class()(startup_nodes=seeds, decode_responses=True, retry=retry,
+    client = _stream_slot_cluster_class()(startup_nodes=seeds, decode_responses=True,
+                          encoding_errors=ENCODING_ERRORS, retry=retry,
                           max_connections=max_connections, socket_connect_timeout=2.0,
                           socket_timeout=SOCKET_TIMEOUT_SECONDS, **options)
     if not options.get("ssl"):

@@ -133,3 +133,31 @@ async def test_withheld_number_hears_not_verified(redis_url: str) -> None:
         assert result.outcome == "caller_hangup"
     finally:
         await redis.aclose()
+
+
+@on_asyncio
+async def test_a_booking_a_core_system_wrote_in_gbk_still_reads(redis_url: str) -> None:
+    """Core systems write the bookings; one field in GBK instead of UTF-8 made every read
+    of that booking fail (the client decoded strictly), so its holder calling 12123 got an
+    error.  The caller now hears the booking's number, date and state; the unreadable
+    field is not read out as noise, and the octets in Redis are left as they were."""
+    now = time.time()
+    redis = make_client(redis_url)
+    try:
+        summary = await load_sample(redis, KEYS, today=from_unix(now).date())
+        booking = await BookingStore(redis, KEYS).get(summary.cancellable_booking)
+        assert booking is not None
+        key = KEYS.booking(booking.plan_id, booking.booking_no)
+        await redis.execute_command("HSET", key, "site", "集美灌口考场".encode("gbk"))
+        out = io.StringIO()
+        await simulator.simulate(BOOK, redis, KEYS, ivr=IvrConfig(), caller=SAMPLE_CALLER,
+                                 key_groups=["1", f"{booking.booking_no}#", "#"], now=now, out=out)
+        lines = out.getvalue().splitlines()
+        [read] = [line for line in lines if line.startswith("[status_read]")]
+        assert read.startswith(f"[status_read] 预约号{spoken_digits(booking.booking_no)}，科目二，")
+        assert "状态：已预约" in read and "\ufffd" not in read
+        assert lines[-1] == "(通话结束: completed)"
+        raw = await redis.execute_command("HGET", key, "site", **{"NEVER_DECODE": True})
+        assert raw == "集美灌口考场".encode("gbk")
+    finally:
+        await redis.aclose()
