@@ -45,7 +45,12 @@ _DIRECT_PACKING: dict[type, type] = {}
 
 def direct_packing(connection_class: type) -> type:
     """`connection_class` with DirectPacker as its packer, where its own is hiredis's and
-    its strings are UTF-8 (as hiredis encodes them); unchanged otherwise."""
+    its strings are UTF-8 (as hiredis encodes them); unchanged otherwise.
+
+    Encoding errors 'replace' (gateway/store/service.py: replies decoded with replacement)
+    packs every valid string to the same bytes; a lone surrogate, which redis-py's packer
+    would write as '?', raises UnicodeEncodeError from hiredis instead: no text is changed
+    on its way into Redis (the doors refuse such text first: gateway/push/intake.py)."""
     if hiredis is None:
         return connection_class
     made = _DIRECT_PACKING.get(connection_class)
@@ -58,7 +63,7 @@ def direct_packing(connection_class: type) -> type:
             packer = getattr(self, "_command_packer", None)
             encoder = getattr(self, "encoder", None)
             if (packer is not None and type(packer).__name__ == "HiredisRespSerializer" and encoder is not None
-                    and encoder.encoding.replace("-", "").lower() == "utf8" and encoder.encoding_errors == "strict"):
+                    and encoder.encoding.replace("-", "").lower() == "utf8" and encoder.encoding_errors in ("strict", "replace")):
                 self._command_packer = DirectPacker(packer)
 
     DirectPackingConnection.__name__ = DirectPackingConnection.__qualname__ = f"DirectPacking{connection_class.__name__}"

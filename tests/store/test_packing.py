@@ -64,5 +64,12 @@ async def test_the_gateway_client_round_trips_through_a_real_redis_server(redis_
         assert await client.zrange("{pack}:z", 0, -1, withscores=True) == [("b", 0.1), ("a", 1.5)]
         with pytest.raises(DataError):
             await client.set("{pack}:bad", None)  # type: ignore[arg-type]
+        # Replies are decoded with replacement (a core system's GBK reads); what goes in is
+        # never changed: a lone surrogate raises instead of reaching Redis as '?'.
+        await client.set("{pack}:gbk", "考场".encode("gbk"))
+        assert await client.get("{pack}:gbk") == "\ufffd" * 4
+        with pytest.raises(UnicodeEncodeError):
+            await client.set("{pack}:half", "12\ud83d")
+        assert await client.exists("{pack}:half") == 0
     finally:
         await client.aclose()
