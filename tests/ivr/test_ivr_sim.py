@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.config import IvrConfig
 from gateway.domain import from_unix
-from gateway.domain.bookings import BookingStatus, BookingStore
+from gateway.domain.bookings import Booking, BookingStatus, BookingStore
 from gateway.domain.sample import SAMPLE_CALLER, load_sample, sample_data
 from gateway.ivr import simulator
 from gateway.ivr.menus import chinese_date, load_menus
@@ -28,15 +31,24 @@ def spoken_digits(number: str) -> str:
     return "".join("零幺二三四五六七八九"[int(d)] for d in number)  # 1 read 幺
 
 
-@on_asyncio
-async def test_cancel_walk_prints_what_the_caller_hears(redis_url: str) -> None:
-    """--keys 2,<booking>#,<ID suffix>,1 prints one line per step, the read-back spoken, and cancels."""
-    now = time.time()
+@contextlib.asynccontextmanager
+async def cancellable_sample_booking(redis_url: str, now: float) -> AsyncIterator[tuple[Any, Booking]]:
+    """The gateway's client on the sample data, and its cancellable booking."""
     redis = make_client(redis_url)
     try:
         summary = await load_sample(redis, KEYS, today=from_unix(now).date())
         booking = await BookingStore(redis, KEYS).get(summary.cancellable_booking)
         assert booking is not None
+        yield redis, booking
+    finally:
+        await redis.aclose()
+
+
+@on_asyncio
+async def test_cancel_walk_prints_what_the_caller_hears(redis_url: str) -> None:
+    """--keys 2,<booking>#,<ID suffix>,1 prints one line per step, the read-back spoken, and cancels."""
+    now = time.time()
+    async with cancellable_sample_booking(redis_url, now) as (redis, booking):
         out = io.StringIO()
         result = await simulator.simulate(
             BOOK, redis, KEYS, ivr=IvrConfig(), caller=SAMPLE_CALLER,
@@ -63,8 +75,6 @@ async def test_cancel_walk_prints_what_the_caller_hears(redis_url: str) -> None:
         assert lines[-3:] == ["[goodbye] 感谢您的来电，再见。", "[goodbye] (挂机)", "(通话结束: completed)"]
         after = await BookingStore(redis, KEYS).get(booking.booking_no)
         assert after is not None and after.status is BookingStatus.CANCELLED
-    finally:
-        await redis.aclose()
 
 
 @on_asyncio
@@ -142,11 +152,7 @@ async def test_a_booking_a_core_system_wrote_in_gbk_still_reads(redis_url: str) 
     error.  The caller now hears the booking's number, date and state; the unreadable
     field is not read out as noise, and the octets in Redis are left as they were."""
     now = time.time()
-    redis = make_client(redis_url)
-    try:
-        summary = await load_sample(redis, KEYS, today=from_unix(now).date())
-        booking = await BookingStore(redis, KEYS).get(summary.cancellable_booking)
-        assert booking is not None
+    async with cancellable_sample_booking(redis_url, now) as (redis, booking):
         key = KEYS.booking(booking.plan_id, booking.booking_no)
         await redis.execute_command("HSET", key, "site", "集美灌口考场".encode("gbk"))
         out = io.StringIO()
@@ -159,5 +165,3 @@ async def test_a_booking_a_core_system_wrote_in_gbk_still_reads(redis_url: str) 
         assert lines[-1] == "(通话结束: completed)"
         raw = await redis.execute_command("HGET", key, "site", **{"NEVER_DECODE": True})
         assert raw == "集美灌口考场".encode("gbk")
-    finally:
-        await redis.aclose()
