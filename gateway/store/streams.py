@@ -39,7 +39,10 @@ def _decoded(entry: Any) -> Any:
         return None
     entry_id, fields = entry
     if fields:
-        fields = {_text_of(name): _text_of(value) for name, value in fields.items()}
+        # Undecoded replies are bytes throughout; one comprehension, no call per field
+        # (this runs for every notification a core system XADDs).
+        fields = {name.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape")
+                  for name, value in fields.items()}
     return _text_of(entry_id), fields
 
 

@@ -286,6 +286,8 @@ def _poisoned_batch() -> list[dict[bytes, bytes]]:
         {**good, b"id": b"latin1-param", b"params": '{"code": "123456", "minutes": "5分"}'.encode("gb18030")},
         {**good, b"id": b"bad-type", b"type": b"verification_code\xff"},
         {**good, b"id": b"bad-name", b"\xfe\xff": b"x"},
+        # not JSON either: rejected as malformed, and recorded all the same
+        {**good, b"id": b"broken-json", b"params": b'{"code": "12\xff'},
         good,
     ]
 
@@ -302,15 +304,17 @@ async def test_entries_that_are_not_text_are_rejected_and_do_not_hold_their_batc
         await c.ensure_group()
         for fields in _poisoned_batch():
             await _xadd_raw(p, fields)
-        assert await c.read_once() == 5
+        assert await c.read_once() == 6
         assert await p.state("good-after") == "queued"
-        expected = {"half-emoji": "a parameter is not text", "latin1-param": "field 'params' is not text",
-                    "bad-type": "field 'type' is not text", "bad-name": "field '\ufffd\ufffd' is not text"}
+        expected = {"half-emoji": "field 'params' is not text", "latin1-param": "field 'params' is not text",
+                    "bad-type": "field 'type' is not text", "bad-name": "field '\ufffd\ufffd' is not text",
+                    "broken-json": "malformed params JSON"}
         for notification_id, reason in expected.items():
             raw = await p.ledger.raw(notification_id)
             assert raw["state"] == "rejected" and raw["reason"].startswith(reason), (notification_id, raw)
         # what the rejection recorded is the request with the holes marked, not dropped
         assert "\ufffd" in (await p.ledger.raw("latin1-param"))["params"]
+        assert (await p.ledger.raw("broken-json"))["params"] == '{"code": "12\ufffd'
         assert (await p.redis.xpending(p.keys.notify_stream, "gateway"))["pending"] == 0
 
 
@@ -326,7 +330,7 @@ async def test_a_poisoned_pending_batch_is_finished_by_whoever_takes_it(redis_ur
         await p.redis.execute_command("XREADGROUP", "GROUP", "gateway", "gw-dead", "COUNT", 10,
                                       "STREAMS", p.keys.notify_stream, ">", **{NEVER_DECODE: True})
         alive = consumer(p, "gw-alive")
-        assert await alive.take_over_pending() == 5
+        assert await alive.take_over_pending() == 6
         assert await p.state("good-after") == "queued"
         assert await p.state("half-emoji") == "rejected"
         assert (await p.redis.xpending(p.keys.notify_stream, "gateway"))["pending"] == 0
