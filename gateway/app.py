@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 
 from gateway.config import Config, parse_listen
+from gateway.fleet.clock import FleetClock
 from gateway.http.server import build_site
 from gateway.store.service import RedisService
 
@@ -35,7 +36,7 @@ log = Logger()
 
 # Stop order: first those that take new work in, last the ones everything else needs.
 STOP_ORDER = ("http", "smpp-listener", "fastagi", "push", "mo", "ami", "domain-repair", "smpp-links", "fleet",
-              "redis")
+              "fleet-clock", "redis")
 
 
 def tcp_endpoint_service(reactor: Any, listen: str, factory: Any) -> StreamServerEndpointService:
@@ -84,6 +85,7 @@ class GatewayService(MultiService):
         self.reloaders: list[Callable[[Config], None]] = []
         self.readiness_checks: dict[str, Callable[[], bool]] = {}
         self.push: Any = None
+        self.fleet_clock: Any = None  # gateway.fleet.clock.FleetClock, once Redis is configured
         self.v1_resource: Any = None
         self.stopped = Deferred[None]()
 
@@ -129,6 +131,11 @@ def build_gateway(config: Config, reactor: IReactorCore) -> GatewayService:
     root.redis = redis
     root.readiness_checks["redis"] = lambda: redis.available
     root.readiness_checks["redis_writable"] = lambda: redis.writable
+    # Times other processes compare with their own clock (leases above all) are written
+    # in Redis's time: a host a minute off had another's live submits sent again
+    # (gateway/fleet/clock.py).  Started before every part that tells the time by it.
+    root.fleet_clock = FleetClock(lambda: redis.client, redis.keys.partition_members, cast(IReactorTime, reactor))
+    root.fleet_clock.setServiceParent(root)
 
     _add_components(root, config, reactor)
     root.readiness_checks["carrier_bound"] = lambda: any(link.is_bound() for link in root.carrier_links.values())
@@ -169,6 +176,7 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
     drain = config.drain_timeout_seconds
     carriers = [c for c in config.carriers if c.enabled]
 
+    fleet_clock = root.fleet_clock
     if config.push.enabled:
         import os
         import socket
@@ -191,7 +199,7 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
         links_service.setServiceParent(root)
 
         push = PushService(redis, keys, config.push, TemplateCatalogue(config.resolve(config.push.templates_file)),
-                           list(root.carrier_links.values()), reactor, drain_timeout_seconds=drain,
+                           list(root.carrier_links.values()), fleet_clock, drain_timeout_seconds=drain,
                            lease_seconds=config.push.lease_seconds,
                            # Outcomes Redis refused until the stop, recorded at the next start.
                            unrecorded_outcomes_file=config.resolve(config.state_dir) / "push-unrecorded-outcomes.json",
@@ -202,7 +210,8 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
         root.readiness_checks["outcome_writes"] = lambda: not push.writer.failing
         # MOs of the partitions this process owns (all of them with one partition); the
         # voice reminders below work every partition: not every process has an Asterisk.
-        mo = MoService(redis, keys, config.push.mo, reactor, partitions=push.ownership.owned,
+        mo = MoService(redis, keys, config.push.mo, reactor, now=fleet_clock.seconds,
+                       partitions=push.ownership.owned,
                        consumer_name=mo_consumer_name(config.push.consumer_name, config.push.partitions,
                                                       socket.gethostname(), os.getpid()),
                        wait_replicas=config.push.delivery_wait_replicas)
@@ -248,7 +257,7 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
     if config.ami.enabled:
         from gateway.ivr.reminders import build_voice_reminders
 
-        voice = build_voice_reminders(config, redis, keys, reactor)
+        voice = build_voice_reminders(config, redis, keys, reactor, fleet_clock=fleet_clock)
         if config.ivr.fastagi.enabled:
             # A reminder whose AGI the voice drain cut is the gateway's doing, not the citizen's.
             voice.reminders.cut_by_shutdown = fastagi.cut_by_shutdown.__contains__
@@ -302,14 +311,15 @@ def _add_operations(root: GatewayService, config: Config, reactor: Any) -> tuple
         extras["partitions_owned"] = lambda: list(root.push.ownership.owned()) if root.push is not None else []
     policy = QuietHoursPolicy(config.push.quiet_hours.start, config.push.quiet_hours.end,
                               config.push.quiet_hours.timezone)
-    reporter = FleetReporter(lambda: redis_service.client, redis_service.keys, root.carrier_links, reactor,
+    # The fleet's clock: reports, minute counts and queue ages line up across hosts.
+    reporter = FleetReporter(lambda: redis_service.client, redis_service.keys, root.carrier_links, root.fleet_clock,
                              extras=extras, quiet_until=policy.quiet_until,
                              dispatcher=root.push.dispatcher if root.push is not None else None)
     reporter.setServiceParent(root)
     context = ApiContext(
         redis=lambda: redis_service.client, keys=redis_service.keys, token=config.http.token.reveal(),
         carriers=lambda: {c.name: c for c in root.config.carriers if c.enabled},
-        quiet_until=policy.quiet_until, clock=reactor, status_ttl_seconds=reporter.ttl_seconds,
+        quiet_until=policy.quiet_until, clock=root.fleet_clock, status_ttl_seconds=reporter.ttl_seconds,
         timezone=config.push.quiet_hours.timezone)
     return OperationsApi(context), console_resource()
 

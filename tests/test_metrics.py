@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 
 import gateway.app  # noqa: F401 - imports every part, so every metric is registered
 import gateway.fleet.account  # noqa: F401
+import gateway.fleet.clock  # noqa: F401
 import gateway.ivr.reminders  # noqa: F401
 import gateway.ops.fleet  # noqa: F401
 import gateway.push.service  # noqa: F401

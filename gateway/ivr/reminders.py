@@ -329,13 +329,17 @@ class VoiceReminders(Service):
         ledger: the push pipeline's NotificationLedger.
         options: `ReminderOptions`.
         clock: reactor time for timers.
-        wall_clock: Unix time for quiet hours and timestamps (tests move it).
+        wall_clock: Unix time for quiet hours, timestamps and call leases (tests move it;
+            the daemon's is Redis's time: gateway/fleet/clock.py).
+        wall_clock_ready: False until `wall_clock` can be trusted (the fleet clock's first
+            measurement): open calls are not taken over before.
     """
 
     name = "voice-reminders"
 
     def __init__(self, redis: Any, keys: Keys, ami: AmiSession, ledger: Ledger, options: ReminderOptions, *,
-                 clock: IReactorTime, wall_clock: Callable[[], float] = time.time, call_slots: Any = None,
+                 clock: IReactorTime, wall_clock: Callable[[], float] = time.time,
+                 wall_clock_ready: Callable[[], bool] = lambda: True, call_slots: Any = None,
                  partitions: Callable[[], Sequence[int]] | None = None) -> None:
         # The partitions whose voice requests, due reminders and open calls this process
         # works: all of them unless the caller limits it (partition ownership).
@@ -349,6 +353,7 @@ class VoiceReminders(Service):
         self._options = options
         self._clock = clock
         self._now = wall_clock
+        self._now_ready = wall_clock_ready
         self._consumer = options.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         self._calls: dict[str, _Call] = {}
         self._by_notification: dict[str, str] = {}
@@ -388,6 +393,8 @@ class VoiceReminders(Service):
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
+        while self.running and not self._now_ready():
+            await asyncio.sleep(0.1)  # the fleet clock's first answer (FIRST_SYNC_RETRY_SECONDS)
         while self.running:
             try:
                 await self._take_over_calls(starting=True)
@@ -1202,10 +1209,13 @@ class VoiceService(MultiService):
         return as_deferred(stop_in_order())
 
 
-def build_voice_reminders(config: Any, redis: Any, keys: Keys, reactor: Any) -> VoiceService:
+def build_voice_reminders(config: Any, redis: Any, keys: Keys, reactor: Any, *,
+                          fleet_clock: Any = None) -> VoiceService:
     """The ``ami`` service from a validated Config (gateway/app.py calls this).
 
-    ``redis`` is the shared redis.asyncio client (decode_responses=True).
+    ``redis`` is the shared redis.asyncio client (decode_responses=True).  ``fleet_clock``
+    (gateway/fleet/clock.py): the call leases' time, shared by every process; None: this
+    host's clock.
     """
     from twisted.internet.endpoints import TCP4ClientEndpoint
 
@@ -1224,7 +1234,10 @@ def build_voice_reminders(config: Any, redis: Any, keys: Keys, reactor: Any) -> 
     from gateway.fleet.leases import call_slots_for
 
     reminders = VoiceReminders(redis, keys, client, ledger, options, clock=reactor,
-                               call_slots=call_slots_for(ami, redis, keys.prefix, reactor))
+                               call_slots=call_slots_for(ami, redis, keys.prefix, reactor),
+                               **({} if fleet_clock is None else
+                                  {"wall_clock": fleet_clock.seconds,
+                                   "wall_clock_ready": lambda: fleet_clock.synced}))
     return VoiceService(client, reminders)
 
 

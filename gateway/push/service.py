@@ -105,7 +105,8 @@ class PushService(Service):
         templates: a `TemplateCatalogue` (reloadable; `reload_templates` swaps) or a
             fixed `TemplateSet`.
         links: the carrier links (gateway.ports.CarrierLink), configuration order.
-        clock: the reactor (IReactorTime).
+        clock: the reactor (IReactorTime); in the daemon a `gateway.fleet.clock.FleetClock`,
+            so that the times written in Redis (leases above all) are Redis's time.
         lease_seconds: claim lease; also how soon after a crash in-flight work is retried.
         drain_timeout_seconds: how long stopService waits for in-flight submits.
         events_maxlen: approximate cap of the events stream.
@@ -169,7 +170,8 @@ class PushService(Service):
                                          partition=partition)
                           for stream, partition in streams]
         self.consumer = self.consumers[0]
-        self.ownership = PartitionOwnership(redis, keys, consumer, clock,
+        # Its fence is a duration on this host: the host's own clock (gateway/fleet/clock.py).
+        self.ownership = PartitionOwnership(redis, keys, consumer, getattr(clock, "local", clock),
                                             lease_seconds=config.partition_lease_seconds)
         if self.ownership.enabled:
             self.dispatcher.owned_partitions = self.ownership.owned
@@ -238,8 +240,9 @@ class PushService(Service):
             *(self._spawn("intake", self._intake_loop(consumer)) for consumer in self.consumers),
             self._spawn("claim-stale", self._every(
                 "claim-stale", self._claim_stale_step, max(1.0, self.config.claim_idle_seconds / 2))),
-            self._spawn("dispatch", self._dispatch_loop()),
-            self._spawn("housekeeping", self._every("housekeeping", self._housekeeping_step, self.tick_seconds)),
+            self._spawn("dispatch", self._when_clock_synced(self._dispatch_loop())),
+            self._spawn("housekeeping", self._when_clock_synced(
+                self._every("housekeeping", self._housekeeping_step, self.tick_seconds))),
         ]
 
     def stopService(self) -> Deferred[None]:
@@ -340,6 +343,17 @@ class PushService(Service):
                 await sleeper.wait(seconds)
         finally:
             self._sleepers.remove(sleeper)
+
+    async def _when_clock_synced(self, loop: Coroutine[Any, Any, None]) -> None:
+        """Run `loop` once the fleet clock has measured Redis's (gateway/fleet/clock.py):
+        the claims and the lease sweeps write and compare lease times that other processes
+        compare with theirs.  A plain reactor (tests) counts as measured."""
+        while self._running and not getattr(self.clock, "synced", True):
+            await self._sleep(self.tick_seconds)
+        if self._running:
+            await loop
+        else:
+            loop.close()
 
     async def _guarded(self, name: str, step: Callable[[], Awaitable[Any]], delay: list[float]) -> Any:
         """Run one step; on a Redis outage or refusal log (once per 5 s), back off and
@@ -489,7 +503,7 @@ class PushService(Service):
 
     async def _housekeeping_step(self) -> bool:
         now = self.clock.seconds()
-        owned = self.ownership.owned(now)  # with one partition: partition 0, as ever
+        owned = self.ownership.owned()  # with one partition: partition 0, as ever
         promoted = await self.ledger.promote_due(now=now, partitions=owned)
         if promoted:
             self.dispatcher.waker.wake()

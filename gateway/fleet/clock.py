@@ -1,0 +1,163 @@
+"""The fleet's one clock: this host's clock corrected to Redis's.
+
+Theory of operation
+-------------------
+Several processes on several hosts write times into Redis that the others compare with
+their own clock: the in-flight lease of a notification being submitted (claimed by one
+process, recovered by another once it ran out), the lease of a voice call being followed.
+A host whose clock is off by more than such a lease (30 s by default; NTP broken, a VM
+resumed from a pause) then takes another process's live work for abandoned, and a
+citizen gets the message twice: 60 of 240 notifications with one of two processes a
+minute ahead (tests/fleet/test_clock_skew.py, before this module).
+
+`FleetClock` is an IReactorTime whose ``seconds()`` is the local reactor's plus an offset
+to Redis's TIME, measured every `SYNC_INTERVAL_SECONDS`: the offset is Redis's time minus
+the midpoint of the round trip, kept only from round trips shorter than
+`MAX_ROUND_TRIP_SECONDS`, so it is right to within half of that (the first answer is
+kept whatever its round trip: any bound is better than none).  Every process of a
+fleet then reads the same clock (on a Cluster, the master of ``12123:members``: see
+``lua/time.lua``), whatever its host's.  Timers (``callLater``) are the reactor's own:
+a delay does not depend on which clock tells the time.
+
+What still uses the local clock: durations within one process (partition and bind lease
+fences, back-offs), which do not depend on where the clock stands.
+
+Until the first measurement ``synced`` is False and ``seconds()`` is the local clock;
+users that write or compare leases wait for it (the push pipeline's claims and sweeps,
+the voice reminders' take-over).  A step of the host's clock between measurements is
+seen at the next one (at most `SYNC_INTERVAL_SECONDS`).  An offset of
+`WARN_OFFSET_SECONDS` or more is logged: the host's clock needs fixing, although the
+fleet no longer depends on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import Gauge
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway import metrics
+from gateway.store.bridge import as_deferred
+from gateway.store.scripts import register_lua
+from gateway.store.service import REDIS_ERRORS
+
+__all__ = ["FleetClock"]
+
+log = Logger()
+
+# A drift of a few ppm moves a host's clock by well under a millisecond in 10 s; the
+# interval bounds instead how long a step of the host's clock (an NTP step, a resumed VM)
+# goes unseen.  One TIME per 10 s per process costs Redis nothing.
+SYNC_INTERVAL_SECONDS = 10.0
+# The offset is known to half the round trip: 100 ms keeps it within 50 ms, three
+# orders below the shortest lease it serves (push.lease_seconds, at least 1 s).  A
+# slower answer (a loaded Redis, a failover) is dropped and the last offset kept.
+MAX_ROUND_TRIP_SECONDS = 0.1
+# Until the first answer (Redis starting, or away) it is asked for this often.
+FIRST_SYNC_RETRY_SECONDS = 0.5
+# NTP keeps hosts within milliseconds of each other: a second means it is not running.
+WARN_OFFSET_SECONDS = 1.0
+# While the offset stays large it is logged again this often (seconds).
+WARN_INTERVAL_SECONDS = 600.0
+
+clock_offset = Gauge("gateway12123_clock_offset_seconds",
+                     "Redis's clock minus this host's (TIME, last measurement); leases and recorded times use "
+                     "Redis's", registry=metrics.REGISTRY)
+
+
+@implementer(IReactorTime)
+class FleetClock(Service):
+    """The reactor's clock moved onto Redis's (see the module).
+
+    Args:
+        redis: the redis.asyncio client, or a zero-argument callable returning it.
+        key: the key whose node answers (``keys.partition_members``).
+        local: the reactor (IReactorTime): timers, and the clock corrected.
+        interval_seconds: how often the offset is measured.
+    """
+
+    name = "fleet-clock"
+
+    def __init__(self, redis: Any, key: str, local: IReactorTime, *,
+                 interval_seconds: float = SYNC_INTERVAL_SECONDS) -> None:
+        self._redis: Callable[[], Any] = redis if callable(redis) and not hasattr(redis, "execute_command") \
+            else (lambda: redis)
+        self.key = key
+        self.local = local
+        self.interval_seconds = interval_seconds
+        self.offset = 0.0
+        self.synced = False
+        self._script: Any = None
+        self._client: Any = None
+        self._loop: LoopingCall | None = None
+        self._warned_at: float | None = None
+
+    # -- IReactorTime ---------------------------------------------------------------------
+
+    def seconds(self) -> float:
+        return self.local.seconds() + self.offset
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> IDelayedCall:  # noqa: N802
+        return self.local.callLater(delay, callable, *args, **kw)
+
+    def getDelayedCalls(self) -> Sequence[IDelayedCall]:  # noqa: N802
+        return self.local.getDelayedCalls()
+
+    # -- measuring ------------------------------------------------------------------------
+
+    async def sync_once(self) -> bool:
+        """Measure the offset once; False when Redis did not answer in time (the last
+        offset is kept)."""
+        client = self._redis()
+        if self._script is None or client is not self._client:
+            self._client, self._script = client, register_lua(client, __file__, "time.lua")
+        sent = self.local.seconds()
+        seconds, micros = await self._script(keys=[self.key], args=[])
+        received = self.local.seconds()
+        if self.synced and received - sent > MAX_ROUND_TRIP_SECONDS:
+            return False  # the first answer is kept whatever its round trip: better than none
+        self.offset = int(seconds) + int(micros) / 1e6 - (sent + received) / 2
+        if not self.synced and self._loop is not None:
+            self._loop.interval = self.interval_seconds  # read when the next call is scheduled
+        self.synced = True
+        clock_offset.set(self.offset)
+        self._warn_if_far(received)
+        return True
+
+    def _warn_if_far(self, now: float) -> None:
+        if abs(self.offset) < WARN_OFFSET_SECONDS:
+            self._warned_at = None
+            return
+        if self._warned_at is not None and now - self._warned_at < WARN_INTERVAL_SECONDS:
+            return
+        self._warned_at = now
+        log.warn("this host's clock is {seconds:.1f} s {direction} Redis's: leases and recorded times use Redis's "
+                 "clock; fix this host's time (NTP)",
+                 seconds=abs(self.offset), direction="ahead of" if self.offset < 0 else "behind")
+
+    async def _sync(self) -> None:
+        try:
+            await self.sync_once()
+        except REDIS_ERRORS:
+            pass  # Redis away: the last offset stands, the next round tries again
+        except Exception:
+            log.failure("fleet clock: measuring the offset to Redis's clock failed")
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(lambda: as_deferred(self._sync()))
+        self._loop.clock = self.local
+        # Every half second until the first answer (Redis starting): the pipeline waits
+        # for it before it claims.
+        self._loop.start(self.interval_seconds if self.synced else FIRST_SYNC_RETRY_SECONDS, now=True)
+
+    def stopService(self) -> Any:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return super().stopService()

@@ -1,0 +1,135 @@
+"""The fleet clock (gateway/fleet/clock.py) on a real redis-server: the offset to Redis's
+TIME, the round-trip bound, the warning, the service's first measurement.
+
+A `Clock` stands for a host whose clock is wherever the test puts it; Redis's clock is
+this machine's real one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
+
+from gateway.fleet import clock as fleet_clock_module
+from gateway.fleet.clock import FleetClock
+from gateway.store.keys import Keys
+from tests.aio import on_asyncio, redis_client
+
+
+@contextmanager
+def logged() -> Iterator[list[str]]:
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "gateway.fleet.clock":
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield lines
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+@on_asyncio
+async def test_offset_moves_a_host_clock_onto_redis_time_and_timers_stay_local(redis_url: str) -> None:
+    host = Clock()
+    host.advance(time.time() + 60)  # a minute ahead
+    async with redis_client(redis_url) as redis:
+        fleet = FleetClock(redis, Keys().partition_members, host)
+        assert not fleet.synced and fleet.seconds() == host.seconds()  # until measured: the host's
+        with logged() as lines:
+            assert await fleet.sync_once() is True
+        assert fleet.synced
+        assert abs(fleet.offset + 60) < 0.5
+        assert abs(fleet.seconds() - time.time()) < 0.5
+        assert ["ahead of Redis's" in line for line in lines] == [True]
+        # Timers are the host reactor's: a delay means the same on either clock.
+        fired: list[float] = []
+        fleet.callLater(5, lambda: fired.append(fleet.seconds()))
+        assert fleet.getDelayedCalls() == host.getDelayedCalls() and len(fired) == 0
+        host.advance(5)
+        assert len(fired) == 1
+        # Still far at the next measurement: not logged again within WARN_INTERVAL_SECONDS.
+        with logged() as lines:
+            assert await fleet.sync_once() is True
+        assert lines == []
+
+
+@on_asyncio
+async def test_a_host_in_time_is_not_warned_about_and_behind_is_named(redis_url: str) -> None:
+    async with redis_client(redis_url) as redis:
+        fleet = FleetClock(redis, Keys().partition_members, reactor)
+        with logged() as lines:
+            assert await fleet.sync_once() is True
+        assert abs(fleet.offset) < 0.5 and lines == []
+        host = Clock()
+        host.advance(time.time() - 90)
+        behind = FleetClock(redis, Keys().partition_members, host)
+        with logged() as lines:
+            await behind.sync_once()
+        assert abs(behind.offset - 90) < 0.5
+        assert len(lines) == 1 and "90.0 s behind Redis's" in lines[0]
+
+
+@on_asyncio
+async def test_a_slow_answer_keeps_the_last_offset_but_the_first_is_taken_whatever(redis_url: str) -> None:
+    """A round trip over MAX_ROUND_TRIP_SECONDS (Redis paused with CLIENT PAUSE) says
+    little about where Redis's clock stands: dropped once an offset is known, taken when
+    none is."""
+    async with redis_client(redis_url) as redis, redis_client(redis_url) as admin:
+        pause_ms = int(fleet_clock_module.MAX_ROUND_TRIP_SECONDS * 1000 * 3)
+        fleet = FleetClock(redis, Keys().partition_members, reactor)
+        await redis.ping()  # connected: the pause below delays the script, not the connect
+        await admin.execute_command("CLIENT", "PAUSE", pause_ms, "ALL")
+        assert await fleet.sync_once() is True  # first: taken, to within half its round trip
+        assert fleet.synced and abs(fleet.offset) < pause_ms / 1000
+        fleet.offset = 42.0
+        await admin.execute_command("CLIENT", "PAUSE", pause_ms, "ALL")
+        assert await fleet.sync_once() is False
+        assert fleet.offset == 42.0
+        assert await fleet.sync_once() is True and abs(fleet.offset) < 0.5
+
+
+@on_asyncio
+async def test_the_service_measures_at_start_then_every_interval(redis_url: str) -> None:
+    async with redis_client(redis_url) as redis:
+        fleet = FleetClock(redis, Keys().partition_members, reactor, interval_seconds=0.2)
+        fleet.startService()
+        try:
+            deadline = time.monotonic() + 10
+            while not fleet.synced:
+                assert time.monotonic() < deadline, "no first measurement"
+                await asyncio.sleep(0.02)
+            assert fleet._loop is not None and fleet._loop.interval == 0.2
+            fleet.offset = 42.0
+            while fleet.offset == 42.0:
+                assert time.monotonic() < deadline, "no second measurement"
+                await asyncio.sleep(0.02)
+            assert abs(fleet.offset) < 0.5
+        finally:
+            fleet.stopService()
+
+
+@on_asyncio
+async def test_redis_away_keeps_the_host_clock_until_it_answers() -> None:
+    from redis.asyncio import Redis
+
+    from gateway.store.embedded import free_port
+
+    away = Redis(port=free_port(), socket_connect_timeout=0.5)
+    fleet = FleetClock(away, Keys().partition_members, reactor, interval_seconds=0.2)
+    fleet.startService()
+    try:
+        await asyncio.sleep(0.6)  # two tries at FIRST_SYNC_RETRY_SECONDS, both refused
+        assert not fleet.synced and fleet.offset == 0.0
+        assert fleet._loop is not None and fleet._loop.running
+    finally:
+        fleet.stopService()
+        await away.aclose()
