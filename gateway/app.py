@@ -238,15 +238,16 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
             listener.setServiceParent(root)
             push.set_partner_receipt_sink(listener)
 
-        _add_cancellation_repair(root, redis, keys, reactor)
+        _add_cancellation_repair(root, redis, keys, root.fleet_clock)
 
     if config.ivr.fastagi.enabled:
         from gateway.ivr.fastagi import FastAgiService
         from gateway.ivr.menus import load_menus
 
         menus_path = config.resolve(config.ivr.menus_file)
-        fastagi = FastAgiService(config.ivr, lambda: load_menus(menus_path), redis, keys, reactor,
-                                 drain_timeout_seconds=max(drain, config.ivr.voice_drain_seconds))
+        # The fleet's clock: a booking's cancellation deadline means the same moment on every host.
+        fastagi = FastAgiService(config.ivr, lambda: load_menus(menus_path), redis, keys, root.fleet_clock,
+                                 reactor=reactor, drain_timeout_seconds=max(drain, config.ivr.voice_drain_seconds))
         fastagi.setServiceParent(root)
 
         def reload_menus(_: Config) -> None:
@@ -265,7 +266,8 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
 
 
 def _add_cancellation_repair(root: GatewayService, redis: Any, keys: Any, reactor: Any) -> None:
-    """A cancellation whose SMS hand-off was cut by a crash is finished here (every 60 s)."""
+    """A cancellation whose SMS hand-off was cut by a crash is finished here (every 60 s).
+    `reactor`: the fleet clock (the claims it waits for were written on it)."""
     from twisted.application.internet import TimerService
 
     from gateway.domain.bookings import BookingCancellation
