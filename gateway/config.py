@@ -274,7 +274,7 @@ class PushConfig:
     enabled: bool = setting(True, help="run the notification pipeline")
     templates_file: ReferencedFile = setting(ReferencedFile("templates.yaml"), help="notification texts, relative to this file")
     consumer_group: str = setting("gateway", help="consumer group on the intake stream")
-    consumer_name: str = setting("", help="consumer name; empty: host name and pid; the MO streams are read as this name + '-mo' (empty: host name, and pid with several partitions)")
+    consumer_name: str = setting("", help="intake stream consumer name, and the owner of voice calls across restarts; empty: host name and pid, and voice calls owned by this run only; the MO streams are read as this name + '-mo' (empty: host name, and pid with several partitions).  Leases, partition ownership and status reports always add a run id of their own (gateway/fleet/names.py)")
     batch_size: int = setting(200, help="entries read from the intake stream at a time", minimum=1, maximum=10_000)
     max_in_flight: int = setting(2000, help="notifications being submitted at once", minimum=1, maximum=100_000)
     lease_seconds: float = setting(30.0, help="a notification being submitted by a process that died is retried after this long", unit="s", minimum=1, maximum=3600)

@@ -26,9 +26,7 @@ the limit then holds for new calls.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +37,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from gateway.fleet.names import live_name
 from gateway.store.bridge import as_deferred
 from gateway.store.scripts import register_lua
 from gateway.store.service import REDIS_ERRORS
@@ -70,8 +69,9 @@ FENCE_MARGIN_FRACTION = 0.4
 
 
 def holder_prefix() -> str:
-    """``<host>-<pid>``: unique per running process, readable in `ZRANGE`."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """``<host>-<pid>-<run>``: unique per running process (host name and pid are not:
+    gateway/fleet/names.py), readable in `ZRANGE`."""
+    return live_name()
 
 
 def bind_leases_key(prefix: str, account: str) -> str:

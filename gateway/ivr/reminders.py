@@ -91,15 +91,14 @@ call taken over on a different Asterisk than the one that placed it is found now
 ends ``unknown`` (the one case of an outcome never learned, counted in
 ``gateway12123_ami_originates_total{outcome="unknown"}``; takeovers in
 ``gateway12123_ami_calls_taken_over_total``).  At start a process also takes back its
-own calls of a previous run at once (same ``push.consumer_name``).
+own calls of a previous run at once (same ``push.consumer_name``; without one, each run
+has a name of its own and a previous run's calls are taken over once their lease ran out).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import os
-import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +110,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from gateway import metrics
+from gateway.fleet.names import live_name
 from gateway.ivr.ami import AmiLocalProtocolError, AmiMessage
 from gateway.ivr.ami_client import (
     AmiActionError,
@@ -354,7 +354,10 @@ class VoiceReminders(Service):
         self._clock = clock
         self._now = wall_clock
         self._now_ready = wall_clock_ready
-        self._consumer = options.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+        # The owner of the calls this process follows: push.consumer_name names this
+        # process across restarts (its calls of a previous run are taken back at start);
+        # without it, a name no other live process has (gateway/fleet/names.py).
+        self._consumer = options.consumer_name or live_name()
         self._calls: dict[str, _Call] = {}
         self._by_notification: dict[str, str] = {}
         self._by_uniqueid: dict[str, str] = {}

@@ -37,6 +37,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway import metrics
+from gateway.fleet.names import live_name
 from gateway.store.bridge import as_deferred
 from gateway.store.keys import Keys
 
@@ -137,7 +138,7 @@ class FleetReporter(Service):
         self.interval_seconds = interval_seconds
         self.ttl_seconds = ttl_seconds
         self.extras = dict(extras or {})
-        self.process_id = process_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.process_id = process_id or live_name()  # unique even where host name and pid are not
         # The fleet-wide queue gauges of /metrics (dead letters, awaiting receipt, oldest
         # queued age) are read from Redis with each report.
         self.queue_gauges = queue_gauges

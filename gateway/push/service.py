@@ -50,6 +50,7 @@ from twisted.logger import Logger
 
 from gateway import metrics
 from gateway.config import PushConfig
+from gateway.fleet.names import live_name
 from gateway.ports import CarrierLink, PartnerReceiptSink
 from gateway.push.deadletters import list_dead_letters, retry_dead_letters
 from gateway.push.index import SearchIndex
@@ -171,7 +172,9 @@ class PushService(Service):
                           for stream, partition in streams]
         self.consumer = self.consumers[0]
         # Its fence is a duration on this host: the host's own clock (gateway/fleet/clock.py).
-        self.ownership = PartitionOwnership(redis, keys, consumer, getattr(clock, "local", clock),
+        # Under a name no other live process has, whatever the host name, pid and config
+        # say (gateway/fleet/names.py): two owners of one name would both own a partition.
+        self.ownership = PartitionOwnership(redis, keys, live_name(config.consumer_name), getattr(clock, "local", clock),
                                             lease_seconds=config.partition_lease_seconds)
         if self.ownership.enabled:
             self.dispatcher.owned_partitions = self.ownership.owned

@@ -52,6 +52,7 @@ class Daemon:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # added to the environment (secrets)
     niceness: int | None = None  # its CPU priority, absolute (None: inherited; tests/integration/cluster_run.py)
+    launcher: list[str] = field(default_factory=list)  # a command the daemon runs under (e.g. unshare)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,7 +67,7 @@ class Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path), *self.extra_args],
+            [*self.launcher, sys.executable, "-m", "gateway", "run", "-c", str(self.config_path), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(self.config_path.parent),
             preexec_fn=None if self.niceness is None else functools.partial(os.setpriority, os.PRIO_PROCESS, 0,
                                                                              self.niceness),
