@@ -10,6 +10,7 @@ has submits in flight when the other sweeps for expired leases.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 import redis as sync_redis
 
 from gateway.store.embedded import free_port
+from tests.aio import on_asyncio
 from tests.fleet.fleet_run import (
     SimulatorProcess,
     carrier_section,
@@ -27,7 +29,9 @@ from tests.fleet.fleet_run import (
     write_templates,
 )
 from tests.fleet.test_fleet_daemons import carrier_bound, wait_for
+from tests.integration.cluster_run import ClusterRun
 from tests.integration.daemon import Daemon, write_config
+from tests.integration.faults import CMCC_PREFIXES, workload
 
 LIBFAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), Path("/nonexistent/libfaketime.so.1"))
 SKEW_SECONDS = 60  # twice the default lease (push.lease_seconds 30)
@@ -104,3 +108,35 @@ def test_a_host_clock_a_minute_off_takes_no_live_submit_for_abandoned(
         client.close()
         for daemon in daemons:
             daemon.stop()
+
+
+CLUSTER_MESSAGES = 600
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime not installed (Debian package faketime)")
+@on_asyncio
+async def test_on_a_cluster_a_joiner_a_minute_ahead_takes_no_live_submit_for_abandoned(tmp_path: Path) -> None:
+    """A Cluster (3 masters, 3 replicas), 8 partitions: one gateway sending, a second one
+    a minute ahead joins.  The first gives it half of the partitions while its own submits
+    in them are still in flight (the simulator answers after 1 s); the joiner sweeps those
+    partitions' leases from then on.  None may be taken for abandoned."""
+    async with ClusterRun(tmp_path, gateways=1, partitions=8, simulator_args=["--latency", str(RESPONSE_LATENCY_SECONDS)],
+                          carrier={"window": 20},
+                          push={"lease_seconds": LEASE_SECONDS, "partition_lease_seconds": 2}) as run:
+        notifications = workload("sk", CLUSTER_MESSAGES, CMCC_PREFIXES)
+        await run.enqueue(notifications)
+        await asyncio.sleep(2.0)  # the first process has submits in flight in every partition
+        joiner = run._daemon(1)
+        joiner.env = skewed_env(SKEW_SECONDS)
+        run.daemons.append(joiner)
+        await run.start_gateway(joiner)
+        await run.wait_settled(notifications, timeout_seconds=150)
+        tally = await run.tally(notifications)
+        assert tally.lost == 0 and tally.final == CLUSTER_MESSAGES, tally.line()
+        assert tally.duplicated == 0 and tally.possible_duplicates == 0, tally.line()
+        assert "ahead of Redis" in joiner.log_text()
+        # The joiner did own partitions while the first process's submits in them were in
+        # flight (the first claims up to push.max_in_flight at once: all of them here).
+        assert ": taken" in joiner.log_text()
