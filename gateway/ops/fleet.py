@@ -146,7 +146,10 @@ class FleetReporter(Service):
         self.quiet_until = quiet_until or (lambda now: 0.0)
         for name in self.links:
             metrics.carrier_up.labels(name).set(0)  # listed before the first bind
-        self.started_at = clock.seconds()
+        # Uptime on the host's own clock, the start told on the fleet clock at each report:
+        # the fleet clock may not have measured its offset yet (gateway/fleet/clock.py).
+        self._local_clock = getattr(clock, "local", clock)
+        self._started_local = self._local_clock.seconds()
         self._last_totals: dict[str, _CarrierTotals] = {}
         self._last_at = clock.seconds()
         self._rates: dict[str, dict[str, float]] = {}
@@ -226,7 +229,7 @@ class FleetReporter(Service):
             }
         report: dict[str, Any] = {
             "id": self.process_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "started_at": round(self.started_at, 3), "reported_at": round(now, 3), "carriers": carriers,
+            "started_at": round(self.started_at(now), 3), "reported_at": round(now, 3), "carriers": carriers,
         }
         for key, extra in self.extras.items():
             try:
@@ -234,6 +237,10 @@ class FleetReporter(Service):
             except Exception:  # noqa: BLE001 - one broken figure must not stop the report
                 log.failure("fleet status: {key} could not be read", key=key)
         return report
+
+    def started_at(self, now: float) -> float:
+        """When this process started, on the clock that says `now`."""
+        return now - (self._local_clock.seconds() - self._started_local)
 
     def _count_since_last(self, now: float) -> dict[str, dict[str, float]]:
         totals = _carrier_totals()

@@ -117,3 +117,32 @@ async def test_partitioned_queue_gauges_are_read_every_ten_seconds_not_every_rep
             assert metrics.dead_letters._value.get() == 1
     finally:
         await redis.aclose()
+
+
+@on_asyncio
+async def test_the_start_is_told_on_the_fleet_clock_measured_after_it(redis_url: str) -> None:
+    """On a host a minute ahead, the reporter is built before the fleet clock's first
+    measurement: its report still gives the start on Redis's clock (the console's uptime
+    right), with the uptime counted on the host's clock."""
+    import json
+    import time
+
+    from redis.asyncio import Redis
+
+    from gateway.fleet.clock import FleetClock
+
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        host = Clock()
+        host.advance(time.time() + 60)
+        fleet_clock = FleetClock(redis, Keys().partition_members, host)
+        reporter = FleetReporter(lambda: redis, Keys(), {}, fleet_clock, process_id="gw-ahead")
+        reporter.running = 1
+        host.advance(5)  # up for 5 s when the clock measures
+        assert await fleet_clock.sync_once()
+        await reporter.report_once(redis)
+        report = json.loads(await redis.get(Keys().process_status("gw-ahead")))
+        assert abs(report["reported_at"] - time.time()) < 1
+        assert abs(report["reported_at"] - report["started_at"] - 5) < 0.01
+    finally:
+        await redis.aclose()
