@@ -19,6 +19,9 @@ from typing import Any
 
 import yaml
 
+from gateway.store.embedded import free_port
+from tests.integration.daemon import Daemon, write_config
+
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_ID = "gw"
 PASSWORD = "pw"
@@ -111,3 +114,21 @@ def carrier_section(smpp_port: int, *, link_tps: float, account_tps: float, max_
 def notification_fields(index: int, tag: str = "f") -> dict[str, str]:
     return {"id": f"{tag}-{index}", "type": TEMPLATE_TYPE, "to": f"138{index % 100_000_000:08d}",
             "params": json.dumps({"n": str(index)}), "channel": "sms"}
+
+
+def fleet_daemon(directory: Path, redis_url: str, carrier: dict[str, Any], push: dict[str, Any],
+                 **daemon_options: Any) -> Daemon:
+    """A `gateway run` of the fleet: the shared Redis, one carrier, no SMPP listener and no
+    FastAGI; logs to `<directory>.log`.  `daemon_options`: Daemon's (env, launcher...)."""
+    config = write_config(directory, redis={"url": redis_url}, carriers=[carrier],
+                          smpp_server={"enabled": False, "listen": f"127.0.0.1:{free_port()}"},
+                          ivr={"fastagi": {"enabled": False}}, push=push)
+    return Daemon(config, directory.with_suffix(".log"), **daemon_options)
+
+
+def start_fleet(daemons: list[Daemon]) -> None:
+    """Start them all, then wait for each one's /healthz."""
+    for daemon in daemons:
+        daemon.start()
+    for daemon in daemons:
+        daemon.wait_until("/healthz", timeout_seconds=60)

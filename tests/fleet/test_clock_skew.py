@@ -19,18 +19,10 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from gateway.store.embedded import free_port
 from tests.aio import on_asyncio
-from tests.fleet.fleet_run import (
-    SimulatorProcess,
-    carrier_section,
-    notification_fields,
-    start_simulator,
-    write_templates,
-)
+from tests.fleet import fleet_run as fleet
 from tests.fleet.test_fleet_daemons import carrier_bound, wait_for
 from tests.integration.cluster_run import ClusterRun
-from tests.integration.daemon import Daemon, write_config
 from tests.integration.faults import CMCC_PREFIXES, workload
 
 LIBFAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), Path("/nonexistent/libfaketime.so.1"))
@@ -47,8 +39,8 @@ def skewed_env(seconds: int) -> dict[str, str]:
 
 
 @pytest.fixture
-def slow_simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
-    sim = start_simulator(tmp_path / "sim", "--latency", str(RESPONSE_LATENCY_SECONDS), record_texts=True)
+def slow_simulator(tmp_path: Path) -> Iterator[fleet.SimulatorProcess]:
+    sim = fleet.start_simulator(tmp_path / "sim", "--latency", str(RESPONSE_LATENCY_SECONDS), record_texts=True)
     yield sim
     sim.stop()
 
@@ -57,28 +49,20 @@ def slow_simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
 @pytest.mark.parametrize(("skew", "said"), [(SKEW_SECONDS, "ahead of Redis"), (-SKEW_SECONDS, "behind Redis")],
                          ids=["ahead", "behind"])
 def test_a_host_clock_a_minute_off_takes_no_live_submit_for_abandoned(
-        tmp_path: Path, redis_url: str, slow_simulator: SimulatorProcess, skew: int, said: str) -> None:
-    templates = write_templates(tmp_path)
-    carrier = carrier_section(slow_simulator.smpp_port, link_tps=1000, account_tps=1000, max_binds=2, window=20)
-    daemons = []
-    for n, env in enumerate(({}, skewed_env(skew))):
-        config = write_config(
-            tmp_path / f"gw{n}", redis={"url": redis_url}, carriers=[carrier],
-            smpp_server={"enabled": False, "listen": f"127.0.0.1:{free_port()}"},
-            ivr={"fastagi": {"enabled": False}},
-            push={"templates_file": str(templates), "lease_seconds": LEASE_SECONDS, "max_in_flight": 20,
-                  "batch_size": 20})
-        daemons.append(Daemon(config, tmp_path / f"gw{n}.log", env=env))
+        tmp_path: Path, redis_url: str, slow_simulator: fleet.SimulatorProcess, skew: int, said: str) -> None:
+    templates = fleet.write_templates(tmp_path)
+    carrier = fleet.carrier_section(slow_simulator.smpp_port, link_tps=1000, account_tps=1000, max_binds=2, window=20)
+    push = {"templates_file": str(templates), "lease_seconds": LEASE_SECONDS, "max_in_flight": 20, "batch_size": 20}
+    daemons = [fleet.fleet_daemon(tmp_path / f"gw{n}", redis_url, carrier, push, env=env)
+               for n, env in enumerate(({}, skewed_env(skew)))]
     client = sync_redis.Redis.from_url(redis_url, decode_responses=True)
     try:
+        fleet.start_fleet(daemons)
         for daemon in daemons:
-            daemon.start()
-        for daemon in daemons:
-            daemon.wait_until("/healthz", timeout_seconds=60)
             wait_for(lambda d=daemon: carrier_bound(d), "both processes bound")
         with client.pipeline(transaction=False) as pipe:
             for i in range(MESSAGES):
-                pipe.xadd("12123:notify", notification_fields(i, tag="skew"))
+                pipe.xadd("12123:notify", fleet.notification_fields(i, tag="skew"))
             pipe.execute()
 
         def states() -> Counter[str]:

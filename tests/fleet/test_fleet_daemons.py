@@ -11,16 +11,17 @@ from typing import Any
 import pytest
 import redis as sync_redis
 
-from gateway.store.embedded import free_port
 from tests.fleet.fleet_run import (
     SYSTEM_ID,
     SimulatorProcess,
     carrier_section,
+    fleet_daemon,
     notification_fields,
+    start_fleet,
     start_simulator,
     write_templates,
 )
-from tests.integration.daemon import Daemon, write_config
+from tests.integration.daemon import Daemon
 
 ACCOUNT_TPS = 300
 LINK_TPS = 200  # two bound processes could send 400/s: only the account limit holds them
@@ -62,21 +63,12 @@ def test_fleet_keeps_account_tps_and_binds_across_processes_and_a_sigkill(
     templates = write_templates(tmp_path)
     carrier = carrier_section(simulator.smpp_port, link_tps=LINK_TPS, account_tps=ACCOUNT_TPS,
                               max_binds=MAX_BINDS, bind_lease_seconds=LEASE_SECONDS)
-    daemons = []
-    for n in range(3):
-        config = write_config(
-            tmp_path / f"gw{n}", redis={"url": redis_url}, carriers=[carrier],
-            smpp_server={"enabled": False, "listen": f"127.0.0.1:{free_port()}"},
-            ivr={"fastagi": {"enabled": False}},
-            push={"templates_file": str(templates), "lease_seconds": 3, "max_in_flight": 40, "batch_size": 40,
-                  "retry_initial_seconds": 0.2})
-        daemons.append(Daemon(config, tmp_path / f"gw{n}.log"))
+    push = {"templates_file": str(templates), "lease_seconds": 3, "max_in_flight": 40, "batch_size": 40,
+            "retry_initial_seconds": 0.2}
+    daemons = [fleet_daemon(tmp_path / f"gw{n}", redis_url, carrier, push) for n in range(3)]
     client = sync_redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        for daemon in daemons:
-            daemon.start()
-        for daemon in daemons:
-            daemon.wait_until("/healthz", timeout_seconds=60)
+        start_fleet(daemons)
         wait_for(lambda: simulator.stats()["binds_by_system_id"].get(SYSTEM_ID) == MAX_BINDS, "two binds")
         time.sleep(LEASE_SECONDS)  # the third keeps asking meanwhile
         bound = [d for d in daemons if carrier_bound(d)]

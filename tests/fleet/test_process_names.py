@@ -20,16 +20,17 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from gateway.store.embedded import free_port
 from tests.fleet.fleet_run import (
     SYSTEM_ID,
     SimulatorProcess,
     carrier_section,
+    fleet_daemon,
+    start_fleet,
     start_simulator,
     write_templates,
 )
 from tests.fleet.test_fleet_daemons import wait_for
-from tests.integration.daemon import Daemon, write_config
+from tests.integration.daemon import Daemon
 
 # Each daemon is pid 1 of its own pid namespace (root only: CI runs as root).
 PID_ONE = ["unshare", "--pid", "--fork", "--kill-child=SIGTERM"]
@@ -55,20 +56,11 @@ def test_two_processes_with_one_host_name_and_pid_hold_separate_leases(
     templates = write_templates(tmp_path)
     carrier = carrier_section(simulator.smpp_port, link_tps=100, account_tps=100, max_binds=1,
                               bind_lease_seconds=3.0)
-    daemons = []
-    for n in range(2):
-        config = write_config(
-            tmp_path / f"gw{n}", redis={"url": redis_url}, carriers=[carrier],
-            smpp_server={"enabled": False, "listen": f"127.0.0.1:{free_port()}"},
-            ivr={"fastagi": {"enabled": False}},
-            push={"templates_file": str(templates), "partitions": 4, "partition_lease_seconds": 2})
-        daemons.append(Daemon(config, tmp_path / f"gw{n}.log", launcher=PID_ONE))
+    push = {"templates_file": str(templates), "partitions": 4, "partition_lease_seconds": 2}
+    daemons = [fleet_daemon(tmp_path / f"gw{n}", redis_url, carrier, push, launcher=PID_ONE) for n in range(2)]
     client = sync_redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        for daemon in daemons:
-            daemon.start()
-        for daemon in daemons:
-            daemon.wait_until("/healthz", timeout_seconds=60)
+        start_fleet(daemons)
         wait_for(lambda: simulator.stats()["binds_by_system_id"].get(SYSTEM_ID), "a bind")
         # The second keeps asking for a lease meanwhile; with one name it would have it.
         time.sleep(3.0)
