@@ -515,8 +515,7 @@ def cmd_carriers(args: argparse.Namespace) -> int:
     every process (through the control hash) and audit it."""
 
     async def body(config: Any, redis: Any, keys: Any) -> int:
-        import time
-
+        from gateway.fleet.clock import redis_time
         from gateway.ops import actions
         from gateway.ops.fleet import read_fleet
 
@@ -530,7 +529,9 @@ def cmd_carriers(args: argparse.Namespace) -> int:
             value = None if args.tps == "default" else _positive(args.tps)
             _print_json(await actions.set_carrier_tps(redis, keys, actor, args.name, value, known=known))
             return EXIT_OK
-        fleet = await read_fleet(redis, keys, now=time.time(), configured_carriers={c: None for c in known})
+        # Redis's clock, as the processes' reports: this host's may be off (gateway/fleet/clock.py).
+        fleet = await read_fleet(redis, keys, now=await redis_time(redis, keys.partition_members),
+                                 configured_carriers={c: None for c in known})
         if args.json:
             _print_json({"carriers": fleet["carriers"], "processes": fleet["processes"]})
             return EXIT_OK
@@ -568,8 +569,7 @@ def cmd_queues(args: argparse.Namespace) -> int:
         return _usage(f"queues {args.action}: give --lane or --type")
 
     async def body(config: Any, redis: Any, keys: Any) -> int:
-        import time
-
+        from gateway.fleet.clock import redis_time
         from gateway.ops import actions
         from gateway.ops.fleet import read_queues
         from gateway.push.queue import QuietHoursPolicy
@@ -581,7 +581,7 @@ def cmd_queues(args: argparse.Namespace) -> int:
         paused = await actions.paused(redis, keys)
 
         quiet = config.push.quiet_hours
-        now = time.time()
+        now = await redis_time(redis, keys.partition_members)  # the clock the queues' times are on
         queues = await read_queues(redis, keys, now=now,
                                    quiet_until=QuietHoursPolicy(quiet.start, quiet.end, quiet.timezone).quiet_until(now))
         queues["paused_lanes"], queues["paused_types"] = paused["lanes"], paused["types"]

@@ -47,7 +47,7 @@ from gateway.store.bridge import as_deferred
 from gateway.store.scripts import register_lua
 from gateway.store.service import REDIS_ERRORS
 
-__all__ = ["FleetClock"]
+__all__ = ["FleetClock", "redis_time"]
 
 log = Logger()
 
@@ -161,3 +161,11 @@ class FleetClock(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         return super().stopService()
+
+
+async def redis_time(redis: Any, key: str) -> float:
+    """Now on Redis's clock (Unix seconds), read once: for a short-lived process such as
+    the CLI, whose views compare it with what the daemons wrote on the fleet clock (an
+    operator's laptop a minute ahead saw every process as gone).  `key`: as FleetClock's."""
+    seconds, micros = await register_lua(redis, __file__, "time.lua")(keys=[key], args=[])
+    return int(seconds) + int(micros) / 1e6

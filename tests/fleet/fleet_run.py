@@ -24,6 +24,8 @@ from tests.integration.daemon import Daemon, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_ID = "gw"
+# Debian's faketime package: a process whose clock is off (`skewed_env`); tests skip without it.
+LIBFAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), Path("/nonexistent/libfaketime.so.1"))
 PASSWORD = "pw"
 TEMPLATE_TYPE = "fleet_check"
 
@@ -132,3 +134,9 @@ def start_fleet(daemons: list[Daemon]) -> None:
         daemon.start()
     for daemon in daemons:
         daemon.wait_until("/healthz", timeout_seconds=60)
+
+
+def skewed_env(seconds: int) -> dict[str, str]:
+    """The environment of a process whose wall clock (time.time, the reactor's seconds) is
+    `seconds` off, as on a host whose NTP is broken; monotonic time is left alone."""
+    return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}

@@ -25,17 +25,10 @@ from tests.fleet.test_fleet_daemons import carrier_bound, wait_for
 from tests.integration.cluster_run import ClusterRun
 from tests.integration.faults import CMCC_PREFIXES, workload
 
-LIBFAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), Path("/nonexistent/libfaketime.so.1"))
 SKEW_SECONDS = 60  # twice the default lease (push.lease_seconds 30)
 LEASE_SECONDS = 6  # leases swept every 2 s (a third of it): several sweeps while the messages are in flight
 MESSAGES = 240
 RESPONSE_LATENCY_SECONDS = 1.0
-
-
-def skewed_env(seconds: int) -> dict[str, str]:
-    # Monotonic time is left alone: only the wall clock (time.time, the reactor's seconds)
-    # is off, as on a host whose NTP is broken.
-    return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
 @pytest.fixture
@@ -45,7 +38,7 @@ def slow_simulator(tmp_path: Path) -> Iterator[fleet.SimulatorProcess]:
     sim.stop()
 
 
-@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime not installed (Debian package faketime)")
+@pytest.mark.skipif(not fleet.LIBFAKETIME.exists(), reason="libfaketime not installed (Debian package faketime)")
 @pytest.mark.parametrize(("skew", "said"), [(SKEW_SECONDS, "ahead of Redis"), (-SKEW_SECONDS, "behind Redis")],
                          ids=["ahead", "behind"])
 def test_a_host_clock_a_minute_off_takes_no_live_submit_for_abandoned(
@@ -54,7 +47,7 @@ def test_a_host_clock_a_minute_off_takes_no_live_submit_for_abandoned(
     carrier = fleet.carrier_section(slow_simulator.smpp_port, link_tps=1000, account_tps=1000, max_binds=2, window=20)
     push = {"templates_file": str(templates), "lease_seconds": LEASE_SECONDS, "max_in_flight": 20, "batch_size": 20}
     daemons = [fleet.fleet_daemon(tmp_path / f"gw{n}", redis_url, carrier, push, env=env)
-               for n, env in enumerate(({}, skewed_env(skew)))]
+               for n, env in enumerate(({}, fleet.skewed_env(skew)))]
     client = sync_redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         fleet.start_fleet(daemons)
@@ -99,7 +92,7 @@ CLUSTER_MESSAGES = 600
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime not installed (Debian package faketime)")
+@pytest.mark.skipif(not fleet.LIBFAKETIME.exists(), reason="libfaketime not installed (Debian package faketime)")
 @on_asyncio
 async def test_on_a_cluster_a_joiner_a_minute_ahead_takes_no_live_submit_for_abandoned(tmp_path: Path) -> None:
     """A Cluster (3 masters, 3 replicas), 8 partitions: one gateway sending, a second one
@@ -113,7 +106,7 @@ async def test_on_a_cluster_a_joiner_a_minute_ahead_takes_no_live_submit_for_aba
         await run.enqueue(notifications)
         await asyncio.sleep(2.0)  # the first process has submits in flight in every partition
         joiner = run._daemon(1)
-        joiner.env = skewed_env(SKEW_SECONDS)
+        joiner.env = fleet.skewed_env(SKEW_SECONDS)
         run.daemons.append(joiner)
         await run.start_gateway(joiner)
         await run.wait_settled(notifications, timeout_seconds=150)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -67,10 +68,11 @@ class Fleet:
             request.add_header(name, value)
         return _send(request, token, timeout_seconds=15)
 
-    def cli(self, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, input_text: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "gateway", *args[:1], "-c", str(self.first.config_path),
                                *args[1:]], capture_output=True, text=True, timeout=60, input=input_text,
-                              cwd=self.first.config_path.parent)
+                              cwd=self.first.config_path.parent, env={**os.environ, **(env or {})})
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout_seconds: float = 30.0) -> Any:

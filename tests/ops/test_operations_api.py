@@ -15,6 +15,7 @@ import pytest
 import redis as sync_redis
 
 from gateway.store.embedded import RedisServerProcess
+from tests.fleet.fleet_run import LIBFAKETIME, skewed_env
 from tests.ops.fleet import Fleet, carrier_view, running_fleet, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -62,6 +63,19 @@ def test_carrier_view_sums_every_process(fleet: Fleet) -> None:
     assert json.loads(result.stdout)["carriers"]["cmcc"]["sessions_bound"] == 2
     table = fleet.cli("carriers")
     assert table.returncode == 0 and re.search(r"cmcc\s+bound", table.stdout), table.stdout
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime not installed (Debian package faketime)")
+def test_the_cli_on_a_host_a_minute_off_still_sees_the_fleet(fleet: Fleet) -> None:
+    """`gateway carriers` on an operator's host a minute ahead or behind: the
+    processes' reports are judged on Redis's clock, not the host's (before: no process
+    reporting, no session bound)."""
+    result = fleet.cli("carriers", "--json", env=skewed_env(60))
+    assert result.returncode == 0, result.stderr
+    view = json.loads(result.stdout)
+    assert view["carriers"]["cmcc"]["sessions_bound"] == 2 and len(view["processes"]) == 2, view
+    table = fleet.cli("carriers", env=skewed_env(-60))
+    assert "2 process(es) reporting" in table.stdout, table.stdout
 
 
 def test_stop_and_start_act_on_every_process_and_are_audited(fleet: Fleet) -> None:
