@@ -276,7 +276,9 @@ async def _ownership_settled(run: Any, processes: int, timeout_seconds: float = 
     share = math.ceil(keys.partitions / processes)
     while time.monotonic() - started < timeout_seconds:
         owners = [await run.client.get(part.owner) for part in keys.all_partitions]
-        counts = {f"gateway{k}": owners.count(f"gateway{k}") for k in range(processes)}
+        # An owner is its consumer name and a run id (gateway0-3fa9c2: gateway/fleet/names.py).
+        consumers = [owner.rsplit("-", 1)[0] for owner in owners if owner]
+        counts = {f"gateway{k}": consumers.count(f"gateway{k}") for k in range(processes)}
         if None not in owners and max(counts.values()) <= share and min(counts.values()) > 0:
             return time.monotonic() - started
         if set(owners) == {None} and time.monotonic() - started > NO_OWNERSHIP_SECONDS:

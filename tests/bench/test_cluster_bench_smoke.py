@@ -45,6 +45,18 @@ def test_cluster_bench_names_the_scripts_it_times() -> None:
     assert loops["write_syscalls"] > loops["client_writes"], "the AOF's writes are system calls too"
 
 
+def test_cluster_bench_row_on_the_cluster_waits_for_ownership_and_loses_nothing() -> None:
+    """The c1 row: one gateway on the 3-master Cluster.  The row starts sending once the
+    process owns every partition (its owner names carry a run id, gateway0-3fa9c2: the
+    bench matched them as bare consumer names and never saw ownership settle)."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "cluster.py"), "--quick", "--rows", "c1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = json.loads(result.stdout.strip().splitlines()[-1])["runs"]
+    assert row["row"] == "c1" and row["lost"] == 0 and row["duplicated"] == 0, row
+    assert row["ownership_settle_seconds"] >= 0, row
+
+
 def test_cluster_idle_bench_measures_the_servers_and_an_idle_gateway() -> None:
     """bench/cluster_idle.py on one redis-server alone and with one idle gateway: the
     server alone runs no command but its timer still wakes it; the gateway's background
