@@ -1168,7 +1168,11 @@ class CarrierLink(MultiService):
                     count=self._active_submits,
                 )
                 self._fail_queued("link stopping")
-                waiter.callback(None)
+                # Failing the queued submits may have settled the drain already
+                # (_check_drained fired this waiter when none was on the wire).
+                if not waiter.called:
+                    self._drain_waiters.remove(waiter)
+                    waiter.callback(None)
 
         call = self.clock.callLater(timeout, timed_out)
 

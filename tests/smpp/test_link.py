@@ -12,6 +12,7 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -689,6 +690,38 @@ def test_stop_gives_up_draining_after_the_timeout() -> None:
     smsc.drop()
     failure = result_of(d)
     assert failure.value.response_unknown
+    assert stopped.called
+
+
+def test_drain_timeout_with_only_waiting_submits_fails_them_once_and_stops() -> None:
+    """At the drain timeout every submit in flight is still waiting for a token (never
+    sent): failing them settles the drain by itself, and the timeout must not fire the
+    drain a second time (it raised AlreadyCalledError in the reactor, and the stop went on
+    without that link's unbind being waited for)."""
+    link, smsc, clock, _ = bound_link(
+        tps_limit=0.1, window=10, options=LinkOptions(drain_timeout_seconds=2, unbind_timeout_seconds=1))
+    sent = link.submit(OutboundSms("n1", CITIZEN, "a"))
+    waiting = [link.submit(OutboundSms(f"n{i}", CITIZEN, "b")) for i in (2, 3)]
+    [first] = smsc.read()
+    smsc.send(SubmitSmResp(first.sequence_number, message_id="m1"))
+    assert result_of(sent) == SubmitAccepted("cmcc", ("m1",))
+    errors: list[Any] = []
+    globalLogPublisher.addObserver(errors.append)
+    try:
+        stopped = link.stopService()
+        clock.advance(0.5)  # still no token: nothing sent while stopping
+        assert smsc.read() == []
+        clock.advance(1.5)  # the drain timeout
+    finally:
+        globalLogPublisher.removeObserver(errors.append)
+    for d in waiting:
+        failure = result_of(d)
+        assert failure.value.transient and not failure.value.response_unknown  # never sent: no duplicate
+    assert [e for e in errors if e.get("log_failure") is not None] == []
+    [unbind] = smsc.read()  # the stop went on to the unbind
+    assert isinstance(unbind, Unbind)
+    smsc.send(UnbindResp(unbind.sequence_number))
+    smsc.drop()
     assert stopped.called
 
 
