@@ -17,6 +17,7 @@ drain_timeout_seconds), unbind SMPP, then stop Redis last.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -134,7 +135,10 @@ def build_gateway(config: Config, reactor: IReactorCore) -> GatewayService:
     # Times other processes compare with their own clock (leases above all) are written
     # in Redis's time: a host a minute off had another's live submits sent again
     # (gateway/fleet/clock.py).  Started before every part that tells the time by it.
-    root.fleet_clock = FleetClock(lambda: redis.client, redis.keys.partition_members, cast(IReactorTime, reactor))
+    # The reactor's own clock does not step (gateway/reactor.py); the host's wall clock is
+    # read besides, to say how far it is off.
+    root.fleet_clock = FleetClock(lambda: redis.client, redis.keys.partition_members, cast(IReactorTime, reactor),
+                                  wall=time.time)
     root.fleet_clock.setServiceParent(root)
 
     _add_components(root, config, reactor)

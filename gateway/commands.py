@@ -25,13 +25,14 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 
 def install_reactor() -> Any:
-    """Twisted on asyncio, so redis-py's asyncio client shares the loop."""
-    from twisted.internet import asyncioreactor
+    """Twisted on asyncio, so redis-py's asyncio client shares the loop; its timers on a
+    clock that a step of the host's clock does not move (gateway/reactor.py)."""
+    from gateway.reactor import install_steady_asyncio_reactor
 
     if "twisted.internet.reactor" not in sys.modules:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        asyncioreactor.install(loop)
+        install_steady_asyncio_reactor(loop)
     from twisted.internet import reactor
 
     return reactor

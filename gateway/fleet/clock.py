@@ -20,7 +20,11 @@ fleet then reads the same clock (on a Cluster, the master of ``12123:members``: 
 a delay does not depend on which clock tells the time.
 
 What still uses the local clock: durations within one process (partition and bind lease
-fences, back-offs), which do not depend on where the clock stands.
+fences, back-offs), which do not depend on where the clock stands.  In the daemon the
+local clock is the reactor's steady clock (gateway/reactor.py): a step of the host's
+clock moves neither the timers nor the fences, and the offset to Redis stays as it was.
+How far the host's own wall clock is off is measured besides (``host_offset``), for the
+warning and the gauge.
 
 Until the first measurement ``synced`` is False and ``seconds()`` is the local clock;
 users that write or compare leases wait for it (the push pipeline's claims and sweeps,
@@ -80,18 +84,22 @@ class FleetClock(Service):
         key: the key whose node answers (``keys.partition_members``).
         local: the reactor (IReactorTime): timers, and the clock corrected.
         interval_seconds: how often the offset is measured.
+        wall: the host's wall clock (``time.time``), whose distance to Redis's the warning
+            and the gauge report; the local clock when not given.
     """
 
     name = "fleet-clock"
 
     def __init__(self, redis: Any, key: str, local: IReactorTime, *,
-                 interval_seconds: float = SYNC_INTERVAL_SECONDS) -> None:
+                 interval_seconds: float = SYNC_INTERVAL_SECONDS, wall: Callable[[], float] | None = None) -> None:
         self._redis: Callable[[], Any] = redis if callable(redis) and not hasattr(redis, "execute_command") \
             else (lambda: redis)
         self.key = key
         self.local = local
         self.interval_seconds = interval_seconds
+        self.wall = wall or local.seconds
         self.offset = 0.0
+        self.host_offset = 0.0  # Redis's clock minus the host's wall clock
         self.synced = False
         self._script: Any = None
         self._client: Any = None
@@ -117,21 +125,23 @@ class FleetClock(Service):
         client = self._redis()
         if self._script is None or client is not self._client:
             self._client, self._script = client, register_lua(client, __file__, "time.lua")
-        sent = self.local.seconds()
+        sent, wall_sent = self.local.seconds(), self.wall()
         seconds, micros = await self._script(keys=[self.key], args=[])
-        received = self.local.seconds()
+        received, wall_received = self.local.seconds(), self.wall()
         if self.synced and received - sent > MAX_ROUND_TRIP_SECONDS:
             return False  # the first answer is kept whatever its round trip: better than none
-        self.offset = int(seconds) + int(micros) / 1e6 - (sent + received) / 2
+        redis_now = int(seconds) + int(micros) / 1e6
+        self.offset = redis_now - (sent + received) / 2
+        self.host_offset = redis_now - (wall_sent + wall_received) / 2
         if not self.synced and self._loop is not None:
             self._loop.interval = self.interval_seconds  # read when the next call is scheduled
         self.synced = True
-        clock_offset.set(self.offset)
+        clock_offset.set(self.host_offset)
         self._warn_if_far(received)
         return True
 
     def _warn_if_far(self, now: float) -> None:
-        if abs(self.offset) < WARN_OFFSET_SECONDS:
+        if abs(self.host_offset) < WARN_OFFSET_SECONDS:
             self._warned_at = None
             return
         if self._warned_at is not None and now - self._warned_at < WARN_INTERVAL_SECONDS:
@@ -139,7 +149,7 @@ class FleetClock(Service):
         self._warned_at = now
         log.warn("this host's clock is {seconds:.1f} s {direction} Redis's: leases and recorded times use Redis's "
                  "clock; fix this host's time (NTP)",
-                 seconds=abs(self.offset), direction="ahead of" if self.offset < 0 else "behind")
+                 seconds=abs(self.host_offset), direction="ahead of" if self.host_offset < 0 else "behind")
 
     async def _sync(self) -> None:
         try:

@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
+from gateway import metrics
 from gateway.fleet import clock as fleet_clock_module
 from gateway.fleet.clock import FleetClock
 from gateway.store.keys import Keys
@@ -133,3 +134,31 @@ async def test_redis_away_keeps_the_host_clock_until_it_answers() -> None:
     finally:
         fleet.stopService()
         await away.aclose()
+
+
+@on_asyncio
+async def test_a_host_clock_put_right_after_start_is_no_longer_warned_about_and_the_fleet_clock_holds(
+        redis_url: str) -> None:
+    """In the daemon the local clock is the reactor's steady one (gateway/reactor.py): a
+    host that started a minute ahead and was then put right keeps its steady clock a
+    minute ahead, so the offset stays; the host's own wall clock is right again, and the
+    warning and the gauge say how far *it* is off."""
+    def gauge() -> float:
+        return float(metrics.REGISTRY.get_sample_value("gateway12123_clock_offset_seconds") or 0.0)
+
+    steady = Clock()
+    steady.advance(time.time() + 60)  # the wall clock at start, a minute ahead, plus elapsed time
+    wall = [time.time() + 60]
+    async with redis_client(redis_url) as redis:
+        fleet = FleetClock(redis, Keys().partition_members, steady, wall=lambda: wall[0])
+        with logged() as lines:
+            await fleet.sync_once()
+        assert ["60.0 s ahead of Redis's" in line for line in lines] == [True]
+        assert abs(gauge() + 60) < 0.5
+        wall[0] = time.time()  # NTP steps the host's clock back; the steady clock does not move
+        fleet._warned_at = None  # not waiting out WARN_INTERVAL_SECONDS
+        with logged() as lines:
+            await fleet.sync_once()
+        assert lines == []
+        assert abs(fleet.host_offset) < 0.5 and abs(gauge()) < 0.5
+        assert abs(fleet.offset + 60) < 0.5 and abs(fleet.seconds() - time.time()) < 0.5
