@@ -197,7 +197,8 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
 
         for carrier in carriers:
             account = account_limits(carrier, redis, keys.prefix, reactor)  # fleet-wide TPS and binds, or None
-            link = CarrierLink(carrier, inbound, reactor, options=link_options, account=account)  # named after the carrier
+            link = CarrierLink(carrier, inbound, reactor, options=link_options, account=account,  # named after the carrier
+                               wall_clock=fleet_clock)
             link.setServiceParent(links_service)
             root.carrier_links[carrier.name] = link
         links_service.setServiceParent(root)
@@ -238,7 +239,7 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
 
             certificate = config.resolve(config.smpp_server.tls_certificate) if config.smpp_server.tls_certificate else None
             listener = SmppListener(config.smpp_server, push.partners, root.carrier_links, reactor,
-                                    certificate_path=certificate)
+                                    certificate_path=certificate, wall_clock=fleet_clock)
             listener.setServiceParent(root)
             push.set_partner_receipt_sink(listener)
 

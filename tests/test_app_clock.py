@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -29,6 +30,13 @@ def test_the_parts_that_share_times_use_the_fleet_clock(tmp_path: Path) -> None:
     assert service_named(root, "fastagi").clock is fleet  # type: ignore[union-attr]
     mo = service_named(root, "mo")
     assert mo._now == fleet.seconds  # type: ignore[union-attr]
+    # Times of day that leave the process (validity_period, MO received_at, partner receipt
+    # dates) are the fleet's; the links' timers and durations stay on the reactor.
+    assert fleet.wall is time.time  # the host's wall clock, for the warning
+    for link in root.carrier_links.values():
+        assert link.wall_clock is fleet and link.clock is reactor  # type: ignore[attr-defined]
+    listener = service_named(root, "smpp-listener")
+    assert listener.wall_clock is fleet and listener.reactor is reactor  # type: ignore[union-attr]
     names = [service.name for service in root]
     # Started before every part that tells the time by it, stopped after them.
     assert names.index("fleet-clock") < min(names.index(n) for n in ("push", "mo", "fastagi", "fleet"))

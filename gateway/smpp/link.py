@@ -423,6 +423,9 @@ class CarrierLink(MultiService):
         options: settings that are not per carrier.
         jitter: random delay added to reconnect delays (seconds); tests pass ``lambda: 0``.
         account: the account's fleet-wide TPS and bind leases (gateway.fleet.account).
+        wall_clock: the time of day for what leaves the process (an absolute
+            validity_period, an MO's received_at): the fleet clock in the daemon, whose
+            reactor tells elapsed time (gateway/reactor.py); ``reactor`` when not given.
     """
 
     def __init__(
@@ -431,6 +434,7 @@ class CarrierLink(MultiService):
         inbound: InboundSink,
         reactor: Any,
         *,
+        wall_clock: Any = None,
         endpoint: IStreamClientEndpoint | None = None,
         options: LinkOptions = LinkOptions(),  # noqa: B008 - frozen
         jitter: Callable[[], float] = random.random,
@@ -453,6 +457,7 @@ class CarrierLink(MultiService):
         self.failover_after_seconds = config.failover_after_seconds
         self.inbound = inbound
         self.clock: IReactorTime = reactor
+        self.wall_clock: IReactorTime = wall_clock or reactor
         self.options = options
         self._transmitters: list[_LinkSession] = []
         self._receivers: list[_LinkSession] = []
@@ -642,7 +647,7 @@ class CarrierLink(MultiService):
         if validity_seconds is None or mode == "off":
             return ""
         if mode == "absolute":
-            return absolute_time(self.clock.seconds() + validity_seconds)
+            return absolute_time(self.wall_clock.seconds() + validity_seconds)
         return relative_time(validity_seconds)
 
     @contextmanager
@@ -1083,7 +1088,7 @@ class CarrierLink(MultiService):
             source=source,
             destination=destination_addr,
             text=text,
-            received_at=self.clock.seconds(),
+            received_at=self.wall_clock.seconds(),
             extra=extra,
         )
         self._ack_when_recorded(maybeDeferred(self.inbound.record_mo, message), held, "MO")

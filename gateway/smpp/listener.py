@@ -258,6 +258,9 @@ class SmppListener(Service):
         certificate_path: the PEM file (config.tls_certificate resolved against the config
             file's folder); None: ``config.tls_certificate`` as given.
         options: settings that are not in the config.
+        wall_clock: the time of day of receipts' submit and done dates: the fleet clock in
+            the daemon, whose reactor tells elapsed time (gateway/reactor.py); ``reactor``
+            when not given.
     """
 
     name = "smpp-listener"
@@ -271,11 +274,13 @@ class SmppListener(Service):
         *,
         certificate_path: str | Path | None = None,
         options: ListenerOptions = ListenerOptions(),  # noqa: B008 - frozen
+        wall_clock: Any = None,
     ) -> None:
         self.config = config
         self.intake = partner_intake
         self.carrier_links = dict(carrier_links)
         self.reactor = reactor
+        self.wall_clock = wall_clock or reactor
         self.options = options
         self.certificate_path = (
             certificate_path if certificate_path is not None else config.tls_certificate
@@ -569,7 +574,7 @@ class SmppListener(Service):
 
         def accepted(part_ids: tuple[str, ...]) -> None:
             for part_id in part_ids:
-                self._remember_submit(part_id, pdu.source_addr, pdu.destination_addr, now)
+                self._remember_submit(part_id, pdu.source_addr, pdu.destination_addr, self.wall_clock.seconds())
             for part_protocol, part_pdu, sequence in held:
                 part_protocol.respond(part_pdu, message_id=part_ids[sequence - 1])
 
@@ -680,7 +685,7 @@ class SmppListener(Service):
                     break
         if protocol is None:
             return fail(NoReceiverBound(system_id))
-        now = self.reactor.seconds()
+        now = self.wall_clock.seconds()
         source_addr, destination_addr, submitted_at = self._submits.get(message_id, ("", "", now))
         text = (
             f"id:{message_id} sub:001 dlvrd:{'001' if state == 'DELIVRD' else '000'} "
