@@ -218,7 +218,8 @@ class FleetReporter(Service):
             carriers[name] = {
                 "state": state,
                 "reason": "stopped by an operator" if state == "stopped" else reason,
-                "since": round(link.state_since, 3),
+                # state_since is on the link's reactor clock (elapsed time); told on the fleet's
+                "since": round(now - (link.clock.seconds() - link.state_since), 3),
                 "sessions_bound": link.sessions_bound() if link.running else 0,
                 "sessions_configured": config.sessions,
                 "window_in_use": link.window_in_use() if link.running else 0,

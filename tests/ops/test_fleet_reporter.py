@@ -146,3 +146,31 @@ async def test_the_start_is_told_on_the_fleet_clock_measured_after_it(redis_url:
         assert abs(report["reported_at"] - report["started_at"] - 5) < 0.01
     finally:
         await redis.aclose()
+
+
+def test_a_links_since_is_told_on_the_fleet_clock() -> None:
+    """A link keeps when its state changed on its reactor's clock, which in the daemon
+    tells elapsed time and not the time of day (gateway/reactor.py): the report gives it
+    on the fleet's clock, the one the console compares it with."""
+    host = Clock()
+    host.advance(1_000.0)  # the reactor's clock: any origin
+
+    @dataclass
+    class BoundLink(StandInLink):
+        clock: Clock = field(default_factory=lambda: host)
+        state_since: float = 0.0
+        problem: str = ""
+
+        def sessions_bound(self) -> int:
+            return 1
+
+        def window_in_use(self) -> int:
+            return 0
+
+    link = BoundLink("cmcc", state_since=host.seconds())
+    link.config = type("Config", (), {"tps_limit": 100.0, "account_tps": 0.0, "sessions": 1, "window": 10})()
+    host.advance(42)  # bound for 42 s
+    fleet_now = 1_800_000_000.0
+    report = reporter(link).snapshot(fleet_now)
+    assert report["carriers"]["cmcc"]["state"] == "bound"
+    assert report["carriers"]["cmcc"]["since"] == fleet_now - 42
