@@ -87,7 +87,7 @@ def test_a_host_clock_a_minute_off_takes_no_live_submit_for_abandoned(
             daemon.stop()
 
 
-CLUSTER_MESSAGES = 600
+CLUSTER_MESSAGES = 300
 
 
 @pytest.mark.slow
