@@ -14,7 +14,7 @@ SMPP links (gateway/smpp/link.py) do not know about notifications, and the push 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +38,10 @@ class OutboundSms:
     # store-and-forward SMSC drops it instead of delivering it late.  None: no limit.
     validity_seconds: float | None = None
     lane: str = "normal"  # high, normal or bulk: the link may map it to priority_flag
+    # Asked by the link just before it sends the first part: False once the sender may no
+    # longer send it (the claim's lease has run out, so another process may have taken
+    # it: sending would be the second copy).  None: always.
+    may_send: Callable[[], bool] | None = None
 
 
 @hot_record

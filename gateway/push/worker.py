@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -67,6 +68,10 @@ from gateway.store.bridge import wait_deferred
 __all__ = ["Dispatcher", "Waker"]
 
 log = Logger()
+# A claim is fenced this fraction of its lease early (3 s of the default 30): a renewal
+# sent just before still reaches Redis in time, and the other processes' sweep reads a
+# clock within 50 ms of Redis's (gateway/fleet/clock.py).  As ownership.FENCE_MARGIN.
+CLAIM_FENCE_MARGIN = 0.1
 # A paused type's notifications are looked at again this often: an operator's resume acts
 # within half a minute, and a large paused type cycles through scheduled at most twice a minute.
 PAUSED_RECHECK_SECONDS = 30.0
@@ -145,6 +150,14 @@ class Dispatcher:
         self.max_link_losses = max_link_losses
         self.waker = Waker(clock)
         self._in_flight: dict[str, Claimed] = {}
+        # The claim fence: notification id -> when its lease may have run out, on this
+        # host's steady clock (the reactor's, gateway/reactor.py; the fleet clock's
+        # offset may be corrected between two readings, a duration must not).  Counted
+        # from when the claim or the last renewal that included it was *sent*.  A
+        # notification past it is not sent (OutboundSms.may_send) and not renewed: the
+        # other processes may have taken it back.
+        self._fence_clock: Any = getattr(clock, "local", clock)
+        self._lease_valid_until: dict[str, float] = {}
         self._refused: dict[str, set[str]] = {}
         self._last_error: dict[str, str] = {}
         self._refill = max(1, min(batch_size, max_in_flight) // 4)
@@ -185,6 +198,7 @@ class Dispatcher:
             return 0
         token = self._claim_token or new_claim_token()
         self._claim_token = token
+        sent_at = self._fence_clock.seconds()
         claimed = await self.ledger.claim(
             n, now=now, lease_seconds=self.lease_seconds, quiet_until=self.policy.quiet_until(now),
             reserve=reserved_lower_lane_slots(n), token=token, skip_lanes=self.paused_lanes,
@@ -195,9 +209,11 @@ class Dispatcher:
             claimed = self._hold_paused_types(claimed, now)
         ported = await self._ported_carriers(claimed)
         self.router.observe(now)
+        valid_until = sent_at + self.lease_seconds * (1 - CLAIM_FENCE_MARGIN)
         with self._holding_submits():
             for item in claimed:
                 self._in_flight[item.id] = item
+                self._lease_valid_until[item.id] = valid_until
                 carrier = ported.get(item.digits)
                 if carrier is not None:
                     self._ported[item.id] = carrier  # kept for failovers until the outcome
@@ -251,7 +267,8 @@ class Dispatcher:
         source = self.sender_for(item.type) if self.sender_for is not None else None
         sms = OutboundSms(reference=item.id, destination=PhoneNumber(item.digits), text=item.text,
                           source_addr=source, lane=item.lane,
-                          validity_seconds=item.expires_at - self.clock.seconds() if item.expires_at else None)
+                          validity_seconds=item.expires_at - self.clock.seconds() if item.expires_at else None,
+                          may_send=partial(self.claim_valid, item.id))
         try:
             d = link.submit(sms)
         except Exception:
@@ -329,8 +346,13 @@ class Dispatcher:
         # Failures are logged by the writer; the lease recovers the message then.
         self.writer.add_then(op, self._done, notification_id)
 
+    def claim_valid(self, notification_id: str) -> bool:
+        """Whether this process's claim of the notification is surely still its own."""
+        return self._fence_clock.seconds() < self._lease_valid_until.get(notification_id, float("-inf"))
+
     def _done(self, notification_id: str) -> None:
         self._in_flight.pop(notification_id, None)
+        self._lease_valid_until.pop(notification_id, None)
         if self.free_slots() >= self._refill:
             self.waker.wake()
         if not self._in_flight:
@@ -343,8 +365,15 @@ class Dispatcher:
 
     async def renew_leases_once(self) -> int:
         """Extend the leases of everything this process holds; returns how many."""
-        ids = list(self._in_flight)
+        sent_at = self._fence_clock.seconds()
+        # A claim past its fence is not renewed: another process may hold it now, and a
+        # renewal would lengthen *its* lease (the renewal is ZADD XX by id).
+        ids = [i for i in self._in_flight if self._lease_valid_until.get(i, float("-inf")) > sent_at]
         await self.ledger.renew_leases(ids, deadline=self.clock.seconds() + self.lease_seconds)
+        valid_until = sent_at + self.lease_seconds * (1 - CLAIM_FENCE_MARGIN)
+        for notification_id in ids:
+            if notification_id in self._lease_valid_until:  # not settled meanwhile
+                self._lease_valid_until[notification_id] = valid_until
         return len(ids)
 
     async def idle(self) -> None:

@@ -192,9 +192,9 @@ class LinkSubmitFailed(SubmitFailed):
 class _Submit:
     """One OutboundSms being submitted."""
 
-    __slots__ = ("deferred", "failure", "in_flight", "message_ids", "receipt_parts", "remaining")
+    __slots__ = ("deferred", "failure", "in_flight", "may_send", "message_ids", "receipt_parts", "remaining")
 
-    def __init__(self, parts: int) -> None:
+    def __init__(self, parts: int, may_send: Callable[[], bool] | None = None) -> None:
         self.deferred: Deferred[SubmitAccepted] = Deferred()
         self.message_ids: list[str | None] = [None] * parts
         self.remaining = parts  # parts without a message id
@@ -202,6 +202,7 @@ class _Submit:
         # [reason, transient, status, response_unknown, link_down]
         self.failure: list[Any] | None = None
         self.receipt_parts: int | None = None  # leading parts asking for a receipt (None: all)
+        self.may_send = may_send  # OutboundSms.may_send, asked before the first part goes out
 
 
 class _PartJob:
@@ -487,6 +488,7 @@ class CarrierLink(MultiService):
         self._hex_upper = False
         self._hex_width = 0
         self._response_counters: dict[int, Any] = {}
+        self._fenced = metrics.submits_fenced.labels(config.name)
         self._status_classes = StatusClassifier(
             (override.status, override.treat_as) for override in config.error_classes
         )
@@ -611,7 +613,7 @@ class CarrierLink(MultiService):
         destination = sms.destination.digits
         validity_period = self._validity_period(sms.validity_seconds)
         priority_flag = config.priority_flag_high_lane if sms.lane == "high" else 0
-        submit = _Submit(len(parts))
+        submit = _Submit(len(parts), sms.may_send)
         first_only = registered_delivery and config.receipt_parts == "first" and len(parts) > 1
         if first_only:
             submit.receipt_parts = 1
@@ -679,6 +681,13 @@ class CarrierLink(MultiService):
             job = queue[0]
             if job.submit.failure is not None:
                 queue.popleft()  # a sibling part failed: do not send the rest
+                continue
+            if job.index == 0 and job.submit.may_send is not None and not job.submit.may_send():
+                # Its sender's claim ran out while it waited here (the process was paused,
+                # or Redis away): another process may be sending it already.
+                queue.popleft()
+                self._fenced.inc()
+                self._part_failed(job, "claim lease ran out before it was sent", transient=True, link_down=True)
                 continue
             protocol = None
             for _ in range(count):

@@ -382,6 +382,34 @@ def test_link_lost_mid_window_fails_every_outstanding_submit() -> None:
     assert all(r.value.transient and r.value.link_down for r in results[1:])
 
 
+def test_a_submit_whose_claim_ran_out_while_queued_is_not_sent() -> None:
+    """OutboundSms.may_send is asked when the first part's turn comes: a message that
+    waited in the queue past its sender's claim is failed (transient, link down: never
+    sent, no attempt spent) instead of going out as another process's second copy; a
+    long message whose first part went out is finished whatever may_send says later."""
+    link, smsc, _, _ = bound_link(window=1)
+    claim_valid = {"first": True, "queued": True, "long": True}
+    fenced = metrics.REGISTRY.get_sample_value("gateway12123_submits_fenced_total", {"carrier": "cmcc"}) or 0.0
+    first = link.submit(OutboundSms("first", CITIZEN, "a", may_send=lambda: claim_valid["first"]))
+    queued = link.submit(OutboundSms("queued", CITIZEN, "b", may_send=lambda: claim_valid["queued"]))
+    text = ("您好，您预约的科目一考试已安排。" * 13)[:120]  # 2 UCS2 parts of 67 at most
+    long = link.submit(OutboundSms("long", CITIZEN, text, may_send=lambda: claim_valid["long"]))
+    [sent] = smsc.read()  # the window holds one: the others wait
+    claim_valid["queued"] = False  # its process paused past the lease meanwhile
+    smsc.send(SubmitSmResp(sent.sequence_number, message_id="m1"))
+    assert result_of(first) == SubmitAccepted("cmcc", ("m1",))
+    failure = result_of(queued)
+    assert failure.value.transient and failure.value.link_down and not failure.value.response_unknown
+    assert "claim lease ran out" in failure.value.reason
+    [part1] = smsc.read()  # the long message's first part: its claim still valid
+    claim_valid["long"] = False
+    smsc.send(SubmitSmResp(part1.sequence_number, message_id="p1"))
+    [part2] = smsc.read()  # begun: finished
+    smsc.send(SubmitSmResp(part2.sequence_number, message_id="p2"))
+    assert result_of(long) == SubmitAccepted("cmcc", ("p1", "p2"))
+    assert metrics.REGISTRY.get_sample_value("gateway12123_submits_fenced_total", {"carrier": "cmcc"}) == fenced + 1
+
+
 def test_full_window_queues_and_a_response_sends_the_next() -> None:
     """Submits beyond the window wait; each response lets the next one out."""
     link, smsc, _, _ = bound_link(window=2)
