@@ -7,7 +7,7 @@ them.  What it had on the wire when it stopped may reach the citizen twice: thos
 never had their answer in time, and each is counted as a possible duplicate.  What it
 had only queued in its carrier link must not go out when it wakes up: before the claim
 fence (gateway/push/worker.py, `OutboundSms.may_send`) it did, as soon as the answers
-that had come in meanwhile freed its windows: 40 of 240 sent twice, 4 of them on the
+that had come in meanwhile freed its windows: 36 of 200 sent twice, 4 of them on the
 wire (now 4).
 """
 
@@ -26,12 +26,12 @@ import redis as sync_redis
 from tests.fleet import fleet_run as fleet
 from tests.fleet.test_fleet_daemons import wait_for
 
-MESSAGES = 240
+MESSAGES = 200
 LEASE_SECONDS = 6
 PAUSE_SECONDS = 15  # past the lease (6 s) and its sweep; short of the bind lease
 BIND_LEASE_SECONDS = 60.0  # the binds stay valid through the pause: only the claims run out
 SESSIONS, WINDOW = 2, 2  # at most 4 submits on the wire per process
-RESPONSE_LATENCY_SECONDS = 0.5
+RESPONSE_LATENCY_SECONDS = 0.25
 
 
 @pytest.fixture
