@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.reactor import SteadyClock
-from tests.fleet.fleet_run import LIBFAKETIME
+from tests.fleet.fleet_run import LIBFAKETIME, needs_libfaketime
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime not installed (Debian package faketime)")
+@needs_libfaketime
 def test_a_timer_set_before_the_host_clock_steps_back_a_minute_fires_on_time(tmp_path: Path) -> None:
     """Twisted's own asyncio reactor times callLater on time.time(): there this timer
     fired a minute late (every timer of the process waited out the step)."""

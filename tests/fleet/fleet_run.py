@@ -6,6 +6,7 @@ Everything here starts real processes on 127.0.0.1 with free ports; the caller s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -13,10 +14,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from gateway.store.embedded import free_port
@@ -26,6 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 SYSTEM_ID = "gw"
 # Debian's faketime package: a process whose clock is off (`skewed_env`); tests skip without it.
 LIBFAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), Path("/nonexistent/libfaketime.so.1"))
+needs_libfaketime = pytest.mark.skipif(not LIBFAKETIME.exists(),
+                                       reason="libfaketime not installed (Debian package faketime)")
 PASSWORD = "pw"
 TEMPLATE_TYPE = "fleet_check"
 
@@ -92,6 +97,35 @@ def start_simulator(workdir: Path, *extra: str, system_id: str = SYSTEM_ID, pass
         time.sleep(0.05)
     ports = json.loads(ports_file.read_text())
     return SimulatorProcess(process, ports["smpp_port"], ports["stats_port"])
+
+
+@contextlib.contextmanager
+def answering_after(directory: Path, latency_seconds: float) -> Iterator[SimulatorProcess]:
+    """The simulator answering each submit_sm after `latency_seconds` and keeping every
+    text: a test's submits are in flight when it acts, and copies are counted."""
+    sim = start_simulator(directory, "--latency", str(latency_seconds), record_texts=True)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def enqueue(client: Any, count: int, tag: str) -> None:
+    """`count` notifications (`notification_fields`) into the single intake stream, in one
+    pipeline of the synchronous client."""
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            pipe.xadd("12123:notify", notification_fields(i, tag=tag))
+        pipe.execute()
+
+
+def record_fields(client: Any, count: int, tag: str, name: str = "state") -> list[str | None]:
+    """Field `name` of the records of notifications `tag`-0 .. `tag`-(count-1) (one
+    partition), in order."""
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            pipe.hget(f"12123:notification:{{{tag}-{i}}}", name)
+        return list(pipe.execute())
 
 
 def write_templates(directory: Path) -> Path:

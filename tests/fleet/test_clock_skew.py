@@ -33,12 +33,11 @@ RESPONSE_LATENCY_SECONDS = 1.0
 
 @pytest.fixture
 def slow_simulator(tmp_path: Path) -> Iterator[fleet.SimulatorProcess]:
-    sim = fleet.start_simulator(tmp_path / "sim", "--latency", str(RESPONSE_LATENCY_SECONDS), record_texts=True)
-    yield sim
-    sim.stop()
+    with fleet.answering_after(tmp_path / "sim", RESPONSE_LATENCY_SECONDS) as sim:
+        yield sim
 
 
-@pytest.mark.skipif(not fleet.LIBFAKETIME.exists(), reason="libfaketime not installed (Debian package faketime)")
+@fleet.needs_libfaketime
 @pytest.mark.parametrize(("skew", "said"), [(SKEW_SECONDS, "ahead of Redis"), (-SKEW_SECONDS, "behind Redis")],
                          ids=["ahead", "behind"])
 def test_a_host_clock_a_minute_off_takes_no_live_submit_for_abandoned(
@@ -53,16 +52,10 @@ def test_a_host_clock_a_minute_off_takes_no_live_submit_for_abandoned(
         fleet.start_fleet(daemons)
         for daemon in daemons:
             wait_for(lambda d=daemon: carrier_bound(d), "both processes bound")
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(MESSAGES):
-                pipe.xadd("12123:notify", fleet.notification_fields(i, tag="skew"))
-            pipe.execute()
+        fleet.enqueue(client, MESSAGES, "skew")
 
-        def states() -> Counter[str]:
-            with client.pipeline(transaction=False) as pipe:
-                for i in range(MESSAGES):
-                    pipe.hget(f"12123:notification:{{skew-{i}}}", "state")
-                return Counter(pipe.execute())
+        def states() -> Counter[str | None]:
+            return Counter(fleet.record_fields(client, MESSAGES, "skew"))
 
         # registered_delivery 0: "submitted" is final here.
         wait_for(lambda: states()["submitted"] == MESSAGES, "every notification submitted", timeout_seconds=120)
@@ -73,10 +66,8 @@ def test_a_host_clock_a_minute_off_takes_no_live_submit_for_abandoned(
         sent_twice = {key: n for key, n in copies.items() if n > 1}
         assert len(copies) == MESSAGES
         assert not sent_twice, f"{len(sent_twice)} of {MESSAGES} sent more than once"
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(MESSAGES):
-                pipe.hget(f"12123:notification:{{skew-{i}}}", "possible_duplicates")
-            assert not [n for n in pipe.execute() if n], "leases taken for abandoned"
+        assert not [n for n in fleet.record_fields(client, MESSAGES, "skew", "possible_duplicates") if n], \
+            "leases taken for abandoned"
         assert states() == Counter({"submitted": MESSAGES})
         # The process off said what it saw; the other had nothing to say.
         assert said in daemons[1].log_text()
@@ -92,7 +83,7 @@ CLUSTER_MESSAGES = 300
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(not fleet.LIBFAKETIME.exists(), reason="libfaketime not installed (Debian package faketime)")
+@fleet.needs_libfaketime
 @on_asyncio
 async def test_on_a_cluster_a_joiner_a_minute_ahead_takes_no_live_submit_for_abandoned(tmp_path: Path) -> None:
     """A Cluster (3 masters, 3 replicas), 8 partitions: one gateway sending, a second one

@@ -40,9 +40,8 @@ MAX_BINDS = 3  # 2 sessions per process: the process started second binds 1 and 
 
 @pytest.fixture
 def slow_simulator(tmp_path: Path) -> Iterator[fleet.SimulatorProcess]:
-    sim = fleet.start_simulator(tmp_path / "sim", "--latency", str(RESPONSE_LATENCY_SECONDS), record_texts=True)
-    yield sim
-    sim.stop()
+    with fleet.answering_after(tmp_path / "sim", RESPONSE_LATENCY_SECONDS) as sim:
+        yield sim
 
 
 def set_clock(path: Path, offset_seconds: int) -> None:
@@ -60,7 +59,7 @@ def stepped_env(path: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(not fleet.LIBFAKETIME.exists(), reason="libfaketime not installed (Debian package faketime)")
+@fleet.needs_libfaketime
 @pytest.mark.parametrize(("step", "was"), [(STEP_SECONDS, "behind Redis"), (-STEP_SECONDS, "ahead of Redis")],
                          ids=["forward", "back"])
 def test_a_host_clock_stepped_a_minute_mid_run_keeps_its_binds_and_sends_nothing_twice(
@@ -78,21 +77,15 @@ def test_a_host_clock_stepped_a_minute_mid_run_keeps_its_binds_and_sends_nothing
     def binds() -> int:
         return int(slow_simulator.stats()["binds_by_system_id"].get(fleet.SYSTEM_ID, 0))
 
-    def states() -> Counter[str]:
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(MESSAGES):
-                pipe.hget(f"12123:notification:{{step-{i}}}", "state")
-            return Counter(pipe.execute())
+    def states() -> Counter[str | None]:
+        return Counter(fleet.record_fields(client, MESSAGES, "step"))
 
     try:
         fleet.start_fleet([stepped])  # first: it holds 2 of the account's 3 binds
         wait_for(lambda: binds() == 2, "the stepped process bound twice")
         fleet.start_fleet([steady])
         wait_for(lambda: binds() == MAX_BINDS, "the other process bound once (its second session waits)")
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(MESSAGES):
-                pipe.xadd("12123:notify", fleet.notification_fields(i, tag="step"))
-            pipe.execute()
+        fleet.enqueue(client, MESSAGES, "step")
         wait_for(lambda: states()["submitted"] >= MESSAGES // 5, "a fifth submitted")
         set_clock(offset_file, 0)
         # registered_delivery 0: "submitted" is final here.  Well within the minute.
@@ -103,10 +96,8 @@ def test_a_host_clock_stepped_a_minute_mid_run_keeps_its_binds_and_sends_nothing
         copies = slow_simulator.copies()
         assert len(copies) == MESSAGES
         assert not {key: n for key, n in copies.items() if n > 1}, "sent more than once"
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(MESSAGES):
-                pipe.hget(f"12123:notification:{{step-{i}}}", "possible_duplicates")
-            assert [n for n in pipe.execute() if n] == [], "live submits taken for abandoned"
+        duplicates = [n for n in fleet.record_fields(client, MESSAGES, "step", "possible_duplicates") if n]
+        assert duplicates == [], "live submits taken for abandoned"
         assert slow_simulator.stats()["peak_binds_by_system_id"][fleet.SYSTEM_ID] == MAX_BINDS
         log = stepped.log_text()
         assert "not renewed in time" not in log and "lease is lost" not in log

@@ -36,9 +36,8 @@ RESPONSE_LATENCY_SECONDS = 0.25
 
 @pytest.fixture
 def slow_simulator(tmp_path: Path) -> Iterator[fleet.SimulatorProcess]:
-    sim = fleet.start_simulator(tmp_path / "sim", "--latency", str(RESPONSE_LATENCY_SECONDS), record_texts=True)
-    yield sim
-    sim.stop()
+    with fleet.answering_after(tmp_path / "sim", RESPONSE_LATENCY_SECONDS) as sim:
+        yield sim
 
 
 @pytest.mark.slow
@@ -54,20 +53,14 @@ def test_a_process_paused_past_its_claims_sends_none_of_what_it_had_queued(
     other = fleet.fleet_daemon(tmp_path / "other", redis_url, carrier, push)
     client = sync_redis.Redis.from_url(redis_url, decode_responses=True)
 
-    def states() -> Counter[str]:
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(MESSAGES):
-                pipe.hget(f"12123:notification:{{pause-{i}}}", "state")
-            return Counter(pipe.execute())
+    def states() -> Counter[str | None]:
+        return Counter(fleet.record_fields(client, MESSAGES, "pause"))
 
     try:
         fleet.start_fleet([paused, other])
         wait_for(lambda: slow_simulator.stats()["binds_by_system_id"].get(fleet.SYSTEM_ID) == 2 * SESSIONS,
                  "both processes bound")
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(MESSAGES):
-                pipe.xadd("12123:notify", fleet.notification_fields(i, tag="pause"))
-            pipe.execute()
+        fleet.enqueue(client, MESSAGES, "pause")
         wait_for(lambda: states()["submitted"] >= 20, "sending")
         assert paused.process is not None
         paused.process.send_signal(signal.SIGSTOP)
@@ -81,10 +74,7 @@ def test_a_process_paused_past_its_claims_sends_none_of_what_it_had_queued(
 
         copies = slow_simulator.copies()
         sent_twice = sum(1 for n in copies.values() if n > 1)
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(MESSAGES):
-                pipe.hget(f"12123:notification:{{pause-{i}}}", "possible_duplicates")
-            counted = sum(int(n or 0) for n in pipe.execute())
+        counted = sum(int(n or 0) for n in fleet.record_fields(client, MESSAGES, "pause", "possible_duplicates"))
         assert len(copies) == MESSAGES
         # Only what was on the wire when it stopped, each counted.
         assert sent_twice <= SESSIONS * WINDOW, f"{sent_twice} of {MESSAGES} sent twice"

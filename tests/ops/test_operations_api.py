@@ -15,7 +15,7 @@ import pytest
 import redis as sync_redis
 
 from gateway.store.embedded import RedisServerProcess
-from tests.fleet.fleet_run import LIBFAKETIME, skewed_env
+from tests.fleet.fleet_run import needs_libfaketime, skewed_env
 from tests.ops.fleet import Fleet, carrier_view, running_fleet, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -65,7 +65,7 @@ def test_carrier_view_sums_every_process(fleet: Fleet) -> None:
     assert table.returncode == 0 and re.search(r"cmcc\s+bound", table.stdout), table.stdout
 
 
-@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime not installed (Debian package faketime)")
+@needs_libfaketime
 def test_the_cli_on_a_host_a_minute_off_still_sees_the_fleet(fleet: Fleet) -> None:
     """`gateway carriers` on an operator's host a minute ahead or behind: the
     processes' reports are judged on Redis's clock, not the host's (before: no process
