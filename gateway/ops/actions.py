@@ -12,12 +12,12 @@ Searches never return a whole phone number: the status views carry the masked fo
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import metrics
+from gateway.fleet.clock import redis_time
 from gateway.ops.fleet import CARRIER_STATES
 from gateway.privacy import InvalidPhoneNumber, normalise_cn_mobile
 from gateway.push.deadletters import DEAD_STATES, retry_dead_letters
@@ -76,8 +76,11 @@ class Actor:
 
 async def audit(redis: Any, keys: Keys, actor: Actor, action: str, target: str = "",
                 detail: Mapping[str, Any] | None = None, *, now: float | None = None) -> str:
-    """Record an action in the audit stream and as an event; returns the audit entry id."""
-    now = time.time() if now is None else now
+    """Record an action in the audit stream and as an event; returns the audit entry id.
+    Stamped on Redis's clock unless `now` is given: the acting process may run on a host
+    whose clock is off (an operator's laptop), and the console compares the stamps with
+    the fleet's time."""
+    now = await redis_time(redis, keys.partition_members) if now is None else now
     fields = {"at": f"{now:.3f}", "user": actor.user, "role": actor.role, "action": action,
               "target": target, "from": actor.origin,
               "detail": json.dumps(dict(detail or {}), ensure_ascii=False, sort_keys=True)}
@@ -309,9 +312,11 @@ async def retry_dead_letter_with(redis: Any, keys: Keys, actor: Actor, ids: list
         await redis.hset(key, "params", json.dumps(old, ensure_ascii=False))
     results = await retry_dead_letters(redis, keys, ids)
     action = "dead_letter.fix_and_retry" if params is not None else "dead_letter.retry"
+    now = await redis_time(redis, keys.partition_members)  # once for the batch
     for row in results:
         await audit(redis, keys, actor, action, row["id"],
-                    {"retried": row.get("retried", False), **({"params": sorted(params)} if params else {})})
+                    {"retried": row.get("retried", False), **({"params": sorted(params)} if params else {})},
+                    now=now)
     return results
 
 
@@ -320,7 +325,7 @@ async def retry_dead_letter_with(redis: Any, keys: Keys, actor: Actor, ids: list
 
 async def _cancel_ids(redis: Any, keys: Keys, actor: Actor, ids: list[str], why: str) -> dict[str, int]:
     script = register_lua(redis, __file__, "cancel.lua")
-    now = time.time()
+    now = await redis_time(redis, keys.partition_members)  # cancelled_at, on the fleet's clock
     counts = {"cancelled": 0, "not_waiting": 0, "gone": 0}
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]

@@ -78,6 +78,19 @@ def test_the_cli_on_a_host_a_minute_off_still_sees_the_fleet(fleet: Fleet) -> No
     assert "2 process(es) reporting" in table.stdout, table.stdout
 
 
+@needs_libfaketime
+def test_an_operators_action_from_a_host_an_hour_off_is_stamped_on_redis_clock(fleet: Fleet) -> None:
+    """The audit entry of `gateway carriers start` run on a host an hour ahead carries
+    Redis's time, which the console compares with the fleet's (before: the host's own,
+    an hour off)."""
+    result = fleet.cli("carriers", "start", "cmcc", env=skewed_env(3600))
+    assert result.returncode == 0, result.stderr
+    code, body = fleet.call("GET", "/v1/audit?action=carrier.start&limit=1")
+    assert code == 200, body
+    [entry] = body["audit"]
+    assert entry["from"].startswith("cli@") and abs(entry["at"] - time.time()) < 30, entry
+
+
 def test_stop_and_start_act_on_every_process_and_are_audited(fleet: Fleet) -> None:
     """A stop through one process unbinds both; what is sent meanwhile waits, and goes
     out after `gateway carriers start`; both actions are in the audit log."""
