@@ -84,6 +84,11 @@ class DeliveryReceipt:
     error_code: str = ""
     submit_date: str = ""
     done_date: str = ""
+    # The deliver_sm's addresses: source_addr is the handset the message went to (SMPP 3.4
+    # 4.6.1), destination_addr our sender; some SMSCs swap them.  Checked against the
+    # notification's number, never logged.
+    source_addr: str = ""
+    destination_addr: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,14 @@ Correlation: the dispatcher stores every part's carrier message id in canonical 
 (``gateway.smpp.receipts.canonical_message_id``: trimmed, lower case, no leading zeros)
 under ``keys.message_id(carrier, id)``; a receipt is looked up under the canonical forms
 of ``message_id_candidates`` (as is first, then the hex/decimal conversions some SMSCs
-apply), first hit wins.  No hit: the receipt arrived before we recorded the submit
-response, so it is parked under ``keys.early_receipt`` and applied when the message ids
-are recorded.
+apply), first hit wins, unless the receipt carries a phone number (its source_addr, or
+its destination_addr for SMSCs that swap them) and the hit's notification went to another
+one: a decimal id is also valid hex, so a converted candidate can name another message
+(when the receipt beat its own submit_sm_resp, it did: 12 of 60 early receipts with ids
+from 1 applied to the wrong notification before 2026-12-05), and some SMSCs reuse ids.
+Such a hit is passed over (`gateway12123_push_receipts_wrong_number_total`).  No hit:
+the receipt arrived before we recorded the submit response, so it is parked under
+``keys.early_receipt`` and applied when the message ids are recorded.
 
 Multi-part messages are delivered when every part's receipt says DELIVRD, undeliverable
 as soon as one part says UNDELIV, EXPIRED, REJECTD or DELETED.  ACCEPTD, ENROUTE and
@@ -36,7 +41,24 @@ from gateway.ports import DeliveryReceipt
 from gateway.push.state import OutcomeWriter, op_receipt
 from gateway.smpp.receipts import canonical_message_id, message_id_candidates
 
-__all__ = ["ReceiptRecorder", "lookup_candidates"]
+__all__ = ["ReceiptRecorder", "lookup_candidates", "number_tails"]
+
+# As NUMBER_TAIL in gateway/push/lua/ledger.lua: a mobile number's last 8 digits are the
+# same whether the SMSC writes it 138..., 86138..., +86138... or 008613...; shorter
+# addresses (our short code 12123, an empty source_addr) name no handset.
+NUMBER_TAIL = 8
+_NOT_DIGITS = re.compile(r"\D+")
+
+
+def number_tails(*addresses: str) -> str:
+    """The last NUMBER_TAIL digits of each address long enough to be a phone number,
+    space separated, for the receipt ops' check (outcomes.lua)."""
+    tails: list[str] = []
+    for address in addresses:
+        digits = _NOT_DIGITS.sub("", address)
+        if len(digits) >= NUMBER_TAIL and digits[-NUMBER_TAIL:] not in tails:
+            tails.append(digits[-NUMBER_TAIL:])
+    return " ".join(tails)
 
 
 _HEX = re.compile(r"[0-9a-f]{1,40}")
@@ -86,5 +108,6 @@ class ReceiptRecorder:
         if counter is None:
             counter = self._counters[key] = metrics.receipts.labels(*key)
         counter.inc()
-        op = op_receipt(receipt.carrier, state, receipt.error_code, candidates)
+        op = op_receipt(receipt.carrier, state, receipt.error_code, candidates,
+                        number_tails(receipt.source_addr, receipt.destination_addr))
         return self.writer.add(op, keep=False)

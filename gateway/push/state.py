@@ -143,6 +143,10 @@ _script_counters = {
     "receipt_early_applied": Counter(
         "gateway12123_push_receipts_early_applied_total",
         "Parked receipts applied when the submit response was recorded", registry=metrics.REGISTRY),
+    "receipt_wrong_number": Counter(
+        "gateway12123_push_receipts_wrong_number_total",
+        "Receipts not applied to the notification their message id named: they carry another number "
+        "(an SMSC reusing ids, or another message's id in hex or decimal)", registry=metrics.REGISTRY),
     "claim_replayed": Counter(
         "gateway12123_push_claims_replayed_total",
         "Claims sent again after their reply was lost, answered with the batch they took",
@@ -735,12 +739,21 @@ class NotificationLedger:
                         if op[0] in "XY" and ops[origins[number]][0] == "X":
                             deferrable[origins[number]] = op
                     continue
-                local_again, _ = result
+                local_again, local_refused = result
                 sent_again = {int(local) for local in local_again}
                 for local in sorted(sent_again):
                     number = numbered[local - 1][0]
                     again.append(pending[number])
                     again_origins.append(origins[number])
+                # A Y op refused by its notification (the receipt names another number):
+                # its X op is resolved again without that notification.  A Y op kept in a
+                # deferred stream has no X op to go back to: the receipt is not applied.
+                for local in map(int, local_refused):
+                    number, refused_op = numbered[local - 1]
+                    if pending[number][0] == "X":
+                        sent_again.add(local)
+                        again.append(_excluding(pending[number], refused_op[1]))
+                        again_origins.append(origins[number])
                 if self.receipt_wait_replicas:
                     receipts_in.setdefault(partition, []).extend(
                         origins[number] for local, (number, op) in enumerate(numbered, 1)
@@ -850,7 +863,8 @@ class NotificationLedger:
             if not entries:
                 continue
             failed = {position for position, _ in
-                      await self.apply([json.loads(fields["op"]) for _, fields in entries], now=now, defer=False)}
+                      await self.apply([current_layout(json.loads(fields["op"])) for _, fields in entries],
+                                       now=now, defer=False)}
             done = [entry_id for position, (entry_id, _) in enumerate(entries) if position not in failed]
             if not done:
                 continue
@@ -944,7 +958,7 @@ class NotificationLedger:
 
     def _op_partition(self, op: Sequence[Any]) -> int:
         if op[0] == "X":  # the partition of its first candidate's index entry
-            return self.keys.index_partition_of(op[1], op[5]) if int(op[4]) else 0
+            return self.keys.index_partition_of(op[1], op[7]) if int(op[6]) else 0
         return self.keys.partition_of(op[1])
 
     def _index_elsewhere(self, op: Sequence[Any], partition: int,
@@ -989,7 +1003,7 @@ class NotificationLedger:
         for (origin, (_, notification_id, _, part, _)), early in zip(ops, parked_receipts, strict=True):
             if early:
                 receipt_state, _, error = early.partition(" ")
-                parked.append((origin, ("Y", notification_id, str(part), receipt_state, error)))
+                parked.append((origin, ("Y", notification_id, str(part), receipt_state, error, "")))
         if parked:
             _script_counters["receipt_early_applied"].inc(len(parked))
         return parked
@@ -1008,7 +1022,7 @@ class NotificationLedger:
         """X ops whose candidate is in the message-id index become Y ops (the notification
         and part named); the others stay X (parked by the script as early receipts)."""
         lookups = [self.keys.message_id(op[1], candidate) for op in ops if op[0] == "X"
-                   for candidate in op[5:5 + int(op[4])]]
+                   for candidate in op[7:7 + int(op[6])]]
         if not lookups:
             return ops
         found = iter(await get_many(self.redis, lookups))
@@ -1017,10 +1031,12 @@ class NotificationLedger:
             if op[0] != "X":
                 resolved.append(op)
                 continue
-            hits = [value for value in (next(found) for _ in range(int(op[4]))) if value]
+            excluded = op[5].split()
+            hits = [(notification_id, part) for value in (next(found) for _ in range(int(op[6]))) if value
+                    for notification_id, _, part in (value.rpartition(" "),) if notification_id not in excluded]
             if hits:
-                notification_id, _, part = hits[0].rpartition(" ")
-                resolved.append(("Y", notification_id, part, op[2], op[3]))
+                notification_id, part = hits[0]
+                resolved.append(("Y", notification_id, part, op[2], op[3], op[4]))
             else:
                 resolved.append(op)
         return resolved
@@ -1139,9 +1155,30 @@ def op_carrier_refused(notification_id: str, carrier: str, error: str) -> tuple[
     return ("C", notification_id, carrier, error)
 
 
-def op_receipt(carrier: str, state: str, error_code: str, candidates: Sequence[str]) -> tuple[Any, ...]:
-    """A delivery receipt; candidates: canonical message-id forms to look up, best first."""
-    return ("X", carrier, state, error_code or "", len(candidates), *candidates)
+def op_receipt(carrier: str, state: str, error_code: str, candidates: Sequence[str],
+               tails: str = "") -> tuple[Any, ...]:
+    """A delivery receipt; candidates: canonical message-id forms to look up, best first;
+    tails: the last digits of the numbers it carries (`gateway.push.receipts.number_tails`),
+    "" when it carries none."""
+    return ("X", carrier, state, error_code or "", tails, "", len(candidates), *candidates)
+
+
+def _excluding(op: Sequence[Any], notification_id: str) -> tuple[Any, ...]:
+    """The X op `op`, its index hits naming `notification_id` to be passed over: that
+    notification refused the receipt (sent to another number)."""
+    excluded = f"{op[5]} {notification_id}" if op[5] else notification_id
+    return (*op[:5], excluded, *op[6:])
+
+
+def current_layout(op: Sequence[Any]) -> list[Any]:
+    """A receipt op kept in a deferred-receipts stream by a gateway before 2026-12-05
+    (X without tails and exclusions, Y without tails), in today's layout; others as
+    they are."""
+    if op and op[0] == "X" and str(op[4]).isdigit() and len(op) == 5 + int(op[4]):
+        return [*op[:4], "", "", *op[4:]]
+    if op and op[0] == "Y" and len(op) == 5:
+        return [*op, ""]
+    return list(op)
 
 
 def _share_batch(n: int, reserve: int, heads: Sequence[Sequence[Sequence[str]]],
@@ -1189,7 +1226,7 @@ def _declare_op(declared: _Declared, op: Sequence[Any]) -> None:
         declared.early_receipt(op[2], op[4])
         return
     if kind == "X":
-        carrier, candidates = op[1], op[5:5 + int(op[4])]
+        carrier, candidates = op[1], op[7:7 + int(op[6])]
         for candidate in candidates:
             declared.message_id(carrier, candidate)
         if candidates:

@@ -1050,6 +1050,8 @@ class CarrierLink(MultiService):
                 error_code=receipt.err,
                 submit_date=receipt.submit_date,
                 done_date=receipt.done_date,
+                source_addr=pdu.source_addr,
+                destination_addr=pdu.destination_addr,
             )
             self._ack_when_recorded(
                 maybeDeferred(self.inbound.record_receipt, record), [(protocol, pdu)], "receipt"

@@ -72,6 +72,24 @@ class Gateway:
                         return fields["type"].split(".")[1]
         raise AssertionError(f"{notification_id} did not reach {states} in {timeout_seconds}s")
 
+    async def wait_for_all(self, notification_ids: set[str], states: set[str],
+                           timeout_seconds: float = 10.0) -> dict[str, str]:
+        """As `wait_for`, for several notifications: the state each reached."""
+        reached: dict[str, str] = {}
+        deadline = reactor.seconds() + timeout_seconds
+        while reactor.seconds() < deadline and len(reached) < len(notification_ids):
+            response = await self.redis.xread({self.keys.events_stream: self._last_event}, count=100,
+                                              block=_block_ms(deadline))
+            for _, entries in response or []:
+                for entry_id, fields in entries:
+                    self._last_event = entry_id
+                    state = fields["type"].split(".")[1]
+                    if fields.get("id") in notification_ids and state in states:
+                        reached.setdefault(fields["id"], state)
+        if len(reached) < len(notification_ids):
+            raise AssertionError(f"{sorted(notification_ids - set(reached))} did not reach {states}")
+        return reached
+
 
 NO_QUIET_HOURS = PushConfig(quiet_hours=QuietHours(start="00:00", end="00:00"))
 
@@ -157,6 +175,22 @@ async def test_receipt_before_submit_response_over_smpp(redis_url: str) -> None:
             assert await gw.wait_for(f"early-{n}", {"delivered", "undeliverable", "failed"}) == "delivered"
     # Every part's receipt came first and was parked, then applied with the message ids.
     assert metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_early_total") == parked + 10
+
+
+@on_asyncio
+async def test_early_receipts_with_small_decimal_ids_each_reach_their_own_message(redis_url: str) -> None:
+    """An SMSC that counts its ids from 1 in decimal and sends each receipt before the
+    submit_sm_resp: every receipt is applied to the message sent to the number it names.
+    Decimal ids are valid hex too (40 reads as 0x28 = "28"), and before 2026-12-05 12 of
+    these 60 receipts were taken by an earlier message whose id matched that reading, their
+    own messages left waiting."""
+    undeliverable = {f"137000000{n:02d}": "UNDELIV" for n in range(0, 60, 2)}
+    async with gateway(redis_url, receipt_before_response=True, message_id_start=1,
+                       outcome_overrides=undeliverable) as gw:
+        for n in range(60):
+            await gw.submit(f"small-{n}", "verification_code", f"137000000{n:02d}", {"code": "1", "minutes": "5"})
+        expected = {f"small-{n}": "undeliverable" if n % 2 == 0 else "delivered" for n in range(60)}
+        assert await gw.wait_for_all(set(expected), {"delivered", "undeliverable"}) == expected
 
 
 @on_asyncio

@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import DeferredList
 
+from gateway import metrics
 from gateway.ports import DeliveryReceipt, SubmitAccepted
-from gateway.push.receipts import lookup_candidates
+from gateway.push.receipts import lookup_candidates, number_tails
+from gateway.push.state import current_layout
 from gateway.smpp.receipts import canonical_message_id, message_id_candidates
 from tests.aio import on_asyncio
 from tests.push.harness import CMCC_NUMBER, code, pipeline, points
@@ -18,8 +20,14 @@ from tests.push.harness import CMCC_NUMBER, code, pipeline, points
 RECEIPT_TIMEOUT = 172_800  # the ledger's default: two days
 
 
-def receipt(message_id: str, state: str = "DELIVRD", carrier: str = "cmcc", err: str = "000") -> DeliveryReceipt:
-    return DeliveryReceipt(carrier=carrier, message_id=message_id, state=state, error_code=err)
+def receipt(message_id: str, state: str = "DELIVRD", carrier: str = "cmcc", err: str = "000",
+            source_addr: str = "", destination_addr: str = "") -> DeliveryReceipt:
+    return DeliveryReceipt(carrier=carrier, message_id=message_id, state=state, error_code=err,
+                           source_addr=source_addr, destination_addr=destination_addr)
+
+
+def wrong_number_count() -> float:
+    return metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_wrong_number_total") or 0.0
 
 
 async def record(p, *receipts: DeliveryReceipt) -> None:  # type: ignore[no-untyped-def]
@@ -244,6 +252,74 @@ async def test_receipt_id_in_another_base_or_padding_is_found(redis_url: str) ->
         await record(p, receipt(str(0x1A2B)), receipt("0000ABC9"))
         assert await p.state("hex") == "delivered"
         assert await p.state("pad") == "delivered"
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+@on_asyncio
+async def test_early_receipt_is_not_taken_by_another_message_whose_id_it_reads_as(
+        redis_url: str, partitions: int) -> None:
+    """An SMSC counting in decimal: "ten" went out as 10 and is delivered; the receipt of
+    "sixteen" (16, whose hex form is "10") comes before its submit_sm_resp is recorded.
+    It names sixteen's number, so "ten" passes it over and it is parked, then applied to
+    "sixteen".  Before 2026-12-05 "ten" took it as a late duplicate and "sixteen" waited
+    for a receipt that had come."""
+    async with pipeline(redis_url, partitions=partitions) as p:
+        p.links[0].script = ["hold", "hold"]
+        await p.accept(code("ten", to="13800000010"), code("sixteen", to="13800000016"))
+        await p.dispatcher.dispatch_once()
+        held = {sms.reference: d for sms, d in p.links[0].held}
+        ten, sixteen = held["ten"], held["sixteen"]
+        ten.callback(SubmitAccepted("cmcc", ("10",)))
+        await p.writer.flushed()
+        await record(p, receipt("10", source_addr="13800000010", destination_addr="12123"))
+        assert await p.state("ten") == "delivered"
+        refused = wrong_number_count()
+        await record(p, receipt("16", "UNDELIV", source_addr="8613800000016", destination_addr="12123"))
+        assert wrong_number_count() == refused + 1
+        assert await p.redis.exists(p.keys.early_receipt("cmcc", "16"))
+        sixteen.callback(SubmitAccepted("cmcc", ("16",)))
+        await p.writer.flushed()
+        assert await p.state("sixteen") == "undeliverable" and await p.state("ten") == "delivered"
+
+
+@on_asyncio
+async def test_receipt_is_applied_only_to_the_number_it_names_when_an_smsc_reuses_an_id(redis_url: str) -> None:
+    """Two SMSC nodes behind one address gave two live messages the same id: the index
+    names the later one.  The earlier one's UNDELIV (its number in source_addr) does not
+    end the later one; the later one's receipt does, also from an SMSC that swaps the
+    addresses, and one without numbers is applied as before."""
+    async with pipeline(redis_url) as p:
+        p.links[0].script = ["hold", "hold", "hold"]
+        await p.accept(code("first", to="13800000001"), code("second", to="13800000002"),
+                       code("third", to="13800000003"))
+        await p.dispatcher.dispatch_once()
+        held = {sms.reference: d for sms, d in p.links[0].held}
+        first, second, third = held["first"], held["second"], held["third"]
+        first.callback(SubmitAccepted("cmcc", ("777",)))
+        second.callback(SubmitAccepted("cmcc", ("777",)))
+        third.callback(SubmitAccepted("cmcc", ("999",)))
+        await p.writer.flushed()
+        await record(p, receipt("777", "UNDELIV", source_addr="+8613800000001"))
+        assert await p.state("second") == "submitted" and await p.state("first") == "submitted"
+        await record(p, receipt("777", source_addr="12123", destination_addr="13800000002"))
+        assert await p.state("second") == "delivered"
+        await record(p, receipt("999", "UNDELIV"))
+        assert await p.state("third") == "undeliverable"
+
+
+def test_number_tails_name_a_handset_however_it_is_written() -> None:
+    assert number_tails("13800138000", "12123") == "00138000"
+    assert number_tails("+86 138-0013-8000", "008613800138000") == "00138000"
+    assert number_tails("", "106912123001") == "12123001"
+    assert number_tails("", "") == ""
+
+
+def test_receipt_ops_kept_by_an_older_gateway_are_read_in_todays_layout() -> None:
+    assert current_layout(["X", "cmcc", "DELIVRD", "000", 2, "a1", "161"]) == [
+        "X", "cmcc", "DELIVRD", "000", "", "", 2, "a1", "161"]
+    assert current_layout(["Y", "n1", "0", "DELIVRD", "000"]) == ["Y", "n1", "0", "DELIVRD", "000", ""]
+    today = ["X", "cmcc", "DELIVRD", "000", "00138000", "", 1, "a1"]
+    assert current_layout(today) == today
 
 
 @on_asyncio

@@ -580,7 +580,8 @@ def test_receipt_is_recorded_before_deliver_sm_resp() -> None:
     link, smsc, _, sink = bound_link(sink=RecordingSink(immediate=False))
     smsc.send(receipt_pdu(7, "abc123"))
     assert sink.receipts == [
-        DeliveryReceipt("cmcc", "abc123", "DELIVRD", "000", "2501011200", "2501011201")
+        DeliveryReceipt("cmcc", "abc123", "DELIVRD", "000", "2501011200", "2501011201",
+                        source_addr="13800138000", destination_addr="12123")
     ]
     assert smsc.read() == []
     sink.pending[0].callback(None)

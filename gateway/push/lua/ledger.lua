@@ -185,11 +185,23 @@ end
 -- the hash's listpack, a missing one of all of it), what on_final needs, and expires_at,
 -- which spares the TTL read (transition).
 local RECEIPT_FIELDS = {'state', 'parts', 'type', 'channel', 'partner', 'partner_receipt',
-  'voice_requested_at', 'receipt_parts', 'p0', 'p1', 'p2', 'p3', 'expires_at'}
+  'voice_requested_at', 'receipt_parts', 'p0', 'p1', 'p2', 'p3', 'expires_at', 'to'}
 local PARTS_READ = 4
+-- Digits compared between a receipt's addresses and the notification's number: the
+-- subscriber part, the same with or without 86, +86 or 0086 before it.
+local NUMBER_TAIL = 8
 
-local function apply_receipt(id, key, part, rstate, err)
+-- tails: the last NUMBER_TAIL digits of the receipt's addresses (space separated), or ''
+-- when it carried no number.  A receipt that names neither this notification's number
+-- was sent for another message with this message id (an SMSC that reuses ids, or a hex
+-- or decimal reading of another's id): it is not applied, and false is returned.
+local function apply_receipt(id, key, part, rstate, err, tails)
   local h = redis.call('HMGET', key, unpack(RECEIPT_FIELDS))
+  if tails and tails ~= '' and h[14] and #h[14] >= NUMBER_TAIL and
+      not string.find(' ' .. tails .. ' ', ' ' .. string.sub(h[14], -NUMBER_TAIL) .. ' ', 1, true) then
+    count('receipt_wrong_number')
+    return false
+  end
   if not h[1] or FINAL[h[1]] then
     -- after the receipt timeout: noted for the operator, the state stays
     if h[1] == 'unconfirmed' then redis.call('HSET', key, 'late_receipt', rstate, 'late_receipt_at', NOW) end

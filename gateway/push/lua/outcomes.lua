@@ -15,19 +15,27 @@
 --   R|W|F id due_at error unknown                retry / wait (no attempt) / failed
 --   L id due_at error unknown cap <R|F op>       link down (free up to cap losses)
 --   C id carrier error                           refused permanently by one carrier
---   Y id part state error                        a receipt whose notification the caller
+--   Y id part state error tails                  a receipt whose notification the caller
 --                                                found in the message-id index
---   X carrier state error n candidates...        a receipt not found there (yet)
+--   X carrier state error tails excluded n candidates...
+--                                                a receipt not found there (yet); tails:
+--                                                its addresses' last digits ('' none);
+--                                                excluded: notification ids (space
+--                                                separated) its index entries named that
+--                                                were sent to another number
 -- Guarantees: an outcome for a notification no longer submitting changes nothing; a
--- receipt before its submit's message ids is parked and applied when they are recorded.
--- Returns {{op numbers to send again}, {}, counts, partner ids}: an X op whose index entry
--- appeared since the caller looked (its notification was not declared) is left for the
--- caller to resolve and send again.
+-- receipt before its submit's message ids is parked and applied when they are recorded;
+-- a receipt is applied only to a notification sent to a number it names (when it names
+-- one).
+-- Returns {{op numbers to send again}, {Y op numbers refused: another number}, counts,
+-- partner ids}: an X op whose index entry appeared since the caller looked (its
+-- notification was not declared) is left for the caller to resolve and send again; a
+-- refused Y op is resolved again without that notification.
 -- include: ledger.lua
 local n = tonumber(ARGV[FIRST])
 local EARLY_TTL = tonumber(ARGV[FIRST + 1])
 local i = FIRST + 2
-local again = {}
+local again, refused = {}, {}
 -- formatted once: a number handed to redis.call is printed with %.17g each time
 local RECEIPT_DUE = string.format('%.3f', now + RECEIPT_TIMEOUT)
 for number = 1, n do
@@ -137,30 +145,36 @@ for number = 1, n do
     end
   elseif op == 'Y' then
     local id, part, rstate, err = ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
-    i = i + 5
-    apply_receipt(id, nkey(id), part, rstate, err)
+    if apply_receipt(id, nkey(id), part, rstate, err, ARGV[i + 5]) == false then
+      refused[#refused + 1] = tostring(number)
+    end
+    i = i + 6
   elseif op == 'X' then
-    local carrier, rstate, err, nc = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+    local carrier, rstate, err, tails = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    local excluded, nc = ' ' .. ARGV[i + 5] .. ' ', tonumber(ARGV[i + 6])
     local found = false
     for k = 1, nc do
       -- candidates whose index entry lives in another partition were looked up by the
       -- caller just before (not declared here)
-      local mk = DECLARED['m' .. carrier .. '\0' .. ARGV[i + 4 + k]]
+      local mk = DECLARED['m' .. carrier .. '\0' .. ARGV[i + 6 + k]]
       local v = mk and redis.call('GET', mk)
       if v then
         local sp = string.find(v, ' ', 1, true)
         local id = string.sub(v, 1, sp - 1)
-        if DECLARED['n' .. id] then
-          apply_receipt(id, nkey(id), tonumber(string.sub(v, sp + 1)), rstate, err)
-        else
+        if string.find(excluded, ' ' .. id .. ' ', 1, true) then
+          -- already refused by that notification: another number's
+        elseif not DECLARED['n' .. id] then
           again[#again + 1] = tostring(number)
+          found = true
+          break
+        elseif apply_receipt(id, nkey(id), tonumber(string.sub(v, sp + 1)), rstate, err, tails) ~= false then
+          found = true
+          break
         end
-        found = true
-        break
       end
     end
     if not found and nc > 0 then
-      local ek = earlykey(carrier, ARGV[i + 5])
+      local ek = earlykey(carrier, ARGV[i + 7])
       if RECEIPT_FINAL[rstate] or redis.call('EXISTS', ek) == 0 then
         redis.call('SET', ek, rstate .. ' ' .. err, 'EX', EARLY_TTL)
         redis.call('SET', EARLY_PARKED, '1', 'EX', EARLY_TTL)
@@ -168,11 +182,11 @@ for number = 1, n do
       end
       count('receipt_early')
     end
-    i = i + 5 + nc
+    i = i + 7 + nc
   else
     flush_sorted_sets()  -- the ops before it are applied: keep the in-flight set true
     return redis.error_reply('unknown outcome op ' .. tostring(op))
   end
 end
 flush_sorted_sets()
-return {{again, {}}, flat_counts(), partner_final}
+return {{again, refused}, flat_counts(), partner_final}
