@@ -1113,12 +1113,17 @@ def op_accepted(notification_id: str, carrier: str, message_ids: Sequence[str], 
     them (kept so, for grepping carrier logs; indexed under their canonical form).
 
     receipt_parts: how many leading parts asked for a receipt (None: all); only their
-    ids are indexed, and delivery is judged on their receipts alone.
+    ids are indexed, and delivery is judged on their receipts alone.  An SMSC that gave
+    every part one id (the long message's) receipts them under that id, once or once
+    per part, so part 1's receipt stands for all: indexed as `receipt_parts` 1, the
+    message is not left waiting for the other parts' receipts that cannot be told apart.
     """
     parts = len(message_ids)
     indexed = parts if receipt_parts is None else max(0, min(receipt_parts, parts))
-    return ("A", notification_id, carrier, parts, indexed, *message_ids,
-            *(canonical_message_id(m) for m in message_ids))
+    canonical = [canonical_message_id(m) for m in message_ids]
+    if indexed > 1 and canonical.count(canonical[0]) == parts:
+        indexed = 1
+    return ("A", notification_id, carrier, parts, indexed, *message_ids, *canonical)
 
 
 def op_partly_sent(notification_id: str, carrier: str, message_ids: Sequence[str]) -> tuple[Any, ...]:

@@ -88,6 +88,27 @@ async def test_when_only_part_one_asked_its_receipt_alone_delivers(redis_url: st
 
 
 @on_asyncio
+async def test_parts_that_got_one_id_are_delivered_by_its_receipt(redis_url: str) -> None:
+    """An SMSC that answers every part of a long message with the message's one id, and
+    sends one receipt for it: delivered.  Before 2026-12-05 the receipt was taken as part
+    2's (the last index entry written) and the message waited for part 1's until it
+    ended unconfirmed."""
+    async with pipeline(redis_url) as p:
+        p.links[0].script = ["hold"]
+        p.links[0].parts = 2
+        await p.accept(points("long", to="13800000042"))
+        await p.dispatcher.dispatch_once()
+        [(_, accepted)] = p.links[0].held
+        accepted.callback(SubmitAccepted("cmcc", ("5A5", "5a5")))
+        await p.writer.flushed()
+        raw = await p.ledger.raw("long")
+        assert raw["parts"] == "2" and raw["receipt_parts"] == "1" and raw["message_ids"] == "5A5 5a5"
+        await record(p, receipt("5A5", source_addr="13800000042"))
+        view = await p.ledger.get("long")
+        assert view is not None and view["state"] == "delivered" and view["part_states"] == ["DELIVRD", ""]
+
+
+@on_asyncio
 async def test_submit_that_asked_for_no_receipt_indexes_no_message_id(redis_url: str) -> None:
     """receipt_parts 0 (registered_delivery 0): submitted is where it ends; its id is not
     indexed, so nothing waits in Redis for a receipt that will not come."""
