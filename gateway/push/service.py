@@ -65,7 +65,7 @@ from gateway.push.state import NotificationLedger, OutcomeWriter
 from gateway.push.worker import Dispatcher, Waker
 from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.keys import Keys
-from gateway.store.refusals import RefusalLog, is_write_refusal
+from gateway.store.refusals import RefusalLog, is_unavailable, is_write_refusal
 from gateway.store.service import REDIS_ERRORS
 
 __all__ = ["PushService"]
@@ -514,6 +514,7 @@ class PushService(Service):
         # Leases: renew ours well before they run out; recover others' that did.
         every = max(1, int(self.lease_seconds / 3 / self.tick_seconds))
         overdue = 0
+        deferred_applied = True
         # Receipt timeouts are hours (push.receipt_timeout_seconds), so they are closed as
         # often as leases are recovered (every lease / 3), not every tick: on a Cluster each
         # sweep is a read per owned partition.
@@ -524,10 +525,18 @@ class PushService(Service):
             # the notification `unconfirmed` (bench/cluster_soak.py: 10 and 21 of 60,000
             # with a 20 s receipt timeout).  Another process applying the same entry at
             # the same time changes nothing (the same receipt twice).
-            deferred = await self.ledger.apply_deferred_receipts(now=now)
+            try:
+                deferred = await self.ledger.apply_deferred_receipts(now=now)
+            except Exception as e:
+                if is_unavailable(e):
+                    raise  # Redis away or refusing: the renewals below would fail too
+                # Anything else here must not hold back the lease renewals below; the
+                # receipt timeouts wait, since kept receipts may not have landed.
+                log.failure("push housekeeping: deferred receipts not applied")
+                deferred, deferred_applied = 0, False
             if deferred:
                 log.info("{count} deferred receipts applied (their partition answers again)", count=deferred)
-        if self._tick % every == 0 or not self.ownership.enabled:
+        if deferred_applied and (self._tick % every == 0 or not self.ownership.enabled):
             # Partitioned, a receipt may be on its way into another partition's deferred
             # stream (its writer's batch) as this one answers again: two housekeeping
             # periods (every lease / 3) of grace before a notification is closed.

@@ -135,6 +135,12 @@ receipt_replication_short = Counter(
 # it a receipt is refused and the carrier delivers it again, as without deferral.
 DEFERRED_RECEIPTS_MAX = 100_000
 
+# An entry of a deferred-receipts stream this version cannot read (a newer gateway's
+# layout during a rolling deploy, or damaged) is passed over and left this long for a
+# process that can read it, then deleted and counted: a deploy rolls through a fleet in
+# minutes, and newer processes apply what they kept within a housekeeping period.
+UNREADABLE_DEFERRED_KEEP_SECONDS = 600.0
+
 _script_counters = {
     "receipt_early": Counter(
         "gateway12123_push_receipts_early_total",
@@ -158,6 +164,11 @@ _script_counters = {
         "gateway12123_push_voice_handoffs_total", "Notifications handed to the voice channel",
         registry=metrics.REGISTRY),
     "possible_duplicate": possible_duplicates,
+    "receipt_deferred_unreadable": Counter(
+        "gateway12123_push_receipts_deferred_unreadable_total",
+        "Entries of the deferred-receipts streams this version could not read, deleted after "
+        "UNREADABLE_DEFERRED_KEEP_SECONDS (their receipts lost: the notification may end unconfirmed)",
+        registry=metrics.REGISTRY),
     "receipt_deferred": Counter(
         "gateway12123_push_receipts_deferred_total",
         "Receipts kept in their message id's partition while their notification's partition failed "
@@ -862,20 +873,44 @@ class NotificationLedger:
         for k, entries in zip(numbers, streams, strict=True):
             if not entries:
                 continue
+            readable: list[tuple[str, list[Any]]] = []
+            abandoned: list[str] = []
+            for entry_id, fields in entries:
+                op = readable_receipt_op(fields)
+                if op is not None:
+                    readable.append((entry_id, op))
+                elif now - int(entry_id.partition("-")[0]) / 1000 >= UNREADABLE_DEFERRED_KEEP_SECONDS:
+                    abandoned.append(entry_id)
+            stream = self.keys.partition(k).deferred_receipts
+            if abandoned:
+                await self._drop_unreadable(stream, abandoned)
             failed = {position for position, _ in
-                      await self.apply([current_layout(json.loads(fields["op"])) for _, fields in entries],
-                                       now=now, defer=False)}
-            done = [entry_id for position, (entry_id, _) in enumerate(entries) if position not in failed]
+                      await self.apply([op for _, op in readable], now=now, defer=False)} if readable else set()
+            done = [entry_id for position, (entry_id, _) in enumerate(readable) if position not in failed]
             if not done:
                 continue
             try:
-                await self.redis.xdel(self.keys.partition(k).deferred_receipts, *done)
+                await self.redis.xdel(stream, *done)
             except Exception as e:
                 if not is_unavailable(e):
                     raise
                 continue  # applied again next time: the same receipts twice change nothing
             applied += len(done)
         return applied
+
+    async def _drop_unreadable(self, stream: str, entry_ids: list[str]) -> None:
+        try:
+            await self.redis.xdel(stream, *entry_ids)
+        except Exception as e:
+            if not is_unavailable(e):
+                raise
+            return  # deleted at the next call
+        _script_counters["receipt_deferred_unreadable"].inc(len(entry_ids))
+        # Ids and the stream only: an entry holds a receipt's number digits.
+        _writer_log.warn("deleted {count} entries of {stream} that no gateway read within {seconds:.0f} s "
+                         "(first {first}): their receipts are lost",
+                         count=len(entry_ids), stream=stream, seconds=UNREADABLE_DEFERRED_KEEP_SECONDS,
+                         first=entry_ids[0])
 
     async def _read_deferred(self, numbers: list[int], limit: int) -> list[list[Any] | None]:
         """The deferred-receipts entries of these partitions, in one pipeline; when a node
@@ -1173,6 +1208,25 @@ def _excluding(op: Sequence[Any], notification_id: str) -> tuple[Any, ...]:
     notification refused the receipt (sent to another number)."""
     excluded = f"{op[5]} {notification_id}" if op[5] else notification_id
     return (*op[:5], excluded, *op[6:])
+
+
+def readable_receipt_op(fields: Mapping[str, Any]) -> list[Any] | None:
+    """The receipt op of a deferred-receipts entry in today's layout, or None when this
+    version cannot read it (not JSON, not an X or Y op of the right shape)."""
+    try:
+        loaded = json.loads(fields["op"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(loaded, list) or not loaded:
+        return None
+    op = current_layout(loaded)
+    if not all(isinstance(item, str | int) and not isinstance(item, bool) for item in op):
+        return None
+    if op[0] == "Y" and len(op) == 6 and str(op[2]).isdigit():
+        return op
+    if op[0] == "X" and len(op) >= 7 and str(op[6]).isdigit() and len(op) == 7 + int(op[6]):
+        return op
+    return None
 
 
 def current_layout(op: Sequence[Any]) -> list[Any]:

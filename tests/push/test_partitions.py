@@ -322,6 +322,81 @@ async def test_housekeeping_applies_every_partitions_deferred_receipts_before_cl
 
 
 @on_asyncio
+async def test_an_unreadable_deferred_entry_holds_back_neither_receipts_nor_housekeeping(redis_url: str) -> None:
+    """Entries this version cannot read (a newer gateway's layout during a rolling deploy,
+    or damaged) at the head of a deferred stream: the receipt behind them is applied,
+    housekeeping goes on (an overdue notification is closed, leases are renewed), and
+    they are left for a process that can read them until UNREADABLE_DEFERRED_KEEP_SECONDS,
+    then deleted and counted.  Before, housekeeping stopped at the first of them at every
+    period, and lease renewal, which comes after, never ran."""
+    import json
+
+    from gateway import metrics
+    from gateway.config import PushConfig
+    from gateway.push.service import PushService
+    from gateway.push.state import UNREADABLE_DEFERRED_KEEP_SECONDS
+
+    async with pipeline(redis_url, partitions=2, receipt_timeout_seconds=20) as p:
+        await p.accept(code("kept"), code("silent", to="13900000001"))
+        await p.dispatch_all()
+        stream = p.keys.partition(p.keys.partition_of("kept")).deferred_receipts
+        written = p.clock.now - 1
+        for n, fields in enumerate(({"op": json.dumps(["Q", "a", "future", "layout"])}, {"op": "{not json"},
+                                    {"other": "field"},
+                                    {"op": json.dumps(["Y", "kept", "0", "DELIVRD", "000"])})):
+            await p.redis.xadd(stream, fields, id=f"{int(written * 1000)}-{n}")
+        service = PushService(p.redis, p.keys, PushConfig(receipt_timeout_seconds=20), p.templates, p.links,
+                              p.clock, lease_seconds=3.0, tick_seconds=1.0)
+        service.ownership.owned = lambda now=None: [0, 1]  # type: ignore[method-assign]
+        renewed: list[int] = []
+
+        async def renew() -> None:
+            renewed.append(1)
+
+        service.dispatcher.renew_leases_once = renew  # type: ignore[method-assign]
+        p.clock.advance(60)  # past the receipt timeout and its grace
+        for _ in range(3):  # one housekeeping period (every lease / 3 ticks)
+            await service._housekeeping_step()
+        assert await p.state("kept") == "delivered" and await p.state("silent") == "unconfirmed"
+        assert renewed
+        assert await p.redis.xlen(stream) == 3  # left for a process that can read them
+        dropped = metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_deferred_unreadable_total") or 0.0
+        p.clock.advance(UNREADABLE_DEFERRED_KEEP_SECONDS)
+        assert await p.ledger.apply_deferred_receipts(now=p.clock.now) == 0
+        assert await p.redis.xlen(stream) == 0
+        assert metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_deferred_unreadable_total") == dropped + 3
+
+
+@on_asyncio
+async def test_a_failure_applying_deferred_receipts_still_renews_leases_and_closes_nothing(redis_url: str) -> None:
+    """Any error applying kept receipts other than Redis being away: the lease renewals of
+    that housekeeping period still run, and no notification is closed `unconfirmed`
+    (its kept receipt may be the one that did not land)."""
+    from gateway.config import PushConfig
+    from gateway.push.service import PushService
+
+    async with pipeline(redis_url, receipt_timeout_seconds=20) as p:
+        await p.accept(code("silent"))
+        await p.dispatch_all()
+        service = PushService(p.redis, p.keys, PushConfig(receipt_timeout_seconds=20), p.templates, p.links,
+                              p.clock, lease_seconds=3.0, tick_seconds=1.0)
+        renewed: list[int] = []
+
+        async def renew() -> None:
+            renewed.append(1)
+
+        async def broken(**_: Any) -> int:
+            raise RuntimeError("a defect")
+
+        service.dispatcher.renew_leases_once = renew  # type: ignore[method-assign]
+        service.ledger.apply_deferred_receipts = broken  # type: ignore[method-assign]
+        p.clock.advance(60)
+        for _ in range(3):
+            await service._housekeeping_step()
+        assert renewed and await p.state("silent") == "submitted"
+
+
+@on_asyncio
 async def test_a_deferred_stream_whose_node_is_away_waits_and_the_others_are_applied(redis_url: str) -> None:
     """Kept receipts in both partitions' streams, one stream unreadable (its node away):
     the other's receipt is applied and no error stops housekeeping; the unreadable one's
