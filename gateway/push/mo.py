@@ -25,6 +25,9 @@ senders concurrently.  For each entry, in this order:
 1. ``mo-handled:<mo id>`` exists: it was answered before a crash lost the XACK; ack it.
 2. The sender is not a Chinese mobile number: record ``mo.received`` (outcome
    ``invalid_sender``), no reply.
+   The same text from the same number was taken from another MO within
+   ``MO_REDELIVERY_WINDOW_SECONDS``: the SMSC delivering it again (its deliver_sm_resp
+   lost); outcome ``redelivered``, no reply.
 3. Flood check (one Lua script on ``mo-rate:<phone>``, time from our clock): more than
    ``rate_limit_per_minute`` MOs in a minute get one answer, "发送过于频繁，请稍后再试",
    and the number is then ignored for ``ignore_seconds`` (recorded, not answered).
@@ -83,6 +86,7 @@ cannot stall everyone else's.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import random
@@ -223,6 +227,7 @@ class Outcome(Enum):
     INVALID_SENDER = "invalid_sender"  # not a Chinese mobile number, not answered
     ERROR = "error"  # corrupt core data or a bug: apologised
     NOT_ALLOWED = "not_allowed"  # the sender's user class may not do this by SMS
+    REDELIVERED = "redelivered"  # the same text from the same number just answered: not answered again
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,14 @@ class MoReply:
 
 
 # Lua: gateway/push/lua/mo_rate.lua, mo_issue_code.lua, mo_check_code.lua.
+
+# An SMSC delivers an MO again when it did not get our deliver_sm_resp (the link dropped
+# after we recorded it, a gateway killed, a response later than the SMSC's timeout): on
+# its next bind at once, or after its response timeout, 30-60 s on the SMSCs we know.
+# The same text from the same number within this window is taken for that, recorded
+# and not answered again; a citizen who repeats a command later (a code that expired)
+# is answered.  Never longer than half the cancel code's validity.
+MO_REDELIVERY_WINDOW_SECONDS = 120.0
 
 
 class _RateVerdict(Enum):
@@ -577,6 +590,7 @@ class MoService(Service):
         self._recorder = MoRecorder(redis, keys, self._now, wait_replicas=wait_replicas)
         self._responder = MoResponder(redis, keys, config, max_code_attempts=max_code_attempts)
         self._rate = register_lua(redis, __file__, "mo_rate.lua")
+        self._redelivery_window = min(MO_REDELIVERY_WINDOW_SECONDS, config.cancel_code_ttl_seconds / 2)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._idle = False  # waiting on XREADGROUP BLOCK or a backoff: safe to cancel
@@ -828,6 +842,8 @@ class MoService(Service):
         reply: MoReply | None
         if phone is None:
             reply, outcome = None, Outcome.INVALID_SENDER
+        elif await self._redelivered(phone, fields.get("text", ""), mo_id, now):
+            reply, outcome = None, Outcome.REDELIVERED
         else:
             verdict = await self._rate_verdict(phone, now)
             if verdict is _RateVerdict.IGNORE:
@@ -858,6 +874,27 @@ class MoService(Service):
             # A bug: one message must not stall everyone else's (see the module docstring).
             log.failure("MO {mo_id}: answering failed", mo_id=mo_id)
         return MoReply(TRY_LATER_TEXT, Outcome.ERROR)
+
+    async def _redelivered(self, phone: str, text: str, mo_id: str, now: float) -> bool:
+        """Whether another MO with this text from this number was taken within the
+        redelivery window (`MO_REDELIVERY_WINDOW_SECONDS`, on the business clock).  This
+        one is marked taken otherwise; the same MO again (a crash before its XACK) is
+        not a redelivery."""
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        key = self._keys.mo_seen(phone, digest)
+        mark = f"{mo_id} {now + self._redelivery_window!r}"
+        # The key's own expiry only collects garbage (a minute after the window).
+        garbage_ms = int((self._redelivery_window + 60) * 1000)
+        taken = await self._redis.set(key, mark, nx=True, get=True, px=garbage_ms)
+        if not isinstance(taken, str | bytes):  # None: set now (GET returns the old value)
+            return False
+        taken_by, _, until = decode_text(taken).partition(" ")
+        if taken_by == mo_id:
+            return False
+        if float(until or 0) > now:
+            return True
+        await self._redis.set(key, mark, px=garbage_ms)
+        return False
 
     async def _rate_verdict(self, phone: str, now: float) -> _RateVerdict:
         verdict = await self._rate(

@@ -140,6 +140,9 @@ class PartitionKeys:
     def mo_cancel_code(self, phone_digits: str) -> str:
         return f"{self.base}mo-cancel:{phone_digits}"
 
+    def mo_seen(self, phone_digits: str, text_digest: str) -> str:
+        return f"{self.base}mo-seen:{phone_digits}:{text_digest}"
+
     @property
     def mo_stream(self) -> str:
         return f"{self.base}mo"
@@ -322,6 +325,11 @@ class Keys:
         """A sender's pending two-step SMS cancellation (hash: code, booking_no, ...);
         partitioned: in the number's partition (`number_partition_of`)."""
         return self._parts[self.number_partition_of(phone_digits)].mo_cancel_code(phone_digits)
+
+    def mo_seen(self, phone_digits: str, text_digest: str) -> str:
+        """The MO a number's text was last taken from, for the redelivery window (string:
+        the MO id, PX the window); partitioned: in the number's partition."""
+        return self._parts[self.number_partition_of(phone_digits)].mo_seen(phone_digits, text_digest)
 
     @property
     def mo_stream(self) -> str:
