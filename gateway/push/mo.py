@@ -854,6 +854,10 @@ class MoService(Service):
             else:
                 reply = await self._answer_safely(command, phone, mo_id, now)
                 outcome = reply.outcome
+                if outcome is Outcome.ERROR:
+                    # "Try again later": the same text again must be answered, not taken
+                    # for a redelivery.
+                    await self._redis.delete(self._seen_key(phone, fields.get("text", "")))
         await self._finish(mo_id, fields, phone, command, outcome, reply, now)
         log.info(
             "MO {mo_id} from {sender}: {keyword} -> {outcome}",
@@ -875,13 +879,16 @@ class MoService(Service):
             log.failure("MO {mo_id}: answering failed", mo_id=mo_id)
         return MoReply(TRY_LATER_TEXT, Outcome.ERROR)
 
+    def _seen_key(self, phone: str, text: str) -> str:
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        return self._keys.mo_seen(phone, digest)
+
     async def _redelivered(self, phone: str, text: str, mo_id: str, now: float) -> bool:
         """Whether another MO with this text from this number was taken within the
         redelivery window (`MO_REDELIVERY_WINDOW_SECONDS`, on the business clock).  This
         one is marked taken otherwise; the same MO again (a crash before its XACK) is
         not a redelivery."""
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-        key = self._keys.mo_seen(phone, digest)
+        key = self._seen_key(phone, text)
         mark = f"{mo_id} {now + self._redelivery_window!r}"
         # The key's own expiry only collects garbage (a minute after the window).
         garbage_ms = int((self._redelivery_window + 60) * 1000)

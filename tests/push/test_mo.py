@@ -43,6 +43,7 @@ from gateway.push.mo import (
     MO_REDELIVERY_WINDOW_SECONDS,
     NOT_ALLOWED_TEXT,
     NOT_ON_RECORD_TEXT,
+    TRY_LATER_TEXT,
     MoService,
     mo_reply_id,
 )
@@ -400,6 +401,23 @@ async def test_flooding_number_is_answered_once_then_ignored(redis_url: str) -> 
 
 
 # --- idempotency and events --------------------------------------------------------------
+
+
+@on_asyncio
+async def test_after_try_again_later_the_same_text_is_answered(redis_url: str) -> None:
+    """An MO answered "try again later" (a bug or broken core data) does not make the
+    citizen's retry of the same text look like a redelivery."""
+    async with harness(redis_url) as h:
+        responder = h.service._responder
+        real_answer = responder.answer
+
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a defect")
+
+        responder.answer = failing  # type: ignore[method-assign]
+        assert await h.send(SAMPLE_CALLER, "CXYY") == TRY_LATER_TEXT
+        responder.answer = real_answer  # type: ignore[method-assign]
+        assert await h.send(SAMPLE_CALLER, "CXYY") != TRY_LATER_TEXT
 
 
 @on_asyncio
