@@ -47,7 +47,7 @@ from gateway.push.mo import (
     MoService,
     mo_reply_id,
 )
-from gateway.store.bridge import wait_deferred
+from gateway.store.bridge import as_deferred, wait_deferred
 from gateway.store.embedded import RedisServerProcess
 from gateway.store.keys import Keys
 from gateway.store.service import make_client
@@ -680,3 +680,56 @@ async def test_booking_query_offers_qxyy_only_while_cancellable(redis_url: str) 
         assert "QXYY" not in reply and "已过网上取消截止时间" in reply and "到车管所窗口办理" in reply
         open_reply = await h.send(SAMPLE_CALLER, "CXYY")
         assert "取消预约请回复QXYY+预约号。" in open_reply
+
+
+@on_asyncio
+async def test_an_mo_recorded_whose_answer_the_smsc_never_got_is_answered_once_over_smpp(redis_url: str) -> None:
+    """Over SMPP with the carrier simulator: the MO's XADD reached Redis but its reply did
+    not come back (a socket timeout), so the link answered the deliver_sm with an error and
+    the SMSC delivered the QXYY again.  Two MO entries, one answer: one code."""
+    from twisted.internet.defer import Deferred, succeed
+
+    from gateway.config import CarrierConfig, Secret
+    from gateway.ports import DeliveryReceipt
+    from gateway.smpp.link import CarrierLink
+    from gateway.smpp.simulator import CarrierSimulator, options_for_carrier
+
+    async with harness(redis_url) as h:
+
+        class ReplyLostOnce:
+            """The link's InboundSink: the first MO is recorded, then its reply is lost."""
+
+            lost = False
+
+            def record_mo(self, message: MobileOriginated) -> Deferred[None]:
+                async def record() -> None:
+                    await wait_deferred(h.service.record_mo(message))
+                    if not self.lost:
+                        self.lost = True
+                        raise TimeoutError("the XADD's reply did not come back")
+
+                return as_deferred(record())
+
+            def record_receipt(self, receipt: DeliveryReceipt) -> Deferred[None]:
+                return succeed(None)
+
+        config = CarrierConfig(name="cmcc", host="127.0.0.1", port=2775, system_id="gw12123",
+                               password=Secret("secret"), prefixes=("138", "139"))
+        simulator = CarrierSimulator(options_for_carrier(config, port=0, redeliver_delay_seconds=0.05), reactor)
+        simulator.startService()
+        link = CarrierLink(CarrierConfig(**{**config.__dict__, "port": simulator.port_number}), ReplyLostOnce(),
+                           reactor, jitter=lambda: 0.0)
+        link.startService()
+        try:
+            await wait_deferred(link.when_bound().addTimeout(10, reactor))
+            booking = h.sample.cancellable_booking
+            await wait_deferred(simulator.send_mo(SAMPLE_CALLER, f"QXYY {booking}").addTimeout(10, reactor))
+            assert await h.redis.xlen(KEYS.mo_stream) == 2
+            await h.service.answer_waiting()
+            [offer] = await h.replies()
+            outcomes = [e["outcome"] for e in await h.events("mo.received")]
+            assert outcomes == ["code_sent", "redelivered"]
+            assert "已取消" in await h.send(SAMPLE_CALLER, f"QR {code_in(offer['text'])}")
+        finally:
+            await wait_deferred(link.stopService())
+            await wait_deferred(simulator.stopService())
