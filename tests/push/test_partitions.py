@@ -104,6 +104,43 @@ async def test_receipt_before_its_submit_response_in_another_partition(target: s
         await p.writer.flushed()
         assert await p.state(notification_id) == "delivered"
         assert await p.redis.get(p.keys.message_id("cmcc", message_id.lower())) == f"{notification_id} 0"
+        # Applied, it is deleted: before 2026-12-05 it stayed for the early-receipt TTL (a day).
+        assert not await p.redis.exists(p.keys.early_receipt("cmcc", message_id.lower()))
+
+
+@on_asyncio
+async def test_a_parked_receipt_stays_until_its_submit_is_recorded(redis_url: str) -> None:
+    """A receipt parked in its message id's partition, and the notification's partition
+    failing when the submit is recorded: the parked receipt stays, so that the retried
+    record applies it; then it is deleted."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gateway.push.state import op_accepted
+
+    async with pipeline(redis_url, partitions=2) as p:
+        notification_id = "early"
+        home = p.keys.partition_of(notification_id)
+        message_id = next(f"{n}" for n in range(1000) if p.keys.index_partition_of("cmcc", f"{n}") != home)
+        p.links[0].script = ["hold"]
+        await p.accept(code(notification_id))
+        await p.dispatcher.dispatch_once()
+        await record(p, receipt(message_id))
+        parked = p.keys.early_receipt("cmcc", message_id)
+        assert await p.redis.exists(parked)
+        real = p.ledger._apply_partition
+
+        async def home_away(partition: int, ops: list[Any], now: float) -> Any:
+            if partition == home:
+                raise RedisConnectionError("master away")
+            return await real(partition, ops, now)
+
+        p.ledger._apply_partition = home_away  # type: ignore[method-assign]
+        accepted = op_accepted(notification_id, "cmcc", [message_id])
+        [(position, _)] = await p.ledger.apply([accepted], now=p.clock.now)
+        assert position == 0 and await p.redis.exists(parked)
+        p.ledger._apply_partition = real  # type: ignore[method-assign]
+        assert await p.ledger.apply([accepted], now=p.clock.now) == []
+        assert await p.state(notification_id) == "delivered" and not await p.redis.exists(parked)
 
 
 @on_asyncio
