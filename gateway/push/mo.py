@@ -892,8 +892,12 @@ class MoService(Service):
         mark = f"{mo_id} {now + self._redelivery_window!r}"
         # The key's own expiry only collects garbage (a minute after the window).
         garbage_ms = int((self._redelivery_window + 60) * 1000)
-        taken = await self._redis.set(key, mark, nx=True, get=True, px=garbage_ms)
-        if not isinstance(taken, str | bytes):  # None: set now (GET returns the old value)
+        # SET NX, then GET when taken: SET's NX and GET together need Redis 7.0.
+        if await self._redis.set(key, mark, nx=True, px=garbage_ms):
+            return False
+        taken = await self._redis.get(key)
+        if taken is None:  # expired in between
+            await self._redis.set(key, mark, px=garbage_ms)
             return False
         taken_by, _, until = decode_text(taken).partition(" ")
         if taken_by == mo_id:
