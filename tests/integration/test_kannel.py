@@ -157,6 +157,18 @@ class Kannel:
     def log(self, program: str) -> str:
         return (self.work_dir / f"{program}.log").read_text(errors="replace")[-3000:]
 
+    def smsbox_ready(self) -> bool:
+        """smsbox answers sendsms correctly: its port is open *and* it loaded its users.
+        It opens the port first and reads the sendsms users after, then connects to
+        bearerbox; a request in between is refused "Authorization failed for sendsms"
+        (seen once on a loaded machine, 2026-12-05)."""
+        if not listening(self.values["SENDSMS_PORT"]):
+            return False
+        try:
+            return "Connected to bearerbox" in (self.work_dir / "smsbox.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.send_signal(signal.SIGTERM)
@@ -239,15 +251,8 @@ def test_kannel_submits_through_our_listener_to_a_carrier(kannel: Kannel) -> Any
         yield link.when_bound()
         text = CHINESE_TEXT
         assert len(text) > 70  # two UCS2 parts at Kannel and at our link
-        status = 0
-        for _ in range(50):  # smsbox connects to bearerbox shortly after starting
-            try:
-                status = yield deferToThread(
-                    sendsms, values["SENDSMS_PORT"], values, "13800138000", text
-                )
-                break
-            except OSError:
-                yield deferLater(reactor, 0.1, lambda: None)
+        yield eventually(kannel.smsbox_ready, "smsbox's sendsms port and users")
+        status = yield deferToThread(sendsms, values["SENDSMS_PORT"], values, "13800138000", text)
         assert status == 202, kannel.log("smsbox")
         yield eventually(lambda: bool(simulator.received), "the message at the carrier")
         [message] = simulator.received
@@ -334,7 +339,7 @@ async def kannel_bound_to_listener(kannel: Kannel, intake: RecordingIntake) -> S
     kannel.start("bearerbox")
     await eventually(lambda: KANNEL_SYSTEM_ID in listener._receivers, "Kannel to bind")
     kannel.start("smsbox")
-    await eventually(lambda: listening(kannel.values["SENDSMS_PORT"]), "smsbox's sendsms port")
+    await eventually(kannel.smsbox_ready, "smsbox's sendsms port and users")
     return listener
 
 
@@ -450,7 +455,7 @@ async def test_kannel_through_the_daemon_to_the_carrier_and_its_receipt_back(kan
         kannel.start("bearerbox")
         await eventually(lambda: listening(kannel.values["SMSBOX_PORT"]), "bearerbox's box port")
         kannel.start("smsbox")
-        await eventually(lambda: listening(kannel.values["SENDSMS_PORT"]), "smsbox's sendsms port")
+        await eventually(kannel.smsbox_ready, "smsbox's sendsms port and users")
         answer = await deferToThread(
             sendsms_with_dlr, kannel.values, dlr_port.getHost().port, 1 + 2 + 8, text=text
         )
