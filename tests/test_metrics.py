@@ -1,5 +1,5 @@
 """/metrics follows Prometheus conventions, and the shipped alert rules and Grafana
-dashboard use only metrics the gateway exports."""
+dashboard parse and use only metrics the gateway exports."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import promql_parser
+import pytest
 import yaml
 from prometheus_client import generate_latest
 
@@ -60,3 +62,24 @@ def test_alert_rules_and_dashboard_use_exported_metrics() -> None:
     unknown = {name for name in used if name not in exported and not any(
         name.endswith(s) and name[: -len(s)] in exported for s in _SUFFIXES)}
     assert not unknown, unknown
+
+
+def test_alert_rules_and_dashboard_queries_parse() -> None:
+    """Every expression in deploy/ parses as PromQL (promql-parser, a port of Prometheus's
+    own parser): one broken rule makes Prometheus refuse the whole rules file, and with
+    it every alert."""
+    rules = yaml.safe_load((DEPLOY / "prometheus-alerts.yml").read_text(encoding="utf-8"))
+    exprs = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    exprs |= {f"{panel['title']} #{n}": target["expr"] for panel in dashboard["panels"]
+              for n, target in enumerate(panel["targets"])}
+    unparsable = {}
+    for name, expr in exprs.items():
+        try:
+            promql_parser.parse(expr)
+        except ValueError as e:
+            unparsable[name] = str(e)
+    assert not unparsable, unparsable
+    assert len(exprs) > 20
+    with pytest.raises(ValueError, match="invalid promql"):
+        promql_parser.parse("sum(rate(gateway12123_receipts_total[15m])) >")  # the parser does refuse
