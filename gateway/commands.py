@@ -601,6 +601,7 @@ def cmd_queues(args: argparse.Namespace) -> int:
         print(f"being submitted      {queues['submitting']:>8}")
         print(f"awaiting receipt     {queues['awaiting_receipt']:>8}")
         print(f"dead letters         {queues['dead_letters']:>8}")
+        print(f"receipts parked      {queues['receipts_parked']:>8} (waiting for their submit)")
         print(f"voice reminders      {queues['voice_reminders_queued']:>8} queued, {queues['voice_calls_open']} calls open")
         return EXIT_OK
 

@@ -86,6 +86,9 @@ dead_letters = Gauge("gateway12123_dead_letters", "failed or rejected notificati
                      registry=REGISTRY)
 awaiting_receipt = Gauge("gateway12123_awaiting_receipt", "submitted notifications waiting for their receipt (fleet-wide)",
                          registry=REGISTRY)
+receipts_parked = Gauge("gateway12123_receipts_parked", "receipts waiting for their submit to be recorded (they beat its "
+                        "submit_sm_resp, or belong to no message of ours), against push.early_receipts_max (fleet-wide)",
+                        registry=REGISTRY)
 oldest_queued_age = Gauge("gateway12123_oldest_queued_age_seconds", "age of the oldest notification waiting in a lane "
                           "(fleet-wide; 0 when the lane is empty)", ["lane"], registry=REGISTRY)
 quiet_hours_held = Gauge("gateway12123_quiet_hours_held", "notifications held until quiet hours end (fleet-wide)",

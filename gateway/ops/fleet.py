@@ -362,6 +362,7 @@ class FleetReporter(Service):
 def _set_queue_gauges(queues: Mapping[str, Any]) -> None:
     metrics.dead_letters.set(queues["dead_letters"])
     metrics.awaiting_receipt.set(queues["awaiting_receipt"])
+    metrics.receipts_parked.set(queues["receipts_parked"])
     metrics.quiet_hours_held.set(queues["quiet_hours_held"])
     for lane, row in queues["lanes"].items():
         metrics.oldest_queued_age.labels(lane).set(row["oldest_age_seconds"] or 0)
@@ -402,17 +403,19 @@ async def read_queues(redis: Any, keys: Keys, *, now: float | None = None,
             pipe.zcard(part.awaiting_receipt)
             pipe.zcard(part.dead_letters)
             pipe.zcard(part.inflight)
+            pipe.zcard(part.early_receipts)
         for part in parts:  # voice keys are per partition too (w11-voice)
             pipe.zcard(part.voice_due)
             pipe.zcard(part.voice_calls_open)
         results = await pipe.execute()
     # Only commands on a key: a keyless one (ECHO as a placeholder) is refused in a
     # Cluster pipeline, so the quiet-hours count is left out when there is no window.
-    per_part = 2 * len(LANES) + (6 if quiet_until else 5)
+    per_part = 2 * len(LANES) + (7 if quiet_until else 6)
     voice_counts = results[len(parts) * per_part:]
     lanes: dict[str, Any] = {lane: {"depth": 0, "oldest_age_seconds": None} for lane in LANES}
     heads: dict[str, list[str]] = {lane: [] for lane in LANES}
-    totals = {"scheduled": 0, "quiet_hours_held": 0, "awaiting_receipt": 0, "dead_letters": 0, "submitting": 0}
+    totals = {"scheduled": 0, "quiet_hours_held": 0, "awaiting_receipt": 0, "dead_letters": 0, "submitting": 0,
+              "receipts_parked": 0}
     next_due: float | None = None
     for index in range(len(parts)):
         row = results[index * per_part:(index + 1) * per_part]
@@ -430,6 +433,7 @@ async def read_queues(redis: Any, keys: Keys, *, now: float | None = None,
         totals["awaiting_receipt"] += int(row[base + 3])
         totals["dead_letters"] += int(row[base + 4])
         totals["submitting"] += int(row[base + 5])
+        totals["receipts_parked"] += int(row[base + 6])
     heads_flat = [(lane, notification_id) for lane in LANES for notification_id in heads[lane]]
     if heads_flat:
         async with redis.pipeline(transaction=False) as pipe:
@@ -450,6 +454,8 @@ async def read_queues(redis: Any, keys: Keys, *, now: float | None = None,
         "submitting": totals["submitting"],
         "awaiting_receipt": totals["awaiting_receipt"],
         "dead_letters": totals["dead_letters"],
+        # receipts that found no submit yet (beat its submit_sm_resp, or another account's)
+        "receipts_parked": totals["receipts_parked"],
         "voice_reminders_queued": sum(int(n) for n in voice_counts[0::2]),
         "voice_calls_open": sum(int(n) for n in voice_counts[1::2]),
     }

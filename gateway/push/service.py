@@ -141,6 +141,7 @@ class PushService(Service):
                                          events_maxlen=events_maxlen,
                                          signature=current_templates().signature,
                                          receipt_timeout_seconds=config.receipt_timeout_seconds,
+                                         early_receipts_max=config.early_receipts_max,
                                          events=config.events, wait_replicas=config.intake_wait_replicas,
                                          receipt_wait_replicas=config.delivery_wait_replicas)
         self.writer = OutcomeWriter(self.ledger, clock, backoff_initial_seconds=backoff_initial_seconds,

@@ -74,7 +74,7 @@ import math
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter
 from twisted.internet.defer import Deferred
@@ -149,6 +149,10 @@ _script_counters = {
     "receipt_early_applied": Counter(
         "gateway12123_push_receipts_early_applied_total",
         "Parked receipts applied when the submit response was recorded", registry=metrics.REGISTRY),
+    "receipt_unparked": Counter(
+        "gateway12123_push_receipts_unparked_total",
+        "Receipts that found no notification and were dropped, not parked: push.early_receipts_max "
+        "receipts were parked in their partition already", registry=metrics.REGISTRY),
     "receipt_wrong_number": Counter(
         "gateway12123_push_receipts_wrong_number_total",
         "Receipts not applied to the notification their message id named: they carry another number "
@@ -177,7 +181,7 @@ _script_counters = {
 
 # ----------------------------------------------------------------------------------------
 # Lua: gateway/push/lua/*.lua, each including ledger.lua (the argument header, key names
-# and shared functions).  KEYS: the ledger's twelve (NotificationLedger._ledger_keys),
+# and shared functions).  KEYS: the ledger's thirteen (NotificationLedger._ledger_keys),
 # then every other key the call touches, labelled in the header (`_Declared`).  The
 # arguments travel as one JSON array (the script's only real argument) that the prologue
 # decodes into a local ARGV: the time, the header built by NotificationLedger._header, the
@@ -270,6 +274,14 @@ def _fmt(value: float) -> str:
 LANES = ("high", "normal", "bulk")
 
 
+class ParkedReceipt(NamedTuple):
+    """A receipt parked before its submit was recorded: its key, and the sorted set (of
+    its partition) that counts it against push.early_receipts_max, with its member."""
+    key: str
+    counted_in: str
+    member: str
+
+
 class _Declared:
     """The keys one ledger script call touches beyond the ledger's own, each with the
     label the script asks for it by (ledger.lua's declared()): ``n<id>`` a notification,
@@ -315,6 +327,8 @@ class NotificationLedger:
             accepted submit's message-id index entries before its submit is recorded.
         signature: stripped from texts handed to voice.
         early_receipt_ttl_seconds: how long a receipt waits for its submit response.
+        early_receipts_max: push.early_receipts_max, receipts parked at once in the whole
+            pipeline (each partition takes its share).
         receipt_timeout_seconds: how long a submit waits for its receipt before it is
             unconfirmed (0: for ever).
     """
@@ -323,22 +337,24 @@ class NotificationLedger:
                  events_maxlen: int = 1_000_000, signature: str = DEFAULT_SIGNATURE, events: str = "all",
                  wait_replicas: int = 0, receipt_wait_replicas: int = 0,
                  early_receipt_ttl_seconds: float = 86_400.0, receipt_timeout_seconds: float = 172_800.0,
-                 on_partner_final: Any = None) -> None:
+                 early_receipts_max: int = 1_000_000, on_partner_final: Any = None) -> None:
         self.redis = redis
         self.keys = keys
         self.retention_seconds = int(max(1, retention_seconds))
         self.early_receipt_ttl_seconds = int(max(1, early_receipt_ttl_seconds))
+        # push.early_receipts_max is the fleet's: each partition parks its share.
+        self.early_receipts_per_partition = max(1, -(-early_receipts_max // keys.partitions))
         # Called with the ids of partner messages that reached a final state.
         self.on_partner_final = on_partner_final
         self.wait_replicas = wait_replicas
         self.receipt_wait_replicas = receipt_wait_replicas
         self.replica_waits = ReplicaWaits(redis)  # intake's and receipts': one view of each master
-        # KEYS[1..12] of every ledger script in partition k (ledger.lua names them).
+        # KEYS[1..13] of every ledger script in partition k (ledger.lua names them).
         self._ledger_keys = [[
             part.lane("high"), part.lane("normal"), part.lane("bulk"),
             part.scheduled, part.inflight, part.dead_letters, part.events_stream,
             part.voice_requests, part.partner_receipts_pending, part.lane_sequence,
-            part.early_receipts_parked, part.awaiting_receipt,
+            part.early_receipts_parked, part.awaiting_receipt, part.early_receipts,
         ] for part in keys.all_partitions]
         self._claim_rotation = 0
         if events not in ("all", "final", "off"):
@@ -688,7 +704,7 @@ class NotificationLedger:
         failing: set[int] = set()
         # Parked receipts read for submits of this call (origin, key): deleted once their
         # submit and they are recorded.
-        read_parked: list[tuple[int, str]] = []
+        read_parked: list[tuple[int, ParkedReceipt]] = []
         # Each round resolves what the last one found written meanwhile (or parked):
         # a receipt is applied by the second round, so six are generous.
         for _ in range(6):
@@ -1017,7 +1033,7 @@ class NotificationLedger:
         return ("B", *op[1:])
 
     async def _write_index_entries(
-            self, ops: Sequence[tuple[int, Sequence[Any]]]) -> list[tuple[int, Sequence[Any], str]]:
+            self, ops: Sequence[tuple[int, Sequence[Any]]]) -> list[tuple[int, Sequence[Any], ParkedReceipt]]:
         """Write I ops' index entries with plain commands, one pipeline for all partitions,
         and return a Y op for each receipt parked under one of them (each I op comes and
         each Y op goes with the origin of its A op), with the parked receipt's key.
@@ -1042,28 +1058,32 @@ class NotificationLedger:
             for _, (_, _, carrier, _, message_id) in ops:
                 pipe.get(keys.early_receipt(carrier, message_id))
             parked_receipts = await pipe.execute()
-        parked: list[tuple[int, Sequence[Any], str]] = []
+        parked: list[tuple[int, Sequence[Any], ParkedReceipt]] = []
         for (origin, (_, notification_id, carrier, part, message_id)), early in zip(ops, parked_receipts,
                                                                                      strict=True):
             if early:
                 receipt_state, _, error = early.partition(" ")
                 parked.append((origin, ("Y", notification_id, str(part), receipt_state, error, ""),
-                               keys.early_receipt(carrier, message_id)))
+                               ParkedReceipt(keys.early_receipt(carrier, message_id),
+                                             keys.partition(keys.index_partition_of(carrier, message_id)).early_receipts,
+                                             f"{carrier} {message_id}")))
         if parked:
             _script_counters["receipt_early_applied"].inc(len(parked))
         return parked
 
-    async def _forget_parked(self, parked_keys: list[str]) -> None:
-        """Delete parked receipts applied with their submit.  They were left to expire (a
-        day): on a partitioned pipeline every receipt that beat its submit_sm_resp stayed
-        in Redis that long (measured 2026-12-05: 100 of 100).  Best effort: one left
-        behind expires as before."""
-        if not parked_keys:
+    async def _forget_parked(self, parked_receipts: list[ParkedReceipt]) -> None:
+        """Delete parked receipts applied with their submit, and their place in the count
+        of parked receipts.  They were left to expire (a day): on a partitioned pipeline
+        every receipt that beat its submit_sm_resp stayed in Redis that long (measured
+        2026-12-05: 100 of 100).  Best effort: one left behind expires as before, and
+        counts against push.early_receipts_max until then."""
+        if not parked_receipts:
             return
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for key in parked_keys:
-                    pipe.delete(key)
+                for parked in parked_receipts:
+                    pipe.delete(parked.key)
+                    pipe.zrem(parked.counted_in, parked.member)
                 await pipe.execute()
         except Exception as e:
             if not is_unavailable(e):
@@ -1072,7 +1092,7 @@ class NotificationLedger:
     async def _apply_partition(self, partition: int, ops: list[Sequence[Any]],
                                now: float) -> tuple[list[str], list[str]]:
         declared = self._declared(partition)
-        args: list[Any] = [len(ops), self.early_receipt_ttl_seconds]
+        args: list[Any] = [len(ops), self.early_receipt_ttl_seconds, self.early_receipts_per_partition]
         for op in ops:
             _declare_op(declared, op)
             args.extend(op)

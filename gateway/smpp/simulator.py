@@ -180,6 +180,11 @@ MessageIdStyle = Literal["decimal", "hex", "uuid"]
 ReceiptIdFormat = Literal["as_is", "hex_of_decimal", "decimal_of_hex"]
 MoConcatenation = Literal["udh8", "udh16", "sar", "payload"]
 
+# Stray receipts (SimulatorOptions.stray_receipts): decimal ids far below the ones this
+# SMSC gives (wall-clock seconds * 100000, about 1.7e14) and a number of no test.
+STRAY_RECEIPT_FIRST_ID = 9_000_000_000
+STRAY_RECEIPT_NUMBER = "13999999999"
+
 
 # ---------------------------------------------------------------------------------------
 # Options
@@ -219,6 +224,9 @@ class SimulatorOptions:
     receipt_id_format: ReceiptIdFormat = "as_is"
     receipt_before_response: bool = False  # the receipt goes out before the submit_sm_resp
     duplicate_receipts: bool = False  # every receipt twice
+    # With every receipt, this many for message ids this SMSC never gave (another
+    # account's, misrouted), from STRAY_RECEIPT_FIRST_ID on and for STRAY_RECEIPT_NUMBER.
+    stray_receipts: int = 0
     receipt_rate: float = 1.0  # receipts that are sent at all
     receipt_tlvs: bool = True  # receipted_message_id and message_state TLVs besides the text
     deliver_window: int = 100  # unacknowledged deliver_sm per session
@@ -1148,6 +1156,7 @@ class CarrierSimulator(Service):
         self._housekeeping.clock = reactor
         self._port: Any = None  # IListeningPort
         self._date_cache: tuple[int, str] = (-1, "")
+        self._stray_ids = itertools.count(STRAY_RECEIPT_FIRST_ID)
 
     # -- service ---------------------------------------------------------------------
 
@@ -1361,18 +1370,23 @@ class CarrierSimulator(Service):
         data = encode_receipt(
             destination, pdu.source_addr, text, receipt_id, RECEIPT_STATES[stat], with_tlvs=o.receipt_tlvs
         )
-        delivery = _Delivery(data, True)
         copies = 2 if o.duplicate_receipts else 1
-        self.counters.receipts_scheduled += copies
+        deliveries = [_Delivery(data, True)] * copies + [self._stray_receipt(stat, now) for _ in range(o.stray_receipts)]
+        self.counters.receipts_scheduled += len(deliveries)
         system_id = session.system_id
         if o.receipt_before_response:
-            queue = self._queue(system_id)
-            for _ in range(copies):
-                queue.append(delivery)
+            self._queue(system_id).extend(deliveries)
             self.pump(system_id)
         else:
-            for _ in range(copies):
+            for delivery in deliveries:
                 self._receipts.add(delay, (system_id, delivery))
+
+    def _stray_receipt(self, stat: str, now: float) -> _Delivery:
+        """A receipt for an id this SMSC never gave, to a number the gateway never sent to."""
+        stray_id = str(next(self._stray_ids))
+        text = format_receipt_text(stray_id, stat, self._date(now), self._date(now), "")
+        return _Delivery(encode_receipt(STRAY_RECEIPT_NUMBER, "12123", text, stray_id, RECEIPT_STATES[stat],
+                                        with_tlvs=self.options.receipt_tlvs), True)
 
     def _date(self, seconds: float) -> str:
         """YYMMDDhhmm in local time; formatted once per minute."""
@@ -1707,6 +1721,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send the receipt before the submit_sm_resp (a race real SMSCs show)")
     parser.add_argument("--duplicate-receipts", action="store_true",
                         help="send every receipt twice")
+    parser.add_argument("--stray-receipts", type=int, default=0, metavar="N",
+                        help="with every receipt, N more for ids this SMSC never gave (another account's)")
     parser.add_argument("--receipt-rate", type=float, default=d.receipt_rate, metavar="FRACTION",
                         help="share of submits that get a receipt at all")
     parser.add_argument("--no-receipt-tlvs", dest="receipt_tlvs", action="store_false",
@@ -1756,6 +1772,7 @@ def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
         receipt_id_format=args.receipt_id_format,
         receipt_before_response=args.receipt_before_response,
         duplicate_receipts=args.duplicate_receipts,
+        stray_receipts=args.stray_receipts,
         receipt_rate=args.receipt_rate,
         receipt_tlvs=args.receipt_tlvs,
         deliver_window=args.deliver_window,

@@ -106,6 +106,10 @@ class PartitionKeys:
         return f"{self.base}early-receipts-parked"
 
     @property
+    def early_receipts(self) -> str:
+        return f"{self.base}early-receipts"
+
+    @property
     def deferred_receipts(self) -> str:
         """Receipts found in this partition's message-id index whose own partition could
         not take them (its master failing over, its slot migrating): applied later."""
@@ -308,6 +312,12 @@ class Keys:
         """Set (with the early receipts' TTL) whenever a receipt is parked: while it is
         absent, recording an accepted submit skips looking for parked receipts."""
         return self._single("early_receipts_parked").early_receipts_parked
+
+    @property
+    def early_receipts(self) -> str:
+        """Sorted set of the receipts parked in a partition (``<carrier> <message id>``,
+        scored by when they were parked): counts them against push.early_receipts_max."""
+        return self._single("early_receipts").early_receipts
 
     def daily_count(self, phone_digits: str, day: str) -> str:
         """Bulk reminders accepted for a number on a local day (``YYYYMMDD``)."""

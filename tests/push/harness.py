@@ -182,7 +182,7 @@ async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, n
                    batch_size: int = 200, retention_seconds: float = 86_400.0,
                    max_link_losses: int = 20,
                    receipt_timeout_seconds: float = 172_800.0, partitions: int = 1,
-                   events: str = "all") -> AsyncIterator[Pipeline]:
+                   events: str = "all", early_receipts_max: int = 1_000_000) -> AsyncIterator[Pipeline]:
     redis = connect(redis_url)
     keys = Keys(partitions=int(os.environ.get("GATEWAY_TEST_PARTITIONS", partitions)))
     clock = ManualClock(now)
@@ -192,7 +192,7 @@ async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, n
         ScriptedLink("cucc", ("130", "131", "132")),
     ]
     ledger = NotificationLedger(redis, keys, retention_seconds, receipt_timeout_seconds=receipt_timeout_seconds,
-                                events=events)
+                                events=events, early_receipts_max=early_receipts_max)
     writer = OutcomeWriter(ledger, clock)
     intake = Intake(ledger, lambda: templates, POLICY, clock, daily_cap_bulk=daily_cap_bulk)
     dispatcher = Dispatcher(ledger, writer, PrefixRouter(links), clock, policy=POLICY,

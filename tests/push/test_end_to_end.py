@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import deferLater
 
 from gateway import metrics
 from gateway.config import CarrierConfig, PushConfig, QuietHours, Secret
@@ -102,7 +103,7 @@ def _block_ms(deadline: float) -> int:
 
 
 @asynccontextmanager
-async def gateway(redis_url: str, quiet_hours: QuietHours | None = None,
+async def gateway(redis_url: str, quiet_hours: QuietHours | None = None, early_receipts_max: int | None = None,
                   **simulator_options: Any) -> AsyncIterator[Gateway]:
     options = {"receipt_delay_seconds": 0.0, **simulator_options}
     simulator = CarrierSimulator(SimulatorOptions(host="127.0.0.1", port=0,
@@ -118,6 +119,8 @@ async def gateway(redis_url: str, quiet_hours: QuietHours | None = None,
     # The real clock: quiet hours (22:00-08:00 Shanghai, i.e. 14:00-00:00 UTC) would hold
     # the normal-lane reminders until morning, so a run in the afternoon (UTC) failed.
     config = NO_QUIET_HOURS if quiet_hours is None else PushConfig(quiet_hours=quiet_hours)
+    if early_receipts_max is not None:
+        config = replace(config, early_receipts_max=early_receipts_max)
     service = PushService(redis, keys, config, load_templates(TEMPLATES_FILE), [link], reactor,
                           drain_timeout_seconds=5.0)
     inbound.service = service
@@ -191,6 +194,33 @@ async def test_early_receipts_with_small_decimal_ids_each_reach_their_own_messag
             await gw.submit(f"small-{n}", "verification_code", f"137000000{n:02d}", {"code": "1", "minutes": "5"})
         expected = {f"small-{n}": "undeliverable" if n % 2 == 0 else "delivered" for n in range(60)}
         assert await gw.wait_for_all(set(expected), {"delivered", "undeliverable"}) == expected
+
+
+@on_asyncio
+async def test_another_accounts_receipts_fill_no_more_than_the_cap_over_smpp(redis_url: str) -> None:
+    """An SMSC that sends, with each receipt, two for message ids it never gave this
+    account (another account's, misrouted): the gateway's own messages are all
+    delivered, every receipt is acknowledged, and no more than push.early_receipts_max of
+    the strays wait in Redis; the rest are dropped and counted.  Before 2026-12-05 each
+    stayed a day: 40 of 40 here, at a carrier's rate millions."""
+    from gateway.smpp.simulator import STRAY_RECEIPT_FIRST_ID
+
+    unparked = metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_unparked_total") or 0.0
+    async with gateway(redis_url, early_receipts_max=5, stray_receipts=2) as gw:
+        for n in range(20):
+            await gw.submit(f"own-{n}", "verification_code", f"1370000{n:04d}", {"code": "1", "minutes": "5"})
+        expected = {f"own-{n}": "delivered" for n in range(20)}
+        assert await gw.wait_for_all(set(expected), {"delivered", "undeliverable"}) == expected
+        counters = gw.simulator.counters
+        deadline = reactor.seconds() + 10  # the strays of the last receipts may still be on the way
+        while counters.receipts_acked < 60 and reactor.seconds() < deadline:
+            await wait_deferred(deferLater(reactor, 0.05, lambda: None))
+        assert counters.receipts_sent == counters.receipts_acked == 60 and counters.receipts_failed == 0
+        # every stray either waits (at most the cap) or was dropped and counted
+        strays = [str(STRAY_RECEIPT_FIRST_ID + n) for n in range(40)]
+        waiting = [m for m in strays if await gw.redis.exists(gw.keys.early_receipt("cmcc", m))]
+        assert len(waiting) == 5 and await gw.redis.zcard(gw.keys.early_receipts) == 5
+        assert metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_unparked_total") == unparked + 35
 
 
 @on_asyncio

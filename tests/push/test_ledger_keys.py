@@ -80,7 +80,7 @@ async def test_receipt_whose_index_entry_appears_meanwhile_is_sent_again(redis_u
         declared = p.ledger._declared()
         _declare_op(declared, receipt)  # as resolved while m1 was not yet indexed
         await p.ledger.apply([op_accepted("fast", "cmcc", ["m1"])], now=p.clock.now)
-        again = (await p.ledger._run(p.ledger._outcomes, p.clock.now, [1, 86_400, *receipt], declared))[0]
+        again = (await p.ledger._run(p.ledger._outcomes, p.clock.now, [1, 86_400, 1_000_000, *receipt], declared))[0]
         assert again == ["1"] and await p.state("fast") == "submitted"
         await p.ledger.apply([receipt], now=p.clock.now)
         assert await p.state("fast") == "delivered"

@@ -143,6 +143,75 @@ async def test_a_parked_receipt_stays_until_its_submit_is_recorded(redis_url: st
         assert await p.state(notification_id) == "delivered" and not await p.redis.exists(parked)
 
 
+def _unparked() -> float:
+    from gateway.push.state import _script_counters
+
+    return float(_script_counters["receipt_unparked"]._value.get())
+
+
+@on_asyncio
+async def test_receipts_for_no_message_are_parked_up_to_the_cap(target: str) -> None:
+    """Receipts for message ids the gateway never sent (a carrier sending another
+    account's) are parked at most push.early_receipts_max at once, each partition its
+    share; the others are dropped and counted.  Before, each stayed a day: a carrier
+    doing that at 1,500/s parked 130 million.  Once the first have waited their day,
+    their room is free again."""
+    async with pipeline(target, partitions=PARTITIONS, early_receipts_max=8) as p:
+        message_ids = [f"{7_000_000_000 + n}" for n in range(60)]
+        before = _unparked()
+        await record(p, *(receipt(m, "UNDELIV") for m in message_ids))
+        parked = [m for m in message_ids if await p.redis.exists(p.keys.early_receipt("cmcc", m))]
+        per_partition = {k: await p.redis.zcard(p.keys.partition(k).early_receipts) for k in range(PARTITIONS)}
+        assert per_partition == {k: 2 for k in range(PARTITIONS)}
+        assert len(parked) == 8 and _unparked() - before == 52
+        # The parked ones are those counted: '<carrier> <message id>', by when parked.
+        counted = {member for k in range(PARTITIONS)
+                   for member in await p.redis.zrange(p.keys.partition(k).early_receipts, 0, -1)}
+        assert counted == {f"cmcc {m}" for m in parked}
+        # A receipt parked already takes no more room: a final state replaces it in place.
+        await record(p, receipt(parked[0], "DELIVRD"))
+        assert await p.redis.get(p.keys.early_receipt("cmcc", parked[0])) == "DELIVRD 000"
+        assert _unparked() - before == 52
+        # A day later (the early-receipt TTL) the first have expired and free their room.
+        p.clock.advance(86_401)
+        await record(p, *(receipt(f"x{m}") for m in message_ids))
+        assert _unparked() - before == 52 + 52
+        assert {k: await p.redis.zcard(p.keys.partition(k).early_receipts) for k in range(PARTITIONS)} == \
+            {k: 2 for k in range(PARTITIONS)}
+
+
+@on_asyncio
+async def test_a_parked_receipt_applied_frees_its_room(target: str) -> None:
+    """A receipt that beat its submit_sm_resp and was applied with the submit no longer
+    counts against the cap, whether its message id is indexed in the notification's
+    partition (the script removes it) or in another (the writer does)."""
+    async with pipeline(target, partitions=PARTITIONS, early_receipts_max=PARTITIONS) as p:
+        p.links[0].script = ["hold"] * 2
+        await p.accept(code("here"), code("there", to="13912345678"))
+        await p.dispatcher.dispatch_once()
+        held = {sms.reference: d for sms, d in p.links[0].held}
+        p.links[0].held.clear()
+        # for each: a message id in its own partition, and one in another
+        here = next(f"{7_000_000_000 + n}" for n in range(1000)
+                    if p.keys.index_partition_of("cmcc", f"{7_000_000_000 + n}") == p.keys.partition_of("here"))
+        there = next(f"{7_000_000_000 + n}" for n in range(1000)
+                     if p.keys.index_partition_of("cmcc", f"{7_000_000_000 + n}") != p.keys.partition_of("there"))
+        await record(p, receipt(here), receipt(there))
+        for m in (here, there):
+            partition = p.keys.index_partition_of("cmcc", m)
+            assert await p.redis.zrange(p.keys.partition(partition).early_receipts, 0, -1) == [f"cmcc {m}"]
+        held["here"].callback(SubmitAccepted("cmcc", (here,)))
+        held["there"].callback(SubmitAccepted("cmcc", (there,)))
+        await p.writer.flushed()
+        assert await p.state("here") == "delivered" and await p.state("there") == "delivered"
+        for k in range(PARTITIONS):
+            assert await p.redis.zcard(p.keys.partition(k).early_receipts) == 0
+        # the room is there again: a receipt for no message parks in that partition
+        before = _unparked()
+        await record(p, receipt(here + "0"))
+        assert _unparked() == before
+
+
 @on_asyncio
 async def test_index_entries_in_other_partitions_take_no_script_call(target: str) -> None:
     """Recording a batch of accepted submits runs the outcomes script once per partition

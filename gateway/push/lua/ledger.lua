@@ -4,7 +4,8 @@
 --
 -- KEYS, every ledger script: 1-3 lanes high/normal/bulk, 4 scheduled, 5 in-flight,
 --   6 dead letters, 7 events stream, 8 voice requests stream, 9 partner receipts,
---   10 lane sequence, 11 early-receipts-parked, 12 awaiting-receipt; then the keys the
+--   10 lane sequence, 11 early-receipts-parked, 12 awaiting-receipt, 13 early-receipts
+--   (the parked receipts, counted against push.early_receipts_max); then the keys the
 --   call touches besides (NotificationLedger._run), each labelled in ARGV:
 --   'n'..id a notification, 'm'..carrier..'\0'..message id its index entry,
 --   'e'..carrier..'\0'..message id a parked receipt, 's' the intake stream, 'k' a claim
@@ -17,7 +18,7 @@
 -- cjson.decode do the same work in C).  Decoded, its elements are:
 --   1 now (Unix seconds, %.3f), 2 retention seconds, 3 events MAXLEN, 4 SMS signature,
 --   5 receipt timeout seconds, 6 events mode (push.events: all, final or off), 7 number of
---   labelled keys L, 8..7+L their labels (KEYS 13..12+L in order); the script's own
+--   labelled keys L, 8..7+L their labels (KEYS 14..13+L in order); the script's own
 --   arguments from FIRST (8 + L) on.
 -- include: call_chunked.lua
 local ARGV = cjson.decode(ARGV[1])
@@ -32,10 +33,12 @@ local EVENTS_MODE = ARGV[6]
 local LANE = {high = KEYS[1], normal = KEYS[2], bulk = KEYS[3]}
 local SCHEDULED, INFLIGHT, DEAD, EVENTS = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local VOICE, PARTNER, SEQUENCE, EARLY_PARKED, AWAITING = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local EARLY_SET = KEYS[13]
+local FIXED_KEYS = 13
 local DECLARED = {}
 do
   local labelled = tonumber(ARGV[7])
-  for j = 1, labelled do DECLARED[ARGV[7 + j]] = KEYS[12 + j] end
+  for j = 1, labelled do DECLARED[ARGV[7 + j]] = KEYS[FIXED_KEYS + j] end
 end
 local FIRST = 8 + tonumber(ARGV[7])
 

@@ -3,7 +3,8 @@
 -- ('m'..carrier..'\0'..message id) and parked-receipt keys ('e'..) of the indexed parts;
 -- B P R W F L C Y the notification; X each candidate's index entry and the first one's
 -- parked-receipt key.
--- ARGV (after the ledger header): n, early-receipt TTL seconds, then n ops:
+-- ARGV (after the ledger header): n, early-receipt TTL seconds, most receipts parked in
+-- this partition at once (push.early_receipts_max shared among partitions), then n ops:
 --   A id carrier parts indexed ids... keys...    accepted by the carrier: the ids as the
 --                                                carrier sent them, then their canonical
 --                                                forms (the index keys for receipts)
@@ -26,7 +27,8 @@
 -- Guarantees: an outcome for a notification no longer submitting changes nothing; a
 -- receipt before its submit's message ids is parked and applied when they are recorded;
 -- a receipt is applied only to a notification sent to a number it names (when it names
--- one).
+-- one); at most the cap of receipts is parked in a partition, one more is dropped and
+-- counted (receipt_unparked).
 -- Returns {{op numbers to send again}, {Y op numbers refused: another number}, counts,
 -- partner ids}: an X op whose index entry appeared since the caller looked (its
 -- notification was not declared) is left for the caller to resolve and send again; a
@@ -34,8 +36,22 @@
 -- include: ledger.lua
 local n = tonumber(ARGV[FIRST])
 local EARLY_TTL = tonumber(ARGV[FIRST + 1])
-local i = FIRST + 2
+local EARLY_MAX = tonumber(ARGV[FIRST + 2])
+local i = FIRST + 3
 local again, refused = {}, {}
+-- Receipts parked in this partition (EARLY_SET: '<carrier> <message id>' scored by when
+-- parked), read once per script that parks, those older than the TTL (expired) dropped
+-- first.  At EARLY_MAX one that finds nothing is dropped instead of parked: a carrier
+-- sending receipts for messages the gateway never sent (another account's, an id format
+-- it does not read) would otherwise fill Redis for a day at the carrier's rate.
+local parked_count = nil
+local function park_room()
+  if parked_count == nil then
+    redis.call('ZREMRANGEBYSCORE', EARLY_SET, '-inf', '(' .. string.format('%.3f', now - EARLY_TTL))
+    parked_count = redis.call('ZCARD', EARLY_SET)
+  end
+  return parked_count < EARLY_MAX
+end
 -- formatted once: a number handed to redis.call is printed with %.17g each time
 local RECEIPT_DUE = string.format('%.3f', now + RECEIPT_TIMEOUT)
 for number = 1, n do
@@ -71,6 +87,7 @@ for number = 1, n do
         local early = redis.call('GET', ek)
         if early then
           redis.call('DEL', ek)
+          zrem_later(EARLY_SET, carrier .. ' ' .. mids[p])
           local sp = string.find(early, ' ', 1, true)
           apply_receipt(id, key, p - 1, string.sub(early, 1, sp - 1), string.sub(early, sp + 1))
           count('receipt_early_applied')
@@ -174,13 +191,28 @@ for number = 1, n do
       end
     end
     if not found and nc > 0 then
-      local ek = earlykey(carrier, ARGV[i + 7])
-      if RECEIPT_FINAL[rstate] or redis.call('EXISTS', ek) == 0 then
+      local mid = ARGV[i + 7]
+      local ek = earlykey(carrier, mid)
+      if redis.call('EXISTS', ek) == 1 then
+        -- parked already: a final state replaces a non-final one; it waits from the first
+        if RECEIPT_FINAL[rstate] then redis.call('SET', ek, rstate .. ' ' .. err, 'KEEPTTL') end
+        count('receipt_early')
+      else
+        -- SET first: while Redis refuses writes (maxmemory) this is refused and the
+        -- carrier delivers the receipt again; after a script's first write Redis lets the
+        -- others through, the prune of park_room among them.
         redis.call('SET', ek, rstate .. ' ' .. err, 'EX', EARLY_TTL)
-        redis.call('SET', EARLY_PARKED, '1', 'EX', EARLY_TTL)
-        early_parked = true
+        if park_room() then
+          redis.call('ZADD', EARLY_SET, NOW, carrier .. ' ' .. mid)
+          parked_count = parked_count + 1
+          redis.call('SET', EARLY_PARKED, '1', 'EX', EARLY_TTL)
+          early_parked = true
+          count('receipt_early')
+        else
+          redis.call('DEL', ek)
+          count('receipt_unparked')
+        end
       end
-      count('receipt_early')
     end
     i = i + 7 + nc
   else
