@@ -702,9 +702,9 @@ class NotificationLedger:
         # seen failing, where they are not to be kept.
         deferrable: dict[int, Sequence[Any]] = {}
         failing: set[int] = set()
-        # Parked receipts read for submits of this call (origin, key): deleted once their
-        # submit and they are recorded.
-        read_parked: list[tuple[int, ParkedReceipt]] = []
+        # Parked receipts read for submits of this call (origin, Y op, key): deleted once
+        # their submit and they are recorded, unless their notification refused them.
+        read_parked: list[tuple[int, Sequence[Any], ParkedReceipt]] = []
         # Each round resolves what the last one found written meanwhile (or parked):
         # a receipt is applied by the second round, so six are generous.
         for _ in range(6):
@@ -712,7 +712,7 @@ class NotificationLedger:
                 if defer:
                     await self._defer_receipts(ops, deferrable, failing, unapplied, receipts_in)
                 await self._wait_receipts_replicated(receipts_in, unapplied)
-                await self._forget_parked([key for origin, key in read_parked if origin not in unapplied])
+                await self._forget_parked([key for origin, _, key in read_parked if origin not in unapplied])
                 return sorted(unapplied.items())
             try:
                 resolved = await self._resolve_receipts(pending)
@@ -745,7 +745,7 @@ class NotificationLedger:
                 try:
                     parked_keys = await self._write_index_entries(entries)
                     parked = [(origin, op) for origin, op, _ in parked_keys]
-                    read_parked += [(origin, key) for origin, _, key in parked_keys]
+                    read_parked += parked_keys
                     if self.receipt_wait_replicas:
                         await self._wait_index_replicated(indexing)
                 except Exception as e:
@@ -783,6 +783,8 @@ class NotificationLedger:
                 # deferred stream has no X op to go back to: the receipt is not applied.
                 for local in map(int, local_refused):
                     number, refused_op = numbered[local - 1]
+                    # a parked receipt its submit's notification refused stays parked
+                    read_parked = [entry for entry in read_parked if entry[1] is not pending[number]]
                     if pending[number][0] == "X":
                         sent_again.add(local)
                         again.append(_excluding(pending[number], refused_op[1]))
@@ -1062,13 +1064,13 @@ class NotificationLedger:
         for (origin, (_, notification_id, carrier, part, message_id)), early in zip(ops, parked_receipts,
                                                                                      strict=True):
             if early:
-                receipt_state, _, error = early.partition(" ")
-                parked.append((origin, ("Y", notification_id, str(part), receipt_state, error, ""),
+                # '<stat> <err>', and ' <tails>' when it carried numbers (outcomes.lua)
+                receipt_state, _, rest = early.partition(" ")
+                error, _, tails = rest.partition(" ")
+                parked.append((origin, ("Y", notification_id, str(part), receipt_state, error, tails),
                                ParkedReceipt(keys.early_receipt(carrier, message_id),
                                              keys.partition(keys.index_partition_of(carrier, message_id)).early_receipts,
                                              f"{carrier} {message_id}")))
-        if parked:
-            _script_counters["receipt_early_applied"].inc(len(parked))
         return parked
 
     async def _forget_parked(self, parked_receipts: list[ParkedReceipt]) -> None:
@@ -1079,6 +1081,7 @@ class NotificationLedger:
         counts against push.early_receipts_max until then."""
         if not parked_receipts:
             return
+        _script_counters["receipt_early_applied"].inc(len(parked_receipts))
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for parked in parked_receipts:

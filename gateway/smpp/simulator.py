@@ -224,8 +224,10 @@ class SimulatorOptions:
     receipt_id_format: ReceiptIdFormat = "as_is"
     receipt_before_response: bool = False  # the receipt goes out before the submit_sm_resp
     duplicate_receipts: bool = False  # every receipt twice
-    # With every receipt, this many for message ids this SMSC never gave (another
-    # account's, misrouted), from STRAY_RECEIPT_FIRST_ID on and for STRAY_RECEIPT_NUMBER.
+    # With every receipt, this many UNDELIV for message ids this SMSC never gave this
+    # account (another account's, misrouted), from STRAY_RECEIPT_FIRST_ID on, for
+    # STRAY_RECEIPT_NUMBER.  message_id_start=STRAY_RECEIPT_FIRST_ID makes them collide
+    # with ids it gives later (an SMSC whose accounts share one id space).
     stray_receipts: int = 0
     receipt_rate: float = 1.0  # receipts that are sent at all
     receipt_tlvs: bool = True  # receipted_message_id and message_state TLVs besides the text
@@ -1371,7 +1373,7 @@ class CarrierSimulator(Service):
             destination, pdu.source_addr, text, receipt_id, RECEIPT_STATES[stat], with_tlvs=o.receipt_tlvs
         )
         copies = 2 if o.duplicate_receipts else 1
-        deliveries = [_Delivery(data, True)] * copies + [self._stray_receipt(stat, now) for _ in range(o.stray_receipts)]
+        deliveries = [_Delivery(data, True)] * copies + [self._stray_receipt(now) for _ in range(o.stray_receipts)]
         self.counters.receipts_scheduled += len(deliveries)
         system_id = session.system_id
         if o.receipt_before_response:
@@ -1381,11 +1383,12 @@ class CarrierSimulator(Service):
             for delivery in deliveries:
                 self._receipts.add(delay, (system_id, delivery))
 
-    def _stray_receipt(self, stat: str, now: float) -> _Delivery:
-        """A receipt for an id this SMSC never gave, to a number the gateway never sent to."""
+    def _stray_receipt(self, now: float) -> _Delivery:
+        """An UNDELIV receipt for another account's message: an id this SMSC did not give
+        this account (yet), a number the gateway never sent to."""
         stray_id = str(next(self._stray_ids))
-        text = format_receipt_text(stray_id, stat, self._date(now), self._date(now), "")
-        return _Delivery(encode_receipt(STRAY_RECEIPT_NUMBER, "12123", text, stray_id, RECEIPT_STATES[stat],
+        text = format_receipt_text(stray_id, "UNDELIV", self._date(now), self._date(now), "")
+        return _Delivery(encode_receipt(STRAY_RECEIPT_NUMBER, "12123", text, stray_id, RECEIPT_STATES["UNDELIV"],
                                         with_tlvs=self.options.receipt_tlvs), True)
 
     def _date(self, seconds: float) -> str:

@@ -224,6 +224,26 @@ async def test_another_accounts_receipts_fill_no_more_than_the_cap_over_smpp(red
 
 
 @on_asyncio
+async def test_another_accounts_receipts_never_decide_our_messages_over_smpp(redis_url: str) -> None:
+    """The SMSC's accounts share one id space: with each receipt come two UNDELIV for
+    another account's messages, whose ids this account gets later (the strays count up
+    from the first id it gives).  They are parked (no message of ours has the id yet), and
+    when ours get those ids the parked receipts name another number: every message of
+    ours ends as its own receipt says, delivered.  Before 2026-12-05, 18 of these 20
+    ended undeliverable."""
+    from gateway.smpp.simulator import STRAY_RECEIPT_FIRST_ID
+
+    async with gateway(redis_url, stray_receipts=2, message_id_start=STRAY_RECEIPT_FIRST_ID) as gw:
+        for n in range(20):  # one at a time: message n's strays take the ids of messages 2n and 2n+1
+            await gw.submit(f"own-{n}", "verification_code", f"1370000{n:04d}", {"code": "1", "minutes": "5"})
+            assert await gw.wait_for(f"own-{n}", {"delivered", "undeliverable"}) == "delivered"
+        raw = await gw.service.ledger.raw("own-19")
+        assert raw["message_ids"] == str(STRAY_RECEIPT_FIRST_ID + 19)
+        # the stray for that id waits on, under its number (13999999999)
+        assert await gw.redis.get(gw.keys.early_receipt("cmcc", raw["message_ids"])) == "UNDELIV 003 99999999"
+
+
+@on_asyncio
 async def test_duplicate_and_failed_receipts_over_smpp(redis_url: str) -> None:
     """Receipts sent twice give one delivered event; UNDELIV for a number ends undeliverable."""
     async with gateway(redis_url, duplicate_receipts=True,

@@ -185,7 +185,7 @@ async def test_a_parked_receipt_applied_frees_its_room(target: str) -> None:
     """A receipt that beat its submit_sm_resp and was applied with the submit no longer
     counts against the cap, whether its message id is indexed in the notification's
     partition (the script removes it) or in another (the writer does)."""
-    async with pipeline(target, partitions=PARTITIONS, early_receipts_max=PARTITIONS) as p:
+    async with pipeline(target, partitions=PARTITIONS, early_receipts_max=2 * PARTITIONS) as p:
         p.links[0].script = ["hold"] * 2
         await p.accept(code("here"), code("there", to="13912345678"))
         await p.dispatcher.dispatch_once()
@@ -195,11 +195,12 @@ async def test_a_parked_receipt_applied_frees_its_room(target: str) -> None:
         here = next(f"{7_000_000_000 + n}" for n in range(1000)
                     if p.keys.index_partition_of("cmcc", f"{7_000_000_000 + n}") == p.keys.partition_of("here"))
         there = next(f"{7_000_000_000 + n}" for n in range(1000)
-                     if p.keys.index_partition_of("cmcc", f"{7_000_000_000 + n}") != p.keys.partition_of("there"))
+                     if p.keys.index_partition_of("cmcc", f"{7_000_000_000 + n}") != p.keys.partition_of("there")
+                     and f"{7_000_000_000 + n}" != here)
         await record(p, receipt(here), receipt(there))
         for m in (here, there):
             partition = p.keys.index_partition_of("cmcc", m)
-            assert await p.redis.zrange(p.keys.partition(partition).early_receipts, 0, -1) == [f"cmcc {m}"]
+            assert f"cmcc {m}" in await p.redis.zrange(p.keys.partition(partition).early_receipts, 0, -1)
         held["here"].callback(SubmitAccepted("cmcc", (here,)))
         held["there"].callback(SubmitAccepted("cmcc", (there,)))
         await p.writer.flushed()
@@ -210,6 +211,41 @@ async def test_a_parked_receipt_applied_frees_its_room(target: str) -> None:
         before = _unparked()
         await record(p, receipt(here + "0"))
         assert _unparked() == before
+
+
+@on_asyncio
+async def test_a_parked_receipt_for_another_number_is_not_applied_to_a_later_message(target: str) -> None:
+    """A receipt parked under a message id (another account's, or an SMSC reusing its ids)
+    names another number: when one of our messages gets that id later, the parked
+    receipt is not applied to it, whether the id is indexed in the message's partition
+    (the script) or in another (the writer); it stays parked, and the message's own
+    receipt decides.  Before 2026-12-05 the parked UNDELIV made both undeliverable."""
+    from tests.push.test_receipts import wrong_number_count
+
+    async with pipeline(target, partitions=PARTITIONS) as p:
+        p.links[0].script = ["hold"] * 2
+        await p.accept(code("here", to="13912345601"), code("there", to="13912345602"))
+        await p.dispatcher.dispatch_once()
+        held = {sms.reference: d for sms, d in p.links[0].held}
+        p.links[0].held.clear()
+        here = next(f"{7_000_000_000 + n}" for n in range(1000)
+                    if p.keys.index_partition_of("cmcc", f"{7_000_000_000 + n}") == p.keys.partition_of("here"))
+        there = next(f"{7_000_000_000 + n}" for n in range(1000)
+                     if p.keys.index_partition_of("cmcc", f"{7_000_000_000 + n}") != p.keys.partition_of("there")
+                     and f"{7_000_000_000 + n}" != here)
+        refused = wrong_number_count()
+        await record(p, *(DeliveryReceipt("cmcc", m, "UNDELIV", "001", source_addr="8613999999999")
+                          for m in (here, there)))
+        held["here"].callback(SubmitAccepted("cmcc", (here,)))
+        held["there"].callback(SubmitAccepted("cmcc", (there,)))
+        await p.writer.flushed()
+        assert await p.state("here") == "submitted" and await p.state("there") == "submitted"
+        assert wrong_number_count() - refused == 2
+        for m in (here, there):
+            assert await p.redis.get(p.keys.early_receipt("cmcc", m)) == "UNDELIV 001 99999999"
+        await record(p, DeliveryReceipt("cmcc", here, "DELIVRD", "000", source_addr="13912345601"),
+                     DeliveryReceipt("cmcc", there, "DELIVRD", "000", destination_addr="+8613912345602"))
+        assert await p.state("here") == "delivered" and await p.state("there") == "delivered"
 
 
 @on_asyncio

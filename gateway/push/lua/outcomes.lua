@@ -45,6 +45,16 @@ local again, refused = {}, {}
 -- sending receipts for messages the gateway never sent (another account's, an id format
 -- it does not read) would otherwise fill Redis for a day at the carrier's rate.
 local parked_count = nil
+
+-- A parked receipt's value: '<stat> <err>', then (since 2026-12-05) ' <tails>' when the
+-- receipt carried numbers (an older gateway reads them as part of err).
+local function parked_receipt(v)
+  local sp = string.find(v, ' ', 1, true)
+  local rest = string.sub(v, sp + 1)
+  local sp2 = string.find(rest, ' ', 1, true)
+  if not sp2 then return string.sub(v, 1, sp - 1), rest, '' end
+  return string.sub(v, 1, sp - 1), string.sub(rest, 1, sp2 - 1), string.sub(rest, sp2 + 1)
+end
 local function park_room()
   if parked_count == nil then
     redis.call('ZREMRANGEBYSCORE', EARLY_SET, '-inf', '(' .. string.format('%.3f', now - EARLY_TTL))
@@ -86,11 +96,13 @@ for number = 1, n do
         local ek = earlykey(carrier, mids[p])
         local early = redis.call('GET', ek)
         if early then
-          redis.call('DEL', ek)
-          zrem_later(EARLY_SET, carrier .. ' ' .. mids[p])
-          local sp = string.find(early, ' ', 1, true)
-          apply_receipt(id, key, p - 1, string.sub(early, 1, sp - 1), string.sub(early, sp + 1))
-          count('receipt_early_applied')
+          -- one that names another number stays parked: it is not this message's
+          local rstate, err, tails = parked_receipt(early)
+          if apply_receipt(id, key, p - 1, rstate, err, tails) ~= false then
+            redis.call('DEL', ek)
+            zrem_later(EARLY_SET, carrier .. ' ' .. mids[p])
+            count('receipt_early_applied')
+          end
         end
       end
     else
@@ -193,15 +205,18 @@ for number = 1, n do
     if not found and nc > 0 then
       local mid = ARGV[i + 7]
       local ek = earlykey(carrier, mid)
+      -- with its numbers, so that it is applied only to a message sent to one of them
+      local parked_value = rstate .. ' ' .. err
+      if tails ~= '' then parked_value = parked_value .. ' ' .. tails end
       if redis.call('EXISTS', ek) == 1 then
         -- parked already: a final state replaces a non-final one; it waits from the first
-        if RECEIPT_FINAL[rstate] then redis.call('SET', ek, rstate .. ' ' .. err, 'KEEPTTL') end
+        if RECEIPT_FINAL[rstate] then redis.call('SET', ek, parked_value, 'KEEPTTL') end
         count('receipt_early')
       else
         -- SET first: while Redis refuses writes (maxmemory) this is refused and the
         -- carrier delivers the receipt again; after a script's first write Redis lets the
         -- others through, the prune of park_room among them.
-        redis.call('SET', ek, rstate .. ' ' .. err, 'EX', EARLY_TTL)
+        redis.call('SET', ek, parked_value, 'EX', EARLY_TTL)
         if park_room() then
           redis.call('ZADD', EARLY_SET, NOW, carrier .. ' ' .. mid)
           parked_count = parked_count + 1
