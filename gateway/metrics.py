@@ -18,6 +18,18 @@ pdus = Counter("gateway12123_smpp_pdus_total", "SMPP PDUs by direction and comma
 submit_responses = Counter("gateway12123_smpp_submit_responses_total", "submit_sm_resp by carrier and command_status", ["carrier", "status"], registry=REGISTRY)
 submits_fenced = Counter("gateway12123_submits_fenced_total", "Submits not sent because their claim's lease had run out in this process (another may have taken them), by carrier", ["carrier"], registry=REGISTRY)
 receipts = Counter("gateway12123_receipts_total", "Delivery receipts by carrier and state", ["carrier", "state"], registry=REGISTRY)
+# Receipts that found no recorded submit, by carrier (gateway/push/lua/outcomes.lua):
+# which carrier's ids stopped matching, or sends another account's receipts.
+receipts_early = Counter("gateway12123_push_receipts_early_total",
+                         "Receipts that arrived before their submit response was recorded (parked), by carrier",
+                         ["carrier"], registry=REGISTRY)
+receipts_early_applied = Counter("gateway12123_push_receipts_early_applied_total",
+                                 "Parked receipts applied when the submit response was recorded, by carrier",
+                                 ["carrier"], registry=REGISTRY)
+receipts_unparked = Counter("gateway12123_push_receipts_unparked_total",
+                            "Receipts that found no notification and were dropped, not parked: "
+                            "push.early_receipts_max receipts were parked in their partition already, by carrier",
+                            ["carrier"], registry=REGISTRY)
 notifications = Counter("gateway12123_notifications_total", "Notification state transitions", ["state"], registry=REGISTRY)
 queue_depth = Gauge("gateway12123_queue_depth", "Notifications waiting, by lane", ["lane"], registry=REGISTRY)
 mo_messages = Counter("gateway12123_mo_messages_total", "Citizens' messages to 12123 by keyword", ["keyword"], registry=REGISTRY)

@@ -147,6 +147,9 @@ class PushService(Service):
         self.writer = OutcomeWriter(self.ledger, clock, backoff_initial_seconds=backoff_initial_seconds,
                                     backoff_max_seconds=backoff_max_seconds)
         self.router = PrefixRouter(links)
+        for link in links:  # listed at 0 before the first, so that alerts can compare carriers
+            for counter in (metrics.receipts_early, metrics.receipts_early_applied, metrics.receipts_unparked):
+                counter.labels(link.name)
         self.dispatcher = Dispatcher(
             self.ledger, self.writer, self.router, clock, policy=self.policy,
             max_in_flight=config.max_in_flight, batch_size=config.batch_size,

@@ -142,17 +142,6 @@ DEFERRED_RECEIPTS_MAX = 100_000
 UNREADABLE_DEFERRED_KEEP_SECONDS = 600.0
 
 _script_counters = {
-    "receipt_early": Counter(
-        "gateway12123_push_receipts_early_total",
-        "Receipts that arrived before their submit response was recorded (parked)",
-        registry=metrics.REGISTRY),
-    "receipt_early_applied": Counter(
-        "gateway12123_push_receipts_early_applied_total",
-        "Parked receipts applied when the submit response was recorded", registry=metrics.REGISTRY),
-    "receipt_unparked": Counter(
-        "gateway12123_push_receipts_unparked_total",
-        "Receipts that found no notification and were dropped, not parked: push.early_receipts_max "
-        "receipts were parked in their partition already", registry=metrics.REGISTRY),
     "receipt_wrong_number": Counter(
         "gateway12123_push_receipts_wrong_number_total",
         "Receipts not applied to the notification their message id named: they carry another number "
@@ -177,6 +166,13 @@ _script_counters = {
         "gateway12123_push_receipts_deferred_total",
         "Receipts kept in their message id's partition while their notification's partition failed "
         "(applied later, not refused)", registry=metrics.REGISTRY),
+}
+
+# Counted by the scripts as '<name>:<carrier>'.
+_carrier_counters = {
+    "receipt_early": metrics.receipts_early,
+    "receipt_early_applied": metrics.receipts_early_applied,
+    "receipt_unparked": metrics.receipts_unparked,
 }
 
 # ----------------------------------------------------------------------------------------
@@ -398,6 +394,10 @@ class NotificationLedger:
                 metrics.notifications.labels(what).inc(n)
             elif what in _script_counters:
                 _script_counters[what].inc(n)
+            else:  # '<name>:<carrier>'
+                name, _, carrier = what.partition(":")
+                if name in _carrier_counters:
+                    _carrier_counters[name].labels(carrier).inc(n)
         if partner_ids and self.on_partner_final is not None:
             self.on_partner_final(list(partner_ids))
         return list(payload)
@@ -1081,7 +1081,8 @@ class NotificationLedger:
         counts against push.early_receipts_max until then."""
         if not parked_receipts:
             return
-        _script_counters["receipt_early_applied"].inc(len(parked_receipts))
+        for parked in parked_receipts:
+            metrics.receipts_early_applied.labels(parked.member.partition(" ")[0]).inc()
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for parked in parked_receipts:

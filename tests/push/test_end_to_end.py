@@ -170,14 +170,14 @@ async def test_two_part_chinese_message_is_delivered_whole(redis_url: str) -> No
 @on_asyncio
 async def test_receipt_before_submit_response_over_smpp(redis_url: str) -> None:
     """The simulator sends the receipt before the submit_sm_resp; the notification still ends delivered."""
-    parked = metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_early_total") or 0.0
+    parked = metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_early_total", {"carrier": "cmcc"}) or 0.0
     async with gateway(redis_url, receipt_before_response=True) as gw:
         for n in range(5):
             await gw.submit(f"early-{n}", "mo_reply", f"1380013800{n}", LONG_REPLY)
         for n in range(5):
             assert await gw.wait_for(f"early-{n}", {"delivered", "undeliverable", "failed"}) == "delivered"
     # Every part's receipt came first and was parked, then applied with the message ids.
-    assert metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_early_total") == parked + 10
+    assert metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_early_total", {"carrier": "cmcc"}) == parked + 10
 
 
 @on_asyncio
@@ -205,7 +205,7 @@ async def test_another_accounts_receipts_fill_no_more_than_the_cap_over_smpp(red
     stayed a day: 40 of 40 here, at a carrier's rate millions."""
     from gateway.smpp.simulator import STRAY_RECEIPT_FIRST_ID
 
-    unparked = metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_unparked_total") or 0.0
+    unparked = metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_unparked_total", {"carrier": "cmcc"}) or 0.0
     async with gateway(redis_url, early_receipts_max=5, stray_receipts=2) as gw:
         for n in range(20):
             await gw.submit(f"own-{n}", "verification_code", f"1370000{n:04d}", {"code": "1", "minutes": "5"})
@@ -220,7 +220,7 @@ async def test_another_accounts_receipts_fill_no_more_than_the_cap_over_smpp(red
         strays = [str(STRAY_RECEIPT_FIRST_ID + n) for n in range(40)]
         waiting = [m for m in strays if await gw.redis.exists(gw.keys.early_receipt("cmcc", m))]
         assert len(waiting) == 5 and await gw.redis.zcard(gw.keys.early_receipts) == 5
-        assert metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_unparked_total") == unparked + 35
+        assert metrics.REGISTRY.get_sample_value("gateway12123_push_receipts_unparked_total", {"carrier": "cmcc"}) == unparked + 35
 
 
 @on_asyncio

@@ -58,6 +58,25 @@ async def test_running_service_submits_stream_entries(redis_url: str) -> None:
 
 
 @on_asyncio
+async def test_each_carriers_unmatched_receipt_series_are_listed_from_the_start(redis_url: str) -> None:
+    """The per-carrier counters that Gateway12123ReceiptsUnmatched subtracts are there at 0
+    for every carrier before its first receipt: a missing series would drop that carrier
+    from the alert's arithmetic."""
+    from gateway import metrics
+
+    names = ("gateway12123_push_receipts_early_total", "gateway12123_push_receipts_early_applied_total",
+             "gateway12123_push_receipts_unparked_total")
+    assert all(metrics.REGISTRY.get_sample_value(name, {"carrier": "series-probe"}) is None for name in names)
+    redis = make_client(redis_url)
+    service = start(redis, [ScriptedLink("series-probe", ("199",))])
+    try:
+        assert all(metrics.REGISTRY.get_sample_value(name, {"carrier": "series-probe"}) == 0.0 for name in names)
+    finally:
+        await wait_deferred(service.stopService())
+        await redis.aclose()
+
+
+@on_asyncio
 async def test_stop_waits_for_in_flight_submits(redis_url: str) -> None:
     """stopService returns only after the held submit's outcome is recorded."""
     redis = make_client(redis_url)

@@ -28,7 +28,7 @@
 -- receipt before its submit's message ids is parked and applied when they are recorded;
 -- a receipt is applied only to a notification sent to a number it names (when it names
 -- one); at most the cap of receipts is parked in a partition, one more is dropped and
--- counted (receipt_unparked).
+-- counted (receipt_unparked:<carrier>).
 -- Returns {{op numbers to send again}, {Y op numbers refused: another number}, counts,
 -- partner ids}: an X op whose index entry appeared since the caller looked (its
 -- notification was not declared) is left for the caller to resolve and send again; a
@@ -101,7 +101,7 @@ for number = 1, n do
           if apply_receipt(id, key, p - 1, rstate, err, tails) ~= false then
             redis.call('DEL', ek)
             zrem_later(EARLY_SET, carrier .. ' ' .. mids[p])
-            count('receipt_early_applied')
+            count('receipt_early_applied:' .. carrier)
           end
         end
       end
@@ -211,7 +211,7 @@ for number = 1, n do
       if redis.call('EXISTS', ek) == 1 then
         -- parked already: a final state replaces a non-final one; it waits from the first
         if RECEIPT_FINAL[rstate] then redis.call('SET', ek, parked_value, 'KEEPTTL') end
-        count('receipt_early')
+        count('receipt_early:' .. carrier)
       else
         -- SET first: while Redis refuses writes (maxmemory) this is refused and the
         -- carrier delivers the receipt again; after a script's first write Redis lets the
@@ -222,10 +222,10 @@ for number = 1, n do
           parked_count = parked_count + 1
           redis.call('SET', EARLY_PARKED, '1', 'EX', EARLY_TTL)
           early_parked = true
-          count('receipt_early')
+          count('receipt_early:' .. carrier)
         else
           redis.call('DEL', ek)
-          count('receipt_unparked')
+          count('receipt_unparked:' .. carrier)
         end
       end
     end
