@@ -57,7 +57,8 @@ async def run_one(name: str, directory: Path, args: argparse.Namespace) -> Any:
                                                    timeout_seconds=timeout)
     if name == "receipts":
         return await faults.scenario_odd_receipts(directory, n, receipt_rate=args.receipt_rate,
-                                                  timeout_seconds=timeout)
+                                                  timeout_seconds=timeout, stray_receipts=args.stray_receipts,
+                                                  early_receipts_max=args.early_receipts_max)
     if name == "down":
         return await faults.scenario_carrier_down(directory, n, timeout_seconds=timeout)
     return await faults.scenario_fastagi_hangups(directory, calls=args.calls)
@@ -120,6 +121,10 @@ def main() -> None:
     parser.add_argument("--drop-after-pdus", type=int, default=500)
     parser.add_argument("--throttle-rate", type=float, default=0.33)
     parser.add_argument("--receipt-rate", type=float, default=0.5)
+    parser.add_argument("--stray-receipts", type=int, default=0,
+                        help="receipts scenario: with each receipt, N of another account's")
+    parser.add_argument("--early-receipts-max", type=int, default=1_000_000,
+                        help="receipts scenario: push.early_receipts_max")
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--redis-restarts", type=int, default=1)
     parser.add_argument("--redis", choices=("external", "embedded"), default="external",

@@ -287,7 +287,7 @@ class PushConfig:
     # (4,500/s: three carriers at 1,500 submit_sm/s) over the 30 s lease of a process that
     # died between its submits and their record (135,000); about 300 MB of Redis
     # (measured on redis-server 7.0: 165 bytes a parked receipt, 128 its place in the count).
-    early_receipts_max: int = setting(1_000_000, help="receipts parked at once while they wait for their submit to be recorded (they beat its submit_sm_resp, or belong to no message of ours), in the whole pipeline (each partition parks its share); one more finds no room and is dropped and counted (gateway12123_push_receipts_unparked_total)", minimum=1, maximum=100_000_000)
+    early_receipts_max: int = setting(1_000_000, help="receipts parked at once while they wait for their submit to be recorded (they beat its submit_sm_resp, or belong to no message of ours), in the whole pipeline (each partition parks its share); beyond it the oldest are dropped and counted (gateway12123_push_receipts_unparked_total)", minimum=1, maximum=100_000_000)
     retry_initial_seconds: float = setting(2.0, help="first retry delay", unit="s", minimum=0.01, maximum=3600)
     retry_max_seconds: float = setting(300.0, help="retry delay cap", unit="s", minimum=0.01, maximum=86400)
     daily_cap_bulk: int = setting(3, help="bulk reminders per number per day", minimum=1, maximum=1000)

@@ -27,8 +27,8 @@ receipts_early_applied = Counter("gateway12123_push_receipts_early_applied_total
                                  "Parked receipts applied when the submit response was recorded, by carrier",
                                  ["carrier"], registry=REGISTRY)
 receipts_unparked = Counter("gateway12123_push_receipts_unparked_total",
-                            "Receipts that found no notification and were dropped, not parked: "
-                            "push.early_receipts_max receipts were parked in their partition already, by carrier",
+                            "Parked receipts dropped, the oldest first, to keep at most push.early_receipts_max "
+                            "parked (a receipt that beats its own submit_sm_resp is applied within seconds), by carrier",
                             ["carrier"], registry=REGISTRY)
 notifications = Counter("gateway12123_notifications_total", "Notification state transitions", ["state"], registry=REGISTRY)
 queue_depth = Gauge("gateway12123_queue_depth", "Notifications waiting, by lane", ["lane"], registry=REGISTRY)

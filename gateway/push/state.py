@@ -1101,7 +1101,23 @@ class NotificationLedger:
             _declare_op(declared, op)
             args.extend(op)
         payload = await self._run(self._outcomes, now, args, declared, partition)
+        if payload[2]:
+            await self._delete_evicted(payload[2])
         return list(payload[0]), list(payload[1])
+
+    async def _delete_evicted(self, members: Sequence[str]) -> None:
+        """Delete the parked receipts the script dropped to stay within
+        push.early_receipts_max (it was not given their keys).  Best effort: one left
+        behind expires with the early-receipt TTL, uncounted."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member in members:
+                    carrier, _, message_id = member.partition(" ")
+                    pipe.delete(self.keys.early_receipt(carrier, message_id))
+                await pipe.execute()
+        except Exception as e:
+            if not is_unavailable(e):
+                raise
 
     async def _resolve_receipts(self, ops: list[Sequence[Any]]) -> list[Sequence[Any]]:
         """X ops whose candidate is in the message-id index become Y ops (the notification

@@ -224,7 +224,7 @@ class SimulatorOptions:
     receipt_id_format: ReceiptIdFormat = "as_is"
     receipt_before_response: bool = False  # the receipt goes out before the submit_sm_resp
     duplicate_receipts: bool = False  # every receipt twice
-    # With every receipt, this many UNDELIV for message ids this SMSC never gave this
+    # Before every receipt, this many UNDELIV for message ids this SMSC never gave this
     # account (another account's, misrouted), from STRAY_RECEIPT_FIRST_ID on, for
     # STRAY_RECEIPT_NUMBER.  message_id_start=STRAY_RECEIPT_FIRST_ID makes them collide
     # with ids it gives later (an SMSC whose accounts share one id space).
@@ -1373,7 +1373,9 @@ class CarrierSimulator(Service):
             destination, pdu.source_addr, text, receipt_id, RECEIPT_STATES[stat], with_tlvs=o.receipt_tlvs
         )
         copies = 2 if o.duplicate_receipts else 1
-        deliveries = [_Delivery(data, True)] * copies + [self._stray_receipt(now) for _ in range(o.stray_receipts)]
+        # another account's first: they fill the gateway's room for parked receipts before
+        # this one needs its place there
+        deliveries = [self._stray_receipt(now) for _ in range(o.stray_receipts)] + [_Delivery(data, True)] * copies
         self.counters.receipts_scheduled += len(deliveries)
         system_id = session.system_id
         if o.receipt_before_response:
@@ -1725,7 +1727,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duplicate-receipts", action="store_true",
                         help="send every receipt twice")
     parser.add_argument("--stray-receipts", type=int, default=0, metavar="N",
-                        help="with every receipt, N more for ids this SMSC never gave (another account's)")
+                        help="before every receipt, N for ids this SMSC never gave (another account's)")
     parser.add_argument("--receipt-rate", type=float, default=d.receipt_rate, metavar="FRACTION",
                         help="share of submits that get a receipt at all")
     parser.add_argument("--no-receipt-tlvs", dest="receipt_tlvs", action="store_false",

@@ -729,13 +729,17 @@ async def scenario_redis_refuses_writes(directory: Path, n: int = 2000, refuse_s
 
 
 async def scenario_odd_receipts(directory: Path, n: int = 3000, receipt_rate: float = 0.5,
-                                timeout_seconds: float = 90.0) -> Tally:
+                                timeout_seconds: float = 90.0, stray_receipts: int = 0,
+                                early_receipts_max: int = 1_000_000) -> Tally:
     """5. Receipts come before the submit_sm_resp, every one twice, and half never: those
-    notifications end unconfirmed after push.receipt_timeout_seconds (here 5 s)."""
+    notifications end unconfirmed after push.receipt_timeout_seconds (here 5 s).  With
+    `stray_receipts`, each receipt brings that many of another account's (UNDELIV, ids
+    this account never gets), parked up to `early_receipts_max`."""
     carriers = [CarrierPlan("cmcc", CMCC_PREFIXES, _sim(receipt_before_response=True, duplicate_receipts=True,
-                                                        receipt_rate=receipt_rate))]
+                                                        receipt_rate=receipt_rate, stray_receipts=stray_receipts))]
     work = workload("receipts", n, ("138", "139"))
-    async with FaultRun(directory, carriers, push={"receipt_timeout_seconds": 5}) as run:
+    push = {"receipt_timeout_seconds": 5, "early_receipts_max": early_receipts_max}
+    async with FaultRun(directory, carriers, push=push) as run:
         return await run_notifications(run, "odd receipts", work, timeout_seconds=timeout_seconds)
 
 

@@ -153,9 +153,10 @@ def _unparked() -> float:
 async def test_receipts_for_no_message_are_parked_up_to_the_cap(target: str) -> None:
     """Receipts for message ids the gateway never sent (a carrier sending another
     account's) are parked at most push.early_receipts_max at once, each partition its
-    share; the others are dropped and counted.  Before, each stayed a day: a carrier
-    doing that at 1,500/s parked 130 million.  Once the first have waited their day,
-    their room is free again."""
+    share; beyond it the oldest are dropped and counted, so that a newer one (which may
+    have beaten its own submit_sm_resp) keeps its place.  Before, each stayed a day: a
+    carrier doing that at 1,500/s parked 130 million.  Parked receipts that have waited
+    their day no longer count."""
     async with pipeline(target, partitions=PARTITIONS, early_receipts_max=8) as p:
         message_ids = [f"{7_000_000_000 + n}" for n in range(60)]
         before = _unparked()
@@ -172,10 +173,19 @@ async def test_receipts_for_no_message_are_parked_up_to_the_cap(target: str) -> 
         await record(p, receipt(parked[0], "DELIVRD"))
         assert await p.redis.get(p.keys.early_receipt("cmcc", parked[0])) == "DELIVRD 000"
         assert _unparked() - before == 52
+        # A newer one takes the place of the oldest of its partition.
+        p.clock.advance(10)
+        newer = f"{8_000_000_000}"
+        home = p.keys.partition(p.keys.index_partition_of("cmcc", newer)).early_receipts
+        oldest = (await p.redis.zrange(home, 0, 0))[0].split(" ")[1]
+        await record(p, receipt(newer, "UNDELIV"))
+        assert await p.redis.exists(p.keys.early_receipt("cmcc", newer))
+        assert not await p.redis.exists(p.keys.early_receipt("cmcc", oldest))
+        assert await p.redis.zcard(home) == 2 and _unparked() - before == 53
         # A day later (the early-receipt TTL) the first have expired and free their room.
         p.clock.advance(86_401)
         await record(p, *(receipt(f"x{m}") for m in message_ids))
-        assert _unparked() - before == 52 + 52
+        assert _unparked() - before == 53 + 52
         assert {k: await p.redis.zcard(p.keys.partition(k).early_receipts) for k in range(PARTITIONS)} == \
             {k: 2 for k in range(PARTITIONS)}
 

@@ -27,10 +27,11 @@
 -- Guarantees: an outcome for a notification no longer submitting changes nothing; a
 -- receipt before its submit's message ids is parked and applied when they are recorded;
 -- a receipt is applied only to a notification sent to a number it names (when it names
--- one); at most the cap of receipts is parked in a partition, one more is dropped and
--- counted (receipt_unparked:<carrier>).
--- Returns {{op numbers to send again}, {Y op numbers refused: another number}, counts,
--- partner ids}: an X op whose index entry appeared since the caller looked (its
+-- one); at most the cap of receipts is parked in a partition, beyond it the oldest are
+-- dropped and counted (receipt_unparked:<carrier>).
+-- Returns {{op numbers to send again}, {Y op numbers refused: another number}, {parked
+-- receipts dropped for room, '<carrier> <message id>': the caller deletes their keys},
+-- counts, partner ids}: an X op whose index entry appeared since the caller looked (its
 -- notification was not declared) is left for the caller to resolve and send again; a
 -- refused Y op is resolved again without that notification.
 -- include: ledger.lua
@@ -40,11 +41,14 @@ local EARLY_MAX = tonumber(ARGV[FIRST + 2])
 local i = FIRST + 3
 local again, refused = {}, {}
 -- Receipts parked in this partition (EARLY_SET: '<carrier> <message id>' scored by when
--- parked), read once per script that parks, those older than the TTL (expired) dropped
--- first.  At EARLY_MAX one that finds nothing is dropped instead of parked: a carrier
--- sending receipts for messages the gateway never sent (another account's, an id format
--- it does not read) would otherwise fill Redis for a day at the carrier's rate.
+-- parked), counted once per script that parks, those older than the TTL (expired) dropped
+-- first.  Beyond EARLY_MAX the oldest are dropped (ZPOPMIN; the caller deletes their keys,
+-- which this script was not given): a receipt that beat its own submit_sm_resp is applied
+-- within seconds, so the oldest are those that match nothing (another account's, an id
+-- format the gateway does not read), which would otherwise fill Redis for a day at the
+-- carrier's rate, and a newer one that may still match keeps its place.
 local parked_count = nil
+local evicted = {}
 
 -- A parked receipt's value: '<stat> <err>', then (since 2026-12-05) ' <tails>' when the
 -- receipt carried numbers (an older gateway reads them as part of err).
@@ -55,13 +59,32 @@ local function parked_receipt(v)
   if not sp2 then return string.sub(v, 1, sp - 1), rest, '' end
   return string.sub(v, 1, sp - 1), string.sub(rest, 1, sp2 - 1), string.sub(rest, sp2 + 1)
 end
-local function park_room()
+local function count_parked()
   if parked_count == nil then
     redis.call('ZREMRANGEBYSCORE', EARLY_SET, '-inf', '(' .. string.format('%.3f', now - EARLY_TTL))
     parked_count = redis.call('ZCARD', EARLY_SET)
   end
-  return parked_count < EARLY_MAX
+  return parked_count
 end
+
+-- Park one more; beyond the cap drop the oldest, to be deleted by the caller.  Scored a
+-- microsecond apart within a script, so that the oldest go first there too (members of
+-- one score would go in byte order).
+local parks = 0
+local function park(member)
+  parked_count = count_parked() + 1
+  redis.call('ZADD', EARLY_SET, string.format('%.6f', now + parks * 1e-6), member)
+  parks = parks + 1
+  if parked_count > EARLY_MAX then
+    local popped = redis.call('ZPOPMIN', EARLY_SET, parked_count - EARLY_MAX)
+    for k = 1, #popped, 2 do
+      evicted[#evicted + 1] = popped[k]
+      count('receipt_unparked:' .. string.sub(popped[k], 1, string.find(popped[k], ' ', 1, true) - 1))
+    end
+    parked_count = EARLY_MAX
+  end
+end
+
 -- formatted once: a number handed to redis.call is printed with %.17g each time
 local RECEIPT_DUE = string.format('%.3f', now + RECEIPT_TIMEOUT)
 for number = 1, n do
@@ -215,18 +238,12 @@ for number = 1, n do
       else
         -- SET first: while Redis refuses writes (maxmemory) this is refused and the
         -- carrier delivers the receipt again; after a script's first write Redis lets the
-        -- others through, the prune of park_room among them.
+        -- others through.
         redis.call('SET', ek, parked_value, 'EX', EARLY_TTL)
-        if park_room() then
-          redis.call('ZADD', EARLY_SET, NOW, carrier .. ' ' .. mid)
-          parked_count = parked_count + 1
-          redis.call('SET', EARLY_PARKED, '1', 'EX', EARLY_TTL)
-          early_parked = true
-          count('receipt_early:' .. carrier)
-        else
-          redis.call('DEL', ek)
-          count('receipt_unparked:' .. carrier)
-        end
+        park(carrier .. ' ' .. mid)
+        redis.call('SET', EARLY_PARKED, '1', 'EX', EARLY_TTL)
+        early_parked = true
+        count('receipt_early:' .. carrier)
       end
     end
     i = i + 7 + nc
@@ -236,4 +253,4 @@ for number = 1, n do
   end
 end
 flush_sorted_sets()
-return {{again, refused}, flat_counts(), partner_final}
+return {{again, refused, evicted}, flat_counts(), partner_final}
