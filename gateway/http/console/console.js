@@ -157,6 +157,7 @@ async function refreshOverview() {
     ["Scheduled (retries, quiet hours)", q.scheduled, q.next_scheduled_at ? "next " + localTime(q.next_scheduled_at, true) : ""],
     ["Being submitted", q.submitting, ""],
     ["Awaiting receipts", q.awaiting_receipt, ""],
+    ["Receipts parked", q.receipts_parked, "waiting for their submit to be recorded"],
     ["Dead letters", q.dead_letters, "failed or rejected", q.dead_letters > 0],
     ["Voice calls in progress", Object.values(data.voice.calls_in_progress).reduce((a, b) => a + b, 0), voice],
     ["Voice reminders queued", data.voice.reminders_queued, ""],
