@@ -1054,12 +1054,16 @@ class NotificationLedger:
         async with self.redis.pipeline(transaction=False) as pipe:
             for _, (_, notification_id, carrier, part, message_id) in ops:
                 pipe.set(keys.message_id(carrier, message_id), f"{notification_id} {part}",
-                         ex=self.retention_seconds)
-            await pipe.execute()
+                         ex=self.retention_seconds, get=True)
+            earlier_entries = await pipe.execute()
         async with self.redis.pipeline(transaction=False) as pipe:
             for _, (_, _, carrier, _, message_id) in ops:
                 pipe.get(keys.early_receipt(carrier, message_id))
-            parked_receipts = await pipe.execute()
+            # entries taken from other notifications: kept as previous (_keep_previous_entries)
+            for (_, (_, notification_id, carrier, _, message_id)), earlier in zip(ops, earlier_entries, strict=True):
+                if earlier and not earlier.startswith(f"{notification_id} "):
+                    pipe.set(keys.message_id_previous(carrier, message_id), earlier, ex=self.retention_seconds)
+            parked_receipts = (await pipe.execute())[:len(ops)]
         parked: list[tuple[int, Sequence[Any], ParkedReceipt]] = []
         for (origin, (_, notification_id, carrier, part, message_id)), early in zip(ops, parked_receipts,
                                                                                      strict=True):
@@ -1103,7 +1107,25 @@ class NotificationLedger:
         payload = await self._run(self._outcomes, now, args, declared, partition)
         if payload[2]:
             await self._delete_evicted(payload[2])
+        if payload[3]:
+            await self._keep_previous_entries([entry.split(" ", 2) for entry in payload[3]])
         return list(payload[0]), list(payload[1])
+
+    async def _keep_previous_entries(self, entries: Sequence[Sequence[str]]) -> None:
+        """Keep the index entries (carrier, message id, entry) that submits just took from
+        other notifications as the ids' previous entries: an SMSC that gave two live
+        messages one id sends the earlier one's receipt with its number, the later one
+        refuses it, and it is looked for there (`_resolve_receipts`).  Before 2026-12-05
+        it found nothing and that notification ended unconfirmed.  Best effort: one lost
+        leaves it so."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for carrier, message_id, entry in entries:
+                    pipe.set(self.keys.message_id_previous(carrier, message_id), entry, ex=self.retention_seconds)
+                await pipe.execute()
+        except Exception as e:
+            if not is_unavailable(e):
+                raise
 
     async def _delete_evicted(self, members: Sequence[str]) -> None:
         """Delete the parked receipts the script dropped to stay within
@@ -1121,19 +1143,28 @@ class NotificationLedger:
 
     async def _resolve_receipts(self, ops: list[Sequence[Any]]) -> list[Sequence[Any]]:
         """X ops whose candidate is in the message-id index become Y ops (the notification
-        and part named); the others stay X (parked by the script as early receipts)."""
-        lookups = [self.keys.message_id(op[1], candidate) for op in ops if op[0] == "X"
-                   for candidate in op[7:7 + int(op[6])]]
-        if not lookups:
+        and part named); the others stay X (parked by the script as early receipts).  An X
+        op that a notification refused (it names another number) is looked for among the
+        ids' previous entries too, after the current ones."""
+        def keys_of(op: Sequence[Any]) -> list[str]:
+            candidates = op[7:7 + int(op[6])]
+            keys = [self.keys.message_id(op[1], candidate) for candidate in candidates]
+            if op[5]:
+                keys += [self.keys.message_id_previous(op[1], candidate) for candidate in candidates]
+            return keys
+
+        lookups = [keys_of(op) if op[0] == "X" else [] for op in ops]
+        flat = [key for keys in lookups for key in keys]
+        if not flat:
             return ops
-        found = iter(await get_many(self.redis, lookups))
+        found = iter(await get_many(self.redis, flat))
         resolved: list[Sequence[Any]] = []
-        for op in ops:
+        for op, keys in zip(ops, lookups, strict=True):
             if op[0] != "X":
                 resolved.append(op)
                 continue
             excluded = op[5].split()
-            hits = [(notification_id, part) for value in (next(found) for _ in range(int(op[6]))) if value
+            hits = [(notification_id, part) for value in (next(found) for _ in keys) if value
                     for notification_id, _, part in (value.rpartition(" "),) if notification_id not in excluded]
             if hits:
                 notification_id, part = hits[0]

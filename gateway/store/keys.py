@@ -95,6 +95,9 @@ class PartitionKeys:
     def message_id(self, carrier: str, message_id: str) -> str:
         return f"{self.base}msgid:{carrier}:{message_id}"
 
+    def message_id_previous(self, carrier: str, message_id: str) -> str:
+        return f"{self.base}msgid-prev:{carrier}:{message_id}"
+
     def early_receipt(self, carrier: str, message_id: str) -> str:
         return f"{self.base}early-receipt:{carrier}:{message_id}"
 
@@ -296,6 +299,12 @@ class Keys:
     def message_id(self, carrier: str, message_id: str) -> str:
         """Carrier message id -> notification id and part number."""
         return self._parts[self.index_partition_of(carrier, message_id)].message_id(carrier, message_id)
+
+    def message_id_previous(self, carrier: str, message_id: str) -> str:
+        """The index entry a message id had before another notification's submit took it
+        (an SMSC that reuses ids): that notification's receipt, refused by the later one
+        for its number, is looked for here."""
+        return self._parts[self.index_partition_of(carrier, message_id)].message_id_previous(carrier, message_id)
 
     def early_receipt(self, carrier: str, message_id: str) -> str:
         """A receipt that arrived before its submit_sm_resp was recorded."""

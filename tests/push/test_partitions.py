@@ -258,6 +258,37 @@ async def test_a_parked_receipt_for_another_number_is_not_applied_to_a_later_mes
         assert await p.state("here") == "delivered" and await p.state("there") == "delivered"
 
 
+@pytest.mark.parametrize("where", ["single", "single-partitioned", "cluster"])
+@on_asyncio
+async def test_two_live_messages_with_one_id_each_get_their_own_receipt(request: pytest.FixtureRequest,
+                                                                         where: str) -> None:
+    """An SMSC that gives two live messages the same id (it reuses ids: two nodes behind
+    one address, a counter that restarted): the index names the later one, and the
+    earlier one's receipt, which carries its number, is refused there and found among
+    the id's previous entries.  Before 2026-12-05 it found nothing, was parked for a day,
+    and the earlier message ended unconfirmed.  Unpartitioned (the script keeps the
+    entry), partitioned (the writer does) and on a Cluster."""
+    target = str(request.getfixturevalue("redis_cluster_url" if where == "cluster" else "redis_url"))
+    async with pipeline(target, partitions=1 if where == "single" else PARTITIONS) as p:
+        p.links[0].script = ["hold"] * 2
+        await p.accept(code("earlier", to="13912345601"), code("later", to="13912345602"))
+        await p.dispatcher.dispatch_once()
+        held = {sms.reference: d for sms, d in p.links[0].held}
+        p.links[0].held.clear()
+        reused = "7000000042"
+        held["earlier"].callback(SubmitAccepted("cmcc", (reused,)))
+        await p.writer.flushed()
+        held["later"].callback(SubmitAccepted("cmcc", (reused,)))
+        await p.writer.flushed()
+        assert await p.redis.get(p.keys.message_id("cmcc", reused)) == "later 0"
+        assert await p.redis.get(p.keys.message_id_previous("cmcc", reused)) == "earlier 0"
+        await record(p, DeliveryReceipt("cmcc", reused, "UNDELIV", "001", source_addr="8613912345601"))
+        assert await p.state("earlier") == "undeliverable" and await p.state("later") == "submitted"
+        await record(p, DeliveryReceipt("cmcc", reused, "DELIVRD", "000", source_addr="13912345602"))
+        assert await p.state("later") == "delivered"
+        assert not await p.redis.exists(p.keys.early_receipt("cmcc", reused))
+
+
 @on_asyncio
 async def test_index_entries_in_other_partitions_take_no_script_call(target: str) -> None:
     """Recording a batch of accepted submits runs the outcomes script once per partition

@@ -307,8 +307,10 @@ async def test_early_receipt_is_not_taken_by_another_message_whose_id_it_reads_a
 async def test_receipt_is_applied_only_to_the_number_it_names_when_an_smsc_reuses_an_id(redis_url: str) -> None:
     """Two SMSC nodes behind one address gave two live messages the same id: the index
     names the later one.  The earlier one's UNDELIV (its number in source_addr) does not
-    end the later one; the later one's receipt does, also from an SMSC that swaps the
-    addresses, and one without numbers is applied as before."""
+    end the later one: it ends the earlier one, found among the id's previous entries
+    (before 2026-12-05 it waited for nothing and ended unconfirmed); the later one's
+    receipt ends the later one, also from an SMSC that swaps the addresses, and one
+    without numbers is applied as before."""
     async with pipeline(redis_url) as p:
         p.links[0].script = ["hold", "hold", "hold"]
         await p.accept(code("first", to="13800000001"), code("second", to="13800000002"),
@@ -321,7 +323,7 @@ async def test_receipt_is_applied_only_to_the_number_it_names_when_an_smsc_reuse
         third.callback(SubmitAccepted("cmcc", ("999",)))
         await p.writer.flushed()
         await record(p, receipt("777", "UNDELIV", source_addr="+8613800000001"))
-        assert await p.state("second") == "submitted" and await p.state("first") == "submitted"
+        assert await p.state("second") == "submitted" and await p.state("first") == "undeliverable"
         await record(p, receipt("777", source_addr="12123", destination_addr="13800000002"))
         assert await p.state("second") == "delivered"
         await record(p, receipt("999", "UNDELIV"))

@@ -31,6 +31,7 @@
 -- dropped and counted (receipt_unparked:<carrier>).
 -- Returns {{op numbers to send again}, {Y op numbers refused: another number}, {parked
 -- receipts dropped for room, '<carrier> <message id>': the caller deletes their keys},
+-- {index entries taken from another notification: the caller keeps them as previous},
 -- counts, partner ids}: an X op whose index entry appeared since the caller looked (its
 -- notification was not declared) is left for the caller to resolve and send again; a
 -- refused Y op is resolved again without that notification.
@@ -49,6 +50,9 @@ local again, refused = {}, {}
 -- carrier's rate, and a newer one that may still match keeps its place.
 local parked_count = nil
 local evicted = {}
+-- Index entries this script took from another notification: '<carrier> <message id>
+-- <its entry>', for the caller to keep as the id's previous entry.
+local displaced = {}
 
 -- A parked receipt's value: '<stat> <err>', then (since 2026-12-05) ' <tails>' when the
 -- receipt carried numbers (an older gateway reads them as part of err).
@@ -112,7 +116,12 @@ for number = 1, n do
       if nr < np then fields[7] = 'receipt_parts'; fields[8] = int_s(nr) end
       transition(id, key, 'submitted', h[2], fields, {'carrier', carrier, 'parts', parts})
       for p = 1, (op == 'A' and nr or 0) do
-        redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. int_s(p - 1), 'EX', RETENTION_S)
+        local earlier = redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. int_s(p - 1), 'EX', RETENTION_S,
+          'GET')
+        if earlier and string.sub(earlier, 1, #id + 1) ~= id .. ' ' then
+          -- another notification's id before (an SMSC reusing ids): kept by the caller
+          displaced[#displaced + 1] = carrier .. ' ' .. mids[p] .. ' ' .. earlier
+        end
       end
       if nr > 0 and RECEIPT_TIMEOUT > 0 then zadd_later(AWAITING, RECEIPT_DUE, id) end
       for p = 1, ((op == 'A' and early_possible()) and nr or 0) do
@@ -253,4 +262,4 @@ for number = 1, n do
   end
 end
 flush_sorted_sets()
-return {{again, refused, evicted}, flat_counts(), partner_final}
+return {{again, refused, evicted, displaced}, flat_counts(), partner_final}
