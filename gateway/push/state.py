@@ -1146,25 +1146,27 @@ class NotificationLedger:
         and part named); the others stay X (parked by the script as early receipts).  An X
         op that a notification refused (it names another number) is looked for among the
         ids' previous entries too, after the current ones."""
-        def keys_of(op: Sequence[Any]) -> list[str]:
-            candidates = op[7:7 + int(op[6])]
-            keys = [self.keys.message_id(op[1], candidate) for candidate in candidates]
-            if op[5]:
-                keys += [self.keys.message_id_previous(op[1], candidate) for candidate in candidates]
-            return keys
-
-        lookups = [keys_of(op) if op[0] == "X" else [] for op in ops]
-        flat = [key for keys in lookups for key in keys]
-        if not flat:
+        message_id, previous = self.keys.message_id, self.keys.message_id_previous
+        lookups = [message_id(op[1], candidate) for op in ops if op[0] == "X"
+                   for candidate in op[7:7 + int(op[6])]]
+        # refused once (op[5], rare): the previous entries too, after the current ones
+        lookups += [previous(op[1], candidate) for op in ops if op[0] == "X" and op[5]
+                    for candidate in op[7:7 + int(op[6])]]
+        if not lookups:
             return ops
-        found = iter(await get_many(self.redis, flat))
+        values = await get_many(self.redis, lookups)
+        found = iter(values)
+        found_previous = iter(values[sum(int(op[6]) for op in ops if op[0] == "X"):])
         resolved: list[Sequence[Any]] = []
-        for op, keys in zip(ops, lookups, strict=True):
+        for op in ops:
             if op[0] != "X":
                 resolved.append(op)
                 continue
             excluded = op[5].split()
-            hits = [(notification_id, part) for value in (next(found) for _ in keys) if value
+            entries = [next(found) for _ in range(int(op[6]))]
+            if excluded:
+                entries += [next(found_previous) for _ in range(int(op[6]))]
+            hits = [(notification_id, part) for value in entries if value
                     for notification_id, _, part in (value.rpartition(" "),) if notification_id not in excluded]
             if hits:
                 notification_id, part = hits[0]
