@@ -148,6 +148,11 @@ def _text(value: Any) -> str:
 # surrogateescape, gateway/store/streams.py).  Redis takes UTF-8 only: one such field failed
 # the acceptance of its whole batch (HTTP 500) or, from a stream, every retry of it.
 _SURROGATES = re.compile("[\ud800-\udfff]")
+# Control characters a text may not carry to an SMSC: C0 but tab, line feed and carriage
+# return, and DEL.  SMSCs differ on them: some cut the message at a NUL (OpenSIPS
+# proto_smpp, opensips#1935), some count it wrong and refuse the part (RestComm,
+# smscgateway#253); none shows them to a citizen.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _not_text(value: Any) -> bool:
@@ -310,6 +315,12 @@ def validate_request(raw: Mapping[str, Any], *, templates: TemplateSet, policy: 
         return reject(str(e), params_json)
     if len(text) > max_text_chars:
         return reject(f"text too long ({len(text)} characters, at most {max_text_chars})", params_json)
+    control = _CONTROL.search(text)
+    if control is not None:
+        name = next((name for name, value in params.items() if control.group() in value), "")
+        where = f"parameter '{name[:64]}'" if name else "the text"
+        return reject(f"{where} holds control character U+{ord(control.group()):04X}: an SMSC may cut the "
+                      "message there or refuse it (tab, line feed and carriage return are allowed)", params_json)
 
     expires_at = now + template.validity_seconds
     requested = _text(raw.get("expires_at")).strip()
