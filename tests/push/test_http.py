@@ -177,6 +177,14 @@ async def _post_raw(client: Client, raw: bytes) -> tuple[int, Any]:
     return response.code, _strict(await wait_deferred(readBody(response)))
 
 
+async def _get_notification(client: Client, notification_id: str) -> tuple[int, Any]:
+    """GET /v1/notifications/<id>: the status and the body, read as strict JSON."""
+    response = await wait_deferred(client.agent.request(
+        b"GET", f"{client.base}/v1/notifications/{notification_id}".encode(),
+        Headers({b"authorization": [f"Bearer {TOKEN}".encode()]})))
+    return response.code, _strict(await wait_deferred(readBody(response)))
+
+
 @on_asyncio
 async def test_non_finite_and_out_of_range_expiry_is_refused_with_a_reason(redis_url: str) -> None:
     """expires_at NaN or Infinity as JSON literals is a 400 (not strict JSON); 1e300,
@@ -222,11 +230,8 @@ async def test_control_characters_in_parameters_are_refused_with_a_reason(redis_
         assert reasons["nul"].startswith("parameter 'code' holds control character U+0000"), reasons
         assert reasons["esc"].startswith("parameter 'code' holds control character U+001B"), reasons
         assert reasons["del"].startswith("parameter 'text' holds control character U+007F"), reasons
-        response = await wait_deferred(client.agent.request(
-            b"GET", f"{client.base}/v1/notifications/nul".encode(),
-            Headers({b"authorization": [f"Bearer {TOKEN}".encode()]})))
-        view = _strict(await wait_deferred(readBody(response)))
-        assert response.code == 200 and view["state"] == "rejected" and "U+0000" in view["reason"]
+        status, view = await _get_notification(client, "nul")
+        assert status == 200 and view["state"] == "rejected" and "U+0000" in view["reason"]
         assert "\n第二行\r\n\t第三行" in (await p.ledger.raw("spaces"))["text"]
 
 
@@ -263,8 +268,5 @@ async def test_a_lone_surrogate_is_a_rejected_item_not_a_500(redis_url: str) -> 
         assert reasons["half-1"].startswith("field 'params.code' is not text"), reasons
         assert reasons["half-2"].startswith("field 'batch' is not text"), reasons
         assert reasons["half-3"].startswith("field 'type' is not text"), reasons
-        response = await wait_deferred(client.agent.request(
-            b"GET", f"{client.base}/v1/notifications/half-1".encode(),
-            Headers({b"authorization": [f"Bearer {TOKEN}".encode()]})))
-        assert response.code == 200
-        assert _strict(await wait_deferred(readBody(response)))["state"] == "rejected"
+        status, view = await _get_notification(client, "half-1")
+        assert status == 200 and view["state"] == "rejected"

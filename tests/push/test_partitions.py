@@ -143,6 +143,28 @@ async def test_a_parked_receipt_stays_until_its_submit_is_recorded(redis_url: st
         assert await p.state(notification_id) == "delivered" and not await p.redis.exists(parked)
 
 
+async def _held(p: Pipeline, *requests: dict[str, Any]) -> dict[str, Any]:
+    """Accept `requests` and dispatch them with their submits held: the Deferred of each,
+    by notification id, for the test to answer."""
+    p.links[0].script = ["hold"] * len(requests)
+    await p.accept(*requests)
+    await p.dispatcher.dispatch_once()
+    held = {sms.reference: d for sms, d in p.links[0].held}
+    p.links[0].held.clear()
+    return held
+
+
+async def _held_here_and_there(p: Pipeline, here_to: str, there_to: str) -> tuple[dict[str, Any], str, str]:
+    """Notifications "here" and "there" held, and two message ids for them: one indexed in
+    here's own partition (the script records it), one in another than there's (the
+    writer does)."""
+    held = await _held(p, code("here", to=here_to), code("there", to=there_to))
+    ids = [f"{7_000_000_000 + n}" for n in range(1000)]
+    here = next(m for m in ids if p.keys.index_partition_of("cmcc", m) == p.keys.partition_of("here"))
+    there = next(m for m in ids if p.keys.index_partition_of("cmcc", m) != p.keys.partition_of("there") and m != here)
+    return held, here, there
+
+
 def _unparked() -> float:
     from gateway import metrics
 
@@ -196,17 +218,7 @@ async def test_a_parked_receipt_applied_frees_its_room(target: str) -> None:
     counts against the cap, whether its message id is indexed in the notification's
     partition (the script removes it) or in another (the writer does)."""
     async with pipeline(target, partitions=PARTITIONS, early_receipts_max=2 * PARTITIONS) as p:
-        p.links[0].script = ["hold"] * 2
-        await p.accept(code("here"), code("there", to="13912345678"))
-        await p.dispatcher.dispatch_once()
-        held = {sms.reference: d for sms, d in p.links[0].held}
-        p.links[0].held.clear()
-        # for each: a message id in its own partition, and one in another
-        here = next(f"{7_000_000_000 + n}" for n in range(1000)
-                    if p.keys.index_partition_of("cmcc", f"{7_000_000_000 + n}") == p.keys.partition_of("here"))
-        there = next(f"{7_000_000_000 + n}" for n in range(1000)
-                     if p.keys.index_partition_of("cmcc", f"{7_000_000_000 + n}") != p.keys.partition_of("there")
-                     and f"{7_000_000_000 + n}" != here)
+        held, here, there = await _held_here_and_there(p, "13800138000", "13912345678")
         await record(p, receipt(here), receipt(there))
         for m in (here, there):
             partition = p.keys.index_partition_of("cmcc", m)
@@ -233,16 +245,7 @@ async def test_a_parked_receipt_for_another_number_is_not_applied_to_a_later_mes
     from tests.push.test_receipts import wrong_number_count
 
     async with pipeline(target, partitions=PARTITIONS) as p:
-        p.links[0].script = ["hold"] * 2
-        await p.accept(code("here", to="13912345601"), code("there", to="13912345602"))
-        await p.dispatcher.dispatch_once()
-        held = {sms.reference: d for sms, d in p.links[0].held}
-        p.links[0].held.clear()
-        here = next(f"{7_000_000_000 + n}" for n in range(1000)
-                    if p.keys.index_partition_of("cmcc", f"{7_000_000_000 + n}") == p.keys.partition_of("here"))
-        there = next(f"{7_000_000_000 + n}" for n in range(1000)
-                     if p.keys.index_partition_of("cmcc", f"{7_000_000_000 + n}") != p.keys.partition_of("there")
-                     and f"{7_000_000_000 + n}" != here)
+        held, here, there = await _held_here_and_there(p, "13912345601", "13912345602")
         refused = wrong_number_count()
         await record(p, *(DeliveryReceipt("cmcc", m, "UNDELIV", "001", source_addr="8613999999999")
                           for m in (here, there)))
@@ -270,11 +273,7 @@ async def test_two_live_messages_with_one_id_each_get_their_own_receipt(request:
     entry), partitioned (the writer does) and on a Cluster."""
     target = str(request.getfixturevalue("redis_cluster_url" if where == "cluster" else "redis_url"))
     async with pipeline(target, partitions=1 if where == "single" else PARTITIONS) as p:
-        p.links[0].script = ["hold"] * 2
-        await p.accept(code("earlier", to="13912345601"), code("later", to="13912345602"))
-        await p.dispatcher.dispatch_once()
-        held = {sms.reference: d for sms, d in p.links[0].held}
-        p.links[0].held.clear()
+        held = await _held(p, code("earlier", to="13912345601"), code("later", to="13912345602"))
         reused = "7000000042"
         held["earlier"].callback(SubmitAccepted("cmcc", (reused,)))
         await p.writer.flushed()
