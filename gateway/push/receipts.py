@@ -48,13 +48,20 @@ __all__ = ["ReceiptRecorder", "lookup_candidates", "number_tails"]
 # addresses (our short code 12123, an empty source_addr) name no handset.
 NUMBER_TAIL = 8
 _NOT_DIGITS = re.compile(r"\D+")
+# What a written number may hold besides digits.  An address with anything else names no
+# number to compare: SMSCs that mask the handset in receipts (138****5678, 86138xxxx5678)
+# would otherwise leave a tail of other digits, and every receipt would be refused.
+_NOT_A_NUMBER = re.compile(r"[^0-9+\- ().]")
 
 
 def number_tails(*addresses: str) -> str:
     """The last NUMBER_TAIL digits of each address long enough to be a phone number,
-    space separated, for the receipt ops' check (outcomes.lua)."""
+    space separated, for the receipt ops' check (outcomes.lua); a masked address counts
+    as none."""
     tails: list[str] = []
     for address in addresses:
+        if _NOT_A_NUMBER.search(address):
+            continue
         digits = _NOT_DIGITS.sub("", address)
         if len(digits) >= NUMBER_TAIL and digits[-NUMBER_TAIL:] not in tails:
             tails.append(digits[-NUMBER_TAIL:])

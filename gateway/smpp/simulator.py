@@ -229,6 +229,8 @@ class SimulatorOptions:
     # STRAY_RECEIPT_NUMBER.  message_id_start=STRAY_RECEIPT_FIRST_ID makes them collide
     # with ids it gives later (an SMSC whose accounts share one id space).
     stray_receipts: int = 0
+    # Receipts carry the handset masked (86138****5678), as SMSCs that hide numbers do.
+    mask_receipt_numbers: bool = False
     receipt_rate: float = 1.0  # receipts that are sent at all
     receipt_tlvs: bool = True  # receipted_message_id and message_state TLVs besides the text
     deliver_window: int = 100  # unacknowledged deliver_sm per session
@@ -1369,8 +1371,10 @@ class CarrierSimulator(Service):
         text = format_receipt_text(
             receipt_id, stat, self._date(now), self._date(now + delay), _receipt_excerpt(pdu)
         )
+        # masked in the international form: 86137****0001
+        handset = "86" + mask_phone(destination[-11:]) if o.mask_receipt_numbers else destination
         data = encode_receipt(
-            destination, pdu.source_addr, text, receipt_id, RECEIPT_STATES[stat], with_tlvs=o.receipt_tlvs
+            handset, pdu.source_addr, text, receipt_id, RECEIPT_STATES[stat], with_tlvs=o.receipt_tlvs
         )
         copies = 2 if o.duplicate_receipts else 1
         # another account's first: they fill the gateway's room for parked receipts before
@@ -1726,6 +1730,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send the receipt before the submit_sm_resp (a race real SMSCs show)")
     parser.add_argument("--duplicate-receipts", action="store_true",
                         help="send every receipt twice")
+    parser.add_argument("--mask-receipt-numbers", action="store_true",
+                        help="receipts carry the handset masked (86138****5678)")
     parser.add_argument("--stray-receipts", type=int, default=0, metavar="N",
                         help="before every receipt, N for ids this SMSC never gave (another account's)")
     parser.add_argument("--receipt-rate", type=float, default=d.receipt_rate, metavar="FRACTION",
@@ -1778,6 +1784,7 @@ def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
         receipt_before_response=args.receipt_before_response,
         duplicate_receipts=args.duplicate_receipts,
         stray_receipts=args.stray_receipts,
+        mask_receipt_numbers=args.mask_receipt_numbers,
         receipt_rate=args.receipt_rate,
         receipt_tlvs=args.receipt_tlvs,
         deliver_window=args.deliver_window,

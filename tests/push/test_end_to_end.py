@@ -247,6 +247,18 @@ async def test_another_accounts_receipts_never_decide_our_messages_over_smpp(red
 
 
 @on_asyncio
+async def test_receipts_with_masked_numbers_over_smpp(redis_url: str) -> None:
+    """An SMSC that masks the handset in its receipts (source_addr 86138****0000): the
+    receipts are matched by their ids and every message ends as they say.  Before
+    2026-12-05 the digits left were read as another number and every receipt refused."""
+    async with gateway(redis_url, mask_receipt_numbers=True, outcome_overrides={"13700000001": "UNDELIV"}) as gw:
+        for n in range(3):
+            await gw.submit(f"masked-{n}", "verification_code", f"1370000000{n}", {"code": "1", "minutes": "5"})
+        expected = {"masked-0": "delivered", "masked-1": "undeliverable", "masked-2": "delivered"}
+        assert await gw.wait_for_all(set(expected), {"delivered", "undeliverable"}) == expected
+
+
+@on_asyncio
 async def test_duplicate_and_failed_receipts_over_smpp(redis_url: str) -> None:
     """Receipts sent twice give one delivered event; UNDELIV for a number ends undeliverable."""
     async with gateway(redis_url, duplicate_receipts=True,

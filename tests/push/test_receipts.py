@@ -330,11 +330,28 @@ async def test_receipt_is_applied_only_to_the_number_it_names_when_an_smsc_reuse
         assert await p.state("third") == "undeliverable"
 
 
+@on_asyncio
+async def test_a_receipt_with_a_masked_number_is_matched_by_its_id(redis_url: str) -> None:
+    """An SMSC that masks the handset in its receipts (86138****5678): the digits left are
+    not a number to check, so the receipt is applied by its id alone.  Read as a number,
+    its digits (861385678) would have named another handset and every receipt of that
+    SMSC been refused."""
+    async with pipeline(redis_url) as p:
+        await p.accept(code("masked", to="13812345678"))
+        await p.dispatch_all()
+        [message_id] = (await p.ledger.raw("masked"))["message_ids"].split()
+        await record(p, receipt(message_id, source_addr="86138****5678", destination_addr="12123"))
+        assert await p.state("masked") == "delivered"
+
+
 def test_number_tails_name_a_handset_however_it_is_written() -> None:
     assert number_tails("13800138000", "12123") == "00138000"
     assert number_tails("+86 138-0013-8000", "008613800138000") == "00138000"
     assert number_tails("", "106912123001") == "12123001"
     assert number_tails("", "") == ""
+    # masked by the SMSC: no number to compare (the digits left are not the handset's)
+    assert number_tails("86138****5678", "12123") == ""
+    assert number_tails("+86 138xxxx5678", "10690012123") == "90012123"
 
 
 def test_receipt_ops_kept_by_an_older_gateway_are_read_in_todays_layout() -> None:
