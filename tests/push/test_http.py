@@ -216,16 +216,18 @@ async def test_non_finite_and_out_of_range_expiry_is_refused_with_a_reason(redis
 async def test_control_characters_in_parameters_are_refused_with_a_reason(redis_url: str) -> None:
     """A parameter holding NUL, ESC or DEL is a rejected item naming the parameter and the
     character (some SMSCs cut a message at a NUL, others refuse the part; before
-    2026-12-05 it was sent); tab, line feed and carriage return pass.  The rejection is
-    recorded, so GET answers it."""
+    2026-12-05 it was sent); tab, line feed and carriage return pass, and so does a
+    partner's text.  The rejection is recorded, so GET answers it."""
     async with pipeline(redis_url) as p, served(p) as client:
         items = [code("nul", params={"code": "12\u000034", "minutes": "5"}),
                  code("esc", params={"code": "\u001b[31m1", "minutes": "5"}),
                  {**code("del"), "type": "mo_reply", "params": {"text": "您的预约\u007f"}},
-                 {**code("spaces"), "type": "mo_reply", "params": {"text": "第一行\n第二行\r\n\t第三行"}}]
+                 {**code("spaces"), "type": "mo_reply", "params": {"text": "第一行\n第二行\r\n\t第三行"}},
+                 # a partner's text goes as the partner wrote it (their bytes, their data_coding)
+                 {**code("partner"), "type": "partner_text", "params": {"text": "【驾校】\u001b1"}}]
         status, body = await _post_raw(client, json.dumps(items).encode())
         assert status == 202, body
-        assert body["accepted"] == [{"id": "spaces", "state": "queued"}], body
+        assert body["accepted"] == [{"id": "spaces", "state": "queued"}, {"id": "partner", "state": "queued"}], body
         reasons = {row["id"]: row["reason"] for row in body["rejected"]}
         assert reasons["nul"].startswith("parameter 'code' holds control character U+0000"), reasons
         assert reasons["esc"].startswith("parameter 'code' holds control character U+001B"), reasons
