@@ -177,7 +177,7 @@ class CarrierConfig:
     dest_addr_ton: int = setting(0, help="destination TON", minimum=0, maximum=6)
     dest_addr_npi: int = setting(1, help="destination NPI (1 E.164)", minimum=0, maximum=18)
     registered_delivery: int = setting(1, help="registered_delivery for the parts that ask for a receipt (1 asks for one)", minimum=0, maximum=255)
-    receipt_parts: str = setting("every", help="which parts of a long message ask for a receipt: every part (delivered when all are), or the first only (as Kannel does: delivered when part 1 is; half the receipts)", choices=("every", "first"))
+    receipt_parts: str = setting("every", help="which parts of a long message ask for a receipt: every part (delivered when all are), the first only (as Kannel does: delivered when part 1 is; half the receipts), or the last only (as many SMPP clients do, and SMSCs that report a long message once, under its last part's id)", choices=("every", "first", "last"))
     encoding: str = setting("auto", help="auto: GSM 03.38 when it carries the text, else UCS2", choices=("auto", "ucs2", "gsm7"))
     gsm7_packed: bool = setting(False, help="pack GSM 7-bit septets (most SMSCs want one septet per octet)")
     concatenation: str = setting("udh8", help="how long messages are joined", choices=("udh8", "udh16", "sar", "payload"))

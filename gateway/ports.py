@@ -51,6 +51,8 @@ class SubmitAccepted:
     # How many leading parts asked for a receipt (None: every part; 0: none, so the
     # message stays submitted); delivery is judged on those parts' receipts only.
     receipt_parts: int | None = None
+    # The one part that asked is the last, not the first (carriers[].receipt_parts last).
+    receipt_from_last: bool = False
 
 
 class SubmitFailed(Exception):

@@ -1025,12 +1025,12 @@ class NotificationLedger:
         """An A op whose index entries are not all in its notification's partition
         becomes a B op (the same, without the index) and one I op per entry (with the
         A op's `origin`, its position in the batch)."""
-        notification_id, carrier, parts, indexed = op[1], op[2], int(op[3]), int(op[4])
-        canonical = op[5 + parts:5 + parts + indexed]
-        homes = [self.keys.index_partition_of(carrier, m) for m in canonical]
+        notification_id, carrier = op[1], op[2]
+        indexed = indexed_parts(op)
+        homes = [self.keys.index_partition_of(carrier, m) for _, m in indexed]
         if all(home == partition for home in homes):
             return op
-        for part_number, (message_id, home) in enumerate(zip(canonical, homes, strict=True)):
+        for (part_number, message_id), home in zip(indexed, homes, strict=True):
             indexing.setdefault(home, []).append((origin, ("I", notification_id, carrier, part_number, message_id)))
         return ("B", *op[1:])
 
@@ -1242,7 +1242,7 @@ class NotificationLedger:
 
 
 def op_accepted(notification_id: str, carrier: str, message_ids: Sequence[str], *,
-                receipt_parts: int | None = None) -> tuple[Any, ...]:
+                receipt_parts: int | None = None, receipt_from_last: bool = False) -> tuple[Any, ...]:
     """The carrier accepted every part; message ids in part order, as the carrier sent
     them (kept so, for grepping carrier logs; indexed under their canonical form).
 
@@ -1251,13 +1251,31 @@ def op_accepted(notification_id: str, carrier: str, message_ids: Sequence[str], 
     every part one id (the long message's) receipts them under that id, once or once
     per part, so part 1's receipt stands for all: indexed as `receipt_parts` 1, the
     message is not left waiting for the other parts' receipts that cannot be told apart.
+
+    receipt_from_last: the one part that asked is the last (carriers[].receipt_parts
+    last): only its id is indexed, and its receipt alone decides; `indexed` is then -1.
     """
     parts = len(message_ids)
     indexed = parts if receipt_parts is None else max(0, min(receipt_parts, parts))
     canonical = [canonical_message_id(m) for m in message_ids]
     if indexed > 1 and canonical.count(canonical[0]) == parts:
         indexed = 1
+    elif receipt_from_last and indexed == 1 and parts > 1:
+        indexed = LAST_PART_ONLY
     return ("A", notification_id, carrier, parts, indexed, *message_ids, *canonical)
+
+
+# An A op's `indexed` for a long message whose last part alone asked for a receipt.
+LAST_PART_ONLY = -1
+
+
+def indexed_parts(op: Sequence[Any]) -> list[tuple[int, str]]:
+    """An A op's indexed parts: (part number from 0, canonical message id)."""
+    parts, indexed = int(op[3]), int(op[4])
+    canonical = op[5 + parts:5 + 2 * parts]
+    if indexed == LAST_PART_ONLY:
+        return [(parts - 1, canonical[-1])]
+    return list(enumerate(canonical[:indexed]))
 
 
 def op_partly_sent(notification_id: str, carrier: str, message_ids: Sequence[str]) -> tuple[Any, ...]:
@@ -1392,8 +1410,8 @@ def _declare_op(declared: _Declared, op: Sequence[Any]) -> None:
         return
     declared.notification(op[1])
     if kind == "A":  # A id carrier parts indexed sent-ids... canonical-ids...
-        carrier, parts, indexed = op[2], int(op[3]), int(op[4])
-        for message_id in op[5 + parts:5 + parts + indexed]:
+        carrier = op[2]
+        for _, message_id in indexed_parts(op):
             declared.message_id(carrier, message_id)
             declared.early_receipt(carrier, message_id)
 

@@ -292,7 +292,8 @@ class Dispatcher:
 
     def _accepted(self, result: SubmitAccepted, item: Claimed, carrier: str) -> None:
         self._record(item.id, op_accepted(item.id, result.carrier or carrier, result.message_ids,
-                                          receipt_parts=result.receipt_parts))
+                                          receipt_parts=result.receipt_parts,
+                                          receipt_from_last=result.receipt_from_last))
         if self.on_submitted is not None:
             self.on_submitted(item.id, result)
 

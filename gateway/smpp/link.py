@@ -192,7 +192,8 @@ class LinkSubmitFailed(SubmitFailed):
 class _Submit:
     """One OutboundSms being submitted."""
 
-    __slots__ = ("deferred", "failure", "in_flight", "may_send", "message_ids", "receipt_parts", "remaining")
+    __slots__ = ("deferred", "failure", "in_flight", "may_send", "message_ids", "receipt_from_last", "receipt_parts",
+                 "remaining")
 
     def __init__(self, parts: int, may_send: Callable[[], bool] | None = None) -> None:
         self.deferred: Deferred[SubmitAccepted] = Deferred()
@@ -202,6 +203,7 @@ class _Submit:
         # [reason, transient, status, response_unknown, link_down]
         self.failure: list[Any] | None = None
         self.receipt_parts: int | None = None  # leading parts asking for a receipt (None: all)
+        self.receipt_from_last = False  # the one part asking is the last (receipt_parts last)
         self.may_send = may_send  # OutboundSms.may_send, asked before the first part goes out
 
 
@@ -614,9 +616,12 @@ class CarrierLink(MultiService):
         validity_period = self._validity_period(sms.validity_seconds)
         priority_flag = config.priority_flag_high_lane if sms.lane == "high" else 0
         submit = _Submit(len(parts), sms.may_send)
-        first_only = registered_delivery and config.receipt_parts == "first" and len(parts) > 1
-        if first_only:
+        # receipt_parts first or last: only that part asks (the others 0)
+        asking = 0 if config.receipt_parts == "first" else len(parts) - 1
+        one_only = registered_delivery and config.receipt_parts != "every" and len(parts) > 1
+        if one_only:
             submit.receipt_parts = 1
+            submit.receipt_from_last = config.receipt_parts == "last"
         elif not registered_delivery:
             submit.receipt_parts = 0  # no receipt will come: nothing to index
         for index, part in enumerate(parts):
@@ -631,7 +636,7 @@ class CarrierLink(MultiService):
                 esm_class=part.esm_class,
                 priority_flag=priority_flag,
                 validity_period=validity_period,
-                registered_delivery=0 if first_only and index else registered_delivery,
+                registered_delivery=0 if one_only and index != asking else registered_delivery,
                 data_coding=part.data_coding,
                 short_message=part.short_message,
                 tlvs=part.tlvs,
@@ -782,7 +787,7 @@ class CarrierLink(MultiService):
                         self._active_submits -= 1
                         submit.deferred.callback(
                             SubmitAccepted(self.carrier, tuple(cast(list[str], submit.message_ids)),
-                                           submit.receipt_parts)
+                                           submit.receipt_parts, submit.receipt_from_last)
                         )  # type: ignore[arg-type]
                         self._check_drained()
                 elif submit.in_flight == 0:

@@ -76,6 +76,7 @@ class ScriptedLink:
     bound: bool = True
     parts: int = 1
     receipt_parts: int | None = None  # as CarrierLink reports it for receipt_parts "first"
+    receipt_from_last: bool = False  # and for "last" (receipt_parts 1)
     accepts_other_carriers: bool = True  # routing: a failover target for other carriers' numbers
     failover_after_seconds: float = 0.0
     script: list[Any] = field(default_factory=list)
@@ -102,7 +103,7 @@ class ScriptedLink:
         self.submitted.append(sms)
         outcome = self.script.pop(0) if self.script else "accept"
         if outcome == "accept":
-            return succeed(SubmitAccepted(self.name, self.next_ids(), self.receipt_parts))
+            return succeed(SubmitAccepted(self.name, self.next_ids(), self.receipt_parts, self.receipt_from_last))
         if outcome == "hold":
             d: Deferred[SubmitAccepted] = Deferred()
             self.held.append((sms, d))

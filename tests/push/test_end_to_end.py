@@ -104,14 +104,14 @@ def _block_ms(deadline: float) -> int:
 
 @asynccontextmanager
 async def gateway(redis_url: str, quiet_hours: QuietHours | None = None, early_receipts_max: int | None = None,
-                  **simulator_options: Any) -> AsyncIterator[Gateway]:
+                  receipt_parts: str = "every", **simulator_options: Any) -> AsyncIterator[Gateway]:
     options = {"receipt_delay_seconds": 0.0, **simulator_options}
     simulator = CarrierSimulator(SimulatorOptions(host="127.0.0.1", port=0,
                                                   credentials={"gw12123cm": "cmpass"}, **options), reactor)
     simulator.startService()
     carrier = CarrierConfig(name="cmcc", host="127.0.0.1", port=simulator.port_number, system_id="gw12123cm",
                             password=Secret("cmpass"), prefixes=("134", "135", "136", "137", "138", "139"),
-                            window=50, tps_limit=1000.0)
+                            window=50, tps_limit=1000.0, receipt_parts=receipt_parts)
     inbound = _Inbound()
     link = CarrierLink(carrier, inbound, reactor, jitter=lambda: 0.0)
     redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_SECONDS)
@@ -165,6 +165,21 @@ async def test_two_part_chinese_message_is_delivered_whole(redis_url: str) -> No
         assert raw["p0"] == raw["p1"] == "DELIVRD"
         [message] = gw.simulator.received
         assert message.text == raw["text"] and len(raw["text"]) > 70
+
+
+@on_asyncio
+async def test_long_messages_asking_on_the_last_part_only_over_smpp(redis_url: str) -> None:
+    """carriers[].receipt_parts last: of a two-part message only the last part asks
+    (registered_delivery 1 on it, 0 on the first), the SMSC sends that part's receipt
+    alone, and it decides: delivered, or undeliverable for the number the simulator fails."""
+    async with gateway(redis_url, receipt_parts="last", outcome_overrides={"13800138001": "UNDELIV"}) as gw:
+        await gw.submit("last-ok", "mo_reply", "13800138000", LONG_REPLY)
+        await gw.submit("last-bad", "mo_reply", "13800138001", LONG_REPLY)
+        expected = {"last-ok": "delivered", "last-bad": "undeliverable"}
+        assert await gw.wait_for_all(set(expected), {"delivered", "undeliverable", "unconfirmed"}) == expected
+        assert gw.simulator.counters.receipts_sent == 2  # one per message
+        raw = await gw.service.ledger.raw("last-ok")
+        assert raw["parts"] == "2" and raw["receipt_parts"] == "1" and raw["p1"] == "DELIVRD" and "p0" not in raw
 
 
 @on_asyncio

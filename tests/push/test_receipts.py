@@ -87,6 +87,29 @@ async def test_when_only_part_one_asked_its_receipt_alone_delivers(redis_url: st
         assert view is not None and view["state"] == "delivered" and view["part_states"] == ["DELIVRD", ""]
 
 
+@pytest.mark.parametrize("partitions", [1, 4])
+@on_asyncio
+async def test_when_only_the_last_part_asked_its_receipt_alone_decides(redis_url: str, partitions: int) -> None:
+    """receipt_parts "last" (SMPP clients that ask on the last part only, SMSCs that report
+    a long message once under its last part's id): only that id is indexed, as part 2, and
+    its receipt alone makes the message delivered or undeliverable; part 1's id finds
+    nothing.  Unpartitioned and partitioned (the index entries written by the writer)."""
+    async with pipeline(redis_url, partitions=partitions) as p:
+        p.links[0].parts, p.links[0].receipt_parts, p.links[0].receipt_from_last = 2, 1, True
+        await p.accept(points("ok", to="13800000001"), points("bad", to="13800000002"))
+        await p.dispatch_all()
+        ids = {n: (await p.ledger.raw(n))["message_ids"].split() for n in ("ok", "bad")}
+        assert (await p.ledger.raw("ok"))["receipt_parts"] == "1"
+        for first, _ in ids.values():
+            assert await p.redis.exists(p.keys.message_id("cmcc", canonical_message_id(first))) == 0
+        await record(p, receipt(ids["ok"][1], "ACCEPTD"))
+        assert await p.state("ok") == "submitted"
+        await record(p, receipt(ids["ok"][1]), receipt(ids["bad"][1], "UNDELIV"))
+        view = await p.ledger.get("ok")
+        assert view is not None and view["state"] == "delivered" and view["part_states"] == ["", "DELIVRD"]
+        assert await p.state("bad") == "undeliverable"
+
+
 @on_asyncio
 async def test_parts_that_got_one_id_are_delivered_by_its_receipt(redis_url: str) -> None:
     """An SMSC that answers every part of a long message with the message's one id, and

@@ -314,16 +314,18 @@ def test_long_chinese_text_goes_as_udh_parts_with_one_id_each() -> None:
 
 def test_receipt_parts_first_asks_for_a_receipt_on_part_one_only() -> None:
     """receipt_parts "first": part 1 carries registered_delivery, the others 0, and
-    SubmitAccepted says one part's receipt counts; "every" (the default) asks on each."""
+    SubmitAccepted says one part's receipt counts; "last": the last part alone, and
+    SubmitAccepted says so; "every" (the default) asks on each."""
     text = ("您好，您预约的科目一考试已安排。" * 13)[:200]
-    for receipt_parts, expected, counted in (("first", [1, 0, 0], 1), ("every", [1, 1, 1], None)):
+    for receipt_parts, expected, counted, from_last in (("first", [1, 0, 0], 1, False), ("every", [1, 1, 1], None, False),
+                                                       ("last", [0, 0, 1], 1, True)):
         link, smsc, _, _ = bound_link(receipt_parts=receipt_parts)
         d = link.submit(OutboundSms("n1", CITIZEN, text))
         parts = smsc.read()
         assert [p.registered_delivery for p in parts] == expected  # type: ignore[attr-defined]
         for i, part in enumerate(parts):
             smsc.send(SubmitSmResp(part.sequence_number, message_id=f"id{i}"))
-        assert result_of(d) == SubmitAccepted("cmcc", ("id0", "id1", "id2"), counted)
+        assert result_of(d) == SubmitAccepted("cmcc", ("id0", "id1", "id2"), counted, from_last)
 
 
 def test_receipt_parts_first_leaves_single_part_messages_alone() -> None:

@@ -7,7 +7,9 @@
 -- this partition at once (push.early_receipts_max shared among partitions), then n ops:
 --   A id carrier parts indexed ids... keys...    accepted by the carrier: the ids as the
 --                                                carrier sent them, then their canonical
---                                                forms (the index keys for receipts)
+--                                                forms (the index keys for receipts);
+--                                                indexed: the leading parts that asked for
+--                                                a receipt, or -1 for the last alone
 --   B ...                                        as A, its index entries written by the
 --                                                caller in their own partitions, with plain
 --                                                commands (OutcomeStore._write_index_entries)
@@ -94,8 +96,11 @@ local RECEIPT_DUE = string.format('%.3f', now + RECEIPT_TIMEOUT)
 for number = 1, n do
   local op = ARGV[i]
   if op == 'A' or op == 'B' then
-    -- nr: the leading parts that asked for a receipt; only their ids are indexed
+    -- nr: the leading parts that asked for a receipt; only their ids are indexed.  -1: the
+    -- last part alone asked (carriers[].receipt_parts last), indexed from `from` on.
     local id, carrier, np, nr = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+    local from = 1
+    if nr < 0 then from, nr = np, 1 end
     local sent, mids = {}, {}
     for p = 1, np do
       sent[p] = ARGV[i + 4 + p]
@@ -115,7 +120,7 @@ for number = 1, n do
       local fields = {'carrier', carrier, 'parts', parts, 'message_ids', table.concat(sent, ' ')}
       if nr < np then fields[7] = 'receipt_parts'; fields[8] = int_s(nr) end
       transition(id, key, 'submitted', h[2], fields, {'carrier', carrier, 'parts', parts})
-      for p = 1, (op == 'A' and nr or 0) do
+      for p = from, (op == 'A' and from + nr - 1 or 0) do
         local earlier = redis.call('SET', msgkey(carrier, mids[p]), id .. ' ' .. int_s(p - 1), 'EX', RETENTION_S,
           'GET')
         if earlier and string.sub(earlier, 1, #id + 1) ~= id .. ' ' then
@@ -124,7 +129,7 @@ for number = 1, n do
         end
       end
       if nr > 0 and RECEIPT_TIMEOUT > 0 then zadd_later(AWAITING, RECEIPT_DUE, id) end
-      for p = 1, ((op == 'A' and early_possible()) and nr or 0) do
+      for p = from, ((op == 'A' and early_possible()) and from + nr - 1 or 0) do
         local ek = earlykey(carrier, mids[p])
         local early = redis.call('GET', ek)
         if early then
