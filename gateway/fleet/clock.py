@@ -20,7 +20,8 @@ fleet then reads the same clock (on a Cluster, the master of ``12123:members``: 
 a delay does not depend on which clock tells the time.
 
 What still uses the local clock: durations within one process (partition and bind lease
-fences, back-offs), which do not depend on where the clock stands.  In the daemon the
+fences, back-offs, a voice call's length: `steady_clock`), which do not depend on where
+the clock stands.  In the daemon the
 local clock is the reactor's steady clock (gateway/reactor.py): a step of the host's
 clock moves neither the timers nor the fences, and the offset to Redis stays as it was.
 How far the host's own wall clock is off is measured besides (``host_offset``), for the
@@ -51,7 +52,7 @@ from gateway.store.bridge import as_deferred
 from gateway.store.scripts import register_lua
 from gateway.store.service import REDIS_ERRORS
 
-__all__ = ["FleetClock", "redis_time"]
+__all__ = ["FleetClock", "redis_time", "steady_clock"]
 
 log = Logger()
 
@@ -179,3 +180,11 @@ async def redis_time(redis: Any, key: str) -> float:
     operator's laptop a minute ahead saw every process as gone).  `key`: as FleetClock's."""
     seconds, micros = await register_lua(redis, __file__, "time.lua")(keys=[key], args=[])
     return int(seconds) + int(micros) / 1e6
+
+
+def steady_clock(clock: IReactorTime) -> IReactorTime:
+    """The clock to measure durations on: a FleetClock's local (steady) clock, which no
+    new measurement moves, else `clock` itself.  A duration taken on the fleet clock would
+    include any step of its offset in between: its first measurement, or Redis's clock
+    stepping (a failover to a replica on a host whose clock differs)."""
+    return clock.local if isinstance(clock, FleetClock) else clock

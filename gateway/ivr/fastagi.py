@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 from gateway import metrics
 from gateway.config import ConfigError, IvrConfig, parse_listen
 from gateway.connections import ClosedAtOnce, Networks, RefusalLog, enable_keepalive
+from gateway.fleet.clock import steady_clock
 from gateway.ivr.actions import CallContext, VoiceActions
 from gateway.ivr.agi import (
     AgiSession,
@@ -107,7 +108,10 @@ class FastAgiProtocol(Protocol):
 
     def __init__(self, service: FastAgiService) -> None:
         self._service = service
-        self._clock = service.clock
+        self._clock = service.clock  # times of day (service hours, today's bookings, the record)
+        # Durations (the call's, the step latency) on the steady clock: the fleet clock
+        # steps when Redis's does, and a call must not last an hour because of it.
+        self._steady = steady_clock(service.clock)
         self._session = AgiSession(max_line_bytes=service.config.fastagi.max_line_bytes)
         self._flow: CallFlow | None = None
         self._context: CallContext | None = None
@@ -120,7 +124,8 @@ class FastAgiProtocol(Protocol):
         self._action_running = False
         self._recorded = False
         self._started_at = 0.0
-        self._reply_at: float | None = None  # for gateway12123_agi_step_seconds
+        self._started_steady = 0.0
+        self._reply_at: float | None = None  # steady clock, for gateway12123_agi_step_seconds
         self.done: Deferred[CallRecord | None] = Deferred()
 
     # -- Twisted ----------------------------------------------------------------------
@@ -129,6 +134,7 @@ class FastAgiProtocol(Protocol):
         self._service.open_connections += 1
         enable_keepalive(self.transport)
         self._started_at = self._clock.seconds()
+        self._started_steady = self._steady.seconds()
         # A call counts as active until it is recorded (see when_idle and stopService).
         self._service.active.add(self)
         self.done.addBoth(self._forget)
@@ -220,9 +226,8 @@ class FastAgiProtocol(Protocol):
     def _on_reply(self, event: Reply) -> None:
         assert self._flow is not None
         self._cancel_reply_timer()
-        now = self._clock.seconds()
-        self._reply_at = now
-        self._drive(self._flow.on_reply(event.reply, now))
+        self._reply_at = self._steady.seconds()
+        self._drive(self._flow.on_reply(event.reply, self._clock.seconds()))
 
     def _on_protocol_error(self, event: ProtocolError) -> None:
         log.warn("Asterisk broke the AGI protocol: {reason}; closing", reason=event.reason)
@@ -257,7 +262,7 @@ class FastAgiProtocol(Protocol):
                 self._reply_timed_out, step.line)
             if self._reply_at is not None:
                 # Caller input (or any reply) to the next command, actions included.
-                metrics.agi_step_latency.observe(max(0.0, self._clock.seconds() - self._reply_at))
+                metrics.agi_step_latency.observe(max(0.0, self._steady.seconds() - self._reply_at))
                 self._reply_at = None
             return
 
@@ -351,7 +356,7 @@ class FastAgiProtocol(Protocol):
             outcome=outcome,
             path=path,
             started_at=self._started_at,
-            ended_at=self._clock.seconds(),
+            ended_at=self._started_at + max(0.0, self._steady.seconds() - self._started_steady),
         )
         metrics.agi_calls.labels(outcome=outcome).inc()
         log.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from gateway.domain.sample import (
     SampleSummary,
     load_sample,
 )
+from gateway.fleet.clock import FleetClock
 from gateway.ivr.actions import CATALOGUE
 from gateway.ivr.fastagi import (
     HANGUP_GRACE_SECONDS,
@@ -476,6 +478,33 @@ async def test_hangup_without_reply_ends_call_after_grace(redis_url: str, tmp_pa
         await wait_deferred(service.when_idle())
         [event] = [f for _, f in await redis.xrange(KEYS.events_stream)]
         assert event["outcome"] == "caller_hangup" and event["path"] == "greeting"
+    finally:
+        await redis.aclose()
+
+
+@on_asyncio
+async def test_a_step_of_the_fleet_clock_mid_call_does_not_lengthen_the_call(redis_url: str, tmp_path: Any) -> None:
+    """The call's duration is measured on the steady clock: the fleet clock stepping an
+    hour mid-call (Redis failed over to a replica whose host's clock is off) moves when the
+    call is said to start and end, not how long it lasted (3605.0 s before)."""
+    host = Clock()
+    host.advance(time.time())
+    redis = make_client(redis_url)
+    try:
+        fleet = FleetClock(redis, KEYS.partition_members, host)
+        assert await fleet.sync_once()
+        service = FastAgiService(IvrConfig(sounds_dir=str(tmp_path)), lambda: BOOK, redis, KEYS, fleet)
+        protocol, transport = _connect(service, b"agi_network: yes\nagi_network_script: 12123\nagi_uniqueid: 1.1\n\n")
+        started = fleet.seconds()
+        protocol.dataReceived(b"200 result=0\n")
+        host.advance(5)
+        fleet.offset += 3600  # what the next measurement finds after such a failover
+        protocol.dataReceived(b"HANGUP\n200 result=-1\n")
+        await wait_deferred(service.when_idle())
+        [event] = [f for _, f in await redis.xrange(KEYS.events_stream)]
+        assert event["outcome"] == "caller_hangup"
+        assert event["duration_seconds"] == "5.0"
+        assert abs(int(event["at"]) - (started + 5)) <= 1
     finally:
         await redis.aclose()
 
