@@ -187,7 +187,7 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
 
         from gateway.push.mo import MoService, mo_consumer_name
         from gateway.push.render import TemplateCatalogue
-        from gateway.push.service import PushService
+        from gateway.push.service import HAND_OVER_FILE, PushService
 
         links_service = MultiService()
         links_service.setName("smpp-links")
@@ -207,7 +207,8 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
                            list(root.carrier_links.values()), fleet_clock, drain_timeout_seconds=drain,
                            lease_seconds=config.push.lease_seconds,
                            # Outcomes Redis refused until the stop, recorded at the next start.
-                           unrecorded_outcomes_file=config.resolve(config.state_dir) / "push-unrecorded-outcomes.json",
+                           unrecorded_outcomes_file=config.state_path() / HAND_OVER_FILE,
+                           earlier_unrecorded_outcomes_files=[config.state_path_before() / HAND_OVER_FILE],
                            redis_scope=" ".join((config.redis.url, config.redis.prefix,
                                                  config.redis.data_dir if config.redis.url == "embedded" else "")))
         push.setServiceParent(root)

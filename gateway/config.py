@@ -376,7 +376,7 @@ class Config:
     ami: AmiConfig = setting(default_factory=AmiConfig, help="AMI client")
     logging: LoggingConfig = setting(default_factory=LoggingConfig, help="logging")
     drain_timeout_seconds: float = setting(10.0, help="on SIGTERM, how long in-flight work may take", unit="s", minimum=0, maximum=3600)
-    state_dir: str = setting("var", help="runtime files: the outcomes Redis still refused at shutdown (push-unrecorded-outcomes.json, recorded at the next start), relative to this file")
+    state_dir: str = setting("var", help="runtime files: the outcomes Redis still refused at shutdown (push-unrecorded-outcomes.json, recorded at the next start), relative to the working directory like every folder the gateway writes (files it reads are relative to this file)")
     # Where the file came from; set by load_config, not a YAML key.
     source_path: str = field(default="", metadata={"internal": True})
 
@@ -384,6 +384,18 @@ class Config:
         """A path from the config, relative to the config file's folder."""
         base = Path(self.source_path).parent if self.source_path else Path.cwd()
         return (base / relative).resolve()
+
+    def state_path(self) -> Path:
+        """`state_dir`, relative to the working directory, as `redis.data_dir` and
+        `ivr.sounds_dir`: folders the gateway writes go where it runs (systemd's
+        WorkingDirectory, its StateDirectory), not beside a configuration that may be
+        read-only (/etc under ProtectSystem=strict, deploy/gateway12123.service)."""
+        return Path(self.state_dir).resolve()
+
+    def state_path_before(self) -> Path:
+        """Where gateways before 2026-12-05 kept `state_dir`: relative to the config file.
+        A hand-over file left there is still recorded at start (PushService)."""
+        return self.resolve(self.state_dir)
 
 
 # ---------------------------------------------------------------------------------------
@@ -782,7 +794,7 @@ def _check_directories(config: Config, add: typing.Callable[[str, str], None]) -
     with a traceback; state_dir only when a shutdown has outcomes to hand over)."""
     from gateway.store.embedded import UNIX_SOCKET_PATH_MAX_BYTES, embedded_socket_path
 
-    folders = [("state_dir", config.resolve(config.state_dir))]
+    folders = [("state_dir", config.state_path())]
     if config.redis.url == "embedded":
         folders.append(("redis.data_dir", Path(config.redis.data_dir).resolve()))
     if config.ivr.fastagi.enabled:
@@ -986,8 +998,9 @@ def reference_markdown() -> str:
         "  is served on `http.listen`) may not share a port on the same address or on all addresses.",
         "- The same number prefix on two carriers is an error unless the later one names the other",
         "  in `failover_for` (or the other way round).",
-        "- The folders the gateway creates (`state_dir`, relative to the file; `redis.data_dir` with",
-        "  the embedded server and `ivr.sounds_dir` with FastAGI, relative to the working directory)",
+        "- The folders the gateway creates (`state_dir`; `redis.data_dir` with the embedded server;",
+        "  `ivr.sounds_dir` with FastAGI), relative to the working directory (the files it reads,",
+        "  such as `push.templates_file` and `ivr.menus_file`, are relative to the config file),",
         "  may not have a file in their way, nor a name the file system refuses; the embedded",
         "  server's socket `<redis.data_dir>/redis.sock` must fit a Unix socket path (107 bytes).",
         "  Whether the gateway's user may write there is not checked (check-config may run as another).",

@@ -249,12 +249,14 @@ def test_china_broadnet_is_configurable_as_a_fourth_carrier(tmp_path: Path) -> N
     assert any("carriers[1].failover_after_seconds: -1.0 is out of range" in p for p in problems(tmp_path, bad))
 
 
-def test_folders_the_gateway_creates_are_checked_where_it_will_create_them(tmp_path: Path) -> None:
-    """state_dir (relative to the file), redis.data_dir and ivr.sounds_dir (relative to the
-    working directory) with a file in the way are problems naming the key and the file; a
-    folder that does not exist yet is fine (the gateway creates it)."""
+def test_folders_the_gateway_creates_are_checked_where_it_will_create_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """state_dir, redis.data_dir and ivr.sounds_dir (relative to the working directory)
+    with a file in the way are problems naming the key and the file; a folder that does
+    not exist yet is fine (the gateway creates it)."""
     blocker = tmp_path / "blocker"
     blocker.write_text("not a folder", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
     found = problems(tmp_path, f"""
         state_dir: blocker/state
         redis:
@@ -265,9 +267,25 @@ def test_folders_the_gateway_creates_are_checked_where_it_will_create_them(tmp_p
     assert f"{tmp_path / 'gateway.yaml'}: state_dir: {blocker} is a file, not a directory" in found
     assert f"{tmp_path / 'gateway.yaml'}: redis.data_dir: {blocker} is a file, not a directory" in found
     assert f"{tmp_path / 'gateway.yaml'}: ivr.sounds_dir: {blocker} is a file, not a directory" in found
-    config = load_config(write(tmp_path, CARRIER + f"state_dir: not/yet\nredis:\n  data_dir: {tmp_path}/new/redis\n"),
-                         environ={})
-    assert config.resolve(config.state_dir) == tmp_path / "not" / "yet"
+
+
+def test_folders_the_gateway_writes_are_relative_to_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files the gateway reads are found beside the config; the folders it writes
+    (state_dir too, since 2026-12-05) go where it runs, as systemd's WorkingDirectory
+    (deploy/gateway12123.service keeps the config in /etc, read-only under
+    ProtectSystem=strict: a hand-over file there could never be written).  Where state_dir
+    was before stays known, for the hand-over file an earlier version left."""
+    etc, run = tmp_path / "etc", tmp_path / "run"
+    etc.mkdir()
+    run.mkdir()
+    monkeypatch.chdir(run)
+    config = load_config(write(etc, CARRIER + "state_dir: not/yet\n"), environ={})
+    assert config.state_path() == run / "not" / "yet"
+    assert config.state_path_before() == etc / "not" / "yet"
+    assert config.resolve(config.push.templates_file) == etc / "templates.yaml"
+    assert Path(config.redis.data_dir).resolve() == run / "var" / "redis"
+    assert Path(config.ivr.sounds_dir).resolve() == run / "var" / "sounds"
 
 
 def test_a_data_dir_too_deep_for_the_embedded_servers_socket_is_refused(tmp_path: Path) -> None:

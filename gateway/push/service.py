@@ -68,7 +68,10 @@ from gateway.store.keys import Keys
 from gateway.store.refusals import RefusalLog, is_unavailable, is_write_refusal
 from gateway.store.service import REDIS_ERRORS
 
-__all__ = ["PushService"]
+# The hand-over file's name in state_dir (`_hand_over`).
+HAND_OVER_FILE = "push-unrecorded-outcomes.json"
+
+__all__ = ["HAND_OVER_FILE", "PushService"]
 
 log = Logger()
 # The slowest idle poll of the owned lanes (several partitions): work that another process
@@ -121,7 +124,9 @@ class PushService(Service):
                  events_maxlen: int = 1_000_000, tick_seconds: float = 0.25,
                  idle_poll_seconds: float = 0.05, block_ms: int = 1000,
                  backoff_initial_seconds: float = 0.1, backoff_max_seconds: float = 5.0,
-                 unrecorded_outcomes_file: str | os.PathLike[str] | None = None, redis_scope: str = "") -> None:
+                 unrecorded_outcomes_file: str | os.PathLike[str] | None = None,
+                 earlier_unrecorded_outcomes_files: Sequence[str | os.PathLike[str]] = (),
+                 redis_scope: str = "") -> None:
         if callable(redis) and not hasattr(redis, "execute_command"):
             redis = _LazyRedis(redis)
         self.redis = redis
@@ -191,6 +196,9 @@ class PushService(Service):
         # the next start (`_hand_over` / `_take_over`).  `redis_scope` names the Redis
         # (URL and key prefix) they belong to, so another one never gets them.
         self.unrecorded_outcomes_file = Path(unrecorded_outcomes_file) if unrecorded_outcomes_file else None
+        # Where earlier versions wrote it (state_dir relative to the config file until
+        # 2026-12-05): taken over as well, never written.
+        self.earlier_unrecorded_outcomes_files = [Path(p) for p in earlier_unrecorded_outcomes_files]
         self.redis_scope = redis_scope
         self.tick_seconds = tick_seconds
         self.idle_poll_seconds = idle_poll_seconds
@@ -308,9 +316,18 @@ class PushService(Service):
                  count=len(ops), path=str(path))
 
     def _take_over(self) -> None:
-        """Record what the last stop handed over (see `_hand_over`), before any claim."""
-        path = self.unrecorded_outcomes_file
-        if path is None or not path.exists():
+        """Record what the last stop handed over (see `_hand_over`), before any claim: from
+        `unrecorded_outcomes_file`, and from where an earlier version wrote it."""
+        if self.unrecorded_outcomes_file is None:
+            return
+        seen: set[Path] = set()
+        for path in (self.unrecorded_outcomes_file, *self.earlier_unrecorded_outcomes_files):
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                self._take_over_file(path)
+
+    def _take_over_file(self, path: Path) -> None:
+        if not path.exists():
             return
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))

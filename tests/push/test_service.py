@@ -126,13 +126,15 @@ async def test_redis_restart_loses_nothing(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.parametrize("next_start_reads", ["the same file", "it as an earlier version's"])
 @on_asyncio
 async def test_outcomes_redis_refuses_until_the_stop_are_recorded_at_the_next_start(
-        redis_url: str, tmp_path: Path) -> None:
+        redis_url: str, tmp_path: Path, next_start_reads: str) -> None:
     """Redis refuses writes (OOM) from before a submit's response until after the stop:
     the stop saves the outcome to the hand-over file instead of leaving it to the lease,
     and the next start records it first: the notification ends submitted and the second
-    service sends nothing again."""
+    service sends nothing again.  The same when the next start is a version that keeps
+    the file elsewhere (state_dir moved from the config's folder to the working one)."""
     from tests.store.test_refusals import OOM, refusing
 
     redis = make_client(redis_url)
@@ -150,7 +152,11 @@ async def test_outcomes_redis_refuses_until_the_stop_are_recorded_at_the_next_st
         assert handed_over.exists(), "the stop did not hand the refused outcome over"
         assert await redis.hget(Keys().notification("handover-1"), "state") == "submitting"
     second_link = ScriptedLink("cmcc", ("138",))
-    second = start(redis, [second_link], unrecorded_outcomes_file=handed_over, redis_scope="test")
+    if next_start_reads == "the same file":
+        second = start(redis, [second_link], unrecorded_outcomes_file=handed_over, redis_scope="test")
+    else:
+        second = start(redis, [second_link], unrecorded_outcomes_file=tmp_path / "run" / handed_over.name,
+                       earlier_unrecorded_outcomes_files=[handed_over], redis_scope="test")
     try:
         assert await EventWaiter(redis, Keys()).wait_for("handover-1", {"submitted"}) == "submitted"
         assert await redis.hget(Keys().notification("handover-1"), "message_ids") == "ab01"
