@@ -138,7 +138,9 @@ def build_gateway(config: Config, reactor: IReactorCore) -> GatewayService:
     # The reactor's own clock does not step (gateway/reactor.py); the host's wall clock is
     # read besides, to say how far it is off.
     root.fleet_clock = FleetClock(lambda: redis.client, redis.keys.partition_members, cast(IReactorTime, reactor),
-                                  wall=time.time)
+                                  wall=time.time, step_key=redis.keys.clock_step,
+                                  # the leases processes take over from each other
+                                  lease_seconds=max(config.push.lease_seconds, config.ami.call_slot_lease_seconds))
     root.fleet_clock.setServiceParent(root)
 
     _add_components(root, config, reactor)
@@ -277,12 +279,15 @@ def _add_cancellation_repair(root: GatewayService, redis: Any, keys: Any, reacto
     from twisted.application.internet import TimerService
 
     from gateway.domain.bookings import BookingCancellation
+    from gateway.fleet.clock import takeovers_held
     from gateway.store.bridge import as_deferred
     from gateway.store.service import REDIS_ERRORS
 
     cancellation = BookingCancellation(redis, keys)
 
     async def sweep() -> None:
+        if takeovers_held(reactor):
+            return  # Redis's clock stepped forward: a live claim looks run out
         try:
             repaired = await cancellation.repair_unnotified(now=reactor.seconds())
         except REDIS_ERRORS:

@@ -23,6 +23,10 @@ def test_the_parts_that_share_times_use_the_fleet_clock(tmp_path: Path) -> None:
     root = build_gateway(config, reactor)
     fleet = root.fleet_clock
     assert isinstance(fleet, FleetClock) and fleet.local is reactor
+    # A step of Redis's clock is shared (the marker), and take-overs wait for the longest
+    # lease processes take over from each other plus one measurement.
+    assert fleet.step_key == "{12123:members}:clock-step"
+    assert fleet.hold_seconds == max(config.push.lease_seconds, config.ami.call_slot_lease_seconds) + 10
     assert service_named(root, "fleet-clock") is fleet
     push = root.push
     assert push.clock is fleet and push.dispatcher.clock is fleet

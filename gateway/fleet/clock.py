@@ -27,6 +27,21 @@ clock moves neither the timers nor the fences, and the offset to Redis stays as 
 How far the host's own wall clock is off is measured besides (``host_offset``), for the
 warning and the gauge.
 
+Redis's clock itself can step: a failover to a replica on a host whose clock differs (a
+Cluster master, or the one Redis behind a Sentinel), an NTP step on the Redis host.  The
+host clock here is steady, so a change of the offset by `STEP_SECONDS` or more between two
+measurements is such a step.  The fleet clock follows it (every process does within one
+interval, and a process started later reads the new clock anyway), but a step forward
+makes every lease written before it look that much older: a process sweeping for expired
+in-flight leases would take live submits for abandoned and send them again.  So after a
+step forward `takeovers_held()` is True for the longest lease the fleet compares
+(``lease_seconds``) plus one interval: by then every live holder has measured the new
+clock and renewed its leases on it.  The process that sees the step also sets
+``keys.clock_step`` for that long (PX, on the members key's slot), and every process's
+next measurement reads it (time.lua): a process that started after the step, or whose
+measurements around it were dropped as slow, holds too.  A step back only delays
+take-overs, and is logged.
+
 Until the first measurement ``synced`` is False and ``seconds()`` is the local clock;
 users that write or compare leases wait for it (the push pipeline's claims and sweeps,
 the voice reminders' take-over).  A step of the host's clock between measurements is
@@ -40,7 +55,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -52,7 +67,7 @@ from gateway.store.bridge import as_deferred
 from gateway.store.scripts import register_lua
 from gateway.store.service import REDIS_ERRORS
 
-__all__ = ["FleetClock", "redis_time", "steady_clock"]
+__all__ = ["FleetClock", "redis_time", "steady_clock", "takeovers_held"]
 
 log = Logger()
 
@@ -70,10 +85,18 @@ FIRST_SYNC_RETRY_SECONDS = 0.5
 WARN_OFFSET_SECONDS = 1.0
 # While the offset stays large it is logged again this often (seconds).
 WARN_INTERVAL_SECONDS = 600.0
+# A change of the offset between two measurements this large is Redis's clock stepping:
+# each measurement is right to 50 ms (MAX_ROUND_TRIP_SECONDS / 2) and a drift of a few
+# ppm moves it by microseconds in an interval; a second is well clear of both.
+STEP_SECONDS = 1.0
 
 clock_offset = Gauge("gateway12123_clock_offset_seconds",
                      "Redis's clock minus this host's (TIME, last measurement); leases and recorded times use "
                      "Redis's", registry=metrics.REGISTRY)
+clock_steps = Counter("gateway12123_clock_steps",
+                      "Steps of Redis's clock seen between two measurements (a failover to a host whose clock "
+                      "differs); after one forward, leases are not taken over for a lease period",
+                      ["direction"], registry=metrics.REGISTRY)
 
 
 @implementer(IReactorTime)
@@ -87,15 +110,22 @@ class FleetClock(Service):
         interval_seconds: how often the offset is measured.
         wall: the host's wall clock (``time.time``), whose distance to Redis's the warning
             and the gauge report; the local clock when not given.
+        step_key: ``keys.clock_step``, the fleet-wide marker of a step (None: not shared).
+        lease_seconds: the longest lease the fleet's processes take over from each other
+            (push.lease_seconds, ami.call_slot_lease_seconds): with one interval, how long
+            take-overs are held after a step forward.
     """
 
     name = "fleet-clock"
 
     def __init__(self, redis: Any, key: str, local: IReactorTime, *,
-                 interval_seconds: float = SYNC_INTERVAL_SECONDS, wall: Callable[[], float] | None = None) -> None:
+                 interval_seconds: float = SYNC_INTERVAL_SECONDS, wall: Callable[[], float] | None = None,
+                 step_key: str | None = None, lease_seconds: float = 30.0) -> None:
         self._redis: Callable[[], Any] = redis if callable(redis) and not hasattr(redis, "execute_command") \
             else (lambda: redis)
         self.key = key
+        self.step_key = step_key
+        self.hold_seconds = lease_seconds + interval_seconds
         self.local = local
         self.interval_seconds = interval_seconds
         self.wall = wall or local.seconds
@@ -106,6 +136,7 @@ class FleetClock(Service):
         self._client: Any = None
         self._loop: LoopingCall | None = None
         self._warned_at: float | None = None
+        self._held_until: float | None = None  # local clock
 
     # -- IReactorTime ---------------------------------------------------------------------
 
@@ -118,6 +149,36 @@ class FleetClock(Service):
     def getDelayedCalls(self) -> Sequence[IDelayedCall]:  # noqa: N802
         return self.local.getDelayedCalls()
 
+    # -- steps of Redis's clock -----------------------------------------------------------
+
+    def takeovers_held(self) -> bool:
+        """True while leases must not be taken over: within `hold_seconds` after Redis's
+        clock stepped forward (seen here, or by any process of the fleet: see the module)."""
+        return self._held_until is not None and self.local.seconds() < self._held_until
+
+    def _hold_until(self, until: float) -> None:
+        self._held_until = until if self._held_until is None else max(self._held_until, until)
+
+    async def _stepped(self, step: float, now: float) -> None:
+        direction = "forward" if step > 0 else "back"
+        clock_steps.labels(direction).inc()
+        if step < 0:
+            log.warn("Redis's clock stepped {seconds:.1f} s back (a failover to a host whose clock is behind, or an "
+                     "NTP step on the Redis host): the fleet clock follows; times recorded go back by as much, and "
+                     "leases run that much longer", seconds=-step)
+            return
+        self._hold_until(now + self.hold_seconds)
+        log.warn("Redis's clock stepped {seconds:.1f} s forward (a failover to a host whose clock is ahead, or an "
+                 "NTP step on the Redis host): the fleet clock follows; leases written before look that much older, "
+                 "so none is taken over for {hold:.0f} s, until their holders have renewed them",
+                 seconds=step, hold=self.hold_seconds)
+        if self.step_key is None:
+            return
+        try:
+            await self._redis().set(self.step_key, f"{step:.3f}", px=int(self.hold_seconds * 1000))
+        except REDIS_ERRORS:
+            pass  # this process holds anyway; the others see the step themselves
+
     # -- measuring ------------------------------------------------------------------------
 
     async def sync_once(self) -> bool:
@@ -127,12 +188,18 @@ class FleetClock(Service):
         if self._script is None or client is not self._client:
             self._client, self._script = client, register_lua(client, __file__, "time.lua")
         sent, wall_sent = self.local.seconds(), self.wall()
-        seconds, micros = await self._script(keys=[self.key], args=[])
+        answer = await self._script(keys=[self.key] if self.step_key is None else [self.key, self.step_key], args=[])
         received, wall_received = self.local.seconds(), self.wall()
         if self.synced and received - sent > MAX_ROUND_TRIP_SECONDS:
             return False  # the first answer is kept whatever its round trip: better than none
-        redis_now = int(seconds) + int(micros) / 1e6
-        self.offset = redis_now - (sent + received) / 2
+        redis_now = int(answer[0]) + int(answer[1]) / 1e6
+        offset = redis_now - (sent + received) / 2
+        if len(answer) > 2 and int(answer[2]) > 0:
+            self._hold_until(received + int(answer[2]) / 1000)  # another process saw a step
+        step = offset - self.offset
+        if self.synced and abs(step) >= STEP_SECONDS:
+            await self._stepped(step, received)
+        self.offset = offset
         self.host_offset = redis_now - (wall_sent + wall_received) / 2
         if not self.synced and self._loop is not None:
             self._loop.interval = self.interval_seconds  # read when the next call is scheduled
@@ -188,3 +255,8 @@ def steady_clock(clock: IReactorTime) -> IReactorTime:
     include any step of its offset in between: its first measurement, or Redis's clock
     stepping (a failover to a replica on a host whose clock differs)."""
     return clock.local if isinstance(clock, FleetClock) else clock
+
+
+def takeovers_held(clock: IReactorTime) -> bool:
+    """`FleetClock.takeovers_held` of `clock`; False for any other clock (tests' reactors)."""
+    return isinstance(clock, FleetClock) and clock.takeovers_held()

@@ -333,13 +333,16 @@ class VoiceReminders(Service):
             the daemon's is Redis's time: gateway/fleet/clock.py).
         wall_clock_ready: False until `wall_clock` can be trusted (the fleet clock's first
             measurement): open calls are not taken over before.
+        takeovers_held: True while other processes' call leases must not be taken over
+            although they look run out (Redis's clock stepped forward: FleetClock.takeovers_held).
     """
 
     name = "voice-reminders"
 
     def __init__(self, redis: Any, keys: Keys, ami: AmiSession, ledger: Ledger, options: ReminderOptions, *,
                  clock: IReactorTime, wall_clock: Callable[[], float] = time.time,
-                 wall_clock_ready: Callable[[], bool] = lambda: True, call_slots: Any = None,
+                 wall_clock_ready: Callable[[], bool] = lambda: True,
+                 takeovers_held: Callable[[], bool] = lambda: False, call_slots: Any = None,
                  partitions: Callable[[], Sequence[int]] | None = None) -> None:
         # The partitions whose voice requests, due reminders and open calls this process
         # works: all of them unless the caller limits it (partition ownership).
@@ -354,6 +357,7 @@ class VoiceReminders(Service):
         self._clock = clock
         self._now = wall_clock
         self._now_ready = wall_clock_ready
+        self._takeovers_held = takeovers_held
         # The owner of the calls this process follows: push.consumer_name names this
         # process across restarts (its calls of a previous run are taken back at start);
         # without it, a name no other live process has (gateway/fleet/names.py).
@@ -1114,17 +1118,21 @@ class VoiceReminders(Service):
         previous run: report those already finished, reconcile the others (see the
         module docstring, "Several processes")."""
         now = self._now()
+        # Redis's clock stepped forward: leases look older than they are; only our own
+        # calls of a previous run are taken (run-out ones after the hold).
+        held = self._takeovers_held()
         for k in self.partitions():
             part = self._keys.partition(k)
             # Open calls are bounded by max_concurrent_calls per process: a few hundred.
             entries = await self._redis.zrange(part.voice_calls_open, 0, -1, withscores=True)
             candidates = [a for a, score in entries
-                          if a not in self._calls and (starting or float(score) <= now)]
+                          if a not in self._calls and (starting or (not held and float(score) <= now))]
             if not candidates:
                 continue
             taken = await self._scripts["take_over"](
                 keys=[part.voice_calls_open, *(part.call(a) for a in candidates)],
-                args=[self._consumer, _fmt(now), _fmt(now + self._options.call_lease_seconds), *candidates])
+                args=[self._consumer, "0" if held else _fmt(now), _fmt(now + self._options.call_lease_seconds),
+                      *candidates])
             for action_id in taken:
                 await self._adopt(part.call(action_id), action_id)
 
@@ -1241,7 +1249,8 @@ def build_voice_reminders(config: Any, redis: Any, keys: Keys, reactor: Any, *,
                                call_slots=call_slots_for(ami, redis, keys.prefix, reactor),
                                **({} if fleet_clock is None else
                                   {"wall_clock": fleet_clock.seconds,
-                                   "wall_clock_ready": lambda: fleet_clock.synced}))
+                                   "wall_clock_ready": lambda: fleet_clock.synced,
+                                   "takeovers_held": fleet_clock.takeovers_held}))
     return VoiceService(client, reminders)
 
 

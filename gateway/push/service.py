@@ -50,6 +50,7 @@ from twisted.logger import Logger
 
 from gateway import metrics
 from gateway.config import PushConfig
+from gateway.fleet.clock import takeovers_held
 from gateway.fleet.names import live_name
 from gateway.ports import CarrierLink, PartnerReceiptSink
 from gateway.push.deadletters import list_dead_letters, retry_dead_letters
@@ -569,7 +570,10 @@ class PushService(Service):
                          count=unconfirmed)
         if self._tick % every == 0:
             await self.dispatcher.renew_leases_once()
-            recovered = await self.ledger.recover_expired_leases(now=now, partitions=self.ownership.owned())
+            # Not while Redis's clock has just stepped forward: live leases look run out
+            # until their holders renew them on the new clock (gateway/fleet/clock.py).
+            recovered = 0 if takeovers_held(self.clock) else \
+                await self.ledger.recover_expired_leases(now=now, partitions=self.ownership.owned())
             if recovered:
                 log.warn("recovered {count} notifications whose submitting process stopped (possible duplicates)",
                          count=recovered)

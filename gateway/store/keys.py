@@ -374,6 +374,13 @@ class Keys:
         ms of Redis TIME; gateway/push/ownership.py)."""
         return f"{self.prefix}members"
 
+    @property
+    def clock_step(self) -> str:
+        """Marker that Redis's clock stepped forward (gateway/fleet/clock.py), set for the
+        hold that follows; hash-tagged onto the members key's slot, so that time.lua reads
+        both on one node (``{12123:members}:clock-step``)."""
+        return f"{{{self.partition_members}}}:clock-step"
+
     # --- core data -------------------------------------------------------------------
     def booking(self, plan_id: str, booking_no: str) -> str:
         return f"{self.prefix}booking:{{plan:{plan_id}}}:{booking_no}"

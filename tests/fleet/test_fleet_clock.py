@@ -18,7 +18,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from gateway import metrics
 from gateway.fleet import clock as fleet_clock_module
-from gateway.fleet.clock import FleetClock
+from gateway.fleet.clock import FleetClock, takeovers_held
 from gateway.store.keys import Keys
 from tests.aio import on_asyncio, redis_client
 
@@ -58,9 +58,11 @@ async def test_offset_moves_a_host_clock_onto_redis_time_and_timers_stay_local(r
         host.advance(5)
         assert len(fired) == 1
         # Still far at the next measurement: not logged again within WARN_INTERVAL_SECONDS.
+        # (The 5 s this host's clock moved, Redis's did not: the offset moved back by as
+        # much, said apart.)
         with logged() as lines:
             assert await fleet.sync_once() is True
-        assert lines == []
+        assert [line for line in lines if "stepped" not in line] == []
 
 
 @on_asyncio
@@ -162,3 +164,69 @@ async def test_a_host_clock_put_right_after_start_is_no_longer_warned_about_and_
         assert lines == []
         assert abs(fleet.host_offset) < 0.5 and abs(gauge()) < 0.5
         assert abs(fleet.offset + 60) < 0.5 and abs(fleet.seconds() - time.time()) < 0.5
+
+
+def steps(direction: str) -> float:
+    return float(metrics.REGISTRY.get_sample_value("gateway12123_clock_steps_total", {"direction": direction}) or 0.0)
+
+
+@on_asyncio
+async def test_redis_clock_stepping_forward_holds_takeovers_for_a_lease_here_and_across_the_fleet(
+        redis_url: str) -> None:
+    """A failover to a replica on a host a minute ahead: between two measurements the
+    offset grows by 60 s.  The fleet clock follows, and take-overs are held for the lease
+    plus one interval, counted on this host's steady clock; the marker it sets holds a
+    second process too, one that saw no step of its own (started after it).  Small
+    changes are no step."""
+    keys = Keys()
+    host = Clock()
+    host.advance(time.time())
+    async with redis_client(redis_url) as redis:
+        await redis.delete(keys.clock_step)
+        fleet = FleetClock(redis, keys.partition_members, host, step_key=keys.clock_step, lease_seconds=6, wall=time.time,
+                           interval_seconds=10)
+        assert fleet.hold_seconds == 16
+        await fleet.sync_once()
+        host.advance(-0.5)  # within STEP_SECONDS: measurement noise, not a step
+        with logged() as lines:
+            await fleet.sync_once()
+        assert lines == [] and not fleet.takeovers_held()
+        before = steps("forward")
+        host.advance(-60)  # the host's steady clock stands; Redis's is now 60 s further on
+        with logged() as lines:
+            await fleet.sync_once()
+        assert abs(fleet.seconds() - time.time()) < 0.5  # followed
+        assert len(lines) == 1 and "stepped 60.0 s forward" in lines[0] and "for 16 s" in lines[0]
+        assert steps("forward") == before + 1
+        assert fleet.takeovers_held() and takeovers_held(fleet)
+        assert 15_000 < await redis.pttl(keys.clock_step) <= 16_000
+        # Another process of the fleet, in time with the new clock: held by the marker.
+        other = FleetClock(redis, keys.partition_members, reactor, step_key=keys.clock_step)
+        assert not other.takeovers_held()
+        await other.sync_once()
+        assert other.takeovers_held()
+        host.advance(15)
+        assert fleet.takeovers_held()
+        host.advance(1.5)
+        assert not fleet.takeovers_held()
+        # Without the shared key (tests, the CLI) the marker is neither read nor written.
+        assert not takeovers_held(reactor)
+        await redis.delete(keys.clock_step)
+
+
+@on_asyncio
+async def test_redis_clock_stepping_back_is_logged_and_holds_nothing(redis_url: str) -> None:
+    keys = Keys()
+    host = Clock()
+    host.advance(time.time())
+    async with redis_client(redis_url) as redis:
+        await redis.delete(keys.clock_step)
+        fleet = FleetClock(redis, keys.partition_members, host, step_key=keys.clock_step, wall=time.time)
+        await fleet.sync_once()
+        before = steps("back")
+        host.advance(30)  # Redis's clock is now 30 s behind where it was
+        with logged() as lines:
+            await fleet.sync_once()
+        assert len(lines) == 1 and "stepped 30.0 s back" in lines[0]
+        assert steps("back") == before + 1
+        assert not fleet.takeovers_held() and await redis.exists(keys.clock_step) == 0
