@@ -13,8 +13,11 @@ Redis-clock time their lease expires.  A holder is named ``<host>-<pid>-<what>``
 * **Self-fencing.**  A holder that cannot renew (Redis away) keeps its bind only while
   the lease it last renewed is surely still valid, counted from the moment that renewal
   was *sent*; a safety margin before that, it unbinds.  A renewal answered "not yours
-  any more" (the lease expired and may be another's) unbinds at once.  So the binds
+  any more" (the lease expired and its place was taken) unbinds at once.  So the binds
   held never outnumber the live leases, even across a Redis restart that lost them.
+  A lapsed lease whose place nobody took is renewed: after Redis's clock stepped
+  forward (a failover to a host whose clock is ahead) every lease lapses at once, and
+  the whole fleet unbound with its submits on the wire.
 * **Release** on clean unbind and when a session is lost, so another process can bind
   at once instead of after the lease time.
 
@@ -112,7 +115,9 @@ class LeaseTable:
         return await self._run(holder, "acquire")
 
     async def renew(self, holder: str) -> bool:
-        """Extend our lease; False when it had expired (it may be another's now)."""
+        """Extend our lease; False when it had expired and the places are all taken (ours
+        may be another's now).  A lapsed lease whose place is free is ours again: see
+        lua/lease.lua."""
         return await self._run(holder, "renew")
 
     async def hold(self, holder: str) -> None:
@@ -241,7 +246,7 @@ class BindLeases:
         if still_ours:
             self._held[holder].valid_until = sent_at + self.table.lease_seconds
         else:
-            log.error("account {account}: bind lease {holder} had expired; unbinding",
+            log.error("account {account}: bind lease {holder} had expired and its place is taken; unbinding",
                       account=self.account, holder=holder)
             self._lost(holder)
 

@@ -295,7 +295,7 @@ class _ClusterNodeProcess(RedisServerProcess):
             "--logfile", str((self.data_dir / "redis.log").resolve()),
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, env={**os.environ},
+                                        stderr=subprocess.DEVNULL, env={**os.environ, **self.env},
                                         preexec_fn=functools.partial(_before_exec, self.niceness))
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:

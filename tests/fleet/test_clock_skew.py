@@ -19,13 +19,16 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
+from gateway.fleet import clock as fleet_clock_module
+from gateway.store.embedded import RedisServerProcess
 from tests.aio import on_asyncio
 from tests.fleet import fleet_run as fleet
 from tests.fleet.test_fleet_daemons import carrier_bound, wait_for
 from tests.integration.cluster_run import ClusterRun
 from tests.integration.faults import CMCC_PREFIXES, workload
 
-SKEW_SECONDS = 60  # twice the default lease (push.lease_seconds 30)
+SKEW_SECONDS = 60
+STEP_SEEN = "Redis's clock stepped 60."  # twice the default lease (push.lease_seconds 30)
 LEASE_SECONDS = 6  # leases swept every 2 s (a third of it): several sweeps while the messages are in flight
 MESSAGES = 240
 RESPONSE_LATENCY_SECONDS = 1.0
@@ -108,3 +111,74 @@ async def test_on_a_cluster_a_joiner_a_minute_ahead_takes_no_live_submit_for_aba
         # The joiner did own partitions while the first process's submits in them were in
         # flight (the first claims up to push.max_in_flight at once: all of them here).
         assert ": taken" in joiner.log_text()
+
+
+
+FAILOVER_MESSAGES = 800  # 40/s (two processes, window 20, answers after 1 s): 20 s
+INTERVAL = fleet_clock_module.SYNC_INTERVAL_SECONDS
+
+
+@fleet.needs_libfaketime
+@pytest.mark.timeout(240)
+def test_redis_back_on_a_host_a_minute_ahead_takes_no_live_submit_for_abandoned(
+        tmp_path: Path, slow_simulator: fleet.SimulatorProcess) -> None:
+    """Two `gateway run` processes on one Redis (one partition: each sweeps every lease),
+    every submit answered after 1 s.  Mid-run the Redis behind their address comes back
+    on a host whose clock is a minute ahead, with every write it had (a replica promoted
+    behind a moving address, here the same server restarted under libfaketime).  Each
+    process sees Redis's clock step at its next measurement; the second measures half an
+    interval after the first, as processes started at different times do.
+
+    Two things sent submits twice, each alone (measured with window 10):
+    * every bind lease lapsed at once on Redis's clock, and every renewal was refused:
+      both processes unbound with submits on the wire (20 of 800 sent twice with the
+      take-over hold alone);
+    * in that half interval the first process found the second's in-flight leases 54 s
+      run out and sent them again (26 with the lease renewal alone).
+    Before both: 37 sent twice (81 with window 20, as here).  Now none."""
+    templates = fleet.write_templates(tmp_path)
+    carrier = fleet.carrier_section(slow_simulator.smpp_port, link_tps=1000, account_tps=1000, max_binds=2,
+                                    window=20)
+    push = {"templates_file": str(templates), "lease_seconds": LEASE_SECONDS, "max_in_flight": 20, "batch_size": 20}
+    server = RedisServerProcess(data_dir=tmp_path / "redis")
+    server.start()
+    url = server.url
+    daemons = [fleet.fleet_daemon(tmp_path / f"gw{n}", url, carrier, push) for n in range(2)]
+    client = sync_redis.Redis.from_url(url, decode_responses=True)
+    try:
+        daemons[0].start()
+        daemons[0].wait_until("/healthz", timeout_seconds=60)
+        first_measured = time.monotonic()  # about: it measures as it starts
+        time.sleep(INTERVAL / 2)
+        fleet.start_fleet(daemons[1:])
+        for daemon in daemons:
+            wait_for(lambda d=daemon: carrier_bound(d), "both processes bound")
+        fleet.enqueue(client, FAILOVER_MESSAGES, "fo")
+        time.sleep(2.0)  # both processes have submits in flight
+        server.stop()  # SIGTERM: the AOF is flushed, nothing acknowledged is lost
+        server.env = fleet.skewed_env(SKEW_SECONDS)
+        server.start()
+        stepped = [False, False]
+
+        def both_saw_the_step() -> bool:
+            for n, daemon in enumerate(daemons):
+                stepped[n] = stepped[n] or STEP_SEEN in daemon.log_text()
+            return all(stepped)
+
+        wait_for(both_saw_the_step, "both processes seeing Redis's clock step", timeout_seconds=2 * INTERVAL + 5)
+        # Submits were still in flight when it was seen, or this shows nothing.
+        assert Counter(fleet.record_fields(client, FAILOVER_MESSAGES, "fo"))["submitted"] < FAILOVER_MESSAGES
+        wait_for(lambda: Counter(fleet.record_fields(client, FAILOVER_MESSAGES, "fo"))["submitted"]
+                 == FAILOVER_MESSAGES, "every notification submitted", timeout_seconds=150)
+        time.sleep(2 * LEASE_SECONDS / 3 + 1)  # two more sweeps of each: a late recovery would show
+        copies = slow_simulator.copies()
+        sent_twice = {key: n for key, n in copies.items() if n > 1}
+        assert len(copies) == FAILOVER_MESSAGES
+        assert not sent_twice, f"{len(sent_twice)} of {FAILOVER_MESSAGES} sent more than once"
+        assert not [n for n in fleet.record_fields(client, FAILOVER_MESSAGES, "fo", "possible_duplicates") if n]
+        assert time.monotonic() - first_measured > INTERVAL  # (the phases above held)
+    finally:
+        client.close()
+        for daemon in daemons:
+            daemon.stop()
+        server.stop()

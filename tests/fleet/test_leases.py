@@ -56,6 +56,26 @@ async def test_at_most_max_holders_and_a_dead_holders_place_frees_after_its_leas
 
 
 @on_asyncio
+async def test_a_lapsed_lease_is_renewed_while_its_place_is_free(redis_url: str) -> None:
+    """Redis's clock stepping forward (a failover to a host a minute ahead) makes every
+    lease look lapsed at once, its holders alive: renewing them gives each its place
+    back, while a place another took meanwhile stays taken (before: every renewal was
+    refused, and every bind of the fleet unbound with submits on the wire)."""
+    async with redis_client(redis_url) as redis:
+        table = LeaseTable(redis, bind_leases_key("12123:", "step"), limit=2, lease_seconds=30)
+        assert await table.acquire("a") and await table.acquire("b")
+        await redis.zadd(table.key, {"a": 1, "b": 1})  # both a minute and more behind Redis's clock now
+        assert await table.renew("a")
+        assert await table.acquire("c")  # b's lapsed place, taken before b renewed
+        assert not await table.renew("b")
+        assert sorted(await table.holders()) == ["a", "c"]
+        await redis.delete(table.key)  # or Redis lost the set: the holders come back
+        assert await table.renew("c") and await table.renew("a")
+        assert not await table.acquire("d")
+        await redis.delete(table.key)
+
+
+@on_asyncio
 async def test_hold_counts_an_existing_call_whatever_the_limit(redis_url: str) -> None:
     """'hold' adds a holder past the limit (a call that exists must be counted)."""
     async with redis_client(redis_url) as redis:

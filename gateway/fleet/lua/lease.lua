@@ -6,9 +6,17 @@
 -- ARGV[1]  holder name (host-pid-what, e.g. gw1-4242-cmcc-transceiver-0).
 -- ARGV[2]  lease time in milliseconds.
 -- ARGV[3]  most holders at once (N).
--- ARGV[4]  mode: 'acquire' (a new holder only while fewer than N hold), 'renew' (only a
---          holder whose lease has not expired), 'hold' (add or renew whatever the
---          count: a call that exists already, adopted after a restart).
+-- ARGV[4]  mode: 'acquire' (a new holder only while fewer than N hold), 'renew' (a
+--          holder whose lease has not expired, or whose lapsed place nobody has taken:
+--          fewer than N hold), 'hold' (add or renew whatever the count: a call that
+--          exists already, adopted after a restart).
+--
+-- A lapsed lease is renewed while there is room because a live holder's lease lapses
+-- without its process stopping when Redis's clock steps forward (a failover to a host
+-- whose clock is ahead: every lease at once) or Redis lost the set; refusing it then
+-- dropped every bind of the fleet at once, with its submits on the wire (sent again).
+-- The holder's own fence (gateway/fleet/leases.py) still bounds how long it holds
+-- without a renewal, and a place taken meanwhile is not given back.
 --
 -- Returns {1 or 0 (granted), holders now}.
 --
@@ -23,7 +31,7 @@ local mode = ARGV[4]
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local count = redis.call('ZCARD', KEYS[1])
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  if mode == 'renew' or (mode == 'acquire' and count >= tonumber(ARGV[3])) then
+  if mode ~= 'hold' and count >= tonumber(ARGV[3]) then
     return {0, count}
   end
   count = count + 1
