@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import config as config_module
 from gateway.config import ConfigError, Secret, describe_schema, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,3 +306,33 @@ def test_a_folder_name_the_file_system_refuses_is_a_problem_not_a_traceback(tmp_
     """pathlib raises for a name over NAME_MAX instead of answering False."""
     found = problems(tmp_path, "state_dir: " + "s" * 300 + "\n")
     assert any(": state_dir: cannot use" in p and "File name too long" in p for p in found), found
+
+
+def _with_sources(node: object) -> object:
+    """A parsed document with each scalar that keeps its source text as (type, source)."""
+    if isinstance(node, dict):
+        return {_with_sources(k): _with_sources(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_with_sources(v) for v in node]
+    source = getattr(node, "source", None)
+    return (type(node).__name__, source, node) if source is not None else node
+
+
+@pytest.mark.skipif(config_module._FastSourceLoader is None, reason="PyYAML built without libyaml")
+def test_libyaml_reads_the_shipped_files_as_the_python_parser_does_and_errors_keep_its_words(tmp_path: Path) -> None:
+    """Configs are parsed with libyaml (five times faster); every value of the three
+    shipped files, its type and its source text are what the pure-Python parser gives.  A
+    file that is not YAML is read again by the latter, whose message says what it found."""
+    import yaml
+
+    for name in ("gateway.yaml", "templates.yaml", "ivr.yaml"):
+        text = (REPO / "config" / name).read_text(encoding="utf-8")
+        fast = yaml.load(text, Loader=config_module._FastSourceLoader)  # noqa: S506 - CSafeLoader subclass
+        slow = yaml.load(text, Loader=config_module._SourceLoader)  # noqa: S506 - SafeLoader subclass
+        assert _with_sources(fast) == _with_sources(slow), name
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("redis:\n\t- url\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as excinfo:
+        config_module.read_yaml(broken)
+    assert excinfo.value.problems == [
+        f"{broken}: line 2 column 1: not valid YAML: found character '\\t' that cannot start any token"]
