@@ -379,7 +379,11 @@ class Keys:
         """Marker that Redis's clock stepped forward (gateway/fleet/clock.py), set for the
         hold that follows; hash-tagged onto the members key's slot, so that time.lua reads
         both on one node (``{12123:members}:clock-step``)."""
-        return f"{{{self.partition_members}}}:clock-step"
+        members = self.partition_members
+        opening = members.find("{")
+        if opening != -1 and members.find("}", opening + 2) != -1:
+            return f"{members}:clock-step"  # a prefix with a hash tag of its own decides the slot
+        return f"{{{members}}}:clock-step"
 
     # --- core data -------------------------------------------------------------------
     def booking(self, plan_id: str, booking_no: str) -> str:

@@ -230,3 +230,13 @@ async def test_redis_clock_stepping_back_is_logged_and_holds_nothing(redis_url: 
         assert len(lines) == 1 and "stepped 30.0 s back" in lines[0]
         assert steps("back") == before + 1
         assert not fleet.takeovers_held() and await redis.exists(keys.clock_step) == 0
+
+
+def test_the_step_marker_is_on_the_members_keys_slot_whatever_the_prefix() -> None:
+    """time.lua reads both keys in one script: on a Cluster they must share a slot."""
+    from redis.crc import key_slot
+
+    for prefix in ("12123:", "gw:{fleet}:", "odd{:"):
+        keys = Keys(prefix=prefix)
+        assert key_slot(keys.clock_step.encode()) == key_slot(keys.partition_members.encode()), prefix
+    assert Keys().clock_step == "{12123:members}:clock-step"
