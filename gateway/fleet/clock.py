@@ -42,6 +42,15 @@ next measurement reads it (time.lua): a process that started after the step, or 
 measurements around it were dropped as slow, holds too.  A step back only delays
 take-overs, and is logged.
 
+A process that starts just after a step, before any other has measured it, reads the
+new clock from its first measurement and sees no step of its own, while the others'
+leases still stand on the old one.  Every live process measures within one interval, and
+the first to see the step sets the marker: so a starting process holds take-overs until
+a measurement taken an interval (and `SETTLE_SLACK_SECONDS`) after its first has read
+the marker, or its absence (``settled``).  A process alone in the fleet waits as long:
+its recovery of a dead process's work starts that much later, never earlier than the
+dead process's leases run out anyway.
+
 Until the first measurement ``synced`` is False and ``seconds()`` is the local clock;
 users that write or compare leases wait for it (the push pipeline's claims and sweeps,
 the voice reminders' take-over).  A step of the host's clock between measurements is
@@ -89,6 +98,11 @@ WARN_INTERVAL_SECONDS = 600.0
 # each measurement is right to 50 ms (MAX_ROUND_TRIP_SECONDS / 2) and a drift of a few
 # ppm moves it by microseconds in an interval; a second is well clear of both.
 STEP_SECONDS = 1.0
+# A starting process settles on a measurement at least an interval plus this after its
+# first: another process's measurement in that interval may have seen a step, and its
+# SET of the marker follows its TIME by a round trip (at most MAX_ROUND_TRIP_SECONDS for
+# a measurement it keeps); half a second is five of them.
+SETTLE_SLACK_SECONDS = 0.5
 
 clock_offset = Gauge("gateway12123_clock_offset_seconds",
                      "Redis's clock minus this host's (TIME, last measurement); leases and recorded times use "
@@ -137,6 +151,9 @@ class FleetClock(Service):
         self._loop: LoopingCall | None = None
         self._warned_at: float | None = None
         self._held_until: float | None = None  # local clock
+        # Until settled (see the module): the local time a settling measurement starts at.
+        self._settles_after: float | None = None
+        self._settling_call: IDelayedCall | None = None
 
     # -- IReactorTime ---------------------------------------------------------------------
 
@@ -151,9 +168,18 @@ class FleetClock(Service):
 
     # -- steps of Redis's clock -----------------------------------------------------------
 
+    @property
+    def settled(self) -> bool:
+        """Whether a step of Redis's clock just before this process started would be
+        known here by now (always, without the fleet's marker to read: see the module)."""
+        return self.step_key is None or (self.synced and self._settles_after is None)
+
     def takeovers_held(self) -> bool:
-        """True while leases must not be taken over: within `hold_seconds` after Redis's
-        clock stepped forward (seen here, or by any process of the fleet: see the module)."""
+        """True while leases must not be taken over: until settled, and within
+        `hold_seconds` after Redis's clock stepped forward (seen here, or by any process
+        of the fleet: see the module)."""
+        if not self.settled:
+            return True
         return self._held_until is not None and self.local.seconds() < self._held_until
 
     def _hold_until(self, until: float) -> None:
@@ -199,6 +225,8 @@ class FleetClock(Service):
         step = offset - self.offset
         if self.synced and abs(step) >= STEP_SECONDS:
             await self._stepped(step, received)
+        if self.step_key is not None:
+            self._settle(sent, received)
         self.offset = offset
         self.host_offset = redis_now - (wall_sent + wall_received) / 2
         if not self.synced and self._loop is not None:
@@ -207,6 +235,17 @@ class FleetClock(Service):
         clock_offset.set(self.host_offset)
         self._warn_if_far(received)
         return True
+
+    def _settle(self, sent: float, received: float) -> None:
+        """After the first measurement, wait for one an interval later (see the module);
+        the regular ones may fall just short of it, so one is asked for then."""
+        if not self.synced:
+            wait = self.interval_seconds + SETTLE_SLACK_SECONDS
+            self._settles_after = received + wait
+            if self._loop is not None:
+                self._settling_call = self.local.callLater(wait, lambda: as_deferred(self._sync()))
+        elif self._settles_after is not None and sent >= self._settles_after:
+            self._settles_after = None
 
     def _warn_if_far(self, now: float) -> None:
         if abs(self.host_offset) < WARN_OFFSET_SECONDS:
@@ -238,6 +277,8 @@ class FleetClock(Service):
     def stopService(self) -> Any:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._settling_call is not None and self._settling_call.active():
+            self._settling_call.cancel()
         return super().stopService()
 
 

