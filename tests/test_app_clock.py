@@ -11,7 +11,7 @@ from twisted.internet import reactor
 
 from gateway.app import build_gateway, service_named
 from gateway.config import load_config
-from gateway.fleet.clock import FleetClock
+from gateway.fleet.clock import SYNC_INTERVAL_SECONDS, FleetClock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def test_the_parts_that_share_times_use_the_fleet_clock(tmp_path: Path) -> None:
     # A step of Redis's clock is shared (the marker), and take-overs wait for the longest
     # lease processes take over from each other plus one measurement.
     assert fleet.step_key == "{12123:members}:clock-step"
-    assert fleet.hold_seconds == max(config.push.lease_seconds, config.ami.call_slot_lease_seconds) + 10
+    assert fleet.hold_seconds == max(config.push.lease_seconds, config.ami.call_slot_lease_seconds) + SYNC_INTERVAL_SECONDS
     assert service_named(root, "fleet-clock") is fleet
     push = root.push
     assert push.clock is fleet and push.dispatcher.clock is fleet

@@ -80,10 +80,11 @@ __all__ = ["FleetClock", "redis_time", "steady_clock", "takeovers_held"]
 
 log = Logger()
 
-# A drift of a few ppm moves a host's clock by well under a millisecond in 10 s; the
-# interval bounds instead how long a step of the host's clock (an NTP step, a resumed VM)
-# goes unseen.  One TIME per 10 s per process costs Redis nothing.
-SYNC_INTERVAL_SECONDS = 10.0
+# A drift of a few ppm moves a host's clock by well under a millisecond in 5 s; the
+# interval bounds instead how long a step goes unseen: the host's (an NTP step, a resumed
+# VM), or Redis's, during which processes disagree and a starting one holds take-overs
+# (see the module).  One TIME per 5 s per process costs Redis nothing.
+SYNC_INTERVAL_SECONDS = 5.0
 # The offset is known to half the round trip: 100 ms keeps it within 50 ms, three
 # orders below the shortest lease it serves (push.lease_seconds, at least 1 s).  A
 # slower answer (a loaded Redis, a failover) is dropped and the last offset kept.
