@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -100,6 +100,13 @@ async def test_a_slow_answer_keeps_the_last_offset_but_the_first_is_taken_whatev
         assert await fleet.sync_once() is True and abs(fleet.offset) < 0.5
 
 
+async def until(condition: Callable[[], bool], what: str, deadline: float) -> None:
+    """Poll `condition` (the service measures on the real reactor) until `deadline`."""
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
 @on_asyncio
 async def test_the_service_measures_at_start_then_every_interval(redis_url: str) -> None:
     async with redis_client(redis_url) as redis:
@@ -107,14 +114,10 @@ async def test_the_service_measures_at_start_then_every_interval(redis_url: str)
         fleet.startService()
         try:
             deadline = time.monotonic() + 10
-            while not fleet.synced:
-                assert time.monotonic() < deadline, "no first measurement"
-                await asyncio.sleep(0.02)
+            await until(lambda: fleet.synced, "no first measurement", deadline)
             assert fleet._loop is not None and fleet._loop.interval == 0.2
             fleet.offset = 42.0
-            while fleet.offset == 42.0:
-                assert time.monotonic() < deadline, "no second measurement"
-                await asyncio.sleep(0.02)
+            await until(lambda: fleet.offset != 42.0, "no second measurement", deadline)
             assert abs(fleet.offset) < 0.5
         finally:
             fleet.stopService()
@@ -286,14 +289,10 @@ async def test_the_service_asks_for_the_settling_measurement(redis_url: str) -> 
         fleet.startService()
         try:
             deadline = time.monotonic() + 10
-            while not fleet.synced:
-                assert time.monotonic() < deadline, "no first measurement"
-                await asyncio.sleep(0.02)
+            await until(lambda: fleet.synced, "no first measurement", deadline)
             first = time.monotonic()
             assert fleet.takeovers_held()
-            while not fleet.settled:
-                assert time.monotonic() < deadline, "not settled"
-                await asyncio.sleep(0.02)
+            await until(lambda: fleet.settled, "not settled", deadline)
             assert time.monotonic() - first >= 0.3 + fleet_clock_module.SETTLE_SLACK_SECONDS - 0.05
             assert not fleet.takeovers_held()
         finally:
