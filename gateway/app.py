@@ -21,17 +21,18 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime
 from twisted.logger import Logger
 
 from gateway.config import Config, parse_listen
-from gateway.fleet.clock import FleetClock
+from gateway.fleet.clock import SYNC_INTERVAL_SECONDS, FleetClock, takeovers_held
 from gateway.http.server import build_site
-from gateway.store.service import RedisService
+from gateway.store.bridge import as_deferred
+from gateway.store.service import REDIS_ERRORS, RedisService
 
 log = Logger()
 
@@ -246,7 +247,7 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
             listener.setServiceParent(root)
             push.set_partner_receipt_sink(listener)
 
-        _add_cancellation_repair(root, redis, keys, root.fleet_clock)
+        CancellationRepair(redis, keys, root.fleet_clock).setServiceParent(root)
 
     if config.ivr.fastagi.enabled:
         from gateway.ivr.fastagi import FastAgiService
@@ -273,32 +274,39 @@ def _add_components(root: GatewayService, config: Config, reactor: Any) -> None:
         voice.setServiceParent(root)
 
 
-def _add_cancellation_repair(root: GatewayService, redis: Any, keys: Any, reactor: Any) -> None:
-    """A cancellation whose SMS hand-off was cut by a crash is finished here (every 60 s).
-    `reactor`: the fleet clock (the claims it waits for were written on it)."""
-    from twisted.application.internet import TimerService
+class CancellationRepair(TimerService):
+    """Finishes the cancellations whose SMS hand-off a crash cut (gateway/domain/bookings.py):
+    at start and every 60 s.  `clock`: the fleet clock (the claims it waits for were
+    written on it).  While take-overs are held (a start until the fleet clock has
+    settled, or Redis's clock just stepped forward: a live claim looks run out) a sweep
+    is tried again every interval of the fleet clock rather than at the next tick: a
+    start settles within 5.5 s."""
 
-    from gateway.domain.bookings import BookingCancellation
-    from gateway.fleet.clock import takeovers_held
-    from gateway.store.bridge import as_deferred
-    from gateway.store.service import REDIS_ERRORS
+    def __init__(self, redis: Any, keys: Any, clock: Any) -> None:
+        from gateway.domain.bookings import BookingCancellation
 
-    cancellation = BookingCancellation(redis, keys)
+        super().__init__(60.0, lambda: as_deferred(self.sweep()))
+        self.clock = self._fleet_clock = clock
+        self.setName("domain-repair")
+        self._cancellation = BookingCancellation(redis, keys)
+        self._retry: IDelayedCall | None = None
 
-    async def sweep() -> None:
-        if takeovers_held(reactor):
-            return  # Redis's clock stepped forward: a live claim looks run out
+    async def sweep(self) -> None:
+        if takeovers_held(self._fleet_clock):
+            if self._retry is None or not self._retry.active():
+                self._retry = self._fleet_clock.callLater(SYNC_INTERVAL_SECONDS, lambda: as_deferred(self.sweep()))
+            return
         try:
-            repaired = await cancellation.repair_unnotified(now=reactor.seconds())
+            repaired = await self._cancellation.repair_unnotified(now=self._fleet_clock.seconds())
         except REDIS_ERRORS:
             return  # Redis away: the next sweep tries again
         if repaired:
             log.info("finished {count} cancellation notices cut short earlier", count=repaired)
 
-    service = TimerService(60.0, lambda: as_deferred(sweep()))
-    service.clock = reactor
-    service.setName("domain-repair")
-    service.setServiceParent(root)
+    def stopService(self) -> Any:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        return super().stopService()
 
 
 def _add_operations(root: GatewayService, config: Config, reactor: Any) -> tuple[Any, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import date, datetime, timedelta
 
 import pytest
@@ -310,6 +311,43 @@ async def test_repair_sweep_queues_unnotified_cancellations(redis_url: str) -> N
         assert not await cancellation.ensure_cancellation_notified(
             summary.cancellable_booking, now=NOW + timedelta(hours=1)
         )
+
+
+@on_asyncio
+async def test_the_repair_at_start_waits_for_the_fleet_clock_to_settle_then_runs_within_an_interval(
+        redis_url: str) -> None:
+    """The daemon's sweep (gateway/app.py): a starting process does not take over claims
+    until its fleet clock has settled (a claim may stand on a clock Redis just stepped
+    away from), and then repairs within one interval of the fleet clock, not at the next
+    60 s tick."""
+    from twisted.internet.task import Clock
+
+    from gateway.app import CancellationRepair
+    from gateway.fleet.clock import SYNC_INTERVAL_SECONDS, FleetClock
+    from tests.fleet.test_fleet_clock import SHORT_INTERVAL, settled
+
+    async with redis_client(redis_url) as r:
+        summary, cancellation, _ = await _setup(r)
+        await r.set(KEYS.notify_stream, "not a stream")  # the SMS hand-off fails: cut short
+        await cancellation.cancel(summary.cancellable_booking, channel="sms", actor_phone=SAMPLE_CALLER, now=NOW)
+        await r.delete(KEYS.notify_stream, KEYS.clock_step)
+        host = Clock()
+        host.advance(time.time())
+        fleet = FleetClock(r, KEYS.partition_members, host, step_key=KEYS.clock_step, wall=time.time,
+                           interval_seconds=SHORT_INTERVAL)
+        repair = CancellationRepair(r, KEYS, fleet)
+        repair.startService()  # its first sweep: held, the fleet clock not even measured
+        try:
+            await settled(fleet, host)
+            assert await r.exists(KEYS.notify_stream) == 0
+            host.advance(SYNC_INTERVAL_SECONDS - 0.5)  # the held sweep's retry; the next tick is 60 s on
+            deadline = time.monotonic() + 10
+            while not await r.exists(KEYS.notify_stream):
+                assert time.monotonic() < deadline, "not repaired after the fleet clock settled"
+                await asyncio.sleep(0.02)
+            assert await r.xlen(KEYS.notify_stream) == 1
+        finally:
+            repair.stopService()
 
 
 @on_asyncio
