@@ -48,8 +48,8 @@ leases still stand on the old one.  Every live process measures within one inter
 the first to see the step sets the marker: so a starting process holds take-overs until
 a measurement taken an interval (and `SETTLE_SLACK_SECONDS`) after its first has read
 the marker, or its absence (``settled``).  A process alone in the fleet waits as long:
-its recovery of a dead process's work starts that much later, never earlier than the
-dead process's leases run out anyway.
+it takes over a dead process's work no sooner than that after its start (5.5 s by
+default), which the dead process's leases (30 s by default) mostly outlast anyway.
 
 Until the first measurement ``synced`` is False and ``seconds()`` is the local clock;
 users that write or compare leases wait for it (the push pipeline's claims and sweeps,
