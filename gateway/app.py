@@ -327,6 +327,8 @@ def _add_operations(root: GatewayService, config: Config, reactor: Any) -> tuple
     listener = service_named(root, "smpp-listener")
     if listener is not None and hasattr(listener, "partners_bound"):
         extras["partners_bound"] = listener.partners_bound
+    if root.fleet_clock is not None:
+        extras["clock"] = root.fleet_clock.status
     if root.push is not None and root.push.ownership.enabled:
         # The pipeline partitions this process owns (gateway/push/ownership.py).
         extras["partitions_owned"] = lambda: list(root.push.ownership.owned()) if root.push is not None else []

@@ -518,7 +518,7 @@ def cmd_carriers(args: argparse.Namespace) -> int:
     async def body(config: Any, redis: Any, keys: Any) -> int:
         from gateway.fleet.clock import redis_time
         from gateway.ops import actions
-        from gateway.ops.fleet import read_fleet
+        from gateway.ops.fleet import clock_attention, read_fleet
 
         known = [c.name for c in config.carriers if c.enabled]
         actor = cli_actor()
@@ -546,6 +546,10 @@ def cmd_carriers(args: argparse.Namespace) -> int:
                   f"{c['submit_per_second']:>9} {c['tps_limit']:>7g} {c['receipts_per_second']:>7} {ratio:>7}  "
                   f"{c['reason']}")
         print(f"{len(fleet['processes'])} process(es) reporting")
+        for process in fleet["processes"]:
+            attention = clock_attention(process.get("clock"))
+            if attention:
+                print(f"  {process['id']}: {attention}")
         return EXIT_OK
 
     if args.action and not args.name:

@@ -179,9 +179,23 @@ class FleetClock(Service):
         """True while leases must not be taken over: until settled, and within
         `hold_seconds` after Redis's clock stepped forward (seen here, or by any process
         of the fleet: see the module)."""
+        return self.hold_reason() is not None
+
+    def hold_reason(self) -> str | None:
+        """Why take-overs are held: ``starting`` (not settled yet), ``redis_clock_stepped``,
+        or None."""
         if not self.settled:
-            return True
-        return self._held_until is not None and self.local.seconds() < self._held_until
+            return "starting"
+        if self._held_until is not None and self.local.seconds() < self._held_until:
+            return "redis_clock_stepped"
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """For this process's fleet report (gateway/ops/fleet.py), which the console and
+        `gateway carriers` show: how far the host's clock is off Redis's (None until
+        measured) and why take-overs are held, if they are."""
+        return {"host_offset_seconds": round(self.host_offset, 3) if self.synced else None,
+                "takeovers_held": self.hold_reason()}
 
     def _hold_until(self, until: float) -> None:
         self._held_until = until if self._held_until is None else max(self._held_until, until)

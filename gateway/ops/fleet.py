@@ -534,9 +534,31 @@ async def read_fleet(redis: Any, keys: Keys, *, now: float | None = None, quiet_
     return {
         "now": round(now, 3),
         "processes": [{"id": p["id"], "host": p.get("host"), "pid": p.get("pid"), "started_at": p.get("started_at"),
-                       "reported_at": p.get("reported_at")} for p in processes],
+                       "reported_at": p.get("reported_at"), "clock": p.get("clock")} for p in processes],
         "carriers": carriers,
         "queues": queues,
         "voice": {"calls_in_progress": voice, "reminders_queued": queues["voice_reminders_queued"]},
         "partners_bound": partners,
     }
+
+
+# NTP keeps hosts within milliseconds; as gateway/fleet/clock.py's warning, a second is
+# a host whose clock needs fixing.
+CLOCK_ATTENTION_SECONDS = 1.0
+HOLD_WORDS = {"starting": "starting (until its clock has settled, about 5 s)",
+              "redis_clock_stepped": "Redis's clock stepped forward"}
+
+
+def clock_attention(clock: Mapping[str, Any] | None) -> str | None:
+    """What an operator should know of a process's clock report (FleetClock.status), or
+    None when there is nothing to say: take-overs held, or its host's clock off."""
+    if not clock:
+        return None
+    held = clock.get("takeovers_held")
+    if held:
+        return "take-overs held: " + HOLD_WORDS.get(held, held)
+    offset = clock.get("host_offset_seconds")
+    if offset is not None and abs(offset) >= CLOCK_ATTENTION_SECONDS:
+        # the offset is Redis's clock minus the host's
+        return f"host clock {abs(offset):.1f} s {'ahead of' if offset < 0 else 'behind'} Redis's (fix its NTP)"
+    return None

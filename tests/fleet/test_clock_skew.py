@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -78,10 +81,26 @@ def test_a_host_clock_a_minute_off_takes_no_live_submit_for_abandoned(
         # The process off said what it saw; the other had nothing to say.
         assert said in daemons[1].log_text()
         assert "Redis's clock" not in daemons[0].log_text()
+        # Operators see it too: each process reports its clock, and `gateway carriers`
+        # names the one whose host is off (the console shows the same words).
+        view = json.loads(gateway_cli(daemons[0], "carriers", "--json"))
+        clocks = sorted((p["clock"] for p in view["processes"]), key=lambda c: abs(c["host_offset_seconds"]))
+        assert [c["takeovers_held"] for c in clocks] == [None, None], clocks
+        assert abs(clocks[0]["host_offset_seconds"]) < 1 and abs(abs(clocks[1]["host_offset_seconds"]) - 60) < 1
+        lines = [line for line in gateway_cli(daemons[0], "carriers").splitlines() if "clock" in line]
+        assert len(lines) == 1 and f"host clock 60.0 s {said.split()[0]}" in lines[0], lines
     finally:
         client.close()
         for daemon in daemons:
             daemon.stop()
+
+
+def gateway_cli(daemon: Daemon, *args: str) -> str:
+    """`gateway <args>` with a daemon's config (on this host, in time); its output."""
+    result = subprocess.run([sys.executable, "-m", "gateway", args[0], "-c", str(daemon.config_path), *args[1:]],
+                            capture_output=True, text=True, timeout=60, cwd=daemon.config_path.parent)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 CLUSTER_MESSAGES = 300

@@ -254,10 +254,12 @@ async def test_a_process_started_just_after_a_step_holds_until_the_others_have_m
         new = FleetClock(redis, keys.partition_members, new_host, step_key=keys.clock_step, lease_seconds=6,
                          wall=time.time, interval_seconds=SHORT_INTERVAL)
         assert new.takeovers_held() and not new.settled  # before any measurement
+        assert new.status() == {"host_offset_seconds": None, "takeovers_held": "starting"}  # for operators
         with logged() as lines:
             await new.sync_once()
         assert lines == [] and await redis.exists(keys.clock_step) == 0  # nothing seen yet
         assert new.takeovers_held() and not new.settled
+        assert new.status()["takeovers_held"] == "starting" and abs(new.status()["host_offset_seconds"]) < 0.5
         new_host.advance(SHORT_INTERVAL)  # short of the interval and its slack: not settling
         await new.sync_once()
         assert new.takeovers_held() and not new.settled
@@ -267,8 +269,9 @@ async def test_a_process_started_just_after_a_step_holds_until_the_others_have_m
         new_host.advance(fleet_clock_module.SETTLE_SLACK_SECONDS)
         await new.sync_once()
         assert new.settled and new.takeovers_held()  # now by the marker
+        assert new.status()["takeovers_held"] == "redis_clock_stepped"
         new_host.advance(6 + SHORT_INTERVAL)
-        assert not new.takeovers_held()
+        assert not new.takeovers_held() and new.status()["takeovers_held"] is None
         # No step: settled, it holds nothing.
         await redis.delete(keys.clock_step)
         calm = FleetClock(redis, keys.partition_members, new_host, step_key=keys.clock_step, wall=time.time,

@@ -154,6 +154,8 @@ def test_overview_shows_a_carrier_going_down_and_coming_back(fleet: Fleet, brows
     wait_text(browser, "banner", "All 1 carriers bound")
     # the fleet-wide queue tiles, receipts parked (push.early_receipts_max) among them
     wait_text(browser, "tiles", "Receipts parked")
+    # each process's clock: in time, its take-overs no longer held (settled after its start)
+    wait_text(browser, "processes", "in time")
     shot(browser, "01-overview-bound")
     fleet.simulator.stop()
     wait_for(lambda: carrier_state(browser) == "down", "down shown", 40)

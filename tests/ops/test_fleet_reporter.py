@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet.task import Clock
 
-from gateway.ops.fleet import FleetReporter
+from gateway.ops.fleet import FleetReporter, clock_attention
 from gateway.store.keys import Keys
 from tests.aio import on_asyncio
 
@@ -174,3 +174,19 @@ def test_a_links_since_is_told_on_the_fleet_clock() -> None:
     report = reporter(link).snapshot(fleet_now)
     assert report["carriers"]["cmcc"]["state"] == "bound"
     assert report["carriers"]["cmcc"]["since"] == fleet_now - 42
+
+
+def test_a_process_clock_is_named_only_when_an_operator_should_act() -> None:
+    """`gateway carriers` and the console name a process whose take-overs are held or whose
+    host's clock is a second or more off Redis's; a process in time, or one that reported
+    no clock (an older version), is not named."""
+    assert clock_attention(None) is None
+    assert clock_attention({"host_offset_seconds": 0.4, "takeovers_held": None}) is None
+    assert clock_attention({"host_offset_seconds": -60.0, "takeovers_held": None}) == \
+        "host clock 60.0 s ahead of Redis's (fix its NTP)"
+    assert clock_attention({"host_offset_seconds": 2.5, "takeovers_held": None}) == \
+        "host clock 2.5 s behind Redis's (fix its NTP)"
+    assert clock_attention({"host_offset_seconds": None, "takeovers_held": "starting"}) == \
+        "take-overs held: starting (until its clock has settled, about 5 s)"
+    assert clock_attention({"host_offset_seconds": 0.0, "takeovers_held": "redis_clock_stepped"}) == \
+        "take-overs held: Redis's clock stepped forward"

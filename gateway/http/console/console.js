@@ -97,6 +97,19 @@ function loggedIn() {
 }
 
 // -- overview ------------------------------------------------------------------------------
+// A process's clock report (FleetClock.status; the same words as `gateway carriers`,
+// gateway/ops/fleet.py clock_attention): take-overs held, or its host's clock a second or
+// more off Redis's (host_offset_seconds is Redis's clock minus the host's).
+const HOLD_WORDS = { starting: "starting (until its clock has settled, about 5 s)", redis_clock_stepped: "Redis's clock stepped forward" };
+function clockWords(clock) {
+  if (!clock) return { text: "—", attention: false };
+  if (clock.takeovers_held) return { text: "take-overs held: " + (HOLD_WORDS[clock.takeovers_held] || clock.takeovers_held), attention: true };
+  const offset = clock.host_offset_seconds;
+  if (offset !== null && offset !== undefined && Math.abs(offset) >= 1)
+    return { text: `host clock ${Math.abs(offset).toFixed(1)} s ${offset < 0 ? "ahead of" : "behind"} Redis's (fix its NTP)`, attention: true };
+  return { text: "in time", attention: false };
+}
+
 const STATE_WORDS = { bound: "BOUND", isolated: "ISOLATED", connecting: "CONNECTING", down: "DOWN", stopped: "STOPPED" };
 
 async function refreshOverview() {
@@ -173,8 +186,11 @@ async function refreshOverview() {
       el("td", { class: "op" }, button(isPaused ? "Resume" : "Pause", () => pauseAction("lanes", lane, !isPaused))));
   }));
   $("paused-types").textContent = (q.paused_types || []).length ? "Paused types: " + q.paused_types.join(", ") : "";
-  $("processes").tBodies[0].replaceChildren(...data.processes.map((p) =>
-    el("tr", {}, el("td", {}, p.id), el("td", {}, localTime(p.started_at, true)), el("td", {}, ago(p.reported_at, now) + " ago"))));
+  $("processes").tBodies[0].replaceChildren(...data.processes.map((p) => {
+    const clock = clockWords(p.clock);
+    return el("tr", { "data-process": p.id }, el("td", {}, p.id), el("td", {}, localTime(p.started_at, true)),
+      el("td", {}, ago(p.reported_at, now) + " ago"), el("td", { class: clock.attention ? "warn" : "", "data-clock": "" }, clock.text));
+  }));
   drawCharts(data.charts);
 }
 
