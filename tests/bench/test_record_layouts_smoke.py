@@ -1,0 +1,132 @@
+"""bench/record_layouts.py, small: the columnar record it measures keeps the hot path's
+guarantees on a real redis-server (else its figures would be for a ledger that does less),
+and the benchmark runs both records to a table and a JSON line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.aio import on_asyncio, redis_client
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bench_module() -> ModuleType:
+    sys.path[:0] = [str(REPO / "bench")]
+    try:
+        spec = importlib.util.spec_from_file_location("record_layouts_bench", REPO / "bench" / "record_layouts.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def _item(notification_id: str, to: str, expires_at: float) -> dict[str, Any]:
+    return {"id": notification_id, "type": "exam_booked", "expires_at": expires_at, "to": to,
+            "fields": {"to": to, "text": "【交管12123】您已预约科目一考试", "channel": "sms"}}
+
+
+async def _guarantees(url: str) -> None:
+    bench = _bench_module()
+    async with redis_client(url) as redis:
+        ledger = bench.ColumnarLedger(redis)
+        now = time.time()
+        # accept: idempotent per id, within a batch and across batches
+        assert await ledger.accept([_item("a", "13800001111", now + 86_400), _item("a", "13800001111", now + 86_400),
+                                    _item("old", "13800002222", now - 1)], now) == ["a"]
+        assert await ledger.accept([_item("a", "13800001111", now + 86_400)], now) == ["a"]
+        assert await redis.hlen(ledger.state) == 2 and await redis.zcard(ledger.lane) == 2
+        events = [e[1] for e in await redis.xrange(ledger.events)]
+        assert [(e["type"], e["id"]) for e in events] == [("notification.queued", "a"), ("notification.queued", "old")]
+
+        # claim: what is queued, once; what expired ends expired and is not sent
+        claimed = await ledger.claim(10, now)
+        assert [(c[0], c[1], c[2]["to"]) for c in claimed] == [("a", 1, "13800001111")]
+        assert await ledger.state_of("old") == "expired"
+        assert await ledger.claim(10, now) == [] and await redis.zcard(ledger.inflight) == 1
+
+        # submitted: only for what is submitting; the parts asking a receipt indexed
+        assert await ledger.submitted([("a", ["m1", "m2"], 1), ("old", ["m9"], 1)], now) == []
+        assert await ledger.state_of("old") == "expired"
+        assert await redis.hgetall(ledger.index) == {"cmcc\0m1": "a 0"}
+        assert await redis.zcard(ledger.inflight) == 0 and await redis.zcard(ledger.awaiting) == 1
+
+        # receipt: refused for another number, applied for this one, nothing after final
+        assert await ledger.receipts([("m1", "DELIVRD", "000", "99998888")], now) == [1]
+        assert await ledger.state_of("a") == "submitted"
+        await ledger.receipts([("m1", "DELIVRD", "000", "00001111")], now)
+        assert await ledger.state_of("a") == "delivered" and await redis.zcard(ledger.awaiting) == 0
+        await ledger.receipts([("m1", "UNDELIV", "001", "00001111")], now)
+        assert await ledger.state_of("a") == "delivered"
+        record = (await redis.hget(ledger.state, "a")).split("\t")
+        assert record[-1].split(" ")[1:] == [f"queued={now:.3f}", f"submit_started={now:.3f}",
+                                            f"submitted={now:.3f}", f"delivered={now:.3f}"]
+        kinds = [e[1]["type"] for e in await redis.xrange(ledger.events)]
+        assert kinds.count("notification.delivered") == 1 and "notification.undeliverable" not in kinds
+
+        # sweep: records, index entries and retention entries all go, a batch at a time
+        assert await ledger.sweep(float("inf"), 1) == 1
+        assert await ledger.sweep(float("inf"), 10) == 1
+        assert await ledger.sweep(float("inf"), 10) == 0
+        for key in (ledger.body, ledger.state, ledger.index, ledger.expiry):
+            assert await redis.exists(key) == 0, key
+
+
+@on_asyncio
+async def test_the_columnar_record_keeps_the_hot_paths_guarantees(redis_url: str) -> None:
+    await _guarantees(redis_url)
+
+
+def test_both_records_through_the_four_phases(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "record_layouts.py"), "-n", "400", "--batch", "100",
+                             "--repeat", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert "sweep us" in lines[0] and "memory bytes/notification" in lines[0]
+    report = json.loads(lines[-1])
+    figures = report["redis_us_per_notification"]
+    assert set(figures) == {"gateway", "columnar+sweep"}
+    for phase in ("accept", "claim", "submitted", "receipt"):
+        assert figures["gateway"][phase] > 0 and figures["columnar+sweep"][phase] > 0
+    assert figures["columnar+sweep"]["sweep"] > 0 and "sweep" not in figures["gateway"]
+    # a Chinese notification's record and events: hundreds of bytes, not nothing
+    assert figures["gateway"]["memory_bytes"] > 300 and figures["columnar+sweep"]["memory_bytes"] > 300
+
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None,
+                    reason="valgrind not installed (Debian package valgrind; .ci/run installs it as root)")
+def test_instructions_of_both_records_with_where_they_go() -> None:
+    """Counted: the sweep only adds to the columnar record, and the breakdown names the
+    scripts' share of each record (small sizes, so no ranking of the two records: below
+    hash-max-listpack-entries the columnar hashes are scanned listpacks)."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "record_layouts.py"), "--instructions",
+                             "--breakdown", "--instructions-sizes", "100", "200", "--batch", "50"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert "Redis instructions per notification" in lines[0]
+    report = json.loads(lines[-1])
+    per = report["instructions_per_notification"]
+    assert list(per) == ["gateway", "columnar", "columnar+sweep"]
+    assert all(100_000 < v < 5_000_000 for v in per.values()), per
+    assert per["columnar"] < per["columnar+sweep"], per
+    for layout, functions in report["breakdown"].items():
+        # the scripts are most of what a notification costs Redis, in either record
+        assert 0.5 * per[layout] < functions["evalGenericCommand"] <= per[layout], (layout, functions)
+        assert functions["xaddCommand"] > 0, layout  # the events stream, one entry per state change
+    # the sweep deletes fields; the gateway's record deletes nothing on the hot path (its keys expire)
+    assert report["breakdown"]["columnar+sweep"]["hdelCommand"] > 0
+    assert report["breakdown"]["gateway"]["hdelCommand"] == 0
