@@ -267,7 +267,7 @@ async def _instructions(args: argparse.Namespace) -> dict[str, Any]:
                     server.start(timeout_seconds=60)  # under callgrind it takes seconds
                     redis = aioredis.Redis(port=server.port, decode_responses=True)
                     try:
-                        await _pass(layout, redis, "warm", WARM_UP, args.batch, args.events)
+                        await _pass(layout, redis, "warm", args.warm_up, args.batch, args.events)
                         await _pass(layout, redis, "plain", n, args.batch, args.events)
                     finally:
                         await redis.aclose()
@@ -281,7 +281,7 @@ async def _instructions(args: argparse.Namespace) -> dict[str, Any]:
     per = {layout: (t[1] - t[0]) / (large - small) for layout, t in totals.items()}
     out = {"mode": "instructions", "instructions_per_notification": {k: round(v) for k, v in per.items()},
            "vs_gateway": {k: round(v / per["gateway"], 3) for k, v in per.items()},
-           "instructions_total": totals, "sizes": [small, large], "warm_up": WARM_UP}
+           "instructions_total": totals, "sizes": [small, large], "warm_up": args.warm_up}
     if args.breakdown:
         out["breakdown"] = {layout: {name: round((f[1].get(name, 0) - f[0].get(name, 0)) / (large - small))
                                      for name in BREAKDOWN_FUNCTIONS}
@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instructions", action="store_true", help="count redis-server instructions (callgrind)")
     parser.add_argument("--breakdown", action="store_true",
                         help="--instructions: where they go, by redis-server function (callgrind_annotate)")
+    parser.add_argument("--warm-up", type=int, default=WARM_UP,
+                        help=f"--instructions: notifications through every phase before each counted pass ({WARM_UP})")
     parser.add_argument("--instructions-sizes", type=int, nargs=2, default=(1000, 3000), metavar=("N1", "N2"),
                         help="--instructions: the two pass sizes (1,000 and 3,000)")
     args = parser.parse_args(argv)

@@ -8,33 +8,21 @@ the three rank plain < atomic < scripts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.bench.bench_modules import bench_module
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _bench_module() -> ModuleType:
-    sys.path[:0] = [str(REPO / "bench")]
-    try:
-        spec = importlib.util.spec_from_file_location("ledger_scripts_bench", REPO / "bench" / "ledger_scripts.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-
-
 def test_monitor_line_arguments_are_unquoted_byte_for_byte() -> None:
-    bench = _bench_module()
+    bench = bench_module("ledger_scripts")
     # As redis-server 7.0 prints them: UTF-8 and control bytes as \xHH, quotes and
     # backslashes escaped, a script's own call with "lua" as its client.
     line = (b'+1733356800.123456 [0 lua] "HSET" "12123:n:a b" "text" "\\xe4\\xbd\\xa0\\\\\\"q\\"" '

@@ -4,33 +4,20 @@ and the benchmark runs both records to a table and a JSON line."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from tests.aio import on_asyncio, redis_client
+from tests.bench.bench_modules import bench_module
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _bench_module() -> ModuleType:
-    sys.path[:0] = [str(REPO / "bench")]
-    try:
-        spec = importlib.util.spec_from_file_location("record_layouts_bench", REPO / "bench" / "record_layouts.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(REPO / "bench"))
 
 
 def _item(notification_id: str, to: str, expires_at: float) -> dict[str, Any]:
@@ -39,7 +26,7 @@ def _item(notification_id: str, to: str, expires_at: float) -> dict[str, Any]:
 
 
 async def _guarantees(url: str) -> None:
-    bench = _bench_module()
+    bench = bench_module("record_layouts")
     async with redis_client(url) as redis:
         ledger = bench.ColumnarLedger(redis)
         now = time.time()
@@ -113,7 +100,7 @@ def test_instructions_of_both_records_with_where_they_go() -> None:
     scripts' share of each record (small sizes, so no ranking of the two records: below
     hash-max-listpack-entries the columnar hashes are scanned listpacks)."""
     result = subprocess.run([sys.executable, str(REPO / "bench" / "record_layouts.py"), "--instructions",
-                             "--breakdown", "--instructions-sizes", "100", "200", "--batch", "50"],
+                             "--breakdown", "--instructions-sizes", "100", "200", "--batch", "50", "--warm-up", "50"],
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
