@@ -65,47 +65,60 @@ def redis_cluster_url(redis_cluster: object) -> Iterator[str]:
     """``cluster:host:port,...`` of the session's cluster (as tests/push/harness.py reads
     it), flushed before each test; a test that killed a node gets a cluster whole again
     only if it restarts it, so such tests start their own cluster.  After the test, none
-    of its clients may be left connected (`clients_left_on`): a flush does not remove a
-    process that still writes there."""
+    of its clients may still send commands there (`clients_still_active`): a flush does
+    not remove a process that keeps writing."""
     from gateway.store.local_cluster import LocalRedisCluster
 
     assert isinstance(redis_cluster, LocalRedisCluster)
     redis_cluster.flushall()
+    before = {client["id"] for client in cluster_clients(redis_cluster)}
     yield "cluster:" + ",".join(redis_cluster.startup_nodes)
-    left = clients_left_on(redis_cluster)
-    assert not left, (f"the test left {len(left)} clients connected to the session's Cluster (a gateway still "
-                      f"running there is a member of the next test's fleet), e.g. {left[:5]}")
+    active = clients_still_active(redis_cluster, before)
+    assert not active, (f"the test left {len(active)} clients sending commands to the session's Cluster after "
+                        f"it ended (a gateway still running there is a member of the next test's fleet), "
+                        f"e.g. {active[:5]}")
 
 
-# How long a test's clients may take to go after it ends: a stopped daemon has exited (its
-# sockets are closed), an in-process client closes within the reactor's next turns; the
-# bound is for a loaded machine.
-CLIENTS_GONE_SECONDS = 10.0
+# How long after a test its clients are watched: a gateway left running heartbeats its
+# fleet membership every 2 s at most (push.partition_lease_seconds / 5) and blocks in
+# XREADGROUP for less, so within this window it sends commands; a connection merely left
+# open by a client object (idle since the test's last command) does not.
+CLIENTS_WATCHED_SECONDS = 8.0
 # Connections that are not a test's: this check's own, and a node's cached MIGRATE socket
 # to another (kept 10 s after a slot migration, seen there as a client sending RESTORE).
 NODE_TO_NODE_COMMANDS = {"client|list", "restore-asking", "restore"}
 
 
-def clients_left_on(cluster: object) -> list[str]:
-    """The clients still connected to the cluster's live nodes once they had time to go,
-    replication links, MIGRATE sockets and this check's own connection aside:
-    ``port: addr name age cmd``."""
-    import time
-
+def cluster_clients(cluster: object) -> list[dict[str, str]]:
+    """CLIENT LIST of the cluster's running nodes (each entry with its ``port``),
+    replication links, MIGRATE sockets and this check's own connection aside."""
     from gateway.store.local_cluster import LocalRedisCluster, command
 
     assert isinstance(cluster, LocalRedisCluster)
-    deadline = time.monotonic() + CLIENTS_GONE_SECONDS
+    clients = []
+    for node in cluster.running():
+        for line in command(node.port, "client", "list").splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            flags = fields.get("flags", "")
+            if "S" in flags or "M" in flags or fields.get("cmd") in NODE_TO_NODE_COMMANDS:
+                continue
+            clients.append({**fields, "id": f"{node.port}/{fields.get('id')}", "port": str(node.port)})
+    return clients
+
+
+def clients_still_active(cluster: object, before: set[str]) -> list[str]:
+    """The test's clients (not connected `before` it) that sent a command to the cluster
+    after it ended: ``port: addr age idle cmd``.  Returns at once when none is left."""
+    import time
+
+    ended = time.monotonic()
     while True:
-        left = []
-        for node in cluster.running():
-            for line in command(node.port, "client", "list").splitlines():
-                fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-                if ("S" in fields.get("flags", "") or "M" in fields.get("flags", "")
-                        or fields.get("cmd") in NODE_TO_NODE_COMMANDS):
-                    continue
-                left.append(f"{node.port}: {fields.get('addr')} name={fields.get('name')} age={fields.get('age')} "
-                            f"cmd={fields.get('cmd')}")
-        if not left or time.monotonic() > deadline:
-            return left
+        left = [c for c in cluster_clients(cluster) if c["id"] not in before]
+        watched = time.monotonic() - ended
+        if not left:
+            return []
+        if watched >= CLIENTS_WATCHED_SECONDS:
+            # idle: whole seconds since the client's last command; a second of rounding
+            return [f"{c['port']}: {c.get('addr')} age={c.get('age')} idle={c.get('idle')} cmd={c.get('cmd')}"
+                    for c in left if int(c.get("idle", "0")) + 1 < watched]
         time.sleep(0.2)
