@@ -8,17 +8,11 @@ the three rank plain < atomic < scripts."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.bench.bench_modules import bench_module
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.bench_modules import bench_module, run_bench
 
 
 def test_monitor_line_arguments_are_unquoted_byte_for_byte() -> None:
@@ -33,12 +27,9 @@ def test_monitor_line_arguments_are_unquoted_byte_for_byte() -> None:
 
 
 def test_plain_replay_of_the_scripts_commands() -> None:
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "ledger_scripts.py"), "-n", "400", "--batch", "100",
-                             "--repeat", "1", "--plain"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
+    lines, report = run_bench("ledger_scripts", "-n", "400", "--batch", "100", "--repeat", "1", "--plain",
+                              timeout_seconds=300)
     assert "plain us/msg" in lines[0] and "plain/Lua" in lines[0] and "atomic/Lua" in lines[0]
-    report = json.loads(lines[-1])
     phases = report["phases"]
     # Per notification: accept HSET EXPIRE XADD; claim HMGET HSET XADD; submitted HMGET
     # HSET SET XADD; receipt HMGET HSET XADD; plus a few per batch (lanes, sequence, index).
@@ -56,13 +47,8 @@ def test_instructions_rank_plain_below_atomic_below_the_scripts() -> None:
     """Counted, not timed, so the order holds on any machine: the same commands cost
     Redis fewer instructions without Lua around them, and WATCH, MULTI and EXEC add some
     back."""
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "ledger_scripts.py"), "--instructions",
-                             "--instructions-sizes", "100", "300", "--batch", "50"],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
+    lines, report = run_bench("ledger_scripts", "--instructions", "--instructions-sizes", "100", "300", "--batch", "50")
     assert "instructions per notification" in lines[0]
-    report = json.loads(lines[-1])
     per = report["instructions_per_notification"]
     assert per.keys() == {"scripts", "plain", "atomic"}
     for variant, (small, large) in report["instructions_total"].items():

@@ -4,20 +4,14 @@ and the benchmark runs both records to a table and a JSON line."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.aio import on_asyncio, redis_client
-from tests.bench.bench_modules import bench_module
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.bench_modules import bench_module, run_bench
 
 
 def _item(notification_id: str, to: str, expires_at: float) -> dict[str, Any]:
@@ -76,13 +70,9 @@ async def test_the_columnar_record_keeps_the_hot_paths_guarantees(redis_url: str
     await _guarantees(redis_url)
 
 
-def test_both_records_through_the_four_phases(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "record_layouts.py"), "-n", "400", "--batch", "100",
-                             "--repeat", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
+def test_both_records_through_the_four_phases() -> None:
+    lines, report = run_bench("record_layouts", "-n", "400", "--batch", "100", "--repeat", "1", timeout_seconds=300)
     assert "sweep us" in lines[0] and "memory bytes/notification" in lines[0]
-    report = json.loads(lines[-1])
     figures = report["redis_us_per_notification"]
     assert set(figures) == {"gateway", "columnar+sweep"}
     for phase in ("accept", "claim", "submitted", "receipt"):
@@ -99,13 +89,9 @@ def test_instructions_of_both_records_with_where_they_go() -> None:
     """Counted: the sweep only adds to the columnar record, and the breakdown names the
     scripts' share of each record (small sizes, so no ranking of the two records: below
     hash-max-listpack-entries the columnar hashes are scanned listpacks)."""
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "record_layouts.py"), "--instructions",
-                             "--breakdown", "--instructions-sizes", "100", "200", "--batch", "50", "--warm-up", "50"],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
+    lines, report = run_bench("record_layouts", "--instructions", "--breakdown", "--instructions-sizes", "100", "200",
+                              "--batch", "50", "--warm-up", "50")
     assert "Redis instructions per notification" in lines[0]
-    report = json.loads(lines[-1])
     per = report["instructions_per_notification"]
     assert list(per) == ["gateway", "columnar", "columnar+sweep"]
     assert all(100_000 < v < 5_000_000 for v in per.values()), per
