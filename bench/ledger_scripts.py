@@ -381,7 +381,9 @@ async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch
     for name, run in zip(PHASES, (accept, claim, submitted, receipt), strict=True):
         await redis.config_resetstat()
         before, aof_before = await _cpu(redis), await _aof_bytes(redis)
+        client_before = time.process_time()
         await run()
+        client = time.process_time() - client_before
         cpu = await _cpu(redis) - before
         aof = await _aof_bytes(redis) - aof_before
         if monitor is not None:
@@ -389,7 +391,8 @@ async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch
         stats = await redis.info("commandstats")
         commands = {key.removeprefix("cmdstat_"): {"usec": round(v["usec"] / n, 2), "calls": round(v["calls"] / n, 3)}
                     for key, v in stats.items() if v["calls"] and key != "cmdstat_config|resetstat"}
-        out[name] = {"redis_us": round(1e6 * cpu / n, 1), "aof_bytes": round(aof / n), "commands": commands}
+        out[name] = {"redis_us": round(1e6 * cpu / n, 1), "client_us": round(1e6 * client / n, 1),
+                     "aof_bytes": round(aof / n), "commands": commands}
     state = await redis.hget(ledger.keys.notification(ids[-1]), "state")
     if state != "delivered":
         raise RuntimeError(f"{ids[-1]} ended {state!r}, not delivered")

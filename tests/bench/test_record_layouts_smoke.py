@@ -5,6 +5,7 @@ and the benchmark runs both records to a table and a JSON line."""
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -19,16 +20,20 @@ def _item(notification_id: str, to: str, expires_at: float) -> dict[str, Any]:
             "fields": {"to": to, "text": "【交管12123】您已预约科目一考试", "channel": "sms"}}
 
 
-async def _guarantees(url: str) -> None:
+async def _guarantees(url: str, layout: str) -> None:
     bench = bench_module("record_layouts")
     async with redis_client(url) as redis:
-        ledger = bench.ColumnarLedger(redis)
+        if layout == "owner":
+            ledger = bench.OwnerLedger(redis)
+            await ledger.take()
+        else:
+            ledger = bench.ColumnarLedger(redis)
         now = time.time()
         # accept: idempotent per id, within a batch and across batches
         assert await ledger.accept([_item("a", "13800001111", now + 86_400), _item("a", "13800001111", now + 86_400),
                                     _item("old", "13800002222", now - 1)], now) == ["a"]
         assert await ledger.accept([_item("a", "13800001111", now + 86_400)], now) == ["a"]
-        assert await redis.hlen(ledger.state) == 2 and await redis.zcard(ledger.lane) == 2
+        assert await redis.hlen(ledger.state) == 2 and await ledger.lane_length() == 2
         events = [e[1] for e in await redis.xrange(ledger.events)]
         assert [(e["type"], e["id"]) for e in events] == [("notification.queued", "a"), ("notification.queued", "old")]
 
@@ -67,25 +72,66 @@ async def _guarantees(url: str) -> None:
 
 @on_asyncio
 async def test_the_columnar_record_keeps_the_hot_paths_guarantees(redis_url: str) -> None:
-    await _guarantees(redis_url)
+    await _guarantees(redis_url, "columnar")
 
 
-def test_both_records_through_the_four_phases() -> None:
+@on_asyncio
+async def test_the_owner_written_record_keeps_the_same_guarantees_without_lua(redis_url: str) -> None:
+    await _guarantees(redis_url, "owner")
+
+
+async def _fencing(url: str) -> None:
+    bench = bench_module("record_layouts")
+    async with redis_client(url) as redis:
+        fenced_out = sys.modules[bench.OwnerLedger.__module__].FencedOut
+        old, new = bench.OwnerLedger(redis), bench.OwnerLedger(redis)
+        await old.take()
+        now = time.time()
+        assert await old.accept([_item("a", "13800001111", now + 86_400)], now) == []
+        await new.take()  # a take-over: the old owner's next step must write nothing
+        with pytest.raises(fenced_out):
+            await old.accept([_item("b", "13800002222", now + 86_400)], now)
+        with pytest.raises(fenced_out):
+            await old.claim(10, now)
+        assert await redis.hexists(old.state, "b") == 0 and await new.state_of("a") == "queued"
+        assert [c[0] for c in await new.claim(10, now)] == ["a"]
+
+        # the epoch changing between the owner's reads and its EXEC: nothing of the step lands
+        async def taken_meanwhile(pipe: Any) -> list[str | None]:
+            await redis.set(new.epoch_key, "someone-else")
+            return await pipe.hmget(new.state, ["c"])
+
+        def write(pipe: Any, known: list[str | None]) -> None:
+            pipe.hset(new.state, "c", "queued")
+
+        with pytest.raises(fenced_out):
+            await new._fenced(taken_meanwhile, write)
+        assert await redis.hexists(new.state, "c") == 0
+
+
+@on_asyncio
+async def test_a_partition_taken_over_fences_out_its_old_owner(redis_url: str) -> None:
+    await _fencing(redis_url)
+
+
+def test_every_record_through_the_four_phases() -> None:
     lines, report = run_bench("record_layouts", "-n", "400", "--batch", "100", "--repeat", "1", timeout_seconds=300)
     assert "sweep us" in lines[0] and "memory bytes/notification" in lines[0]
     figures = report["redis_us_per_notification"]
-    assert set(figures) == {"gateway", "columnar+sweep"}
+    assert set(figures) == {"gateway", "columnar+sweep", "owner+sweep"}
     for phase in ("accept", "claim", "submitted", "receipt"):
-        assert figures["gateway"][phase] > 0 and figures["columnar+sweep"][phase] > 0
-    assert figures["columnar+sweep"]["sweep"] > 0 and "sweep" not in figures["gateway"]
+        assert all(figures[layout][phase] > 0 for layout in figures)
+    assert figures["columnar+sweep"]["sweep"] > 0 and figures["owner+sweep"]["sweep"] > 0
+    assert "sweep" not in figures["gateway"]
+    assert all(figures[layout]["client_us"] > 0 for layout in figures)
     # a Chinese notification's record and events: hundreds of bytes, not nothing
-    assert figures["gateway"]["memory_bytes"] > 300 and figures["columnar+sweep"]["memory_bytes"] > 300
+    assert all(figures[layout]["memory_bytes"] > 300 for layout in figures)
 
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None,
                     reason="valgrind not installed (Debian package valgrind; .ci/run installs it as root)")
-def test_instructions_of_both_records_with_where_they_go() -> None:
+def test_instructions_of_every_record_with_where_they_go() -> None:
     """Counted: the sweep only adds to the columnar record, and the breakdown names the
     scripts' share of each record (small sizes, so no ranking of the two records: below
     hash-max-listpack-entries the columnar hashes are scanned listpacks)."""
@@ -93,13 +139,18 @@ def test_instructions_of_both_records_with_where_they_go() -> None:
                               "--batch", "50", "--warm-up", "50")
     assert "Redis instructions per notification" in lines[0]
     per = report["instructions_per_notification"]
-    assert list(per) == ["gateway", "columnar", "columnar+sweep"]
-    assert all(100_000 < v < 5_000_000 for v in per.values()), per
-    assert per["columnar"] < per["columnar+sweep"], per
+    assert list(per) == ["gateway", "columnar", "columnar+sweep", "owner", "owner+sweep"]
+    assert all(50_000 < v < 5_000_000 for v in per.values()), per
+    assert per["columnar"] < per["columnar+sweep"] and per["owner"] < per["owner+sweep"], per
     for layout, functions in report["breakdown"].items():
-        # the scripts are most of what a notification costs Redis, in either record
-        assert 0.5 * per[layout] < functions["evalGenericCommand"] <= per[layout], (layout, functions)
+        if layout.startswith("owner"):
+            # no script at all: every command comes parsed from the client, inside MULTI/EXEC
+            assert functions["evalGenericCommand"] == 0 and functions["processMultibulkBuffer"] > 0, layout
+        else:
+            # the scripts are most of what a notification costs Redis, in the records written by Lua
+            assert 0.5 * per[layout] < functions["evalGenericCommand"] <= per[layout], (layout, functions)
         assert functions["xaddCommand"] > 0, layout  # the events stream, one entry per state change
     # the sweep deletes fields; the gateway's record deletes nothing on the hot path (its keys expire)
     assert report["breakdown"]["columnar+sweep"]["hdelCommand"] > 0
+    assert report["breakdown"]["owner+sweep"]["hdelCommand"] > 0
     assert report["breakdown"]["gateway"]["hdelCommand"] == 0

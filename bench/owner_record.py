@@ -1,0 +1,376 @@
+"""The columnar record written without Lua by the partition's owner (bench/record_layouts.py's
+`owner` layout; not the gateway's ledger).
+
+bench/record_layouts.py showed that a columnar record's commands are cheap and that the Lua
+interpreter is most of what its scripts cost Redis (stop 39, docs/benchmarks.md).  This
+layout keeps the same keys and the same record (columnar_record.lua's fields joined by TAB)
+and moves the logic into the process that owns the partition:
+
+* **One writer per partition.**  A partition's hot path (accept, claim, submitted, applying
+  receipts) is written only by its owner, whose claim on it is the value of the
+  partition's `epoch` key (gateway/push/ownership.py hands partitions out; a take-over
+  writes a new epoch).  Each step reads what it needs, then sends its writes between MULTI
+  and EXEC under WATCH of the epoch: if another process took the partition meanwhile, EXEC
+  writes nothing and the step raises `FencedOut`.  No other key is watched, because no
+  other process writes these keys.
+* **Receipts through an inbox.**  A receipt arrives on whichever process holds the bind.
+  That process looks its message id up (one HMGET of the index) and appends
+  `id, part, stat, err, tails` to the partition's inbox list; the owner applies the
+  inbox in batches.
+* **The lane is a list** (RPUSH, LRANGE, LTRIM): with one writer, first in first out needs
+  no sequence counter and no scores.
+
+What is deliberately not here (as in the columnar layout): retries, schedules, dead
+letters, voice, partners and early receipts; and the writers that are not the owner
+(cancellations, dead-letter retries, operators' actions), which would go through the inbox
+or bump the epoch.  So this measures the floor of a Lua-free hot path with the same
+guarantees, not a ledger.
+
+The sans-IO part is `decode`, `encode`, `stamp` and the `plan_*` functions: they take what
+was read and return the new records and events; `OwnerLedger` only reads and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from redis.exceptions import WatchError
+
+# columnar_record.lua's F: the record's fields in order, joined by TAB.
+FIELDS = ("state", "type", "priority", "expires_at", "quiet", "to_tail", "flags", "attempts", "claim",
+          "carrier", "parts", "receipt_parts", "message_ids", "indexed", "receipts", "history")
+F = {name: k for k, name in enumerate(FIELDS)}
+FINAL = frozenset({"delivered", "undeliverable", "unconfirmed", "expired", "failed", "rejected"})
+CARRIER = "cmcc"
+
+
+class FencedOut(Exception):
+    """The partition's epoch changed: another process owns it now; nothing was written."""
+
+
+def decode(record: str) -> list[str]:
+    return record.split("\t")
+
+
+def encode(record: list[str]) -> str:
+    return "\t".join(record)
+
+
+def stamp(record: list[str], state: str, now: str) -> None:
+    record[F["state"]] = state
+    record[F["history"]] += f" {'submit_started' if state == 'submitting' else state}={now}"
+
+
+class Events:
+    """The XADDs a step sends, as the gateway writes them (push.events all, final, off)."""
+
+    def __init__(self, mode: str, maxlen: int) -> None:
+        self.mode, self.maxlen = mode, maxlen
+        self.entries: list[dict[str, str]] = []
+
+    def emit(self, kind: str, notification_id: str, notification_type: str, now: str, **fields: str) -> None:
+        if self.mode == "off" or (self.mode == "final" and kind not in FINAL):
+            return
+        self.entries.append({"type": f"notification.{kind}", "id": notification_id, "at": now,
+                             "notification_type": notification_type, **fields})
+
+    def queue(self, pipe: Any, key: str) -> None:
+        for k, entry in enumerate(self.entries):
+            # trimmed on a step's first entry only, as the gateway's scripts do
+            pipe.xadd(key, entry, maxlen=self.maxlen if k == 0 else None, approximate=True)
+
+
+def plan_accept(items: list[dict[str, Any]], known: list[str | None], now: str,
+                events: Events) -> tuple[list[str], dict[str, str], dict[str, str], list[str], dict[str, float]]:
+    """Which requests are new, and their bodies, records, lane order and retention ends."""
+    duplicates: list[str] = []
+    bodies: dict[str, str] = {}
+    states: dict[str, str] = {}
+    lane: list[str] = []
+    expiry: dict[str, float] = {}
+    for item, record in zip(items, known, strict=True):
+        notification_id = item["id"]
+        if record is not None or notification_id in states:
+            duplicates.append(notification_id)
+            continue
+        r = ["queued", item["type"], "normal", f"{item['expires_at']:.3f}", "0", item["to"][-8:], "", "0",
+             "", "", "", "", "", "", "", f"accepted={now}"]
+        stamp(r, "queued", now)
+        bodies[notification_id] = json.dumps(item["fields"], ensure_ascii=False, separators=(",", ":"))
+        states[notification_id] = encode(r)
+        lane.append(notification_id)
+        expiry[notification_id] = item["retention_ends"]
+        events.emit("queued", notification_id, item["type"], now, priority="normal")
+    return duplicates, bodies, states, lane, expiry
+
+
+def plan_claim(candidates: list[str], records: list[str | None], now: float, token: str,
+               events: Events) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """Those still queued become submitting under `token` (the expired ones end expired)."""
+    now_s = f"{now:.3f}"
+    taken: list[tuple[str, int]] = []
+    states: dict[str, str] = {}
+    for notification_id, record in zip(candidates, records, strict=True):
+        if record is None:
+            continue
+        r = decode(record)
+        if r[F["state"]] != "queued":
+            continue
+        expires = float(r[F["expires_at"]] or 0)
+        if 0 < expires <= now:
+            stamp(r, "expired", now_s)
+            events.emit("expired", notification_id, r[F["type"]], now_s)
+        else:
+            attempt = int(r[F["attempts"]] or 0) + 1
+            r[F["attempts"]], r[F["claim"]] = str(attempt), token
+            stamp(r, "submitting", now_s)
+            taken.append((notification_id, attempt))
+            events.emit("submitting", notification_id, r[F["type"]], now_s, attempt=str(attempt))
+        states[notification_id] = encode(r)
+    return taken, states
+
+
+def plan_submitted(ops: list[tuple[str, list[str], int]], records: list[str | None], now: str,
+                   events: Events) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """Records and index entries of the submits of notifications still submitting."""
+    states: dict[str, str] = {}
+    index: dict[str, str] = {}
+    done: list[str] = []
+    for (notification_id, message_ids, receipt_parts), record in zip(ops, records, strict=True):
+        r = decode(record) if record is not None else None
+        if r is None or r[F["state"]] not in ("submitting", "queued", "scheduled"):
+            continue
+        indexed = message_ids[:receipt_parts]
+        for part, message_id in enumerate(indexed):
+            index[f"{CARRIER}\0{message_id}"] = f"{notification_id} {part}"
+        r[F["carrier"]], r[F["parts"]], r[F["receipt_parts"]] = CARRIER, str(len(message_ids)), str(receipt_parts)
+        r[F["message_ids"]], r[F["indexed"]] = " ".join(message_ids), " ".join(indexed)
+        stamp(r, "submitted", now)
+        states[notification_id] = encode(r)
+        done.append(notification_id)
+        events.emit("submitted", notification_id, r[F["type"]], now, carrier=CARRIER, parts=str(len(message_ids)))
+    return states, index, done
+
+
+def plan_receipts(ops: list[tuple[str, int, str, str, str]], records: list[str | None], now: str,
+                  events: Events) -> tuple[dict[str, str], list[str], list[int]]:
+    """Receipts applied before a final state and only for the number they name; the new
+    records, the notifications made final, the (1-based) receipts refused."""
+    states: dict[str, str] = {}
+    finals: list[str] = []
+    refused: list[int] = []
+    for k, ((notification_id, part, stat, err, tails), record) in enumerate(zip(ops, records, strict=True), 1):
+        # a batch may carry two receipts of one notification: the later sees the earlier
+        current = states.get(notification_id, record)
+        r = decode(current) if current is not None else None
+        if r is None:
+            continue
+        if tails and r[F["to_tail"]] and r[F["to_tail"]] not in tails.split():
+            refused.append(k)
+            continue
+        if r[F["state"]] in FINAL:
+            continue
+        parts = int(r[F["receipt_parts"]] or r[F["parts"]] or 1)
+        got = r[F["receipts"]].split(",") if r[F["receipts"]] else []
+        got += [""] * (part + 1 - len(got))
+        got[part] = stat
+        r[F["receipts"]] = ",".join(got)
+        if stat == "DELIVRD" and all(q < len(got) and got[q] == "DELIVRD" for q in range(parts)):
+            stamp(r, "delivered", now)
+            finals.append(notification_id)
+            events.emit("delivered", notification_id, r[F["type"]], now, parts=str(parts))
+        elif stat not in ("DELIVRD", "ENROUTE", "ACCEPTD"):
+            stamp(r, "undeliverable", now)
+            finals.append(notification_id)
+            events.emit("undeliverable", notification_id, r[F["type"]], now, receipt_state=stat, error_code=err)
+        states[notification_id] = encode(r)
+    return states, finals, refused
+
+
+class OwnerLedger:
+    """The hot path of one partition, written by its owner without Lua (see the module)."""
+
+    def __init__(self, redis: Any, events: str = "all", prefix: str = "12123:{p0}:", *, retention: float = 7 * 86_400,
+                 events_maxlen: int = 100_000, lease_seconds: float = 60, receipt_timeout: float = 172_800) -> None:
+        self.redis, self.events_mode, self.events_maxlen, self.retention = redis, events, events_maxlen, retention
+        self.lease_seconds, self.receipt_timeout = lease_seconds, receipt_timeout
+        self.body, self.state, self.index = prefix + "body", prefix + "state", prefix + "index"
+        self.lane, self.expiry, self.inflight = prefix + "lane:normal", prefix + "expiry", prefix + "inflight"
+        self.awaiting, self.events, self.inbox = prefix + "awaiting-receipt", prefix + "events", prefix + "inbox"
+        self.epoch_key = prefix + "epoch"
+        self.epoch: str | None = None
+
+    async def take(self) -> None:
+        """Become the partition's owner: a new epoch fences out the one before."""
+        self.epoch = uuid.uuid4().hex
+        await self.redis.set(self.epoch_key, self.epoch)
+
+    def _events(self) -> Events:
+        return Events(self.events_mode, self.events_maxlen)
+
+    async def _fenced(self, read: Any, write: Any) -> Any:
+        """read(pipe) in immediate mode under WATCH of the epoch, then write(pipe, what was
+        read) between MULTI and EXEC; FencedOut if the epoch is not ours (any more)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(self.epoch_key)
+            if await pipe.get(self.epoch_key) != self.epoch:
+                raise FencedOut(self.epoch_key)
+            got = await read(pipe)
+            pipe.multi()
+            result = write(pipe, got)
+            try:
+                await pipe.execute()
+            except WatchError as e:
+                raise FencedOut(self.epoch_key) from e
+            return result
+
+    async def accept(self, items: list[dict[str, Any]], now: float) -> list[str]:
+        """items: id, type, expires_at, to, fields; returns the duplicates."""
+        events = self._events()
+        items = [{**item, "retention_ends": max(now, item["expires_at"]) + self.retention} for item in items]
+
+        async def read(pipe: Any) -> list[str | None]:
+            return await pipe.hmget(self.state, [item["id"] for item in items])
+
+        def write(pipe: Any, known: list[str | None]) -> list[str]:
+            duplicates, bodies, states, lane, expiry = plan_accept(items, known, f"{now:.3f}", events)
+            if states:
+                pipe.hset(self.body, mapping=bodies)
+                pipe.hset(self.state, mapping=states)
+                pipe.rpush(self.lane, *lane)
+                pipe.zadd(self.expiry, expiry)
+                events.queue(pipe, self.events)
+            return duplicates
+
+        return await self._fenced(read, write)
+
+    async def claim(self, n: int, now: float) -> list[tuple[str, int, dict[str, Any]]]:
+        events, token = self._events(), uuid.uuid4().hex
+
+        async def read(pipe: Any) -> tuple[list[str], list[str | None], list[str | None]]:
+            candidates = await pipe.lrange(self.lane, 0, n - 1)
+            if not candidates:
+                return [], [], []
+            return candidates, await pipe.hmget(self.state, candidates), await pipe.hmget(self.body, candidates)
+
+        def write(pipe: Any, got: tuple[list[str], list[str | None], list[str | None]]) -> list[Any]:
+            candidates, records, bodies = got
+            if not candidates:
+                return []
+            taken, states = plan_claim(candidates, records, now, token, events)
+            pipe.ltrim(self.lane, len(candidates), -1)
+            if states:
+                pipe.hset(self.state, mapping=states)
+            if taken:
+                deadline = now + self.lease_seconds
+                pipe.zadd(self.inflight, {notification_id: deadline for notification_id, _ in taken})
+            events.queue(pipe, self.events)
+            body_of = dict(zip(candidates, bodies, strict=True))
+            return [(i, attempt, json.loads(body_of[i] or "{}")) for i, attempt in taken]
+
+        return await self._fenced(read, write)
+
+    async def submitted(self, ops: list[tuple[str, list[str], int]], now: float) -> list[str]:
+        """ops: (id, the parts' message ids, how many leading parts asked a receipt);
+        returns the index entries taken from another notification."""
+        events = self._events()
+
+        fields = [f"{CARRIER}\0{m}" for _, message_ids, receipt_parts in ops for m in message_ids[:receipt_parts]]
+
+        async def read(pipe: Any) -> tuple[list[str | None], list[str | None]]:
+            records = await pipe.hmget(self.state, [op[0] for op in ops])
+            return records, (await pipe.hmget(self.index, fields) if fields else [])
+
+        def write(pipe: Any, got: tuple[list[str | None], list[str | None]]) -> list[str]:
+            records, before = got
+            states, index, done = plan_submitted(ops, records, f"{now:.3f}", events)
+            # an index entry another notification held (an SMSC reusing ids), as the scripts report it
+            displaced = [f"{field} {entry}" for field, entry in zip(fields, before, strict=True)
+                         if entry is not None and index.get(field, entry).split(" ")[0] != entry.split(" ")[0]]
+            if states:
+                if index:
+                    pipe.hset(self.index, mapping=index)
+                pipe.hset(self.state, mapping=states)
+                pipe.zrem(self.inflight, *done)
+                awaiting = {i: now + self.receipt_timeout for i in done}
+                pipe.zadd(self.awaiting, awaiting)
+                events.queue(pipe, self.events)
+            return displaced
+
+        return await self._fenced(read, write)
+
+    async def receive(self, receipts: list[tuple[str, str, str, str]]) -> int:
+        """On the process holding the bind: look each receipt's message id up and append
+        it to the inbox; how many found their notification."""
+        entries = await self.redis.hmget(self.index, [f"{CARRIER}\0{m}" for m, _, _, _ in receipts])
+        found = []
+        for (_, stat, err, tails), entry in zip(receipts, entries, strict=True):
+            if entry is not None:  # the gateway would park it; every receipt here finds its notification
+                notification_id, part = entry.rsplit(" ", 1)
+                found.append("\t".join((notification_id, part, stat, err, tails)))
+        if found:
+            await self.redis.rpush(self.inbox, *found)
+        return len(found)
+
+    async def apply_inbox(self, n: int, now: float) -> list[int]:
+        """The owner applies up to n receipts of its inbox; the (1-based) ones refused."""
+        events = self._events()
+
+        async def read(pipe: Any) -> tuple[list[tuple[str, int, str, str, str]], list[str | None]]:
+            raw = await pipe.lrange(self.inbox, 0, n - 1)
+            ops = []
+            for line in raw:
+                notification_id, part, stat, err, tails = line.split("\t")
+                ops.append((notification_id, int(part), stat, err, tails))
+            return ops, (await pipe.hmget(self.state, [op[0] for op in ops]) if ops else [])
+
+        def write(pipe: Any, got: tuple[list[tuple[str, int, str, str, str]], list[str | None]]) -> list[int]:
+            ops, records = got
+            if not ops:
+                return []
+            states, finals, refused = plan_receipts(ops, records, f"{now:.3f}", events)
+            pipe.ltrim(self.inbox, len(ops), -1)
+            if states:
+                pipe.hset(self.state, mapping=states)
+            if finals:
+                pipe.zrem(self.awaiting, *finals)
+                pipe.zrem(self.inflight, *finals)
+            events.queue(pipe, self.events)
+            return refused
+
+        return await self._fenced(read, write)
+
+    async def receipts(self, receipts: list[tuple[str, str, str, str]], now: float) -> list[int]:
+        """receive() then apply_inbox(): the columnar layout's receipts() in two processes' steps."""
+        found = await self.receive(receipts)
+        return await self.apply_inbox(found, now) if found else []
+
+    async def sweep(self, up_to: float, limit: int) -> int:
+        """Delete the records whose retention ended, as columnar_sweep.lua does."""
+        async def read(pipe: Any) -> tuple[list[str], list[str | None]]:
+            ids = await pipe.zrangebyscore(self.expiry, "-inf", up_to, start=0, num=limit)
+            return ids, (await pipe.hmget(self.state, ids) if ids else [])
+
+        def write(pipe: Any, got: tuple[list[str], list[str | None]]) -> int:
+            ids, records = got
+            if not ids:
+                return 0
+            fields = [f"{r[F['carrier']]}\0{m}" for r in (decode(x) for x in records if x is not None)
+                      for m in r[F["indexed"]].split()]
+            pipe.hdel(self.body, *ids)
+            pipe.hdel(self.state, *ids)
+            if fields:
+                pipe.hdel(self.index, *fields)
+            pipe.zrem(self.expiry, *ids)
+            return len(ids)
+
+        return await self._fenced(read, write)
+
+    async def state_of(self, notification_id: str) -> str | None:
+        record = await self.redis.hget(self.state, notification_id)
+        return None if record is None else record.split("\t", 1)[0]
+
+    async def lane_length(self) -> int:
+        return await self.redis.llen(self.lane)
