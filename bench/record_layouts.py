@@ -18,17 +18,23 @@ queued, under a token; a submit recorded only for what is submitting; a receipt 
 only before a final state and only for the number it names).  It is not the gateway's
 ledger: it has no retries, schedules, dead letters, voice, partners or early receipts.
 
-Both layouts take N Chinese notifications (2 parts, receipt on part 1; bench/kannel_rate.py's
+A third layout, `owner` (bench/owner_record.py), keeps the columnar record and its keys
+but has no Lua: the partition's owner reads, then writes in MULTI/EXEC under WATCH of the
+partition's epoch, and receipts reach it through an inbox list.
+
+Every layout takes N Chinese notifications (2 parts, receipt on part 1; bench/kannel_rate.py's
 text) through accept, claim, submitted and receipt in batches of ``--batch``, each on its
 own redis-server (append-only file fsynced every second, as in production), the gateway's
 through `NotificationLedger` (bench/ledger_scripts.py's pass).  The columnar one then sweeps
-its records as their retention ends would (the gateway's keys expire later, unmeasured).
+its records as their retention ends would (the gateway's keys expire later, unmeasured);
+so does the owner-written one.
 
 Timed mode: redis-server CPU (user + system) per notification in each phase, the lowest of
-``--repeat`` runs, and Redis memory per notification after the receipts.  ``--instructions``:
-instructions per notification from Valgrind's callgrind at two sizes (the difference divided
-by the notifications between them), for the gateway's record, the columnar one, and the
-columnar one with its sweep.
+``--repeat`` runs, Redis memory per notification after the receipts, and the caller's CPU
+(this process: Python and redis-py) per notification, all phases together.
+``--instructions``: instructions per notification from Valgrind's callgrind at two sizes
+(the difference divided by the notifications between them), for the gateway's record and
+the columnar and owner-written ones, each with and without its sweep.
 
 Output: a table, then one JSON line.
 """
@@ -226,7 +232,10 @@ async def _pass(layout: str, redis: Any, tag: str, n: int, batch: int, events: s
         owner = OwnerLedger(redis, events, retention=RETENTION, events_maxlen=EVENTS_MAXLEN,
                             lease_seconds=LEASE_SECONDS, receipt_timeout=RECEIPT_TIMEOUT)
         await owner.take()
-        return await columnar_round(redis, owner, tag, n, batch, sweep=layout.endswith("+sweep"))
+        try:
+            return await columnar_round(redis, owner, tag, n, batch, sweep=layout.endswith("+sweep"))
+        finally:
+            await owner.close()
     return await columnar_round(redis, ColumnarLedger(redis, events), tag, n, batch, sweep=layout.endswith("+sweep"))
 
 

@@ -68,6 +68,8 @@ async def _guarantees(url: str, layout: str) -> None:
         assert await ledger.sweep(float("inf"), 10) == 0
         for key in (ledger.body, ledger.state, ledger.index, ledger.expiry):
             assert await redis.exists(key) == 0, key
+        if layout == "owner":
+            await ledger.close()
 
 
 @on_asyncio
@@ -97,16 +99,15 @@ async def _fencing(url: str) -> None:
         assert [c[0] for c in await new.claim(10, now)] == ["a"]
 
         # the epoch changing between the owner's reads and its EXEC: nothing of the step lands
-        async def taken_meanwhile(pipe: Any) -> list[str | None]:
+        async def taken_meanwhile(connection: Any) -> Any:
             await redis.set(new.epoch_key, "someone-else")
-            return await pipe.hmget(new.state, ["c"])
-
-        def write(pipe: Any, known: list[str | None]) -> None:
-            pipe.hset(new.state, "c", "queued")
+            return await connection.call([("HMGET", new.state, "c")])
 
         with pytest.raises(fenced_out):
-            await new._fenced(taken_meanwhile, write)
+            await new._fenced(taken_meanwhile, lambda _: ([("HSET", new.state, "c", "queued")], None))
         assert await redis.hexists(new.state, "c") == 0
+        await old.close()
+        await new.close()
 
 
 @on_asyncio
