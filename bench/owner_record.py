@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -68,13 +69,15 @@ def stamp(record: list[str], state: str, now: str) -> None:
 class Events:
     """The XADDs a step sends, as the gateway writes them (push.events all, final, off)."""
 
-    def __init__(self, mode: str, maxlen: int) -> None:
-        self.mode, self.maxlen = mode, maxlen
+    def __init__(self, mode: str, maxlen: int, bucketed: bool = False) -> None:
+        self.mode, self.maxlen, self.bucketed = mode, maxlen, bucketed
         self.entries: list[tuple[str, ...]] = []
 
     def emit(self, kind: str, notification_id: str, notification_type: str, now: str, **fields: str) -> None:
         if self.mode == "off" or (self.mode == "final" and kind not in FINAL):
             return
+        if self.bucketed and " " in notification_id:  # '<bucket> <id>': core systems get the id
+            notification_id = notification_id.split(" ", 1)[1]
         entry = ("type", f"notification.{kind}", "id", notification_id, "at", now, "notification_type", notification_type)
         self.entries.append(entry + tuple(x for pair in fields.items() for x in pair))
 
@@ -436,3 +439,236 @@ class OwnerLedger:
 
     async def lane_length(self) -> int:
         return await self.redis.llen(self.lane)
+
+
+class BucketedOwnerLedger(OwnerLedger):
+    """OwnerLedger with its hashes cut to a size a Cluster can move (docs/benchmarks.md,
+    "Fortieth stop": MIGRATE of a 200 MB hash blocked its node 0.8 s).
+
+    * Bodies and records go to the bucket of their acceptance time
+      (``bucket_seconds``; a minute in production would hold about 5,600 records per
+      partition at 1,500/s on 16 partitions): ``body:<bucket>``, ``state:<bucket>``.
+      Lanes, in-flight and awaiting members, index entries and inbox lines carry the bucket
+      (``<bucket> <id>``), so the hot path never looks it up.
+    * Lookups by id (idempotency at acceptance, readers) use ``ids:<k>``, id -> bucket, and
+      the message-id index is ``index:<k>``; k = crc32 % ``shards`` keeps each of them small.
+    * Retention ends whole buckets: ``buckets`` scores each by when its last record's
+      retention ends, and the sweep deletes its two hashes (UNLINK) and their ids and
+      index entries.
+    """
+
+    def __init__(self, redis: Any, events: str = "all", prefix: str = "12123:{p0}:", *, bucket_seconds: float = 60,
+                 shards: int = 16, **options: Any) -> None:
+        super().__init__(redis, events, prefix, **options)
+        self.prefix, self.bucket_seconds, self.shards = prefix, bucket_seconds, shards
+        self.buckets = prefix + "buckets"
+        self._claimed_bucket: dict[str, str] = {}  # what this owner claimed: the submitter holds it
+
+    def _events(self) -> Events:
+        return Events(self.events_mode, self.events_maxlen, bucketed=True)
+
+    def bucket_at(self, now: float) -> str:
+        return str(int(now // self.bucket_seconds))
+
+    def shard(self, name: str) -> int:
+        return zlib.crc32(name.encode()) % self.shards
+
+    def ids_key(self, k: int) -> str:
+        return f"{self.prefix}ids:{k}"
+
+    def index_key(self, k: int) -> str:
+        return f"{self.prefix}index:{k}"
+
+    def _by_shard(self, names: list[str]) -> dict[int, list[str]]:
+        grouped: dict[int, list[str]] = {}
+        for name in names:
+            grouped.setdefault(self.shard(name), []).append(name)
+        return grouped
+
+    async def _hmget_sharded(self, connection: RawConnection, key: Callable[[int], str],
+                             names: list[str]) -> dict[str, str | None]:
+        grouped = self._by_shard(names)
+        if not grouped:
+            return {}
+        replies = await connection.call([("HMGET", key(k), *members) for k, members in grouped.items()])
+        return {name: value for members, values in zip(grouped.values(), replies, strict=True)
+                for name, value in zip(members, values, strict=True)}
+
+    async def accept(self, items: list[dict[str, Any]], now: float) -> list[str]:
+        events, bucket = self._events(), self.bucket_at(now)
+        items = [{**item, "retention_ends": max(now, item["expires_at"]) + self.retention} for item in items]
+
+        async def read(connection: RawConnection) -> list[str | None]:
+            known = await self._hmget_sharded(connection, self.ids_key, [item["id"] for item in items])
+            return [known[item["id"]] for item in items]
+
+        def write(known: list[str | None]) -> tuple[list[tuple[Any, ...]], list[str]]:
+            duplicates, bodies, states, lane, expiry = plan_accept(items, known, f"{now:.3f}", events)
+            if not states:
+                return [], duplicates
+            return [("HSET", f"{self.body}:{bucket}", *_pairs(bodies)),
+                    ("HSET", f"{self.state}:{bucket}", *_pairs(states)),
+                    *(("HSET", self.ids_key(k), *(x for i in members for x in (i, bucket)))
+                      for k, members in self._by_shard(lane).items()),
+                    ("RPUSH", self.lane, *(f"{bucket} {i}" for i in lane)),
+                    ("ZADD", self.buckets, "GT", f"{max(expiry.values()):.3f}", bucket),
+                    *events.commands(self.events)], duplicates
+
+        return await self._fenced(read, write)
+
+    async def claim(self, n: int, now: float) -> list[tuple[str, int, dict[str, Any]]]:
+        events, token = self._events(), uuid.uuid4().hex
+
+        async def read(connection: RawConnection) -> tuple[list[tuple[str, str]], dict[str, str | None],
+                                                          dict[str, str | None]]:
+            [entries] = await connection.call([("LRANGE", self.lane, 0, n - 1)])
+            candidates = [tuple(e.split(" ", 1)) for e in entries]
+            groups: dict[str, list[str]] = {}
+            for bucket, i in candidates:
+                groups.setdefault(bucket, []).append(i)
+            if not groups:
+                return [], {}, {}
+            replies = await connection.call([c for b, ids in groups.items()
+                                             for c in (("HMGET", f"{self.state}:{b}", *ids),
+                                                       ("HMGET", f"{self.body}:{b}", *ids))])
+            records, bodies = {}, {}
+            for k, (b, ids) in enumerate(groups.items()):
+                records.update({f"{b} {i}": r for i, r in zip(ids, replies[2 * k], strict=True)})
+                bodies.update({f"{b} {i}": r for i, r in zip(ids, replies[2 * k + 1], strict=True)})
+            return candidates, records, bodies  # type: ignore[return-value]
+
+        def write(got: tuple[list[tuple[str, str]], dict[str, str | None], dict[str, str | None]]) -> tuple[
+                list[tuple[Any, ...]], Any]:
+            candidates, records, bodies = got
+            if not candidates:
+                return [], []
+            members = [f"{b} {i}" for b, i in candidates]
+            taken, states = plan_claim(members, [records[m] for m in members], now, token, events)
+            commands: list[tuple[Any, ...]] = [("LTRIM", self.lane, len(candidates), -1),
+                                               *_hset_by_bucket(self.state, states)]
+            if taken:
+                deadline = f"{now + self.lease_seconds:.3f}"
+                commands.append(("ZADD", self.inflight, *(x for m, _ in taken for x in (deadline, m))))
+            out = []
+            for member, attempt in taken:
+                bucket, notification_id = member.split(" ", 1)
+                self._claimed_bucket[notification_id] = bucket
+                out.append((notification_id, attempt, json.loads(bodies[member] or "{}")))
+            return [*commands, *events.commands(self.events)], out
+
+        return await self._fenced(read, write)
+
+    async def submitted(self, ops: list[tuple[str, list[str], int]], now: float) -> list[str]:
+        events = self._events()
+        members = [f"{self._claimed_bucket[op[0]]} {op[0]}" for op in ops]
+        fields = [f"{CARRIER}\0{m}" for _, message_ids, receipt_parts in ops for m in message_ids[:receipt_parts]]
+
+        async def read(connection: RawConnection) -> tuple[list[str | None], dict[str, str | None]]:
+            records = await self._records(connection, members)
+            return records, await self._hmget_sharded(connection, self.index_key, fields)
+
+        def write(got: tuple[list[str | None], dict[str, str | None]]) -> tuple[list[tuple[Any, ...]], list[str]]:
+            records, before = got
+            bucketed_ops = [(m, message_ids, parts) for m, (_, message_ids, parts) in zip(members, ops, strict=True)]
+            states, index, done = plan_submitted(bucketed_ops, records, f"{now:.3f}", events)
+            # index values name the bucket too: '<bucket> <id> <part>'
+            displaced = [f"{field} {entry}" for field, entry in before.items()
+                         if entry is not None and index.get(field, entry).rsplit(" ", 1)[0] != entry.rsplit(" ", 1)[0]]
+            for notification_id in (op[0] for op in ops):
+                self._claimed_bucket.pop(notification_id, None)
+            if not states:
+                return [], displaced
+            due = f"{now + self.receipt_timeout:.3f}"
+            return [*(("HSET", self.index_key(k), *(x for f in fs for x in (f, index[f])))
+                      for k, fs in self._by_shard(list(index)).items()),
+                    *_hset_by_bucket(self.state, states), ("ZREM", self.inflight, *done),
+                    ("ZADD", self.awaiting, *(x for m in done for x in (due, m))),
+                    *events.commands(self.events)], displaced
+
+        return await self._fenced(read, write)
+
+    async def _records(self, connection: RawConnection, members: list[str]) -> list[str | None]:
+        """The records of '<bucket> <id>' members, one HMGET per bucket."""
+        groups: dict[str, list[str]] = {}
+        for member in members:
+            bucket, notification_id = member.split(" ", 1)
+            groups.setdefault(bucket, []).append(notification_id)
+        if not groups:
+            return []
+        replies = await connection.call([("HMGET", f"{self.state}:{b}", *ids) for b, ids in groups.items()])
+        found = {f"{b} {i}": r for (b, ids), values in zip(groups.items(), replies, strict=True)
+                 for i, r in zip(ids, values, strict=True)}
+        return [found[m] for m in members]
+
+    async def receive(self, receipts: list[tuple[str, str, str, str]]) -> int:
+        connection = await self._connection()
+        entries = await self._hmget_sharded(connection, self.index_key, [f"{CARRIER}\0{m}" for m, _, _, _ in receipts])
+        found = []
+        for message_id, stat, err, tails in receipts:
+            entry = entries[f"{CARRIER}\0{message_id}"]
+            if entry is not None:
+                member, part = entry.rsplit(" ", 1)
+                found.append("\t".join((member, part, stat, err, tails)))
+        if found:
+            await connection.call([("RPUSH", self.inbox, *found)])
+        return len(found)
+
+    async def apply_inbox(self, n: int, now: float) -> list[int]:
+        events = self._events()
+
+        async def read(connection: RawConnection) -> tuple[list[tuple[str, int, str, str, str]], list[str | None]]:
+            [raw] = await connection.call([("LRANGE", self.inbox, 0, n - 1)])
+            ops = []
+            for line in raw:
+                member, part, stat, err, tails = line.split("\t")
+                ops.append((member, int(part), stat, err, tails))
+            return ops, await self._records(connection, [op[0] for op in ops])
+
+        def write(got: tuple[list[tuple[str, int, str, str, str]], list[str | None]]) -> tuple[
+                list[tuple[Any, ...]], list[int]]:
+            ops, records = got
+            if not ops:
+                return [], []
+            states, finals, refused = plan_receipts(ops, records, f"{now:.3f}", events)
+            commands: list[tuple[Any, ...]] = [("LTRIM", self.inbox, len(ops), -1),
+                                               *_hset_by_bucket(self.state, states)]
+            if finals:
+                commands += [("ZREM", self.awaiting, *finals), ("ZREM", self.inflight, *finals)]
+            return [*commands, *events.commands(self.events)], refused
+
+        return await self._fenced(read, write)
+
+    async def sweep(self, up_to: float, limit: int) -> int:
+        """End the oldest bucket whose retention ended (`limit` is not used: a bucket goes whole)."""
+        async def read(connection: RawConnection) -> tuple[str | None, dict[str, str]]:
+            [due] = await connection.call([("ZRANGEBYSCORE", self.buckets, "-inf", f"{up_to}", "LIMIT", 0, 1)])
+            if not due:
+                return None, {}
+            [records] = await connection.call([("HGETALL", f"{self.state}:{due[0]}")])
+            return due[0], dict(zip(records[::2], records[1::2], strict=True))
+
+        def write(got: tuple[str | None, dict[str, str]]) -> tuple[list[tuple[Any, ...]], int]:
+            bucket, records = got
+            if bucket is None:
+                return [], 0
+            fields = [f"{r[F['carrier']]}\0{m}" for r in map(decode, records.values()) for m in r[F["indexed"]].split()]
+            return [*(("HDEL", self.ids_key(k), *ids) for k, ids in self._by_shard(list(records)).items()),
+                    *(("HDEL", self.index_key(k), *fs) for k, fs in self._by_shard(fields).items()),
+                    ("UNLINK", f"{self.body}:{bucket}", f"{self.state}:{bucket}"),
+                    ("ZREM", self.buckets, bucket)], max(len(records), 1)
+
+        return await self._fenced(read, write)
+
+    async def state_of(self, notification_id: str) -> str | None:
+        bucket = await self.redis.hget(self.ids_key(self.shard(notification_id)), notification_id)
+        record = None if bucket is None else await self.redis.hget(f"{self.state}:{bucket}", notification_id)
+        return None if record is None else record.split("\t", 1)[0]
+
+
+def _hset_by_bucket(state_key: str, states: dict[str, str]) -> list[tuple[Any, ...]]:
+    """HSETs of records keyed '<bucket> <id>', one per bucket."""
+    groups: dict[str, list[str]] = {}
+    for member, record in states.items():
+        bucket, notification_id = member.split(" ", 1)
+        groups.setdefault(bucket, []).extend((notification_id, record))
+    return [("HSET", f"{state_key}:{b}", *pairs) for b, pairs in groups.items()]

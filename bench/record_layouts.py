@@ -60,7 +60,7 @@ from _common import machine, print_json_line, print_table, today  # noqa: E402
 from kannel_rate import CHINESE_TEXT  # noqa: E402
 from ledger_scripts import RETENTION, VALIDITY, WARM_UP, _aof_bytes, _cpu, _redis_server_binary  # noqa: E402
 from ledger_scripts import _round as gateway_round  # noqa: E402
-from owner_record import OwnerLedger  # noqa: E402
+from owner_record import BucketedOwnerLedger, OwnerLedger  # noqa: E402
 
 from gateway.push.state import NotificationLedger  # noqa: E402
 from gateway.store.embedded import RedisServerProcess, find_redis_server  # noqa: E402
@@ -216,7 +216,11 @@ async def _gateway_pass(redis: Any, tag: str, n: int, batch: int, events: str) -
     return out
 
 
-LAYOUTS = ("gateway", "columnar", "columnar+sweep", "owner", "owner+sweep")
+LAYOUTS = ("gateway", "columnar", "columnar+sweep", "owner", "owner+sweep", "owner-buckets", "owner-buckets+sweep")
+# owner-buckets: a bucket a minute, so that each holds thousands of records here as in
+# production at peak (1,500/s on 16 partitions: about 5,600), not a listpack of a few hundred
+BUCKET_SECONDS = 60
+LISTPACK_ENTRIES = 64  # owner-buckets' redis-server: hashes beyond 64 fields are hash tables
 # --breakdown: redis-server functions whose inclusive instructions are reported (none
 # recursive): redis_instructions.BREAKDOWN's, the scripts whole (evalGenericCommand), each
 # redis.call whole (luaRedisGenericCommand), and the sweep's HDEL.
@@ -229,8 +233,17 @@ async def _pass(layout: str, redis: Any, tag: str, n: int, batch: int, events: s
     if layout == "gateway":
         return await _gateway_pass(redis, tag, n, batch, events)
     if layout.startswith("owner"):
-        owner = OwnerLedger(redis, events, retention=RETENTION, events_maxlen=EVENTS_MAXLEN,
-                            lease_seconds=LEASE_SECONDS, receipt_timeout=RECEIPT_TIMEOUT)
+        options = {"retention": RETENTION, "events_maxlen": EVENTS_MAXLEN, "lease_seconds": LEASE_SECONDS,
+                   "receipt_timeout": RECEIPT_TIMEOUT}
+        if layout.startswith("owner-buckets"):
+            # Its id and index shards hold tens of thousands of entries each in production
+            # (hash tables), a few hundred here: kept out of the listpack encoding, whose
+            # every lookup scans the hash (HMGET 60.5 against 5.3 thousand instructions per
+            # notification at the default 512, events all), as production would configure it.
+            await redis.config_set("hash-max-listpack-entries", LISTPACK_ENTRIES)
+            owner: OwnerLedger = BucketedOwnerLedger(redis, events, bucket_seconds=BUCKET_SECONDS, **options)
+        else:
+            owner = OwnerLedger(redis, events, **options)
         await owner.take()
         try:
             return await columnar_round(redis, owner, tag, n, batch, sweep=layout.endswith("+sweep"))
@@ -241,7 +254,8 @@ async def _pass(layout: str, redis: Any, tag: str, n: int, batch: int, events: s
 
 async def _timed(args: argparse.Namespace) -> dict[str, Any]:
     """Each layout on its own server, runs alternating; the lowest figure of each phase."""
-    runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "columnar+sweep": [], "owner+sweep": []}
+    runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "columnar+sweep": [], "owner+sweep": [],
+                                             "owner-buckets+sweep": []}
     work = Path(tempfile.mkdtemp(prefix="record-layouts-"))
     try:
         servers, clients = {}, {}
