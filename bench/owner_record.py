@@ -369,15 +369,29 @@ class OwnerLedger:
         """On the process holding the bind: look each receipt's message id up and append
         it to the inbox; how many found their notification."""
         connection = await self._connection()
-        [entries] = await connection.call([("HMGET", self.index, *(f"{CARRIER}\0{m}" for m, _, _, _ in receipts))])
+        entries = await self._index_entries(connection, [f"{CARRIER}\0{m}" for m, _, _, _ in receipts])
         found = []
-        for (_, stat, err, tails), entry in zip(receipts, entries, strict=True):
+        for message_id, stat, err, tails in receipts:
+            entry = entries[f"{CARRIER}\0{message_id}"]
             if entry is not None:  # the gateway would park it; every receipt here finds its notification
                 notification_id, part = entry.rsplit(" ", 1)
                 found.append("\t".join((notification_id, part, stat, err, tails)))
         if found:
             await connection.call([("RPUSH", self.inbox, *found)])
         return len(found)
+
+    async def _index_entries(self, connection: RawConnection, fields: list[str]) -> dict[str, str | None]:
+        [entries] = await connection.call([("HMGET", self.index, *fields)])
+        return dict(zip(fields, entries, strict=True))
+
+    async def _records(self, connection: RawConnection, ids: list[str]) -> list[str | None]:
+        if not ids:
+            return []
+        [records] = await connection.call([("HMGET", self.state, *ids)])
+        return records
+
+    def _state_writes(self, states: dict[str, str]) -> list[tuple[Any, ...]]:
+        return [("HSET", self.state, *_pairs(states))] if states else []
 
     async def apply_inbox(self, n: int, now: float) -> list[int]:
         """The owner applies up to n receipts of its inbox; the (1-based) ones refused."""
@@ -389,19 +403,14 @@ class OwnerLedger:
             for line in raw:
                 notification_id, part, stat, err, tails = line.split("\t")
                 ops.append((notification_id, int(part), stat, err, tails))
-            if not ops:
-                return [], []
-            [records] = await connection.call([("HMGET", self.state, *(op[0] for op in ops))])
-            return ops, records
+            return ops, await self._records(connection, [op[0] for op in ops])
 
         def write(got: tuple[list[tuple[str, int, str, str, str]], list[str | None]]) -> tuple[list[tuple[Any, ...]], list[int]]:
             ops, records = got
             if not ops:
                 return [], []
             states, finals, refused = plan_receipts(ops, records, f"{now:.3f}", events)
-            commands: list[tuple[Any, ...]] = [("LTRIM", self.inbox, len(ops), -1)]
-            if states:
-                commands.append(("HSET", self.state, *_pairs(states)))
+            commands: list[tuple[Any, ...]] = [("LTRIM", self.inbox, len(ops), -1), *self._state_writes(states)]
             if finals:
                 commands += [("ZREM", self.awaiting, *finals), ("ZREM", self.inflight, *finals)]
             return [*commands, *events.commands(self.events)], refused
@@ -545,7 +554,7 @@ class BucketedOwnerLedger(OwnerLedger):
             members = [f"{b} {i}" for b, i in candidates]
             taken, states = plan_claim(members, [records[m] for m in members], now, token, events)
             commands: list[tuple[Any, ...]] = [("LTRIM", self.lane, len(candidates), -1),
-                                               *_hset_by_bucket(self.state, states)]
+                                               *self._state_writes(states)]
             if taken:
                 deadline = f"{now + self.lease_seconds:.3f}"
                 commands.append(("ZADD", self.inflight, *(x for m, _ in taken for x in (deadline, m))))
@@ -581,14 +590,15 @@ class BucketedOwnerLedger(OwnerLedger):
             due = f"{now + self.receipt_timeout:.3f}"
             return [*(("HSET", self.index_key(k), *(x for f in fs for x in (f, index[f])))
                       for k, fs in self._by_shard(list(index)).items()),
-                    *_hset_by_bucket(self.state, states), ("ZREM", self.inflight, *done),
+                    *self._state_writes(states), ("ZREM", self.inflight, *done),
                     ("ZADD", self.awaiting, *(x for m in done for x in (due, m))),
                     *events.commands(self.events)], displaced
 
         return await self._fenced(read, write)
 
-    async def _records(self, connection: RawConnection, members: list[str]) -> list[str | None]:
+    async def _records(self, connection: RawConnection, ids: list[str]) -> list[str | None]:
         """The records of '<bucket> <id>' members, one HMGET per bucket."""
+        members = ids
         groups: dict[str, list[str]] = {}
         for member in members:
             bucket, notification_id = member.split(" ", 1)
@@ -600,43 +610,11 @@ class BucketedOwnerLedger(OwnerLedger):
                  for i, r in zip(ids, values, strict=True)}
         return [found[m] for m in members]
 
-    async def receive(self, receipts: list[tuple[str, str, str, str]]) -> int:
-        connection = await self._connection()
-        entries = await self._hmget_sharded(connection, self.index_key, [f"{CARRIER}\0{m}" for m, _, _, _ in receipts])
-        found = []
-        for message_id, stat, err, tails in receipts:
-            entry = entries[f"{CARRIER}\0{message_id}"]
-            if entry is not None:
-                member, part = entry.rsplit(" ", 1)
-                found.append("\t".join((member, part, stat, err, tails)))
-        if found:
-            await connection.call([("RPUSH", self.inbox, *found)])
-        return len(found)
+    async def _index_entries(self, connection: RawConnection, fields: list[str]) -> dict[str, str | None]:
+        return await self._hmget_sharded(connection, self.index_key, fields)
 
-    async def apply_inbox(self, n: int, now: float) -> list[int]:
-        events = self._events()
-
-        async def read(connection: RawConnection) -> tuple[list[tuple[str, int, str, str, str]], list[str | None]]:
-            [raw] = await connection.call([("LRANGE", self.inbox, 0, n - 1)])
-            ops = []
-            for line in raw:
-                member, part, stat, err, tails = line.split("\t")
-                ops.append((member, int(part), stat, err, tails))
-            return ops, await self._records(connection, [op[0] for op in ops])
-
-        def write(got: tuple[list[tuple[str, int, str, str, str]], list[str | None]]) -> tuple[
-                list[tuple[Any, ...]], list[int]]:
-            ops, records = got
-            if not ops:
-                return [], []
-            states, finals, refused = plan_receipts(ops, records, f"{now:.3f}", events)
-            commands: list[tuple[Any, ...]] = [("LTRIM", self.inbox, len(ops), -1),
-                                               *_hset_by_bucket(self.state, states)]
-            if finals:
-                commands += [("ZREM", self.awaiting, *finals), ("ZREM", self.inflight, *finals)]
-            return [*commands, *events.commands(self.events)], refused
-
-        return await self._fenced(read, write)
+    def _state_writes(self, states: dict[str, str]) -> list[tuple[Any, ...]]:
+        return _hset_by_bucket(self.state, states)
 
     async def sweep(self, up_to: float, limit: int) -> int:
         """End the oldest bucket whose retention ended (`limit` is not used: a bucket goes whole)."""
