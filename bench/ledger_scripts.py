@@ -392,6 +392,7 @@ async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch
         commands = {key.removeprefix("cmdstat_"): {"usec": round(v["usec"] / n, 2), "calls": round(v["calls"] / n, 3)}
                     for key, v in stats.items() if v["calls"] and key != "cmdstat_config|resetstat"}
         out[name] = {"redis_us": round(1e6 * cpu / n, 1), "client_us": round(1e6 * client / n, 1),
+                     "bytes_in": round((await redis.info("stats"))["total_net_input_bytes"] / n),  # since RESETSTAT
                      "aof_bytes": round(aof / n), "commands": commands}
     state = await redis.hget(ledger.keys.notification(ids[-1]), "state")
     if state != "delivered":

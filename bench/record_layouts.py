@@ -204,6 +204,8 @@ async def columnar_round(redis: Any, ledger: ColumnarLedger | OwnerLedger, tag: 
         client = time.process_time() - client_before
         out[name] = {"redis_us": round(1e6 * (await _cpu(redis) - before) / n, 1),
                      "client_us": round(1e6 * client / n, 1),
+                     # since the CONFIG RESETSTAT above
+                     "bytes_in": round((await redis.info("stats"))["total_net_input_bytes"] / n),
                      "aof_bytes": round((await _aof_bytes(redis) - aof_before) / n)}
     return out
 
@@ -282,6 +284,8 @@ async def _timed(args: argparse.Namespace) -> dict[str, Any]:
         best[layout]["memory_bytes"] = min(r["memory_bytes"] for r in layout_runs)
         # what the caller spent (Python, redis-py), every phase together: the logic moved out of Redis
         best[layout]["client_us"] = min(round(sum(r[p]["client_us"] for p in phases), 1) for r in layout_runs)
+        # what the caller sent Redis (the events as commands, not made inside a script)
+        best[layout]["bytes_to_redis"] = min(sum(r[p]["bytes_in"] for p in phases) for r in layout_runs)
     return {"mode": "cpu_time", "redis_us_per_notification": best}
 
 
@@ -363,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         for layout, figures in best.items():
             total = sum(v for k, v in figures.items() if k in (*PHASES, "sweep"))
             rows.append((layout, *(figures.get(p, "") for p in (*PHASES, "sweep")), round(total, 1),
-                         figures["memory_bytes"], figures["client_us"]))
+                         figures["memory_bytes"], figures["client_us"], figures["bytes_to_redis"]))
         print_table(("record", *(f"{p} us" for p in PHASES), "sweep us", "total us", "memory bytes/notification",
-                     "client us"), rows)
+                     "client us", "bytes to redis"), rows)
     print_json_line(result)
     return 0
 

@@ -165,6 +165,8 @@ def test_every_record_through_the_four_phases() -> None:
     assert all(figures[layout]["sweep"] > 0 for layout in figures if layout != "gateway")
     assert "sweep" not in figures["gateway"]
     assert all(figures[layout]["client_us"] > 0 for layout in figures)
+    # every layout sends at least each notification's text (about 200 bytes of Chinese)
+    assert all(figures[layout]["bytes_to_redis"] > 200 for layout in figures)
     # a Chinese notification's record and events: hundreds of bytes, not nothing
     assert all(figures[layout]["memory_bytes"] > 300 for layout in figures)
 
