@@ -32,6 +32,7 @@ from gateway.push.routing import PrefixRouter
 from gateway.push.state import NotificationLedger, OutcomeWriter
 from gateway.push.worker import Dispatcher
 from gateway.store.keys import Keys
+from tests.push.steps_twin import Twins
 
 # The longest XREAD BLOCK a test helper sends: redis-py 8's clients default to a 5 s
 # socket_timeout, and a BLOCK longer than that ends in "TimeoutError: Timeout reading
@@ -200,12 +201,16 @@ async def pipeline(redis_url: str, links: list[ScriptedLink] | None = None, *, n
                             max_in_flight=max_in_flight, batch_size=batch_size,
                             max_attempts=max_attempts, retry_initial_seconds=2, retry_max_seconds=60,
                             max_link_losses=max_link_losses)
+    twin_url = os.environ.get("GATEWAY_TEST_STEPS_TWIN")
+    twins = Twins(ledger, twin_url) if twin_url else None  # tests/push/test_steps.py
     try:
         yield Pipeline(redis, keys, clock, templates, ledger, writer, intake, dispatcher,
                        ReceiptRecorder(writer), links)
     finally:
         await writer.flushed()
         await redis.aclose()
+        if twins is not None:
+            await twins.close()
 
 
 class EventWaiter:

@@ -1,0 +1,86 @@
+"""promote.lua, recover.lua and receipts_overdue.lua in Python: the sweeps of the scheduled,
+in-flight and awaiting-receipt sets.  Each takes the members its caller listed that are
+still due (take_listed.lua).  Arguments, guarantees and replies: the scripts'."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gateway.push.steps.ledger import Ledger, tonumber
+from gateway.push.steps.reads import ReadBatch, Reads
+
+
+def _listed(led: Ledger) -> list[str]:
+    return [str(x) for x in led.ARGV[2:2 + int(tonumber(led.ARGV[1]) or 0)]]
+
+
+def _listed_reads(led: Ledger, key: str, sequence: bool = False) -> Reads:
+    batch = ReadBatch(led).declared().scores(key, _listed(led))
+    if sequence:
+        batch.string(led.SEQUENCE)
+    yield from batch.read()
+
+
+def promote_reads(led: Ledger) -> Reads:
+    return _listed_reads(led, led.SCHEDULED, sequence=True)
+
+
+def promote(led: Ledger) -> list[Any]:
+    r = led.r
+    ids = led.take_listed(led.SCHEDULED, led.ARGV[0], _listed(led))
+    for notification_id in ids:
+        key = led.nkey(notification_id)
+        state, priority, expires_at, ntype = r.hmget(key, "state", "priority", "expires_at", "type")
+        if state == "scheduled":
+            exp = tonumber(expires_at or "0") or 0
+            if 0 < exp <= led.now:
+                led.transition(notification_id, key, "expired", ntype, [], [])
+                led.on_final(notification_id, key, "expired")
+            else:
+                led.transition(notification_id, key, "queued", ntype, [], ["priority", priority or "normal"])
+                led.lane_push(priority, notification_id)
+    led.flush_sorted_sets()
+    return led.reply([str(len(ids))])
+
+
+def recover_reads(led: Ledger) -> Reads:
+    return _listed_reads(led, led.INFLIGHT)
+
+
+def recover(led: Ledger) -> list[Any]:
+    r = led.r
+    ids = led.take_listed(led.INFLIGHT, led.ARGV[0], _listed(led))
+    recovered = 0
+    for notification_id in ids:
+        key = led.nkey(notification_id)
+        state, priority, ntype = r.hmget(key, "state", "priority", "type")
+        if state == "submitting":
+            r.hincrby(key, "possible_duplicates", 1)
+            led.count("possible_duplicate")
+            led.transition(notification_id, key, "queued", ntype, ["recovered_at", led.NOW],
+                           ["priority", priority or "normal", "recovered", "1"])
+            r.zadd(led.lane_key(priority), 0, notification_id)
+            recovered += 1
+    return led.reply([str(recovered)])
+
+
+def overdue_reads(led: Ledger) -> Reads:
+    return _listed_reads(led, led.AWAITING)
+
+
+def receipts_overdue(led: Ledger) -> list[Any]:
+    r = led.r
+    ids = led.take_listed(led.AWAITING, led.ARGV[0], _listed(led))
+    closed = 0
+    for notification_id in ids:
+        key = led.nkey(notification_id)
+        state, ntype, submitted_at = r.hmget(key, "state", "type", "submitted_at")
+        if state == "submitted":
+            submitted = tonumber(submitted_at or led.NOW)
+            waited = math.floor(led.now - (led.now if submitted is None else submitted))
+            error = f"no receipt within {waited} s"
+            led.transition(notification_id, key, "unconfirmed", ntype, ["error", error], ["error", error])
+            led.on_final(notification_id, key, "unconfirmed")
+            closed += 1
+    return led.reply([str(len(ids)), str(closed)])
