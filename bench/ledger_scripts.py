@@ -32,9 +32,12 @@ under any design that keeps this record, whatever runs its logic), and ``atomic`
 ledger without scripts would have to: per batch, WATCH every key the batch reads and read
 them, then its writes between MULTI and EXEC.
 
+``--engine steps`` runs the scripts' logic in this process instead (gateway/push/steps/:
+reads, then the writes in one MULTI/EXEC).
+
 ``--instructions`` counts instead of timing (Valgrind's callgrind; VM drift moves CPU
 time by tens of per cent within an hour, instruction counts by under 1 %): the scripts,
-the plain replay and the atomic replay, each on its own redis-server under callgrind at
+the steps, the plain replay and the atomic replay, each on its own redis-server under callgrind at
 two sizes (``--instructions-sizes``, after the same warm-up), the difference divided by
 the notifications between them.  Prints that table instead of the timed one.
 
@@ -306,18 +309,18 @@ async def _instructions(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 await redis.aclose()
                 server.stop()
-        totals: dict[str, list[int]] = {"scripts": [], "plain": [], "atomic": []}
+        totals: dict[str, list[int]] = {"scripts": [], "steps": [], "plain": [], "atomic": []}
         for variant, counted in totals.items():
             for n in sizes:
                 directory = work / f"{variant}-{n}"
                 directory.mkdir()
                 with _redis_server_binary(callgrind_wrapper(directory, redis_server)):
-                    if variant == "scripts":
+                    if variant in ("scripts", "steps"):
                         server = RedisServerProcess(directory / "data", appendonly=not args.no_aof)
                         server.start(timeout_seconds=60)
                         redis = aioredis.Redis(port=server.port, decode_responses=True)
                         try:
-                            ledger = NotificationLedger(redis, Keys(), RETENTION, events=args.events)
+                            ledger = NotificationLedger(redis, Keys(), RETENTION, events=args.events, engine=variant)
                             await _round(redis, ledger, "warm", WARM_UP, args.batch)
                             await _round(redis, ledger, "plain", n, args.batch)
                         finally:
@@ -408,7 +411,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     server.start()
     redis = aioredis.Redis(port=server.port, decode_responses=True)
     try:
-        ledger = NotificationLedger(redis, Keys(), RETENTION, events=args.events)
+        ledger = NotificationLedger(redis, Keys(), RETENTION, events=args.events, engine=args.engine)
         await _round(redis, ledger, "warm", min(args.messages, 2000), args.batch)
         runs = [await _round(redis, ledger, f"r{r}", args.messages, args.batch) for r in range(args.repeat)]
         plain = await _plain(args, redis, ledger, server.port) if args.plain else None
@@ -441,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", choices=("all", "final", "off"), default="all", help="push.events (all)")
     parser.add_argument("--repeat", type=int, default=3, help="runs; the lowest figure of each phase is kept (3)")
     parser.add_argument("--no-aof", action="store_true", help="redis-server without the append-only file")
+    parser.add_argument("--engine", choices=("scripts", "steps"), default="scripts",
+                        help="the ledger's scripts in Redis, or their steps in this process (gateway/push/steps/)")
     parser.add_argument("--plain", action="store_true",
                         help="also replay each phase's commands as plain pipelines, without Lua")
     parser.add_argument("--instructions", action="store_true",

@@ -84,6 +84,8 @@ from twisted.logger import Logger
 from gateway import metrics
 from gateway.privacy import mask_phone
 from gateway.push.render import DEFAULT_SIGNATURE
+from gateway.push.steps import STEPS
+from gateway.push.steps.driver import StepScript
 from gateway.records import hot_record
 from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import as_deferred, wait_deferred
@@ -327,13 +329,16 @@ class NotificationLedger:
             pipeline (each partition takes its share).
         receipt_timeout_seconds: how long a submit waits for its receipt before it is
             unconfirmed (0: for ever).
+        engine: "scripts" (Lua in Redis) or "steps" (the same logic in this process,
+            gateway/push/steps/; benchmarks and tests only until its writes are fenced).
     """
 
     def __init__(self, redis: Any, keys: Keys, retention_seconds: float, *,
                  events_maxlen: int = 1_000_000, signature: str = DEFAULT_SIGNATURE, events: str = "all",
                  wait_replicas: int = 0, receipt_wait_replicas: int = 0,
                  early_receipt_ttl_seconds: float = 86_400.0, receipt_timeout_seconds: float = 172_800.0,
-                 early_receipts_max: int = 1_000_000, on_partner_final: Any = None) -> None:
+                 early_receipts_max: int = 1_000_000, on_partner_final: Any = None,
+                 engine: str = "scripts") -> None:
         self.redis = redis
         self.keys = keys
         self.retention_seconds = int(max(1, retention_seconds))
@@ -359,7 +364,14 @@ class NotificationLedger:
                         str(int(max(0, receipt_timeout_seconds))), events]
         # The header as the middle of a JSON array: "a","b",...,"z".
         self._header_json = _dumps(self._header)[1:-1]
+        if engine not in ("scripts", "steps"):
+            raise ValueError(f"engine must be scripts or steps, not {engine!r}")
+
         def register(name: str) -> Any:
+            if engine == "steps" and name in STEPS:
+                # the script's logic run in this process (gateway/push/steps/): only where
+                # this process is the partitions' one writer, which nothing enforces yet
+                return StepScript(redis, name)
             return register_lua(redis, __file__, name)
 
         self._accept = register("accept.lua")

@@ -22,6 +22,19 @@ def _requests(led: Ledger) -> list[tuple[int, int]]:
 
 
 def reads(led: Ledger) -> Reads:
+    # As accept.lua: one EXISTS over the batch; the records themselves only if one is
+    # known (a duplicate), which is rare.
+    notifications = [key for label, key in led.DECLARED.items() if label[0] == "n"]
+    if notifications and not led.full:
+        known: list[int] = []
+        first = ReadBatch(led)
+        first.add(("EXISTS", *notifications), lambda reply: known.append(int(reply)))
+        yield from first.read()
+        if known == [0]:
+            for key in notifications:
+                led.r.load_absent(key)
+        else:
+            led.full = True
     batch = ReadBatch(led).declared().string(led.SEQUENCE)
     stream = led.DECLARED.get("s")
     group = led.ARGV[0]

@@ -26,7 +26,8 @@ def _candidates(led: Ledger) -> dict[str, list[str]]:
 
 
 def reads(led: Ledger) -> Reads:
-    batch = ReadBatch(led).declared()
+    # no TTLs: only an expired one needs its TTL (a final state without its expires_at)
+    batch = ReadBatch(led).declared(ttl_for=())
     if led.ARGV[6] == "claim":
         for lane, ids in _candidates(led).items():
             batch.scores(led.LANE[lane], ids)

@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.push.steps import STEPS
 from gateway.push.steps.ledger import Ledger, StepError
-from gateway.push.steps.overlay import Overlay
+from gateway.push.steps.overlay import NotLoaded, Overlay
 
 
 def raw_client(redis: Any) -> Any:
@@ -32,7 +32,33 @@ class StepScript:
         self.step = STEPS[name]
 
     async def __call__(self, keys: list[str], args: list[str]) -> list[Any]:
-        led = Ledger(keys, args[0], Overlay())
+        led = await self._run_reads(keys, args[0], full=False)
+        failure: StepError | None = None
+        try:
+            try:
+                reply = self.step.run(led)
+            except NotLoaded:
+                # its reads left out what this call needed (a TTL, an index entry): read
+                # everything it declared and run it again; nothing was sent yet
+                led = await self._run_reads(keys, args[0], full=True)
+                reply = self.step.run(led)
+        except StepError as error:  # a script's error reply: what it wrote before stays
+            failure, reply = error, []
+        overlay = led.r
+        if overlay.writes:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for command in overlay.writes:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute()
+            for position, then in overlay.then.items():
+                then(replies[position])
+        if failure is not None:
+            raise failure
+        return reply
+
+    async def _run_reads(self, keys: list[str], payload: str, *, full: bool) -> Ledger:
+        led = Ledger(keys, payload, Overlay())
+        led.full = full
         reads = self.step.reads(led)
         try:
             commands = next(reads)
@@ -44,16 +70,4 @@ class StepScript:
                 commands = reads.send(replies)
         except StopIteration:
             pass
-        failure: StepError | None = None
-        try:
-            reply = self.step.run(led)
-        except StepError as error:  # a script's error reply: what it wrote before stays
-            failure, reply = error, []
-        if led.r.writes:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for command in led.r.writes:
-                    pipe.execute_command(*command)
-                await pipe.execute()
-        if failure is not None:
-            raise failure
-        return reply
+        return led

@@ -87,6 +87,9 @@ class Ledger:
         self._early_parked: bool | None = None
         # What a step's reads loaded that is no key's value (the intake group's view).
         self.loaded: dict[str, Any] = {}
+        # Read everything the call declared (ReadBatch.declared), after a first run
+        # needed what its reads left out.
+        self.full = False
 
     # -- keys and counters ----------------------------------------------------------
 

@@ -40,7 +40,17 @@ def _cutoff(led: Ledger) -> str:
 
 
 def reads(led: Ledger) -> Reads:
-    batch = ReadBatch(led).declared().string(led.EARLY_PARKED)
+    # TTLs only where a final state without expires_at at hand is likely (failed); index
+    # entries only where a receipt looks for one (an accepted submit's are written blind)
+    ttl_for: set[str] = set()
+    index_for: set[str] = set()
+    for op, i in _ops(led):
+        if op in ("F", "L"):
+            ttl_for.add("n" + str(led.ARGV[i + 1]))
+        elif op == "X":
+            index_for.update("m" + str(led.ARGV[i + 1]) + "\0" + str(c)
+                             for c in led.ARGV[i + 7:i + 7 + int(tonumber(led.ARGV[i + 6]) or 0)])
+    batch = ReadBatch(led).declared(ttl_for=ttl_for, index_for=index_for).string(led.EARLY_PARKED)
     parks = [f"{led.ARGV[i + 1]} {led.ARGV[i + 7]}" for op, i in _ops(led)
              if op == "X" and int(tonumber(led.ARGV[i + 6]) or 0) > 0]
     early = led.r.sorted_set(led.EARLY_SET)
@@ -149,10 +159,13 @@ def run(led: Ledger) -> list[Any]:
                 led.transition(notification_id, key, "submitted", h[1], fields, ["carrier", carrier, "parts", parts])
                 last_indexed = start + nr - 1 if op == "A" else 0
                 for p in range(start, last_indexed + 1):
-                    earlier = r.set(led.msgkey(carrier, mids[p - 1]), f"{notification_id} {p - 1}", "EX",
-                                    led.RETENTION_S, get=True)
-                    if earlier and earlier[:len(notification_id) + 1] != notification_id + " ":
-                        displaced.append(f"{carrier} {mids[p - 1]} {earlier}")
+                    def keep_displaced(earlier: str | None, nid: str = notification_id,
+                                       entry: str = f"{carrier} {mids[p - 1]}") -> None:
+                        if earlier and earlier[:len(nid) + 1] != nid + " ":
+                            displaced.append(f"{entry} {earlier}")
+
+                    r.set_get(led.msgkey(carrier, mids[p - 1]), f"{notification_id} {p - 1}", "EX", led.RETENTION_S,
+                              then=keep_displaced)
                 if nr > 0 and led.RECEIPT_TIMEOUT > 0:
                     led.zadd_later(led.AWAITING, receipt_due, notification_id)
                 last_early = start + nr - 1 if (op == "A" and led.early_possible()) else 0

@@ -55,15 +55,26 @@ class Overlay:
         self.lists: dict[str, list[str]] = {}
         self.sorted_sets: dict[str, PartialSortedSet] = {}
         self.writes: list[Command] = []
+        # What to do with a write's reply once the writes ran: {write's position: function}
+        self.then: dict[int, Any] = {}
 
     # -- loading (the driver) ---------------------------------------------------------
 
-    def load_hash(self, key: str, fields: dict[str, str] | list[str], ttl: int) -> None:
-        """HGETALL's reply (a dict, or RESP2's flat list) and TTL's."""
+    def load_hash(self, key: str, fields: dict[str, str] | list[str], ttl: int | None = None) -> None:
+        """HGETALL's reply (a dict, or RESP2's flat list) and TTL's (None: not read; a
+        step that needs it then fails with NotLoaded)."""
         if isinstance(fields, list):
             fields = dict(zip(fields[::2], fields[1::2], strict=True))
         self.hashes[key] = dict(fields) if fields else None
-        self.ttls[key] = ttl
+        if ttl is not None:
+            self.ttls[key] = ttl
+        elif not fields:
+            self.ttls[key] = -2
+
+    def load_absent(self, key: str) -> None:
+        """A key known not to exist (EXISTS said so)."""
+        self.hashes[key] = None
+        self.ttls[key] = -2
 
     def load_string(self, key: str, value: str | None) -> None:
         self.strings[key] = value
@@ -103,6 +114,8 @@ class Overlay:
     def ttl(self, key: str) -> int:
         if self._hash(key) is None:
             return -2
+        if key not in self.ttls:
+            raise NotLoaded(f"TTL {key}")
         return self.ttls[key]
 
     def get(self, key: str) -> str | None:
@@ -154,11 +167,16 @@ class Overlay:
             self.ttls[key] = int(seconds)
         self._write("EXPIRE", key, seconds)
 
-    def set(self, key: str, value: str, *options: Any, get: bool = False) -> str | None:
-        earlier = self.get(key) if get else None
+    def set(self, key: str, value: str, *options: Any) -> None:
         self.strings[key] = value
-        self._write("SET", key, value, *options, *(("GET",) if get else ()))
-        return earlier
+        self._write("SET", key, value, *options)
+
+    def set_get(self, key: str, value: str, *options: Any, then: Any) -> None:
+        """SET ... GET, the value it replaced handed to `then` once the writes ran: the
+        step need not read the key first (an index entry, written blind)."""
+        self.strings[key] = value
+        self.then[len(self.writes)] = then
+        self._write("SET", key, value, *options, "GET")
 
     def zadd(self, key: str, *score_members: Any) -> None:
         known = self.sorted_set(key)

@@ -13,7 +13,7 @@ is read by accept's own reads, which know the consumer group.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from typing import Any
 
 from gateway.push.steps.ledger import Ledger
@@ -33,27 +33,37 @@ class ReadBatch:
         self.commands.append(command)
         self.loaders.append(load)
 
-    def declared(self) -> ReadBatch:
+    def declared(self, *, ttl_for: Collection[str] | None = None,
+                 index_for: Collection[str] | None = None) -> ReadBatch:
+        """Every declared key; the TTL of a notification only if its label is in `ttl_for`
+        and an index entry only if its label is in `index_for` (None: all).  What is left
+        out a step rarely needs: if it does, it fails with NotLoaded and its driver runs
+        it again with everything read (`Ledger.full`)."""
+        full = self.led.full
         for label, key in self.led.DECLARED.items():
             kind = label[0]
             if kind == "n":
-                self._notification(key)
+                if key not in self.led.r.hashes:  # accept's EXISTS may have said it is absent
+                    self._notification(key, full or ttl_for is None or label in ttl_for)
+            elif kind == "m" and not (full or index_for is None or label in index_for):
+                continue
             elif kind in "mec":
                 self.string(key)
             elif kind == "k":
                 self._list(key)
         return self
 
-    def _notification(self, key: str) -> None:
+    def _notification(self, key: str, with_ttl: bool) -> None:
         ttl: list[int] = []  # TTL is read first: the hash's loader gets both replies
 
         def load_ttl(reply: Any) -> None:
             ttl.append(int(reply))
 
         def load_hash(reply: Any) -> None:
-            self.led.r.load_hash(key, reply, ttl[0])
+            self.led.r.load_hash(key, reply, ttl[0] if ttl else None)
 
-        self.add(("TTL", key), load_ttl)
+        if with_ttl:
+            self.add(("TTL", key), load_ttl)
         self.add(("HGETALL", key), load_hash)
 
     def _list(self, key: str) -> None:
