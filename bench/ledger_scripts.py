@@ -37,7 +37,8 @@ reads, then the writes in one MULTI/EXEC).
 
 ``--instructions`` counts instead of timing (Valgrind's callgrind; VM drift moves CPU
 time by tens of per cent within an hour, instruction counts by under 1 %): the scripts,
-the steps, the plain replay and the atomic replay, each on its own redis-server under callgrind at
+the steps (unfenced, and ``fenced`` under WATCH of an owner key), the plain replay and
+the atomic replay, each on its own redis-server under callgrind at
 two sizes (``--instructions-sizes``, after the same warm-up), the difference divided by
 the notifications between them.  Prints that table instead of the timed one.
 
@@ -66,6 +67,7 @@ from _common import machine, print_json_line, print_table, today  # noqa: E402
 from kannel_rate import CHINESE_TEXT  # noqa: E402
 
 from gateway.push.state import AcceptItem, NotificationLedger, op_accepted, op_receipt  # noqa: E402
+from gateway.push.steps.driver import Fence  # noqa: E402
 from gateway.store.embedded import RedisServerProcess, find_redis_server  # noqa: E402
 from gateway.store.keys import Keys  # noqa: E402
 
@@ -309,18 +311,20 @@ async def _instructions(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 await redis.aclose()
                 server.stop()
-        totals: dict[str, list[int]] = {"scripts": [], "steps": [], "plain": [], "atomic": []}
+        totals: dict[str, list[int]] = {"scripts": [], "steps": [], "fenced": [], "plain": [], "atomic": []}
         for variant, counted in totals.items():
             for n in sizes:
                 directory = work / f"{variant}-{n}"
                 directory.mkdir()
                 with _redis_server_binary(callgrind_wrapper(directory, redis_server)):
-                    if variant in ("scripts", "steps"):
+                    if variant in ("scripts", "steps", "fenced"):
                         server = RedisServerProcess(directory / "data", appendonly=not args.no_aof)
                         server.start(timeout_seconds=60)
                         redis = aioredis.Redis(port=server.port, decode_responses=True)
                         try:
-                            ledger = NotificationLedger(redis, Keys(), RETENTION, events=args.events, engine=variant)
+                            ledger = _ledger(redis, args.events, variant)
+                            if variant == "fenced":
+                                await redis.set(OWNER_KEY, "bench")
                             await _round(redis, ledger, "warm", WARM_UP, args.batch)
                             await _round(redis, ledger, "plain", n, args.batch)
                         finally:
@@ -341,6 +345,18 @@ async def _instructions(args: argparse.Namespace) -> dict[str, Any]:
             "instructions_per_notification": {v: round(x) for v, x in per.items()},
             "vs_scripts": {v: round(x / per["scripts"], 3) for v, x in per.items()},
             "instructions_total": totals}
+
+
+# The owner key the fenced variant's steps WATCH (the partition's, in the gateway).
+OWNER_KEY = "12123:bench-owner"
+
+
+def _ledger(redis: Any, events: str, variant: str) -> NotificationLedger:
+    """scripts; steps (unfenced); fenced: steps under WATCH of an owner key naming this process."""
+    if variant == "fenced":
+        return NotificationLedger(redis, Keys(), RETENTION, events=events, engine="steps",
+                                  step_fence=lambda keys: Fence(OWNER_KEY, "bench"))
+    return NotificationLedger(redis, Keys(), RETENTION, events=events, engine=variant)
 
 
 async def _round(redis: Any, ledger: NotificationLedger, tag: str, n: int, batch: int,

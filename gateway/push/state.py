@@ -85,7 +85,7 @@ from gateway import metrics
 from gateway.privacy import mask_phone
 from gateway.push.render import DEFAULT_SIGNATURE
 from gateway.push.steps import STEPS
-from gateway.push.steps.driver import StepScript
+from gateway.push.steps.driver import Fence, StepLocks, StepScript
 from gateway.records import hot_record
 from gateway.smpp.receipts import canonical_message_id
 from gateway.store.bridge import as_deferred, wait_deferred
@@ -330,7 +330,10 @@ class NotificationLedger:
         receipt_timeout_seconds: how long a submit waits for its receipt before it is
             unconfirmed (0: for ever).
         engine: "scripts" (Lua in Redis) or "steps" (the same logic in this process,
-            gateway/push/steps/; benchmarks and tests only until its writes are fenced).
+            gateway/push/steps/; benchmarks and tests only: the writers that do not own a
+            partition, HTTP intake and receipts among them, do not go through its owner yet).
+        step_fence: with engine "steps", the `Fence` of a call given its KEYS (its
+            partition's owner key and this process), None for none.
     """
 
     def __init__(self, redis: Any, keys: Keys, retention_seconds: float, *,
@@ -338,7 +341,7 @@ class NotificationLedger:
                  wait_replicas: int = 0, receipt_wait_replicas: int = 0,
                  early_receipt_ttl_seconds: float = 86_400.0, receipt_timeout_seconds: float = 172_800.0,
                  early_receipts_max: int = 1_000_000, on_partner_final: Any = None,
-                 engine: str = "scripts") -> None:
+                 engine: str = "scripts", step_fence: Callable[[list[str]], Fence | None] | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.retention_seconds = int(max(1, retention_seconds))
@@ -367,11 +370,13 @@ class NotificationLedger:
         if engine not in ("scripts", "steps"):
             raise ValueError(f"engine must be scripts or steps, not {engine!r}")
 
+        step_locks = StepLocks()
+
         def register(name: str) -> Any:
             if engine == "steps" and name in STEPS:
                 # the script's logic run in this process (gateway/push/steps/): only where
                 # this process is the partitions' one writer, which nothing enforces yet
-                return StepScript(redis, name)
+                return StepScript(redis, name, step_fence, step_locks)
             return register_lua(redis, __file__, name)
 
         self._accept = register("accept.lua")

@@ -4,7 +4,7 @@ fresh one, plain and atomic (WATCH, MULTI/EXEC).  Asserts what holds on any mach
 replay is the record's own commands (the last notification ends delivered there too, else
 the benchmark fails), the counts of commands per notification are the scripts' (three or
 four each), the MONITOR lines are read back byte for byte, and counted in instructions
-the three rank plain < atomic < scripts."""
+the three rank plain < atomic < scripts, with the steps below the scripts."""
 
 from __future__ import annotations
 
@@ -50,10 +50,22 @@ def test_instructions_rank_plain_below_atomic_below_the_scripts() -> None:
     lines, report = run_bench("ledger_scripts", "--instructions", "--instructions-sizes", "100", "300", "--batch", "50")
     assert "instructions per notification" in lines[0]
     per = report["instructions_per_notification"]
-    assert per.keys() == {"scripts", "plain", "atomic"}
+    assert per.keys() == {"scripts", "steps", "fenced", "plain", "atomic"}
     for variant, (small, large) in report["instructions_total"].items():
         assert 0 < small < large, variant  # 200 more notifications cost the server more
     # Per notification: far above an idle server's difference, far below a runaway.
     assert all(100_000 < v < 5_000_000 for v in per.values()), per
     assert per["plain"] < per["atomic"] < per["scripts"], per
+    # the scripts' logic in the gateway (gateway/push/steps/) spares Redis the interpreter
+    assert per["steps"] < per["scripts"] and per["fenced"] < per["scripts"], per
     assert report["vs_scripts"]["scripts"] == 1.0
+
+
+def test_the_steps_take_notifications_to_delivered() -> None:
+    """--engine steps: the four phases run as steps (the bench fails unless the last
+    notification ends delivered), and their figures are reported as the scripts' are."""
+    _, report = run_bench("ledger_scripts", "-n", "400", "--batch", "100", "--repeat", "1", "--engine", "steps",
+                          timeout_seconds=300)
+    phases = report["phases"]
+    assert all(phases[name]["redis_us"] > 0 for name in ("accept", "claim", "submitted", "receipt")), phases
+    assert "evalsha" not in phases["claim"]["commands"] and phases["claim"]["commands"]["exec"]["calls"] > 0

@@ -9,12 +9,14 @@ the rarer paths those tests do not reach are driven here directly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +31,7 @@ from gateway.push.state import (
     op_receipt,
     op_retry,
 )
+from gateway.push.steps.driver import Fence, FencedOut, StepScript
 from gateway.push.steps.ledger import Ledger, tonumber, tostring
 from gateway.push.steps.overlay import NotLoaded, Overlay, redis_number
 from gateway.store.embedded import RedisServerProcess
@@ -156,3 +159,88 @@ def test_numbers_are_written_and_read_as_lua_does() -> None:
                                                                                       None, 3]
     assert [tostring(x) for x in (5, 5.0, 0.1, 1e20, "s")] == ["5", "5", "0.1", "1e+20", "s"]
     assert redis_number(1772416800.123) == "1772416800.1229999" and redis_number(60) == "60"
+
+
+class _Interrupted(StepScript):
+    """A step after whose reads another client writes the fence key once."""
+
+    def __init__(self, redis: Any, name: str, fence_of: Any, other: Any, value: str) -> None:
+        super().__init__(redis, name, fence_of)
+        self.other, self.value, self.interruptions = other, value, 0
+
+    async def _prepare(self, keys: list[str], payload: str, send: Any) -> Any:
+        prepared = await super()._prepare(keys, payload, send)
+        if not self.interruptions:
+            self.interruptions += 1
+            await self.other.set(OWNER_KEY, self.value, px=10_000)
+        return prepared
+
+
+OWNER_KEY = "12123:owner"
+
+
+@on_asyncio
+async def test_a_fenced_step_writes_only_while_its_process_owns_the_partition(redis_url: str) -> None:
+    """The owner's steps write; another process's write nothing and raise FencedOut, also
+    when the partition is taken between a step's reads and its EXEC; this process renewing
+    its lease meanwhile only makes the step run again, and write once."""
+    async with redis_client(redis_url) as redis:
+        def fence_of(keys: list[str]) -> Fence:
+            return Fence(OWNER_KEY, "gw-a")
+
+        ledger = NotificationLedger(redis, Keys(), 86_400, engine="steps", step_fence=fence_of)
+        await redis.set(OWNER_KEY, "gw-a", px=10_000)
+        assert [o.state for o in await ledger.accept([_item("a")], now=NOW)] == ["queued"]
+
+        await redis.set(OWNER_KEY, "gw-b", px=10_000)
+        with pytest.raises(FencedOut, match="names gw-b, not gw-a"):
+            await ledger.accept([_item("b")], now=NOW)
+        assert await redis.exists(ledger.keys.notification("b")) == 0
+
+        await redis.set(OWNER_KEY, "gw-a", px=10_000)
+        ledger._accept = _Interrupted(redis, "accept.lua", fence_of, redis, "gw-b")  # taken over
+        with pytest.raises(FencedOut, match="taken by gw-b"):
+            await ledger.accept([_item("c")], now=NOW)
+        assert await redis.exists(ledger.keys.notification("c")) == 0
+
+        await redis.set(OWNER_KEY, "gw-a", px=10_000)
+        renewed = ledger._accept = _Interrupted(redis, "accept.lua", fence_of, redis, "gw-a")  # own renewal
+        assert [o.state for o in await ledger.accept([_item("d")], now=NOW)] == ["queued"]
+        assert renewed.interruptions == 1
+        events = [f["id"] for _, f in await redis.xrange(ledger.keys.events_stream)]
+        assert events == ["a", "d"]  # once each: the interrupted run wrote nothing
+        assert await redis.zrange(ledger.keys.lane("high"), 0, -1) == ["a", "d"]
+
+
+class _Paused(StepScript):
+    """A step that waits after its reads until the test lets it go on."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read, self.go_on = asyncio.Event(), asyncio.Event()
+
+    async def _prepare(self, keys: list[str], payload: str, send: Any) -> Any:
+        prepared = await super()._prepare(keys, payload, send)
+        self.read.set()
+        await self.go_on.wait()
+        return prepared
+
+
+@on_asyncio
+async def test_a_partitions_steps_take_turns_in_a_process(redis_url: str) -> None:
+    """A partner's cancellation sent while a claim of the same notification is between
+    its reads and its writes waits for the claim, then finds it submitting and changes
+    nothing; run at once, it would have cancelled what the claim then overwrote."""
+    async with redis_client(redis_url) as redis:
+        ledger = NotificationLedger(redis, Keys(), 86_400, engine="steps")
+        await ledger.accept([_item("a")], now=NOW)
+        claim = ledger._claim = _Paused(redis, "claim.lua", None, ledger._change_if.locks)
+        claiming = asyncio.ensure_future(ledger.claim(1, now=NOW, lease_seconds=30, quiet_until=0))
+        await claim.read.wait()
+        cancelling = asyncio.ensure_future(ledger.change_if("a", ["queued"], now=NOW, state="failed"))
+        await asyncio.sleep(0.2)
+        assert not cancelling.done()  # waits for the claim's turn to end
+        claim.go_on.set()
+        assert [c.id for c in await claiming] == ["a"]
+        assert await cancelling == (False, "submitting")
+        assert (await ledger.raw("a"))["state"] == "submitting"

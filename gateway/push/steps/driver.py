@@ -1,18 +1,71 @@
-"""Runs a step against Redis: its reads in pipelines (one per round), its logic, then its
+"""Runs a step against Redis: its reads (one pipeline per round), its logic, then its
 writes in one MULTI/EXEC.
 
 `StepScript` is called as a registered script is (``script(keys=..., args=[payload])``),
-so NotificationLedger can run its steps instead of its scripts.  It does not fence: it
-is correct only where one process writes the keys (see the package doc).
+so NotificationLedger can run its steps instead of its scripts.
+
+**Fence.** A step is correct only while nothing else writes what it read until its writes
+land: the partition's owner is that single writer (gateway/push/ownership.py).  Given a
+`Fence` (the partition's owner key and this process's name), the step runs on one
+connection: WATCH of the owner key and its GET go first, and the step runs only while it
+names this process; EXEC then writes nothing if the key was written meanwhile.  A take-over
+writes it, and so does this process's own renewal of its lease: after an EXEC that wrote
+nothing the owner is read again, and the step runs again from its reads while it is still
+this process (FENCE_ATTEMPTS), or raises `FencedOut`.  Without a fence (`fence_of` None or
+answering None) the writes go in MULTI/EXEC unfenced: tests and benchmarks with one
+writer.
+
+**One step per partition at a time in a process.** Two steps of one process would race
+as two processes do (a cancellation read between a claim's reads and its writes would be
+lost), so the steps of a partition take turns (`StepLocks`, one per ledger, keyed by the
+partition's first KEY).  The fence cannot see them: both are the owner.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from gateway.push.steps import STEPS
 from gateway.push.steps.ledger import Ledger, StepError
 from gateway.push.steps.overlay import NotLoaded, Overlay
+
+# Runs of one fenced step at most: an EXEC that wrote nothing because this process renewed
+# its lease meanwhile is run again (a renewal comes every lease / 5, a step takes
+# milliseconds, so a second one in a row means the key keeps changing: another process).
+FENCE_ATTEMPTS = 3
+
+Send = Callable[[Sequence[tuple[Any, ...]]], Awaitable[list[Any]]]
+
+
+class FencedOut(Exception):
+    """The partition is another process's (or its owner key kept changing): the step
+    wrote nothing."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What makes a step's writes this process's to make: `key` names `holder`."""
+
+    key: str
+    holder: str
+
+
+class StepLocks:
+    """An asyncio lock per partition (by the first KEY of its calls: its high lane)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def of(self, keys: list[str]) -> asyncio.Lock:
+        lock = self._locks.get(keys[0])
+        if lock is None:
+            lock = self._locks[keys[0]] = asyncio.Lock()
+        return lock
 
 
 def raw_client(redis: Any) -> Any:
@@ -24,50 +77,117 @@ def raw_client(redis: Any) -> Any:
 
 
 class StepScript:
-    """The step of ledger script `name`, called like the registered script."""
+    """The step of ledger script `name`, called like the registered script.
 
-    def __init__(self, redis: Any, name: str) -> None:
+    fence_of: the `Fence` of a call, given its KEYS (the first is the partition's high
+    lane), or None to run it unfenced.  locks: shared by every step of one ledger.
+    """
+
+    def __init__(self, redis: Any, name: str, fence_of: Callable[[list[str]], Fence | None] | None = None,
+                 locks: StepLocks | None = None) -> None:
         self.redis = raw_client(redis)
         self.name = name
         self.step = STEPS[name]
+        self.fence_of = fence_of
+        self.locks = locks or StepLocks()
 
     async def __call__(self, keys: list[str], args: list[str]) -> list[Any]:
-        led = await self._run_reads(keys, args[0], full=False)
-        failure: StepError | None = None
-        try:
-            try:
-                reply = self.step.run(led)
-            except NotLoaded:
-                # its reads left out what this call needed (a TTL, an index entry): read
-                # everything it declared and run it again; nothing was sent yet
-                led = await self._run_reads(keys, args[0], full=True)
-                reply = self.step.run(led)
-        except StepError as error:  # a script's error reply: what it wrote before stays
-            failure, reply = error, []
-        overlay = led.r
-        if overlay.writes:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for command in overlay.writes:
+        async with self.locks.of(keys):
+            return await self._call(keys, args)
+
+    async def _call(self, keys: list[str], args: list[str]) -> list[Any]:
+        fence = self.fence_of(keys) if self.fence_of is not None else None
+        if fence is None:
+            return await self._unfenced(keys, args[0])
+        for _ in range(FENCE_ATTEMPTS):
+            done, reply = await self._fenced(keys, args[0], fence)
+            if done:
+                return reply
+        raise FencedOut(f"{fence.key} changed under {FENCE_ATTEMPTS} runs of {self.name}")
+
+    async def _unfenced(self, keys: list[str], payload: str) -> list[Any]:
+        async def send(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for command in commands:
                     pipe.execute_command(*command)
-                replies = await pipe.execute()
-            for position, then in overlay.then.items():
-                then(replies[position])
+                return list(await pipe.execute())
+
+        led, reply, failure = await self._prepare(keys, payload, send)
+        if led.r.writes:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for command in led.r.writes:
+                    pipe.execute_command(*command)
+                self._then(led, await pipe.execute())
         if failure is not None:
             raise failure
         return reply
 
-    async def _run_reads(self, keys: list[str], payload: str, *, full: bool) -> Ledger:
+    async def _fenced(self, keys: list[str], payload: str, fence: Fence) -> tuple[bool, list[Any]]:
+        """(True, reply) once written; (False, []) when EXEC wrote nothing but the key
+        still names this process."""
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            async def send(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+                await connection.send_packed_command(connection.pack_commands(commands))
+                return [await connection.read_response() for _ in commands]
+
+            _, holder = await send([("WATCH", fence.key), ("GET", fence.key)])
+            if holder != fence.holder:
+                await send([("UNWATCH",)])
+                raise FencedOut(f"{fence.key} names {holder or 'nobody'}, not {fence.holder}")
+            led, reply, failure = await self._prepare(keys, payload, send)
+            if not led.r.writes:
+                await send([("UNWATCH",)])
+            else:
+                replies = await send([("MULTI",), *led.r.writes, ("EXEC",)])
+                executed = replies[-1]
+                if executed is None:  # the owner key was written since WATCH
+                    [holder] = await send([("GET", fence.key)])
+                    if holder != fence.holder:
+                        raise FencedOut(f"{fence.key} was taken by {holder or 'nobody'} during {self.name}")
+                    return False, []
+                self._then(led, executed)
+            if failure is not None:
+                raise failure
+            return True, reply
+        except BaseException:
+            await connection.disconnect()  # a WATCH or MULTI left on it must not be reused
+            raise
+        finally:
+            await pool.release(connection)
+
+    async def _prepare(self, keys: list[str], payload: str,
+                       send: Send) -> tuple[Ledger, list[Any], StepError | None]:
+        """Reads and runs the step: (its context with the writes, its reply, its error)."""
+        led = await self._read(keys, payload, send, full=False)
+        try:
+            try:
+                return led, self.step.run(led), None
+            except NotLoaded:
+                # its reads left out what this call needed (a TTL, an index entry): read
+                # everything it declared and run it again; nothing was sent yet
+                led = await self._read(keys, payload, send, full=True)
+                return led, self.step.run(led), None
+        except StepError as error:  # a script's error reply: what it wrote before stays
+            return led, [], error
+
+    async def _read(self, keys: list[str], payload: str, send: Send, *, full: bool) -> Ledger:
         led = Ledger(keys, payload, Overlay())
         led.full = full
         reads = self.step.reads(led)
         try:
             commands = next(reads)
             while True:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    replies = await pipe.execute()
-                commands = reads.send(replies)
+                commands = reads.send(await send(commands))
         except StopIteration:
             pass
         return led
+
+    @staticmethod
+    def _then(led: Ledger, replies: list[Any]) -> None:
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        for position, then in led.r.then.items():
+            then(replies[position])
