@@ -210,15 +210,17 @@ async def columnar_round(redis: Any, ledger: ColumnarLedger | OwnerLedger, tag: 
     return out
 
 
-async def _gateway_pass(redis: Any, tag: str, n: int, batch: int, events: str) -> dict[str, Any]:
-    ledger = NotificationLedger(redis, Keys(), RETENTION, events=events)
+async def _gateway_pass(redis: Any, tag: str, n: int, batch: int, events: str,
+                        engine: str = "scripts") -> dict[str, Any]:
+    ledger = NotificationLedger(redis, Keys(), RETENTION, events=events, engine=engine)
     memory_before = (await redis.info("memory"))["used_memory"]
     out = await gateway_round(redis, ledger, tag, n, batch)
     out["memory_bytes"] = round(((await redis.info("memory"))["used_memory"] - memory_before) / n)
     return out
 
 
-LAYOUTS = ("gateway", "columnar", "columnar+sweep", "owner", "owner+sweep", "owner-buckets", "owner-buckets+sweep")
+# gateway-steps: the gateway's record written by its steps (gateway/push/steps/, no Lua)
+LAYOUTS = ("gateway", "gateway-steps", "columnar", "columnar+sweep", "owner", "owner+sweep", "owner-buckets", "owner-buckets+sweep")
 # owner-buckets: a bucket a minute, so that each holds thousands of records here as in
 # production at peak (1,500/s on 16 partitions: about 5,600), not a listpack of a few hundred
 BUCKET_SECONDS = 60
@@ -228,12 +230,13 @@ LISTPACK_ENTRIES = 64  # owner-buckets' redis-server: hashes beyond 64 fields ar
 # redis.call whole (luaRedisGenericCommand), and the sweep's HDEL.
 BREAKDOWN_FUNCTIONS = ("evalGenericCommand", "luaRedisGenericCommand", "feedAppendOnlyFile", "json_decode",
                        "luaArgsToRedisArgv", "parseReply", "hsetCommand", "hmgetCommand", "xaddCommand",
-                       "zaddGenericCommand", "zremCommand", "hdelCommand", "processMultibulkBuffer")
+                       "zaddGenericCommand", "zremCommand", "hdelCommand", "processMultibulkBuffer",
+                       "execCommand", "hgetallCommand", "expireCommand", "setCommand", "queueMultiCommand")
 
 
 async def _pass(layout: str, redis: Any, tag: str, n: int, batch: int, events: str) -> dict[str, Any]:
-    if layout == "gateway":
-        return await _gateway_pass(redis, tag, n, batch, events)
+    if layout in ("gateway", "gateway-steps"):
+        return await _gateway_pass(redis, tag, n, batch, events, "steps" if layout == "gateway-steps" else "scripts")
     if layout.startswith("owner"):
         options = {"retention": RETENTION, "events_maxlen": EVENTS_MAXLEN, "lease_seconds": LEASE_SECONDS,
                    "receipt_timeout": RECEIPT_TIMEOUT}
@@ -296,11 +299,12 @@ async def _instructions(args: argparse.Namespace) -> dict[str, Any]:
 
     redis_server = find_redis_server()
     small, large = args.instructions_sizes
-    totals: dict[str, list[int]] = {layout: [] for layout in LAYOUTS}
-    functions: dict[str, list[dict[str, int]]] = {layout: [] for layout in LAYOUTS}
+    layouts = args.layouts or LAYOUTS
+    totals: dict[str, list[int]] = {layout: [] for layout in layouts}
+    functions: dict[str, list[dict[str, int]]] = {layout: [] for layout in layouts}
     work = Path(tempfile.mkdtemp(prefix="record-layouts-instr-"))
     try:
-        for layout in LAYOUTS:
+        for layout in layouts:
             for n in (small, large):
                 directory = work / f"{layout.replace('+', '-')}-{n}"
                 directory.mkdir()
@@ -346,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"--instructions: notifications through every phase before each counted pass ({WARM_UP})")
     parser.add_argument("--instructions-sizes", type=int, nargs=2, default=(1000, 3000), metavar=("N1", "N2"),
                         help="--instructions: the two pass sizes (1,000 and 3,000)")
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, metavar="LAYOUT",
+                        help="--instructions: these layouts only (gateway first: the others are shown against it)")
     args = parser.parse_args(argv)
     measured = asyncio.run(_instructions(args) if args.instructions else _timed(args))
     result = {"benchmark": "record_layouts", "date": today(), "machine": machine(),

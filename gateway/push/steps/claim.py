@@ -27,7 +27,7 @@ def _candidates(led: Ledger) -> dict[str, list[str]]:
 
 def reads(led: Ledger) -> Reads:
     # no TTLs: only an expired one needs its TTL (a final state without its expires_at)
-    batch = ReadBatch(led).declared(ttl_for=())
+    batch = ReadBatch(led).declared(ttl_for=(), fields=FIELDS if led.ARGV[6] == "replay" else FIELDS[:9])
     if led.ARGV[6] == "claim":
         for lane, ids in _candidates(led).items():
             batch.scores(led.LANE[lane], ids)

@@ -35,6 +35,17 @@ def _ops(led: Ledger) -> Iterator[tuple[str, int]]:
             return
 
 
+# What each op reads of its notification (outcomes.lua's HMGETs, with what on_final reads).
+_FINAL_FIELDS = ("channel", "partner", "partner_receipt", "voice_requested_at")
+OP_FIELDS = {
+    "A": ("state", "type", "priority"), "B": ("state", "type", "priority"),
+    "R": ("state", "type", "possible_duplicates"), "W": ("state", "type", "possible_duplicates", "attempts"),
+    "F": ("state", "type", "possible_duplicates", *_FINAL_FIELDS),
+    "L": ("state", "type", "possible_duplicates", "attempts", "link_losses", *_FINAL_FIELDS),
+    "P": ("state", "partial_message_ids", "possible_duplicates"), "C": ("state", "failed_carriers"),
+}
+
+
 def _cutoff(led: Ledger) -> str:
     return f"{led.now - (tonumber(led.ARGV[1]) or 0):.3f}"
 
@@ -44,13 +55,20 @@ def reads(led: Ledger) -> Reads:
     # entries only where a receipt looks for one (an accepted submit's are written blind)
     ttl_for: set[str] = set()
     index_for: set[str] = set()
+    fields: dict[str, None] | None = {}  # what the batch's ops read of their notifications
     for op, i in _ops(led):
         if op in ("F", "L"):
             ttl_for.add("n" + str(led.ARGV[i + 1]))
         elif op == "X":
             index_for.update("m" + str(led.ARGV[i + 1]) + "\0" + str(c)
                              for c in led.ARGV[i + 7:i + 7 + int(tonumber(led.ARGV[i + 6]) or 0)])
-    batch = ReadBatch(led).declared(ttl_for=ttl_for, index_for=index_for).string(led.EARLY_PARKED)
+        if fields is not None:
+            if op in ("X", "Y"):
+                fields = None  # a receipt reads 14 fields, most absent: HGETALL costs less
+            else:
+                fields.update(dict.fromkeys(OP_FIELDS.get(op, ())))
+    batch = ReadBatch(led).declared(ttl_for=ttl_for, index_for=index_for,
+                                    fields=None if fields is None else list(fields)).string(led.EARLY_PARKED)
     parks = [f"{led.ARGV[i + 1]} {led.ARGV[i + 7]}" for op, i in _ops(led)
              if op == "X" and int(tonumber(led.ARGV[i + 6]) or 0) > 0]
     early = led.r.sorted_set(led.EARLY_SET)

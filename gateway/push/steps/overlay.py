@@ -50,6 +50,8 @@ class Overlay:
 
     def __init__(self) -> None:
         self.hashes: dict[str, dict[str, str] | None] = {}  # None: no such key
+        # Hashes read in part (HMGET): the fields read; any other is NotLoaded unless written.
+        self.fields_read: dict[str, set[str]] = {}
         self.ttls: dict[str, int] = {}
         self.strings: dict[str, str | None] = {}
         self.lists: dict[str, list[str]] = {}
@@ -70,6 +72,16 @@ class Overlay:
             self.ttls[key] = ttl
         elif not fields:
             self.ttls[key] = -2
+
+    def load_fields(self, key: str, names: list[str], values: list[str | None]) -> None:
+        """HMGET's reply; `names` holds "state", which every notification has, so that
+        none of them read means no such key."""
+        fields = {name: value for name, value in zip(names, values, strict=True) if value is not None}
+        if "state" not in fields:
+            self.load_absent(key)
+            return
+        self.hashes[key] = fields
+        self.fields_read[key] = set(names)
 
     def load_absent(self, key: str) -> None:
         """A key known not to exist (EXISTS said so)."""
@@ -102,11 +114,15 @@ class Overlay:
 
     def hget(self, key: str, field: str) -> str | None:
         fields = self._hash(key)
-        return fields.get(field) if fields else None
+        if fields is None:
+            return None
+        read = self.fields_read.get(key)
+        if read is not None and field not in read and field not in fields:
+            raise NotLoaded(f"{key} {field}")
+        return fields.get(field)
 
     def hmget(self, key: str, *names: str) -> list[str | None]:
-        fields = self._hash(key) or {}
-        return [fields.get(name) for name in names]
+        return [self.hget(key, name) for name in names]
 
     def exists_hash(self, key: str) -> bool:
         return self._hash(key) is not None
@@ -141,6 +157,7 @@ class Overlay:
         if fields is None:
             fields = self.hashes[key] = {}
             self.ttls[key] = -1
+            self.fields_read.pop(key, None)
         for k in range(0, len(pairs), 2):
             fields[pairs[k]] = pairs[k + 1]
         self._write("HSET", key, *pairs)
@@ -151,6 +168,7 @@ class Overlay:
         if fields is None:
             fields = self.hashes[key] = {}
             self.ttls[key] = -1
+            self.fields_read.pop(key, None)
         fields[field] = str(value)
         self._write("HINCRBY", key, field, by)
         return value
@@ -158,6 +176,7 @@ class Overlay:
     def delete(self, key: str) -> None:
         if key in self.hashes:
             self.hashes[key] = None
+            self.fields_read.pop(key, None)
         if key in self.strings:
             self.strings[key] = None
         self._write("DEL", key)

@@ -15,15 +15,17 @@ def _listed(led: Ledger) -> list[str]:
     return [str(x) for x in led.ARGV[2:2 + int(tonumber(led.ARGV[1]) or 0)]]
 
 
-def _listed_reads(led: Ledger, key: str, sequence: bool = False, ttls: bool = True) -> Reads:
-    batch = ReadBatch(led).declared(ttl_for=None if ttls else ()).scores(key, _listed(led))
+def _listed_reads(led: Ledger, key: str, fields: tuple[str, ...], sequence: bool = False,
+                  ttls: bool = True) -> Reads:
+    batch = ReadBatch(led).declared(ttl_for=None if ttls else (), fields=fields).scores(key, _listed(led))
     if sequence:
         batch.string(led.SEQUENCE)
     yield from batch.read()
 
 
 def promote_reads(led: Ledger) -> Reads:
-    return _listed_reads(led, led.SCHEDULED, sequence=True, ttls=False)  # TTL: only for expiring ones
+    return _listed_reads(led, led.SCHEDULED, ("state", "priority", "expires_at", "type"), sequence=True,
+                         ttls=False)  # TTL: only for expiring ones
 
 
 def promote(led: Ledger) -> list[Any]:
@@ -45,7 +47,8 @@ def promote(led: Ledger) -> list[Any]:
 
 
 def recover_reads(led: Ledger) -> Reads:
-    return _listed_reads(led, led.INFLIGHT, ttls=False)  # queued again: no final state
+    return _listed_reads(led, led.INFLIGHT, ("state", "priority", "type", "possible_duplicates"),
+                         ttls=False)  # queued again: no final state
 
 
 def recover(led: Ledger) -> list[Any]:
@@ -66,7 +69,8 @@ def recover(led: Ledger) -> list[Any]:
 
 
 def overdue_reads(led: Ledger) -> Reads:
-    return _listed_reads(led, led.AWAITING)
+    return _listed_reads(led, led.AWAITING, ("state", "type", "submitted_at", "channel", "partner",
+                                             "partner_receipt", "voice_requested_at"))
 
 
 def receipts_overdue(led: Ledger) -> list[Any]:
