@@ -334,6 +334,8 @@ class NotificationLedger:
             partition, HTTP intake and receipts among them, do not go through its owner yet).
         step_fence: with engine "steps", the `Fence` of a call given its KEYS (its
             partition's owner key and this process), None for none.
+        step_writer_lock: with engine "steps", each step holds its partition's writer
+            lock (any number of processes may write a partition; gateway/push/steps/driver.py).
     """
 
     def __init__(self, redis: Any, keys: Keys, retention_seconds: float, *,
@@ -341,7 +343,8 @@ class NotificationLedger:
                  wait_replicas: int = 0, receipt_wait_replicas: int = 0,
                  early_receipt_ttl_seconds: float = 86_400.0, receipt_timeout_seconds: float = 172_800.0,
                  early_receipts_max: int = 1_000_000, on_partner_final: Any = None,
-                 engine: str = "scripts", step_fence: Callable[[list[str]], Fence | None] | None = None) -> None:
+                 engine: str = "scripts", step_fence: Callable[[list[str]], Fence | None] | None = None,
+                 step_writer_lock: bool = False) -> None:
         self.redis = redis
         self.keys = keys
         self.retention_seconds = int(max(1, retention_seconds))
@@ -371,12 +374,15 @@ class NotificationLedger:
             raise ValueError(f"engine must be scripts or steps, not {engine!r}")
 
         step_locks = StepLocks()
+        # a call's partition, by its first KEY (the partition's high lane)
+        writer_by_lane = {part.lane("high"): part.step_writer for part in keys.all_partitions}
+        writer_of = (lambda call_keys: writer_by_lane[call_keys[0]]) if step_writer_lock else None
 
         def register(name: str) -> Any:
             if engine == "steps" and name in STEPS:
                 # the script's logic run in this process (gateway/push/steps/): only where
                 # this process is the partitions' one writer, which nothing enforces yet
-                return StepScript(redis, name, step_fence, step_locks)
+                return StepScript(redis, name, step_fence, step_locks, writer_of)
             return register_lua(redis, __file__, name)
 
         self._accept = register("accept.lua")

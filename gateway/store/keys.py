@@ -165,6 +165,13 @@ class PartitionKeys:
         from its lanes and runs its sweeps.  In the partition's slot, like the work it governs."""
         return f"{self.base}owner"
 
+    @property
+    def step_writer(self) -> str:
+        """The ledger step writing this partition now (string, a token, with a PX lease;
+        gateway/push/steps/driver.py): held from a step's reads to its EXEC, so that steps
+        of several processes take turns.  In the partition's slot."""
+        return f"{self.base}step-writer"
+
 
 @dataclass(frozen=True)
 class Keys:

@@ -244,3 +244,33 @@ async def test_a_partitions_steps_take_turns_in_a_process(redis_url: str) -> Non
         assert [c.id for c in await claiming] == ["a"]
         assert await cancelling == (False, "submitting")
         assert (await ledger.raw("a"))["state"] == "submitting"
+
+
+@on_asyncio
+async def test_steps_of_several_processes_take_turns_through_the_writer_lock(redis_url: str) -> None:
+    """Two processes (two clients, two ledgers) claim from the same lanes at once, batch
+    after batch: with each step holding the partition's writer lock, every notification is
+    claimed once, by one of them, with one attempt; the lock is gone after the last step."""
+    async with redis_client(redis_url) as first_redis, redis_client(redis_url) as second_redis:
+        ledgers = [NotificationLedger(r, Keys(), 86_400, engine="steps", step_writer_lock=True)
+                   for r in (first_redis, second_redis)]
+        ids = [f"n{k}" for k in range(300)]
+        await ledgers[0].accept([_item(i) for i in ids[:150]], now=NOW)
+        await ledgers[1].accept([_item(i) for i in ids[150:]], now=NOW)
+        claimed: list[list[str]] = [[], []]
+
+        lane = ledgers[0].keys.lane("high")
+
+        async def claim_all(k: int) -> None:
+            # an empty batch may only mean the other took this one's candidates meanwhile
+            while await first_redis.zcard(lane):
+                claimed[k] += [c.id for c in await ledgers[k].claim(7, now=NOW, lease_seconds=30, quiet_until=0)]
+
+        await asyncio.gather(claim_all(0), claim_all(1))
+        together = claimed[0] + claimed[1]
+        assert sorted(together) == sorted(ids) and claimed[0] and claimed[1]  # each once, both took some
+        async with first_redis.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hget(ledgers[0].keys.notification(i), "attempts")
+            assert set(await pipe.execute()) == {"1"}
+        assert await first_redis.exists(ledgers[0].keys.partition(0).step_writer) == 0

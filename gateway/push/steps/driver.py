@@ -15,6 +15,12 @@ this process (FENCE_ATTEMPTS), or raises `FencedOut`.  Without a fence (`fence_o
 answering None) the writes go in MULTI/EXEC unfenced: tests and benchmarks with one
 writer.
 
+**Writer lock.** Without an owner, a step holds the partition's writer lock
+(`PartitionKeys.step_writer`: SET NX PX with a token of its own) from before its reads to
+its EXEC, which deletes it: steps of several processes take turns, each fenced on its own
+token.  A lock whose holder died mid-step frees after WRITER_LEASE_MS; a step that outlived
+its lease is fenced out by the next holder's SET and runs again.
+
 **One step per partition at a time in a process.** Two steps of one process would race
 as two processes do (a cancellation read between a claim's reads and its writes would be
 lost), so the steps of a partition take turns (`StepLocks`, one per ledger, keyed by the
@@ -24,6 +30,7 @@ partition's first KEY).  The fence cannot see them: both are the owner.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +46,25 @@ from gateway.push.steps.overlay import NotLoaded, Overlay
 # milliseconds, so a second one in a row means the key keeps changing: another process).
 FENCE_ATTEMPTS = 3
 
+# How long a step may hold its partition's writer lock: a step is a few round trips
+# (milliseconds), so 2 s is far beyond a slow one and is what a holder killed mid-step
+# stalls its partition's steps for.
+WRITER_LEASE_MS = 2_000
+# How long a step waits for the writer lock before it fails (the caller's error path: the
+# intake entry, outcome or receipt is tried again): a lease and a half.
+WRITER_WAIT_SECONDS = 3.0
+# Waits between tries of a busy lock: from 1 ms, doubling, at most 20 ms (a step takes a
+# few ms, and each try is a command the lock's node runs).
+WRITER_POLL_FIRST_SECONDS = 0.001
+WRITER_POLL_MAX_SECONDS = 0.02
+# Runs of one step whose lock lease ran out under it before it gives up.
+WRITER_ATTEMPTS = 3
+
 Send = Callable[[Sequence[tuple[Any, ...]]], Awaitable[list[Any]]]
+
+
+class WriterBusy(Exception):
+    """The partition's writer lock stayed held by other steps longer than WRITER_WAIT_SECONDS."""
 
 
 class FencedOut(Exception):
@@ -81,21 +106,26 @@ class StepScript:
 
     fence_of: the `Fence` of a call, given its KEYS (the first is the partition's high
     lane), or None to run it unfenced.  locks: shared by every step of one ledger.
+    writer_of: the partition's writer lock key, given a call's KEYS: each step then holds
+    it (see the module doc) instead of being fenced by `fence_of`.
     """
 
     def __init__(self, redis: Any, name: str, fence_of: Callable[[list[str]], Fence | None] | None = None,
-                 locks: StepLocks | None = None) -> None:
+                 locks: StepLocks | None = None, writer_of: Callable[[list[str]], str] | None = None) -> None:
         self.redis = raw_client(redis)
         self.name = name
         self.step = STEPS[name]
         self.fence_of = fence_of
         self.locks = locks or StepLocks()
+        self.writer_of = writer_of
 
     async def __call__(self, keys: list[str], args: list[str]) -> list[Any]:
         async with self.locks.of(keys):
             return await self._call(keys, args)
 
     async def _call(self, keys: list[str], args: list[str]) -> list[Any]:
+        if self.writer_of is not None:
+            return await self._locked(keys, args[0], self.writer_of(keys))
         fence = self.fence_of(keys) if self.fence_of is not None else None
         if fence is None:
             return await self._unfenced(keys, args[0])
@@ -104,6 +134,34 @@ class StepScript:
             if done:
                 return reply
         raise FencedOut(f"{fence.key} changed under {FENCE_ATTEMPTS} runs of {self.name}")
+
+    async def _locked(self, keys: list[str], payload: str, lock: str) -> list[Any]:
+        for _ in range(WRITER_ATTEMPTS):
+            token = uuid.uuid4().hex
+            await self._acquire(lock, token)
+            try:
+                for _ in range(FENCE_ATTEMPTS):
+                    done, reply = await self._fenced(keys, payload, Fence(lock, token), release=True)
+                    if done:
+                        return reply
+            except FencedOut:
+                continue  # its lease ran out and another step took the lock: run again
+        raise FencedOut(f"{self.name}: the writer lock {lock} ran out under {WRITER_ATTEMPTS} runs")
+
+    async def _acquire(self, lock: str, token: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WRITER_WAIT_SECONDS
+        pause = WRITER_POLL_FIRST_SECONDS
+        while True:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.execute_command("SET", lock, token, "NX", "PX", WRITER_LEASE_MS)
+                [taken] = await pipe.execute()
+            if taken is not None:
+                return
+            if loop.time() + pause > deadline:
+                raise WriterBusy(f"{lock} held for more than {WRITER_WAIT_SECONDS} s")
+            await asyncio.sleep(pause)
+            pause = min(WRITER_POLL_MAX_SECONDS, 2 * pause)
 
     async def _unfenced(self, keys: list[str], payload: str) -> list[Any]:
         async def send(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -122,9 +180,11 @@ class StepScript:
             raise failure
         return reply
 
-    async def _fenced(self, keys: list[str], payload: str, fence: Fence) -> tuple[bool, list[Any]]:
+    async def _fenced(self, keys: list[str], payload: str, fence: Fence,
+                      release: bool = False) -> tuple[bool, list[Any]]:
         """(True, reply) once written; (False, []) when EXEC wrote nothing but the key
-        still names this process."""
+        still names this process.  release: the key is this step's writer lock, deleted
+        by its EXEC."""
         pool = self.redis.connection_pool
         connection = await pool.get_connection()
         try:
@@ -137,10 +197,11 @@ class StepScript:
                 await send([("UNWATCH",)])
                 raise FencedOut(f"{fence.key} names {holder or 'nobody'}, not {fence.holder}")
             led, reply, failure = await self._prepare(keys, payload, send)
-            if not led.r.writes:
+            writes = [*led.r.writes, ("DEL", fence.key)] if release else led.r.writes
+            if not writes:
                 await send([("UNWATCH",)])
             else:
-                replies = await send([("MULTI",), *led.r.writes, ("EXEC",)])
+                replies = await send([("MULTI",), *writes, ("EXEC",)])
                 executed = replies[-1]
                 if executed is None:  # the owner key was written since WATCH
                     [holder] = await send([("GET", fence.key)])
