@@ -290,6 +290,7 @@ class GatewaySettings:
     receipt_parts: str = "first"  # as Kannel asks: a receipt for part 1 of a long message
     tps_limit: int = 100_000  # per process: each has its own binds and its own bucket
     events: str = "all"  # push.events: all, final or off
+    ledger_engine: str = "scripts"  # push.ledger_engine: scripts or steps
 
 
 def gateway_config(redis_url: str, http_port: int, workdir: Path, templates_path: Path,
@@ -313,6 +314,7 @@ def gateway_config(redis_url: str, http_port: int, workdir: Path, templates_path
             "quiet_hours": {"start": "00:00", "end": "00:00"},  # start == end: none
             **({"batch_size": settings.push_batch_size} if settings.push_batch_size else {}),
             "events": settings.events,
+            "ledger_engine": settings.ledger_engine,
         },
         "ivr": {"fastagi": {"enabled": False}, "menus_file": str(REPO / "config" / "ivr.yaml"),
                 "sounds_dir": str(workdir / "sounds")},
@@ -581,7 +583,8 @@ class Bench:
         return GatewaySettings(sessions=self.args.sessions, window=self.args.window, receipts=scenario.receipts,
                                carrier_port=self.simulator.smpp_port if carrier_port is None else carrier_port,
                                push_batch_size=self.args.push_batch_size, receipt_parts=self.args.receipt_parts,
-                               tps_limit=self.args.tps_limit, events=self.args.events)
+                               tps_limit=self.args.tps_limit, events=self.args.events,
+                               ledger_engine=self.args.ledger_engine)
 
     def start_gateways(self, scenario: Scenario, label: str, processes: int,
                        carrier_port: int | None = None) -> list[Gateway]:
@@ -858,6 +861,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1000, help="XADD per pipeline (1,000)")
     parser.add_argument("--events", choices=("all", "final", "off"), default="all",
                         help="push.events: which state changes go to the events stream (all)")
+    parser.add_argument("--ledger-engine", choices=("scripts", "steps"), default="scripts",
+                        help="push.ledger_engine: the ledger's logic in Redis (scripts) or in the gateway (steps)")
     parser.add_argument("--push-batch-size", type=int, default=0,
                         help="push.batch_size in the gateway's config (default: the schema's)")
     parser.add_argument("--redis-config", action="append", default=[], metavar="'NAME VALUE'",
@@ -938,7 +943,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {
             "gateway": "python -m gateway run (own process), one carrier, state tracking on",
             "sessions": args.sessions, "window": args.window, "tps_limit": args.tps_limit,
-            "push_batch_size": args.push_batch_size or "default", "events": args.events, "receipt_parts": args.receipt_parts,
+            "push_batch_size": args.push_batch_size or "default", "events": args.events, "ledger_engine": args.ledger_engine, "receipt_parts": args.receipt_parts,
             "redis": "redis-server, appendonly everysec, FLUSHALL per run",
             "simulator": "bench/run_simulator.py --no-record-texts --receipt-delay 0.1 --deliver-window 100",
             "load": f"this process, XADD pipelines of {args.batch}", "warmup": args.warmup,

@@ -41,10 +41,10 @@ is no breakdown: use ``push_throughput.py --profile-dir`` (py-spy) for where, th
 much.  A revision whose push_throughput.py predates these hooks gets them patched into its
 exported copy.
 
-Variant: ``REV[:EVENTS]``.  REV ``work`` is this working tree; anything else is a git
-revision exported (``git archive``) into a temporary directory and run with this venv.
+Variant: ``REV[:EVENTS[:ENGINE]]``.  REV ``work`` is this working tree; anything else is a
+git revision exported (``git archive``) into a temporary directory and run with this venv.
 EVENTS is ``push.events`` (all, final, off); without it the revision's default (round 1
-has no such setting).
+has no such setting).  ENGINE is ``push.ledger_engine`` (scripts, steps; from 2026-12-06).
 
 Output: a table, then one JSON line.
 """
@@ -90,11 +90,15 @@ BREAKDOWN = {
 }
 
 
-def parse_variant(text: str) -> tuple[str, str | None]:
-    rev, _, events = text.partition(":")
+def parse_variant(text: str) -> tuple[str, str | None, str | None]:
+    """REV[:EVENTS[:ENGINE]]: a revision, push.events, push.ledger_engine (scripts, steps)."""
+    rev, _, rest = text.partition(":")
+    events, _, engine = rest.partition(":")
     if events and events not in ("all", "final", "off"):
         raise argparse.ArgumentTypeError(f"{text}: push.events is all, final or off, not {events!r}")
-    return rev or "work", events or None
+    if engine and engine not in ("scripts", "steps"):
+        raise argparse.ArgumentTypeError(f"{text}: push.ledger_engine is scripts or steps, not {engine!r}")
+    return rev or "work", events or None, engine or None
 
 
 def export_tree(rev: str, into: Path) -> Path:
@@ -177,7 +181,7 @@ def inclusive_by_function(profile: Path) -> dict[str, int]:
 
 
 def run_push(tree: Path, events: str | None, n: int, directory: Path, redis_server: str,
-             redis_config: list[str], process: str = "redis") -> dict[str, Any]:
+             redis_config: list[str], process: str = "redis", engine: str | None = None) -> dict[str, Any]:
     """One push_throughput run of `n` notifications from `tree` with `process` (redis, the
     redis-server; gateway, the `gateway run`) under callgrind; its instruction total and
     what the run reported."""
@@ -195,6 +199,8 @@ def run_push(tree: Path, events: str | None, n: int, directory: Path, redis_serv
                "--warmup", "100", "--skip-kannel"]
     if events:
         command += ["--events", events]
+    if engine:
+        command += ["--ledger-engine", engine]
     for setting in redis_config:
         command += ["--redis-config", setting]
     result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS)
@@ -207,14 +213,17 @@ def run_push(tree: Path, events: str | None, n: int, directory: Path, redis_serv
             "messages_per_second": report["runs"][0].get("throughput_per_second") if report.get("runs") else None}
 
 
-def measure(rev: str, events: str | None, args: argparse.Namespace, work: Path, redis_server: str) -> dict[str, Any]:
+def measure(rev: str, events: str | None, args: argparse.Namespace, work: Path, redis_server: str,
+            engine: str | None = None) -> dict[str, Any]:
     tree = export_tree(rev, work / "trees")
     if args.process == "gateway" and rev != "work":
         ensure_gateway_prefix_hook(tree)
-    label = f"{rev}:{events}" if events else rev
+    label = ":".join(x for x in (rev, events or ("default" if engine else ""), engine or "") if x)
     slug = re.sub(r"[^\w.-]", "_", label)
-    small = run_push(tree, events, args.n1, work / slug / str(args.n1), redis_server, args.redis_config, args.process)
-    large = run_push(tree, events, args.n2, work / slug / str(args.n2), redis_server, args.redis_config, args.process)
+    small = run_push(tree, events, args.n1, work / slug / str(args.n1), redis_server, args.redis_config, args.process,
+                     engine)
+    large = run_push(tree, events, args.n2, work / slug / str(args.n2), redis_server, args.redis_config, args.process,
+                     engine)
     per = (large["instructions"] - small["instructions"]) / (args.n2 - args.n1)
     row: dict[str, Any] = {
         "variant": label, "rev": rev, "events": events or "default",
@@ -233,7 +242,7 @@ def measure(rev: str, events: str | None, args: argparse.Namespace, work: Path, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", action="append", type=parse_variant, metavar="REV[:EVENTS]",
+    parser.add_argument("--variant", action="append", type=parse_variant, metavar="REV[:EVENTS[:ENGINE]]",
                         help=f"what to measure, in order; the first is the others' reference "
                              f"(default: {', '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--n1", type=int, default=1000, help="notifications of the smaller run (1,000)")
@@ -250,7 +259,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.n1, args.n2 = 100, 300
-        args.variant = args.variant or [("work", "all"), ("work", "off")]
+        args.variant = args.variant or [("work", "all", None), ("work", "off", None)]
     variants = args.variant or [parse_variant(v) for v in DEFAULT_VARIANTS]
     if args.n2 <= args.n1 or args.n1 < 1:
         parser.error("--n2 must be larger than --n1, and --n1 at least 1")
@@ -267,8 +276,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
     rows: list[dict[str, Any]] = []
     try:
-        for rev, events in variants:
-            rows.append(measure(rev, events, args, work, redis_server))
+        for rev, events, engine in variants:
+            rows.append(measure(rev, events, args, work, redis_server, engine))
             print(f"redis_instructions: {rows[-1]['variant']}: {rows[-1]['instructions_per_notification']:,} "
                   f"instructions per notification", file=sys.stderr)
     finally:

@@ -298,6 +298,7 @@ class PushConfig:
     intake_wait_replicas: int = setting(0, help="after recording a batch of intake, WAIT until this many replicas of each partition's Redis have it (at most 1 s, then a warning and go on; a master that fell short is not waited for again for 10 s): with 1, an accepted notification survives its master's failover; 0: do not wait", minimum=0, maximum=5)
     delivery_wait_replicas: int = setting(0, help="after recording what a carrier delivers (receipts, citizens' messages), WAIT until this many replicas of the partition's Redis have it before deliver_sm_resp, and the message-id index entries of an accepted submit before the submit is recorded (at most 1 s, then a warning and go on, and that master not waited for again for 10 s; a master lost meanwhile: an error status, the carrier delivers again): with 1, what the carrier was told is recorded survives its master's failover; 0: do not wait", minimum=0, maximum=5)
     partition_lease_seconds: float = setting(10.0, help="with more than 1 partition each is owned by one process at a time (it reads the partition's intake stream, claims from its lanes, runs its sweeps); a process that died (SIGKILL) has its partitions taken over by the others after this long; renewed every fifth of it (docs/redis-schema.md, partition ownership)", unit="s", minimum=2, maximum=600)
+    ledger_engine: str = setting("scripts", help="where the ledger's logic runs: scripts (Lua in Redis) or steps (the same logic in the gateway, its writes sent in MULTI/EXEC under a per-partition writer lock: about 0.6 of the scripts' Redis CPU per notification, docs/benchmarks.md); steps needs push.partitions 1 on a single Redis", choices=("scripts", "steps"))
     partitions: int = setting(1, help="partitions of the notification pipeline; more than 1 tags every pipeline key {pN} so that it spreads over a Redis Cluster (e.g. 16); changing it needs an empty pipeline (docs/redis-schema.md)", minimum=1, maximum=1024)
 
 
@@ -751,6 +752,11 @@ def _check_semantics(config: Config, add: typing.Callable[[str, str], None]) -> 
         if config.push.partitions < 2:
             # one partition keeps untagged key names, which a cluster spreads over slots
             add("push.partitions", "a Redis Cluster (redis.cluster_nodes) needs more than 1 partition, e.g. 16")
+    if config.push.ledger_engine == "steps" and (config.push.partitions > 1 or config.redis.cluster_nodes):
+        # With several partitions, submits' index entries are written in other partitions
+        # outside any step's lock, and a Cluster's transactions would need MOVED/ASK.
+        add("push.ledger_engine", "steps runs on a single Redis with push.partitions 1; use scripts with "
+                                  "several partitions or a Redis Cluster")
     if config.redis.url == "embedded":
         # The embedded redis-server has no replica: every wait would take its bound (1 s).
         for key in ("intake_wait_replicas", "delivery_wait_replicas"):

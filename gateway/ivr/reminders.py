@@ -1240,7 +1240,8 @@ def build_voice_reminders(config: Any, redis: Any, keys: Keys, reactor: Any, *,
     client.setName("ami-client")
     ledger = NotificationLedger(redis, keys, retention_seconds=config.push.retention_days * 86400.0,
                                 receipt_timeout_seconds=config.push.receipt_timeout_seconds,
-                                early_receipts_max=config.push.early_receipts_max)
+                                early_receipts_max=config.push.early_receipts_max,
+                                engine=config.push.ledger_engine, step_writer_lock=True)
     options = ReminderOptions.from_config(ami, config.push, drain_timeout_seconds=config.drain_timeout_seconds,
                                           voice_drain_seconds=config.ivr.voice_drain_seconds)
     from gateway.fleet.leases import call_slots_for

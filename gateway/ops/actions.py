@@ -11,6 +11,7 @@ Searches never return a whole phone number: the status views carry the masked fo
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ from gateway.privacy import InvalidPhoneNumber, normalise_cn_mobile
 from gateway.push.deadletters import DEAD_STATES, retry_dead_letters
 from gateway.push.index import ids_for_number
 from gateway.push.state import public_view, read_notifications
+from gateway.push.steps.driver import (
+    WRITER_POLL_FIRST_SECONDS,
+    WRITER_POLL_MAX_SECONDS,
+    WRITER_WAIT_SECONDS,
+)
 from gateway.store.keys import Keys
 from gateway.store.scripts import register_lua
 
@@ -327,22 +333,36 @@ async def _cancel_ids(redis: Any, keys: Keys, actor: Actor, ids: list[str], why:
     script = register_lua(redis, __file__, "cancel.lua")
     now = await redis_time(redis, keys.partition_members)  # cancelled_at, on the fleet's clock
     counts = {"cancelled": 0, "not_waiting": 0, "gone": 0}
+    loop = asyncio.get_running_loop()
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
-        async with redis.pipeline(transaction=False) as pipe:
-            for notification_id in chunk:
-                part = keys.partition(keys.partition_of(notification_id))
-                await script(keys=[part.notification(notification_id), part.lane("high"), part.lane("normal"),
-                                   part.lane("bulk"), part.scheduled, part.events_stream],
-                             args=[f"{now:.3f}", notification_id, actor.user, why, EVENTS_MAXLEN], client=pipe)
-            results = await pipe.execute()
-        for state, cancelled in results:
-            if int(cancelled):
-                counts["cancelled"] += 1
-            elif state:
-                counts["not_waiting"] += 1
-            else:
-                counts["gone"] += 1
+        deadline = loop.time() + WRITER_WAIT_SECONDS
+        pause = WRITER_POLL_FIRST_SECONDS
+        while chunk:
+            async with redis.pipeline(transaction=False) as pipe:
+                for notification_id in chunk:
+                    part = keys.partition(keys.partition_of(notification_id))
+                    await script(keys=[part.notification(notification_id), part.lane("high"), part.lane("normal"),
+                                       part.lane("bulk"), part.scheduled, part.events_stream, part.step_writer],
+                                 args=[f"{now:.3f}", notification_id, actor.user, why, EVENTS_MAXLEN], client=pipe)
+                results = await pipe.execute()
+            busy = []
+            for notification_id, (state, cancelled) in zip(chunk, results, strict=True):
+                if state == "busy":  # a ledger step holds its partition: asked again below
+                    busy.append(notification_id)
+                elif int(cancelled):
+                    counts["cancelled"] += 1
+                elif state:
+                    counts["not_waiting"] += 1
+                else:
+                    counts["gone"] += 1
+            chunk = busy
+            if chunk:
+                if loop.time() + pause > deadline:
+                    raise ActionError(503, "busy", f"{len(chunk)} notifications' partitions stayed busy; "
+                                                   "nothing else was left undone, try those again")
+                await asyncio.sleep(pause)
+                pause = min(WRITER_POLL_MAX_SECONDS, 2 * pause)
     if counts["cancelled"]:
         metrics.notifications.labels("expired").inc(counts["cancelled"])
     return counts

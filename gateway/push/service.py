@@ -149,7 +149,8 @@ class PushService(Service):
                                          receipt_timeout_seconds=config.receipt_timeout_seconds,
                                          early_receipts_max=config.early_receipts_max,
                                          events=config.events, wait_replicas=config.intake_wait_replicas,
-                                         receipt_wait_replicas=config.delivery_wait_replicas)
+                                         receipt_wait_replicas=config.delivery_wait_replicas,
+                                         engine=config.ledger_engine, step_writer_lock=True)
         self.writer = OutcomeWriter(self.ledger, clock, backoff_initial_seconds=backoff_initial_seconds,
                                     backoff_max_seconds=backoff_max_seconds)
         self.router = PrefixRouter(links)

@@ -274,3 +274,26 @@ async def test_steps_of_several_processes_take_turns_through_the_writer_lock(red
                 pipe.hget(ledgers[0].keys.notification(i), "attempts")
             assert set(await pipe.execute()) == {"1"}
         assert await first_redis.exists(ledgers[0].keys.partition(0).step_writer) == 0
+
+
+@on_asyncio
+async def test_an_operators_cancellation_waits_for_a_step_that_holds_the_partition(redis_url: str) -> None:
+    """The console's cancel (gateway/ops/lua/cancel.lua) does not write between a step's
+    reads and its writes: while the partition's writer lock is held it is asked again, and
+    it cancels once the step is done; held beyond the wait, the operator gets a 503 saying
+    which to try again, and nothing was cancelled."""
+    from gateway.ops.actions import ActionError, Actor, _cancel_ids
+
+    async with redis_client(redis_url) as redis:
+        keys = Keys()
+        ledger = NotificationLedger(redis, keys, 86_400, engine="steps", step_writer_lock=True)
+        await ledger.accept([_item("a"), _item("b")], now=NOW)
+        actor = Actor("duty", "operator", "cli@test")
+        lock = keys.partition(0).step_writer
+        await redis.set(lock, "a step", px=200)  # a step mid-way, ending within 200 ms
+        assert await _cancel_ids(redis, keys, actor, ["a"], "storm") == {"cancelled": 1, "not_waiting": 0, "gone": 0}
+        assert (await ledger.raw("a"))["state"] == "expired"
+        await redis.set(lock, "a stuck step", px=10_000)
+        with pytest.raises(ActionError, match="1 notifications' partitions stayed busy") as refused:
+            await _cancel_ids(redis, keys, actor, ["b"], "storm")
+        assert refused.value.code == 503 and (await ledger.raw("b"))["state"] == "queued"

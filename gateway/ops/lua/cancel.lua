@@ -2,6 +2,8 @@
 --
 -- KEYS[1] the notification hash        KEYS[2..4] the lanes high, normal, bulk
 -- KEYS[5] the scheduled set            KEYS[6] the events stream
+-- KEYS[7] the partition's step writer lock (push.ledger_engine steps: a ledger step holds
+--         it between its reads and its writes)
 -- ARGV[1] now (Unix seconds)  ARGV[2] notification id  ARGV[3] who  ARGV[4] why
 -- ARGV[5] events stream cap (approximate MAXLEN)
 --
@@ -10,7 +12,9 @@
 -- scheduled set, and one notification.expired event says so.  One that a dispatcher
 -- claimed meanwhile (submitting) is left alone and reported, so nothing is both
 -- cancelled and sent.  Returns the state found ('' when the record is gone) and 1 when
--- cancelled, else 0.
+-- cancelled, else 0; {'busy', 0} while a ledger step holds the partition (a cancellation
+-- between its reads and its writes would be lost: the caller asks again).
+if redis.call('EXISTS', KEYS[7]) == 1 then return {'busy', 0} end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'', 0} end
 if state ~= 'queued' and state ~= 'scheduled' then return {state, 0} end

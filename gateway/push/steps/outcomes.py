@@ -55,11 +55,14 @@ def reads(led: Ledger) -> Reads:
     # entries only where a receipt looks for one (an accepted submit's are written blind)
     ttl_for: set[str] = set()
     index_for: set[str] = set()
+    x_parks: set[str] = set()  # '<carrier>\0<message id>' a receipt may park under
     fields: dict[str, None] | None = {}  # what the batch's ops read of their notifications
     for op, i in _ops(led):
         if op in ("F", "L"):
             ttl_for.add("n" + str(led.ARGV[i + 1]))
         elif op == "X":
+            if int(tonumber(led.ARGV[i + 6]) or 0) > 0:
+                x_parks.add(str(led.ARGV[i + 1]) + "\0" + str(led.ARGV[i + 7]))
             index_for.update("m" + str(led.ARGV[i + 1]) + "\0" + str(c)
                              for c in led.ARGV[i + 7:i + 7 + int(tonumber(led.ARGV[i + 6]) or 0)])
         if fields is not None:
@@ -67,7 +70,9 @@ def reads(led: Ledger) -> Reads:
                 fields = None  # a receipt reads 14 fields, most absent: HGETALL costs less
             else:
                 fields.update(dict.fromkeys(OP_FIELDS.get(op, ())))
-    batch = ReadBatch(led).declared(ttl_for=ttl_for, index_for=index_for,
+    # a submit's parked receipts only once the flag says some may be parked (as the script)
+    parked_for = {label for label in led.DECLARED if label[0] == "e" and label[1:] in x_parks}
+    batch = ReadBatch(led).declared(ttl_for=ttl_for, index_for=index_for, parked_for=parked_for,
                                     fields=None if fields is None else list(fields)).string(led.EARLY_PARKED)
     parks = [f"{led.ARGV[i + 1]} {led.ARGV[i + 7]}" for op, i in _ops(led)
              if op == "X" and int(tonumber(led.ARGV[i + 6]) or 0) > 0]
@@ -78,6 +83,12 @@ def reads(led: Ledger) -> Reads:
         batch.scores(led.EARLY_SET, list(dict.fromkeys(parks)))
         batch.add(("ZCOUNT", led.EARLY_SET, _cutoff(led), "+inf"), lambda reply: setattr(early, "size", int(reply)))
     yield from batch.read()
+    if led.r.strings.get(led.EARLY_PARKED) is not None and not led.full:
+        submits = ReadBatch(led)
+        for label, key in led.DECLARED.items():
+            if label[0] == "e" and label not in parked_for:
+                submits.string(key)
+        yield from submits.read()
     if parks:
         cap = int(tonumber(led.ARGV[2]) or 0)
         limit = len(parks) + max(0, (early.size or 0) - cap)

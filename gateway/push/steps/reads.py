@@ -35,10 +35,11 @@ class ReadBatch:
         self.loaders.append(load)
 
     def declared(self, *, ttl_for: Collection[str] | None = None, index_for: Collection[str] | None = None,
-                 fields: Sequence[str] | None = None) -> ReadBatch:
+                 fields: Sequence[str] | None = None, parked_for: Collection[str] | None = None) -> ReadBatch:
         """Every declared key; the TTL of a notification only if its label is in `ttl_for`,
-        an index entry only if its label is in `index_for` (None: all), and of each
-        notification only `fields` (HMGET; None: HGETALL).  What is left out a step
+        an index entry only if its label is in `index_for` and a parked receipt only if
+        in `parked_for` (None: all), and of each notification only `fields` (HMGET; None:
+        HGETALL).  What is left out a step
         rarely needs: if it does, it fails with NotLoaded and its driver runs it again
         with everything read (`Ledger.full`).
 
@@ -53,6 +54,8 @@ class ReadBatch:
                 if key not in self.led.r.hashes:  # accept's EXISTS may have said it is absent
                     self._notification(key, full or ttl_for is None or label in ttl_for)
             elif kind == "m" and not (full or index_for is None or label in index_for):
+                continue
+            elif kind == "e" and not (full or parked_for is None or label in parked_for):
                 continue
             elif kind in "mec":
                 self.string(key)
