@@ -84,6 +84,9 @@ def test_committed_example_config_is_valid() -> None:
         ("push:\n  intake_wait_replicas: 1\n",
          "push.intake_wait_replicas: the embedded redis-server has no replica to wait for"),
         ("push:\n  partitions: 4\nami:\n  enabled: true\n", "ami.secret: empty while ami.enabled is true"),
+        ("push:\n  ledger_engine: steps\n  partitions: 4\n",
+         "push.ledger_engine: steps runs on a single Redis with push.partitions 1"),
+        ("push:\n  ledger_engine: lua\n", "push.ledger_engine: 'lua' is not one of: scripts, steps"),
     ],
 )
 def test_each_kind_of_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, expected: str) -> None:

@@ -682,15 +682,16 @@ async def scenario_throttling(directory: Path, n: int = 3000, throttle_rate: flo
 
 async def scenario_gateway_killed(directory: Path, n: int = 4000, kills: int = 3,
                                   timeout_seconds: float = 150.0, redis: str = "external",
-                                  lease_seconds: float | None = None) -> Tally:
+                                  lease_seconds: float | None = None,
+                                  push_settings: Mapping[str, Any] | None = None) -> Tally:
     """3. The gateway gets SIGKILL `kills` times during the run and is started again at
     once; the new process takes over the dead ones' stream entries (XAUTOCLAIM) and
     in-flight claims (lease expiry: push.lease_seconds, the daemon's default unless
-    `lease_seconds` is given)."""
+    `lease_seconds` is given); `push_settings`: further push keys (push.ledger_engine)."""
     carriers = [CarrierPlan("cmcc", CMCC_PREFIXES, _sim(), settings={"tps_limit": 1000}),
                 CarrierPlan("cucc", CUCC_PREFIXES, _sim(seed=2), settings={"tps_limit": 1000})]
     work = workload("kill9", n, ("138", "130"))
-    push = {"lease_seconds": lease_seconds} if lease_seconds else None
+    push = {**({"lease_seconds": lease_seconds} if lease_seconds else {}), **(push_settings or {})}
     async with FaultRun(directory, carriers, redis=redis, push=push) as run:
         restarts: list[float] = []
 

@@ -87,6 +87,20 @@ async def test_gateway_killed_three_times(tmp_path: Path) -> None:
     assert result.delivered == result.accepted, why
 
 
+@pytest.mark.slow
+@on_asyncio
+async def test_gateway_running_the_ledgers_steps_killed_twice(tmp_path: Path) -> None:
+    """push.ledger_engine steps: SIGKILL mid-run, twice, may leave a step's writer lock
+    behind (it frees after 2 s) and half a step unsent (its MULTI/EXEC is all or nothing):
+    every notification is still delivered, copies only where a submit was out."""
+    result = await scenario_gateway_killed(tmp_path, n=2000, kills=2, lease_seconds=10,
+                                           push_settings={"ledger_engine": "steps"})
+    assert_nothing_lost(result)
+    why = result.line()
+    assert result.faults.get("gateway_sigkills") == 2, why
+    assert result.delivered == result.accepted, why
+
+
 @on_asyncio
 async def test_redis_restarted_during_a_run(tmp_path: Path) -> None:
     """redis-server (append-only) stopped and started again while notifications are on

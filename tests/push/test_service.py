@@ -29,8 +29,13 @@ from tests.push.harness import TEMPLATES_FILE, EventWaiter, ScriptedLink
 CODE = json.dumps({"code": "246810", "minutes": "5"})
 
 
-def start(redis: Any, links: list[ScriptedLink], **kw: Any) -> PushService:
-    service = PushService(redis, Keys(), PushConfig(claim_idle_seconds=1.0), load_templates(TEMPLATES_FILE),
+# push.ledger_engine: the tests the service's failure handling depends on run with both
+ENGINES = pytest.mark.parametrize("engine", ["scripts", "steps"])
+
+
+def start(redis: Any, links: list[ScriptedLink], engine: str = "scripts", **kw: Any) -> PushService:
+    service = PushService(redis, Keys(), PushConfig(claim_idle_seconds=1.0, ledger_engine=engine),
+                          load_templates(TEMPLATES_FILE),
                           links, reactor, drain_timeout_seconds=5.0, backoff_initial_seconds=0.05,
                           backoff_max_seconds=0.2, **kw)
     service.startService()
@@ -42,12 +47,13 @@ async def xadd(redis: Any, notification_id: str, to: str = "13800138000") -> Non
                                             "to": to, "params": CODE})
 
 
+@ENGINES
 @on_asyncio
-async def test_running_service_submits_stream_entries(redis_url: str) -> None:
+async def test_running_service_submits_stream_entries(redis_url: str, engine: str) -> None:
     """With the service running, an XADDed request is submitted without any manual step."""
     redis = make_client(redis_url)
     link = ScriptedLink("cmcc", ("138",))
-    service = start(redis, [link])
+    service = start(redis, [link], engine)
     try:
         await xadd(redis, "svc-1")
         assert await EventWaiter(redis, Keys()).wait_for("svc-1", {"submitted"}) == "submitted"
@@ -93,14 +99,15 @@ async def test_stop_waits_for_in_flight_submits(redis_url: str) -> None:
     await redis.aclose()
 
 
+@ENGINES
 @on_asyncio
-async def test_redis_restart_loses_nothing(tmp_path: Path) -> None:
+async def test_redis_restart_loses_nothing(tmp_path: Path, engine: str) -> None:
     """Redis stops and comes back (AOF): the loops log the outage, recover, and go on."""
     server = RedisServerProcess(data_dir=tmp_path / "redis")
     server.start()
     redis = make_client(server.url, reconnect_max_delay_seconds=0.2)
     link = ScriptedLink("cmcc", ("138",))
-    service = start(redis, [link])
+    service = start(redis, [link], engine)
     outage_seen: Deferred[None] = Deferred()
 
     def observe(event: dict[str, Any]) -> None:
@@ -126,10 +133,11 @@ async def test_redis_restart_loses_nothing(tmp_path: Path) -> None:
         server.stop()
 
 
+@ENGINES
 @pytest.mark.parametrize("next_start_reads", ["the same file", "it as an earlier version's"])
 @on_asyncio
 async def test_outcomes_redis_refuses_until_the_stop_are_recorded_at_the_next_start(
-        redis_url: str, tmp_path: Path, next_start_reads: str) -> None:
+        redis_url: str, tmp_path: Path, next_start_reads: str, engine: str) -> None:
     """Redis refuses writes (OOM) from before a submit's response until after the stop:
     the stop saves the outcome to the hand-over file instead of leaving it to the lease,
     and the next start records it first: the notification ends submitted and the second
@@ -140,7 +148,7 @@ async def test_outcomes_redis_refuses_until_the_stop_are_recorded_at_the_next_st
     redis = make_client(redis_url)
     handed_over = tmp_path / "push-unrecorded-outcomes.json"
     first_link = ScriptedLink("cmcc", ("138",), script=["hold"])
-    service = start(redis, [first_link], unrecorded_outcomes_file=handed_over, redis_scope="test")
+    service = start(redis, [first_link], engine, unrecorded_outcomes_file=handed_over, redis_scope="test")
     service.drain_timeout_seconds = 1.0
     await redis.set("filler", "x" * 10_000)
     await xadd(redis, "handover-1")
@@ -153,9 +161,9 @@ async def test_outcomes_redis_refuses_until_the_stop_are_recorded_at_the_next_st
         assert await redis.hget(Keys().notification("handover-1"), "state") == "submitting"
     second_link = ScriptedLink("cmcc", ("138",))
     if next_start_reads == "the same file":
-        second = start(redis, [second_link], unrecorded_outcomes_file=handed_over, redis_scope="test")
+        second = start(redis, [second_link], engine, unrecorded_outcomes_file=handed_over, redis_scope="test")
     else:
-        second = start(redis, [second_link], unrecorded_outcomes_file=tmp_path / "run" / handed_over.name,
+        second = start(redis, [second_link], engine, unrecorded_outcomes_file=tmp_path / "run" / handed_over.name,
                        earlier_unrecorded_outcomes_files=[handed_over], redis_scope="test")
     try:
         assert await EventWaiter(redis, Keys()).wait_for("handover-1", {"submitted"}) == "submitted"
