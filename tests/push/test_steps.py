@@ -168,8 +168,8 @@ class _Interrupted(StepScript):
         super().__init__(redis, name, fence_of)
         self.other, self.value, self.interruptions = other, value, 0
 
-    async def _prepare(self, keys: list[str], payload: str, send: Any) -> Any:
-        prepared = await super()._prepare(keys, payload, send)
+    async def _run(self, led: Any, keys: list[str], payload: str, send: Any) -> Any:
+        prepared = await super()._run(led, keys, payload, send)
         if not self.interruptions:
             self.interruptions += 1
             await self.other.set(OWNER_KEY, self.value, px=10_000)
@@ -219,8 +219,8 @@ class _Paused(StepScript):
         super().__init__(*args)
         self.read, self.go_on = asyncio.Event(), asyncio.Event()
 
-    async def _prepare(self, keys: list[str], payload: str, send: Any) -> Any:
-        prepared = await super()._prepare(keys, payload, send)
+    async def _run(self, led: Any, keys: list[str], payload: str, send: Any) -> Any:
+        prepared = await super()._run(led, keys, payload, send)
         self.read.set()
         await self.go_on.wait()
         return prepared

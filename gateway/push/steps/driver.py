@@ -59,6 +59,11 @@ WRITER_POLL_FIRST_SECONDS = 0.001
 WRITER_POLL_MAX_SECONDS = 0.02
 # Runs of one step whose lock lease ran out under it before it gives up.
 WRITER_ATTEMPTS = 3
+# Bound on one round trip's replies when the client sets no socket timeout (the gateway's
+# clients set one: gateway/store/service.py).
+DEFAULT_REPLY_SECONDS = 10.0
+# What _fenced answers when the writer lock was taken by another step.
+BUSY = object()
 
 Send = Callable[[Sequence[tuple[Any, ...]]], Awaitable[list[Any]]]
 
@@ -136,28 +141,29 @@ class StepScript:
         raise FencedOut(f"{fence.key} changed under {FENCE_ATTEMPTS} runs of {self.name}")
 
     async def _locked(self, keys: list[str], payload: str, lock: str) -> list[Any]:
-        for _ in range(WRITER_ATTEMPTS):
-            token = uuid.uuid4().hex
-            await self._acquire(lock, token)
-            try:
-                for _ in range(FENCE_ATTEMPTS):
-                    done, reply = await self._fenced(keys, payload, Fence(lock, token), release=True)
-                    if done:
-                        return reply
-            except FencedOut:
-                continue  # its lease ran out and another step took the lock: run again
-        raise FencedOut(f"{self.name}: the writer lock {lock} ran out under {WRITER_ATTEMPTS} runs")
-
-    async def _acquire(self, lock: str, token: str) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WRITER_WAIT_SECONDS
         pause = WRITER_POLL_FIRST_SECONDS
+        lapses = 0
+        optimistic = True
         while True:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.execute_command("SET", lock, token, "NX", "PX", WRITER_LEASE_MS)
-                [taken] = await pipe.execute()
-            if taken is not None:
-                return
+            token = uuid.uuid4().hex
+            try:
+                for _ in range(FENCE_ATTEMPTS):
+                    done, reply = await self._fenced(keys, payload, Fence(lock, token), release=True, acquire=True,
+                                                     optimistic=optimistic)
+                    if done:
+                        return reply
+                    if reply is BUSY:
+                        optimistic = False
+                        break
+                else:
+                    raise FencedOut(f"{lock} changed under {FENCE_ATTEMPTS} runs of {self.name}")
+            except FencedOut:
+                lapses += 1  # its lease ran out and another step took the lock: run again
+                if lapses >= WRITER_ATTEMPTS:
+                    raise FencedOut(f"{self.name}: the writer lock {lock} ran out under {lapses} runs") from None
+                continue
             if loop.time() + pause > deadline:
                 raise WriterBusy(f"{lock} held for more than {WRITER_WAIT_SECONDS} s")
             await asyncio.sleep(pause)
@@ -180,34 +186,67 @@ class StepScript:
             raise failure
         return reply
 
-    async def _fenced(self, keys: list[str], payload: str, fence: Fence,
-                      release: bool = False) -> tuple[bool, list[Any]]:
-        """(True, reply) once written; (False, []) when EXEC wrote nothing but the key
-        still names this process.  release: the key is this step's writer lock, deleted
-        by its EXEC."""
+    async def _fenced(self, keys: list[str], payload: str, fence: Fence, release: bool = False,
+                      acquire: bool = False, optimistic: bool = True) -> tuple[bool, Any]:
+        """(True, reply) once written; (False, BUSY) when `acquire` found the lock taken;
+        (False, None) when EXEC wrote nothing but the key still names this process.
+
+        One round trip takes the lock (`acquire`: SET NX PX), WATCHes it, reads it and
+        makes the step's first reads (`optimistic`; else they follow once the lock is
+        held); the step runs only if it holds the key.  release: the key is this step's
+        writer lock, deleted by its EXEC."""
         pool = self.redis.connection_pool
         connection = await pool.get_connection()
+        parser = connection._parser  # its replies are read in bulk (see `send`)
+        # Bound on one round trip's replies: the client's socket timeout.
+        bound = connection.socket_timeout or DEFAULT_REPLY_SECONDS
         try:
             async def send(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+                # One write, then the replies straight from the connection's parser under
+                # one timeout: redis-py's read_response per reply (a timeout context, health
+                # checks) was a quarter of the steps' CPU in the gateway (py-spy, 2026-12-06).
                 await connection.send_packed_command(connection.pack_commands(commands))
-                return [await connection.read_response() for _ in commands]
+                async with asyncio.timeout(bound):
+                    replies = [await parser.read_response() for _ in commands]
+                if commands[0][0] != "MULTI":  # a transaction's errors are the caller's to read
+                    for reply in replies:
+                        if isinstance(reply, ResponseError):
+                            raise reply
+                return replies
 
-            _, holder = await send([("WATCH", fence.key), ("GET", fence.key)])
+            head: list[tuple[Any, ...]] = [("WATCH", fence.key), ("GET", fence.key)]
+            if acquire:
+                head.insert(0, ("SET", fence.key, fence.holder, "NX", "PX", WRITER_LEASE_MS))
+            if optimistic:  # the lock, its WATCH and the step's first reads in one round trip
+                led, head_replies = await self._read(keys, payload, send, full=False, head=head)
+            else:  # it was busy: no reads sent in vain while it stays so
+                head_replies = await send(head)
+            holder = head_replies[-1]
+            if acquire and head_replies[0] is None and holder != fence.holder:
+                await send([("UNWATCH",)])
+                return False, BUSY
+            if not optimistic and holder == fence.holder:
+                led, _ = await self._read(keys, payload, send, full=False)
             if holder != fence.holder:
                 await send([("UNWATCH",)])
                 raise FencedOut(f"{fence.key} names {holder or 'nobody'}, not {fence.holder}")
-            led, reply, failure = await self._prepare(keys, payload, send)
+            led, reply, failure = await self._run(led, keys, payload, send)
             writes = [*led.r.writes, ("DEL", fence.key)] if release else led.r.writes
             if not writes:
                 await send([("UNWATCH",)])
             else:
                 replies = await send([("MULTI",), *writes, ("EXEC",)])
+                for queued in replies[:-1]:
+                    if isinstance(queued, ResponseError):
+                        raise queued  # refused at queueing (OOM...): EXEC wrote nothing
                 executed = replies[-1]
-                if executed is None:  # the owner key was written since WATCH
+                if isinstance(executed, ResponseError):
+                    raise executed
+                if executed is None:  # the key was written since WATCH
                     [holder] = await send([("GET", fence.key)])
                     if holder != fence.holder:
                         raise FencedOut(f"{fence.key} was taken by {holder or 'nobody'} during {self.name}")
-                    return False, []
+                    return False, None
                 self._then(led, executed)
             if failure is not None:
                 raise failure
@@ -221,29 +260,44 @@ class StepScript:
     async def _prepare(self, keys: list[str], payload: str,
                        send: Send) -> tuple[Ledger, list[Any], StepError | None]:
         """Reads and runs the step: (its context with the writes, its reply, its error)."""
-        led = await self._read(keys, payload, send, full=False)
+        led, _ = await self._read(keys, payload, send, full=False)
+        return await self._run(led, keys, payload, send)
+
+    async def _run(self, led: Ledger, keys: list[str], payload: str,
+                   send: Send) -> tuple[Ledger, list[Any], StepError | None]:
         try:
             try:
                 return led, self.step.run(led), None
             except NotLoaded:
                 # its reads left out what this call needed (a TTL, an index entry): read
                 # everything it declared and run it again; nothing was sent yet
-                led = await self._read(keys, payload, send, full=True)
+                led, _ = await self._read(keys, payload, send, full=True)
                 return led, self.step.run(led), None
         except StepError as error:  # a script's error reply: what it wrote before stays
             return led, [], error
 
-    async def _read(self, keys: list[str], payload: str, send: Send, *, full: bool) -> Ledger:
+    async def _read(self, keys: list[str], payload: str, send: Send, *, full: bool,
+                    head: Sequence[tuple[Any, ...]] = ()) -> tuple[Ledger, list[Any]]:
+        """The step's reads, `head` sent with the first of them; (its context, head's replies)."""
         led = Ledger(keys, payload, Overlay())
         led.full = full
         reads = self.step.reads(led)
+        head_replies: list[Any] = []
         try:
             commands = next(reads)
-            while True:
-                commands = reads.send(await send(commands))
+        except StopIteration:
+            commands = None
+        if head:
+            replies = await send([*head, *(commands or [])])
+            head_replies, first = replies[:len(head)], replies[len(head):]
+        try:
+            if commands is not None:
+                commands = reads.send(first if head else await send(commands))
+                while True:
+                    commands = reads.send(await send(commands))
         except StopIteration:
             pass
-        return led
+        return led, head_replies
 
     @staticmethod
     def _then(led: Ledger, replies: list[Any]) -> None:
