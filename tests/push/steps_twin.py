@@ -33,16 +33,24 @@ TTL_SLACK_SECONDS = 2
 ONE_AT_A_TIME = asyncio.Lock()
 
 
+async def _per_key(redis: Redis, *commands: str) -> tuple[list[str], list[Any]]:
+    """Every key, and the replies of `commands` asked of each (two per key for two)."""
+    keys = [key async for key in redis.scan_iter(count=1000)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            for command in commands:
+                if command == "DUMP":
+                    pipe.dump(key)  # bytes, never decoded as text
+                else:
+                    pipe.execute_command(command, key)
+        return keys, list(await pipe.execute())
+
+
 async def copy_all(source: Redis, target: Redis) -> None:
     await target.flushall()
-    keys = [key async for key in source.scan_iter(count=1000)]
+    keys, replies = await _per_key(source, "DUMP", "PTTL")
     if not keys:
         return
-    async with source.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.dump(key)
-            pipe.pttl(key)
-        replies = await pipe.execute()
     async with target.pipeline(transaction=False) as pipe:
         for k, key in enumerate(keys):
             dumped, pttl = replies[2 * k], replies[2 * k + 1]
@@ -54,12 +62,7 @@ async def copy_all(source: Redis, target: Redis) -> None:
 async def snapshot(redis: Redis) -> dict[str, Any]:
     """Every key's type, value and expiry (EXPIRETIME: when, not how long from now, so
     that two servers read one after the other compare), in comparable form."""
-    keys = [key async for key in redis.scan_iter(count=1000)]
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.type(key)
-            pipe.expiretime(key)
-        kinds_and_expiry = await pipe.execute()
+    keys, kinds_and_expiry = await _per_key(redis, "TYPE", "EXPIRETIME")
     async with redis.pipeline(transaction=False) as pipe:
         for k, key in enumerate(keys):
             kind = kinds_and_expiry[2 * k]

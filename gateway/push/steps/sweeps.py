@@ -51,21 +51,30 @@ def recover_reads(led: Ledger) -> Reads:
                          ttls=False)  # queued again: no final state
 
 
-def recover(led: Ledger) -> list[Any]:
-    r = led.r
-    ids = led.take_listed(led.INFLIGHT, led.ARGV[0], _listed(led))
-    recovered = 0
+def _taken(led: Ledger, set_key: str, fields: tuple[str, ...],
+           state: str) -> tuple[list[str], list[tuple[str, str, list[str | None]]]]:
+    """The listed members of `set_key` still due, taken (take_listed), and those of them
+    whose notification is in `state`: (id, its key, its `fields`, state first)."""
+    ids = led.take_listed(set_key, led.ARGV[0], _listed(led))
+    found = []
     for notification_id in ids:
         key = led.nkey(notification_id)
-        state, priority, ntype = r.hmget(key, "state", "priority", "type")
-        if state == "submitting":
-            r.hincrby(key, "possible_duplicates", 1)
-            led.count("possible_duplicate")
-            led.transition(notification_id, key, "queued", ntype, ["recovered_at", led.NOW],
-                           ["priority", priority or "normal", "recovered", "1"])
-            r.zadd(led.lane_key(priority), 0, notification_id)
-            recovered += 1
-    return led.reply([str(recovered)])
+        values = led.r.hmget(key, *fields)
+        if values[0] == state:
+            found.append((notification_id, key, values))
+    return ids, found
+
+
+def recover(led: Ledger) -> list[Any]:
+    r = led.r
+    _, found = _taken(led, led.INFLIGHT, ("state", "priority", "type"), "submitting")
+    for notification_id, key, (_, priority, ntype) in found:
+        r.hincrby(key, "possible_duplicates", 1)
+        led.count("possible_duplicate")
+        led.transition(notification_id, key, "queued", ntype, ["recovered_at", led.NOW],
+                       ["priority", priority or "normal", "recovered", "1"])
+        r.zadd(led.lane_key(priority), 0, notification_id)
+    return led.reply([str(len(found))])
 
 
 def overdue_reads(led: Ledger) -> Reads:
@@ -74,17 +83,11 @@ def overdue_reads(led: Ledger) -> Reads:
 
 
 def receipts_overdue(led: Ledger) -> list[Any]:
-    r = led.r
-    ids = led.take_listed(led.AWAITING, led.ARGV[0], _listed(led))
-    closed = 0
-    for notification_id in ids:
-        key = led.nkey(notification_id)
-        state, ntype, submitted_at = r.hmget(key, "state", "type", "submitted_at")
-        if state == "submitted":
-            submitted = tonumber(submitted_at or led.NOW)
-            waited = math.floor(led.now - (led.now if submitted is None else submitted))
-            error = f"no receipt within {waited} s"
-            led.transition(notification_id, key, "unconfirmed", ntype, ["error", error], ["error", error])
-            led.on_final(notification_id, key, "unconfirmed")
-            closed += 1
-    return led.reply([str(len(ids)), str(closed)])
+    ids, found = _taken(led, led.AWAITING, ("state", "type", "submitted_at"), "submitted")
+    for notification_id, key, (_, ntype, submitted_at) in found:
+        submitted = tonumber(submitted_at or led.NOW)
+        waited = math.floor(led.now - (led.now if submitted is None else submitted))
+        error = f"no receipt within {waited} s"
+        led.transition(notification_id, key, "unconfirmed", ntype, ["error", error], ["error", error])
+        led.on_final(notification_id, key, "unconfirmed")
+    return led.reply([str(len(ids)), str(len(found))])
